@@ -1,0 +1,597 @@
+"""Experimental design of a Perturb-seq screen: labels → targets, controls, batches, time, media, efficacy.
+
+Everything here works on numpy/pandas/scipy objects and knows no torch. Models register the design
+through the fields in :mod:`scmech.data._fields`; tools call :func:`get_design` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ExperimentalDesign",
+    "PerturbationDesign",
+    "canonical_label",
+    "get_design",
+    "parse_condition",
+    "parse_perturbations",
+    "validate_categorical",
+    "validate_efficacy",
+    "validate_time",
+]
+
+
+def _as_tuple(labels: str | Sequence[str] | None) -> tuple[str, ...]:
+    if labels is None:
+        return ()
+    if isinstance(labels, str):
+        return (labels,)
+    return tuple(str(x) for x in labels)
+
+
+def canonical_label(targets: Sequence[str], *, separator: str = "+", control_label: str = "NT") -> str:
+    """Canonical spelling of a perturbation: targets sorted and joined, or the control label.
+
+    Parameters
+    ----------
+    targets
+        Target genes of the perturbation; empty for the control.
+    separator
+        Separator between the targets of a combination.
+    control_label
+        Label used for the empty perturbation.
+
+    Returns
+    -------
+    The canonical label, e.g. ``"JAK2+STAT1"`` for ``("STAT1", "JAK2")``.
+    """
+    if len(targets) == 0:
+        return control_label
+    return separator.join(sorted(targets))
+
+
+def parse_condition(
+    label: str,
+    *,
+    separator: str = "+",
+    control_label: str | Sequence[str] = "NT",
+    key: str = "perturbation",
+    genes: Sequence[str] | None = None,
+) -> tuple[str, ...]:
+    """Parse one perturbation label into its sorted tuple of targets.
+
+    Parts equal to a control label are dropped, so GEARS-style ``"STAT1+ctrl"`` reads as ``STAT1``
+    (with ``control_label="ctrl"``); a label made only of control parts is the control, ``()``.
+
+    Parameters
+    ----------
+    label
+        The label, e.g. ``"STAT1"``, ``"STAT1+JAK2"`` or the control label.
+    separator
+        Separator between the targets of a combination.
+    control_label
+        Label (or labels) of non-targeting controls.
+    key
+        Name of the column the label came from, used in error messages.
+    genes
+        Gene names (usually ``var_names``) used to detect a separator inside a gene name.
+
+    Returns
+    -------
+    Sorted tuple of target names; ``()`` for a control.
+
+    Raises
+    ------
+    ValueError
+        For an empty label or empty part, a repeated target (``"A+A"``), or a label whose parsing is
+        ambiguous because a gene name contains the separator.
+    """
+    controls = _as_tuple(control_label)
+    raw = str(label)
+    text = raw.strip()
+    if text == "":
+        msg = f"Empty perturbation label {raw!r} in obs[{key!r}]: label the cell as a target, a control or unassigned."
+        raise ValueError(msg)
+    if text in controls:
+        return ()
+    parts = [p.strip() for p in text.split(separator)] if separator else [text]
+    if any(p == "" for p in parts):
+        msg = (
+            f"Perturbation label {raw!r} in obs[{key!r}] has an empty target around the separator {separator!r}; "
+            f"write combinations as 'A{separator}B'."
+        )
+        raise ValueError(msg)
+    if genes is not None and len(parts) > 1:
+        gene_set = set(genes)
+        for i in range(len(parts)):
+            for j in range(i + 2, len(parts) + 1):
+                joined = separator.join(parts[i:j])
+                if joined in gene_set:
+                    msg = (
+                        f"Perturbation label {raw!r} in obs[{key!r}] is ambiguous: the gene {joined!r} contains the "
+                        f"separator {separator!r}. Pass another `separator` (e.g. '+' or '|') and relabel "
+                        f"combinations with it."
+                    )
+                    raise ValueError(msg)
+    targets = [p for p in parts if p not in controls]
+    if len(set(targets)) != len(targets):
+        dup = sorted({t for t in targets if targets.count(t) > 1})
+        msg = (
+            f"Perturbation label {raw!r} in obs[{key!r}] names the target(s) {dup} more than once; "
+            "a combination lists each target once."
+        )
+        raise ValueError(msg)
+    return tuple(sorted(targets))
+
+
+@dataclass(frozen=True)
+class PerturbationDesign:
+    """Parsed perturbation labels of a screen.
+
+    Attributes
+    ----------
+    labels
+        Canonical label per cell (targets sorted and joined; control and unassigned labels as given).
+    is_control
+        Whether each cell is a non-targeting control.
+    is_unassigned
+        Whether each cell has no usable perturbation call; such cells are kept but not fitted.
+    targets
+        Sorted list of all targets perturbed in any cell.
+    matrix
+        Sparse multi-hot matrix (cells x targets), ``float32``; rows of controls and unassigned cells are 0.
+    control_label
+        Canonical control label.
+    unassigned_label
+        Canonical unassigned label, or ``None``.
+    separator
+        Separator between the targets of a combination.
+    key
+        The ``obs`` column the labels came from.
+    """
+
+    labels: np.ndarray
+    is_control: np.ndarray
+    is_unassigned: np.ndarray
+    targets: list[str]
+    matrix: sp.csr_matrix
+    control_label: str
+    unassigned_label: str | None
+    separator: str
+    key: str = "perturbation"
+    condition_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells."""
+        return len(self.labels)
+
+    @property
+    def fit_mask(self) -> np.ndarray:
+        """Cells used for fitting (all but unassigned)."""
+        return ~self.is_unassigned
+
+    @property
+    def conditions(self) -> list[str]:
+        """Canonical conditions of assigned cells: the control first, then perturbations sorted."""
+        labs = set(self.labels[self.fit_mask].tolist())
+        others = sorted(labs - {self.control_label})
+        return ([self.control_label] if self.control_label in labs else []) + others
+
+    @property
+    def n_targets_per_cell(self) -> np.ndarray:
+        """Number of targets per cell (0 for controls and unassigned cells)."""
+        return np.asarray(self.matrix.sum(axis=1)).ravel().astype(int)
+
+    def cell_counts(self) -> pd.Series:
+        """Count cells per canonical label (unassigned included)."""
+        return pd.Series(self.labels).value_counts()
+
+    def target_index(self, var_names: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
+        """Position of each target in ``var_names``, ``-1`` where the target is not measured."""
+        pos = {g: i for i, g in enumerate(var_names)}
+        return np.array([pos.get(t, -1) for t in (self.targets if targets is None else targets)], dtype=int)
+
+    def targets_measured(self, var_names: Sequence[str]) -> np.ndarray:
+        """Whether each target is a gene in ``var_names``."""
+        return self.target_index(var_names) >= 0
+
+    def condition_matrix(self, conditions: Sequence[str]) -> sp.csr_matrix:
+        """Multi-hot matrix (conditions x targets) of canonical conditions in this design."""
+        col = {t: i for i, t in enumerate(self.targets)}
+        rows, cols = [], []
+        for r, c in enumerate(conditions):
+            tg = self.condition_targets.get(c)
+            if tg is None:
+                tg = parse_condition(c, separator=self.separator, control_label=self.control_label, key=self.key)
+            for t in tg:
+                if t not in col:
+                    msg = f"Target {t!r} of condition {c!r} is not among the {len(col)} targets of obs[{self.key!r}]."
+                    raise KeyError(msg)
+                rows.append(r)
+                cols.append(col[t])
+        data = np.ones(len(rows), dtype=np.float32)
+        return sp.csr_matrix((data, (rows, cols)), shape=(len(conditions), len(self.targets)))
+
+
+def parse_perturbations(
+    labels: Sequence[str] | pd.Series | np.ndarray,
+    *,
+    control_label: str | Sequence[str] = "NT",
+    separator: str = "+",
+    unassigned_label: str | Sequence[str] | None = "unassigned",
+    var_names: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    key: str = "perturbation",
+    require_control: bool = True,
+) -> PerturbationDesign:
+    """Parse per-cell perturbation labels into a canonical design.
+
+    Parameters
+    ----------
+    labels
+        One label per cell: a target (``"STAT1"``), a combination (``"STAT1+JAK2"``), a control label or an
+        unassigned label.
+    control_label
+        Label (or labels) of non-targeting controls. The first one is the canonical control label.
+    separator
+        Separator between targets of a combination.
+    unassigned_label
+        Label (or labels) of cells without a usable guide call. They are kept but excluded from fitting.
+    var_names
+        Gene names, used to detect separators inside gene names.
+    targets
+        Fixed list of targets (e.g. from a trained model). A label naming another target raises.
+    key
+        Name of the ``obs`` column, used in error messages.
+    require_control
+        Raise when no cell carries the control label.
+
+    Returns
+    -------
+    The parsed :class:`PerturbationDesign`.
+
+    Raises
+    ------
+    ValueError
+        For missing (NaN) labels, malformed labels, no control cells or targets outside ``targets``.
+    """
+    controls = _as_tuple(control_label)
+    if len(controls) == 0 or any(c.strip() == "" for c in controls):
+        msg = f"`control_label` must be a non-empty label, got {control_label!r}."
+        raise ValueError(msg)
+    if separator is None or len(separator) == 0 or separator.isspace():
+        msg = f"`separator` must be a non-blank string such as '+', got {separator!r}."
+        raise ValueError(msg)
+    unassigned = _as_tuple(unassigned_label)
+    overlap = set(controls) & set(unassigned)
+    if overlap:
+        msg = f"Labels {sorted(overlap)} are given both as `control_label` and `unassigned_label`."
+        raise ValueError(msg)
+    ser = pd.Series(np.asarray(labels, dtype=object))
+    na = ser.isna().to_numpy()
+    if na.any():
+        msg = (
+            f"obs[{key!r}] has {int(na.sum())} missing (NaN) labels; fill them with the unassigned label "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].astype(object).fillna('unassigned')) or with targets."
+        )
+        raise ValueError(msg)
+    ser = ser.astype(str)
+    uniq, inverse = np.unique(ser.to_numpy(), return_inverse=True)
+    canon_control = controls[0]
+    canon_unassigned = unassigned[0] if unassigned else None
+    parsed: dict[str, tuple[str, ...] | None] = {}
+    for u in uniq:
+        if u.strip() in unassigned:
+            parsed[u] = None
+        else:
+            parsed[u] = parse_condition(u, separator=separator, control_label=controls, key=key, genes=var_names)
+    all_targets = sorted({t for tg in parsed.values() if tg for t in tg})
+    if targets is not None:
+        unknown = sorted(set(all_targets) - set(targets))
+        if unknown:
+            msg = (
+                f"obs[{key!r}] perturbs target(s) {unknown[:10]} that were not registered "
+                f"({len(targets)} known targets). Register the data anew or predict them with `model.predict`."
+            )
+            raise ValueError(msg)
+        all_targets = list(targets)
+    col = {t: i for i, t in enumerate(all_targets)}
+    canon_of_uniq = np.empty(len(uniq), dtype=object)
+    is_ctrl_u = np.zeros(len(uniq), dtype=bool)
+    is_un_u = np.zeros(len(uniq), dtype=bool)
+    rows_u: list[list[int]] = []
+    condition_targets: dict[str, tuple[str, ...]] = {}
+    for i, u in enumerate(uniq):
+        tg = parsed[u]
+        if tg is None:
+            canon_of_uniq[i] = canon_unassigned
+            is_un_u[i] = True
+            rows_u.append([])
+        else:
+            lab = canonical_label(tg, separator=separator, control_label=canon_control)
+            canon_of_uniq[i] = lab
+            condition_targets[lab] = tg
+            is_ctrl_u[i] = len(tg) == 0
+            rows_u.append([col[t] for t in tg])
+    canon = canon_of_uniq[inverse].astype(str)
+    is_control = is_ctrl_u[inverse]
+    is_unassigned = is_un_u[inverse]
+    indptr = np.zeros(len(ser) + 1, dtype=np.int64)
+    counts_u = np.array([len(r) for r in rows_u], dtype=np.int64)
+    indptr[1:] = np.cumsum(counts_u[inverse])
+    indices = np.concatenate([np.asarray(rows_u[k], dtype=np.int64) for k in inverse]) if len(ser) else np.zeros(0)
+    data = np.ones(len(indices), dtype=np.float32)
+    matrix = sp.csr_matrix((data, indices.astype(np.int64), indptr), shape=(len(ser), len(all_targets)))
+    if require_control and not is_control.any():
+        seen = ", ".join(repr(x) for x in uniq[:8])
+        msg = (
+            f"No control cells: no label of obs[{key!r}] equals control_label={control_label!r} "
+            f"(labels seen include {seen}). Pass the label your controls carry, e.g. control_label='non-targeting'."
+        )
+        raise ValueError(msg)
+    n_un = int(is_unassigned.sum())
+    if n_un:
+        logger.info("%d of %d cells are unassigned (%r); they are kept but not fitted.", n_un, len(ser), unassigned)
+    return PerturbationDesign(
+        labels=canon,
+        is_control=is_control,
+        is_unassigned=is_unassigned,
+        targets=list(all_targets),
+        matrix=matrix,
+        control_label=canon_control,
+        unassigned_label=canon_unassigned,
+        separator=separator,
+        key=key,
+        condition_targets=condition_targets,
+    )
+
+
+def validate_time(values: Sequence[float] | np.ndarray | pd.Series, key: str = "time") -> np.ndarray:
+    """Check a time column: numeric, finite and non-negative.
+
+    Parameters
+    ----------
+    values
+        Time per cell (e.g. days after perturbation).
+    key
+        Name of the ``obs`` column, used in error messages.
+
+    Returns
+    -------
+    The values as ``float64``.
+    """
+    arr = _numeric(values, key, "time")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        msg = f"obs[{key!r}] has {int(bad.sum())} NaN or infinite time values; every cell needs a time (e.g. days)."
+        raise ValueError(msg)
+    if (arr < 0).any():
+        msg = (
+            f"obs[{key!r}] has {int((arr < 0).sum())} negative time values (min {arr.min():g}); time counts from the "
+            "perturbation (0) onwards. Shift the clock so that the perturbation is at 0."
+        )
+        raise ValueError(msg)
+    return arr
+
+
+def validate_efficacy(values: Sequence[float] | np.ndarray | pd.Series, key: str = "efficacy") -> np.ndarray:
+    """Check a knock-down efficacy column: numeric, finite and in ``[0, 1]``."""
+    arr = _numeric(values, key, "efficacy")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        msg = f"obs[{key!r}] has {int(bad.sum())} NaN or infinite efficacy values; use 1.0 where unknown."
+        raise ValueError(msg)
+    out = (arr < 0) | (arr > 1)
+    if out.any():
+        msg = (
+            f"obs[{key!r}] has {int(out.sum())} efficacy values outside [0, 1] (range {arr.min():g} to {arr.max():g}); "
+            "efficacy is the fraction of knock-down (0 = escaper, 1 = full effect). Rescale it."
+        )
+        raise ValueError(msg)
+    return arr
+
+
+def validate_categorical(values: Sequence | pd.Series, key: str, what: str = "category") -> pd.Categorical:
+    """Check a categorical column: no missing values; unused categories are dropped.
+
+    Returns
+    -------
+    A :class:`pandas.Categorical` with only the categories in use.
+    """
+    ser = pd.Series(values)
+    if ser.isna().any():
+        msg = (
+            f"obs[{key!r}] has {int(ser.isna().sum())} missing (NaN) {what} values; give every cell a {what} "
+            f"(e.g. adata.obs[{key!r}] = adata.obs[{key!r}].cat.add_categories('unknown').fillna('unknown'))."
+        )
+        raise ValueError(msg)
+    cat = pd.Categorical(ser.astype(str) if not isinstance(ser.dtype, pd.CategoricalDtype) else ser)
+    unused = [c for c in cat.categories if c not in set(cat)]
+    if unused:
+        logger.info("obs[%r]: dropping %d unused categories %s", key, len(unused), unused[:5])
+        cat = cat.remove_unused_categories()
+    return cat
+
+
+def _numeric(values, key: str, what: str) -> np.ndarray:
+    ser = pd.Series(values)
+    if not (pd.api.types.is_numeric_dtype(ser) or pd.api.types.is_bool_dtype(ser)):
+        msg = f"obs[{key!r}] must be numeric {what} values, got dtype {ser.dtype}; convert it with pd.to_numeric."
+        raise TypeError(msg)
+    return ser.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+@dataclass(frozen=True)
+class ExperimentalDesign:
+    """The validated experimental design of a screen, as used by ``scmech.tl`` tools.
+
+    Attributes
+    ----------
+    perturbation
+        Parsed perturbation labels.
+    batch
+        Wet-lab batch (lane, replicate) per cell, or ``None``.
+    time
+        Time since perturbation per cell, or ``None``.
+    media
+        Medium or condition per cell, or ``None``.
+    media_time
+        Time of the switch into ``media`` on the same clock as ``time`` (perturbation at 0), or ``None``.
+    efficacy
+        Knock-down efficacy per cell in ``[0, 1]``, or ``None``.
+    guide
+        Guide identity per cell, or ``None``.
+    keys
+        The ``obs`` keys each part came from.
+    """
+
+    perturbation: PerturbationDesign
+    batch: pd.Categorical | None = None
+    time: np.ndarray | None = None
+    media: pd.Categorical | None = None
+    media_time: np.ndarray | None = None
+    efficacy: np.ndarray | None = None
+    guide: pd.Categorical | None = None
+    keys: dict[str, str | None] = field(default_factory=dict)
+
+    def cells_per_batch(self) -> pd.DataFrame:
+        """Cell counts, conditions x batches (fitted cells only)."""
+        if self.batch is None:
+            msg = "No batch_key was given, so there are no batches to count."
+            raise ValueError(msg)
+        m = self.perturbation.fit_mask
+        return pd.crosstab(
+            pd.Series(self.perturbation.labels[m], name="condition"),
+            pd.Series(np.asarray(self.batch)[m], name="batch"),
+        )
+
+
+def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
+    if key not in adata.obs.columns:
+        cols = list(adata.obs.columns)
+        msg = (
+            f"{what} key {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
+        )
+        raise KeyError(msg)
+    return adata.obs[key]
+
+
+def get_design(
+    adata: AnnData,
+    perturbation_key: str = "perturbation",
+    control_label: str | Sequence[str] = "NT",
+    *,
+    separator: str = "+",
+    unassigned_label: str | Sequence[str] | None = "unassigned",
+    batch_key: str | None = None,
+    time_key: str | None = None,
+    media_key: str | None = None,
+    media_time_key: str | None = None,
+    efficacy_key: str | None = None,
+    guide_key: str | None = None,
+    warn_missing_controls: bool = True,
+) -> ExperimentalDesign:
+    """Read and validate the experimental design from ``adata.obs``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix (not modified).
+    perturbation_key
+        Column with perturbation labels (targets, ``A+B`` combinations, control and unassigned labels).
+    control_label
+        Label (or labels) of non-targeting controls.
+    separator
+        Separator between the targets of a combination.
+    unassigned_label
+        Label (or labels) of cells without a usable guide call.
+    batch_key
+        Column with the wet-lab batch (lane, replicate).
+    time_key
+        Column with the time since perturbation (numeric, ``>= 0``).
+    media_key
+        Column with the medium or condition.
+    media_time_key
+        Column with the time of the switch into the medium, on the clock of ``time_key``.
+    efficacy_key
+        Column with the knock-down efficacy in ``[0, 1]``.
+    guide_key
+        Column with the guide identity.
+    warn_missing_controls
+        Warn when some batch, time point or medium holds no control cells.
+
+    Returns
+    -------
+    The validated :class:`ExperimentalDesign`.
+    """
+    labels = _obs_column(adata, perturbation_key, "Perturbation")
+    pert = parse_perturbations(
+        labels.to_numpy(),
+        control_label=control_label,
+        separator=separator,
+        unassigned_label=unassigned_label,
+        var_names=adata.var_names,
+        key=perturbation_key,
+    )
+    batch = validate_categorical(_obs_column(adata, batch_key, "Batch"), batch_key, "batch") if batch_key else None
+    time = validate_time(_obs_column(adata, time_key, "Time"), time_key) if time_key else None
+    media = validate_categorical(_obs_column(adata, media_key, "Media"), media_key, "medium") if media_key else None
+    media_time = None
+    if media_time_key:
+        media_time = _numeric(_obs_column(adata, media_time_key, "Media time"), media_time_key, "media time")
+    efficacy = validate_efficacy(_obs_column(adata, efficacy_key, "Efficacy"), efficacy_key) if efficacy_key else None
+    guide = validate_categorical(_obs_column(adata, guide_key, "Guide"), guide_key, "guide") if guide_key else None
+    design = ExperimentalDesign(
+        perturbation=pert,
+        batch=batch,
+        time=time,
+        media=media,
+        media_time=media_time,
+        efficacy=efficacy,
+        guide=guide,
+        keys={
+            "perturbation": perturbation_key,
+            "batch": batch_key,
+            "time": time_key,
+            "media": media_key,
+            "media_time": media_time_key,
+            "efficacy": efficacy_key,
+            "guide": guide_key,
+        },
+    )
+    if warn_missing_controls:
+        _warn_missing_controls(design)
+    return design
+
+
+def _warn_missing_controls(design: ExperimentalDesign) -> None:
+    ctrl = design.perturbation.is_control
+    for name, col in (("batch", design.batch), ("time", design.time), ("media", design.media)):
+        if col is None:
+            continue
+        values = pd.Series(np.asarray(col))
+        fit = design.perturbation.fit_mask
+        groups = set(values[fit].unique().tolist())
+        with_ctrl = set(values[ctrl].unique().tolist())
+        missing = sorted(groups - with_ctrl, key=str)
+        if missing:
+            msg = (
+                f"No control cells in {name} {missing[:10]} of obs[{design.keys[name]!r}]: effects there are "
+                f"confounded with the {name} effect. Put non-targeting controls in every {name}."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=3)

@@ -1,0 +1,97 @@
+"""Gene embeddings and closed-form ridge maps shared by the linear baseline and SemiMechVI.
+
+The gene embedding of Ahlmann-Eltze, Huber & Anders (2025): principal components of the training pseudobulk
+(genes as observations, conditions as features, each condition centred), the genes' scores on the top
+:math:`K` components. A perturbation of gene :math:`k` is embedded as gene :math:`k`'s row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["pseudobulk_gene_embedding", "ridge_map", "solve_y_axb"]
+
+
+def pseudobulk_gene_embedding(pseudobulk: np.ndarray, n_components: int = 10) -> np.ndarray:
+    """Gene embedding from a pseudobulk matrix.
+
+    Parameters
+    ----------
+    pseudobulk
+        Conditions x genes matrix of log-normalised pseudobulk (training conditions, control included).
+    n_components
+        Number of principal components :math:`K`.
+
+    Returns
+    -------
+    Genes x K matrix of principal-component scores (``prcomp`` convention: :math:`U_K S_K`).
+    """
+    y = np.asarray(pseudobulk, dtype=np.float64).T  # genes x conditions
+    if y.ndim != 2 or y.shape[1] < 2:
+        msg = f"A gene embedding needs at least 2 training conditions, got a matrix of shape {y.shape[::-1]}."
+        raise ValueError(msg)
+    y = y - y.mean(axis=0, keepdims=True)
+    k = min(n_components, min(y.shape) - 1) if min(y.shape) > 1 else 1
+    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    scores = u[:, :k] * s[:k]
+    if k < n_components:
+        scores = np.hstack([scores, np.zeros((scores.shape[0], n_components - k))])
+    return scores
+
+
+def solve_y_axb(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, a_ridge: float = 0.1, b_ridge: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Double ridge solution of :math:`Y \approx A K B + c\mathbf 1^\top`.
+
+    Parameters
+    ----------
+    y
+        Genes x perturbations matrix of changes.
+    a
+        Genes x K gene embedding.
+    b
+        K' x perturbations perturbation embedding.
+    a_ridge, b_ridge
+        Ridge penalties on both sides.
+
+    Returns
+    -------
+    ``K`` (K x K') and the centre ``c`` (row means of ``y``).
+    """
+    center = y.mean(axis=1)
+    yc = y - center[:, None]
+    left = np.linalg.solve(a.T @ a + a_ridge * np.eye(a.shape[1]), a.T @ yc @ b.T)
+    k = np.linalg.solve((b @ b.T + b_ridge * np.eye(b.shape[0])).T, left.T).T
+    return k, center
+
+
+def ridge_map(
+    embedding: np.ndarray, values: np.ndarray, ridge: float = 0.1, intercept: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form ridge map from embeddings to values, fitted across training targets.
+
+    Parameters
+    ----------
+    embedding
+        Targets x K embedding of the training targets.
+    values
+        Targets x D values to predict (e.g. per-target operators).
+    ridge
+        Ridge penalty.
+    intercept
+        Fit an (unpenalised) intercept: the mean value over training targets.
+
+    Returns
+    -------
+    Coefficients (K x D) and intercept (D,). A new target's value is ``e @ coef + intercept``.
+    """
+    e = np.asarray(embedding, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[:, None]
+    e_mean = e.mean(axis=0) if intercept else np.zeros(e.shape[1])
+    v_mean = v.mean(axis=0) if intercept else np.zeros(v.shape[1])
+    ec, vc = e - e_mean, v - v_mean
+    coef = np.linalg.solve(ec.T @ ec + ridge * np.eye(e.shape[1]), ec.T @ vc)
+    return coef, v_mean - e_mean @ coef

@@ -1,0 +1,231 @@
+"""scvi-tools fields that register the experimental design of a screen.
+
+:class:`PerturbationField` parses perturbation labels into a sparse multi-hot matrix over targets that the
+data loaders serve per minibatch; :class:`TimeField`, :class:`EfficacyField` and :class:`MediaTimeField`
+are numerical ``obs`` fields with the validation of :mod:`scmech.data._design`. Each has a MuData variant.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import rich.table
+from scvi.data.fields import BaseAnnDataField, MuDataWrapper, NumericalObsField
+
+from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
+
+from ._design import _numeric, parse_perturbations, validate_efficacy, validate_time
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+__all__ = [
+    "EfficacyField",
+    "MediaTimeField",
+    "MuDataEfficacyField",
+    "MuDataMediaTimeField",
+    "MuDataPerturbationField",
+    "MuDataTimeField",
+    "PerturbationField",
+    "TimeField",
+]
+
+
+class PerturbationField(BaseAnnDataField):
+    """Register perturbation labels as a multi-hot matrix over target genes.
+
+    Registration parses ``adata.obs[obs_key]`` with :func:`~scmech.data.parse_perturbations` and writes the
+    canonical multi-hot matrix (cells x targets, sparse) to ``adata.obsm["_scmech_perturbation"]``. The state
+    registry keeps the targets, the canonical conditions and their cell counts, the label conventions and the
+    position of each target in ``var_names`` (``-1`` when the target gene is not measured).
+
+    Parameters
+    ----------
+    registry_key
+        Key under which the data loaders serve the matrix.
+    obs_key
+        ``obs`` column with perturbation labels.
+    control_label
+        Label (or labels) of non-targeting controls.
+    separator
+        Separator between targets of a combination.
+    unassigned_label
+        Label (or labels) of cells without a usable guide call; kept, not fitted.
+    """
+
+    TARGETS_KEY = "targets"
+    CONDITIONS_KEY = "conditions"
+    N_CELLS_KEY = "n_cells_per_condition"
+    TARGET_VAR_INDEX_KEY = "target_var_index"
+    CONTROL_KEY = "control_label"
+    SEPARATOR_KEY = "separator"
+    UNASSIGNED_KEY = "unassigned_label"
+    OBS_KEY = "obs_key"
+
+    def __init__(
+        self,
+        registry_key: str,
+        obs_key: str,
+        *,
+        control_label: str | Sequence[str] = "NT",
+        separator: str = "+",
+        unassigned_label: str | Sequence[str] | None = "unassigned",
+    ) -> None:
+        super().__init__()
+        self._registry_key = registry_key
+        self._obs_key = obs_key
+        self.control_label = control_label
+        self.separator = separator
+        self.unassigned_label = unassigned_label
+
+    @property
+    def registry_key(self) -> str:
+        """Key referenced by the data loaders."""
+        return self._registry_key
+
+    @property
+    def attr_name(self) -> str:
+        """The matrix lives in ``obsm``."""
+        return "obsm"
+
+    @property
+    def attr_key(self) -> str:
+        """``obsm`` key of the registered multi-hot matrix."""
+        return SCMECH_ADATA_KEYS.PERTURBATION_OBSM
+
+    @property
+    def is_empty(self) -> bool:
+        """The field is never empty."""
+        return False
+
+    def _parse(self, adata: AnnData, targets: Sequence[str] | None = None):
+        if self._obs_key not in adata.obs.columns:
+            msg = (
+                f"perturbation_key {self._obs_key!r} is not a column of adata.obs "
+                f"(columns: {list(adata.obs.columns)[:12]})."
+            )
+            raise KeyError(msg)
+        return parse_perturbations(
+            adata.obs[self._obs_key].to_numpy(),
+            control_label=self.control_label,
+            separator=self.separator,
+            unassigned_label=self.unassigned_label,
+            var_names=adata.var_names,
+            targets=targets,
+            key=self._obs_key,
+            require_control=targets is None,
+        )
+
+    def validate_field(self, adata: AnnData) -> None:
+        """Check that the column exists and parses."""
+        self._parse(adata)
+
+    def register_field(self, adata: AnnData) -> dict:
+        """Parse the labels, write the multi-hot matrix and return the state registry."""
+        design = self._parse(adata)
+        adata.obsm[self.attr_key] = design.matrix
+        counts = design.cell_counts()
+        return {
+            self.OBS_KEY: self._obs_key,
+            self.TARGETS_KEY: list(design.targets),
+            self.CONDITIONS_KEY: list(design.conditions),
+            self.N_CELLS_KEY: {str(k): int(v) for k, v in counts.items()},
+            self.TARGET_VAR_INDEX_KEY: design.target_index(adata.var_names).tolist(),
+            self.CONTROL_KEY: design.control_label,
+            self.SEPARATOR_KEY: self.separator,
+            self.UNASSIGNED_KEY: design.unassigned_label,
+        }
+
+    def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
+        """Register new data with the targets of the source registry (unknown targets raise)."""
+        design = self._parse(adata_target, targets=state_registry[self.TARGETS_KEY])
+        adata_target.obsm[self.attr_key] = design.matrix
+        out = dict(state_registry)
+        out[self.TARGETS_KEY] = list(state_registry[self.TARGETS_KEY])
+        return out
+
+    def get_summary_stats(self, state_registry: dict) -> dict:
+        """Count targets and perturbation conditions (control excluded)."""
+        conds = state_registry[self.CONDITIONS_KEY]
+        n_cond = len([c for c in conds if c != state_registry[self.CONTROL_KEY]])
+        return {"n_targets": len(state_registry[self.TARGETS_KEY]), "n_perturbations": n_cond}
+
+    def view_state_registry(self, state_registry: dict) -> rich.table.Table | None:
+        """Table of conditions with their cell counts."""
+        t = rich.table.Table(title=f"Perturbation state registry: adata.obs['{state_registry[self.OBS_KEY]}']")
+        t.add_column("Condition", justify="center", style="dodger_blue1", no_wrap=True, overflow="fold")
+        t.add_column("Cells", justify="center", style="dark_violet", no_wrap=True, overflow="fold")
+        t.add_column("Control", justify="center", style="green", no_wrap=True, overflow="fold")
+        n_cells = state_registry[self.N_CELLS_KEY]
+        for cond in state_registry[self.CONDITIONS_KEY]:
+            t.add_row(cond, str(n_cells.get(cond, 0)), "yes" if cond == state_registry[self.CONTROL_KEY] else "")
+        un = state_registry[self.UNASSIGNED_KEY]
+        if un is not None and un in n_cells:
+            t.add_row(f"{un} (not fitted)", str(n_cells[un]), "")
+        return t
+
+
+class _ValidatedNumericalObsField(NumericalObsField):
+    """Numerical ``obs`` field with a validation function."""
+
+    _what = "value"
+
+    def _check(self, values, key):  # pragma: no cover - overridden
+        return values
+
+    def validate_field(self, adata: AnnData) -> None:
+        """Check presence, type and range."""
+        if self.attr_key not in adata.obs.columns:
+            cols = list(adata.obs.columns)[:12]
+            msg = f"{self._what} key {self.attr_key!r} is not a column of adata.obs (columns: {cols})."
+            raise KeyError(msg)
+        self._check(adata.obs[self.attr_key], self.attr_key)
+
+
+class TimeField(_ValidatedNumericalObsField):
+    """Time since perturbation per cell (numeric, finite, ``>= 0``)."""
+
+    _what = "time"
+
+    def __init__(self, attr_key: str | None, registry_key: str = SCMECH_REGISTRY_KEYS.TIME_KEY) -> None:
+        super().__init__(registry_key, attr_key, required=False)
+
+    def _check(self, values, key):
+        return validate_time(values, key)
+
+
+class EfficacyField(_ValidatedNumericalObsField):
+    """Knock-down efficacy per cell in ``[0, 1]``."""
+
+    _what = "efficacy"
+
+    def __init__(self, attr_key: str | None, registry_key: str = SCMECH_REGISTRY_KEYS.EFFICACY_KEY) -> None:
+        super().__init__(registry_key, attr_key, required=False)
+
+    def _check(self, values, key):
+        return validate_efficacy(values, key)
+
+
+class MediaTimeField(_ValidatedNumericalObsField):
+    """Time of the switch into the cell's medium, on the clock of the time key (NaN: never switched)."""
+
+    _what = "media time"
+
+    def __init__(self, attr_key: str | None, registry_key: str = SCMECH_REGISTRY_KEYS.MEDIA_TIME_KEY) -> None:
+        super().__init__(registry_key, attr_key, required=False)
+
+    def _check(self, values, key):
+        arr = _numeric(values, key, "media time")
+        if np.isinf(arr).any():
+            msg = f"obs[{key!r}] has infinite media switch times; use NaN for cells that never switched medium."
+            raise ValueError(msg)
+        return arr
+
+
+MuDataPerturbationField = MuDataWrapper(PerturbationField)
+MuDataTimeField = MuDataWrapper(TimeField)
+MuDataEfficacyField = MuDataWrapper(EfficacyField)
+MuDataMediaTimeField = MuDataWrapper(MediaTimeField)
