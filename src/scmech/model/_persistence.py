@@ -1,0 +1,255 @@
+"""Saving and loading models without executing code from the file.
+
+A saved model is a directory with ``model.pt`` (the module's tensors only, read with
+``torch.load(weights_only=True)``) and ``metadata.json`` (registry, init parameters, training history and
+other public attributes as plain JSON data). scvi-tools' own format pickles arbitrary objects, so loading an
+untrusted file can run code; this format cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi.model.base._save_load import _get_var_names
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SafeSaveLoadMixin", "from_jsonable", "to_jsonable"]
+
+FORMAT = "scmech-model"
+FORMAT_VERSION = 1
+WEIGHTS = "model.pt"
+METADATA = "metadata.json"
+ADATA = "adata.h5ad"
+MDATA = "mdata.h5mu"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Encode nested plain data with numpy arrays, tuples and DataFrames as tagged JSON objects."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [to_jsonable(v) for v in obj]}
+    if isinstance(obj, list):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        split = obj.to_dict(orient="split")
+        return {"__dataframe__": to_jsonable(split)}
+    if isinstance(obj, pd.Index | pd.Series):
+        return to_jsonable(obj.to_numpy())
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object or obj.dtype.kind in "USO":
+            return {"__ndarray__": [to_jsonable(v) for v in obj.tolist()], "dtype": "object"}
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.detach().cpu().numpy())
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    msg = f"Cannot save an attribute of type {type(obj).__name__} as plain data."
+    raise TypeError(msg)
+
+
+def from_jsonable(obj: Any) -> Any:
+    """Decode :func:`to_jsonable` output."""
+    if isinstance(obj, dict):
+        if "__tuple__" in obj:
+            return tuple(from_jsonable(v) for v in obj["__tuple__"])
+        if "__ndarray__" in obj:
+            data = from_jsonable(obj["__ndarray__"])
+            return np.array(data, dtype=object if obj["dtype"] == "object" else obj["dtype"])
+        if "__dataframe__" in obj:
+            split = from_jsonable(obj["__dataframe__"])
+            return pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+        return {k: from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_jsonable(v) for v in obj]
+    return obj
+
+
+class SafeSaveLoadMixin:
+    """``save``/``load`` in a format that loads without unpickling."""
+
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        prefix: str | None = None,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model to a directory (tensors in ``model.pt``, plain data in ``metadata.json``).
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write.
+        prefix
+            Prefix of the file names.
+        overwrite
+            Replace the files of an existing directory. With ``False`` an existing directory raises and
+            nothing is written.
+        save_anndata
+            Also write the registered data (``adata.h5ad`` or ``mdata.h5mu``).
+        **anndata_write_kwargs
+            Passed to the AnnData/MuData writer.
+        """
+        path = Path(dir_path)
+        if path.exists() and not overwrite:
+            msg = f"{path} already exists; pass overwrite=True to replace the model saved there."
+            raise ValueError(msg)
+        path.mkdir(parents=True, exist_ok=True)
+        pre = prefix or ""
+        attrs = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
+        attrs.pop("registry_", None)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_name": type(self).__name__,
+            "scmech_version": _version(),
+            "var_names": to_jsonable(self.get_var_names()),
+            "registry": to_jsonable(self.adata_manager.registry),
+            "attributes": to_jsonable(attrs),
+        }
+        tmp_meta = path / f".{pre}{METADATA}.tmp"
+        tmp_meta.write_text(json.dumps(meta))
+        tmp_w = path / f".{pre}{WEIGHTS}.tmp"
+        torch.save(self.module.state_dict(), tmp_w)
+        os.replace(tmp_w, path / f"{pre}{WEIGHTS}")
+        os.replace(tmp_meta, path / f"{pre}{METADATA}")
+        if save_anndata:
+            name = MDATA if hasattr(self.adata, "mod") else ADATA
+            self.adata.write(path / f"{pre}{name}", **anndata_write_kwargs)
+
+    @classmethod
+    def load(
+        cls,
+        dir_path: str | os.PathLike,
+        adata: AnnData | None = None,
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        prefix: str | None = None,
+    ):
+        """Load a model saved with :meth:`save`.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            Data to attach, set up like the training data (same genes in the same order); the data saved
+            with the model when ``None``.
+        accelerator
+            Lightning accelerator name.
+        device
+            Device index or ``"auto"``.
+        prefix
+            Prefix of the file names.
+
+        Returns
+        -------
+        The model, trained state restored.
+
+        Raises
+        ------
+        FileNotFoundError
+            When the directory or its files are missing.
+        ValueError
+            For a truncated or foreign file, another model class, or data with other genes or design.
+        """
+        from scvi.model._utils import parse_device_args
+
+        path = Path(dir_path)
+        pre = prefix or ""
+        meta_path, w_path = path / f"{pre}{METADATA}", path / f"{pre}{WEIGHTS}"
+        for p in (meta_path, w_path):
+            if not p.exists():
+                msg = f"{p} not found: {path} does not hold a model saved by {cls.__name__}.save()."
+                raise FileNotFoundError(msg)
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
+            raise ValueError(msg) from e
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            msg = f"{meta_path} is not an scmech model file (format {found!r})."
+            raise ValueError(msg)
+        if meta["model_name"] != cls.__name__:
+            msg = f"{path} holds a {meta['model_name']}, not a {cls.__name__}."
+            raise ValueError(msg)
+        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        try:
+            state = torch.load(w_path, map_location=dev, weights_only=True)
+        except Exception as e:
+            msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
+            raise ValueError(msg) from e
+        registry = from_jsonable(meta["registry"])
+        attrs = from_jsonable(meta["attributes"])
+        if adata is None:
+            for name, reader in ((ADATA, ad.read_h5ad), (MDATA, None)):
+                p = path / f"{pre}{name}"
+                if p.exists():
+                    if reader is None:
+                        import mudata
+
+                        reader = mudata.read_h5mu
+                    adata = reader(p)
+                    break
+            else:
+                msg = f"No data saved in {path}; pass adata= (set up like the training data)."
+                raise ValueError(msg)
+        saved_var = from_jsonable(meta["var_names"])
+        new_var = _get_var_names(adata)
+        if isinstance(saved_var, dict):
+            same = isinstance(new_var, dict) and all(
+                np.array_equal(np.asarray(saved_var[k]), np.asarray(new_var.get(k))) for k in saved_var
+            )
+        else:
+            same = np.array_equal(np.asarray(saved_var, dtype=object), np.asarray(new_var, dtype=object))
+        if not same:
+            msg = (
+                "The genes of adata differ from those the model was trained on (names or order). "
+                "Subset and reorder adata to the model's genes: adata[:, model_var_names]."
+            )
+            raise ValueError(msg)
+        setup = dict(registry["setup_args"])
+        method = registry.get("setup_method_name", "setup_anndata")
+        getattr(cls, method)(adata, source_registry=registry, **setup)
+        init = attrs.pop("init_params_")
+        non_kwargs = dict(init["non_kwargs"])
+        kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
+        non_kwargs.pop("adata", None)
+        model = cls(adata, **non_kwargs, **kwargs)
+        try:
+            model.module.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            msg = f"The weights in {w_path} do not fit this model's architecture: {e}"
+            raise ValueError(msg) from e
+        for name, value in attrs.items():
+            setattr(model, name, value)
+        model.module.eval()
+        model.to_device(dev)
+        logger.info("Loaded %s from %s", cls.__name__, path)
+        return model
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scmech")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"

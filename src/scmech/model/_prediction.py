@@ -1,0 +1,480 @@
+"""Prediction of perturbations, media and time protocols as AnnData (the model's read-out API)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+from scvi import REGISTRY_KEYS, settings
+
+from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS, TARGET_SUM
+from scmech.data._design import canonical_label, parse_condition
+from scmech.data._embedding import pseudobulk_gene_embedding, ridge_map
+from scmech.data._pseudobulk import normalized_mean
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+K = SCMECH_REGISTRY_KEYS
+
+__all__ = ["PredictionMixin", "Protocol"]
+
+Step = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One condition to predict: targets, medium and times (perturbation at time 0)."""
+
+    label: str
+    targets: tuple[str, ...]
+    media: str | None
+    time: float
+    media_time: float
+
+
+def protocol_from_steps(steps: Sequence[Step], *, separator: str, control_label: str) -> Protocol:
+    """Turn an ordered list of steps into a :class:`Protocol`.
+
+    Steps are ``("perturb", "STAT1")``, ``("media", "stim")`` and ``("wait", 2.0)``, applied in order on a
+    clock that starts at 0. The read-out is at the end. At most one perturbation and one change of medium.
+    """
+    clock = 0.0
+    t_pert = None
+    t_media = None
+    targets: tuple[str, ...] = ()
+    media = None
+    label = control_label
+    for step in steps:
+        if not (isinstance(step, tuple | list) and len(step) == 2):
+            msg = (
+                f"Protocol step {step!r} must be a pair like ('perturb', 'STAT1'), ('media', 'stim') or ('wait', 2.0)."
+            )
+            raise ValueError(msg)
+        op, value = step
+        if op == "wait":
+            value = float(value)
+            if not np.isfinite(value) or value < 0:
+                msg = f"('wait', {value}) needs a finite, non-negative duration."
+                raise ValueError(msg)
+            clock += value
+        elif op == "perturb":
+            if t_pert is not None:
+                msg = "A protocol holds one ('perturb', ...) step; combine targets as 'A+B' in that step."
+                raise ValueError(msg)
+            t_pert = clock
+            targets = parse_condition(str(value), separator=separator, control_label=control_label)
+            label = canonical_label(targets, separator=separator, control_label=control_label)
+        elif op == "media":
+            if t_media is not None:
+                msg = "A protocol holds at most one ('media', ...) step."
+                raise ValueError(msg)
+            t_media = clock
+            media = str(value)
+        else:
+            msg = f"Unknown protocol step {op!r}; use 'perturb', 'media' or 'wait'."
+            raise ValueError(msg)
+    if t_pert is None:
+        t_pert = 0.0
+    return Protocol(
+        label=label,
+        targets=targets,
+        media=media,
+        time=clock - t_pert,
+        media_time=np.nan if t_media is None else t_media - t_pert,
+    )
+
+
+class PredictionMixin:
+    """``predict`` and the closed-form map for targets never perturbed in training."""
+
+    # ------------------------------------------------------------------ unseen targets
+    def _fit_target_map(self, train_indices: np.ndarray, ridge: float = 0.1, n_components: int = 10) -> None:
+        """Fit the closed-form ridge map from gene embeddings to operators over the training targets."""
+        adata = self.adata
+        design = self._design(adata)
+        x, var_names = self._expression_matrix(adata)
+        setup = self.adata_manager.registry["setup_args"]
+        emb_key = setup.get("gene_embedding_key")
+        if emb_key is not None:
+            a = adata.mod[self._field(REGISTRY_KEYS.X_KEY).mod_key] if hasattr(adata, "mod") else adata
+            embedding = np.asarray(a.varm[emb_key], dtype=np.float64)
+            source = f"varm[{emb_key!r}]"
+        else:
+            labels = design.labels[train_indices]
+            vc = pd.Series(labels).value_counts()
+            conds = sorted(vc.index[(vc >= 3)].tolist())
+            conds = [c for c in conds if c != design.unassigned_label]
+            if len(conds) < 3:
+                self.target_map_ = None
+                return
+            sub = x[train_indices]
+            mean = normalized_mean(sub, labels, conds, counts=setup.get("counts", True))
+            pb = np.log1p(TARGET_SUM * mean) if setup.get("counts", True) else mean
+            embedding = pseudobulk_gene_embedding(pb, n_components=min(n_components, len(conds) - 1))
+            source = "training pseudobulk PCA"
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        targets = list(st["targets"])
+        gene_pos = {g: i for i, g in enumerate(var_names)}
+        trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
+        rows = [i for i, t in enumerate(targets) if trained[i] and t in gene_pos]
+        if len(rows) < 2:
+            self.target_map_ = None
+            return
+        e = embedding[[gene_pos[targets[i]] for i in rows]]
+        field = self.module.field
+        with torch.no_grad():
+            ops = field.operators.detach().cpu().numpy()[rows]
+            own = self.module.decoder.own_effect
+            own_v = own.detach().cpu().numpy()[rows] if own is not None else np.zeros(len(rows))
+        values = np.hstack([ops, own_v[:, None]])
+        coef, intercept = ridge_map(e, values, ridge=ridge)
+        self.target_map_ = {
+            "embedding": embedding.astype(np.float32),
+            "var_names": [str(v) for v in var_names],
+            "coef": coef,
+            "intercept": intercept,
+            "fit_targets": [targets[i] for i in rows],
+            "ridge": ridge,
+            "source": source,
+        }
+
+    def _extended_operators(self, new_targets: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Operators, own effects and gene index for registered targets plus ``new_targets``."""
+        module = self.module
+        ops = module.field.operators.detach()
+        own = module.decoder.own_effect
+        own = own.detach() if own is not None else None
+        idx = module.decoder.target_gene_index
+        if not new_targets:
+            return ops, own, idx
+        tm = self.target_map_
+        if tm is None:
+            msg = (
+                f"Cannot predict targets {new_targets} never perturbed in training: no gene-embedding map was "
+                "fitted (it needs at least two training targets that are measured genes, or a "
+                "gene_embedding_key)."
+            )
+            raise KeyError(msg)
+        pos = {g: i for i, g in enumerate(tm["var_names"])}
+        missing = [t for t in new_targets if t not in pos]
+        if missing:
+            msg = (
+                f"Target(s) {missing} were never perturbed in training and are not genes of the data, so they have "
+                "no gene embedding. Add an embedding for them (setup_anndata(..., gene_embedding_key=...) with "
+                "the gene in var_names) or predict only measured genes."
+            )
+            raise KeyError(msg)
+        emb = np.asarray(tm["embedding"], dtype=np.float64)[[pos[t] for t in new_targets]]
+        vals = emb @ np.asarray(tm["coef"]) + np.asarray(tm["intercept"])
+        dev = ops.device
+        new_ops = torch.as_tensor(vals[:, :-1], dtype=ops.dtype, device=dev)
+        ops = torch.cat([ops, new_ops], dim=0)
+        if own is not None:
+            own = torch.cat([own, torch.as_tensor(vals[:, -1], dtype=own.dtype, device=dev)])
+        var_pos = {g: i for i, g in enumerate(self.adata.var_names)} if not hasattr(self.adata, "mod") else pos
+        new_idx = torch.as_tensor([var_pos.get(t, -1) for t in new_targets], dtype=idx.dtype, device=idx.device)
+        return ops, own, torch.cat([idx, new_idx])
+
+    # ------------------------------------------------------------------ prediction
+    def _build_protocols(self, perturbations, media, time, media_time, protocol) -> list[Protocol]:
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        sep, ctrl = st["separator"], st["control_label"]
+        if protocol is not None:
+            if perturbations is not None or time is not None or media is not None or media_time is not None:
+                msg = "Pass either `protocol` or `perturbations`/`media`/`time`/`media_time`, not both."
+                raise ValueError(msg)
+            many = (
+                len(protocol) > 0 and isinstance(protocol[0], list | tuple) and isinstance(protocol[0][0], list | tuple)
+            )
+            plist = protocol if many else [protocol]
+            return [protocol_from_steps(p, separator=sep, control_label=ctrl) for p in plist]
+        if perturbations is None:
+            perturbations = list(st["conditions"])
+        if isinstance(perturbations, str):
+            perturbations = [perturbations]
+        n = len(perturbations)
+
+        def _broadcast(v, name):
+            if v is None or isinstance(v, str | float | int | np.floating | np.integer):
+                return [v] * n
+            v = list(v)
+            if len(v) != n:
+                msg = f"`{name}` has {len(v)} values for {n} perturbations; give one value or one per perturbation."
+                raise ValueError(msg)
+            return v
+
+        med, tim, mtim = _broadcast(media, "media"), _broadcast(time, "time"), _broadcast(media_time, "media_time")
+        out = []
+        for p, m, t, s in zip(perturbations, med, tim, mtim, strict=True):
+            targets = parse_condition(str(p), separator=sep, control_label=ctrl)
+            if self.regime == "dynamic" and t is None:
+                msg = "The model is dynamic: give the read-out `time` (since perturbation) to predict."
+                raise ValueError(msg)
+            if self.regime == "steady_state" and t is not None:
+                msg = "`time` applies to dynamic models; this model reads out steady states (regime='steady_state')."
+                raise ValueError(msg)
+            tt = 0.0 if t is None else float(t)
+            if not np.isfinite(tt) or tt < 0:
+                msg = f"time={t!r} must be finite and >= 0 (time since perturbation)."
+                raise ValueError(msg)
+            ss = np.nan if s is None else float(s)
+            out.append(Protocol(canonical_label(targets, separator=sep, control_label=ctrl), targets, m, tt, ss))
+        return out
+
+    def _starting_cells(self, adata, from_cells, n_cells, rng) -> np.ndarray:
+        design = self._design(adata)
+        if from_cells is None:
+            idx = np.flatnonzero(design.is_control)
+            if len(idx) == 0:
+                msg = "No control cells to start counterfactuals from; pass from_cells=<indices of cells>."
+                raise ValueError(msg)
+            cap = 500 if n_cells is None else n_cells
+        else:
+            fc = np.asarray(from_cells)
+            idx = np.flatnonzero(fc) if fc.dtype == bool else fc.astype(int)
+            if fc.dtype == bool and len(fc) != adata.n_obs:
+                msg = f"from_cells is a mask of length {len(fc)} for {adata.n_obs} cells."
+                raise ValueError(msg)
+            if len(idx) == 0 or idx.min() < 0 or idx.max() >= adata.n_obs:
+                msg = f"from_cells must index cells of adata (0..{adata.n_obs - 1})."
+                raise ValueError(msg)
+            cap = n_cells
+        if cap is not None and len(idx) > cap:
+            idx = np.sort(rng.choice(idx, size=cap, replace=False))
+        return idx
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        perturbations: str | Sequence[str] | None = None,
+        *,
+        media: str | Sequence[str] | None = None,
+        time: float | Sequence[float] | None = None,
+        media_time: float | Sequence[float] | None = None,
+        batch: str | None = None,
+        efficacy: float | None = None,
+        n_cells: int | None = None,
+        from_cells: Sequence[int] | np.ndarray | None = None,
+        protocol: Sequence[Step] | Sequence[Sequence[Step]] | None = None,
+        return_mean: bool = True,
+        adata: AnnData | None = None,
+        batch_size: int | None = None,
+        random_state: int | None = None,
+    ) -> AnnData:
+        r"""Predict expression under perturbations, media and time protocols.
+
+        Each requested condition is predicted as counterfactuals of starting cells: a cell's basal state
+        (its latent minus the read-out of its own protocol) plus the read-out of the requested protocol,
+        decoded through the measurement operator with the cell's own batch (or ``batch``). Targets never
+        perturbed in training are predicted through the closed-form gene-embedding map when they are genes of
+        the data (or have a ``varm`` embedding).
+
+        Parameters
+        ----------
+        perturbations
+            Labels to predict (``"STAT1"``, ``"STAT1+JAK2"``, the control label); all registered conditions
+            when ``None``.
+        media
+            Medium at read-out (one, or one per perturbation); the baseline medium when ``None``.
+        time
+            Read-out time since the perturbation (dynamic models).
+        media_time
+            Time of the switch into ``media`` relative to the perturbation (negative: before it; ``None``: the
+            medium holds throughout).
+        batch
+            Batch whose capture the predictions are measured with; each starting cell's own batch when ``None``.
+        efficacy
+            Knock-down efficacy of the predicted perturbations; when ``None`` and an efficacy key is registered,
+            each counterfactual draws one from the perturbed training cells, else 1.
+        n_cells
+            Number of starting cells (a random subset); up to 500 control cells when ``None`` and
+            ``from_cells`` is not given.
+        from_cells
+            Indices (or a boolean mask) of the starting cells in ``adata``; control cells when ``None``.
+        protocol
+            An ordered list of steps, ``[("perturb", "STAT1"), ("media", "stim"), ("wait", 2.0)]``, or a list
+            of such lists, instead of ``perturbations``/``media``/``time``: operators are applied in order and
+            do not commute.
+        return_mean
+            One row per condition (mean over counterfactual cells) when ``True``; one row per counterfactual
+            cell otherwise.
+        adata
+            AnnData holding the starting cells (registered data when ``None``).
+        batch_size
+            Minibatch size for encoding.
+        random_state
+            Seed for subsetting cells and drawing efficacies (``scvi.settings.seed`` when ``None``).
+
+        Returns
+        -------
+        AnnData with ``X`` the log-normalised prediction :math:`\log(1 + 10^4 \rho)` (the pseudobulk definition
+        of :func:`scmech.data.pseudobulk`), ``layers["expression"]`` the normalised expression
+        (counts per 10,000), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
+        ``n_cells`` and ``unseen_targets``, and ``uns["scmech"]["prediction"]`` the provenance. Per-cell
+        predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        seed = settings.seed if random_state is None else random_state
+        rng = np.random.default_rng(seed)
+        protocols = self._build_protocols(perturbations, media, time, media_time, protocol)
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        known = list(st["targets"])
+        known_set = set(known)
+        new_targets = sorted({t for p in protocols for t in p.targets if t not in known_set})
+        ops, own, gene_idx = self._extended_operators(new_targets)
+        all_targets = known + new_targets
+        col = {t: i for i, t in enumerate(all_targets)}
+        media_cats = self._media_categories()
+        batch_cats = self._batch_categories()
+        media_idx = []
+        for p in protocols:
+            if p.media is None:
+                media_idx.append(0)
+            elif p.media not in media_cats:
+                msg = (
+                    f"Medium {p.media!r} was not seen in training (media: {media_cats or 'none registered'}). "
+                    "Predict only registered media."
+                )
+                raise KeyError(msg)
+            else:
+                media_idx.append(media_cats.index(p.media))
+        batch_index = None
+        if batch is not None:
+            if str(batch) not in batch_cats:
+                msg = f"Batch {batch!r} was not seen in training (batches: {batch_cats or 'none registered'})."
+                raise KeyError(msg)
+            batch_index = batch_cats.index(str(batch))
+
+        start = self._starting_cells(adata, from_cells, n_cells, rng)
+        module = self.module
+        dev = self.device
+        dl = self._make_data_loader(adata=adata, indices=start, batch_size=batch_size or 1024, shuffle=False)
+        basal, batches, cats, conts = [], [], [], []
+        for tensors in dl:
+            tensors = {k: v.to(dev) for k, v in tensors.items()}
+            inf = module.inference(**module._get_inference_input(tensors))
+            proto = module._protocol(tensors)
+            mu, _ = module.readout_states(
+                proto["perturbation"],
+                proto["media"],
+                proto["efficacy"],
+                proto["time"],
+                proto["media_time"],
+                implicit=False,
+            )
+            basal.append(inf["qz"].loc - mu)
+            batches.append(tensors.get(REGISTRY_KEYS.BATCH_KEY))
+            cats.append(tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+            conts.append(tensors.get(REGISTRY_KEYS.CONT_COVS_KEY))
+        basal = torch.cat(basal)
+        n0 = basal.shape[0]
+        b_idx = torch.cat(batches) if batches[0] is not None else None
+        if batch_index is not None:
+            b_idx = torch.full((n0, 1), batch_index, device=dev)
+        cat_covs = torch.cat(cats) if cats[0] is not None else None
+        cont_covs = torch.cat(conts) if conts[0] is not None else None
+
+        eff_pool = self._efficacy_pool(adata) if (efficacy is None and module.use_efficacy) else None
+        rows_x, rows_z, obs_rows = [], [], []
+        for p, m in zip(protocols, media_idx, strict=True):
+            pert = torch.zeros(n0, len(all_targets), device=dev)
+            for t in p.targets:
+                pert[:, col[t]] = 1.0
+            if efficacy is not None:
+                eff = torch.full((n0,), float(efficacy), device=dev)
+            elif eff_pool is not None and p.targets:
+                eff = torch.as_tensor(rng.choice(eff_pool, size=n0), dtype=torch.float32, device=dev)
+            else:
+                eff = None
+            med = torch.full((n0,), m, dtype=torch.long, device=dev)
+            tt = torch.full((n0,), p.time, device=dev)
+            ss = torch.full((n0,), p.media_time, device=dev)
+            mu, _ = module.readout_states(pert, med, eff, tt, ss, operators=ops, implicit=False)
+            z_cf = basal + mu
+            offset = module.decoder.perturbation_offset(pert, eff, own_effect=own, target_gene_index=gene_idx)
+            logits = module.decoder.logits(z_cf, b_idx, offset, cat_covs, cont_covs)
+            if module.gene_likelihood == "normal":
+                value = logits
+            else:
+                value = torch.softmax(logits, dim=-1)
+            info = {
+                "perturbation": p.label,
+                "media": media_cats[m] if media_cats else None,
+                "time": p.time if self.regime == "dynamic" else np.nan,
+                "media_time": p.media_time,
+                "batch": batch if batch is not None else "source cells",
+                "n_cells": n0,
+                "unseen_targets": ",".join(t for t in p.targets if t in new_targets),
+            }
+            if return_mean:
+                rows_x.append(value.mean(0, keepdim=True).cpu().numpy())
+                obs_rows.append(info)
+            else:
+                rows_x.append(value.cpu().numpy())
+                rows_z.append(z_cf.cpu().numpy())
+                obs_rows.extend([info] * n0)
+        values = np.concatenate(rows_x).astype(np.float64)
+        if module.gene_likelihood == "normal":
+            logx, expr = values, np.expm1(values)
+        else:
+            expr = TARGET_SUM * values
+            logx = np.log1p(expr)
+        obs = pd.DataFrame(obs_rows)
+        if not return_mean:
+            obs["source_cell"] = np.tile(np.asarray(adata.obs_names)[start], len(protocols))
+            obs.index = [f"{lab}|{c}" for lab, c in zip(obs["perturbation"], obs["source_cell"], strict=True)]
+        else:
+            obs.index = [
+                f"{r['perturbation']}|{r['media']}|{r['time']:g}"
+                if self.regime == "dynamic" or r["media"]
+                else r["perturbation"]
+                for r in obs_rows
+            ]
+            obs.index = pd.Index(obs.index).astype(str)
+            if not obs.index.is_unique:
+                obs.index = [f"{i}#{k}" for k, i in enumerate(obs.index)]
+        for c in ("perturbation", "media", "batch"):
+            obs[c] = obs[c].astype(str).astype("category")
+        _, var_names = self._expression_matrix(adata)
+        out = ad.AnnData(
+            X=logx.astype(np.float32),
+            obs=obs,
+            var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
+            layers={"expression": expr.astype(np.float32)},
+        )
+        if not return_mean:
+            out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = np.concatenate(rows_z).astype(np.float32)
+        out.uns[SCMECH_ADATA_KEYS.UNS] = {
+            "prediction": {
+                "model": type(self).__name__,
+                "regime": self.regime,
+                "readout": module.readout,
+                "steady_state_weight": float(module.steady_state_weight),
+                "n_starting_cells": int(n0),
+                "starting_cells": "controls" if from_cells is None else "user",
+                "efficacy": "empirical" if eff_pool is not None else ("given" if efficacy is not None else "1"),
+                "unseen_targets": list(new_targets),
+                "target_map": None if self.target_map_ is None else self.target_map_["source"],
+                "random_state": int(seed),
+                "value": "log1p(1e4 * mean normalised expression)",
+            }
+        }
+        return out
+
+    def _efficacy_pool(self, adata) -> np.ndarray | None:
+        if K.EFFICACY_KEY not in self.adata_manager.data_registry:
+            return None
+        eff = np.asarray(self.adata_manager.get_from_registry(K.EFFICACY_KEY)).ravel()
+        design = self._design(self.adata)
+        perturbed = design.fit_mask & ~design.is_control
+        return eff[perturbed] if perturbed.any() else None

@@ -1,0 +1,319 @@
+"""SemiMechVI: the semi-mechanistic model of a Perturb-seq screen with the scvi-tools model API."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from scvi import REGISTRY_KEYS, settings
+from scvi.model._utils import get_max_epochs_heuristic
+from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+
+from scmech._constants import SCMECH_REGISTRY_KEYS
+from scmech.module import SemiMechVAE
+
+from ._persistence import SafeSaveLoadMixin
+from ._prediction import PredictionMixin
+from ._setup import PerturbationSetupMixin
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+K = SCMECH_REGISTRY_KEYS
+
+__all__ = ["SemiMechVI"]
+
+
+class SemiMechVI(
+    PredictionMixin,
+    PerturbationSetupMixin,
+    SafeSaveLoadMixin,
+    RNASeqMixin,
+    VAEMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
+):
+    r"""Semi-mechanistic variational inference for CRISPR-perturbation single-cell data.
+
+    A VAE whose decoder is the measurement operator (NB/ZINB counts with library size and batch capture)
+    and whose prior is the read-out of latent dynamics :math:`dz/dt = f_\theta(z; m, p)` under each cell's
+    protocol: fixed points in the steady-state regime, the ordered flow of perturbation, medium and time in
+    the dynamic regime. See :mod:`scmech.module` for the equations.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (or MuData with :meth:`setup_mudata`).
+    n_latent
+        Dimension of the latent cell state.
+    n_hidden
+        Width of the encoder.
+    n_layers
+        Hidden layers of the encoder.
+    gene_likelihood
+        ``"nb"``, ``"zinb"``, or ``"normal"`` for data registered with ``counts=False``.
+    regime
+        ``"steady_state"``, ``"dynamic"`` or ``"auto"`` (dynamic when a time key is registered).
+    steady_state_weight
+        Weight of the steady-state term :math:`\|f_\theta(\bar z_\varnothing; m_0, \varnothing)\|^2`. Values
+        above 0 in the steady-state regime also read perturbed cells out at exact fixed points (implicit
+        gradients); 0 is the vanilla model: a finite-horizon flow from the baseline state with no
+        steady-state term.
+    readout
+        ``"auto"`` (as described for ``steady_state_weight``), ``"fixed_point"`` or ``"flow"``.
+    **module_kwargs
+        Passed to :class:`~scmech.module.SemiMechVAE` (e.g. ``field_hidden``, ``mmd_weight``,
+        ``n_layers_decoder``, ``dispersion``, ``onset_tau``, ``horizon``).
+
+    Examples
+    --------
+    >>> adata = scmech.datasets.papalexi2021()
+    >>> scmech.model.SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT",
+    ...                                       batch_key="bio_rep")
+    >>> model = scmech.model.SemiMechVI(adata)
+    >>> model.train(max_epochs=20)
+    >>> pred = model.predict(["STAT1", "JAK2"])
+    """
+
+    _module_cls = SemiMechVAE
+
+    def __init__(
+        self,
+        adata: AnnData | MuData | None = None,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        gene_likelihood: Literal["nb", "zinb", "normal"] = "nb",
+        regime: Literal["auto", "steady_state", "dynamic"] = "auto",
+        steady_state_weight: float = 1.0,
+        readout: Literal["auto", "fixed_point", "flow"] = "auto",
+        **module_kwargs,
+    ) -> None:
+        super().__init__(adata)
+        setup = self.adata_manager.registry["setup_args"]
+        counts = setup.get("counts", True)
+        if gene_likelihood not in ("nb", "zinb", "normal"):
+            msg = f"gene_likelihood={gene_likelihood!r} is not one of 'nb', 'zinb', 'normal'."
+            raise ValueError(msg)
+        if gene_likelihood == "normal" and counts:
+            msg = (
+                "gene_likelihood='normal' models log-normalised data, but the data were registered as counts. "
+                "Use 'nb'/'zinb' for counts, or register log-normalised data with setup_anndata(..., counts=False)."
+            )
+            raise ValueError(msg)
+        if gene_likelihood != "normal" and not counts:
+            msg = (
+                f"The data were registered as non-count data (counts=False), which gene_likelihood={gene_likelihood!r} "
+                "cannot model. Use gene_likelihood='normal', or register raw counts."
+            )
+            raise ValueError(msg)
+        has_time = setup.get("time_key") is not None
+        if regime == "auto":
+            regime = "dynamic" if has_time else "steady_state"
+            logger.info("regime='auto' picked %r (%s time key registered).", regime, "a" if has_time else "no")
+        if regime not in ("steady_state", "dynamic"):
+            msg = f"regime={regime!r} is not one of 'auto', 'steady_state', 'dynamic'."
+            raise ValueError(msg)
+        if regime == "dynamic" and not has_time:
+            msg = "regime='dynamic' needs a time key: register it with setup_anndata(..., time_key=...)."
+            raise ValueError(msg)
+        if steady_state_weight < 0:
+            msg = f"steady_state_weight must be >= 0, got {steady_state_weight}."
+            raise ValueError(msg)
+        if readout == "auto":
+            readout = "fixed_point" if (regime == "steady_state" and steady_state_weight > 0) else "flow"
+        self.regime = regime
+        pstate = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        n_batch = self.summary_stats.get("n_batch", 0)
+        n_media = self._n_media()
+        n_cats = (
+            self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY).n_cats_per_key
+            if REGISTRY_KEYS.CAT_COVS_KEY in self.adata_manager.data_registry
+            else None
+        )
+        n_cont = self.summary_stats.get("n_extra_continuous_covs", 0)
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=n_batch,
+            n_targets=len(pstate["targets"]),
+            target_gene_index=list(pstate["target_var_index"]),
+            n_media=n_media,
+            n_latent=n_latent,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            gene_likelihood=gene_likelihood,
+            regime=regime,
+            readout=readout,
+            steady_state_weight=steady_state_weight,
+            n_cats_per_cov=n_cats,
+            n_continuous_cov=n_cont,
+            **module_kwargs,
+        )
+        self._model_summary_string = (
+            f"SemiMechVI model ({regime} regime, {readout} read-out) with n_latent={n_latent}, "
+            f"n_hidden={n_hidden}, n_layers={n_layers}, gene_likelihood={gene_likelihood!r}, "
+            f"steady_state_weight={steady_state_weight}, {len(pstate['targets'])} targets, "
+            f"{n_batch} batches, {n_media} media."
+        )
+        self.target_map_ = None
+        self.init_params_ = self._get_init_params(locals())
+
+    def _n_media(self) -> int:
+        return max(len(self._media_categories()), 1)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 128,
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ):
+        """Train with scvi-tools' Lightning loop; defaults suited to the model.
+
+        Unassigned cells are excluded from training (their count is logged). Held-out splits go through
+        ``datasplitter_kwargs={"external_indexing": [train, validation, test]}`` (e.g. from
+        :func:`scmech.tl.split`); never evaluate on random cell splits. The KL warm-up defaults to a quarter
+        of ``max_epochs`` (scvi-tools' default of 400 epochs would keep the KL weight tiny in short runs);
+        the dynamics always receive the full prior gradient. The operators learn at ``operator_scale``
+        times the learning rate. Accelerators, devices and Lightning strategies (e.g.
+        ``strategy="ddp_find_unused_parameters_true"``) pass through ``trainer_kwargs``.
+
+        Parameters
+        ----------
+        max_epochs
+            Number of epochs; scvi-tools' heuristic from the number of cells when ``None``.
+        batch_size
+            Minibatch size (per device under DDP).
+        train_size
+            Fraction of fitted cells used for training when no external indexing is given (default 0.9).
+        validation_size
+            Fraction used for validation (default: the rest).
+        early_stopping
+            Lightning early stopping on the validation ELBO (ignored under DDP, as in scvi-tools).
+        datasplitter_kwargs
+            Passed to :class:`~scvi.dataloaders.DataSplitter`.
+        plan_kwargs
+            Passed to :class:`~scvi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``ss_weight``...).
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``, ``strategy``...).
+        """
+        fit = self._fit_mask(self.adata)
+        n_fit = int(fit.sum())
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(n_fit)
+        plan_kwargs = dict(plan_kwargs or {})
+        if "n_steps_kl_warmup" not in plan_kwargs:
+            plan_kwargs.setdefault("n_epochs_kl_warmup", max(1, max_epochs // 4))
+        datasplitter_kwargs = dict(datasplitter_kwargs or {})
+        external = datasplitter_kwargs.get("external_indexing")
+        n_unfit = len(fit) - n_fit
+        if external is None:
+            external = self._default_split(fit, train_size, validation_size)
+        else:
+            external = [np.asarray(ix, dtype=int) for ix in external]
+            bad = [len(np.setdiff1d(ix, np.arange(len(fit)))) for ix in external]
+            if any(bad):
+                msg = f"external_indexing holds indices outside 0..{len(fit) - 1}."
+                raise ValueError(msg)
+            external = [ix[fit[ix]] for ix in external]
+        while len(external) < 3:
+            external.append(np.array([], dtype=int))
+        # scvi-tools' splitter needs every cell in one set: unassigned and unlisted cells join the test set,
+        # which is never trained on
+        covered = np.zeros(len(fit), dtype=bool)
+        for ix in external:
+            covered[ix] = True
+        external[2] = np.union1d(external[2], np.flatnonzero(~covered)).astype(int)
+        if n_unfit:
+            logger.info("%d unassigned cells are kept in adata but excluded from training.", n_unfit)
+        datasplitter_kwargs["external_indexing"] = external
+        if len(external[0]) == 0:
+            msg = "No cells to train on: the training indices are empty after removing unassigned cells."
+            raise ValueError(msg)
+        out = super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            datasplitter_kwargs=datasplitter_kwargs,
+            plan_kwargs=plan_kwargs,
+            **trainer_kwargs,
+        )
+        self._fit_target_map(np.asarray(external[0]))
+        return out
+
+    def _default_split(self, fit: np.ndarray, train_size, validation_size) -> list[np.ndarray]:
+        rng = np.random.default_rng(settings.seed)
+        idx = rng.permutation(np.flatnonzero(fit))
+        train_size = 0.9 if train_size is None else train_size
+        if not 0 < train_size <= 1:
+            msg = f"train_size must be in (0, 1], got {train_size}."
+            raise ValueError(msg)
+        n_train = int(np.ceil(train_size * len(idx)))
+        n_val = len(idx) - n_train if validation_size is None else int(np.floor(validation_size * len(idx)))
+        return [np.sort(idx[:n_train]), np.sort(idx[n_train : n_train + n_val]), np.sort(idx[n_train + n_val :])]
+
+    # ------------------------------------------------------------------ latent quantities
+    @torch.inference_mode()
+    def get_steady_state_residual(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        r"""Per-cell steady-state residual :math:`\|f_\theta(z_c; m_c, p_c)\|` at the cell's latent mean.
+
+        Near zero for cells at an equilibrium of their own protocol; large for cells the field would still
+        move (e.g. controls that drift, or cells between attractors).
+
+        Returns
+        -------
+        Array of residual norms, one per cell.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        out = []
+        field = self.module.field
+        for tensors in dl:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
+            z = inf["qz"].loc
+            drive = field.drive(proto["perturbation"], proto["efficacy"])
+            out.append(field(z, proto["media"], drive).norm(dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def get_basal_representation(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        r"""Basal state of each cell: its latent mean minus the read-out of its protocol, :math:`z_c - \mu_{\pi_c}`.
+
+        The basal state is what remains of a cell once its perturbation, medium and time are removed; it
+        should not encode the perturbation (check with ``history["basal_leak_train"]``).
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        out = []
+        for tensors in dl:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
+            mu, _ = self.module.readout_states(
+                proto["perturbation"],
+                proto["media"],
+                proto["efficacy"],
+                proto["time"],
+                proto["media_time"],
+                implicit=False,
+            )
+            out.append((inf["qz"].loc - mu).cpu().numpy())
+        return np.concatenate(out)

@@ -1,0 +1,316 @@
+"""Registration of a screen's counts and design, shared by SemiMechVI and the baselines."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING
+
+from scvi import REGISTRY_KEYS, settings
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalJointObsField,
+    CategoricalObsField,
+    LayerField,
+    MuDataCategoricalJointObsField,
+    MuDataCategoricalObsField,
+    MuDataLayerField,
+    MuDataNumericalJointObsField,
+    MuDataNumericalObsField,
+    NumericalJointObsField,
+    NumericalObsField,
+)
+from scvi.utils import setup_anndata_dsp
+
+from scmech._constants import SCMECH_REGISTRY_KEYS
+from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
+from scmech.data._design import parse_perturbations, validate_categorical
+from scmech.data._fields import (
+    EfficacyField,
+    MediaTimeField,
+    MuDataEfficacyField,
+    MuDataMediaTimeField,
+    MuDataPerturbationField,
+    MuDataTimeField,
+    PerturbationField,
+    TimeField,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+    import pandas as pd
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+K = SCMECH_REGISTRY_KEYS
+
+__all__ = ["PerturbationSetupMixin"]
+
+
+class PerturbationSetupMixin:
+    """``setup_anndata``/``setup_mudata`` for perturbation screens and access to the registered design."""
+
+    # ------------------------------------------------------------------ registration
+    @staticmethod
+    def _validate_for_setup(adata: AnnData, layer: str | None, counts: bool, batch_key, media_key, mod=None):
+        where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+        if mod is not None:
+            where = f"mdata[{mod!r}]." + where.removeprefix("adata.")
+        check_adata(adata)
+        if layer is not None and layer not in adata.layers:
+            msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
+            raise KeyError(msg)
+        x = adata.layers[layer] if layer else adata.X
+        check_expression(x, where, counts=counts)
+        _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
+        if zero_genes:
+            warnings.warn(
+                f"{where} has {zero_genes} genes without any counts; they are kept and predicted near zero. "
+                "Consider sc.pp.filter_genes(adata, min_cells=1).",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+        for key, what in ((batch_key, "batch"), (media_key, "media")):
+            if key is not None:
+                if key not in adata.obs.columns:
+                    msg = f"{what} key {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:12]})."
+                    raise KeyError(msg)
+                validate_categorical(adata.obs[key], key, what)
+
+    @classmethod
+    @setup_anndata_dsp.dedent
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        perturbation_key: str = "perturbation",
+        control_label: str | Sequence[str] = "NT",
+        separator: str = "+",
+        unassigned_label: str | Sequence[str] | None = "unassigned",
+        batch_key: str | None = None,
+        time_key: str | None = None,
+        media_key: str | None = None,
+        media_time_key: str | None = None,
+        efficacy_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        gene_embedding_key: str | None = None,
+        counts: bool = True,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData with its counts and experimental design.
+
+        Writes ``adata.obsm["_scmech_perturbation"]`` (the multi-hot perturbation matrix) and the
+        ``_scvi_*`` columns and ``uns`` entries of scvi-tools registration; nothing else is changed.
+
+        Parameters
+        ----------
+        adata
+            AnnData with raw counts (or log-normalised values with ``counts=False``). Not a view.
+        layer
+            Layer with the counts; ``X`` when ``None``.
+        perturbation_key
+            ``obs`` column of perturbation labels: targets, ``A+B`` combinations, control and unassigned labels.
+        control_label
+            Label (or labels) of non-targeting controls.
+        separator
+            Separator of combinations.
+        unassigned_label
+            Label (or labels) of cells without a guide call; kept but not fitted (their count is logged).
+        batch_key
+            ``obs`` column of the wet-lab batch (lane, replicate): a measurement effect.
+        time_key
+            ``obs`` column of the time since perturbation (numeric, ``>= 0``); makes ``regime="auto"`` dynamic.
+        media_key
+            ``obs`` column of the medium or condition (in vivo: the niche). The first category is the
+            baseline medium.
+        media_time_key
+            ``obs`` column of the time of the switch into the medium, on the clock of ``time_key``
+            (negative: before the perturbation; NaN: no switch).
+        efficacy_key
+            ``obs`` column of knock-down efficacy in ``[0, 1]``, which scales each cell's operators.
+        size_factor_key
+            ``obs`` column of library sizes used instead of total counts.
+        categorical_covariate_keys
+            Further categorical measurement covariates.
+        continuous_covariate_keys
+            Further continuous measurement covariates.
+        gene_embedding_key
+            ``varm`` key of a gene embedding used to predict targets never perturbed in training; by default
+            the principal components of the training pseudobulk.
+        counts
+            Whether the data are raw counts; ``False`` declares log-normalised data (use
+            ``gene_likelihood="normal"``).
+        **kwargs
+            Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        cls._validate_for_setup(adata, layer, counts, batch_key, media_key)
+        if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
+            msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
+            raise KeyError(msg)
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=counts),
+            PerturbationField(
+                K.PERTURBATION_KEY,
+                perturbation_key,
+                control_label=control_label,
+                separator=separator,
+                unassigned_label=unassigned_label,
+            ),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
+            CategoricalJointObsField(REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys),
+            TimeField(time_key),
+            EfficacyField(efficacy_key),
+            MediaTimeField(media_time_key),
+        ]
+        if media_key is not None:
+            fields.append(CategoricalObsField(K.MEDIA_KEY, media_key))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        perturbation_key: str = "perturbation",
+        control_label: str | Sequence[str] = "NT",
+        separator: str = "+",
+        unassigned_label: str | Sequence[str] | None = "unassigned",
+        batch_key: str | None = None,
+        time_key: str | None = None,
+        media_key: str | None = None,
+        media_time_key: str | None = None,
+        efficacy_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        gene_embedding_key: str | None = None,
+        counts: bool = True,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData: counts from the RNA modality, design columns from a modality's ``obs``.
+
+        Parameters
+        ----------
+        mdata
+            MuData with an RNA modality (a guide modality may sit beside it; assign guides first with
+            :func:`scmech.pp.assign_guides` to get a perturbation column).
+        rna_layer
+            Layer of the RNA modality with counts; ``X`` when ``None``.
+        perturbation_key
+            As in :meth:`setup_anndata`; likewise ``control_label``, ``separator``, ``unassigned_label``,
+            ``batch_key``, ``time_key``, ``media_key``, ``media_time_key``, ``efficacy_key``,
+            ``size_factor_key``, ``categorical_covariate_keys``, ``continuous_covariate_keys``,
+            ``gene_embedding_key`` and ``counts``.
+        modalities
+            Maps each argument (``"rna_layer"``, ``"perturbation_key"``, ...) to a modality name. Arguments
+            not listed default to the modality of ``rna_layer`` (``"rna"`` when absent).
+        **kwargs
+            Passed to :meth:`~scvi.data.AnnDataManager.register_fields`.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        modalities = dict(modalities or {})
+        rna_mod = modalities.get("rna_layer", "rna")
+        if rna_mod not in mdata.mod:
+            msg = (
+                f"MuData has no modality {rna_mod!r} for the RNA counts (modalities: {list(mdata.mod.keys())}); "
+                "pass modalities={'rna_layer': '<name>'}."
+            )
+            raise KeyError(msg)
+        for arg in list(setup_method_args["setup_args"].keys()):
+            if arg not in ("modalities", "control_label", "separator", "unassigned_label", "counts"):
+                modalities.setdefault(arg, rna_mod)
+        for arg, mod in modalities.items():
+            if mod is not None and mod not in mdata.mod:
+                msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
+                raise KeyError(msg)
+        rna = mdata.mod[rna_mod]
+        cls._validate_for_setup(rna, rna_layer, counts, None, None, mod=rna_mod)
+        if mdata.is_view:
+            msg = "mdata is a view; call mdata = mdata.copy() first."
+            raise ValueError(msg)
+        fields = [
+            MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=rna_mod, is_count_data=counts, mod_required=True),
+            MuDataPerturbationField(
+                K.PERTURBATION_KEY,
+                perturbation_key,
+                control_label=control_label,
+                separator=separator,
+                unassigned_label=unassigned_label,
+                mod_key=modalities["perturbation_key"],
+            ),
+            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities["batch_key"]),
+            MuDataNumericalObsField(
+                REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, mod_key=modalities["size_factor_key"], required=False
+            ),
+            MuDataCategoricalJointObsField(
+                REGISTRY_KEYS.CAT_COVS_KEY, categorical_covariate_keys, mod_key=modalities["categorical_covariate_keys"]
+            ),
+            MuDataNumericalJointObsField(
+                REGISTRY_KEYS.CONT_COVS_KEY, continuous_covariate_keys, mod_key=modalities["continuous_covariate_keys"]
+            ),
+            MuDataTimeField(time_key, mod_key=modalities["time_key"]),
+            MuDataEfficacyField(efficacy_key, mod_key=modalities["efficacy_key"]),
+            MuDataMediaTimeField(media_time_key, mod_key=modalities["media_time_key"]),
+        ]
+        if media_key is not None:
+            fields.append(MuDataCategoricalObsField(K.MEDIA_KEY, media_key, mod_key=modalities["media_key"]))
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ registry helpers
+    def _field(self, registry_key: str):
+        for f in self.adata_manager.fields:
+            if f.registry_key == registry_key:
+                return f
+        return None
+
+    def _obs(self, adata, registry_key: str = K.PERTURBATION_KEY) -> pd.DataFrame:
+        f = self._field(registry_key)
+        mod = getattr(f, "mod_key", None) if f is not None else None
+        return adata.mod[mod].obs if (mod is not None and hasattr(adata, "mod")) else adata.obs
+
+    def _design(self, adata):
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        obs = self._obs(adata)
+        setup = self.adata_manager.registry["setup_args"]
+        return parse_perturbations(
+            obs[st["obs_key"]].to_numpy(),
+            control_label=setup["control_label"],
+            separator=st["separator"],
+            unassigned_label=setup["unassigned_label"],
+            targets=list(st["targets"]),
+            key=st["obs_key"],
+            require_control=False,
+        )
+
+    def _fit_mask(self, adata) -> np.ndarray:
+        return self._design(adata).fit_mask
+
+    def _media_categories(self) -> list[str]:
+        if K.MEDIA_KEY in self.adata_manager.data_registry:
+            return [str(c) for c in self.adata_manager.get_state_registry(K.MEDIA_KEY).categorical_mapping]
+        return []
+
+    def _batch_categories(self) -> list[str]:
+        if REGISTRY_KEYS.BATCH_KEY in self.adata_manager.data_registry:
+            return [str(c) for c in self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping]
+        return []
+
+    def _expression_matrix(self, adata):
+        f = self._field(REGISTRY_KEYS.X_KEY)
+        mod = getattr(f, "mod_key", None)
+        a = adata.mod[mod] if (mod is not None and hasattr(adata, "mod")) else adata
+        layer = f.attr_key
+        return a.layers[layer] if layer else a.X, (a.var_names if mod else adata.var_names)

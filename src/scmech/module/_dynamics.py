@@ -1,0 +1,360 @@
+r"""Latent dynamics: the vector field, its operators, the ODE solver and the steady-state solve.
+
+The field acting on the latent cell state :math:`z \in \mathbb R^d` is
+
+.. math::
+
+    f_\theta(z; m, p, t) = -\gamma \odot (z - c) + g_\theta(z, e_m) + w_m
+        + \textstyle\sum_{k \in p} \eta_k(t)\, v_k + [p \neq \varnothing]\, v_{\text{shared}},
+
+with a stable linear part (:math:`\gamma > 0`), a nonlinear part :math:`g_\theta` (an MLP whose Lipschitz
+constant is kept below :math:`\lambda_{\text{lip}} \min\gamma`, so that every (medium, perturbation) has
+one globally attracting fixed point, assumption A2), a medium push :math:`w_m` and embedding :math:`e_m`
+(:math:`w_0 = 0` for the baseline medium), one operator :math:`v_k` per target gene scaled by its efficacy
+(with an optional onset ramp :math:`\eta_k(t) = \eta_k (1 - e^{-t/\tau})`), and a push shared by all
+perturbed cells (the systematic response). With :math:`g = 0` the fixed point is
+:math:`c + (w_m + \sum v_k + v_{\text{shared}})/\gamma`, a linear-response (latent-shift) model;
+combinations interact only through :math:`g`.
+
+This module knows no AnnData: tensors in, tensors out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["FixedPointResult", "VectorField"]
+
+
+@dataclass
+class FixedPointResult:
+    """States at the fixed point and how well each solve converged."""
+
+    z: torch.Tensor
+    residual: torch.Tensor
+    converged: torch.Tensor
+    n_iter: int
+
+
+class VectorField(nn.Module):
+    r"""Vector field :math:`f_\theta(z; m, p)` on the latent state with operators for targets and media.
+
+    Parameters
+    ----------
+    n_latent
+        Dimension of the latent state.
+    n_targets
+        Number of perturbation targets with a learned operator.
+    n_media
+        Number of media (medium 0 is the baseline).
+    n_hidden
+        Width of the nonlinear part :math:`g_\theta`; 0 makes the field linear.
+    n_layers
+        Number of hidden layers of :math:`g_\theta`.
+    lipschitz
+        Bound on :math:`\mathrm{Lip}(g_\theta) / \min\gamma`; below 1 guarantees a unique stable fixed point.
+    operator_scale
+        Multiplier of the raw operator parameters (a per-parameter learning-rate boost for the operators,
+        which otherwise learn slowly).
+    onset_tau
+        Time constant of the onset ramp of perturbations (0: instantaneous).
+    learn_onset
+        Learn ``onset_tau`` (starting from the given value, or 0.5 when it is 0).
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_targets: int,
+        n_media: int = 1,
+        n_hidden: int = 64,
+        n_layers: int = 1,
+        lipschitz: float = 0.9,
+        operator_scale: float = 10.0,
+        onset_tau: float = 0.0,
+        learn_onset: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 < lipschitz < 1:
+            msg = f"`lipschitz` must be in (0, 1) for a unique stable fixed point, got {lipschitz}."
+            raise ValueError(msg)
+        self.n_latent = n_latent
+        self.n_targets = n_targets
+        self.n_media = n_media
+        self.lipschitz = lipschitz
+        self.operator_scale = operator_scale
+        # gamma = softplus(raw) + 0.05, initialised at 1
+        self.gamma_raw = nn.Parameter(torch.full((n_latent,), math.log(math.e**0.95 - 1)))
+        self.center = nn.Parameter(torch.zeros(n_latent))
+        self.operators_raw = nn.Parameter(torch.zeros(n_targets, n_latent))
+        self.shared_raw = nn.Parameter(torch.zeros(n_latent))
+        self.media_push_raw = nn.Parameter(torch.zeros(max(n_media - 1, 0), n_latent))
+        n_embed = min(8, n_media) if n_media > 1 else 0
+        self.media_embedding = nn.Parameter(torch.randn(n_media, n_embed) * 0.1) if n_embed else None
+        self.n_hidden = n_hidden
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        if n_hidden > 0:
+            dims = [n_latent + n_embed] + [n_hidden] * n_layers + [n_latent]
+            for i in range(len(dims) - 1):
+                w = torch.empty(dims[i + 1], dims[i])
+                nn.init.orthogonal_(w)
+                self.weights.append(nn.Parameter(w))
+                if i < len(dims) - 2:
+                    self.biases.append(nn.Parameter(torch.zeros(dims[i + 1])))
+            # g starts at zero: tanh(0) = 0 scales the whole nonlinear part
+            self.g_gate = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_parameter("g_gate", None)
+        tau0 = onset_tau if onset_tau > 0 else 0.5
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)), requires_grad=learn_onset)
+        self.onset = bool(onset_tau > 0 or learn_onset)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def gamma(self) -> torch.Tensor:
+        """Relaxation rates (positive)."""
+        return nn.functional.softplus(self.gamma_raw) + 0.05
+
+    @property
+    def operators(self) -> torch.Tensor:
+        """Operators :math:`v_k` of the targets (targets x latent)."""
+        return self.operator_scale * self.operators_raw
+
+    @property
+    def shared(self) -> torch.Tensor:
+        """Push shared by all perturbed cells."""
+        return self.operator_scale * self.shared_raw
+
+    @property
+    def media_push(self) -> torch.Tensor:
+        """Pushes :math:`w_m` of the media (media x latent, row 0 is the baseline's zero)."""
+        zero = torch.zeros(1, self.n_latent, device=self.center.device, dtype=self.center.dtype)
+        return torch.cat([zero, self.operator_scale * self.media_push_raw], dim=0)
+
+    @property
+    def tau(self) -> torch.Tensor:
+        """Onset time constant."""
+        return self.log_tau.exp()
+
+    def _normalised_weights(self) -> list[torch.Tensor]:
+        # Frobenius normalisation bounds the spectral norm of each layer by 1 (no power iteration needed)
+        out = []
+        for w in self.weights:
+            norm = torch.linalg.matrix_norm(w)
+            out.append(w / torch.clamp(norm, min=1.0))
+        return out
+
+    def _g_scale(self) -> torch.Tensor:
+        return self.lipschitz * self.gamma.min() * torch.tanh(self.g_gate)
+
+    # ------------------------------------------------------------------ evaluation
+    def drive(
+        self,
+        perturbation: torch.Tensor,
+        efficacy: torch.Tensor | None = None,
+        operators: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""Constant input of the perturbation: :math:`\sum_k \eta v_k + [p \neq \varnothing] v_{shared}`.
+
+        Parameters
+        ----------
+        perturbation
+            Multi-hot rows (n x targets).
+        efficacy
+            Efficacy per row (n,) or (n, 1); 1 when ``None``.
+        operators
+            Operators to use instead of the learned ones (e.g. with rows for unseen targets).
+        """
+        ops = self.operators if operators is None else operators
+        u = perturbation @ ops
+        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(u.dtype)
+        if efficacy is not None:
+            u = u * efficacy.reshape(-1, 1)
+        return u + perturbed * self.shared
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        media: torch.Tensor,
+        drive: torch.Tensor,
+        ramp: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""Evaluate :math:`f_\theta(z; m, p)`.
+
+        Parameters
+        ----------
+        z
+            States (n x latent).
+        media
+            Medium index per row (n,), long.
+        drive
+            Perturbation input from :meth:`drive` (n x latent).
+        ramp
+            Onset factor in [0, 1] per row (n, 1), multiplying the drive; 1 when ``None``.
+        """
+        u = drive if ramp is None else drive * ramp
+        out = -self.gamma * (z - self.center) + self.media_push[media] + u
+        if self.n_hidden > 0:
+            out = out + self._g(z, media)[0]
+        return out
+
+    def _g(self, z: torch.Tensor, media: torch.Tensor, with_jacobian: bool = False):
+        ws = self._normalised_weights()
+        h = z
+        if self.media_embedding is not None:
+            h = torch.cat([z, self.media_embedding[media]], dim=-1)
+        derivs = []
+        for i, w in enumerate(ws[:-1]):
+            h = torch.tanh(h @ w.T + self.biases[i])
+            derivs.append(1 - h**2)
+        scale = self._g_scale()
+        out = scale * (h @ ws[-1].T)
+        if not with_jacobian:
+            return out, None
+        # analytic Jacobian d g / d z: scale * W_L diag(d_{L-1}) W_{L-1} ... diag(d_1) W_1[:, :d]
+        jac = ws[-1].expand(z.shape[0], -1, -1)
+        for i in range(len(derivs) - 1, -1, -1):
+            jac = jac * derivs[i].unsqueeze(1)
+            w = ws[i] if i > 0 else ws[0][:, : self.n_latent]
+            jac = jac @ w
+        return out, scale * jac
+
+    def jacobian(self, z: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
+        r"""Jacobian :math:`\partial f / \partial z` per row (n x latent x latent)."""
+        n, d = z.shape
+        jac = -torch.diag_embed(self.gamma.expand(n, d))
+        if self.n_hidden > 0:
+            jac = jac + self._g(z, media, with_jacobian=True)[1]
+        return jac
+
+    # ------------------------------------------------------------------ steady states
+    def fixed_point(
+        self,
+        z_init: torch.Tensor,
+        media: torch.Tensor,
+        drive: torch.Tensor,
+        *,
+        tol: float = 1e-5,
+        max_iter: int = 50,
+        implicit: bool = True,
+    ) -> FixedPointResult:
+        r"""Solve :math:`f_\theta(z^\star; m, p) = 0` by Newton's method, with implicit gradients.
+
+        The solve runs without autograd; the result is re-attached by one Newton step with the Jacobian
+        detached, :math:`z^\star - J^{-1} f_\theta(z^\star)`, whose value is :math:`z^\star` and whose
+        gradient is the implicit-function-theorem gradient :math:`-J^{-1}\,\partial f/\partial\theta`
+        (deep-equilibrium style): no backpropagation through the iterations.
+
+        Parameters
+        ----------
+        z_init
+            Starting states (n x latent).
+        media
+            Medium index per row.
+        drive
+            Perturbation input per row.
+        tol
+            Convergence tolerance on :math:`\max_i |f_i|`.
+        max_iter
+            Cap on Newton iterations.
+        implicit
+            Attach implicit gradients (else return a detached state).
+        """
+        with torch.no_grad():
+            z = z_init.detach().clone()
+            d = drive.detach()
+            it = 0
+            for it in range(1, max_iter + 1):  # noqa: B007
+                fz = self.forward(z, media, d)
+                if fz.abs().amax().item() < tol:
+                    break
+                jac = self.jacobian(z, media)
+                step = torch.linalg.solve(jac, fz.unsqueeze(-1)).squeeze(-1)
+                z = z - step
+            fz = self.forward(z, media, d)
+            residual = fz.norm(dim=-1)
+            converged = fz.abs().amax(dim=-1) < max(tol * 10, 1e-4)
+            if not implicit:
+                return FixedPointResult(z, residual, converged, it)
+            jac = self.jacobian(z, media)
+        f_attached = self.forward(z, media, drive)
+        z_star = z - torch.linalg.solve(jac, f_attached.unsqueeze(-1)).squeeze(-1)
+        return FixedPointResult(z_star, residual, converged, it)
+
+    # ------------------------------------------------------------------ protocols (flows)
+    def integrate_protocol(
+        self,
+        z0: torch.Tensor,
+        drive: torch.Tensor,
+        media: torch.Tensor,
+        t_read: torch.Tensor,
+        media_time: torch.Tensor,
+        *,
+        baseline_media: int = 0,
+        n_steps: int = 8,
+    ) -> torch.Tensor:
+        r"""Integrate an ordered protocol with fixed-step RK4 and return the states at read-out.
+
+        Each row starts from ``z0`` in the baseline medium at time :math:`t_0 = \min(0, s)`; the perturbation
+        is applied at time 0 (with the onset ramp), the medium switches to ``media`` at ``media_time``
+        :math:`s` (NaN: the row is in ``media`` throughout), and the state is read at ``t_read``. The interval
+        is cut at the events into three segments of ``n_steps`` RK4 steps each, so operators apply in the
+        order of the protocol (they do not commute).
+
+        Parameters
+        ----------
+        z0
+            Start states (n x latent).
+        drive
+            Perturbation input per row (n x latent).
+        media
+            Medium at read-out per row (n,).
+        t_read
+            Read-out time since perturbation (n,).
+        media_time
+            Time of the switch into ``media`` (n,), NaN for no switch.
+        baseline_media
+            Index of the baseline medium.
+        n_steps
+            RK4 steps per segment.
+        """
+        no_switch = torch.isnan(media_time)
+        s = torch.where(no_switch, torch.zeros_like(media_time), media_time)
+        t_read = torch.clamp(t_read, min=0.0)
+        t0 = torch.minimum(torch.zeros_like(s), s)
+        t0 = torch.minimum(t0, t_read)
+        e_a = torch.clamp(torch.minimum(torch.zeros_like(s), s), min=t0)
+        e_b = torch.clamp(torch.maximum(torch.zeros_like(s), s), max=t_read)
+        e_b = torch.maximum(e_b, e_a)
+        bounds = [t0, e_a, e_b, t_read]
+        z = z0
+        base = torch.full_like(media, baseline_media)
+        for k in range(3):
+            start, end = bounds[k], torch.maximum(bounds[k + 1], bounds[k])
+            mid = 0.5 * (start + end)
+            in_media = no_switch | (mid >= s)
+            med = torch.where(in_media, media, base)
+            pert_on = (mid >= 0).to(z.dtype).unsqueeze(-1)
+            dt = ((end - start) / n_steps).unsqueeze(-1)
+            t = start.unsqueeze(-1)
+            for _ in range(n_steps):
+                z = self._rk4_step(z, t, dt, med, drive, pert_on)
+                t = t + dt
+        return z
+
+    def _ramp(self, t: torch.Tensor, pert_on: torch.Tensor) -> torch.Tensor:
+        if not self.onset:
+            return pert_on
+        return pert_on * (1 - torch.exp(-torch.clamp(t, min=0.0) / self.tau))
+
+    def _rk4_step(self, z, t, dt, media, drive, pert_on):
+        k1 = self.forward(z, media, drive, self._ramp(t, pert_on))
+        k2 = self.forward(z + 0.5 * dt * k1, media, drive, self._ramp(t + 0.5 * dt, pert_on))
+        k3 = self.forward(z + 0.5 * dt * k2, media, drive, self._ramp(t + 0.5 * dt, pert_on))
+        k4 = self.forward(z + dt * k3, media, drive, self._ramp(t + dt, pert_on))
+        return z + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)

@@ -1,0 +1,163 @@
+r"""The measurement operator: latent state → count (or log-normalised) distribution per gene.
+
+.. math::
+
+    \text{logits}_{cg} = (D z_c)_g + b_g + \beta_{b(c), g} + \sum_j \xi_{j, k_j(c), g} + (C s_c)_g
+        + [p_c \neq \varnothing]\, o_g + \sum_{k \in p_c} \eta_c\, a_k\, [g = \text{gene}(k)],
+
+:math:`\rho_c = \mathrm{softmax}(\text{logits}_c)` and :math:`x_{cg} \sim \mathrm{NB}(\ell_c \rho_{cg}, \theta_g)`
+(or its zero-inflated form). :math:`D` is linear (default) or an MLP, :math:`\beta_b` is the batch's
+per-gene capture (a measurement effect, not a biological one), :math:`\xi` and :math:`C` are
+categorical and continuous covariates, :math:`o` is a full-rank per-gene offset of perturbed cells (the
+shift shared by perturbations, which a low-rank latent shift cannot express) and :math:`a_k` is the direct
+effect of a knock-down of gene :math:`k` on its own mRNA. With ``likelihood="normal"`` (log-normalised
+data) the logits are the mean of a Gaussian with per-gene variance.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from scvi.nn import FCLayers
+from torch import nn
+from torch.distributions import Normal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["MeasurementDecoder"]
+
+
+class MeasurementDecoder(nn.Module):
+    """Decoder of the measurement operator (see the module docstring for the model).
+
+    Parameters
+    ----------
+    n_latent
+        Latent dimension.
+    n_genes
+        Number of genes.
+    n_batch
+        Number of batches.
+    target_gene_index
+        Position of each target's gene in the gene list, ``-1`` where unmeasured.
+    likelihood
+        ``"nb"``, ``"zinb"`` or ``"normal"``.
+    dispersion
+        ``"gene"`` or ``"gene-batch"``.
+    n_layers
+        Hidden layers of the decoder MLP; 0 is a linear decoder.
+    n_hidden
+        Width of the decoder MLP.
+    n_cats_per_cov
+        Number of categories of each extra categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates.
+    shared_offset
+        Learn the per-gene offset of perturbed cells.
+    own_target
+        Learn the direct effect of each target on its own mRNA.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_genes: int,
+        n_batch: int,
+        target_gene_index: torch.Tensor,
+        likelihood: Literal["nb", "zinb", "normal"] = "nb",
+        dispersion: Literal["gene", "gene-batch"] = "gene",
+        n_layers: int = 0,
+        n_hidden: int = 128,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        shared_offset: bool = True,
+        own_target: bool = True,
+    ) -> None:
+        super().__init__()
+        self.likelihood = likelihood
+        self.dispersion = dispersion
+        self.n_genes = n_genes
+        self.n_batch = n_batch
+        self.hidden = (
+            FCLayers(n_in=n_latent, n_out=n_hidden, n_layers=n_layers, n_hidden=n_hidden, dropout_rate=0.0)
+            if n_layers > 0
+            else None
+        )
+        self.loading = nn.Linear(n_hidden if n_layers > 0 else n_latent, n_genes)
+        self.batch_effect = nn.Parameter(torch.zeros(max(n_batch, 1), n_genes))
+        self.cat_effects = nn.ParameterList([nn.Parameter(torch.zeros(n, n_genes)) for n in (n_cats_per_cov or [])])
+        self.cont_effect = nn.Parameter(torch.zeros(n_continuous_cov, n_genes)) if n_continuous_cov else None
+        self.shared_offset = nn.Parameter(torch.zeros(n_genes)) if shared_offset else None
+        self.register_buffer("target_gene_index", target_gene_index.long())
+        n_targets = len(target_gene_index)
+        self.own_effect = nn.Parameter(torch.zeros(n_targets)) if own_target else None
+        n_disp = n_batch if dispersion == "gene-batch" else 1
+        self.log_theta = nn.Parameter(torch.zeros(n_disp, n_genes) + 1.0)
+        self.dropout_logits = nn.Linear(n_latent, n_genes) if likelihood == "zinb" else None
+        self.log_sigma = nn.Parameter(torch.zeros(n_genes) - 1.0) if likelihood == "normal" else None
+
+    def perturbation_offset(
+        self,
+        perturbation: torch.Tensor,
+        efficacy: torch.Tensor | None,
+        own_effect: torch.Tensor | None = None,
+        target_gene_index: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes)."""
+        out = None
+        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(perturbation.dtype)
+        if self.shared_offset is not None:
+            out = perturbed * self.shared_offset
+        own = self.own_effect if own_effect is None else own_effect
+        idx = self.target_gene_index if target_gene_index is None else target_gene_index
+        if own is not None and len(idx) > 0:
+            measured = idx >= 0
+            if bool(measured.any()):
+                vals = perturbation[:, measured] * own[measured]
+                if efficacy is not None:
+                    vals = vals * efficacy.reshape(-1, 1)
+                own_mat = torch.zeros(perturbation.shape[0], self.n_genes, device=vals.device, dtype=vals.dtype)
+                own_mat = own_mat.index_add(1, idx[measured], vals)
+                out = own_mat if out is None else out + own_mat
+        return out
+
+    def logits(
+        self,
+        z: torch.Tensor,
+        batch_index: torch.Tensor | None,
+        gene_offset: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Unnormalised log expression per gene."""
+        h = self.hidden(z) if self.hidden is not None else z
+        out = self.loading(h)
+        if batch_index is not None and self.n_batch > 0:
+            out = out + self.batch_effect[batch_index.reshape(-1).long()]
+        if cat_covs is not None:
+            for j, eff in enumerate(self.cat_effects):
+                out = out + eff[cat_covs[:, j].long()]
+        if cont_covs is not None and self.cont_effect is not None:
+            out = out + cont_covs @ self.cont_effect
+        if gene_offset is not None:
+            out = out + gene_offset
+        return out
+
+    def distribution(
+        self, z: torch.Tensor, logits: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None
+    ):
+        """Likelihood of the counts given the logits and the library size (log scale, n x 1)."""
+        if self.likelihood == "normal":
+            return Normal(logits, self.log_sigma.exp().clamp(min=1e-4))
+        scale = torch.softmax(logits, dim=-1)
+        rate = torch.exp(library) * scale
+        if self.dispersion == "gene-batch" and batch_index is not None:
+            theta = self.log_theta[batch_index.reshape(-1).long()].exp()
+        else:
+            theta = self.log_theta[0].exp()
+        if self.likelihood == "zinb":
+            return ZeroInflatedNegativeBinomial(mu=rate, theta=theta, zi_logits=self.dropout_logits(z), scale=scale)
+        return NegativeBinomial(mu=rate, theta=theta, scale=scale)

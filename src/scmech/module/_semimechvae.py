@@ -1,0 +1,494 @@
+r"""SemiMechVAE: a VAE whose prior is the read-out of latent dynamics under the cell's protocol.
+
+Generative model for a cell :math:`c` with protocol :math:`\pi_c` (perturbation, efficacy, medium, times):
+
+.. math::
+
+    z_c \sim \mathcal N\big(\mu_{\pi_c}, I\big), \qquad
+    x_c \sim \mathcal O_{b(c)}(z_c),
+
+where :math:`\mu_\pi` is where the dynamics take the baseline state :math:`z_{\text{base}}` under the
+protocol: the fixed point of :math:`f_\theta(\cdot; m, p)` in the steady-state regime, or the RK4 flow of the
+ordered protocol in the dynamic regime. The deviation :math:`z_c - \mu_{\pi_c}` is the cell's basal
+(protocol-free) state; cell-to-cell heterogeneity is carried along it, so counterfactuals are
+:math:`z_c - \mu_{\pi_c} + \mu_{\pi'}`.
+
+Loss (per minibatch, means over cells):
+
+.. math::
+
+    \mathcal L = -\mathbb E_q \log p(x\mid z) + \beta\,\mathrm{KL}\big(q(z\mid x)\,\|\,\mathcal N(\mu_\pi, I)\big)
+        + \lambda_{ss}\,\big\|f_\theta(\bar z_{\varnothing}; m_0, \varnothing)\big\|^2
+        + \lambda_{mmd}\,\mathrm{MMD}_u^2(\text{basal} \mid \text{group}, \text{control}),
+
+with :math:`\bar z_\varnothing` the mean latent of baseline control cells (the steady-state term: controls
+are a fixed point) and an unbiased MMD between each protocol group's basal states and the controls'
+(the basal state must not encode the perturbation). The KL warm-up weight :math:`\beta` applies to the
+encoder only: the dynamics always receive the full prior gradient.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.nn import Encoder
+from torch.distributions import Normal, kl_divergence
+
+from scmech._constants import SCMECH_REGISTRY_KEYS
+
+from ._dynamics import VectorField
+from ._measurement import MeasurementDecoder
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["SemiMechVAE"]
+
+K = SCMECH_REGISTRY_KEYS
+
+
+def _group_mmd(
+    x: torch.Tensor, groups: torch.Tensor, ref_mask: torch.Tensor, bandwidths: Sequence[float]
+) -> tuple[torch.Tensor, int]:
+    """Mean unbiased MMD^2 (sum of RBF kernels) of each group of rows against the reference rows.
+
+    One kernel matrix for the whole minibatch; per-group sums come from one-hot products, so the cost is
+    that of a single MMD whatever the number of groups. Groups with fewer than 2 rows are skipped.
+    """
+    d2 = torch.cdist(x, x).pow(2)
+    kmat = sum(torch.exp(-d2 / (2 * b**2)) for b in bandwidths)
+    n_bw = float(len(bandwidths))
+    onehot = torch.nn.functional.one_hot(groups).to(x.dtype)  # n x G
+    onehot = onehot[:, onehot.sum(0) > 0]
+    ref = ref_mask.to(x.dtype).unsqueeze(1)
+    is_ref_group = (onehot * ref).sum(0) == onehot.sum(0)
+    onehot = onehot[:, ~is_ref_group]
+    n_g = onehot.sum(0)
+    n_r = ref.sum()
+    keep = n_g >= 2
+    if n_r < 2 or not bool(keep.any()):
+        return torch.zeros((), device=x.device), 0
+    onehot, n_g = onehot[:, keep], n_g[keep]
+    kg = kmat @ onehot  # n x G
+    s_gg = (onehot * kg).sum(0)
+    s_gr = (ref * kg).sum(0)
+    s_rr = (ref * (kmat @ ref)).sum()
+    sxx = (s_gg - n_bw * n_g) / (n_g * (n_g - 1))
+    syy = (s_rr - n_bw * n_r) / (n_r * (n_r - 1))
+    sxy = s_gr / (n_g * n_r)
+    return (sxx + syy - 2 * sxy).mean(), int(keep.sum())
+
+
+class SemiMechVAE(BaseModuleClass):
+    r"""Semi-mechanistic VAE: measurement operator, latent dynamics and the steady-state loss.
+
+    Parameters
+    ----------
+    n_input
+        Number of genes.
+    n_batch
+        Number of batches.
+    n_targets
+        Number of registered perturbation targets.
+    target_gene_index
+        Gene position of each target (``-1`` if unmeasured), for the own-target effect.
+    n_media
+        Number of media (0 or 1: no media).
+    n_latent
+        Latent dimension.
+    n_hidden
+        Width of the encoder (and of an MLP decoder).
+    n_layers
+        Hidden layers of the encoder.
+    n_layers_decoder
+        Hidden layers of the decoder; 0 is a linear decoder (loadings).
+    dropout_rate
+        Encoder dropout.
+    gene_likelihood
+        ``"nb"``, ``"zinb"`` or ``"normal"`` (log-normalised data).
+    dispersion
+        ``"gene"`` or ``"gene-batch"``.
+    regime
+        ``"steady_state"`` (read-out at fixed points) or ``"dynamic"`` (read-out of the ordered protocol).
+    readout
+        ``"fixed_point"`` (implicit steady state) or ``"flow"`` (finite-horizon RK4 from the baseline state).
+    steady_state_weight
+        Weight :math:`\lambda_{ss}` of the steady-state term; 0 is the vanilla model.
+    steady_state_on
+        ``"mean"``: the term is evaluated at the mean baseline control state; ``"cells"``: at every
+        baseline control cell (makes the whole control cloud stationary, which erases heterogeneity the
+        field could otherwise explain).
+    mmd_weight
+        Weight of the unbiased MMD between basal states of protocol groups and controls.
+    field_hidden
+        Width of the nonlinear part of the field (0: linear dynamics).
+    field_layers
+        Hidden layers of the nonlinear part of the field.
+    lipschitz
+        Contraction bound of the field's nonlinear part.
+    operator_scale
+        Learning-rate multiplier of the operators.
+    horizon
+        Integration time of the ``"flow"`` read-out in the steady-state regime.
+    ode_steps
+        RK4 steps per protocol segment.
+    onset_tau
+        Onset time constant of perturbations (0: instantaneous).
+    learn_onset
+        Fit the onset time constant.
+    use_efficacy
+        Scale operators by the registered per-cell efficacy.
+    n_cats_per_cov
+        Categories of each extra categorical covariate.
+    n_continuous_cov
+        Number of continuous covariates.
+    shared_offset
+        Learn the per-gene offset shared by perturbed cells.
+    own_target
+        Learn the direct effect of each knock-down on its own mRNA.
+    log_variational
+        Encode ``log1p`` of the counts.
+    fixed_point_tol
+        Tolerance of the steady-state solve.
+    fixed_point_max_iter
+        Iteration cap of the steady-state solve.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_batch: int = 0,
+        n_targets: int = 0,
+        target_gene_index: Sequence[int] | None = None,
+        n_media: int = 1,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        n_layers_decoder: int = 0,
+        dropout_rate: float = 0.1,
+        gene_likelihood: Literal["nb", "zinb", "normal"] = "nb",
+        dispersion: Literal["gene", "gene-batch"] = "gene",
+        regime: Literal["steady_state", "dynamic"] = "steady_state",
+        readout: Literal["fixed_point", "flow"] = "fixed_point",
+        steady_state_weight: float = 1.0,
+        steady_state_on: Literal["mean", "cells"] = "mean",
+        mmd_weight: float = 1.0,
+        field_hidden: int = 32,
+        field_layers: int = 1,
+        lipschitz: float = 0.9,
+        operator_scale: float = 10.0,
+        horizon: float = 4.0,
+        ode_steps: int = 8,
+        onset_tau: float = 0.0,
+        learn_onset: bool = False,
+        use_efficacy: bool = True,
+        n_cats_per_cov: Sequence[int] | None = None,
+        n_continuous_cov: int = 0,
+        shared_offset: bool = True,
+        own_target: bool = True,
+        log_variational: bool = True,
+        fixed_point_tol: float = 1e-5,
+        fixed_point_max_iter: int = 50,
+    ) -> None:
+        super().__init__()
+        self.n_input = n_input
+        self.n_batch = n_batch
+        self.n_targets = n_targets
+        self.n_media = max(n_media, 1)
+        self.n_latent = n_latent
+        self.gene_likelihood = gene_likelihood
+        self.regime = regime
+        self.readout = readout
+        self.steady_state_weight = steady_state_weight
+        self.steady_state_on = steady_state_on
+        self.mmd_weight = mmd_weight
+        self.horizon = horizon
+        self.ode_steps = ode_steps
+        self.use_efficacy = use_efficacy
+        self.log_variational = log_variational and gene_likelihood != "normal"
+        self.fixed_point_tol = fixed_point_tol
+        self.fixed_point_max_iter = fixed_point_max_iter
+        tgi = torch.as_tensor(list(target_gene_index) if target_gene_index is not None else [-1] * n_targets)
+        self.encoder = Encoder(
+            n_input,
+            n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            distribution="normal",
+            var_eps=1e-4,
+            return_dist=True,
+        )
+        self.decoder = MeasurementDecoder(
+            n_latent,
+            n_input,
+            n_batch,
+            tgi,
+            likelihood=gene_likelihood,
+            dispersion=dispersion,
+            n_layers=n_layers_decoder,
+            n_hidden=n_hidden,
+            n_cats_per_cov=n_cats_per_cov,
+            n_continuous_cov=n_continuous_cov,
+            shared_offset=shared_offset,
+            own_target=own_target,
+        )
+        self.field = VectorField(
+            n_latent,
+            n_targets,
+            n_media=self.n_media,
+            n_hidden=field_hidden,
+            n_layers=field_layers,
+            lipschitz=lipschitz,
+            operator_scale=operator_scale,
+            onset_tau=onset_tau,
+            learn_onset=learn_onset,
+        )
+        self.z_base = torch.nn.Parameter(torch.zeros(n_latent))
+        # running mean of the baseline control state (latent); used when a minibatch holds no controls
+        self.register_buffer("control_reference", torch.zeros(n_latent))
+        self.register_buffer("control_reference_set", torch.zeros((), dtype=torch.bool))
+        self._last_unconverged = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def _protocol(self, tensors: dict) -> dict:
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        n = x.shape[0]
+        dev = x.device
+        pert = tensors.get(K.PERTURBATION_KEY)
+        pert = torch.zeros(n, self.n_targets, device=dev) if pert is None else pert.float()
+        eff = tensors.get(K.EFFICACY_KEY)
+        media = tensors.get(K.MEDIA_KEY)
+        time = tensors.get(K.TIME_KEY)
+        mtime = tensors.get(K.MEDIA_TIME_KEY)
+        return {
+            "perturbation": pert,
+            "efficacy": None if (eff is None or not self.use_efficacy) else eff.reshape(-1).float(),
+            "media": torch.zeros(n, dtype=torch.long, device=dev) if media is None else media.reshape(-1).long(),
+            "time": torch.zeros(n, device=dev) if time is None else time.reshape(-1).float(),
+            "media_time": torch.full((n,), float("nan"), device=dev) if mtime is None else mtime.reshape(-1).float(),
+        }
+
+    def readout_states(
+        self,
+        perturbation: torch.Tensor,
+        media: torch.Tensor,
+        efficacy: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        media_time: torch.Tensor | None = None,
+        operators: torch.Tensor | None = None,
+        implicit: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Latent read-out :math:`\mu_\pi` of each row's protocol (rows deduplicated internally).
+
+        Returns
+        -------
+        The states (n x latent) and the steady-state residual :math:`\|f\|` of each row's solve (zeros for
+        flows).
+        """
+        n = perturbation.shape[0]
+        dev = perturbation.device
+        eff = torch.ones(n, device=dev) if efficacy is None else efficacy.reshape(-1).float()
+        t = torch.zeros(n, device=dev) if time is None else time.reshape(-1).float()
+        s = torch.full((n,), float("nan"), device=dev) if media_time is None else media_time.reshape(-1).float()
+        key = torch.cat(
+            [
+                perturbation.float(),
+                media.reshape(-1, 1).float(),
+                eff.reshape(-1, 1),
+                t.reshape(-1, 1),
+                torch.nan_to_num(s, nan=-1e9).reshape(-1, 1),
+            ],
+            dim=1,
+        )
+        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+        nt = perturbation.shape[1]
+        p_u = uniq[:, :nt]
+        m_u = uniq[:, nt].long()
+        e_u = uniq[:, nt + 1]
+        t_u = uniq[:, nt + 2]
+        s_u = uniq[:, nt + 3]
+        s_u = torch.where(s_u < -1e8, torch.full_like(s_u, float("nan")), s_u)
+        drive = self.field.drive(p_u, e_u, operators=operators)
+        z0 = self.z_base.expand(len(uniq), -1)
+        residual = torch.zeros(len(uniq), device=dev)
+        if self.regime == "dynamic":
+            mu = self.field.integrate_protocol(z0, drive, m_u, t_u, s_u, n_steps=self.ode_steps)
+        elif self.readout == "fixed_point":
+            res = self.field.fixed_point(
+                z0, m_u, drive, tol=self.fixed_point_tol, max_iter=self.fixed_point_max_iter, implicit=implicit
+            )
+            mu = res.z
+            residual = res.residual
+            self._last_unconverged = float((~res.converged).float().mean().item())
+        else:
+            horizon = torch.full((len(uniq),), self.horizon, device=dev)
+            nan = torch.full((len(uniq),), float("nan"), device=dev)
+            mu = self.field.integrate_protocol(z0, drive, m_u, horizon, nan, n_steps=self.ode_steps)
+        return mu[inverse], residual[inverse]
+
+    # ------------------------------------------------------------------ scvi-tools hooks
+    def _get_inference_input(self, tensors: dict) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+        }
+
+    @auto_move_data
+    def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None, n_samples: int = 1) -> dict:
+        """Encode cells into the latent state: returns ``qz`` (a Normal), ``z`` and the log library size."""
+        x_ = torch.log1p(x) if self.log_variational else x
+        qz, z = self.encoder(x_)
+        if n_samples > 1:
+            z = qz.sample((n_samples,))
+        library = torch.log(x.sum(1, keepdim=True).clamp(min=1.0))
+        return {"qz": qz, "z": z, "library": library}
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        size_factor = tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY)
+        library = inference_outputs["library"] if size_factor is None else torch.log(size_factor)
+        out = {
+            "z": inference_outputs["z"],
+            "library": library,
+            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
+            "cat_covs": tensors.get(REGISTRY_KEYS.CAT_COVS_KEY),
+            "cont_covs": tensors.get(REGISTRY_KEYS.CONT_COVS_KEY),
+        }
+        out.update(self._protocol(tensors))
+        return out
+
+    @auto_move_data
+    def generative(
+        self,
+        z: torch.Tensor,
+        library: torch.Tensor,
+        perturbation: torch.Tensor,
+        media: torch.Tensor,
+        efficacy: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+        media_time: torch.Tensor | None = None,
+        batch_index: torch.Tensor | None = None,
+        cat_covs: torch.Tensor | None = None,
+        cont_covs: torch.Tensor | None = None,
+        transform_batch: torch.Tensor | None = None,
+    ) -> dict:
+        """Prior from the dynamics' read-out and the measurement distribution ``px``."""
+        if transform_batch is not None:
+            batch_index = torch.ones_like(batch_index) * transform_batch
+        mu, residual = self.readout_states(perturbation, media, efficacy, time, media_time)
+        offset = self.decoder.perturbation_offset(perturbation, efficacy)
+        logits = self.decoder.logits(z, batch_index, offset, cat_covs, cont_covs)
+        px = self.decoder.distribution(z, logits, library, batch_index)
+        pz = Normal(mu, torch.ones_like(mu))
+        return {"px": px, "pz": pz, "mu": mu, "fp_residual": residual}
+
+    def loss(
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+        ss_weight: float | None = None,
+        mmd_weight: float | None = None,
+    ) -> LossOutput:
+        """Negative ELBO plus the steady-state and MMD terms; extra terms in ``extra_metrics``."""
+        ss_w = self.steady_state_weight if ss_weight is None else ss_weight
+        mmd_w = self.mmd_weight if mmd_weight is None else mmd_weight
+        x = tensors[REGISTRY_KEYS.X_KEY]
+        qz = inference_outputs["qz"]
+        z = inference_outputs["z"]
+        px = generative_outputs["px"]
+        mu = generative_outputs["mu"]
+        recon = -px.log_prob(x).sum(-1)
+        kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu))).sum(-1)
+        # warm-up acts on the encoder only; the dynamics get the full prior gradient
+        kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu))).sum(-1)
+        prior_fit = 0.5 * (qz.loc.detach() - mu).pow(2).sum(-1)
+        loss = torch.mean(recon + kl_weight * kl_enc + prior_fit)
+
+        proto = self._protocol(tensors)
+        pert, media = proto["perturbation"], proto["media"]
+        is_ctrl = pert.sum(-1) == 0
+        baseline_ctrl = is_ctrl & (media == 0) & (torch.isnan(proto["media_time"]))
+        basal = z - mu
+        extra: dict[str, torch.Tensor] = {}
+
+        # steady-state term: baseline controls are a fixed point of f(.; m0, no perturbation)
+        zero_drive = torch.zeros(1, self.n_latent, device=z.device)
+        m0 = torch.zeros(1, dtype=torch.long, device=z.device)
+        if bool(baseline_ctrl.any()):
+            ctrl_loc = qz.loc[baseline_ctrl].detach()
+            mean_ctrl = ctrl_loc.mean(0, keepdim=True)
+            if self.training:
+                with torch.no_grad():
+                    if bool(self.control_reference_set):
+                        self.control_reference.mul_(0.9).add_(0.1 * mean_ctrl[0])
+                    else:
+                        self.control_reference.copy_(mean_ctrl[0])
+                        self.control_reference_set.fill_(True)
+        else:
+            ctrl_loc = self.control_reference.unsqueeze(0)
+            mean_ctrl = ctrl_loc
+        if self.steady_state_on == "cells":
+            f_ctrl = self.field(ctrl_loc, m0.expand(len(ctrl_loc)), zero_drive.expand(len(ctrl_loc), -1))
+            ss = f_ctrl.pow(2).sum(-1).mean()
+        else:
+            f_ctrl = self.field(mean_ctrl, m0, zero_drive)
+            ss = f_ctrl.pow(2).sum()
+        if ss_w > 0:
+            loss = loss + ss_w * ss
+        extra["ss_residual"] = ss.detach().sqrt()
+
+        # basal states must not encode the protocol: unbiased MMD of each group against baseline controls
+        mmd = torch.zeros((), device=z.device)
+        group_key = torch.cat(
+            [
+                pert,
+                media.reshape(-1, 1).float(),
+                proto["time"].reshape(-1, 1),
+                torch.nan_to_num(proto["media_time"], nan=-1e9).reshape(-1, 1),
+            ],
+            dim=1,
+        )
+        _, groups = torch.unique(group_key, dim=0, return_inverse=True)
+        if mmd_w > 0:
+            bw = [0.5 * self.n_latent**0.5, self.n_latent**0.5, 2 * self.n_latent**0.5]
+            mmd, n_groups = _group_mmd(basal, groups, baseline_ctrl, bw)
+            if n_groups:
+                loss = loss + mmd_w * mmd
+        with torch.no_grad():
+            counts = torch.bincount(groups).float()
+            means = torch.zeros(len(counts), self.n_latent, device=z.device).index_add_(0, groups, basal)
+            means = means / counts.clamp(min=1).unsqueeze(-1)
+            total_var = basal.var(0, unbiased=False).sum().clamp(min=1e-8)
+            between = ((means - basal.mean(0)) ** 2 * (counts / counts.sum()).unsqueeze(-1)).sum() / total_var
+        extra["mmd"] = mmd.detach()
+        extra["basal_sd"] = basal.detach().std(0).mean()
+        extra["basal_leak"] = between
+        extra["fp_unconverged"] = torch.tensor(self._last_unconverged, device=z.device)
+        if not torch.isfinite(loss):
+            msg = (
+                "The loss became non-finite (NaN or inf). Likely causes: a learning rate too high for the "
+                "operators (lower `lr` or `operator_scale`), counts with huge library sizes (pass a "
+                "size_factor_key), or a steady-state weight so large that the field diverges."
+            )
+            raise FloatingPointError(msg)
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=recon,
+            kl_local={"kl_divergence_z": kl_true},
+            extra_metrics=extra,
+        )
+
+    @torch.inference_mode()
+    def sample(self, tensors: dict, n_samples: int = 1) -> torch.Tensor:
+        """Posterior predictive samples of the counts (cells x genes [x samples])."""
+        _, gen = self.forward(tensors, compute_loss=False, inference_kwargs={"n_samples": 1})
+        dist = gen["px"]
+        samples = dist.sample((n_samples,)) if n_samples > 1 else dist.sample()
+        if n_samples > 1:
+            samples = samples.permute(1, 2, 0)
+        return samples.cpu()
