@@ -17,7 +17,6 @@ def _seed():
     import scvi
 
     scvi.settings.seed = 0
-    yield
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from ._fields import (
     TimeField,
 )
 from ._pseudobulk import pseudobulk
+from ._simulate import SimulatedNetwork, simulate_perturbseq, simulation_group_keys
 
 __all__ = [
     "EfficacyField",
@@ -33,12 +34,15 @@ __all__ = [
     "MuDataTimeField",
     "PerturbationDesign",
     "PerturbationField",
+    "SimulatedNetwork",
     "TimeField",
     "canonical_label",
     "get_design",
     "parse_condition",
     "parse_perturbations",
     "pseudobulk",
+    "simulate_perturbseq",
+    "simulation_group_keys",
     "validate_categorical",
     "validate_efficacy",
     "validate_time",
