@@ -1,0 +1,267 @@
+"""Benchmark plots: leaderboards and predicted vs observed changes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+
+from scmech._constants import SCMECH_ADATA_KEYS
+
+from ._utils import finish, get_ax
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from anndata import AnnData
+    from matplotlib.axes import Axes
+
+    from scmech.tl import Split
+
+__all__ = ["leaderboard", "predicted_vs_observed"]
+
+
+def leaderboard(
+    results_or_board: pd.DataFrame,
+    *,
+    metric: str = "pearson_delta_de",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+) -> Axes | None:
+    """Dot plot of models' mean score with error bars, best model on top.
+
+    A model named ``"noise_ceiling"`` (from :func:`scmech.tl.noise_ceiling`) is drawn as a dashed vertical
+    line with its sd band instead of a dot.
+
+    Parameters
+    ----------
+    results_or_board
+        Tidy results of :func:`scmech.tl.evaluate` or the output of :func:`scmech.tl.leaderboard`.
+    metric
+        Metric to show.
+    ax
+        Axes to draw into; a new figure when ``None``.
+    show
+        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+    save
+        Path to save the figure to (or ``True`` for scanpy's figure directory).
+
+    Returns
+    -------
+    The axes, unless ``show=True``. Error bars are the sd over conditions (or over seeds when the results
+    have a ``seed`` column).
+
+    Examples
+    --------
+    >>> results = scmech.tl.evaluate(preds, adata, split=sp)
+    >>> scmech.pl.leaderboard(results, metric="pearson_delta_de")
+    """
+    from scmech.tl._metrics import higher_is_better
+    from scmech.tl._metrics import leaderboard as make_board
+
+    df = results_or_board
+    if not isinstance(df, pd.DataFrame):
+        msg = f"results_or_board must be a DataFrame from scmech.tl.evaluate or scmech.tl.leaderboard, got {type(df)}."
+        raise TypeError(msg)
+    board = df if {"mean", "sd", "rank"} <= set(df.columns) else make_board(df)
+    sub = board[board["metric"] == metric]
+    if sub.empty:
+        msg = f"Metric {metric!r} is not in the results (metrics: {sorted(set(board['metric']))})."
+        raise KeyError(msg)
+    higher = higher_is_better(metric)
+    ceiling = sub[sub["model"] == "noise_ceiling"]
+    sub = sub[sub["model"] != "noise_ceiling"].sort_values("mean", ascending=higher, kind="stable")
+    n = len(sub)
+    fig, ax = get_ax(ax, (5.0, 0.42 * max(n, 1) + 1.4))
+    y = np.arange(n)
+    sd = sub["sd"].fillna(0).to_numpy()
+    ax.errorbar(sub["mean"], y, xerr=sd, fmt="o", color="C0", ecolor="0.45", capsize=3, markersize=6, zorder=3)
+    ax.set_yticks(y, sub["model"].astype(str).tolist())
+    ax.set_ylim(-0.6, n - 0.4)
+    if "pearson" in metric or "correlation" in metric:
+        ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    if not ceiling.empty:
+        m, s = float(ceiling["mean"].iloc[0]), float(np.nan_to_num(ceiling["sd"].iloc[0]))
+        lo, hi = m - s, m + s
+        if "pearson" in metric:
+            lo, hi = max(lo, -1.0), min(hi, 1.0)
+        elif "accuracy" in metric or metric == "perturbench_rank":
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        ax.axvspan(lo, hi, color="0.6", alpha=0.12, lw=0, zorder=0)
+        ax.axvline(m, color="0.4", ls="--", lw=1, zorder=1, label="noise ceiling")
+        ax.legend(loc="lower right" if higher else "lower left", fontsize="small", frameon=False)
+    over = "seeds" if "n_conditions" in sub.columns else "conditions"
+    ax.set_xlabel(f"{metric} ({'higher' if higher else 'lower'} is better)\nmean ± sd over {over}")
+    ax.grid(axis="x", color="0.93", zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return finish(ax, name=f"leaderboard_{metric}", show=show, save=save)
+
+
+def predicted_vs_observed(
+    prediction: AnnData,
+    adata: AnnData,
+    condition: str,
+    *,
+    perturbation_key: str = "perturbation",
+    control_label: str | Sequence[str] = "NT",
+    separator: str = "+",
+    unassigned_label: str | Sequence[str] | None = "unassigned",
+    layer: str | None = None,
+    counts: bool = True,
+    split: Split | None = None,
+    genes: Sequence[str] | None = None,
+    n_genes: int = 20,
+    de_method: Literal["t-test", "t-test_overestim_var", "wilcoxon", "logreg"] = "t-test",
+    ax: Axes | None = None,
+    show: bool | None = None,
+    save: str | Path | bool | None = None,
+) -> Axes | None:
+    """Scatter of predicted vs observed change vs control for one condition, top DE genes labelled.
+
+    Changes are in the pseudobulk space of :func:`scmech.data.pseudobulk` (the space of ``predict``), against
+    the observed control pseudobulk, as in :func:`scmech.tl.evaluate`. The title gives the Pearson r over all
+    genes and over the highlighted genes.
+
+    Parameters
+    ----------
+    prediction
+        AnnData returned by ``predict`` holding a row for ``condition``.
+    adata
+        Observed data (not modified).
+    condition
+        Perturbation to show.
+    perturbation_key
+        ``obs`` column of perturbation labels.
+    control_label
+        Label (or labels) of non-targeting controls.
+    separator
+        Separator of combinations.
+    unassigned_label
+        Label (or labels) of cells without a guide call.
+    layer
+        Layer with the counts; ``X`` when ``None``.
+    counts
+        Whether the matrix holds counts.
+    split
+        The split the model was trained on; observed cells then come from its test set and controls from
+        ``split.control_reference`` (as in :func:`scmech.tl.evaluate`).
+    genes
+        Genes to highlight and label instead of the top DE genes.
+    n_genes
+        Number of top DE genes (vs control, :func:`scanpy.tl.rank_genes_groups`) to highlight.
+    de_method
+        Test of :func:`scanpy.tl.rank_genes_groups`.
+    ax
+        Axes to draw into; a new figure when ``None``.
+    show
+        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+    save
+        Path to save the figure to (or ``True`` for scanpy's figure directory).
+
+    Returns
+    -------
+    The axes, unless ``show=True``.
+
+    Examples
+    --------
+    >>> pred = model.predict(["STAT1"])
+    >>> scmech.pl.predicted_vs_observed(pred, adata, "STAT1", split=sp)
+    """
+    from scmech.tl._metrics import _canonical, _design, _index_mask, _Observed, _pearson, _prediction_frame
+
+    design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
+    cond = _canonical(condition, design)
+    if cond == design.control_label:
+        msg = f"condition {condition!r} is the control; choose a perturbation."
+        raise ValueError(msg)
+    model = str(prediction.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("prediction", {}).get("model", "prediction"))
+    all_genes = pd.Index(adata.var_names).astype(str)
+    frame = _prediction_frame(prediction, model, design, all_genes)
+    if cond not in frame.index:
+        msg = f"The prediction has no row for {cond!r} (rows: {list(frame.index)[:10]}); predict it first."
+        raise KeyError(msg)
+    gene_idx = all_genes[all_genes.isin(frame.columns)]
+    n = adata.n_obs
+    assigned = design.fit_mask
+    if split is not None:
+        obs_mask = _index_mask(split.test, n, "test") & assigned
+        ctrl_mask = _index_mask(split.control_reference, n, "control_reference") & assigned & design.is_control
+    else:
+        obs_mask = assigned.copy()
+        ctrl_mask = assigned & design.is_control
+    if not (obs_mask & (design.labels == cond)).any():
+        msg = f"No observed cells of {cond!r} to compare with (in the test set of the split when one is given)."
+        raise KeyError(msg)
+    obs = _Observed(
+        adata,
+        design,
+        obs_mask,
+        ctrl_mask,
+        assigned,
+        [cond],
+        None,
+        gene_idx,
+        layer=layer,
+        counts=counts,
+        n_de_genes=n_genes,
+        n_top_expressed=1,
+        de_method=de_method,
+    )
+    x = obs.pb.loc[cond].to_numpy() - obs.ctrl
+    yv = frame.loc[cond, gene_idx].to_numpy() - obs.ctrl
+    if genes is not None:
+        genes = [str(g) for g in genes]
+        missing = [g for g in genes if g not in gene_idx]
+        if missing:
+            msg = f"Gene(s) {missing[:5]} are not in the data and the prediction."
+            raise KeyError(msg)
+        hi = gene_idx.get_indexer(genes)
+        what = "selected"
+    else:
+        hi = obs.de_genes[cond]
+        what = f"top-{len(hi)} DE"
+    r_all = _pearson(yv, x)
+    r_hi = _pearson(yv[hi], x[hi]) if len(hi) else np.nan
+
+    fig, ax = get_ax(ax, (5.2, 4.8))
+    rest = np.setdiff1d(np.arange(len(x)), hi)
+    ax.scatter(x[rest], yv[rest], s=8, color="0.7", alpha=0.6, linewidths=0, label="other genes")
+    ax.scatter(x[hi], yv[hi], s=18, color="C3", linewidths=0, label=f"{what} genes", zorder=3)
+    finite = np.concatenate([x[np.isfinite(x)], yv[np.isfinite(yv)]])
+    lo, up = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 1.0)
+    pad = 0.05 * (up - lo or 1.0)
+    ax.plot([lo - pad, up + pad], [lo - pad, up + pad], ls="--", color="0.5", lw=0.8, label="y = x")
+    ax.axhline(0, color="0.88", lw=0.8, zorder=0)
+    ax.axvline(0, color="0.88", lw=0.8, zorder=0)
+    texts = [ax.text(x[i], yv[i], str(gene_idx[i]), fontsize=7, zorder=4) for i in hi]
+    _spread_labels(ax, texts, x[hi], yv[hi])
+    ax.set_xlabel("observed change vs control (log1p pseudobulk)")
+    ax.set_ylabel(f"predicted change vs control ({model})")
+    ax.set_title(
+        f"{cond} — Pearson r = {r_all:.2f} (all {len(x)} genes), {r_hi:.2f} ({what})",
+        fontsize="medium",
+    )
+    ax.legend(loc="upper left", fontsize="small", frameon=False)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return finish(ax, name=f"predicted_vs_observed_{cond}", show=show, save=save)
+
+
+def _spread_labels(ax: Axes, texts: list, x: np.ndarray, y: np.ndarray) -> None:
+    """Move gene labels apart: adjustText when installed, otherwise small alternating offsets."""
+    if not texts:
+        return
+    try:
+        from adjustText import adjust_text
+    except ImportError:
+        for k, t in enumerate(texts):
+            t.set_position((x[k], y[k]))
+            t.set_ha("left" if k % 2 == 0 else "right")
+            t.set_va("bottom" if (k // 2) % 2 == 0 else "top")
+        return
+    adjust_text(texts, x=x, y=y, ax=ax, arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})

@@ -1,0 +1,61 @@
+"""Shared plotting conventions (scanpy style): ``ax``, ``show`` and ``save``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["finish", "get_ax"]
+
+
+def get_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """Return ``(figure, axes)``: the given axes, or a new figure of ``figsize``."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    else:
+        fig = ax.figure
+    return fig, ax
+
+
+def finish(ax: Axes, *, name: str, show: bool | None, save: str | Path | bool | None) -> Axes | None:
+    """Save and/or show a finished plot.
+
+    Parameters
+    ----------
+    ax
+        The plot's axes.
+    name
+        Base file name used when ``save=True``.
+    show
+        ``True``: call :func:`matplotlib.pyplot.show` and return ``None``. ``False`` or ``None``: return the axes.
+    save
+        A path (parent folders are created; the suffix sets the format), or ``True`` for
+        ``scanpy.settings.figdir / f"scmech_{name}.png"``; nothing is saved when ``None`` or ``False``.
+
+    Returns
+    -------
+    The axes unless ``show`` is ``True``.
+    """
+    import matplotlib.pyplot as plt
+
+    if save is not None and save is not False:
+        if save is True:
+            import scanpy as sc
+
+            path = Path(sc.settings.figdir) / f"scmech_{name}.png"
+        else:
+            path = Path(save)
+            if path.suffix == "":
+                path = path.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ax.figure.savefig(path, dpi=150, bbox_inches="tight")
+    if show:
+        plt.show()
+        return None
+    return ax

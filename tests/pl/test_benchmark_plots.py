@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import anndata as ad
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt
+
+from scmech import pl, tl
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    n_genes = 25
+    labels = np.repeat(["NT", "A", "B", "C", "D"], 40)
+    lam = np.full((len(labels), n_genes), 5.0)
+    for k, lab in enumerate(["A", "B", "C", "D"]):
+        lam[labels == lab, 5 * k : 5 * k + 5] *= rng.uniform(0.2, 4, size=5)
+    adata = ad.AnnData(
+        rng.poisson(lam).astype(np.float32) + 1,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"gene{i}" for i in range(n_genes)]),
+    )
+    sp = tl.split(adata, "perturbation", test_conditions=["A", "B"])
+    preds = {}
+    for cls in (tl.ControlMean, tl.TrainMean, tl.Additive):
+        a = adata.copy()
+        cls.setup_anndata(a)
+        m = cls(a)
+        m.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
+        preds[cls.__name__] = m.predict(["A", "B"]) if cls is not tl.Additive else m.predict(["C", "D"])
+    return adata, sp, preds
+
+
+def test_leaderboard_plot(tmp_path):
+    adata, sp, preds = _data()
+    res = tl.evaluate({k: v for k, v in preds.items() if k != "Additive"}, adata, split=sp, n_de_genes=5)
+    ceiling = tl.noise_ceiling(adata, conditions=["A", "B"], n_de_genes=5)
+    both = pd.concat([res, ceiling])
+    path = tmp_path / "sub" / "leaderboard.png"
+    ax = pl.leaderboard(both, metric="pearson_delta_de", save=path, show=False)
+    assert path.exists()
+    assert path.stat().st_size > 5_000
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert set(labels) == {"ControlMean", "TrainMean"}
+    board = tl.leaderboard(res)
+    best = board[board["metric"] == "pearson_delta_de"].sort_values("rank")["model"].iloc[0]
+    assert labels[-1] == best  # best model on top
+    plt.close("all")
+    ax2 = pl.leaderboard(board, metric="l2_top")  # a board works too; lower-is-better label
+    assert "lower is better" in ax2.get_xlabel()
+    with pytest.raises(KeyError, match="'nope'"):
+        pl.leaderboard(board, metric="nope")
+    fig, ax3 = plt.subplots()
+    assert pl.leaderboard(res, ax=ax3) is ax3
+    plt.close("all")
+
+
+def test_predicted_vs_observed_plot(tmp_path):
+    adata, sp, preds = _data()
+    before = adata.copy()
+    path = tmp_path / "pvo.png"
+    ax = pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, n_genes=8, save=path)
+    assert path.exists()
+    assert path.stat().st_size > 5_000
+    assert "Pearson r" in ax.get_title()
+    assert ax.get_title().startswith("A")
+    assert len(ax.texts) == 8
+    assert "TrainMean" in ax.get_ylabel()
+    ax2 = pl.predicted_vs_observed(preds["TrainMean"], adata, "B", genes=["gene5", "gene6"])
+    assert {t.get_text() for t in ax2.texts} == {"gene5", "gene6"}
+    with pytest.raises(KeyError, match="no row for 'C'"):
+        pl.predicted_vs_observed(preds["TrainMean"], adata, "C")
+    with pytest.raises(KeyError, match="nogene"):
+        pl.predicted_vs_observed(preds["TrainMean"], adata, "A", genes=["nogene"])
+    np.testing.assert_array_equal(adata.X, before.X)
+    assert list(adata.uns.keys()) == list(before.uns.keys())
+    plt.close("all")

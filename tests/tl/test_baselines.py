@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from scmech import tl
+from scmech.data import pseudobulk
+from scmech.model._setup import PerturbationSetupMixin
+
+GENES = ["A", "B", "C", "D", "g1", "g2", "g3", "g4", "g5", "g6", "g7", "g8"]
+LABELS = {"NT": 40, "A": 15, "B": 15, "C": 15, "D": 15, "E": 10, "A+B": 12, "C+D": 12, "unassigned": 8}
+
+
+def _adata(seed: int = 0, sparse: bool = False) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([[k] * n for k, n in LABELS.items()])
+    base = rng.gamma(2.0, 2.0, size=len(GENES))
+    effects = {k: np.exp(rng.normal(0, 0.5, size=len(GENES))) for k in LABELS}
+    mu = np.stack([base * effects[lab] for lab in labels])
+    x = rng.poisson(mu).astype(np.float32)
+    x[:, -1] += 1  # no empty cells
+    obs = pd.DataFrame(
+        {"perturbation": labels, "rep": np.tile(["r1", "r2"], len(labels) // 2 + 1)[: len(labels)]},
+        index=[f"c{i}" for i in range(len(labels))],
+    )
+    out = ad.AnnData(sp.csr_matrix(x) if sparse else x, obs=obs, var=pd.DataFrame(index=GENES))
+    return out
+
+
+def _fit(cls, adata, split=None, **kwargs):
+    cls.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="rep")
+    model = cls(adata, **kwargs)
+    dsk = None if split is None else {"external_indexing": split.external_indexing}
+    model.train(max_epochs=3, datasplitter_kwargs=dsk, batch_size=7, plan_kwargs={}, enable_progress_bar=False)
+    return model
+
+
+def _train_pb(adata, split):
+    sub = adata[split.train]
+    return pseudobulk(sub, "perturbation")
+
+
+@pytest.fixture
+def data():
+    adata = _adata()
+    split = tl.split(adata, "perturbation", test_conditions=["A+B", "C"], validation_size=0.2)
+    return adata, split
+
+
+def test_same_registration_as_semimechvi():
+    for cls in (tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel):
+        assert issubclass(cls, PerturbationSetupMixin)
+        assert cls.setup_anndata.__func__ is PerturbationSetupMixin.setup_anndata.__func__
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_control_mean(sparse):
+    adata = _adata(sparse=sparse)
+    split = tl.split(adata, "perturbation", test_conditions=["C"], validation_size=0.2)
+    model = _fit(tl.ControlMean, adata, split)
+    pred = model.predict(["C", "A+B"])
+    expected = _train_pb(adata, split).loc["NT"].to_numpy()
+    np.testing.assert_allclose(pred.X[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(pred.X[1], expected, rtol=1e-5)
+    assert model.is_trained_
+    np.testing.assert_array_equal(model.train_indices_, split.train)
+
+
+def test_train_mean(data):
+    adata, split = data
+    model = _fit(tl.TrainMean, adata, split)
+    pb = _train_pb(adata, split)
+    perts = [c for c in pb.index if c not in ("NT", "unassigned")]
+    assert set(perts) == set(split.train_conditions)
+    expected = pb.loc[perts].to_numpy().mean(0)
+    pred = model.predict(["C", "A+B", "Z"])  # any label gets the train mean, even an unknown target
+    for row in pred.X:
+        np.testing.assert_allclose(row, expected, rtol=1e-5)
+    np.testing.assert_allclose(model.predict("NT").X[0], pb.loc["NT"].to_numpy(), rtol=1e-5)
+
+
+def test_additive(data):
+    adata, split = data
+    model = _fit(tl.Additive, adata, split)
+    pb = _train_pb(adata, split)
+    ctrl = pb.loc["NT"].to_numpy()
+    pred = model.predict(["A+B", "B+A", "D", "A+D"])
+    expected = ctrl + (pb.loc["A"].to_numpy() - ctrl) + (pb.loc["B"].to_numpy() - ctrl)
+    np.testing.assert_allclose(pred.X[0], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.X[1], expected, rtol=1e-5, atol=1e-6)
+    assert list(pred.obs["perturbation"]) == ["A+B", "A+B", "D", "A+D"]
+    assert not pred.obs_names.duplicated().any()
+    np.testing.assert_allclose(pred.X[2], pb.loc["D"].to_numpy(), rtol=1e-5)  # seen single: its own pseudobulk
+    with pytest.raises(KeyError, match=r"target\(s\) \['C'\] were not perturbed alone"):
+        model.predict(["B+C"])
+    # a combination seen in training is its own pseudobulk
+    np.testing.assert_allclose(model.predict("C+D").X[0], pb.loc["C+D"].to_numpy(), rtol=1e-5)
+    # without an explicit request, unpredictable conditions are skipped
+    default = model.predict()
+    assert "C" not in set(default.obs["perturbation"])
+    assert "A+B" in set(default.obs["perturbation"])
+
+
+def _linear_reference(adata, split, k, lam):
+    """Independent implementation: sklearn PCA scores and explicit inverses."""
+    from sklearn.decomposition import PCA
+
+    pb = _train_pb(adata, split)
+    pb = pb.loc[[c for c in pb.index if c != "unassigned"]]
+    x = pb.to_numpy().T  # genes x conditions
+    g = PCA(n_components=k, svd_solver="full").fit_transform(x)  # genes as observations, conditions centred
+    genes = list(adata.var_names)
+    conds = ["NT"] + [c for c in pb.index if c != "NT" and "+" not in c and c in genes]
+    p = np.stack([np.zeros(k) if c == "NT" else g[genes.index(c)] for c in conds], axis=1)
+    y = np.stack([pb.loc[c].to_numpy() - pb.loc["NT"].to_numpy() for c in conds], axis=1)
+    b = y.mean(1, keepdims=True)
+    w = np.linalg.inv(g.T @ g + lam * np.eye(k)) @ g.T @ (y - b) @ p.T @ np.linalg.inv(p @ p.T + lam * np.eye(k))
+
+    def predict(targets):
+        pv = sum((g[genes.index(t)] for t in targets), np.zeros(k))
+        return g @ w @ pv + b[:, 0] + pb.loc["NT"].to_numpy()
+
+    return predict
+
+
+def test_linear_model_matches_numpy(data):
+    adata, split = data
+    model = _fit(tl.LinearModel, adata, split, n_components=3, ridge=0.1)
+    ref = _linear_reference(adata, split, 3, 0.1)
+    pred = model.predict(["C", "A+B", "NT"])
+    np.testing.assert_allclose(pred.X[0], ref(["C"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred.X[1], ref(["A", "B"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pred.X[2], ref([]), rtol=1e-4, atol=1e-5)
+    # training conditions fitted: control and measured singles (E is not a gene, combinations left out)
+    assert model.fit_conditions_ == ["NT", "A", "B", "D"]
+    with pytest.raises(KeyError, match="not genes of the data"):
+        model.predict(["E"])
+
+
+def test_linear_model_varm_embedding(data):
+    adata, split = data
+    rng = np.random.default_rng(1)
+    adata.varm["emb"] = rng.normal(size=(adata.n_vars, 4))
+    model = _fit(tl.LinearModel, adata, split, gene_embedding="emb", ridge=0.5)
+    np.testing.assert_array_equal(model.gene_embedding_, adata.varm["emb"])
+    pred = model.predict(["C"])
+    g = adata.varm["emb"]
+    np.testing.assert_allclose(
+        pred.X[0],
+        g @ model.coef_ @ g[2] + model.center_ + _train_pb(adata, split).loc["NT"].to_numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    with pytest.raises(KeyError, match="'missing'"):
+        tl.LinearModel(adata, gene_embedding="missing")
+
+
+@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel])
+def test_prediction_layout(cls, data):
+    adata, split = data
+    model = _fit(cls, adata, split)
+    conds = ["A+B"] if cls is not tl.Additive else ["A+B", "D"]
+    pred = model.predict(conds)
+    assert pred.shape == (len(conds), adata.n_vars)
+    assert pred.X.dtype == np.float32
+    np.testing.assert_allclose(pred.layers["expression"], np.expm1(pred.X), rtol=1e-5)
+    assert list(pred.obs.columns) == [
+        "perturbation",
+        "media",
+        "time",
+        "media_time",
+        "batch",
+        "n_cells",
+        "unseen_targets",
+    ]
+    for c in ("perturbation", "media", "batch"):
+        assert isinstance(pred.obs[c].dtype, pd.CategoricalDtype)
+    assert pred.obs["n_cells"].dtype == np.int64
+    assert list(pred.var_names) == list(adata.var_names)
+    assert pred.uns["scmech"]["prediction"]["model"] == cls.__name__
+    assert list(pred.obs_names) == conds
+    if cls is not tl.Additive:
+        assert pred.obs.loc["A+B", "unseen_targets"] == ""  # A and B were perturbed alone in training
+    with pytest.raises(NotImplementedError, match="return_mean=True"):
+        model.predict(conds, return_mean=False)
+
+
+def test_untrained_and_errors(data):
+    adata, split = data
+    tl.TrainMean.setup_anndata(adata)
+    model = tl.TrainMean(adata)
+    with pytest.raises(RuntimeError, match="train"):
+        model.predict(["A"])
+    with pytest.raises(ValueError, match="outside"):
+        model.train(datasplitter_kwargs={"external_indexing": [np.array([10_000]), [], []]})
+    no_ctrl = np.flatnonzero(adata.obs["perturbation"] != "NT")
+    with pytest.raises(ValueError, match="No control cells"):
+        model.train(datasplitter_kwargs={"external_indexing": [no_ctrl, [], []]})
+    with pytest.raises(NotImplementedError, match="not saved"):
+        model.save("somewhere")
+
+
+@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel])
+def test_held_out_cells_never_influence_the_fit(cls, data):
+    adata, split = data
+    a1 = adata.copy()
+    a2 = adata.copy()
+    rng = np.random.default_rng(5)
+    held = np.concatenate([split.test, split.validation])
+    a2.X[held] = rng.poisson(20, size=(len(held), a2.n_vars)).astype(np.float32) + 1
+    conds = ["A+B", "C"] if cls is not tl.Additive else ["A+B"]
+    p1 = _fit(cls, a1, split).predict(conds)
+    p2 = _fit(cls, a2, split).predict(conds)
+    np.testing.assert_array_equal(p1.X, p2.X)
+    # without a split the held-out cells do count
+    p3 = _fit(cls, a2.copy()).predict(conds)
+    assert not np.allclose(p1.X, p3.X) or cls is tl.Additive
+
+
+def test_context_shift_by_batch(data):
+    adata, split = data
+    model = _fit(tl.ControlMean, adata, split)
+    pred = model.predict(["C"], batch="r2")
+    train = adata[split.train]
+    expected = pseudobulk(train[(train.obs["perturbation"] == "NT") & (train.obs["rep"] == "r2")], "perturbation")
+    np.testing.assert_allclose(pred.X[0], expected.loc["NT"].to_numpy(), rtol=1e-5)
+    assert pred.obs["batch"].iloc[0] == "r2"
+    tm = _fit(tl.TrainMean, adata, split)
+    base = tm.predict(["C"]).X[0]
+    shifted = tm.predict(["C"], batch="r2").X[0]
+    ctrl_all = _train_pb(adata, split).loc["NT"].to_numpy()
+    np.testing.assert_allclose(shifted - base, expected.loc["NT"].to_numpy() - ctrl_all, rtol=1e-4, atol=1e-5)
+    with pytest.raises(KeyError, match="r9"):
+        model.predict(["C"], batch="r9")
+    with pytest.raises(ValueError, match="no media key"):
+        model.predict(["C"], media="stim")
+
+
+def test_models_accept_evaluation_pipeline(data):
+    adata, split = data
+    preds = {cls.__name__: _fit(cls, adata.copy(), split).predict(["C"]) for cls in (tl.ControlMean, tl.LinearModel)}
+    res = tl.evaluate(preds, adata, split=split, n_de_genes=5)
+    assert set(res["model"]) == {"ControlMean", "LinearModel"}
+
+
+@pytest.mark.pertpy
+def test_scgen_adapter_tiny():
+    pytest.importorskip("pertpy")
+    adata = _adata()
+    split = tl.split(adata, "batch", batch_key="rep", test_conditions=["r2"], validation_size=0.0)
+    tl.ScGen.setup_anndata(adata, batch_key="rep")
+    model = tl.ScGen(adata, n_hidden=8, n_latent=3, n_layers=1)
+    model.train(max_epochs=1, batch_size=64, datasplitter_kwargs={"external_indexing": split.external_indexing})
+    pred = model.predict(["A", "B"], batch="r2", random_state=0)
+    assert pred.shape == (2, adata.n_vars)
+    assert pred.uns["scmech"]["prediction"]["model"] == "ScGen"
+    assert np.isfinite(pred.X).all()
+    cells = model.predict(["A"], batch="r2", return_mean=False, n_cells=5)
+    assert cells.n_obs == 5
+    assert "source_cell" in cells.obs
+    with pytest.raises(KeyError, match="no training cells"):
+        model.predict(["Z"])
+
+
+def test_scgen_without_pertpy_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pertpy.tools", None)
+    adata = _adata()
+    tl.ScGen.setup_anndata(adata, batch_key="rep")
+    with pytest.raises(ImportError, match=r"pip install 'scmech\[pertpy\]'"):
+        tl.ScGen(adata)

@@ -1,0 +1,334 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from scmech import tl
+from scmech.tl._metrics import energy_distance
+
+CTRL = np.array([1.0, 2.0, 0.5])
+OBS = {"A": np.array([2.0, 2.0, 0.0]), "B": np.array([1.0, 4.0, 0.5])}
+TRAIN = {"C": np.array([1.5, 2.5, 1.5]), "D": np.array([0.5, 2.5, 0.5])}
+PRED = {"A": np.array([1.5, 2.2, 0.0]), "B": np.array([1.0, 2.2, 0.6])}
+EPS = np.array([0.1, 0.2, 0.3])
+
+
+def _lognorm_adata() -> ad.AnnData:
+    """Log-normalised values (counts=False): each condition's cells are mu ± eps, so the mean is mu exactly."""
+    rows, labels = [], []
+    for lab, mu in {"NT": CTRL, **OBS, **TRAIN}.items():
+        for sign in (1, -1, 1, -1):
+            rows.append(mu + sign * EPS * (1.5 if lab == "NT" else 1.0))
+            labels.append(lab)
+    rows.append(CTRL)
+    labels.append("unassigned")
+    return ad.AnnData(
+        np.asarray(rows, dtype=np.float32),
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=["g0", "g1", "g2"]),
+    )
+
+
+def _pred(values: dict[str, np.ndarray], model: str = "toy") -> ad.AnnData:
+    out = ad.AnnData(
+        np.stack(list(values.values())).astype(np.float32),
+        obs=pd.DataFrame({"perturbation": list(values)}, index=list(values)),
+        var=pd.DataFrame(index=["g0", "g1", "g2"]),
+    )
+    out.uns["scmech"] = {"prediction": {"model": model}}
+    return out
+
+
+def _wide(res):
+    return res.pivot(index="condition", columns="metric", values="value")
+
+
+def test_metrics_by_hand():
+    adata = _lognorm_adata()
+    before = adata.copy()
+    res = tl.evaluate(_pred(PRED), adata, counts=False, n_de_genes=3, n_top_expressed=2, train_conditions=["C", "D"])
+    assert list(res.columns) == ["model", "condition", "metric", "value", "n_cells"]
+    assert set(res["model"]) == {"toy"}
+    assert set(res.loc[res["condition"] == "A", "n_cells"]) == {4}
+    w = _wide(res)
+    r = (TRAIN["C"] + TRAIN["D"]) / 2
+    for c in ("A", "B"):
+        dp, do = PRED[c] - CTRL, OBS[c] - CTRL
+        assert w.loc[c, "pearson"] == pytest.approx(np.corrcoef(PRED[c], OBS[c])[0, 1], abs=1e-6)
+        assert w.loc[c, "pearson_delta"] == pytest.approx(np.corrcoef(dp, do)[0, 1], abs=1e-6)
+        assert w.loc[c, "pearson_delta_de"] == pytest.approx(np.corrcoef(dp, do)[0, 1], abs=1e-6)  # 3 DE = all genes
+        assert w.loc[c, "mse"] == pytest.approx(np.mean((PRED[c] - OBS[c]) ** 2), abs=1e-6)
+        assert w.loc[c, "systema_pearson_delta"] == pytest.approx(np.corrcoef(PRED[c] - r, OBS[c] - r)[0, 1], abs=1e-6)
+    # worked by hand: Δpred(A) = [.5, .2, -.5] vs Δobs(A) = [1, 0, -.5]; Δpred(B) = [0, .2, .1] vs [0, 2, 0]
+    assert w.loc["A", "direction_accuracy_de"] == pytest.approx(2 / 3)
+    assert w.loc["B", "direction_accuracy_de"] == pytest.approx(2 / 3)
+    # the two genes most expressed in control are g1 (2.0) and g0 (1.0)
+    assert w.loc["A", "l2_top"] == pytest.approx(np.sqrt(0.5**2 + 0.2**2), abs=1e-6)
+    assert w.loc["B", "l2_top"] == pytest.approx(1.8, abs=1e-6)
+    # |predA - obsA|^2 = .29 < |predA - obsB|^2 = 3.74; |predB - obsB|^2 = 3.25 > |predB - obsA|^2 = 1.4
+    assert w.loc["A", "centroid_accuracy"] == 1.0
+    assert w.loc["B", "centroid_accuracy"] == 0.0
+    assert w.loc["A", "perturbench_rank"] == 0.0
+    assert w.loc["B", "perturbench_rank"] == 0.5
+    assert "energy_distance" not in w.columns
+    # adata untouched
+    np.testing.assert_array_equal(adata.X, before.X)
+    assert adata.obs.equals(before.obs)
+    assert adata.var.equals(before.var)
+    assert list(adata.uns.keys()) == list(before.uns.keys()) == []
+    assert list(adata.layers.keys()) == []
+    assert list(adata.obsm.keys()) == []
+
+
+def test_systema_needs_train_conditions_and_constant_predictions_are_nan():
+    adata = _lognorm_adata()
+    ctrl_pred = _pred({"A": CTRL, "B": CTRL}, "ControlMean")
+    res = tl.evaluate(ctrl_pred, adata, counts=False, n_de_genes=2)
+    w = _wide(res)
+    assert w["systema_pearson_delta"].isna().all()
+    assert w["pearson_delta"].isna().all()  # no predicted change: undefined, not an error
+    assert np.isfinite(w["mse"]).all()
+
+
+def test_de_genes_from_scanpy_and_reproducible():
+    import scanpy as sc
+
+    rng = np.random.default_rng(0)
+    n_genes = 30
+    mu = rng.gamma(2, 2, size=n_genes)
+    labels = np.repeat(["NT", "A", "B"], 40)
+    lam = np.tile(mu, (len(labels), 1))
+    lam[labels == "A", :5] *= np.array([2.0, 3.0, 4.0, 6.0, 8.0])
+    lam[labels == "B", 5:10] *= 0.2
+    adata = ad.AnnData(
+        rng.poisson(lam).astype(np.float32) + 1,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]),
+    )
+    before = adata.copy()
+    pb = tl._metrics.pseudobulk(adata, "perturbation")
+    p = ad.AnnData(
+        pb.loc[["A", "B"]].to_numpy().astype(np.float32) + rng.normal(0, 0.02, size=(2, n_genes)).astype(np.float32),
+        obs=pd.DataFrame({"perturbation": ["A", "B"]}, index=["A", "B"]),
+        var=pd.DataFrame(index=adata.var_names),
+    )
+    r1 = tl.evaluate(p, adata, n_de_genes=5)
+    r2 = tl.evaluate(p, adata, n_de_genes=5)
+    pd.testing.assert_frame_equal(r1, r2)
+    # the DE genes are scanpy's top genes on a log-normalised copy
+    ref = adata.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    sc.tl.rank_genes_groups(ref, "perturbation", groups=["A"], reference="NT", method="t-test", rankby_abs=True)
+    top = list(ref.uns["rank_genes_groups"]["names"]["A"][:5])
+    assert len(set(top) & {f"g{i}" for i in range(5)}) >= 4
+    obs_pb = pb.loc["A"].to_numpy()
+    de = [int(g[1:]) for g in top]
+    mse_de = np.mean((p.X[0, de] - obs_pb[de]) ** 2)
+    w = _wide(r1)
+    assert w.loc["A", "mse_de"] == pytest.approx(mse_de, rel=1e-4)
+    assert w.loc["A", "pearson_delta_de"] > 0.9
+    # the user's data were not normalised in place
+    np.testing.assert_array_equal(adata.X, before.X)
+    assert "log1p" not in adata.uns
+    assert "rank_genes_groups" not in adata.uns
+
+
+def test_key_added_is_the_only_write_and_split_selects_cells():
+    adata = _lognorm_adata()
+    sp = tl.split(adata, "perturbation", test_conditions=["A", "B"], validation_size=0.0)
+    res = tl.evaluate(_pred(PRED), adata, counts=False, split=sp, n_de_genes=2, key_added="evaluation")
+    pd.testing.assert_frame_equal(adata.uns["scmech"]["evaluation"], res)
+    assert list(adata.uns.keys()) == ["scmech"]
+    w = _wide(res)
+    # Systema reference from the split's training conditions
+    r = (TRAIN["C"] + TRAIN["D"]) / 2
+    assert w.loc["A", "systema_pearson_delta"] == pytest.approx(
+        np.corrcoef(PRED["A"] - r, OBS["A"] - r)[0, 1], abs=1e-6
+    )
+
+
+def test_multiple_models_and_condition_selection():
+    adata = _lognorm_adata()
+    preds = {"good": _pred(PRED), "partial": _pred({"A": PRED["A"]})}
+    res = tl.evaluate(preds, adata, counts=False, n_de_genes=2)
+    assert set(res["condition"]) == {"A"}  # the shared condition
+    # one evaluated condition: nothing to rank it against
+    assert res.loc[res["metric"].isin(["centroid_accuracy", "perturbench_rank"]), "value"].isna().all()
+    with pytest.raises(KeyError, match="'partial' has no prediction"):
+        tl.evaluate(preds, adata, counts=False, conditions=["A", "B"])
+    with pytest.raises(KeyError, match="no observed cells"):
+        tl.evaluate(_pred(PRED), adata, counts=False, conditions=["Z"])
+    dup = _pred({"A": PRED["A"], "B": PRED["B"]})
+    dup.obs["perturbation"] = ["A", "A"]
+    dup.obs_names = ["x", "y"]
+    with pytest.raises(ValueError, match="several rows"):
+        tl.evaluate(dup, adata, counts=False)
+    with pytest.raises(TypeError, match="AnnData"):
+        tl.evaluate([1, 2], adata)
+
+
+def test_energy_distance_definition():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = rng.normal(loc=1.0, size=(30, 3))
+    from scipy.spatial.distance import cdist
+
+    expected = 2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean()
+    assert energy_distance(x, y) == pytest.approx(expected)
+    assert energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert energy_distance(x, y) > energy_distance(x, x + 0.01)
+
+
+@pytest.mark.pertpy
+def test_energy_distance_matches_pertpy():
+    pt = pytest.importorskip("pertpy")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 5))
+    y = rng.normal(loc=0.5, scale=1.5, size=(40, 5))
+    dist = pt.tl.Distance("edistance")
+    assert energy_distance(x, y) == pytest.approx(float(dist(x, y)), rel=1e-6)
+
+
+def test_energy_distance_in_evaluate():
+    rng = np.random.default_rng(2)
+    n_genes = 8
+    labels = np.repeat(["NT", "A", "B"], 60)
+    lam = np.full((len(labels), n_genes), 5.0)
+    lam[labels == "A", :3] = 15
+    lam[labels == "B", 3:6] = 1
+    adata = ad.AnnData(
+        rng.poisson(lam).astype(np.float32) + 1,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]),
+    )
+    import scanpy as sc
+
+    ln = adata.copy()
+    sc.pp.normalize_total(ln, target_sum=1e4)
+    sc.pp.log1p(ln)
+    pb = tl._metrics.pseudobulk(adata, "perturbation")
+    mean_pred = ad.AnnData(
+        pb.loc[["A", "B"]].to_numpy().astype(np.float32),
+        obs=pd.DataFrame({"perturbation": ["A", "B"]}, index=["A", "B"]),
+        var=pd.DataFrame(index=adata.var_names),
+    )
+    # "perfect" cells: observed cells of the right condition; "swapped": cells of the other condition
+    perfect = ln[ln.obs["perturbation"].isin(["A", "B"])].copy()
+    swapped = perfect.copy()
+    swapped.obs["perturbation"] = np.where(perfect.obs["perturbation"] == "A", "B", "A")
+    res = tl.evaluate(
+        {"perfect": mean_pred, "swapped": mean_pred, "means_only": mean_pred},
+        adata,
+        cell_predictions={"perfect": perfect, "swapped": swapped},
+        n_de_genes=3,
+        n_pcs=5,
+        max_cells=40,
+    )
+    e = res[res["metric"] == "energy_distance"].pivot(index="condition", columns="model", values="value")
+    assert (e["perfect"] < 0.5 * e["swapped"]).all()
+    assert e["means_only"].isna().all()
+    res2 = tl.evaluate(
+        {"perfect": mean_pred}, adata, cell_predictions={"perfect": perfect}, n_de_genes=3, n_pcs=5, max_cells=40
+    )
+    e2 = res2[res2["metric"] == "energy_distance"].set_index("condition")["value"]
+    np.testing.assert_allclose(e2.to_numpy(), e["perfect"].to_numpy())  # seeded
+
+
+def test_noise_ceiling_half_and_replicate():
+    rng = np.random.default_rng(3)
+    n_genes = 10
+    labels = np.repeat(["NT", "A", "B", "C"], 60)
+    lam = np.full((len(labels), n_genes), 6.0)
+    lam[labels == "A", :3] = 20
+    lam[labels == "B", 3:6] = 1
+    lam[labels == "C", 6:] = 15
+    adata = ad.AnnData(
+        rng.poisson(lam).astype(np.float32) + 1,
+        obs=pd.DataFrame(
+            {"perturbation": labels, "rep": np.tile(["r1", "r2", "r3"], len(labels) // 3)},
+            index=[f"c{i}" for i in range(len(labels))],
+        ),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]),
+    )
+    before = adata.copy()
+    half = tl.noise_ceiling(adata, n_de_genes=5, train_conditions=["C"], conditions=["A", "B"])
+    assert set(half["model"]) == {"noise_ceiling"}
+    w = _wide(half)
+    assert (w["pearson_delta"] > 0.8).all()
+    assert (w["centroid_accuracy"] == 1.0).all()
+    assert set(half.loc[half["condition"] == "A", "n_cells"]) == {30}
+    rep = tl.noise_ceiling(adata, split="replicate", batch_key="rep", n_de_genes=5)
+    assert set(rep["condition"]) == {"A", "B", "C"}
+    assert (_wide(rep)["pearson_delta"] > 0.8).all()
+    assert set(rep.loc[rep["condition"] == "A", "n_cells"]) == {60}
+    with pytest.raises(ValueError, match="needs `batch_key`"):
+        tl.noise_ceiling(adata, split="replicate")
+    with pytest.raises(ValueError, match="'thirds'"):
+        tl.noise_ceiling(adata, split="thirds")
+    np.testing.assert_array_equal(adata.X, before.X)
+    assert adata.obs.equals(before.obs)
+    assert list(adata.uns.keys()) == []
+
+
+def test_leaderboard_direction_and_seeds():
+    rows = []
+    for seed in (0, 1):
+        for cond, (a, b) in {"p1": (0.9, 0.5), "p2": (0.7, 0.3)}.items():
+            rows += [
+                ("m1", cond, "pearson_delta", a + 0.01 * seed, seed),
+                ("m2", cond, "pearson_delta", b, seed),
+                ("m1", cond, "mse", 0.2, seed),
+                ("m2", cond, "mse", 0.1 + 0.1 * seed, seed),
+            ]
+    res = pd.DataFrame(rows, columns=["model", "condition", "metric", "value", "seed"])
+    board = tl.leaderboard(res.drop(columns="seed"))
+    pdel = board[board["metric"] == "pearson_delta"].set_index("model")
+    assert pdel.loc["m1", "rank"] == 1
+    assert pdel.loc["m2", "rank"] == 2
+    assert pdel.loc["m1", "mean"] == pytest.approx(np.mean([0.9, 0.7, 0.91, 0.71]))
+    assert pdel.loc["m1", "n"] == 4
+    mse = board[board["metric"] == "mse"].set_index("model")
+    assert mse.loc["m2", "rank"] == 1
+    assert not mse.loc["m2", "higher_is_better"]
+    seeded = tl.leaderboard(res, metrics=["pearson_delta"]).set_index("model")
+    assert list(seeded.index) == ["m1", "m2"]
+    assert seeded.loc["m1", "mean"] == pytest.approx(np.mean([0.8, 0.81]))
+    assert seeded.loc["m1", "sd"] == pytest.approx(np.std([0.8, 0.81], ddof=1))
+    assert seeded.loc["m1", "n"] == 2
+    assert seeded.loc["m1", "n_conditions"] == 2
+    table = tl.leaderboard_table(res.drop(columns="seed"), metrics=["pearson_delta", "mse"], digits=2)
+    assert list(table.columns) == ["pearson_delta", "mse"]
+    assert table.loc["m1", "pearson_delta"].startswith("0.80 ±")
+    with pytest.raises(KeyError, match="'nope'"):
+        tl.leaderboard(res, metrics=["nope"])
+    # ties share the best rank; NaN values are ignored
+    tie = pd.DataFrame(
+        [("a", "p", "mse", 1.0), ("b", "p", "mse", 1.0), ("c", "p", "mse", np.nan)],
+        columns=["model", "condition", "metric", "value"],
+    )
+    assert list(tl.leaderboard(tie)["rank"]) == [1, 1]
+
+
+def test_real_data_smoke():
+    """Papalexi 2021, leave-one-out on STAT1: the linear model recovers the top-20 DE change."""
+    import scmech
+
+    adata = scmech.datasets.papalexi2021()
+    sp = next(tl.leave_one_out(adata, conditions=["STAT1"]))
+    preds = {}
+    for cls in (tl.ControlMean, tl.TrainMean, tl.LinearModel):
+        a = adata.copy()
+        cls.setup_anndata(a)
+        m = cls(a)
+        m.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
+        preds[cls.__name__] = m.predict(sp.test_conditions)
+    res = tl.evaluate(preds, adata, split=sp)
+    w = res[res["condition"] == "STAT1"].pivot(index="model", columns="metric", values="value")
+    assert w.loc["LinearModel", "pearson_delta_de"] > 0.5
+    assert w.loc["TrainMean", "pearson_delta_de"] > 0.5
+    assert abs(w.loc["ControlMean", "pearson_delta"]) < 0.2 or np.isnan(w.loc["ControlMean", "pearson_delta"])
+    assert np.isnan(w.loc["TrainMean", "systema_pearson_delta"])  # its prediction is the Systema reference
+    assert w.loc["LinearModel", "systema_pearson_delta_de"] > 0.5
