@@ -14,7 +14,7 @@ from scvi import REGISTRY_KEYS, settings
 
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS, TARGET_SUM
 from scmech.data._design import canonical_label, parse_condition
-from scmech.data._embedding import pseudobulk_gene_embedding, ridge_map
+from scmech.data._embedding import pseudobulk_gene_embedding, ridge_map_cv
 from scmech.data._pseudobulk import normalized_mean
 
 if TYPE_CHECKING:
@@ -97,10 +97,20 @@ class PredictionMixin:
     """``predict`` and the closed-form map for targets never perturbed in training."""
 
     # ------------------------------------------------------------------ unseen targets
-    def _fit_target_map(self, train_indices: np.ndarray, ridge: float = 0.1, n_components: int = 10) -> None:
-        """Fit the closed-form ridge map from gene embeddings to operators over the training targets."""
+    def _fit_target_map(self, train_indices: np.ndarray, n_components: int = 10) -> None:
+        """Fit the closed-form map from gene embeddings to operators over the training targets.
+
+        Records the targets with training cells (``trained_targets_``); every other target, registered or
+        not, is predicted through this map. The ridge penalty is chosen by leave-one-out over the training
+        targets, from "follow the embedding" (the linear baseline's map) to "the mean training target" (the
+        train-mean baseline).
+        """
         adata = self.adata
         design = self._design(adata)
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        targets = list(st["targets"])
+        trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
+        self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
         x, var_names = self._expression_matrix(adata)
         setup = self.adata_manager.registry["setup_args"]
         emb_key = setup.get("gene_embedding_key")
@@ -111,78 +121,94 @@ class PredictionMixin:
         else:
             labels = design.labels[train_indices]
             vc = pd.Series(labels).value_counts()
-            conds = sorted(vc.index[(vc >= 3)].tolist())
-            conds = [c for c in conds if c != design.unassigned_label]
+            conds = sorted(c for c in vc.index[(vc >= 3)] if c != design.unassigned_label)
             if len(conds) < 3:
                 self.target_map_ = None
                 return
-            sub = x[train_indices]
-            mean = normalized_mean(sub, labels, conds, counts=setup.get("counts", True))
+            mean = normalized_mean(x[train_indices], labels, conds, counts=setup.get("counts", True))
             pb = np.log1p(TARGET_SUM * mean) if setup.get("counts", True) else mean
             embedding = pseudobulk_gene_embedding(pb, n_components=min(n_components, len(conds) - 1))
             source = "training pseudobulk PCA"
-        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
-        targets = list(st["targets"])
         gene_pos = {g: i for i, g in enumerate(var_names)}
-        trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
         rows = [i for i, t in enumerate(targets) if trained[i] and t in gene_pos]
         if len(rows) < 2:
             self.target_map_ = None
             return
         e = embedding[[gene_pos[targets[i]] for i in rows]]
-        field = self.module.field
         with torch.no_grad():
-            ops = field.operators.detach().cpu().numpy()[rows]
+            ops = self.module.field.operators.detach().cpu().numpy()[rows]
             own = self.module.decoder.own_effect
             own_v = own.detach().cpu().numpy()[rows] if own is not None else np.zeros(len(rows))
         values = np.hstack([ops, own_v[:, None]])
-        coef, intercept = ridge_map(e, values, ridge=ridge)
+        coef, intercept, ridge, _ = ridge_map_cv(e, values)
         self.target_map_ = {
             "embedding": embedding.astype(np.float32),
             "var_names": [str(v) for v in var_names],
             "coef": coef,
             "intercept": intercept,
             "fit_targets": [targets[i] for i in rows],
-            "ridge": ridge,
+            "ridge": float(ridge),
             "source": source,
         }
 
-    def _extended_operators(self, new_targets: list[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Operators, own effects and gene index for registered targets plus ``new_targets``."""
-        module = self.module
-        ops = module.field.operators.detach()
-        own = module.decoder.own_effect
-        own = own.detach() if own is not None else None
-        idx = module.decoder.target_gene_index
-        if not new_targets:
-            return ops, own, idx
+    def _map_targets(self, targets: list[str]) -> np.ndarray:
         tm = self.target_map_
         if tm is None:
             msg = (
-                f"Cannot predict targets {new_targets} never perturbed in training: no gene-embedding map was "
-                "fitted (it needs at least two training targets that are measured genes, or a "
-                "gene_embedding_key)."
+                f"Cannot predict targets {targets} without training cells: no gene-embedding map was fitted (it "
+                "needs at least two training targets that are measured genes, or a gene_embedding_key)."
             )
             raise KeyError(msg)
         pos = {g: i for i, g in enumerate(tm["var_names"])}
-        missing = [t for t in new_targets if t not in pos]
+        missing = [t for t in targets if t not in pos]
         if missing:
             msg = (
-                f"Target(s) {missing} were never perturbed in training and are not genes of the data, so they have "
-                "no gene embedding. Add an embedding for them (setup_anndata(..., gene_embedding_key=...) with "
-                "the gene in var_names) or predict only measured genes."
+                f"Target(s) {missing} have no training cells and are not genes of the data, so they have no gene "
+                "embedding. Add an embedding for them (setup_anndata(..., gene_embedding_key=...) with the gene in "
+                "var_names) or predict only measured genes."
             )
             raise KeyError(msg)
-        emb = np.asarray(tm["embedding"], dtype=np.float64)[[pos[t] for t in new_targets]]
-        vals = emb @ np.asarray(tm["coef"]) + np.asarray(tm["intercept"])
+        emb = np.asarray(tm["embedding"], dtype=np.float64)[[pos[t] for t in targets]]
+        return emb @ np.asarray(tm["coef"]) + np.asarray(tm["intercept"])
+
+    def _operators_for(
+        self, new_targets: list[str], needed: set[str]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, list[str]]:
+        """Operators, own effects and gene index for registered targets plus ``new_targets``.
+
+        Targets without training cells (registered but held out, or new) among ``needed`` get their operator
+        and own-target effect from the gene-embedding map. Returns them with the list of mapped targets.
+        """
+        module = self.module
+        ops = module.field.operators.detach().clone()
+        own = module.decoder.own_effect
+        own = own.detach().clone() if own is not None else None
+        idx = module.decoder.target_gene_index
+        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        trained = set(getattr(self, "trained_targets_", None) or registered)
+        untrained = [t for t in registered if t in needed and t not in trained]
+        mapped = untrained + list(new_targets)
+        if not mapped:
+            return ops, own, idx, []
+        vals = self._map_targets(mapped)
         dev = ops.device
         new_ops = torch.as_tensor(vals[:, :-1], dtype=ops.dtype, device=dev)
-        ops = torch.cat([ops, new_ops], dim=0)
-        if own is not None:
-            own = torch.cat([own, torch.as_tensor(vals[:, -1], dtype=own.dtype, device=dev)])
-        var_pos = {g: i for i, g in enumerate(self.adata.var_names)} if not hasattr(self.adata, "mod") else pos
-        new_idx = torch.as_tensor([var_pos.get(t, -1) for t in new_targets], dtype=idx.dtype, device=idx.device)
-        return ops, own, torch.cat([idx, new_idx])
+        new_own = torch.as_tensor(vals[:, -1], dtype=ops.dtype, device=dev)
+        pos = {t: i for i, t in enumerate(registered)}
+        for k, t in enumerate(untrained):
+            ops[pos[t]] = new_ops[k]
+            if own is not None:
+                own[pos[t]] = new_own[k]
+        n_old = len(untrained)
+        if new_targets:
+            ops = torch.cat([ops, new_ops[n_old:]], dim=0)
+            if own is not None:
+                own = torch.cat([own, new_own[n_old:]])
+            _, var_names = self._expression_matrix(self.adata)
+            var_pos = {g: i for i, g in enumerate(var_names)}
+            new_idx = torch.as_tensor([var_pos.get(t, -1) for t in new_targets], dtype=idx.dtype, device=idx.device)
+            idx = torch.cat([idx, new_idx])
+        return ops, own, idx, mapped
 
     # ------------------------------------------------------------------ prediction
     def _build_protocols(self, perturbations, media, time, media_time, protocol) -> list[Protocol]:
@@ -324,14 +350,15 @@ class PredictionMixin:
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
-        seed = settings.seed if random_state is None else random_state
+        seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         rng = np.random.default_rng(seed)
         protocols = self._build_protocols(perturbations, media, time, media_time, protocol)
         st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
         known = list(st["targets"])
         known_set = set(known)
         new_targets = sorted({t for p in protocols for t in p.targets if t not in known_set})
-        ops, own, gene_idx = self._extended_operators(new_targets)
+        needed = {t for p in protocols for t in p.targets}
+        ops, own, gene_idx, mapped = self._operators_for(new_targets, needed)
         all_targets = known + new_targets
         col = {t: i for i, t in enumerate(all_targets)}
         media_cats = self._media_categories()
@@ -414,7 +441,7 @@ class PredictionMixin:
                 "media_time": p.media_time,
                 "batch": batch if batch is not None else "source cells",
                 "n_cells": n0,
-                "unseen_targets": ",".join(t for t in p.targets if t in new_targets),
+                "unseen_targets": ",".join(t for t in p.targets if t in mapped),
             }
             if return_mean:
                 rows_x.append(value.mean(0, keepdim=True).cpu().numpy())
@@ -463,7 +490,7 @@ class PredictionMixin:
                 "n_starting_cells": int(n0),
                 "starting_cells": "controls" if from_cells is None else "user",
                 "efficacy": "empirical" if eff_pool is not None else ("given" if efficacy is not None else "1"),
-                "unseen_targets": list(new_targets),
+                "unseen_targets": list(mapped),
                 "target_map": None if self.target_map_ is None else self.target_map_["source"],
                 "random_state": int(seed),
                 "value": "log1p(1e4 * mean normalised expression)",

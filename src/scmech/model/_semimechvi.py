@@ -13,6 +13,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.module import SemiMechVAE
+from scmech.train import SemiMechTrainingPlan
 
 from ._persistence import SafeSaveLoadMixin
 from ._prediction import PredictionMixin
@@ -82,6 +83,7 @@ class SemiMechVI(
     """
 
     _module_cls = SemiMechVAE
+    _training_plan_cls = SemiMechTrainingPlan
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class SemiMechVI(
             f"{n_batch} batches, {n_media} media."
         )
         self.target_map_ = None
+        self.trained_targets_ = None
         self.init_params_ = self._get_init_params(locals())
 
     def _n_media(self) -> int:

@@ -74,7 +74,7 @@ class VectorField(nn.Module):
         n_hidden: int = 64,
         n_layers: int = 1,
         lipschitz: float = 0.9,
-        operator_scale: float = 10.0,
+        operator_scale: float = 1.0,
         onset_tau: float = 0.0,
         learn_onset: bool = False,
     ) -> None:
@@ -336,6 +336,8 @@ class VectorField(nn.Module):
         base = torch.full_like(media, baseline_media)
         for k in range(3):
             start, end = bounds[k], torch.maximum(bounds[k + 1], bounds[k])
+            if not bool((end > start).any()):
+                continue
             mid = 0.5 * (start + end)
             in_media = no_switch | (mid >= s)
             med = torch.where(in_media, media, base)

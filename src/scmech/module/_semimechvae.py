@@ -179,7 +179,7 @@ class SemiMechVAE(BaseModuleClass):
         field_hidden: int = 32,
         field_layers: int = 1,
         lipschitz: float = 0.9,
-        operator_scale: float = 10.0,
+        operator_scale: float = 1.0,
         horizon: float = 4.0,
         ode_steps: int = 8,
         onset_tau: float = 0.0,
@@ -254,6 +254,12 @@ class SemiMechVAE(BaseModuleClass):
         self._last_unconverged = 0.0
 
     # ------------------------------------------------------------------ helpers
+    def dynamics_parameter_names(self) -> list[str]:
+        """Names of the parameters of the dynamics and of the own-target effects (the fast group)."""
+        names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
+        names += ["decoder.own_effect"] if self.decoder.own_effect is not None else []
+        return names
+
     def _protocol(self, tensors: dict) -> dict:
         x = tensors[REGISTRY_KEYS.X_KEY]
         n = x.shape[0]
