@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -7,6 +8,13 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "agg")
+
+# the tests train tiny models made of many small tensor operations: with pytest-xdist's workers on a 2-core
+# machine, intra-op threads only add contention (epochs run 10x slower), so each worker uses one thread
+import torch
+
+torch.set_num_threads(1)
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
 #: the shared data folder of a development checkout (absent in a bare clone)
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "papalexi2021_thp1_eccite"

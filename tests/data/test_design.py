@@ -154,9 +154,9 @@ def test_get_design_reads_all_keys_without_mutation():
 
 def test_get_design_missing_key_and_missing_controls():
     adata = _toy_adata()
-    with pytest.raises(KeyError, match="Batch key 'lane' is not a column"):
+    with pytest.raises(KeyError, match="batch_key 'lane' is not a column"):
         get_design(adata, "guide_target", batch_key="lane")
-    with pytest.raises(KeyError, match="Perturbation key 'pert'"):
+    with pytest.raises(KeyError, match="perturbation_key 'pert'"):
         get_design(adata, "pert")
     adata.obs.loc["c4", "guide_target"] = "B"
     with pytest.warns(UserWarning, match=r"No control cells in batch \['r2'\]"):

@@ -485,7 +485,7 @@ def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
     if key not in adata.obs.columns:
         cols = list(adata.obs.columns)
         msg = (
-            f"{what} key {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
+            f"{what} {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
         )
         raise KeyError(msg)
     return adata.obs[key]
@@ -539,7 +539,7 @@ def get_design(
     -------
     The validated :class:`ExperimentalDesign`.
     """
-    labels = _obs_column(adata, perturbation_key, "Perturbation")
+    labels = _obs_column(adata, perturbation_key, "perturbation_key")
     pert = parse_perturbations(
         labels.to_numpy(),
         control_label=control_label,
@@ -548,14 +548,16 @@ def get_design(
         var_names=adata.var_names,
         key=perturbation_key,
     )
-    batch = validate_categorical(_obs_column(adata, batch_key, "Batch"), batch_key, "batch") if batch_key else None
-    time = validate_time(_obs_column(adata, time_key, "Time"), time_key) if time_key else None
-    media = validate_categorical(_obs_column(adata, media_key, "Media"), media_key, "medium") if media_key else None
+    batch = validate_categorical(_obs_column(adata, batch_key, "batch_key"), batch_key, "batch") if batch_key else None
+    time = validate_time(_obs_column(adata, time_key, "time_key"), time_key) if time_key else None
+    media = validate_categorical(_obs_column(adata, media_key, "media_key"), media_key, "medium") if media_key else None
     media_time = None
     if media_time_key:
-        media_time = _numeric(_obs_column(adata, media_time_key, "Media time"), media_time_key, "media time")
-    efficacy = validate_efficacy(_obs_column(adata, efficacy_key, "Efficacy"), efficacy_key) if efficacy_key else None
-    guide = validate_categorical(_obs_column(adata, guide_key, "Guide"), guide_key, "guide") if guide_key else None
+        media_time = _numeric(_obs_column(adata, media_time_key, "media_time_key"), media_time_key, "media time")
+    efficacy = None
+    if efficacy_key:
+        efficacy = validate_efficacy(_obs_column(adata, efficacy_key, "efficacy_key"), efficacy_key)
+    guide = validate_categorical(_obs_column(adata, guide_key, "guide_key"), guide_key, "guide") if guide_key else None
     design = ExperimentalDesign(
         perturbation=pert,
         batch=batch,

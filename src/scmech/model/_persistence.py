@@ -45,6 +45,7 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, pd.DataFrame):
         split = obj.to_dict(orient="split")
+        split["index_name"] = obj.index.name
         return {"__dataframe__": to_jsonable(split)}
     if isinstance(obj, pd.Index | pd.Series):
         return to_jsonable(obj.to_numpy())
@@ -72,7 +73,9 @@ def from_jsonable(obj: Any) -> Any:
             return np.array(data, dtype=object if obj["dtype"] == "object" else obj["dtype"])
         if "__dataframe__" in obj:
             split = from_jsonable(obj["__dataframe__"])
-            return pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+            frame = pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
+            frame.index.name = split.get("index_name")
+            return frame
         return {k: from_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [from_jsonable(v) for v in obj]
@@ -129,6 +132,10 @@ class SafeSaveLoadMixin:
         torch.save(self.module.state_dict(), tmp_w)
         os.replace(tmp_w, path / f"{pre}{WEIGHTS}")
         os.replace(tmp_meta, path / f"{pre}{METADATA}")
+        for name in (ADATA, MDATA):  # never leave data of an earlier save next to these weights
+            stale = path / f"{pre}{name}"
+            if stale.exists():
+                stale.unlink()
         if save_anndata:
             name = MDATA if hasattr(self.adata, "mod") else ADATA
             self.adata.write(path / f"{pre}{name}", **anndata_write_kwargs)
@@ -187,6 +194,10 @@ class SafeSaveLoadMixin:
             found = meta.get("format") if isinstance(meta, dict) else None
             msg = f"{meta_path} is not an scmech model file (format {found!r})."
             raise ValueError(msg)
+        lacking = [k for k in ("model_name", "registry", "attributes", "var_names") if k not in meta]
+        if lacking:
+            msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
+            raise ValueError(msg)
         if meta["model_name"] != cls.__name__:
             msg = f"{path} holds a {meta['model_name']}, not a {cls.__name__}."
             raise ValueError(msg)
@@ -228,6 +239,9 @@ class SafeSaveLoadMixin:
         setup = dict(registry["setup_args"])
         method = registry.get("setup_method_name", "setup_anndata")
         getattr(cls, method)(adata, source_registry=registry, **setup)
+        if "init_params_" not in attrs:
+            msg = f"{meta_path} holds no init parameters; it was not written by {cls.__name__}.save()."
+            raise ValueError(msg)
         init = attrs.pop("init_params_")
         non_kwargs = dict(init["non_kwargs"])
         kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}

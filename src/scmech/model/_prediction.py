@@ -218,16 +218,31 @@ class PredictionMixin:
             if perturbations is not None or time is not None or media is not None or media_time is not None:
                 msg = "Pass either `protocol` or `perturbations`/`media`/`time`/`media_time`, not both."
                 raise ValueError(msg)
-            many = (
-                len(protocol) > 0 and isinstance(protocol[0], list | tuple) and isinstance(protocol[0][0], list | tuple)
-            )
+            if len(protocol) == 0:
+                msg = "`protocol` is empty; give steps like [('perturb', 'STAT1'), ('wait', 2.0)]."
+                raise ValueError(msg)
+            first = protocol[0]
+            many = isinstance(first, list | tuple) and len(first) > 0 and isinstance(first[0], list | tuple)
             plist = protocol if many else [protocol]
-            return [protocol_from_steps(p, separator=sep, control_label=ctrl) for p in plist]
+            out = [protocol_from_steps(p, separator=sep, control_label=ctrl) for p in plist]
+            if self.regime == "steady_state" and any(p.time > 0 or np.isfinite(p.media_time) for p in out):
+                msg = (
+                    "This model reads out steady states (regime='steady_state'): 'wait' steps and media switch times "
+                    "have no meaning for it. Use a dynamic model (setup with a time_key) for time-resolved protocols."
+                )
+                raise ValueError(msg)
+            return out
         if perturbations is None:
             perturbations = list(st["conditions"])
         if isinstance(perturbations, str):
             perturbations = [perturbations]
         n = len(perturbations)
+        if n == 0:
+            msg = "`perturbations` is empty; name at least one condition (e.g. ['STAT1'] or the control label)."
+            raise ValueError(msg)
+        if self.regime == "steady_state" and media_time is not None:
+            msg = "`media_time` applies to dynamic models; a steady-state model reads out the fixed point in `media`."
+            raise ValueError(msg)
 
         def _broadcast(v, name):
             if v is None or isinstance(v, str | float | int | np.floating | np.integer):
@@ -349,6 +364,12 @@ class PredictionMixin:
         predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
         """
         self._check_if_trained(warn=False)
+        if n_cells is not None and int(n_cells) < 1:
+            msg = f"n_cells={n_cells} must be at least 1."
+            raise ValueError(msg)
+        if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
+            msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
+            raise ValueError(msg)
         adata = self._validate_anndata(adata)
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         rng = np.random.default_rng(seed)

@@ -212,6 +212,7 @@ class SemiMechVI(
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``, ``strategy``...).
         """
+        self.module.train()  # a second call (or a loaded model) must not train in eval mode
         fit = self._fit_mask(self.adata)
         n_fit = int(fit.sum())
         if max_epochs is None:

@@ -6,6 +6,8 @@ import logging
 import warnings
 from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -24,7 +26,7 @@ from scvi.utils import setup_anndata_dsp
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
-from scmech.data._design import parse_perturbations, validate_categorical
+from scmech.data._design import get_design, parse_perturbations
 from scmech.data._fields import (
     EfficacyField,
     MediaTimeField,
@@ -39,8 +41,6 @@ from scmech.data._fields import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import numpy as np
-    import pandas as pd
     from anndata import AnnData
     from mudata import MuData
 
@@ -55,7 +55,27 @@ class PerturbationSetupMixin:
 
     # ------------------------------------------------------------------ registration
     @staticmethod
-    def _validate_for_setup(adata: AnnData, layer: str | None, counts: bool, batch_key, media_key, mod=None):
+    def _validate_for_setup(
+        adata: AnnData,
+        *,
+        layer: str | None,
+        counts: bool,
+        perturbation_key: str,
+        control_label,
+        separator: str,
+        unassigned_label,
+        batch_key: str | None = None,
+        time_key: str | None = None,
+        media_key: str | None = None,
+        media_time_key: str | None = None,
+        efficacy_key: str | None = None,
+        size_factor_key: str | None = None,
+        categorical_covariate_keys: Sequence[str] | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        gene_embedding_key: str | None = None,
+        mod: str | None = None,
+    ) -> None:
+        """Validate everything before anything is written, so that a failed setup leaves adata untouched."""
         where = f"adata.layers[{layer!r}]" if layer else "adata.X"
         if mod is not None:
             where = f"mdata[{mod!r}]." + where.removeprefix("adata.")
@@ -73,12 +93,48 @@ class PerturbationSetupMixin:
                 UserWarning,
                 stacklevel=settings.warnings_stacklevel,
             )
-        for key, what in ((batch_key, "batch"), (media_key, "media")):
+        design = get_design(
+            adata,
+            perturbation_key,
+            control_label,
+            separator=separator,
+            unassigned_label=unassigned_label,
+            batch_key=batch_key,
+            time_key=time_key,
+            media_key=media_key,
+            media_time_key=media_time_key,
+            efficacy_key=efficacy_key,
+        )
+        counts_per = design.perturbation.cell_counts()
+        small = [c for c in design.perturbation.conditions if counts_per.get(c, 0) < 3]
+        if small:
+            warnings.warn(
+                f"Conditions {small[:10]} of obs[{perturbation_key!r}] have fewer than 3 cells; their effects are "
+                "poorly determined. Consider merging or removing them.",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+        for key, what in ((size_factor_key, "size_factor_key"),):
             if key is not None:
                 if key not in adata.obs.columns:
-                    msg = f"{what} key {key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:12]})."
+                    msg = f"{what} {key!r} is not a column of adata.obs."
                     raise KeyError(msg)
-                validate_categorical(adata.obs[key], key, what)
+                sf = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=float)
+                if not np.all(np.isfinite(sf) & (sf > 0)):
+                    msg = f"obs[{key!r}] must hold positive, finite library sizes."
+                    raise ValueError(msg)
+        for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
+            for key in keys or []:
+                if key not in adata.obs.columns:
+                    msg = f"{what} covariate key {key!r} is not a column of adata.obs."
+                    raise KeyError(msg)
+                col = adata.obs[key]
+                if col.isna().any():
+                    msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
+                    raise ValueError(msg)
+        if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
+            msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
+            raise KeyError(msg)
 
     @classmethod
     @setup_anndata_dsp.dedent
@@ -149,12 +205,31 @@ class PerturbationSetupMixin:
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        cls._validate_for_setup(adata, layer, counts, batch_key, media_key)
-        if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
-            msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
-            raise KeyError(msg)
+        if kwargs.get("source_registry") is None:
+            cls._validate_for_setup(
+                adata,
+                layer=layer,
+                counts=counts,
+                perturbation_key=perturbation_key,
+                control_label=control_label,
+                separator=separator,
+                unassigned_label=unassigned_label,
+                batch_key=batch_key,
+                time_key=time_key,
+                media_key=media_key,
+                media_time_key=media_time_key,
+                efficacy_key=efficacy_key,
+                size_factor_key=size_factor_key,
+                categorical_covariate_keys=categorical_covariate_keys,
+                continuous_covariate_keys=continuous_covariate_keys,
+                gene_embedding_key=gene_embedding_key,
+            )
+        else:
+            check_adata(adata)
+            check_expression(adata.layers[layer] if layer else adata.X, "adata.X", counts=counts)
         fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=counts),
+            # counts are validated above (scvi-tools' own check rejects scipy sparse arrays)
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             PerturbationField(
                 K.PERTURBATION_KEY,
                 perturbation_key,
@@ -235,12 +310,34 @@ class PerturbationSetupMixin:
                 msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
                 raise KeyError(msg)
         rna = mdata.mod[rna_mod]
-        cls._validate_for_setup(rna, rna_layer, counts, None, None, mod=rna_mod)
+        if kwargs.get("source_registry") is None and all(modalities.get(k) == rna_mod for k in modalities):
+            cls._validate_for_setup(
+                rna,
+                layer=rna_layer,
+                counts=counts,
+                perturbation_key=perturbation_key,
+                control_label=control_label,
+                separator=separator,
+                unassigned_label=unassigned_label,
+                batch_key=batch_key,
+                time_key=time_key,
+                media_key=media_key,
+                media_time_key=media_time_key,
+                efficacy_key=efficacy_key,
+                size_factor_key=size_factor_key,
+                categorical_covariate_keys=categorical_covariate_keys,
+                continuous_covariate_keys=continuous_covariate_keys,
+                gene_embedding_key=gene_embedding_key,
+                mod=rna_mod,
+            )
+        else:
+            check_adata(rna)
+            check_expression(rna.layers[rna_layer] if rna_layer else rna.X, f"mdata[{rna_mod!r}].X", counts=counts)
         if mdata.is_view:
             msg = "mdata is a view; call mdata = mdata.copy() first."
             raise ValueError(msg)
         fields = [
-            MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=rna_mod, is_count_data=counts, mod_required=True),
+            MuDataLayerField(REGISTRY_KEYS.X_KEY, rna_layer, mod_key=rna_mod, is_count_data=False, mod_required=True),
             MuDataPerturbationField(
                 K.PERTURBATION_KEY,
                 perturbation_key,
@@ -294,6 +391,31 @@ class PerturbationSetupMixin:
             key=st["obs_key"],
             require_control=False,
         )
+
+    def _validate_anndata(self, adata=None, copy_if_view: bool = True):
+        """scvi-tools' validation plus a check that the genes are those the model was set up with.
+
+        The model's parameters are gene-specific, so other genes (or the same genes in another order) raise
+        instead of being silently misread.
+        """
+        if adata is not None:
+            from scvi.model.base._save_load import _get_var_names
+
+            ref = _get_var_names(self.adata) if self.adata is not None else None
+            new = _get_var_names(adata)
+            if ref is not None:
+                same = (
+                    all(np.array_equal(np.asarray(ref[k]), np.asarray(new.get(k))) for k in ref)
+                    if isinstance(ref, dict)
+                    else np.array_equal(np.asarray(ref, dtype=object), np.asarray(new, dtype=object))
+                )
+                if not same:
+                    msg = (
+                        "adata has other genes (or another gene order) than the data the model was set up with; "
+                        "subset and reorder it first: adata = adata[:, model.adata.var_names].copy()."
+                    )
+                    raise ValueError(msg)
+        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
     def _fit_mask(self, adata) -> np.ndarray:
         return self._design(adata).fit_mask

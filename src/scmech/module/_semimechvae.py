@@ -412,8 +412,9 @@ class SemiMechVAE(BaseModuleClass):
         kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu))).sum(-1)
         # warm-up acts on the encoder only; the dynamics get the full prior gradient
         kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu))).sum(-1)
+        # the prior's gradient for the dynamics at full weight, with no effect on the value of the loss
         prior_fit = 0.5 * (qz.loc.detach() - mu).pow(2).sum(-1)
-        loss = torch.mean(recon + kl_weight * kl_enc + prior_fit)
+        loss = torch.mean(recon + kl_weight * kl_enc + (prior_fit - prior_fit.detach()))
 
         proto = self._protocol(tensors)
         pert, media = proto["perturbation"], proto["media"]

@@ -1,0 +1,338 @@
+"""Save/load of SemiMechVI in the pickle-free format (model.pt + metadata.json)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import TYPE_CHECKING
+
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scmech.model import SemiMechVI
+from scmech.model._persistence import from_jsonable, to_jsonable
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PERSISTED = ("init_params_", "history_", "is_trained_", "train_indices_", "validation_indices_", "target_map_")
+
+
+@pytest.fixture(scope="module")
+def saved(steady, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("saved") / "model"
+    steady.model.save(path)
+    return path
+
+
+def _snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(path.iterdir())}
+
+
+def _copy_dir(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+# ------------------------------------------------------------------------------------------------ round trip
+def test_save_writes_weights_and_plain_metadata(saved, steady):
+    assert sorted(p.name for p in saved.iterdir()) == ["metadata.json", "model.pt"]
+    meta = json.loads((saved / "metadata.json").read_text())
+    assert meta["format"] == "scmech-model"
+    assert meta["format_version"] == 1
+    assert meta["model_name"] == "SemiMechVI"
+    assert from_jsonable(meta["var_names"]).tolist() == list(steady.adata.var_names)
+    assert set(PERSISTED) <= set(meta["attributes"])
+
+
+def test_weights_load_with_weights_only(saved, steady):
+    state = torch.load(saved / "model.pt", weights_only=True)
+    expected = steady.model.module.state_dict()
+    assert list(state) == list(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value.cpu(), msg=key)
+
+
+def test_round_trip_gives_identical_predictions_and_latent(saved, steady):
+    model, adata = steady.model, steady.adata
+    loaded = SemiMechVI.load(saved, adata=adata)
+    assert loaded.is_trained_
+    assert loaded.regime == model.regime
+    assert loaded.module.readout == model.module.readout
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+    conds = ["NT", "G0008", "G0009+G0021", "G0008+G0021", steady.heldout_target]
+    a = model.predict(conds, random_state=5, n_cells=12, return_mean=False)
+    b = loaded.predict(conds, random_state=5, n_cells=12, return_mean=False)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(a.obsm["X_scmech"], b.obsm["X_scmech"])
+    pd.testing.assert_frame_equal(a.obs, b.obs)
+    assert a.uns["scmech"]["prediction"] == b.uns["scmech"]["prediction"]
+    np.testing.assert_array_equal(loaded.get_steady_state_residual(), model.get_steady_state_residual())
+
+
+def test_round_trip_keeps_the_split_and_the_target_map(saved, steady):
+    model = steady.model
+    loaded = SemiMechVI.load(saved, adata=steady.adata)
+    np.testing.assert_array_equal(np.asarray(loaded.train_indices), np.asarray(model.train_indices))
+    np.testing.assert_array_equal(np.asarray(loaded.validation_indices), np.asarray(model.validation_indices))
+    assert loaded.trained_targets_ == model.trained_targets_
+    assert loaded.target_map_["fit_targets"] == model.target_map_["fit_targets"]
+    np.testing.assert_array_equal(np.asarray(loaded.target_map_["coef"]), np.asarray(model.target_map_["coef"]))
+    assert loaded.init_params_ == model.init_params_
+
+
+def test_history_survives(saved, steady):
+    loaded = SemiMechVI.load(saved, adata=steady.adata)
+    assert set(loaded.history) == set(steady.model.history)
+    for key, df in steady.model.history.items():
+        got = loaded.history[key]
+        assert list(got.columns) == list(df.columns), key
+        np.testing.assert_array_equal(np.asarray(got.index), np.asarray(df.index))
+        np.testing.assert_allclose(got.to_numpy(dtype=float), df.to_numpy(dtype=float), err_msg=key)
+    assert "ss_residual_train" in loaded.history
+
+
+def test_history_frames_are_equal_up_to_the_index_name(saved, steady):
+    loaded = SemiMechVI.load(saved, adata=steady.adata)
+    for key, df in steady.model.history.items():
+        got = loaded.history[key].rename_axis(df.index.name)
+        pd.testing.assert_frame_equal(got, df, check_dtype=False, obj=key)  # scvi keeps object columns
+
+
+def test_history_index_name_survives(saved, steady):
+    loaded = SemiMechVI.load(saved, adata=steady.adata)
+    for key, df in steady.model.history.items():
+        assert loaded.history[key].index.name == df.index.name == "epoch", key
+
+
+def test_loaded_model_can_train_further(saved, steady, train_kwargs):
+    loaded = SemiMechVI.load(saved, adata=steady.adata)
+    loaded.train(max_epochs=1, **train_kwargs)
+    assert np.isfinite(loaded.get_latent_representation()).all()
+
+
+def test_save_anndata_then_load_without_adata(steady, tmp_path):
+    model = steady.model
+    path = tmp_path / "with_data"
+    model.save(path, save_anndata=True)
+    assert (path / "adata.h5ad").exists()
+    loaded = SemiMechVI.load(path)
+    assert loaded.adata is not steady.adata
+    assert loaded.adata.shape == steady.adata.shape
+    a = model.predict(["G0008", "G0009+G0021"], random_state=2)
+    b = loaded.predict(["G0008", "G0009+G0021"], random_state=2)
+    np.testing.assert_array_equal(a.X, b.X)
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+
+
+def test_load_without_adata_and_without_saved_data_raises(saved):
+    with pytest.raises(ValueError, match="No data saved in .*; pass adata="):
+        SemiMechVI.load(saved)
+
+
+def test_prefix(steady, tmp_path):
+    steady.model.save(tmp_path / "p", prefix="run1_")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["run1_metadata.json", "run1_model.pt"]
+    loaded = SemiMechVI.load(tmp_path / "p", adata=steady.adata, prefix="run1_")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), steady.model.get_latent_representation())
+    with pytest.raises(FileNotFoundError, match="metadata.json not found"):
+        SemiMechVI.load(tmp_path / "p", adata=steady.adata)
+
+
+def test_round_trip_of_a_dynamic_model(dynamic, tmp_path):
+    model = dynamic.model
+    model.save(tmp_path / "dyn")
+    loaded = SemiMechVI.load(tmp_path / "dyn", adata=dynamic.adata)
+    assert loaded.regime == "dynamic"
+    kw = {"protocol": [("perturb", "G0008"), ("wait", 1.0), ("media", "m1"), ("wait", 1.0)], "random_state": 0}
+    np.testing.assert_array_equal(model.predict(**kw).X, loaded.predict(**kw).X)
+
+
+def test_round_trip_of_a_mudata_model(small_adata, model_kwargs, train_kwargs, tmp_path):
+    with md.set_options(pull_on_update=False):
+        mdata = md.MuData({"rna": small_adata})
+    SemiMechVI.setup_mudata(mdata, perturbation_key="perturbation", batch_key="batch")
+    model = SemiMechVI(mdata, **model_kwargs)
+    model.train(max_epochs=1, **train_kwargs)
+    model.save(tmp_path / "mu", save_anndata=True)
+    assert (tmp_path / "mu" / "mdata.h5mu").exists()
+    loaded = SemiMechVI.load(tmp_path / "mu")
+    np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+    np.testing.assert_array_equal(loaded.predict("G0008").X, model.predict("G0008").X)
+
+
+# ------------------------------------------------------------------------------------------------ overwrite
+def test_save_refuses_an_existing_directory_and_writes_nothing(saved, steady):
+    before = _snapshot(saved)
+    with pytest.raises(ValueError, match="already exists; pass overwrite=True"):
+        steady.model.save(saved)
+    with pytest.raises(ValueError, match="already exists; pass overwrite=True"):
+        steady.model.save(saved, save_anndata=True)
+    assert _snapshot(saved) == before
+
+
+def test_save_refuses_an_existing_empty_directory(steady, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="already exists"):
+        steady.model.save(tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_overwrite_replaces_the_files(steady, dynamic, tmp_path):
+    path = tmp_path / "m"
+    dynamic.model.save(path)
+    steady.model.save(path, overwrite=True)
+    loaded = SemiMechVI.load(path, adata=steady.adata)
+    assert loaded.regime == "steady_state"
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.pt"]  # no temporary files left
+
+
+# ------------------------------------------------------------------------------------------------ wrong data
+def test_load_with_a_gene_subset_raises(saved, steady):
+    sub = steady.adata[:, steady.adata.var_names[:-3]].copy()
+    with pytest.raises(ValueError, match=r"genes of adata differ .*adata\[:, model_var_names\]"):
+        SemiMechVI.load(saved, adata=sub)
+
+
+def test_load_with_reordered_genes_raises(saved, steady):
+    order = list(steady.adata.var_names[::-1])
+    reordered = steady.adata[:, order].copy()
+    with pytest.raises(
+        ValueError, match=r"genes of adata differ from those the model was trained on \(names or order\)"
+    ):
+        SemiMechVI.load(saved, adata=reordered)
+
+
+def test_load_with_renamed_genes_raises(saved, steady):
+    renamed = steady.adata.copy()
+    renamed.var_names = [f"x{g}" for g in renamed.var_names]
+    with pytest.raises(ValueError, match="genes of adata differ"):
+        SemiMechVI.load(saved, adata=renamed)
+
+
+def test_load_with_renamed_batch_categories_raises(saved, steady):
+    renamed = steady.adata.copy()
+    renamed.obs["batch"] = renamed.obs["batch"].astype(str).str.replace("b", "lane", regex=False)
+    with pytest.raises(ValueError, match="extend_categories"):
+        SemiMechVI.load(saved, adata=renamed)
+
+
+def test_load_with_an_unknown_target_raises(saved, steady):
+    renamed = steady.adata.copy()
+    labels = renamed.obs["perturbation"].to_numpy().copy()
+    labels[labels == "G0008"] = "G0011"
+    renamed.obs["perturbation"] = labels
+    with pytest.raises(ValueError, match=r"perturbs target\(s\) \['G0011'\] that were not registered"):
+        SemiMechVI.load(saved, adata=renamed)
+
+
+# ------------------------------------------------------------------------------------------------ damaged files
+@pytest.mark.parametrize("missing", ["model.pt", "metadata.json"])
+def test_missing_file_raises_file_not_found(saved, steady, tmp_path, missing):
+    path = _copy_dir(saved, tmp_path / "copy")
+    (path / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{missing} not found: .* does not hold a model saved by"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+def test_missing_directory_raises_file_not_found(steady, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        SemiMechVI.load(tmp_path / "nowhere", adata=steady.adata)
+
+
+def test_truncated_weights_raise_value_error(saved, steady, tmp_path):
+    path = _copy_dir(saved, tmp_path / "copy")
+    data = (path / "model.pt").read_bytes()
+    (path / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="Cannot read the weights in .*model.pt"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+def test_weights_with_arbitrary_objects_are_refused(saved, steady, tmp_path):
+    path = _copy_dir(saved, tmp_path / "copy")
+    torch.save({"when": datetime.date(2020, 1, 1)}, path / "model.pt")
+    with pytest.raises(ValueError, match="Cannot read the weights"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+def test_weights_of_another_architecture_raise_value_error(saved, steady, tmp_path, model_kwargs):
+    path = _copy_dir(saved, tmp_path / "copy")
+    other = SemiMechVI(steady.adata, **{**model_kwargs, "n_latent": 3})
+    torch.save(other.module.state_dict(), path / "model.pt")
+    with pytest.raises(ValueError, match="do not fit this model's architecture"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("truncated", "is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "is not valid JSON"),
+        ('{"hello": 1}', r"is not an scmech model file \(format None\)"),
+        ("[1, 2, 3]", "is not an scmech model file"),
+        ('{"format": "scvi-tools"}', r"is not an scmech model file \(format 'scvi-tools'\)"),
+    ],
+)
+def test_corrupted_or_foreign_metadata_raises_value_error(saved, steady, tmp_path, content, match):
+    path = _copy_dir(saved, tmp_path / "copy")
+    meta = path / "metadata.json"
+    if content == "truncated":
+        text = meta.read_text()
+        meta.write_text(text[: len(text) // 2])
+    elif isinstance(content, bytes):
+        meta.write_bytes(content)
+    else:
+        meta.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+def test_metadata_of_another_model_class_raises(saved, steady, tmp_path):
+    path = _copy_dir(saved, tmp_path / "copy")
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["model_name"] = "OtherVI"
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="holds a OtherVI, not a SemiMechVI"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+@pytest.mark.parametrize("drop", ["registry", "attributes", "var_names", "model_name"])
+def test_metadata_with_missing_entries_raises_value_error(saved, steady, tmp_path, drop):
+    path = _copy_dir(saved, tmp_path / "copy")
+    meta = json.loads((path / "metadata.json").read_text())
+    del meta[drop]
+    (path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="metadata"):
+        SemiMechVI.load(path, adata=steady.adata)
+
+
+# ------------------------------------------------------------------------------------------------ JSON encoding
+def test_jsonable_round_trip_of_plain_data():
+    obj = {
+        "a": np.arange(4, dtype=np.int64),
+        "b": np.array(["x", "y"], dtype=object),
+        "c": (1, 2.5, None),
+        "d": pd.DataFrame({"v": [1.0, 2.0]}, index=[3, 4]),
+        "e": np.float32(1.5),
+        "f": torch.ones(2),
+        "g": [True, "s"],
+    }
+    back = from_jsonable(json.loads(json.dumps(to_jsonable(obj))))
+    np.testing.assert_array_equal(back["a"], obj["a"])
+    assert back["a"].dtype == np.int64
+    assert back["b"].tolist() == ["x", "y"]
+    assert back["c"] == (1, 2.5, None)
+    pd.testing.assert_frame_equal(back["d"], obj["d"])
+    assert back["e"] == 1.5
+    np.testing.assert_array_equal(back["f"], np.ones(2, dtype=np.float32))
+    assert back["g"] == [True, "s"]
+
+
+def test_jsonable_refuses_arbitrary_objects():
+    with pytest.raises(TypeError, match="Cannot save an attribute of type date as plain data"):
+        to_jsonable({"x": datetime.date(2020, 1, 1)})
