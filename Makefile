@@ -34,5 +34,9 @@ lint: $(VENV)/.dev
 docs: $(VENV)/.dev
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+benchmarks: $(VENV)/.dev
+	$(VENV)/bin/python benchmarks/model_claims.py
+	$(VENV)/bin/python benchmarks/accuracy.py
+
 clean:
 	rm -rf $(VENV) docs/_build $(DEMO_OUT)

@@ -30,7 +30,6 @@ TRAIN_KWARGS = {"batch_size": 64, "enable_progress_bar": False, "log_every_n_ste
 MODEL_KWARGS = {"n_latent": 4, "n_hidden": 16, "field_hidden": 8}
 
 
-
 @cache
 def _simulated(regime: str, n_cells: int, seed: int) -> ad.AnnData:
     return simulate_perturbseq(

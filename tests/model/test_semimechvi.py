@@ -186,7 +186,8 @@ def test_training_again_runs_in_training_mode(small_adata, model_kwargs, train_k
     original = SemiMechVAE.loss
 
     def recording_loss(self, *args, **kwargs):
-        modes.append(self.training)
+        if torch.is_grad_enabled():  # training steps; validation steps run in eval mode under no_grad
+            modes.append(self.training)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SemiMechVAE, "loss", recording_loss)

@@ -12,7 +12,6 @@ N_LATENT = 5
 N_TARGETS = 3
 
 
-
 def random_field(
     *,
     n_media: int = 1,

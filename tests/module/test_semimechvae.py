@@ -21,7 +21,6 @@ N_LATENT = 4
 EXTRA_METRICS = {"ss_residual", "mmd", "basal_sd", "basal_leak", "fp_unconverged"}
 
 
-
 def make_module(**kwargs) -> SemiMechVAE:
     torch.manual_seed(0)
     defaults = {

@@ -484,9 +484,7 @@ class ExperimentalDesign:
 def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
     if key not in adata.obs.columns:
         cols = list(adata.obs.columns)
-        msg = (
-            f"{what} {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
-        )
+        msg = f"{what} {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
         raise KeyError(msg)
     return adata.obs[key]
 

@@ -189,9 +189,13 @@ class SemiMechVI(
         ``datasplitter_kwargs={"external_indexing": [train, validation, test]}`` (e.g. from
         :func:`scmech.tl.split`); never evaluate on random cell splits. The KL warm-up defaults to a quarter
         of ``max_epochs`` (scvi-tools' default of 400 epochs would keep the KL weight tiny in short runs);
-        the dynamics always receive the full prior gradient. The operators learn at ``operator_scale``
-        times the learning rate. Accelerators, devices and Lightning strategies (e.g.
+        the dynamics always receive the full prior gradient. The dynamics learn at ``dynamics_lr_factor`` (plan
+        keyword, default 10) times the learning rate. The validation ELBO is recorded every epoch when there are
+        validation cells. Accelerators, devices and Lightning strategies (e.g.
         ``strategy="ddp_find_unused_parameters_true"``) pass through ``trainer_kwargs``.
+
+        On CPUs shared with other work, torch's intra-op threads can slow these small tensor operations down
+        several-fold; ``torch.set_num_threads(1)`` per process is often fastest (scmech never changes it for you).
 
         Parameters
         ----------
@@ -243,6 +247,9 @@ class SemiMechVI(
         if n_unfit:
             logger.info("%d unassigned cells are kept in adata but excluded from training.", n_unfit)
         datasplitter_kwargs["external_indexing"] = external
+        if len(external[1]) > 0:
+            # record the validation ELBO every epoch (scvi-tools only does so with early stopping)
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         if len(external[0]) == 0:
             msg = "No cells to train on: the training indices are empty after removing unassigned cells."
             raise ValueError(msg)
@@ -276,7 +283,10 @@ class SemiMechVI(
         r"""Per-cell steady-state residual :math:`\|f_\theta(z_c; m_c, p_c)\|` at the cell's latent mean.
 
         Near zero for cells at an equilibrium of their own protocol; large for cells the field would still
-        move (e.g. controls that drift, or cells between attractors).
+        move (e.g. controls that drift, or cells between attractors). Cells of targets without training cells
+        use the operators of the gene-embedding map, as :meth:`predict` does. This is a per-cell quantity;
+        ``history["ss_residual_train"]`` is the residual at the mean control state, the quantity the
+        steady-state term penalises (with ``steady_state_on="mean"``).
 
         Returns
         -------
@@ -287,11 +297,14 @@ class SemiMechVI(
         dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
         out = []
         field = self.module.field
+        # targets without training cells act through the gene-embedding map, as in predict
+        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        ops, _, _, _ = self._operators_for([], set(registered)) if self.trained_targets_ else (None,) * 4
         for tensors in dl:
             inf = self.module.inference(**self.module._get_inference_input(tensors))
             proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
             z = inf["qz"].loc
-            drive = field.drive(proto["perturbation"], proto["efficacy"])
+            drive = field.drive(proto["perturbation"], proto["efficacy"], operators=ops)
             out.append(field(z, proto["media"], drive).norm(dim=-1).cpu().numpy())
         return np.concatenate(out)
 

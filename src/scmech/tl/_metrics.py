@@ -27,6 +27,7 @@ Metrics (``metric`` strings; ↑ higher is better, ↓ lower is better):
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
@@ -271,17 +272,20 @@ class _Observed:
         n = min(n_de_genes, sub.n_vars)
         work = ad.AnnData(X=sub.X, obs=sub.obs[["group"]].copy(), var=pd.DataFrame(index=sub.var_names))
         work.uns["log1p"] = {"base": None}
-        sc.tl.rank_genes_groups(
-            work,
-            groupby="group",
-            groups=ok,
-            reference=ctrl,
-            method=de_method,
-            rankby_abs=True,
-            n_genes=n,
-            use_raw=False,
-            key_added="de",
-        )
+        with warnings.catch_warnings():
+            # scanpy warns about DataFrame fragmentation once per group; nothing the user can act on
+            warnings.simplefilter("ignore", category=getattr(pd.errors, "PerformanceWarning", Warning))
+            sc.tl.rank_genes_groups(
+                work,
+                groupby="group",
+                groups=ok,
+                reference=ctrl,
+                method=de_method,
+                rankby_abs=True,
+                n_genes=n,
+                use_raw=False,
+                key_added="de",
+            )
         names = work.uns["de"]["names"]
         pos = {g: i for i, g in enumerate(sub.var_names)}
         for c in ok:
