@@ -938,3 +938,24 @@ def test_setup_mudata_errors(small_adata):
         SemiMechVI.setup_mudata(mdata, batch_key="batch", modalities={"rna_layer": "gex", "batch_key": "protein"})
     with pytest.raises(ValueError, match="is a view"):
         SemiMechVI.setup_mudata(mdata[:20], modalities={"rna_layer": "gex"})
+
+
+def test_anchored_combination_is_observed_singles_plus_model_interaction(steady):
+    model, adata = steady.model, steady.adata
+    anchor = model.anchor_
+    assert anchor is not None and "NT" in anchor["conditions"]
+    combos = [c for c in adata.obs["perturbation"].astype(str).unique() if "+" in c]
+    combo = next(c for c in combos if all(t in anchor["conditions"] for t in c.split("+")))
+    a, b = combo.split("+")
+    raw = model.predict([combo, a, b, "NT"], anchor="none", random_state=1)
+    anchored = model.predict([combo, a, b, "NT"], random_state=1)
+    assert anchored.obs["anchored"].tolist() == [True, False, False, False]
+    # singles and control are not anchored: identical to the model's own prediction
+    np.testing.assert_allclose(anchored.X[1:], raw.X[1:], rtol=1e-6, atol=1e-6)
+    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
+    m = {lab: raw.X[i].astype(np.float64) for i, lab in enumerate([combo, a, b, "NT"])}
+    expected = obs[a] + obs[b] - obs["NT"] + (m[combo] - m[a] - m[b] + m["NT"])
+    np.testing.assert_allclose(anchored.X[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(anchored.layers["expression"], np.expm1(anchored.X), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="anchor='both' is not one of"):
+        model.predict([combo], anchor="both")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -307,6 +307,7 @@ class PredictionMixin:
         from_cells: Sequence[int] | np.ndarray | None = None,
         protocol: Sequence[Step] | Sequence[Sequence[Step]] | None = None,
         return_mean: bool = True,
+        anchor: Literal["combinations", "none"] = "combinations",
         adata: AnnData | None = None,
         batch_size: int | None = None,
         random_state: int | None = None,
@@ -348,6 +349,13 @@ class PredictionMixin:
         return_mean
             One row per condition (mean over counterfactual cells) when ``True``; one row per counterfactual
             cell otherwise.
+        anchor
+            ``"combinations"``: a combination whose single targets were all observed in training (baseline medium,
+            steady-state regime) is predicted as the observed singles plus the model's interaction,
+            :math:`\hat y_{A+B} = y_A + y_B - y_\varnothing + [m_{A+B} - m_A - m_B + m_\varnothing]`, i.e. the
+            model's prediction corrected by its own error on the observed components (the additive baseline
+            nested in the model, the dynamics supplying what is not additive, such as the shared response of
+            perturbed cells counted once). ``"none"``: the model's prediction as it is. Mean predictions only.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -360,7 +368,7 @@ class PredictionMixin:
         AnnData with ``X`` the log-normalised prediction :math:`\log(1 + 10^4 \rho)` (the pseudobulk definition
         of :func:`scmech.data.pseudobulk`), ``layers["expression"]`` the normalised expression
         (counts per 10,000), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
-        ``n_cells`` and ``unseen_targets``, and ``uns["scmech"]["prediction"]`` the provenance. Per-cell
+        ``n_cells``, ``unseen_targets`` and ``anchored``, and ``uns["scmech"]["prediction"]`` the provenance. Per-cell
         predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
         """
         self._check_if_trained(warn=False)
@@ -374,6 +382,25 @@ class PredictionMixin:
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         rng = np.random.default_rng(seed)
         protocols = self._build_protocols(perturbations, media, time, media_time, protocol)
+        n_requested = len(protocols)
+        anchored = self._anchor_plan(protocols) if (return_mean and anchor == "combinations") else {}
+        if anchor not in ("combinations", "none"):
+            msg = f"anchor={anchor!r} is not one of 'combinations', 'none'."
+            raise ValueError(msg)
+        if anchored:
+            # the model's own predictions of the observed components, from the same starting cells
+            st0 = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+            extra = sorted({t for ts in anchored.values() for t in ts} | {st0["control_label"]})
+            protocols = protocols + [
+                Protocol(
+                    label=t,
+                    targets=() if t == st0["control_label"] else (t,),
+                    media=None,
+                    time=0.0,
+                    media_time=np.nan,
+                )
+                for t in extra
+            ]
         st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
         known = list(st["targets"])
         known_set = set(known)
@@ -473,10 +500,16 @@ class PredictionMixin:
                 obs_rows.extend([info] * n0)
         values = np.concatenate(rows_x).astype(np.float64)
         if module.gene_likelihood == "normal":
-            logx, expr = values, np.expm1(values)
+            logx = values
         else:
-            expr = TARGET_SUM * values
-            logx = np.log1p(expr)
+            logx = np.log1p(TARGET_SUM * values)
+        if return_mean:
+            logx = self._apply_anchor(logx, protocols, anchored, n_requested)[:n_requested]
+            obs_rows = obs_rows[:n_requested]
+            for i, row in enumerate(obs_rows):
+                row["anchored"] = protocols[i].label in anchored
+            protocols = protocols[:n_requested]
+        expr = np.expm1(logx)
         obs = pd.DataFrame(obs_rows)
         if not return_mean:
             obs["source_cell"] = np.tile(np.asarray(adata.obs_names)[start], len(protocols))
@@ -515,8 +548,66 @@ class PredictionMixin:
                 "target_map": None if self.target_map_ is None else self.target_map_["source"],
                 "random_state": int(seed),
                 "value": "log1p(1e4 * mean normalised expression)",
+                "anchor": anchor if return_mean else "none",
             }
         }
+        return out
+
+    def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
+        """Store the observed log pseudobulk of the training singles and control (baseline medium)."""
+        self.anchor_ = None
+        if self.regime != "steady_state":
+            return
+        design = self._design(self.adata)
+        idx = np.asarray(train_indices)
+        if K.MEDIA_KEY in self.adata_manager.data_registry:
+            media = np.asarray(self.adata_manager.get_from_registry(K.MEDIA_KEY)).ravel()
+            idx = idx[media[idx] == 0]
+        labels = design.labels[idx]
+        n_t = design.n_targets_per_cell[idx]
+        keep = (n_t <= 1) & ~design.is_unassigned[idx]
+        vc = pd.Series(labels[keep]).value_counts()
+        conds = sorted(vc.index[vc >= min_cells].tolist())
+        if design.control_label not in conds or len(conds) < 2:
+            return
+        x, _ = self._expression_matrix(self.adata)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        mean = normalized_mean(x[idx[keep]], labels[keep], conds, counts=counts)
+        pb = np.log1p(TARGET_SUM * mean) if counts else mean
+        self.anchor_ = {"conditions": conds, "log1p": pb.astype(np.float32), "control_label": design.control_label}
+
+    def _anchor_plan(self, protocols: list[Protocol]) -> dict[str, tuple[str, ...]]:
+        """Find combinations (baseline medium) whose single targets all have observed training pseudobulks."""
+        anc = getattr(self, "anchor_", None)
+        if not anc:
+            return {}
+        seen = set(anc["conditions"])
+        return {
+            p.label: p.targets
+            for p in protocols
+            if len(p.targets) >= 2
+            and p.media in (None, *self._media_categories()[:1])
+            and all(t in seen for t in p.targets)
+        }
+
+    def _apply_anchor(
+        self, logx: np.ndarray, protocols: list[Protocol], anchored: dict, n_requested: int
+    ) -> np.ndarray:
+        if not anchored:
+            return logx
+        anc = self.anchor_
+        obs = {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["log1p"], strict=True)}
+        ctrl = anc["control_label"]
+        # the components were appended after the requested conditions
+        row = {p.label: n_requested + k for k, p in enumerate(protocols[n_requested:])}
+        out = logx.copy()
+        err_ctrl = obs[ctrl] - logx[row[ctrl]]
+        for i, p in enumerate(protocols[:n_requested]):
+            if p.label not in anchored:
+                continue
+            targets = anchored[p.label]
+            corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
+            out[i] = logx[i] + corr
         return out
 
     def _efficacy_pool(self, adata) -> np.ndarray | None:

@@ -165,6 +165,7 @@ class SemiMechVI(
         )
         self.target_map_ = None
         self.trained_targets_ = None
+        self.anchor_ = None
         self.init_params_ = self._get_init_params(locals())
 
     def _n_media(self) -> int:
@@ -262,6 +263,7 @@ class SemiMechVI(
             **trainer_kwargs,
         )
         self._fit_target_map(np.asarray(external[0]))
+        self._fit_anchor(np.asarray(external[0]))
         return out
 
     def _default_split(self, fit: np.ndarray, train_size, validation_size) -> list[np.ndarray]:
