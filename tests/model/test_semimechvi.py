@@ -943,7 +943,8 @@ def test_setup_mudata_errors(small_adata):
 def test_anchored_combination_is_observed_singles_plus_model_interaction(steady):
     model, adata = steady.model, steady.adata
     anchor = model.anchor_
-    assert anchor is not None and "NT" in anchor["conditions"]
+    assert anchor is not None
+    assert "NT" in anchor["conditions"]
     combos = [c for c in adata.obs["perturbation"].astype(str).unique() if "+" in c]
     combo = next(c for c in combos if all(t in anchor["conditions"] for t in c.split("+")))
     a, b = combo.split("+")
