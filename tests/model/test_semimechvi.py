@@ -19,7 +19,7 @@ from scmech.model import SemiMechVI
 from scmech.train import SemiMechTrainingPlan
 
 EXTRA_HISTORY = ("ss_residual_train", "mmd_train", "basal_leak_train", "basal_sd_train", "fp_unconverged_train")
-PRED_OBS = ["perturbation", "media", "time", "media_time", "batch", "n_cells", "unseen_targets"]
+PRED_OBS = ["perturbation", "media", "time", "media_time", "batch", "n_cells", "unseen_targets", "anchored"]
 
 
 def _printed(obj) -> str:
@@ -301,7 +301,7 @@ def test_predict_per_cell(steady):
         per_cell.obs["source_cell"].to_numpy()[:10], per_cell.obs["source_cell"].to_numpy()[10:20]
     )
     # the mean over counterfactual cells is the condition-level prediction
-    mean = model.predict(conds, n_cells=10, random_state=1)
+    mean = model.predict(conds, n_cells=10, random_state=1, anchor="none")
     for k, cond in enumerate(conds):
         rows = per_cell.obs["perturbation"] == cond
         np.testing.assert_allclose(per_cell.layers["expression"][rows].mean(0), mean.layers["expression"][k], rtol=1e-4)

@@ -175,6 +175,7 @@ def test_prediction_layout(cls, data):
         "batch",
         "n_cells",
         "unseen_targets",
+        "anchored",
     ]
     for c in ("perturbation", "media", "batch"):
         assert isinstance(pred.obs[c].dtype, pd.CategoricalDtype)

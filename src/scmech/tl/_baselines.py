@@ -324,6 +324,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                     "batch": batch if batch is not None else "training cells",
                     "n_cells": int(n_used),
                     "unseen_targets": ",".join(t_ for t_ in targets if t_ not in self._trained_targets),
+                    "anchored": False,
                 }
             )
         if skipped:
@@ -908,6 +909,7 @@ class ScGen(_PseudobulkBaseline):
                 "batch": batch if batch is not None else "source cells",
                 "n_cells": len(start),
                 "unseen_targets": "",
+                "anchored": False,
             }
             if return_mean:
                 rows.append(np.log1p(np.expm1(cells).mean(0, keepdims=True)))
