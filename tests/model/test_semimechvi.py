@@ -389,6 +389,7 @@ def test_predict_in_a_given_batch(steady):
     model = steady.model
     b0 = model.predict("G0008", batch="b0")
     b1 = model.predict("G0008", batch="b1")
+    assert b0.uns["scmech"]["prediction"]["anchor"] == "none"
     assert b0.obs["batch"].iloc[0] == "b0"
     assert np.abs(b0.X - b1.X).max() > 0
 
@@ -949,14 +950,39 @@ def test_anchored_combination_is_observed_singles_plus_model_interaction(steady)
     combo = next(c for c in combos if all(t in anchor["conditions"] for t in c.split("+")))
     a, b = combo.split("+")
     raw = model.predict([combo, a, b, "NT"], anchor="none", random_state=1)
-    anchored = model.predict([combo, a, b, "NT"], random_state=1)
+    anchored = model.predict([combo, a, b, "NT"], anchor="combinations", random_state=1)
     assert anchored.obs["anchored"].tolist() == [True, False, False, False]
-    # singles and control are not anchored: identical to the model's own prediction
+    # with anchor="combinations" singles and control are the model's own prediction
     np.testing.assert_allclose(anchored.X[1:], raw.X[1:], rtol=1e-6, atol=1e-6)
     obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
+    # with anchor="auto" (default) they are the observed training pseudobulks, the combination is unchanged
+    auto = model.predict([combo, a, b, "NT"], random_state=1)
+    assert auto.obs["anchored"].all()
+    np.testing.assert_allclose(auto.X[0], anchored.X[0], rtol=1e-6, atol=1e-6)
+    for k, lab in enumerate([a, b, "NT"], start=1):
+        np.testing.assert_allclose(auto.X[k], obs[lab], rtol=1e-5, atol=1e-5)
+    # no anchoring for other starting cells or one batch
+    assert not model.predict([combo], batch="b0").obs["anchored"].any()
     m = {lab: raw.X[i].astype(np.float64) for i, lab in enumerate([combo, a, b, "NT"])}
     expected = obs[a] + obs[b] - obs["NT"] + (m[combo] - m[a] - m[b] + m["NT"])
     np.testing.assert_allclose(anchored.X[0], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(anchored.layers["expression"], np.expm1(anchored.X), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="anchor='both' is not one of"):
+    with pytest.raises(ValueError, match="anchor=.both. is not one of .auto."):
         model.predict([combo], anchor="both")
+
+
+def test_unseen_single_is_anchored_on_the_mean_training_error(steady):
+    model = steady.model
+    held = steady.heldout_target
+    anchor = model.anchor_
+    singles = [c for c in anchor["conditions"] if c != "NT"]
+    raw = model.predict([held, *singles], anchor="none", random_state=2)
+    auto = model.predict([held], random_state=2)
+    assert bool(auto.obs["anchored"].iloc[0])
+    assert "mean error of" in auto.uns["scmech"]["prediction"]["anchoring"][held]
+    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
+    err = np.mean([obs[q] - raw.X[1 + k].astype(np.float64) for k, q in enumerate(singles)], axis=0)
+    np.testing.assert_allclose(auto.X[0], raw.X[0] + err, rtol=1e-5, atol=1e-5)
+    # combinations-only anchoring leaves the unseen single alone
+    comb = model.predict([held], anchor="combinations", random_state=2)
+    np.testing.assert_allclose(comb.X[0], raw.X[0], rtol=1e-6, atol=1e-6)

@@ -307,7 +307,7 @@ class PredictionMixin:
         from_cells: Sequence[int] | np.ndarray | None = None,
         protocol: Sequence[Step] | Sequence[Sequence[Step]] | None = None,
         return_mean: bool = True,
-        anchor: Literal["combinations", "none"] = "combinations",
+        anchor: Literal["auto", "combinations", "none"] = "auto",
         adata: AnnData | None = None,
         batch_size: int | None = None,
         random_state: int | None = None,
@@ -350,12 +350,24 @@ class PredictionMixin:
             One row per condition (mean over counterfactual cells) when ``True``; one row per counterfactual
             cell otherwise.
         anchor
-            ``"combinations"``: a combination whose single targets were all observed in training (baseline medium,
-            steady-state regime) is predicted as the observed singles plus the model's interaction,
-            :math:`\hat y_{A+B} = y_A + y_B - y_\varnothing + [m_{A+B} - m_A - m_B + m_\varnothing]`, i.e. the
-            model's prediction corrected by its own error on the observed components (the additive baseline
-            nested in the model, the dynamics supplying what is not additive, such as the shared response of
-            perturbed cells counted once). ``"none"``: the model's prediction as it is. Mean predictions only.
+            Correct mean predictions by the model's own error on conditions observed in training (steady-state
+            regime, baseline medium), in log-normalised space:
+
+            - a combination whose single targets were all observed is predicted as the observed singles plus the
+              model's interaction, :math:`\hat y_{A+B} = y_A + y_B - y_\varnothing + [m_{A+B} - m_A - m_B +
+              m_\varnothing]` (the additive baseline nested in the model; the dynamics supply what is not
+              additive, such as the shared response of perturbed cells counted once);
+            - with ``"auto"``, a single target without training cells is predicted as
+              :math:`m_t + \overline{(y_q - m_q)}`, the model plus its mean error over (up to 50) observed
+              training singles :math:`q` (the train-mean baseline nested in the model; the model supplies what is
+              specific to :math:`t`, such as the knock-down of its own mRNA);
+            - with ``"auto"``, the control and singles observed in training are their observed pseudobulk, so that
+              every row of the result lives in the same (data) space and differences between rows are effects.
+
+            ``"combinations"`` does only the first; ``"none"`` returns the model's own predictions (e.g. to
+            inspect its fit). ``uns["scmech"]["prediction"]["anchoring"]`` records what was done to each row.
+            Anchoring applies only to mean predictions from the training controls (no ``from_cells``, ``batch``
+            or ``adata``).
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -378,19 +390,24 @@ class PredictionMixin:
         if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
             msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
             raise ValueError(msg)
+        own_data = adata is None
         adata = self._validate_anndata(adata)
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         rng = np.random.default_rng(seed)
         protocols = self._build_protocols(perturbations, media, time, media_time, protocol)
         n_requested = len(protocols)
-        anchored = self._anchor_plan(protocols) if (return_mean and anchor == "combinations") else {}
-        if anchor not in ("combinations", "none"):
-            msg = f"anchor={anchor!r} is not one of 'combinations', 'none'."
+        if anchor not in ("auto", "combinations", "none"):
+            msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
             raise ValueError(msg)
+        # anchoring corrects the model by its error on the training data: it applies to predictions from the
+        # training controls, measured like them (not to other starting cells, other data or one batch)
+        can_anchor = return_mean and anchor != "none" and from_cells is None and batch is None and own_data
+        anchored = self._anchor_plan(protocols, anchor, rng) if can_anchor else {}
         if anchored:
             # the model's own predictions of the observed components, from the same starting cells
             st0 = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
-            extra = sorted({t for ts in anchored.values() for t in ts} | {st0["control_label"]})
+            markers = ("__mean__", "__self__")
+            extra = sorted({t for ts in anchored.values() for t in ts if t not in markers} | {st0["control_label"]})
             protocols = protocols + [
                 Protocol(
                     label=t,
@@ -548,7 +565,13 @@ class PredictionMixin:
                 "target_map": None if self.target_map_ is None else self.target_map_["source"],
                 "random_state": int(seed),
                 "value": "log1p(1e4 * mean normalised expression)",
-                "anchor": anchor if return_mean else "none",
+                "anchor": anchor if can_anchor else "none",
+                "anchoring": {
+                    lab: {"__mean__": f"mean error of {len(ts) - 1} training singles", "__self__": "observed"}.get(
+                        ts[0], "observed singles"
+                    )
+                    for lab, ts in anchored.items()
+                },
             }
         }
         return out
@@ -576,19 +599,32 @@ class PredictionMixin:
         pb = np.log1p(TARGET_SUM * mean) if counts else mean
         self.anchor_ = {"conditions": conds, "log1p": pb.astype(np.float32), "control_label": design.control_label}
 
-    def _anchor_plan(self, protocols: list[Protocol]) -> dict[str, tuple[str, ...]]:
-        """Find combinations (baseline medium) whose single targets all have observed training pseudobulks."""
+    def _anchor_plan(self, protocols: list[Protocol], anchor: str, rng: np.random.Generator) -> dict:
+        """Plan the anchoring: condition label -> observed components (``("__mean__", q1, q2, ...)`` for the mean).
+
+        Combinations (baseline medium) whose single targets all have observed training pseudobulks get their
+        singles; with ``anchor="auto"``, singles without training cells get a sample of observed singles.
+        """
         anc = getattr(self, "anchor_", None)
         if not anc:
             return {}
-        seen = set(anc["conditions"])
-        return {
-            p.label: p.targets
-            for p in protocols
-            if len(p.targets) >= 2
-            and p.media in (None, *self._media_categories()[:1])
-            and all(t in seen for t in p.targets)
-        }
+        seen = set(anc["conditions"]) - {anc["control_label"]}
+        trained = set(self.trained_targets_ or [])
+        baseline = (None, *self._media_categories()[:1])
+        plan: dict[str, tuple[str, ...]] = {}
+        pool = sorted(seen)
+        if len(pool) > 50:
+            pool = sorted(rng.choice(pool, size=50, replace=False).tolist())
+        for p in protocols:
+            if p.media not in baseline:
+                continue
+            if anchor == "auto" and (p.label in seen or p.label == anc["control_label"]):
+                plan[p.label] = ("__self__",)
+            elif len(p.targets) >= 2 and all(t in seen for t in p.targets):
+                plan[p.label] = p.targets
+            elif anchor == "auto" and len(p.targets) == 1 and p.targets[0] not in trained and len(pool) >= 2:
+                plan[p.label] = ("__mean__", *pool)
+        return plan
 
     def _apply_anchor(
         self, logx: np.ndarray, protocols: list[Protocol], anchored: dict, n_requested: int
@@ -606,7 +642,13 @@ class PredictionMixin:
             if p.label not in anchored:
                 continue
             targets = anchored[p.label]
-            corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
+            if targets[0] == "__self__":
+                out[i] = obs[p.label]
+                continue
+            if targets[0] == "__mean__":
+                corr = np.mean([obs[t] - logx[row[t]] for t in targets[1:]], axis=0)
+            else:
+                corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
             out[i] = logx[i] + corr
         return out
 
