@@ -336,7 +336,8 @@ class PredictionMixin:
             Batch whose capture the predictions are measured with; each starting cell's own batch when ``None``.
         efficacy
             Knock-down efficacy of the predicted perturbations; when ``None`` and an efficacy key is registered,
-            each counterfactual draws one from the perturbed training cells, else 1.
+            the counterfactual cells are spread evenly over 8 quantiles of the perturbed training cells'
+            efficacies (escapers included), else 1.
         n_cells
             Number of starting cells (a random subset); up to 500 control cells when ``None`` and
             ``from_cells`` is not given.
@@ -477,28 +478,53 @@ class PredictionMixin:
         cont_covs = torch.cat(conts) if conts[0] is not None else None
 
         eff_pool = self._efficacy_pool(adata) if (efficacy is None and module.use_efficacy) else None
-        rows_x, rows_z, obs_rows = [], [], []
-        for p, m in zip(protocols, media_idx, strict=True):
-            pert = torch.zeros(n0, len(all_targets), device=dev)
+        n_prot = len(protocols)
+        # efficacy levels: one given value, or quantiles of the perturbed training cells' efficacies spread
+        # evenly over the counterfactual cells (a deterministic stand-in for drawing one per cell)
+        if efficacy is not None:
+            levels = np.array([float(efficacy)])
+        elif eff_pool is not None:
+            levels = np.quantile(eff_pool, (np.arange(8) + 0.5) / 8)
+        else:
+            levels = None
+        n_lev = 1 if levels is None else len(levels)
+        cell_level = torch.as_tensor(np.arange(n0) % n_lev, device=dev)
+        pert = torch.zeros(n_prot, len(all_targets), device=dev)
+        for k, p in enumerate(protocols):
             for t in p.targets:
-                pert[:, col[t]] = 1.0
-            if efficacy is not None:
-                eff = torch.full((n0,), float(efficacy), device=dev)
-            elif eff_pool is not None and p.targets:
-                eff = torch.as_tensor(rng.choice(eff_pool, size=n0), dtype=torch.float32, device=dev)
+                pert[k, col[t]] = 1.0
+        pert_rows = pert.repeat_interleave(n_lev, dim=0)
+        eff_rows = None if levels is None else torch.as_tensor(np.tile(levels, n_prot), dtype=torch.float32, device=dev)
+        med_rows = torch.as_tensor(np.repeat(media_idx, n_lev), dtype=torch.long, device=dev)
+        t_rows = torch.as_tensor(np.repeat([p.time for p in protocols], n_lev), dtype=torch.float32, device=dev)
+        s_rows = torch.as_tensor(np.repeat([p.media_time for p in protocols], n_lev), dtype=torch.float32, device=dev)
+        mu_rows, _ = module.readout_states(pert_rows, med_rows, eff_rows, t_rows, s_rows, operators=ops, implicit=False)
+        off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, own_effect=own, target_gene_index=gene_idx)
+        mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
+        off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
+        n_genes = module.n_input
+        chunk = max(1, int(2e7 // max(n0 * n_genes, 1)))
+        rows_x, rows_z, obs_rows = [], [], []
+        for lo in range(0, n_prot, chunk):
+            ks = slice(lo, min(lo + chunk, n_prot))
+            k = ks.stop - ks.start
+            z_cf = basal.unsqueeze(0) + mu_rows[ks][:, cell_level]  # k x cells x latent
+            offset = None if off_rows is None else off_rows[ks][:, cell_level].reshape(k * n0, n_genes)
+            logits = module.decoder.logits(
+                z_cf.reshape(k * n0, -1),
+                None if b_idx is None else b_idx.repeat(k, 1),
+                offset,
+                None if cat_covs is None else cat_covs.repeat(k, 1),
+                None if cont_covs is None else cont_covs.repeat(k, 1),
+            )
+            value = logits if module.gene_likelihood == "normal" else torch.softmax(logits, dim=-1)
+            value = value.reshape(k, n0, n_genes)
+            if return_mean:
+                rows_x.append(value.mean(1).cpu().numpy())
             else:
-                eff = None
-            med = torch.full((n0,), m, dtype=torch.long, device=dev)
-            tt = torch.full((n0,), p.time, device=dev)
-            ss = torch.full((n0,), p.media_time, device=dev)
-            mu, _ = module.readout_states(pert, med, eff, tt, ss, operators=ops, implicit=False)
-            z_cf = basal + mu
-            offset = module.decoder.perturbation_offset(pert, eff, own_effect=own, target_gene_index=gene_idx)
-            logits = module.decoder.logits(z_cf, b_idx, offset, cat_covs, cont_covs)
-            if module.gene_likelihood == "normal":
-                value = logits
-            else:
-                value = torch.softmax(logits, dim=-1)
+                rows_x.append(value.reshape(k * n0, n_genes).cpu().numpy())
+                rows_z.append(z_cf.reshape(k * n0, -1).cpu().numpy())
+        for p, m in zip(protocols, media_idx, strict=True):
             info = {
                 "perturbation": p.label,
                 "media": media_cats[m] if media_cats else None,
@@ -509,11 +535,8 @@ class PredictionMixin:
                 "unseen_targets": ",".join(t for t in p.targets if t in mapped),
             }
             if return_mean:
-                rows_x.append(value.mean(0, keepdim=True).cpu().numpy())
                 obs_rows.append(info)
             else:
-                rows_x.append(value.cpu().numpy())
-                rows_z.append(z_cf.cpu().numpy())
                 obs_rows.extend([info] * n0)
         values = np.concatenate(rows_x).astype(np.float64)
         if module.gene_likelihood == "normal":

@@ -32,21 +32,33 @@ _COMPONENT_STYLE = {
 }
 
 
-def _nice_log_ticks(axis, lo: float, hi: float) -> None:
-    """Put 1-2-5 ticks with plain labels (``20,000``, ``0.2``) on a log axis between ``lo`` and ``hi``."""
+def _nice_log_ticks(axis, lo: float, hi: float, position=None) -> None:
+    """Put 1-2-5 ticks with plain labels (``20,000``, ``0.2``) on a log axis between ``lo`` and ``hi``.
+
+    ``position`` maps a tick value to its place on a log scale (for a secondary axis); ticks closer than a
+    fifth of the range to the previous one are dropped so that their labels do not collide.
+    """
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
     lo, hi = max(min(lo, hi), 1e-300), max(lo, hi)
-    ticks = [
-        m * 10.0**e
-        for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
-        for m in (1, 2, 5)
-        if lo <= m * 10.0**e <= hi
-    ]
-    if len(ticks) > 7:
-        ticks = [t for t in ticks if round(t / 10 ** np.floor(np.log10(t))) != 2]
-    if len(ticks) > 7:
-        ticks = [t for t in ticks if round(t / 10 ** np.floor(np.log10(t))) == 1]
+    decades = range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
+        cand = [m * 10.0**e for e in decades for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(cand) > 7:
+            break
+        ticks = cand
+        if len(ticks) >= 3:
+            break
+    if position is not None and len(ticks) > 1:
+        pos = np.log10(np.asarray([position(t) for t in ticks], dtype=float))
+        span = abs(np.log10(position(lo)) - np.log10(position(hi))) or 1.0
+        kept, last = [], None
+        for t, p in sorted(zip(ticks, pos, strict=True), key=lambda tp: tp[1]):
+            if last is None or abs(p - last) >= 0.2 * span:
+                kept.append(t)
+                last = p
+        ticks = sorted(kept)
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
     axis.set_minor_locator(NullLocator())
@@ -355,7 +367,7 @@ def power_curve(
             )
             n_lo = budget / (float(df["reads_per_cell"].max()) + cost)
             n_hi = budget / (float(df["reads_per_cell"].min()) + cost)
-            _nice_log_ticks(sec.xaxis, n_lo, n_hi)
+            _nice_log_ticks(sec.xaxis, n_lo, n_hi, position=lambda n: budget / n - cost if budget / n > cost else 1e-9)
             sec.set_xlabel("cells the budget buys")
         ax.set_title(
             f"budget {budget:,.0f} reads, cell cost {cost:,.0f} reads" if budget else "sequencing budget",

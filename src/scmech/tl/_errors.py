@@ -262,12 +262,16 @@ def _variance_terms(
             tech = tech + (m2 - ml) / (dispersion[None, :] + 1.0)
         meas_b = tech / (1.0 + mean) ** 2
         meas = _weighted(meas_b, np.where(n >= 1, n, 0.0))
-        bio = np.maximum(cell - meas, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total_b = (m2 - mean**2) * (n / np.maximum(n - 1, 1))[:, None] / (1.0 + mean) ** 2
+        cell_delta = _weighted(total_b, np.where(n >= 2, n, 0.0))
+        bio = np.maximum(cell_delta - meas, 0.0)
+        bio_split = np.maximum(cell - meas, 0.0)
     else:
         meas = np.full(G, np.nan)
         bio = np.full(G, np.nan)
     ctrl_mean = _weighted(mean, n)
-    return {"batch": batch, "cell": cell, "bio": bio, "meas": meas, "mean": ctrl_mean, "batches_used": list(use)}
+    return {"batch": batch, "cell": cell, "bio": bio, "meas": meas, "mean": ctrl_mean, "batches_used": list(use), "bio_split": bio_split, "cell_delta": cell_delta}
 
 
 def _components(
@@ -621,7 +625,7 @@ def estimate_variance(
     rng = np.random.default_rng(random_state)
     st = _stats(s.data, s.cells, s.code, n_splits, rng, s.control_groups)
     var = _variance_terms(st, s.layout, s.data, _dispersion(dispersion, s.genes))
-    frame = pd.DataFrame({k: var[k] for k in ("batch", "cell", "bio", "meas", "mean")}, index=s.genes)
+    frame = pd.DataFrame({k: var[k] for k in ("batch", "cell", "bio", "meas", "mean", "bio_split", "cell_delta")}, index=s.genes)
     frame.index.name = "gene"
     frame.attrs["n_batches_with_controls"] = len(var["batches_used"])
     frame.attrs["n_controls"] = int(st.n[: s.layout.n_batches].sum())
