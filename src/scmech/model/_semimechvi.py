@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -254,14 +255,17 @@ class SemiMechVI(
         if len(external[0]) == 0:
             msg = "No cells to train on: the training indices are empty after removing unassigned cells."
             raise ValueError(msg)
-        out = super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            datasplitter_kwargs=datasplitter_kwargs,
-            plan_kwargs=plan_kwargs,
-            **trainer_kwargs,
-        )
+        with warnings.catch_warnings():
+            # the training plan's own (cheaper) batch transfer is intended
+            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            out = super().train(
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                datasplitter_kwargs=datasplitter_kwargs,
+                plan_kwargs=plan_kwargs,
+                **trainer_kwargs,
+            )
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
         return out

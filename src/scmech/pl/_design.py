@@ -254,8 +254,7 @@ def design_table(
         load = table.to_numpy().sum(axis=1)
     n_r, n_c = mat.shape
     fig, ax = get_ax(ax, (min(1.6 + 0.75 * n_c, 16), min(max(2.6, 0.9 + 0.28 * n_r), 30)))
-    cmap = mpl.colormaps["Blues"].copy()
-    cmap.set_under("white")
+    cmap = mpl.colormaps["Blues"].with_extremes(under="white")
     vmax = max(float(np.nanmax(mat)), 1.0)
     im = ax.imshow(mat, aspect="auto", cmap=cmap, vmin=0.5, vmax=vmax, interpolation="nearest")
     if annotate is None:
@@ -375,6 +374,7 @@ def power_curve(
         )
     elif "n_cells" in power_df.columns:
         df = power_df
+        title = "minimal detectable effect"
         if "effect" in df.columns and "power" in df.columns and y == "mde":
             for k, (e, sub) in enumerate(df.groupby("effect", sort=True)):
                 g = sub.groupby("n_cells")["power"].median()
@@ -383,6 +383,7 @@ def power_curve(
             ax.set_ylim(0, 1.02)
             ax.axhline(0.8, color="0.6", ls=":", lw=1)
             ylabel = "power"
+            title = "power of a two-sided z test"
         else:
             g = df.groupby("n_cells")[y]
             med = g.median()
@@ -413,7 +414,7 @@ def power_curve(
         ncell = df["n_cells"].to_numpy(dtype=float)
         _nice_log_ticks(ax.xaxis, float(ncell.min()), float(ncell.max()))
         ax.set_xlabel("cells per perturbation")
-        ax.set_title("detectable effects", fontsize="medium")
+        ax.set_title(title, fontsize="medium")
     else:
         msg = "power_df has neither 'n_cells' nor 'reads_per_cell'; pass the output of scmech.tl.power."
         raise KeyError(msg)

@@ -266,12 +266,11 @@ def _variance_terms(
             total_b = (m2 - mean**2) * (n / np.maximum(n - 1, 1))[:, None] / (1.0 + mean) ** 2
         cell_delta = _weighted(total_b, np.where(n >= 2, n, 0.0))
         bio = np.maximum(cell_delta - meas, 0.0)
-        bio_split = np.maximum(cell - meas, 0.0)
     else:
         meas = np.full(G, np.nan)
         bio = np.full(G, np.nan)
     ctrl_mean = _weighted(mean, n)
-    return {"batch": batch, "cell": cell, "bio": bio, "meas": meas, "mean": ctrl_mean, "batches_used": list(use), "bio_split": bio_split, "cell_delta": cell_delta}
+    return {"batch": batch, "cell": cell, "bio": bio, "meas": meas, "mean": ctrl_mean, "batches_used": list(use)}
 
 
 def _components(
@@ -625,7 +624,7 @@ def estimate_variance(
     rng = np.random.default_rng(random_state)
     st = _stats(s.data, s.cells, s.code, n_splits, rng, s.control_groups)
     var = _variance_terms(st, s.layout, s.data, _dispersion(dispersion, s.genes))
-    frame = pd.DataFrame({k: var[k] for k in ("batch", "cell", "bio", "meas", "mean", "bio_split", "cell_delta")}, index=s.genes)
+    frame = pd.DataFrame({k: var[k] for k in ("batch", "cell", "bio", "meas", "mean")}, index=s.genes)
     frame.index.name = "gene"
     frame.attrs["n_batches_with_controls"] = len(var["batches_used"])
     frame.attrs["n_controls"] = int(st.n[: s.layout.n_batches].sum())
@@ -698,7 +697,12 @@ def error_decomposition(
       :math:`E[z^2 - z\,10^4/\ell]/(\theta+1) = 10^8\rho^2/\theta` (negative-binomial excess); the second
       term only with ``dispersion`` :math:`\theta`. Without it, meas is the Poisson part, a lower bound:
       gamma-Poisson overdispersion cannot be told apart from biological heterogeneity in counts alone.
-      :math:`\hat\sigma^2_{\mathrm{bio}} = \max(0, \hat\sigma^2_{\mathrm{cell}} - \hat\sigma^2_{\mathrm{meas}})`.
+    - :math:`\sigma^2_{\mathrm{bio}}`, the rest of the per-cell variance on the same linearisation:
+      :math:`\hat\sigma^2_{\mathrm{bio}} = \max\big(0,\ \widehat{\mathrm{Var}}_c(z)/(1+\bar z_b)^2
+      - \hat\sigma^2_{\mathrm{meas},b}\big)` pooled over batches (weights :math:`n_b`). Its delta-method
+      total :math:`\widehat{\mathrm{Var}}_c(z)/(1+\bar z)^2` agrees with the split estimate
+      :math:`\hat\sigma^2_{\mathrm{cell}}` up to the linearisation, so bio + meas is close to, not exactly,
+      cell; being a difference, bio is the least precise term.
 
     **Components** for perturbation :math:`p` with batch composition :math:`w_b = n_{p,b}/n_p` and control
     composition :math:`u_b = n_{\varnothing,b}/n_\varnothing`, pooled pseudobulks :math:`\bar y_p`,
