@@ -7,6 +7,7 @@ import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS, settings
 from scvi.model._utils import get_max_epochs_heuristic
@@ -14,7 +15,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.module import SemiMechVAE
-from scmech.train import SemiMechTrainingPlan
+from scmech.train import BATCHING, PerturbationDataSplitter, SemiMechTrainingPlan
 
 from ._persistence import SafeSaveLoadMixin
 from ._prediction import PredictionMixin
@@ -85,6 +86,7 @@ class SemiMechVI(
 
     _module_cls = SemiMechVAE
     _training_plan_cls = SemiMechTrainingPlan
+    _data_splitter_cls = PerturbationDataSplitter
 
     def __init__(
         self,
@@ -181,6 +183,7 @@ class SemiMechVI(
         train_size: float | None = None,
         validation_size: float | None = None,
         early_stopping: bool = False,
+        batching: Literal["random", "batch_matched", "error_guided"] = "random",
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
@@ -211,6 +214,11 @@ class SemiMechVI(
             Fraction used for validation (default: the rest).
         early_stopping
             Lightning early stopping on the validation ELBO (ignored under DDP, as in scvi-tools).
+        batching
+            Minibatch strategy (:mod:`scmech.train`): ``"random"`` (scvi-tools' shuffling), ``"batch_matched"``
+            (each minibatch from one wet-lab batch, perturbed cells with same-batch controls; needs a
+            ``batch_key``) or ``"error_guided"`` (conditions drawn in proportion to the running error of the
+            dynamics on them). All work under DDP.
         datasplitter_kwargs
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
@@ -255,6 +263,7 @@ class SemiMechVI(
         if len(external[0]) == 0:
             msg = "No cells to train on: the training indices are empty after removing unassigned cells."
             raise ValueError(msg)
+        self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
         with warnings.catch_warnings():
             # the training plan's own (cheaper) batch transfer is intended
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
@@ -269,6 +278,44 @@ class SemiMechVI(
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
         return out
+
+    def _configure_batching(self, batching: str, datasplitter_kwargs: dict, plan_kwargs: dict) -> None:
+        if batching not in BATCHING:
+            msg = f"batching={batching!r} is not one of {BATCHING}."
+            raise ValueError(msg)
+        if batching == "random":
+            return
+        design = self._design(self.adata)
+        if self.adata_manager.registry["setup_args"].get("batch_key") is not None:
+            batch = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(int)
+        elif batching == "batch_matched":
+            msg = "batching='batch_matched' needs wet-lab batches: setup_anndata(..., batch_key=...)."
+            raise ValueError(msg)
+        else:
+            batch = np.zeros(design.n_cells, dtype=int)
+        codes, uniques = pd.factorize(pd.Series(design.labels))
+        weights = np.ones(len(uniques))
+        datasplitter_kwargs.update(
+            batching=batching,
+            batch_labels=batch,
+            condition_codes=codes,
+            is_control=design.is_control,
+            condition_weights=weights,
+            seed=int(settings.seed or 0),
+        )
+        if batching == "error_guided":
+            rng = np.random.default_rng(0)
+            h = rng.integers(1, 2**40, size=design.matrix.shape[1], dtype=np.int64)
+            rows = design.condition_matrix([u for u in uniques if u in design.condition_targets])
+            keys = (np.asarray(rows.todense()).round().astype(np.int64) * h).sum(1)
+            conds = [int(np.flatnonzero(uniques == u)[0]) for u in uniques if u in design.condition_targets]
+            order = np.argsort(keys)
+            plan_kwargs["error_tracking"] = {
+                "hash": h,
+                "keys": keys[order],
+                "key_condition": np.asarray(conds)[order],
+                "weights": weights,
+            }
 
     def _default_split(self, fit: np.ndarray, train_size, validation_size) -> list[np.ndarray]:
         rng = np.random.default_rng(settings.seed)

@@ -415,6 +415,7 @@ class SemiMechVAE(BaseModuleClass):
         # the prior's gradient for the dynamics at full weight, with no effect on the value of the loss
         prior_fit = 0.5 * (qz.loc.detach() - mu).pow(2).sum(-1)
         loss = torch.mean(recon + kl_weight * kl_enc + (prior_fit - prior_fit.detach()))
+        self._cell_prior_fit = prior_fit.detach()  # per-cell dynamics error, read by error-guided batching
 
         proto = self._protocol(tensors)
         pert, media = proto["perturbation"], proto["media"]

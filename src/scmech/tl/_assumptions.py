@@ -95,8 +95,8 @@ _MIN_DELTA_BIC = 10.0
 _MIN_MIXTURE_FRACTION = 0.05
 #: the effect counts as still growing when more than this share of it appeared over the last interval
 _MAX_GROWTH_SHARE = 0.1
-#: the effect at the last read-out must carry this squared-norm signal-to-noise ratio to be compared
-_MIN_SNR = 2.0
+#: the effect at the last read-out must have at least this z-score against "no effect" to be compared
+_MIN_EFFECT_Z = 3.0
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -155,28 +155,29 @@ class _Data:
     time: np.ndarray | None
     media: np.ndarray | None
 
-    def moments(
-        self, cells: np.ndarray, codes: np.ndarray, n_groups: int, weights: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def moments(self, cells: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell count, sum and sum of squares per group (groups x genes) of the given cells."""
-        w = np.ones(len(cells)) if weights is None else np.asarray(weights, dtype=np.float64)
-        keep = (codes >= 0) & (w > 0)
-        ind = sp.csr_matrix(
-            (w[keep], (codes[keep], cells[keep])), shape=(n_groups, self.norm.shape[0]), dtype=np.float64
+        keep = codes >= 0
+        design = sp.csr_matrix(
+            (np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))), shape=(n_groups, len(cells))
         )
-        n = np.asarray(ind.sum(axis=1)).ravel()
-        s = np.asarray((ind @ self.norm).todense())
-        q = np.asarray((ind @ self.norm2).todense())
-        return n, s, q
+        return self.replicate_moments(cells, design)
+
+    def replicate_moments(self, cells: np.ndarray, design: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Weighted count, sum and sum of squares of ``cells`` for each row of ``design`` (rows x cells)."""
+        xc, xc2 = self.norm[cells], self.norm2[cells]
+        n = np.asarray(design.sum(axis=1)).ravel()
+        return n, np.asarray((design @ xc).todense()), np.asarray((design @ xc2).todense())
 
     def pseudobulk(self, n: np.ndarray, s: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Log pseudobulk and its delta-method sampling variance per group (groups x genes)."""
+        """Log pseudobulk and its delta-method sampling variance per group (``(..., groups, genes)``)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            m = s / n[:, None]
-            var = np.maximum(q - n[:, None] * m**2, 0.0) / np.maximum(n[:, None] - 1.0, 1.0)
+            nn = n[..., None]
+            m = s / nn
+            var = np.maximum(q - nn * m**2, 0.0) / np.maximum(nn - 1.0, 1.0)
             if self.counts:
-                return np.log1p(m), var / n[:, None] / (1.0 + m) ** 2
-            return m, var / n[:, None]
+                return np.log1p(m), var / nn / (1.0 + m) ** 2
+            return m, var / nn
 
     def log_dense(self, cells: np.ndarray) -> np.ndarray:
         """Dense log-normalised values (cells x genes) of the given cells."""
@@ -270,33 +271,82 @@ def _contexts(data: _Data, use_time: bool = True) -> list[tuple[str, np.ndarray]
     return [(k, (frame["key"] == k).to_numpy()) for k in order]
 
 
-# ---------------------------------------------------------------------------------------------------- F test
-def _f_statistic(n: np.ndarray, s: np.ndarray, q: np.ndarray, stratum: np.ndarray) -> float:
-    r"""Mean over genes of the one-way ANOVA F of groups within strata.
+# ---------------------------------------------------------------------------------------------------- resampling
+#: at most this many replicate x group x gene values are held in memory at once
+_CHUNK_VALUES = 4_000_000
 
-    ``n``, ``s``, ``q`` are counts, sums and sums of squares per group; ``stratum`` is each group's stratum.
-    Between-group sums of squares are taken around each stratum's mean, so strata (batches) drop out.
-    """
-    ok = n > 0
-    n, s, q, stratum = n[ok], s[ok], q[ok], stratum[ok]
-    m = s / n[:, None]
-    ssw = (q - n[:, None] * m**2).sum(axis=0)
-    ssb = np.zeros(s.shape[1])
-    df_b = 0
-    for st in np.unique(stratum):
-        g = stratum == st
-        if g.sum() < 2:
+
+def _bootstrap_design(codes: np.ndarray, k: int, n_rep: int, rng: np.random.Generator) -> sp.csr_matrix:
+    """Rows ``b * k + j``: a resample with replacement of the cells of group ``j`` (weights = multiplicities)."""
+    rows, cols, vals = [], [], []
+    for j in range(k):
+        members = np.flatnonzero(codes == j)
+        m = members.size
+        if m == 0:
             continue
-        centre = s[g].sum(axis=0) / n[g].sum()
-        ssb += (n[g][:, None] * (m[g] - centre) ** 2).sum(axis=0)
-        df_b += int(g.sum()) - 1
-    df_w = float(n.sum()) - len(n)
-    if df_b == 0 or df_w <= 0:
-        return np.nan
-    good = ssw > 1e-12 * max(float(np.abs(q).max()), 1.0)
-    if not good.any():
-        return np.nan
-    return float(np.mean((ssb[good] / df_b) / (ssw[good] / df_w)))
+        draws = rng.integers(0, m, size=(n_rep, m)) + (np.arange(n_rep) * m)[:, None]
+        cnt = np.bincount(draws.ravel(), minlength=n_rep * m).reshape(n_rep, m)
+        rb, rc = np.nonzero(cnt)
+        rows.append(rb * k + j)
+        cols.append(members[rc])
+        vals.append(cnt[rb, rc].astype(np.float64))
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rep * k, len(codes))
+    )
+
+
+def _label_design(labels: np.ndarray, k: int, weights: np.ndarray | None = None) -> sp.csr_matrix:
+    """Rows ``b * k + j`` from per-replicate group labels (replicates x cells); ``-1`` leaves a cell out."""
+    n_rep, n = labels.shape
+    rows = (np.arange(n_rep)[:, None] * k + labels).ravel()
+    cols = np.tile(np.arange(n), n_rep)
+    vals = np.ones(rows.size) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    keep = (labels.ravel() >= 0) & (vals > 0)
+    return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_rep * k, n))
+
+
+def _per_replicate(data: _Data, cells: np.ndarray, design: sp.csr_matrix, k: int, statistic) -> np.ndarray:
+    """Apply ``statistic(n, s, q)`` (arrays replicates x k [x genes]) to the replicates of ``design``, in chunks."""
+    n_rep = design.shape[0] // k
+    step = max(1, _CHUNK_VALUES // max(k * data.norm.shape[1], 1))
+    out = []
+    for b0 in range(0, n_rep, step):
+        b1 = min(n_rep, b0 + step)
+        n, s, q = data.replicate_moments(cells, design[b0 * k : b1 * k])
+        g = s.shape[1]
+        out.append(np.asarray(statistic(n.reshape(-1, k), s.reshape(-1, k, g), q.reshape(-1, k, g)), dtype=float))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# ---------------------------------------------------------------------------------------------------- F test
+def _f_statistic(n: np.ndarray, s: np.ndarray, q: np.ndarray, stratum: np.ndarray) -> np.ndarray:
+    r"""Mean over genes of the one-way ANOVA F of groups within strata, per replicate.
+
+    ``n`` (replicates x groups), ``s`` and ``q`` (replicates x groups x genes) are the counts, sums and sums of
+    squares; ``stratum`` is each group's stratum. Between-group sums of squares are taken around each stratum's
+    mean, so strata (batches) drop out.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = s / n[..., None]
+        ssw = (q - n[..., None] * m**2).sum(axis=1)
+        ssb = np.zeros(ssw.shape)
+        df_b = 0
+        for st in np.unique(stratum):
+            g = stratum == st
+            if g.sum() < 2:
+                continue
+            centre = s[:, g].sum(axis=1) / n[:, g].sum(axis=1)[:, None]
+            ssb += (n[:, g][..., None] * (m[:, g] - centre[:, None]) ** 2).sum(axis=1)
+            df_b += int(g.sum()) - 1
+        df_w = n.sum(axis=1) - n.shape[1]
+        if df_b == 0:
+            return np.full(n.shape[0], np.nan)
+        good = ssw > 1e-12 * np.maximum(np.abs(q).max(axis=1), 1.0)
+        f = np.where(good, (ssb / df_b) / (ssw / df_w[:, None]), np.nan)
+        ok = good.any(axis=1) & (df_w > 0)
+        out = np.full(n.shape[0], np.nan)
+        out[ok] = np.nanmean(f[ok], axis=1)
+    return out
 
 
 def _f_test(
@@ -312,39 +362,28 @@ def _f_test(
     g_codes, g_uni = pd.factorize(pd.Series(group), sort=True)
     s_codes, _ = pd.factorize(pd.Series(stratum), sort=True)
     n_g = len(g_uni)
-    combined = s_codes * n_g + g_codes
-    c_codes, c_uni = pd.factorize(pd.Series(combined), sort=True)
+    c_codes, c_uni = pd.factorize(pd.Series(s_codes * n_g + g_codes), sort=True)
     strat_of = np.asarray(c_uni) // n_g
     k = len(c_uni)
-    n, s, q = data.moments(cells, c_codes, k)
-    f_obs = _f_statistic(n, s, q, strat_of)
+    lookup = np.full((int(s_codes.max()) + 1) * n_g, -1)
+    lookup[np.asarray(c_uni)] = np.arange(k)
+
+    def stat(n, s, q):
+        return _f_statistic(n, s, q, strat_of)
+
+    f_obs = float(stat(*[x[None] for x in data.moments(cells, c_codes, k)])[0])
     if not np.isfinite(f_obs):
         return np.nan, np.nan, np.nan, np.nan
-    # permutation null: shuffle the group labels within each stratum
-    members = [np.flatnonzero(s_codes == st) for st in np.unique(s_codes)]
-    exceed = 0
-    for _ in range(n_resamples):
-        perm = g_codes.copy()
-        for idx in members:
-            perm[idx] = perm[idx][rng.permutation(idx.size)]
-        pc = s_codes * n_g + perm
-        pcodes = pd.Index(c_uni).get_indexer(pc)
-        # a permutation can create a (stratum, group) combination absent from the data only if a stratum
-        # holds that group, so every code is found; guard anyway
-        if (pcodes < 0).any():
-            continue
-        pn, ps, pq = data.moments(cells, pcodes, k)
-        exceed += _f_statistic(pn, ps, pq, strat_of) >= f_obs
-    p_value = (1.0 + exceed) / (1.0 + n_resamples)
+    # permutation null: shuffle the group labels within each stratum (group sizes per stratum are kept)
+    labels = np.tile(g_codes, (n_resamples, 1))
+    for st in np.unique(s_codes):
+        idx = np.flatnonzero(s_codes == st)
+        labels[:, idx] = rng.permuted(labels[:, idx], axis=1)
+    perm = lookup[s_codes[None, :] * n_g + labels]
+    f_perm = _per_replicate(data, cells, _label_design(perm, k), k, stat)
+    p_value = (1.0 + np.sum(f_perm >= f_obs)) / (1.0 + n_resamples)
     # bootstrap: resample cells within each (stratum, group)
-    groups = [np.flatnonzero(c_codes == j) for j in range(k)]
-    boot = np.empty(n_resamples)
-    for b in range(n_resamples):
-        w = np.zeros(len(cells))
-        for idx in groups:
-            np.add.at(w, idx[rng.integers(0, idx.size, idx.size)], 1.0)
-        bn, bs, bq = data.moments(cells, c_codes, k, weights=w)
-        boot[b] = _f_statistic(bn, bs, bq, strat_of)
+    boot = _per_replicate(data, cells, _bootstrap_design(c_codes, k, n_resamples, rng), k, stat)
     lo, hi = _recentred_interval(f_obs, boot, alpha)
     return f_obs, max(lo, 0.0), hi, float(p_value)
 
@@ -475,42 +514,55 @@ def _check_media(
 
 
 # ---------------------------------------------------------------------------------------------------- mixture
-def _norm_logpdf(z: np.ndarray, mu: float, sd: float) -> np.ndarray:
-    return -0.5 * ((z - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+_LOG_2PI = float(np.log(2 * np.pi))
 
 
-def _fit_mixture(
-    z: np.ndarray, init: tuple[float, float, float] | None = None, n_iter: int = 300, tol: float = 1e-9
-) -> tuple[float, float, float, float]:
-    r"""EM for :math:`\pi N(0, 1) + (1-\pi) N(\mu, \sigma^2)`; returns ``(pi, mu, sd, loglik)``."""
+def _norm_logpdf(z: np.ndarray, mu, sd) -> np.ndarray:
+    return -0.5 * ((z - mu) / sd) ** 2 - np.log(sd) - 0.5 * _LOG_2PI
+
+
+def _em(
+    z: np.ndarray, pi: np.ndarray, mu: np.ndarray, sd: np.ndarray, n_iter: int = 300, tol: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r"""EM for :math:`\pi N(0, 1) + (1-\pi) N(\mu, \sigma^2)`, one fit per row of ``z`` (rows x cells).
+
+    Returns ``(pi, mu, sd, loglik)`` per row.
+    """
+    z = np.atleast_2d(z)
+    pi, mu, sd = (np.asarray(v, dtype=np.float64).copy() for v in (pi, mu, sd))
+    l0_base = _norm_logpdf(z, 0.0, 1.0)
+    ll_old = np.full(z.shape[0], -np.inf)
+
+    def loglik(pi, mu, sd):
+        l0 = np.log(np.maximum(pi, 1e-300))[:, None] + l0_base
+        l1 = np.log(np.maximum(1 - pi, 1e-300))[:, None] + _norm_logpdf(z, mu[:, None], sd[:, None])
+        tot = np.logaddexp(l0, l1)
+        return l1, tot
+
+    for _ in range(n_iter):
+        l1, tot = loglik(pi, mu, sd)
+        ll = tot.sum(axis=1)
+        r1 = np.exp(l1 - tot)
+        w1 = r1.sum(axis=1)
+        live = w1 > 1e-9
+        pi = np.clip(1.0 - w1 / z.shape[1], 0.0, 1.0)
+        w = np.where(live, w1, 1.0)
+        mu = np.where(live, (r1 * z).sum(axis=1) / w, mu)
+        sd = np.where(live, np.maximum(np.sqrt((r1 * (z - mu[:, None]) ** 2).sum(axis=1) / w), 0.05), sd)
+        if np.all(np.abs(ll - ll_old) < tol * np.maximum(np.abs(ll), 1.0)):
+            break
+        ll_old = ll
+    _, tot = loglik(pi, mu, sd)
+    return pi, mu, sd, tot.sum(axis=1)
+
+
+def _fit_mixture(z: np.ndarray) -> tuple[float, float, float, float]:
+    r"""Best of three EM starts for :math:`\pi N(0, 1) + (1-\pi) N(\mu, \sigma^2)`: ``(pi, mu, sd, loglik)``."""
     z = np.asarray(z, dtype=np.float64)
-    sd0 = max(float(z.std()), 0.1)
-    inits = [init] if init is not None else [(p0, float(z.mean()) / (1 - p0), sd0) for p0 in (0.02, 0.2, 0.5)]
-    best = (0.0, float(z.mean()), sd0, -np.inf)
-    for pi, mu, sd in inits:
-        ll_old = -np.inf
-        for _ in range(n_iter):
-            l0 = np.log(max(pi, 1e-300)) + _norm_logpdf(z, 0.0, 1.0)
-            l1 = np.log(max(1 - pi, 1e-300)) + _norm_logpdf(z, mu, sd)
-            top = np.maximum(l0, l1)
-            tot = top + np.log(np.exp(l0 - top) + np.exp(l1 - top))
-            ll = float(tot.sum())
-            r1 = np.exp(l1 - tot)
-            w1 = r1.sum()
-            pi = float(np.clip(1.0 - w1 / z.size, 0.0, 1.0))
-            if w1 <= 1e-9:
-                break
-            mu = float((r1 * z).sum() / w1)
-            sd = float(max(np.sqrt((r1 * (z - mu) ** 2).sum() / w1), 0.05))
-            if abs(ll - ll_old) < tol * max(abs(ll), 1.0):
-                break
-            ll_old = ll
-        l0 = np.log(max(pi, 1e-300)) + _norm_logpdf(z, 0.0, 1.0)
-        l1 = np.log(max(1 - pi, 1e-300)) + _norm_logpdf(z, mu, sd)
-        ll = float(np.logaddexp(l0, l1).sum())
-        if ll > best[3]:
-            best = (pi, mu, sd, ll)
-    return best
+    p0 = np.array([0.02, 0.2, 0.5])
+    pi, mu, sd, ll = _em(np.tile(z, (3, 1)), p0, np.full(3, z.mean()) / (1 - p0), np.full(3, max(float(z.std()), 0.1)))
+    i = int(np.argmax(ll))
+    return float(pi[i]), float(mu[i]), float(sd[i]), float(ll[i])
 
 
 def _posterior(z: np.ndarray, pi: float, mu: float, sd: float) -> np.ndarray:
@@ -612,9 +664,12 @@ def _mixture_checks(data: _Data, rng: np.random.Generator, n_resamples: int, alp
             delta_bic = lr - np.log(len(z))
             p_value = float(0.5 * stats.chi2.sf(lr, 1)) if lr > 0 else 1.0
             boot = np.empty(n_resamples)
-            for b in range(n_resamples):
-                zb = z[rng.integers(0, len(z), len(z))]
-                boot[b] = _fit_mixture(zb, init=(max(pi, 0.02), mu, sd), n_iter=100)[0]
+            step = max(1, _CHUNK_VALUES // len(z))
+            for b0 in range(0, n_resamples, step):
+                b1 = min(n_resamples, b0 + step)
+                zb = z[rng.integers(0, len(z), (b1 - b0, len(z)))]
+                ones = np.ones(b1 - b0)
+                boot[b0:b1] = _em(zb, ones * max(pi, 0.02), ones * mu, ones * sd, n_iter=100)[0]
             lo, hi = _recentred_interval(pi, boot, alpha)
             lo, hi = max(lo, 0.0), min(hi, 1.0)
             violated = delta_bic > _MIN_DELTA_BIC and lo > _MIN_MIXTURE_FRACTION
@@ -640,10 +695,21 @@ def _mixture_checks(data: _Data, rng: np.random.Generator, n_resamples: int, alp
 
 # ---------------------------------------------------------------------------------------------------- time
 def _effect_norm(pb_p, v_p, pb_c, v_c) -> tuple[float, float]:
-    """Debiased effect norm and the squared-norm signal-to-noise ratio."""
-    sq = float(((pb_p - pb_c) ** 2).sum())
-    noise = float((v_p + v_c).sum())
-    return float(np.sqrt(max(sq - noise, 0.0))), sq / noise if noise > 0 else np.inf
+    r"""Debiased effect norm and its z-score against "no effect".
+
+    :math:`\lVert\Delta\rVert^2 - \sum_g v_g` has mean 0 and standard deviation about
+    :math:`(2\sum_g v_g^2)^{1/2}` when there is no effect (a sum of scaled :math:`\chi^2_1` variables).
+    """
+    v = v_p + v_c
+    excess = float(((pb_p - pb_c) ** 2).sum()) - float(v.sum())
+    sd = float(np.sqrt(2.0 * (v**2).sum()))
+    return float(np.sqrt(max(excess, 0.0))), excess / sd if sd > 0 else np.inf
+
+
+def _effect_norms(pb_p, v_p, pb_c, v_c) -> np.ndarray:
+    """Debiased effect norms of replicates (rows)."""
+    excess = ((pb_p - pb_c) ** 2).sum(axis=-1) - (v_p + v_c).sum(axis=-1)
+    return np.sqrt(np.maximum(excess, 0.0))
 
 
 def _check_time(
@@ -679,24 +745,22 @@ def _check_time(
             (t1, p1, c1), (t2, p2, c2) = times[-2], times[-1]
             n_cells = len(p1) + len(c1) + len(p2) + len(c2)
             course = ", ".join(f"{_fmt(e)} at t={t:g}" for e, (t, _, _) in zip(effects, times, strict=True))
-            if snrs[-1] < _MIN_SNR:
-                why = f"the effect at the last read-out is within sampling noise (effect norm {course})"
+            if snrs[-1] < _MIN_EFFECT_Z:
+                why = f"the effect at the last read-out is not above sampling noise (z = {_fmt(snrs[-1], 1)} < 3)"
                 rows.append(_row(a, subject, verdict=_cannot(why), n_cells=n_cells, detail=why))
                 continue
             share = 1.0 - effects[-2] / effects[-1] if effects[-1] > 0 else np.nan
             cells = np.concatenate([p1, c1, p2, c2])
             codes = np.r_[np.full(len(p1), 0), np.full(len(c1), 1), np.full(len(p2), 2), np.full(len(c2), 3)]
-            bounds = np.cumsum([0, len(p1), len(c1), len(p2), len(c2)])
-            boot = np.empty(n_resamples)
-            for b in range(n_resamples):
-                w = np.zeros(len(cells))
-                for j in range(4):
-                    idx = np.arange(bounds[j], bounds[j + 1])
-                    np.add.at(w, idx[rng.integers(0, idx.size, idx.size)], 1.0)
-                pb, v = data.pseudobulk(*data.moments(cells, codes, 4, weights=w))
-                e1 = _effect_norm(pb[0], v[0], pb[1], v[1])[0]
-                e2 = _effect_norm(pb[2], v[2], pb[3], v[3])[0]
-                boot[b] = 1.0 - e1 / e2 if e2 > 0 else np.nan
+
+            def share_stat(n, s, q):
+                pb, v = data.pseudobulk(n, s, q)
+                e1 = _effect_norms(pb[:, 0], v[:, 0], pb[:, 1], v[:, 1])
+                e2 = _effect_norms(pb[:, 2], v[:, 2], pb[:, 3], v[:, 3])
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    return np.where(e2 > 0, 1.0 - e1 / e2, np.nan)
+
+            boot = _per_replicate(data, cells, _bootstrap_design(codes, 4, n_resamples, rng), 4, share_stat)
             lo, hi = _recentred_interval(share, boot, alpha)
             hi = min(hi, 1.0) if np.isfinite(hi) else hi
             p_value = float(
@@ -710,9 +774,7 @@ def _check_time(
             detail += (
                 " (still growing: onset delay or slow relaxation)"
                 if violated
-                else " (settled within the tolerance)"
-                if hi <= _MAX_GROWTH_SHARE
-                else ""
+                else f" (growth not shown to exceed {100 * _MAX_GROWTH_SHARE:.0f}% of the effect)"
             )
             rows.append(
                 _row(
@@ -731,14 +793,15 @@ def _check_time(
 
 
 # ---------------------------------------------------------------------------------------------------- additivity
-def _interaction(
-    data: _Data, cells: np.ndarray, codes: np.ndarray, n_groups: int, coef: np.ndarray, weights: np.ndarray | None
-) -> tuple[float, np.ndarray]:
-    """Squared norm and values (contexts x genes) of the interaction contrast ``coef`` of the groups."""
-    pb, _ = data.pseudobulk(*data.moments(cells, codes, n_groups, weights=weights))
-    pb = pb.reshape(n_groups // len(coef), len(coef), -1)
-    inter = np.einsum("j,cjg->cg", coef, pb)
-    return float((inter**2).sum()), inter
+def _interaction_stat(data: _Data, coef: np.ndarray, n_ctx: int):
+    """Statistic of replicates: the interaction contrast ``coef`` per context (replicates x contexts x genes)."""
+
+    def stat(n, s, q):
+        pb, _ = data.pseudobulk(n, s, q)
+        pb = pb.reshape(pb.shape[0], n_ctx, len(coef), -1)
+        return np.einsum("j,rcjg->rcg", coef, pb)
+
+    return stat
 
 
 def _check_additivity(
@@ -782,29 +845,32 @@ def _check_additivity(
         codes = np.concatenate(all_codes)
         n_groups = len(usable) * k
 
-        obs_sq, _ = _interaction(data, cells, codes, n_groups, coef, None)
+        inter = _interaction_stat(data, coef, len(usable))
+
+        def sq_norm(n, s, q, _inter=inter):
+            return (_inter(n, s, q) ** 2).sum(axis=(1, 2))
+
+        obs_sq = float(sq_norm(*[x[None] for x in data.moments(cells, codes, n_groups)])[0])
         # split halves: (I_1 - I_2) / 2 has the sampling variance of the full-data interaction
-        null_sq = np.empty(n_resamples)
-        for b in range(n_resamples):
-            half = np.zeros(len(cells), dtype=bool)
-            for lo_, hi_ in bounds:
-                m = hi_ - lo_
-                half[lo_ + rng.permutation(m)[: m // 2]] = True
-            _, i1 = _interaction(data, cells, codes, n_groups, coef, half.astype(float))
-            _, i2 = _interaction(data, cells, codes, n_groups, coef, (~half).astype(float))
-            null_sq[b] = float((((i1 - i2) / 2) ** 2).sum())
+        half = np.zeros((n_resamples, len(cells)), dtype=bool)
+        for lo_, hi_ in bounds:
+            m = hi_ - lo_
+            order = np.argsort(rng.random((n_resamples, m)), axis=1)
+            half[:, lo_:hi_] = order < m // 2
+        both = np.where(half, codes[None, :], codes[None, :] + n_groups)  # rows: first half, then second half
+
+        def half_diff(n, s, q, _inter=inter, _k=n_groups):
+            i1 = _inter(n[:, :_k], s[:, :_k], q[:, :_k])
+            i2 = _inter(n[:, _k:], s[:, _k:], q[:, _k:])
+            return (((i1 - i2) / 2) ** 2).sum(axis=(1, 2))
+
+        null_sq = _per_replicate(data, cells, _label_design(both, 2 * n_groups), 2 * n_groups, half_diff)
         noise = float(np.mean(null_sq))
         ratio = float(np.sqrt(obs_sq / noise)) if noise > 0 else np.nan
         p_value = float((1.0 + np.sum(null_sq >= obs_sq)) / (1.0 + n_resamples))
-        boot = np.empty(n_resamples)
-        for b in range(n_resamples):
-            w = np.zeros(len(cells))
-            for lo_, hi_ in bounds:
-                m = hi_ - lo_
-                np.add.at(w, lo_ + rng.integers(0, m, m), 1.0)
-            # a bootstrap replicate carries one more round of noise: remove it before taking the ratio
-            b_sq = _interaction(data, cells, codes, n_groups, coef, w)[0]
-            boot[b] = np.sqrt(max(b_sq - noise, 0.0) / noise) if noise > 0 else np.nan
+        # a bootstrap replicate carries one more round of noise: remove it before taking the ratio
+        b_sq = _per_replicate(data, cells, _bootstrap_design(codes, n_groups, n_resamples, rng), n_groups, sq_norm)
+        boot = np.sqrt(np.maximum(b_sq - noise, 0.0) / noise) if noise > 0 else np.full(n_resamples, np.nan)
         lo, hi = _recentred_interval(ratio, boot, alpha)
         violated = p_value < alpha
         where = f" in {len(usable)} contexts" if len(usable) > 1 else ""
@@ -959,8 +1025,8 @@ def check_assumptions(
     make effects grow, so the check answers "have the cells settled at their post-perturbation state by the
     last read-out?", the premise of reading cells as post-intervention equilibria; it cannot tell the two
     causes apart, and read-outs short compared with the slowest degradation times flag instantaneous
-    perturbations too. ``"cannot be tested"`` when the effect at the last read-out is within noise
-    (:math:`\lVert\Delta\rVert^2 < 2\sum_g v_g`).
+    perturbations too. ``"cannot be tested"`` when the effect at the last read-out is not above noise: its
+    debiased squared norm is less than 3 null standard deviations, :math:`(2\sum_g v_g^2)^{1/2}`.
 
     **Additivity** (``additivity``, per combination whose singles and controls are observed in the same
     contexts). The genetic interaction :math:`I = \bar y_{A+B} - \bar y_A - \bar y_B + \bar y_\varnothing` (per

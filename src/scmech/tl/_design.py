@@ -68,7 +68,7 @@ def resolve_variance(
         - a DataFrame (genes x ``batch``, ``cell``, optionally ``bio``, ``meas``, ``mean``), e.g. that
           ``"variance"`` entry;
         - a dict of scalars: ``batch`` and either ``cell`` or ``bio`` and ``meas``; optionally ``depth`` (the
-          pilot's reads, or UMIs, per cell).
+          pilot's reads, or UMIs, per cell) and ``per_gene`` (a per-gene table), e.g. the output of this function.
     pilot_kwargs
         Keyword arguments of :func:`~scmech.tl._errors.estimate_variance` for an AnnData pilot.
 
@@ -104,7 +104,7 @@ def resolve_variance(
         depth = per_gene.attrs.get("mean_library_size")
     elif pilot_or_variance is not None and hasattr(pilot_or_variance, "items"):
         d = {str(k): v for k, v in pilot_or_variance.items()}
-        unknown = sorted(set(d) - {"batch", "cell", "bio", "meas", "depth"})
+        unknown = sorted(set(d) - {"batch", "cell", "bio", "meas", "depth", "per_gene"})
         if unknown:
             msg = f"variance has unknown entries {unknown}; use 'batch', 'cell' (or 'bio' and 'meas') and 'depth'."
             raise KeyError(msg)
@@ -118,7 +118,8 @@ def resolve_variance(
             msg = f"variance terms must be >= 0, got {out}."
             raise ValueError(msg)
         out["depth"] = float(d["depth"]) if d.get("depth") is not None else None
-        out["per_gene"] = None
+        per = d.get("per_gene")
+        out["per_gene"] = per if isinstance(per, pd.DataFrame) else None
         return out
     else:
         msg = (

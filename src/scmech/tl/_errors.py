@@ -281,6 +281,7 @@ def _components(
     target: str,
     pred: np.ndarray | None,
     pred_ctrl: np.ndarray | None,
+    cell_given: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-gene components (perturbations x genes) for each component name, plus ``total``."""
     n = lay.grid(st.n).astype(float)  # (C, B)
@@ -294,7 +295,7 @@ def _components(
     sigma = np.empty_like(y)
     for c in range(len(lay.conditions)):
         est = _weighted(cv[c], np.where(n[c] >= 2, n[c], 0.0))
-        sigma[c] = est if np.isfinite(est).all() else var["cell"]
+        sigma[c] = est if np.isfinite(est).all() and not cell_given else var["cell"]
     w = n / n_tot[:, None]
     mismatch = ((w[1:] - w[0][None, :]) ** 2).sum(axis=1)  # (P,)
     concentration = (w[1:] ** 2).sum(axis=1)
@@ -773,7 +774,8 @@ def error_decomposition(
     variance
         Variance terms to use instead of the estimates, ``{"batch": ..., "cell": ...}`` (scalars or per-gene
         Series on the pseudobulk scale), e.g. :math:`\sigma^2_{\mathrm{batch}}` from a pilot when the controls
-        sit in one batch. Given terms are held fixed in the bootstrap.
+        sit in one batch. A given ``cell`` is used for every condition (instead of each condition's own
+        estimate). Given terms are held fixed in the bootstrap.
     n_splits
         Random half splits per group for :math:`\sigma^2_{\mathrm{cell}}` (bootstrap replicates use
         ``max(2, n_splits // 4)``).
@@ -901,7 +903,7 @@ def error_decomposition(
         st = _stats(s.data, cells, s.code, splits, rng, s.control_groups)
         var = _variance_terms(st, lay, s.data, disp)
         var.update(override)
-        comp = _components(st, lay, s.data, var, target, pred, pred_ctrl)
+        comp = _components(st, lay, s.data, var, target, pred, pred_ctrl, cell_given="cell" in override)
         return st, var, comp
 
     st, var, comp = run(s.cells, rng_point, n_splits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -33,13 +34,63 @@ class SemiMechTrainingPlan(TrainingPlan):
         unknown ones to the module's ``loss`` (``ss_weight``, ``mmd_weight``).
     """
 
-    def __init__(self, module, *, dynamics_lr_factor: float = 10.0, **kwargs) -> None:
+    def __init__(
+        self,
+        module,
+        *,
+        dynamics_lr_factor: float = 10.0,
+        error_tracking: dict | None = None,
+        error_alpha: float = 1.0,
+        **kwargs,
+    ) -> None:
         super().__init__(module, **kwargs)
         if dynamics_lr_factor <= 0:
             msg = f"dynamics_lr_factor must be > 0, got {dynamics_lr_factor}."
             raise ValueError(msg)
         self.dynamics_lr_factor = dynamics_lr_factor
         self._extra_sums: dict[str, dict[str, list]] = {"train": {}, "validation": {}}
+        # error-guided batching: per-condition running error of the dynamics -> the sampler's weights
+        self.error_alpha = error_alpha
+        self._tracking = error_tracking
+        if error_tracking is not None:
+            self._hash = torch.as_tensor(error_tracking["hash"], dtype=torch.long)
+            self._keys = torch.as_tensor(error_tracking["keys"], dtype=torch.long)
+            n = len(error_tracking["weights"])
+            self._err_sum = torch.zeros(n, dtype=torch.float64)
+            self._err_n = torch.zeros(n, dtype=torch.float64)
+
+    def training_step(self, batch, batch_idx):
+        """scvi-tools' training step, plus the per-condition error record of error-guided batching."""
+        out = super().training_step(batch, batch_idx)
+        if self._tracking is not None:
+            err = getattr(self.module, "_cell_prior_fit", None)
+            pert = batch.get("perturbation")
+            if err is not None and pert is not None:
+                codes = (pert.round().long().cpu() * self._hash).sum(1)
+                pos = torch.searchsorted(self._keys, codes).clamp(max=len(self._keys) - 1)
+                cond = torch.as_tensor(self._tracking["key_condition"], dtype=torch.long)[pos]
+                ok = self._keys[pos] == codes
+                e = err.detach().cpu().double()
+                self._err_sum.index_add_(0, cond[ok], e[ok])
+                self._err_n.index_add_(0, cond[ok], torch.ones(int(ok.sum()), dtype=torch.float64))
+        return out
+
+    def _update_weights(self) -> None:
+        s, n = self._err_sum.clone(), self._err_n.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            s, n = s.to(self.device), n.to(self.device)
+            torch.distributed.all_reduce(s)
+            torch.distributed.all_reduce(n)
+            s, n = s.cpu(), n.cpu()
+        weights = self._tracking["weights"]
+        seen = n > 0
+        if seen.sum() >= 2:
+            err = (s[seen] / n[seen]).numpy()
+            new = np.clip((err / max(err.mean(), 1e-12)) ** self.error_alpha, 0.25, 4.0)
+            idx = np.flatnonzero(seen.numpy())
+            weights[idx] = 0.5 * weights[idx] + 0.5 * new
+        self._err_sum.zero_()
+        self._err_n.zero_()
 
     # ------------------------------------------------------------------ cheaper logging and transfer
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
@@ -66,8 +117,10 @@ class SemiMechTrainingPlan(TrainingPlan):
         self._extra_sums[mode] = {}
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch means of the extra metrics (``<key>_train`` in ``model.history``)."""
+        """Log the epoch means of the extra metrics (``<key>_train``); update error-guided weights."""
         self._log_extra("train")
+        if self._tracking is not None:
+            self._update_weights()
         super().on_train_epoch_end()
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,220 @@
+"""Minibatch strategies for SemiMechVI: random, batch-matched and error-guided.
+
+- ``"random"``: scvi-tools' default shuffling.
+- ``"batch_matched"``: every minibatch holds cells of one wet-lab batch, perturbed cells together with
+  controls of that same batch (at least ``min_controls`` when the batch has them), so that the comparisons the
+  loss makes inside a minibatch (the MMD against controls, the control reference of the steady-state term) never
+  mix batches.
+- ``"error_guided"``: cells are drawn with probabilities proportional to a weight per perturbation condition,
+  updated after every epoch from the running error of the dynamics on that condition (the distance between the
+  encoded cells and the read-out of their protocol); controls keep weight 1.
+
+All strategies produce one epoch of ``ceil(n / batch_size)`` minibatches, are seeded, and split the minibatches
+across processes under distributed (DDP) training: process ``r`` of ``w`` takes every ``w``-th minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from scvi import settings
+from scvi.dataloaders import DataSplitter
+from torch.utils.data import DataLoader, Sampler
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["BATCHING", "PerturbationBatchSampler", "PerturbationDataSplitter"]
+
+BATCHING = ("random", "batch_matched", "error_guided")
+
+
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class PerturbationBatchSampler(Sampler):
+    """Yield minibatches (lists of positions into the training cells) for a batching strategy.
+
+    Parameters
+    ----------
+    batch_labels
+        Wet-lab batch code of each training cell (``"batch_matched"``).
+    condition_codes
+        Perturbation condition code of each training cell (``"error_guided"``).
+    is_control
+        Whether each training cell is a control.
+    batch_size
+        Cells per minibatch.
+    strategy
+        ``"batch_matched"`` or ``"error_guided"``.
+    condition_weights
+        Shared array of sampling weights per condition code (updated in place by the training plan).
+    min_controls
+        Minimum number of controls per minibatch (``"batch_matched"``), when the batch has that many.
+    distributed
+        Split minibatches across DDP processes.
+    seed
+        Seed; each epoch uses ``seed + epoch``.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_labels: np.ndarray,
+        condition_codes: np.ndarray,
+        is_control: np.ndarray,
+        batch_size: int,
+        strategy: Literal["batch_matched", "error_guided"],
+        condition_weights: np.ndarray | None = None,
+        min_controls: int = 8,
+        distributed: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if strategy not in ("batch_matched", "error_guided"):
+            msg = f"strategy={strategy!r} is not 'batch_matched' or 'error_guided'."
+            raise ValueError(msg)
+        self.batch_labels = np.asarray(batch_labels)
+        self.condition_codes = np.asarray(condition_codes)
+        self.is_control = np.asarray(is_control, dtype=bool)
+        self.batch_size = int(batch_size)
+        self.strategy = strategy
+        self.condition_weights = condition_weights
+        self.min_controls = int(min_controls)
+        self.distributed = distributed
+        self.seed = int(seed)
+        self.epoch = 0
+        self.n = len(self.batch_labels)
+
+    def __len__(self) -> int:
+        n_batches = math.ceil(self.n / self.batch_size)
+        if self.distributed:
+            _, world = _dist_info()
+            return math.ceil(n_batches / world)
+        return n_batches
+
+    def _batch_matched(self, rng: np.random.Generator) -> list[np.ndarray]:
+        out = []
+        for b in np.unique(self.batch_labels):
+            in_b = self.batch_labels == b
+            ctrl = rng.permutation(np.flatnonzero(in_b & self.is_control))
+            other = rng.permutation(np.flatnonzero(in_b & ~self.is_control))
+            n_b = int(in_b.sum())
+            share = len(ctrl) / max(n_b, 1)
+            k_c = min(len(ctrl), max(self.min_controls, round(share * self.batch_size)), self.batch_size)
+            k_o = self.batch_size - k_c
+            n_mb = max(1, math.ceil(len(other) / k_o)) if k_o > 0 else max(1, math.ceil(len(ctrl) / self.batch_size))
+            pos_c = 0
+            for j in range(n_mb):
+                chunk = other[j * k_o : (j + 1) * k_o] if k_o > 0 else other[:0]
+                if len(ctrl):
+                    take = np.take(ctrl, np.arange(pos_c, pos_c + k_c), mode="wrap")
+                    pos_c += k_c
+                    chunk = np.concatenate([chunk, take])
+                if len(chunk):
+                    out.append(np.unique(chunk))
+        order = rng.permutation(len(out))
+        return [out[i] for i in order]
+
+    def _error_guided(self, rng: np.random.Generator) -> list[np.ndarray]:
+        w = np.ones(self.n)
+        if self.condition_weights is not None:
+            cw = np.asarray(self.condition_weights, dtype=np.float64)
+            w = cw[self.condition_codes]
+        w = np.where(self.is_control, 1.0, w)
+        p = w / w.sum()
+        n_mb = math.ceil(self.n / self.batch_size)
+        size = min(self.batch_size, self.n)
+        return [np.sort(rng.choice(self.n, size=size, replace=False, p=p)) for _ in range(n_mb)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        batches = self._batch_matched(rng) if self.strategy == "batch_matched" else self._error_guided(rng)
+        if self.distributed:
+            rank, world = _dist_info()
+            n_each = math.ceil(len(batches) / world)
+            batches = (batches * world)[: n_each * world][rank::world]
+        for mb in batches:
+            yield mb.tolist()
+
+
+class PerturbationDataSplitter(DataSplitter):
+    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` whose training loader uses a batching strategy.
+
+    Parameters
+    ----------
+    adata_manager
+        The model's AnnData manager.
+    batching
+        ``"random"``, ``"batch_matched"`` or ``"error_guided"``.
+    batch_labels
+        Wet-lab batch code of every cell of the AnnData.
+    condition_codes
+        Condition code of every cell of the AnnData.
+    is_control
+        Control mask over every cell of the AnnData.
+    condition_weights
+        Shared sampling weights per condition code (``"error_guided"``).
+    min_controls
+        Minimum controls per minibatch (``"batch_matched"``).
+    seed
+        Seed of the sampler.
+    **kwargs
+        Passed to :class:`~scvi.dataloaders.DataSplitter`.
+    """
+
+    def __init__(
+        self,
+        adata_manager,
+        *,
+        batching: str = "random",
+        batch_labels: np.ndarray | None = None,
+        condition_codes: np.ndarray | None = None,
+        is_control: np.ndarray | None = None,
+        condition_weights: np.ndarray | None = None,
+        min_controls: int = 8,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(adata_manager, **kwargs)
+        self.batching = batching
+        self._batch_labels = batch_labels
+        self._condition_codes = condition_codes
+        self._is_control = is_control
+        self.condition_weights = condition_weights
+        self.min_controls = min_controls
+        self.seed = seed
+
+    def train_dataloader(self):
+        """Build the training loader: scvi-tools' for ``"random"``, the strategy's sampler otherwise."""
+        if self.batching == "random":
+            return super().train_dataloader()
+        kw = dict(self.data_loader_kwargs)
+        distributed = bool(kw.pop("distributed_sampler", False))
+        batch_size = kw.pop("batch_size", None) or settings.batch_size
+        idx = np.asarray(self.train_idx)
+        sampler = PerturbationBatchSampler(
+            batch_labels=self._batch_labels[idx],
+            condition_codes=self._condition_codes[idx],
+            is_control=self._is_control[idx],
+            batch_size=batch_size,
+            strategy=self.batching,
+            condition_weights=self.condition_weights,
+            min_controls=self.min_controls,
+            distributed=distributed,
+            seed=self.seed,
+        )
+        dataset = self.adata_manager.create_torch_dataset(indices=idx, load_sparse_tensor=self.load_sparse_tensor)
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=kw.get("num_workers", settings.dl_num_workers),
+            pin_memory=self.pin_memory,
+        )

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scmech.model import SemiMechVI
+from scmech.train import PerturbationBatchSampler
+
+
+def _labels(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, 3, size=n)
+    cond = rng.integers(0, 6, size=n)
+    is_ctrl = cond == 0
+    return batch, cond, is_ctrl
+
+
+def test_batch_matched_minibatches_hold_one_batch_with_its_controls():
+    batch, cond, is_ctrl = _labels()
+    s = PerturbationBatchSampler(
+        batch_labels=batch,
+        condition_codes=cond,
+        is_control=is_ctrl,
+        batch_size=64,
+        strategy="batch_matched",
+        min_controls=8,
+    )
+    mbs = list(iter(s))
+    seen = set()
+    for mb in mbs:
+        mb = np.asarray(mb)
+        assert len(np.unique(batch[mb])) == 1
+        assert is_ctrl[mb].sum() >= 8
+        seen.update(mb.tolist())
+    # every perturbed cell appears in the epoch
+    assert set(np.flatnonzero(~is_ctrl)) <= seen
+    # deterministic for the seed, different next epoch
+    s2 = PerturbationBatchSampler(
+        batch_labels=batch,
+        condition_codes=cond,
+        is_control=is_ctrl,
+        batch_size=64,
+        strategy="batch_matched",
+        min_controls=8,
+    )
+    assert [list(m) for m in iter(s2)] == [list(m) for m in mbs]
+    assert [list(m) for m in iter(s2)] != [list(m) for m in mbs]
+
+
+def test_error_guided_draws_in_proportion_to_weights():
+    batch, cond, is_ctrl = _labels(n=3000)
+    weights = np.ones(6)
+    weights[3] = 4.0
+    s = PerturbationBatchSampler(
+        batch_labels=batch,
+        condition_codes=cond,
+        is_control=is_ctrl,
+        batch_size=100,
+        strategy="error_guided",
+        condition_weights=weights,
+    )
+    drawn = np.concatenate([np.asarray(mb) for _ in range(5) for mb in iter(s)])
+    freq = np.bincount(cond[drawn], minlength=6) / np.bincount(cond, minlength=6)
+    assert freq[3] / np.mean(freq[[1, 2, 4, 5]]) == pytest.approx(4.0, rel=0.2)
+    assert len(s) == 30
+
+
+def test_unknown_strategy_raises():
+    batch, cond, is_ctrl = _labels()
+    with pytest.raises(ValueError, match="strategy='nope' is not"):
+        PerturbationBatchSampler(
+            batch_labels=batch, condition_codes=cond, is_control=is_ctrl, batch_size=64, strategy="nope"
+        )
+
+
+@pytest.mark.parametrize("batching", ["batch_matched", "error_guided"])
+def test_model_trains_with_each_batching(batching, monkeypatch):
+    import scmech
+
+    adata = scmech.data.simulate_perturbseq(n_cells=400, n_genes=30, n_perturbations=4, n_combinations=1, seed=0)
+    SemiMechVI.setup_anndata(adata, batch_key="batch")
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    captured = {}
+    from scmech.train import SemiMechTrainingPlan
+
+    original = SemiMechTrainingPlan._update_weights
+
+    def spy(self):
+        before = self._tracking["weights"].copy()
+        original(self)
+        captured["changed"] = not np.allclose(before, self._tracking["weights"])
+
+    monkeypatch.setattr(SemiMechTrainingPlan, "_update_weights", spy)
+    model.train(max_epochs=2, batch_size=64, enable_progress_bar=False, batching=batching)
+    assert np.isfinite(model.history["elbo_train"].to_numpy().astype(float)).all()
+    if batching == "error_guided":
+        assert captured["changed"]
+
+
+def test_batch_matched_needs_a_batch_key():
+    import scmech
+
+    adata = scmech.data.simulate_perturbseq(n_cells=200, n_genes=20, n_perturbations=3, n_combinations=0, seed=0)
+    SemiMechVI.setup_anndata(adata)
+    model = SemiMechVI(adata, n_latent=3, n_hidden=8, field_hidden=4)
+    with pytest.raises(ValueError, match="batching='batch_matched' needs wet-lab batches"):
+        model.train(max_epochs=1, batching="batch_matched")
+    with pytest.raises(ValueError, match="batching='sorted' is not one of"):
+        model.train(max_epochs=1, batching="sorted")
