@@ -202,6 +202,14 @@ class SemiMechVI(
         On CPUs shared with other work, torch's intra-op threads can slow these small tensor operations down
         several-fold; ``torch.set_num_threads(1)`` per process is often fastest (scmech never changes it for you).
 
+        Multi-GPU and multi-node training go through Lightning's DDP strategies as in scvi-tools:
+        ``train(accelerator="gpu", devices=-1, strategy="ddp_find_unused_parameters_true")`` (``num_nodes=`` for
+        several machines; ``"ddp_notebook_find_unused_parameters_true"`` in Jupyter; CPUs with the gloo backend
+        work too). Caveats: run training from a script (Lightning relaunches it per process), ``batch_size`` is
+        per process, early stopping is off under DDP, only rank 0 fills ``history``, every process runs the code
+        after ``train`` (save from rank 0: ``os.environ.get("LOCAL_RANK", "0") == "0"``), and the batch-matched and
+        error-guided samplers split their minibatches across processes (error weights are summed over them).
+
         Parameters
         ----------
         max_epochs

@@ -441,7 +441,7 @@ def _check_baseline(
         detail += ", ...)" if n_groups > 6 else ")"
         if by_time and data.batch is not None:
             detail += ", within batches"
-        detail += f"; F = {_fmt(f)} (1 = sampling noise only), permutation p = {_fmt(p, 3)}"
+        detail += "; F = 1 when they differ by sampling noise only"
         if not by_time:
             detail += (
                 "; without time points a difference between batches is a batch effect or a drift, which this "
@@ -449,7 +449,7 @@ def _check_baseline(
             )
         if small:
             detail += f"; left out (< {_MIN_CELLS} cells): {len(small)} group(s)"
-        verdict = VIOLATED if p < alpha else HOLDS
+        verdict = VIOLATED if p < alpha and lo > 1.0 else HOLDS
         rows.append(
             _row(
                 a,
@@ -506,8 +506,8 @@ def _check_media(
     detail = f"controls compared across media {', '.join(map(str, used))}"
     if within:
         detail += f" within each {within}"
-    detail += f"; F = {_fmt(f)} (1 = sampling noise only), permutation p = {_fmt(p, 3)}"
-    verdict = VIOLATED if p < alpha else HOLDS
+    detail += "; F = 1 when they differ by sampling noise only"
+    verdict = VIOLATED if p < alpha and lo > 1.0 else HOLDS
     return [
         _row(a, subject, effect=f, ci_low=lo, ci_high=hi, p_value=p, n_cells=len(cells), verdict=verdict, detail=detail)
     ]
@@ -677,7 +677,12 @@ def _mixture_checks(data: _Data, rng: np.random.Generator, n_resamples: int, alp
                 f"{_fmt(100 * pi, 0)}% of cells look unperturbed (control-like), the others sit {_fmt(mu)} control "
                 f"SDs away (SD {_fmt(sd)}); mixture vs one shifted state: ΔBIC = {_fmt(delta_bic, 1)}"
             )
-            detail += " (escapers or a second attractor)" if violated else ""
+            if violated:
+                detail += " (escapers or a second attractor)"
+            elif delta_bic <= _MIN_DELTA_BIC:
+                detail += f" (not decisive: ΔBIC <= {_MIN_DELTA_BIC:g})"
+            else:
+                detail += f" (fraction not shown to exceed {_MIN_MIXTURE_FRACTION:g})"
             row = _row(
                 a,
                 subject,
@@ -872,7 +877,7 @@ def _check_additivity(
         b_sq = _per_replicate(data, cells, _bootstrap_design(codes, n_groups, n_resamples, rng), n_groups, sq_norm)
         boot = np.sqrt(np.maximum(b_sq - noise, 0.0) / noise) if noise > 0 else np.full(n_resamples, np.nan)
         lo, hi = _recentred_interval(ratio, boot, alpha)
-        violated = p_value < alpha
+        violated = p_value < alpha and lo > 1.0
         where = f" in {len(usable)} contexts" if len(usable) > 1 else ""
         detail = (
             f"|observed - sum of singles| is {_fmt(ratio)} x its sampling noise{where} (1 = additive within "
@@ -989,11 +994,13 @@ def check_assumptions(
     is 1 on average when group means differ only by sampling noise (with batches as strata the sums run within
     each batch and the degrees of freedom add up). The effect is :math:`F = \mathrm{mean}_g F_g`; the p-value
     comes from ``n_bootstrap`` permutations of the group labels of control cells (within strata).
-    ``"violated"`` when :math:`p <` ``alpha``. Without time points, batches are compared: a difference is
+    ``"violated"`` when :math:`p <` ``alpha`` and the interval's lower bound exceeds 1. Without time points,
+    batches are compared: a difference is
     then a batch effect or a drift, which cannot be told apart (the detail says so).
 
     **Media response** (``media_response``): the same statistic across media, within each time point and
-    batch. ``"violated"`` when :math:`p <` ``alpha``: a model that ignores the medium is wrong for controls.
+    batch. ``"violated"`` (a model that ignores the medium is wrong for controls) when :math:`p <` ``alpha``
+    and the interval's lower bound exceeds 1.
 
     **Unique attractor (A2)** (``unique_attractor``, one row per perturbation and (medium, time) context).
     Log-normalised cells (centred on their batch's controls when every batch has controls) are projected on
@@ -1034,7 +1041,8 @@ def check_assumptions(
     :math:`N = E\lVert(I^{(1)} - I^{(2)})/2\rVert^2` over ``n_bootstrap`` random splits of each group into
     halves (the half-difference has the sampling variance of the full-data :math:`I`). The effect is
     :math:`\lVert I\rVert/\sqrt N` (1 = additive within noise); the p-value is the share of split-half noise
-    norms at least :math:`\lVert I\rVert^2`. ``"violated"`` when :math:`p <` ``alpha``. A response shared
+    norms at least :math:`\lVert I\rVert^2`. ``"violated"`` when :math:`p <` ``alpha`` and the interval's
+    lower bound exceeds 1. A response shared
     by every perturbed cell (absent from the controls) is not additive at the pseudobulk level either, and is
     flagged.
 

@@ -63,12 +63,12 @@ class _Data:
     """Normalised cells of the groups of one decomposition (rows = the used cells only)."""
 
     z: sp.csr_matrix | np.ndarray  # 1e4 x / l (counts) or x (log-normalised), float64
-    zl: sp.csr_matrix | np.ndarray | None  # z * 1e4 / l (Poisson term), counts only
-    z2: sp.csr_matrix | np.ndarray | None  # z ** 2, counts only
+    zl: sp.csr_matrix | np.ndarray | None  # z * 1e4 / l (Poisson term), control rows only, counts only
+    z2: sp.csr_matrix | np.ndarray | None  # z ** 2, control rows only, counts only
     code: np.ndarray  # group code per used cell: condition * n_batches + batch
     n_groups: int
     counts: bool
-    lib: np.ndarray | None = None  # library size per used cell (counts only)
+    lib: np.ndarray | None = None  # library size per control cell (counts only)
 
     def f(self, m: np.ndarray) -> np.ndarray:
         """Pseudobulk transform of a mean of ``z``."""
@@ -76,7 +76,15 @@ class _Data:
 
 
 def _prepare(
-    adata: AnnData, rows: np.ndarray, code: np.ndarray, n_groups: int, *, layer: str | None, counts: bool, genes
+    adata: AnnData,
+    rows: np.ndarray,
+    code: np.ndarray,
+    n_groups: int,
+    *,
+    layer: str | None,
+    counts: bool,
+    genes,
+    n_control_groups: int,
 ) -> _Data:
     x = _get_matrix(adata, layer)
     x = x[rows]
@@ -98,8 +106,11 @@ def _prepare(
             raise ValueError(msg)
         scale = TARGET_SUM / lib
         z = sp.csr_matrix(sp.diags(scale) @ x)
-        zl = sp.csr_matrix(sp.diags(scale) @ z)
-        z2 = sp.csr_matrix(z.multiply(z))
+        # moments for the measurement variance, controls only (the first rows: codes 0 .. n_batches - 1)
+        n_ctrl = int(np.searchsorted(np.asarray(code), n_control_groups))
+        zc = z[:n_ctrl]
+        zl = sp.csr_matrix(sp.diags(scale[:n_ctrl]) @ zc)
+        z2 = sp.csr_matrix(zc.multiply(zc))
     else:
         z, zl, z2 = x, None, None
     if z.shape[0] * z.shape[1] <= _DENSE:
@@ -107,6 +118,7 @@ def _prepare(
         z = z.toarray()
         zl = zl.toarray() if zl is not None else None
         z2 = z2.toarray() if z2 is not None else None
+    lib = lib[: zl.shape[0]] if lib is not None and zl is not None else lib
     return _Data(z=z, zl=zl, z2=z2, code=np.asarray(code, dtype=np.int64), n_groups=n_groups, counts=counts, lib=lib)
 
 
@@ -543,7 +555,16 @@ def _setup(
     all_genes = pd.Index(adata.var_names).astype(str)
     if genes is not None and not genes.equals(all_genes):
         gpos = all_genes.get_indexer(genes)
-    data = _prepare(adata, rows, code_all, len(conds) * len(batches), layer=layer, counts=counts, genes=gpos)
+    data = _prepare(
+        adata,
+        rows,
+        code_all,
+        len(conds) * len(batches),
+        layer=layer,
+        counts=counts,
+        genes=gpos,
+        n_control_groups=len(batches),
+    )
     n_ctrl_b = np.bincount(bidx[fit & (labels == ctrl)], minlength=len(batches))
     in_use = np.bincount(bidx[used], minlength=len(batches)) > 0
     no_ctrl = [b for b, nc, u in zip(batches, n_ctrl_b, in_use, strict=True) if u and nc == 0]
@@ -630,7 +651,7 @@ def estimate_variance(
     frame.attrs["n_batches_with_controls"] = len(var["batches_used"])
     frame.attrs["n_controls"] = int(st.n[: s.layout.n_batches].sum())
     if s.data.lib is not None:
-        frame.attrs["mean_library_size"] = float(s.data.lib[s.code < s.layout.n_batches].mean())
+        frame.attrs["mean_library_size"] = float(s.data.lib.mean())
     return frame
 
 
