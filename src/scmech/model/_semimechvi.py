@@ -17,6 +17,7 @@ from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.module import SemiMechVAE
 from scmech.train import BATCHING, PerturbationDataSplitter, SemiMechTrainingPlan
 
+from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
 from ._prediction import PredictionMixin
 from ._setup import PerturbationSetupMixin
@@ -34,6 +35,7 @@ __all__ = ["SemiMechVI"]
 
 
 class SemiMechVI(
+    NetworkMixin,
     PredictionMixin,
     PerturbationSetupMixin,
     SafeSaveLoadMixin,
