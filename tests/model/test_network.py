@@ -11,8 +11,10 @@ def test_network_matrix_matches_linearised_dynamics(steady):
     model = steady.model
     net = model.get_regulatory_network()
     genes = list(steady.adata.var_names)
-    assert list(net.index) == genes and list(net.columns) == genes
-    assert net.index.name == "target" and net.columns.name == "source"
+    assert list(net.index) == genes
+    assert list(net.columns) == genes
+    assert net.index.name == "target"
+    assert net.columns.name == "source"
     assert net.attrs["kind"] == "jacobian"
     assert net.attrs["steady_state_residual"] < 1e-4
     # rank is bounded by the latent dimension: it is D J D^+
@@ -20,7 +22,9 @@ def test_network_matrix_matches_linearised_dynamics(steady):
     # applying A to a gene change in the decoder's column space equals D J of the latent change
     dec = model.module.decoder.loading.weight.detach().double().numpy()
     z_star, _ = model._control_steady_state(0)
-    jac = model.module.field.jacobian(z_star.unsqueeze(0), torch.zeros(1, dtype=torch.long))[0].detach().double().numpy()
+    jac = (
+        model.module.field.jacobian(z_star.unsqueeze(0), torch.zeros(1, dtype=torch.long))[0].detach().double().numpy()
+    )
     dz = np.random.default_rng(0).normal(size=dec.shape[1])
     np.testing.assert_allclose(net.to_numpy() @ (dec @ dz), dec @ jac @ dz, rtol=1e-6, atol=1e-8)
 
