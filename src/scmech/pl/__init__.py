@@ -1,5 +1,7 @@
-"""Plots: benchmark leaderboards and predicted vs observed changes."""
+"""Plots: benchmark leaderboards, predicted vs observed changes, error components, designs and assumption checks."""
 
+from ._assumptions import assumptions
 from ._benchmark import leaderboard, predicted_vs_observed
+from ._design import design_table, error_components, power_curve
 
-__all__ = ["leaderboard", "predicted_vs_observed"]
+__all__ = ["assumptions", "design_table", "error_components", "leaderboard", "power_curve", "predicted_vs_observed"]

@@ -1,27 +1,41 @@
-"""Tools: held-out splits, baselines with the model interface, and evaluation metrics."""
+"""Tools: held-out splits, baselines, evaluation metrics, error decomposition, batch design and assumption checks."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ._assumptions import ASSUMPTIONS, check_assumptions, estimate_efficacy, report_assumptions
 from ._baselines import Additive, ControlMean, LinearModel, TrainMean
+from ._design import BatchDesign, minimal_detectable_effect, power, recommend_batches
+from ._errors import COMPONENTS, error_decomposition, estimate_variance
 from ._metrics import METRIC_DIRECTIONS, energy_distance, evaluate, leaderboard, leaderboard_table, noise_ceiling
 from ._split import Split, leave_one_out, split
 
 __all__ = [
+    "ASSUMPTIONS",
+    "COMPONENTS",
     "METRIC_DIRECTIONS",
     "Additive",
+    "BatchDesign",
     "ControlMean",
     "LinearModel",
     "ScGen",
     "Split",
     "TrainMean",
+    "check_assumptions",
     "energy_distance",
+    "error_decomposition",
+    "estimate_efficacy",
+    "estimate_variance",
     "evaluate",
     "leaderboard",
     "leaderboard_table",
     "leave_one_out",
+    "minimal_detectable_effect",
     "noise_ceiling",
+    "power",
+    "recommend_batches",
+    "report_assumptions",
     "split",
 ]
 

@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scmech.data._pseudobulk import pseudobulk
+from scmech.data._simulate import simulate_perturbseq
+from scmech.tl._design import BatchDesign, minimal_detectable_effect, power, recommend_batches, resolve_variance
+
+VAR = {"batch": 0.02, "cell": 7.4}
+VAR_SPLIT = {"batch": 0.02, "bio": 1.4, "meas": 6.0, "depth": 200.0}
+
+
+def _check_constraints(design: BatchDesign, capacity: int, min_batches: int, control: str = "NT") -> None:
+    table = design.table
+    assert (table >= 0).all().all()
+    assert (table[control] > 0).all()  # controls in every batch (x time x medium) row
+    per_batch = table.groupby(level=0).sum().sum(axis=1) if isinstance(table.index, pd.MultiIndex) else table.sum(1)
+    assert per_batch.max() <= capacity
+    perts = [c for c in table.columns if c != control]
+    if isinstance(table.index, pd.MultiIndex):
+        contexts = table.index.droplevel(0).unique()
+        for ctx in contexts:
+            sub = table.xs(ctx, level=list(range(1, table.index.nlevels)), drop_level=False)
+            assert ((sub[perts] > 0).sum(axis=0) >= min_batches).all()
+    else:
+        assert ((table[perts] > 0).sum(axis=0) >= min_batches).all()
+    pd.testing.assert_series_equal(
+        design.cells_per_perturbation, table[perts].sum(axis=0).rename("n_cells"), check_names=False
+    )
+
+
+def test_design_table_constraints_and_square_root_rule():
+    design = recommend_batches(25, n_batches=4, cells_per_batch=5000)
+    _check_constraints(design, 5000, 2)
+    assert design.table.shape == (4, 26)
+    # every perturbation in every batch, in the controls' proportions
+    assert (design.table > 0).all().all()
+    assert design.expected_error["batch_factor"].max() < 1e-4
+    # controls ~ sqrt(K) x cells per perturbation
+    n_p = design.expected_error["n_cells"].mean()
+    assert design.table["NT"].sum() / n_p == pytest.approx(math.sqrt(25), rel=0.02)
+    assert design.control_fraction == pytest.approx(1 / (1 + 5), abs=0.005)
+    # the capacity is used
+    assert design.table.to_numpy().sum() > 0.99 * 4 * 5000
+    # the square-root rule is bounded
+    assert recommend_batches(1, 2, 1000).control_fraction == pytest.approx(0.5, abs=0.01)
+    assert recommend_batches(2000, 4, 20000).control_fraction == pytest.approx(0.05, abs=0.005)
+    assert recommend_batches(25, 4, 5000, control_fraction=0.3).control_fraction == pytest.approx(0.3, abs=0.01)
+
+
+def test_design_with_time_points_and_media():
+    design = recommend_batches(
+        ["STAT1", "JAK2", "IRF1"], n_batches=3, cells_per_batch=6000, time_points=[0, 1, 3], media=["ctrl", "stim"]
+    )
+    assert design.table.index.names == ["batch", "time", "medium"]
+    assert len(design.table) == 3 * 3 * 2
+    _check_constraints(design, 6000, 2)
+    ee = design.expected_error
+    assert len(ee) == 3 * 3 * 2
+    assert set(ee.columns) >= {"perturbation", "time", "medium", "expected_error", "naive_expected_error"}
+
+
+def test_few_cells_spread_over_at_least_min_batches():
+    design = recommend_batches(40, n_batches=6, cells_per_batch=40, min_batches_per_perturbation=3)
+    _check_constraints(design, 40, 3)
+    assert design.expected_error["n_batches"].min() >= 3
+    assert any("fewer than the 6 batches" in n for n in design.notes)
+
+
+def test_recommended_error_below_naive():
+    design = recommend_batches(12, n_batches=4, cells_per_batch=3000, variance=VAR)
+    ee = design.expected_error
+    # same cells, same noise floor; the naive design adds 2 sigma2_batch outside the control batch
+    np.testing.assert_array_equal(ee["n_cells"], ee["naive_n_cells"])
+    np.testing.assert_allclose(ee["noise_factor"], ee["naive_noise_factor"])
+    assert (ee["expected_error"] <= ee["naive_expected_error"] + 1e-12).all()
+    assert ee["expected_error"].mean() < 0.5 * ee["naive_expected_error"].mean()
+    outside = ee["naive_n_batches"].eq(1) & design.naive_table.iloc[0][ee["perturbation"]].eq(0).to_numpy()
+    np.testing.assert_allclose(ee.loc[outside, "naive_batch_factor"], 2.0)
+    assert (design.naive_table.iloc[1:]["NT"] == 0).all()
+    # and the naive table has the same cells
+    assert design.naive_table.to_numpy().sum() == design.table.to_numpy().sum()
+    # deterministic
+    again = recommend_batches(12, n_batches=4, cells_per_batch=3000, variance=VAR)
+    pd.testing.assert_frame_equal(design.table, again.table)
+
+
+def test_target_effect_sizes_cells_to_the_mde():
+    design = recommend_batches(10, n_batches=4, cells_per_batch=5000, target_effect=0.3, variance=VAR)
+    ee = design.expected_error
+    assert (ee["mde"] <= 0.3 + 1e-9).all()
+    n_p = int(ee["n_cells"].iloc[0])
+    ratio = ee["n_controls"].iloc[0] / n_p
+    # one cell fewer (same control ratio) would miss the target: the design is the smallest that reaches it
+    worse = minimal_detectable_effect(VAR["cell"], n_p - 1, ratio * (n_p - 1))
+    assert worse > 0.3
+    assert any("Sized for target_effect=0.3" in n for n in design.notes)
+
+
+def test_infeasible_requests_explain_the_fix():
+    with pytest.raises(ValueError, match="min_batches_per_perturbation=3 exceeds n_batches=2"):
+        recommend_batches(5, 2, 1000, min_batches_per_perturbation=3)
+    with pytest.raises(ValueError, match="target_effect needs the variance terms"):
+        recommend_batches(5, 2, 1000, target_effect=0.2)
+    with pytest.raises(ValueError, match=r"needs >= ([\d,]+) cells per batch or >= ([\d,]+) batches") as info:
+        recommend_batches(1000, 2, 500)
+    per_batch, batches = (
+        int(x.replace(",", "")) for x in re.search(r">= ([\d,]+) cells.*>= ([\d,]+) batches", str(info.value)).groups()
+    )
+    # both suggested fixes work
+    _check_constraints(recommend_batches(1000, 2, per_batch), per_batch, 2)
+    _check_constraints(recommend_batches(1000, batches, 500), 500, 2)
+    with pytest.raises(
+        ValueError, match=r"needs [\d,]+ cells per perturbation.*needs >= ([\d,]+) cells per batch"
+    ) as info:
+        recommend_batches(25, 4, 5000, target_effect=0.1, variance=VAR)
+    per_batch = int(re.search(r"needs >= ([\d,]+) cells per batch", str(info.value)).group(1).replace(",", ""))
+    design = recommend_batches(25, 4, per_batch, target_effect=0.1, variance=VAR)
+    assert (design.expected_error["mde"] <= 0.1 + 1e-9).all()
+    with pytest.raises(ValueError, match="perturbations contains the control label 'NT'"):
+        recommend_batches(["A", "NT"], 2, 1000)
+    with pytest.raises(ValueError, match="control_fraction must lie in"):
+        recommend_batches(5, 2, 1000, control_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------------------------ power
+
+
+def test_mde_falls_with_cells_as_one_over_sqrt_n():
+    out = power({"batch": 0.0, "cell": 2.0}, n_cells=[100, 400, 1600, 6400])
+    mde = out["mde"].to_numpy()
+    assert (np.diff(mde) < 0).all()
+    np.testing.assert_allclose(mde[:-1] / mde[1:], 2.0)  # 4x cells, half the MDE
+    # a batch mismatch sets a floor that more cells cannot pass
+    floor = power({"batch": 0.05, "cell": 2.0}, n_cells=[1e3, 1e5, 1e7], batch_factor=2.0)["mde"].to_numpy()
+    assert (np.diff(floor) < 0).all()
+    z = 1.959963984540054 + 0.8416212335729143
+    assert floor[-1] == pytest.approx(z * math.sqrt(0.1), rel=1e-3)
+    # the power at the MDE is the requested power
+    at = power({"batch": 0.0, "cell": 2.0}, n_cells=400, effect=float(mde[1]))
+    assert at["power"].iloc[0] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_cells_needed_inverts_the_mde():
+    need = power(VAR, effect=[0.2, 0.4], n_perturbations=25)
+    assert need["n_cells"].iloc[0] > need["n_cells"].iloc[1]
+    n, nc = need["n_cells"].iloc[0], need["n_controls"].iloc[0]
+    assert nc == pytest.approx(5 * n, abs=6)
+    assert minimal_detectable_effect(VAR["cell"], n, nc) <= 0.2
+    assert minimal_detectable_effect(VAR["cell"], n - 2, 5 * (n - 2)) > 0.2
+    # a batch term larger than the effect cannot be beaten with cells
+    assert np.isinf(power(VAR, effect=0.1, batch_factor=2.0)["n_cells"].iloc[0])
+
+
+def test_budget_optimum_inside_the_grid_and_more_cells_when_biology_dominates():
+    curve = power(VAR_SPLIT, budget_reads=5e7, cell_cost_reads=400, n_perturbations=25)
+    grid = curve["reads_per_cell"].to_numpy()
+    best = curve.loc[curve["optimal"]].iloc[0]
+    assert grid[0] < best["reads_per_cell"] < grid[-1]
+    assert not curve.attrs["grid_optimum"]["at_edge"]
+    r_star = curve.attrs["optimum"]["reads_per_cell"]
+    assert r_star == pytest.approx(math.sqrt(400 * 200 * 6.0 / 1.4))
+    step = grid[1] / grid[0]
+    assert best["reads_per_cell"] / r_star == pytest.approx(1.0, abs=step - 1)  # grid optimum next to r*
+    assert curve.attrs["optimum"]["expected_error"] <= curve["expected_error"].min() + 1e-15
+    # more biological variance: shallower sequencing of more cells
+    bio_heavy = power({**VAR_SPLIT, "bio": 14.0}, budget_reads=5e7, cell_cost_reads=400, n_perturbations=25)
+    assert bio_heavy.attrs["optimum"]["n_cells"] > curve.attrs["optimum"]["n_cells"]
+    assert bio_heavy.attrs["optimum"]["reads_per_cell"] < r_star
+    # a pure read budget has no interior optimum: the shallowest depth wins
+    pure = power(VAR_SPLIT, budget_reads=5e7)
+    assert pure.attrs["grid_optimum"]["at_edge"]
+    assert pure["optimal"].iloc[0]
+
+
+def test_power_from_a_pilot_per_gene_and_for_a_design():
+    import scmech
+
+    pilot = scmech.datasets.papalexi2021()
+    per_gene = power(pilot, n_cells=[100, 1000], per_gene=True, pilot_kwargs={"batch_key": "bio_rep"})
+    assert set(per_gene.columns) == {"gene", "n_cells", "n_controls", "se", "mde"}
+    assert len(per_gene) == 2 * pilot.n_vars
+    wide = per_gene.pivot(index="gene", columns="n_cells", values="mde")
+    np.testing.assert_allclose(wide[100] / wide[1000], math.sqrt(10))
+    var = resolve_variance(pilot, pilot_kwargs={"batch_key": "bio_rep"})
+    assert var["depth"] > 0
+    assert var["cell"] > var["batch"] > 0
+    design = recommend_batches(25, 3, 8000, variance=var["per_gene"])
+    out = power(var["per_gene"], design=design)
+    assert (out["mde"] <= out["naive_mde"] * (1 + 1e-5)).all()  # equal up to rounding in the control batch
+    assert (out["mde"] < out["naive_mde"]).any()
+    with pytest.raises(KeyError, match="pilot_kwargs"):
+        power(pilot, n_cells=100)
+    with pytest.raises(ValueError, match="Pass n_cells"):
+        power(VAR)
+    with pytest.raises(ValueError, match="pilot's depth"):
+        power(VAR, budget_reads=1e7)
+
+
+# ------------------------------------------------------------------------------------------------ simulator
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spread_design_estimates_effects_better_than_confounded(seed):
+    errors = {}
+    for layout in ("spread", "confounded"):
+        adata = simulate_perturbseq(
+            4000, 100, n_perturbations=8, n_combinations=0, n_batches=4, batch_sd=0.3, design=layout, seed=seed
+        )
+        pb = pseudobulk(adata, "perturbation")
+        truth = adata.uns["truth"]["mean_log"]
+        truth = truth[truth.index.str.endswith("|m0")].rename(index=lambda k: k.split("|")[0])
+        est = pb.drop(index="NT") - pb.loc["NT"]
+        true = truth.loc[est.index] - truth.loc["NT"]
+        errors[layout] = float(((est - true) ** 2).to_numpy().mean())
+    assert errors["spread"] < 0.5 * errors["confounded"]
+    # the design tool predicts the same ordering for these cell numbers
+    design = recommend_batches(8, 4, 1000, variance={"batch": 0.09, "cell": 0.5})
+    assert design.expected_error["expected_error"].mean() < design.expected_error["naive_expected_error"].mean()
