@@ -260,6 +260,11 @@ def test_noise_ceiling_half_and_replicate():
     assert (w["pearson_delta"] > 0.8).all()
     assert (w["centroid_accuracy"] == 1.0).all()
     assert set(half.loc[half["condition"] == "A", "n_cells"]) == {30}
+    raw = _wide(tl.noise_ceiling(adata, n_de_genes=5, conditions=["A", "B"], spearman_brown=False))
+    r = raw["pearson_delta"]
+    np.testing.assert_allclose(w["pearson_delta"], 2 * r / (1 + r))
+    assert (w["pearson_delta"] >= r).all()
+    np.testing.assert_allclose(w["mse"], raw["mse"])  # only correlations are stepped up
     rep = tl.noise_ceiling(adata, split="replicate", batch_key="rep", n_de_genes=5)
     assert set(rep["condition"]) == {"A", "B", "C"}
     assert (_wide(rep)["pearson_delta"] > 0.8).all()

@@ -676,6 +676,7 @@ def noise_ceiling(
     n_de_genes: int = 20,
     n_top_expressed: int = 1000,
     de_method: Literal["t-test", "t-test_overestim_var", "wilcoxon", "logreg"] = "t-test",
+    spearman_brown: bool = True,
     random_state: int = 0,
 ) -> pd.DataFrame:
     """Agreement of the observed data with itself: the best score a prediction can expect.
@@ -717,6 +718,9 @@ def noise_ceiling(
         Number of genes most expressed in control for ``l2_top``.
     de_method
         Test of :func:`scanpy.tl.rank_genes_groups`.
+    spearman_brown
+        ``split="half"``: step the Pearson metrics up from half to full size, :math:`2r/(1+r)` (for
+        :math:`r > -1`). Ignored for ``split="replicate"``, whose other replicates hold most of the cells.
     random_state
         Seed of the halves.
 
@@ -783,7 +787,7 @@ def noise_ceiling(
             half_a[idx[: len(idx) // 2]] = True
         obs_mask = assigned & ~half_a & np.isin(labels, conds)
         pred = _half_prediction(adata, labels, half_a, conds, genes, layer, counts)
-        return _run(
+        res = _run(
             {"noise_ceiling": pred},
             adata,
             design,
@@ -792,6 +796,11 @@ def noise_ceiling(
             train_mask=assigned,
             **common,
         )
+        if spearman_brown:
+            corr = res["metric"].str.contains("pearson") & (res["value"] > -1)
+            r = res.loc[corr, "value"]
+            res.loc[corr, "value"] = 2 * r / (1 + r)
+        return res
     reps = np.asarray(full.batch).astype(str)
     out = []
     for b in sorted(set(reps[assigned].tolist())):
