@@ -73,7 +73,14 @@ def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad
             if digest != _SHA256:
                 msg = f"The bundled dataset {_FILE} is corrupted (sha256 {digest[:12]}…); reinstall scmech."
                 raise OSError(msg)
-        adata = ad.read_h5ad(p)
+        try:
+            adata = ad.read_h5ad(p)
+        except (OSError, KeyError, ValueError) as e:
+            msg = (
+                f"Cannot read the bundled dataset {_FILE} ({type(e).__name__}: {e}); the file is damaged. "
+                "Reinstall scmech, or call papalexi2021(check_integrity=True) to verify it."
+            )
+            raise OSError(msg) from e
     adata.uns["provenance"] = (
         "Papalexi et al. 2021 (Nat Genet 53:322), THP-1 ECCITE-seq CRISPRko; sceptredata 0.99.0 "
         "lowmoi_example_data (GEO GSE153056); bundled with scmech"

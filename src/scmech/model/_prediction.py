@@ -255,7 +255,13 @@ class PredictionMixin:
 
         med, tim, mtim = _broadcast(media, "media"), _broadcast(time, "time"), _broadcast(media_time, "media_time")
         out = []
-        for p, m, t, s in zip(perturbations, med, tim, mtim, strict=True):
+        for i, (p, m, t, s) in enumerate(zip(perturbations, med, tim, mtim, strict=True)):
+            if p is None or isinstance(p, float | np.floating):
+                msg = (
+                    f"perturbations[{i}] = {p!r} is not a label; name each condition as a string (a target such as "
+                    f"'STAT1', a combination 'A{sep}B' or the control label {ctrl!r})."
+                )
+                raise TypeError(msg)
             targets = parse_condition(str(p), separator=sep, control_label=ctrl)
             if self.regime == "dynamic" and t is None:
                 msg = "The model is dynamic: give the read-out `time` (since perturbation) to predict."
@@ -363,7 +369,11 @@ class PredictionMixin:
               training singles :math:`q` (the train-mean baseline nested in the model; the model supplies what is
               specific to :math:`t`, such as the knock-down of its own mRNA);
             - with ``"auto"``, the control and singles observed in training are their observed pseudobulk, so that
-              every row of the result lives in the same (data) space and differences between rows are effects.
+              every row of the result lives in the same (data) space and differences between rows are effects;
+            - with ``"auto"``, any other condition in a context (medium, time, switch time) whose controls were
+              observed in training is predicted as :math:`m_p + (y_\varnothing - m_\varnothing)` in that
+              context: the level of the observed controls plus the model's change from them (the control-mean
+              baseline nested in the model).
 
             ``"combinations"`` does only the first; ``"none"`` returns the model's own predictions (e.g. to
             inspect its fit). ``uns["scmech"]["prediction"]["anchoring"]`` records what was done to each row.
@@ -407,8 +417,11 @@ class PredictionMixin:
         if anchored:
             # the model's own predictions of the observed components, from the same starting cells
             st0 = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
-            markers = ("__mean__", "__self__")
-            extra = sorted({t for ts in anchored.values() for t in ts if t not in markers} | {st0["control_label"]})
+            markers = ("__mean__", "__self__", "__context__")
+            extra = sorted(
+                {t for ts in anchored.values() if ts[0] != "__context__" for t in ts if t not in markers}
+                | {st0["control_label"]}
+            )
             protocols = protocols + [
                 Protocol(
                     label=t,
@@ -418,6 +431,18 @@ class PredictionMixin:
                     media_time=np.nan,
                 )
                 for t in extra
+            ]
+            contexts = sorted({ts[1] for ts in anchored.values() if ts[0] == "__context__"})
+            by_repr = {repr(k): k for k in self.anchor_context_}
+            protocols = protocols + [
+                Protocol(
+                    label=f"__context__{c}",
+                    targets=(),
+                    media=by_repr[c][0],
+                    time=0.0 if by_repr[c][1] is None else by_repr[c][1],
+                    media_time=np.nan if by_repr[c][2] is None else by_repr[c][2],
+                )
+                for c in contexts
             ]
         st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
         known = list(st["targets"])
@@ -590,9 +615,11 @@ class PredictionMixin:
                 "value": "log1p(1e4 * mean normalised expression)",
                 "anchor": anchor if can_anchor else "none",
                 "anchoring": {
-                    lab: {"__mean__": f"mean error of {len(ts) - 1} training singles", "__self__": "observed"}.get(
-                        ts[0], "observed singles"
-                    )
+                    lab: {
+                        "__mean__": f"mean error of {len(ts) - 1} training singles",
+                        "__self__": "observed",
+                        "__context__": "observed controls of the context",
+                    }.get(ts[0], "observed singles")
                     for lab, ts in anchored.items()
                 },
             }
@@ -600,8 +627,9 @@ class PredictionMixin:
         return out
 
     def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
-        """Store the observed log pseudobulk of the training singles and control (baseline medium)."""
+        """Store observed log pseudobulks: training singles and control (baseline medium), controls per context."""
         self.anchor_ = None
+        self.anchor_context_ = self._context_controls(np.asarray(train_indices), min_cells)
         if self.regime != "steady_state":
             return
         design = self._design(self.adata)
@@ -622,6 +650,49 @@ class PredictionMixin:
         pb = np.log1p(TARGET_SUM * mean) if counts else mean
         self.anchor_ = {"conditions": conds, "log1p": pb.astype(np.float32), "control_label": design.control_label}
 
+    def _context_of(self, media: str | None, time: float, media_time: float) -> tuple:
+        cats = self._media_categories()
+        m = (cats[0] if cats else None) if media is None else str(media)
+        t = round(float(time), 6) if self.regime == "dynamic" else None
+        s = None if (self.regime != "dynamic" or not np.isfinite(media_time)) else round(float(media_time), 6)
+        return (m, t, s)
+
+    def _context_controls(self, idx: np.ndarray, min_cells: int) -> dict:
+        """Observed log pseudobulk of the training controls per context ``(medium, time, switch time)``."""
+        design = self._design(self.adata)
+        reg = self.adata_manager.data_registry
+        keep = idx[design.is_control[idx] & ~design.is_unassigned[idx]]
+        if len(keep) == 0:
+            return {}
+        cats = self._media_categories()
+
+        def column(key):
+            if key not in reg:
+                return None
+            return np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64).ravel()[keep]
+
+        med, tim, swi = column(K.MEDIA_KEY), column(K.TIME_KEY), column(K.MEDIA_TIME_KEY)
+        n = len(keep)
+        ctx = [
+            self._context_of(
+                None if med is None else cats[int(med[i])],
+                0.0 if tim is None else tim[i],
+                np.nan if swi is None else swi[i],
+            )
+            for i in range(n)
+        ]
+        codes = pd.Series(pd.Categorical([repr(c) for c in ctx]))
+        vc = codes.value_counts()
+        groups = sorted(vc.index[vc >= min_cells].tolist())
+        if not groups:
+            return {}
+        lookup = {repr(c): c for c in ctx}
+        x, _ = self._expression_matrix(self.adata)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        mean = normalized_mean(x[keep], codes.astype(str).to_numpy(), groups, counts=counts)
+        pb = np.log1p(TARGET_SUM * mean) if counts else mean
+        return {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
+
     def _anchor_plan(self, protocols: list[Protocol], anchor: str, rng: np.random.Generator) -> dict:
         """Plan the anchoring: condition label -> observed components (``("__mean__", q1, q2, ...)`` for the mean).
 
@@ -629,8 +700,22 @@ class PredictionMixin:
         singles; with ``anchor="auto"``, singles without training cells get a sample of observed singles.
         """
         anc = getattr(self, "anchor_", None)
-        if not anc:
-            return {}
+        plan: dict[str, tuple[str, ...]] = {}
+        if anc:
+            plan = self._baseline_anchor_plan(protocols, anchor, rng, anc)
+        context = getattr(self, "anchor_context_", None) or {}
+        if anchor == "auto" and context:
+            for p in protocols:
+                if p.label in plan:
+                    continue
+                key = self._context_of(p.media, p.time, p.media_time)
+                if key in context:
+                    plan[p.label] = ("__context__", repr(key))
+        return plan
+
+    def _baseline_anchor_plan(
+        self, protocols: list[Protocol], anchor: str, rng: np.random.Generator, anc: dict
+    ) -> dict:
         seen = set(anc["conditions"]) - {anc["control_label"]}
         trained = set(self.trained_targets_ or [])
         baseline = (None, *self._media_categories()[:1])
@@ -654,17 +739,22 @@ class PredictionMixin:
     ) -> np.ndarray:
         if not anchored:
             return logx
-        anc = self.anchor_
+        anc = self.anchor_ or {"conditions": [], "log1p": [], "control_label": None}
         obs = {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["log1p"], strict=True)}
         ctrl = anc["control_label"]
         # the components were appended after the requested conditions
         row = {p.label: n_requested + k for k, p in enumerate(protocols[n_requested:])}
         out = logx.copy()
-        err_ctrl = obs[ctrl] - logx[row[ctrl]]
+        err_ctrl = obs[ctrl] - logx[row[ctrl]] if ctrl in obs else None
+        context = {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_.items()}
         for i, p in enumerate(protocols[:n_requested]):
             if p.label not in anchored:
                 continue
             targets = anchored[p.label]
+            if targets[0] == "__context__":
+                # the level of the observed controls of the same context, the model's change from them
+                out[i] = logx[i] + context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
+                continue
             if targets[0] == "__self__":
                 out[i] = obs[p.label]
                 continue

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
 import warnings
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scvi import REGISTRY_KEYS, settings
 from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
+from scvi.train import SaveCheckpoint
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.module import SemiMechVAE
@@ -23,6 +27,7 @@ from ._prediction import PredictionMixin
 from ._setup import PerturbationSetupMixin
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Sequence
 
     from anndata import AnnData
@@ -32,6 +37,72 @@ logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
 
 __all__ = ["SemiMechVI"]
+
+
+class FiniteLossCallback(Callback):
+    """Stop training with a clear message as soon as the training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all()):
+            return
+        module = getattr(pl_module, "module", None)
+        ss = getattr(module, "steady_state_weight", None)
+        msg = (
+            f"The training loss became {loss.detach().float().mean().item()} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}; training stopped. Likely causes: a learning rate too high for these data "
+            "(try plan_kwargs={'lr': 1e-4}); extreme counts or library sizes (look for outlier cells, or pass "
+            "size_factor_key); dynamics that diverge under a high steady-state weight"
+            f"{'' if ss is None else f' (steady_state_weight={ss:g}; try a lower value)'}; or non-count data "
+            "registered as counts."
+        )
+        raise FloatingPointError(msg)
+
+
+class _EnableCheckpointing(SaveCheckpoint):
+    """Inert checkpoint callback that lets a user's ``ModelCheckpoint`` run under scvi-tools' Trainer.
+
+    scvi-tools' Trainer switches Lightning checkpointing on only together with its own
+    :class:`~scvi.train.SaveCheckpoint`, which writes model directories into ``scvi.settings.logging_dir`` and
+    puts the module in eval mode on every save. This subclass saves nothing and has none of those side effects.
+    """
+
+    def __init__(self) -> None:
+        ModelCheckpoint.__init__(self, save_top_k=0)
+        self.load_best_on_end = False
+        self.loss_is_nan = False
+        self.check_nan_gradients = False
+
+    def on_save_checkpoint(self, trainer, *args) -> None:
+        return
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        return
+
+
+class RNGStateCallback(Callback):
+    """Save the random number generator states in Lightning checkpoints and restore them on resume.
+
+    Lightning restores weights, optimiser and loop state but not the generators that shuffle minibatches and
+    draw latent samples; with them, a resumed CPU run repeats the uninterrupted one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # tensors and plain numbers only, so that the checkpoint loads with torch.load(weights_only=True)
+        _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - saved and restored, never drawn from
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before it builds the data loaders, whose shuffling draws from these
+        torch.set_rng_state(state_dict["torch"])
+        keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 class SemiMechVI(
@@ -188,6 +259,7 @@ class SemiMechVI(
         batching: Literal["random", "batch_matched", "error_guided"] = "random",
         datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
+        ckpt_path: str | os.PathLike | None = None,
         **trainer_kwargs,
     ):
         """Train with scvi-tools' Lightning loop; defaults suited to the model.
@@ -200,6 +272,17 @@ class SemiMechVI(
         keyword, default 10) times the learning rate. The validation ELBO is recorded every epoch when there are
         validation cells. Accelerators, devices and Lightning strategies (e.g.
         ``strategy="ddp_find_unused_parameters_true"``) pass through ``trainer_kwargs``.
+
+        Interrupted runs resume from Lightning checkpoints: train with
+        ``callbacks=[lightning.pytorch.callbacks.ModelCheckpoint(dirpath=..., save_last=True)]`` (checkpointing is
+        switched on for you when such a callback is given), then call ``train`` on a model built the same way with
+        the same ``max_epochs``, split and ``plan_kwargs`` and ``ckpt_path=".../last.ckpt"``. The checkpoint holds
+        the weights, the optimiser, the epoch and the random number generator states, so on the CPU the resumed
+        run reaches the state of an uninterrupted one (without scvi-tools' own ``SaveCheckpoint``, which switches
+        the module to eval mode whenever it saves). ``history`` then holds the epochs run after resuming.
+
+        Training stops with :class:`FloatingPointError` as soon as the loss becomes NaN or infinite; the message
+        names the likely causes.
 
         On CPUs shared with other work, torch's intra-op threads can slow these small tensor operations down
         several-fold; ``torch.set_num_threads(1)`` per process is often fastest (scmech never changes it for you).
@@ -233,14 +316,43 @@ class SemiMechVI(
             Passed to :class:`~scvi.dataloaders.DataSplitter`.
         plan_kwargs
             Passed to :class:`~scvi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``ss_weight``...).
+        ckpt_path
+            Lightning checkpoint to resume from (e.g. the ``last.ckpt`` of a
+            :class:`~lightning.pytorch.callbacks.ModelCheckpoint`); ``None`` starts afresh.
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``, ``strategy``...).
         """
+        if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1):
+            msg = f"max_epochs={max_epochs!r} must be a positive integer (or None for scvi-tools' heuristic)."
+            raise ValueError(msg)
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            msg = f"batch_size={batch_size!r} must be a positive integer (cells per minibatch), e.g. 128."
+            raise ValueError(msg)
+        if ckpt_path is not None:
+            if not Path(ckpt_path).is_file():
+                msg = (
+                    f"ckpt_path={str(ckpt_path)!r} is not a file; pass the checkpoint a ModelCheckpoint callback wrote "
+                    "(e.g. '<dirpath>/last.ckpt'), or ckpt_path=None to train afresh."
+                )
+                raise FileNotFoundError(msg)
+            trainer_kwargs["ckpt_path"] = str(ckpt_path)
+        # the data may have been changed in place since setup_anndata: refuse before torch sees it
+        self._check_registered_data(values=True)
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if any(isinstance(c, ModelCheckpoint) for c in callbacks) and not any(
+            isinstance(c, SaveCheckpoint) for c in callbacks
+        ):
+            callbacks.append(_EnableCheckpointing())
+        if ckpt_path is not None or any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(RNGStateCallback())
+        callbacks.append(FiniteLossCallback())
+        trainer_kwargs["callbacks"] = callbacks
         self.module.train()  # a second call (or a loaded model) must not train in eval mode
         fit = self._fit_mask(self.adata)
         n_fit = int(fit.sum())
         if max_epochs is None:
             max_epochs = get_max_epochs_heuristic(n_fit)
+        max_epochs = int(max_epochs)
         plan_kwargs = dict(plan_kwargs or {})
         if "n_steps_kl_warmup" not in plan_kwargs:
             plan_kwargs.setdefault("n_epochs_kl_warmup", max(1, max_epochs // 4))

@@ -25,7 +25,13 @@ from scvi.data.fields import (
 from scvi.utils import setup_anndata_dsp
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
-from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
+from scmech.data._checks import (
+    BackedRows,
+    check_adata,
+    check_empty_cells_genes,
+    check_expression,
+    is_backed_matrix,
+)
 from scmech.data._design import get_design, parse_perturbations
 from scmech.data._fields import (
     EfficacyField,
@@ -132,6 +138,24 @@ class PerturbationSetupMixin:
                 if col.isna().any():
                     msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
                     raise ValueError(msg)
+        for key, what in (
+            (batch_key, "batch_key"),
+            (media_key, "media_key"),
+            *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
+        ):
+            if key is None:
+                continue
+            col = adata.obs[key]
+            if isinstance(col.dtype, pd.CategoricalDtype):
+                unused = [c for c in col.cat.categories if c not in set(col.unique())]
+                if unused:
+                    warnings.warn(
+                        f"{what} obs[{key!r}] has unused categories {unused[:10]}; they are registered without cells "
+                        f"(e.g. a batch with an untrained embedding). Drop them first: adata.obs[{key!r}] = "
+                        f"adata.obs[{key!r}].cat.remove_unused_categories().",
+                        UserWarning,
+                        stacklevel=settings.warnings_stacklevel,
+                    )
         if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
             msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
             raise KeyError(msg)
@@ -396,8 +420,10 @@ class PerturbationSetupMixin:
         """scvi-tools' validation plus a check that the genes are those the model was set up with.
 
         The model's parameters are gene-specific, so other genes (or the same genes in another order) raise
-        instead of being silently misread.
+        instead of being silently misread; so do registered data whose cells or genes changed after setup.
         """
+        if (adata is None or adata is self.adata) and self.adata is not None:
+            self._check_registered_data()
         if adata is not None:
             from scvi.model.base._save_load import _get_var_names
 
@@ -417,6 +443,43 @@ class PerturbationSetupMixin:
                     raise ValueError(msg)
         return super()._validate_anndata(adata, copy_if_view=copy_if_view)
 
+    def _check_registered_data(self, *, values: bool = False) -> None:
+        """Check that the registered data still have the shape and genes they were set up with.
+
+        Parameters
+        ----------
+        values
+            Also check the registered expression matrix again (finite; non-negative integers for counts).
+
+        Raises
+        ------
+        ValueError
+            When cells or genes were added, removed, renamed or reordered in place after setup, or (with
+            ``values``) when the matrix no longer holds valid values.
+        """
+        adata = self.adata
+        x, var_names = self._expression_matrix(adata)
+        st = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)
+        n_obs, n_vars = st.get("n_obs"), st.get("n_vars")
+        names = st.get("column_names")
+        fix = f"Set up the data again ({type(self).__name__}.setup_anndata) and create a new model."
+        if n_obs is not None and x.shape[0] != n_obs:
+            msg = f"The registered data now have {x.shape[0]} cells but were set up with {n_obs}. {fix}"
+            raise ValueError(msg)
+        if n_vars is not None and x.shape[1] != n_vars:
+            msg = f"The registered data now have {x.shape[1]} genes but were set up with {n_vars}. {fix}"
+            raise ValueError(msg)
+        if names is not None and not np.array_equal(
+            np.asarray(names, dtype=object), np.asarray(var_names, dtype=object)
+        ):
+            changed = [str(g) for g, h in zip(names, var_names, strict=True) if g != h][:5]
+            msg = f"The genes of the registered data were renamed or reordered after setup (e.g. {changed}). {fix}"
+            raise ValueError(msg)
+        if values:
+            f = self._field(REGISTRY_KEYS.X_KEY)
+            where = f"adata.layers[{f.attr_key!r}]" if f.attr_key else "adata.X"
+            check_expression(x, where, counts=self.adata_manager.registry["setup_args"].get("counts", True))
+
     def _fit_mask(self, adata) -> np.ndarray:
         return self._design(adata).fit_mask
 
@@ -435,4 +498,7 @@ class PerturbationSetupMixin:
         mod = getattr(f, "mod_key", None)
         a = adata.mod[mod] if (mod is not None and hasattr(adata, "mod")) else adata
         layer = f.attr_key
-        return a.layers[layer] if layer else a.X, (a.var_names if mod else adata.var_names)
+        x = a.layers[layer] if layer else a.X
+        # backed (on-disk) data: a lazy row selection, so that x[indices] is read in blocks, never whole
+        x = BackedRows(x) if is_backed_matrix(x) else x
+        return x, (a.var_names if mod else adata.var_names)

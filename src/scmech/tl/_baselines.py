@@ -151,6 +151,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         """
         if kwargs:
             logger.debug("%s.train ignores %s", type(self).__name__, sorted(kwargs))
+        self._check_registered_data(values=True)
         idx = self._train_indices(datasplitter_kwargs)
         design = self._design(self.adata)
         labels = design.labels[idx]
@@ -290,6 +291,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             raise NotImplementedError(msg)
         if kwargs:
             logger.debug("%s.predict ignores %s", type(self).__name__, sorted(kwargs))
+        self._check_registered_data()
         _, var_names = self._expression_matrix(self.adata)
         if adata is not None and list(map(str, adata.var_names)) != list(map(str, var_names)):
             msg = "`adata` has other genes than the training data; baselines predict the training genes only."

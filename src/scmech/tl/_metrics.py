@@ -36,6 +36,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._checks import check_expression
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
 
@@ -620,6 +621,14 @@ def evaluate(
             msg = f"cell_predictions has models {unknown} without mean predictions; use the same keys as predictions."
             raise KeyError(msg)
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
+    if layer is not None and layer not in adata.layers:
+        msg = f"Layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); pass layer=None for X."
+        raise KeyError(msg)
+    check_expression(
+        adata.layers[layer] if layer is not None else adata.X,
+        "adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        counts=counts,
+    )
     genes0 = pd.Index(adata.var_names).astype(str)
     frames = {name: _prediction_frame(p, name, design, genes0) for name, p in preds_ad.items()}
     genes = _genes(adata, frames)

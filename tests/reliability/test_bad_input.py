@@ -1,0 +1,472 @@
+"""Bad input gets a clear error: its type, the key or value at fault, and the fix."""
+
+from __future__ import annotations
+
+import anndata as ad
+import mudata as md
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import scmech
+from scmech import tl
+from scmech.model import SemiMechVI
+
+
+def _set(adata, i, j, value):
+    x = np.asarray(adata.X.toarray() if sp.issparse(adata.X) else adata.X, dtype=np.float64)
+    x[i, j] = value
+    adata.X = sp.csr_matrix(x) if sp.issparse(adata.X) else x
+
+
+# ================================================================================================ setup_anndata
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (-1.0, r"adata\.X has 1 negative values \(min -1\).*raw counts.*layer=|counts=False"),
+        (0.5, r"adata\.X holds non-integer values \(e\.g\. 0\.5\).*layer='counts'.*counts=False"),
+        (np.nan, r"adata\.X has 1 NaN or infinite values; remove or impute them"),
+        (np.inf, r"adata\.X has 1 NaN or infinite values"),
+    ],
+)
+def test_setup_rejects_bad_counts(rel, sparse, value, match):
+    adata = rel.small(sparse=sparse)
+    _set(adata, 3, 4, value)
+    with pytest.raises(ValueError, match=match):
+        SemiMechVI.setup_anndata(adata)
+
+
+def test_setup_names_the_layer_with_bad_counts(rel):
+    adata = rel.small()
+    adata.layers["counts"] = adata.X.copy()
+    adata.layers["counts"].data[0] = 2.5
+    with pytest.raises(ValueError, match=r"adata\.layers\['counts'\] holds non-integer values \(e\.g\. 2\.5\)"):
+        SemiMechVI.setup_anndata(adata, layer="counts")
+
+
+def test_non_count_data_are_accepted_when_declared(rel):
+    adata = rel.small(sparse=False)
+    adata.X = np.log1p(adata.X.astype(np.float32))
+    SemiMechVI.setup_anndata(adata, counts=False)
+    SemiMechVI(adata, gene_likelihood="normal", **rel.MODEL_KWARGS)
+    with pytest.raises(ValueError, match=r"registered as non-count data \(counts=False\).*gene_likelihood='normal'"):
+        SemiMechVI(adata, gene_likelihood="nb", **rel.MODEL_KWARGS)
+
+
+def test_setup_rejects_a_view(rel):
+    with pytest.raises(ValueError, match=r"adata is a view.*adata = adata\.copy\(\)"):
+        SemiMechVI.setup_anndata(rel.small()[:50])
+
+
+def test_setup_rejects_a_missing_layer(rel):
+    with pytest.raises(KeyError, match=r"Layer 'counts' is not in adata\.layers \(layers: \[\]\)"):
+        SemiMechVI.setup_anndata(rel.small(), layer="counts")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"perturbation_key": "guide_call"}, r"perturbation_key 'guide_call' is not a column of adata\.obs \(columns"),
+        ({"batch_key": "lane"}, r"batch_key 'lane' is not a column of adata\.obs"),
+        ({"time_key": "day"}, r"time_key 'day' is not a column of adata\.obs"),
+        ({"media_key": "stim"}, r"media_key 'stim' is not a column of adata\.obs"),
+        ({"size_factor_key": "libsize"}, r"size_factor_key 'libsize' is not a column of adata\.obs"),
+        ({"categorical_covariate_keys": ["donor"]}, r"categorical covariate key 'donor' is not a column"),
+        ({"continuous_covariate_keys": ["pct_mt"]}, r"continuous covariate key 'pct_mt' is not a column"),
+        ({"gene_embedding_key": "X_gene"}, r"gene_embedding_key 'X_gene' is not in adata\.varm"),
+    ],
+)
+def test_setup_names_a_missing_key(rel, kwargs, match):
+    with pytest.raises(KeyError, match=match):
+        SemiMechVI.setup_anndata(rel.small(), **kwargs)
+
+
+def test_setup_rejects_nan_batch_values_and_says_how_to_fill_them(rel):
+    adata = rel.small()
+    batch = adata.obs["batch"].astype(str).astype(object)
+    batch.iloc[[2, 7]] = np.nan
+    adata.obs["batch"] = pd.Categorical(batch)
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 2 missing \(NaN\) batch values.*fillna\('unknown'\)"):
+        SemiMechVI.setup_anndata(adata, batch_key="batch")
+
+
+@pytest.mark.parametrize("key", ["batch_key", "categorical_covariate_keys"])
+def test_setup_warns_about_unused_categories(rel, key):
+    adata = rel.small()
+    adata.obs["batch"] = pd.Categorical(adata.obs["batch"].astype(str), categories=["b0", "b1", "b2", "b9"])
+    value = "batch" if key == "batch_key" else ["batch"]
+    with pytest.warns(UserWarning, match=r"obs\['batch'\] has unused categories \['b9'\].*remove_unused_categories"):
+        SemiMechVI.setup_anndata(adata, **{key: value})
+
+
+def test_unused_perturbation_categories_are_ignored(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str)
+    adata.obs["perturbation"] = pd.Categorical(labels, categories=[*sorted(set(labels)), "G0001"])
+    SemiMechVI.setup_anndata(adata)
+    targets = SemiMechVI(adata, **rel.MODEL_KWARGS).adata_manager.get_state_registry("perturbation")["targets"]
+    assert "G0001" not in targets
+    assert list(targets) == ["G0008", "G0009", "G0010", "G0021"]
+
+
+def test_setup_without_control_cells_names_the_labels_seen(rel):
+    with pytest.raises(ValueError, match=r"No control cells.*control_label='non-targeting'.*seen include 'G0008'"):
+        SemiMechVI.setup_anndata(rel.small(), control_label="non-targeting")
+
+
+def test_setup_warns_which_batches_lack_controls(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].to_numpy().copy()
+    labels[(labels == "NT") & (adata.obs["batch"].astype(str).to_numpy() == "b1")] = "unassigned"
+    adata.obs["perturbation"] = labels
+    with pytest.warns(UserWarning, match=r"No control cells in batch \['b1'\] of obs\['batch'\].*every batch"):
+        SemiMechVI.setup_anndata(adata, batch_key="batch")
+
+
+def test_setup_warns_about_perturbations_with_too_few_cells(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].to_numpy().copy()
+    labels[np.flatnonzero(labels == "G0010")[2:]] = "unassigned"
+    adata.obs["perturbation"] = labels
+    with pytest.warns(UserWarning, match=r"Conditions \['G0010'\] of obs\['perturbation'\] have fewer than 3 cells"):
+        SemiMechVI.setup_anndata(adata)
+
+
+def test_setup_rejects_empty_cells_and_warns_about_empty_genes(rel):
+    adata = rel.small(sparse=False)
+    x = adata.X.copy()
+    x[5] = 0
+    adata.X = x
+    with pytest.raises(ValueError, match=r"adata\.X has 1 cells without any counts.*filter_cells\(adata, min_counts=1"):
+        SemiMechVI.setup_anndata(adata)
+    adata = rel.small(sparse=False)
+    x = adata.X.copy()
+    x[:, [3, 4]] = 0
+    adata.X = x
+    with pytest.warns(UserWarning, match=r"adata\.X has 2 genes without any counts.*filter_genes"):
+        SemiMechVI.setup_anndata(adata)
+
+
+@pytest.mark.parametrize(
+    ("axis", "fix"), [("obs_names", "obs_names_make_unique"), ("var_names", "var_names_make_unique")]
+)
+def test_setup_rejects_duplicated_names(rel, axis, fix):
+    adata = rel.small()
+    names = list(getattr(adata, axis))
+    names[1] = names[0]
+    setattr(adata, axis, names)
+    with pytest.raises(ValueError, match=rf"adata\.{axis} has 1 duplicates \(e\.g\. \['{names[0]}'\]\).*{fix}\(\)"):
+        SemiMechVI.setup_anndata(adata)
+
+
+def test_a_target_absent_from_var_names_is_registered_as_unmeasured(rel):
+    adata = rel.small()
+    adata.obs["perturbation"] = adata.obs["perturbation"].replace({"G0008": "CD274"})
+    SemiMechVI.setup_anndata(adata)
+    st = SemiMechVI(adata, **rel.MODEL_KWARGS).adata_manager.get_state_registry("perturbation")
+    index = dict(zip(st["targets"], st["target_var_index"], strict=True))
+    assert index["CD274"] == -1
+    assert index["G0009"] == list(adata.var_names).index("G0009")
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ([np.nan] + [1.0] * 119, r"obs\['day'\] has 1 NaN or infinite time values; every cell needs a time"),
+        ([-2.0] + [1.0] * 119, r"obs\['day'\] has 1 negative time values \(min -2\).*perturbation is at 0"),
+        (["1d"] * 120, r"obs\['day'\] must be numeric time values, got dtype object.*pd\.to_numeric"),
+    ],
+)
+def test_setup_rejects_bad_time_values(rel, values, match):
+    adata = rel.small()
+    adata.obs["day"] = values
+    with pytest.raises((ValueError, TypeError), match=match):
+        SemiMechVI.setup_anndata(adata, time_key="day")
+
+
+@pytest.mark.parametrize(
+    ("key", "values", "match"),
+    [
+        ("efficacy_key", [1.5] * 120, r"obs\['eff'\] has 120 efficacy values outside \[0, 1\].*Rescale it"),
+        ("size_factor_key", [0.0] * 120, r"obs\['eff'\] must hold positive, finite library sizes"),
+    ],
+)
+def test_setup_rejects_out_of_range_numbers(rel, key, values, match):
+    adata = rel.small()
+    adata.obs["eff"] = values
+    with pytest.raises(ValueError, match=match):
+        SemiMechVI.setup_anndata(adata, **{key: "eff"})
+
+
+def test_setup_mudata_names_a_missing_modality(rel):
+    mdata = md.MuData({"gex": rel.small()})
+    with pytest.raises(KeyError, match=r"no modality 'rna'.*\['gex'\].*modalities=\{'rna_layer': '<name>'\}"):
+        SemiMechVI.setup_mudata(mdata)
+    with pytest.raises(KeyError, match=r"modalities\['batch_key'\] = 'guide' is not a modality of the MuData"):
+        SemiMechVI.setup_mudata(mdata, batch_key="batch", modalities={"rna_layer": "gex", "batch_key": "guide"})
+
+
+def test_setup_mudata_checks_the_rna_counts(rel):
+    rna = rel.small()
+    _set(rna, 0, 0, -3)
+    with pytest.raises(ValueError, match=r"mdata\['rna'\]\.X has 1 negative values"):
+        SemiMechVI.setup_mudata(md.MuData({"rna": rna}))
+
+
+# ================================================================================================ train
+def _fresh_model(rel, **setup):
+    adata = rel.small()
+    SemiMechVI.setup_anndata(adata, **setup)
+    return adata, SemiMechVI(adata, **rel.MODEL_KWARGS)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda a: a._inplace_subset_var(np.arange(20)), r"now have 20 genes but were set up with 30.*setup_anndata"),
+        (
+            lambda a: a._inplace_subset_obs(np.arange(100)),
+            r"now have 100 cells but were set up with 120.*setup",
+        ),
+        (
+            lambda a: setattr(a, "var_names", [f"x{g}" for g in a.var_names]),
+            r"genes of the registered data were renamed or reordered after setup \(e\.g\. \['G0000'",
+        ),
+    ],
+    ids=["fewer genes", "fewer cells", "renamed genes"],
+)
+def test_train_refuses_data_changed_after_setup(rel, change, match):
+    adata, model = _fresh_model(rel)
+    change(adata)
+    with pytest.raises(ValueError, match=match):
+        model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    assert not model.is_trained_
+
+
+def test_train_refuses_counts_replaced_after_setup(rel):
+    adata, model = _fresh_model(rel)
+    adata.X = adata.X * 0.5
+    with pytest.raises(ValueError, match=r"adata\.X holds non-integer values"):
+        model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+
+
+def test_predict_refuses_data_changed_after_training(rel, model):
+    adata = rel.small()
+    m = rel.trained(adata)
+    adata._inplace_subset_var(np.arange(25))
+    with pytest.raises(ValueError, match=r"now have 25 genes but were set up with 30"):
+        m.predict(["G0008"])
+    with pytest.raises(ValueError, match=r"now have 25 genes but were set up with 30"):
+        m.get_latent_representation()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"max_epochs": 0}, ValueError, r"max_epochs=0 must be a positive integer"),
+        ({"max_epochs": 1.5}, ValueError, r"max_epochs=1\.5 must be a positive integer"),
+        ({"max_epochs": 1, "batch_size": 0}, ValueError, r"batch_size=0 must be a positive integer"),
+        ({"max_epochs": 1, "batching": "balanced"}, ValueError, r"batching='balanced' is not one of"),
+        (
+            {"max_epochs": 1, "batching": "batch_matched"},
+            ValueError,
+            r"needs wet-lab batches.*batch_key",
+        ),
+        ({"max_epochs": 1, "train_size": 1.5}, ValueError, r"train_size must be in \(0, 1\], got 1\.5"),
+        (
+            {"max_epochs": 1, "ckpt_path": "nowhere/last.ckpt"},
+            FileNotFoundError,
+            r"ckpt_path='nowhere/last\.ckpt'",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.array([0, 500])]}},
+            ValueError,
+            r"external_indexing holds indices outside 0\.\.119",
+        ),
+    ],
+)
+def test_train_validates_its_arguments(rel, kwargs, exc, match):
+    _, model = _fresh_model(rel)
+    train_kwargs = {k: v for k, v in rel.TRAIN_KWARGS.items() if k not in kwargs}
+    with pytest.raises(exc, match=match):
+        model.train(**kwargs, **train_kwargs)
+    assert not model.is_trained_
+
+
+# ================================================================================================ predict
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        (
+            ["G0008"],
+            {"batch": "b9"},
+            KeyError,
+            r"Batch 'b9' was not seen in training \(batches: \['b0', 'b1', 'b2'",
+        ),
+        (["G0008"], {"media": "IFNG"}, KeyError, r"Medium 'IFNG' was not seen in training.*registered media"),
+        (
+            ["CD274"],
+            {},
+            KeyError,
+            r"\['CD274'\] have no training cells and are not genes.*gene_embedding_key",
+        ),
+        ([np.nan], {}, TypeError, r"perturbations\[0\] = nan is not a label.*'STAT1'"),
+        (["G0008", None], {}, TypeError, r"perturbations\[1\] = None is not a label"),
+        ([""], {}, ValueError, r"Empty perturbation label ''"),
+        (["G0008+"], {}, ValueError, r"empty target around the separator '\+'"),
+        (["G0008+G0008"], {}, ValueError, r"names the target\(s\) \['G0008'\] more than once"),
+        (["G0008"], {"time": 1.0}, ValueError, r"`time` applies to dynamic models"),
+        (["G0008"], {"efficacy": 1.5}, ValueError, r"efficacy=1\.5 must be in \[0, 1\]"),
+        (["G0008"], {"n_cells": 0}, ValueError, r"n_cells=0 must be at least 1"),
+        (["G0008"], {"from_cells": [10_000]}, ValueError, r"from_cells must index cells of adata \(0\.\.119\)"),
+        (["G0008"], {"anchor": "always"}, ValueError, r"anchor='always' is not one of"),
+    ],
+)
+def test_predict_explains_bad_requests(model, args, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        model.predict(args, **kwargs)
+
+
+def test_predict_an_unseen_target_that_is_a_gene_works(model):
+    pred = model.predict(["G0001"])
+    assert pred.obs["unseen_targets"].tolist() == ["G0001"]
+    assert np.isfinite(pred.X).all()
+
+
+def test_query_data_with_an_unseen_batch_raises(rel, model):
+    query = rel.small()
+    query.obs["batch"] = query.obs["batch"].astype(str).replace({"b0": "b9"})
+    with pytest.raises(ValueError, match=r"Category b9 not found in source registry"):
+        model.predict(["G0008"], adata=query)
+
+
+def test_query_data_with_an_unseen_target_raises(rel, model):
+    query = rel.small()
+    query.obs["perturbation"] = query.obs["perturbation"].replace({"G0008": "CD274"})
+    with pytest.raises(ValueError, match=r"perturbs target\(s\) \['CD274'\] that were not registered"):
+        model.predict(["G0008"], adata=query)
+
+
+def test_query_data_with_other_genes_raises(rel, model):
+    query = rel.small()[:, ::-1].copy()
+    with pytest.raises(ValueError, match=r"other genes \(or another gene order\).*adata\[:, model\.adata\.var_names\]"):
+        model.predict(["G0008"], adata=query)
+
+
+# ================================================================================================ tl
+def test_split_explains_bad_requests(rel):
+    adata = rel.small()
+    with pytest.raises(KeyError, match=r"perturbation_key 'guide_call' is not a column of adata\.obs"):
+        tl.split(adata, "perturbation", perturbation_key="guide_call")
+    with pytest.raises(ValueError, match=r"No control cells.*control_label='ctrl'"):
+        tl.split(adata, "perturbation", control_label="ctrl")
+    with pytest.raises(ValueError, match=r"'batch' split needs `batch_key`"):
+        tl.split(adata, "batch")
+    with pytest.raises(KeyError, match=r"Test condition 'CD274' \(canonical 'CD274'\) has no assigned cells"):
+        tl.split(adata, "perturbation", test_conditions=["CD274"])
+    adata.obs.loc[adata.obs_names[0], "perturbation"] = np.nan
+    with pytest.raises(ValueError, match=r"obs\['perturbation'\] has 1 missing \(NaN\) labels.*fillna\('unassigned'\)"):
+        tl.split(adata, "perturbation")
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(-1.0, r"adata\.X has 1 negative values"), (np.nan, r"adata\.X has 1 NaN or infinite values")],
+)
+def test_evaluate_refuses_bad_counts(rel, value, match):
+    adata = rel.small()
+    tl.TrainMean.setup_anndata(adata)
+    m = tl.TrainMean(adata)
+    m.train()
+    pred = m.predict()
+    bad = rel.small()
+    _set(bad, 0, 0, value)
+    with pytest.raises(ValueError, match=match):
+        tl.evaluate({"TrainMean": pred}, bad)
+    with pytest.raises(KeyError, match=r"Layer 'counts' is not in adata\.layers.*layer=None"):
+        tl.evaluate({"TrainMean": pred}, adata, layer="counts")
+    with pytest.raises(KeyError, match=r"perturbation_key 'guide_call' is not a column"):
+        tl.evaluate({"TrainMean": pred}, adata, perturbation_key="guide_call")
+
+
+@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel])
+def test_baselines_explain_bad_input(rel, cls):
+    adata = rel.small()
+    _set(adata, 0, 0, -1)
+    with pytest.raises(ValueError, match=r"adata\.X has 1 negative values"):
+        cls.setup_anndata(adata)
+    adata = rel.small()
+    cls.setup_anndata(adata)
+    m = cls(adata)
+    with pytest.raises(RuntimeError, match="untrained model"):
+        m.predict(["G0008"])
+    m.train()
+    if cls in (tl.Additive, tl.LinearModel):  # these need the target's own data or a gene embedding
+        with pytest.raises(KeyError, match="CD274"):
+            m.predict(["CD274"])
+    else:  # the control and train-mean baselines predict any target by construction
+        assert np.isfinite(m.predict(["CD274"]).X).all()
+    with pytest.raises(ValueError, match=r"`batch`='b9' was given, but no batch key was registered.*batch_key="):
+        m.predict(["NT"], batch="b9")
+    adata._inplace_subset_var(np.arange(20))
+    with pytest.raises(ValueError, match=r"now have 20 genes but were set up with 30"):
+        m.predict(["NT"])
+    with pytest.raises(ValueError, match=r"now have 20 genes but were set up with 30"):
+        m.train()
+
+
+def test_baseline_with_an_unseen_batch_context_raises(rel):
+    adata = rel.small()
+    tl.Additive.setup_anndata(adata, batch_key="batch")
+    m = tl.Additive(adata)
+    m.train()
+    with pytest.raises(KeyError, match=r"No training control cells with batch=b9"):
+        m.predict(["G0008"], batch="b9")
+
+
+def test_error_decomposition_explains_bad_input(rel):
+    adata = rel.small()
+    with pytest.raises(KeyError, match=r"batch_key 'lane' is not a column of adata\.obs.*wet-lab batch"):
+        tl.error_decomposition(adata, batch_key="lane", n_bootstrap=0)
+    with pytest.raises(KeyError, match=r"Layer 'counts' is not in adata\.layers"):
+        tl.error_decomposition(adata, batch_key="batch", layer="counts", n_bootstrap=0)
+    bad = rel.small(sparse=False)
+    _set(bad, 0, 0, 0.5)
+    with pytest.raises(ValueError, match=r"adata\.X does not hold counts.*layer=.*counts=False"):
+        tl.error_decomposition(bad, batch_key="batch", n_bootstrap=0)
+    empty = rel.small(sparse=False)
+    x = empty.X.copy()
+    x[4] = 0
+    empty.X = x
+    with pytest.raises(ValueError, match=r"1 cells have a library size of 0; remove empty cells"):
+        tl.error_decomposition(empty, batch_key="batch", n_bootstrap=0)
+
+
+# ================================================================================================ loader
+def test_loader_explains_a_missing_or_damaged_file(tmp_path, monkeypatch):
+    from scmech.datasets import _papalexi
+
+    monkeypatch.setattr(_papalexi, "_path", lambda: tmp_path / "missing.h5ad")
+    with pytest.raises(FileNotFoundError, match=r"papalexi2021_thp1_eccite\.h5ad is missing.*reinstall scmech"):
+        scmech.datasets.papalexi2021()
+    damaged = tmp_path / "damaged.h5ad"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    monkeypatch.setattr(_papalexi, "_path", lambda: damaged)
+    with pytest.raises(OSError, match=r"is corrupted \(sha256 [0-9a-f]{12}…\); reinstall scmech"):
+        scmech.datasets.papalexi2021()
+    with pytest.raises(OSError, match=r"Cannot read the bundled dataset .*damaged.*Reinstall scmech"):
+        scmech.datasets.papalexi2021(check_integrity=False)
+
+
+def test_loader_reads_a_valid_file_without_integrity_check(rel, tmp_path, monkeypatch):
+    from scmech.datasets import _papalexi
+
+    adata = ad.AnnData(rel.small().X.copy())
+    adata.write_h5ad(tmp_path / "ok.h5ad")
+    monkeypatch.setattr(_papalexi, "_path", lambda: tmp_path / "ok.h5ad")
+    out = scmech.datasets.papalexi2021(check_integrity=False)
+    assert out.shape == adata.shape
+    with pytest.raises(OSError, match="is corrupted"):
+        scmech.datasets.papalexi2021()
