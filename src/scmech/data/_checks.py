@@ -8,9 +8,140 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from anndata import AnnData
 
-__all__ = ["check_adata", "check_expression"]
+__all__ = ["BackedRows", "check_adata", "check_expression", "is_backed_matrix", "iter_row_chunks"]
+
+#: Rows read at a time from a backed (on-disk) matrix.
+CHUNK_ROWS = 10_000
+
+
+class BackedRows:
+    """Lazy selection of rows of a backed (on-disk) matrix; rows are read in blocks only when needed.
+
+    Indexing by rows (an integer array, a boolean mask or a slice) returns another lazy selection, so that code
+    written for in-memory matrices (``x[train_indices]``) does not load a backed matrix; :func:`iter_row_chunks`
+    reads it block by block, ``sum`` reduces it that way, and ``toarray``/``np.asarray`` load it (for small
+    selections).
+
+    Parameters
+    ----------
+    matrix
+        anndata's backed sparse dataset or an h5py dataset (cells x genes).
+    rows
+        Positions of the selected rows, in order; all rows when ``None``.
+    """
+
+    def __init__(self, matrix, rows: np.ndarray | None = None) -> None:
+        self.matrix = matrix
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape of the selection."""
+        n = self.matrix.shape[0] if self.rows is None else len(self.rows)
+        return (n, self.matrix.shape[1])
+
+    @property
+    def dtype(self):
+        """Data type of the stored values."""
+        return self.matrix.dtype
+
+    def _positions(self) -> np.ndarray:
+        return np.arange(self.matrix.shape[0]) if self.rows is None else self.rows
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            rows, cols = key
+            return self[rows].toarray_like()[:, cols]
+        pos = self._positions()
+        if isinstance(key, slice):
+            return BackedRows(self.matrix, pos[key])
+        key = np.asarray(key)
+        if key.dtype == bool:
+            if len(key) != len(pos):
+                msg = f"Boolean row mask of length {len(key)} for {len(pos)} rows."
+                raise IndexError(msg)
+            return BackedRows(self.matrix, pos[key])
+        if key.ndim == 0:
+            return BackedRows(self.matrix, pos[[int(key)]])
+        return BackedRows(self.matrix, pos[key.astype(np.int64)])
+
+    def _read(self, rows: np.ndarray):
+        """Read the given rows (in this order) into memory."""
+        if len(rows) == 0:
+            return self.matrix[0:0]
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        lo, hi = int(srt[0]), int(srt[-1]) + 1
+        if hi - lo <= 4 * len(srt):
+            # a dense run of rows: one contiguous read, then select
+            block = self.matrix[lo:hi][srt - lo]
+        else:
+            uniq, inverse = np.unique(srt, return_inverse=True)
+            block = self.matrix[uniq][inverse]
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return block[back]
+
+    def blocks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, object]]:
+        """Yield ``(start, block)``: consecutive in-memory blocks of the selected rows."""
+        pos = self._positions()
+        for start in range(0, len(pos), chunk_rows):
+            yield start, self._read(pos[start : start + chunk_rows])
+
+    def toarray_like(self):
+        """Load the selection into memory (sparse stays sparse)."""
+        blocks = [b for _, b in self.blocks()]
+        if not blocks:
+            return self._read(np.array([], dtype=np.int64))
+        return sp.vstack(blocks, format="csr") if sp.issparse(blocks[0]) else np.concatenate(blocks)
+
+    def toarray(self) -> np.ndarray:
+        """Load the selection into a dense array."""
+        x = self.toarray_like()
+        return x.toarray() if sp.issparse(x) else np.asarray(x)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        x = self.toarray()
+        return x if dtype is None else x.astype(dtype)
+
+    def sum(self, axis: int | None = None):
+        """Sum over the selection (read block by block), like ``scipy.sparse`` (2-D ``matrix`` results)."""
+        if axis is None:
+            return float(sum(np.asarray(b.sum()) for _, b in self.blocks()))
+        if axis in (1, -1):
+            return np.concatenate([np.asarray(b.sum(axis=1)).reshape(-1, 1) for _, b in self.blocks()] or [[]])
+        total = np.zeros((1, self.shape[1]), dtype=np.float64)
+        for _, b in self.blocks():
+            total += np.asarray(b.sum(axis=0), dtype=np.float64).reshape(1, -1)
+        return total
+
+
+def is_backed_matrix(x) -> bool:
+    """Whether ``x`` is the on-disk matrix of a backed AnnData (or a :class:`BackedRows` selection of one)."""
+    if sp.issparse(x) or isinstance(x, np.ndarray):
+        return False
+    if isinstance(x, BackedRows):
+        return True
+    import h5py
+    from anndata.abc import CSCDataset, CSRDataset
+
+    return isinstance(x, CSRDataset | CSCDataset | h5py.Dataset)
+
+
+def iter_row_chunks(x, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, object]]:
+    """Yield ``(start, block)`` with consecutive in-memory row blocks of a matrix.
+
+    In-memory matrices are yielded whole (one block); backed matrices are read ``chunk_rows`` rows at a time, so
+    memory is bounded by the block size, not by the size of the matrix.
+    """
+    if not is_backed_matrix(x):
+        yield 0, x
+        return
+    yield from (x if isinstance(x, BackedRows) else BackedRows(x)).blocks(chunk_rows)
 
 
 def _values(x) -> np.ndarray:
@@ -28,7 +159,8 @@ def check_expression(x, where: str, *, counts: bool = True, max_check: int | Non
     Parameters
     ----------
     x
-        Dense or sparse matrix (cells x genes), or an h5py-backed sparse dataset.
+        Dense or sparse matrix (cells x genes), or the on-disk matrix of a backed AnnData (read in blocks of rows,
+        never whole).
     where
         Where the matrix lives (e.g. ``"adata.X"`` or ``"adata.layers['counts']"``), for messages.
     counts
@@ -36,6 +168,15 @@ def check_expression(x, where: str, *, counts: bool = True, max_check: int | Non
     max_check
         Check at most this many stored values (the first ones) to bound the cost on huge data.
     """
+    if is_backed_matrix(x):
+        budget = max_check
+        for _, block in iter_row_chunks(x):
+            _check_values(_values(block).ravel(), where, counts=counts, max_check=budget)
+            if budget is not None:
+                budget -= _values(block).size
+                if budget <= 0:
+                    break
+        return
     if not (sp.issparse(x) or isinstance(x, np.ndarray)):
         try:
             x = x[: min(x.shape[0], 10_000)]
@@ -43,7 +184,10 @@ def check_expression(x, where: str, *, counts: bool = True, max_check: int | Non
         except Exception as e:
             msg = f"Cannot read {where} of type {type(x).__name__} to check it: {e}"
             raise TypeError(msg) from e
-    vals = _values(x).ravel()
+    _check_values(_values(x).ravel(), where, counts=counts, max_check=max_check)
+
+
+def _check_values(vals: np.ndarray, where: str, *, counts: bool, max_check: int | None) -> None:
     if max_check is not None and vals.size > max_check:
         vals = vals[:max_check]
     if not np.issubdtype(vals.dtype, np.number):
@@ -96,19 +240,23 @@ def check_adata(adata: AnnData, *, allow_view: bool = False) -> None:
 def check_empty_cells_genes(x, where: str, *, counts: bool = True) -> tuple[int, int]:
     """Raise for cells without counts; return the number of all-zero genes (a warning for the caller).
 
+    Backed matrices are summed in blocks of rows.
+
     Returns
     -------
     ``(n_zero_cells, n_zero_genes)``; ``n_zero_cells`` is always 0 (else this raises).
     """
     if not counts:
         return 0, 0
-    cell_sums = np.asarray(x.sum(axis=1)).ravel()
-    zero_cells = int((cell_sums <= 0).sum())
+    zero_cells = 0
+    gene_sums = np.zeros(x.shape[1], dtype=np.float64)
+    for _, block in iter_row_chunks(x):
+        zero_cells += int((np.asarray(block.sum(axis=1)).ravel() <= 0).sum())
+        gene_sums += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
     if zero_cells:
         msg = (
             f"{where} has {zero_cells} cells without any counts; they carry no information and have no library "
             "size. Remove them first, e.g. sc.pp.filter_cells(adata, min_counts=1)."
         )
         raise ValueError(msg)
-    gene_sums = np.asarray(x.sum(axis=0)).ravel()
     return 0, int((gene_sums <= 0).sum())

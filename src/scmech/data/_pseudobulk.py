@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
+from scmech.data._checks import iter_row_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,7 +53,7 @@ def normalized_mean(
     Parameters
     ----------
     x
-        Cells x genes matrix (dense or sparse).
+        Cells x genes matrix (dense or sparse), or a backed (on-disk) one, read in blocks of rows.
     groups
         Group label per cell; cells whose label is not in ``group_order`` are ignored.
     group_order
@@ -81,10 +82,15 @@ def normalized_mean(
     else:
         scale = keep.astype(np.float64)
     n = np.bincount(codes[keep], minlength=len(index)).astype(np.float64)
-    # indicator (groups x cells) with the per-cell scale, so the mean is one sparse product
-    ind = sp.csr_matrix((scale[keep], (codes[keep], np.flatnonzero(keep))), shape=(len(index), x.shape[0]))
-    sums = ind @ x
-    sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums)
+    sums = np.zeros((len(index), x.shape[1]), dtype=np.float64)
+    # backed (on-disk) matrices are read in blocks of rows; in-memory ones are one block
+    for start, block in iter_row_chunks(x):
+        rows = slice(start, start + block.shape[0])
+        k = keep[rows]
+        # indicator (groups x cells) with the per-cell scale, so the mean is one sparse product
+        ind = sp.csr_matrix((scale[rows][k], (codes[rows][k], np.flatnonzero(k))), shape=(len(index), block.shape[0]))
+        part = ind @ block
+        sums += part.toarray() if sp.issparse(part) else np.asarray(part)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = sums / n[:, None]
     out[n == 0] = np.nan
