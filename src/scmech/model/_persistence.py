@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +206,17 @@ class SafeSaveLoadMixin:
         _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
         try:
             state = torch.load(w_path, map_location=dev, weights_only=True)
+        except pickle.UnpicklingError as e:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            if found is None:
+                msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
+                raise ValueError(msg) from e
+            msg = (
+                f"Cannot read the weights in {w_path}: besides tensors it holds the Python object "
+                f"{found.group(1)!r}, which could run code when unpickled, so it is refused; scmech never writes such "
+                "files. Load only models saved by scmech from sources you trust."
+            )
+            raise ValueError(msg) from e
         except Exception as e:
             msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
             raise ValueError(msg) from e
