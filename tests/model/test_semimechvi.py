@@ -986,3 +986,38 @@ def test_unseen_single_is_anchored_on_the_mean_training_error(steady):
     # combinations-only anchoring leaves the unseen single alone
     comb = model.predict([held], anchor="combinations", random_state=2)
     np.testing.assert_allclose(comb.X[0], raw.X[0], rtol=1e-6, atol=1e-6)
+
+
+def test_other_contexts_are_anchored_on_their_observed_controls(dynamic):
+    model, adata = dynamic.model, dynamic.adata
+    obs = adata.obs
+    # a context with training controls: medium m1 switched at a registered time, read out at a registered time
+    ctrl = obs[(obs["perturbation"] == "NT") & (obs["media"] == "m1")]
+    row = ctrl.groupby(["time", "media_time"], observed=True).size().idxmax()
+    t, s = float(row[0]), float(row[1])
+    cells = ctrl[(ctrl["time"] == t) & (ctrl["media_time"] == s)]
+    assert len(cells) >= 2
+    # the tiny fixture has a few controls per context: rebuild the table with a lower minimum than train()'s 10
+    saved = model.anchor_context_
+    model.anchor_context_ = model._context_controls(np.arange(adata.n_obs), min_cells=2)
+    try:
+        _check_context_anchoring(model, adata, cells, t, s)
+    finally:
+        model.anchor_context_ = saved
+
+
+def _check_context_anchoring(model, adata, cells, t, s):
+    x = adata[cells.index].X
+    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+    observed = np.log1p(1e4 * (x / x.sum(1, keepdims=True)).mean(0))
+    target = "G0008"
+    raw = model.predict([target, "NT"], media="m1", time=t, media_time=s, anchor="none", random_state=0)
+    auto = model.predict([target, "NT"], media="m1", time=t, media_time=s, random_state=0)
+    assert auto.obs["anchored"].all()
+    assert auto.uns["scmech"]["prediction"]["anchoring"][target] == "observed controls of the context"
+    np.testing.assert_allclose(auto.X[1], observed, rtol=1e-4, atol=1e-4)
+    # the model's change from the control is kept
+    np.testing.assert_allclose(auto.X[0] - auto.X[1], raw.X[0] - raw.X[1], rtol=1e-4, atol=1e-4)
+    # a context without training controls is not anchored
+    none = model.predict([target], media="m1", time=123.0, media_time=s, random_state=0)
+    assert not none.obs["anchored"].any()
