@@ -1,0 +1,267 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import cache
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+
+from scmech import tl
+from scmech.data import simulate_perturbseq
+
+pytestmark = pytest.mark.pertpy
+
+
+@cache
+def _screen(n_cells: int = 800, seed: int = 0) -> ad.AnnData:
+    return simulate_perturbseq(
+        n_cells=n_cells,
+        n_genes=60,
+        n_perturbations=3,
+        n_combinations=0,
+        escaper_fraction=0.3,
+        efficacy_mean=0.9,
+        seed=seed,
+    )
+
+
+def screen(**kwargs) -> ad.AnnData:
+    adata = _screen(**kwargs).copy()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    return adata
+
+
+def _lognorm(adata: ad.AnnData) -> np.ndarray:
+    x = adata.copy()
+    sc.pp.normalize_total(x, target_sum=1e4)
+    sc.pp.log1p(x)
+    return x.X.toarray() if hasattr(x.X, "toarray") else np.asarray(x.X)
+
+
+def test_import_does_not_load_pertpy():
+    code = "import sys, scmech.tl, scmech.pp; assert 'pertpy' not in sys.modules, 'pertpy imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mixscape_efficacy_is_lower_for_escapers():
+    pytest.importorskip("pertpy")
+    adata = screen()
+    before = adata.copy()
+    eff = tl.efficacy_from_mixscape(adata, n_neighbors=None)
+    assert adata.obs["scmech_efficacy"].dtype == np.float64
+    np.testing.assert_array_equal(adata.obs["scmech_efficacy"].to_numpy(), eff.to_numpy())
+    assert ((eff >= 0) & (eff <= 1)).all()
+    # nothing but the efficacy column is written
+    assert list(adata.obs.columns) == [*before.obs.columns, "scmech_efficacy"]
+    assert set(adata.layers.keys()) == set(before.layers.keys())
+    assert set(adata.uns) == set(before.uns)
+    assert (adata.X != before.X).nnz == 0
+    labels = adata.obs["perturbation"].to_numpy()
+    escaper = np.asarray(adata.uns["truth"]["cell_escaper"], dtype=bool)
+    assert (eff[labels == "NT"] == 0).all()
+    perturbed = labels != "NT"
+    # escapers (true efficacy < 0.05) get a lower efficacy than responders, overall and in every perturbation
+    assert eff[perturbed & escaper].mean() < eff[perturbed & ~escaper].mean() - 0.15
+    for p in np.unique(labels[perturbed]):
+        m = labels == p
+        assert eff[m & escaper].mean() < eff[m & ~escaper].mean()
+    # the column registers as the model's efficacy_key
+    from scmech.model import SemiMechVI
+
+    SemiMechVI.setup_anndata(adata, efficacy_key="scmech_efficacy")
+
+
+def test_mixscape_untestable_perturbation_gets_full_effect():
+    pytest.importorskip("pertpy")
+    adata = screen()
+    rng = np.random.default_rng(0)
+    # relabel random controls as a "perturbation" without any effect: no marker genes
+    nt = np.flatnonzero(adata.obs["perturbation"].to_numpy() == "NT")
+    fake = rng.choice(nt, size=30, replace=False)
+    adata.obs.iloc[fake, adata.obs.columns.get_loc("perturbation")] = "FAKE"
+    eff = tl.efficacy_from_mixscape(adata, n_neighbors=None, untestable=0.7, copy=True).obs["scmech_efficacy"]
+    assert (eff.iloc[fake] == 0.7).all()
+    assert "scmech_efficacy" not in adata.obs
+
+
+def test_mixscape_scores_and_classes_are_read():
+    adata = screen(n_cells=200)
+    labels = adata.obs["perturbation"].to_numpy()
+    rng = np.random.default_rng(1)
+    adata.obs["mixscape_class_p_ko"] = np.where(labels == "NT", 0.0, rng.uniform(size=adata.n_obs))
+    adata.obs.loc[adata.obs_names[0], "perturbation"] = "unassigned"
+    eff = tl.efficacy_from_mixscape(adata, score_key="mixscape_class_p_ko", key_added="eff")
+    m = (labels != "NT") & (adata.obs["perturbation"].to_numpy() != "unassigned")
+    np.testing.assert_allclose(eff[m], adata.obs["mixscape_class_p_ko"].to_numpy()[m])
+    assert eff.iloc[0] == 0.0
+    assert (eff[labels == "NT"] == 0).all()
+    adata.obs["mixscape_class"] = [
+        "NT" if lab == "NT" else f"{lab} {'NP' if k % 3 == 0 else 'KO'}" for k, lab in enumerate(labels)
+    ]
+    eff = tl.efficacy_from_mixscape(adata, class_key="mixscape_class", key_added="eff")
+    cls = adata.obs["mixscape_class"].to_numpy()
+    assert set(eff[m & np.char.endswith(cls.astype(str), "NP")]) == {0.0}
+    assert set(eff[m & np.char.endswith(cls.astype(str), "KO")]) == {1.0}
+
+
+def test_mixscape_bad_inputs():
+    adata = screen(n_cells=200)
+    with pytest.raises(KeyError, match=r"score_key: 'p_ko' is not a column of adata.obs"):
+        tl.efficacy_from_mixscape(adata, score_key="p_ko")
+    adata.obs["bad"] = 2.0
+    with pytest.raises(ValueError, match=r"adata.obs\['bad'\] must hold probabilities in \[0, 1\]"):
+        tl.efficacy_from_mixscape(adata, score_key="bad")
+    with pytest.raises(ValueError, match="either score_key"):
+        tl.efficacy_from_mixscape(adata, score_key="bad", class_key="bad")
+    with pytest.raises(ValueError, match=r"untestable=2.*\[0, 1\]"):
+        tl.efficacy_from_mixscape(adata, untestable=2)
+    with pytest.raises(KeyError, match=r"layer='counts' is not a layer"):
+        tl.efficacy_from_mixscape(adata, layer="counts")
+    with pytest.raises(KeyError, match=r"split_by: 'rep' is not a column"):
+        tl.efficacy_from_mixscape(adata, split_by="rep")
+
+
+def test_mixscape_without_pertpy_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pertpy", None)
+    with pytest.raises(ImportError, match=r"pip install 'scmech\[pertpy\]'"):
+        tl.efficacy_from_mixscape(screen(n_cells=200), n_neighbors=None)
+    with pytest.raises(ImportError, match=r"pip install 'scmech\[pertpy\]'"):
+        tl.prediction_distance(ad.AnnData(np.zeros((1, 2))), screen(n_cells=200))
+
+
+def _cells_prediction(adata: ad.AnnData, conds: list[str], seed: int = 0) -> ad.AnnData:
+    """A per-cell 'prediction' in predict(return_mean=False)'s layout: observed cells with a little noise."""
+    rng = np.random.default_rng(seed)
+    x = _lognorm(adata)
+    labels = adata.obs["perturbation"].to_numpy()
+    rows = np.concatenate([np.flatnonzero(labels == c)[:40] for c in conds])
+    obs = pd.DataFrame({"perturbation": labels[rows], "source_cell": adata.obs_names[rows]})
+    obs.index = [f"{p}|{c}" for p, c in zip(obs["perturbation"], obs["source_cell"], strict=True)]
+    return ad.AnnData(
+        X=(x[rows] + rng.normal(0, 0.05, size=(len(rows), adata.n_vars))).astype(np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=adata.var_names.copy()),
+    )
+
+
+def test_prediction_distance_matches_energy_distance():
+    pytest.importorskip("pertpy")
+    adata = screen()
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"][:2]
+    pred = _cells_prediction(adata, [*conds, "NT"])
+    res = tl.prediction_distance(pred, adata, metric="edistance", n_pcs=None, max_cells=None)
+    assert res.attrs["metric"] == "edistance"
+    assert set(res.index) == {*conds, "NT"}
+    x = _lognorm(adata)
+    labels = adata.obs["perturbation"].to_numpy()
+    for c in conds:
+        p = pred.X[pred.obs["perturbation"].to_numpy() == c]
+        o = x[labels == c]
+        assert res.loc[c, "distance"] == pytest.approx(tl.energy_distance(p, o), rel=1e-5)
+        assert res.loc[c, "control_distance"] == pytest.approx(tl.energy_distance(x[labels == "NT"], o), rel=1e-5)
+        assert res.loc[c, "n_predicted"] == 40
+        assert res.loc[c, "n_observed"] == (labels == c).sum()
+        # a near-copy of the observed cells is much closer than the controls
+        assert res.loc[c, "distance"] < 0.5 * res.loc[c, "control_distance"]
+    # in PCA space: the same as energy_distance on the combined AnnData's X_pca
+    both = tl.combine_prediction(pred, adata, n_pcs=10, max_cells=None)
+    res_pca = tl.prediction_distance(pred, adata, n_pcs=10, max_cells=None)
+    g = both.obs["group"].astype(str).to_numpy()
+    for c in conds:
+        e = tl.energy_distance(both.obsm["X_pca"][g == f"predicted|{c}"], both.obsm["X_pca"][g == f"observed|{c}"])
+        assert res_pca.loc[c, "distance"] == pytest.approx(e, rel=1e-6)
+    # and other pertpy metrics run on the same input
+    mmd = tl.prediction_distance(pred, adata, metric="mmd", n_pcs=10)
+    assert np.isfinite(mmd["distance"]).all()
+
+
+def test_mean_prediction_compares_with_observed_pseudobulk():
+    pytest.importorskip("pertpy")
+    from scmech.data import pseudobulk
+
+    adata = screen()
+    tl.ControlMean.setup_anndata(adata)
+    model = tl.ControlMean(adata)
+    model.train()
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"]
+    pred = model.predict(conds)
+    res = tl.prediction_distance(pred, adata, metric="euclidean", n_pcs=None)
+    pb = pseudobulk(adata, "perturbation")
+    for c in conds:
+        # ControlMean predicts the control pseudobulk: its distance is the control's
+        expected = np.linalg.norm(pb.loc["NT"].to_numpy() - pb.loc[c].to_numpy())
+        assert res.loc[c, "distance"] == pytest.approx(expected, rel=1e-4)
+        assert res.loc[c, "control_distance"] == pytest.approx(expected, rel=1e-4)
+    with pytest.warns(UserWarning, match="compares distributions of cells"):
+        tl.prediction_distance(pred, adata, metric="edistance")
+
+
+def test_semimechvi_prediction_goes_straight_into_pertpy():
+    pytest.importorskip("pertpy")
+    import pertpy as pt
+
+    from scmech.model import SemiMechVI
+
+    adata = screen(n_cells=240)
+    SemiMechVI.setup_anndata(adata)
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(max_epochs=1, batch_size=64, enable_progress_bar=False)
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"]
+    cells = model.predict(conds, return_mean=False, n_cells=30)
+    res = tl.prediction_distance(cells, adata, metric="edistance", n_pcs=5)
+    assert set(res.index) == set(conds)
+    assert (res["distance"] > 0).all()
+    assert (res["n_predicted"] == cells.n_obs // len(conds)).all()
+    ps = tl.perturbation_space(cells, adata, method="pseudobulk", n_pcs=5)
+    assert set(ps.obs["group"]) == {f"predicted|{c}" for c in conds} | {f"observed|{c}" for c in [*conds, "NT"]}
+    assert ps.obsm["X_pca"].shape == (ps.n_obs, 5)
+    # pertpy's own tools accept the result
+    pw = pt.tl.Distance("euclidean", obsm_key="X_pca").pairwise(ps, groupby="group", show_progressbar=False)
+    assert pw.shape == (ps.n_obs, ps.n_obs)
+    cs = tl.perturbation_space(model.predict(conds), adata, method="centroid", n_pcs=5)
+    assert set(cs.obs["source"]) == {"predicted", "observed"}
+
+
+def test_perturbation_space_pseudobulk_is_the_group_mean():
+    pytest.importorskip("pertpy")
+    adata = screen()
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"][:2]
+    pred = _cells_prediction(adata, conds)
+    both = tl.combine_prediction(pred, adata, n_pcs=4)
+    ps = tl.perturbation_space(pred, adata, n_pcs=4)
+    g = both.obs["group"].astype(str).to_numpy()
+    for grp in ps.obs_names:
+        name = ps.obs.loc[grp, "group"]
+        np.testing.assert_allclose(np.asarray(ps[grp].X).ravel(), both.X[g == name].mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ps[grp].obsm["X_pca"].ravel(), both.obsm["X_pca"][g == name].mean(0), atol=1e-4)
+    alone = tl.perturbation_space(pred, n_pcs=None)
+    assert set(alone.obs["source"]) == {"predicted"}
+    assert alone.n_obs == len(conds)
+
+
+def test_prediction_helpers_bad_inputs():
+    pytest.importorskip("pertpy")
+    adata = screen(n_cells=200)
+    pred = _cells_prediction(adata, ["NT"])
+    with pytest.raises(ValueError, match=r"metric='edist' is not a pertpy Distance metric"):
+        tl.prediction_distance(pred, adata, metric="edist")
+    with pytest.raises(KeyError, match=r"pred has no obs\['perturbation'\]"):
+        tl.prediction_distance(ad.AnnData(np.zeros((2, adata.n_vars))), adata)
+    other = pred.copy()
+    other.var_names = [f"x{i}" for i in range(other.n_vars)]
+    with pytest.raises(ValueError, match="share no var_names"):
+        tl.combine_prediction(other, adata)
+    renamed = pred.copy()
+    renamed.obs["perturbation"] = "ZZZ"
+    with pytest.raises(ValueError, match=r"No predicted condition has observed cells"):
+        tl.combine_prediction(renamed, adata)
+    with pytest.raises(KeyError, match=r"perturbation_key: 'pert' is not a column|'pert'"):
+        tl.combine_prediction(pred, adata, perturbation_key="pert")
+    with pytest.raises(ValueError, match=r"n_pcs=0 must be a positive integer"):
+        tl.combine_prediction(pred, adata, n_pcs=0)
+    with pytest.raises(ValueError, match=r"method='umap'.*'pseudobulk' or 'centroid'"):
+        tl.perturbation_space(pred, adata, method="umap")
