@@ -9,6 +9,7 @@ from ._baselines import Additive, ControlMean, LinearModel, TrainMean
 from ._design import BatchDesign, minimal_detectable_effect, power, recommend_batches
 from ._errors import COMPONENTS, error_decomposition, estimate_variance
 from ._metrics import METRIC_DIRECTIONS, energy_distance, evaluate, leaderboard, leaderboard_table, noise_ceiling
+from ._pertpy import combine_prediction, efficacy_from_mixscape, perturbation_space, prediction_distance
 from ._split import Split, leave_one_out, split
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "Split",
     "TrainMean",
     "check_assumptions",
+    "combine_prediction",
+    "efficacy_from_mixscape",
     "energy_distance",
     "error_decomposition",
     "estimate_efficacy",
@@ -33,7 +36,9 @@ __all__ = [
     "leave_one_out",
     "minimal_detectable_effect",
     "noise_ceiling",
+    "perturbation_space",
     "power",
+    "prediction_distance",
     "recommend_batches",
     "report_assumptions",
     "split",
