@@ -633,3 +633,18 @@ def test_tiny_simulations_run():
     for regime in ("steady_state", "dynamic"):
         a = simulate_perturbseq(12, 20, n_perturbations=2, n_combinations=1, regime=regime, seed=0)
         assert a.n_obs == 12
+
+
+def test_selection_is_relative_to_controls_and_design():
+    a = simulate_perturbseq(
+        20000, 60, n_perturbations=10, n_combinations=0, fitness_sd=1.0, control_fraction=0.2, seed=6
+    )
+    fit = a.uns["truth"]["fitness"]
+    counts = a.obs["perturbation"].value_counts()
+    np.testing.assert_allclose(fit["design_frequency"], 0.8 / 10)
+    # controls are neutral: log(n_p / n_NT) - log(design_p / design_NT) is the fitness (up to rounding)
+    ratio = np.log(counts.loc[fit.index] / counts["NT"]) - np.log(fit["design_frequency"] / 0.2)
+    np.testing.assert_allclose(ratio.to_numpy(), fit["fitness"].to_numpy(), atol=0.02)
+    # without selection the controls are exactly control_fraction of the cells
+    a0 = simulate_perturbseq(2000, 60, n_perturbations=10, n_combinations=0, control_fraction=0.2, seed=6)
+    assert (a0.obs["perturbation"] == "NT").sum() == 400

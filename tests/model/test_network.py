@@ -61,3 +61,40 @@ def test_network_bad_arguments(steady):
         model.get_regulatory_network(genes=["NOT_A_GENE"])
     with pytest.raises(KeyError, match="was not seen in training"):
         model.get_regulatory_network(media="mars")
+
+
+def test_intervention_columns_are_fixed_point_effects(steady):
+    model = steady.model
+    net = model.get_regulatory_network(kind="intervention")
+    targets = list(model.adata_manager.get_state_registry("perturbation")["targets"])
+    assert list(net.columns) == targets
+    assert list(net.index) == list(steady.adata.var_names)
+    assert net.attrs["kind"] == "intervention"
+    # column k is the decoded change between the post-intervention fixed point (operator v_k) and z*
+    z_star, _ = model._control_steady_state(0)
+    field, dec = model.module.field, model.module.decoder
+    k = 0
+    with torch.no_grad():
+        res = field.fixed_point(
+            z_star.unsqueeze(0).clone(), torch.zeros(1, dtype=torch.long), field.operators[k : k + 1], implicit=False
+        )
+        assert float(field(res.z, torch.zeros(1, dtype=torch.long), field.operators[k : k + 1]).abs().max()) < 1e-4
+        rho0 = torch.softmax(dec.logits(z_star.unsqueeze(0), None), -1)[0].double().numpy()
+        rho1 = torch.softmax(dec.logits(res.z, None), -1)[0].double().numpy()
+    np.testing.assert_allclose(net.iloc[:, k], np.log1p(1e4 * rho1) - np.log1p(1e4 * rho0), atol=1e-4)
+    edges = model.get_regulatory_network(kind="intervention", top_k=5)
+    assert set(edges["source"]) <= set(targets)
+    sub = model.get_regulatory_network(kind="intervention", genes=list(steady.adata.var_names[:6]))
+    assert set(sub.columns) <= set(targets)
+
+
+def test_without_relaxation_drops_gamma(steady):
+    model = steady.model
+    full = model.get_regulatory_network().to_numpy()
+    bare = model.get_regulatory_network(relaxation=False).to_numpy()
+    dec = model.module.decoder.loading.weight.detach().double().numpy()
+    gamma = model.module.field.gamma.detach().double().numpy()
+    # A - A_bare = -D Gamma D^+
+    np.testing.assert_allclose(full - bare, -dec @ np.diag(gamma) @ np.linalg.pinv(dec), atol=1e-8)
+    with pytest.raises(ValueError, match="relaxation=False applies to kind='jacobian' only"):
+        model.get_regulatory_network(kind="response", relaxation=False)

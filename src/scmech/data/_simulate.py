@@ -748,6 +748,14 @@ def _allocate(n_total: int, weights: np.ndarray) -> np.ndarray:
     return base
 
 
+def _design_frequency(p: dict[str, Any], n_cond: int) -> np.ndarray:
+    """Frequency of each condition (control first) in the guide library, before selection."""
+    if n_cond == 1:
+        return np.ones(1)
+    cf = p["control_fraction"]
+    return np.concatenate([[cf], np.full(n_cond - 1, (1.0 - cf) / (n_cond - 1))])
+
+
 def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     return rng.permutation(np.arange(n) % k) if k > 0 else np.zeros(n, dtype=np.int64)
 
@@ -919,8 +927,14 @@ def _design_cells(
     """Cells over conditions (fitness-weighted), media or protocol x time (balanced) and batches (``design``)."""
     dynamic = p["regime"] == "dynamic"
     n_cond, B = fitness.size + 1, p["n_batches"]
-    n_ctrl = p["n_cells"] if n_cond == 1 else max(1, round(p["control_fraction"] * p["n_cells"]))
-    counts = np.concatenate([[n_ctrl], _allocate(p["n_cells"] - n_ctrl, np.exp(fitness))])
+    if n_cond > 1 and np.any(fitness != 0):
+        # selection: abundance = design frequency x exp(fitness), controls neutral (fitness 0)
+        counts = _allocate(p["n_cells"], _design_frequency(p, n_cond) * np.exp(np.concatenate([[0.0], fitness])))
+        if counts[0] == 0:
+            counts[0], counts[np.argmax(counts)] = 1, counts.max() - 1
+    else:
+        n_ctrl = p["n_cells"] if n_cond == 1 else max(1, round(p["control_fraction"] * p["n_cells"]))
+        counts = np.concatenate([[n_ctrl], _allocate(p["n_cells"] - n_ctrl, np.ones(n_cond - 1))])
     n_slots = switches.size * times.size if dynamic else p["n_media"]
     conf_batch = np.zeros(n_cond, dtype=np.int64)  # confounded: perturbations round robin, controls in b0
     conf_batch[1:][rng.permutation(n_cond - 1)] = np.arange(n_cond - 1) % B
@@ -1338,8 +1352,13 @@ def simulate_perturbseq(
     systematic_strength
         Scale of its log production multipliers (~8% of genes, mostly up); 0 turns it off.
     fitness_sd
-        SD of per-target fitness effects; the number of cells of a perturbation is proportional to
-        :math:`\exp(\text{fitness})` (a combination's fitness is the sum of its targets').
+        SD of per-target fitness effects (selection, natural-log scale; a combination's fitness is the sum of
+        its targets'). With fitness, the number of cells of every condition is proportional to its design
+        frequency (``control_fraction`` for the controls, the rest shared equally by the perturbations) times
+        :math:`\exp(\text{fitness})`, with fitness 0 for the controls: the log ratio of a perturbation's cells
+        to the controls', relative to the design, is its fitness. Without (0), the controls are exactly
+        ``control_fraction`` of the cells. Selection acts on abundance only, not on expression, and is the
+        same at every time point.
     n_batches
         Number of batches ``"b0"``...
     batch_sd
@@ -1385,7 +1404,9 @@ def simulate_perturbseq(
         ``modality``, ``activation_strength``, ``gene_names``. Also: ``theta`` (NB inverse dispersions),
         ``cell_cycle_loadings`` (genes x 2), ``targets`` (single targets), ``combinations`` (labels),
         ``conditions`` (all condition labels, NT first), ``fitness`` (DataFrame per perturbed condition:
-        ``fitness``, ``n_cells``), ``cell_systematic`` and ``cell_escaper`` (bool per cell, in ``obs`` order).
+        ``fitness``, ``n_cells``, ``design_frequency`` the condition's share of the guide library before
+        selection; the controls' share is ``control_fraction``), ``cell_systematic`` and ``cell_escaper``
+        (bool per cell, in ``obs`` order).
 
         *Groups.* Truth tables are indexed by group keys (:func:`simulation_group_keys`):
         ``"{condition}|{media}"`` (steady state) or ``"{condition}|{media}|{media_time}|{time}"`` (dynamic).
@@ -1519,7 +1540,11 @@ def simulate_perturbseq(
         index=gidx,
     )
     fitness_df = pd.DataFrame(
-        {"fitness": fitness, "n_cells": np.bincount(cells.cond, minlength=len(labels))[1:].astype(np.int64)},
+        {
+            "fitness": fitness,
+            "n_cells": np.bincount(cells.cond, minlength=len(labels))[1:].astype(np.int64),
+            "design_frequency": _design_frequency(p, len(labels))[1:],
+        },
         index=pd.Index(labels[1:], name="condition"),
     )
 

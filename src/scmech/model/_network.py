@@ -12,6 +12,20 @@ rank at most the latent dimension), and the steady-state response to a small sus
 :math:`j` is :math:`R = -D\,J^{-1}D^{+}` (column :math:`j`): the total, not only the direct, effect. Both hold
 near the control steady state only; far from it (strong perturbations, other media, differentiating systems
 read out before equilibrium) the linearisation and its SCM reading do not apply.
+
+What the data identify. The latent relaxation :math:`-\Gamma` of the field maps to :math:`-D\Gamma D^{+}` in
+gene space, a (near-)projection onto the decoder's column space that couples every pair of co-loaded genes;
+it is a property of the low-rank measurement, not regulation (the true gene-space relaxation is diagonal).
+``relaxation=False`` drops it and keeps :math:`D\,\partial g_\theta/\partial z\,D^{+}`, the part of the
+field that couples latent directions. Either way the matrix has rank at most the latent dimension, so its
+entries are an extrapolation for genes whose own push was never observed. Only the columns of perturbed
+targets are identified by an intervention: ``kind="intervention"`` returns, for every registered target
+:math:`k` with a learned operator :math:`v_k`, the change of every gene's log-normalised expression between
+the post-intervention fixed point :math:`z^\star_k` (:math:`f_\theta(z^\star_k) + v_k = 0`, full knock-down)
+and :math:`z^\star`, i.e. the total (direct plus indirect) effect of the intervention on target :math:`k`,
+without the shared response of perturbed cells and without the decoder's own-mRNA effect of the knock-down
+(so the column is the network-mediated effect). This is the SCM intervention effect when assumptions A1-A2
+hold and the read-out is at equilibrium.
 """
 
 from __future__ import annotations
@@ -54,27 +68,60 @@ class NetworkMixin:
         with torch.enable_grad():
             return torch.autograd.functional.jacobian(logits, z.detach().clone())
 
+    @torch.no_grad()
+    def _intervention_effects(self, z_star: torch.Tensor, media: int) -> tuple[np.ndarray, list[str]]:
+        """Log-normalised expression change of the full knock-down of each registered target (genes x targets)."""
+        from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+
+        module = self.module
+        field = module.field
+        targets = [
+            str(t) for t in self.adata_manager.get_state_registry(SCMECH_REGISTRY_KEYS.PERTURBATION_KEY)["targets"]
+        ]
+        n_t = len(targets)
+        if n_t == 0:
+            return np.zeros((module.n_input, 0)), targets
+        dev = z_star.device
+        drive = field.operators.detach()  # one full knock-down per row, without the shared push
+        med = torch.full((n_t,), media, dtype=torch.long, device=dev)
+        res = field.fixed_point(
+            z_star.unsqueeze(0).expand(n_t, -1).clone(), med, drive, tol=1e-7, max_iter=200, implicit=False
+        )
+        decoder = module.decoder
+        base = decoder.logits(z_star.unsqueeze(0), None).double()
+        post = decoder.logits(res.z, None).double()
+        if module.gene_likelihood == "normal":
+            eff = post - base
+        else:
+            eff = torch.log1p(TARGET_SUM * torch.softmax(post, -1)) - torch.log1p(TARGET_SUM * torch.softmax(base, -1))
+        return eff.T.cpu().numpy(), targets
+
     def get_regulatory_network(
         self,
         *,
-        kind: Literal["jacobian", "response"] = "jacobian",
+        kind: Literal["jacobian", "response", "intervention"] = "jacobian",
         media: str | None = None,
         genes: Sequence[str] | None = None,
         top_k: int | None = None,
         include_self: bool = False,
+        relaxation: bool = True,
     ) -> pd.DataFrame:
         r"""Signed gene-gene influence of the learned dynamics, linearised at the control steady state.
 
         See :mod:`scmech.model._network` for the maths: ``kind="jacobian"`` gives :math:`A = DJD^{+}` (direct
         influence on the rate of change), ``kind="response"`` gives :math:`R = -DJ^{-1}D^{+}` (steady-state
         response to a sustained push; for a knock-down of gene :math:`j` the predicted change of every gene is
-        approximately column :math:`j` times the change of :math:`j`'s production). Valid near the control
-        steady state only.
+        approximately column :math:`j` times the change of :math:`j`'s production). ``kind="intervention"``
+        gives, for each registered target, the change of log-normalised expression of every gene between the
+        post-intervention fixed point (full knock-down through the learned operator) and the control fixed
+        point: the total effect of the intervention, the only columns the data identify. The first two are valid
+        near the control steady state only; on the simulator the intervention columns recover the true
+        downstream genes far better than the Jacobian (``benchmarks/results/network.md``).
 
         Parameters
         ----------
         kind
-            ``"jacobian"`` or ``"response"``.
+            ``"jacobian"``, ``"response"`` or ``"intervention"``.
         media
             Medium whose control steady state to linearise at; the baseline medium when ``None``.
         genes
@@ -84,10 +131,15 @@ class NetworkMixin:
             ``source``, ``target``, ``weight`` instead of the matrix.
         include_self
             Keep the diagonal (self-regulation, dominated by relaxation) among the ranked edges.
+        relaxation
+            Keep the latent relaxation :math:`-\Gamma` in :math:`J` (``kind`` ``"jacobian"`` only). ``False``
+            drops it: its gene-space image :math:`-D\Gamma D^{+}` couples all co-loaded genes and is not
+            regulation.
 
         Returns
         -------
-        A genes x genes DataFrame (``df.loc[target, source]``) or, with ``top_k``, the top edges.
+        A genes x genes DataFrame (``df.loc[target, source]``; genes x registered targets for
+        ``kind="intervention"``) or, with ``top_k``, the top edges.
 
         Examples
         --------
@@ -95,8 +147,11 @@ class NetworkMixin:
         >>> net.head()
         """
         self._check_if_trained(warn=False)
-        if kind not in ("jacobian", "response"):
-            msg = f"kind={kind!r} is not 'jacobian' or 'response'."
+        if kind not in ("jacobian", "response", "intervention"):
+            msg = f"kind={kind!r} is not 'jacobian', 'response' or 'intervention'."
+            raise ValueError(msg)
+        if not relaxation and kind != "jacobian":
+            msg = f"relaxation=False applies to kind='jacobian' only, not kind={kind!r}; drop relaxation=False."
             raise ValueError(msg)
         cats = self._media_categories()
         m = 0
@@ -107,26 +162,35 @@ class NetworkMixin:
             m = cats.index(str(media))
         z_star, residual = self._control_steady_state(m)
         module = self.module
-        with torch.no_grad():
-            jac = module.field.jacobian(
-                z_star.unsqueeze(0), torch.full((1,), m, dtype=torch.long, device=z_star.device)
-            )
-            jac = jac[0].double().cpu().numpy()
-        dec = self._decoder_jacobian(z_star).double().cpu().numpy()  # genes x latent
-        dec_pinv = np.linalg.pinv(dec)
-        mat = dec @ jac @ dec_pinv if kind == "jacobian" else -dec @ np.linalg.solve(jac, dec_pinv)
         _, var_names = self._expression_matrix(self.adata)
         names = pd.Index(np.asarray(var_names).astype(str))
-        df = pd.DataFrame(mat, index=names.copy(), columns=names.copy())
+        if kind == "intervention":
+            mat, targets = self._intervention_effects(z_star, m)
+            columns = pd.Index(targets)
+        else:
+            with torch.no_grad():
+                jac = module.field.jacobian(
+                    z_star.unsqueeze(0), torch.full((1,), m, dtype=torch.long, device=z_star.device)
+                )
+                if not relaxation:
+                    jac = jac + torch.diag_embed(module.field.gamma.detach()).unsqueeze(0)
+                jac = jac[0].double().cpu().numpy()
+            dec = self._decoder_jacobian(z_star).double().cpu().numpy()  # genes x latent
+            dec_pinv = np.linalg.pinv(dec)
+            mat = dec @ jac @ dec_pinv if kind == "jacobian" else -dec @ np.linalg.solve(jac, dec_pinv)
+            columns = names.copy()
+        df = pd.DataFrame(mat, index=names.copy(), columns=columns)
         df.index.name, df.columns.name = "target", "source"
         df.attrs["steady_state_residual"] = residual
         df.attrs["kind"] = kind
+        df.attrs["relaxation"] = relaxation
         if genes is not None:
             missing = [g for g in genes if g not in names]
             if missing:
                 msg = f"Genes {missing[:5]} are not in the model's genes."
                 raise KeyError(msg)
-            df = df.loc[list(genes), list(genes)]
+            cols = [g for g in genes if g in df.columns] if kind == "intervention" else list(genes)
+            df = df.loc[list(genes), cols]
         if top_k is None:
             return df
         long = df.stack().rename("weight").reset_index()

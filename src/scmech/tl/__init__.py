@@ -10,6 +10,7 @@ from ._design import BatchDesign, minimal_detectable_effect, power, recommend_ba
 from ._errors import COMPONENTS, error_decomposition, estimate_variance
 from ._metrics import METRIC_DIRECTIONS, energy_distance, evaluate, leaderboard, leaderboard_table, noise_ceiling
 from ._pertpy import combine_prediction, efficacy_from_mixscape, perturbation_space, prediction_distance
+from ._selection import selection
 from ._split import Split, leave_one_out, split
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "prediction_distance",
     "recommend_batches",
     "report_assumptions",
+    "selection",
     "split",
 ]
 

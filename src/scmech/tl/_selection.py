@@ -1,0 +1,299 @@
+r"""Selection (fitness): cell abundance per perturbation relative to the controls.
+
+In vivo, and in any screen read out days after transduction, perturbations that slow growth or kill cells
+are depleted and those that speed growth are enriched. Depletion changes how many cells a perturbation has,
+not their expression: a model of expression should not be blamed for a missing population, and a depleted
+perturbation's few survivors (escapers, cells with weak knock-down) can make its expression effect look
+smaller than it is. This module reports abundance as its own observable (FRAMEWORK.md §7).
+
+For a perturbation :math:`p` with :math:`n_p` cells, :math:`n_\varnothing` control cells, and expected
+frequencies :math:`\pi_p, \pi_\varnothing` (guide library, plasmid counts, or the same conditions at a
+reference time point),
+
+.. math::
+
+    \hat s_p = \log_2\frac{n_p + \tfrac12}{n_\varnothing + \tfrac12} - \log_2\frac{\pi_p}{\pi_\varnothing},
+    \qquad
+    \mathrm{se}^2 = \frac{1}{\ln^2 2}\Big(\frac{1}{n_p + \tfrac12} + \frac{1}{n_\varnothing + \tfrac12}
+    \;\big[+ \frac{1}{m_p + \tfrac12} + \frac{1}{m_\varnothing + \tfrac12}\big]\Big),
+
+the Poisson (Wald) variance of a log ratio of counts, with the bracket when the reference is itself counted
+(:math:`m`: reference counts). :math:`\hat s_p` estimates the fitness relative to the controls in
+:math:`\log_2` units (e.g. -1: half as many cells as expected). Batches are analysed separately and pooled
+by inverse-variance weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from anndata import AnnData
+
+__all__ = ["selection"]
+
+_POOLED = "all"
+_COLUMNS = [
+    "condition",
+    "batch",
+    "time",
+    "n_cells",
+    "n_control",
+    "expected_ratio",
+    "log2_ratio",
+    "se",
+    "ci_low",
+    "ci_high",
+    "pvalue",
+    "qvalue",
+    "call",
+]
+
+
+def _bh(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
+    q = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return q
+    order = ok[np.argsort(p[ok])]
+    ranked = p[order] * ok.size / np.arange(1, ok.size + 1)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    return q
+
+
+def _reference_table(
+    reference: Mapping[str, float] | pd.Series, conditions: list[str], control_label: str
+) -> tuple[pd.Series, bool]:
+    ref = pd.Series(reference, dtype=float)
+    ref.index = ref.index.astype(str)
+    missing = [c for c in [control_label, *conditions] if c not in ref.index]
+    if missing:
+        msg = (
+            f"reference lacks the conditions {missing[:5]}; give an expected frequency or count for every "
+            f"perturbation and for the control {control_label!r}."
+        )
+        raise KeyError(msg)
+    bad = ref[[control_label, *conditions]]
+    if not np.all(np.isfinite(bad.to_numpy())) or (bad <= 0).any():
+        msg = f"reference must be finite and positive for every condition, got {bad[~(bad > 0)].to_dict()}."
+        raise ValueError(msg)
+    is_counts = bool(np.all(np.isclose(ref, np.round(ref))) and ref.sum() > 1)
+    return ref, is_counts
+
+
+def selection(
+    adata: AnnData,
+    *,
+    perturbation_key: str = "perturbation",
+    control_label: str = "NT",
+    batch_key: str | None = None,
+    reference: Mapping[str, float] | pd.Series | None = None,
+    time_key: str | None = None,
+    reference_time: float | str | None = None,
+    confidence: float = 0.95,
+    min_cells: int = 0,
+    key_added: str = "selection",
+) -> pd.DataFrame:
+    r"""Estimate selection (fitness) per perturbation: cell abundance relative to the controls and the design.
+
+    Counts the cells of every perturbation and of the controls (per batch when ``batch_key`` is given, and
+    pooled) and compares their ratio with the expected one (module docstring for the estimator and its
+    interval). The expectation comes from, in order:
+
+    - ``time_key`` and ``reference_time``: the counts of the same conditions (and batch) at the reference time
+      point; every other time point is compared with it (growth or depletion since then);
+    - ``reference``: expected frequencies or counts per condition, e.g. the guide library's design or
+      plasmid/library read counts; integer values summing to more than 1 are treated as counts (their
+      sampling noise widens the interval), anything else as exact frequencies;
+    - neither: every perturbation equally frequent, with the control-to-perturbation ratio set so that the
+      median perturbation is neutral (assumes most perturbations do not change fitness; give ``reference``
+      when the design is known).
+
+    The result is about abundance only: a depleted perturbation is not an expression effect, and its
+    surviving cells may be a biased sample (escapers), so read its expression effect with its ``n_cells``.
+
+    Parameters
+    ----------
+    adata
+        Annotated data; only ``obs`` is used.
+    perturbation_key
+        ``obs`` column with the perturbation label of each cell.
+    control_label
+        Label of the control cells.
+    batch_key
+        ``obs`` column of wet-lab batches (lanes, replicates, animals); each batch is compared with its own
+        controls and the batches are pooled by inverse-variance weights.
+    reference
+        Expected frequencies or counts per condition (index: labels, including ``control_label``).
+    time_key
+        ``obs`` column of read-out times (or time-point labels).
+    reference_time
+        The time point whose counts serve as the reference (needs ``time_key``).
+    confidence
+        Level of the intervals.
+    min_cells
+        Conditions with fewer cells in a batch (and time) are reported with NaN estimates there.
+    key_added
+        Key in ``adata.uns["scmech"]``.
+
+    Returns
+    -------
+    One row per condition, batch (``"all"`` for the pooled estimate) and time point, with ``n_cells``,
+    ``n_control``, ``expected_ratio`` (:math:`\pi_p/\pi_\varnothing`), ``log2_ratio`` (the selection
+    estimate :math:`\hat s_p`), ``se``, ``ci_low``, ``ci_high``, ``pvalue`` (two-sided Wald test of no
+    selection), ``qvalue`` (Benjamini-Hochberg over the pooled rows) and ``call`` (``"depleted"``,
+    ``"enriched"`` or ``"neutral"``: whether the interval excludes 0). Also written to
+    ``adata.uns["scmech"][key_added]`` as ``{"table": ..., "params": ...}``.
+
+    Examples
+    --------
+    >>> adata = scmech.data.simulate_perturbseq(20000, 100, n_perturbations=10, fitness_sd=1.0)
+    >>> design = adata.uns["truth"]["fitness"]["design_frequency"]
+    >>> design["NT"] = adata.uns["simulation"]["control_fraction"]
+    >>> table = scmech.tl.selection(adata, batch_key="batch", reference=design)
+    >>> table.query("batch == 'all' and call == 'depleted'")
+    """
+    obs = adata.obs
+    for name, key in (("perturbation_key", perturbation_key), ("batch_key", batch_key), ("time_key", time_key)):
+        if key is not None and key not in obs.columns:
+            msg = f"{name}={key!r} is not a column of adata.obs (columns: {list(obs.columns)[:10]})."
+            raise KeyError(msg)
+    if not 0 < confidence < 1:
+        msg = f"confidence={confidence!r} is out of range; expected a value in (0, 1)."
+        raise ValueError(msg)
+    if (reference_time is None) != (time_key is None):
+        msg = (
+            f"time_key={time_key!r} and reference_time={reference_time!r} go together: give both to compare "
+            "time points with a reference time point, or neither."
+        )
+        raise ValueError(msg)
+    if reference is not None and reference_time is not None:
+        msg = "Give either reference= (expected frequencies) or time_key=/reference_time= (a reference time), not both."
+        raise ValueError(msg)
+    labels = obs[perturbation_key].astype(str).to_numpy()
+    if control_label not in set(labels):
+        msg = (
+            f"control_label={control_label!r} is not a value of adata.obs[{perturbation_key!r}]; pass the label of "
+            "the non-targeting controls."
+        )
+        raise ValueError(msg)
+    batches = obs[batch_key].astype(str).to_numpy() if batch_key is not None else np.full(len(obs), _POOLED)
+    times = obs[time_key].astype(str).to_numpy() if time_key is not None else np.full(len(obs), "")
+    if reference_time is not None:
+        ref_t = str(reference_time)
+        if ref_t not in set(times):
+            # numeric time columns are matched by value
+            num = pd.to_numeric(obs[time_key], errors="coerce").to_numpy()
+            hit = np.isclose(num, float(reference_time)) if isinstance(reference_time, int | float) else None
+            if hit is None or not hit.any():
+                msg = f"reference_time={reference_time!r} is not a value of adata.obs[{time_key!r}]."
+                raise ValueError(msg)
+            ref_t = str(times[np.flatnonzero(hit)[0]])
+    conditions = sorted(set(labels) - {control_label})
+    counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
+    counts.index = counts.index.set_names(["batch", "time"])
+
+    z = norm.ppf(0.5 + confidence / 2)
+    rows = []
+    ref_counts: pd.DataFrame | None = None
+    expected: dict[str, float] | None = None
+    ref_var: dict[str, float] | None = None
+    if reference is not None:
+        ref, is_counts = _reference_table(reference, conditions, control_label)
+        expected = {c: float(ref[c] / ref[control_label]) for c in conditions}
+        ref_var = (
+            {c: 1.0 / (ref[c] + 0.5) + 1.0 / (ref[control_label] + 0.5) for c in conditions} if is_counts else None
+        )
+    elif reference_time is not None:
+        ref_counts = counts.xs(ref_t, level="time")
+    for (b, t), row in counts.iterrows():
+        if reference_time is not None and t == ref_t:
+            continue
+        n_c = float(row[control_label])
+        for c in conditions:
+            n_p = float(row[c])
+            var = 1.0 / (n_p + 0.5) + 1.0 / (n_c + 0.5)
+            if ref_counts is not None:
+                m_p, m_c = float(ref_counts.loc[b, c]), float(ref_counts.loc[b, control_label])
+                exp_ratio = (m_p + 0.5) / (m_c + 0.5)
+                var += 1.0 / (m_p + 0.5) + 1.0 / (m_c + 0.5)
+                enough = min(n_p, n_c, m_p, m_c) >= min_cells
+            else:
+                exp_ratio = expected[c] if expected is not None else 1.0
+                var += ref_var[c] if ref_var is not None else 0.0
+                enough = min(n_p, n_c) >= min_cells
+            est = np.log2((n_p + 0.5) / (n_c + 0.5)) - np.log2(exp_ratio) if enough else np.nan
+            rows.append(
+                {
+                    "condition": c,
+                    "batch": b,
+                    "time": t,
+                    "n_cells": int(n_p),
+                    "n_control": int(n_c),
+                    "expected_ratio": exp_ratio,
+                    "log2_ratio": est,
+                    "se": np.sqrt(var) / np.log(2) if enough else np.nan,
+                }
+            )
+    table = pd.DataFrame(rows)
+    if reference is None and reference_time is None:
+        # equal design frequencies; the control-to-perturbation ratio makes the median perturbation neutral
+        shift = table.groupby(["batch", "time"])["log2_ratio"].transform("median")
+        table["log2_ratio"] -= shift
+        table["expected_ratio"] *= np.exp2(shift)
+    if batch_key is not None:
+        pooled = []
+        for (c, t), grp in table.groupby(["condition", "time"], sort=False):
+            g = grp[np.isfinite(grp["log2_ratio"])]
+            w = 1.0 / g["se"].to_numpy() ** 2
+            est = float(np.sum(w * g["log2_ratio"]) / w.sum()) if len(g) else np.nan
+            pooled.append(
+                {
+                    "condition": c,
+                    "batch": _POOLED,
+                    "time": t,
+                    "n_cells": int(grp["n_cells"].sum()),
+                    "n_control": int(grp["n_control"].sum()),
+                    "expected_ratio": float(np.exp2(np.sum(w * np.log2(g["expected_ratio"])) / w.sum()))
+                    if len(g)
+                    else np.nan,
+                    "log2_ratio": est,
+                    "se": float(1.0 / np.sqrt(w.sum())) if len(g) else np.nan,
+                }
+            )
+        table = pd.concat([table, pd.DataFrame(pooled)], ignore_index=True)
+    table["ci_low"] = table["log2_ratio"] - z * table["se"]
+    table["ci_high"] = table["log2_ratio"] + z * table["se"]
+    table["pvalue"] = 2 * norm.sf(np.abs(table["log2_ratio"] / table["se"]))
+    is_pooled = (table["batch"] == _POOLED).to_numpy()
+    table["qvalue"] = np.nan
+    table.loc[is_pooled, "qvalue"] = _bh(table.loc[is_pooled, "pvalue"].to_numpy())
+    table["call"] = np.select(
+        [table["ci_high"] < 0, table["ci_low"] > 0], ["depleted", "enriched"], default="neutral"
+    ).astype(object)
+    table.loc[~np.isfinite(table["log2_ratio"]), "call"] = "too few cells"
+    if time_key is None:
+        table = table.drop(columns="time")
+    table = table[[c for c in _COLUMNS if c in table.columns]]
+    # pooled rows first, then per batch
+    order = np.lexsort((table["condition"].to_numpy(), table["batch"].to_numpy(), table["batch"].to_numpy() != _POOLED))
+    table = table.iloc[order].reset_index(drop=True)
+    params = {
+        "perturbation_key": perturbation_key,
+        "control_label": control_label,
+        "batch_key": batch_key,
+        "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
+        "time_key": time_key,
+        "reference_time": None if reference_time is None else str(reference_time),
+        "confidence": confidence,
+        "min_cells": min_cells,
+    }
+    adata.uns.setdefault("scmech", {})[key_added] = {"table": table, "params": params}
+    return table

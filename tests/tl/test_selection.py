@@ -1,0 +1,133 @@
+"""Selection (fitness) per perturbation: abundance relative to the controls and the design."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from scmech.data import simulate_perturbseq
+from scmech.tl import selection
+
+LN2 = np.log(2.0)
+
+
+def _design(adata) -> pd.Series:
+    design = adata.uns["truth"]["fitness"]["design_frequency"].copy()
+    design["NT"] = adata.uns["simulation"]["control_fraction"]
+    return design
+
+
+@pytest.fixture(scope="module")
+def selected():
+    return simulate_perturbseq(
+        12000, 30, n_perturbations=10, n_combinations=0, fitness_sd=1.0, control_fraction=0.2, seed=3
+    )
+
+
+def test_recovers_simulated_fitness(selected):
+    adata = selected.copy()
+    table = selection(adata, batch_key="batch", reference=_design(adata))
+    pooled = table[table["batch"] == "all"].set_index("condition")
+    truth = adata.uns["truth"]["fitness"]["fitness"] / LN2  # natural log -> log2
+    est = pooled.loc[truth.index, "log2_ratio"]
+    # the estimate is the true fitness up to counting noise: within a few standard errors, intervals cover it
+    assert ((est - truth).abs() <= 3.5 * pooled.loc[truth.index, "se"]).all()
+    assert np.corrcoef(est, truth)[0, 1] > 0.95
+    covered = (pooled.loc[truth.index, "ci_low"] <= truth) & (truth <= pooled.loc[truth.index, "ci_high"])
+    assert covered.mean() >= 0.8
+    # strongly selected perturbations are called in the right direction
+    strong = truth.abs() > 1.0
+    assert strong.any()
+    expected_call = np.where(truth[strong] < 0, "depleted", "enriched")
+    assert (pooled.loc[truth.index[strong], "call"].to_numpy() == expected_call).all()
+    # per batch rows, three batches, each with its own controls
+    per_batch = table[table["batch"] != "all"]
+    assert set(per_batch["batch"]) == {"b0", "b1", "b2"}
+    assert (per_batch.groupby("condition")["n_cells"].sum() == pooled["n_cells"]).all()
+    # pooled intervals are narrower than per-batch ones
+    assert (pooled["se"].mean()) < per_batch["se"].mean()
+    stored = adata.uns["scmech"]["selection"]
+    pd.testing.assert_frame_equal(stored["table"], table)
+    assert stored["params"]["reference"] == "given"
+
+
+def test_no_selection_is_neutral():
+    adata = simulate_perturbseq(6000, 30, n_perturbations=10, n_combinations=0, seed=3)
+    table = selection(adata, batch_key="batch", reference=_design(adata))
+    pooled = table[table["batch"] == "all"]
+    assert (adata.uns["truth"]["fitness"]["fitness"] == 0).all()
+    assert (pooled["log2_ratio"].abs() <= 3.5 * pooled["se"]).all()
+    assert (pooled["call"] == "neutral").mean() >= 0.8
+
+
+def test_median_reference_ranks_fitness(selected):
+    table = selection(selected.copy())
+    assert set(table["batch"]) == {"all"}
+    est = table.set_index("condition")["log2_ratio"]
+    truth = selected.uns["truth"]["fitness"]["fitness"].loc[est.index] / LN2
+    # without the design only differences between perturbations are identified: the median one is neutral
+    assert abs(est.median()) < 1e-9
+    assert np.corrcoef(est, truth)[0, 1] > 0.95
+
+
+def _time_course(growth: dict[str, float], n0: int = 2000, seed: int = 0) -> ad.AnnData:
+    """Cells at day 0 (equal numbers) and day 7 (numbers scaled by exp(growth * 7))."""
+    rng = np.random.default_rng(seed)
+    labels, times = [], []
+    for lab, g in growth.items():
+        for t in (0.0, 7.0):
+            n = rng.poisson(n0 * np.exp(g * t))
+            labels += [lab] * n
+            times += [t] * n
+    obs = pd.DataFrame({"perturbation": labels, "time": times})
+    obs.index = obs.index.astype(str)
+    return ad.AnnData(obs=obs)
+
+
+def test_reference_time_point():
+    growth = {"NT": 0.0, "A": -0.1, "B": 0.05, "C": 0.0}
+    adata = _time_course(growth)
+    table = selection(adata, time_key="time", reference_time=0.0)
+    assert set(table["time"]) == {"7.0"}
+    table = table.set_index("condition")
+    for lab in ("A", "B", "C"):
+        assert abs(table.loc[lab, "log2_ratio"] - growth[lab] * 7 / LN2) <= 3.5 * table.loc[lab, "se"]
+    calls = table["call"]
+    assert calls["A"] == "depleted"
+    assert calls["B"] == "enriched"
+    assert calls["C"] == "neutral"
+
+
+def test_reference_counts_widen_intervals(selected):
+    design = _design(selected)
+    exact = selection(selected.copy(), reference=design)
+    counted = selection(selected.copy(), reference=(design * 2000).round())
+    np.testing.assert_allclose(exact["log2_ratio"], counted["log2_ratio"], atol=0.01)
+    assert (counted["se"] > exact["se"]).all()
+
+
+def test_min_cells_and_rare_conditions():
+    obs = pd.DataFrame({"perturbation": ["NT"] * 50 + ["A"] * 30 + ["B"] * 2})
+    obs.index = obs.index.astype(str)
+    table = selection(ad.AnnData(obs=obs), reference={"NT": 1, "A": 1, "B": 1}, min_cells=5).set_index("condition")
+    assert table.loc["B", "call"] == "too few cells"
+    assert np.isnan(table.loc["B", "log2_ratio"])
+    np.testing.assert_allclose(table.loc["A", "log2_ratio"], np.log2(30.5 / 50.5))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"perturbation_key": "guide_call"}, KeyError, "perturbation_key='guide_call' is not a column"),
+        ({"batch_key": "lane"}, KeyError, "batch_key='lane' is not a column"),
+        ({"control_label": "ctrl"}, ValueError, "control_label='ctrl' is not a value"),
+        ({"reference": {"NT": 1.0}}, KeyError, "reference lacks the conditions"),
+        ({"reference_time": 0.0}, ValueError, "go together"),
+        ({"confidence": 1.5}, ValueError, "confidence=1.5 is out of range"),
+    ],
+)
+def test_bad_arguments(selected, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        selection(selected, **kwargs)
