@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,17 @@ def _kind(verdict: str) -> str:
     return CANNOT
 
 
+def _row_note(assumption: str, row: pd.Series) -> str:
+    """Text at the right of a tested row: the mixture's ΔBIC (unique attractor) or the p-value."""
+    if assumption == "unique_attractor":
+        found = re.search(r"ΔBIC = (-?[\d.]+|nan)", str(row.get("detail", "")))
+        return f"ΔBIC {found.group(1)}" if found else ""
+    p = float(row.get("p_value", np.nan))
+    if not np.isfinite(p):
+        return ""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def _panel_rows(sub: pd.DataFrame) -> pd.DataFrame:
     """Order the rows of one panel: one summary row for the untested subjects, then the tested ones by effect."""
     kind = sub["verdict"].astype(str).map(_kind)
@@ -93,14 +105,17 @@ def assumptions(
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | bool | None = None,
-) -> Figure | None:
-    """Summary of :func:`scmech.tl.check_assumptions`: one panel per assumption, one row per subject.
+    return_fig: bool = False,
+) -> list[Axes] | Figure | None:
+    r"""Summary of :func:`scmech.tl.check_assumptions`: one panel per assumption, one row per subject.
 
     Each tested subject (controls, a medium, a perturbation, a combination) is a point at its effect size with
     its interval, coloured by verdict (red: violated, blue: holds); a dashed line marks the value expected when
     the assumption holds (F = 1 for noise only, the tolerance of the unperturbed fraction or of the late
-    growth, interaction = noise). Subjects that cannot be tested are collapsed into one grey row per panel
-    with the most common reason.
+    growth, interaction = noise). The p-value is written at the right of each row; the unique-attractor panel
+    shows the mixture's :math:`\Delta\mathrm{BIC}` instead, since a fraction above the tolerance counts as a
+    violation only when the mixture also wins by :math:`\Delta\mathrm{BIC} > 10`. Subjects that cannot be
+    tested are collapsed into one grey row per panel with the most common reason.
 
     Parameters
     ----------
@@ -109,15 +124,20 @@ def assumptions(
     key
         ``uns["scmech"]`` key (AnnData input).
     ax
-        Axes whose area the panels fill (it is replaced by them); a new figure when ``None``.
+        Axes whose area the panels fill (it is removed and replaced by one axes per panel); a new figure when
+        ``None``.
     show
         Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        Path to save the figure to (the suffix sets the format), or ``True`` for
+        ``scanpy.settings.figdir / "scmech_assumptions.png"``.
+    return_fig
+        Return the figure instead of the axes.
 
     Returns
     -------
-    The figure (its axes are ``fig.axes``), unless ``show=True``.
+    One axes per panel (in the order of :data:`scmech.tl.ASSUMPTIONS`), or the figure with ``return_fig=True``;
+    ``None`` when ``show=True``.
 
     Examples
     --------
@@ -170,6 +190,12 @@ def assumptions(
             if np.isfinite(lo[j]) and np.isfinite(hi[j]):
                 err = [[max(eff[j] - lo[j], 0.0)], [max(hi[j] - eff[j], 0.0)]]
             pax.errorbar(eff[j], y[j], xerr=err, fmt="o", color=colour, ms=5, lw=1.4, capsize=2.5, zorder=3)
+            note = _row_note(a, rows.iloc[j])
+            if note:
+                pax.text(
+                    1.01, y[j], note, transform=pax.get_yaxis_transform(), va="center", ha="left", fontsize=7,
+                    color="0.3",
+                )  # fmt: skip
         for j in np.flatnonzero(~finite):
             why = textwrap.shorten(f"cannot be tested: {rows['why'].iloc[j]}", width=110, placeholder=" ...")
             pax.text(x0, y[j], "  " + why, va="center", ha="left", fontsize=7.5, color="0.4", style="italic")
@@ -206,4 +232,6 @@ def assumptions(
             handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.02), ncol=3, fontsize=7.5, frameon=False
         )
     out = finish(axes[0], name="assumptions", show=show, save=save)
-    return None if out is None else fig
+    if out is None:
+        return None
+    return fig if return_fig else axes

@@ -210,7 +210,17 @@ def _prepare(
     )
     x = _get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_expression(x, where, counts=counts)
+    try:
+        check_expression(x, where, counts=counts)
+    except ValueError as e:
+        if not counts or "NaN" in str(e):
+            raise
+        what = str(e).split(" Register")[0].strip()
+        msg = (
+            f"{what} The checks need raw counts (they normalise them): pass the layer that holds them "
+            "(layer='counts'), or counts=False for log-normalised values."
+        )
+        raise ValueError(msg) from e
     x = sp.csr_matrix(x, dtype=np.float64)
     fit = design.perturbation.fit_mask
     if counts:
@@ -402,7 +412,10 @@ def _check_baseline(
     if data.time is None and data.batch is None:
         why = "no time_key or batch_key: controls were read out once, so a drift cannot be seen"
         return [_row(a, "controls", verdict=_cannot(why), n_cells=int(ctrl.sum()))]
-    by_time = data.time is not None
+    by_time = data.time is not None and len(np.unique(data.time[ctrl])) > 1
+    if not by_time and data.batch is None:
+        why = f"controls at only one time point of obs[{keys['time']!r}] and no batch_key"
+        return [_row(a, "controls", verdict=_cannot(why), n_cells=int(ctrl.sum()))]
     media_groups = [("controls", np.ones_like(ctrl))]
     if data.media is not None:
         media_groups = [(f"controls in {m}", data.media == m) for m in pd.unique(data.media[ctrl])]
@@ -617,6 +630,8 @@ def _mixture_checks(data: _Data, rng: np.random.Generator, n_resamples: int, alp
     a = "unique_attractor"
     pert = data.design.perturbation
     out: list[_MixtureResult] = []
+    # separate streams: the cross-fitting splits (and so the posteriors) do not depend on n_resamples
+    rng, rng_boot = rng.spawn(2)
     for context, cmask in _contexts(data):
         ctrl_cells = np.flatnonzero(pert.is_control & cmask)
         conds = sorted(set(pert.labels[cmask & pert.fit_mask & ~pert.is_control].tolist()))
@@ -667,7 +682,7 @@ def _mixture_checks(data: _Data, rng: np.random.Generator, n_resamples: int, alp
             step = max(1, _CHUNK_VALUES // len(z))
             for b0 in range(0, n_resamples, step):
                 b1 = min(n_resamples, b0 + step)
-                zb = z[rng.integers(0, len(z), (b1 - b0, len(z)))]
+                zb = z[rng_boot.integers(0, len(z), (b1 - b0, len(z)))]
                 ones = np.ones(b1 - b0)
                 boot[b0:b1] = _em(zb, ones * max(pi, 0.02), ones * mu, ones * sd, n_iter=100)[0]
             lo, hi = _recentred_interval(pi, boot, alpha)
@@ -904,9 +919,6 @@ def _check_model(
     adata: AnnData, data: _Data, model: Any, rng: np.random.Generator, n_resamples: int, alpha: float
 ) -> list[dict[str, Any]]:
     a = "model_steady_state"
-    if not hasattr(model, "get_steady_state_residual"):
-        msg = f"`model` must be a trained scmech.model.SemiMechVI, got {type(model).__name__}."
-        raise TypeError(msg)
     res = np.asarray(model.get_steady_state_residual(adata), dtype=np.float64)
     pert = data.design.perturbation
     if res.shape != (pert.n_cells,):
@@ -949,11 +961,33 @@ def _check_model(
 
 # ---------------------------------------------------------------------------------------------------- public
 def _validate_common(n_bootstrap: int, alpha: float) -> None:
-    if int(n_bootstrap) < 1 or int(n_bootstrap) != n_bootstrap:
-        msg = f"n_bootstrap={n_bootstrap!r} must be a positive integer."
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
+        msg = f"n_bootstrap={n_bootstrap!r} must be a positive integer, e.g. n_bootstrap=200."
         raise ValueError(msg)
-    if not 0.0 < float(alpha) < 1.0:
-        msg = f"alpha={alpha!r} must be in (0, 1)."
+    if isinstance(alpha, bool) or not isinstance(alpha, float | int | np.floating) or not 0.0 < float(alpha) < 1.0:
+        msg = f"alpha={alpha!r} must be a number in (0, 1), e.g. alpha=0.05."
+        raise ValueError(msg)
+    need = int(np.ceil(1.0 / float(alpha) - 1.0 - 1e-9))
+    if n_bootstrap < need:
+        msg = (
+            f"n_bootstrap={n_bootstrap} cannot give a p-value below alpha={alpha:g}: the smallest resampling "
+            f"p-value is 1 / (n_bootstrap + 1). Use n_bootstrap >= {need} (200 or more for stable intervals)."
+        )
+        raise ValueError(msg)
+
+
+def _validate_target(adata: AnnData, key_added: str, copy: bool, where: str) -> None:
+    if not isinstance(adata, ad.AnnData):
+        msg = f"adata must be an AnnData, got {type(adata).__name__}."
+        raise TypeError(msg)
+    if not isinstance(key_added, str) or not key_added:
+        msg = f"key_added={key_added!r} must be a non-empty string (the {where} key to write)."
+        raise ValueError(msg)
+    if adata.is_view and not copy:
+        msg = (
+            f"adata is a view ({adata.n_obs} x {adata.n_vars}); writing {where}[{key_added!r}] would silently "
+            "copy it. Pass adata.copy() or copy=True."
+        )
         raise ValueError(msg)
 
 
@@ -1106,9 +1140,13 @@ def check_assumptions(
     >>> print(scmech.tl.report_assumptions(table))
     """
     _validate_common(n_bootstrap, alpha)
-    if not isinstance(key_added, str) or not key_added:
-        msg = f"key_added={key_added!r} must be a non-empty string."
-        raise ValueError(msg)
+    _validate_target(adata, key_added, copy, 'adata.uns["scmech"]')
+    if model is not None and not hasattr(model, "get_steady_state_residual"):
+        msg = (
+            f"model={type(model).__name__} is not a trained scmech.model.SemiMechVI; pass one set up on adata, "
+            "or model=None for the data checks only."
+        )
+        raise TypeError(msg)
     data = _prepare(
         adata,
         perturbation_key=perturbation_key,
@@ -1230,9 +1268,7 @@ def estimate_efficacy(
     >>> scmech.tl.estimate_efficacy(adata, batch_key="bio_rep")
     >>> scmech.model.SemiMechVI.setup_anndata(adata, efficacy_key="scmech_efficacy", ...)
     """
-    if not isinstance(key_added, str) or not key_added:
-        msg = f"key_added={key_added!r} must be a non-empty string."
-        raise ValueError(msg)
+    _validate_target(adata, key_added, copy, "adata.obs")
     data = _prepare(
         adata,
         perturbation_key=perturbation_key,
@@ -1302,7 +1338,8 @@ def report_assumptions(result: pd.DataFrame | AnnData, *, key: str = "assumption
             continue
         counts = {v: int((kind == v).sum()) for v in (VIOLATED, HOLDS, CANNOT)}
         head = f"- {statement}: " + ", ".join(f"{counts[v]} {v}" for v in (VIOLATED, HOLDS, CANNOT) if counts[v])
-        head += f" (of {len(sub)} {_plural(a)})."
+        contexts = sub["subject"].astype(str).str.endswith(")").any() and a != "baseline_steady_state"
+        head += f" (of {len(sub)} {_plural(a)}{' and contexts' if contexts else ''})."
         lines.append(head)
         for v in (VIOLATED, HOLDS):
             part = sub[kind == v].sort_values("effect", ascending=False, key=lambda s: s.abs())
@@ -1318,7 +1355,8 @@ def report_assumptions(result: pd.DataFrame | AnnData, *, key: str = "assumption
         if not cannot.empty:
             reasons = cannot["verdict"].str.replace(f"{CANNOT}: ", "", regex=False)
             reasons = reasons.str.replace(r"[-\d.]+ control SDs", "<1 control SD", regex=True)
-            reasons = reasons.str.replace(r"\(effect norm .*\)", "", regex=True).str.strip()
+            reasons = reasons.str.replace(r"\(effect norm .*\)", "", regex=True)
+            reasons = reasons.str.replace(r"\(z = [-\d.]+ < 3\)", "(z < 3)", regex=True).str.strip()
             top = reasons.value_counts()
             lines.append(f"    {CANNOT}: " + "; ".join(f"{n} x {why}" for why, n in top.head(3).items()))
     return "\n".join(lines)
