@@ -111,7 +111,8 @@ def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path:
     summary = summary.reset_index()
     means = df.groupby("true_tau")["fitted_tau"].mean()
     r = float(np.corrcoef(df["true_tau"], df["fitted_tau"])[0, 1]) if df["true_tau"].nunique() > 1 else float("nan")
-    monotone = bool(np.all(np.diff(means.to_numpy()) > 0))
+    noise = float(df.groupby("true_tau")["fitted_tau"].std().max())
+    monotone = bool(np.all(np.diff(means.to_numpy()) > 2 * noise))
     text = [
         "# Onset delay on the simulator",
         "",
@@ -137,11 +138,20 @@ def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path:
         "- Fitted tau by true tau (mean over seeds): "
         + ", ".join(f"{t:g} -> {v:.2f}" for t, v in means.items())
         + f"; correlation of fitted and true tau over all runs r = {r:.2f}; the mean fitted tau "
-        f"{'increases' if monotone else 'does not increase'} with the true tau.",
-        "- The fitted value is not an unbiased estimate of the delay: it starts at 0.5 days and trades off "
-        "against the learned latent relaxation rates (see `latent_relaxation_time_median`); read it as "
-        "evidence for (or against) a delay and its order of magnitude, and check it against time points that "
-        "resolve the early response.",
+        f"{'increases' if monotone else 'does not increase'} with the true tau (beyond twice its sd over seeds).",
+        "- Same seed, different true tau: the fitted values are "
+        + (
+            "nearly identical"
+            if float(df.groupby("seed")["fitted_tau"].agg(np.ptp).max()) < 0.1 * max(float(means.max()), 1e-9)
+            else "different"
+        )
+        + ", while the simulated response is clearly delayed (`true_half_time`).",
+        "- So `learn_onset=True` does not recover the delay here: the ramp's time constant moves from its start "
+        "(0.5 days) to the same value whatever the truth, while the learned latent relaxation rates (see "
+        "`latent_relaxation_time_median`) absorb the slower response. A ramp followed by a first-order "
+        "relaxation is a sum of two exponentials whose time constants can trade places, so tau is weakly "
+        "identified by a few read-out times; do not read the fitted tau as a measured delay. Controls at "
+        "every time point and early read-outs (before the network relaxes) are what would identify it.",
         "",
     ]
     path.write_text("\n".join(text))
