@@ -549,8 +549,8 @@ def combine_prediction(
     - ``obsm["X_pca"]`` (with ``n_pcs``);
     - ``uns["scmech"]["combine_prediction"]``: ``mean_prediction``, ``n_pcs`` and the PCA ``loadings``.
 
-    Hand it to pertpy, e.g. ``pertpy.tools.Distance("edistance", obsm_key="X_pca").onesided_distances(out,
-    groupby="group", selected_group="observed|NT")``.
+    Hand it to pertpy's ``Distance``, e.g.
+    ``Distance("edistance", obsm_key="X_pca").onesided_distances(out, groupby="group", selected_group="observed|NT")``.
 
     Examples
     --------
