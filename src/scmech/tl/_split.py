@@ -315,6 +315,13 @@ def split(
                 )
                 raise ValueError(msg)
             k = _n_pick(len(cands), test_size, keep_one=len(cands) == len(perts))
+            if k == 0:
+                msg = (
+                    f"obs[{perturbation_key!r}] has a single perturbation ({perts[0]!r}): a perturbation split must "
+                    "keep one in training, so nothing is left to hold out. Split a screen with at least two "
+                    "perturbations, or split by batch, time or medium."
+                )
+                raise ValueError(msg)
             chosen = sorted(rng.choice(cands, size=k, replace=False).tolist())
         if set(chosen) >= set(perts):
             msg = (
