@@ -274,6 +274,11 @@ def test_predict_refuses_data_changed_after_training(rel, model):
             ValueError,
             r"needs wet-lab batches.*batch_key",
         ),
+        (
+            {"max_epochs": 1, "batch_size": 7, "train_size": 1.0},
+            ValueError,
+            r"With 120 training cells and batch_size=7, a minibatch holds a single cell.*batch_size=6",
+        ),
         ({"max_epochs": 1, "train_size": 1.5}, ValueError, r"train_size must be in \(0, 1\], got 1\.5"),
         (
             {"max_epochs": 1, "ckpt_path": "nowhere/last.ckpt"},

@@ -385,6 +385,15 @@ class SemiMechVI(
         if len(external[0]) == 0:
             msg = "No cells to train on: the training indices are empty after removing unassigned cells."
             raise ValueError(msg)
+        n_train = len(external[0])
+        if batching == "random" and (batch_size == 1 or n_train % batch_size == 1):
+            ok = next((b for b in range(max(batch_size - 1, 2), 2 * batch_size + 3) if n_train % b != 1), None)
+            fix = f"Use another batch size, e.g. batch_size={ok}." if ok else "Train on more cells."
+            msg = (
+                f"With {n_train} training cells and batch_size={batch_size}, a minibatch holds a single cell, which "
+                f"the encoder's batch normalisation cannot train on. {fix}"
+            )
+            raise ValueError(msg)
         self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
         with warnings.catch_warnings():
             # the training plan's own (cheaper) batch transfer is intended
