@@ -168,8 +168,10 @@ pd.DataFrame(rows).set_index("time").round(3)
 # Read the table against chance: a sign agreement of 0.5 is what a random difference would get. This is the
 # check to run before trusting a dynamic model's answer to "does the order matter?", together with the plot
 # above (are the predicted changes themselves right?): a short run on a small screen, like this one chosen so
-# that the tutorial runs in minutes, may not have learned them, and then the table and the plot say so. `benchmarks/model_claims.py` scores the same question systematically, on
-# larger simulated screens and held-out time points; scale `n_cells` and `MAX_EPOCHS` up to approach it.
+# that the tutorial runs in minutes, may not have learned them, and then the table and the plot say so.
+# `benchmarks/model_claims.py` scores the same question systematically, on larger simulated screens and
+# held-out time points; scale `n_cells` and `MAX_EPOCHS` up to approach it. At the time of writing the
+# dynamic regime's learned perturbation effects are weak and can have the wrong sign: this check shows it.
 
 # %% [markdown]
 # ## 4. Steady-state residuals
