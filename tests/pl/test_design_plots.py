@@ -47,6 +47,11 @@ def test_error_components(confounded, tmp_path):
     out = error_components(table, conditions=keep, sort=False, ax=ax2)
     assert out is ax2
     assert [t.get_text().rstrip(" *") for t in ax2.get_yticklabels()] == keep
+    # side by side on a shared y axis (the second plot sees the first one's tick labels too)
+    fig, (a1, a2) = plt.subplots(1, 2, sharey=True)
+    error_components(table, conditions=keep, sort=False, ax=a1)
+    error_components(table, conditions=keep, sort=False, ax=a2)
+    assert all(t.get_color() == "#b30000" for t in a2.get_yticklabels() if t.get_text().endswith(" *"))
     with pytest.raises(KeyError, match="'nope'"):
         error_components(confounded, key="nope")
     with pytest.raises(KeyError, match="not in the decomposition"):

@@ -170,9 +170,10 @@ def error_components(
     ax.errorbar(tv, y, xerr=xerr, fmt="|", color="black", markersize=9, capsize=2, lw=0.8, label="total", zorder=4)
     labels = [f"{c} *" if flags.iloc[i] else str(c) for i, c in enumerate(wide.index)]
     ax.set_yticks(y, labels)
-    for tick, flag in zip(ax.get_yticklabels(), flags.to_numpy(), strict=True):
-        if flag:
-            tick.set_color("#b30000")
+    ticks = {t.get_text(): t for t in ax.get_yticklabels()}  # axes with a shared y may list other labels too
+    for lab, flag in zip(labels, flags.to_numpy(), strict=True):
+        if flag and lab in ticks:
+            ticks[lab].set_color("#b30000")
     ax.set_ylim(-0.6, n - 0.4)
     ax.axvline(0, color="0.6", lw=0.8, zorder=0)
     ax.set_xlabel("expected squared error per gene (log1p pseudobulk)")
