@@ -236,7 +236,13 @@ def summarise(df: pd.DataFrame) -> str:
         ]
         n_seeds = sub["seed"].nunique()
         n_cond = sub[sub["model"] == "SemiMechVI"].groupby("seed")["condition"].nunique().mean()
-        lines += [f"### {name}", "", f"{n_seeds} seeds, {n_cond:.0f} held-out conditions per seed.", ""]
+        epochs = ", ".join(str(int(e)) for e in sorted(set(sub["epochs"].dropna()))) if "epochs" in sub else "?"
+        lines += [
+            f"### {name}",
+            "",
+            f"{n_seeds} seeds, {n_cond:.0f} held-out conditions per seed, SemiMechVI trained {epochs} epochs.",
+            "",
+        ]
         lines += [table.to_markdown(), ""]
     return "\n".join(lines)
 
@@ -246,13 +252,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--parts", choices=["all", "sim", "papalexi"], default="all")
     parser.add_argument("--merge", action="store_true")
+    parser.add_argument("--epochs", type=int, default=None, help="SemiMechVI epochs (default 20 sim, 30 Papalexi)")
     args = parser.parse_args()
     _quiet()
     torch.set_num_threads(1)
     suffix = "_quick" if args.quick else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.merge:
-        df = pd.concat([pd.read_csv(RESULTS / f"accuracy_{p}{suffix}.csv") for p in REGIMES], ignore_index=True)
+        parts = []
+        for p in REGIMES:
+            part = pd.read_csv(RESULTS / f"accuracy_{p}{suffix}.csv")
+            if "epochs" not in part:  # files written before the column existed used the defaults
+                part["epochs"] = 4 if args.quick else (30 if p == "papalexi" else 20)
+            parts.append(part)
+        df = pd.concat(parts, ignore_index=True)
     else:
         parts = list(REGIMES) if args.parts == "all" else [args.parts]
         seeds = (0,) if args.quick else (0, 1, 2)
@@ -262,20 +275,25 @@ def main() -> None:
             for name in REGIMES[part]:
                 for seed in seeds:
                     epochs = 4 if args.quick else (30 if part == "papalexi" else 20)
+                    epochs = args.epochs or epochs
                     n_cells = 1500 if args.quick else 3000
                     res = regime(name, seed, epochs, n_cells)
                     res["regime"] = name
+                    res["epochs"] = epochs
                     frames.append(res)
                     print(f"{name} seed {seed} done ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
-            pd.concat([f for f in frames if f["regime"].iloc[0] in REGIMES[part]]).to_csv(
-                RESULTS / f"accuracy_{part}{suffix}.csv", index=False
-            )
+                    # written after every fit, so that an interrupted run keeps what it measured
+                    pd.concat([f for f in frames if f["regime"].iloc[0] in REGIMES[part]]).to_csv(
+                        RESULTS / f"accuracy_{part}{suffix}.csv", index=False
+                    )
         df = pd.concat(frames, ignore_index=True)
         if args.parts != "all":
             print(summarise(df))
             return
     df.to_csv(RESULTS / f"accuracy{suffix}.csv", index=False)
     cmd = "python benchmarks/accuracy.py" + (" --quick" if args.quick else "")
+    if args.epochs:
+        cmd += f" --epochs {args.epochs}"
     text = [
         "# Accuracy: SemiMechVI against the baselines",
         "",
