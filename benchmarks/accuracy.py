@@ -241,7 +241,7 @@ def summarise(df: pd.DataFrame) -> str:
         n_cond = sub[sub["model"] == "SemiMechVI"].groupby("seed")["condition"].nunique().mean()
         epochs = ", ".join(str(int(e)) for e in sorted(set(sub["epochs"].dropna()))) if "epochs" in sub else "?"
         lines += [
-            f"### {name}",
+            f"## {name}",
             "",
             f"{n_seeds} seeds, {n_cond:.0f} held-out conditions per seed, SemiMechVI trained {epochs} epochs.",
             "",
