@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from scvi import REGISTRY_KEYS, settings
 
@@ -125,7 +126,7 @@ class PredictionMixin:
             if len(conds) < 3:
                 self.target_map_ = None
                 return
-            mean = normalized_mean(x[train_indices], labels, conds, counts=setup.get("counts", True))
+            mean = normalized_mean(*_rows(x, train_indices, labels), conds, counts=setup.get("counts", True))
             pb = np.log1p(TARGET_SUM * mean) if setup.get("counts", True) else mean
             embedding = pseudobulk_gene_embedding(pb, n_components=min(n_components, len(conds) - 1))
             source = "training pseudobulk PCA"
@@ -646,7 +647,7 @@ class PredictionMixin:
             return
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mean = normalized_mean(x[idx[keep]], labels[keep], conds, counts=counts)
+        mean = normalized_mean(*_rows(x, idx[keep], labels[keep]), conds, counts=counts)
         pb = np.log1p(TARGET_SUM * mean) if counts else mean
         self.anchor_ = {"conditions": conds, "log1p": pb.astype(np.float32), "control_label": design.control_label}
 
@@ -689,7 +690,7 @@ class PredictionMixin:
         lookup = {repr(c): c for c in ctx}
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mean = normalized_mean(x[keep], codes.astype(str).to_numpy(), groups, counts=counts)
+        mean = normalized_mean(*_rows(x, keep, codes.astype(str).to_numpy()), groups, counts=counts)
         pb = np.log1p(TARGET_SUM * mean) if counts else mean
         return {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
 
@@ -772,3 +773,17 @@ class PredictionMixin:
         design = self._design(self.adata)
         perturbed = design.fit_mask & ~design.is_control
         return eff[perturbed] if perturbed.any() else None
+
+
+def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:
+    """Matrix and per-row labels for :func:`normalized_mean` restricted to ``rows``.
+
+    In-memory matrices are passed whole with an empty label outside ``rows`` (ignored by ``normalized_mean``),
+    so that the selected rows are not copied; backed matrices are selected lazily.
+    """
+    rows = np.asarray(rows)
+    if isinstance(x, np.ndarray) or sp.issparse(x):
+        full = np.full(x.shape[0], "", dtype=object)
+        full[rows] = np.asarray(labels, dtype=object)
+        return x, full
+    return x[rows], labels
