@@ -258,10 +258,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="SemiMechVI epochs (default 20 sim, 30 Papalexi)")
     parser.add_argument("--regimes", nargs="*", default=None, help="run only these regimes of the part(s)")
     parser.add_argument("--append", action="store_true", help="add to the part's existing csv")
+    parser.add_argument("--suffix", default="", help="suffix of the part files (e.g. to run regimes in parallel)")
     args = parser.parse_args()
     _quiet()
     torch.set_num_threads(1)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + args.suffix
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.merge:
         parts = []
