@@ -18,12 +18,13 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scvi.train import SaveCheckpoint
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
+from scmech.data._pseudobulk import normalized_mean
 from scmech.module import SemiMechVAE
 from scmech.train import BATCHING, PerturbationDataSplitter, SemiMechTrainingPlan
 
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
-from ._prediction import PredictionMixin
+from ._prediction import PredictionMixin, _rows
 from ._setup import PerturbationSetupMixin
 
 if TYPE_CHECKING:
@@ -395,6 +396,8 @@ class SemiMechVI(
             )
             raise ValueError(msg)
         self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
+        if not self.is_trained_ and ckpt_path is None:
+            self._init_gene_levels(np.asarray(external[0]))
         with warnings.catch_warnings():
             # the training plan's own (cheaper) batch transfer is intended
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
@@ -409,6 +412,39 @@ class SemiMechVI(
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
         return out
+
+    def _init_gene_levels(self, train_indices: np.ndarray, max_cells: int = 20_000) -> None:
+        """Start the decoder's per-gene intercepts at the training cells' mean log expression.
+
+        The softmax of a decoder initialised at zero gives every gene the same share; a gene holding a large
+        share of the counts then takes thousands of optimiser steps to reach its level, and short runs stay
+        misfit on exactly the genes that dominate the likelihood. The mean is read in row blocks (backed data
+        too) from at most ``max_cells`` training cells drawn with scvi-tools' seed.
+        """
+        idx = np.sort(np.asarray(train_indices, dtype=int))
+        if len(idx) == 0:
+            return
+        if len(idx) > max_cells:
+            idx = np.sort(np.random.default_rng(settings.seed).choice(idx, max_cells, replace=False))
+        x, _ = self._expression_matrix(self.adata)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        size_factor = None
+        if REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry:
+            size_factor = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
+        xs, lab = _rows(x, idx, np.full(len(idx), "fit", dtype=object))
+        if size_factor is not None and xs.shape[0] != x.shape[0]:
+            size_factor = size_factor[idx]
+        mean = normalized_mean(xs, lab, ["fit"], size_factor=size_factor, counts=counts)[0]
+        if counts:
+            mean = np.clip(mean, 0.0, None)
+            floor = max(float(mean[mean > 0].min()) if (mean > 0).any() else 1.0, 1e-12) / 10
+            level = np.log(np.maximum(mean, floor))
+            level -= level.mean()
+        else:
+            level = mean
+        bias = self.module.decoder.loading.bias
+        with torch.no_grad():
+            bias.copy_(torch.as_tensor(level, dtype=bias.dtype, device=bias.device))
 
     def _configure_batching(self, batching: str, datasplitter_kwargs: dict, plan_kwargs: dict) -> None:
         if batching not in BATCHING:

@@ -55,6 +55,8 @@ def _group_mmd(
 ) -> tuple[torch.Tensor, int]:
     """Mean unbiased MMD^2 (sum of RBF kernels) of each group of rows against the reference rows.
 
+    With every row in the reference (``ref_mask`` all true) each group is compared with the pooled rows.
+
     One kernel matrix for the whole minibatch; per-group sums come from one-hot products, so the cost is
     that of a single MMD whatever the number of groups. Groups with fewer than 2 rows are skipped.
     """
@@ -64,8 +66,10 @@ def _group_mmd(
     onehot = torch.nn.functional.one_hot(groups).to(x.dtype)  # n x G
     onehot = onehot[:, onehot.sum(0) > 0]
     ref = ref_mask.to(x.dtype).unsqueeze(1)
-    is_ref_group = (onehot * ref).sum(0) == onehot.sum(0)
-    onehot = onehot[:, ~is_ref_group]
+    if not bool(ref_mask.all()):
+        # groups inside the reference are not compared with it; a pooled reference (every row) keeps them all
+        is_ref_group = (onehot * ref).sum(0) == onehot.sum(0)
+        onehot = onehot[:, ~is_ref_group]
     n_g = onehot.sum(0)
     n_r = ref.sum()
     keep = n_g >= 2
@@ -78,7 +82,8 @@ def _group_mmd(
     s_rr = (ref * (kmat @ ref)).sum()
     sxx = (s_gg - n_bw * n_g) / (n_g * (n_g - 1))
     syy = (s_rr - n_bw * n_r) / (n_r * (n_r - 1))
-    sxy = s_gr / (n_g * n_r)
+    overlap = (onehot * ref).sum(0)  # rows both in the group and the reference: drop their self-pairs
+    sxy = (s_gr - n_bw * overlap) / (n_g * n_r - overlap)
     return (sxx + syy - 2 * sxy).mean(), int(keep.sum())
 
 
@@ -440,7 +445,12 @@ class SemiMechVAE(BaseModuleClass):
         else:
             ctrl_loc = self.control_reference.unsqueeze(0)
             mean_ctrl = ctrl_loc
-        if self.steady_state_on == "cells":
+        if self.regime == "dynamic":
+            # every protocol starts from z_base in the baseline medium: the baseline is a fixed point there
+            ss = self.field(self.z_base.unsqueeze(0), m0, zero_drive).pow(2).sum()
+        elif not bool(baseline_ctrl.any()) and not bool(self.control_reference_set):
+            ss = torch.zeros((), device=z.device)  # no baseline control seen yet
+        elif self.steady_state_on == "cells":
             f_ctrl = self.field(ctrl_loc, m0.expand(len(ctrl_loc)), zero_drive.expand(len(ctrl_loc), -1))
             ss = f_ctrl.pow(2).sum(-1).mean()
         else:
@@ -464,7 +474,10 @@ class SemiMechVAE(BaseModuleClass):
         _, groups = torch.unique(group_key, dim=0, return_inverse=True)
         if mmd_w > 0:
             bw = [0.5 * self.n_latent**0.5, self.n_latent**0.5, 2 * self.n_latent**0.5]
-            mmd, n_groups = _group_mmd(basal, groups, baseline_ctrl, bw)
+            # reference: the baseline controls; a design without them (every cell switched medium or
+            # perturbed) compares each group with the pooled minibatch
+            ref = baseline_ctrl if int(baseline_ctrl.sum()) >= 2 else torch.ones_like(baseline_ctrl)
+            mmd, n_groups = _group_mmd(basal, groups, ref, bw)
             if n_groups:
                 loss = loss + mmd_w * mmd
         with torch.no_grad():
