@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import pytest
 import scvi
 import torch
@@ -11,6 +12,9 @@ import torch
 from scmech.data import simulate_perturbseq
 from scmech.data._pseudobulk import normalized_mean
 from scmech.model import SemiMechVI
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _clean_log_expression(adata) -> pd.DataFrame:

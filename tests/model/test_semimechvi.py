@@ -1021,3 +1021,36 @@ def _check_context_anchoring(model, adata, cells, t, s):
     # a context without training controls is not anchored
     none = model.predict([target], media="m1", time=123.0, media_time=s, random_state=0)
     assert not none.obs["anchored"].any()
+
+
+@pytest.mark.parametrize("variant", ["efficacy", "normal", "dynamic", "mlp_decoder"])
+def test_mean_prediction_is_the_mean_of_counterfactual_cells(variant, make_adata, model_kwargs, train_kwargs):
+    """The condition mean (exact two-product path for linear decoders) equals the mean of the per-cell path."""
+    adata = make_adata("dynamic" if variant == "dynamic" else "steady_state", n_cells=240)
+    setup = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch"}
+    kwargs = dict(model_kwargs)
+    predict = {}
+    if variant == "efficacy":
+        setup["efficacy_key"] = "efficacy"
+    elif variant == "normal":
+        x = _dense(adata)
+        adata.X = np.log1p(1e4 * x / x.sum(1, keepdims=True)).astype(np.float32)
+        setup["counts"] = False
+        kwargs["gene_likelihood"] = "normal"
+    elif variant == "dynamic":
+        setup.update(time_key="time", media_key="media", media_time_key="media_time")
+        predict = {"media": "m1", "time": 2.0}
+    else:
+        kwargs["n_layers_decoder"] = 1
+    SemiMechVI.setup_anndata(adata, **setup)
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, **kwargs)
+    model.train(max_epochs=1, **train_kwargs)
+    conds = ["NT", "G0008", "G0009+G0021"]
+    per_cell = model.predict(conds, n_cells=40, return_mean=False, random_state=2, **predict)
+    mean = model.predict(conds, n_cells=40, random_state=2, anchor="none", **predict)
+    layer = per_cell.X if variant == "normal" else per_cell.layers["expression"]
+    target = mean.X if variant == "normal" else mean.layers["expression"]
+    for k, cond in enumerate(conds):
+        rows = (per_cell.obs["perturbation"] == cond).to_numpy()
+        np.testing.assert_allclose(np.asarray(layer[rows]).mean(0), target[k], rtol=2e-4, atol=1e-5)

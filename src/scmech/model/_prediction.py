@@ -531,7 +531,17 @@ class PredictionMixin:
         n_genes = module.n_input
         chunk = max(1, int(2e7 // max(n0 * n_genes, 1)))
         rows_x, rows_z, obs_rows = [], [], []
-        for lo in range(0, n_prot, chunk):
+        fast = None
+        if return_mean and module.decoder.hidden is None:
+            # linear decoder: logits = A_cell + B_condition, so the mean over cells is exact in two products
+            cell_logits = module.decoder.logits(basal, b_idx, None, cat_covs, cont_covs)
+            cond_logits = mu_rows @ module.decoder.loading.weight.T
+            if off_rows is not None:
+                cond_logits = cond_logits + off_rows
+            fast = _mean_over_cells(cell_logits, cond_logits, cell_level, softmax=module.gene_likelihood != "normal")
+        if fast is not None:
+            rows_x.append(fast.cpu().numpy())
+        for lo in range(0, n_prot if fast is None else 0, chunk):
             ks = slice(lo, min(lo + chunk, n_prot))
             k = ks.stop - ks.start
             z_cf = basal.unsqueeze(0) + mu_rows[ks][:, cell_level]  # k x cells x latent
@@ -773,6 +783,49 @@ class PredictionMixin:
         design = self._design(self.adata)
         perturbed = design.fit_mask & ~design.is_control
         return eff[perturbed] if perturbed.any() else None
+
+
+def _mean_over_cells(
+    cell_logits: torch.Tensor, cond_logits: torch.Tensor, cell_level: torch.Tensor, *, softmax: bool
+) -> torch.Tensor | None:
+    r"""Mean over cells of :math:`\mathrm{softmax}(A_i + B_{k,l(i)})` for every condition :math:`k`, exactly.
+
+    With :math:`E^A_i = e^{A_i - \max A_i}` and :math:`E^B_k = e^{B_k - \max B_k}`, the softmax of cell
+    :math:`i` under condition :math:`k` is :math:`E^A_i \odot E^B_k / (E^A_i \cdot E^B_k)`, so the mean over the
+    cells of efficacy level :math:`l` is :math:`E^B_k \odot \sum_i E^A_i / S_{ik}` with :math:`S = E^B {E^A}^T`:
+    two matrix products instead of a softmax over cells x conditions x genes. Computed in float64; returns
+    ``None`` (use the per-cell path) when a normaliser underflows.
+
+    Parameters
+    ----------
+    cell_logits
+        Logits of the cell-specific part (cells x genes).
+    cond_logits
+        Logits of the condition-specific part (conditions x levels x genes).
+    cell_level
+        Efficacy level of each cell (cells,).
+    softmax
+        ``False`` for an identity link (``gene_likelihood="normal"``): the mean of sums.
+    """
+    n0 = cell_logits.shape[0]
+    a = cell_logits.double()
+    b = cond_logits.double()
+    out = torch.zeros(b.shape[0], b.shape[2], dtype=torch.float64, device=b.device)
+    for lev in range(b.shape[1]):
+        sel = cell_level == lev
+        if not bool(sel.any()):
+            continue
+        a_l, b_l = a[sel], b[:, lev]
+        if not softmax:
+            out += sel.sum() * b_l + a_l.sum(0, keepdim=True)
+            continue
+        ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
+        eb = torch.exp(b_l - b_l.amax(1, keepdim=True))
+        norm = eb @ ea.T  # conditions x cells
+        if bool((norm < 1e-280).any()):
+            return None
+        out += eb * ((1.0 / norm) @ ea)
+    return (out / n0).float()
 
 
 def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:
