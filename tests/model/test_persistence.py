@@ -10,8 +10,10 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import scvi
 import torch
 
+from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._persistence import from_jsonable, to_jsonable
 
@@ -336,3 +338,25 @@ def test_jsonable_round_trip_of_plain_data():
 def test_jsonable_refuses_arbitrary_objects():
     with pytest.raises(TypeError, match="Cannot save an attribute of type date as plain data"):
         to_jsonable({"x": datetime.date(2020, 1, 1)})
+
+
+def test_round_trip_keeps_the_context_anchoring_of_a_dynamic_model(tmp_path):
+    """Per-context control pseudobulks are keyed by (medium, time, switch) tuples: the keys must survive JSON."""
+    adata = simulate_perturbseq(
+        1200, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(-1.0, 1.0), seed=0
+    )
+    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+    assert ("m1", 2.0, 1.0) in model.anchor_context_
+    target = adata.uns["truth"]["targets"][0]
+    kw = {"media": "m1", "time": 2.0, "media_time": 1.0, "random_state": 0}
+    before = model.predict([target, "NT"], **kw)
+    assert before.obs["anchored"].all()
+    model.save(tmp_path / "ctx")
+    loaded = SemiMechVI.load(tmp_path / "ctx", adata=adata)
+    assert set(loaded.anchor_context_) == set(model.anchor_context_)
+    after = loaded.predict([target, "NT"], **kw)
+    assert after.obs["anchored"].all()
+    np.testing.assert_array_equal(before.X, after.X)

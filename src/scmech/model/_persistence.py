@@ -40,7 +40,10 @@ MDATA = "mdata.h5mu"
 def to_jsonable(obj: Any) -> Any:
     """Encode nested plain data with numpy arrays, tuples and DataFrames as tagged JSON objects."""
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        if all(isinstance(k, str) for k in obj):
+            return {k: to_jsonable(v) for k, v in obj.items()}
+        # keys that are not strings (tuples, numbers, None) keep their type
+        return {"__items__": [[to_jsonable(k), to_jsonable(v)] for k, v in obj.items()]}
     if isinstance(obj, tuple):
         return {"__tuple__": [to_jsonable(v) for v in obj]}
     if isinstance(obj, list):
@@ -68,6 +71,8 @@ def to_jsonable(obj: Any) -> Any:
 def from_jsonable(obj: Any) -> Any:
     """Decode :func:`to_jsonable` output."""
     if isinstance(obj, dict):
+        if "__items__" in obj:
+            return {from_jsonable(k): from_jsonable(v) for k, v in obj["__items__"]}
         if "__tuple__" in obj:
             return tuple(from_jsonable(v) for v in obj["__tuple__"])
         if "__ndarray__" in obj:

@@ -583,7 +583,7 @@ class PredictionMixin:
             logx = self._apply_anchor(logx, protocols, anchored, n_requested)[:n_requested]
             obs_rows = obs_rows[:n_requested]
             for i, row in enumerate(obs_rows):
-                row["anchored"] = protocols[i].label in anchored
+                row["anchored"] = i in anchored
             protocols = protocols[:n_requested]
         expr = np.expm1(logx)
         obs = pd.DataFrame(obs_rows)
@@ -626,12 +626,13 @@ class PredictionMixin:
                 "value": "log1p(1e4 * mean normalised expression)",
                 "anchor": anchor if can_anchor else "none",
                 "anchoring": {
-                    lab: {
+                    str(obs.index[i]): {
                         "__mean__": f"mean error of {len(ts) - 1} training singles",
                         "__self__": "observed",
                         "__context__": "observed controls of the context",
                     }.get(ts[0], "observed singles")
-                    for lab, ts in anchored.items()
+                    for i, ts in anchored.items()
+                    if i < len(obs)
                 },
             }
         }
@@ -705,23 +706,23 @@ class PredictionMixin:
         return {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
 
     def _anchor_plan(self, protocols: list[Protocol], anchor: str, rng: np.random.Generator) -> dict:
-        """Plan the anchoring: condition label -> observed components (``("__mean__", q1, q2, ...)`` for the mean).
+        """Plan the anchoring: protocol position -> observed components (``("__mean__", q1, ...)`` for the mean).
 
         Combinations (baseline medium) whose single targets all have observed training pseudobulks get their
         singles; with ``anchor="auto"``, singles without training cells get a sample of observed singles.
         """
         anc = getattr(self, "anchor_", None)
-        plan: dict[str, tuple[str, ...]] = {}
+        plan: dict[int, tuple[str, ...]] = {}
         if anc:
             plan = self._baseline_anchor_plan(protocols, anchor, rng, anc)
         context = getattr(self, "anchor_context_", None) or {}
         if anchor == "auto" and context:
-            for p in protocols:
-                if p.label in plan:
+            for i, p in enumerate(protocols):
+                if i in plan:
                     continue
                 key = self._context_of(p.media, p.time, p.media_time)
                 if key in context:
-                    plan[p.label] = ("__context__", repr(key))
+                    plan[i] = ("__context__", repr(key))
         return plan
 
     def _baseline_anchor_plan(
@@ -730,19 +731,19 @@ class PredictionMixin:
         seen = set(anc["conditions"]) - {anc["control_label"]}
         trained = set(self.trained_targets_ or [])
         baseline = (None, *self._media_categories()[:1])
-        plan: dict[str, tuple[str, ...]] = {}
+        plan: dict[int, tuple[str, ...]] = {}
         pool = sorted(seen)
         if len(pool) > 50:
             pool = sorted(rng.choice(pool, size=50, replace=False).tolist())
-        for p in protocols:
+        for i, p in enumerate(protocols):
             if p.media not in baseline:
                 continue
             if anchor == "auto" and (p.label in seen or p.label == anc["control_label"]):
-                plan[p.label] = ("__self__",)
+                plan[i] = ("__self__",)
             elif len(p.targets) >= 2 and all(t in seen for t in p.targets):
-                plan[p.label] = p.targets
+                plan[i] = p.targets
             elif anchor == "auto" and len(p.targets) == 1 and p.targets[0] not in trained and len(pool) >= 2:
-                plan[p.label] = ("__mean__", *pool)
+                plan[i] = ("__mean__", *pool)
         return plan
 
     def _apply_anchor(
@@ -759,9 +760,9 @@ class PredictionMixin:
         err_ctrl = obs[ctrl] - logx[row[ctrl]] if ctrl in obs else None
         context = {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_.items()}
         for i, p in enumerate(protocols[:n_requested]):
-            if p.label not in anchored:
+            if i not in anchored:
                 continue
-            targets = anchored[p.label]
+            targets = anchored[i]
             if targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
                 out[i] = logx[i] + context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
