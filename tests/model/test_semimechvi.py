@@ -15,7 +15,7 @@ import scvi
 import torch
 
 import scmech
-from scmech.data import simulate_perturbseq
+from scmech.data import pseudobulk, simulate_perturbseq, simulation_group_keys
 from scmech.model import SemiMechVI
 from scmech.train import SemiMechTrainingPlan
 
@@ -1073,3 +1073,35 @@ def test_each_protocol_of_one_request_is_anchored_to_its_own_context():
         alone = model.predict(target, media="m1", time=t, media_time=1.0, random_state=0)
         np.testing.assert_allclose(both.X[k], alone.X[0], rtol=1e-5, atol=1e-5)
     assert set(both.uns["scmech"]["prediction"]["anchoring"]) == set(both.obs_names)
+
+
+def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
+    adata = simulate_perturbseq(
+        1600, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(1.0,), seed=0
+    )
+    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["time"] == 2.0).to_numpy())
+    train = np.setdiff1d(np.arange(adata.n_obs), held)
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(
+        max_epochs=1,
+        batch_size=128,
+        enable_progress_bar=False,
+        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
+    )
+    keys = simulation_group_keys(obs)
+    observed = pseudobulk(adata[train], keys[train])
+    kw = {"media": "m1", "media_time": 1.0, "random_state": 0}
+    # a time observed in training: the observation
+    seen = model.predict(target, time=4.0, **kw)
+    assert seen.uns["scmech"]["prediction"]["anchoring"][seen.obs_names[0]] == "observed"
+    np.testing.assert_allclose(seen.X[0], observed.loc[f"{target}|m1|1|4"].to_numpy(), rtol=1e-5, atol=1e-5)
+    # a held-out time between observed ones: the model corrected by its errors at 1 and 4 days
+    anchored = model.predict(target, time=2.0, **kw)
+    assert anchored.uns["scmech"]["prediction"]["anchoring"][anchored.obs_names[0]] == "observed at neighbouring times"
+    raw = model.predict(target, time=2.0, anchor="none", **kw)
+    truth = pseudobulk(adata[held], keys[held]).loc[f"{target}|m1|1|2"].to_numpy()
+    assert np.mean((anchored.X[0] - truth) ** 2) < 0.5 * np.mean((raw.X[0] - truth) ** 2)

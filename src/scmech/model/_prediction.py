@@ -374,7 +374,14 @@ class PredictionMixin:
             - with ``"auto"``, any other condition in a context (medium, time, switch time) whose controls were
               observed in training is predicted as :math:`m_p + (y_\varnothing - m_\varnothing)` in that
               context: the level of the observed controls plus the model's change from them (the control-mean
-              baseline nested in the model).
+              baseline nested in the model);
+            - with ``"auto"`` in the dynamic regime, a perturbation observed in training under the same medium
+              protocol is its observation at an observed read-out time, and at another time the model plus its
+              error at the neighbouring observed times :math:`u` (weights :math:`w_u` linear in time; the nearest
+              time outside their range), on changes from each context's observed controls when those were
+              observed: :math:`m_{p,t} + (y_{\varnothing,t} - m_{\varnothing,t}) + \sum_u w_u
+              [(y_{p,u} - y_{\varnothing,u}) - (m_{p,u} - m_{\varnothing,u})]` (the linear model's pooling over
+              time points nested in the model; the dynamics supply how the effect changes with time).
 
             ``"combinations"`` does only the first; ``"none"`` returns the model's own predictions (e.g. to
             inspect its fit). ``uns["scmech"]["prediction"]["anchoring"]`` records what was done to each row.
@@ -419,8 +426,9 @@ class PredictionMixin:
             # the model's own predictions of the observed components, from the same starting cells
             st0 = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
             markers = ("__mean__", "__self__", "__context__")
+            dynamic_plans = ("__context__", "__time__", "__observed__")
             extra = sorted(
-                {t for ts in anchored.values() if ts[0] != "__context__" for t in ts if t not in markers}
+                {t for ts in anchored.values() if ts[0] not in dynamic_plans for t in ts if t not in markers}
                 | {st0["control_label"]}
             )
             protocols = protocols + [
@@ -433,7 +441,22 @@ class PredictionMixin:
                 )
                 for t in extra
             ]
-            contexts = sorted({ts[1] for ts in anchored.values() if ts[0] == "__context__"})
+            protocols = protocols + [
+                Protocol(
+                    label=f"__time__{i}@{u}",
+                    targets=protocols[i].targets,
+                    media=protocols[i].media,
+                    time=float(u),
+                    media_time=protocols[i].media_time,
+                )
+                for i, ts in anchored.items()
+                if ts[0] == "__time__"
+                for u, _ in ts[3:]
+            ]
+            contexts = sorted(
+                {ts[1] for ts in anchored.values() if ts[0] == "__context__"}
+                | {c for ts in anchored.values() if ts[0] == "__time__" for c in self._time_anchor_contexts(ts)}
+            )
             by_repr = {repr(k): k for k in self.anchor_context_}
             protocols = protocols + [
                 Protocol(
@@ -630,6 +653,8 @@ class PredictionMixin:
                         "__mean__": f"mean error of {len(ts) - 1} training singles",
                         "__self__": "observed",
                         "__context__": "observed controls of the context",
+                        "__observed__": "observed",
+                        "__time__": "observed at neighbouring times",
                     }.get(ts[0], "observed singles")
                     for i, ts in anchored.items()
                     if i < len(obs)
@@ -642,6 +667,9 @@ class PredictionMixin:
         """Store observed log pseudobulks: training singles and control (baseline medium), controls per context."""
         self.anchor_ = None
         self.anchor_context_ = self._context_controls(np.asarray(train_indices), min_cells)
+        self.anchor_protocols_ = (
+            self._protocol_pseudobulks(np.asarray(train_indices), min_cells) if self.regime == "dynamic" else {}
+        )
         if self.regime != "steady_state":
             return
         design = self._design(self.adata)
@@ -669,41 +697,58 @@ class PredictionMixin:
         s = None if (self.regime != "dynamic" or not np.isfinite(media_time)) else round(float(media_time), 6)
         return (m, t, s)
 
-    def _context_controls(self, idx: np.ndarray, min_cells: int) -> dict:
-        """Observed log pseudobulk of the training controls per context ``(medium, time, switch time)``."""
-        design = self._design(self.adata)
+    def _context_keys(self, rows: np.ndarray) -> list[tuple]:
+        """Context ``(medium, time, switch time)`` of each of ``rows``, as :meth:`_context_of` writes it."""
         reg = self.adata_manager.data_registry
-        keep = idx[design.is_control[idx] & ~design.is_unassigned[idx]]
-        if len(keep) == 0:
-            return {}
         cats = self._media_categories()
 
         def column(key):
             if key not in reg:
                 return None
-            return np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64).ravel()[keep]
+            return np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64).ravel()[rows]
 
         med, tim, swi = column(K.MEDIA_KEY), column(K.TIME_KEY), column(K.MEDIA_TIME_KEY)
-        n = len(keep)
-        ctx = [
+        return [
             self._context_of(
                 None if med is None else cats[int(med[i])],
                 0.0 if tim is None else tim[i],
                 np.nan if swi is None else swi[i],
             )
-            for i in range(n)
+            for i in range(len(rows))
         ]
-        codes = pd.Series(pd.Categorical([repr(c) for c in ctx]))
+
+    def _pseudobulks_by(self, rows: np.ndarray, keys: list, min_cells: int) -> dict:
+        """Observed log pseudobulk of ``rows`` grouped by ``keys`` (groups with at least ``min_cells`` cells)."""
+        if len(rows) == 0:
+            return {}
+        codes = pd.Series(pd.Categorical([repr(k) for k in keys]))
         vc = codes.value_counts()
         groups = sorted(vc.index[vc >= min_cells].tolist())
         if not groups:
             return {}
-        lookup = {repr(c): c for c in ctx}
+        lookup = {repr(k): k for k in keys}
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mean = normalized_mean(*_rows(x, keep, codes.astype(str).to_numpy()), groups, counts=counts)
+        mean = normalized_mean(*_rows(x, rows, codes.astype(str).to_numpy()), groups, counts=counts)
         pb = np.log1p(TARGET_SUM * mean) if counts else mean
         return {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
+
+    def _context_controls(self, idx: np.ndarray, min_cells: int) -> dict:
+        """Observed log pseudobulk of the training controls per context ``(medium, time, switch time)``."""
+        design = self._design(self.adata)
+        keep = idx[design.is_control[idx] & ~design.is_unassigned[idx]]
+        return self._pseudobulks_by(keep, self._context_keys(keep), min_cells)
+
+    def _protocol_pseudobulks(self, idx: np.ndarray, min_cells: int) -> dict:
+        """Observed log pseudobulks of the training perturbations: ``{(label, medium, switch): {time: values}}``."""
+        design = self._design(self.adata)
+        keep = idx[~design.is_control[idx] & ~design.is_unassigned[idx]]
+        labels = design.labels[keep]
+        keys = [(str(lab), m, s, t) for lab, (m, t, s) in zip(labels, self._context_keys(keep), strict=True)]
+        out: dict = {}
+        for (lab, m, s, t), values in self._pseudobulks_by(keep, keys, min_cells).items():
+            out.setdefault((lab, m, s), {})[t] = values
+        return out
 
     def _anchor_plan(self, protocols: list[Protocol], anchor: str, rng: np.random.Generator) -> dict:
         """Plan the anchoring: protocol position -> observed components (``("__mean__", q1, ...)`` for the mean).
@@ -715,6 +760,9 @@ class PredictionMixin:
         plan: dict[int, tuple[str, ...]] = {}
         if anc:
             plan = self._baseline_anchor_plan(protocols, anchor, rng, anc)
+        observed = getattr(self, "anchor_protocols_", None) or {}
+        if anchor == "auto" and observed:
+            plan.update(self._time_anchor_plan(protocols, plan, observed))
         context = getattr(self, "anchor_context_", None) or {}
         if anchor == "auto" and context:
             for i, p in enumerate(protocols):
@@ -724,6 +772,44 @@ class PredictionMixin:
                 if key in context:
                     plan[i] = ("__context__", repr(key))
         return plan
+
+    def _time_anchor_plan(self, protocols: list[Protocol], plan: dict, observed: dict) -> dict:
+        """Perturbations observed in training under the same medium protocol at other read-out times.
+
+        At an observed time the prediction is the observation (``"__observed__"``); between observed times the
+        model's error there is interpolated linearly in time (the nearest one outside their range).
+        """
+        out: dict[int, tuple] = {}
+        for i, p in enumerate(protocols):
+            if i in plan or not p.targets:
+                continue
+            m, t, s = self._context_of(p.media, p.time, p.media_time)
+            times = observed.get((p.label, m, s))
+            if not times:
+                continue
+            key = repr((p.label, m, s))
+            if t in times:
+                out[i] = ("__observed__", key, t)
+                continue
+            lo = max((u for u in times if u < t), default=None)
+            hi = min((u for u in times if u > t), default=None)
+            if lo is None or hi is None:
+                points = ((hi if lo is None else lo, 1.0),)
+            else:
+                w = (t - lo) / (hi - lo)
+                points = ((lo, 1.0 - w), (hi, w))
+            out[i] = ("__time__", key, t, *points)
+        return out
+
+    def _time_anchor_contexts(self, ts: tuple) -> list[str]:
+        """Control contexts a ``"__time__"`` plan uses (all of them, or none when one is not observed)."""
+        _, m, s = self._anchor_key(ts[1])
+        need = [repr((m, ts[2], s))] + [repr((m, u, s)) for u, _ in ts[3:]]
+        have = {repr(k) for k in (getattr(self, "anchor_context_", None) or {})}
+        return need if all(c in have for c in need) else []
+
+    def _anchor_key(self, key_repr: str) -> tuple:
+        return {repr(k): k for k in self.anchor_protocols_}[key_repr]
 
     def _baseline_anchor_plan(
         self, protocols: list[Protocol], anchor: str, rng: np.random.Generator, anc: dict
@@ -763,6 +849,22 @@ class PredictionMixin:
             if i not in anchored:
                 continue
             targets = anchored[i]
+            if targets[0] == "__observed__":
+                out[i] = np.asarray(self.anchor_protocols_[self._anchor_key(targets[1])][targets[2]], dtype=np.float64)
+                continue
+            if targets[0] == "__time__":
+                # the model's error at the neighbouring observed times, interpolated; on changes from the
+                # controls of each context when those were observed, else on levels
+                times = self.anchor_protocols_[self._anchor_key(targets[1])]
+                ctx = self._time_anchor_contexts(targets)
+                corr = context[ctx[0]] - logx[row[f"__context__{ctx[0]}"]] if ctx else 0.0
+                for j, (u, w) in enumerate(targets[3:], start=1):
+                    err = np.asarray(times[u], dtype=np.float64) - logx[row[f"__time__{i}@{u}"]]
+                    if ctx:
+                        err = err - (context[ctx[j]] - logx[row[f"__context__{ctx[j]}"]])
+                    corr = corr + w * err
+                out[i] = logx[i] + corr
+                continue
             if targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
                 out[i] = logx[i] + context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
