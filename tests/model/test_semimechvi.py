@@ -20,7 +20,17 @@ from scmech.model import SemiMechVI
 from scmech.train import SemiMechTrainingPlan
 
 EXTRA_HISTORY = ("ss_residual_train", "mmd_train", "basal_leak_train", "basal_sd_train", "fp_unconverged_train")
-PRED_OBS = ["perturbation", "media", "time", "media_time", "batch", "n_cells", "unseen_targets", "anchored"]
+PRED_OBS = [
+    "perturbation",
+    "media",
+    "time",
+    "media_time",
+    "batch",
+    "n_cells",
+    "unseen_targets",
+    "steady_state_residual",
+    "anchored",
+]
 
 
 def _printed(obj) -> str:
@@ -1106,3 +1116,20 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     raw = model.predict(target, time=2.0, anchor="none", **kw)
     truth = pseudobulk(adata[held], keys[held]).loc[f"{target}|m1|1|2"].to_numpy()
     assert np.mean((anchored.X[0] - truth) ** 2) < 0.5 * np.mean((raw.X[0] - truth) ** 2)
+
+
+def test_predict_reports_and_warns_about_unconverged_steady_states(steady):
+    model = steady.model
+    ok = model.predict(["NT", "G0008"])
+    assert (ok.obs["steady_state_residual"] < 1e-3).all()
+    assert ok.uns["scmech"]["prediction"]["unconverged"] == []
+    saved = model.module.fixed_point_max_iter
+    model.module.fixed_point_max_iter = 0  # no Newton step: the solve stops at its starting state
+    try:
+        with pytest.warns(RuntimeWarning, match=r"did not converge within fixed_point_max_iter=0"):
+            bad = model.predict(["NT", "G0008"], anchor="none")
+    finally:
+        model.module.fixed_point_max_iter = saved
+    assert (bad.obs["steady_state_residual"] > 1e-3).any()
+    assert set(bad.uns["scmech"]["prediction"]["unconverged"]) <= {"NT", "G0008"}
+    assert bad.uns["scmech"]["prediction"]["unconverged"]

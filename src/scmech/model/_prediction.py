@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -399,8 +400,11 @@ class PredictionMixin:
         AnnData with ``X`` the log-normalised prediction :math:`\log(1 + 10^4 \rho)` (the pseudobulk definition
         of :func:`scmech.data.pseudobulk`), ``layers["expression"]`` the normalised expression
         (counts per 10,000), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
-        ``n_cells``, ``unseen_targets`` and ``anchored``, and ``uns["scmech"]["prediction"]`` the provenance. Per-cell
-        predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
+        ``n_cells``, ``unseen_targets``, ``anchored`` and ``steady_state_residual`` (:math:`\|f\|` at the solved
+        fixed point, NaN for flows; a :class:`RuntimeWarning` names conditions whose solve did not converge, also
+        listed in ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the
+        provenance. Per-cell predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]``
+        (counterfactual latents).
         """
         self._check_if_trained(warn=False)
         if n_cells is not None and int(n_cells) < 1:
@@ -547,7 +551,24 @@ class PredictionMixin:
         med_rows = torch.as_tensor(np.repeat(media_idx, n_lev), dtype=torch.long, device=dev)
         t_rows = torch.as_tensor(np.repeat([p.time for p in protocols], n_lev), dtype=torch.float32, device=dev)
         s_rows = torch.as_tensor(np.repeat([p.media_time for p in protocols], n_lev), dtype=torch.float32, device=dev)
-        mu_rows, _ = module.readout_states(pert_rows, med_rows, eff_rows, t_rows, s_rows, operators=ops, implicit=False)
+        mu_rows, res_rows = module.readout_states(
+            pert_rows, med_rows, eff_rows, t_rows, s_rows, operators=ops, implicit=False
+        )
+        # residual |f| of each condition's steady-state solve (largest over efficacy levels); 0 for flows
+        residual = res_rows.reshape(n_prot, n_lev).amax(1).cpu().numpy().astype(np.float64)
+        fp = module.regime == "steady_state" and module.readout == "fixed_point"
+        limit = max(module.fixed_point_tol * 10, 1e-4) * np.sqrt(module.n_latent)
+        unconverged = [p.label for p, r in zip(protocols[:n_requested], residual, strict=False) if fp and r > limit]
+        if unconverged:
+            warnings.warn(
+                f"The steady-state solve did not converge within fixed_point_max_iter={module.fixed_point_max_iter} "
+                f"Newton iterations for {len(unconverged)} condition(s) (e.g. {unconverged[0]!r}, residual "
+                f"{residual[[p.label for p in protocols].index(unconverged[0])]:.3g}); their predictions are the last "
+                "iterate. Check obs['steady_state_residual']; a model trained longer or with a larger "
+                "fixed_point_max_iter (SemiMechVI(..., fixed_point_max_iter=...)) usually converges.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, own_effect=own, target_gene_index=gene_idx)
         mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
         off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
@@ -583,7 +604,7 @@ class PredictionMixin:
             else:
                 rows_x.append(value.reshape(k * n0, n_genes).cpu().numpy())
                 rows_z.append(z_cf.reshape(k * n0, -1).cpu().numpy())
-        for p, m in zip(protocols, media_idx, strict=True):
+        for p, m, r in zip(protocols, media_idx, residual, strict=True):
             info = {
                 "perturbation": p.label,
                 "media": media_cats[m] if media_cats else None,
@@ -592,6 +613,7 @@ class PredictionMixin:
                 "batch": batch if batch is not None else "source cells",
                 "n_cells": n0,
                 "unseen_targets": ",".join(t for t in p.targets if t in mapped),
+                "steady_state_residual": float(r) if fp else np.nan,
             }
             if return_mean:
                 obs_rows.append(info)
@@ -644,6 +666,7 @@ class PredictionMixin:
                 "starting_cells": "controls" if from_cells is None else "user",
                 "efficacy": "empirical" if eff_pool is not None else ("given" if efficacy is not None else "1"),
                 "unseen_targets": list(mapped),
+                "unconverged": unconverged,
                 "target_map": None if self.target_map_ is None else self.target_map_["source"],
                 "random_state": int(seed),
                 "value": "log1p(1e4 * mean normalised expression)",

@@ -411,6 +411,14 @@ class SemiMechVI(
             )
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
+        hist = (self.history_ or {}).get("fp_unconverged_train")
+        if hist is not None and len(hist) and float(np.asarray(hist)[-1].ravel()[0]) > 0:
+            logger.warning(
+                "In the last epoch %.0f%% of the steady-state solves did not converge within fixed_point_max_iter=%d "
+                "(history['fp_unconverged_train']); train longer or raise fixed_point_max_iter.",
+                100 * float(np.asarray(hist)[-1].ravel()[0]),
+                self.module.fixed_point_max_iter,
+            )
         return out
 
     def _init_gene_levels(self, train_indices: np.ndarray, max_cells: int = 20_000) -> None:
