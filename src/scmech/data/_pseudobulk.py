@@ -83,10 +83,13 @@ def normalized_mean(
         scale = keep.astype(np.float64)
     n = np.bincount(codes[keep], minlength=len(index)).astype(np.float64)
     sums = np.zeros((len(index), x.shape[1]), dtype=np.float64)
-    # backed (on-disk) matrices are read in blocks of rows; in-memory ones are one block
-    for start, block in iter_row_chunks(x):
+    # backed (on-disk) matrices are read in blocks of rows; in-memory sparse ones are sliced in blocks too, so that
+    # the sparse product's casts (index and value dtypes) copy one block, not the whole matrix
+    for start, block in _row_blocks(x):
         rows = slice(start, start + block.shape[0])
         k = keep[rows]
+        if not k.any():
+            continue
         # indicator (groups x cells) with the per-cell scale, so the mean is one sparse product
         ind = sp.csr_matrix((scale[rows][k], (codes[rows][k], np.flatnonzero(k))), shape=(len(index), block.shape[0]))
         part = ind @ block
@@ -95,6 +98,16 @@ def normalized_mean(
         out = sums / n[:, None]
     out[n == 0] = np.nan
     return out
+
+
+def _row_blocks(x, chunk_rows: int = 10_000):
+    if sp.issparse(x) and x.shape[0] > chunk_rows:
+        csr = x if sp.isspmatrix_csr(x) or isinstance(x, sp.csr_array) else None
+        if csr is not None:
+            for start in range(0, x.shape[0], chunk_rows):
+                yield start, csr[start : start + chunk_rows]
+            return
+    yield from iter_row_chunks(x)
 
 
 def pseudobulk(
