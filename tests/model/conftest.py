@@ -115,6 +115,25 @@ def train_dynamic() -> Trained:
     return Trained(model, adata, np.array([], dtype=int), "", [])
 
 
+@cache
+def _train_dynamic_contexts() -> Trained:
+    adata = simulate_perturbseq(
+        1200, N_GENES, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(-1.0, 1.0), seed=0
+    )
+    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+    return Trained(model, adata, np.array([], dtype=int), "", [])
+
+
+@pytest.fixture
+def dynamic_contexts() -> Trained:
+    """Dynamic model on 1,200 cells (media switched before and after the perturbation): enough controls per
+    (medium, time, switch) context for the context anchoring. Shared and cached: do not modify it."""
+    return _train_dynamic_contexts()
+
+
 @pytest.fixture(scope="module")
 def steady() -> Trained:
     """Steady-state model (fixed-point read-out) with 12 unassigned cells and ``HELDOUT`` held out."""

@@ -10,10 +10,8 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
-import scvi
 import torch
 
-from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._persistence import from_jsonable, to_jsonable
 
@@ -340,15 +338,9 @@ def test_jsonable_refuses_arbitrary_objects():
         to_jsonable({"x": datetime.date(2020, 1, 1)})
 
 
-def test_round_trip_keeps_the_context_anchoring_of_a_dynamic_model(tmp_path):
+def test_round_trip_keeps_the_context_anchoring_of_a_dynamic_model(dynamic_contexts, tmp_path):
     """Per-context control pseudobulks are keyed by (medium, time, switch) tuples: the keys must survive JSON."""
-    adata = simulate_perturbseq(
-        1200, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(-1.0, 1.0), seed=0
-    )
-    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
-    scvi.settings.seed = 0
-    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
-    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+    model, adata = dynamic_contexts.model, dynamic_contexts.adata
     assert ("m1", 2.0, 1.0) in model.anchor_context_
     target = adata.uns["truth"]["targets"][0]
     kw = {"media": "m1", "time": 2.0, "media_time": 1.0, "random_state": 0}

@@ -1068,15 +1068,9 @@ def test_mean_prediction_is_the_mean_of_counterfactual_cells(variant, make_adata
         np.testing.assert_allclose(np.asarray(layer[rows]).mean(0), target[k], rtol=2e-4, atol=1e-5)
 
 
-def test_each_protocol_of_one_request_is_anchored_to_its_own_context():
+def test_each_protocol_of_one_request_is_anchored_to_its_own_context(dynamic_contexts):
     """Requesting a condition at two times at once gives what two separate requests give."""
-    adata = simulate_perturbseq(
-        1200, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(-1.0, 1.0), seed=0
-    )
-    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
-    scvi.settings.seed = 0
-    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
-    model.train(max_epochs=1, batch_size=128, enable_progress_bar=False)
+    model, adata = dynamic_contexts.model, dynamic_contexts.adata
     target = adata.uns["truth"]["targets"][0]
     both = model.predict([target, target], media="m1", time=[1.0, 4.0], media_time=1.0, random_state=0)
     assert both.obs["anchored"].all()

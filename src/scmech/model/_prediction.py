@@ -558,12 +558,13 @@ class PredictionMixin:
         residual = res_rows.reshape(n_prot, n_lev).amax(1).cpu().numpy().astype(np.float64)
         fp = module.regime == "steady_state" and module.readout == "fixed_point"
         limit = max(module.fixed_point_tol * 10, 1e-4) * np.sqrt(module.n_latent)
-        unconverged = [p.label for p, r in zip(protocols[:n_requested], residual, strict=False) if fp and r > limit]
-        if unconverged:
+        bad = [(p.label, r) for p, r in zip(protocols[:n_requested], residual, strict=False) if fp and r > limit]
+        unconverged = [label for label, _ in bad]
+        if bad:
             warnings.warn(
                 f"The steady-state solve did not converge within fixed_point_max_iter={module.fixed_point_max_iter} "
-                f"Newton iterations for {len(unconverged)} condition(s) (e.g. {unconverged[0]!r}, residual "
-                f"{residual[[p.label for p in protocols].index(unconverged[0])]:.3g}); their predictions are the last "
+                f"Newton iterations for {len(bad)} condition(s) (e.g. {bad[0][0]!r}, residual "
+                f"{bad[0][1]:.3g}); their predictions are the last "
                 "iterate. Check obs['steady_state_residual']; a model trained longer or with a larger "
                 "fixed_point_max_iter (SemiMechVI(..., fixed_point_max_iter=...)) usually converges.",
                 RuntimeWarning,
@@ -730,15 +731,16 @@ class PredictionMixin:
                 return None
             return np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64).ravel()[rows]
 
+        n = len(rows)
         med, tim, swi = column(K.MEDIA_KEY), column(K.TIME_KEY), column(K.MEDIA_TIME_KEY)
-        return [
-            self._context_of(
-                None if med is None else cats[int(med[i])],
-                0.0 if tim is None else tim[i],
-                np.nan if swi is None else swi[i],
-            )
-            for i in range(len(rows))
+        none = -np.inf  # stands for "not registered" and for NaN (no switch), which np.unique cannot group
+        cols = np.column_stack([np.full(n, none) if c is None else np.nan_to_num(c, nan=none) for c in (med, tim, swi)])
+        uniq, inverse = np.unique(cols, axis=0, return_inverse=True)
+        keys = [
+            self._context_of(None if m == none else cats[int(m)], 0.0 if t == none else t, np.nan if sw == none else sw)
+            for m, t, sw in uniq
         ]
+        return [keys[j] for j in np.asarray(inverse).ravel()]
 
     def _pseudobulks_by(self, rows: np.ndarray, keys: list, min_cells: int) -> dict:
         """Observed log pseudobulk of ``rows`` grouped by ``keys`` (groups with at least ``min_cells`` cells)."""
@@ -810,7 +812,7 @@ class PredictionMixin:
             times = observed.get((p.label, m, s))
             if not times:
                 continue
-            key = repr((p.label, m, s))
+            key = (p.label, m, s)
             if t in times:
                 out[i] = ("__observed__", key, t)
                 continue
@@ -826,13 +828,10 @@ class PredictionMixin:
 
     def _time_anchor_contexts(self, ts: tuple) -> list[str]:
         """Control contexts a ``"__time__"`` plan uses (all of them, or none when one is not observed)."""
-        _, m, s = self._anchor_key(ts[1])
+        _, m, s = ts[1]
         need = [repr((m, ts[2], s))] + [repr((m, u, s)) for u, _ in ts[3:]]
         have = {repr(k) for k in (getattr(self, "anchor_context_", None) or {})}
         return need if all(c in have for c in need) else []
-
-    def _anchor_key(self, key_repr: str) -> tuple:
-        return {repr(k): k for k in self.anchor_protocols_}[key_repr]
 
     def _baseline_anchor_plan(
         self, protocols: list[Protocol], anchor: str, rng: np.random.Generator, anc: dict
@@ -873,12 +872,12 @@ class PredictionMixin:
                 continue
             targets = anchored[i]
             if targets[0] == "__observed__":
-                out[i] = np.asarray(self.anchor_protocols_[self._anchor_key(targets[1])][targets[2]], dtype=np.float64)
+                out[i] = np.asarray(self.anchor_protocols_[targets[1]][targets[2]], dtype=np.float64)
                 continue
             if targets[0] == "__time__":
                 # the model's error at the neighbouring observed times, interpolated; on changes from the
                 # controls of each context when those were observed, else on levels
-                times = self.anchor_protocols_[self._anchor_key(targets[1])]
+                times = self.anchor_protocols_[targets[1]]
                 ctx = self._time_anchor_contexts(targets)
                 corr = context[ctx[0]] - logx[row[f"__context__{ctx[0]}"]] if ctx else 0.0
                 for j, (u, w) in enumerate(targets[3:], start=1):
