@@ -426,3 +426,36 @@ def test_learn_onset_makes_tau_a_trainable_parameter():
     assert learned.onset
     assert learned.log_tau.requires_grad
     torch.testing.assert_close(learned.tau, torch.tensor(0.5))
+
+
+# ------------------------------------------------------------------------------------------------ gauge of the ss term
+@torch.no_grad()
+@pytest.mark.parametrize("n_hidden", [0, 16])
+def test_steady_state_term_is_a_gauge_of_centre_and_shared_push(n_hidden):
+    # f(z; p) = f(z; 0) + v_p + s: moving the centre c and the shared push s together (s -= gamma * dc) leaves
+    # the field of every perturbed row unchanged, yet zeroes f(z_ctrl; 0) at any chosen control state. So the
+    # steady-state penalty on controls can be met without changing a single perturbed read-out.
+    f = random_field(n_hidden=n_hidden)
+    pert, media, eff = design()
+    perturbed = pert.sum(-1) > 0
+    z_ctrl = torch.randn(1, N_LATENT, dtype=D)
+    zero = torch.zeros(1, N_LATENT, dtype=D)
+    m0 = torch.zeros(1, dtype=torch.long)
+    z0 = torch.randn(len(media), N_LATENT, dtype=D)
+    before_fp = f.fixed_point(z0, media, f.drive(pert, eff), tol=1e-12).z
+    t = torch.full((len(media),), 1.5, dtype=D)
+    nan = torch.full((len(media),), float("nan"), dtype=D)
+    before_flow = f.integrate_protocol(z0, f.drive(pert, eff), media, t, nan)
+    assert float(f(z_ctrl, m0, zero).norm()) > 0.1
+
+    g_ctrl = f(z_ctrl, m0, zero) + f.gamma * (z_ctrl - f.center)  # the nonlinear part at the control state
+    new_center = (z_ctrl - g_ctrl / f.gamma)[0]
+    f.shared_raw.sub_(f.gamma * (new_center - f.center) / f.operator_scale)
+    f.center.copy_(new_center)
+
+    assert float(f(z_ctrl, m0, zero).norm()) < 1e-12  # the steady-state term is now zero
+    after_fp = f.fixed_point(z0, media, f.drive(pert, eff), tol=1e-12).z
+    after_flow = f.integrate_protocol(z0, f.drive(pert, eff), media, t, nan)
+    torch.testing.assert_close(after_fp[perturbed], before_fp[perturbed])
+    torch.testing.assert_close(after_flow[perturbed], before_flow[perturbed])
+    assert float((after_fp[~perturbed] - before_fp[~perturbed]).abs().max()) > 0.1  # only controls moved
