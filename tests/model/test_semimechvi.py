@@ -17,6 +17,7 @@ import torch
 import scmech
 from scmech.data import pseudobulk, simulate_perturbseq, simulation_group_keys
 from scmech.model import SemiMechVI
+from scmech.model._prediction import _log_pseudobulk, _shrinkage
 from scmech.train import SemiMechTrainingPlan
 
 EXTRA_HISTORY = ("ss_residual_train", "mmd_train", "basal_leak_train", "basal_sd_train", "fp_unconverged_train")
@@ -30,6 +31,7 @@ PRED_OBS = [
     "unseen_targets",
     "steady_state_residual",
     "anchored",
+    "anchor_weight",
 ]
 
 
@@ -275,7 +277,9 @@ def test_predict_layout(steady):
 
 
 def test_predict_x_is_log1p_of_normalised_expression(steady):
-    pred = steady.model.predict(["NT", "G0008", "G0021"])
+    anchored = steady.model.predict(["NT", "G0008", "G0021"])
+    np.testing.assert_allclose(np.expm1(anchored.X), anchored.layers["expression"], rtol=1e-5, atol=1e-4)
+    pred = steady.model.predict(["NT", "G0008", "G0021"], anchor="none")
     expr = pred.layers["expression"]
     np.testing.assert_allclose(np.expm1(pred.X), expr, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(expr.sum(1), 1e4, rtol=1e-4)
@@ -952,8 +956,10 @@ def test_setup_mudata_errors(small_adata):
         SemiMechVI.setup_mudata(mdata[:20], modalities={"rna_layer": "gex"})
 
 
-def test_anchored_combination_is_observed_singles_plus_model_interaction(steady):
+def test_anchored_combination_is_observed_singles_plus_model_interaction(steady, monkeypatch):
     model, adata = steady.model, steady.adata
+    # the corrections in full (a model without stored sampling variances); the weights are tested below
+    monkeypatch.setattr(model, "anchor_context_var_", None)
     anchor = model.anchor_
     assert anchor is not None
     assert "NT" in anchor["conditions"]
@@ -982,8 +988,9 @@ def test_anchored_combination_is_observed_singles_plus_model_interaction(steady)
         model.predict([combo], anchor="both")
 
 
-def test_unseen_single_is_anchored_on_the_mean_training_error(steady):
+def test_unseen_single_is_anchored_on_the_mean_training_error(steady, monkeypatch):
     model = steady.model
+    monkeypatch.setattr(model, "anchor_context_var_", None)
     held = steady.heldout_target
     anchor = model.anchor_
     singles = [c for c in anchor["conditions"] if c != "NT"]
@@ -1009,13 +1016,14 @@ def test_other_contexts_are_anchored_on_their_observed_controls(dynamic):
     cells = ctrl[(ctrl["time"] == t) & (ctrl["media_time"] == s)]
     assert len(cells) >= 2
     # the tiny fixture has a few controls per context: rebuild the table with a lower minimum than train()'s 10
-    saved = model.anchor_context_, model.anchor_protocols_
-    model.anchor_context_ = model._context_controls(np.arange(adata.n_obs), min_cells=2)
+    saved = model.anchor_context_, model.anchor_context_var_, model.anchor_protocols_
+    model.anchor_context_, _ = model._context_controls(np.arange(adata.n_obs), min_cells=2)
+    model.anchor_context_var_ = None  # the correction in full; the weights are tested below
     model.anchor_protocols_ = {}  # this test is about the controls' context only
     try:
         _check_context_anchoring(model, adata, cells, t, s)
     finally:
-        model.anchor_context_, model.anchor_protocols_ = saved
+        model.anchor_context_, model.anchor_context_var_, model.anchor_protocols_ = saved
 
 
 def _check_context_anchoring(model, adata, cells, t, s):
@@ -1100,10 +1108,14 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     keys = simulation_group_keys(obs)
     observed = pseudobulk(adata[train], keys[train])
     kw = {"media": "m1", "media_time": 1.0, "random_state": 0}
-    # a time observed in training: the observation
+    # a time observed in training: the observation (a one-epoch model's error stands far out of the noise, so the
+    # correction is kept almost whole)
     seen = model.predict(target, time=4.0, **kw)
     assert seen.uns["scmech"]["prediction"]["anchoring"][seen.obs_names[0]] == "observed"
-    np.testing.assert_allclose(seen.X[0], observed.loc[f"{target}|m1|1|4"].to_numpy(), rtol=1e-5, atol=1e-5)
+    assert seen.obs["anchor_weight"].iloc[0] > 0.9
+    seen_raw = model.predict(target, time=4.0, anchor="none", **kw)
+    y = observed.loc[f"{target}|m1|1|4"].to_numpy()
+    assert np.mean((seen.X[0] - y) ** 2) < 0.05 * np.mean((seen_raw.X[0] - y) ** 2)
     # a held-out time between observed ones: the model corrected by its errors at 1 and 4 days
     anchored = model.predict(target, time=2.0, **kw)
     assert anchored.uns["scmech"]["prediction"]["anchoring"][anchored.obs_names[0]] == "observed at neighbouring times"
@@ -1127,3 +1139,52 @@ def test_predict_reports_and_warns_about_unconverged_steady_states(steady):
     assert (bad.obs["steady_state_residual"] > 1e-3).any()
     assert set(bad.uns["scmech"]["prediction"]["unconverged"]) <= {"NT", "G0008"}
     assert bad.uns["scmech"]["prediction"]["unconverged"]
+
+
+# ------------------------------------------------------------------------------------------------ anchoring weights
+def test_log_pseudobulk_variance_is_the_delta_method_sampling_variance():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix(rng.poisson(3.0, size=(40, 6)).astype(np.float32) + np.eye(40, 6, dtype=np.float32))
+    labels = np.array(["a"] * 25 + ["b"] * 15)
+    rows = np.arange(40)
+    pb, var = _log_pseudobulk(x, rows, labels, ["a", "b"], counts=True)
+    dense = x.toarray()
+    prop = dense / dense.sum(1, keepdims=True)
+    for k, g in enumerate(["a", "b"]):
+        p_g = prop[labels == g]
+        m = p_g.mean(0)
+        np.testing.assert_allclose(pb[k], np.log1p(1e4 * m), rtol=1e-6)
+        expected = p_g.var(0, ddof=1) / len(p_g) * (1e4 / (1 + 1e4 * m)) ** 2
+        np.testing.assert_allclose(var[k], expected, rtol=1e-6)
+    # non-count data: plain means and their sampling variances
+    pb, var = _log_pseudobulk(dense, rows, labels, ["a", "b"], counts=False)
+    np.testing.assert_allclose(var[1], dense[labels == "b"].var(0, ddof=1) / 15, rtol=1e-6)
+
+
+def test_anchor_weights_keep_corrections_out_of_the_noise_and_drop_pure_noise():
+    rng = np.random.default_rng(1)
+    v = rng.uniform(0.01, 0.2, size=4000)
+    # pure sampling noise: the correction is dropped (almost) entirely
+    noise = rng.normal(0.0, np.sqrt(v))
+    assert float(np.mean(_shrinkage(noise, v))) < 0.1
+    # a systematic error far above the noise is kept (almost) whole
+    big = rng.normal(0.0, 3.0, size=v.size) + noise
+    w = _shrinkage(big, v)
+    assert float(w.min()) > 0.97
+    # in between, noisier genes are shrunk more, and the weights follow tau^2 / (tau^2 + v)
+    mid = rng.normal(0.0, 0.3, size=v.size) + noise
+    w = _shrinkage(mid, v)
+    tau2 = np.mean(mid**2 - v)
+    np.testing.assert_allclose(w, tau2 / (tau2 + v))
+    assert w[np.argmax(v)] < w[np.argmin(v)]
+    # without variances (a model saved before they were stored) the correction is kept whole
+    np.testing.assert_array_equal(_shrinkage(mid, None), np.ones_like(mid))
+
+
+def test_anchor_weight_is_reported_per_row(steady):
+    model = steady.model
+    pred = model.predict(["NT", "G0008", steady.heldout_target])
+    assert pred.obs["anchored"].all()
+    assert pred.obs["anchor_weight"].between(0.0, 1.0).all()
+    raw = model.predict(["NT", "G0008", steady.heldout_target], anchor="none")
+    assert raw.obs["anchor_weight"].isna().all()

@@ -46,7 +46,13 @@ def library_size(x, size_factor: np.ndarray | None = None) -> np.ndarray:
 
 
 def normalized_mean(
-    x, groups: np.ndarray, group_order: Sequence, *, size_factor: np.ndarray | None = None, counts: bool = True
+    x,
+    groups: np.ndarray,
+    group_order: Sequence,
+    *,
+    size_factor: np.ndarray | None = None,
+    counts: bool = True,
+    moment: int = 1,
 ) -> np.ndarray:
     """Mean normalised expression (proportions) per group; plain means when ``counts=False``.
 
@@ -62,11 +68,16 @@ def normalized_mean(
         Library size per cell; total counts when ``None``.
     counts
         Whether ``x`` holds counts (normalise by library size) or already normalised values.
+    moment
+        1 for the mean, 2 for the mean of the squared (normalised) values (for sampling variances).
 
     Returns
     -------
-    Array (groups x genes) of mean proportions (or means). Empty groups give NaN rows.
+    Array (groups x genes) of mean proportions (or means, or their second moments). Empty groups give NaN rows.
     """
+    if moment not in (1, 2):
+        msg = f"moment must be 1 or 2, got {moment!r}."
+        raise ValueError(msg)
     groups = np.asarray(groups)
     index = pd.Index(list(group_order))
     codes = index.get_indexer(groups)
@@ -78,7 +89,7 @@ def normalized_mean(
             msg = f"{int(zero.sum())} cells have a library size of 0; remove empty cells before computing pseudobulks."
             raise ValueError(msg)
         scale = np.zeros_like(lib)
-        scale[keep] = 1.0 / lib[keep]
+        scale[keep] = 1.0 / lib[keep] ** moment
     else:
         scale = keep.astype(np.float64)
     n = np.bincount(codes[keep], minlength=len(index)).astype(np.float64)
@@ -90,6 +101,8 @@ def normalized_mean(
         k = keep[rows]
         if not k.any():
             continue
+        if moment == 2:
+            block = block.multiply(block) if sp.issparse(block) else np.asarray(block, dtype=np.float64) ** 2
         # indicator (groups x cells) with the per-cell scale, so the mean is one sparse product
         ind = sp.csr_matrix((scale[rows][k], (codes[rows][k], np.flatnonzero(k))), shape=(len(index), block.shape[0]))
         part = ind @ block
@@ -101,6 +114,10 @@ def normalized_mean(
 
 
 def _row_blocks(x, chunk_rows: int = 10_000):
+    if isinstance(x, np.ndarray) and x.shape[0] > chunk_rows:  # views: nothing is copied
+        for start in range(0, x.shape[0], chunk_rows):
+            yield start, x[start : start + chunk_rows]
+        return
     if sp.issparse(x) and x.shape[0] > chunk_rows:
         csr = x if sp.isspmatrix_csr(x) or isinstance(x, sp.csr_array) else None
         if csr is not None:

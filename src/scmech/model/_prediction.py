@@ -370,8 +370,9 @@ class PredictionMixin:
               :math:`m_t + \overline{(y_q - m_q)}`, the model plus its mean error over (up to 50) observed
               training singles :math:`q` (the train-mean baseline nested in the model; the model supplies what is
               specific to :math:`t`, such as the knock-down of its own mRNA);
-            - with ``"auto"``, the control and singles observed in training are their observed pseudobulk, so that
-              every row of the result lives in the same (data) space and differences between rows are effects;
+            - with ``"auto"``, the control and singles observed in training are their observed pseudobulk
+              (weighed against its noise, below), so that every row of the result lives in the same (data) space
+              and differences between rows are effects;
             - with ``"auto"``, any other condition in a context (medium, time, switch time) whose controls were
               observed in training is predicted as :math:`m_p + (y_\varnothing - m_\varnothing)` in that
               context: the level of the observed controls plus the model's change from them (the control-mean
@@ -383,6 +384,15 @@ class PredictionMixin:
               observed: :math:`m_{p,t} + (y_{\varnothing,t} - m_{\varnothing,t}) + \sum_u w_u
               [(y_{p,u} - y_{\varnothing,u}) - (m_{p,u} - m_{\varnothing,u})]` (the linear model's pooling over
               time points nested in the model; the dynamics supply how the effect changes with time).
+
+            Each correction :math:`c_g` (the bracketed observed-minus-model terms above) is weighed per gene
+            against the sampling noise of the observed pseudobulks it uses (variance :math:`v_g`, from the
+            training cells' between-cell variance over their number, through the log by the delta method): the
+            row gets :math:`m + w_g c_g` with :math:`w_g = \tau^2 / (\tau^2 + v_g)` and
+            :math:`\tau^2 = \max(0, \overline{c_g^2 - v_g})`, the empirical-Bayes estimate of the model's
+            systematic error. A correction that stands out of the noise is kept, noisy genes are shrunk towards
+            the model, and a correction that is all noise is dropped; ``obs["anchor_weight"]`` is each row's mean
+            :math:`w_g` (NaN where nothing was anchored).
 
             ``"combinations"`` does only the first; ``"none"`` returns the model's own predictions (e.g. to
             inspect its fit). ``uns["scmech"]["prediction"]["anchoring"]`` records what was done to each row.
@@ -626,10 +636,12 @@ class PredictionMixin:
         else:
             logx = np.log1p(TARGET_SUM * values)
         if return_mean:
-            logx = self._apply_anchor(logx, protocols, anchored, n_requested)[:n_requested]
+            logx, weights = self._apply_anchor(logx, protocols, anchored, n_requested)
+            logx = logx[:n_requested]
             obs_rows = obs_rows[:n_requested]
             for i, row in enumerate(obs_rows):
                 row["anchored"] = i in anchored
+                row["anchor_weight"] = weights[i]
             protocols = protocols[:n_requested]
         expr = np.expm1(logx)
         obs = pd.DataFrame(obs_rows)
@@ -690,9 +702,9 @@ class PredictionMixin:
     def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
         """Store observed log pseudobulks: training singles and control (baseline medium), controls per context."""
         self.anchor_ = None
-        self.anchor_context_ = self._context_controls(np.asarray(train_indices), min_cells)
-        self.anchor_protocols_ = (
-            self._protocol_pseudobulks(np.asarray(train_indices), min_cells) if self.regime == "dynamic" else {}
+        self.anchor_context_, self.anchor_context_var_ = self._context_controls(np.asarray(train_indices), min_cells)
+        self.anchor_protocols_, self.anchor_protocols_var_ = (
+            self._protocol_pseudobulks(np.asarray(train_indices), min_cells) if self.regime == "dynamic" else ({}, {})
         )
         if self.regime != "steady_state":
             return
@@ -710,9 +722,13 @@ class PredictionMixin:
             return
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mean = normalized_mean(*_rows(x, idx[keep], labels[keep]), conds, counts=counts)
-        pb = np.log1p(TARGET_SUM * mean) if counts else mean
-        self.anchor_ = {"conditions": conds, "log1p": pb.astype(np.float32), "control_label": design.control_label}
+        pb, var = _log_pseudobulk(x, idx[keep], labels[keep], conds, counts)
+        self.anchor_ = {
+            "conditions": conds,
+            "log1p": pb.astype(np.float32),
+            "var": var.astype(np.float32),
+            "control_label": design.control_label,
+        }
 
     def _context_of(self, media: str | None, time: float, media_time: float) -> tuple:
         cats = self._media_categories()
@@ -742,38 +758,44 @@ class PredictionMixin:
         ]
         return [keys[j] for j in np.asarray(inverse).ravel()]
 
-    def _pseudobulks_by(self, rows: np.ndarray, keys: list, min_cells: int) -> dict:
-        """Observed log pseudobulk of ``rows`` grouped by ``keys`` (groups with at least ``min_cells`` cells)."""
+    def _pseudobulks_by(self, rows: np.ndarray, keys: list, min_cells: int) -> tuple[dict, dict]:
+        """Observed log pseudobulks of ``rows`` by ``keys`` (groups of ``min_cells`` cells or more), variances."""
         if len(rows) == 0:
-            return {}
+            return {}, {}
         codes = pd.Series(pd.Categorical([repr(k) for k in keys]))
         vc = codes.value_counts()
         groups = sorted(vc.index[vc >= min_cells].tolist())
         if not groups:
-            return {}
+            return {}, {}
         lookup = {repr(k): k for k in keys}
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mean = normalized_mean(*_rows(x, rows, codes.astype(str).to_numpy()), groups, counts=counts)
-        pb = np.log1p(TARGET_SUM * mean) if counts else mean
-        return {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
+        pb, var = _log_pseudobulk(x, rows, codes.astype(str).to_numpy(), groups, counts)
+        values = {lookup[g]: pb[i].astype(np.float32) for i, g in enumerate(groups)}
+        return values, {lookup[g]: var[i].astype(np.float32) for i, g in enumerate(groups)}
 
-    def _context_controls(self, idx: np.ndarray, min_cells: int) -> dict:
-        """Observed log pseudobulk of the training controls per context ``(medium, time, switch time)``."""
+    def _context_controls(self, idx: np.ndarray, min_cells: int) -> tuple[dict, dict]:
+        """Observed log pseudobulk of the training controls per context ``(medium, time, switch time)``, variances."""
         design = self._design(self.adata)
         keep = idx[design.is_control[idx] & ~design.is_unassigned[idx]]
         return self._pseudobulks_by(keep, self._context_keys(keep), min_cells)
 
-    def _protocol_pseudobulks(self, idx: np.ndarray, min_cells: int) -> dict:
-        """Observed log pseudobulks of the training perturbations: ``{(label, medium, switch): {time: values}}``."""
+    def _protocol_pseudobulks(self, idx: np.ndarray, min_cells: int) -> tuple[dict, dict]:
+        """Observed log pseudobulks of the training perturbations and their variances.
+
+        Both as ``{(label, medium, switch): {time: values}}``.
+        """
         design = self._design(self.adata)
         keep = idx[~design.is_control[idx] & ~design.is_unassigned[idx]]
         labels = design.labels[keep]
         keys = [(str(lab), m, s, t) for lab, (m, t, s) in zip(labels, self._context_keys(keep), strict=True)]
         out: dict = {}
-        for (lab, m, s, t), values in self._pseudobulks_by(keep, keys, min_cells).items():
-            out.setdefault((lab, m, s), {})[t] = values
-        return out
+        out_var: dict = {}
+        values, variances = self._pseudobulks_by(keep, keys, min_cells)
+        for (lab, m, s, t), v in values.items():
+            out.setdefault((lab, m, s), {})[t] = v
+            out_var.setdefault((lab, m, s), {})[t] = variances[(lab, m, s, t)]
+        return out, out_var
 
     def _anchor_plan(self, protocols: list[Protocol], anchor: str, rng: np.random.Generator) -> dict:
         """Plan the anchoring: protocol position -> observed components (``("__mean__", q1, ...)`` for the mean).
@@ -856,50 +878,78 @@ class PredictionMixin:
 
     def _apply_anchor(
         self, logx: np.ndarray, protocols: list[Protocol], anchored: dict, n_requested: int
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Anchored values and the mean weight each row's correction kept (:func:`_shrinkage`; NaN: not anchored)."""
+        weights = np.full(n_requested, np.nan)
         if not anchored:
-            return logx
+            return logx, weights
         anc = self.anchor_ or {"conditions": [], "log1p": [], "control_label": None}
         obs = {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["log1p"], strict=True)}
+        # variances were stored from this version on; a model saved before has none (corrections kept whole)
+        has_var = getattr(self, "anchor_context_var_", None) is not None and (self.anchor_ is None or "var" in anc)
+        obs_var = (
+            {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["var"], strict=True)}
+            if has_var and "var" in anc
+            else {}
+        )
         ctrl = anc["control_label"]
         # the components were appended after the requested conditions
         row = {p.label: n_requested + k for k, p in enumerate(protocols[n_requested:])}
         out = logx.copy()
         err_ctrl = obs[ctrl] - logx[row[ctrl]] if ctrl in obs else None
         context = {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_.items()}
+        context_var = (
+            {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_var_.items()} if has_var else {}
+        )
+
+        def noise(*terms) -> np.ndarray | None:
+            # variance of a weighted sum of independent observed pseudobulks: sum of w^2 v
+            return sum(w**2 * v for w, v in terms) if has_var else None
+
         for i, p in enumerate(protocols[:n_requested]):
             if i not in anchored:
                 continue
             targets = anchored[i]
             if targets[0] == "__observed__":
-                out[i] = np.asarray(self.anchor_protocols_[targets[1]][targets[2]], dtype=np.float64)
-                continue
-            if targets[0] == "__time__":
+                corr = np.asarray(self.anchor_protocols_[targets[1]][targets[2]], dtype=np.float64) - logx[i]
+                var = noise((1.0, self.anchor_protocols_var_[targets[1]][targets[2]])) if has_var else None
+            elif targets[0] == "__time__":
                 # the model's error at the neighbouring observed times, interpolated; on changes from the
                 # controls of each context when those were observed, else on levels
                 times = self.anchor_protocols_[targets[1]]
                 ctx = self._time_anchor_contexts(targets)
                 corr = context[ctx[0]] - logx[row[f"__context__{ctx[0]}"]] if ctx else 0.0
+                terms = [(1.0, context_var[ctx[0]])] if (ctx and has_var) else []
                 for j, (u, w) in enumerate(targets[3:], start=1):
                     err = np.asarray(times[u], dtype=np.float64) - logx[row[f"__time__{i}@{u}"]]
+                    if has_var:
+                        terms.append((w, self.anchor_protocols_var_[targets[1]][u]))
                     if ctx:
                         err = err - (context[ctx[j]] - logx[row[f"__context__{ctx[j]}"]])
+                        if has_var:
+                            terms.append((w, context_var[ctx[j]]))
                     corr = corr + w * err
-                out[i] = logx[i] + corr
-                continue
-            if targets[0] == "__context__":
+                var = noise(*terms)
+            elif targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
-                out[i] = logx[i] + context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
-                continue
-            if targets[0] == "__self__":
-                out[i] = obs[p.label]
-                continue
-            if targets[0] == "__mean__":
+                corr = context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
+                var = noise((1.0, context_var.get(targets[1]))) if has_var else None
+            elif targets[0] == "__self__":
+                corr = obs[p.label] - logx[i]
+                var = noise((1.0, obs_var.get(p.label))) if has_var else None
+            elif targets[0] == "__mean__":
                 corr = np.mean([obs[t] - logx[row[t]] for t in targets[1:]], axis=0)
+                q = len(targets) - 1
+                var = noise(*[(1.0 / q, obs_var[t]) for t in targets[1:]]) if has_var else None
             else:
                 corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
-            out[i] = logx[i] + corr
-        return out
+                var = None
+                if has_var:
+                    var = noise(*[(1.0, obs_var[t]) for t in targets], (len(targets) - 1.0, obs_var[ctrl]))
+            w = _shrinkage(np.asarray(corr, dtype=np.float64) * np.ones(logx.shape[1]), var)
+            weights[i] = float(np.mean(w))
+            out[i] = logx[i] + w * corr
+        return out, weights
 
     def _efficacy_pool(self, adata) -> np.ndarray | None:
         if K.EFFICACY_KEY not in self.adata_manager.data_registry:
@@ -951,6 +1001,42 @@ def _mean_over_cells(
             return None
         out += eb * ((1.0 / norm) @ ea)
     return (out / n0).float()
+
+
+def _log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts: bool) -> tuple:
+    r"""Log pseudobulk of ``rows`` per group and its sampling variance per gene (delta method).
+
+    The variance of a group's mean normalised expression is the between-cell variance over the cell count; through
+    :math:`\log(1 + 10^4 m)` it is scaled by :math:`(10^4 / (1 + 10^4 m))^2`. Non-count data are averaged as they
+    are.
+    """
+    xr, lab = _rows(x, rows, labels)
+    mean = normalized_mean(xr, lab, groups, counts=counts)
+    second = normalized_mean(xr, lab, groups, counts=counts, moment=2)
+    n = pd.Series(np.asarray(labels, dtype=object)).value_counts().reindex(groups).to_numpy(dtype=np.float64)
+    var = np.clip(second - mean**2, 0.0, None) / np.maximum(n - 1.0, 1.0)[:, None]
+    if counts:
+        return np.log1p(TARGET_SUM * mean), var * (TARGET_SUM / (1.0 + TARGET_SUM * mean)) ** 2
+    return mean, var
+
+
+def _shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
+    r"""Per-gene weight of a correction observed with per-gene sampling variance ``var`` (empirical Bayes).
+
+    The correction :math:`c_g` is the model's systematic error :math:`s_g` plus sampling noise of variance
+    :math:`v_g`. With a common prior variance of the systematic errors, estimated from the correction itself as
+    :math:`\tau^2 = \max(0, \overline{c_g^2 - v_g})`, the posterior mean of :math:`s_g` is :math:`w_g c_g` with
+    :math:`w_g = \tau^2 / (\tau^2 + v_g)`: a correction that stands out of the noise is kept, noisy genes (low
+    expression, few cells) are shrunk towards the model, and a correction that is all noise is dropped. Without
+    variances (models saved before they were stored) the correction is kept whole.
+    """
+    if var is None:
+        return np.ones_like(corr)
+    var = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0)
+    tau2 = max(0.0, float(np.mean(corr**2 - var)))
+    if tau2 == 0.0:
+        return np.zeros_like(corr)
+    return tau2 / (tau2 + var)
 
 
 def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:
