@@ -60,6 +60,17 @@ def _delta_scores(pred: np.ndarray, truth: np.ndarray, ctrl_pred: np.ndarray, ct
     return {"mse_delta": float(np.mean((dp - dt) ** 2)), "pearson_delta": float(np.corrcoef(dp, dt)[0, 1])}
 
 
+def _control_residual(model, adata, train) -> float:
+    """||f(mean latent state of the training controls; baseline medium, no perturbation)|| after training."""
+    ctrl = np.intersect1d(np.flatnonzero((adata.obs["perturbation"] == "NT").to_numpy()), train)
+    zbar = model.get_latent_representation(indices=ctrl).mean(0)
+    module = model.module
+    with torch.no_grad():
+        z = torch.as_tensor(zbar, dtype=torch.float32).reshape(1, -1)
+        f = module.field(z, torch.zeros(1, dtype=torch.long), torch.zeros_like(z))
+    return float(f.norm())
+
+
 def _frame(pred) -> pd.DataFrame:
     return pd.DataFrame(pred.X, index=pred.obs["perturbation"].astype(str).to_numpy(), columns=pred.var_names)
 
@@ -75,9 +86,11 @@ def steady_state_claim(seeds, epochs, n_cells) -> pd.DataFrame:
         truth = adata.uns["truth"]["mean_log"]
         ctrl_truth = truth.loc["NT|m0"].to_numpy()
         preds = {}
+        residual = {}
         for name, kwargs in (("SemiMechVI", {"steady_state_weight": 1.0}), ("vanilla", {"steady_state_weight": 0.0})):
             model, secs = _train(adata, split.train, split.test, epochs, seed, **kwargs)
             preds[name] = (_frame(model.predict([*split.test_conditions, "NT"], n_cells=300)), secs)
+            residual[name] = _control_residual(model, adata, split.train)
         for cls in (scmech.tl.TrainMean, scmech.tl.LinearModel):
             b = adata.copy()
             cls.setup_anndata(b, **SETUP)
@@ -99,6 +112,7 @@ def steady_state_claim(seeds, epochs, n_cells) -> pd.DataFrame:
                         "model": name,
                         "condition": cond,
                         "train_seconds": secs,
+                        "ss_residual": residual.get(name, np.nan),
                         **scores,
                     }
                 )
@@ -131,26 +145,31 @@ def dynamic_claim(seeds, epochs, n_cells, held_time=2.0) -> pd.DataFrame:
         pb = {k: pb_frame.loc[k].to_numpy() for k in pb_frame.index if k}
         perts = [c for c in adata.obs["perturbation"].cat.categories if c != "NT"]
         for s in (-1.0, 1.0):
-            pred = model.predict(perts + ["NT"], media="m1", time=held_time, media_time=s, n_cells=300, anchor="none")
-            frame = _frame(pred)
+            kw = {"media": "m1", "time": held_time, "media_time": s, "n_cells": 300}
+            # anchored (the default: corrected by the model's error at the observed neighbouring times) and not
+            frames = {
+                "SemiMechVI": _frame(model.predict(perts + ["NT"], **kw)),
+                "SemiMechVI (not anchored)": _frame(model.predict(perts + ["NT"], anchor="none", **kw)),
+            }
             ctrl_t = truth.loc[f"NT|m1|{s:g}|{held_time:g}"].to_numpy()
             for cond in perts:
                 key = f"{cond}|m1|{s:g}|{held_time:g}"
                 if key not in truth.index or truth.loc[key].isna().any():
                     continue
-                scores = _delta_scores(
-                    frame.loc[cond].to_numpy(), truth.loc[key].to_numpy(), frame.loc["NT"].to_numpy(), ctrl_t
-                )
-                rows.append(
-                    {
-                        "part": "held_out_time",
-                        "seed": seed,
-                        "model": "SemiMechVI",
-                        "condition": f"{cond}|{s:g}",
-                        "train_seconds": secs,
-                        **scores,
-                    }
-                )
+                for name, frame in frames.items():
+                    scores = _delta_scores(
+                        frame.loc[cond].to_numpy(), truth.loc[key].to_numpy(), frame.loc["NT"].to_numpy(), ctrl_t
+                    )
+                    rows.append(
+                        {
+                            "part": "held_out_time",
+                            "seed": seed,
+                            "model": name,
+                            "condition": f"{cond}|{s:g}",
+                            "train_seconds": secs,
+                            **scores,
+                        }
+                    )
                 # baseline: the observed pseudobulks of the same protocol at the neighbouring time points, interpolated
                 lo, hi = pb.get(f"{cond}|m1|{s:g}|1"), pb.get(f"{cond}|m1|{s:g}|4")
                 lo_c, hi_c = pb.get(f"NT|m1|{s:g}|1"), pb.get(f"NT|m1|{s:g}|4")
@@ -239,7 +258,11 @@ def _md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r) + " |")
+        cells = [
+            f"{v:.4f}" if isinstance(v, float) and c != "seed" else str(int(v) if c == "seed" else v)
+            for c, v in r.items()
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -256,14 +279,21 @@ def report(df: pd.DataFrame, args) -> str:
     if len(ss):
         per_seed = ss.groupby(["model", "seed"])[["mse_delta", "pearson_delta"]].mean().reset_index()
         wide = per_seed.pivot(index="seed", columns="model", values="mse_delta")
+        wide.index = wide.index.astype(int)
         wins = int((wide["SemiMechVI"] < wide["vanilla"]).sum())
-        summary = ss.groupby("model")[["mse_delta", "pearson_delta", "train_seconds"]].agg(["mean", "std"])
+        summary = ss.groupby("model")[["mse_delta", "pearson_delta", "ss_residual", "train_seconds"]].agg(
+            ["mean", "std"]
+        )
         summary.columns = [f"{a} {b}" for a, b in summary.columns]
         out += [
             "## 1. Steady-state regime, held-out single perturbations",
             "",
             f"SemiMechVI (steady-state term) has lower held-out MSE than the vanilla model in **{wins} of "
-            f"{len(wide)}** seeds.",
+            f"{len(wide)}** seeds. The two tie by construction: in SemiMechVI's field the steady-state term on "
+            "controls can be met by moving the field's centre and its shared push together, which changes no "
+            "perturbed read-out (a gauge; see the steady-state section of the framework page). What differs is "
+            "the read-out (fixed point vs a finite-horizon flow) and its cost (`train_seconds`). `ss_residual` is "
+            "the norm of the control field at the mean latent state of the training controls after training.",
             "",
             "Per seed (mean over held-out perturbations), MSE of the change:",
             "",
