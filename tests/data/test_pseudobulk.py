@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 
 from scmech.data._pseudobulk import normalized_mean
@@ -34,16 +33,20 @@ def test_sparse_matrices_larger_than_a_block_give_the_dense_means():
 
 
 def test_second_moments_by_hand_for_counts_and_values_in_blocks():
-    """``moment=2`` averages squared proportions (or squared values), sparse or dense, across row blocks."""
+    """``second_moment=True`` also averages squared proportions (or squared values), sparse or dense, across row
+    blocks, in the same pass as the means."""
     rng = np.random.default_rng(2)
     n = 21_000  # more than two blocks
     d = rng.poisson(2.0, size=(n, 5)).astype(np.float64) + 1.0
     groups = rng.choice(["a", "b"], n)
     prop = d / d.sum(1, keepdims=True)
     for x in (d, sp.csr_matrix(d)):
-        m2 = normalized_mean(x, groups, ["a", "b"], moment=2)
+        mean, m2 = normalized_mean(x, groups, ["a", "b"], second_moment=True)
+        np.testing.assert_allclose(mean, normalized_mean(x, groups, ["a", "b"]), rtol=1e-12)
         np.testing.assert_allclose(m2[0], (prop[groups == "a"] ** 2).mean(0), rtol=1e-10)
-        raw = normalized_mean(x, groups, ["a", "b"], counts=False, moment=2)
+        _, raw = normalized_mean(x, groups, ["a", "b"], counts=False, second_moment=True)
         np.testing.assert_allclose(raw[1], (d[groups == "b"] ** 2).mean(0), rtol=1e-10)
-    with pytest.raises(ValueError, match="moment must be 1 or 2, got 3"):
-        normalized_mean(d, groups, ["a"], moment=3)
+    # an empty group is NaN in both
+    mean, m2 = normalized_mean(d, groups, ["a", "none"], second_moment=True)
+    assert np.isnan(mean[1]).all()
+    assert np.isnan(m2[1]).all()

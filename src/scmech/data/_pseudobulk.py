@@ -52,8 +52,8 @@ def normalized_mean(
     *,
     size_factor: np.ndarray | None = None,
     counts: bool = True,
-    moment: int = 1,
-) -> np.ndarray:
+    second_moment: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Mean normalised expression (proportions) per group; plain means when ``counts=False``.
 
     Parameters
@@ -68,16 +68,15 @@ def normalized_mean(
         Library size per cell; total counts when ``None``.
     counts
         Whether ``x`` holds counts (normalise by library size) or already normalised values.
-    moment
-        1 for the mean, 2 for the mean of the squared (normalised) values (for sampling variances).
+    second_moment
+        Also return the mean of the squared (normalised) values, from the same pass over the rows (for sampling
+        variances).
 
     Returns
     -------
-    Array (groups x genes) of mean proportions (or means, or their second moments). Empty groups give NaN rows.
+    Array (groups x genes) of mean proportions (or means); with ``second_moment`` a tuple of it and the second
+    moments. Empty groups give NaN rows.
     """
-    if moment not in (1, 2):
-        msg = f"moment must be 1 or 2, got {moment!r}."
-        raise ValueError(msg)
     groups = np.asarray(groups)
     index = pd.Index(list(group_order))
     codes = index.get_indexer(groups)
@@ -89,11 +88,12 @@ def normalized_mean(
             msg = f"{int(zero.sum())} cells have a library size of 0; remove empty cells before computing pseudobulks."
             raise ValueError(msg)
         scale = np.zeros_like(lib)
-        scale[keep] = 1.0 / lib[keep] ** moment
+        scale[keep] = 1.0 / lib[keep]
     else:
         scale = keep.astype(np.float64)
     n = np.bincount(codes[keep], minlength=len(index)).astype(np.float64)
     sums = np.zeros((len(index), x.shape[1]), dtype=np.float64)
+    sums2 = np.zeros_like(sums) if second_moment else None
     # backed (on-disk) matrices are read in blocks of rows; in-memory sparse ones are sliced in blocks too, so that
     # the sparse product's casts (index and value dtypes) copy one block, not the whole matrix
     for start, block in _row_blocks(x):
@@ -101,16 +101,24 @@ def normalized_mean(
         k = keep[rows]
         if not k.any():
             continue
-        if moment == 2:
-            block = block.multiply(block) if sp.issparse(block) else np.asarray(block, dtype=np.float64) ** 2
         # indicator (groups x cells) with the per-cell scale, so the mean is one sparse product
-        ind = sp.csr_matrix((scale[rows][k], (codes[rows][k], np.flatnonzero(k))), shape=(len(index), block.shape[0]))
+        sel = (codes[rows][k], np.flatnonzero(k))
+        ind = sp.csr_matrix((scale[rows][k], sel), shape=(len(index), block.shape[0]))
         part = ind @ block
         sums += part.toarray() if sp.issparse(part) else np.asarray(part)
+        if second_moment:
+            squared = block.multiply(block) if sp.issparse(block) else np.asarray(block, dtype=np.float64) ** 2
+            ind2 = sp.csr_matrix((scale[rows][k] ** 2, sel), shape=ind.shape)
+            part = ind2 @ squared
+            sums2 += part.toarray() if sp.issparse(part) else np.asarray(part)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = sums / n[:, None]
+        out2 = sums2 / n[:, None] if second_moment else None
     out[n == 0] = np.nan
-    return out
+    if not second_moment:
+        return out
+    out2[n == 0] = np.nan
+    return out, out2
 
 
 def _row_blocks(x, chunk_rows: int = 10_000):

@@ -887,24 +887,19 @@ class PredictionMixin:
         obs = {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["log1p"], strict=True)}
         # variances were stored from this version on; a model saved before has none (corrections kept whole)
         has_var = getattr(self, "anchor_context_var_", None) is not None and (self.anchor_ is None or "var" in anc)
-        obs_var = (
-            {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["var"], strict=True)}
-            if has_var and "var" in anc
-            else {}
-        )
+        obs_var = dict(zip(anc["conditions"], anc["var"], strict=True)) if has_var and self.anchor_ else {}
+        protocol_var = getattr(self, "anchor_protocols_var_", None) or {}
         ctrl = anc["control_label"]
         # the components were appended after the requested conditions
         row = {p.label: n_requested + k for k, p in enumerate(protocols[n_requested:])}
         out = logx.copy()
         err_ctrl = obs[ctrl] - logx[row[ctrl]] if ctrl in obs else None
         context = {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_.items()}
-        context_var = (
-            {repr(k): np.asarray(v, dtype=np.float64) for k, v in self.anchor_context_var_.items()} if has_var else {}
-        )
+        context_var = {repr(k): v for k, v in self.anchor_context_var_.items()} if has_var else {}
 
         def noise(*terms) -> np.ndarray | None:
             # variance of a weighted sum of independent observed pseudobulks: sum of w^2 v
-            return sum(w**2 * v for w, v in terms) if has_var else None
+            return sum(w**2 * np.asarray(v, dtype=np.float64) for w, v in terms) if has_var else None
 
         for i, p in enumerate(protocols[:n_requested]):
             if i not in anchored:
@@ -912,41 +907,37 @@ class PredictionMixin:
             targets = anchored[i]
             if targets[0] == "__observed__":
                 corr = np.asarray(self.anchor_protocols_[targets[1]][targets[2]], dtype=np.float64) - logx[i]
-                var = noise((1.0, self.anchor_protocols_var_[targets[1]][targets[2]])) if has_var else None
+                var = noise((1.0, protocol_var.get(targets[1], {}).get(targets[2])))
             elif targets[0] == "__time__":
                 # the model's error at the neighbouring observed times, interpolated; on changes from the
                 # controls of each context when those were observed, else on levels
                 times = self.anchor_protocols_[targets[1]]
                 ctx = self._time_anchor_contexts(targets)
                 corr = context[ctx[0]] - logx[row[f"__context__{ctx[0]}"]] if ctx else 0.0
-                terms = [(1.0, context_var[ctx[0]])] if (ctx and has_var) else []
+                terms = [(1.0, context_var.get(ctx[0]))] if ctx else []
                 for j, (u, w) in enumerate(targets[3:], start=1):
                     err = np.asarray(times[u], dtype=np.float64) - logx[row[f"__time__{i}@{u}"]]
-                    if has_var:
-                        terms.append((w, self.anchor_protocols_var_[targets[1]][u]))
+                    terms.append((w, protocol_var.get(targets[1], {}).get(u)))
                     if ctx:
                         err = err - (context[ctx[j]] - logx[row[f"__context__{ctx[j]}"]])
-                        if has_var:
-                            terms.append((w, context_var[ctx[j]]))
+                        terms.append((w, context_var.get(ctx[j])))
                     corr = corr + w * err
                 var = noise(*terms)
             elif targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
                 corr = context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
-                var = noise((1.0, context_var.get(targets[1]))) if has_var else None
+                var = noise((1.0, context_var.get(targets[1])))
             elif targets[0] == "__self__":
                 corr = obs[p.label] - logx[i]
-                var = noise((1.0, obs_var.get(p.label))) if has_var else None
+                var = noise((1.0, obs_var.get(p.label)))
             elif targets[0] == "__mean__":
                 corr = np.mean([obs[t] - logx[row[t]] for t in targets[1:]], axis=0)
                 q = len(targets) - 1
-                var = noise(*[(1.0 / q, obs_var[t]) for t in targets[1:]]) if has_var else None
+                var = noise(*[(1.0 / q, obs_var.get(t)) for t in targets[1:]])
             else:
                 corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
-                var = None
-                if has_var:
-                    var = noise(*[(1.0, obs_var[t]) for t in targets], (len(targets) - 1.0, obs_var[ctrl]))
-            w = _shrinkage(np.asarray(corr, dtype=np.float64) * np.ones(logx.shape[1]), var)
+                var = noise(*[(1.0, obs_var.get(t)) for t in targets], (len(targets) - 1.0, obs_var.get(ctrl)))
+            w = _shrinkage(corr, var)
             weights[i] = float(np.mean(w))
             out[i] = logx[i] + w * corr
         return out, weights
@@ -1011,8 +1002,7 @@ def _log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, count
     are.
     """
     xr, lab = _rows(x, rows, labels)
-    mean = normalized_mean(xr, lab, groups, counts=counts)
-    second = normalized_mean(xr, lab, groups, counts=counts, moment=2)
+    mean, second = normalized_mean(xr, lab, groups, counts=counts, second_moment=True)
     n = pd.Series(np.asarray(labels, dtype=object)).value_counts().reindex(groups).to_numpy(dtype=np.float64)
     var = np.clip(second - mean**2, 0.0, None) / np.maximum(n - 1.0, 1.0)[:, None]
     if counts:
