@@ -1006,6 +1006,66 @@ def test_unseen_single_is_anchored_on_the_mean_training_error(steady, monkeypatc
     np.testing.assert_allclose(comb.X[0], raw.X[0], rtol=1e-6, atol=1e-6)
 
 
+def test_unseen_single_keeps_the_calibrated_share_of_its_specific_change(steady, monkeypatch):
+    """With the map's calibration slope alpha the unseen single is the mean training single (model plus mean error)
+    plus alpha times the model's specific change from it."""
+    model = steady.model
+    monkeypatch.setattr(model, "anchor_context_var_", None)
+    # three training targets are too few to calibrate the map by leave-one-target-out: the slope stays 1
+    assert model.target_map_["slope"] == 1.0
+    assert model.target_map_["slope_targets"] == 0
+    monkeypatch.setitem(model.target_map_, "slope", 0.3)
+    held = steady.heldout_target
+    anchor = model.anchor_
+    singles = [c for c in anchor["conditions"] if c != "NT"]
+    raw = model.predict([held, *singles], anchor="none", random_state=2)
+    auto = model.predict([held], random_state=2)
+    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
+    m = raw.X.astype(np.float64)
+    m_bar = m[1:].mean(axis=0)
+    y_bar = np.mean([obs[q] for q in singles], axis=0)
+    expected = m_bar + 0.3 * (m[0] - m_bar) + (y_bar - m_bar)
+    np.testing.assert_allclose(auto.X[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_map_calibration_slope_recovers_the_share_the_data_bear_out(steady, monkeypatch):
+    """The leave-one-target-out slope of observed on predicted specific changes, on planted values."""
+    model = steady.model
+    rng = np.random.default_rng(0)
+    targets = [f"T{k}" for k in range(8)]
+    n_genes = 50
+    spec = {t: rng.normal(0.0, 1.0, n_genes) for t in targets}  # the model's specific changes
+    level = rng.normal(2.0, 0.5, n_genes)
+    # the data bear out 40 % of each specific change (plus noise) on top of a shared shift
+    observed = {t: level + 0.7 + 0.4 * spec[t] + rng.normal(0.0, 0.05, n_genes) for t in targets}
+    observed["NT"] = level
+    anchor = {
+        "conditions": sorted(observed),
+        "log1p": np.stack([observed[c] for c in sorted(observed)]),
+        "control_label": "NT",
+    }
+    tm = {"fit_targets": targets, "var_names": targets, "embedding": rng.normal(size=(8, 3)), "coef": None}
+
+    def fake_predict(conds, anchor=None, random_state=None):
+        # the model's predictions: its own level plus the specific change, whatever map it is given
+        return ad.AnnData(np.stack([level + 0.2 + spec[c] for c in conds]).astype(np.float32))
+
+    monkeypatch.setattr(model, "target_map_", tm)
+    monkeypatch.setattr(model, "anchor_", anchor)
+    monkeypatch.setattr(model, "trained_targets_", list(targets))
+    monkeypatch.setattr(model, "_map_values", lambda fit: rng.normal(size=(len(fit), 4)))
+    monkeypatch.setattr(model, "predict", fake_predict)
+    model._fit_map_calibration()
+    assert model.target_map_["slope_targets"] == 8
+    assert model.target_map_["slope"] == pytest.approx(0.4, abs=0.02)
+    # a model whose specific changes are wrong keeps none of them
+    for t in targets:
+        observed[t] = level + 0.7 - 0.4 * spec[t]
+    anchor["log1p"] = np.stack([observed[c] for c in sorted(observed)])
+    model._fit_map_calibration()
+    assert model.target_map_["slope"] == 0.0
+
+
 def test_other_contexts_are_anchored_on_their_observed_controls(dynamic):
     model, adata = dynamic.model, dynamic.adata
     obs = adata.obs
@@ -1122,6 +1182,70 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     raw = model.predict(target, time=2.0, anchor="none", **kw)
     truth = pseudobulk(adata[held], keys[held]).loc[f"{target}|m1|1|2"].to_numpy()
     assert np.mean((anchored.X[0] - truth) ** 2) < 0.5 * np.mean((raw.X[0] - truth) ** 2)
+
+
+def test_anchoring_carries_a_perturbation_observed_in_another_medium_over():
+    """A perturbation held out in one medium is the model plus the observed controls' level there plus the model's
+    error on the perturbation's change in the other medium."""
+    adata = simulate_perturbseq(1600, 30, n_perturbations=4, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
+    target, other = adata.uns["truth"]["targets"][:2]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
+    train = np.setdiff1d(np.arange(adata.n_obs), held)
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(
+        max_epochs=1,
+        batch_size=128,
+        enable_progress_bar=False,
+        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
+    )
+    keys = simulation_group_keys(obs)
+    observed = pseudobulk(adata[train], keys[train])
+    anchored = model.predict(target, media="m1", random_state=0)
+    assert anchored.uns["scmech"]["prediction"]["anchoring"][anchored.obs_names[0]] == "observed in other media"
+    assert 0.0 < anchored.obs["anchor_weight"].iloc[0] <= 1.0
+    # the formula, with the corrections in full (a model without stored sampling variances)
+    saved = model.anchor_context_var_
+    model.anchor_context_var_ = None
+    try:
+        whole = model.predict(target, media="m1", random_state=0)
+    finally:
+        model.anchor_context_var_ = saved
+    m = {
+        f"{lab}|{med}": model.predict(lab, media=med, anchor="none", random_state=0).X[0].astype(np.float64)
+        for lab in (target, "NT")
+        for med in ("m0", "m1")
+    }
+    y = {k: observed.loc[k].to_numpy() for k in (f"{target}|m0", "NT|m0", "NT|m1")}
+    expected = (
+        m[f"{target}|m1"]
+        + (y["NT|m1"] - m["NT|m1"])
+        + (y[f"{target}|m0"] - m[f"{target}|m0"])
+        - (y["NT|m0"] - m["NT|m0"])
+    )
+    np.testing.assert_allclose(whole.X[0], expected, rtol=1e-4, atol=1e-4)
+    # against the simulator's noise-free truth: better than the model alone and than the controls' level alone
+    truth = adata.uns["truth"]["mean_log"].loc[f"{target}|m1"].to_numpy()
+    raw = m[f"{target}|m1"]
+    model.anchor_protocols_, saved = {}, model.anchor_protocols_
+    try:
+        level_only = model.predict(target, media="m1", random_state=0)
+    finally:
+        model.anchor_protocols_ = saved
+    assert level_only.uns["scmech"]["prediction"]["anchoring"][level_only.obs_names[0]] == (
+        "observed controls of the context"
+    )
+    err = {k: float(np.mean((v - truth) ** 2)) for k, v in (("anchored", anchored.X[0]), ("raw", raw))}
+    err["level_only"] = float(np.mean((level_only.X[0] - truth) ** 2))
+    assert err["anchored"] < err["level_only"], err
+    assert err["anchored"] < 0.5 * err["raw"], err
+    # a perturbation observed in training in that medium is its observation
+    seen = model.predict(other, media="m1", random_state=0)
+    assert seen.uns["scmech"]["prediction"]["anchoring"][seen.obs_names[0]] == "observed"
+    np.testing.assert_allclose(seen.X[0], observed.loc[f"{other}|m1"].to_numpy(), atol=0.1)
 
 
 def test_predict_reports_and_warns_about_unconverged_steady_states(steady):

@@ -132,26 +132,81 @@ class PredictionMixin:
             embedding = pseudobulk_gene_embedding(pb, n_components=min(n_components, len(conds) - 1))
             source = "training pseudobulk PCA"
         gene_pos = {g: i for i, g in enumerate(var_names)}
-        rows = [i for i, t in enumerate(targets) if trained[i] and t in gene_pos]
-        if len(rows) < 2:
+        fit = [t for t, ok in zip(targets, trained, strict=True) if ok and t in gene_pos]
+        if len(fit) < 2:
             self.target_map_ = None
             return
-        e = embedding[[gene_pos[targets[i]] for i in rows]]
-        with torch.no_grad():
-            ops = self.module.field.operators.detach().cpu().numpy()[rows]
-            own = self.module.decoder.own_effect
-            own_v = own.detach().cpu().numpy()[rows] if own is not None else np.zeros(len(rows))
-        values = np.hstack([ops, own_v[:, None]])
-        coef, intercept, ridge, _ = ridge_map_cv(e, values)
+        e = embedding[[gene_pos[t] for t in fit]]
+        coef, intercept, ridge, _ = ridge_map_cv(e, self._map_values(fit))
         self.target_map_ = {
             "embedding": embedding.astype(np.float32),
             "var_names": [str(v) for v in var_names],
             "coef": coef,
             "intercept": intercept,
-            "fit_targets": [targets[i] for i in rows],
+            "fit_targets": fit,
             "ridge": float(ridge),
             "source": source,
         }
+
+    def _map_values(self, targets: list[str]) -> np.ndarray:
+        """What the gene-embedding map predicts for ``targets``: their operators and own-target effects."""
+        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        rows = [registered.index(t) for t in targets]
+        with torch.no_grad():
+            ops = self.module.field.operators.detach().cpu().numpy()[rows]
+            own = self.module.decoder.own_effect
+            own_v = own.detach().cpu().numpy()[rows] if own is not None else np.zeros(len(rows))
+        return np.hstack([ops, own_v[:, None]])
+
+    def _fit_map_calibration(self, max_targets: int = 50) -> None:
+        r"""Calibration slope of the gene-embedding map in data space, by leave-one-target-out.
+
+        Each training target :math:`q` with an observed pseudobulk is mapped as if it had no training cells (the
+        map refitted without it) and predicted by the model; its predicted change from the mean of the other
+        training singles, :math:`d_q = m^{(-q)}_q - \bar m_{-q}`, is set against the observed one,
+        :math:`e_q = y_q - \bar y_{-q}`. The slope :math:`\alpha = \sum_q \langle e_q, d_q\rangle / \sum_q
+        \lVert d_q\rVert^2`, clipped to :math:`[0, 1]`, says how much of a mapped target's specific change the
+        data bear out (``target_map_["slope"]``; 1 with fewer than 3 such targets). ``predict`` scales the specific
+        change of targets without training cells by it when it anchors them on the mean training error.
+        """
+        tm, anc = self.target_map_, self.anchor_
+        if tm is None:
+            return
+        tm["slope"], tm["slope_targets"] = 1.0, 0
+        if anc is None:
+            return
+        ctrl = anc["control_label"]
+        obs = {c: np.asarray(v, dtype=np.float64) for c, v in zip(anc["conditions"], anc["log1p"], strict=True)}
+        singles = [c for c in anc["conditions"] if c != ctrl]
+        fit = list(tm["fit_targets"])
+        usable = [t for t in fit if t in obs]
+        # leaving one out must leave enough targets for the map's own leave-one-out choice of penalty
+        if len(usable) < 3 or len(fit) < 4 or len(singles) < 3:
+            return
+        if len(usable) > max_targets:
+            usable = sorted(np.random.default_rng(0).choice(usable, size=max_targets, replace=False).tolist())
+        pos = {g: i for i, g in enumerate(tm["var_names"])}
+        e = np.asarray(tm["embedding"], dtype=np.float64)[[pos[t] for t in fit]]
+        values = self._map_values(fit)
+        raw = self.predict(singles, anchor="none", random_state=0)
+        m = {c: np.asarray(raw.X[i], dtype=np.float64) for i, c in enumerate(singles)}
+        saved = self.target_map_, self.trained_targets_
+        num = den = 0.0
+        try:
+            for t in usable:
+                keep = [j for j, u in enumerate(fit) if u != t]
+                coef, intercept, _, _ = ridge_map_cv(e[keep], values[keep])
+                self.target_map_ = {**tm, "coef": coef, "intercept": intercept}
+                self.trained_targets_ = [u for u in saved[1] if u != t]
+                m_loo = np.asarray(self.predict([t], anchor="none", random_state=0).X[0], dtype=np.float64)
+                others = [c for c in singles if c != t]
+                d = m_loo - np.mean([m[c] for c in others], axis=0)
+                num += float((obs[t] - np.mean([obs[c] for c in others], axis=0)) @ d)
+                den += float(d @ d)
+        finally:
+            self.target_map_, self.trained_targets_ = saved
+        if den > 0:
+            tm["slope"], tm["slope_targets"] = float(np.clip(num / den, 0.0, 1.0)), len(usable)
 
     def _map_targets(self, targets: list[str]) -> np.ndarray:
         tm = self.target_map_
@@ -367,9 +422,12 @@ class PredictionMixin:
               m_\varnothing]` (the additive baseline nested in the model; the dynamics supply what is not
               additive, such as the shared response of perturbed cells counted once);
             - with ``"auto"``, a single target without training cells is predicted as
-              :math:`m_t + \overline{(y_q - m_q)}`, the model plus its mean error over (up to 50) observed
-              training singles :math:`q` (the train-mean baseline nested in the model; the model supplies what is
-              specific to :math:`t`, such as the knock-down of its own mRNA);
+              :math:`\bar m + \alpha (m_t - \bar m) + \overline{(y_q - m_q)}`, the model plus its mean error
+              over (up to 50) observed training singles :math:`q` (the train-mean baseline nested in the model; the
+              model supplies what is specific to :math:`t`, such as the knock-down of its own mRNA). The specific
+              change from the mean training single :math:`\bar m` keeps the share :math:`\alpha \in [0, 1]` that
+              the data bore out for training targets mapped as if unseen (leave-one-target-out, fitted after
+              training: ``target_map_["slope"]``; 1 with fewer than 3 such targets);
             - with ``"auto"``, the control and singles observed in training are their observed pseudobulk
               (weighed against its noise, below), so that every row of the result lives in the same (data) space
               and differences between rows are effects;
@@ -377,13 +435,21 @@ class PredictionMixin:
               observed in training is predicted as :math:`m_p + (y_\varnothing - m_\varnothing)` in that
               context: the level of the observed controls plus the model's change from them (the control-mean
               baseline nested in the model);
-            - with ``"auto"`` in the dynamic regime, a perturbation observed in training under the same medium
-              protocol is its observation at an observed read-out time, and at another time the model plus its
+            - with ``"auto"``, a perturbation observed in training under the same medium protocol is its
+              observation (in the steady-state regime, and in the dynamic regime at an observed read-out time);
+              in the dynamic regime, at another time it is the model plus its
               error at the neighbouring observed times :math:`u` (weights :math:`w_u` linear in time; the nearest
               time outside their range), on changes from each context's observed controls when those were
               observed: :math:`m_{p,t} + (y_{\varnothing,t} - m_{\varnothing,t}) + \sum_u w_u
               [(y_{p,u} - y_{\varnothing,u}) - (m_{p,u} - m_{\varnothing,u})]` (the linear model's pooling over
-              time points nested in the model; the dynamics supply how the effect changes with time).
+              time points nested in the model; the dynamics supply how the effect changes with time);
+            - with ``"auto"``, a perturbation not observed under its medium protocol but observed at the same
+              read-out time under others (sources :math:`s`, e.g. another medium) is the model plus the observed
+              controls' level in its context and the model's mean error on the perturbation's change from the
+              controls of each source: :math:`m_{p} + (y_{\varnothing} - m_{\varnothing}) + \overline{[(y_{p,s} -
+              y_{\varnothing,s}) - (m_{p,s} - m_{\varnothing,s})]}` (the linear model's medium-independent effect
+              nested in the model; the dynamics supply how the medium changes the effect). The two corrections are
+              independent errors and each is weighed against its own noise.
 
             Each correction :math:`c_g` (the bracketed observed-minus-model terms above) is weighed per gene
             against the sampling noise of the observed pseudobulks it uses (variance :math:`v_g`, from the
@@ -440,7 +506,7 @@ class PredictionMixin:
             # the model's own predictions of the observed components, from the same starting cells
             st0 = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
             markers = ("__mean__", "__self__", "__context__")
-            dynamic_plans = ("__context__", "__time__", "__observed__")
+            dynamic_plans = ("__context__", "__time__", "__observed__", "__media__")
             extra = sorted(
                 {t for ts in anchored.values() if ts[0] not in dynamic_plans for t in ts if t not in markers}
                 | {st0["control_label"]}
@@ -467,9 +533,22 @@ class PredictionMixin:
                 if ts[0] == "__time__"
                 for u, _ in ts[3:]
             ]
+            protocols = protocols + [
+                Protocol(
+                    label=f"__media__{i}@{src!r}",
+                    targets=protocols[i].targets,
+                    media=src[0],
+                    time=protocols[i].time,
+                    media_time=np.nan if src[1] is None else src[1],
+                )
+                for i, ts in anchored.items()
+                if ts[0] == "__media__"
+                for src in ts[4:]
+            ]
             contexts = sorted(
                 {ts[1] for ts in anchored.values() if ts[0] == "__context__"}
                 | {c for ts in anchored.values() if ts[0] == "__time__" for c in self._time_anchor_contexts(ts)}
+                | {c for ts in anchored.values() if ts[0] == "__media__" for c in self._media_anchor_contexts(ts)}
             )
             by_repr = {repr(k): k for k in self.anchor_context_}
             protocols = protocols + [
@@ -691,6 +770,7 @@ class PredictionMixin:
                         "__context__": "observed controls of the context",
                         "__observed__": "observed",
                         "__time__": "observed at neighbouring times",
+                        "__media__": "observed in other media",
                     }.get(ts[0], "observed singles")
                     for i, ts in anchored.items()
                     if i < len(obs)
@@ -703,8 +783,10 @@ class PredictionMixin:
         """Store observed log pseudobulks: training singles and control (baseline medium), controls per context."""
         self.anchor_ = None
         self.anchor_context_, self.anchor_context_var_ = self._context_controls(np.asarray(train_indices), min_cells)
+        # perturbations per context: for other read-out times (dynamic) and other media (both regimes)
+        by_context = self.regime == "dynamic" or len(self._media_categories()) > 1
         self.anchor_protocols_, self.anchor_protocols_var_ = (
-            self._protocol_pseudobulks(np.asarray(train_indices), min_cells) if self.regime == "dynamic" else ({}, {})
+            self._protocol_pseudobulks(np.asarray(train_indices), min_cells) if by_context else ({}, {})
         )
         if self.regime != "steady_state":
             return
@@ -811,6 +893,8 @@ class PredictionMixin:
         if anchor == "auto" and observed:
             plan.update(self._time_anchor_plan(protocols, plan, observed))
         context = getattr(self, "anchor_context_", None) or {}
+        if anchor == "auto" and observed and context:
+            plan.update(self._media_anchor_plan(protocols, plan, observed, context))
         if anchor == "auto" and context:
             for i, p in enumerate(protocols):
                 if i in plan:
@@ -847,6 +931,36 @@ class PredictionMixin:
                 points = ((lo, 1.0 - w), (hi, w))
             out[i] = ("__time__", key, t, *points)
         return out
+
+    def _media_anchor_plan(self, protocols: list[Protocol], plan: dict, observed: dict, context: dict) -> dict:
+        """Perturbations not observed under their medium protocol but observed at the same time under others.
+
+        Each such protocol ``(medium, switch)`` whose controls were observed at that time is a source: the model's
+        error on the perturbation's change from those controls carries over to the requested medium.
+        """
+        out: dict[int, tuple] = {}
+        for i, p in enumerate(protocols):
+            if i in plan or not p.targets:
+                continue
+            m, t, s = self._context_of(p.media, p.time, p.media_time)
+            sources = tuple(
+                sorted(
+                    ((m2, s2) for (lab, m2, s2), times in observed.items() if lab == p.label and (m2, s2) != (m, s)),
+                    key=repr,
+                )
+            )
+            sources = tuple(
+                (m2, s2) for m2, s2 in sources if t in observed[(p.label, m2, s2)] and (m2, t, s2) in context
+            )
+            if sources:
+                out[i] = ("__media__", p.label, t, (m, t, s) if (m, t, s) in context else None, *sources)
+        return out
+
+    @staticmethod
+    def _media_anchor_contexts(ts: tuple) -> list[str]:
+        """Control contexts a ``"__media__"`` plan uses: the requested one (when observed), then each source's."""
+        own = [repr(ts[3])] if ts[3] is not None else []
+        return own + [repr((m, ts[2], s)) for m, s in ts[4:]]
 
     def _time_anchor_contexts(self, ts: tuple) -> list[str]:
         """Control contexts a ``"__time__"`` plan uses (all of them, or none when one is not observed)."""
@@ -923,6 +1037,28 @@ class PredictionMixin:
                         terms.append((w, context_var.get(ctx[j])))
                     corr = corr + w * err
                 var = noise(*terms)
+            elif targets[0] == "__media__":
+                # the observed controls' level in the requested context (when observed) plus the model's error on
+                # the perturbation's change from the controls under each other medium protocol, averaged; the two
+                # are independent errors and each is weighed against its own noise
+                _, lab, t, own, *sources = targets
+                parts = []
+                if own is not None:
+                    c = repr(own)
+                    parts.append((context[c] - logx[row[f"__context__{c}"]], noise((1.0, context_var.get(c)))))
+                effect, terms = 0.0, []
+                for src in sources:
+                    c = repr((src[0], t, src[1]))
+                    y = np.asarray(self.anchor_protocols_[(lab, *src)][t], dtype=np.float64)
+                    err = (y - logx[row[f"__media__{i}@{src!r}"]]) - (context[c] - logx[row[f"__context__{c}"]])
+                    effect = effect + err / len(sources)
+                    terms += [(1.0 / len(sources), protocol_var.get((lab, *src), {}).get(t))]
+                    terms += [(1.0 / len(sources), context_var.get(c))]
+                parts.append((effect, noise(*terms)))
+                ws = [_shrinkage(c, v) for c, v in parts]
+                weights[i] = float(np.mean(np.concatenate(ws)))
+                out[i] = logx[i] + sum(w * c for w, (c, _) in zip(ws, parts, strict=True))
+                continue
             elif targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
                 corr = context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
@@ -934,12 +1070,15 @@ class PredictionMixin:
                 corr = np.mean([obs[t] - logx[row[t]] for t in targets[1:]], axis=0)
                 q = len(targets) - 1
                 var = noise(*[(1.0 / q, obs_var.get(t)) for t in targets[1:]])
+                # the mapped target's specific change from the mean training single, as far as the data bear it out
+                slope = float((self.target_map_ or {}).get("slope", 1.0))
+                base = logx[i] - (1.0 - slope) * (logx[i] - np.mean([logx[row[t]] for t in targets[1:]], axis=0))
             else:
                 corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
                 var = noise(*[(1.0, obs_var.get(t)) for t in targets], (len(targets) - 1.0, obs_var.get(ctrl)))
             w = _shrinkage(corr, var)
             weights[i] = float(np.mean(w))
-            out[i] = logx[i] + w * corr
+            out[i] = (base if targets[0] == "__mean__" else logx[i]) + w * corr
         return out, weights
 
     def _efficacy_pool(self, adata) -> np.ndarray | None:

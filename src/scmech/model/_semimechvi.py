@@ -411,6 +411,7 @@ class SemiMechVI(
             )
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
+        self._fit_map_calibration()
         hist = (self.history_ or {}).get("fp_unconverged_train")
         if hist is not None and len(hist) and float(np.asarray(hist)[-1].ravel()[0]) > 0:
             logger.warning(
