@@ -149,7 +149,7 @@ class PredictionMixin:
         }
 
     def _map_values(self, targets: list[str]) -> np.ndarray:
-        """What the gene-embedding map predicts for ``targets``: their operators and own-target effects."""
+        """Return what the gene-embedding map predicts for ``targets``: their operators and own-target effects."""
         registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
         rows = [registered.index(t) for t in targets]
         with torch.no_grad():
