@@ -943,14 +943,13 @@ class PredictionMixin:
             if i in plan or not p.targets:
                 continue
             m, t, s = self._context_of(p.media, p.time, p.media_time)
-            sources = tuple(
-                sorted(
-                    ((m2, s2) for (lab, m2, s2), times in observed.items() if lab == p.label and (m2, s2) != (m, s)),
-                    key=repr,
-                )
-            )
-            sources = tuple(
-                (m2, s2) for m2, s2 in sources if t in observed[(p.label, m2, s2)] and (m2, t, s2) in context
+            sources = sorted(
+                (
+                    (m2, s2)
+                    for (lab, m2, s2), times in observed.items()
+                    if lab == p.label and (m2, s2) != (m, s) and t in times and (m2, t, s2) in context
+                ),
+                key=repr,
             )
             if sources:
                 out[i] = ("__media__", p.label, t, (m, t, s) if (m, t, s) in context else None, *sources)
