@@ -1148,14 +1148,8 @@ def test_each_protocol_of_one_request_is_anchored_to_its_own_context(dynamic_con
     assert set(both.uns["scmech"]["prediction"]["anchoring"]) == set(both.obs_names)
 
 
-def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
-    adata = simulate_perturbseq(
-        1600, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(1.0,), seed=0
-    )
-    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
-    target = adata.uns["truth"]["targets"][0]
-    obs = adata.obs
-    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["time"] == 2.0).to_numpy())
+def _tiny_model_without(adata, held: np.ndarray) -> tuple[SemiMechVI, np.ndarray]:
+    """A small model trained one epoch on every cell but ``held`` (the test set); returns it and the training rows."""
     train = np.setdiff1d(np.arange(adata.n_obs), held)
     scvi.settings.seed = 0
     model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
@@ -1165,6 +1159,18 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
         enable_progress_bar=False,
         datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
     )
+    return model, train
+
+
+def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
+    adata = simulate_perturbseq(
+        1600, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(1.0,), seed=0
+    )
+    SemiMechVI.setup_anndata(adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time")
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["time"] == 2.0).to_numpy())
+    model, train = _tiny_model_without(adata, held)
     keys = simulation_group_keys(obs)
     observed = pseudobulk(adata[train], keys[train])
     kw = {"media": "m1", "media_time": 1.0, "random_state": 0}
@@ -1193,15 +1199,7 @@ def test_anchoring_carries_a_perturbation_observed_in_another_medium_over():
     target, other = adata.uns["truth"]["targets"][:2]
     obs = adata.obs
     held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
-    train = np.setdiff1d(np.arange(adata.n_obs), held)
-    scvi.settings.seed = 0
-    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
-    model.train(
-        max_epochs=1,
-        batch_size=128,
-        enable_progress_bar=False,
-        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
-    )
+    model, train = _tiny_model_without(adata, held)
     keys = simulation_group_keys(obs)
     observed = pseudobulk(adata[train], keys[train])
     anchored = model.predict(target, media="m1", random_state=0)
