@@ -190,6 +190,8 @@ class PredictionMixin:
         values = self._map_values(fit)
         raw = self.predict(singles, anchor="none", random_state=0)
         m = {c: np.asarray(raw.X[i], dtype=np.float64) for i, c in enumerate(singles)}
+        # sums over the singles, so that each mean over the others is one subtraction
+        m_sum, y_sum, n_other = sum(m.values()), sum(obs[c] for c in singles), len(singles) - 1
         saved = self.target_map_, self.trained_targets_
         num = den = 0.0
         try:
@@ -199,9 +201,8 @@ class PredictionMixin:
                 self.target_map_ = {**tm, "coef": coef, "intercept": intercept}
                 self.trained_targets_ = [u for u in saved[1] if u != t]
                 m_loo = np.asarray(self.predict([t], anchor="none", random_state=0).X[0], dtype=np.float64)
-                others = [c for c in singles if c != t]
-                d = m_loo - np.mean([m[c] for c in others], axis=0)
-                num += float((obs[t] - np.mean([obs[c] for c in others], axis=0)) @ d)
+                d = m_loo - (m_sum - m[t]) / n_other
+                num += float((obs[t] - (y_sum - obs[t]) / n_other) @ d)
                 den += float(d @ d)
         finally:
             self.target_map_, self.trained_targets_ = saved
