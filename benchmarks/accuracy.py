@@ -307,6 +307,24 @@ def summarise(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def figure(df: pd.DataFrame, path: Path) -> None:
+    """The two headline scores of every regime as :func:`scmech.pl.leaderboard` panels (one row per regime)."""
+    import matplotlib.pyplot as plt
+
+    regimes = list(dict.fromkeys(df["regime"]))
+    metrics = ("pearson_delta_de", "systema_pearson_delta_de")
+    fig, axes = plt.subplots(len(regimes), len(metrics), figsize=(11, 2.6 * len(regimes)), squeeze=False)
+    for row, name in zip(axes, regimes, strict=True):
+        sub = df[(df["regime"] == name) & df["metric"].isin(metrics)].dropna(subset=["value"])
+        for ax, metric in zip(row, metrics, strict=True):
+            scmech.pl.leaderboard(sub, metric=metric, ax=ax, show=False)
+            ax.set_title(f"{name}: {metric}", fontsize="medium", loc="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -358,6 +376,8 @@ def main() -> None:
             print(summarise(df))
             return
     df.to_csv(RESULTS / f"accuracy{suffix}.csv", index=False)
+    fig_path = RESULTS / "figures" / f"accuracy_leaderboard{suffix}.png"
+    figure(df, fig_path)
     cmd = "python benchmarks/accuracy.py" + (" --quick" if args.quick else "")
     if args.epochs:
         cmd += f" --epochs {args.epochs}"
@@ -370,6 +390,8 @@ def main() -> None:
         "Pearson delta against the mean of the training perturbations' centroids). `noise_ceiling` is the",
         "split-half agreement of the observed data with itself (correlations stepped up with Spearman-Brown).",
         "Training seconds are wall clock on a shared 2-core machine (compare within a table only).",
+        "",
+        f"Figure: `figures/{fig_path.name}` (Pearson delta on the top-20 DE genes and Systema's score per regime).",
         "",
         summarise(df),
     ]
