@@ -150,8 +150,8 @@ class PredictionMixin:
 
     def _map_values(self, targets: list[str]) -> np.ndarray:
         """Return what the gene-embedding map predicts for ``targets``: their operators and own-target effects."""
-        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
-        rows = [registered.index(t) for t in targets]
+        pos = {t: i for i, t in enumerate(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])}
+        rows = [pos[t] for t in targets]
         with torch.no_grad():
             ops = self.module.field.operators.detach().cpu().numpy()[rows]
             own = self.module.decoder.own_effect
@@ -1019,6 +1019,8 @@ class PredictionMixin:
             if i not in anchored:
                 continue
             targets = anchored[i]
+            # the row is base + the weighed correction, plus any further independent correction, each weighed
+            base, more = logx[i], []
             if targets[0] == "__observed__":
                 corr = np.asarray(self.anchor_protocols_[targets[1]][targets[2]], dtype=np.float64) - logx[i]
                 var = noise((1.0, protocol_var.get(targets[1], {}).get(targets[2])))
@@ -1039,26 +1041,20 @@ class PredictionMixin:
                 var = noise(*terms)
             elif targets[0] == "__media__":
                 # the observed controls' level in the requested context (when observed) plus the model's error on
-                # the perturbation's change from the controls under each other medium protocol, averaged; the two
-                # are independent errors and each is weighed against its own noise
+                # the perturbation's change from the controls under each other medium protocol, averaged
                 _, lab, t, own, *sources = targets
-                parts = []
                 if own is not None:
                     c = repr(own)
-                    parts.append((context[c] - logx[row[f"__context__{c}"]], noise((1.0, context_var.get(c)))))
-                effect, terms = 0.0, []
+                    more.append((context[c] - logx[row[f"__context__{c}"]], noise((1.0, context_var.get(c)))))
+                corr, terms = 0.0, []
                 for src in sources:
                     c = repr((src[0], t, src[1]))
                     y = np.asarray(self.anchor_protocols_[(lab, *src)][t], dtype=np.float64)
                     err = (y - logx[row[f"__media__{i}@{src!r}"]]) - (context[c] - logx[row[f"__context__{c}"]])
-                    effect = effect + err / len(sources)
+                    corr = corr + err / len(sources)
                     terms += [(1.0 / len(sources), protocol_var.get((lab, *src), {}).get(t))]
                     terms += [(1.0 / len(sources), context_var.get(c))]
-                parts.append((effect, noise(*terms)))
-                ws = [_shrinkage(c, v) for c, v in parts]
-                weights[i] = float(np.mean(np.concatenate(ws)))
-                out[i] = logx[i] + sum(w * c for w, (c, _) in zip(ws, parts, strict=True))
-                continue
+                var = noise(*terms)
             elif targets[0] == "__context__":
                 # the level of the observed controls of the same context, the model's change from them
                 corr = context[targets[1]] - logx[row[f"__context__{targets[1]}"]]
@@ -1076,9 +1072,10 @@ class PredictionMixin:
             else:
                 corr = sum(obs[t] - logx[row[t]] for t in targets) - (len(targets) - 1) * err_ctrl
                 var = noise(*[(1.0, obs_var.get(t)) for t in targets], (len(targets) - 1.0, obs_var.get(ctrl)))
-            w = _shrinkage(corr, var)
-            weights[i] = float(np.mean(w))
-            out[i] = (base if targets[0] == "__mean__" else logx[i]) + w * corr
+            parts = [(corr, var), *more]
+            ws = [_shrinkage(c, v) for c, v in parts]
+            weights[i] = float(np.mean(np.concatenate(ws)))
+            out[i] = base + sum(w * c for w, (c, _) in zip(ws, parts, strict=True))
         return out, weights
 
     def _efficacy_pool(self, adata) -> np.ndarray | None:
