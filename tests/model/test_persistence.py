@@ -14,6 +14,7 @@ import torch
 
 from scmech.model import SemiMechVI
 from scmech.model._persistence import from_jsonable, to_jsonable
+from scmech.model._protocols import Context
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -44,7 +45,7 @@ def test_save_writes_weights_and_plain_metadata(saved, steady):
     assert sorted(p.name for p in saved.iterdir()) == ["metadata.json", "model.pt"]
     meta = json.loads((saved / "metadata.json").read_text())
     assert meta["format"] == "scmech-model"
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["model_name"] == "SemiMechVI"
     assert from_jsonable(meta["var_names"]).tolist() == list(steady.adata.var_names)
     assert set(PERSISTED) <= set(meta["attributes"])
@@ -81,8 +82,11 @@ def test_round_trip_keeps_the_split_and_the_target_map(saved, steady):
     np.testing.assert_array_equal(np.asarray(loaded.train_indices), np.asarray(model.train_indices))
     np.testing.assert_array_equal(np.asarray(loaded.validation_indices), np.asarray(model.validation_indices))
     assert loaded.trained_targets_ == model.trained_targets_
-    assert loaded.target_map_["fit_targets"] == model.target_map_["fit_targets"]
-    np.testing.assert_array_equal(np.asarray(loaded.target_map_["coef"]), np.asarray(model.target_map_["coef"]))
+    assert loaded.target_map_.class_targets == model.target_map_.class_targets
+    for name in ("operator_class", "operator_all", "directions", "propagation_mean"):
+        np.testing.assert_array_equal(getattr(loaded.target_map_, name), getattr(model.target_map_, name))
+    assert loaded.target_map_.gain == model.target_map_.gain
+    assert loaded.anchor_.conditions.keys() == model.anchor_.conditions.keys()
     assert loaded.init_params_ == model.init_params_
 
 
@@ -341,14 +345,14 @@ def test_jsonable_refuses_arbitrary_objects():
 def test_round_trip_keeps_the_context_anchoring_of_a_dynamic_model(dynamic_contexts, tmp_path):
     """Per-context control pseudobulks are keyed by (medium, time, switch) tuples: the keys must survive JSON."""
     model, adata = dynamic_contexts.model, dynamic_contexts.adata
-    assert ("m1", 2.0, 1.0) in model.anchor_context_
+    assert model.anchor_.control(Context("m1", 2.0, 1.0)) is not None
     target = adata.uns["truth"]["targets"][0]
     kw = {"media": "m1", "time": 2.0, "media_time": 1.0, "random_state": 0}
     before = model.predict([target, "NT"], **kw)
     assert before.obs["anchored"].all()
     model.save(tmp_path / "ctx")
     loaded = SemiMechVI.load(tmp_path / "ctx", adata=adata)
-    assert set(loaded.anchor_context_) == set(model.anchor_context_)
+    assert set(loaded.anchor_.conditions) == set(model.anchor_.conditions)
     after = loaded.predict([target, "NT"], **kw)
     assert after.obs["anchored"].all()
     np.testing.assert_array_equal(before.X, after.X)

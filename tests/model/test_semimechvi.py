@@ -17,7 +17,8 @@ import torch
 import scmech
 from scmech.data import pseudobulk, simulate_perturbseq, simulation_group_keys
 from scmech.model import SemiMechVI
-from scmech.model._prediction import _log_pseudobulk, _shrinkage
+from scmech.model._anchoring import log_pseudobulk as _log_pseudobulk
+from scmech.model._anchoring import shrinkage as _shrinkage
 from scmech.train import SemiMechTrainingPlan
 
 EXTRA_HISTORY = ("ss_residual_train", "mmd_train", "basal_leak_train", "basal_sd_train", "fp_unconverged_train")
@@ -29,7 +30,10 @@ PRED_OBS = [
     "batch",
     "n_cells",
     "unseen_targets",
+    "target_source",
     "steady_state_residual",
+    "own_gene_change",
+    "own_gene_sd",
     "anchored",
     "anchor_weight",
 ]
@@ -257,7 +261,10 @@ def test_predict_layout(steady):
     assert pred.obs["time"].isna().all()
     assert pred.obs["media_time"].isna().all()
     assert (pred.obs["batch"] == "source cells").all()
-    n_ctrl = int((adata.obs["perturbation"] == "NT").sum())
+    # the training controls start the counterfactuals (validation and held-out controls never do)
+    is_ctrl = (adata.obs["perturbation"] == "NT").to_numpy()
+    n_ctrl = int(is_ctrl[np.asarray(model.train_indices)].sum())
+    assert 0 < n_ctrl < int(is_ctrl.sum())
     assert (pred.obs["n_cells"] == n_ctrl).all()
     assert pred.X.dtype == np.float32
     assert set(pred.layers) == {"expression"}
@@ -267,7 +274,7 @@ def test_predict_layout(steady):
     assert prov["regime"] == "steady_state"
     assert prov["readout"] == "fixed_point"
     assert prov["n_starting_cells"] == n_ctrl
-    assert prov["starting_cells"] == "controls"
+    assert prov["starting_cells"] == "training controls"
     assert prov["random_state"] == 0
     # all registered conditions by default
     everything = model.predict()
@@ -386,9 +393,30 @@ def test_predict_new_target_that_is_a_gene(steady):
     assert np.isfinite(pred.X).all()
 
 
-def test_predict_unknown_target_that_is_not_a_gene_raises(steady):
-    with pytest.raises(KeyError, match=r"Target\(s\) \['NOT_A_GENE'\] have no training cells and are not genes"):
-        steady.model.predict(["G0008", "NOT_A_GENE"])
+def test_predict_unknown_target_that_is_not_a_gene_gets_the_shared_response(steady):
+    """A target with no training cells and no measured gene is predicted (never a KeyError) and flagged."""
+    model = steady.model
+    pred = model.predict(["NOT_A_GENE", "OTHER_UNKNOWN", "G0008+NOT_A_GENE"], anchor="none")
+    assert list(pred.obs["target_source"]) == ["shared response"] * 3
+    assert pred.uns["scmech"]["prediction"]["target_sources"] == {
+        "NOT_A_GENE": "shared response",
+        "OTHER_UNKNOWN": "shared response",
+    }
+    assert np.isfinite(pred.X).all()
+    # two unknown targets are the same guess: the mean operator of the training targets, no own gene
+    np.testing.assert_array_equal(pred.X[0], pred.X[1])
+    tm = model.target_map_
+    ops, own, source = tm.operators(["NOT_A_GENE"])
+    np.testing.assert_allclose(ops[0], tm.operator_all)
+    assert own[0] == 0.0
+    assert source == ["shared response"]
+    trained_ops = model.module.field.operators.detach().numpy()
+    pos = {t: i for i, t in enumerate(model.adata_manager.get_state_registry("perturbation")["targets"])}
+    np.testing.assert_allclose(
+        tm.operator_all, trained_ops[[pos[t] for t in tm.trained]].mean(0), rtol=1e-5, atol=1e-6
+    )
+    # it differs from the control: the shared response of perturbed cells
+    assert np.abs(pred.X[0] - model.predict("NT", anchor="none").X[0]).max() > 1e-6
 
 
 def test_predict_unknown_medium_or_batch_raises(steady, dynamic):
@@ -824,7 +852,8 @@ def test_count_likelihoods_train_and_predict(small_adata, model_kwargs, train_kw
     SemiMechVI.setup_anndata(small_adata, batch_key="batch")
     model = SemiMechVI(small_adata, gene_likelihood=gene_likelihood, **model_kwargs)
     model.train(max_epochs=1, **train_kwargs)
-    pred = model.predict(["NT", "G0008"])
+    # the model's own read-out is a normalised expression (anchoring corrects it in log space)
+    pred = model.predict(["NT", "G0008"], anchor="none")
     np.testing.assert_allclose(pred.layers["expression"].sum(1), 1e4, rtol=1e-4)
 
 
@@ -956,153 +985,6 @@ def test_setup_mudata_errors(small_adata):
         SemiMechVI.setup_mudata(mdata[:20], modalities={"rna_layer": "gex"})
 
 
-def test_anchored_combination_is_observed_singles_plus_model_interaction(steady, monkeypatch):
-    model, adata = steady.model, steady.adata
-    # the corrections in full (a model without stored sampling variances); the weights are tested below
-    monkeypatch.setattr(model, "anchor_context_var_", None)
-    anchor = model.anchor_
-    assert anchor is not None
-    assert "NT" in anchor["conditions"]
-    combos = [c for c in adata.obs["perturbation"].astype(str).unique() if "+" in c]
-    combo = next(c for c in combos if all(t in anchor["conditions"] for t in c.split("+")))
-    a, b = combo.split("+")
-    raw = model.predict([combo, a, b, "NT"], anchor="none", random_state=1)
-    anchored = model.predict([combo, a, b, "NT"], anchor="combinations", random_state=1)
-    assert anchored.obs["anchored"].tolist() == [True, False, False, False]
-    # with anchor="combinations" singles and control are the model's own prediction
-    np.testing.assert_allclose(anchored.X[1:], raw.X[1:], rtol=1e-6, atol=1e-6)
-    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
-    # with anchor="auto" (default) they are the observed training pseudobulks, the combination is unchanged
-    auto = model.predict([combo, a, b, "NT"], random_state=1)
-    assert auto.obs["anchored"].all()
-    np.testing.assert_allclose(auto.X[0], anchored.X[0], rtol=1e-6, atol=1e-6)
-    for k, lab in enumerate([a, b, "NT"], start=1):
-        np.testing.assert_allclose(auto.X[k], obs[lab], rtol=1e-5, atol=1e-5)
-    # no anchoring for other starting cells or one batch
-    assert not model.predict([combo], batch="b0").obs["anchored"].any()
-    m = {lab: raw.X[i].astype(np.float64) for i, lab in enumerate([combo, a, b, "NT"])}
-    expected = obs[a] + obs[b] - obs["NT"] + (m[combo] - m[a] - m[b] + m["NT"])
-    np.testing.assert_allclose(anchored.X[0], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(anchored.layers["expression"], np.expm1(anchored.X), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="anchor=.both. is not one of .auto."):
-        model.predict([combo], anchor="both")
-
-
-def test_unseen_single_is_anchored_on_the_mean_training_error(steady, monkeypatch):
-    model = steady.model
-    monkeypatch.setattr(model, "anchor_context_var_", None)
-    held = steady.heldout_target
-    anchor = model.anchor_
-    singles = [c for c in anchor["conditions"] if c != "NT"]
-    raw = model.predict([held, *singles], anchor="none", random_state=2)
-    auto = model.predict([held], random_state=2)
-    assert bool(auto.obs["anchored"].iloc[0])
-    assert "mean error of" in auto.uns["scmech"]["prediction"]["anchoring"][held]
-    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
-    err = np.mean([obs[q] - raw.X[1 + k].astype(np.float64) for k, q in enumerate(singles)], axis=0)
-    np.testing.assert_allclose(auto.X[0], raw.X[0] + err, rtol=1e-5, atol=1e-5)
-    # combinations-only anchoring leaves the unseen single alone
-    comb = model.predict([held], anchor="combinations", random_state=2)
-    np.testing.assert_allclose(comb.X[0], raw.X[0], rtol=1e-6, atol=1e-6)
-
-
-def test_unseen_single_keeps_the_calibrated_share_of_its_specific_change(steady, monkeypatch):
-    """With the map's calibration slope alpha the unseen single is the mean training single (model plus mean error)
-    plus alpha times the model's specific change from it."""
-    model = steady.model
-    monkeypatch.setattr(model, "anchor_context_var_", None)
-    # three training targets are too few to calibrate the map by leave-one-target-out: the slope stays 1
-    assert model.target_map_["slope"] == 1.0
-    assert model.target_map_["slope_targets"] == 0
-    monkeypatch.setitem(model.target_map_, "slope", 0.3)
-    held = steady.heldout_target
-    anchor = model.anchor_
-    singles = [c for c in anchor["conditions"] if c != "NT"]
-    raw = model.predict([held, *singles], anchor="none", random_state=2)
-    auto = model.predict([held], random_state=2)
-    obs = dict(zip(anchor["conditions"], np.asarray(anchor["log1p"], dtype=np.float64), strict=True))
-    m = raw.X.astype(np.float64)
-    m_bar = m[1:].mean(axis=0)
-    y_bar = np.mean([obs[q] for q in singles], axis=0)
-    expected = m_bar + 0.3 * (m[0] - m_bar) + (y_bar - m_bar)
-    np.testing.assert_allclose(auto.X[0], expected, rtol=1e-5, atol=1e-5)
-
-
-def test_map_calibration_slope_recovers_the_share_the_data_bear_out(steady, monkeypatch):
-    """The leave-one-target-out slope of observed on predicted specific changes, on planted values."""
-    model = steady.model
-    rng = np.random.default_rng(0)
-    targets = [f"T{k}" for k in range(8)]
-    n_genes = 50
-    spec = {t: rng.normal(0.0, 1.0, n_genes) for t in targets}  # the model's specific changes
-    level = rng.normal(2.0, 0.5, n_genes)
-    # the data bear out 40 % of each specific change (plus noise) on top of a shared shift
-    observed = {t: level + 0.7 + 0.4 * spec[t] + rng.normal(0.0, 0.05, n_genes) for t in targets}
-    observed["NT"] = level
-    anchor = {
-        "conditions": sorted(observed),
-        "log1p": np.stack([observed[c] for c in sorted(observed)]),
-        "control_label": "NT",
-    }
-    tm = {"fit_targets": targets, "var_names": targets, "embedding": rng.normal(size=(8, 3)), "coef": None}
-
-    def fake_predict(conds, anchor=None, random_state=None):
-        # the model's predictions: its own level plus the specific change, whatever map it is given
-        return ad.AnnData(np.stack([level + 0.2 + spec[c] for c in conds]).astype(np.float32))
-
-    monkeypatch.setattr(model, "target_map_", tm)
-    monkeypatch.setattr(model, "anchor_", anchor)
-    monkeypatch.setattr(model, "trained_targets_", list(targets))
-    monkeypatch.setattr(model, "_map_values", lambda fit: rng.normal(size=(len(fit), 4)))
-    monkeypatch.setattr(model, "predict", fake_predict)
-    model._fit_map_calibration()
-    assert model.target_map_["slope_targets"] == 8
-    assert model.target_map_["slope"] == pytest.approx(0.4, abs=0.02)
-    # a model whose specific changes are wrong keeps none of them
-    for t in targets:
-        observed[t] = level + 0.7 - 0.4 * spec[t]
-    anchor["log1p"] = np.stack([observed[c] for c in sorted(observed)])
-    model._fit_map_calibration()
-    assert model.target_map_["slope"] == 0.0
-
-
-def test_other_contexts_are_anchored_on_their_observed_controls(dynamic):
-    model, adata = dynamic.model, dynamic.adata
-    obs = adata.obs
-    # a context with training controls: medium m1 switched at a registered time, read out at a registered time
-    ctrl = obs[(obs["perturbation"] == "NT") & (obs["media"] == "m1")]
-    row = ctrl.groupby(["time", "media_time"], observed=True).size().idxmax()
-    t, s = float(row[0]), float(row[1])
-    cells = ctrl[(ctrl["time"] == t) & (ctrl["media_time"] == s)]
-    assert len(cells) >= 2
-    # the tiny fixture has a few controls per context: rebuild the table with a lower minimum than train()'s 10
-    saved = model.anchor_context_, model.anchor_context_var_, model.anchor_protocols_
-    model.anchor_context_, _ = model._context_controls(np.arange(adata.n_obs), min_cells=2)
-    model.anchor_context_var_ = None  # the correction in full; the weights are tested below
-    model.anchor_protocols_ = {}  # this test is about the controls' context only
-    try:
-        _check_context_anchoring(model, adata, cells, t, s)
-    finally:
-        model.anchor_context_, model.anchor_context_var_, model.anchor_protocols_ = saved
-
-
-def _check_context_anchoring(model, adata, cells, t, s):
-    x = adata[cells.index].X
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    observed = np.log1p(1e4 * (x / x.sum(1, keepdims=True)).mean(0))
-    target = "G0008"
-    raw = model.predict([target, "NT"], media="m1", time=t, media_time=s, anchor="none", random_state=0)
-    auto = model.predict([target, "NT"], media="m1", time=t, media_time=s, random_state=0)
-    assert auto.obs["anchored"].all()
-    assert auto.uns["scmech"]["prediction"]["anchoring"][auto.obs_names[0]] == "observed controls of the context"
-    np.testing.assert_allclose(auto.X[1], observed, rtol=1e-4, atol=1e-4)
-    # the model's change from the control is kept
-    np.testing.assert_allclose(auto.X[0] - auto.X[1], raw.X[0] - raw.X[1], rtol=1e-4, atol=1e-4)
-    # a context without training controls is not anchored
-    none = model.predict([target], media="m1", time=123.0, media_time=s, random_state=0)
-    assert not none.obs["anchored"].any()
-
-
 @pytest.mark.parametrize("variant", ["efficacy", "normal", "dynamic", "mlp_decoder"])
 def test_mean_prediction_is_the_mean_of_counterfactual_cells(variant, make_adata, model_kwargs, train_kwargs):
     """The condition mean (exact two-product path for linear decoders) equals the mean of the per-cell path."""
@@ -1188,62 +1070,6 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     raw = model.predict(target, time=2.0, anchor="none", **kw)
     truth = pseudobulk(adata[held], keys[held]).loc[f"{target}|m1|1|2"].to_numpy()
     assert np.mean((anchored.X[0] - truth) ** 2) < 0.5 * np.mean((raw.X[0] - truth) ** 2)
-
-
-def test_anchoring_carries_a_perturbation_observed_in_another_medium_over():
-    """A perturbation held out in one medium is the model plus the observed controls' level there plus the model's
-    error on the perturbation's change in the other medium."""
-    adata = simulate_perturbseq(1600, 30, n_perturbations=4, n_combinations=0, n_media=2, seed=0)
-    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
-    target, other = adata.uns["truth"]["targets"][:2]
-    obs = adata.obs
-    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
-    model, train = _tiny_model_without(adata, held)
-    keys = simulation_group_keys(obs)
-    observed = pseudobulk(adata[train], keys[train])
-    anchored = model.predict(target, media="m1", random_state=0)
-    assert anchored.uns["scmech"]["prediction"]["anchoring"][anchored.obs_names[0]] == "observed in other media"
-    assert 0.0 < anchored.obs["anchor_weight"].iloc[0] <= 1.0
-    # the formula, with the corrections in full (a model without stored sampling variances)
-    saved = model.anchor_context_var_
-    model.anchor_context_var_ = None
-    try:
-        whole = model.predict(target, media="m1", random_state=0)
-    finally:
-        model.anchor_context_var_ = saved
-    m = {
-        f"{lab}|{med}": model.predict(lab, media=med, anchor="none", random_state=0).X[0].astype(np.float64)
-        for lab in (target, "NT")
-        for med in ("m0", "m1")
-    }
-    y = {k: observed.loc[k].to_numpy() for k in (f"{target}|m0", "NT|m0", "NT|m1")}
-    expected = (
-        m[f"{target}|m1"]
-        + (y["NT|m1"] - m["NT|m1"])
-        + (y[f"{target}|m0"] - m[f"{target}|m0"])
-        - (y["NT|m0"] - m["NT|m0"])
-    )
-    np.testing.assert_allclose(whole.X[0], expected, rtol=1e-4, atol=1e-4)
-    # against the simulator's noise-free truth: better than the model alone and than the controls' level alone
-    truth = adata.uns["truth"]["mean_log"].loc[f"{target}|m1"].to_numpy()
-    raw = m[f"{target}|m1"]
-    model.anchor_protocols_, saved = {}, model.anchor_protocols_
-    try:
-        level_only = model.predict(target, media="m1", random_state=0)
-    finally:
-        model.anchor_protocols_ = saved
-    assert level_only.uns["scmech"]["prediction"]["anchoring"][level_only.obs_names[0]] == (
-        "observed controls of the context"
-    )
-    err = {k: float(np.mean((v - truth) ** 2)) for k, v in (("anchored", anchored.X[0]), ("raw", raw))}
-    err["level_only"] = float(np.mean((level_only.X[0] - truth) ** 2))
-    assert err["anchored"] < err["level_only"], err
-    assert err["anchored"] < 0.5 * err["raw"], err
-    # a perturbation observed in training in that medium is its observation
-    seen = model.predict(other, media="m1", random_state=0)
-    assert seen.uns["scmech"]["prediction"]["anchoring"][seen.obs_names[0]] == "observed"
-    np.testing.assert_allclose(seen.X[0], observed.loc[f"{other}|m1"].to_numpy(), atol=0.1)
 
 
 def test_predict_reports_and_warns_about_unconverged_steady_states(steady):

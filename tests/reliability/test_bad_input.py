@@ -311,12 +311,6 @@ def test_train_validates_its_arguments(rel, kwargs, exc, match):
             r"Batch 'b9' was not seen in training \(batches: \['b0', 'b1', 'b2'",
         ),
         (["G0008"], {"media": "IFNG"}, KeyError, r"Medium 'IFNG' was not seen in training.*registered media"),
-        (
-            ["CD274"],
-            {},
-            KeyError,
-            r"\['CD274'\] have no training cells and are not genes.*gene_embedding_key",
-        ),
         ([np.nan], {}, TypeError, r"perturbations\[0\] = nan is not a label.*'STAT1'"),
         (["G0008", None], {}, TypeError, r"perturbations\[1\] = None is not a label"),
         ([""], {}, ValueError, r"Empty perturbation label ''"),
@@ -337,6 +331,14 @@ def test_predict_explains_bad_requests(model, args, kwargs, exc, match):
 def test_predict_an_unseen_target_that_is_a_gene_works(model):
     pred = model.predict(["G0001"])
     assert pred.obs["unseen_targets"].tolist() == ["G0001"]
+    assert pred.obs["target_source"].tolist() == ["gene map"]
+    assert np.isfinite(pred.X).all()
+
+
+def test_predict_an_unseen_target_that_is_not_a_gene_gets_the_shared_response(model):
+    pred = model.predict(["CD274", "G0008+CD274"])
+    assert pred.obs["unseen_targets"].tolist() == ["CD274", "CD274"]
+    assert pred.obs["target_source"].tolist() == ["shared response", "shared response"]
     assert np.isfinite(pred.X).all()
 
 

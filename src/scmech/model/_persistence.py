@@ -8,6 +8,7 @@ untrusted file can run code; this format cannot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,18 +28,35 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeSaveLoadMixin", "from_jsonable", "to_jsonable"]
+__all__ = ["SafeSaveLoadMixin", "from_jsonable", "persistable", "to_jsonable"]
 
 FORMAT = "scmech-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS = "model.pt"
 METADATA = "metadata.json"
 ADATA = "adata.h5ad"
 MDATA = "mdata.h5mu"
 
 
+#: dataclasses that may be saved, by qualified name; loading builds only these (never an arbitrary class)
+_PERSISTABLE: dict[str, type] = {}
+
+
+def persistable(cls: type) -> type:
+    """Allow instances of the dataclass ``cls`` in saved attributes (fields are saved as plain data)."""
+    _PERSISTABLE[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
 def to_jsonable(obj: Any) -> Any:
-    """Encode nested plain data with numpy arrays, tuples and DataFrames as tagged JSON objects."""
+    """Encode nested plain data with numpy arrays, tuples, DataFrames and allowed dataclasses as tagged JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        if name not in _PERSISTABLE:
+            msg = f"Cannot save an attribute of type {name}: it is not registered with @persistable."
+            raise TypeError(msg)
+        fields = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {"__dataclass__": name, "fields": fields}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {k: to_jsonable(v) for k, v in obj.items()}
@@ -71,6 +89,12 @@ def to_jsonable(obj: Any) -> Any:
 def from_jsonable(obj: Any) -> Any:
     """Decode :func:`to_jsonable` output."""
     if isinstance(obj, dict):
+        if "__dataclass__" in obj:
+            cls = _PERSISTABLE.get(obj["__dataclass__"])
+            if cls is None:
+                msg = f"The saved model holds an object of unknown type {obj['__dataclass__']!r}; it is not loaded."
+                raise ValueError(msg)
+            return cls(**{k: from_jsonable(v) for k, v in obj["fields"].items()})
         if "__items__" in obj:
             return {from_jsonable(k): from_jsonable(v) for k, v in obj["__items__"]}
         if "__tuple__" in obj:
@@ -204,6 +228,13 @@ class SafeSaveLoadMixin:
         lacking = [k for k in ("model_name", "registry", "attributes", "var_names") if k not in meta]
         if lacking:
             msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
+            raise ValueError(msg)
+        if meta.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"{meta_path} was written in save format {meta.get('format_version')!r} by scmech "
+                f"{meta.get('scmech_version', 'unknown')}; this version reads format {FORMAT_VERSION}. Load it with "
+                "the scmech that saved it, or train the model again."
+            )
             raise ValueError(msg)
         if meta["model_name"] != cls.__name__:
             msg = f"{path} holds a {meta['model_name']}, not a {cls.__name__}."

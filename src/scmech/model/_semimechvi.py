@@ -22,9 +22,11 @@ from scmech.data._pseudobulk import normalized_mean
 from scmech.module import SemiMechVAE
 from scmech.train import BATCHING, PerturbationDataSplitter, SemiMechTrainingPlan
 
+from ._anchoring import _rows
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
-from ._prediction import PredictionMixin, _rows
+from ._prediction import PredictionMixin
+from ._protocols import Protocol
 from ._setup import PerturbationSetupMixin
 
 if TYPE_CHECKING:
@@ -411,7 +413,6 @@ class SemiMechVI(
             )
         self._fit_target_map(np.asarray(external[0]))
         self._fit_anchor(np.asarray(external[0]))
-        self._fit_map_calibration()
         hist = (self.history_ or {}).get("fp_unconverged_train")
         if hist is not None and len(hist) and float(np.asarray(hist)[-1].ravel()[0]) > 0:
             logger.warning(
@@ -528,7 +529,10 @@ class SemiMechVI(
         field = self.module.field
         # targets without training cells act through the gene-embedding map, as in predict
         registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
-        ops, _, _, _ = self._operators_for([], set(registered)) if self.trained_targets_ else (None,) * 4
+        ops = None
+        if self.trained_targets_:
+            every = [Protocol(t, (t,), None, 0.0, np.nan) for t in registered]
+            (ops, _, _), _, _, _ = self._operators_for(every)
         for tensors in dl:
             inf = self.module.inference(**self.module._get_inference_input(tensors))
             proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})

@@ -56,6 +56,19 @@ K = SCMECH_REGISTRY_KEYS
 __all__ = ["PerturbationSetupMixin"]
 
 
+#: the perturbation modalities ``setup_anndata`` knows
+PERTURBATION_MODALITIES = ("CRISPRko", "CRISPRi", "CRISPRa")
+
+
+def _check_modality(value: str | None) -> None:
+    if value is not None and value not in PERTURBATION_MODALITIES:
+        msg = (
+            f"perturbation_modality={value!r} is not one of {PERTURBATION_MODALITIES} (or None); e.g. "
+            "setup_anndata(..., perturbation_modality='CRISPRi') for a knock-down screen."
+        )
+        raise ValueError(msg)
+
+
 class PerturbationSetupMixin:
     """``setup_anndata``/``setup_mudata`` for perturbation screens and access to the registered design."""
 
@@ -180,6 +193,7 @@ class PerturbationSetupMixin:
         continuous_covariate_keys: list[str] | None = None,
         gene_embedding_key: str | None = None,
         counts: bool = True,
+        perturbation_modality: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData with its counts and experimental design.
@@ -225,10 +239,15 @@ class PerturbationSetupMixin:
         counts
             Whether the data are raw counts; ``False`` declares log-normalised data (use
             ``gene_likelihood="normal"``).
+        perturbation_modality
+            ``"CRISPRko"``, ``"CRISPRi"`` or ``"CRISPRa"``: how the perturbations act on their target's own
+            mRNA (lowered or raised). It fixes the sign of the own-gene effect predicted for targets without
+            training cells; ``None`` takes the sign from the training targets.
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        _check_modality(perturbation_modality)
         if kwargs.get("source_registry") is None:
             cls._validate_for_setup(
                 adata,
@@ -294,6 +313,7 @@ class PerturbationSetupMixin:
         continuous_covariate_keys: list[str] | None = None,
         gene_embedding_key: str | None = None,
         counts: bool = True,
+        perturbation_modality: str | None = None,
         modalities: dict[str, str] | None = None,
         **kwargs,
     ) -> None:
@@ -310,7 +330,7 @@ class PerturbationSetupMixin:
             As in :meth:`setup_anndata`; likewise ``control_label``, ``separator``, ``unassigned_label``,
             ``batch_key``, ``time_key``, ``media_key``, ``media_time_key``, ``efficacy_key``,
             ``size_factor_key``, ``categorical_covariate_keys``, ``continuous_covariate_keys``,
-            ``gene_embedding_key`` and ``counts``.
+            ``gene_embedding_key``, ``counts`` and ``perturbation_modality``.
         modalities
             Maps each argument (``"rna_layer"``, ``"perturbation_key"``, ...) to a modality name. Arguments
             not listed default to the modality of ``rna_layer`` (``"rna"`` when absent).
@@ -318,6 +338,7 @@ class PerturbationSetupMixin:
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields`.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        _check_modality(perturbation_modality)
         modalities = dict(modalities or {})
         rna_mod = modalities.get("rna_layer", "rna")
         if rna_mod not in mdata.mod:
@@ -327,7 +348,14 @@ class PerturbationSetupMixin:
             )
             raise KeyError(msg)
         for arg in list(setup_method_args["setup_args"].keys()):
-            if arg not in ("modalities", "control_label", "separator", "unassigned_label", "counts"):
+            if arg not in (
+                "modalities",
+                "control_label",
+                "separator",
+                "unassigned_label",
+                "counts",
+                "perturbation_modality",
+            ):
                 modalities.setdefault(arg, rna_mod)
         for arg, mod in modalities.items():
             if mod is not None and mod not in mdata.mod:

@@ -1,0 +1,610 @@
+r"""Anchoring: correct the model's mean predictions by its error on what was observed in training.
+
+The model's read-out :math:`m_p` of a condition is corrected in log-normalised space by observed training
+pseudobulks :math:`y`, so that each simple baseline is nested in the prediction and the model supplies what
+the baseline cannot. One plan per predicted row, chosen in this order:
+
+:class:`Observed`
+    The condition was observed in training in its context: :math:`m_p + w (y_p - m_p)`.
+:class:`Combination`
+    Every single of a combination was observed in the context: the additive sum of the observed singles
+    :math:`A = \sum_k y_k - (n-1) y_\varnothing` plus the model's interaction
+    :math:`I = m_p - \sum_k m_k + (n-1) m_\varnothing`, scaled by the gain :math:`\kappa_I \in [0, 1]` that
+    the training combinations bear out.
+:class:`TimeNeighbours`
+    (dynamic) The perturbation was observed at other read-out times under the same medium protocol: the
+    model's error there, interpolated in time.
+:class:`OtherMedia`
+    The perturbation was observed at the same time under other medium protocols: its effect there is
+    carried over as far as the training targets observed in both media show that it carries.
+:class:`UnseenTarget`
+    A single target without training cells: the observed mean of the training targets of its class (those
+    described by the same prior information) plus the model's change specific to the target.
+:class:`ControlLevel`
+    Any other condition in a context whose controls were observed: :math:`m_p + w (y_\varnothing -
+    m_\varnothing)`.
+
+Each correction :math:`c_g` is weighed per gene against the sampling noise :math:`v_g` of the pseudobulks it
+uses (:func:`shrinkage`). This module knows no model: plans name the read-outs they need as
+:class:`~scmech.model._protocols.Protocol` objects and get them back as arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from scmech._constants import TARGET_SUM
+from scmech.data._pseudobulk import normalized_mean
+
+from ._persistence import persistable
+from ._protocols import Context, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "AnchorPlan",
+    "Combination",
+    "ControlLevel",
+    "ObservedPseudobulk",
+    "Observations",
+    "Observed",
+    "OtherMedia",
+    "TimeNeighbours",
+    "UnseenTarget",
+    "log_pseudobulk",
+    "plan_anchoring",
+    "shrinkage",
+]
+
+
+# ---------------------------------------------------------------------------------------------- observations
+@persistable
+@dataclass
+class ObservedPseudobulk:
+    """Log pseudobulk of a group of training cells and its per-gene sampling variance."""
+
+    value: np.ndarray
+    var: np.ndarray
+    n_cells: int
+
+
+@persistable
+@dataclass
+class Observations:
+    r"""Observed training pseudobulks of every condition in every context, and their calibrations.
+
+    Parameters
+    ----------
+    control_label
+        Label of the controls.
+    conditions
+        ``{(label, context): pseudobulk}`` for every condition (controls included) with enough training cells.
+    targets
+        The targets of each observed label.
+    interaction_gain
+        :math:`\kappa_I`: the share of the model's interaction that the training combinations bear out (0 without
+        training combinations).
+    media_carry
+        ``{(context, source context): (rho, alpha)}``: how far a perturbation's observed specific change in the
+        source carries to the context (``rho``) and how far the model's change of it between the two does
+        (``alpha``), both from the training targets observed in both (see :class:`OtherMedia`).
+    """
+
+    control_label: str
+    conditions: dict[tuple[str, Context], ObservedPseudobulk] = field(default_factory=dict)
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    interaction_gain: float = 0.0
+    interaction_pairs: int = 0
+    media_carry: dict[tuple[Context, Context], tuple[float, float]] = field(default_factory=dict)
+
+    def protocol(self, label: str, context: Context) -> Protocol:
+        """Return the read-out of an observed condition (or of the controls) in ``context``."""
+        targets = () if label == self.control_label else self.targets.get(label, (label,))
+        return Protocol(label, tuple(targets), None, 0.0, np.nan).at(context)
+
+    def get(self, label: str, context: Context) -> ObservedPseudobulk | None:
+        """Observed pseudobulk of ``label`` in ``context``, or ``None``."""
+        return self.conditions.get((label, context))
+
+    def control(self, context: Context) -> ObservedPseudobulk | None:
+        """Observed pseudobulk of the controls in ``context``, or ``None``."""
+        return self.conditions.get((self.control_label, context))
+
+    def perturbations_in(self, context: Context) -> list[str]:
+        """Labels of the perturbations (controls excluded) observed in ``context``, sorted."""
+        return sorted(lab for lab, ctx in self.conditions if ctx == context and lab != self.control_label)
+
+    def contexts_of(self, label: str) -> list[Context]:
+        """Contexts in which ``label`` was observed."""
+        return sorted((ctx for lab, ctx in self.conditions if lab == label), key=repr)
+
+
+def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts: bool) -> tuple:
+    r"""Log pseudobulk of ``rows`` per group and its sampling variance per gene (delta method).
+
+    The variance of a group's mean normalised expression is the between-cell variance over the cell count;
+    through :math:`\log(1 + 10^4 m)` it is scaled by :math:`(10^4 / (1 + 10^4 m))^2`. Non-count data are
+    averaged as they are.
+
+    Parameters
+    ----------
+    x
+        Expression matrix (cells x genes; in memory or backed).
+    rows
+        Rows to use.
+    labels
+        Group of each of ``rows``.
+    groups
+        Groups to return, in this order.
+    counts
+        Whether ``x`` holds counts (else log-normalised values).
+    """
+    xr, lab = _rows(x, rows, labels)
+    mean, second = normalized_mean(xr, lab, groups, counts=counts, second_moment=True)
+    n = pd.Series(np.asarray(labels, dtype=object)).value_counts().reindex(groups).to_numpy(dtype=np.float64)
+    var = np.clip(second - mean**2, 0.0, None) / np.maximum(n - 1.0, 1.0)[:, None]
+    if counts:
+        return np.log1p(TARGET_SUM * mean), var * (TARGET_SUM / (1.0 + TARGET_SUM * mean)) ** 2
+    return mean, var
+
+
+def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:
+    """Matrix and per-row labels for :func:`normalized_mean` restricted to ``rows``.
+
+    In-memory matrices are passed whole with an empty label outside ``rows`` (ignored by ``normalized_mean``),
+    so that the selected rows are not copied; backed matrices are selected lazily.
+    """
+    import scipy.sparse as sp
+
+    rows = np.asarray(rows)
+    if isinstance(x, np.ndarray) or sp.issparse(x):
+        full = np.full(x.shape[0], "", dtype=object)
+        full[rows] = np.asarray(labels, dtype=object)
+        return x, full
+    return x[rows], labels
+
+
+def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
+    r"""Per-gene weight of a correction observed with per-gene sampling variance ``var`` (empirical Bayes).
+
+    The correction :math:`c_g` is the model's systematic error :math:`s_g` plus sampling noise of variance
+    :math:`v_g`. With a common prior variance of the systematic errors, estimated from the correction itself as
+    :math:`\tau^2 = \max(0, \overline{c_g^2 - v_g})`, the posterior mean of :math:`s_g` is :math:`w_g c_g` with
+    :math:`w_g = \tau^2 / (\tau^2 + v_g)`: a correction that stands out of the noise is kept, noisy genes (low
+    expression, few cells) are shrunk towards the model, and a correction that is all noise is dropped.
+    Without variances the correction is kept whole.
+
+    Parameters
+    ----------
+    corr
+        The correction per gene.
+    var
+        Its sampling variance per gene, or ``None``.
+    """
+    if var is None:
+        return np.ones_like(corr)
+    var = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0)
+    tau2 = max(0.0, float(np.mean(corr**2 - var)))
+    if tau2 == 0.0:
+        return np.zeros_like(corr)
+    return tau2 / (tau2 + var)
+
+
+def _value(o: ObservedPseudobulk) -> np.ndarray:
+    return np.asarray(o.value, dtype=np.float64)
+
+
+def _var(o: ObservedPseudobulk) -> np.ndarray:
+    return np.asarray(o.var, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class AnchorPlan:
+    """How one predicted row is anchored: the read-outs it needs and how it combines them with observations."""
+
+    description: ClassVar[str] = ""
+
+    def needs(self, row: Protocol, obs: Observations) -> list[Protocol]:
+        """Model read-outs (besides the row itself) that the plan uses."""
+        return []
+
+    def apply(self, row: Protocol, read: Callable, obs: Observations) -> tuple[np.ndarray, np.ndarray]:
+        """Anchored value of ``row`` and the per-gene weights its corrections kept."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _weighed(base: np.ndarray, *corrections: tuple[np.ndarray, np.ndarray | None]) -> tuple:
+        """Add to ``base`` each independent correction, weighed against its own noise."""
+        weights = [shrinkage(c, v) for c, v in corrections]
+        value = base + sum(w * c for w, (c, _) in zip(weights, corrections, strict=True))
+        return value, np.concatenate(weights) if weights else np.ones(0)
+
+
+@dataclass(frozen=True)
+class Observed(AnchorPlan):
+    """The condition was observed in training in its context: the model pulled to the observation."""
+
+    description: ClassVar[str] = "observed"
+    context: Context
+
+    def apply(self, row, read, obs):
+        y = obs.get(row.label, self.context)
+        m = read(row)
+        return self._weighed(m, (_value(y) - m, _var(y)))
+
+
+@dataclass(frozen=True)
+class ControlLevel(AnchorPlan):
+    """The observed controls' level in the context plus the model's change from them."""
+
+    description: ClassVar[str] = "observed controls of the context"
+    context: Context
+
+    def needs(self, row, obs):
+        return [obs.protocol(obs.control_label, self.context)]
+
+    def apply(self, row, read, obs):
+        y = obs.control(self.context)
+        m_ctrl = read(obs.protocol(obs.control_label, self.context))
+        return self._weighed(read(row), (_value(y) - m_ctrl, _var(y)))
+
+
+@dataclass(frozen=True)
+class Combination(AnchorPlan):
+    r"""Observed singles added, plus the share :math:`\kappa_I` of the model's interaction the data bear out.
+
+    :math:`\hat y = m_{add} + w \odot (A - m_{add}) + \kappa_I (m_p - m_{add})` with the observed additive sum
+    :math:`A = \sum_k y_k - (n-1) y_\varnothing` and the model's own additive sum :math:`m_{add}`: with
+    noise-free singles (:math:`w = 1`) this is :math:`A + \kappa_I I`, so a combination starts from its observed
+    singles and moves away only as far as the training combinations show the model's interaction to hold.
+    """
+
+    description: ClassVar[str] = "observed singles plus the calibrated interaction"
+    context: Context
+
+    def needs(self, row, obs):
+        return [obs.protocol(t, self.context) for t in row.targets] + [obs.protocol(obs.control_label, self.context)]
+
+    def apply(self, row, read, obs):
+        n = len(row.targets)
+        ys = [obs.get(t, self.context) for t in row.targets]
+        y0 = obs.control(self.context)
+        add_obs = sum(_value(y) for y in ys) - (n - 1) * _value(y0)
+        var = sum(_var(y) for y in ys) + (n - 1) ** 2 * _var(y0)
+        m_add = sum(read(obs.protocol(t, self.context)) for t in row.targets)
+        m_add = m_add - (n - 1) * read(obs.protocol(obs.control_label, self.context))
+        value, w = self._weighed(m_add, (add_obs - m_add, var))
+        return value + obs.interaction_gain * (read(row) - m_add), w
+
+
+@dataclass(frozen=True)
+class UnseenTarget(AnchorPlan):
+    r"""A target without training cells: its class's observed mean plus the model's specific change.
+
+    :math:`\hat y_t = m_t + w \odot \overline{(y_q - m_q)}` over the training targets :math:`q` of the class
+    (those with the same kind of prior information as :math:`t`, e.g. a measured gene; every training target
+    when :math:`t` has none): the target-class mean nested in the model, which supplies what is specific to
+    :math:`t`: the direct knock-down of its own gene and its propagation through the learned dynamics.
+    """
+
+    description: ClassVar[str] = "class mean of training targets plus the model's specific change"
+    context: Context
+    members: tuple[str, ...]
+
+    def needs(self, row, obs):
+        return [obs.protocol(q, self.context) for q in self.members]
+
+    def apply(self, row, read, obs):
+        n = len(self.members)
+        errors = [_value(obs.get(q, self.context)) - read(obs.protocol(q, self.context)) for q in self.members]
+        corr = np.mean(errors, axis=0)
+        var = sum(_var(obs.get(q, self.context)) for q in self.members) / n**2
+        return self._weighed(read(row), (corr, var))
+
+
+@dataclass(frozen=True)
+class TimeNeighbours(AnchorPlan):
+    r"""(dynamic) The model's error at the neighbouring observed read-out times, interpolated linearly.
+
+    :math:`m_{p,t} + (y_{\varnothing,t} - m_{\varnothing,t}) + \sum_u w_u [(y_{p,u} - y_{\varnothing,u}) -
+    (m_{p,u} - m_{\varnothing,u})]` when every context's controls were observed, else on levels.
+    """
+
+    description: ClassVar[str] = "observed at neighbouring times"
+    context: Context
+    points: tuple[tuple[float, float], ...]
+    with_controls: bool
+
+    def _at(self, u: float) -> Context:
+        return Context(self.context.media, u, self.context.switch)
+
+    def _contexts(self) -> list[Context]:
+        return [self.context, *(self._at(u) for u, _ in self.points)]
+
+    def needs(self, row, obs):
+        out = [row.at(self._at(u)) for u, _ in self.points]
+        if self.with_controls:
+            out += [obs.protocol(obs.control_label, c) for c in self._contexts()]
+        return out
+
+    def apply(self, row, read, obs):
+        terms, corr = [], 0.0
+        ctrl = {}
+        if self.with_controls:
+            for c in self._contexts():
+                y = obs.control(c)
+                ctrl[c] = (_value(y) - read(obs.protocol(obs.control_label, c)), _var(y))
+            corr = ctrl[self.context][0]
+            terms.append((1.0, ctrl[self.context][1]))
+        for u, w in self.points:
+            y = obs.get(row.label, self._at(u))
+            err = _value(y) - read(row.at(self._at(u)))
+            terms.append((w, _var(y)))
+            if self.with_controls:
+                err = err - ctrl[self._at(u)][0]
+                terms.append((w, ctrl[self._at(u)][1]))
+            corr = corr + w * err
+        var = sum(w**2 * v for w, v in terms)
+        return self._weighed(read(row), (corr, var))
+
+
+@dataclass(frozen=True)
+class OtherMedia(AnchorPlan):
+    r"""A perturbation observed at the same time under other medium protocols (sources :math:`s`).
+
+    With a calibration (at least 3 training targets observed both in the context :math:`C` and in a source),
+    the medium's observed train mean plus what carries:
+
+    .. math::
+
+        \hat y_{p,C} = \bar y_C + \rho\,(y_{p,s} - \bar y_s) + \alpha\,[(m_{p,C} - \bar m_C) - (m_{p,s} - \bar m_s)],
+
+    with :math:`\bar y, \bar m` the observed and modelled means of the training perturbations observed in
+    both, and :math:`\rho, \alpha \in [0, 1]` fitted on them (averaged over sources). With :math:`\rho =
+    \alpha = 0` it is the medium's train mean. Without a calibration (no perturbation observed in :math:`C`):
+    :math:`m_p + w (y_{\varnothing,C} - m_{\varnothing,C}) + w' \overline{[(y_{p,s} - y_{\varnothing,s}) -
+    (m_{p,s} - m_{\varnothing,s})]}`, each correction weighed against its noise.
+    """
+
+    description: ClassVar[str] = "observed in other media"
+    context: Context
+    sources: tuple[Context, ...]
+    reference: tuple[str, ...] = ()  # the training perturbations observed in the context and every source
+
+    def _calibrated(self, obs: Observations) -> bool:
+        return bool(self.reference) and all((self.context, s) in obs.media_carry for s in self.sources)
+
+    def needs(self, row, obs):
+        out = [row.at(s) for s in self.sources]
+        if self._calibrated(obs):
+            return out + [obs.protocol(q, c) for c in (self.context, *self.sources) for q in self.reference]
+        out += [obs.protocol(obs.control_label, s) for s in self.sources]
+        if obs.control(self.context) is not None:
+            out.append(obs.protocol(obs.control_label, self.context))
+        return out
+
+    def apply(self, row, read, obs):
+        if self._calibrated(obs):
+            return self._apply_calibrated(row, read, obs)
+        parts = []
+        y0 = obs.control(self.context)
+        if y0 is not None:
+            parts.append((_value(y0) - read(obs.protocol(obs.control_label, self.context)), _var(y0)))
+        corr, var = 0.0, 0.0
+        k = len(self.sources)
+        for s in self.sources:
+            y, ys0 = obs.get(row.label, s), obs.control(s)
+            err = (_value(y) - read(row.at(s))) - (_value(ys0) - read(obs.protocol(obs.control_label, s)))
+            corr = corr + err / k
+            var = var + (_var(y) + _var(ys0)) / k**2
+        parts.append((corr, var))
+        return self._weighed(read(row), *parts)
+
+    def _apply_calibrated(self, row, read, obs):
+        ref = self.reference
+
+        def means(c: Context) -> tuple[np.ndarray, np.ndarray]:
+            y = np.mean([_value(obs.get(q, c)) for q in ref], axis=0)
+            m = np.mean([read(obs.protocol(q, c)) for q in ref], axis=0)
+            return y, m
+
+        y_c, m_c = means(self.context)
+        value = 0.0
+        for s in self.sources:
+            rho, alpha = obs.media_carry[(self.context, s)]
+            y_s, m_s = means(s)
+            carried = _value(obs.get(row.label, s)) - y_s
+            modulation = (read(row) - m_c) - (read(row.at(s)) - m_s)
+            value = value + (y_c + rho * carried + alpha * modulation) / len(self.sources)
+        return value, np.ones(len(value))
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def plan_anchoring(
+    rows: Sequence[Protocol],
+    contexts: Sequence[Context],
+    obs: Observations,
+    *,
+    mode: str,
+    unseen: Callable[[str], tuple[str, ...] | None],
+    dynamic: bool,
+) -> dict[int, AnchorPlan]:
+    """Choose one plan per row (see the module docstring for the order); rows without one are left out.
+
+    Parameters
+    ----------
+    rows
+        The requested protocols.
+    contexts
+        The context of each row.
+    obs
+        The training observations.
+    mode
+        ``"auto"`` (every plan) or ``"combinations"`` (only :class:`Combination`).
+    unseen
+        For a target without training cells, the members of its class (training targets to anchor on);
+        ``None`` for a target with training cells.
+    dynamic
+        Whether read-outs are time-resolved.
+    """
+    plans: dict[int, AnchorPlan] = {}
+    observed_times: dict[tuple, list[float]] = {}
+    if dynamic:
+        for lab, ctx in obs.conditions:
+            observed_times.setdefault((lab, ctx.media, ctx.switch), []).append(ctx.time)
+    for i, (p, ctx) in enumerate(zip(rows, contexts, strict=True)):
+        plan = _plan_row(p, ctx, obs, mode=mode, unseen=unseen, observed_times=observed_times)
+        if plan is not None:
+            plans[i] = plan
+    return plans
+
+
+def _plan_row(p: Protocol, ctx: Context, obs: Observations, *, mode, unseen, observed_times) -> AnchorPlan | None:
+    if len(p.targets) >= 2 and obs.control(ctx) is not None and all(obs.get(t, ctx) for t in p.targets):
+        if obs.get(p.label, ctx) is None or mode == "combinations":
+            return Combination(ctx)
+    if mode != "auto":
+        return None
+    if obs.get(p.label, ctx) is not None:
+        return Observed(ctx)
+    if not p.targets:
+        return ControlLevel(ctx) if obs.control(ctx) is not None else None
+    times = observed_times.get((p.label, ctx.media, ctx.switch))
+    if times:
+        return _time_plan(ctx, sorted(times), obs)
+    sources = tuple(
+        c for c in obs.contexts_of(p.label) if c.time == ctx.time and (c.media, c.switch) != (ctx.media, ctx.switch)
+    )
+    sources = tuple(s for s in sources if obs.control(s) is not None)
+    if sources:
+        ref = _media_reference(ctx, sources, obs)
+        return OtherMedia(ctx, sources, ref)
+    if len(p.targets) == 1:
+        members = unseen(p.targets[0])
+        if members is not None:
+            members = tuple(q for q in members if obs.get(q, ctx) is not None)
+            if len(members) >= 2:
+                return UnseenTarget(ctx, members)
+    return ControlLevel(ctx) if obs.control(ctx) is not None else None
+
+
+def _time_plan(ctx: Context, times: list[float], obs: Observations) -> TimeNeighbours:
+    t = ctx.time
+    lo = max((u for u in times if u < t), default=None)
+    hi = min((u for u in times if u > t), default=None)
+    if lo is None or hi is None:
+        points = ((hi if lo is None else lo, 1.0),)
+    else:
+        w = (t - lo) / (hi - lo)
+        points = ((lo, 1.0 - w), (hi, w))
+    needed = [ctx, *(Context(ctx.media, u, ctx.switch) for u, _ in points)]
+    return TimeNeighbours(ctx, points, all(obs.control(c) is not None for c in needed))
+
+
+def _media_reference(ctx: Context, sources: tuple[Context, ...], obs: Observations) -> tuple[str, ...]:
+    """Training perturbations observed in ``ctx`` and every source, when each pair is calibrated."""
+    if not all((ctx, s) in obs.media_carry for s in sources):
+        return ()
+    ref = set(obs.perturbations_in(ctx))
+    for s in sources:
+        ref &= set(obs.perturbations_in(s))
+    return tuple(sorted(ref)) if len(ref) >= 3 else ()
+
+
+def fit_media_carry(
+    obs: Observations, read: Callable[[Protocol], np.ndarray], *, min_targets: int = 3
+) -> dict[tuple[Context, Context], tuple[float, float]]:
+    r"""Calibrate how far a perturbation's effect carries from one medium protocol to another.
+
+    For each ordered pair of contexts at the same read-out time with at least ``min_targets`` training
+    perturbations observed in both, the specific changes :math:`e_{q,C} = y_{q,C} - \bar y_C` are regressed on
+    the carried change :math:`y_{q,s} - \bar y_s` and the model's change of it between the two media,
+    :math:`(m_{q,C} - \bar m_C) - (m_{q,s} - \bar m_s)`, by least squares summed over genes and targets; both
+    coefficients are clipped to :math:`[0, 1]` (a coefficient that is not borne out is dropped, one above 1 is
+    not extrapolated).
+
+    Parameters
+    ----------
+    obs
+        The training observations.
+    read
+        The model's read-out of a protocol (log-normalised mean).
+    min_targets
+        Fewest shared targets for a calibration.
+    """
+    contexts = sorted({ctx for _, ctx in obs.conditions}, key=repr)
+    out = {}
+    for c in contexts:
+        for s in contexts:
+            if s == c or s.time != c.time:
+                continue
+            both = sorted(set(obs.perturbations_in(c)) & set(obs.perturbations_in(s)))
+            if len(both) < min_targets:
+                continue
+            y_c = np.stack([_value(obs.get(q, c)) for q in both])
+            y_s = np.stack([_value(obs.get(q, s)) for q in both])
+            m_c = np.stack([read(obs.protocol(q, c)) for q in both])
+            m_s = np.stack([read(obs.protocol(q, s)) for q in both])
+            target = y_c - y_c.mean(0)
+            carried = y_s - y_s.mean(0)
+            modulation = (m_c - m_c.mean(0)) - (m_s - m_s.mean(0))
+            out[(c, s)] = _two_coefficients(target, carried, modulation)
+    return out
+
+
+def _two_coefficients(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Least-squares coefficients of ``y`` on ``a`` and ``b`` (flattened), each clipped to [0, 1]."""
+    y, a, b = y.ravel(), a.ravel(), b.ravel()
+    gram = np.array([[a @ a, a @ b], [a @ b, b @ b]])
+    rhs = np.array([a @ y, b @ y])
+    if np.linalg.matrix_rank(gram) < 2:
+        rho = float(rhs[0] / gram[0, 0]) if gram[0, 0] > 0 else 0.0
+        return float(np.clip(rho, 0.0, 1.0)), 0.0
+    rho, alpha = np.linalg.solve(gram, rhs)
+    rho, alpha = float(np.clip(rho, 0.0, 1.0)), float(np.clip(alpha, 0.0, 1.0))
+    # with one coefficient clipped, refit the other alone
+    if rho in (0.0, 1.0) and 0.0 < alpha < 1.0:
+        alpha = float(np.clip((b @ (y - rho * a)) / (b @ b), 0.0, 1.0)) if b @ b > 0 else 0.0
+    elif alpha in (0.0, 1.0) and 0.0 < rho < 1.0:
+        rho = float(np.clip((a @ (y - alpha * b)) / (a @ a), 0.0, 1.0)) if a @ a > 0 else 0.0
+    return rho, alpha
+
+
+def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarray]) -> tuple[float, int]:
+    r"""Share of the model's interaction that the training combinations bear out.
+
+    Over the training combinations observed with all their singles and controls in a context, the observed
+    interaction :math:`I^{obs} = y_p - \sum_k y_k + (n-1) y_\varnothing` is regressed on the model's
+    :math:`I^{m}` (same formula on read-outs): :math:`\kappa_I = \sum \langle I^{obs}, I^m\rangle / \sum
+    \lVert I^m\rVert^2`, clipped to :math:`[0, 1]`. Without training combinations there is no evidence of
+    interaction and :math:`\kappa_I = 0`: held-out combinations are their observed singles added.
+
+    Returns
+    -------
+    The gain and the number of combinations it rests on.
+    """
+    num = den = 0.0
+    n_used = 0
+    for (label, ctx), y in obs.conditions.items():
+        targets = obs.targets.get(label, ())
+        y0 = obs.control(ctx)
+        if len(targets) < 2 or y0 is None or not all(obs.get(t, ctx) is not None for t in targets):
+            continue
+        n = len(targets)
+        i_obs = _value(y) - sum(_value(obs.get(t, ctx)) for t in targets) + (n - 1) * _value(y0)
+        m = read(obs.protocol(label, ctx))
+        i_mod = (
+            m - sum(read(obs.protocol(t, ctx)) for t in targets) + (n - 1) * read(obs.protocol(obs.control_label, ctx))
+        )
+        num += float(i_obs @ i_mod)
+        den += float(i_mod @ i_mod)
+        n_used += 1
+    if n_used == 0 or den <= 0:
+        return 0.0, n_used
+    return float(np.clip(num / den, 0.0, 1.0)), n_used

@@ -1,0 +1,318 @@
+r"""The model's read-out of protocols: counterfactual cells decoded through the measurement operator.
+
+A requested protocol :math:`\pi` is read out from starting cells :math:`c` (by default the training
+controls): the cell's basal state :math:`z_c - \mu_{\pi_c}` plus the read-out :math:`\mu_\pi` of the requested
+protocol (fixed point or flow of the latent dynamics), decoded with the cell's batch and covariates and the
+perturbation's gene-space offset. The mean over cells is the predicted pseudobulk. This module computes; the
+model's ``predict`` plans, anchors and packages.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from scvi import REGISTRY_KEYS
+
+from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+
+if TYPE_CHECKING:
+    from ._protocols import Protocol
+
+__all__ = ["Readout", "mean_over_cells", "read_out"]
+
+K = SCMECH_REGISTRY_KEYS
+
+
+@dataclass
+class Readout:
+    r"""Result of :func:`read_out`.
+
+    Parameters
+    ----------
+    log_values
+        :math:`\log(1 + 10^4 \rho)` per protocol (mean over cells) or per counterfactual cell.
+    residual
+        Steady-state residual :math:`\|f\|` of each protocol's solve (largest over efficacy levels).
+    latents
+        Counterfactual latent states (per-cell read-outs only).
+    n_cells
+        Number of starting cells.
+    unconverged
+        Labels of the requested protocols whose steady-state solve did not converge.
+    mapped
+        Targets without training cells, predicted through the target map.
+    sources
+        How each mapped target was predicted.
+    start
+        Indices of the starting cells.
+    efficacy
+        Where the efficacy came from: ``"empirical"``, ``"given"`` or ``"1"``.
+    user_cells
+        Whether the starting cells were the user's (``from_cells``).
+    """
+
+    log_values: np.ndarray
+    residual: np.ndarray
+    latents: np.ndarray | None
+    n_cells: int
+    unconverged: list[str]
+    mapped: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    start: np.ndarray | None = None
+    efficacy: str = "1"
+    user_cells: bool = False
+
+
+def starting_cells(model, adata, from_cells, n_cells, rng: np.random.Generator, own_data: bool) -> np.ndarray:
+    """Return the starting cells: ``from_cells``, else the control cells (of training, for the model's data).
+
+    Held-out control cells never start a prediction on the registered data: a batch held out with its
+    controls stays unseen.
+    """
+    design = model._design(adata)
+    if from_cells is None:
+        mask = design.is_control & ~design.is_unassigned
+        if own_data and getattr(model, "train_indices_", None) is not None and len(model.train_indices_):
+            train = np.zeros(adata.n_obs, dtype=bool)
+            train[np.asarray(model.train_indices_, dtype=int)] = True
+            mask &= train
+        idx = np.flatnonzero(mask)
+        if len(idx) == 0:
+            msg = (
+                "No control cells to start counterfactuals from (among the training cells for the registered "
+                "data); pass from_cells=<indices of cells>."
+            )
+            raise ValueError(msg)
+        cap = 500 if n_cells is None else n_cells
+    else:
+        fc = np.asarray(from_cells)
+        idx = np.flatnonzero(fc) if fc.dtype == bool else fc.astype(int)
+        if fc.dtype == bool and len(fc) != adata.n_obs:
+            msg = f"from_cells is a mask of length {len(fc)} for {adata.n_obs} cells."
+            raise ValueError(msg)
+        if len(idx) == 0 or idx.min() < 0 or idx.max() >= adata.n_obs:
+            msg = f"from_cells must index cells of adata (0..{adata.n_obs - 1})."
+            raise ValueError(msg)
+        cap = n_cells
+    if cap is not None and len(idx) > cap:
+        idx = np.sort(rng.choice(idx, size=cap, replace=False))
+    return idx
+
+
+def efficacy_pool(model) -> np.ndarray | None:
+    """Efficacies of the perturbed training cells (held-out cells excluded), or ``None``."""
+    if K.EFFICACY_KEY not in model.adata_manager.data_registry:
+        return None
+    eff = np.asarray(model.adata_manager.get_from_registry(K.EFFICACY_KEY)).ravel()
+    design = model._design(model.adata)
+    perturbed = design.fit_mask & ~design.is_control
+    train = getattr(model, "train_indices_", None)
+    if train is not None and len(train):
+        in_train = np.zeros(len(perturbed), dtype=bool)
+        in_train[np.asarray(train, dtype=int)] = True
+        perturbed &= in_train
+    return eff[perturbed] if perturbed.any() else None
+
+
+def _basal_states(model, adata, start: np.ndarray, batch_size: int | None) -> tuple:
+    """Basal latent states of the starting cells with their batches and covariates."""
+    module, dev = model.module, model.device
+    dl = model._make_data_loader(adata=adata, indices=start, batch_size=batch_size or 1024, shuffle=False)
+    basal, batches, cats, conts = [], [], [], []
+    for tensors in dl:
+        tensors = {k: v.to(dev) for k, v in tensors.items()}
+        inf = module.inference(**module._get_inference_input(tensors))
+        proto = module._protocol(tensors)
+        mu, _ = module.readout_states(
+            proto["perturbation"], proto["media"], proto["efficacy"], proto["time"], proto["media_time"], implicit=False
+        )
+        basal.append(inf["qz"].loc - mu)
+        batches.append(tensors.get(REGISTRY_KEYS.BATCH_KEY))
+        cats.append(tensors.get(REGISTRY_KEYS.CAT_COVS_KEY))
+        conts.append(tensors.get(REGISTRY_KEYS.CONT_COVS_KEY))
+
+    def cat(parts):
+        return torch.cat(parts) if parts[0] is not None else None
+
+    return torch.cat(basal), cat(batches), cat(cats), cat(conts)
+
+
+def read_out(
+    model,
+    protocols: list[Protocol],
+    *,
+    adata,
+    start: np.ndarray,
+    batch_index: int | None,
+    levels: np.ndarray | None,
+    return_mean: bool,
+    operators: tuple,
+    columns: dict[str, int],
+    media_index: list[int],
+    n_requested: int,
+    batch_size: int | None = None,
+) -> Readout:
+    """Read the protocols out from the starting cells (see the module docstring).
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~scmech.model.SemiMechVI`.
+    protocols
+        Protocols to read out; the first ``n_requested`` are the user's (the rest serve anchoring).
+    adata
+        AnnData holding the starting cells.
+    start
+        Indices of the starting cells.
+    batch_index
+        Batch every counterfactual is measured in, or ``None`` for each cell's own.
+    levels
+        Efficacy levels spread over the cells, or ``None`` (full efficacy).
+    return_mean
+        Mean over cells per protocol, else one row per protocol and cell.
+    operators
+        ``(operators, own effects, target gene index)`` for every column of the perturbation matrix.
+    columns
+        Column of each target in the perturbation matrix.
+    media_index
+        Medium index of each protocol.
+    n_requested
+        Number of requested protocols (convergence is reported for these).
+    batch_size
+        Minibatch size for encoding.
+    """
+    module, dev = model.module, model.device
+    ops, own, gene_idx = operators
+    basal, b_idx, cat_covs, cont_covs = _basal_states(model, adata, start, batch_size)
+    n0 = basal.shape[0]
+    if batch_index is not None:
+        b_idx = torch.full((n0, 1), batch_index, device=dev)
+    n_prot = len(protocols)
+    n_lev = 1 if levels is None else len(levels)
+    cell_level = torch.as_tensor(np.arange(n0) % n_lev, device=dev)
+    pert = torch.zeros(n_prot, len(columns), device=dev)
+    for k, p in enumerate(protocols):
+        for t in p.targets:
+            pert[k, columns[t]] = 1.0
+    pert_rows = pert.repeat_interleave(n_lev, dim=0)
+    eff_rows = None if levels is None else torch.as_tensor(np.tile(levels, n_prot), dtype=torch.float32, device=dev)
+    med_rows = torch.as_tensor(np.repeat(media_index, n_lev), dtype=torch.long, device=dev)
+    t_rows = torch.as_tensor(np.repeat([p.time for p in protocols], n_lev), dtype=torch.float32, device=dev)
+    s_rows = torch.as_tensor(np.repeat([p.media_time for p in protocols], n_lev), dtype=torch.float32, device=dev)
+    mu_rows, res_rows = module.readout_states(
+        pert_rows, med_rows, eff_rows, t_rows, s_rows, operators=ops, implicit=False
+    )
+    residual = res_rows.reshape(n_prot, n_lev).amax(1).cpu().numpy().astype(np.float64)
+    unconverged = _unconverged(module, protocols[:n_requested], residual)
+    off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, own_effect=own, target_gene_index=gene_idx)
+    mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
+    off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
+    normal = module.gene_likelihood == "normal"
+    values, latents = None, None
+    if return_mean and module.decoder.hidden is None:
+        # linear decoder: logits = A_cell + B_condition, so the mean over cells is exact in two products
+        cell_logits = module.decoder.logits(basal, b_idx, None, cat_covs, cont_covs)
+        cond_logits = mu_rows @ module.decoder.loading.weight.T
+        if off_rows is not None:
+            cond_logits = cond_logits + off_rows
+        fast = mean_over_cells(cell_logits, cond_logits, cell_level, softmax=not normal)
+        values = None if fast is None else fast.cpu().numpy()
+    if values is None:
+        covs = (b_idx, cat_covs, cont_covs)
+        values, latents = _per_cell(module, basal, mu_rows, off_rows, cell_level, covs, return_mean)
+    values = values.astype(np.float64)
+    log_values = values if normal else np.log1p(TARGET_SUM * values)
+    return Readout(log_values, residual, latents, n0, unconverged)
+
+
+def _unconverged(module, requested: list[Protocol], residual: np.ndarray) -> list[str]:
+    fp = module.regime == "steady_state" and module.readout == "fixed_point"
+    limit = max(module.fixed_point_tol * 10, 1e-4) * np.sqrt(module.n_latent)
+    bad = [(p.label, r) for p, r in zip(requested, residual, strict=False) if fp and r > limit]
+    if bad:
+        warnings.warn(
+            f"The steady-state solve did not converge within fixed_point_max_iter={module.fixed_point_max_iter} "
+            f"Newton iterations for {len(bad)} condition(s) (e.g. {bad[0][0]!r}, residual "
+            f"{bad[0][1]:.3g}); their predictions are the last "
+            "iterate. Check obs['steady_state_residual']; a model trained longer or with a larger "
+            "fixed_point_max_iter (SemiMechVI(..., fixed_point_max_iter=...)) usually converges.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return [label for label, _ in bad]
+
+
+def _per_cell(module, basal, mu_rows, off_rows, cell_level, covs, return_mean) -> tuple:
+    """Decode every counterfactual cell (MLP decoders, per-cell output, or an underflowing fast path)."""
+    b_idx, cat_covs, cont_covs = covs
+    n0, n_genes, n_prot = basal.shape[0], module.n_input, mu_rows.shape[0]
+    chunk = max(1, int(2e7 // max(n0 * n_genes, 1)))
+    rows_x, rows_z = [], []
+    for lo in range(0, n_prot, chunk):
+        ks = slice(lo, min(lo + chunk, n_prot))
+        k = ks.stop - ks.start
+        z_cf = basal.unsqueeze(0) + mu_rows[ks][:, cell_level]  # k x cells x latent
+        offset = None if off_rows is None else off_rows[ks][:, cell_level].reshape(k * n0, n_genes)
+        logits = module.decoder.logits(
+            z_cf.reshape(k * n0, -1),
+            None if b_idx is None else b_idx.repeat(k, 1),
+            offset,
+            None if cat_covs is None else cat_covs.repeat(k, 1),
+            None if cont_covs is None else cont_covs.repeat(k, 1),
+        )
+        value = logits if module.gene_likelihood == "normal" else torch.softmax(logits, dim=-1)
+        value = value.reshape(k, n0, n_genes)
+        if return_mean:
+            rows_x.append(value.mean(1).cpu().numpy())
+        else:
+            rows_x.append(value.reshape(k * n0, n_genes).cpu().numpy())
+            rows_z.append(z_cf.reshape(k * n0, -1).cpu().numpy())
+    latents = np.concatenate(rows_z) if rows_z else None
+    return np.concatenate(rows_x), latents
+
+
+def mean_over_cells(
+    cell_logits: torch.Tensor, cond_logits: torch.Tensor, cell_level: torch.Tensor, *, softmax: bool
+) -> torch.Tensor | None:
+    r"""Mean over cells of :math:`\mathrm{softmax}(A_i + B_{k,l(i)})` for every condition :math:`k`, exactly.
+
+    With :math:`E^A_i = e^{A_i - \max A_i}` and :math:`E^B_k = e^{B_k - \max B_k}`, the softmax of cell
+    :math:`i` under condition :math:`k` is :math:`E^A_i \odot E^B_k / (E^A_i \cdot E^B_k)`, so the mean over the
+    cells of efficacy level :math:`l` is :math:`E^B_k \odot \sum_i E^A_i / S_{ik}` with :math:`S = E^B {E^A}^T`:
+    two matrix products instead of a softmax over cells x conditions x genes. Computed in float64; returns
+    ``None`` (use the per-cell path) when a normaliser underflows.
+
+    Parameters
+    ----------
+    cell_logits
+        Logits of the cell-specific part (cells x genes).
+    cond_logits
+        Logits of the condition-specific part (conditions x levels x genes).
+    cell_level
+        Efficacy level of each cell (cells,).
+    softmax
+        ``False`` for an identity link (``gene_likelihood="normal"``): the mean of sums.
+    """
+    n0 = cell_logits.shape[0]
+    a = cell_logits.double()
+    b = cond_logits.double()
+    out = torch.zeros(b.shape[0], b.shape[2], dtype=torch.float64, device=b.device)
+    for lev in range(b.shape[1]):
+        sel = cell_level == lev
+        if not bool(sel.any()):
+            continue
+        a_l, b_l = a[sel], b[:, lev]
+        if not softmax:
+            out += sel.sum() * b_l + a_l.sum(0, keepdim=True)
+            continue
+        ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
+        eb = torch.exp(b_l - b_l.amax(1, keepdim=True))
+        norm = eb @ ea.T  # conditions x cells
+        if bool((norm < 1e-280).any()):
+            return None
+        out += eb * ((1.0 / norm) @ ea)
+    return (out / n0).float()

@@ -1,0 +1,247 @@
+r"""How a target without training cells acts: its own-gene knock-down, carried through the learned dynamics.
+
+A target :math:`t` that was never perturbed in training gets a latent operator and an own-gene effect from
+what is known of it before any data:
+
+- **Own gene.** CRISPRko, CRISPRi and CRISPRa act on their target's own mRNA. When the gene is measured its
+  direct effect :math:`a_t` (logit units, the decoder's own-target effect) is the median of the training
+  targets' learned direct effects, with their spread as its uncertainty; it is not shrunk by anything else.
+- **Propagation.** A change of gene :math:`g`'s true expression by :math:`a` moves the cell state along the
+  direction in which :math:`g` varies among control cells, :math:`\delta z = a\,h_g` with
+  :math:`h_g = \Sigma_z D_g^\top / (D_g \Sigma_z D_g^\top + s_g^2)` (:math:`\Sigma_z` the covariance of the
+  control cells' latent states, :math:`D_g` the gene's decoder loading, :math:`s_g^2` its gene-specific
+  biological variance: :math:`\log(1 + 1/\theta_g)` of the negative binomial). The latent drive that holds the
+  cell there is :math:`d = -J\,\delta z`, with :math:`J` the Jacobian of the learned field at the control
+  state; the fixed point of the field under that drive carries the intervention to every gene (the SCM link
+  of the framework: a soft intervention on one gene, propagated through the equilibrium).
+- **Gain.** Whether training knock-downs really propagate that way is measured, not assumed: across the
+  training targets :math:`q` of the class, their learned operators are regressed on their own propagated
+  drives, :math:`v_q - \bar v = \kappa\,(d_q - \bar d)`, and :math:`\kappa \ge 0` is shrunk to the share
+  with the lowest leave-one-target-out error (0 when propagation does not validate).
+- **Class.** The operator is :math:`\bar v + \kappa (d_t - \bar d)` with :math:`\bar v` the mean operator of
+  the training targets of the same class (those whose gene is measured), plus a ridge map from a gene
+  embedding fitted on what remains (chosen by leave-one-out; it falls back to nothing). A target whose gene
+  is not measured has no own-gene effect and no direction: it gets the mean operator of every training
+  target, the shared response of the screen.
+
+Magnitude follows from these: a weak efficacy scales the drive and the own-gene effect down, a target barely
+loaded on any program of the control cells has a short :math:`h_g` and stays near its class mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scmech.data._embedding import ridge_map_cv
+
+from ._persistence import persistable
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TargetMap", "latent_directions", "propagation_gain"]
+
+#: sources of a mapped target, as reported in ``predict``'s ``obs["target_source"]``
+SOURCE_GENE = "gene map"
+SOURCE_SHARED = "shared response"
+
+
+@persistable
+@dataclass
+class TargetMap:
+    r"""Operators and own-gene effects for targets without training cells (see the module docstring).
+
+    Parameters
+    ----------
+    var_names
+        Genes of the data.
+    trained
+        Targets with training cells.
+    class_targets
+        Training targets whose gene is measured (the class a mapped measured target is compared with).
+    operator_class
+        Mean latent operator of ``class_targets``.
+    operator_all
+        Mean latent operator of every training target.
+    own_effect
+        Calibrated direct effect of a knock-down on its own mRNA (decoder logit units).
+    own_effect_sd
+        Spread of the training targets' direct effects (robust standard deviation).
+    own_targets
+        Number of training targets the own-gene calibration rests on (0: not calibrated, effect 0).
+    directions
+        Latent drive per unit change of each gene (genes x latent), :math:`-J h_g`.
+    propagation_mean
+        Mean propagated drive :math:`\bar d` of the class.
+    gain
+        Propagation gain :math:`\kappa` (0 when the training targets do not bear it out).
+    gain_fit
+        The least-squares gain before validation.
+    gain_loo
+        Leave-one-target-out mean squared error of the operators for each share of the fitted gain.
+    embedding
+        Gene embedding of the residual ridge map (genes x K), or ``None``.
+    embedding_source
+        Where the embedding came from.
+    coef, intercept
+        The residual ridge map (``None`` when not fitted).
+    ridge
+        Its penalty (``inf``: no embedding-specific part).
+    modality
+        ``"CRISPRko"``, ``"CRISPRi"``, ``"CRISPRa"`` or ``None`` (registered with ``setup_anndata``).
+    """
+
+    var_names: list[str]
+    trained: list[str]
+    class_targets: list[str]
+    operator_class: np.ndarray
+    operator_all: np.ndarray
+    own_effect: float = 0.0
+    own_effect_sd: float = float("nan")
+    own_targets: int = 0
+    directions: np.ndarray | None = None
+    propagation_mean: np.ndarray | None = None
+    gain: float = 0.0
+    gain_fit: float = 0.0
+    gain_loo: dict = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    embedding_source: str = "none"
+    coef: np.ndarray | None = None
+    intercept: np.ndarray | None = None
+    ridge: float = float("inf")
+    modality: str | None = None
+
+    def operators(self, targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Latent operators, own-gene effects and sources of ``targets`` (none of which has training cells).
+
+        Parameters
+        ----------
+        targets
+            Target names.
+
+        Returns
+        -------
+        Operators (targets x latent), own-gene effects (targets,) and each target's source:
+        ``"gene map"`` (measured gene) or ``"shared response"`` (no gene, no embedding).
+        """
+        pos = {g: i for i, g in enumerate(self.var_names)}
+        ops, own, source = [], [], []
+        for t in targets:
+            if t not in pos or self.directions is None:
+                ops.append(np.asarray(self.operator_all, dtype=np.float64))
+                own.append(0.0)
+                source.append(SOURCE_SHARED)
+                continue
+            g = pos[t]
+            d = self.own_effect * np.asarray(self.directions[g], dtype=np.float64)
+            op = np.asarray(self.operator_class, dtype=np.float64) + self.gain * (d - self.propagation_mean)
+            if self.coef is not None and self.embedding is not None:
+                op = op + np.asarray(self.embedding[g], dtype=np.float64) @ self.coef + self.intercept
+            ops.append(op)
+            own.append(self.own_effect)
+            source.append(SOURCE_GENE)
+        return np.asarray(ops), np.asarray(own), source
+
+    def own_gene_summary(self) -> dict:
+        """Return the calibrated own-gene effect, its spread and what it rests on (for provenance)."""
+        return {
+            "own_effect_logit": float(self.own_effect),
+            "own_effect_sd": float(self.own_effect_sd),
+            "n_training_targets": int(self.own_targets),
+            "modality": self.modality,
+            "propagation_gain": float(self.gain),
+        }
+
+
+def latent_directions(
+    loading: np.ndarray, latent_cov: np.ndarray, gene_var: np.ndarray, jacobian: np.ndarray
+) -> np.ndarray:
+    r"""Latent drive per unit change of each gene's true expression, :math:`-J h_g` (genes x latent).
+
+    Parameters
+    ----------
+    loading
+        Decoder loading :math:`D` (genes x latent): the change of each gene's log expression per unit latent
+        change at the control state.
+    latent_cov
+        Covariance :math:`\Sigma_z` of the control cells' latent states.
+    gene_var
+        Gene-specific biological variance :math:`s_g^2` of the log expression, beyond the latent state.
+    jacobian
+        Jacobian :math:`J` of the field at the control state (latent x latent).
+    """
+    d = np.asarray(loading, dtype=np.float64)
+    cov = np.asarray(latent_cov, dtype=np.float64)
+    sd = d @ cov  # genes x latent: Sigma D_g^T, row-wise
+    denom = np.einsum("gk,gk->g", sd, d) + np.maximum(np.asarray(gene_var, dtype=np.float64), 1e-8)
+    h = sd / denom[:, None]
+    return -(h @ np.asarray(jacobian, dtype=np.float64).T)
+
+
+def propagation_gain(
+    drives: np.ndarray, operators: np.ndarray, shares: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+) -> tuple[float, float, dict]:
+    r"""Gain :math:`\kappa \ge 0` of :math:`v_q - \bar v = \kappa (d_q - \bar d)`, shrunk as far as it validates.
+
+    The least-squares gain over the training targets is scaled by the share :math:`s` (of ``shares``) whose
+    leave-one-target-out mean squared error is lowest: for each target left out, means and gain are refitted
+    on the others and the target predicted as :math:`\bar v_{-q} + s\,\kappa_{-q} (d_q - \bar d_{-q})`.
+    :math:`s = 0` (no propagation, the class mean) wins ties.
+
+    Parameters
+    ----------
+    drives
+        Propagated drives :math:`d_q` of the training targets (targets x latent).
+    operators
+        Their learned operators :math:`v_q`.
+    shares
+        Shares of the least-squares gain to validate.
+
+    Returns
+    -------
+    The validated gain :math:`s\kappa`, the least-squares gain :math:`\kappa` and the leave-one-out error of each
+    share.
+    """
+    x = np.asarray(drives, dtype=np.float64)
+    y = np.asarray(operators, dtype=np.float64)
+    n = len(x)
+    if n < 3:
+        return 0.0, 0.0, {}
+
+    def fit(xs, ys):
+        xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+        den = float((xc * xc).sum())
+        return max(0.0, float((xc * yc).sum()) / den) if den > 0 else 0.0
+
+    gain = fit(x, y)
+    loo = dict.fromkeys(shares, 0.0)
+    for i in range(n):
+        keep = np.arange(n) != i
+        k = fit(x[keep], y[keep])
+        step = x[i] - x[keep].mean(0)
+        for share in shares:
+            pred = y[keep].mean(0) + share * k * step
+            loo[share] += float(((y[i] - pred) ** 2).sum()) / n
+    best = min(sorted(loo), key=lambda share: (loo[share], share))
+    return best * gain, gain, {float(k): v for k, v in loo.items()}
+
+
+def residual_map(embedding: np.ndarray | None, residuals: np.ndarray) -> tuple:
+    """Ridge map from a gene embedding to what the class mean and the propagation leave of the operators.
+
+    The penalty is chosen by exact leave-one-out (:func:`~scmech.data._embedding.ridge_map_cv`); an infinite
+    penalty (the usual outcome with few training targets) means no embedding-specific part.
+
+    Returns
+    -------
+    Coefficients, intercept and penalty, or ``(None, None, inf)`` without an embedding or with fewer than 3
+    targets.
+    """
+    if embedding is None or len(residuals) < 3:
+        return None, None, float("inf")
+    coef, intercept, ridge, _ = ridge_map_cv(embedding, residuals)
+    if not np.isfinite(ridge):
+        return None, None, float("inf")
+    return coef, intercept, float(ridge)

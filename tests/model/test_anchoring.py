@@ -1,0 +1,392 @@
+"""Anchoring plans, the target map for unseen targets, and the absence of leaks from held-out cells."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scvi
+
+from scmech.data import simulate_perturbseq
+from scmech.model import SemiMechVI
+from scmech.model._anchoring import (
+    ObservedPseudobulk,
+    Observations,
+    _two_coefficients,
+    fit_interaction_gain,
+    fit_media_carry,
+)
+from scmech.model._prediction import _own_calibration
+from scmech.model._protocols import Context, Protocol
+from scmech.model._target_map import latent_directions, propagation_gain
+
+from .conftest import MODEL_KWARGS, TRAIN_KWARGS, simulated
+
+
+def _noise_free(obs: Observations) -> Observations:
+    """A copy of the observations with zero sampling variances: every correction is kept whole (weight 1)."""
+    out = copy.deepcopy(obs)
+    for o in out.conditions.values():
+        o.var = np.zeros_like(o.var)
+    return out
+
+
+def _raw(model, labels, **kw) -> dict[str, np.ndarray]:
+    pred = model.predict(list(labels), anchor="none", random_state=0, **kw)
+    return {lab: pred.X[i].astype(np.float64) for i, lab in enumerate(labels)}
+
+
+# ------------------------------------------------------------------------------------------------ combinations
+def test_combination_is_its_observed_singles_plus_the_calibrated_interaction(steady, monkeypatch):
+    model = steady.model
+    obs = _noise_free(model.anchor_)
+    monkeypatch.setattr(model, "anchor_", obs)
+    ctx = Context(None)
+    y = {lab: obs.get(lab, ctx).value.astype(np.float64) for lab in ("G0008", "G0021", "NT")}
+    m = _raw(model, ["G0008+G0021", "G0008", "G0021", "NT"])
+    additive = y["G0008"] + y["G0021"] - y["NT"]
+    interaction = m["G0008+G0021"] - m["G0008"] - m["G0021"] + m["NT"]
+    for gain in (0.0, 0.3, 1.0):
+        obs.interaction_gain = gain
+        pred = model.predict(["G0008+G0021"], random_state=0)
+        assert pred.uns["scmech"]["prediction"]["anchoring"]["G0008+G0021"].startswith("observed singles")
+        np.testing.assert_allclose(pred.X[0], additive + gain * interaction, rtol=1e-5, atol=1e-5)
+    # a combination observed in training is its observation, unless only combinations are anchored
+    seen = model.predict(["G0009+G0021"], random_state=0)
+    np.testing.assert_allclose(seen.X[0], obs.get("G0009+G0021", ctx).value, rtol=1e-5, atol=1e-5)
+    comb = model.predict(["G0009+G0021", "G0008"], anchor="combinations", random_state=0)
+    assert comb.obs["anchored"].tolist() == [True, False]
+    np.testing.assert_allclose(comb.X[1], _raw(model, ["G0008"])["G0008"], rtol=1e-6, atol=1e-6)
+
+
+def _combination_observations(rng, gain: float, n_genes: int = 40):
+    ctx = Context(None)
+    obs = Observations(control_label="NT")
+    model_values = {}
+    singles = [f"S{k}" for k in range(4)]
+    for lab in ["NT", *singles]:
+        v = rng.normal(2.0, 0.5, n_genes)
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(v, np.zeros(n_genes), 50)
+        model_values[(lab,)] = v + rng.normal(0, 0.01, n_genes)
+    model_values[("NT",)] = obs.get("NT", ctx).value
+    for a, b in [("S0", "S1"), ("S1", "S2"), ("S2", "S3"), ("S0", "S3")]:
+        lab = f"{a}+{b}"
+        interaction = rng.normal(0, 1.0, n_genes)
+        m = model_values[(a,)] + model_values[(b,)] - model_values[("NT",)] + interaction
+        y = obs.get(a, ctx).value + obs.get(b, ctx).value - obs.get("NT", ctx).value + gain * interaction
+        y = y + rng.normal(0, 0.05, n_genes)
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(y, np.zeros(n_genes), 50)
+        obs.targets[lab] = (a, b)
+        model_values[(a, b)] = m
+    for s in singles:
+        obs.targets[s] = (s,)
+
+    def read(p: Protocol) -> np.ndarray:
+        return model_values[p.targets or ("NT",)]
+
+    return obs, read
+
+
+def test_interaction_gain_recovers_the_share_the_training_combinations_bear_out():
+    rng = np.random.default_rng(0)
+    obs, read = _combination_observations(rng, gain=0.4)
+    gain, n = fit_interaction_gain(obs, read)
+    assert n == 4
+    assert gain == pytest.approx(0.4, abs=0.03)
+    # an interaction of the wrong sign is not borne out at all; without combinations there is no evidence
+    obs, read = _combination_observations(rng, gain=-0.5)
+    assert fit_interaction_gain(obs, read)[0] == 0.0
+    singles_only = Observations("NT", {k: v for k, v in obs.conditions.items() if "+" not in k[0]})
+    assert fit_interaction_gain(singles_only, read) == (0.0, 0)
+
+
+# ------------------------------------------------------------------------------------------------ unseen targets
+def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady, monkeypatch):
+    model, held = steady.model, steady.heldout_target
+    monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
+    tm = model.target_map_
+    assert held not in tm.trained
+    assert tm.class_targets == ["G0008", "G0009", "G0021"]
+    pred = model.predict([held], random_state=0)
+    assert pred.obs["target_source"].iloc[0] == "gene map"
+    assert "class mean" in pred.uns["scmech"]["prediction"]["anchoring"][held]
+    m = _raw(model, [held, *tm.class_targets])
+    ctx = Context(None)
+    err = np.mean([model.anchor_.get(q, ctx).value - m[q] for q in tm.class_targets], axis=0)
+    np.testing.assert_allclose(pred.X[0], m[held] + err, rtol=1e-5, atol=1e-5)
+    # its own gene: the predicted change from the training controls, with the spread of the direct effects
+    g = list(model.adata.var_names).index(held)
+    change = pred.X[0, g] - model.anchor_.control(ctx).value[g]
+    assert pred.obs["own_gene_change"].iloc[0] == pytest.approx(change, abs=1e-5)
+    assert np.isfinite(pred.obs["own_gene_sd"].iloc[0])
+    assert pred.uns["scmech"]["prediction"]["own_gene"]["n_training_targets"] == 3
+
+
+def test_unseen_operator_is_the_class_mean_plus_the_propagated_knockdown(steady):
+    model, held = steady.model, steady.heldout_target
+    tm = model.target_map_
+    pos = {t: i for i, t in enumerate(model.adata_manager.get_state_registry("perturbation")["targets"])}
+    ops = model.module.field.operators.detach().numpy().astype(np.float64)
+    own = model.module.decoder.own_effect.detach().numpy().astype(np.float64)
+    members = tm.class_targets
+    np.testing.assert_allclose(tm.operator_class, ops[[pos[t] for t in members]].mean(0), rtol=1e-5, atol=1e-6)
+    assert tm.own_effect == pytest.approx(float(np.median(own[[pos[t] for t in members]])))
+    genes = list(model.adata.var_names)
+    drives = np.stack([own[pos[t]] * tm.directions[genes.index(t)] for t in members])
+    np.testing.assert_allclose(tm.propagation_mean, drives.mean(0), rtol=1e-5, atol=1e-6)
+    got, got_own, source = tm.operators([held])
+    expected = tm.operator_class + tm.gain * (tm.own_effect * tm.directions[genes.index(held)] - tm.propagation_mean)
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-6)
+    assert got_own[0] == tm.own_effect
+    assert source == ["gene map"]
+    # the read-out uses exactly these: the held-out target's row in the operators handed to the dynamics
+    (ops_used, own_used, _), columns, mapped, _ = model._operators_for([Protocol(held, (held,), None, 0.0, np.nan)])
+    assert mapped == [held]
+    np.testing.assert_allclose(ops_used[columns[held]].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert float(own_used[columns[held]]) == pytest.approx(tm.own_effect)
+
+
+def test_latent_directions_are_the_regression_on_the_gene_held_by_the_field():
+    """h_g = S D_g / (D_g S D_g + s_g^2) and the drive -J h_g, against a hand computation."""
+    rng = np.random.default_rng(1)
+    loading = rng.normal(size=(6, 3))
+    a = rng.normal(size=(3, 3))
+    cov = a @ a.T + np.eye(3)
+    gene_var = rng.uniform(0.1, 1.0, 6)
+    jac = -np.diag([1.0, 2.0, 0.5]) + 0.1 * rng.normal(size=(3, 3))
+    got = latent_directions(loading, cov, gene_var, jac)
+    for g in range(6):
+        d = loading[g]
+        h = cov @ d / (d @ cov @ d + gene_var[g])
+        np.testing.assert_allclose(got[g], -jac @ h, rtol=1e-10)
+    # a gene the latent state does not carry has no direction; a noiseless one moves its own logit one for one
+    assert np.allclose(latent_directions(np.zeros((1, 3)), cov, [0.5], jac), 0.0)
+    h1 = -np.linalg.solve(jac, latent_directions(loading[:1], cov, [0.0], jac)[0])
+    assert loading[0] @ h1 == pytest.approx(1.0)
+
+
+def test_propagation_gain_recovers_a_planted_gain_and_drops_an_unsupported_one():
+    rng = np.random.default_rng(0)
+    drives = rng.normal(size=(12, 5))
+    operators = 0.7 + 1.5 * drives + rng.normal(0, 0.05, (12, 5))
+    gain, fitted, loo = propagation_gain(drives, operators)
+    assert fitted == pytest.approx(1.5, abs=0.05)
+    assert gain == pytest.approx(fitted)  # the whole gain validates
+    assert loo[1.0] < loo[0.0]
+    # operators unrelated to the drives: the leave-one-out choice keeps none of the gain
+    unrelated = rng.normal(size=(12, 5))
+    assert propagation_gain(drives, unrelated)[0] == 0.0
+    # a negative slope is not a propagation
+    assert propagation_gain(drives, -drives)[1] == 0.0
+    assert propagation_gain(drives[:2], operators[:2]) == (0.0, 0.0, {})
+
+
+def test_own_effect_calibration_is_the_median_signed_by_the_modality(caplog):
+    med, sd = _own_calibration([-0.3, -0.4, -1.5, -0.35, -0.2], "CRISPRko")
+    assert med == pytest.approx(-0.35)
+    assert sd == pytest.approx(1.4826 * 0.05)
+    assert _own_calibration([], "CRISPRi")[0] == 0.0
+    # the data disagree with the registered modality: no own-gene effect, and a warning
+    assert _own_calibration([0.4, 0.5, 0.3], "CRISPRi")[0] == 0.0
+    assert "against the registered modality" in caplog.text
+    assert _own_calibration([0.4, 0.5, 0.3], "CRISPRa")[0] == pytest.approx(0.4)
+    assert _own_calibration([0.4, 0.5, 0.3], None)[0] == pytest.approx(0.4)
+
+
+def test_perturbation_modality_is_validated(small_adata):
+    with pytest.raises(ValueError, match="perturbation_modality='CRISPRx' is not one of"):
+        SemiMechVI.setup_anndata(small_adata, perturbation_modality="CRISPRx")
+    SemiMechVI.setup_anndata(small_adata, perturbation_modality="CRISPRi")
+    model = SemiMechVI(small_adata, **MODEL_KWARGS)
+    assert model.adata_manager.registry["setup_args"]["perturbation_modality"] == "CRISPRi"
+
+
+# ------------------------------------------------------------------------------------------------ contexts
+def test_other_contexts_are_anchored_on_their_observed_controls(dynamic, monkeypatch):
+    model, adata = dynamic.model, dynamic.adata
+    obs = adata.obs
+    ctrl = obs[(obs["perturbation"] == "NT") & (obs["media"] == "m1")]
+    t, s = (float(v) for v in ctrl.groupby(["time", "media_time"], observed=True).size().idxmax())
+    cells = ctrl[(ctrl["time"] == t) & (ctrl["media_time"] == s)]
+    # the tiny fixture has few controls per context: rebuild with a lower minimum than train()'s 10, keep only
+    # the controls (this test is about the controls' context)
+    saved = model.anchor_
+    model._fit_anchor(np.arange(adata.n_obs), min_cells=2)
+    controls = Observations("NT", {k: v for k, v in model.anchor_.conditions.items() if k[0] == "NT"})
+    monkeypatch.setattr(model, "anchor_", _noise_free(controls))
+    try:
+        x = adata[cells.index].X
+        x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+        observed = np.log1p(1e4 * (x / x.sum(1, keepdims=True)).mean(0))
+        kw = {"media": "m1", "time": t, "media_time": s, "random_state": 0}
+        raw = model.predict(["G0008", "NT"], anchor="none", **kw)
+        auto = model.predict(["G0008", "NT"], **kw)
+        assert auto.obs["anchored"].all()
+        assert auto.uns["scmech"]["prediction"]["anchoring"][auto.obs_names[0]] == "observed controls of the context"
+        np.testing.assert_allclose(auto.X[1], observed, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(auto.X[0] - auto.X[1], raw.X[0] - raw.X[1], rtol=1e-4, atol=1e-4)
+        # a context without training controls is not anchored
+        assert not model.predict(["G0008"], media="m1", time=123.0, media_time=s, random_state=0).obs["anchored"].any()
+    finally:
+        model.anchor_ = saved
+
+
+def _tiny_model_without(adata, held: np.ndarray, **setup) -> SemiMechVI:
+    """A small model trained two epochs on every cell but ``held`` (the test set)."""
+    train = np.setdiff1d(np.arange(adata.n_obs), held)
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(
+        max_epochs=2,
+        batch_size=128,
+        enable_progress_bar=False,
+        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
+    )
+    return model
+
+
+def test_a_perturbation_observed_in_another_medium_carries_over_as_far_as_calibrated(monkeypatch):
+    """Held out of medium m1: m1's train mean plus the calibrated share of what it showed in m0."""
+    adata = simulate_perturbseq(2000, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
+    model = _tiny_model_without(adata, held)
+    anc = model.anchor_
+    c0, c1 = Context("m0"), Context("m1")
+    assert (c1, c0) in anc.media_carry
+    rho, alpha = anc.media_carry[(c1, c0)]
+    assert 0.0 <= rho <= 1.0 and 0.0 <= alpha <= 1.0
+    pred = model.predict(target, media="m1", random_state=0)
+    assert pred.uns["scmech"]["prediction"]["anchoring"][pred.obs_names[0]] == "observed in other media"
+    ref = [q for q in anc.perturbations_in(c1) if anc.get(q, c0) is not None]
+    assert target not in ref and len(ref) >= 3
+    m1 = _raw(model, [target, *ref], media="m1")
+    m0 = _raw(model, [target, *ref], media="m0")
+    y1 = np.mean([anc.get(q, c1).value for q in ref], axis=0)
+    y0 = np.mean([anc.get(q, c0).value for q in ref], axis=0)
+    m1_bar = np.mean([m1[q] for q in ref], axis=0)
+    m0_bar = np.mean([m0[q] for q in ref], axis=0)
+    expected = (
+        y1
+        + rho * (anc.get(target, c0).value - y0)
+        + alpha * ((m1[target] - m1_bar) - (m0[target] - m0_bar))
+    )
+    np.testing.assert_allclose(pred.X[0], expected, rtol=1e-4, atol=1e-4)
+    # with nothing carried it is m1's train mean: never below it in what it uses
+    monkeypatch.setitem(anc.media_carry, (c1, c0), (0.0, 0.0))
+    np.testing.assert_allclose(model.predict(target, media="m1", random_state=0).X[0], y1, rtol=1e-5, atol=1e-5)
+    # against the simulator's noise-free truth the calibrated carry-over beats the model alone
+    monkeypatch.setitem(anc.media_carry, (c1, c0), (rho, alpha))
+    truth = adata.uns["truth"]["mean_log"].loc[f"{target}|m1"].to_numpy()
+    assert np.mean((pred.X[0] - truth) ** 2) < np.mean((m1[target] - truth) ** 2)
+
+
+def test_media_carry_without_a_calibration_falls_back_to_the_model_and_the_controls(monkeypatch):
+    """No perturbation observed in both media: the model, the observed controls' level and the carried error."""
+    adata = simulate_perturbseq(1600, 30, n_perturbations=4, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] != "NT").to_numpy() & (obs["media"] == "m1").to_numpy())
+    model = _tiny_model_without(adata, held)
+    assert model.anchor_.media_carry == {}
+    monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
+    anc = model.anchor_
+    pred = model.predict(target, media="m1", random_state=0)
+    assert pred.uns["scmech"]["prediction"]["anchoring"][pred.obs_names[0]] == "observed in other media"
+    m1 = _raw(model, [target, "NT"], media="m1")
+    m0 = _raw(model, [target, "NT"], media="m0")
+    c0, c1 = Context("m0"), Context("m1")
+    expected = (
+        m1[target]
+        + (anc.control(c1).value - m1["NT"])
+        + (anc.get(target, c0).value - m0[target])
+        - (anc.control(c0).value - m0["NT"])
+    )
+    np.testing.assert_allclose(pred.X[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_media_carry_recovers_planted_coefficients():
+    rng = np.random.default_rng(0)
+    n_genes, targets = 50, [f"T{k}" for k in range(8)]
+    c0, c1 = Context("m0"), Context("m1")
+    obs = Observations("NT")
+    model_values = {}
+    for t in targets:
+        effect = rng.normal(0, 1, n_genes)
+        modulation = rng.normal(0, 1, n_genes)
+        model_values[(t, "m0")] = effect
+        model_values[(t, "m1")] = effect + modulation
+        y0 = 1.0 + effect + rng.normal(0, 0.05, n_genes)
+        y1 = 2.0 + 0.6 * (y0 - 1.0) + 0.3 * modulation + rng.normal(0, 0.05, n_genes)
+        obs.conditions[(t, c0)] = ObservedPseudobulk(y0, np.zeros(n_genes), 30)
+        obs.conditions[(t, c1)] = ObservedPseudobulk(y1, np.zeros(n_genes), 30)
+        obs.targets[t] = (t,)
+    carry = fit_media_carry(obs, lambda p: model_values[(p.label, p.media)])
+    rho, alpha = carry[(c1, c0)]
+    assert rho == pytest.approx(0.6, abs=0.05)
+    assert alpha == pytest.approx(0.3, abs=0.05)
+    # too few shared targets: no calibration
+    few = Observations("NT", {k: v for k, v in obs.conditions.items() if k[0] in targets[:2]})
+    assert fit_media_carry(few, lambda p: model_values[(p.label, p.media)]) == {}
+    # coefficients are kept in [0, 1]
+    a = rng.normal(size=200)
+    assert _two_coefficients(-a, a, rng.normal(size=200))[0] == 0.0
+    assert _two_coefficients(3 * a, a, rng.normal(size=200))[0] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ leaks
+def _corrupt_rows(adata, rows: np.ndarray, rng) -> None:
+    """Replace the counts of ``rows`` by other valid counts (in place, keeping the matrix type)."""
+    x = adata.X.toarray() if sp.issparse(adata.X) else np.array(adata.X)
+    x[rows] = rng.poisson(5.0, size=(len(rows), x.shape[1]))
+    adata.X = sp.csr_matrix(x) if sp.issparse(adata.X) else x
+
+
+def test_held_out_controls_never_move_predictions():
+    """A batch held out with its controls: corrupting its cells after training leaves predictions bit for bit."""
+    rng = np.random.default_rng(0)
+    adata = simulated(n_cells=300)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="batch")
+    held = np.flatnonzero(adata.obs["batch"].to_numpy() == "b1")
+    model = _tiny_model_without(adata, held)
+    conds = ["NT", "G0008", "G0010", "G0008+G0021"]
+    before = model.predict(conds, random_state=0)
+    before_raw = model.predict(conds, random_state=0, anchor="none")
+    _corrupt_rows(adata, held, rng)
+    after = model.predict(conds, random_state=0)
+    np.testing.assert_array_equal(before.X, after.X)
+    np.testing.assert_array_equal(before_raw.X, model.predict(conds, random_state=0, anchor="none").X)
+
+
+def test_held_out_efficacies_never_move_predictions():
+    """The efficacy levels of predictions come from the perturbed training cells only."""
+    adata = simulated(n_cells=300)
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", efficacy_key="efficacy"
+    )
+    held = np.flatnonzero(adata.obs["perturbation"].to_numpy() == "G0010")
+    model = _tiny_model_without(adata, held)
+    before = model.predict(["G0010", "G0008"], random_state=0)
+    assert before.uns["scmech"]["prediction"]["efficacy"] == "empirical"
+    eff = adata.obs["efficacy"].to_numpy().copy()
+    eff[held] = 0.0
+    adata.obs["efficacy"] = eff
+    after = model.predict(["G0010", "G0008"], random_state=0)
+    np.testing.assert_array_equal(before.X, after.X)
+
+
+def test_train_predict_use_only_training_cells_by_default(steady):
+    model = steady.model
+    pred = model.predict(["NT"], anchor="none", random_state=0)
+    assert pred.uns["scmech"]["prediction"]["starting_cells"] == "training controls"
+    controls = np.flatnonzero(steady.adata.obs["perturbation"].to_numpy() == "NT")
+    n_train = len(np.intersect1d(controls, model.train_indices))
+    assert pred.obs["n_cells"].iloc[0] == min(n_train, 500)
+    assert n_train < len(controls)  # some controls are validation cells, which never start a prediction
