@@ -12,8 +12,8 @@ import scvi
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import (
-    ObservedPseudobulk,
     Observations,
+    ObservedPseudobulk,
     _two_coefficients,
     fit_interaction_gain,
     fit_media_carry,
@@ -22,7 +22,7 @@ from scmech.model._prediction import _own_calibration
 from scmech.model._protocols import Context, Protocol
 from scmech.model._target_map import latent_directions, propagation_gain
 
-from .conftest import MODEL_KWARGS, TRAIN_KWARGS, simulated
+from .conftest import MODEL_KWARGS, simulated
 
 
 def _noise_free(obs: Observations) -> Observations:
@@ -260,22 +260,20 @@ def test_a_perturbation_observed_in_another_medium_carries_over_as_far_as_calibr
     c0, c1 = Context("m0"), Context("m1")
     assert (c1, c0) in anc.media_carry
     rho, alpha = anc.media_carry[(c1, c0)]
-    assert 0.0 <= rho <= 1.0 and 0.0 <= alpha <= 1.0
+    assert 0.0 <= rho <= 1.0
+    assert 0.0 <= alpha <= 1.0
     pred = model.predict(target, media="m1", random_state=0)
     assert pred.uns["scmech"]["prediction"]["anchoring"][pred.obs_names[0]] == "observed in other media"
     ref = [q for q in anc.perturbations_in(c1) if anc.get(q, c0) is not None]
-    assert target not in ref and len(ref) >= 3
+    assert target not in ref
+    assert len(ref) >= 3
     m1 = _raw(model, [target, *ref], media="m1")
     m0 = _raw(model, [target, *ref], media="m0")
     y1 = np.mean([anc.get(q, c1).value for q in ref], axis=0)
     y0 = np.mean([anc.get(q, c0).value for q in ref], axis=0)
     m1_bar = np.mean([m1[q] for q in ref], axis=0)
     m0_bar = np.mean([m0[q] for q in ref], axis=0)
-    expected = (
-        y1
-        + rho * (anc.get(target, c0).value - y0)
-        + alpha * ((m1[target] - m1_bar) - (m0[target] - m0_bar))
-    )
+    expected = y1 + rho * (anc.get(target, c0).value - y0) + alpha * ((m1[target] - m1_bar) - (m0[target] - m0_bar))
     np.testing.assert_allclose(pred.X[0], expected, rtol=1e-4, atol=1e-4)
     # with nothing carried it is m1's train mean: never below it in what it uses
     monkeypatch.setitem(anc.media_carry, (c1, c0), (0.0, 0.0))

@@ -412,9 +412,7 @@ def test_predict_unknown_target_that_is_not_a_gene_gets_the_shared_response(stea
     assert source == ["shared response"]
     trained_ops = model.module.field.operators.detach().numpy()
     pos = {t: i for i, t in enumerate(model.adata_manager.get_state_registry("perturbation")["targets"])}
-    np.testing.assert_allclose(
-        tm.operator_all, trained_ops[[pos[t] for t in tm.trained]].mean(0), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(tm.operator_all, trained_ops[[pos[t] for t in tm.trained]].mean(0), rtol=1e-5, atol=1e-6)
     # it differs from the control: the shared response of perturbed cells
     assert np.abs(pred.X[0] - model.predict("NT", anchor="none").X[0]).max() > 1e-6
 
