@@ -1134,3 +1134,28 @@ def test_anchor_weight_is_reported_per_row(steady):
     assert pred.obs["anchor_weight"].between(0.0, 1.0).all()
     raw = model.predict(["NT", "G0008", steady.heldout_target], anchor="none")
     assert raw.obs["anchor_weight"].isna().all()
+
+
+def test_a_size_factor_of_a_larger_library_is_rescaled_to_the_registered_genes(small_adata, model_kwargs, train_kwargs):
+    """A gene panel with the whole transcriptome's library as size factor: the model's expected totals meet the
+    panel's counts, and predictions stay proportions of the registered genes."""
+    x = _dense(small_adata)
+    rng = np.random.default_rng(0)
+    small_adata.obs["library"] = 10.0 * x.sum(1) * np.exp(rng.normal(0, 0.05, small_adata.n_obs))
+    SemiMechVI.setup_anndata(small_adata, batch_key="batch", size_factor_key="library")
+    model = SemiMechVI(small_adata, **model_kwargs)
+    model.train(max_epochs=1, **train_kwargs)
+    assert float(model.module.log_library_scale) == pytest.approx(np.log(0.1), abs=0.02)
+    pred = model.predict(["NT", "G0008"], anchor="none")
+    np.testing.assert_allclose(pred.layers["expression"].sum(1), 1e4, rtol=1e-4)
+    # the baselines score in the same space whatever size factor is registered
+    from scmech import tl
+
+    tl.TrainMean.setup_anndata(small_adata, batch_key="batch", size_factor_key="library")
+    with_sf = tl.TrainMean(small_adata)
+    with_sf.train()
+    plain = small_adata.copy()
+    tl.TrainMean.setup_anndata(plain, batch_key="batch")
+    without = tl.TrainMean(plain)
+    without.train()
+    np.testing.assert_allclose(with_sf.predict(["G0008"]).X, without.predict(["G0008"]).X, rtol=1e-6)

@@ -158,7 +158,9 @@ def test_linear_model_varm_embedding(data):
         tl.LinearModel(adata, gene_embedding="missing")
 
 
-@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel])
+@pytest.mark.parametrize(
+    "cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel, tl.OwnGene, tl.TargetClassMean]
+)
 def test_prediction_layout(cls, data):
     adata, split = data
     model = _fit(cls, adata, split)
@@ -204,7 +206,9 @@ def test_untrained_and_errors(data):
         model.save("somewhere")
 
 
-@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel])
+@pytest.mark.parametrize(
+    "cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel, tl.OwnGene, tl.TargetClassMean]
+)
 def test_held_out_cells_never_influence_the_fit(cls, data):
     adata, split = data
     a1 = adata.copy()
@@ -219,6 +223,73 @@ def test_held_out_cells_never_influence_the_fit(cls, data):
     # without a split the held-out cells do count
     p3 = _fit(cls, a2.copy()).predict(conds)
     assert not np.allclose(p1.X, p3.X) or cls is tl.Additive
+
+
+@pytest.mark.parametrize("statistic", ["median", "mean"])
+def test_own_gene_is_the_train_mean_with_the_calibrated_own_gene_change(data, statistic):
+    adata, split = data
+    model = _fit(tl.OwnGene, adata, split, statistic=statistic)
+    pb = _train_pb(adata, split)
+    singles = [c for c in pb.index if c in GENES]  # training single targets whose gene is measured
+    assert sorted(singles) == ["A", "B", "D"]
+    changes = [pb.loc[c, c] - pb.loc["NT", c] for c in singles]
+    own = np.median(changes) if statistic == "median" else np.mean(changes)
+    assert model.own_change_ == pytest.approx(own, rel=1e-6)
+    mean = pb.loc[[c for c in pb.index if c != "NT"]].to_numpy().mean(0)
+    pred = model.predict(["C", "E", "A+B"])
+    expected = mean.copy()
+    expected[GENES.index("C")] = pb.loc["NT", "C"] + own
+    np.testing.assert_allclose(pred.X[0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pred.X[1], mean, rtol=1e-5, atol=1e-5)  # E is not a measured gene
+    combo = mean.copy()
+    for g in ("A", "B"):
+        combo[GENES.index(g)] = pb.loc["NT", g] + own
+    np.testing.assert_allclose(pred.X[2], combo, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="statistic='mode' is not one of"):
+        tl.OwnGene(adata, statistic="mode")
+
+
+def test_own_gene_enforces_the_sign_of_the_modality(data, caplog):
+    adata, split = data
+    tl.OwnGene.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", perturbation_modality="CRISPRa"
+    )
+    model = tl.OwnGene(adata)
+    model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
+    pb = _train_pb(adata, split)
+    own = float(np.median([pb.loc[c, c] - pb.loc["NT", c] for c in ("A", "B", "D")]))
+    assert model.own_change_ == (0.0 if own < 0 else pytest.approx(own))
+
+
+def test_target_class_mean_is_the_mean_of_the_measured_or_nearest_training_targets(data):
+    adata, split = data
+    pb = _train_pb(adata, split)
+    model = _fit(tl.TargetClassMean, adata, split)
+    assert sorted(model.class_targets_) == ["A", "B", "D"]
+    pred = model.predict(["C", "E"])
+    np.testing.assert_allclose(pred.X[0], pb.loc[["A", "B", "D"]].to_numpy().mean(0), rtol=1e-5, atol=1e-5)
+    mean = pb.loc[[c for c in pb.index if c != "NT"]].to_numpy().mean(0)
+    np.testing.assert_allclose(pred.X[1], mean, rtol=1e-5, atol=1e-5)  # no measured gene: the train mean
+    # k nearest in the embedding
+    near = _fit(tl.TargetClassMean, adata, split, k=1)
+    e = near.embedding_
+    pos = {g: i for i, g in enumerate(GENES)}
+    nearest = min(["A", "B", "D"], key=lambda t: np.linalg.norm(e[pos[t]] - e[pos["C"]]))
+    np.testing.assert_allclose(near.predict(["C"]).X[0], pb.loc[nearest].to_numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="k=0 must be a positive integer"):
+        tl.TargetClassMean(adata, k=0)  # adata was registered above
+
+
+def test_control_mean_predicts_exactly_no_change(data):
+    """Under a split, changes are measured from the training controls, which ControlMean predicts."""
+    adata, split = data
+    pred = _fit(tl.ControlMean, adata, split).predict(["C", "A+B"])
+    res = tl.evaluate({"ControlMean": pred}, adata, split=split, n_de_genes=5)
+    value = res.set_index(["condition", "metric"])["value"]
+    for c in ("C", "A+B"):
+        assert np.isnan(value[(c, "pearson_delta")])
+        assert np.isnan(value[(c, "pearson_delta_de")])
+        assert (c, "systema_pearson_delta") in value.index
 
 
 def test_context_shift_by_batch(data):

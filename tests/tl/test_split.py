@@ -61,7 +61,9 @@ def test_perturbation_split_holds_out_whole_conditions():
     assert "NT" not in s.train_conditions
     assert len(s.validation) == int(np.floor(0.2 * (len(s.train) + len(s.validation))))
     assert s.external_indexing[2] is s.test
-    np.testing.assert_array_equal(s.control_reference, np.flatnonzero(labels == "NT"))
+    # changes are measured from the training controls only (validation controls never serve as reference)
+    np.testing.assert_array_equal(s.control_reference, np.intersect1d(s.train, np.flatnonzero(labels == "NT")))
+    assert len(s.control_reference) < int((labels == "NT").sum())
     json.dumps(s.to_dict())
     assert "perturbation" in repr(s)
     # adata untouched

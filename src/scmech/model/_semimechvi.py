@@ -442,9 +442,9 @@ class SemiMechVI(
         if REGISTRY_KEYS.SIZE_FACTOR_KEY in self.adata_manager.data_registry:
             size_factor = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.SIZE_FACTOR_KEY)).ravel()
         xs, lab = _rows(x, idx, np.full(len(idx), "fit", dtype=object))
-        if size_factor is not None and xs.shape[0] != x.shape[0]:
-            size_factor = size_factor[idx]
-        mean = normalized_mean(xs, lab, ["fit"], size_factor=size_factor, counts=counts)[0]
+        mean = normalized_mean(xs, lab, ["fit"], counts=counts)[0]
+        if size_factor is not None and counts:
+            self._init_library_scale(x, idx, size_factor[idx])
         if counts:
             mean = np.clip(mean, 0.0, None)
             floor = max(float(mean[mean > 0].min()) if (mean > 0).any() else 1.0, 1e-12) / 10
@@ -455,6 +455,32 @@ class SemiMechVI(
         bias = self.module.decoder.loading.bias
         with torch.no_grad():
             bias.copy_(torch.as_tensor(level, dtype=bias.dtype, device=bias.device))
+
+    def _init_library_scale(self, x, idx: np.ndarray, size_factor: np.ndarray) -> None:
+        """Scale a registered size factor to the registered genes' counts (a gene panel within a larger library).
+
+        The decoder's expression proportions sum to one over the registered genes, so the expected count total of
+        a cell is its library size. A size factor on another scale (the whole transcriptome's library of a gene
+        panel, or factors around 1) is rescaled by the median over training cells of the registered genes' total
+        over the size factor: depth still varies with the size factor from cell to cell, and the predictions stay
+        proportions of the registered genes (the space of :func:`scmech.data.pseudobulk`).
+        """
+        sums = []
+        for lo in range(0, len(idx), 10_000):
+            block = x[idx[lo : lo + 10_000]]
+            sums.append(np.asarray(block.sum(axis=1)).ravel())
+        totals = np.concatenate(sums).astype(np.float64)
+        ratio = totals / np.maximum(np.asarray(size_factor, dtype=np.float64), 1e-12)
+        scale = float(np.median(ratio[ratio > 0])) if (ratio > 0).any() else 1.0
+        if not 0.5 <= scale <= 2.0:
+            logger.info(
+                "size_factor_key is %.3g times the registered genes' counts (median over training cells); it is "
+                "rescaled so that the model's proportions of these genes meet their counts.",
+                1.0 / scale,
+            )
+        buf = self.module.log_library_scale
+        with torch.no_grad():
+            buf.fill_(float(np.log(scale)))
 
     def _configure_batching(self, batching: str, datasplitter_kwargs: dict, plan_kwargs: dict) -> None:
         if batching not in BATCHING:

@@ -256,6 +256,8 @@ class SemiMechVAE(BaseModuleClass):
         # running mean of the baseline control state (latent); used when a minibatch holds no controls
         self.register_buffer("control_reference", torch.zeros(n_latent))
         self.register_buffer("control_reference_set", torch.zeros((), dtype=torch.bool))
+        # log of the registered genes' share of a registered size factor (e.g. a panel within a whole library)
+        self.register_buffer("log_library_scale", torch.zeros(()))
         self._last_unconverged = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -360,7 +362,10 @@ class SemiMechVAE(BaseModuleClass):
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         size_factor = tensors.get(REGISTRY_KEYS.SIZE_FACTOR_KEY)
-        library = inference_outputs["library"] if size_factor is None else torch.log(size_factor)
+        if size_factor is None:
+            library = inference_outputs["library"]
+        else:
+            library = torch.log(size_factor) + self.log_library_scale
         out = {
             "z": inference_outputs["z"],
             "library": library,

@@ -12,6 +12,7 @@ from ._metrics import METRIC_DIRECTIONS, energy_distance, evaluate, leaderboard,
 from ._pertpy import combine_prediction, efficacy_from_mixscape, perturbation_space, prediction_distance
 from ._selection import selection
 from ._split import Split, leave_one_out, split
+from ._target_baselines import OwnGene, TargetClassMean
 
 __all__ = [
     "ASSUMPTIONS",
@@ -21,8 +22,10 @@ __all__ = [
     "BatchDesign",
     "ControlMean",
     "LinearModel",
+    "OwnGene",
     "ScGen",
     "Split",
+    "TargetClassMean",
     "TrainMean",
     "check_assumptions",
     "combine_prediction",

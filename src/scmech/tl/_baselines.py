@@ -88,18 +88,16 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         targets = parse_condition(str(label), separator=st["separator"], control_label=st["control_label"])
         return canonical_label(targets, separator=st["separator"], control_label=st["control_label"]), targets
 
-    def _size_factor(self, adata) -> np.ndarray | None:
-        key = self._setup().get("size_factor_key")
-        if key is None:
-            return None
-        return self._obs(adata, REGISTRY_KEYS.SIZE_FACTOR_KEY)[key].to_numpy(dtype=np.float64)
-
     def _pseudobulk(self, idx: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
-        """Log pseudobulk (groups x genes) of cells ``idx`` grouped by ``labels`` (one label per cell of idx)."""
+        """Log pseudobulk (groups x genes) of cells ``idx`` grouped by ``labels`` (one label per cell of idx).
+
+        Proportions of the registered genes, as :func:`scmech.tl.evaluate` measures them: a registered size factor
+        (e.g. the whole transcriptome's library of a gene panel) concerns the likelihood of a count model, not
+        the space predictions live in.
+        """
         x, _ = self._expression_matrix(self.adata)
-        sf = self._size_factor(self.adata)
         counts = self._setup().get("counts", True)
-        mean = normalized_mean(x[idx], labels, groups, size_factor=None if sf is None else sf[idx], counts=counts)
+        mean = normalized_mean(x[idx], labels, groups, counts=counts)
         return np.log1p(TARGET_SUM * mean) if counts else mean
 
     # ------------------------------------------------------------------ training
@@ -726,8 +724,8 @@ class ScGen(_PseudobulkBaseline):
         sub = sub.astype(np.float64)
         if not self._setup().get("counts", True):
             return sub.astype(np.float32)
-        sf = self._size_factor(self.adata)
-        lib = sub.sum(axis=1) if sf is None else sf[idx]
+        # proportions of the registered genes, the space every prediction is scored in
+        lib = np.maximum(sub.sum(axis=1), 1.0)
         return np.log1p(TARGET_SUM * sub / lib[:, None]).astype(np.float32)
 
     def _cell_types(self, idx: np.ndarray) -> np.ndarray:

@@ -57,8 +57,9 @@ class Split:
     group_key
         ``obs`` column of ``test_groups``, or ``None``.
     control_reference
-        Sorted indices of the control cells against which test cells are compared: all assigned controls for
-        perturbation and combination splits, the controls of the held-out groups otherwise.
+        Sorted indices of the control cells against which test cells are compared: the training controls for
+        perturbation and combination splits (so that every reference comes from training cells and the
+        control mean is exactly "no change"), the controls of the held-out groups otherwise.
     excluded
         Sorted indices of assigned cells in no set (e.g. training combinations that contain a held-out target
         in a combination split with ``seen < 2``). Unassigned cells are never in any set and are not listed.
@@ -385,6 +386,11 @@ def split(
         msg = "No perturbed cells are left in training; hold out fewer conditions or groups."
         raise ValueError(msg)
     train, validation = _validation(train_all, validation_size, rng)
+    if kind in ("perturbation", "combination"):
+        # changes are measured from the training controls, the reference every model was fitted on
+        control_ref = np.zeros(len(labels), dtype=bool)
+        control_ref[train] = True
+        control_ref &= is_ctrl
     test = np.flatnonzero(test_mask).astype(np.int64)
     out = Split(
         train=train.astype(np.int64),

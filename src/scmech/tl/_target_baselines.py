@@ -1,0 +1,192 @@
+r"""Mechanism-aware baselines for targets never perturbed in training: the own gene and the target class.
+
+Both use only what is known of a target before any data, as :class:`~scmech.model.SemiMechVI` does for such
+targets, so that the model is compared with the strongest simple predictors of the same information:
+
+- :class:`OwnGene`: the train-perturbation mean with the target's own gene set to the calibrated own-gene
+  change, :math:`\hat\mu_{p,g} = \mu_{\mathrm{ctrl},g} + c` at :math:`g = \mathrm{gene}(p)`, with :math:`c` the
+  median (or mean) over the training single targets whose gene is measured of their observed own-gene change
+  (a CRISPR knock-out or knock-down lowers its own mRNA, activation raises it; the sign of the registered
+  ``perturbation_modality`` is enforced).
+- :class:`TargetClassMean`: the mean of the training targets of the same class: the ``k`` training targets
+  nearest in a gene embedding, or (``k=None``) every training target whose gene is measured. A target
+  without a measured gene gets the train-perturbation mean.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from scmech.data._embedding import pseudobulk_gene_embedding
+
+from ._baselines import TrainMean
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OwnGene", "TargetClassMean"]
+
+_SIGN = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}
+
+
+class OwnGene(TrainMean):
+    r"""Train-perturbation mean plus the calibrated change of the target's own gene.
+
+    :math:`\hat\mu_p = \frac{1}{|T|}\sum_{q\in T}\mu_q` except at the own gene :math:`g` of each target of
+    :math:`p`, predicted at :math:`\mu_{\mathrm{ctrl},g} + c`. The own-gene change :math:`c` is the ``statistic``
+    over the training single targets whose gene is measured of :math:`\mu_{q,\mathrm{gene}(q)} -
+    \mu_{\mathrm{ctrl},\mathrm{gene}(q)}`; with a registered ``perturbation_modality`` a value of the wrong sign
+    is set to 0. Targets whose gene is not measured are the train mean.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    statistic
+        ``"median"`` (robust to the few strong targets whose own mRNA also falls through feedback) or
+        ``"mean"``.
+
+    Examples
+    --------
+    >>> scmech.tl.OwnGene.setup_anndata(adata, perturbation_modality="CRISPRko")
+    >>> model = scmech.tl.OwnGene(adata)
+    >>> model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
+    >>> pred = model.predict(split.test_conditions)
+    """
+
+    def __init__(self, adata: AnnData | MuData, statistic: Literal["median", "mean"] = "median") -> None:
+        super().__init__(adata)
+        if statistic not in ("median", "mean"):
+            msg = f"statistic={statistic!r} is not one of 'median', 'mean'."
+            raise ValueError(msg)
+        self.statistic = statistic
+        self._model_summary_string = f"OwnGene baseline: train mean plus the {statistic} own-gene change."
+        self.init_params_ = self._get_init_params(locals())
+
+    def _fit(self) -> None:
+        super()._fit()
+        genes = list(self._pb.columns)
+        self._gene_pos = {g: i for i, g in enumerate(genes)}
+        ctrl = self._pb.loc[self._control()].to_numpy()
+        changes = []
+        for c in self._pb.index:
+            _, targets = self._canonical(c)
+            if len(targets) == 1 and targets[0] in self._gene_pos:
+                g = self._gene_pos[targets[0]]
+                changes.append(float(self._pb.loc[c].iloc[g] - ctrl[g]))
+        if not changes:
+            logger.warning("OwnGene: no training single target is a measured gene; it predicts the train mean.")
+            self.own_change_ = 0.0
+        else:
+            self.own_change_ = float(np.median(changes) if self.statistic == "median" else np.mean(changes))
+        sign = _SIGN.get(self._setup().get("perturbation_modality") or "", 0.0)
+        if sign * self.own_change_ < 0:
+            logger.warning(
+                "OwnGene: the training targets' own-gene change (%.3g) has the wrong sign for the registered "
+                "modality; it is set to 0.",
+                self.own_change_,
+            )
+            self.own_change_ = 0.0
+        self.own_targets_ = len(changes)
+
+    def _predict_one(self, label, targets):
+        value, n = super()._predict_one(label, targets)
+        if not targets:
+            return value, n
+        value = value.copy()
+        ctrl = self._pb.loc[self._control()].to_numpy()
+        for t in targets:
+            if t in self._gene_pos:
+                value[self._gene_pos[t]] = ctrl[self._gene_pos[t]] + self.own_change_
+        return value, n
+
+
+class TargetClassMean(TrainMean):
+    r"""Mean of the training targets of the same class as the predicted target.
+
+    The class of a target whose gene is measured is the ``k`` training single targets (measured genes) nearest
+    to it in a gene embedding (Euclidean distance), or all of them with ``k=None``: with a panel that measures
+    only some targets' genes, these are the targets described by the same prior information. A target without
+    a measured gene, and any combination, gets the train-perturbation mean.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    k
+        Number of nearest training targets; every measured training target when ``None``.
+    n_components
+        Principal components of the default gene embedding (the training pseudobulk's, as
+        :class:`~scmech.tl.LinearModel`).
+    gene_embedding
+        ``"training_data"`` or a ``varm`` key of a genes x K embedding.
+
+    Examples
+    --------
+    >>> scmech.tl.TargetClassMean.setup_anndata(adata)
+    >>> model = scmech.tl.TargetClassMean(adata)  # k=5 for the 5 nearest in the embedding
+    >>> model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
+    >>> pred = model.predict(split.test_conditions)
+    """
+
+    def __init__(
+        self,
+        adata: AnnData | MuData,
+        k: int | None = None,
+        n_components: int = 10,
+        gene_embedding: str = "training_data",
+    ) -> None:
+        super().__init__(adata)
+        if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+            msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
+            raise ValueError(msg)
+        self.k = None if k is None else int(k)
+        self.n_components = int(n_components)
+        self.gene_embedding = gene_embedding
+        kind = "all measured training targets" if k is None else f"the {k} nearest training targets"
+        self._model_summary_string = f"TargetClassMean baseline: mean of {kind}."
+        self.init_params_ = self._get_init_params(locals())
+
+    def _fit(self) -> None:
+        super()._fit()
+        genes = list(self._pb.columns)
+        self._gene_pos = {g: i for i, g in enumerate(genes)}
+        self.class_targets_ = []
+        rows = []
+        for c in self._pb.index:
+            _, targets = self._canonical(c)
+            if len(targets) == 1 and targets[0] in self._gene_pos:
+                self.class_targets_.append(c)
+                rows.append(self._pb.loc[c].to_numpy())
+        self._class_values = np.asarray(rows)
+        if self.k is not None:
+            if self.gene_embedding == "training_data":
+                self.embedding_ = pseudobulk_gene_embedding(self._pb.to_numpy(), n_components=self.n_components)
+            else:
+                self.embedding_ = np.asarray(self._rna().varm[self.gene_embedding], dtype=np.float64)
+
+    def _rna(self):
+        from scvi import REGISTRY_KEYS
+
+        f = self._field(REGISTRY_KEYS.X_KEY)
+        mod = getattr(f, "mod_key", None)
+        return self.adata.mod[mod] if (mod is not None and hasattr(self.adata, "mod")) else self.adata
+
+    def _predict_one(self, label, targets):
+        value, n = super()._predict_one(label, targets)
+        if len(targets) != 1 or targets[0] not in self._gene_pos or not self.class_targets_:
+            return value, n
+        members = np.arange(len(self.class_targets_))
+        if self.k is not None:
+            e = self.embedding_
+            g = self._gene_pos[targets[0]]
+            dist = [np.linalg.norm(e[self._gene_pos[c]] - e[g]) for c in self.class_targets_]
+            members = np.argsort(dist, kind="stable")[: self.k]
+        chosen = [self.class_targets_[i] for i in members]
+        return self._class_values[members].mean(axis=0), int(self._n_train_cells.loc[chosen].sum())
