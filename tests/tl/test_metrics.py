@@ -337,3 +337,41 @@ def test_real_data_smoke():
     assert abs(w.loc["ControlMean", "pearson_delta"]) < 0.2 or np.isnan(w.loc["ControlMean", "pearson_delta"])
     assert np.isnan(w.loc["TrainMean", "systema_pearson_delta"])  # its prediction is the Systema reference
     assert w.loc["LinearModel", "systema_pearson_delta_de"] > 0.5
+
+
+def test_top_change_and_off_target_metrics_by_hand():
+    """P20 on the genes of largest observed change; Systema's score without the target's own gene."""
+    adata = _lognorm_adata()
+    # rename: condition A targets gene g1, so its own gene is g1
+    adata.obs["perturbation"] = adata.obs["perturbation"].replace({"A": "g1"})
+    pred = _pred({"g1": PRED["A"], "B": PRED["B"]})
+    res = tl.evaluate(pred, adata, counts=False, n_de_genes=2, train_conditions=["C", "D"])
+    w = _wide(res)
+    r = (TRAIN["C"] + TRAIN["D"]) / 2
+    for c, key in (("g1", "A"), ("B", "B")):
+        dp, do = PRED[key] - CTRL, OBS[key] - CTRL
+        top = np.argsort(-np.abs(do), kind="stable")[:2]
+        assert w.loc[c, "pearson_delta_top_change"] == pytest.approx(np.corrcoef(dp[top], do[top])[0, 1], abs=1e-6)
+    # A's observed change [1, 0, -0.5]: top-2 by |change| are g0 and g2
+    off = np.array([True, False, True])
+    expected = np.corrcoef((PRED["A"] - r)[off], (OBS["A"] - r)[off])[0, 1]
+    assert w.loc["g1", "systema_pearson_delta_off"] == pytest.approx(expected, abs=1e-6)
+    # B is not a gene of the data: nothing to leave out
+    assert w.loc["B", "systema_pearson_delta_off"] == pytest.approx(w.loc["B", "systema_pearson_delta"], abs=1e-9)
+
+
+def test_win_counts_compare_condition_means_in_the_metric_direction():
+    rows = []
+    for seed, (a, b) in enumerate([(0.9, 0.5), (0.7, 0.6)]):
+        rows += [("M", "c1", "pearson_delta", a, 1, seed), ("N", "c1", "pearson_delta", b, 1, seed)]
+        rows += [("M", "c2", "pearson_delta", 0.1, 1, seed), ("N", "c2", "pearson_delta", 0.4, 1, seed)]
+        rows += [("M", "c1", "mse", 0.1, 1, seed), ("N", "c1", "mse", 0.2, 1, seed)]
+    res = pd.DataFrame(rows, columns=["model", "condition", "metric", "value", "n_cells", "seed"])
+    w = tl.win_counts(res, "M", "pearson_delta")
+    assert w.loc["N"].tolist() == [1, 1, 0, 2]
+    assert tl.win_counts(res, "M", "mse").loc["N", "wins"] == 1  # lower is better
+    assert tl.win_counts(res, "N", "mse").loc["M", "losses"] == 1
+    with pytest.raises(KeyError, match="No results for model 'X'"):
+        tl.win_counts(res, "X", "mse")
+    with pytest.raises(KeyError, match="No results for metric 'nope'"):
+        tl.win_counts(res, "M", "nope")

@@ -8,7 +8,15 @@ from ._assumptions import ASSUMPTIONS, check_assumptions, estimate_efficacy, rep
 from ._baselines import Additive, ControlMean, LinearModel, TrainMean
 from ._design import BatchDesign, minimal_detectable_effect, power, recommend_batches
 from ._errors import COMPONENTS, error_decomposition, estimate_variance
-from ._metrics import METRIC_DIRECTIONS, energy_distance, evaluate, leaderboard, leaderboard_table, noise_ceiling
+from ._metrics import (
+    METRIC_DIRECTIONS,
+    energy_distance,
+    evaluate,
+    leaderboard,
+    leaderboard_table,
+    noise_ceiling,
+    win_counts,
+)
 from ._pertpy import combine_prediction, efficacy_from_mixscape, perturbation_space, prediction_distance
 from ._selection import selection
 from ._split import Split, leave_one_out, split
@@ -47,6 +55,7 @@ __all__ = [
     "report_assumptions",
     "selection",
     "split",
+    "win_counts",
 ]
 
 

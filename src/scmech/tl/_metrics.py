@@ -10,13 +10,17 @@ Metrics (``metric`` strings; ↑ higher is better, ↓ lower is better):
 - ``pearson`` ↑: :math:`\mathrm{corr}_g(\hat\mu_p, \mu_p)` (saturates near 1, shown for completeness).
 - ``pearson_delta`` ↑: :math:`\mathrm{corr}_g(\hat\mu_p-\mu_{\mathrm{ctrl}},\ \mu_p-\mu_{\mathrm{ctrl}})` over all
   genes.
-- ``pearson_delta_de`` ↑: the same on :math:`p`'s top ``n_de_genes`` DE genes vs control.
+- ``pearson_delta_de`` ↑: the same on :math:`p`'s top ``n_de_genes`` DE genes vs control (t-test, GEARS).
+- ``pearson_delta_top_change`` ↑: the same on the ``n_de_genes`` genes with the largest observed
+  :math:`|\mu_p-\mu_{\mathrm{ctrl}}|` (the linear-baseline papers' gene set).
 - ``mse`` ↓: :math:`\frac1G\sum_g(\hat\mu_{p,g}-\mu_{p,g})^2`; ``mse_de`` ↓ on the DE genes.
 - ``l2_top`` ↓: :math:`\lVert\hat\mu_p-\mu_p\rVert_2` over the ``n_top_expressed`` genes most expressed in control.
 - ``direction_accuracy_de`` ↑: share of DE genes whose predicted change has the observed sign (changes
   below 1e-5, float32 storage noise, count as 0).
 - ``systema_pearson_delta`` ↑: :math:`\mathrm{corr}_g(\hat\mu_p - r,\ \mu_p - r)`, :math:`r` the mean of the
-  observed centroids of the training perturbations; ``systema_pearson_delta_de`` ↑ on the DE genes.
+  observed centroids of the training perturbations; ``systema_pearson_delta_de`` ↑ on the DE genes;
+  ``systema_pearson_delta_off`` ↑ over all genes but the perturbation's own target genes (what a prediction
+  says beyond the knock-down of its own mRNA).
 - ``centroid_accuracy`` ↑: share of the other evaluated conditions :math:`q` with
   :math:`\lVert\hat\mu_p-\mu_q\rVert > \lVert\hat\mu_p-\mu_p\rVert` (Systema).
 - ``perturbench_rank`` ↓: :math:`\#\{q: \lVert\hat\mu_p-\mu_q\rVert < \lVert\hat\mu_p-\mu_p\rVert\}/n` over the
@@ -51,19 +55,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METRIC_DIRECTIONS", "evaluate", "leaderboard", "leaderboard_table", "noise_ceiling"]
+__all__ = ["METRIC_DIRECTIONS", "evaluate", "leaderboard", "leaderboard_table", "noise_ceiling", "win_counts"]
 
 #: whether a higher value is better, per metric name
 METRIC_DIRECTIONS: dict[str, bool] = {
     "pearson": True,
     "pearson_delta": True,
     "pearson_delta_de": True,
+    "pearson_delta_top_change": True,
     "mse": False,
     "mse_de": False,
     "l2_top": False,
     "direction_accuracy_de": True,
     "systema_pearson_delta": True,
     "systema_pearson_delta_de": True,
+    "systema_pearson_delta_off": True,
     "centroid_accuracy": True,
     "perturbench_rank": False,
     "energy_distance": False,
@@ -207,6 +213,7 @@ class _Observed:
         self.design = design
         self.conditions = conditions
         self.genes = genes
+        self.n_de_genes = n_de_genes
         ctrl = design.control_label
         labels = design.labels
         group = np.full(adata.n_obs, "", dtype=object)
@@ -307,14 +314,21 @@ def _metrics_for(
     n = len(conds)
     ref = obs.reference
     rows = []
+    gene_pos = {g: i for i, g in enumerate(obs.genes)}
+    design = obs.design
     for i, c in enumerate(conds):
         yhat, y = pred_mat[i], obs_mat[i]
         de = obs.de_genes[c]
         dp, do = yhat - ctrl, y - ctrl
+        top = np.argsort(-np.abs(do), kind="stable")[: min(obs.n_de_genes, len(do))]
+        targets = parse_condition(c, separator=design.separator, control_label=design.control_label)
+        off = np.ones(len(y), dtype=bool)
+        off[[gene_pos[t] for t in targets if t in gene_pos]] = False
         vals = {
             "pearson": _pearson(yhat, y),
             "pearson_delta": _pearson(dp, do),
             "pearson_delta_de": _pearson(dp[de], do[de]) if len(de) else np.nan,
+            "pearson_delta_top_change": _pearson(dp[top], do[top]),
             "mse": float(np.mean((yhat - y) ** 2)),
             "mse_de": float(np.mean((yhat[de] - y[de]) ** 2)) if len(de) else np.nan,
             "l2_top": float(np.linalg.norm(yhat[obs.top_genes] - y[obs.top_genes])),
@@ -323,6 +337,7 @@ def _metrics_for(
             "systema_pearson_delta_de": (
                 _pearson(yhat[de] - ref[de], y[de] - ref[de]) if (ref is not None and len(de)) else np.nan
             ),
+            "systema_pearson_delta_off": (_pearson((yhat - ref)[off], (y - ref)[off]) if ref is not None else np.nan),
             "centroid_accuracy": (float(np.mean(np.delete(dist[i], i) > dist[i, i])) if n > 1 else np.nan),
             "perturbench_rank": float(np.sum(dist[i] < dist[i, i]) / n) if n > 1 else np.nan,
         }
@@ -949,3 +964,56 @@ def leaderboard_table(
     wide = wide.loc[order]
     wide.columns.name = None
     return wide
+
+
+def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-condition wins of ``model`` against every other model on one metric.
+
+    A condition's score is averaged over the rows it has (e.g. over seeds) before models are compared, so each
+    condition counts once. A win is a better score in the metric's direction (:data:`METRIC_DIRECTIONS`); NaN
+    scores are left out of that pair.
+
+    Parameters
+    ----------
+    results
+        Tidy results of :func:`evaluate` (several runs concatenated, e.g. with a ``seed`` column).
+    model
+        The model whose wins are counted.
+    metric
+        The metric compared.
+    against
+        Models to compare with; every other model when ``None``.
+
+    Returns
+    -------
+    DataFrame indexed by the other models with columns ``wins``, ``losses``, ``ties`` and ``n`` (conditions
+    scored by both).
+
+    Examples
+    --------
+    >>> scmech.tl.win_counts(results, "SemiMechVI", "pearson_delta_top_change")
+    """
+    sub = results[results["metric"] == metric]
+    if sub.empty:
+        msg = f"No results for metric {metric!r} (metrics: {sorted(results['metric'].unique())[:12]})."
+        raise KeyError(msg)
+    table = sub.groupby(["condition", "model"])["value"].mean().unstack("model")
+    if model not in table.columns:
+        msg = f"No results for model {model!r} (models: {list(table.columns)})."
+        raise KeyError(msg)
+    others = [m for m in (against if against is not None else table.columns) if m != model]
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    rows = {}
+    for other in others:
+        if other not in table.columns:
+            msg = f"No results for model {other!r} (models: {list(table.columns)})."
+            raise KeyError(msg)
+        pair = table[[model, other]].dropna()
+        diff = sign * (pair[model] - pair[other])
+        rows[other] = {
+            "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum()),
+            "ties": int((diff == 0).sum()),
+            "n": len(pair),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["wins", "losses", "ties", "n"])
