@@ -14,7 +14,7 @@ import scmech
 from scmech._cli import main
 
 TARGETS = ["CMTM6", "IFNGR2", "STAT1"]
-MODELS = ["ControlMean", "TrainMean", "LinearModel", "SemiMechVI"]
+MODELS = ["ControlMean", "TrainMean", "OwnGene", "TargetClassMean", "LinearModel", "SemiMechVI", "SemiMechVI_alone"]
 
 
 @pytest.mark.slow
@@ -63,10 +63,15 @@ def test_unknown_target_is_one_line_error(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_unmeasured_target_is_refused(tmp_path, capsys):
+def test_unmeasured_target_is_predicted_without_the_linear_model(tmp_path, capsys):
     # IFNGR1 is perturbed in the screen but not among the measured genes
-    assert main(["demo", "--test-targets", "IFNGR1", "--out", str(tmp_path / "o")]) != 0
-    assert "not a measured gene" in capsys.readouterr().err
+    out = tmp_path / "o"
+    assert main(["demo", "--quick", "--epochs", "1", "--test-targets", "IFNGR1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "IFNGR1: not a measured gene" in said
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert "LinearModel" not in set(board["model"])
+    assert {"SemiMechVI", "SemiMechVI_alone", "OwnGene", "TargetClassMean"} <= set(board["model"])
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "two"])
