@@ -388,3 +388,36 @@ def test_train_predict_use_only_training_cells_by_default(steady):
     n_train = len(np.intersect1d(controls, model.train_indices))
     assert pred.obs["n_cells"].iloc[0] == min(n_train, 500)
     assert n_train < len(controls)  # some controls are validation cells, which never start a prediction
+
+
+def test_a_held_out_double_without_training_doubles_is_its_observed_singles_added(monkeypatch):
+    """Log-normalised input, no combination in training: no evidence of interaction, the additive sum exactly."""
+    adata = simulated(n_cells=300)
+    x = adata.X.toarray()
+    adata.X = np.log1p(1e4 * x / x.sum(1, keepdims=True)).astype(np.float32)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    held = np.flatnonzero(adata.obs["perturbation"].to_numpy() == "G0009+G0021")
+    scvi.settings.seed = 0
+    train = np.setdiff1d(np.arange(adata.n_obs), held)
+    model = SemiMechVI(adata, gene_likelihood="normal", **MODEL_KWARGS)
+    model.train(
+        max_epochs=2,
+        batch_size=64,
+        enable_progress_bar=False,
+        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
+    )
+    assert model.anchor_.interaction_gain == 0.0
+    assert model.anchor_.interaction_pairs == 0
+    monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
+    ctx = Context(None)
+    y = {lab: model.anchor_.get(lab, ctx).value.astype(np.float64) for lab in ("G0009", "G0021", "NT")}
+    pred = model.predict(["G0009+G0021"], random_state=0)
+    np.testing.assert_allclose(pred.X[0], y["G0009"] + y["G0021"] - y["NT"], rtol=1e-5, atol=1e-5)
+    # the noisy version moves towards the model's own additive sum only where the singles are noisy
+    monkeypatch.undo()
+    noisy = model.predict(["G0009+G0021"], random_state=0)
+    m = _raw(model, ["G0009", "G0021", "NT"])
+    m_add = m["G0009"] + m["G0021"] - m["NT"]
+    a = y["G0009"] + y["G0021"] - y["NT"]
+    lo, hi = np.minimum(a, m_add) - 1e-5, np.maximum(a, m_add) + 1e-5
+    assert np.all((noisy.X[0] >= lo) & (noisy.X[0] <= hi))
