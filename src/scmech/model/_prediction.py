@@ -46,6 +46,8 @@ __all__ = ["PredictionMixin"]
 
 #: most training targets a target-class mean is taken over (a random subset beyond)
 MAX_CLASS = 50
+#: shares of the least-squares propagation gain validated by leave-one-target-out
+GAIN_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class PredictionMixin:
@@ -91,6 +93,9 @@ class PredictionMixin:
             class_ops = ops[[row[t] for t in members]]
             tm.propagation_mean = drives.mean(0)
             tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
+            validated = self._validate_gain(members, drives, class_ops, own[[row[t] for t in members]], tm)
+            if validated is not None:
+                tm.gain, tm.gain_loo = validated
             embedding, tm.embedding_source = self._gene_embedding(train_indices, n_components)
             if embedding is not None:
                 resid = class_ops - op_class - tm.gain * (drives - tm.propagation_mean)
@@ -98,6 +103,95 @@ class PredictionMixin:
                 if coef is not None:
                     tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
         self.target_map_ = tm
+
+    def _validate_gain(
+        self, members: list[str], drives: np.ndarray, ops: np.ndarray, own: np.ndarray, tm: TargetMap
+    ) -> tuple[float, dict] | None:
+        r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
+
+        For each training target :math:`q` of the class observed in the baseline context (at most
+        ``MAX_CLASS``), the class mean, the gain and the own-gene effect are refitted without it and :math:`q`
+        is predicted as an unseen target would be: the model's read-out under the mapped operator plus the
+        observed-minus-model mean of the other members. The share :math:`s` of the least-squares gain
+        (:data:`GAIN_SHARES`) with the lowest mean squared error against :math:`q`'s observed pseudobulk wins
+        (ties go to the smaller share). This validates the gain in the space predictions are scored in, not in
+        the latent space, where the error weighs directions by the latent geometry rather than by their effect
+        on expression.
+
+        Returns
+        -------
+        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (the latent leave-one-out
+        of :func:`~scmech.model._target_map.propagation_gain` stands).
+        """
+        obs = self.anchor_
+        ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
+        if not isinstance(obs, Observations) or obs.control(ctx) is None:
+            return None
+        seen = [i for i, q in enumerate(members) if obs.get(q, ctx) is not None][:MAX_CLASS]
+        if len(seen) < 3 or tm.gain_fit <= 0:
+            return None
+        read_trained = self._reader([obs.protocol(members[i], ctx) for i in seen])
+        m = {i: read_trained(obs.protocol(members[i], ctx)) for i in seen}
+        y = {i: np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen}
+        genes = {g: k for k, g in enumerate(tm.var_names)}
+        rows, labels = [], []
+        for i in seen:
+            keep = [j for j in range(len(members)) if j != i]
+            x_k, v_k = drives[keep], ops[keep]
+            xc, vc = x_k - x_k.mean(0), v_k - v_k.mean(0)
+            den = float((xc * xc).sum())
+            kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
+            a = float(np.median(own[keep]))
+            d = a * np.asarray(tm.directions[genes[members[i]]], dtype=np.float64) - x_k.mean(0)
+            for share in GAIN_SHARES:
+                rows.append((v_k.mean(0) + share * kappa * d, a, genes[members[i]]))
+                labels.append((i, share))
+        values = self._read_mapped(rows)
+        errors = dict.fromkeys(GAIN_SHARES, 0.0)
+        for (i, share), value in zip(labels, values, strict=True):
+            others = [j for j in seen if j != i]
+            correction = np.mean([y[j] - m[j] for j in others], axis=0)
+            errors[share] += float(np.mean((value + correction - y[i]) ** 2)) / len(seen)
+        best = min(sorted(errors), key=lambda share: (errors[share], share))
+        return best * tm.gain_fit, {float(k): v for k, v in errors.items()}
+
+    @torch.inference_mode()
+    def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
+        """Read out single targets given by ``(operator, own-gene effect, gene position)`` from the training controls.
+
+        Each row is a pseudo-target appended to the registered ones (baseline medium, steady state or time 0).
+        """
+        module = self.module
+        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        ops = module.field.operators.detach().clone()
+        dev = ops.device
+        own = module.decoder.own_effect
+        own = own.detach().clone() if own is not None else None
+        idx = module.decoder.target_gene_index
+        names = [f"\x00mapped{k}" for k in range(len(rows))]
+        ops = torch.cat([ops, torch.as_tensor(np.stack([r[0] for r in rows]), dtype=ops.dtype, device=dev)])
+        if own is not None:
+            own = torch.cat([own, torch.as_tensor([r[1] for r in rows], dtype=own.dtype, device=dev)])
+        idx = torch.cat([idx, torch.as_tensor([r[2] for r in rows], dtype=idx.dtype, device=idx.device)])
+        protocols = [Protocol(n, (n,), None, 0.0, np.nan) for n in names]
+        columns = {t: i for i, t in enumerate(registered + names)}
+        start = starting_cells(self, self.adata, None, None, np.random.default_rng(0), True)
+        pool = efficacy_pool(self) if module.use_efficacy else None
+        levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
+        ro = read_out(
+            self,
+            protocols,
+            adata=self.adata,
+            start=start,
+            batch_index=None,
+            levels=levels,
+            return_mean=True,
+            operators=(ops, own, idx),
+            columns=columns,
+            media_index=[0] * len(protocols),
+            n_requested=0,
+        )
+        return ro.log_values
 
     def _gene_embedding(self, train_indices: np.ndarray, n_components: int) -> tuple[np.ndarray | None, str]:
         """Return a user's ``varm`` embedding, else the principal components of the training pseudobulk."""

@@ -411,8 +411,9 @@ class SemiMechVI(
                 plan_kwargs=plan_kwargs,
                 **trainer_kwargs,
             )
-        self._fit_target_map(np.asarray(external[0]))
+        # the observations first: the target map validates its propagation gain on them
         self._fit_anchor(np.asarray(external[0]))
+        self._fit_target_map(np.asarray(external[0]))
         hist = (self.history_ or {}).get("fp_unconverged_train")
         if hist is not None and len(hist) and float(np.asarray(hist)[-1].ravel()[0]) > 0:
             logger.warning(

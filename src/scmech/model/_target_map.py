@@ -16,8 +16,10 @@ what is known of it before any data:
   of the framework: a soft intervention on one gene, propagated through the equilibrium).
 - **Gain.** Whether training knock-downs really propagate that way is measured, not assumed: across the
   training targets :math:`q` of the class, their learned operators are regressed on their own propagated
-  drives, :math:`v_q - \bar v = \kappa\,(d_q - \bar d)`, and :math:`\kappa \ge 0` is shrunk to the share
-  with the lowest leave-one-target-out error (0 when propagation does not validate).
+  drives, :math:`v_q - \bar v = \kappa\,(d_q - \bar d)`, and :math:`\kappa \ge 0` is shrunk to the share whose
+  leave-one-target-out predictions of the training targets' observed pseudobulks (each mapped as if unseen)
+  are best; 0 when propagation does not validate. Without enough observed training targets the leave-one-out
+  error of the operators themselves decides (:func:`propagation_gain`).
 - **Class.** The operator is :math:`\bar v + \kappa (d_t - \bar d)` with :math:`\bar v` the mean operator of
   the training targets of the same class (those whose gene is measured), plus a ridge map from a gene
   embedding fitted on what remains (chosen by leave-one-out; it falls back to nothing). A target whose gene
@@ -80,7 +82,8 @@ class TargetMap:
     gain_fit
         The least-squares gain before validation.
     gain_loo
-        Leave-one-target-out mean squared error of the operators for each share of the fitted gain.
+        Leave-one-target-out mean squared error for each share of the fitted gain: of the training targets'
+        pseudobulks predicted as if unseen, or (without enough observed targets) of their operators.
     embedding
         Gene embedding of the residual ridge map (genes x K), or ``None``.
     embedding_source
