@@ -18,7 +18,7 @@ from scmech.model._anchoring import (
     fit_interaction_gain,
     fit_media_carry,
 )
-from scmech.model._prediction import _own_calibration
+from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import Context, Protocol
 from scmech.model._target_map import latent_directions, propagation_gain
 

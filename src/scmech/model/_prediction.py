@@ -2,8 +2,8 @@
 
 The steps live in their own modules: :mod:`._protocols` (what is asked), :mod:`._target_map` (how targets
 without training cells act), :mod:`._readout` (the model's counterfactual read-out) and :mod:`._anchoring`
-(the correction by observed training pseudobulks). This mixin fits the last two after training and wires the
-steps together.
+(the correction by observed training pseudobulks); :mod:`._post_training` fits what they need once training
+ends. This mixin wires the steps together.
 """
 
 from __future__ import annotations
@@ -15,24 +15,17 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from scvi import REGISTRY_KEYS, settings
+from scvi import settings
 
-from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS, TARGET_SUM
-from scmech.data._embedding import pseudobulk_gene_embedding
-from scmech.data._pseudobulk import normalized_mean
+from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 
 from ._anchoring import (
     Observations,
-    ObservedPseudobulk,
-    _rows,
-    fit_interaction_gain,
-    fit_media_carry,
-    log_pseudobulk,
     plan_anchoring,
 )
 from ._protocols import Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
-from ._target_map import TargetMap, latent_directions, propagation_gain, residual_map
+from ._target_map import TargetMap
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,260 +39,10 @@ __all__ = ["PredictionMixin"]
 
 #: most training targets a target-class mean is taken over (a random subset beyond)
 MAX_CLASS = 50
-#: shares of the least-squares propagation gain validated by leave-one-target-out
-GAIN_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class PredictionMixin:
-    """``predict`` and what it needs from training: the target map and the anchoring observations."""
-
-    # ------------------------------------------------------------------ fitted after training
-    def _fit_target_map(self, train_indices: np.ndarray, n_components: int = 10) -> None:
-        """Fit the :class:`~scmech.model._target_map.TargetMap` for targets without training cells."""
-        adata = self.adata
-        design = self._design(adata)
-        targets = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
-        trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
-        self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
-        _, var_names = self._expression_matrix(adata)
-        var_names = [str(v) for v in var_names]
-        gene_pos = {g: i for i, g in enumerate(var_names)}
-        row = {t: i for i, t in enumerate(targets)}
-        with torch.no_grad():
-            ops = self.module.field.operators.detach().cpu().numpy().astype(np.float64)
-            own_p = self.module.decoder.own_effect
-            own = own_p.detach().cpu().numpy().astype(np.float64) if own_p is not None else np.zeros(len(targets))
-        n_latent = ops.shape[1]
-        fit = self.trained_targets_
-        members = [t for t in fit if t in gene_pos]
-        op_all = ops[[row[t] for t in fit]].mean(0) if fit else np.zeros(n_latent)
-        op_class = ops[[row[t] for t in members]].mean(0) if members else op_all
-        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        own_effect, own_sd = _own_calibration([own[row[t]] for t in members], modality)
-        tm = TargetMap(
-            var_names=var_names,
-            trained=list(fit),
-            class_targets=members,
-            operator_class=op_class,
-            operator_all=op_all,
-            own_effect=own_effect,
-            own_effect_sd=own_sd,
-            own_targets=len(members) if own_p is not None else 0,
-            modality=modality,
-        )
-        if members and own_p is not None:
-            tm.directions = self._latent_directions(np.asarray(train_indices))
-            drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
-            class_ops = ops[[row[t] for t in members]]
-            tm.propagation_mean = drives.mean(0)
-            tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
-            validated = self._validate_gain(members, drives, class_ops, own[[row[t] for t in members]], tm)
-            if validated is not None:
-                tm.gain, tm.gain_loo = validated
-            embedding, tm.embedding_source = self._gene_embedding(train_indices, n_components)
-            if embedding is not None:
-                resid = class_ops - op_class - tm.gain * (drives - tm.propagation_mean)
-                coef, intercept, ridge = residual_map(embedding[[gene_pos[t] for t in members]], resid)
-                if coef is not None:
-                    tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
-        self.target_map_ = tm
-
-    def _validate_gain(
-        self, members: list[str], drives: np.ndarray, ops: np.ndarray, own: np.ndarray, tm: TargetMap
-    ) -> tuple[float, dict] | None:
-        r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
-
-        For each training target :math:`q` of the class observed in the baseline context (at most
-        ``MAX_CLASS``), the class mean, the gain and the own-gene effect are refitted without it and :math:`q`
-        is predicted as an unseen target would be: the model's read-out under the mapped operator plus the
-        observed-minus-model mean of the other members. The share :math:`s` of the least-squares gain
-        (:data:`GAIN_SHARES`) with the lowest mean squared error against :math:`q`'s observed pseudobulk wins
-        (ties go to the smaller share). This validates the gain in the space predictions are scored in, not in
-        the latent space, where the error weighs directions by the latent geometry rather than by their effect
-        on expression.
-
-        Returns
-        -------
-        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (the latent leave-one-out
-        of :func:`~scmech.model._target_map.propagation_gain` stands).
-        """
-        obs = self.anchor_
-        ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
-        if not isinstance(obs, Observations) or obs.control(ctx) is None:
-            return None
-        seen = [i for i, q in enumerate(members) if obs.get(q, ctx) is not None][:MAX_CLASS]
-        if len(seen) < 3 or tm.gain_fit <= 0:
-            return None
-        read_trained = self._reader([obs.protocol(members[i], ctx) for i in seen])
-        m = {i: read_trained(obs.protocol(members[i], ctx)) for i in seen}
-        y = {i: np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen}
-        genes = {g: k for k, g in enumerate(tm.var_names)}
-        rows, labels = [], []
-        for i in seen:
-            keep = [j for j in range(len(members)) if j != i]
-            x_k, v_k = drives[keep], ops[keep]
-            xc, vc = x_k - x_k.mean(0), v_k - v_k.mean(0)
-            den = float((xc * xc).sum())
-            kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
-            a = float(np.median(own[keep]))
-            d = a * np.asarray(tm.directions[genes[members[i]]], dtype=np.float64) - x_k.mean(0)
-            for share in GAIN_SHARES:
-                rows.append((v_k.mean(0) + share * kappa * d, a, genes[members[i]]))
-                labels.append((i, share))
-        values = self._read_mapped(rows)
-        errors = dict.fromkeys(GAIN_SHARES, 0.0)
-        for (i, share), value in zip(labels, values, strict=True):
-            others = [j for j in seen if j != i]
-            correction = np.mean([y[j] - m[j] for j in others], axis=0)
-            errors[share] += float(np.mean((value + correction - y[i]) ** 2)) / len(seen)
-        best = min(sorted(errors), key=lambda share: (errors[share], share))
-        return best * tm.gain_fit, {float(k): v for k, v in errors.items()}
-
-    @torch.inference_mode()
-    def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
-        """Read out single targets given by ``(operator, own-gene effect, gene position)`` from the training controls.
-
-        Each row is a pseudo-target appended to the registered ones (baseline medium, steady state or time 0).
-        """
-        module = self.module
-        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
-        ops = module.field.operators.detach().clone()
-        dev = ops.device
-        own = module.decoder.own_effect
-        own = own.detach().clone() if own is not None else None
-        idx = module.decoder.target_gene_index
-        names = [f"\x00mapped{k}" for k in range(len(rows))]
-        ops = torch.cat([ops, torch.as_tensor(np.stack([r[0] for r in rows]), dtype=ops.dtype, device=dev)])
-        if own is not None:
-            own = torch.cat([own, torch.as_tensor([r[1] for r in rows], dtype=own.dtype, device=dev)])
-        idx = torch.cat([idx, torch.as_tensor([r[2] for r in rows], dtype=idx.dtype, device=idx.device)])
-        protocols = [Protocol(n, (n,), None, 0.0, np.nan) for n in names]
-        columns = {t: i for i, t in enumerate(registered + names)}
-        start = starting_cells(self, self.adata, None, None, np.random.default_rng(0), True)
-        pool = efficacy_pool(self) if module.use_efficacy else None
-        levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
-        ro = read_out(
-            self,
-            protocols,
-            adata=self.adata,
-            start=start,
-            batch_index=None,
-            levels=levels,
-            return_mean=True,
-            operators=(ops, own, idx),
-            columns=columns,
-            media_index=[0] * len(protocols),
-            n_requested=0,
-        )
-        return ro.log_values
-
-    def _gene_embedding(self, train_indices: np.ndarray, n_components: int) -> tuple[np.ndarray | None, str]:
-        """Return a user's ``varm`` embedding, else the principal components of the training pseudobulk."""
-        adata = self.adata
-        setup = self.adata_manager.registry["setup_args"]
-        emb_key = setup.get("gene_embedding_key")
-        if emb_key is not None:
-            a = adata.mod[self._field(REGISTRY_KEYS.X_KEY).mod_key] if hasattr(adata, "mod") else adata
-            return np.asarray(a.varm[emb_key], dtype=np.float64), f"varm[{emb_key!r}]"
-        design = self._design(adata)
-        labels = design.labels[train_indices]
-        vc = pd.Series(labels).value_counts()
-        conds = sorted(c for c in vc.index[(vc >= 3)] if c != design.unassigned_label)
-        if len(conds) < 3:
-            return None, "none"
-        x, _ = self._expression_matrix(adata)
-        counts = setup.get("counts", True)
-        mean = normalized_mean(*_rows(x, train_indices, labels), conds, counts=counts)
-        pb = np.log1p(TARGET_SUM * mean) if counts else mean
-        return pseudobulk_gene_embedding(pb, n_components=min(n_components, len(conds) - 1)), "training pseudobulk PCA"
-
-    @torch.no_grad()
-    def _latent_directions(self, train_indices: np.ndarray, max_cells: int = 20_000) -> np.ndarray:
-        """Latent drive per unit change of each gene (:func:`~scmech.model._target_map.latent_directions`)."""
-        module = self.module
-        design = self._design(self.adata)
-        ctrl = np.asarray(train_indices)[design.is_control[np.asarray(train_indices)]]
-        if len(ctrl) > max_cells:
-            ctrl = np.sort(np.random.default_rng(0).choice(ctrl, max_cells, replace=False))
-        if len(ctrl) >= 3:
-            cov = np.cov(self.get_latent_representation(indices=ctrl).T)
-        else:
-            cov = np.eye(module.n_latent)
-        n_t = module.n_targets
-        zero = torch.zeros(1, n_t, device=self.device)
-        m0 = torch.zeros(1, dtype=torch.long, device=self.device)
-        if module.regime == "dynamic":
-            z_ctrl = module.z_base.detach().unsqueeze(0)
-        else:
-            z_ctrl, _ = module.readout_states(zero, m0, implicit=False)
-        jac = module.field.jacobian(z_ctrl, m0)[0].cpu().numpy()
-        decoder = module.decoder
-        if decoder.hidden is None:
-            loading = decoder.loading.weight.detach().cpu().numpy()
-        else:
-            with torch.enable_grad():
-                loading = torch.autograd.functional.jacobian(lambda z: decoder.logits(z[None], None)[0], z_ctrl[0])
-            loading = loading.cpu().numpy()
-        if module.gene_likelihood == "normal":
-            gene_var = decoder.log_sigma.detach().exp().pow(2).cpu().numpy()
-        else:
-            theta = decoder.log_theta.detach().exp().mean(0).cpu().numpy()
-            gene_var = np.log1p(1.0 / theta)
-        return latent_directions(loading, np.atleast_2d(cov), gene_var, jac).astype(np.float32)
-
-    def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
-        """Store the observed training pseudobulks of every condition in every context, and calibrate on them."""
-        design = self._design(self.adata)
-        idx = np.asarray(train_indices)
-        idx = idx[~design.is_unassigned[idx]]
-        labels = design.labels[idx]
-        contexts = self._context_keys(idx)
-        keys = pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
-        vc = keys.value_counts()
-        groups = sorted(vc.index[vc >= min_cells].tolist())
-        obs = Observations(control_label=design.control_label)
-        if groups:
-            lookup = {k: (lab, c) for k, lab, c in zip(keys, labels, contexts, strict=True)}
-            x, _ = self._expression_matrix(self.adata)
-            counts = self.adata_manager.registry["setup_args"].get("counts", True)
-            pb, var = log_pseudobulk(x, idx, keys.to_numpy(dtype=object), groups, counts)
-            for i, g in enumerate(groups):
-                obs.conditions[lookup[g]] = ObservedPseudobulk(
-                    pb[i].astype(np.float32), var[i].astype(np.float32), int(vc[g])
-                )
-            st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
-            for lab, _ in obs.conditions:
-                if lab != design.control_label:
-                    obs.targets[lab] = tuple(str(lab).split(st["separator"]))
-        self.anchor_ = obs
-        self._calibrate_anchor()
-
-    def _calibrate_anchor(self) -> None:
-        """Calibrate the combination interaction and the carry-over between media on the training observations."""
-        obs = self.anchor_
-        combos = [(lab, c) for lab, c in obs.conditions if len(obs.targets.get(lab, ())) >= 2]
-        need = []
-        for lab, c in combos:
-            need += [obs.protocol(lab, c), obs.protocol(obs.control_label, c)]
-            need += [obs.protocol(t, c) for t in obs.targets[lab]]
-        contexts = sorted({c for _, c in obs.conditions}, key=repr)
-        if len(contexts) > 1:
-            need += [obs.protocol(lab, c) for lab, c in obs.conditions if lab != obs.control_label]
-        if not need:
-            return
-        read = self._reader(need)
-        obs.interaction_gain, obs.interaction_pairs = fit_interaction_gain(obs, read) if combos else (0.0, 0)
-        obs.media_carry = fit_media_carry(obs, read) if len(contexts) > 1 else {}
-
-    def _reader(self, protocols: list[Protocol]):
-        """Return the model's own read-outs (no anchoring, training controls) of ``protocols`` as a lookup."""
-        unique = list({p.key: p for p in protocols}.values())
-        values = {}
-        for lo in range(0, len(unique), 2000):
-            part = unique[lo : lo + 2000]
-            ro = self._read(part, anchor_rows=0, random_state=0)
-            values.update({p.key: ro.log_values[i] for i, p in enumerate(part)})
-        return lambda p: values[p.key]
+    """``predict``: protocols, operators for every target, the model's read-out, anchoring and the AnnData."""
 
     # ------------------------------------------------------------------ contexts
     def _context_of(self, p: Protocol) -> Context:
@@ -591,24 +334,7 @@ class PredictionMixin:
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and batch is None and adata is None
         ) and isinstance(self.anchor_, Observations)
-        plans = {}
-        if can_anchor:
-            rng = np.random.default_rng(seed)
-            plans = plan_anchoring(
-                requested,
-                [self._context_of(p) for p in requested],
-                self.anchor_,
-                mode=anchor,
-                unseen=lambda t: self._class_of(t, rng),
-                dynamic=self.regime == "dynamic",
-            )
-        have = {p.key for p in requested}
-        extra = []
-        for i, plan in plans.items():
-            for q in plan.needs(requested[i], self.anchor_):
-                if q.key not in have:
-                    have.add(q.key)
-                    extra.append(q)
+        plans, extra = self._plan(requested, anchor, seed) if can_anchor else ({}, [])
         ro = self._read(
             requested + extra,
             anchor_rows=len(extra),
@@ -621,22 +347,10 @@ class PredictionMixin:
             return_mean=return_mean,
             batch_size=batch_size,
         )
-        n_req = len(requested)
-        weights = np.full(n_req, np.nan)
         if return_mean:
-            row_of = {}
-            for i, p in enumerate(requested + extra):
-                row_of.setdefault(p.key, i)
-
-            def read(p: Protocol) -> np.ndarray:
-                return ro.log_values[row_of[p.key]]
-
-            logx = ro.log_values[:n_req].copy()
-            for i, plan in plans.items():
-                logx[i], w = plan.apply(requested[i], read, self.anchor_)
-                weights[i] = float(np.mean(w)) if len(w) else np.nan
+            logx, weights = self._anchor(ro.log_values, requested, extra, plans)
         else:
-            logx = ro.log_values
+            logx, weights = ro.log_values, np.full(len(requested), np.nan)
         return self._prediction_anndata(
             logx,
             requested,
@@ -649,6 +363,43 @@ class PredictionMixin:
             seed=seed,
             anchor=anchor if can_anchor else "none",
         )
+
+    def _plan(self, requested: list[Protocol], anchor: str, seed: int) -> tuple[dict, list[Protocol]]:
+        """Anchoring plan of each requested row and the further read-outs the plans need (deduplicated)."""
+        rng = np.random.default_rng(seed)
+        plans = plan_anchoring(
+            requested,
+            [self._context_of(p) for p in requested],
+            self.anchor_,
+            mode=anchor,
+            unseen=lambda t: self._class_of(t, rng),
+            dynamic=self.regime == "dynamic",
+        )
+        have = {p.key for p in requested}
+        extra = []
+        for i, plan in plans.items():
+            for q in plan.needs(requested[i], self.anchor_):
+                if q.key not in have:
+                    have.add(q.key)
+                    extra.append(q)
+        return plans, extra
+
+    def _anchor(self, log_values: np.ndarray, requested: list, extra: list, plans: dict) -> tuple:
+        """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight."""
+        row_of = {}
+        for i, p in enumerate(requested + extra):
+            row_of.setdefault(p.key, i)
+
+        def read(p: Protocol) -> np.ndarray:
+            return log_values[row_of[p.key]]
+
+        n_req = len(requested)
+        logx = log_values[:n_req].copy()
+        weights = np.full(n_req, np.nan)
+        for i, plan in plans.items():
+            logx[i], w = plan.apply(requested[i], read, self.anchor_)
+            weights[i] = float(np.mean(w)) if len(w) else np.nan
+        return logx, weights
 
     def _own_gene_columns(self, logx: np.ndarray, requested: list[Protocol], mapped: list[str]) -> tuple:
         r"""Predict the change of each unseen single target's own gene from the training controls, and its sd.
@@ -755,26 +506,3 @@ class PredictionMixin:
             }
         }
         return out
-
-
-def _own_calibration(values: list[float], modality: str | None) -> tuple[float, float]:
-    """Median and robust spread of the training targets' direct own-gene effects, signed by the modality.
-
-    CRISPRko and CRISPRi lower their target's production and CRISPRa raises it; a median of the other sign (the
-    data disagree with the registered modality) is set to 0 with a warning.
-    """
-    if not values:
-        return 0.0, float("nan")
-    v = np.asarray(values, dtype=np.float64)
-    med = float(np.median(v))
-    sd = float(1.4826 * np.median(np.abs(v - med))) if len(v) >= 3 else float(np.std(v))
-    sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
-    if sign and med * sign < 0:
-        logger.warning(
-            "The training targets' own-gene effects have median %.3g, against the registered modality %r; "
-            "targets without training cells get no own-gene effect.",
-            med,
-            modality,
-        )
-        med = 0.0
-    return med, sd

@@ -25,6 +25,7 @@ from scmech.train import BATCHING, PerturbationDataSplitter, SemiMechTrainingPla
 from ._anchoring import _rows
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
+from ._post_training import PostTrainingMixin
 from ._prediction import PredictionMixin
 from ._protocols import Protocol
 from ._setup import PerturbationSetupMixin
@@ -111,6 +112,7 @@ class RNGStateCallback(Callback):
 class SemiMechVI(
     NetworkMixin,
     PredictionMixin,
+    PostTrainingMixin,
     PerturbationSetupMixin,
     SafeSaveLoadMixin,
     RNASeqMixin,
