@@ -11,13 +11,8 @@ import scvi
 
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
-from scmech.model._anchoring import (
-    Observations,
-    ObservedPseudobulk,
-    _two_coefficients,
-    fit_interaction_gain,
-    fit_media_carry,
-)
+from scmech.model._anchoring import Observations, ObservedPseudobulk
+from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import Context, Protocol
 from scmech.model._target_map import latent_directions, propagation_gain

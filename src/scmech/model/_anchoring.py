@@ -25,7 +25,8 @@ the baseline cannot. One plan per predicted row, chosen in this order:
     m_\varnothing)`.
 
 Each correction :math:`c_g` is weighed per gene against the sampling noise :math:`v_g` of the pseudobulks it
-uses (:func:`shrinkage`). This module knows no model: plans name the read-outs they need as
+uses (:func:`shrinkage`). The gains of combinations and media are fitted on the training observations
+(:mod:`scmech.model._calibration`). This module knows no model: plans name the read-outs they need as
 :class:`~scmech.model._protocols.Protocol` objects and get them back as arrays.
 """
 
@@ -515,96 +516,3 @@ def _media_reference(ctx: Context, sources: tuple[Context, ...], obs: Observatio
     for s in sources:
         ref &= set(obs.perturbations_in(s))
     return tuple(sorted(ref)) if len(ref) >= 3 else ()
-
-
-def fit_media_carry(
-    obs: Observations, read: Callable[[Protocol], np.ndarray], *, min_targets: int = 3
-) -> dict[tuple[Context, Context], tuple[float, float]]:
-    r"""Calibrate how far a perturbation's effect carries from one medium protocol to another.
-
-    For each ordered pair of contexts at the same read-out time with at least ``min_targets`` training
-    perturbations observed in both, the specific changes :math:`e_{q,C} = y_{q,C} - \bar y_C` are regressed on
-    the carried change :math:`y_{q,s} - \bar y_s` and the model's change of it between the two media,
-    :math:`(m_{q,C} - \bar m_C) - (m_{q,s} - \bar m_s)`, by least squares summed over genes and targets; both
-    coefficients are clipped to :math:`[0, 1]` (a coefficient that is not borne out is dropped, one above 1 is
-    not extrapolated).
-
-    Parameters
-    ----------
-    obs
-        The training observations.
-    read
-        The model's read-out of a protocol (log-normalised mean).
-    min_targets
-        Fewest shared targets for a calibration.
-    """
-    contexts = sorted({ctx for _, ctx in obs.conditions}, key=repr)
-    out = {}
-    for c in contexts:
-        for s in contexts:
-            if s == c or s.time != c.time:
-                continue
-            both = sorted(set(obs.perturbations_in(c)) & set(obs.perturbations_in(s)))
-            if len(both) < min_targets:
-                continue
-            y_c = np.stack([_value(obs.get(q, c)) for q in both])
-            y_s = np.stack([_value(obs.get(q, s)) for q in both])
-            m_c = np.stack([read(obs.protocol(q, c)) for q in both])
-            m_s = np.stack([read(obs.protocol(q, s)) for q in both])
-            target = y_c - y_c.mean(0)
-            carried = y_s - y_s.mean(0)
-            modulation = (m_c - m_c.mean(0)) - (m_s - m_s.mean(0))
-            out[(c, s)] = _two_coefficients(target, carried, modulation)
-    return out
-
-
-def _two_coefficients(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Least-squares coefficients of ``y`` on ``a`` and ``b`` (flattened), each clipped to [0, 1]."""
-    y, a, b = y.ravel(), a.ravel(), b.ravel()
-    gram = np.array([[a @ a, a @ b], [a @ b, b @ b]])
-    rhs = np.array([a @ y, b @ y])
-    if np.linalg.matrix_rank(gram) < 2:
-        rho = float(rhs[0] / gram[0, 0]) if gram[0, 0] > 0 else 0.0
-        return float(np.clip(rho, 0.0, 1.0)), 0.0
-    rho, alpha = np.linalg.solve(gram, rhs)
-    rho, alpha = float(np.clip(rho, 0.0, 1.0)), float(np.clip(alpha, 0.0, 1.0))
-    # with one coefficient clipped, refit the other alone
-    if rho in (0.0, 1.0) and 0.0 < alpha < 1.0:
-        alpha = float(np.clip((b @ (y - rho * a)) / (b @ b), 0.0, 1.0)) if b @ b > 0 else 0.0
-    elif alpha in (0.0, 1.0) and 0.0 < rho < 1.0:
-        rho = float(np.clip((a @ (y - alpha * b)) / (a @ a), 0.0, 1.0)) if a @ a > 0 else 0.0
-    return rho, alpha
-
-
-def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarray]) -> tuple[float, int]:
-    r"""Share of the model's interaction that the training combinations bear out.
-
-    Over the training combinations observed with all their singles and controls in a context, the observed
-    interaction :math:`I^{obs} = y_p - \sum_k y_k + (n-1) y_\varnothing` is regressed on the model's
-    :math:`I^{m}` (same formula on read-outs): :math:`\kappa_I = \sum \langle I^{obs}, I^m\rangle / \sum
-    \lVert I^m\rVert^2`, clipped to :math:`[0, 1]`. Without training combinations there is no evidence of
-    interaction and :math:`\kappa_I = 0`: held-out combinations are their observed singles added.
-
-    Returns
-    -------
-    The gain and the number of combinations it rests on.
-    """
-    num = den = 0.0
-    n_used = 0
-    for (label, ctx), y in obs.conditions.items():
-        targets = obs.targets.get(label, ())
-        y0 = obs.control(ctx)
-        if len(targets) < 2 or y0 is None or not all(obs.get(t, ctx) is not None for t in targets):
-            continue
-        n = len(targets)
-        i_obs = _value(y) - sum(_value(obs.get(t, ctx)) for t in targets) + (n - 1) * _value(y0)
-        m = read(obs.protocol(label, ctx))
-        i_mod = (
-            m - sum(read(obs.protocol(t, ctx)) for t in targets) + (n - 1) * read(obs.protocol(obs.control_label, ctx))
-        )
-        num += float(i_obs @ i_mod)
-        den += float(i_mod @ i_mod)
-        n_used += 1
-    if n_used == 0 or den <= 0:
-        return 0.0, n_used
-    return float(np.clip(num / den, 0.0, 1.0)), n_used

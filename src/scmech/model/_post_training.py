@@ -24,10 +24,9 @@ from ._anchoring import (
     Observations,
     ObservedPseudobulk,
     _rows,
-    fit_interaction_gain,
-    fit_media_carry,
     log_pseudobulk,
 )
+from ._calibration import fit_interaction_gain, fit_media_carry
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import TargetMap, latent_directions, propagation_gain, residual_map
