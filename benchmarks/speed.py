@@ -216,9 +216,9 @@ def child_predict(args) -> dict:
     genes = list(adata.var_names)
     trained = list(model.trained_targets_)
     conditions = trained + [g for g in genes if g not in set(trained)][: 1000 - len(trained)]
-    from scmech.model import _prediction
+    from scmech.model import _readout
 
-    exact_mean = _prediction._mean_over_cells
+    exact_mean = _readout.mean_over_cells
     rows = []
     runs = (
         (None, True, conditions, "exact mean"),
@@ -228,7 +228,7 @@ def child_predict(args) -> dict:
     )
     for n_cells, return_mean, conds, path in runs:
         # the per-cell path is what the exact mean replaces (and what non-linear decoders still use)
-        _prediction._mean_over_cells = (lambda *a, **k: None) if path == "per-cell softmax" else exact_mean
+        _readout.mean_over_cells = (lambda *a, **k: None) if path == "per-cell softmax" else exact_mean
         with PeakRSS() as mem:
             t = time.perf_counter()
             pred = model.predict(conds, n_cells=n_cells, return_mean=return_mean)

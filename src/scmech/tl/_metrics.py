@@ -970,7 +970,7 @@ def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Seque
     """Per-condition wins of ``model`` against every other model on one metric.
 
     A condition's score is averaged over the rows it has (e.g. over seeds) before models are compared, so each
-    condition counts once. A win is a better score in the metric's direction (:data:`METRIC_DIRECTIONS`); NaN
+    condition counts once. A win is a better score in the metric's direction (``scmech.tl.METRIC_DIRECTIONS``); NaN
     scores are left out of that pair.
 
     Parameters
