@@ -118,11 +118,28 @@ class Observations:
 
     def perturbations_in(self, context: Context) -> list[str]:
         """Labels of the perturbations (controls excluded) observed in ``context``, sorted."""
-        return sorted(lab for lab, ctx in self.conditions if ctx == context and lab != self.control_label)
+        return self._index()[0].get(context, [])
 
     def contexts_of(self, label: str) -> list[Context]:
         """Contexts in which ``label`` was observed."""
-        return sorted((ctx for lab, ctx in self.conditions if lab == label), key=repr)
+        return self._index()[1].get(label, [])
+
+    def _index(self) -> tuple[dict, dict]:
+        """Labels per context and contexts per label, built once per set of conditions (not saved)."""
+        key = len(self.conditions)
+        cached = self.__dict__.get("_cached_index")
+        if cached is None or cached[0] != key:
+            by_context: dict[Context, list[str]] = {}
+            by_label: dict[str, list[Context]] = {}
+            for lab, ctx in self.conditions:
+                if lab != self.control_label:
+                    by_context.setdefault(ctx, []).append(lab)
+                by_label.setdefault(lab, []).append(ctx)
+            by_context = {c: sorted(v) for c, v in by_context.items()}
+            by_label = {lab: sorted(v, key=repr) for lab, v in by_label.items()}
+            cached = (key, by_context, by_label)
+            self.__dict__["_cached_index"] = cached
+        return cached[1], cached[2]
 
 
 def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts: bool) -> tuple:

@@ -86,9 +86,9 @@ class PredictionMixin:
     def _class_of(self, target: str, rng: np.random.Generator) -> tuple[str, ...] | None:
         """Training targets an unseen ``target`` is anchored on (``None`` when it has training cells)."""
         tm = self.target_map_
-        if tm is None or target in set(tm.trained):
+        if tm is None or target in tm.trained_set:
             return None
-        measured = target in set(tm.var_names) and tm.directions is not None
+        measured = target in tm.gene_positions and tm.directions is not None
         pool = sorted(tm.class_targets if measured and len(tm.class_targets) >= 2 else tm.trained)
         if len(pool) > MAX_CLASS:
             pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())

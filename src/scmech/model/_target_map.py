@@ -116,6 +116,24 @@ class TargetMap:
     ridge: float = float("inf")
     modality: str | None = None
 
+    @property
+    def gene_positions(self) -> dict[str, int]:
+        """Position of each gene (cached, not saved)."""
+        cached = self.__dict__.get("_gene_positions")
+        if cached is None or len(cached) != len(self.var_names):
+            cached = {g: i for i, g in enumerate(self.var_names)}
+            self.__dict__["_gene_positions"] = cached
+        return cached
+
+    @property
+    def trained_set(self) -> frozenset[str]:
+        """The targets with training cells, as a set (cached, not saved)."""
+        cached = self.__dict__.get("_trained_set")
+        if cached is None or len(cached) != len(set(self.trained)):
+            cached = frozenset(self.trained)
+            self.__dict__["_trained_set"] = cached
+        return cached
+
     def operators(self, targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Latent operators, own-gene effects and sources of ``targets`` (none of which has training cells).
 
@@ -129,7 +147,7 @@ class TargetMap:
         Operators (targets x latent), own-gene effects (targets,) and each target's source:
         ``"gene map"`` (measured gene) or ``"shared response"`` (no gene, no embedding).
         """
-        pos = {g: i for i, g in enumerate(self.var_names)}
+        pos = self.gene_positions
         ops, own, source = [], [], []
         for t in targets:
             if t not in pos or self.directions is None:
