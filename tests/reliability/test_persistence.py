@@ -129,3 +129,68 @@ def test_loading_with_another_registry_raises(model, saved):
     del no_key.obs["batch"]
     with pytest.raises(KeyError, match="batch"):
         SemiMechVI.load(saved, adata=no_key)
+
+
+def _scvi_style_payload_save(path) -> None:
+    """A directory as scvi-tools' own save would write it, whose pickle runs code when loaded."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({"attr_dict": _Payload(), "model_state_dict": {}}, path / "model.pt", pickle_module=pickle)
+
+
+@pytest.mark.parametrize("method", ["load_registry", "view_setup_args"])
+def test_registry_readers_read_json_and_never_unpickle(model, saved, tmp_path, method):
+    import builtins
+
+    registry = SemiMechVI.load_registry(saved)
+    assert registry["setup_args"] == model.adata_manager.registry["setup_args"]
+    # a payload where scvi-tools would look: refused without being read
+    _scvi_style_payload_save(tmp_path / "evil")
+    with pytest.raises(FileNotFoundError, match=r"metadata\.json not found"):
+        getattr(SemiMechVI, method)(tmp_path / "evil")
+    (tmp_path / "evil" / "metadata.json").write_text(json.dumps({"format": "scvi-tools"}))
+    with pytest.raises(ValueError, match=r"is not an scmech model file"):
+        getattr(SemiMechVI, method)(tmp_path / "evil")
+    assert not hasattr(builtins, "_scmech_payload_ran")
+
+
+def test_view_setup_args_prints_the_saved_setup(saved, capsys):
+    SemiMechVI.view_setup_args(saved)
+    assert "perturbation_key" in capsys.readouterr().out
+
+
+def test_convert_legacy_save_and_baseline_loading_refuse_without_reading(tmp_path):
+    import builtins
+
+    from scmech import tl
+
+    _scvi_style_payload_save(tmp_path / "evil")
+    with pytest.raises(NotImplementedError, match="no legacy scvi-tools save to convert"):
+        SemiMechVI.convert_legacy_save(tmp_path / "evil", tmp_path / "out")
+    for cls in (tl.ControlMean, tl.TrainMean, tl.OwnGene, tl.TargetClassMean, tl.LinearModel):
+        for method in ("load", "load_registry", "view_setup_args", "convert_legacy_save"):
+            with pytest.raises(NotImplementedError, match="never saved"):
+                getattr(cls, method)(tmp_path / "evil")
+    assert not hasattr(builtins, "_scmech_payload_ran")
+
+
+def test_overwriting_a_save_never_removes_a_users_files(model, tmp_path):
+    path = tmp_path / "m"
+    path.mkdir()
+    (path / "adata.h5ad").write_bytes(b"the user's own data")
+    (path / "notes.txt").write_text("mine")
+    model.save(path, overwrite=True)
+    assert (path / "adata.h5ad").read_bytes() == b"the user's own data"
+    # saving the data would replace the user's file: refused, nothing lost
+    with pytest.raises(FileExistsError, match=r"adata\.h5ad exists and was not written by a scmech save"):
+        model.save(path, overwrite=True, save_anndata=True)
+    assert (path / "adata.h5ad").read_bytes() == b"the user's own data"
+    assert (path / "notes.txt").read_text() == "mine"
+    # data a scmech save wrote is scmech's to replace or remove
+    other = tmp_path / "o"
+    model.save(other, save_anndata=True)
+    assert (other / "adata.h5ad").exists()
+    model.save(other, overwrite=True)  # without data: the stale copy must not sit next to the new weights
+    assert not (other / "adata.h5ad").exists()
+    model.save(other, overwrite=True, save_anndata=True)
+    model.save(other, overwrite=True, save_anndata=True)
+    assert SemiMechVI.load(other).adata.n_obs == model.adata.n_obs

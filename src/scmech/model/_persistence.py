@@ -133,8 +133,9 @@ class SafeSaveLoadMixin:
         prefix
             Prefix of the file names.
         overwrite
-            Replace the files of an existing directory. With ``False`` an existing directory raises and
-            nothing is written.
+            Replace the model files of an existing directory (and data a scmech save wrote there; other files,
+            such as a user's own ``adata.h5ad``, are never removed or replaced). With ``False`` an existing
+            directory raises and nothing is written.
         save_anndata
             Also write the registered data (``adata.h5ad`` or ``mdata.h5mu``).
         **anndata_write_kwargs
@@ -157,19 +158,69 @@ class SafeSaveLoadMixin:
             "registry": to_jsonable(self.adata_manager.registry),
             "attributes": to_jsonable(attrs),
         }
+        data_name = (MDATA if hasattr(self.adata, "mod") else ADATA) if save_anndata else None
+        ours = _data_file_of_earlier_save(path / f"{pre}{METADATA}")
+        if data_name is not None and (path / f"{pre}{data_name}").exists() and ours != data_name:
+            msg = (
+                f"{path / (pre + data_name)} exists and was not written by a scmech save; it is left alone. Save the "
+                "model to another directory, or move that file."
+            )
+            raise FileExistsError(msg)
+        meta["data_file"] = data_name
         tmp_meta = path / f".{pre}{METADATA}.tmp"
         tmp_meta.write_text(json.dumps(meta))
         tmp_w = path / f".{pre}{WEIGHTS}.tmp"
         torch.save(self.module.state_dict(), tmp_w)
         os.replace(tmp_w, path / f"{pre}{WEIGHTS}")
         os.replace(tmp_meta, path / f"{pre}{METADATA}")
-        for name in (ADATA, MDATA):  # never leave data of an earlier save next to these weights
-            stale = path / f"{pre}{name}"
-            if stale.exists():
-                stale.unlink()
-        if save_anndata:
-            name = MDATA if hasattr(self.adata, "mod") else ADATA
-            self.adata.write(path / f"{pre}{name}", **anndata_write_kwargs)
+        # data that an earlier scmech save wrote must not sit next to these weights; nothing else is removed
+        if ours is not None and ours != data_name and (path / f"{pre}{ours}").exists():
+            (path / f"{pre}{ours}").unlink()
+        if data_name is not None:
+            self.adata.write(path / f"{pre}{data_name}", **anndata_write_kwargs)
+
+    @classmethod
+    def load_registry(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
+        """Return the registry saved with a model, read from its plain-JSON metadata (nothing is unpickled).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            Prefix of the file names.
+        """
+        return from_jsonable(_read_metadata(dir_path, prefix, cls.__name__)["registry"])
+
+    @classmethod
+    def view_setup_args(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> None:
+        """Print the arguments a saved model's data were set up with (read from its plain-JSON metadata).
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        prefix
+            Prefix of the file names.
+        """
+        # scvi-tools' AnnDataManager.view_setup_method_args would do this, but it calls rich.pretty without
+        # importing it (AttributeError in 1.4.2)
+        import rich
+        from rich.pretty import pprint
+
+        registry = cls.load_registry(dir_path, prefix)
+        method = registry.get("setup_method_name", "setup_anndata")
+        rich.print(f"Setup via `{registry.get('model_name', cls.__name__)}.{method}` with arguments:")
+        pprint(registry.get("setup_args", {}))
+
+    @classmethod
+    def convert_legacy_save(cls, *args, **kwargs) -> None:
+        """Not applicable: scmech saves in its own format, and never reads scvi-tools' pickled legacy saves."""
+        msg = (
+            f"{cls.__name__} models are saved in scmech's own format (tensors and plain JSON); there is no legacy "
+            "scvi-tools save to convert, and scvi-tools' legacy files are pickles that scmech never loads."
+        )
+        raise NotImplementedError(msg)
 
     @classmethod
     def load(
@@ -307,6 +358,37 @@ class SafeSaveLoadMixin:
         model.to_device(dev)
         logger.info("Loaded %s from %s", cls.__name__, path)
         return model
+
+
+def _data_file_of_earlier_save(meta_path: Path) -> str | None:
+    """Name of the data file an earlier scmech save recorded in ``meta_path`` (``None``: none, or not scmech's)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    name = meta.get("data_file")
+    return name if name in (ADATA, MDATA) else None
+
+
+def _read_metadata(dir_path, prefix: str | None, model_name: str) -> dict:
+    """Read and validate the plain-JSON metadata of a scmech save (never unpickles anything)."""
+    path = Path(dir_path)
+    meta_path = path / f"{prefix or ''}{METADATA}"
+    if not meta_path.exists():
+        msg = f"{meta_path} not found: {path} does not hold a model saved by {model_name}.save()."
+        raise FileNotFoundError(msg)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
+        raise ValueError(msg) from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "registry" not in meta:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        msg = f"{meta_path} is not an scmech model file (format {found!r})."
+        raise ValueError(msg)
+    return meta
 
 
 def _version() -> str:

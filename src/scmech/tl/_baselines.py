@@ -73,6 +73,16 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         msg = f"{type(self).__name__} is a closed-form baseline and is not saved; refit it with .train()."
         raise NotImplementedError(msg)
 
+    @classmethod
+    def load(cls, *args, **kwargs):
+        """Baselines are never saved, so there is nothing to load (and no file is ever unpickled)."""
+        msg = f"{cls.__name__} is a closed-form baseline and is never saved; create it and refit it with .train()."
+        raise NotImplementedError(msg)
+
+    load_registry = load
+    view_setup_args = load
+    convert_legacy_save = load
+
     # ------------------------------------------------------------------ registry access
     def _setup(self) -> dict:
         return self.adata_manager.registry["setup_args"]
