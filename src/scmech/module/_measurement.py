@@ -19,10 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import torch
-from scvi.distributions import NegativeBinomial, ZeroInflatedNegativeBinomial
+from scvi.distributions import NegativeBinomial, Normal, ZeroInflatedNegativeBinomial
 from scvi.nn import FCLayers
 from torch import nn
-from torch.distributions import Normal
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -151,7 +150,8 @@ class MeasurementDecoder(nn.Module):
     ):
         """Likelihood of the counts given the logits and the library size (log scale, n x 1)."""
         if self.likelihood == "normal":
-            return Normal(logits, self.log_sigma.exp().clamp(min=1e-4))
+            # scvi-tools' Normal: its normalised expression (get_normalized("scale")) is the mean itself
+            return Normal(logits, self.log_sigma.exp().clamp(min=1e-4).expand_as(logits), normal_mu=logits)
         scale = torch.softmax(logits, dim=-1)
         rate = torch.exp(library) * scale
         if self.dispersion == "gene-batch" and batch_index is not None:
