@@ -87,7 +87,7 @@ def run(taus: list[float], seeds: list[int], n_cells: int, n_genes: int, epochs:
                 {
                     "true_tau": tau,
                     "seed": seed,
-                    "fitted_tau": float(model.module.field.tau.detach()),
+                    "fitted_tau": model.module.onset_tau_data,
                     "latent_relaxation_time_median": float(np.median(1.0 / gamma)),
                     "true_half_time": _true_half_time(adata),
                     "train_seconds": secs,

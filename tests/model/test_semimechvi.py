@@ -1159,3 +1159,26 @@ def test_a_size_factor_of_a_larger_library_is_rescaled_to_the_registered_genes(s
     without = tl.TrainMean(plain)
     without.train()
     np.testing.assert_allclose(with_sf.predict(["G0008"]).X, without.predict(["G0008"]).X, rtol=1e-6)
+
+
+def test_a_time_course_in_hours_trains_and_predicts_as_in_days(make_adata, model_kwargs, train_kwargs):
+    """Time is measured in units of the longest read-out: the same screen in hours gives the same model."""
+    preds = {}
+    for unit, factor in (("days", 1.0), ("hours", 24.0)):
+        adata = make_adata("dynamic", n_cells=240)
+        adata.obs["time"] = adata.obs["time"].astype(float) * factor
+        adata.obs["media_time"] = adata.obs["media_time"].astype(float) * factor
+        SemiMechVI.setup_anndata(
+            adata, batch_key="batch", time_key="time", media_key="media", media_time_key="media_time"
+        )
+        scvi.settings.seed = 0
+        model = SemiMechVI(adata, onset_tau=0.5 * factor, **model_kwargs)
+        model.train(max_epochs=2, **train_kwargs)
+        assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
+        assert model.module.onset_tau_data == pytest.approx(0.5 * factor, rel=1e-5)
+        preds[unit] = model.predict(["G0008", "NT"], media="m1", time=2.0 * factor, media_time=1.0 * factor)
+        if unit == "hours":
+            assert float(model.module.time_unit) == pytest.approx(24.0 * float(days_unit))
+        else:
+            days_unit = model.module.time_unit
+    np.testing.assert_allclose(preds["hours"].X, preds["days"].X, rtol=1e-4, atol=1e-4)

@@ -459,3 +459,30 @@ def test_steady_state_term_is_a_gauge_of_centre_and_shared_push(n_hidden):
     torch.testing.assert_close(after_fp[perturbed], before_fp[perturbed])
     torch.testing.assert_close(after_flow[perturbed], before_flow[perturbed])
     assert float((after_fp[~perturbed] - before_fp[~perturbed]).abs().max()) > 0.1  # only controls moved
+
+
+@pytest.mark.parametrize(("gamma", "t_end"), [(1.0, 22.0), (1.0, 72.0), (1.0, 1000.0), (10.0, 24.0), (10.0, 72.0)])
+def test_integration_with_default_steps_matches_the_analytic_relaxation_at_any_time(gamma, t_end):
+    """dz/dt = -gamma (z - c): z(t) = c + (z0 - c) exp(-gamma t), with the default 8 steps per segment."""
+    field = VectorField(2, 1, n_hidden=0).double()
+    with torch.no_grad():
+        field.gamma_raw.fill_(float(torch.log(torch.expm1(torch.tensor(gamma - 0.05, dtype=D)))))
+        field.center.copy_(torch.tensor([0.5, -1.0], dtype=D))
+    z0 = torch.tensor([[1.5, 2.0], [0.0, 0.0]], dtype=D)
+    t = torch.tensor([t_end, t_end / 7], dtype=D)
+    got = field.integrate_protocol(z0, torch.zeros(2, 2, dtype=D), torch.zeros(2, dtype=torch.long), t, t * float("nan"))
+    c = field.center.detach()
+    expected = c + (z0 - c) * torch.exp(-gamma * t).unsqueeze(-1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_step_count_follows_the_stiffness_bound():
+    field = VectorField(3, 1, n_hidden=8)
+    rate = field.stiffness()
+    gamma_max = float(field.gamma.max())
+    assert gamma_max <= rate <= gamma_max * (1 + field.lipschitz) + 1e-6
+    assert field.stable_steps(0.5, 8) == 8  # short segments keep the fewest steps
+    assert field.stable_steps(100.0, 8) == int(torch.ceil(torch.tensor(rate * 100.0)))
+    with pytest.raises(FloatingPointError, match="Check the time units of the data"):
+        field.stable_steps(1e9, 8)

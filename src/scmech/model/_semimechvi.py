@@ -402,6 +402,7 @@ class SemiMechVI(
         self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
         if not self.is_trained_ and ckpt_path is None:
             self._init_gene_levels(np.asarray(external[0]))
+            self._init_time_unit(np.asarray(external[0]))
         with warnings.catch_warnings():
             # the training plan's own (cheaper) batch transfer is intended
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
@@ -458,6 +459,26 @@ class SemiMechVI(
         bias = self.module.decoder.loading.bias
         with torch.no_grad():
             bias.copy_(torch.as_tensor(level, dtype=bias.dtype, device=bias.device))
+
+    def _init_time_unit(self, train_indices: np.ndarray) -> None:
+        """Measure model time in units of the longest registered read-out (or switch) time over ``horizon``.
+
+        A time course recorded in hours then trains and predicts as the same course in days: the field's rates,
+        initialised at 1 per model time unit, start at the same number of relaxation times over the experiment.
+        """
+        if self.regime != "dynamic":
+            return
+        reg = self.adata_manager.data_registry
+        spans = []
+        for key in (K.TIME_KEY, K.MEDIA_TIME_KEY):
+            if key in reg:
+                v = np.asarray(self.adata_manager.get_from_registry(key), dtype=np.float64).ravel()[train_indices]
+                v = np.abs(v[np.isfinite(v)])
+                if len(v):
+                    spans.append(float(v.max()))
+        longest = max(spans, default=0.0)
+        if longest > 0:
+            self.module.set_time_unit(longest / self.module.horizon)
 
     def _init_library_scale(self, x, idx: np.ndarray, size_factor: np.ndarray) -> None:
         """Scale a registered size factor to the registered genes' counts (a gene panel within a larger library).

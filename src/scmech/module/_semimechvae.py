@@ -138,9 +138,10 @@ class SemiMechVAE(BaseModuleClass):
     operator_scale
         Learning-rate multiplier of the operators.
     horizon
-        Integration time of the ``"flow"`` read-out in the steady-state regime.
+        Integration time of the ``"flow"`` read-out in the steady-state regime; in the dynamic regime, the
+        longest registered read-out spans this many model time units (:meth:`set_time_unit`).
     ode_steps
-        RK4 steps per protocol segment.
+        Fewest RK4 steps per protocol segment (more where the field is stiff over it).
     onset_tau
         Onset time constant of perturbations (0: instantaneous).
     learn_onset
@@ -259,6 +260,8 @@ class SemiMechVAE(BaseModuleClass):
         self.register_buffer("control_reference_set", torch.zeros((), dtype=torch.bool))
         # log of the registered genes' share of a registered size factor (e.g. a panel within a whole library)
         self.register_buffer("log_library_scale", torch.zeros(()))
+        # data time units per model time unit (set from the registered read-out times when training starts)
+        self.register_buffer("time_unit", torch.ones(()))
         self._last_unconverged = 0.0
 
     # ------------------------------------------------------------------ helpers
@@ -306,8 +309,10 @@ class SemiMechVAE(BaseModuleClass):
         n = perturbation.shape[0]
         dev = perturbation.device
         eff = torch.ones(n, device=dev) if efficacy is None else efficacy.reshape(-1).float()
-        t = torch.zeros(n, device=dev) if time is None else time.reshape(-1).float()
+        # times arrive in the data's units; the dynamics run in model units (see ``set_time_unit``)
+        t = torch.zeros(n, device=dev) if time is None else time.reshape(-1).float() / self.time_unit
         s = torch.full((n,), float("nan"), device=dev) if media_time is None else media_time.reshape(-1).float()
+        s = s / self.time_unit
         key = torch.cat(
             [
                 perturbation.float(),
@@ -343,6 +348,26 @@ class SemiMechVAE(BaseModuleClass):
             nan = torch.full((len(uniq),), float("nan"), device=dev)
             mu = self.field.integrate_protocol(z0, drive, m_u, horizon, nan, n_steps=self.ode_steps)
         return mu[inverse], residual[inverse]
+
+    @torch.no_grad()
+    def set_time_unit(self, unit: float) -> None:
+        """Measure time in units of ``unit`` data time units; the onset time constant keeps its data value.
+
+        The field's rates start at 1 per model time unit. With the unit set to the longest registered read-out time
+        over ``horizon``, a time course spans the same number of relaxation times whatever the unit it was recorded
+        in (hours or days), and learns and integrates the same way.
+        """
+        if not np.isfinite(unit) or unit <= 0:
+            msg = f"The time unit must be a positive number, got {unit}."
+            raise ValueError(msg)
+        old = float(self.time_unit)
+        self.time_unit.fill_(float(unit))
+        self.field.log_tau.sub_(float(np.log(unit / old)))
+
+    @property
+    def onset_tau_data(self) -> float:
+        """The onset time constant in the data's time units."""
+        return float(self.field.tau.detach()) * float(self.time_unit)
 
     # ------------------------------------------------------------------ scvi-tools hooks
     def _get_inference_input(self, tensors: dict) -> dict:
