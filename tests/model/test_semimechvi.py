@@ -1163,7 +1163,7 @@ def test_a_size_factor_of_a_larger_library_is_rescaled_to_the_registered_genes(s
 
 def test_a_time_course_in_hours_trains_and_predicts_as_in_days(make_adata, model_kwargs, train_kwargs):
     """Time is measured in units of the longest read-out: the same screen in hours gives the same model."""
-    preds = {}
+    preds, units = {}, {}
     for unit, factor in (("days", 1.0), ("hours", 24.0)):
         adata = make_adata("dynamic", n_cells=240)
         adata.obs["time"] = adata.obs["time"].astype(float) * factor
@@ -1177,8 +1177,6 @@ def test_a_time_course_in_hours_trains_and_predicts_as_in_days(make_adata, model
         assert np.isfinite(model.history["elbo_train"].to_numpy(dtype=float)).all()
         assert model.module.onset_tau_data == pytest.approx(0.5 * factor, rel=1e-5)
         preds[unit] = model.predict(["G0008", "NT"], media="m1", time=2.0 * factor, media_time=1.0 * factor)
-        if unit == "hours":
-            assert float(model.module.time_unit) == pytest.approx(24.0 * float(days_unit))
-        else:
-            days_unit = model.module.time_unit
+        units[unit] = float(model.module.time_unit)
+    assert units["hours"] == pytest.approx(24.0 * units["days"])
     np.testing.assert_allclose(preds["hours"].X, preds["days"].X, rtol=1e-4, atol=1e-4)
