@@ -477,3 +477,14 @@ def test_loader_reads_a_valid_file_without_integrity_check(rel, tmp_path, monkey
     assert out.shape == adata.shape
     with pytest.raises(OSError, match="is corrupted"):
         scmech.datasets.papalexi2021()
+
+
+def test_labels_edited_after_setup_are_refused(rel):
+    adata = rel.small()
+    SemiMechVI.setup_anndata(adata, batch_key="batch")
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    labels = adata.obs["perturbation"].astype(str).to_numpy().copy()
+    labels[labels == "G0008"] = "G0009"
+    adata.obs["perturbation"] = labels
+    with pytest.raises(ValueError, match=r"obs\['perturbation'\] was changed after setup_anndata"):
+        model.train(max_epochs=1, enable_progress_bar=False)

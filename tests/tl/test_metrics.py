@@ -375,3 +375,12 @@ def test_win_counts_compare_condition_means_in_the_metric_direction():
         tl.win_counts(res, "X", "mse")
     with pytest.raises(KeyError, match="No results for metric 'nope'"):
         tl.win_counts(res, "M", "nope")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_predictions_are_refused(bad):
+    adata = _lognorm_adata()
+    values = {k: v.copy() for k, v in PRED.items()}
+    values["B"][1] = bad
+    with pytest.raises(ValueError, match=r"Predictions of 'toy' hold NaN or infinite values for \['B'\]"):
+        tl.evaluate(_pred(values), adata, counts=False, n_de_genes=3)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -507,6 +508,34 @@ class PerturbationSetupMixin:
             f = self._field(REGISTRY_KEYS.X_KEY)
             where = f"adata.layers[{f.attr_key!r}]" if f.attr_key else "adata.X"
             check_expression(x, where, counts=self.adata_manager.registry["setup_args"].get("counts", True))
+        self._check_registered_labels(fix)
+
+    def _check_registered_labels(self, fix: str) -> None:
+        """Refuse perturbation labels edited in ``obs`` after setup.
+
+        Training reads the registered matrix, while the trained targets, the target map and the anchoring read the
+        labels: after an edit a trained target would be predicted as unseen.
+        """
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        key = st["obs_key"]
+        try:
+            current = self._design(self.adata).matrix
+        except (KeyError, ValueError) as e:
+            msg = (
+                f"obs[{key!r}] was changed after setup_anndata and no longer parses with the registered targets "
+                f"({e}). {fix}"
+            )
+            raise ValueError(msg) from e
+        registered = self.adata_manager.get_from_registry(K.PERTURBATION_KEY)
+        registered = sp.csr_matrix(registered) if not sp.issparse(registered) else registered.tocsr()
+        current = sp.csr_matrix(current) if not sp.issparse(current) else current.tocsr()
+        if registered.shape != current.shape or (registered != current).nnz:
+            rows = np.flatnonzero(np.asarray((registered != current).sum(axis=1)).ravel() > 0)[:5]
+            msg = (
+                f"obs[{key!r}] was changed after setup_anndata (e.g. cells {rows.tolist()}): the registered "
+                f"perturbations no longer match the labels. {fix}"
+            )
+            raise ValueError(msg)
 
     def _fit_mask(self, adata) -> np.ndarray:
         return self._design(adata).fit_mask

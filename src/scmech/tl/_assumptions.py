@@ -967,7 +967,8 @@ def _validate_common(n_bootstrap: int, alpha: float) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, float | int | np.floating) or not 0.0 < float(alpha) < 1.0:
         msg = f"alpha={alpha!r} must be a number in (0, 1), e.g. alpha=0.05."
         raise ValueError(msg)
-    need = int(np.ceil(1.0 / float(alpha) - 1.0 - 1e-9))
+    # the smallest resampling p-value 1 / (n_bootstrap + 1) must fall strictly below alpha (verdicts need p < alpha)
+    need = int(np.floor(1.0 / float(alpha) - 1.0 + 1e-9)) + 1
     if n_bootstrap < need:
         msg = (
             f"n_bootstrap={n_bootstrap} cannot give a p-value below alpha={alpha:g}: the smallest resampling "

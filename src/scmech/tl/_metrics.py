@@ -181,6 +181,14 @@ def _prediction_frame(pred: AnnData, name: str, design: PerturbationDesign, gene
         )
         raise ValueError(msg)
     x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
+    if bad.any():
+        rows = [labels[i] for i in np.flatnonzero(bad)]
+        msg = (
+            f"Predictions of {name!r} hold NaN or infinite values for {rows[:5]}; a model that fails on a condition "
+            "must not be scored (the leaderboard would drop the failure and rank it higher). Fix or drop those rows."
+        )
+        raise ValueError(msg)
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(pred.var_names).astype(str))
     missing = genes.difference(frame.columns)
     if len(missing) == len(genes):
