@@ -318,9 +318,11 @@ def test_train_validates_its_arguments(rel, kwargs, exc, match):
         (["G0008+G0008"], {}, ValueError, r"names the target\(s\) \['G0008'\] more than once"),
         (["G0008"], {"time": 1.0}, ValueError, r"`time` applies to dynamic models"),
         (["G0008"], {"efficacy": 1.5}, ValueError, r"efficacy=1\.5 must be in \[0, 1\]"),
-        (["G0008"], {"n_cells": 0}, ValueError, r"n_cells=0 must be at least 1"),
+        (["G0008"], {"n_cells": 0}, ValueError, r"n_cells=0 must be a whole number of starting cells, at least 1"),
         (["G0008"], {"from_cells": [10_000]}, ValueError, r"from_cells must index cells of adata \(0\.\.119\)"),
         (["G0008"], {"anchor": "always"}, ValueError, r"anchor='always' is not one of"),
+        (["G0008"], {"n_cells": 2.5}, ValueError, r"n_cells=2\.5 must be a whole number of starting cells"),
+        (["G0008"], {"random_state": -1}, ValueError, r"random_state=-1 must be a non-negative integer seed"),
     ],
 )
 def test_predict_explains_bad_requests(model, args, kwargs, exc, match):
@@ -488,3 +490,28 @@ def test_labels_edited_after_setup_are_refused(rel):
     adata.obs["perturbation"] = labels
     with pytest.raises(ValueError, match=r"obs\['perturbation'\] was changed after setup_anndata"):
         model.train(max_epochs=1, enable_progress_bar=False)
+
+
+def test_integer_control_codes_are_labels(rel):
+    adata = rel.small()
+    codes = {lab: i for i, lab in enumerate(sorted(adata.obs["perturbation"].astype(str).unique()))}
+    adata.obs["code"] = adata.obs["perturbation"].astype(str).map(codes)
+    ctrl = codes["NT"]
+    SemiMechVI.setup_anndata(adata, perturbation_key="code", control_label=ctrl)
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    assert model.adata_manager.get_state_registry("perturbation")["control_label"] == str(ctrl)
+
+
+def test_every_control_label_reads_as_the_control(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str).to_numpy().copy()
+    nt = np.flatnonzero(labels == "NT")
+    labels[nt[: len(nt) // 2]] = "non-targeting"
+    adata.obs["perturbation"] = labels
+    SemiMechVI.setup_anndata(adata, control_label=["NT", "non-targeting"])
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    model.train(max_epochs=1, enable_progress_bar=False, batch_size=64)
+    pred = model.predict(["non-targeting", "NT", "G0008+non-targeting"], anchor="none")
+    assert list(pred.obs["perturbation"]) == ["NT", "NT", "G0008"]
+    np.testing.assert_array_equal(pred.X[0], pred.X[1])
+    assert (pred.obs["unseen_targets"] == "").all()

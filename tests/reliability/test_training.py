@@ -166,6 +166,15 @@ def test_hostile_settings_give_a_finite_loss(rel, model_kwargs, train_kwargs):
     _assert_finite_history(model)
 
 
+def test_a_diverging_model_is_stopped_by_the_callback_with_its_causes(rel):
+    """A real non-finite loss from inside the module (not a patched one) reaches the callback's message."""
+    model = _model(rel, rel.small())
+    with torch.no_grad():
+        model.module.decoder.batch_effect.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 0, step \d+; training stopped.*lr"):
+        model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+
+
 def test_a_non_finite_loss_stops_training_and_names_the_causes(rel, monkeypatch):
     model = _model(rel, rel.small())
     loss = model.module.loss

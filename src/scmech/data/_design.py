@@ -36,10 +36,11 @@ __all__ = [
 
 
 def _as_tuple(labels: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Labels as a tuple of strings: one label (any scalar, e.g. an integer code ``0``) or a sequence of them."""
     if labels is None:
         return ()
-    if isinstance(labels, str):
-        return (labels,)
+    if isinstance(labels, str) or np.isscalar(labels):
+        return (str(labels),)
     return tuple(str(x) for x in labels)
 
 

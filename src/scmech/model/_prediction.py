@@ -309,8 +309,13 @@ class PredictionMixin:
         Per-cell predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
         """
         self._check_if_trained(warn=False)
-        if n_cells is not None and int(n_cells) < 1:
-            msg = f"n_cells={n_cells} must be at least 1."
+        if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 1):
+            msg = f"n_cells={n_cells!r} must be a whole number of starting cells, at least 1 (or None)."
+            raise ValueError(msg)
+        if random_state is not None and (
+            isinstance(random_state, bool) or int(random_state) != random_state or random_state < 0
+        ):
+            msg = f"random_state={random_state!r} must be a non-negative integer seed (or None)."
             raise ValueError(msg)
         if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
             msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
@@ -330,6 +335,7 @@ class PredictionMixin:
             control_label=st["control_label"],
             conditions=list(st["conditions"]),
             dynamic=self.regime == "dynamic",
+            control_labels=self.adata_manager.registry["setup_args"]["control_label"],
         )
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and batch is None and adata is None

@@ -75,7 +75,9 @@ class Protocol:
         )
 
 
-def protocol_from_steps(steps: Sequence[Step], *, separator: str, control_label: str) -> Protocol:
+def protocol_from_steps(
+    steps: Sequence[Step], *, separator: str, control_label: str, control_labels: Sequence[str] | None = None
+) -> Protocol:
     """Turn an ordered list of steps into a :class:`Protocol`.
 
     Steps are ``("perturb", "STAT1")``, ``("media", "stim")`` and ``("wait", 2.0)``, applied in order on a
@@ -88,8 +90,11 @@ def protocol_from_steps(steps: Sequence[Step], *, separator: str, control_label:
     separator
         Separator of combinations in perturbation labels.
     control_label
-        Label of the control.
+        Label of the control (the canonical one).
+    control_labels
+        Every label of the controls; all of them read as the control.
     """
+    controls = control_labels if control_labels is not None else control_label
     clock = 0.0
     t_pert = None
     t_media = None
@@ -114,7 +119,7 @@ def protocol_from_steps(steps: Sequence[Step], *, separator: str, control_label:
                 msg = "A protocol holds one ('perturb', ...) step; combine targets as 'A+B' in that step."
                 raise ValueError(msg)
             t_pert = clock
-            targets = parse_condition(str(value), separator=separator, control_label=control_label)
+            targets = parse_condition(str(value), separator=separator, control_label=controls)
             label = canonical_label(targets, separator=separator, control_label=control_label)
         elif op == "media":
             if t_media is not None:
@@ -158,6 +163,7 @@ def build_protocols(
     control_label: str,
     conditions: Sequence[str],
     dynamic: bool,
+    control_labels: Sequence[str] | None = None,
 ) -> list[Protocol]:
     """Protocols of a ``predict`` request, from either ``protocol`` steps or labels with media and times.
 
@@ -173,7 +179,10 @@ def build_protocols(
         The registered conditions, predicted when ``perturbations`` and ``protocol`` are ``None``.
     dynamic
         Whether the model reads out time-resolved protocols (else steady states).
+    control_labels
+        Every label of the controls (``control_label`` is the canonical one); all of them read as the control.
     """
+    controls = control_labels if control_labels is not None else control_label
     if protocol is not None:
         if perturbations is not None or time is not None or media is not None or media_time is not None:
             msg = "Pass either `protocol` or `perturbations`/`media`/`time`/`media_time`, not both."
@@ -184,7 +193,10 @@ def build_protocols(
         first = protocol[0]
         many = isinstance(first, list | tuple) and len(first) > 0 and isinstance(first[0], list | tuple)
         plist = protocol if many else [protocol]
-        out = [protocol_from_steps(p, separator=separator, control_label=control_label) for p in plist]
+        out = [
+            protocol_from_steps(p, separator=separator, control_label=control_label, control_labels=controls)
+            for p in plist
+        ]
         if not dynamic and any(p.time > 0 or np.isfinite(p.media_time) for p in out):
             msg = (
                 "This model reads out steady states (regime='steady_state'): 'wait' steps and media switch times "
@@ -214,7 +226,7 @@ def build_protocols(
                 f"'STAT1', a combination 'A{separator}B' or the control label {control_label!r})."
             )
             raise TypeError(msg)
-        targets = parse_condition(str(p), separator=separator, control_label=control_label)
+        targets = parse_condition(str(p), separator=separator, control_label=controls)
         if dynamic and t is None:
             msg = "The model is dynamic: give the read-out `time` (since perturbation) to predict."
             raise ValueError(msg)

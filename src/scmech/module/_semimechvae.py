@@ -521,13 +521,8 @@ class SemiMechVAE(BaseModuleClass):
         extra["basal_sd"] = basal.detach().std(0).mean()
         extra["basal_leak"] = between
         extra["fp_unconverged"] = torch.tensor(self._last_unconverged, device=z.device)
-        if not torch.isfinite(loss):
-            msg = (
-                "The loss became non-finite (NaN or inf). Likely causes: a learning rate too high for the "
-                "operators (lower `lr` or `operator_scale`), counts with huge library sizes (pass a "
-                "size_factor_key), or a steady-state weight so large that the field diverges."
-            )
-            raise FloatingPointError(msg)
+        # a non-finite loss is returned as it is: the model's FiniteLossCallback stops training with the likely
+        # causes, where it knows the epoch, the step and the model's settings
         return LossOutput(
             loss=loss,
             reconstruction_loss=recon,
