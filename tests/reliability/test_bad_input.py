@@ -515,3 +515,23 @@ def test_every_control_label_reads_as_the_control(rel):
     assert list(pred.obs["perturbation"]) == ["NT", "NT", "G0008"]
     np.testing.assert_array_equal(pred.X[0], pred.X[1])
     assert (pred.obs["unseen_targets"] == "").all()
+
+
+def test_targets_named_like_genes_in_another_case_warn(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str).to_numpy().copy()
+    labels[labels == "G0008"] = "g0008"
+    adata.obs["perturbation"] = labels
+    with pytest.warns(UserWarning, match=r"match a gene only up to letter case \('g0008' vs gene 'G0008'\)"):
+        SemiMechVI.setup_anndata(adata)
+
+
+def test_an_unassigned_label_kept_as_a_target_warns(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str).to_numpy().copy()
+    labels[:5] = "unassigned"
+    adata.obs["perturbation"] = labels
+    with pytest.warns(
+        UserWarning, match=r"unassigned_label=None, so \['unassigned'\].*pass unassigned_label='unassigned'"
+    ):
+        SemiMechVI.setup_anndata(adata, unassigned_label=None)

@@ -57,6 +57,39 @@ K = SCMECH_REGISTRY_KEYS
 __all__ = ["PerturbationSetupMixin"]
 
 
+#: labels that usually mean "no guide call" rather than a target
+_UNASSIGNED_LIKE = ("unassigned", "unknown", "none", "na", "n/a", "multiplet", "ambiguous", "")
+
+
+def _warn_target_names(design, var_names, key: str, unassigned_label) -> None:
+    """Warn about targets that look like mistakes: gene names in another case, or an unassigned label kept as one."""
+    genes = [str(g) for g in var_names]
+    exact = set(genes)
+    lower = {g.lower(): g for g in genes}
+    case_only = [(t, lower[t.lower()]) for t in design.targets if t not in exact and t.lower() in lower]
+    if case_only:
+        pairs = ", ".join(f"{t!r} vs gene {g!r}" for t, g in case_only[:5])
+        warnings.warn(
+            f"{len(case_only)} target(s) of obs[{key!r}] match a gene only up to letter case ({pairs}); they are taken "
+            "as unmeasured targets. Relabel them with the gene names (or rename the genes) if they are the same.",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel,
+        )
+    if unassigned_label is None or len(_as_labels(unassigned_label)) == 0:
+        like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
+        if like:
+            warnings.warn(
+                f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
+                f"have no guide call, pass unassigned_label={like[0]!r}.",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+
+
+def _as_labels(value) -> tuple:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 #: the perturbation modalities ``setup_anndata`` knows
 PERTURBATION_MODALITIES = ("CRISPRko", "CRISPRi", "CRISPRa")
 
@@ -125,6 +158,7 @@ class PerturbationSetupMixin:
             media_time_key=media_time_key,
             efficacy_key=efficacy_key,
         )
+        _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label)
         counts_per = design.perturbation.cell_counts()
         small = [c for c in design.perturbation.conditions if counts_per.get(c, 0) < 3]
         if small:
