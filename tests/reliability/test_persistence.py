@@ -194,3 +194,17 @@ def test_overwriting_a_save_never_removes_a_users_files(model, tmp_path):
     model.save(other, overwrite=True, save_anndata=True)
     model.save(other, overwrite=True, save_anndata=True)
     assert SemiMechVI.load(other).adata.n_obs == model.adata.n_obs
+
+
+def test_load_resolves_accelerators_and_devices_clearly(model, saved):
+    from scmech.model._persistence import torch_device
+
+    assert torch_device("cpu") == torch.device("cpu")
+    assert torch_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="accelerator='tpu' is not one of"):
+        torch_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA device; use accelerator='cpu'"):
+            SemiMechVI.load(saved, adata=model.adata, accelerator="gpu")
+    loaded = SemiMechVI.load(saved, adata=model.adata, accelerator="cpu", device="auto")
+    assert str(loaded.device).startswith("cpu")

@@ -21,14 +21,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
-from scvi.model.base._save_load import _get_var_names
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SafeSaveLoadMixin", "from_jsonable", "persistable", "to_jsonable"]
+__all__ = ["SafeSaveLoadMixin", "from_jsonable", "persistable", "to_jsonable", "torch_device", "var_names_of"]
 
 FORMAT = "scmech-model"
 FORMAT_VERSION = 2
@@ -154,7 +153,7 @@ class SafeSaveLoadMixin:
             "format_version": FORMAT_VERSION,
             "model_name": type(self).__name__,
             "scmech_version": _version(),
-            "var_names": to_jsonable(self.get_var_names()),
+            "var_names": to_jsonable(var_names_of(self.adata)),
             "registry": to_jsonable(self.adata_manager.registry),
             "attributes": to_jsonable(attrs),
         }
@@ -258,8 +257,6 @@ class SafeSaveLoadMixin:
         ValueError
             For a truncated or foreign file, another model class, or data with other genes or design.
         """
-        from scvi.model._utils import parse_device_args
-
         path = Path(dir_path)
         pre = prefix or ""
         meta_path, w_path = path / f"{pre}{METADATA}", path / f"{pre}{WEIGHTS}"
@@ -290,7 +287,7 @@ class SafeSaveLoadMixin:
         if meta["model_name"] != cls.__name__:
             msg = f"{path} holds a {meta['model_name']}, not a {cls.__name__}."
             raise ValueError(msg)
-        _, _, dev = parse_device_args(accelerator=accelerator, devices=device, return_device="torch")
+        dev = torch_device(accelerator, device)
         try:
             state = torch.load(w_path, map_location=dev, weights_only=True)
         except pickle.UnpicklingError as e:
@@ -323,7 +320,7 @@ class SafeSaveLoadMixin:
                 msg = f"No data saved in {path}; pass adata= (set up like the training data)."
                 raise ValueError(msg)
         saved_var = from_jsonable(meta["var_names"])
-        new_var = _get_var_names(adata)
+        new_var = var_names_of(adata)
         if isinstance(saved_var, dict):
             same = isinstance(new_var, dict) and all(
                 np.array_equal(np.asarray(saved_var[k]), np.asarray(new_var.get(k))) for k in saved_var
@@ -358,6 +355,47 @@ class SafeSaveLoadMixin:
         model.to_device(dev)
         logger.info("Loaded %s from %s", cls.__name__, path)
         return model
+
+
+def var_names_of(adata) -> np.ndarray | dict[str, np.ndarray]:
+    """Gene names of an AnnData (an array) or of each modality of a MuData (a dict), as saved with a model.
+
+    scvi-tools has the same helper, but only as a private function (``scvi.model.base._save_load``).
+    """
+    if hasattr(adata, "mod"):
+        return {k: adata.mod[k].var_names.astype(str).to_numpy() for k in adata.mod}
+    return adata.var_names.astype(str).to_numpy()
+
+
+def torch_device(accelerator: str = "auto", device: int | str = "auto") -> torch.device:
+    """Return the torch device for scvi-tools' ``accelerator``/``device`` arguments of ``load``.
+
+    Parameters
+    ----------
+    accelerator
+        ``"auto"`` (a GPU when one is visible), ``"cpu"``, ``"gpu"``/``"cuda"`` or ``"mps"``.
+    device
+        ``"auto"`` or a device index.
+    """
+    acc = str(accelerator).lower()
+    if acc == "auto":
+        acc = "cuda" if torch.cuda.is_available() else "cpu"
+    if acc == "gpu":
+        acc = "cuda"
+    if acc not in ("cpu", "cuda", "mps"):
+        msg = f"accelerator={accelerator!r} is not one of 'auto', 'cpu', 'gpu', 'cuda', 'mps'."
+        raise ValueError(msg)
+    if acc == "cpu":
+        return torch.device("cpu")
+    if acc == "cuda" and not torch.cuda.is_available():
+        msg = "accelerator='gpu' was asked for, but torch sees no CUDA device; use accelerator='cpu'."
+        raise ValueError(msg)
+    if device in ("auto", None):
+        return torch.device(acc)
+    if isinstance(device, bool) or int(device) != device or int(device) < 0:
+        msg = f"device={device!r} must be 'auto' or a device index (0, 1, ...)."
+        raise ValueError(msg)
+    return torch.device(acc, int(device))
 
 
 def _data_file_of_earlier_save(meta_path: Path) -> str | None:

@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scvi import REGISTRY_KEYS, settings
-from scvi.model._utils import get_max_epochs_heuristic
 from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
 from scvi.train import SaveCheckpoint
 
@@ -357,7 +356,8 @@ class SemiMechVI(
         fit = self._fit_mask(self.adata)
         n_fit = int(fit.sum())
         if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(n_fit)
+            # scvi-tools' heuristic (a private function there): 400 epochs up to 20,000 cells, fewer beyond
+            max_epochs = max(min(round(20_000 / max(n_fit, 1) * 400), 400), 1)
         max_epochs = int(max_epochs)
         plan_kwargs = dict(plan_kwargs or {})
         if "n_steps_kl_warmup" not in plan_kwargs:

@@ -488,10 +488,10 @@ class PerturbationSetupMixin:
         if (adata is None or adata is self.adata) and self.adata is not None:
             self._check_registered_data()
         if adata is not None:
-            from scvi.model.base._save_load import _get_var_names
+            from ._persistence import var_names_of
 
-            ref = _get_var_names(self.adata) if self.adata is not None else None
-            new = _get_var_names(adata)
+            ref = var_names_of(self.adata) if self.adata is not None else None
+            new = var_names_of(adata)
             if ref is not None:
                 same = (
                     all(np.array_equal(np.asarray(ref[k]), np.asarray(new.get(k))) for k in ref)
