@@ -347,7 +347,9 @@ def test_predict_an_unseen_target_that_is_not_a_gene_gets_the_shared_response(mo
 def test_query_data_with_an_unseen_batch_raises(rel, model):
     query = rel.small()
     query.obs["batch"] = query.obs["batch"].astype(str).replace({"b0": "b9"})
-    with pytest.raises(ValueError, match=r"Category b9 not found in source registry"):
+    with pytest.raises(
+        ValueError, match=r"category the model was not trained on .*Category b9 not found.*Relabel it to a training"
+    ):
         model.predict(["G0008"], adata=query)
 
 

@@ -208,3 +208,10 @@ def test_load_resolves_accelerators_and_devices_clearly(model, saved):
             SemiMechVI.load(saved, adata=model.adata, accelerator="gpu")
     loaded = SemiMechVI.load(saved, adata=model.adata, accelerator="cpu", device="auto")
     assert str(loaded.device).startswith("cpu")
+
+
+def test_loading_with_an_unseen_batch_explains_itself(rel, model, saved):
+    query = rel.small()
+    query.obs["batch"] = query.obs["batch"].astype(str).replace({"b0": "b9"})
+    with pytest.raises(ValueError, match=r"category the saved model was not trained on .*b9.*relabel it"):
+        SemiMechVI.load(saved, adata=query)

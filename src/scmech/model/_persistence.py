@@ -335,7 +335,17 @@ class SafeSaveLoadMixin:
             raise ValueError(msg)
         setup = dict(registry["setup_args"])
         method = registry.get("setup_method_name", "setup_anndata")
-        getattr(cls, method)(adata, source_registry=registry, **setup)
+        try:
+            getattr(cls, method)(adata, source_registry=registry, **setup)
+        except ValueError as e:
+            if "not found in source registry" not in str(e):
+                raise
+            msg = (
+                f"adata holds a category the saved model was not trained on ({e}). Its batch capture (or covariate "
+                "effect) was never learned; relabel it to a training category whose capture you want to assume, or "
+                "train a model on data that contain it."
+            )
+            raise ValueError(msg) from e
         if "init_params_" not in attrs:
             msg = f"{meta_path} holds no init parameters; it was not written by {cls.__name__}.save()."
             raise ValueError(msg)

@@ -504,7 +504,19 @@ class PerturbationSetupMixin:
                         "subset and reorder it first: adata = adata[:, model.adata.var_names].copy()."
                     )
                     raise ValueError(msg)
-        return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        try:
+            return super()._validate_anndata(adata, copy_if_view=copy_if_view)
+        except ValueError as e:
+            if "not found in source registry" not in str(e):
+                raise
+            # scvi-tools suggests extend_categories=True, an option scmech does not expose: a batch or covariate
+            # category the model never trained on has no learned capture to measure cells with
+            msg = (
+                f"adata holds a category the model was not trained on ({e}). Its batch capture (or covariate effect) "
+                "was never learned, so these cells cannot be encoded and measured as trained. Relabel it to a "
+                "training category whose capture you want to assume, or train on data that contain it."
+            )
+            raise ValueError(msg) from e
 
     def _check_registered_data(self, *, values: bool = False) -> None:
         """Check that the registered data still have the shape and genes they were set up with.
