@@ -68,6 +68,18 @@ def test_interrupted_training_resumes_to_the_uninterrupted_state(rel, tmp_path):
     )
 
 
+def test_resuming_into_another_model_or_from_a_broken_file_explains_itself(rel, tmp_path):
+    adata = rel.small()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _model(rel, adata).train(max_epochs=1, callbacks=[ckpt], **rel.TRAIN_KWARGS)
+    other = _model(rel, adata, n_latent=rel.MODEL_KWARGS["n_latent"] + 2)
+    with pytest.raises(ValueError, match=r"Cannot resume from ckpt_path=.*does not fit this model and data"):
+        other.train(max_epochs=2, ckpt_path=tmp_path / "last.ckpt", **rel.TRAIN_KWARGS)
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"Cannot resume from ckpt_path=.*broken\.ckpt"):
+        _model(rel, adata).train(max_epochs=2, ckpt_path=tmp_path / "broken.ckpt", **rel.TRAIN_KWARGS)
+
+
 def test_checkpointing_writes_only_where_asked(rel, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     adata = rel.small()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -407,14 +408,24 @@ class SemiMechVI(
         with warnings.catch_warnings():
             # the training plan's own (cheaper) batch transfer is intended
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
-            out = super().train(
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                early_stopping=early_stopping,
-                datasplitter_kwargs=datasplitter_kwargs,
-                plan_kwargs=plan_kwargs,
-                **trainer_kwargs,
-            )
+            try:
+                out = super().train(
+                    max_epochs=max_epochs,
+                    batch_size=batch_size,
+                    early_stopping=early_stopping,
+                    datasplitter_kwargs=datasplitter_kwargs,
+                    plan_kwargs=plan_kwargs,
+                    **trainer_kwargs,
+                )
+            except (RuntimeError, KeyError, pickle.UnpicklingError) as e:
+                if ckpt_path is None:
+                    raise
+                msg = (
+                    f"Cannot resume from ckpt_path={str(ckpt_path)!r}: it does not fit this model and data ({e}). "
+                    "Resume with a model built the same way (same arguments, data set up the same way) as the run "
+                    "that wrote the checkpoint, or train afresh with ckpt_path=None."
+                )
+                raise ValueError(msg) from e
         # the observations first: the target map validates its propagation gain on them
         self._fit_anchor(np.asarray(external[0]))
         self._fit_target_map(np.asarray(external[0]))
