@@ -41,21 +41,22 @@ def _assert_same_state(a: dict, b: dict, **tol) -> None:
 
 
 # ================================================================================================ resume
-def test_interrupted_training_resumes_to_the_uninterrupted_state(rel, tmp_path):
+@pytest.mark.parametrize("batching", ["random", "batch_matched"])
+def test_interrupted_training_resumes_to_the_uninterrupted_state(rel, tmp_path, batching):
     adata = rel.small()
     full = _model(rel, adata)
-    full.train(max_epochs=4, **rel.TRAIN_KWARGS)
+    full.train(max_epochs=4, batching=batching, **rel.TRAIN_KWARGS)
 
     crashed = _model(rel, adata)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        crashed.train(max_epochs=4, callbacks=[ckpt, _Crash(2)], **rel.TRAIN_KWARGS)
+        crashed.train(max_epochs=4, batching=batching, callbacks=[ckpt, _Crash(2)], **rel.TRAIN_KWARGS)
     assert (tmp_path / "last.ckpt").is_file()
     # the checkpoint loads without unpickling arbitrary objects
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 1
 
     resumed = _model(rel, adata)  # a new process would rebuild the model the same way
-    resumed.train(max_epochs=4, ckpt_path=tmp_path / "last.ckpt", **rel.TRAIN_KWARGS)
+    resumed.train(max_epochs=4, batching=batching, ckpt_path=tmp_path / "last.ckpt", **rel.TRAIN_KWARGS)
     assert resumed.is_trained_
     _assert_same_state(_state(resumed), _state(full), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(

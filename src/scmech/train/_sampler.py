@@ -91,6 +91,14 @@ class PerturbationBatchSampler(Sampler):
         self.epoch = 0
         self.n = len(self.batch_labels)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next epoch's minibatches from ``seed + epoch`` (Lightning calls this before every epoch).
+
+        With the epoch from the trainer, not from the sampler's own count, a run resumed from a checkpoint draws
+        the minibatches the uninterrupted run drew.
+        """
+        self.epoch = int(epoch)
+
     def __len__(self) -> int:
         n_batches = math.ceil(self.n / self.batch_size)
         if self.distributed:
