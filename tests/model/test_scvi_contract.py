@@ -81,3 +81,43 @@ def test_latent_representation(trained):
     assert z.shape == (trained.adata.n_obs, MODEL_KWARGS["n_latent"])
     dist = trained.get_latent_representation(return_dist=True)
     assert np.allclose(dist[0], z, atol=1e-5)
+
+
+def test_library_size_likelihood_parameters_and_correlations(trained):
+    if trained.module.gene_likelihood == "normal":
+        for call in (
+            lambda: trained.get_latent_library_size(),
+            lambda: trained.get_feature_correlation_matrix(n_samples=2),
+        ):
+            with pytest.raises(NotImplementedError, match="does not apply to gene_likelihood='normal'"):
+                call()
+        params = trained.get_likelihood_parameters(indices=np.arange(5))
+        assert set(params) == {"mean", "scale"}
+        assert params["mean"].shape == (5, trained.adata.n_vars)
+        return
+    lib = trained.get_latent_library_size()
+    x = trained.adata.X
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    np.testing.assert_allclose(lib.ravel(), totals, rtol=1e-5)  # observed library sizes, as scVI's default
+    params = trained.get_likelihood_parameters(indices=np.arange(5))
+    assert params["mean"].shape == (5, trained.adata.n_vars)
+    assert "dispersions" in params
+    np.testing.assert_allclose(params["mean"].sum(1), totals[:5], rtol=1e-4)  # rates sum to the library
+    corr = trained.get_feature_correlation_matrix(n_samples=2)
+    assert corr.shape == (trained.adata.n_vars, trained.adata.n_vars)
+
+
+def test_aggregated_posterior_anndata_setup_and_importance_weighted_expression(trained, capsys):
+    post = trained.get_aggregated_posterior(indices=np.arange(10))
+    z = torch.as_tensor(trained.get_latent_representation(indices=np.arange(3)))
+    assert torch.isfinite(post.log_prob(z)).all()
+    trained.view_anndata_setup()
+    assert "perturbation" in capsys.readouterr().out
+    kw = {"indices": np.arange(6), "n_samples_overall": 12, "weights": "importance", "return_numpy": True}
+    if trained.module.gene_likelihood == "normal":
+        with pytest.raises(NotImplementedError, match=r"weights='importance'.*use weights='uniform'"):
+            trained.get_normalized_expression(**kw)
+        kw["weights"] = "uniform"
+    expr = trained.get_normalized_expression(**kw)
+    assert expr.shape == (12, trained.adata.n_vars)
+    assert np.isfinite(expr).all()

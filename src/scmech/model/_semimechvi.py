@@ -28,6 +28,7 @@ from ._persistence import SafeSaveLoadMixin
 from ._post_training import PostTrainingMixin
 from ._prediction import PredictionMixin
 from ._protocols import Protocol
+from ._rnaseq import MeasurementMethodsMixin
 from ._setup import PerturbationSetupMixin
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class SemiMechVI(
     PostTrainingMixin,
     PerturbationSetupMixin,
     SafeSaveLoadMixin,
+    MeasurementMethodsMixin,
     RNASeqMixin,
     VAEMixin,
     UnsupervisedTrainingMixin,

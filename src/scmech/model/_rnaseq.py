@@ -1,0 +1,155 @@
+"""scvi-tools' RNA-seq model methods, adapted where SemiMechVI's measurement operator differs from scVI's.
+
+SemiMechVI reads each cell's library size off its counts (or a registered size factor) instead of learning it,
+and with ``gene_likelihood="normal"`` it models log-normalised values, for which count-model quantities
+(dispersions, sampled counts' correlations, library sizes) do not exist. These methods answer for SemiMechVI what
+scvi-tools' versions answer for scVI, or say why they do not apply.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+__all__ = ["MeasurementMethodsMixin"]
+
+
+class MeasurementMethodsMixin:
+    """Library size, likelihood parameters, feature correlations and importance-weighted expression."""
+
+    def _refuse_for_normal(self, method: str, why: str) -> None:
+        if self.module.gene_likelihood == "normal":
+            msg = (
+                f"{method} does not apply to gene_likelihood='normal': the model describes log-normalised values, "
+                f"{why}. Train on raw counts with gene_likelihood='nb' or 'zinb' for it."
+            )
+            raise NotImplementedError(msg)
+
+    @torch.inference_mode()
+    def get_latent_library_size(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        batch_size: int | None = None,
+        **kwargs,
+    ) -> np.ndarray:
+        """Library size of each cell as the measurement operator uses it (cells x 1).
+
+        SemiMechVI does not learn a library size (scVI's ``use_observed_lib_size=True``): it is each cell's total
+        count over the registered genes, or its registered size factor scaled to them.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; the registered data when ``None``.
+        indices
+            Cells to use; all when ``None``.
+        give_mean
+            Accepted for scvi-tools' interface; the library size is observed, so there is nothing to average.
+        batch_size
+            Minibatch size.
+        **kwargs
+            Passed to the data loader.
+        """
+        self._check_if_trained(warn=False)
+        self._refuse_for_normal("get_latent_library_size", "which have no library size")
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, **kwargs)
+        out = []
+        for tensors in dl:
+            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            gen_input = self.module._get_generative_input(tensors, inf)
+            out.append(torch.exp(gen_input["library"]).cpu().numpy())
+        return np.concatenate(out).reshape(-1, 1)
+
+    @torch.inference_mode()
+    def get_likelihood_parameters(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        n_samples: int | None = 1,
+        give_mean: bool | None = False,
+        batch_size: int | None = None,
+        **kwargs,
+    ) -> dict[str, np.ndarray]:
+        """Parameters of each cell's measurement distribution: scvi-tools' keys for counts, mean and sd otherwise.
+
+        For NB and ZINB this is scvi-tools' method (``mean``, ``dispersions`` and, for ZINB, ``dropout``). For
+        ``gene_likelihood="normal"`` it returns ``mean`` and ``scale`` (the per-gene standard deviation) of the
+        Gaussian over log-normalised values.
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the training data; the registered data when ``None``.
+        indices
+            Cells to use; all when ``None``.
+        n_samples
+            Posterior samples of the latent state per cell.
+        give_mean
+            Average over the samples.
+        batch_size
+            Minibatch size.
+        **kwargs
+            Passed to scvi-tools' method (counts) or the data loader.
+        """
+        if self.module.gene_likelihood != "normal":
+            return super().get_likelihood_parameters(
+                adata=adata, indices=indices, n_samples=n_samples, give_mean=give_mean, batch_size=batch_size, **kwargs
+            )
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, **kwargs)
+        means, scales = [], []
+        n = int(n_samples or 1)
+        for tensors in dl:
+            draws = []
+            for _ in range(n):
+                _, gen = self.module.forward(tensors, compute_loss=False)
+                draws.append(gen["px"].loc.cpu().numpy())
+                scale = gen["px"].scale.cpu().numpy()
+            draws = np.stack(draws)
+            means.append(draws.mean(0) if (give_mean or n == 1) else draws)
+            scales.append(scale)
+        axis = 0 if (give_mean or n == 1) else 1
+        return {"mean": np.concatenate(means, axis=axis), "scale": np.concatenate(scales, axis=0)}
+
+    def get_normalized_expression(self, *args, **kwargs):
+        """Normalised expression of each cell (scvi-tools' method).
+
+        With ``gene_likelihood="normal"`` importance weights are refused: scvi-tools rebuilds its Gaussian from
+        parameters it cannot pass back (use ``weights="uniform"``).
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.RNASeqMixin.get_normalized_expression`.
+        """
+        if kwargs.get("weights") == "importance":
+            self._refuse_for_normal(
+                "get_normalized_expression(weights='importance')",
+                "and scvi-tools cannot rebuild their Gaussian for importance weights (use weights='uniform')",
+            )
+        return super().get_normalized_expression(*args, **kwargs)
+
+    def get_feature_correlation_matrix(self, *args, **kwargs):
+        """Gene-gene correlation of posterior predictive samples (scvi-tools' method; count likelihoods only).
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.RNASeqMixin.get_feature_correlation_matrix`.
+        """
+        self._refuse_for_normal(
+            "get_feature_correlation_matrix", "while scvi-tools' method samples counts at a common library size"
+        )
+        return super().get_feature_correlation_matrix(*args, **kwargs)
