@@ -137,7 +137,8 @@ def test_dynamic_readout_depends_on_time_and_media_time():
     torch.testing.assert_close(mu[~switched], mu_switch_after[~switched])
 
 
-def test_sample_shapes():
+def test_samples_are_counts_from_the_measurement_distribution():
+    """Posterior predictive samples are counts whose mean is the NB mean at the cell's sampled latent state."""
     module = make_module().eval()
     tensors = make_tensors()
     s = module.sample(tensors)
@@ -145,6 +146,17 @@ def test_sample_shapes():
     s3 = module.sample(tensors, n_samples=3)
     assert s3.shape == (48, N_GENES, 3)
     assert bool((s3 >= 0).all())
+    assert torch.equal(s3, s3.round())
+    # the same seed draws the same latent state; many samples at it average to the distribution's mean
+    torch.manual_seed(0)
+    many = module.sample(tensors, n_samples=1000).float().mean(-1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, gen = module.forward(tensors, compute_loss=False, inference_kwargs={"n_samples": 1})
+    torch.testing.assert_close(many, gen["px"].mean, rtol=0.15, atol=0.5)
+    # the scvi-tools call path (generative_kwargs) works
+    a = module.sample(tensors, n_samples=1, generative_kwargs={"transform_batch": torch.tensor(0)})
+    assert a.shape == (48, N_GENES)
 
 
 # ------------------------------------------------------------------------------------------------ loss
