@@ -416,3 +416,28 @@ def test_a_held_out_double_without_training_doubles_is_its_observed_singles_adde
     a = y["G0009"] + y["G0021"] - y["NT"]
     lo, hi = np.minimum(a, m_add) - 1e-5, np.maximum(a, m_add) + 1e-5
     assert np.all((noisy.X[0] >= lo) & (noisy.X[0] <= hi))
+
+
+def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
+    """Training doubles additive within their noise: even a model that follows that noise gets no gain."""
+    rng = np.random.default_rng(3)
+    ctx, n_genes, sd = Context(None), 60, 0.1
+    obs = Observations(control_label="NT")
+    values = {}
+    singles = [f"S{k}" for k in range(5)]
+    for lab in ["NT", *singles]:
+        v = rng.normal(2.0, 0.5, n_genes)
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(v, np.full(n_genes, sd**2 / 4), 50)
+        obs.targets[lab] = (lab,)
+        values[(lab,)] = v
+    values[()] = values[("NT",)]
+    for a, b in [("S0", "S1"), ("S1", "S2"), ("S2", "S3"), ("S3", "S4"), ("S0", "S4")]:
+        additive = values[(a,)] + values[(b,)] - values[()]
+        y = additive + rng.normal(0, sd, n_genes)  # no interaction, only noise of variance sd^2
+        var = np.full(n_genes, sd**2 / 4)  # four pseudobulks of sd^2 / 4 each make up I's variance
+        obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(y, var, 50)
+        obs.targets[f"{a}+{b}"] = (a, b)
+        values[(a, b)] = y  # the model reproduces the training doubles, noise included
+    gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
+    assert n == 5
+    assert gain < 0.15

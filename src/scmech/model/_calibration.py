@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._anchoring import Observations, _value
+from ._anchoring import Observations, _value, _var
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -80,19 +80,24 @@ def _two_coefficients(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[floa
 
 
 def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarray]) -> tuple[float, int]:
-    r"""Share of the model's interaction that the training combinations bear out.
+    r"""Share of the model's interaction that the training combinations bear out, beyond their noise.
 
     Over the training combinations observed with all their singles and controls in a context, the observed
     interaction :math:`I^{obs} = y_p - \sum_k y_k + (n-1) y_\varnothing` is regressed on the model's
-    :math:`I^{m}` (same formula on read-outs): :math:`\kappa_I = \sum \langle I^{obs}, I^m\rangle / \sum
-    \lVert I^m\rVert^2`, clipped to :math:`[0, 1]`. Without training combinations there is no evidence of
-    interaction and :math:`\kappa_I = 0`: held-out combinations are their observed singles added.
+    :math:`I^{m}` (same formula on read-outs): :math:`s = \sum \langle I^{obs}, I^m\rangle / \sum \lVert
+    I^m\rVert^2`, clipped to :math:`[0, 1]`. The model was fitted to these combinations, so it can follow their
+    sampling noise and make :math:`s` look good where there is nothing to learn; the gain is therefore scaled by
+    the share of the observed interactions that stands out of that noise, :math:`f = \max(0, 1 - \sum v /
+    \sum \lVert I^{obs}\rVert^2)` with :math:`v` the sampling variance of :math:`I^{obs}` per gene:
+    :math:`\kappa_I = s f`. Combinations that are additive within their noise give :math:`\kappa_I \approx 0`,
+    and without training combinations there is no evidence of interaction, :math:`\kappa_I = 0`: held-out
+    combinations are then their observed singles added.
 
     Returns
     -------
     The gain and the number of combinations it rests on.
     """
-    num = den = 0.0
+    num = den = power = noise = 0.0
     n_used = 0
     for (label, ctx), y in obs.conditions.items():
         targets = obs.targets.get(label, ())
@@ -100,14 +105,20 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
         if len(targets) < 2 or y0 is None or not all(obs.get(t, ctx) is not None for t in targets):
             continue
         n = len(targets)
-        i_obs = _value(y) - sum(_value(obs.get(t, ctx)) for t in targets) + (n - 1) * _value(y0)
+        singles = [obs.get(t, ctx) for t in targets]
+        i_obs = _value(y) - sum(_value(o) for o in singles) + (n - 1) * _value(y0)
+        var = _var(y) + sum(_var(o) for o in singles) + (n - 1) ** 2 * _var(y0)
         m = read(obs.protocol(label, ctx))
         i_mod = (
             m - sum(read(obs.protocol(t, ctx)) for t in targets) + (n - 1) * read(obs.protocol(obs.control_label, ctx))
         )
         num += float(i_obs @ i_mod)
         den += float(i_mod @ i_mod)
+        power += float(i_obs @ i_obs)
+        noise += float(np.nansum(var))
         n_used += 1
-    if n_used == 0 or den <= 0:
+    if n_used == 0 or den <= 0 or power <= 0:
         return 0.0, n_used
-    return float(np.clip(num / den, 0.0, 1.0)), n_used
+    slope = float(np.clip(num / den, 0.0, 1.0))
+    signal = float(np.clip(1.0 - noise / power, 0.0, 1.0))
+    return slope * signal, n_used
