@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--regimes", nargs="*", default=None, help="run only these regimes of the part(s)")
     parser.add_argument("--append", action="store_true", help="add to the part's existing csv")
     parser.add_argument("--suffix", default="", help="suffix of the part files (e.g. to run regimes in parallel)")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds (default 0 1 2)")
     args = parser.parse_args()
     _quiet()
     torch.set_num_threads(1)
@@ -400,7 +401,7 @@ def main() -> None:
         df = pd.concat(parts, ignore_index=True)
     else:
         parts = list(REGIMES) if args.parts == "all" else [args.parts]
-        seeds = (0,) if args.quick else (0, 1, 2)
+        seeds = args.seeds if args.seeds is not None else ((0,) if args.quick else (0, 1, 2))
         frames = []
         for part in parts:
             t0 = time.perf_counter()

@@ -45,9 +45,16 @@ def test_leaderboard_plot(tmp_path):
     assert path.exists()
     assert path.stat().st_size > 5_000
     labels = [t.get_text() for t in ax.get_yticklabels()]
+    # ControlMean predicts no change, so a correlation of changes is undefined for it: it is named, not ranked
+    assert set(labels) == {"TrainMean"}
+    assert "undefined for ControlMean" in ax.get_xlabel()
+    plt.close("all")
+    ax = pl.leaderboard(both, metric="mse_de", show=False)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
     assert set(labels) == {"ControlMean", "TrainMean"}
+    assert "undefined" not in ax.get_xlabel()
     board = tl.leaderboard(res)
-    best = board[board["metric"] == "pearson_delta_de"].sort_values("rank")["model"].iloc[0]
+    best = board[board["metric"] == "mse_de"].sort_values("rank")["model"].iloc[0]
     assert labels[-1] == best  # best model on top
     plt.close("all")
     ax2 = pl.leaderboard(board, metric="l2_top")  # a board works too; lower-is-better label

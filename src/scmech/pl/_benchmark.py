@@ -66,7 +66,13 @@ def leaderboard(
     if not isinstance(df, pd.DataFrame):
         msg = f"results_or_board must be a DataFrame from scmech.tl.evaluate or scmech.tl.leaderboard, got {type(df)}."
         raise TypeError(msg)
-    board = df if {"mean", "sd", "rank"} <= set(df.columns) else make_board(df)
+    is_board = {"mean", "sd", "rank"} <= set(df.columns)
+    board = df if is_board else make_board(df)
+    undefined: list[str] = []
+    if not is_board and metric in set(df["metric"]):
+        rows = df[df["metric"] == metric]
+        defined = rows.dropna(subset=["value"]).groupby("model")["value"].size()
+        undefined = sorted(set(rows["model"].astype(str)) - set(defined.index.astype(str)))
     sub = board[board["metric"] == metric]
     if sub.empty:
         msg = f"Metric {metric!r} is not in the results (metrics: {sorted(set(board['metric']))})."
@@ -94,7 +100,10 @@ def leaderboard(
         ax.axvline(m, color="0.4", ls="--", lw=1, zorder=1, label="noise ceiling")
         ax.legend(loc="lower right" if higher else "lower left", fontsize="small", frameon=False)
     over = "seeds" if "n_conditions" in sub.columns else "conditions"
-    ax.set_xlabel(f"{metric} ({'higher' if higher else 'lower'} is better)\nmean ± sd over {over}")
+    label = f"{metric} ({'higher' if higher else 'lower'} is better)\nmean ± sd over {over}"
+    if undefined:
+        label += f"\nundefined for {', '.join(undefined)}"
+    ax.set_xlabel(label)
     ax.grid(axis="x", color="0.93", zorder=0)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
