@@ -262,7 +262,8 @@ class SemiMechVAE(BaseModuleClass):
         self.register_buffer("log_library_scale", torch.zeros(()))
         # data time units per model time unit (set from the registered read-out times when training starts)
         self.register_buffer("time_unit", torch.ones(()))
-        self._last_unconverged = 0.0
+        # share of unconverged steady-state solves in the last read-out, kept on the device (no host sync per step)
+        self._last_unconverged: torch.Tensor | float = 0.0
 
     # ------------------------------------------------------------------ helpers
     def dynamics_parameter_names(self) -> list[str]:
@@ -342,7 +343,7 @@ class SemiMechVAE(BaseModuleClass):
             )
             mu = res.z
             residual = res.residual
-            self._last_unconverged = float((~res.converged).float().mean().item())
+            self._last_unconverged = (~res.converged).float().mean().detach()
         else:
             horizon = torch.full((len(uniq),), self.horizon, device=dev)
             nan = torch.full((len(uniq),), float("nan"), device=dev)
@@ -520,7 +521,7 @@ class SemiMechVAE(BaseModuleClass):
         extra["mmd"] = mmd.detach()
         extra["basal_sd"] = basal.detach().std(0).mean()
         extra["basal_leak"] = between
-        extra["fp_unconverged"] = torch.tensor(self._last_unconverged, device=z.device)
+        extra["fp_unconverged"] = torch.as_tensor(self._last_unconverged, device=z.device).float()
         # a non-finite loss is returned as it is: the model's FiniteLossCallback stops training with the likely
         # causes, where it knows the epoch, the step and the model's settings
         return LossOutput(
