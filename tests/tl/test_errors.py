@@ -54,17 +54,39 @@ def _true_effects(adata) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("target", ["delta", "expression"])
-def test_components_add_up_to_total(sim, target):
-    table = error_decomposition(sim, batch_key="batch", target=target, n_bootstrap=0)
+def test_components_follow_their_closed_forms(sim, target):
+    # with the variance terms given, every component is its formula on the design's cell counts
+    cell, batch = 0.5, 0.02
+    table = error_decomposition(
+        sim, batch_key="batch", target=target, n_bootstrap=0, variance={"cell": cell, "batch": batch}
+    )
     wide = _wide(table)
     assert set(wide.columns) == {"noise_floor", "confounding", "batch", "total"}
-    np.testing.assert_allclose(wide[["noise_floor", "confounding", "batch"]].sum(axis=1), wide["total"], rtol=1e-12)
+    obs = sim.obs.astype({"perturbation": str, "batch": str})
+    counts = pd.crosstab(obs["perturbation"], obs["batch"])
+    n_ctrl, u = counts.loc["NT"].sum(), counts.loc["NT"] / counts.loc["NT"].sum()
+    for cond, row in wide.iterrows():
+        n_p, w = counts.loc[cond].sum(), counts.loc[cond] / counts.loc[cond].sum()
+        if target == "delta":
+            assert row["noise_floor"] == pytest.approx(cell / n_p + cell / n_ctrl, rel=1e-9)
+            assert row["confounding"] == pytest.approx(batch * ((w - u) ** 2).sum(), rel=1e-9, abs=1e-15)
+            assert row["batch"] == 0
+        else:
+            assert row["noise_floor"] == pytest.approx(cell / n_p, rel=1e-9)
+            assert row["batch"] == pytest.approx(batch * (w**2).sum(), rel=1e-9)
+            assert row["confounding"] == 0
+        # without predictions, the total is the error an oracle meets: the sum of the terms
+        assert row["total"] == pytest.approx(row["noise_floor"] + row["confounding"] + row["batch"], rel=1e-12)
     per_gene = sim.uns["scmech"]["error_decomposition"]["per_gene"]
     np.testing.assert_allclose(per_gene.drop(columns="total").sum(axis=1), per_gene["total"], rtol=1e-12)
-    # the terms that do not apply are exactly 0
-    zero = "batch" if target == "delta" else "confounding"
-    assert (wide[zero] == 0).all()
-    assert (wide["noise_floor"] > 0).all()
+
+
+def test_predictions_with_nan_are_refused(sim):
+    pred = _truth_prediction(sim)
+    cond = str(pred.obs_names[2])
+    pred.X[2, :3] = np.nan
+    with pytest.raises(ValueError, match=rf"NaN or infinite values for \['{cond}'\]"):
+        error_decomposition(sim, batch_key="batch", predictions=pred, n_bootstrap=0)
 
 
 @pytest.mark.parametrize("target", ["delta", "expression"])
@@ -202,19 +224,34 @@ def test_noise_floor_shrinks_as_one_over_n(sim):
 # ------------------------------------------------------------------------------------------------ bootstrap, io
 
 
-def test_bootstrap_intervals_contain_the_estimates(sim):
-    table = error_decomposition(sim, batch_key="batch", n_bootstrap=40, random_state=1)
-    finite = table[np.isfinite(table["ci_low"])]
-    assert len(finite) == len(table)
-    assert (finite["ci_low"] <= finite["value"] + 1e-15).all()
-    assert (finite["value"] <= finite["ci_high"] + 1e-15).all()
-    noise = table[table["component"] == "noise_floor"]
-    assert (noise["ci_high"] > noise["ci_low"]).all()
+def test_bootstrap_intervals_are_as_wide_as_the_spread_between_replicate_screens():
+    # four disjoint screens of one design (the cells of every (condition, batch) group dealt out in turn): the
+    # spread of their noise floors is what the bootstrap interval of each must describe
+    adata = _sim(n_cells=8000, seed=0)
+    rng = np.random.default_rng(0)
+    group = (adata.obs["perturbation"].astype(str) + "|" + adata.obs["batch"].astype(str)).to_numpy()
+    quarter = np.zeros(adata.n_obs, dtype=int)
+    for g in np.unique(group):
+        idx = rng.permutation(np.flatnonzero(group == g))
+        quarter[idx] = np.arange(idx.size) % 4
+    values, sds = [], []
+    for k in range(4):
+        table = error_decomposition(adata[quarter == k].copy(), batch_key="batch", n_bootstrap=40, random_state=k)
+        noise = table[table["component"] == "noise_floor"].set_index("condition")
+        assert np.isfinite(noise[["ci_low", "ci_high"]]).all().all()
+        values.append(noise["value"])
+        sds.append((noise["ci_high"] - noise["ci_low"]) / (2 * 1.96))
+    between = pd.concat(values, axis=1).var(axis=1, ddof=1).mean()  # 10 conditions x 3 df
+    within = (pd.concat(sds, axis=1) ** 2).mean(axis=1).mean()
+    assert 0.5 < between / within < 2.5
+
+
+def test_bootstrap_is_seeded(sim):
+    table = error_decomposition(sim, batch_key="batch", n_bootstrap=10, random_state=1)
+    again = error_decomposition(sim, batch_key="batch", n_bootstrap=10, random_state=1)
+    pd.testing.assert_frame_equal(table, again)
     summary = sim.uns["scmech"]["error_decomposition"]["variance_summary"]
-    assert ((summary["ci_low"] <= summary["value"]) & (summary["value"] <= summary["ci_high"])).all()
     assert (summary.loc[["batch", "cell"], "ci_high"] > summary.loc[["batch", "cell"], "ci_low"]).all()
-    again = error_decomposition(sim, batch_key="batch", n_bootstrap=40, random_state=1)
-    pd.testing.assert_frame_equal(table, again)  # seeded
 
 
 def test_adata_untouched_except_the_uns_key(sim):

@@ -286,7 +286,7 @@ class VectorField(nn.Module):
             scale = 1.0 + float(torch.nan_to_num(z.abs().amax() + d.abs().amax(), posinf=0.0))
             tol = max(tol, 64 * torch.finfo(z.dtype).eps * scale * float(self.gamma.max()))
             it = 0
-            for it in range(1, max_iter + 1):  # noqa: B007
+            for it in range(1, max_iter + 1):
                 if (it - 1) % max(check_every, 1) == 0 and float(size.max()) < tol:
                     it -= 1
                     break

@@ -394,6 +394,14 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
         )
         raise ValueError(msg)
     x = predictions.X.toarray() if sp.issparse(predictions.X) else np.asarray(predictions.X)
+    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
+    if bad.any():
+        rows = [labels[i] for i in np.flatnonzero(bad)]
+        msg = (
+            f"predictions hold NaN or infinite values for {rows[:5]}; their model error would be NaN. Fix or drop "
+            "those rows (pred[~pred.obs['perturbation'].isin([...])])."
+        )
+        raise ValueError(msg)
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(predictions.var_names).astype(str))
     shared = genes[genes.isin(frame.columns)]
     if len(shared) == 0:
@@ -798,8 +806,9 @@ def error_decomposition(
         sit in one batch. A given ``cell`` is used for every condition (instead of each condition's own
         estimate). Given terms are held fixed in the bootstrap.
     n_splits
-        Random half splits per group for :math:`\sigma^2_{\mathrm{cell}}` (bootstrap replicates use
-        ``max(2, n_splits // 4)``).
+        Random half splits per group for :math:`\sigma^2_{\mathrm{cell}}`, in the estimate and in every
+        bootstrap replicate (fewer splits in the replicates would add their own Monte-Carlo noise and widen
+        the intervals about twofold).
     n_bootstrap
         Bootstrap replicates for the intervals (cells resampled with replacement within each
         (condition, batch) group; the batches themselves are fixed, so the intervals do not include the
@@ -933,7 +942,7 @@ def error_decomposition(
     vsum = _variance_summary(var, expressed)
     boot_vals, boot_var = [], []
     for _ in range(int(n_bootstrap)):
-        _, var_b, comp_b = run(_resample(s, rng_boot), rng_boot, max(2, n_splits // 4))
+        _, var_b, comp_b = run(_resample(s, rng_boot), rng_boot, n_splits)
         boot_vals.append(_summaries(comp_b))
         boot_var.append(_variance_summary(var_b, expressed))
     if boot_vals:
