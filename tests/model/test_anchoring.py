@@ -56,6 +56,46 @@ def test_combination_is_its_observed_singles_plus_the_calibrated_interaction(ste
     np.testing.assert_allclose(comb.X[1], _raw(model, ["G0008"])["G0008"], rtol=1e-6, atol=1e-6)
 
 
+def _eb_weight(corr: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Empirical-Bayes weight written out here: tau^2 / (tau^2 + v), tau^2 = mean(c^2 - v) floored at 0."""
+    tau2 = max(0.0, float(np.mean(corr**2 - var)))
+    return tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
+
+
+def test_anchoring_with_the_shrinkage_users_get(steady):
+    # the users' observations, with their sampling variances: every correction is weighed against its noise
+    model, held = steady.model, steady.heldout_target
+    obs, ctx = model.anchor_, Context(None)
+    m = _raw(model, ["NT", "G0008", "G0021", "G0008+G0021", held, *model.target_map_.class_targets])
+    pred = model.predict(["NT", "G0008", "G0008+G0021", held], random_state=0)
+    weights = []
+
+    def expected(base, corr, var):
+        w = _eb_weight(corr, var)
+        weights.append(w)
+        return base + w * corr
+
+    y = {lab: obs.get(lab, ctx) for lab in ("NT", "G0008", "G0021")}
+    # observed single and controls: the model pulled to the observation
+    for i, lab in enumerate(["NT", "G0008"]):
+        want = expected(m[lab], y[lab].value - m[lab], y[lab].var)
+        np.testing.assert_allclose(pred.X[i], want, rtol=1e-5, atol=1e-5)
+    # unseen combination: observed singles added (weighed), plus the calibrated share of the interaction
+    m_add = m["G0008"] + m["G0021"] - m["NT"]
+    a_obs = y["G0008"].value + y["G0021"].value - y["NT"].value
+    want = expected(m_add, a_obs - m_add, y["G0008"].var + y["G0021"].var + y["NT"].var)
+    want = want + obs.interaction_gain * (m["G0008+G0021"] - m_add)
+    np.testing.assert_allclose(pred.X[2], want, rtol=1e-5, atol=1e-5)
+    # unseen target: the class's mean error, with the variance of a mean
+    members = model.target_map_.class_targets
+    err = np.mean([obs.get(q, ctx).value - m[q] for q in members], axis=0)
+    var = sum(obs.get(q, ctx).var for q in members) / len(members) ** 2
+    np.testing.assert_allclose(pred.X[3], expected(m[held], err, var), rtol=1e-5, atol=1e-5)
+    # the weights are not all one: the noise of this small screen does shrink some genes
+    assert min(float(w.min()) for w in weights) < 0.9
+    assert all(float(w.max()) <= 1.0 for w in weights)
+
+
 def _combination_observations(rng, gain: float, n_genes: int = 40):
     ctx = Context(None)
     obs = Observations(control_label="NT")
