@@ -121,3 +121,73 @@ def test_aggregated_posterior_anndata_setup_and_importance_weighted_expression(t
     expr = trained.get_normalized_expression(**kw)
     assert expr.shape == (12, trained.adata.n_vars)
     assert np.isfinite(expr).all()
+
+
+def test_registry_plumbing_and_device(trained, capsys):
+    registry = trained.data_registry("perturbation")
+    assert registry.shape[0] == trained.adata.n_obs
+    assert trained.get_setup_arg("perturbation_key") == "perturbation"
+    assert list(trained.get_var_names()) == list(trained.adata.var_names)
+    trained.view_setup_method_args()
+    assert "perturbation_key" in capsys.readouterr().out
+    with pytest.raises(
+        NotImplementedError, match=r"setup arguments of a trained SemiMechVI are fixed.*\['control_label'\]"
+    ):
+        trained.update_setup_method_args({"control_label": "other"})
+    assert trained.get_setup_arg("control_label") != "other"
+    trained.to_device("cpu")
+    assert next(trained.module.parameters()).device.type == "cpu"
+    # a second AnnData is registered when first used, and can be forgotten and registered again
+    assert trained.get_anndata_manager(trained.adata) is trained.adata_manager
+    other = trained.adata.copy()
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):  # a new AnnData, not a copy of the registered one
+        other.uns.pop(key, None)
+    assert trained.get_anndata_manager(other) is None
+    type(trained).setup_anndata(other, **trained.adata_manager.registry["setup_args"])
+    z = trained.get_latent_representation(other)
+    manager = trained.get_anndata_manager(other, required=True)
+    np.testing.assert_allclose(z, trained.get_latent_representation(), rtol=1e-5, atol=1e-5)
+    trained.deregister_manager(other)
+    assert trained.get_anndata_manager(other) is None
+    type(trained).register_manager(manager)
+    assert type(trained)._setup_adata_manager_store[manager.adata_uuid] is manager
+    trained.deregister_manager(other)
+
+
+def test_differential_abundance_writes_scvi_tools_key(trained):
+    adata = trained.adata.copy()
+    for key in ("_scvi_uuid", "_scvi_manager_uuid"):
+        adata.uns.pop(key, None)
+    type(trained).setup_anndata(adata, **trained.adata_manager.registry["setup_args"])
+    trained.differential_abundance(adata, sample_key="batch")
+    da = adata.obsm["da_log_probs"]  # scvi-tools' documented output key
+    assert list(da.columns) == list(adata.obs["batch"].unique())
+    assert da.shape[0] == adata.n_obs
+    assert np.isfinite(da.to_numpy()).all()
+    # cells are most likely under the aggregated posterior of their own sample more often than by chance
+    own = (da.idxmax(axis=1) == adata.obs["batch"].astype(str)).mean()
+    assert own > 1.0 / da.shape[1]
+    trained.deregister_manager(adata)
+
+
+def test_importance_weights_are_a_distribution_over_samples(trained, monkeypatch):
+    if trained.module.gene_likelihood == "normal":
+        pytest.skip("importance weights need a count likelihood (refused above)")
+    seen = []
+    original = type(trained).get_importance_weights
+
+    def spy(self, *args, **kwargs):
+        w = original(self, *args, **kwargs)
+        seen.append(np.asarray(w))
+        return w
+
+    monkeypatch.setattr(type(trained), "get_importance_weights", spy)
+    # return_numpy: scvi-tools 1.4.2 cannot label 12 samples drawn from 6 cells (SCVI fails the same way)
+    trained.get_normalized_expression(
+        indices=np.arange(6), n_samples_overall=12, weights="importance", return_numpy=True
+    )
+    assert seen
+    w = seen[0]
+    assert np.isfinite(w).all()
+    assert (w >= 0).all()
+    assert w.sum() == pytest.approx(1.0, rel=1e-5)

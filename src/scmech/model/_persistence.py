@@ -221,6 +221,21 @@ class SafeSaveLoadMixin:
         )
         raise NotImplementedError(msg)
 
+    def update_setup_method_args(self, setup_method_args: dict) -> None:
+        """Not applicable: the setup arguments of a trained model are fixed.
+
+        scvi-tools' version writes into a registry attribute that does not exist (an ``AttributeError`` in 1.4.2),
+        and changing keys such as ``perturbation_key`` or ``control_label`` after training would decouple the
+        registry from the tensors, targets and anchors the model learned from.
+        """
+        keys = sorted(setup_method_args) if isinstance(setup_method_args, dict) else setup_method_args
+        msg = (
+            f"The setup arguments of a trained {type(self).__name__} are fixed (asked to update {keys}): they define "
+            "the registered tensors, targets and anchors. Call "
+            f"{type(self).__name__}.setup_anndata(adata, ...) with the new arguments and train a new model."
+        )
+        raise NotImplementedError(msg)
+
     @classmethod
     def load(
         cls,
