@@ -481,3 +481,29 @@ def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
     gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
     assert n == 5
     assert gain < 0.15
+
+
+def test_a_true_sparse_interaction_the_model_captures_is_kept_whole_in_noise():
+    """Interactions on a few genes, noise on all: a model with the true interaction (none of the noise) keeps it."""
+    rng = np.random.default_rng(4)
+    ctx, n_genes, sd = Context(None), 60, 0.25
+    obs = Observations(control_label="NT")
+    values = {}
+    singles = [f"S{k}" for k in range(5)]
+    for lab in ["NT", *singles]:
+        v = rng.normal(2.0, 0.5, n_genes)
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(v, np.full(n_genes, sd**2 / 4), 50)
+        obs.targets[lab] = (lab,)
+        values[(lab,)] = v
+    values[()] = values[("NT",)]
+    for a, b in [("S0", "S1"), ("S1", "S2"), ("S2", "S3"), ("S3", "S4"), ("S0", "S4")]:
+        additive = values[(a,)] + values[(b,)] - values[()]
+        interaction = np.zeros(n_genes)
+        interaction[rng.choice(n_genes, 5, replace=False)] = rng.choice([-1.0, 1.0], 5)
+        y = additive + interaction + rng.normal(0, sd, n_genes)
+        obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(y, np.full(n_genes, sd**2 / 4), 50)
+        obs.targets[f"{a}+{b}"] = (a, b)
+        values[(a, b)] = additive + interaction  # the model's interaction is the true one
+    gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
+    assert n == 5
+    assert gain > 0.9  # a uniform discount by the noise share of the observed interactions gives about 0.5 here

@@ -84,20 +84,22 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
 
     Over the training combinations observed with all their singles and controls in a context, the observed
     interaction :math:`I^{obs} = y_p - \sum_k y_k + (n-1) y_\varnothing` is regressed on the model's
-    :math:`I^{m}` (same formula on read-outs): :math:`s = \sum \langle I^{obs}, I^m\rangle / \sum \lVert
-    I^m\rVert^2`, clipped to :math:`[0, 1]`. The model was fitted to these combinations, so it can follow their
-    sampling noise and make :math:`s` look good where there is nothing to learn; the gain is therefore scaled by
-    the share of the observed interactions that stands out of that noise, :math:`f = \max(0, 1 - \sum v /
-    \sum \lVert I^{obs}\rVert^2)` with :math:`v` the sampling variance of :math:`I^{obs}` per gene:
-    :math:`\kappa_I = s f`. Combinations that are additive within their noise give :math:`\kappa_I \approx 0`,
-    and without training combinations there is no evidence of interaction, :math:`\kappa_I = 0`: held-out
+    :math:`I^{m}` (same formula on read-outs): :math:`\kappa_I = \sum \langle I^{obs}, I^m\rangle / \sum
+    \lVert I^m\rVert^2`, clipped to :math:`[0, 1]`. The model was fitted to these combinations, so its
+    :math:`I^m` may follow their sampling noise :math:`\epsilon` (variance :math:`v` per gene), which inflates
+    the cross product by up to :math:`\sum v`. How much it follows is read from its residual: a model that
+    captures the true interaction and none of the noise leaves :math:`E\lVert I^{obs} - I^m\rVert^2 = \sum v`,
+    one that reproduces the noise leaves 0. The cross product is therefore reduced by :math:`\phi \sum v` with
+    :math:`\phi = \max(0, 1 - \mathrm{RSS} / \sum v)`, the share of the noise the model followed. Combinations
+    that are additive within their noise give :math:`\kappa_I \approx 0` even for a model that reproduces
+    them, and without training combinations there is no evidence of interaction, :math:`\kappa_I = 0`: held-out
     combinations are then their observed singles added.
 
     Returns
     -------
     The gain and the number of combinations it rests on.
     """
-    num = den = power = noise = 0.0
+    num = den = rss = noise = 0.0
     n_used = 0
     for (label, ctx), y in obs.conditions.items():
         targets = obs.targets.get(label, ())
@@ -114,11 +116,10 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
         )
         num += float(i_obs @ i_mod)
         den += float(i_mod @ i_mod)
-        power += float(i_obs @ i_obs)
+        rss += float((i_obs - i_mod) @ (i_obs - i_mod))
         noise += float(np.nansum(var))
         n_used += 1
-    if n_used == 0 or den <= 0 or power <= 0:
+    if n_used == 0 or den <= 0:
         return 0.0, n_used
-    slope = float(np.clip(num / den, 0.0, 1.0))
-    signal = float(np.clip(1.0 - noise / power, 0.0, 1.0))
-    return slope * signal, n_used
+    followed = float(np.clip(1.0 - rss / noise, 0.0, 1.0)) if noise > 0 else 0.0
+    return float(np.clip((num - followed * noise) / den, 0.0, 1.0)), n_used
