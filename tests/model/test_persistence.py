@@ -45,7 +45,8 @@ def test_save_writes_weights_and_plain_metadata(saved, steady):
     assert sorted(p.name for p in saved.iterdir()) == ["metadata.json", "model.pt"]
     meta = json.loads((saved / "metadata.json").read_text())
     assert meta["format"] == "scmech-model"
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
+    assert set(meta["cells"]) >= {"train_indices_"}  # the training cells by name, not only by position
     assert meta["model_name"] == "SemiMechVI"
     assert from_jsonable(meta["var_names"]).tolist() == list(steady.adata.var_names)
     assert set(PERSISTED) <= set(meta["attributes"])
@@ -356,3 +357,27 @@ def test_round_trip_keeps_the_context_anchoring_of_a_dynamic_model(dynamic_conte
     after = loaded.predict([target, "NT"], **kw)
     assert after.obs["anchored"].all()
     np.testing.assert_array_equal(before.X, after.X)
+
+
+def test_load_finds_the_training_cells_by_name_on_reordered_or_subset_data(tmp_path):
+    import scmech
+
+    adata = scmech.data.simulate_perturbseq(n_cells=300, n_genes=30, n_perturbations=4, n_combinations=0, seed=0)
+    split = scmech.tl.split(adata, "batch", batch_key="batch", test_conditions=["b2"], controls_in_train=False)
+    SemiMechVI.setup_anndata(adata, batch_key="batch")
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16)
+    model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": split.external_indexing})
+    model.save(tmp_path / "m")
+    train_names = set(adata.obs_names[model.train_indices_])
+    # the same cells in another order: the held-out batch's controls never start a prediction
+    shuffled = adata[np.random.default_rng(1).permutation(adata.n_obs)].copy()
+    loaded = SemiMechVI.load(tmp_path / "m", adata=shuffled)
+    assert set(shuffled.obs_names[loaded.train_indices_]) == train_names
+    pred = loaded.predict(["G0008"], return_mean=False, random_state=0)
+    assert set(shuffled.obs.loc[pred.obs["source_cell"], "batch"]) <= {"b0", "b1"}
+    assert set(pred.obs["source_cell"]) <= train_names
+    # a subset keeps the training cells it holds (positions of the full data would fall outside it)
+    first = adata[:100].copy()
+    sub = SemiMechVI.load(tmp_path / "m", adata=first)
+    assert set(first.obs_names[sub.train_indices_]) == train_names & set(first.obs_names)
+    assert sub.predict(["G0008"]).n_obs == 1

@@ -8,6 +8,7 @@ untrusted file can run code; this format cannot.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["SafeSaveLoadMixin", "from_jsonable", "persistable", "to_jsonable", "torch_device", "var_names_of"]
 
 FORMAT = "scmech-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 WEIGHTS = "model.pt"
 METADATA = "metadata.json"
 ADATA = "adata.h5ad"
@@ -156,6 +157,7 @@ class SafeSaveLoadMixin:
             "var_names": to_jsonable(var_names_of(self.adata)),
             "registry": to_jsonable(self.adata_manager.registry),
             "attributes": to_jsonable(attrs),
+            "cells": _split_cells(self),
         }
         data_name = (MDATA if hasattr(self.adata, "mod") else ADATA) if save_anndata else None
         ours = _data_file_of_earlier_save(path / f"{pre}{METADATA}")
@@ -253,7 +255,9 @@ class SafeSaveLoadMixin:
             Directory written by :meth:`save`.
         adata
             Data to attach, set up like the training data (same genes in the same order); the data saved
-            with the model when ``None``.
+            with the model when ``None``. The training cells are found in it by name (``obs_names``), in any
+            order: held-out cells never become training cells, and on other cells predictions start from that
+            AnnData's controls.
         accelerator
             Lightning accelerator name.
         device
@@ -376,10 +380,46 @@ class SafeSaveLoadMixin:
             raise ValueError(msg) from e
         for name, value in attrs.items():
             setattr(model, name, value)
+        _locate_split_cells(model, meta.get("cells") or {})
         model.module.eval()
         model.to_device(dev)
         logger.info("Loaded %s from %s", cls.__name__, path)
         return model
+
+
+SPLIT_ATTRIBUTES = ("train_indices_", "validation_indices_", "test_indices_")
+
+
+def _cell_hashes(adata) -> np.ndarray:
+    """64-bit hashes of the cell names (``pandas.util.hash_array``: deterministic across runs and machines)."""
+    return pd.util.hash_array(np.asarray(adata.obs_names, dtype=object))
+
+
+def _split_cells(model) -> dict[str, str]:
+    """The cells of the training split by name (hashed, base64), so that a load can find them again.
+
+    The split attributes are row positions; on an AnnData with the same cells in another order, or a subset,
+    positions would pick other cells, and held-out control cells could start predictions.
+    """
+    hashes = _cell_hashes(model.adata)
+    out = {}
+    for name in SPLIT_ATTRIBUTES:
+        idx = getattr(model, name, None)
+        if idx is not None:
+            out[name] = base64.b64encode(hashes[np.asarray(idx, dtype=np.int64)].astype("<u8").tobytes()).decode()
+    return out
+
+
+def _locate_split_cells(model, cells: dict[str, str]) -> None:
+    """Set the split attributes to the positions of the saved cells in the attached AnnData (absent ones drop out)."""
+    if not cells:
+        return
+    hashes = _cell_hashes(model.adata)
+    for name, encoded in cells.items():
+        if name not in SPLIT_ATTRIBUTES:
+            continue
+        saved = np.frombuffer(base64.b64decode(encoded), dtype="<u8")
+        setattr(model, name, np.flatnonzero(np.isin(hashes, saved)))
 
 
 def var_names_of(adata) -> np.ndarray | dict[str, np.ndarray]:
