@@ -396,7 +396,7 @@ def _cell_hashes(adata) -> np.ndarray:
 
 
 def _split_cells(model) -> dict[str, str]:
-    """The cells of the training split by name (hashed, base64), so that a load can find them again.
+    """Return the cells of the split by name (hashed, base64), so that a load can find them again.
 
     The split attributes are row positions; on an AnnData with the same cells in another order, or a subset,
     positions would pick other cells, and held-out control cells could start predictions.
