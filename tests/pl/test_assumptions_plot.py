@@ -72,3 +72,8 @@ def test_reads_from_anndata_and_rejects_missing_results():
     with pytest.raises(ValueError, match="empty"):
         scmech.pl.assumptions(_table().iloc[:0], show=False)
     plt.close("all")
+
+
+def test_assumptions_plot_refuses_an_ax_that_is_not_an_axes():
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes .*got list"):
+        scmech.pl.assumptions(_table(), ax=[1, 2])

@@ -86,3 +86,19 @@ def test_predicted_vs_observed_plot(tmp_path):
     np.testing.assert_array_equal(adata.X, before.X)
     assert list(adata.uns.keys()) == list(before.uns.keys())
     plt.close("all")
+
+
+def test_leaderboard_plot_refuses_an_ax_that_is_not_an_axes():
+    res = pd.DataFrame(
+        {
+            "model": ["M", "M", "N", "N"],
+            "condition": ["p1", "p2", "p1", "p2"],
+            "metric": "pearson_delta_de",
+            "value": [0.5, 0.6, 0.2, 0.3],
+        }
+    )
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes \(e\.g\. from fig, ax = plt\.subplots\(\)\)"):
+        pl.leaderboard(res, ax="foo")
+    ax = pl.leaderboard(res)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["N", "M"]
+    plt.close("all")

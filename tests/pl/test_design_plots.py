@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
+import pandas as pd
 import pytest
 
 matplotlib.use("agg")
@@ -90,4 +92,30 @@ def test_power_curve_plots(tmp_path):
     assert ax.get_ylabel() == "power"
     with pytest.raises(KeyError, match="'se2'"):
         power_curve(cells, y="se2")
+    plt.close("all")
+
+
+def test_design_table_refuses_tables_that_are_not_cells_per_batch_and_condition():
+    with pytest.raises(ValueError, match=r"The design table is empty \(0 rows x 0 columns\)"):
+        design_table(pd.DataFrame())
+    with pytest.raises(ValueError, match=r"single column \['a'\]; it lacks the perturbation columns"):
+        design_table(pd.DataFrame({"a": [1]}))
+    with pytest.raises(TypeError, match=r"non-numeric columns \['P0'\]"):
+        design_table(pd.DataFrame({"NT": [10, 10], "P0": ["x", "y"]}, index=["b0", "b1"]))
+    with pytest.raises(ValueError, match=r"not cell counts .* e\.g\. -3\.0 in row 'b1', column 'P0'"):
+        design_table(pd.DataFrame({"NT": [10, 10], "P0": [5, -3]}, index=["b0", "b1"]))
+    with pytest.raises(ValueError, match="fill empty cells with 0"):
+        design_table(pd.DataFrame({"NT": [10, 10], "P0": [5, np.nan]}, index=["b0", "b1"]))
+    # a plain crosstab of cells per batch and condition is drawn
+    ax = design_table(pd.DataFrame({"NT": [10, 12], "P0": [5, 0]}, index=["b0", "b1"]))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["NT", "P0"]
+    plt.close("all")
+
+
+def test_plots_refuse_an_ax_that_is_not_an_axes():
+    design = recommend_batches(4, n_batches=2, cells_per_batch=300)
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes .*got str \('foo'\)"):
+        design_table(design, ax="foo")
+    with pytest.raises(TypeError, match=r"ax must be a matplotlib Axes .*got Figure"):
+        power_curve(power(VAR, n_cells=[50, 200]), ax=plt.figure())
     plt.close("all")

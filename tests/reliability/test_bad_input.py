@@ -323,11 +323,47 @@ def test_train_validates_its_arguments(rel, kwargs, exc, match):
         (["G0008"], {"anchor": "always"}, ValueError, r"anchor='always' is not one of"),
         (["G0008"], {"n_cells": 2.5}, ValueError, r"n_cells=2\.5 must be a whole number of starting cells"),
         (["G0008"], {"random_state": -1}, ValueError, r"random_state=-1 must be a non-negative integer seed"),
+        (["G0008"], {"from_cells": [0.5]}, TypeError, r"from_cells must be integer positions or a boolean mask"),
+        (["G0008"], {"batch_size": 0}, ValueError, r"batch_size=0 must be a positive integer"),
+        (["G0008"], {"batch_size": -1}, ValueError, r"batch_size=-1 must be a positive integer"),
+        (["unassigned"], {}, ValueError, r"'unassigned' is the unassigned label.*cannot be predicted"),
     ],
 )
 def test_predict_explains_bad_requests(model, args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         model.predict(args, **kwargs)
+
+
+def test_predict_warns_about_a_known_target_in_another_case(model):
+    with pytest.warns(UserWarning, match=r"Target 'g0008' is not registered, but 'G0008' is.*Did you mean 'G0008'"):
+        pred = model.predict(["g0008"])
+    assert pred.obs["unseen_targets"].tolist() == ["g0008"]
+
+
+def test_a_medium_switch_must_come_before_the_read_out():
+    from scmech.model._protocols import build_protocols
+
+    kw = {"separator": "+", "control_label": "NT", "conditions": ["NT", "A"], "dynamic": True}
+    with pytest.raises(ValueError, match=r"media_time=5\.0 is after the read-out time=1\.0 for 'A'"):
+        build_protocols(["A"], "stim", 1.0, 5.0, None, **kw)
+    with pytest.raises(ValueError, match=r"media_time=0\.5 for 'A' without a medium"):
+        build_protocols(["A"], None, 1.0, 0.5, None, **kw)
+    (p,) = build_protocols(["A"], "stim", 1.0, -0.5, None, **kw)  # a switch before the perturbation is fine
+    assert (p.media, p.time, p.media_time) == ("stim", 1.0, -0.5)
+
+
+def test_setup_names_a_covariate_string_that_should_be_a_list(rel):
+    adata = rel.small()
+    with pytest.raises(TypeError, match=r"categorical_covariate_keys must be a list of obs columns.*pass \['batch'\]"):
+        SemiMechVI.setup_anndata(adata, categorical_covariate_keys="batch")
+
+
+def test_save_to_a_file_path_is_refused(model, tmp_path):
+    target = tmp_path / "model.txt"
+    target.write_text("keep me")
+    with pytest.raises(ValueError, match=r"model\.txt is a file, not a directory"):
+        model.save(target, overwrite=True)
+    assert target.read_text() == "keep me"
 
 
 def test_predict_an_unseen_target_that_is_a_gene_works(model):
@@ -537,3 +573,11 @@ def test_an_unassigned_label_kept_as_a_target_warns(rel):
         UserWarning, match=r"unassigned_label=None, so \['unassigned'\].*pass unassigned_label='unassigned'"
     ):
         SemiMechVI.setup_anndata(adata, unassigned_label=None)
+
+
+def test_cells_outside_every_external_indexing_set_are_named(rel):
+    _, model = _fresh_model(rel)
+    train_kwargs = {k: v for k, v in rel.TRAIN_KWARGS.items() if k != "datasplitter_kwargs"}
+    with pytest.warns(UserWarning, match=r"110 of 120 cells are in none of the external_indexing sets"):
+        model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": [np.arange(10)]}, **train_kwargs)
+    assert len(model.train_indices_) == 10

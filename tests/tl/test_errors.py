@@ -388,3 +388,31 @@ def test_given_variance_terms_replace_the_estimates(sim):
     # fixed terms do not vary in the bootstrap
     noise = table[table["component"] == "noise_floor"]
     np.testing.assert_allclose(noise["ci_low"], noise["value"])
+
+
+def test_dispersion_is_checked_against_the_genes():
+    adata = _sim(n_cells=800, n_batches=2, n_genes=30, n_perturbations=4)
+    genes = adata.var_names
+    with pytest.raises(ValueError, match=r"dispersion has shape \(3,\) \(length 3\), but adata has 30 genes"):
+        error_decomposition(adata, batch_key="batch", dispersion=np.ones(3))
+    with pytest.raises(ValueError, match="but adata has 30 genes"):
+        estimate_variance(adata, batch_key="batch", dispersion=np.ones((2, 30)))
+    with pytest.raises(KeyError, match=r"dispersion \(a Series\) lacks 25 of the 30 genes of adata"):
+        error_decomposition(adata, batch_key="batch", dispersion=pd.Series(2.0, index=genes[:5]), n_bootstrap=0)
+    # a Series is aligned by gene name, an array taken in var_names order
+    theta = np.linspace(0.5, 5.0, len(genes))
+    by_array = estimate_variance(adata, batch_key="batch", dispersion=theta)
+    by_name = estimate_variance(adata, batch_key="batch", dispersion=pd.Series(theta, index=genes)[::-1])
+    pd.testing.assert_frame_equal(by_array, by_name)
+    # with predictions on fewer genes, an array over adata's genes is subset to them
+    pred = _truth_prediction(adata)[:, genes[:20]].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        error_decomposition(adata, batch_key="batch", predictions=pred, dispersion=theta, n_bootstrap=0)
+        a_arr = adata.uns["scmech"]["error_decomposition"]["variance"]
+        error_decomposition(
+            adata, batch_key="batch", predictions=pred, dispersion=pd.Series(theta, index=genes), n_bootstrap=0
+        )
+        a_ser = adata.uns["scmech"]["error_decomposition"]["variance"]
+    assert list(a_arr.index) == list(genes[:20])
+    pd.testing.assert_frame_equal(a_arr, a_ser)

@@ -85,9 +85,14 @@ def test_metrics_by_hand():
 def test_systema_needs_train_conditions_and_constant_predictions_are_nan():
     adata = _lognorm_adata()
     ctrl_pred = _pred({"A": CTRL, "B": CTRL}, "ControlMean")
-    res = tl.evaluate(ctrl_pred, adata, counts=False, n_de_genes=2)
+    with pytest.warns(UserWarning, match=r"No training perturbations .*systema_pearson_delta.* are NaN"):
+        res = tl.evaluate(ctrl_pred, adata, counts=False, n_de_genes=2)
     w = _wide(res)
     assert w["systema_pearson_delta"].isna().all()
+    # training conditions without observed cells: the reference is missing, said so
+    with pytest.warns(UserWarning, match=r"None of the training conditions \['Z'\] has observed training cells"):
+        res = tl.evaluate(ctrl_pred, adata, counts=False, n_de_genes=2, train_conditions=["Z"])
+    assert _wide(res)["systema_pearson_delta_off"].isna().all()
     assert w["pearson_delta"].isna().all()  # no predicted change: undefined, not an error
     assert np.isfinite(w["mse"]).all()
 
@@ -384,3 +389,67 @@ def test_non_finite_predictions_are_refused(bad):
     values["B"][1] = bad
     with pytest.raises(ValueError, match=r"Predictions of 'toy' hold NaN or infinite values for \['B'\]"):
         tl.evaluate(_pred(values), adata, counts=False, n_de_genes=3)
+
+
+def _one_cell_of_b() -> ad.AnnData:
+    adata = _lognorm_adata()
+    lab = adata.obs["perturbation"].to_numpy()
+    drop = np.flatnonzero(lab == "B")[1:]
+    return adata[~np.isin(np.arange(adata.n_obs), drop)].copy()
+
+
+def test_one_cell_conditions_warn_in_evaluate_and_leave_the_noise_ceiling():
+    adata = _one_cell_of_b()
+    with pytest.warns(UserWarning, match=r"\['B'\] have fewer than 2 observed cells: no DE test is possible"):
+        res = tl.evaluate(_pred(PRED), adata, counts=False, n_de_genes=3, train_conditions=["C", "D"])
+    w = _wide(res)
+    for m in ("pearson_delta_de", "mse_de", "direction_accuracy_de", "systema_pearson_delta_de"):
+        assert np.isnan(w.loc["B", m]), m
+        assert np.isfinite(w.loc["A", m]), m
+    # the other metrics use the single cell, and n_cells says so
+    assert w.loc["B", "mse"] == pytest.approx(np.mean((PRED["B"] - (OBS["B"] + EPS)) ** 2), abs=1e-6)
+    assert set(res.loc[res["condition"] == "B", "n_cells"]) == {1}
+    # the noise ceiling cannot split one cell: B is left out, named
+    with pytest.warns(UserWarning, match=r"\['B'\] of obs\['perturbation'\] have fewer than 2 cells and are left out"):
+        ceiling = tl.noise_ceiling(adata, counts=False, n_de_genes=3)
+    assert "B" not in set(ceiling["condition"])
+    assert {"A", "C", "D"} <= set(ceiling["condition"])
+    with (
+        pytest.warns(UserWarning, match="left out of the noise ceiling"),
+        pytest.raises(ValueError, match=r"No condition of conditions=\['B'\] has at least 2 cells"),
+    ):
+        tl.noise_ceiling(adata, counts=False, conditions=["B"])
+
+
+def test_noise_ceiling_names_conditions_in_a_single_replicate():
+    adata = _lognorm_adata()
+    lab = adata.obs["perturbation"].to_numpy()
+    adata.obs["rep"] = np.where(lab == "D", "r1", np.tile(["r1", "r2"], adata.n_obs // 2 + 1)[: adata.n_obs])
+    with pytest.warns(UserWarning, match=r"\['D'\] are left out of the noise ceiling: their cells sit in a single"):
+        rep = tl.noise_ceiling(adata, split="replicate", batch_key="rep", counts=False, n_de_genes=2)
+    assert "D" not in set(rep["condition"])
+
+
+@pytest.mark.parametrize("scale", ["expm1", "counts"])
+def test_predictions_off_the_log1p_scale_are_refused(scale):
+    adata = _lognorm_adata()
+    values = {k: (np.expm1(v * 4) if scale == "expm1" else v * 1e3) for k, v in PRED.items()}
+    top = max(float(np.float32(v).max()) for v in values.values())
+    with pytest.raises(ValueError, match=rf"Predictions of 'toy' reach {top:.4g}, above log1p\(1e4\) = 9.21"):
+        tl.evaluate(_pred(values), adata, counts=False, n_de_genes=3)
+    # just above log1p(1e4) is allowed (extrapolating models), far above it is not
+    ok = {k: v.copy() for k, v in PRED.items()}
+    ok["A"][0] = 9.5
+    tl.evaluate(_pred(ok), adata, counts=False, n_de_genes=3, train_conditions=["C", "D"])
+    cells = _pred({"A": PRED["A"] * 10, "B": PRED["B"]})
+    with pytest.raises(ValueError, match=r"cell_predictions\['toy'\] reach 22, .*as returned by predict\(\)"):
+        tl.evaluate(_pred(PRED), adata, counts=False, n_de_genes=3, cell_predictions={"toy": cells})
+
+
+def test_unknown_de_method_is_refused_before_any_work():
+    adata = _lognorm_adata()
+    # checked before the predictions are even read
+    with pytest.raises(ValueError, match=r"de_method='foo' is not supported; use one of \['t-test'"):
+        tl.evaluate("not predictions", adata, counts=False, de_method="foo")
+    with pytest.raises(ValueError, match=r"de_method='foo' is not supported"):
+        tl.noise_ceiling(adata, counts=False, de_method="foo", perturbation_key="nope")

@@ -209,3 +209,14 @@ def test_external_indexing_works_with_scvi_datasplitter():
     splitter = DataSplitter(model.adata_manager, external_indexing=ext)
     splitter.setup()
     np.testing.assert_array_equal(np.sort(splitter.train_idx), s.train)
+
+
+def test_test_and_validation_sizes_must_leave_training_cells():
+    adata = _adata()
+    with pytest.raises(ValueError, match=r"test_size=0.6 and validation_size=0.6 sum to 1.2 >= 1"):
+        tl.split(adata, "perturbation", test_size=0.6, validation_size=0.6)
+    with pytest.raises(ValueError, match="sum to 1 >= 1"):
+        tl.split(adata, "batch", batch_key="rep", test_size=0.5, validation_size=0.5)
+    # test_size is unused when test_conditions are given
+    s = tl.split(adata, "perturbation", test_conditions=["A"], test_size=0.6, validation_size=0.6)
+    assert len(s.train) > 0

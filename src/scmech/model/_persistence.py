@@ -142,6 +142,9 @@ class SafeSaveLoadMixin:
             Passed to the AnnData/MuData writer.
         """
         path = Path(dir_path)
+        if path.exists() and not path.is_dir():
+            msg = f"{path} is a file, not a directory; save the model to a directory (a new or an existing folder)."
+            raise ValueError(msg)
         if path.exists() and not overwrite:
             msg = f"{path} already exists; pass overwrite=True to replace the model saved there."
             raise ValueError(msg)

@@ -9,6 +9,7 @@ ends. This mixin wires the steps together.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import anndata as ad
@@ -215,6 +216,31 @@ class PredictionMixin:
 
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
+    def _check_requested_targets(self, requested: list[Protocol]) -> None:
+        """Refuse the unassigned label as a target; warn about a new target that is a known one in another case."""
+        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        ua = self.adata_manager.registry["setup_args"].get("unassigned_label")
+        unassigned = set() if ua is None else ({ua} if isinstance(ua, str) else {str(u) for u in ua})
+        known = {str(t) for t in st["targets"]}
+        by_lower: dict[str, str] = {}
+        for name in [*known, *map(str, self.adata.var_names)]:
+            by_lower.setdefault(name.lower(), name)
+        for p in requested:
+            for t in p.targets:
+                if t in unassigned:
+                    msg = (
+                        f"{t!r} is the unassigned label (cells without a guide call), not a perturbation target; "
+                        "it cannot be predicted. Predict the control label for unperturbed cells."
+                    )
+                    raise ValueError(msg)
+                if t not in known and t.lower() in by_lower and by_lower[t.lower()] != t:
+                    warnings.warn(
+                        f"Target {t!r} is not registered, but {by_lower[t.lower()]!r} is (a target or gene in another "
+                        f"letter case); {t!r} is predicted as a new target. Did you mean {by_lower[t.lower()]!r}?",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+
     def predict(
         self,
         perturbations: str | Sequence[str] | None = None,
@@ -259,7 +285,9 @@ class PredictionMixin:
         efficacy
             Knock-down efficacy of the predicted perturbations; when ``None`` and an efficacy key is registered,
             the counterfactual cells are spread evenly over 8 quantiles of the perturbed training cells'
-            efficacies (escapers included), else 1.
+            efficacies (escapers included), else 1. Efficacy scales the target-specific effect only: at 0 (an
+            escaper) a perturbed cell keeps the response shared by every perturbed cell (guide delivery, Cas9
+            activity), so it differs from the control by that shared response.
         n_cells
             Number of starting cells (a random subset); up to 500 control cells when ``None`` and
             ``from_cells`` is not given.
@@ -320,6 +348,11 @@ class PredictionMixin:
         if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
             msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
             raise ValueError(msg)
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1
+        ):
+            msg = f"batch_size={batch_size!r} must be a positive integer (cells per minibatch), or None for 1024."
+            raise ValueError(msg)
         if anchor not in ("auto", "combinations", "none"):
             msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
             raise ValueError(msg)
@@ -337,6 +370,7 @@ class PredictionMixin:
             dynamic=self.regime == "dynamic",
             control_labels=self.adata_manager.registry["setup_args"]["control_label"],
         )
+        self._check_requested_targets(requested)
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and batch is None and adata is None
         ) and isinstance(self.anchor_, Observations)

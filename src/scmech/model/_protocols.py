@@ -238,6 +238,19 @@ def build_protocols(
             msg = f"time={t!r} must be finite and >= 0 (time since perturbation)."
             raise ValueError(msg)
         ss = np.nan if s is None else float(s)
+        if np.isfinite(ss) and m is None:
+            msg = (
+                f"media_time={s!r} for {p!r} without a medium: name the medium switched into at that time, "
+                "e.g. media='stim', media_time=0.5."
+            )
+            raise ValueError(msg)
+        if np.isfinite(ss) and ss > tt:
+            msg = (
+                f"media_time={s!r} is after the read-out time={t!r} for {p!r}: the switch would not have happened "
+                f"when the cells are read out, so they would not be in {m!r}. Give media_time <= time (negative: "
+                "the switch came before the perturbation)."
+            )
+            raise ValueError(msg)
         label = canonical_label(targets, separator=separator, control_label=control_label)
         out.append(Protocol(label, targets, None if m is None else str(m), tt, ss))
     return out

@@ -90,6 +90,12 @@ def starting_cells(model, adata, from_cells, n_cells, rng: np.random.Generator, 
         cap = 500 if n_cells is None else n_cells
     else:
         fc = np.asarray(from_cells)
+        if fc.dtype != bool and not np.issubdtype(fc.dtype, np.integer):
+            msg = (
+                f"from_cells must be integer positions or a boolean mask of the cells, got dtype {fc.dtype} "
+                f"({fc.ravel()[:3].tolist()}...). Positions of names: np.flatnonzero(adata.obs_names.isin(names))."
+            )
+            raise TypeError(msg)
         idx = np.flatnonzero(fc) if fc.dtype == bool else fc.astype(int)
         if fc.dtype == bool and len(fc) != adata.n_obs:
             msg = f"from_cells is a mask of length {len(fc)} for {adata.n_obs} cells."

@@ -384,6 +384,14 @@ class SemiMechVI(
         covered = np.zeros(len(fit), dtype=bool)
         for ix in external:
             covered[ix] = True
+        if datasplitter_kwargs.get("external_indexing") is not None and (~covered & fit).sum() > 0:
+            warnings.warn(
+                f"{int((~covered & fit).sum())} of {int(fit.sum())} cells are in none of the external_indexing sets; "
+                "they are held out like test cells (never trained on). Pass [train, validation, test] covering "
+                "every cell to silence this.",
+                UserWarning,
+                stacklevel=2,
+            )
         external[2] = np.union1d(external[2], np.flatnonzero(~covered)).astype(int)
         if n_unfit:
             logger.info("%d unassigned cells are kept in adata but excluded from training.", n_unfit)

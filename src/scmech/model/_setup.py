@@ -178,6 +178,9 @@ class PerturbationSetupMixin:
                     msg = f"obs[{key!r}] must hold positive, finite library sizes."
                     raise ValueError(msg)
         for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
+            if isinstance(keys, str):
+                msg = f"{what}_covariate_keys must be a list of obs columns, got the string {keys!r}; pass [{keys!r}]."
+                raise TypeError(msg)
             for key in keys or []:
                 if key not in adata.obs.columns:
                     msg = f"{what} covariate key {key!r} is not a column of adata.obs."

@@ -11,7 +11,7 @@ import pandas as pd
 
 from scmech.tl._assumptions import ASSUMPTIONS, CANNOT, HOLDS, VIOLATED, _get_table
 
-from ._utils import finish
+from ._utils import check_ax, finish
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -147,6 +147,7 @@ def assumptions(
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    check_ax(ax)
     table = _get_table(result_or_adata, key)
     present = [a for a in ASSUMPTIONS if (table["assumption"] == a).any()]
     present += [a for a in pd.unique(table["assumption"]) if a not in ASSUMPTIONS]

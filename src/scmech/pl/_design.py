@@ -189,6 +189,41 @@ def error_components(
     return finish(ax, name="error_components", show=show, save=save)
 
 
+def _check_design_table(table: pd.DataFrame, what: str) -> None:
+    """Refuse a table that is not cells per batch row (rows) and condition (columns, the control first)."""
+    layout = (
+        "rows batches, columns the control label followed by one column per perturbation, values cell counts "
+        "(as BatchDesign.table from scmech.tl.recommend_batches)"
+    )
+    if not isinstance(table, pd.DataFrame):
+        msg = f"{what} must be a pandas DataFrame ({layout}), got {type(table).__name__}."
+        raise TypeError(msg)
+    n_rows, n_cols = table.shape
+    if n_rows == 0 or n_cols == 0:
+        msg = f"{what} is empty ({n_rows} rows x {n_cols} columns); it needs {layout}."
+        raise ValueError(msg)
+    if n_cols < 2:
+        msg = (
+            f"{what} has the single column {[str(c) for c in table.columns]}; it lacks the perturbation columns: "
+            f"it needs {layout}."
+        )
+        raise ValueError(msg)
+    non_numeric = [str(c) for c, dt in table.dtypes.items() if not pd.api.types.is_numeric_dtype(dt)]
+    non_numeric += [str(c) for c, dt in table.dtypes.items() if pd.api.types.is_bool_dtype(dt)]
+    if non_numeric:
+        msg = f"{what} has non-numeric columns {non_numeric[:5]}; its values must be cell counts ({layout})."
+        raise TypeError(msg)
+    mat = table.to_numpy(dtype=float)
+    bad = ~np.isfinite(mat) | (mat < 0) | (mat != np.round(mat))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        msg = (
+            f"{what} holds {int(bad.sum())} value(s) that are not cell counts (whole numbers >= 0), e.g. "
+            f"{float(mat[i, j])!r} in row {table.index[i]!r}, column {table.columns[j]!r}; fill empty cells with 0."
+        )
+        raise ValueError(msg)
+
+
 def design_table(
     design: BatchDesign | pd.DataFrame,
     *,
@@ -206,7 +241,8 @@ def design_table(
     Parameters
     ----------
     design
-        A :class:`~scmech.tl._design.BatchDesign` or its ``table``.
+        A :class:`~scmech.tl._design.BatchDesign` or its ``table``: cell counts with rows the batches (or a
+        MultiIndex batch x time point / medium) and columns the control label followed by the perturbations.
     naive
         Show the design's naive reference table instead.
     annotate
@@ -222,6 +258,12 @@ def design_table(
     -------
     The axes, unless ``show=True``.
 
+    Raises
+    ------
+    ValueError
+        When the table is empty, lacks the control or perturbation columns (fewer than two columns), or holds
+        values that are not cell counts.
+
     Examples
     --------
     >>> design = scmech.tl.recommend_batches(12, n_batches=4, cells_per_batch=3000)
@@ -235,12 +277,18 @@ def design_table(
             raise ValueError(msg)
         table = design
         title = "cells per batch"
+        what = "The design table"
     elif hasattr(design, "table"):
         table = design.naive_table if naive else design.table
+        if table is None:
+            msg = "naive=True, but this BatchDesign has no naive_table; pass naive=False."
+            raise ValueError(msg)
         title = "naive design: one batch per perturbation" if naive else "recommended design"
+        what = "design.naive_table" if naive else "design.table"
     else:
         msg = f"Pass a BatchDesign or its table, got {type(design).__name__}."
         raise TypeError(msg)
+    _check_design_table(table, what)
     mat = table.to_numpy(dtype=float).T  # conditions x batch rows
     conds = [str(c) for c in table.columns]
     if isinstance(table.index, pd.MultiIndex):

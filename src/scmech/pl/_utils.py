@@ -9,13 +9,49 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["finish", "get_ax"]
+__all__ = ["check_ax", "finish", "get_ax"]
+
+
+def check_ax(ax: object) -> None:
+    """Raise a ``TypeError`` unless ``ax`` is ``None`` or a :class:`matplotlib.axes.Axes`.
+
+    Parameters
+    ----------
+    ax
+        The ``ax`` argument of a plotting function.
+    """
+    from matplotlib.axes import Axes
+
+    if ax is not None and not isinstance(ax, Axes):
+        msg = (
+            f"ax must be a matplotlib Axes (e.g. from fig, ax = plt.subplots()) or None for a new figure, got "
+            f"{type(ax).__name__} ({ax!r:.60})."
+        )
+        raise TypeError(msg)
 
 
 def get_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    """Return ``(figure, axes)``: the given axes, or a new figure of ``figsize``."""
+    """Return ``(figure, axes)``: the given axes, or a new figure of ``figsize``.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into, or ``None`` for a new figure.
+    figsize
+        Size of the new figure (inches).
+
+    Returns
+    -------
+    The figure and the axes.
+
+    Raises
+    ------
+    TypeError
+        When ``ax`` is neither ``None`` nor a matplotlib Axes.
+    """
     import matplotlib.pyplot as plt
 
+    check_ax(ax)
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     else:

@@ -444,13 +444,45 @@ def _variance_override(variance: Mapping[str, Any] | pd.DataFrame | None, genes:
     return out
 
 
-def _dispersion(dispersion, genes: pd.Index) -> np.ndarray | None:
+def _dispersion(dispersion, genes: pd.Index, all_genes: pd.Index | None = None) -> np.ndarray | None:
+    """Per-gene NB inverse dispersion for ``genes``, from a scalar, an array over ``all_genes`` or a Series.
+
+    An array holds one value per gene of ``adata`` (``all_genes``, in ``var_names`` order; ``genes`` when
+    ``None``); a Series is aligned by gene name.
+    """
     if dispersion is None:
         return None
+    all_genes = genes if all_genes is None else all_genes
     if isinstance(dispersion, pd.Series):
-        arr = dispersion.set_axis(dispersion.index.astype(str)).reindex(genes).to_numpy(dtype=np.float64)
+        index = dispersion.index.astype(str)
+        missing = genes.difference(index)
+        if len(missing):
+            msg = (
+                f"dispersion (a Series) lacks {len(missing)} of the {len(genes)} genes of adata (e.g. "
+                f"{list(missing[:3])}); index it by adata.var_names."
+            )
+            raise KeyError(msg)
+        if index.duplicated().any():
+            msg = f"dispersion (a Series) has duplicated genes {list(index[index.duplicated()].unique()[:3])}."
+            raise ValueError(msg)
+        arr = dispersion.set_axis(index).loc[genes].to_numpy(dtype=np.float64)
     else:
-        arr = np.broadcast_to(np.asarray(dispersion, dtype=np.float64), (len(genes),)).copy()
+        try:
+            raw = np.asarray(dispersion, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            msg = f"dispersion must be a number, an array or a pandas Series, got {type(dispersion).__name__}."
+            raise TypeError(msg) from e
+        if raw.ndim == 0:
+            arr = np.full(len(genes), float(raw))
+        elif raw.ndim == 1 and len(raw) == len(all_genes):
+            arr = raw[all_genes.get_indexer(genes)] if not genes.equals(all_genes) else raw.copy()
+        else:
+            msg = (
+                f"dispersion has shape {raw.shape} (length {raw.size}), but adata has {len(all_genes)} genes; pass "
+                f"one value per gene of adata ({len(all_genes)}, in var_names order), a scalar, or a pandas Series "
+                "indexed by gene name."
+            )
+            raise ValueError(msg)
     if not (np.isfinite(arr).all() and (arr > 0).all()):
         msg = "dispersion (NB inverse dispersion theta) must be finite and > 0 for every gene."
         raise ValueError(msg)
@@ -638,6 +670,7 @@ def estimate_variance(
     if n_splits < 1 or min_cells < 2:
         msg = f"n_splits ({n_splits}) must be >= 1 and min_cells ({min_cells}) >= 2."
         raise ValueError(msg)
+    disp = _dispersion(dispersion, pd.Index(adata.var_names).astype(str))
     s = _setup(
         adata,
         perturbation_key=perturbation_key,
@@ -653,7 +686,7 @@ def estimate_variance(
     )
     rng = np.random.default_rng(random_state)
     st = _stats(s.data, s.cells, s.code, n_splits, rng, s.control_groups)
-    var = _variance_terms(st, s.layout, s.data, _dispersion(dispersion, s.genes))
+    var = _variance_terms(st, s.layout, s.data, disp)
     frame = pd.DataFrame({k: var[k] for k in ("batch", "cell", "bio", "meas", "mean")}, index=s.genes)
     frame.index.name = "gene"
     frame.attrs["n_batches_with_controls"] = len(var["batches_used"])
@@ -798,7 +831,8 @@ def error_decomposition(
         ``"delta"``: errors of effects relative to the controls; ``"expression"``: errors of a batch-free
         expression prediction (see above).
     dispersion
-        Negative-binomial inverse dispersion :math:`\theta` (scalar or per gene) for the measurement variance;
+        Negative-binomial inverse dispersion :math:`\theta` for the measurement variance: a scalar, an array with
+        one value per gene of ``adata`` (``var_names`` order) or a Series indexed by gene name (aligned by name);
         Poisson when ``None``.
     variance
         Variance terms to use instead of the estimates, ``{"batch": ..., "cell": ...}`` (scalars or per-gene
@@ -904,7 +938,7 @@ def error_decomposition(
         genes = all_genes[all_genes.isin(frame.columns)]
         if len(genes) < len(all_genes):
             logger.warning("Decomposing on the %d of %d genes present in predictions.", len(genes), len(all_genes))
-    disp = _dispersion(dispersion, genes)
+    disp = _dispersion(dispersion, genes, all_genes)
     override = _variance_override(variance, genes)
     s = _setup(
         adata,

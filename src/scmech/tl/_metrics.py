@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech.data._checks import check_expression
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
@@ -76,6 +76,44 @@ METRIC_DIRECTIONS: dict[str, bool] = {
 }
 
 _LOWER_HINTS = ("mse", "mae", "l1", "l2", "distance", "rank", "error", "loss")
+
+#: tests of :func:`scanpy.tl.rank_genes_groups` accepted as ``de_method``
+_DE_METHODS = ("t-test", "t-test_overestim_var", "wilcoxon", "logreg")
+
+#: the largest value of :math:`\log(1 + 10^4\bar\rho)`: one gene holding all of a cell's counts
+_MAX_LOG1P = float(np.log1p(TARGET_SUM))
+#: predictions above ``_MAX_LOG1P`` by more than this are on another scale (room for extrapolating models)
+_SCALE_MARGIN = 0.5
+
+#: metrics that need DE genes, NaN for conditions with fewer than 2 observed cells
+_DE_METRICS = ("pearson_delta_de", "mse_de", "direction_accuracy_de", "systema_pearson_delta_de")
+_SYSTEMA_METRICS = ("systema_pearson_delta", "systema_pearson_delta_de", "systema_pearson_delta_off")
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _check_de_method(de_method: Any) -> None:
+    if de_method not in _DE_METHODS:
+        msg = f"de_method={de_method!r} is not supported; use one of {list(_DE_METHODS)} (scanpy rank_genes_groups)."
+        raise ValueError(msg)
+
+
+def _check_scale(x: np.ndarray | sp.spmatrix, what: str) -> None:
+    r"""Refuse predictions that cannot be on the :math:`\log(1 + 10^4\bar\rho)` scale (e.g. counts, ``expm1``)."""
+    if not sp.issparse(x):
+        x = np.asarray(x)
+    if (x.nnz if sp.issparse(x) else x.size) == 0:
+        return
+    top = float(x.max())
+    if top > _MAX_LOG1P + _SCALE_MARGIN:
+        msg = (
+            f"{what} reach {top:.4g}, above log1p(1e4) = {_MAX_LOG1P:.2f} (one gene holding all of a cell's counts): "
+            "they are not on the log1p(10^4 proportion) scale. Predictions must be on that scale, as returned by "
+            "predict(): not counts, counts per 10^4, np.expm1 of a prediction or another normalisation."
+        )
+        raise ValueError(msg)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -168,7 +206,10 @@ def _canonical(label: str, design: PerturbationDesign) -> str:
 
 
 def _prediction_frame(pred: AnnData, name: str, design: PerturbationDesign, genes: pd.Index) -> pd.DataFrame:
-    """Predicted log pseudobulk (conditions x genes) of a mean prediction, control rows dropped."""
+    r"""Predicted log pseudobulk (conditions x genes) of a mean prediction, control rows dropped.
+
+    Raises for predictions that are not finite or not on the :math:`\log(1 + 10^4\bar\rho)` scale.
+    """
     if "perturbation" not in pred.obs.columns:
         msg = f"Predictions of {name!r} have no obs['perturbation'] column; pass the AnnData returned by predict()."
         raise KeyError(msg)
@@ -189,6 +230,7 @@ def _prediction_frame(pred: AnnData, name: str, design: PerturbationDesign, gene
             "must not be scored (the leaderboard would drop the failure and rank it higher). Fix or drop those rows."
         )
         raise ValueError(msg)
+    _check_scale(x, f"Predictions of {name!r}")
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(pred.var_names).astype(str))
     missing = genes.difference(frame.columns)
     if len(missing) == len(genes):
@@ -279,7 +321,11 @@ class _Observed:
         few = sorted(set(self.conditions) - set(ok))
         out: dict[str, np.ndarray] = {c: np.zeros(0, dtype=int) for c in few}
         if few:
-            logger.info("Conditions with fewer than 2 observed cells get no DE genes (DE metrics NaN): %s", few[:5])
+            _warn(
+                f"Condition(s) {few[:10]} have fewer than 2 observed cells: no DE test is possible, so "
+                f"{', '.join(_DE_METRICS)} are NaN for them (the other metrics use the pseudobulk of their cells). "
+                "Collect more cells, or leave them out of `conditions`."
+            )
         if counts.get(ctrl, 0) < 2:
             logger.warning("Fewer than 2 control cells: no DE genes; DE metrics are NaN.")
             return {c: np.zeros(0, dtype=int) for c in self.conditions}
@@ -467,6 +513,12 @@ def _run(
         n_top_expressed=n_top_expressed,
         de_method=de_method,
     )
+    if train_conditions is not None and obs.reference is None:
+        _warn(
+            f"None of the training conditions {list(train_conditions)[:5]} has observed training cells, so "
+            f"{', '.join(_SYSTEMA_METRICS)} are NaN (the Systema reference is their mean centroid). Pass the "
+            "training perturbations of this adata (or the split the models were trained on)."
+        )
     rng = np.random.default_rng(random_state)
     pca = None
     if cell_predictions:
@@ -553,9 +605,18 @@ def evaluate(
 
     DE genes are the top ``n_de_genes`` of :func:`scanpy.tl.rank_genes_groups` (``reference`` = control,
     ``rankby_abs=True``) on a log-normalised copy of the observed cells (``normalize_total(1e4)`` +
-    ``log1p``); they depend on the observed data only, so every model is scored on the same genes. The
+    ``log1p``); they depend on the observed data only, so every model is scored on the same genes. A
+    condition with fewer than 2 observed cells has no DE test: it is still evaluated (its other metrics use the
+    pseudobulk of its cell, with ``n_cells`` telling how little that is), its DE metrics (``pearson_delta_de``,
+    ``mse_de``, ``direction_accuracy_de``, ``systema_pearson_delta_de``) are NaN, and a ``UserWarning`` names
+    it; :func:`noise_ceiling` leaves such conditions out, as one cell cannot predict itself. The
     Systema reference :math:`r` is the mean of the observed centroids of the training perturbations
-    (``train_conditions``, or ``split.train_conditions``); without them the Systema metrics are NaN.
+    (``train_conditions``, or ``split.train_conditions``); without them the Systema metrics are NaN (with a
+    ``UserWarning``).
+
+    Predictions must be on the scale returned by ``predict``, :math:`\log(1 + 10^4\bar\rho)`, whose largest
+    possible value is :math:`\log(1 + 10^4) \approx 9.21`; predictions (or ``cell_predictions``) above it by more
+    than 0.5 (e.g. counts, or ``np.expm1`` of a prediction) are refused with a ``ValueError``.
     ``centroid_accuracy`` and ``perturbench_rank`` compare each prediction with the observed centroids of
     all evaluated conditions (Euclidean distance over genes) and are NaN when only one is evaluated.
 
@@ -618,6 +679,12 @@ def evaluate(
     Tidy DataFrame with columns ``model``, ``condition``, ``metric``, ``value`` and ``n_cells`` (observed
     cells of the condition).
 
+    Raises
+    ------
+    ValueError
+        For an unknown ``de_method``, non-finite predictions, or predictions not on the
+        :math:`\log(1 + 10^4\bar\rho)` scale.
+
     Examples
     --------
     >>> sp = scmech.tl.split(adata, "perturbation", test_conditions=["STAT1", "JAK2"])
@@ -636,6 +703,7 @@ def evaluate(
             f"max_cells ({max_cells}) >= 2."
         )
         raise ValueError(msg)
+    _check_de_method(de_method)
     preds_ad = _as_dict(predictions)
     cells_ad = _as_dict(cell_predictions, "cell_predictions") if cell_predictions else None
     if cells_ad:
@@ -643,6 +711,8 @@ def evaluate(
         if unknown:
             msg = f"cell_predictions has models {unknown} without mean predictions; use the same keys as predictions."
             raise KeyError(msg)
+        for name, cp in cells_ad.items():
+            _check_scale(cp.X, f"cell_predictions[{name!r}]")
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); pass layer=None for X."
@@ -667,6 +737,13 @@ def evaluate(
         obs_mask = assigned.copy()
         ctrl_mask = assigned & design.is_control
         train_mask = assigned.copy()
+    if train_conditions is None or len(train_conditions) == 0:
+        _warn(
+            f"No training perturbations (train_conditions or split): {', '.join(_SYSTEMA_METRICS)} are NaN, the "
+            "Systema reference being the mean of the training centroids. Pass split= (the split the models were "
+            "trained on) or train_conditions=."
+        )
+        train_conditions = None
     result = _run(
         frames,
         adata,
@@ -740,8 +817,10 @@ def noise_ceiling(
     counts
         Whether the matrix holds counts.
     conditions
-        Conditions to score; all perturbations with enough cells (2 for halves, cells in at least two
-        replicates) when ``None``.
+        Conditions to score; all perturbations when ``None``. Conditions with fewer than 2 cells (and, for
+        ``split="replicate"``, conditions whose cells sit in a single replicate) cannot be compared with
+        themselves and are left out with a ``UserWarning`` naming them. A condition with 2 cells leaves one
+        observed cell in its half, so its DE metrics are NaN (as in :func:`evaluate`, with a warning).
     train_conditions
         Training perturbations for the Systema reference (all their cells); Systema metrics NaN without.
     n_de_genes
@@ -772,6 +851,7 @@ def noise_ceiling(
     if split == "replicate" and batch_key is None:
         msg = "split='replicate' needs `batch_key`, the obs column of replicates (e.g. batch_key='bio_rep')."
         raise ValueError(msg)
+    _check_de_method(de_method)
     full = get_design(
         adata,
         perturbation_key,
@@ -794,7 +874,21 @@ def noise_ceiling(
             msg = f"Condition(s) {missing[:5]} have no assigned cells in obs[{perturbation_key!r}]."
             raise KeyError(msg)
     else:
-        conds = sorted(counts_per.index[counts_per >= 2].tolist())
+        conds = sorted(counts_per.index.tolist())
+    few = [c for c in conds if counts_per[c] < 2]
+    if few:
+        _warn(
+            f"Condition(s) {few[:10]} of obs[{perturbation_key!r}] have fewer than 2 cells and are left out of the "
+            "noise ceiling: one cell cannot be compared with itself (no second cell to predict it from)."
+        )
+        conds = [c for c in conds if c not in few]
+    if not conds:
+        which = f"of conditions={list(conditions)[:5]}" if conditions is not None else f"of obs[{perturbation_key!r}]"
+        msg = (
+            f"No condition {which} has at least 2 cells; the noise ceiling compares a condition's cells with each "
+            "other. Score conditions with more cells."
+        )
+        raise ValueError(msg)
     rng = np.random.default_rng(random_state)
     genes = pd.Index(adata.var_names).astype(str)
     tconds = None if train_conditions is None else [_canonical(c, design) for c in train_conditions]
@@ -835,6 +929,7 @@ def noise_ceiling(
         return res
     reps = np.asarray(full.batch).astype(str)
     out = []
+    scored: set[str] = set()
     for b in sorted(set(reps[assigned].tolist())):
         in_b = reps == b
         here = set(labels[assigned & in_b].tolist())
@@ -854,9 +949,16 @@ def noise_ceiling(
         )
         res["replicate"] = b
         out.append(res)
+        scored.update(cb)
     if not out:
         msg = f"No condition has cells in two replicates of obs[{batch_key!r}] (with controls); nothing to compare."
         raise ValueError(msg)
+    unscored = [c for c in conds if c not in scored]
+    if unscored:
+        _warn(
+            f"Condition(s) {unscored[:10]} are left out of the noise ceiling: their cells sit in a single replicate "
+            f"of obs[{batch_key!r}] (or only in replicates without controls), so no other replicate predicts them."
+        )
     res = pd.concat(out, ignore_index=True)
     agg = (
         res.groupby(["model", "condition", "metric"], sort=True)

@@ -211,7 +211,7 @@ def split(
         ``"combination"``, batch, time or medium values for the other kinds.
     test_size
         Fraction of the candidate conditions (or groups) held out when ``test_conditions`` is ``None``; at
-        least one.
+        least one. With ``validation_size``, it must sum to less than 1.
     validation_size
         Fraction of the training cells moved to the validation set.
     seen
@@ -243,6 +243,13 @@ def split(
         raise ValueError(msg)
     _check_fraction(test_size, "test_size", allow_zero=False)
     _check_fraction(validation_size, "validation_size", allow_zero=True)
+    if test_conditions is None and test_size + validation_size >= 1:
+        msg = (
+            f"test_size={test_size!r} and validation_size={validation_size!r} sum to "
+            f"{test_size + validation_size:.3g} >= 1, leaving (almost) nothing to train on; choose sizes that sum to "
+            "less than 1 (e.g. test_size=0.2, validation_size=0.1)."
+        )
+        raise ValueError(msg)
     if kind == "combination" and seen not in (0, 1, 2):
         msg = f"seen={seen!r} must be 0, 1 or 2 (single targets of each test combination seen in training)."
         raise ValueError(msg)
