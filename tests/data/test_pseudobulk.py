@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
+import pandas as pd
+import pytest
 import scipy.sparse as sp
 
+from scmech.data import pseudobulk
 from scmech.data._pseudobulk import normalized_mean
 
 
@@ -50,3 +54,110 @@ def test_second_moments_by_hand_for_counts_and_values_in_blocks():
     mean, m2 = normalized_mean(d, groups, ["a", "none"], second_moment=True)
     assert np.isnan(mean[1]).all()
     assert np.isnan(m2[1]).all()
+
+
+def _adata(seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    x = rng.poisson(3.0, size=(60, 4)).astype(np.float32) + 1
+    obs = pd.DataFrame({"g": pd.Categorical(rng.choice(["A", "B", "C"], 60))}, index=[f"c{i}" for i in range(60)])
+    return ad.AnnData(X=sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"gene{k}" for k in range(4)]))
+
+
+def _state(adata: ad.AnnData):
+    return adata.X.copy(), adata.obs.copy(), list(adata.uns.keys())
+
+
+def _unchanged(adata: ad.AnnData, state) -> None:
+    x, obs, uns = state
+    assert (adata.X != x).nnz == 0
+    pd.testing.assert_frame_equal(adata.obs, obs)
+    assert list(adata.uns.keys()) == uns
+
+
+@pytest.mark.parametrize("target_sum", [0, -1, np.nan, np.inf])
+def test_target_sum_must_be_positive_and_finite(target_sum):
+    """0 gave all-zero pseudobulks and -1 negative 'log' values."""
+    adata = _adata()
+    with pytest.raises(ValueError, match=rf"target_sum={target_sum!r} must be a positive finite number.*1e4"):
+        pseudobulk(adata, "g", target_sum=target_sum)
+    with pytest.raises(TypeError, match=r"target_sum='1e4' must be a positive number"):
+        pseudobulk(adata, "g", target_sum="1e4")
+
+
+def test_pseudobulk_by_hand():
+    adata = _adata()
+    pb = pseudobulk(adata, "g", target_sum=100)
+    x = adata.X.toarray().astype(np.float64)
+    sel = (adata.obs["g"] == "B").to_numpy()
+    expected = np.log1p(100 * (x[sel] / x[sel].sum(1, keepdims=True)).mean(0))
+    np.testing.assert_allclose(pb.loc["B"].to_numpy(), expected, rtol=1e-10)
+    assert pb.index.tolist() == ["A", "B", "C"]
+    # the same labels as an array or a list
+    pd.testing.assert_frame_equal(pseudobulk(adata, adata.obs["g"].to_numpy(), target_sum=100), pb)
+    pd.testing.assert_frame_equal(pseudobulk(adata, list(adata.obs["g"]), target_sum=100), pb)
+
+
+def test_missing_labels_are_refused_unless_groups_are_given():
+    """NaN labels used to form a group 'nan'; as in setup_anndata they are refused, with the fix."""
+    adata = _adata()
+    adata.obs.loc[adata.obs_names[:3], "g"] = np.nan
+    state = _state(adata)
+    with pytest.raises(ValueError, match=r"adata.obs\['g'\] has 3 missing \(NaN/None\) labels.*fillna.*groups="):
+        pseudobulk(adata, "g")
+    labels = adata.obs["g"].astype(object).to_numpy()
+    labels[3] = None
+    with pytest.raises(ValueError, match=r"groupby has 4 missing \(NaN/None\) labels"):
+        pseudobulk(adata, labels)
+    _unchanged(adata, state)
+    # with groups given, cells with a missing label belong to none of them
+    pb = pseudobulk(adata, "g", groups=["B", "A"])
+    kept = adata[adata.obs["g"].notna()].copy()
+    pd.testing.assert_frame_equal(pb, pseudobulk(kept, "g", groups=["B", "A"]))
+    # and never to a group named "nan"
+    with pytest.raises(KeyError, match=r"groups \['nan'\] have no cells"):
+        pseudobulk(adata, "g", groups=["nan"])
+
+
+def test_groups_without_cells_raise_naming_them_and_the_available_ones():
+    """groups=[..., 'FOO'] used to return a NaN row for FOO."""
+    adata = _adata()
+    with pytest.raises(KeyError, match=r"groups \['FOO'\] have no cells in adata.obs\['g'\] .*\['A', 'B', 'C'\]"):
+        pseudobulk(adata, "g", groups=["A", "FOO"])
+    with pytest.raises(KeyError, match=r"groups \['FOO'\] have no cells in groupby"):
+        pseudobulk(adata, adata.obs["g"].to_numpy(), groups=["FOO"])
+    pb = pseudobulk(adata, "g", groups=["A", "FOO"], allow_empty=True)
+    assert pb.loc["A"].notna().all()
+    assert pb.loc["FOO"].isna().all()
+    with pytest.raises(TypeError, match=r"groups='A' must be a list.*groups=\['A'\]"):
+        pseudobulk(adata, "g", groups="A")
+    with pytest.raises(ValueError, match=r"groups has duplicated entries \['A'\]"):
+        pseudobulk(adata, "g", groups=["A", "B", "A"])
+    with pytest.raises(KeyError, match=r"groupby='perturbation' is not a column of adata.obs"):
+        pseudobulk(adata, "perturbation")
+
+
+def test_counts_true_refuses_normalised_data():
+    """counts=True on log-normalised data was averaged as if it were counts."""
+    adata = _adata()
+    adata.layers["log"] = sp.csr_matrix(np.log1p(adata.X.toarray()))
+    state = _state(adata)
+    with pytest.raises(ValueError, match=r"adata.layers\['log'\] holds non-integer values.*counts=False"):
+        pseudobulk(adata, "g", layer="log")
+    neg = _adata()
+    neg.X = neg.X.toarray() - 2
+    with pytest.raises(ValueError, match=r"adata.X has \d+ negative values"):
+        pseudobulk(neg, "g")
+    _unchanged(adata, state)
+    # counts=False averages the values as they are
+    pb = pseudobulk(adata, "g", layer="log", counts=False)
+    sel = (adata.obs["g"] == "A").to_numpy()
+    np.testing.assert_allclose(pb.loc["A"].to_numpy(), adata.layers["log"].toarray()[sel].mean(0), rtol=1e-6)
+
+
+def test_size_factors_must_be_positive():
+    adata = _adata()
+    adata.obs["sf"] = np.r_[0.0, np.ones(adata.n_obs - 1)]
+    with pytest.raises(ValueError, match=r"obs\['sf'\] has 1 size factors that are not positive finite"):
+        pseudobulk(adata, "g", size_factor_key="sf")
+    with pytest.raises(ValueError, match=r"min_cells=-1 must be a non-negative integer"):
+        pseudobulk(adata, "g", min_cells=-1)

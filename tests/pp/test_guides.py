@@ -220,3 +220,93 @@ def test_bad_inputs_name_key_value_and_fix():
     other.obs_names = [f"x{i}" for i in range(other.n_obs)]
     with pytest.raises(ValueError, match="share no obs_names"):
         assign_guides(gdata, rna=other)
+
+
+def _obs_state(adata: ad.AnnData) -> tuple[list[str], list[str], list[str]]:
+    return list(adata.obs.columns), list(adata.uns.keys()), list(adata.obs_names)
+
+
+def test_duplicated_obs_names_are_refused_where_cells_are_matched_by_name():
+    """Duplicated barcodes would give every duplicate the guide of one cell: refused, naming them and the fix."""
+    gdata, rna, _ = _simulated(n=30)
+    dup_rna = rna.copy()
+    dup_rna.obs_names = ["c0"] * 4 + list(rna.obs_names[4:])
+    before = _obs_state(dup_rna)
+    with pytest.raises(
+        ValueError,
+        match=r"rna\.obs_names has 3 duplicated names \(e\.g\. \['c0'\]\).*"
+        r"rna\.obs_names_make_unique\(\)",
+    ):
+        assign_guides(gdata, rna=dup_rna)
+    assert _obs_state(dup_rna) == before
+    dup_guide = gdata.copy()
+    dup_guide.obs_names = ["c1", "c1", *gdata.obs_names[2:]]
+    before = _obs_state(rna)
+    with pytest.raises(ValueError, match=r"data\.obs_names has 1 duplicated names \(e\.g\. \['c1'\]\)"):
+        assign_guides(dup_guide, rna=rna)
+    assert _obs_state(rna) == before
+    # a MuData whose RNA modality has duplicated names
+    with md.set_options(pull_on_update=False):
+        mdata = md.MuData({"rna": dup_rna, "guide": gdata})
+    with pytest.raises(ValueError, match=r"mdata\['rna'\]\.obs_names has 3 duplicated names"):
+        assign_guides(mdata)
+    assert "scmech_perturbation" not in mdata["rna"].obs
+    # annotating the guide AnnData itself matches cells by position: duplicated names are no ambiguity there
+    ref = assign_guides(gdata, inplace=False)
+    df = assign_guides(dup_guide, inplace=False)
+    assert (df["scmech_perturbation"].to_numpy() == ref["scmech_perturbation"].to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.nan, r"missing target \(NaN/None.*for guide\(s\) \['JAK2g1'\]"),
+        (None, r"missing target \(NaN/None.*for guide\(s\) \['JAK2g1'\]"),
+        ("nan", r"missing target \(NaN/None, or the string 'nan'.*\['JAK2g1'\]"),
+        ("", r"empty target for guide\(s\) \['JAK2g1'\]"),
+        ("  ", r"empty target for guide\(s\) \['JAK2g1'\]"),
+        ("unassigned", r"\['JAK2g1'\] have the target 'unassigned'.*unassigned_label='unassigned'.*another"),
+        ("multiple", r"\['JAK2g1'\] have the target 'multiple'.*multiple_label='multiple'.*another multiple_label"),
+        (" NT", r"\['JAK2g1'\] have the target ' NT'.*control_label='NT'"),
+    ],
+)
+def test_missing_empty_and_reserved_targets_are_refused(bad, match):
+    """A NaN/None, empty or reserved target would make a perturbation 'nan', '' or collide with a written label."""
+    gdata, rna, _ = _simulated(n=30)
+    targets = list(GUIDE_TARGETS)
+    targets[2] = bad  # JAK2g1
+    before = _obs_state(rna)
+    with pytest.raises(ValueError, match=match):
+        assign_guides(gdata, rna=rna, targets=targets)
+    with pytest.raises(ValueError, match=match):
+        assign_guides(gdata, rna=rna, targets=dict(zip(GUIDES, targets, strict=True)))
+    g = gdata.copy()
+    g.var["target"] = pd.Series(targets, index=g.var_names, dtype=object)
+    with pytest.raises(ValueError, match=match):
+        assign_guides(g, rna=rna)
+    assert _obs_state(rna) == before
+    assert _obs_state(g) == _obs_state(gdata)
+
+
+def test_reserved_labels_follow_the_arguments():
+    gdata, _, _ = _simulated(n=30)
+    targets = list(GUIDE_TARGETS)
+    targets[0] = "doublet"
+    with pytest.raises(ValueError, match=r"\['STAT1g1'\] have the target 'doublet'.*multiple_label='doublet'"):
+        assign_guides(gdata, targets=targets, multiple_label="doublet")
+    # with the default labels "doublet" is an ordinary target
+    df = assign_guides(gdata, targets=targets, inplace=False)
+    assert "doublet" in set(df["scmech_perturbation"].astype(str))
+    # a guide named like the unassigned label would be ambiguous in the guide column
+    g = gdata.copy()
+    g.var_names = ["none", *GUIDES[1:]]
+    with pytest.raises(ValueError, match=r"guide is named 'none'.*unassigned_label='none'"):
+        assign_guides(g, targets=GUIDE_TARGETS, unassigned_label="none")
+    assert "scmech_perturbation" not in g.obs
+    with pytest.raises(
+        ValueError, match=r"target_pattern='\^\(x\*\)' gives an empty target for guide\(s\) \['STAT1g1'"
+    ):
+        assign_guides(gdata, target_pattern=r"^(x*)")
+    with pytest.raises(ValueError, match=r"separator='' must be a non-empty string"):
+        assign_guides(gdata, separator="")
+    assert list(gdata.obs.columns) == []

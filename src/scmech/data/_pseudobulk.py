@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
-from scmech.data._checks import iter_row_chunks
+from scmech.data._checks import check_expression, iter_row_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -145,6 +145,7 @@ def pseudobulk(
     target_sum: float = TARGET_SUM,
     groups: Sequence | None = None,
     min_cells: int = 1,
+    allow_empty: bool = False,
 ) -> pd.DataFrame:
     r"""Log-normalised pseudobulk per group of cells.
 
@@ -153,46 +154,139 @@ def pseudobulk(
     adata
         Annotated data matrix (not modified).
     groupby
-        An ``obs`` column, or a per-cell array of group labels.
+        An ``obs`` column, or a per-cell array of group labels. Labels are compared as strings. Cells with a
+        missing (NaN/None) label belong to no group: with ``groups=None`` they are refused (fill or drop them
+        first, as for ``setup_anndata``); with ``groups`` given they are left out like any other cell outside
+        ``groups``.
     layer
         Layer with the counts; ``X`` when ``None``.
     counts
-        Whether the matrix holds raw counts. When ``False`` the values are taken as log-normalised and
-        averaged as they are.
+        Whether the matrix holds raw counts (checked: non-negative integers). When ``False`` the values are
+        taken as log-normalised and averaged as they are.
     size_factor_key
-        ``obs`` column with library sizes to use instead of total counts.
+        ``obs`` column with library sizes (positive, finite) to use instead of total counts.
     target_sum
-        Scale of normalised expression (counts per ``target_sum``).
+        Scale of normalised expression (counts per ``target_sum``); a positive finite number.
     groups
         Groups to return, in order; all groups with at least ``min_cells`` cells when ``None``.
     min_cells
         Groups with fewer cells are left out (when ``groups`` is ``None``).
+    allow_empty
+        With ``groups`` given, return NaN rows for groups without cells instead of raising a ``KeyError``.
 
     Returns
     -------
     DataFrame (groups x genes) of :math:`\log(1 + s\,\bar\rho)`, indexed by group.
+
+    Raises
+    ------
+    KeyError
+        For a ``groupby``, ``layer`` or ``size_factor_key`` that is not in ``adata``, and for ``groups`` without
+        cells (unless ``allow_empty``).
+    ValueError
+        For a non-positive or non-finite ``target_sum``, missing labels with ``groups=None``, non-count data with
+        ``counts=True``, NaN or infinite values, and invalid size factors.
     """
-    if isinstance(groupby, str):
-        if groupby not in adata.obs.columns:
-            msg = f"groupby key {groupby!r} is not a column of adata.obs."
-            raise KeyError(msg)
-        labels = adata.obs[groupby].astype(str).to_numpy()
-    else:
-        labels = np.asarray(groupby).astype(str)
-        if len(labels) != adata.n_obs:
-            msg = f"groupby has {len(labels)} labels for {adata.n_obs} cells."
-            raise ValueError(msg)
+    if isinstance(target_sum, bool) or not isinstance(target_sum, int | float | np.integer | np.floating):
+        msg = f"target_sum={target_sum!r} must be a positive number (counts per target_sum), e.g. 1e4."
+        raise TypeError(msg)
+    if not (np.isfinite(target_sum) and target_sum > 0):
+        msg = f"target_sum={target_sum!r} must be a positive finite number (counts per target_sum), e.g. 1e4."
+        raise ValueError(msg)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
+        msg = f"min_cells={min_cells!r} must be a non-negative integer (the smallest group returned), e.g. 1."
+        raise ValueError(msg)
+    if groups is not None and isinstance(groups, str | bytes):
+        msg = f"groups={groups!r} must be a list of group labels, e.g. groups=[{groups!r}]."
+        raise TypeError(msg)
+    labels, what = _group_labels(adata, groupby)
+    missing_label = np.asarray([lab is None for lab in labels])
     if groups is None:
+        if missing_label.any():
+            if isinstance(groupby, str):
+                fix = (
+                    f"Fill them (e.g. adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype(object)"
+                    f".fillna('unassigned')), drop those cells (adata[adata.obs[{groupby!r}].notna()].copy())"
+                )
+            else:
+                fix = "Fill them (e.g. labels = np.where(pd.isna(labels), 'unassigned', labels)), drop those cells"
+            msg = (
+                f"{what} has {int(missing_label.sum())} missing (NaN/None) labels, which belong to no group. {fix}, "
+                "or pass the groups to compute as groups=[...]."
+            )
+            raise ValueError(msg)
         vc = pd.Series(labels).value_counts()
         groups = sorted(vc.index[vc >= min_cells].tolist())
     groups = [str(g) for g in groups]
+    if len(set(groups)) != len(groups):
+        dup = pd.Index(groups)[pd.Index(groups).duplicated()].unique().tolist()
+        msg = f"groups has duplicated entries {dup[:5]}; give each group once."
+        raise ValueError(msg)
+    if not allow_empty:
+        present = set(labels[~missing_label].tolist())
+        absent = [g for g in groups if g not in present]
+        if absent:
+            avail = sorted(present)
+            more = f", ... ({len(avail)} in all)" if len(avail) > 10 else ""
+            msg = (
+                f"groups {absent[:5]}{' and more' if len(absent) > 5 else ''} have no cells in {what} (groups there: "
+                f"{avail[:10]}{more}); pass groups that occur, or allow_empty=True for NaN rows."
+            )
+            raise KeyError(msg)
     x = _get_matrix(adata, layer)
+    try:
+        check_expression(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]", counts=counts)
+    except ValueError as e:
+        fix = "pass layer=... with the raw counts, or counts=False to average log-normalised values as they are"
+        msg = f"{e} For pseudobulk: {fix}." if counts else str(e)
+        raise ValueError(msg) from e
     sf = None
     if size_factor_key is not None:
         if size_factor_key not in adata.obs.columns:
             msg = f"size_factor_key {size_factor_key!r} is not a column of adata.obs."
             raise KeyError(msg)
-        sf = adata.obs[size_factor_key].to_numpy(dtype=np.float64)
+        try:
+            sf = adata.obs[size_factor_key].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            msg = f"size_factor_key={size_factor_key!r}: obs column is not numeric ({e}); pass library sizes."
+            raise TypeError(msg) from e
+        bad = ~(np.isfinite(sf) & (sf > 0))
+        if bad.any():
+            msg = (
+                f"obs[{size_factor_key!r}] has {int(bad.sum())} size factors that are not positive finite numbers "
+                f"(e.g. {sf[bad][0]:g}); fix them or pass size_factor_key=None for total counts."
+            )
+            raise ValueError(msg)
     mean = normalized_mean(x, labels, groups, size_factor=sf, counts=counts)
     values = np.log1p(target_sum * mean) if counts else mean
     return pd.DataFrame(values, index=pd.Index(groups, name="condition"), columns=adata.var_names.copy())
+
+
+def _group_labels(adata: AnnData, groupby) -> tuple[np.ndarray, str]:
+    """Labels per cell as strings (``None`` where missing), and where they come from (for messages)."""
+    if isinstance(groupby, str):
+        if groupby not in adata.obs.columns:
+            msg = (
+                f"groupby={groupby!r} is not a column of adata.obs (columns: {list(adata.obs.columns)[:10]}); pass "
+                "an obs column or one label per cell."
+            )
+            raise KeyError(msg)
+        raw = adata.obs[groupby]
+        what = f"adata.obs[{groupby!r}]"
+    else:
+        arr = np.asarray(groupby, dtype=object)
+        if arr.ndim != 1:
+            msg = (
+                f"groupby must be an obs column or one label per cell, got {type(groupby).__name__} of shape "
+                f"{arr.shape}."
+            )
+            raise ValueError(msg)
+        raw = pd.Series(arr)
+        what = "groupby"
+        if len(raw) != adata.n_obs:
+            msg = f"groupby has {len(raw)} labels for {adata.n_obs} cells."
+            raise ValueError(msg)
+    na = raw.isna().to_numpy()
+    labels = raw.astype(str).to_numpy(dtype=object)
+    labels[na] = None
+    return labels, what

@@ -57,6 +57,9 @@ def _guide_source(
         x = _layer(gdata, layer, f"mdata[{guide_mod!r}]")
         source = f"mdata[{guide_mod!r}]" + (f".layers[{layer!r}]" if layer else ".X")
         names, var = [str(v) for v in gdata.var_names], gdata.var
+        if gdata is not out:
+            _check_unique_cells(gdata.obs_names, f"mdata[{guide_mod!r}]")
+            _check_unique_cells(out.obs_names, f"mdata[{rna_mod!r}]")
         x = _align(x, gdata.obs_names, out.obs_names, source)
         return x, names, var, out, source
     if not isinstance(data, ad.AnnData):
@@ -89,6 +92,9 @@ def _guide_source(
         if not isinstance(rna, ad.AnnData):
             msg = f"rna must be an AnnData (the RNA data to annotate), got {type(rna).__name__}."
             raise TypeError(msg)
+        if rna is not data:
+            _check_unique_cells(data.obs_names, "data")
+            _check_unique_cells(rna.obs_names, "rna")
         x = _align(x, data.obs_names, rna.obs_names, source)
         out = rna
     return x, names, var, out, source
@@ -101,6 +107,20 @@ def _layer(adata: ad.AnnData, layer: str | None, what: str):
         msg = f"layer={layer!r} is not a layer of {what} (layers: {list(adata.layers.keys())}); pass layer=None for X."
         raise KeyError(msg)
     return adata.layers[layer]
+
+
+def _check_unique_cells(cells: pd.Index, what: str) -> None:
+    """Refuse duplicated ``obs_names`` where cells are matched by name (each duplicate would get one cell's guide)."""
+    if cells.is_unique:
+        return
+    dup = cells[cells.duplicated()].unique().tolist()
+    msg = (
+        f"{what}.obs_names has {int(cells.duplicated().sum())} duplicated names (e.g. {dup[:5]}); the guide counts "
+        "are matched to the RNA cells by obs_names, so duplicated cells would all get one cell's guide. Make the "
+        f"names unique first ({what}.obs_names_make_unique(), on the guide and the RNA data alike so that they still "
+        "match) or drop the duplicated cells."
+    )
+    raise ValueError(msg)
 
 
 def _align(x, guide_cells: pd.Index, out_cells: pd.Index, source: str) -> sp.csr_matrix:
@@ -155,6 +175,18 @@ def _targets(
     adata: ad.AnnData,
 ) -> list[str]:
     """Target of each guide: a guide var column or uns entry, a mapping, a list, a regex or the guide name."""
+    raw, what = _raw_targets(names, var, targets, target_pattern, adata)
+    return _check_targets(names, raw, what)
+
+
+def _raw_targets(
+    names: list[str],
+    var: pd.DataFrame | None,
+    targets: str | Mapping[str, str] | Sequence[str] | None,
+    target_pattern: str | None,
+    adata: ad.AnnData,
+) -> tuple[list, str]:
+    """Targets as given (not yet checked), and where they come from (for messages)."""
     if targets is not None and target_pattern is not None:
         msg = "Pass either targets=... or target_pattern=... to map guides to targets, not both."
         raise ValueError(msg)
@@ -174,11 +206,11 @@ def _targets(
                 )
                 raise ValueError(msg)
             out.append(m.group(1) if m.re.groups else m.group(0))
-        return out
+        return out, f"target_pattern={target_pattern!r}"
     if targets is None:
         if var is not None and "target" in var.columns:
-            return [str(t) for t in var["target"]]
-        return list(names)
+            return list(var["target"]), "the guide var['target'] column"
+        return list(names), "the guide names"
     if isinstance(targets, str):
         if var is not None:
             if targets not in var.columns:
@@ -187,25 +219,61 @@ def _targets(
                     "column with each guide's target, a {guide: target} mapping or target_pattern=..."
                 )
                 raise KeyError(msg)
-            return [str(t) for t in var[targets]]
+            return list(var[targets]), f"the guide var[{targets!r}] column"
         if targets not in adata.uns:
             msg = (
                 f"targets={targets!r} is not a key of adata.uns; pass the uns key with one target per guide, a "
                 "{guide: target} mapping or target_pattern=..."
             )
             raise KeyError(msg)
-        targets = [str(t) for t in np.asarray(adata.uns[targets]).ravel()]
+        what = f"adata.uns[{targets!r}]"
+        targets = list(np.asarray(adata.uns[targets], dtype=object).ravel())
+    else:
+        what = "targets"
     if isinstance(targets, Mapping):
         missing = [g for g in names if g not in targets]
         if missing:
             msg = f"targets has no entry for guides {missing[:5]}; map every guide to its target."
             raise KeyError(msg)
-        return [str(targets[g]) for g in names]
-    targets = [str(t) for t in targets]
+        return [targets[g] for g in names], what
+    targets = list(targets)
     if len(targets) != len(names):
-        msg = f"targets has {len(targets)} entries for {len(names)} guides; give one target per guide."
+        msg = f"{what} has {len(targets)} entries for {len(names)} guides; give one target per guide."
         raise ValueError(msg)
-    return targets
+    return targets, what
+
+
+def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
+    """Refuse missing (NaN/None, or their string forms ``'nan'``/``'None'``) and empty targets."""
+
+    def _missing(t) -> bool:
+        if t is None:
+            return True
+        if isinstance(t, str):
+            return t in ("nan", "NaN", "None", "<NA>")
+        try:
+            return bool(pd.isna(t))
+        except (TypeError, ValueError):  # array-like entries are not missing values
+            return False
+
+    miss = [g for g, t in zip(names, raw, strict=True) if _missing(t)]
+    if miss:
+        msg = (
+            f"{what} gives a missing target (NaN/None, or the string 'nan'/'None') for guide(s) {miss[:5]}"
+            + (f" and {len(miss) - 5} more" if len(miss) > 5 else "")
+            + "; give every guide its target (e.g. 'non-targeting' for control guides) or drop those guides."
+        )
+        raise ValueError(msg)
+    out = [str(t) for t in raw]
+    empty = [g for g, t in zip(names, out, strict=True) if not t.strip()]
+    if empty:
+        msg = (
+            f"{what} gives an empty target for guide(s) {empty[:5]}"
+            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            + "; give every guide its target (e.g. 'non-targeting' for control guides) or drop those guides."
+        )
+        raise ValueError(msg)
+    return out
 
 
 def assign_guides(
@@ -257,8 +325,9 @@ def assign_guides(
         RNA modality ``rna_mod``; an AnnData of guide counts (cells x guides, ``X`` or ``layer``), annotating
         itself or ``rna``; or an AnnData with the counts in ``obsm[obsm_key]``.
     rna
-        With an AnnData of guide counts: the RNA AnnData to annotate (cells matched by ``obs_names``; RNA cells
-        without guide data count as having no guide UMIs). ``None`` annotates ``data`` itself.
+        With an AnnData of guide counts: the RNA AnnData to annotate (cells matched by ``obs_names``, which must
+        be unique in both; RNA cells without guide data count as having no guide UMIs). ``None`` annotates
+        ``data`` itself.
     guide_mod, rna_mod
         Modalities of a MuData with the guide counts and the cells to annotate.
     layer
@@ -271,7 +340,8 @@ def assign_guides(
     targets
         Each guide's target: a column of the guide ``var`` (or, with ``obsm_key``, an ``uns`` key with one target
         per guide), a ``{guide: target}`` mapping or a list aligned with the guides. When ``None``: the guide
-        ``var["target"]`` column if there is one, else the guide names themselves.
+        ``var["target"]`` column if there is one, else the guide names themselves. Every guide needs a
+        non-empty target (no NaN/None) that differs from ``multiple_label`` and ``unassigned_label``.
     target_pattern
         Regular expression whose first group extracts the target from a guide name, e.g.
         ``r"^(.+?)g\d+$"`` for ``"STAT1g2"``; instead of ``targets``.
@@ -316,6 +386,14 @@ def assign_guides(
     ``uns[key_added]["guide_assignment"]`` of the same AnnData. Nothing else (the guide counts in particular)
     is modified.
 
+    Raises
+    ------
+    ValueError
+        For invalid arguments, guide data that are not UMI counts, duplicated ``obs_names`` where guide and RNA
+        cells are matched by name, and missing, empty or reserved guide targets. Nothing is written then.
+    KeyError
+        For modalities, layers, ``obsm``/``uns`` keys or ``var`` columns that do not exist.
+
     Examples
     --------
     >>> import scmech
@@ -336,9 +414,12 @@ def assign_guides(
         raise ValueError(msg)
     labels = {"control_label": control_label, "multiple_label": multiple_label, "unassigned_label": unassigned_label}
     for name, value in labels.items():
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value.strip():
             msg = f"{name}={value!r} must be a non-empty string."
             raise ValueError(msg)
+    if not isinstance(separator, str) or not separator:
+        msg = f"separator={separator!r} must be a non-empty string (it joins combinations), e.g. '+'."
+        raise ValueError(msg)
     if len(set(labels.values())) < 3:
         msg = f"control_label, multiple_label and unassigned_label must differ, got {list(labels.values())}."
         raise ValueError(msg)
@@ -368,6 +449,28 @@ def assign_guides(
     tg = _targets(names, var, targets, target_pattern, out)
     ctrl_set = {str(c).lower() for c in control_targets} | {control_label.lower()}
     tg = np.asarray([control_label if t.lower() in ctrl_set else t for t in tg], dtype=object)
+    # a target must not read as one of the labels written for cells without a (single) target
+    reserved = {"multiple_label": multiple_label, "unassigned_label": unassigned_label, "control_label": control_label}
+    for arg, label in reserved.items():
+        hit = [(g, t) for g, t in zip(names, tg, strict=True) if t != control_label and t.strip() == label.strip()]
+        if hit:
+            msg = (
+                f"Guide(s) {[g for g, _ in hit][:5]} have the target {hit[0][1]!r}, which reads as {arg}={label!r}, "
+                "the label written for "
+                + {
+                    "multiple_label": "cells with several guides",
+                    "unassigned_label": "cells without an assigned guide",
+                    "control_label": "control guides",
+                }[arg]
+                + f"; rename the target (targets=...) or pass another {arg}=..."
+            )
+            raise ValueError(msg)
+    if unassigned_label in names:
+        msg = (
+            f"A guide is named {unassigned_label!r}, which is unassigned_label={unassigned_label!r}, the guide label "
+            "of cells without an assigned guide; rename the guide or pass another unassigned_label=..."
+        )
+        raise ValueError(msg)
     for t in set(tg) - {control_label}:
         if separator in t:
             msg = f"Guide target {t!r} contains the separator {separator!r}; pass another separator=..."

@@ -100,16 +100,22 @@ def _check_de_method(de_method: Any) -> None:
         raise ValueError(msg)
 
 
-def _check_scale(x: np.ndarray | sp.spmatrix, what: str) -> None:
-    r"""Refuse predictions that cannot be on the :math:`\log(1 + 10^4\bar\rho)` scale (e.g. counts, ``expm1``)."""
+def _check_scale(x: np.ndarray | sp.spmatrix, what: str, data_max: float | None = None) -> None:
+    r"""Refuse predictions that cannot be on the :math:`\log(1 + 10^4\bar\rho)` scale (e.g. counts, ``expm1``).
+
+    For log-normalised data (``data_max``, the largest observed value) the bound is that value when it is larger
+    (another target sum).
+    """
     if not sp.issparse(x):
         x = np.asarray(x)
     if (x.nnz if sp.issparse(x) else x.size) == 0:
         return
     top = float(x.max())
-    if top > _MAX_LOG1P + _SCALE_MARGIN:
+    bound = _MAX_LOG1P if data_max is None else max(_MAX_LOG1P, data_max)
+    if top > bound + _SCALE_MARGIN:
+        where = f"log1p(1e4) = {_MAX_LOG1P:.2f}" if bound == _MAX_LOG1P else f"the data's largest value {bound:.2f}"
         msg = (
-            f"{what} reach {top:.4g}, above log1p(1e4) = {_MAX_LOG1P:.2f} (one gene holding all of a cell's counts): "
+            f"{what} reach {top:.4g}, above {where} (one gene holding all of a cell's counts): "
             "they are not on the log1p(10^4 proportion) scale. Predictions must be on that scale, as returned by "
             "predict(): not counts, counts per 10^4, np.expm1 of a prediction or another normalisation."
         )
@@ -205,7 +211,9 @@ def _canonical(label: str, design: PerturbationDesign) -> str:
     return canonical_label(targets, separator=design.separator, control_label=design.control_label)
 
 
-def _prediction_frame(pred: AnnData, name: str, design: PerturbationDesign, genes: pd.Index) -> pd.DataFrame:
+def _prediction_frame(
+    pred: AnnData, name: str, design: PerturbationDesign, genes: pd.Index, *, data_max: float | None = None
+) -> pd.DataFrame:
     r"""Predicted log pseudobulk (conditions x genes) of a mean prediction, control rows dropped.
 
     Raises for predictions that are not finite or not on the :math:`\log(1 + 10^4\bar\rho)` scale.
@@ -230,7 +238,7 @@ def _prediction_frame(pred: AnnData, name: str, design: PerturbationDesign, gene
             "must not be scored (the leaderboard would drop the failure and rank it higher). Fix or drop those rows."
         )
         raise ValueError(msg)
-    _check_scale(x, f"Predictions of {name!r}")
+    _check_scale(x, f"Predictions of {name!r}", data_max=data_max)
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(pred.var_names).astype(str))
     missing = genes.difference(frame.columns)
     if len(missing) == len(genes):
@@ -616,7 +624,8 @@ def evaluate(
 
     Predictions must be on the scale returned by ``predict``, :math:`\log(1 + 10^4\bar\rho)`, whose largest
     possible value is :math:`\log(1 + 10^4) \approx 9.21`; predictions (or ``cell_predictions``) above it by more
-    than 0.5 (e.g. counts, or ``np.expm1`` of a prediction) are refused with a ``ValueError``.
+    than 0.5 (e.g. counts, or ``np.expm1`` of a prediction) are refused with a ``ValueError``. With
+    ``counts=False`` the bound is the data's largest value when that is larger (another target sum).
     ``centroid_accuracy`` and ``perturbench_rank`` compare each prediction with the observed centroids of
     all evaluated conditions (Euclidean distance over genes) and are NaN when only one is evaluated.
 
@@ -711,8 +720,6 @@ def evaluate(
         if unknown:
             msg = f"cell_predictions has models {unknown} without mean predictions; use the same keys as predictions."
             raise KeyError(msg)
-        for name, cp in cells_ad.items():
-            _check_scale(cp.X, f"cell_predictions[{name!r}]")
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); pass layer=None for X."
@@ -722,8 +729,14 @@ def evaluate(
         "adata.X" if layer is None else f"adata.layers[{layer!r}]",
         counts=counts,
     )
+    data_max = None
+    if not counts:
+        mat = adata.layers[layer] if layer is not None else adata.X
+        data_max = float(mat.max()) if (mat.nnz if sp.issparse(mat) else np.size(mat)) else None
+    for name, cp in (cells_ad or {}).items():
+        _check_scale(cp.X, f"cell_predictions[{name!r}]", data_max=data_max)
     genes0 = pd.Index(adata.var_names).astype(str)
-    frames = {name: _prediction_frame(p, name, design, genes0) for name, p in preds_ad.items()}
+    frames = {name: _prediction_frame(p, name, design, genes0, data_max=data_max) for name, p in preds_ad.items()}
     genes = _genes(adata, frames)
     n = adata.n_obs
     assigned = design.fit_mask
