@@ -507,3 +507,26 @@ def test_a_true_sparse_interaction_the_model_captures_is_kept_whole_in_noise():
     gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
     assert n == 5
     assert gain > 0.9  # a uniform discount by the noise share of the observed interactions gives about 0.5 here
+
+
+def test_a_target_without_prior_information_is_exchangeable_with_the_training_targets(steady):
+    # no measured gene, no embedding: the model has nothing specific to add, so the read-out is the mean of the
+    # training targets' read-outs (not the read-out of their mean operator), anchored on their observations
+    model, ctx = steady.model, Context(None)
+    pred = model.predict(["CD274"], random_state=0)
+    assert pred.obs["target_source"].iloc[0] == "shared response"
+    members = sorted(model.target_map_.trained)
+    m = _raw(model, members)
+    reads = np.mean([m[q] for q in members], axis=0)
+    err = np.mean([model.anchor_.get(q, ctx).value - m[q] for q in members], axis=0)
+    var = sum(model.anchor_.get(q, ctx).var for q in members) / len(members) ** 2
+    np.testing.assert_allclose(pred.X[0], reads + _eb_weight(err, var) * err, rtol=1e-5, atol=1e-5)
+    # noise-free observations: exactly the training targets' observed mean
+    obs = _noise_free(model.anchor_)
+    model.anchor_, saved = obs, model.anchor_
+    try:
+        exact = model.predict(["CD274"], random_state=0)
+    finally:
+        model.anchor_ = saved
+    observed_mean = np.mean([obs.get(q, ctx).value for q in members], axis=0)
+    np.testing.assert_allclose(exact.X[0], observed_mean, rtol=1e-5, atol=1e-5)

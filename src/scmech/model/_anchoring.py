@@ -309,21 +309,30 @@ class UnseenTarget(AnchorPlan):
     (those with the same kind of prior information as :math:`t`, e.g. a measured gene; every training target
     when :math:`t` has none): the target-class mean nested in the model, which supplies what is specific to
     :math:`t`: the direct knock-down of its own gene and its propagation through the learned dynamics.
+
+    A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
+    for the model to add; it is exchangeable with the training targets, so its model read-out is the mean of
+    theirs, :math:`m_t = \overline{m_q}`, not the read-out of their mean operator (the dynamics and the decoder
+    are nonlinear, and the response to an average drive is not the average response). Anchored, this is the
+    class's observed mean.
     """
 
     description: ClassVar[str] = "class mean of training targets plus the model's specific change"
     context: Context
     members: tuple[str, ...]
+    pooled: bool = False
 
     def needs(self, row, obs):
         return [obs.protocol(q, self.context) for q in self.members]
 
     def apply(self, row, read, obs):
         n = len(self.members)
-        errors = [_value(obs.get(q, self.context)) - read(obs.protocol(q, self.context)) for q in self.members]
+        reads = [read(obs.protocol(q, self.context)) for q in self.members]
+        errors = [_value(obs.get(q, self.context)) - m for q, m in zip(self.members, reads, strict=True)]
         corr = np.mean(errors, axis=0)
         var = sum(_var(obs.get(q, self.context)) for q in self.members) / n**2
-        return self._weighed(read(row), (corr, var))
+        base = np.mean(reads, axis=0) if self.pooled else read(row)
+        return self._weighed(base, (corr, var))
 
 
 @dataclass(frozen=True)
@@ -466,8 +475,8 @@ def plan_anchoring(
     mode
         ``"auto"`` (every plan) or ``"combinations"`` (only :class:`Combination`).
     unseen
-        For a target without training cells, the members of its class (training targets to anchor on);
-        ``None`` for a target with training cells.
+        For a target without training cells, the members of its class (training targets to anchor on) and
+        whether it has no prior information (pooled); ``None`` for a target with training cells.
     dynamic
         Whether read-outs are time-resolved.
     """
@@ -504,11 +513,12 @@ def _plan_row(p: Protocol, ctx: Context, obs: Observations, *, mode, unseen, obs
         ref = _media_reference(ctx, sources, obs)
         return OtherMedia(ctx, sources, ref)
     if len(p.targets) == 1:
-        members = unseen(p.targets[0])
-        if members is not None:
+        found = unseen(p.targets[0])
+        if found is not None:
+            members, pooled = found
             members = tuple(q for q in members if obs.get(q, ctx) is not None)
             if len(members) >= 2:
-                return UnseenTarget(ctx, members)
+                return UnseenTarget(ctx, members, pooled)
     return ControlLevel(ctx) if obs.control(ctx) is not None else None
 
 

@@ -84,8 +84,11 @@ class PredictionMixin:
         return [keys[j] for j in np.asarray(inverse).ravel()]
 
     # ------------------------------------------------------------------ operators
-    def _class_of(self, target: str, rng: np.random.Generator) -> tuple[str, ...] | None:
-        """Training targets an unseen ``target`` is anchored on (``None`` when it has training cells)."""
+    def _class_of(self, target: str, rng: np.random.Generator) -> tuple[tuple[str, ...], bool] | None:
+        """Training targets an unseen ``target`` is anchored on, and whether it has no prior information.
+
+        ``None`` when it has training cells.
+        """
         tm = self.target_map_
         if tm is None or target in tm.trained_set:
             return None
@@ -93,7 +96,7 @@ class PredictionMixin:
         pool = sorted(tm.class_targets if measured and len(tm.class_targets) >= 2 else tm.trained)
         if len(pool) > MAX_CLASS:
             pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
-        return tuple(pool)
+        return tuple(pool), not measured
 
     def _operators_for(self, protocols: list[Protocol]) -> tuple:
         """Operators, own effects and gene index for every target the protocols name, and the mapped targets.
