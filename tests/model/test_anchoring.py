@@ -458,10 +458,13 @@ def test_a_held_out_double_without_training_doubles_is_its_observed_singles_adde
     assert np.all((noisy.X[0] >= lo) & (noisy.X[0] <= hi))
 
 
-def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
-    """Training doubles additive within their noise: even a model that follows that noise gets no gain."""
-    rng = np.random.default_rng(3)
-    ctx, n_genes, sd = Context(None), 60, 0.1
+def _screen_of_doubles(rng, sd: float, interaction, model_follows_noise: bool, n_genes: int = 60):
+    """Five singles and five doubles observed with noise of sd per double; the model's values per targets.
+
+    ``interaction(rng, n_genes)`` gives each double's true interaction; the model has that interaction, plus the
+    doubles' noise when ``model_follows_noise``.
+    """
+    ctx = Context(None)
     obs = Observations(control_label="NT")
     values = {}
     singles = [f"S{k}" for k in range(5)]
@@ -473,11 +476,19 @@ def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
     values[()] = values[("NT",)]
     for a, b in [("S0", "S1"), ("S1", "S2"), ("S2", "S3"), ("S3", "S4"), ("S0", "S4")]:
         additive = values[(a,)] + values[(b,)] - values[()]
-        y = additive + rng.normal(0, sd, n_genes)  # no interaction, only noise of variance sd^2
+        inter = interaction(rng, n_genes)
+        y = additive + inter + rng.normal(0, sd, n_genes)
         var = np.full(n_genes, sd**2 / 4)  # four pseudobulks of sd^2 / 4 each make up I's variance
         obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(y, var, 50)
         obs.targets[f"{a}+{b}"] = (a, b)
-        values[(a, b)] = y  # the model reproduces the training doubles, noise included
+        values[(a, b)] = y if model_follows_noise else additive + inter
+    return obs, values
+
+
+def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
+    """Training doubles additive within their noise: even a model that follows that noise gets no gain."""
+    rng = np.random.default_rng(3)
+    obs, values = _screen_of_doubles(rng, 0.1, lambda rng, n: np.zeros(n), model_follows_noise=True)
     gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
     assert n == 5
     assert gain < 0.15
@@ -485,25 +496,13 @@ def test_an_interaction_the_model_fitted_to_noise_is_not_borne_out():
 
 def test_a_true_sparse_interaction_the_model_captures_is_kept_whole_in_noise():
     """Interactions on a few genes, noise on all: a model with the true interaction (none of the noise) keeps it."""
-    rng = np.random.default_rng(4)
-    ctx, n_genes, sd = Context(None), 60, 0.25
-    obs = Observations(control_label="NT")
-    values = {}
-    singles = [f"S{k}" for k in range(5)]
-    for lab in ["NT", *singles]:
-        v = rng.normal(2.0, 0.5, n_genes)
-        obs.conditions[(lab, ctx)] = ObservedPseudobulk(v, np.full(n_genes, sd**2 / 4), 50)
-        obs.targets[lab] = (lab,)
-        values[(lab,)] = v
-    values[()] = values[("NT",)]
-    for a, b in [("S0", "S1"), ("S1", "S2"), ("S2", "S3"), ("S3", "S4"), ("S0", "S4")]:
-        additive = values[(a,)] + values[(b,)] - values[()]
-        interaction = np.zeros(n_genes)
-        interaction[rng.choice(n_genes, 5, replace=False)] = rng.choice([-1.0, 1.0], 5)
-        y = additive + interaction + rng.normal(0, sd, n_genes)
-        obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(y, np.full(n_genes, sd**2 / 4), 50)
-        obs.targets[f"{a}+{b}"] = (a, b)
-        values[(a, b)] = additive + interaction  # the model's interaction is the true one
+
+    def sparse(rng, n):
+        out = np.zeros(n)
+        out[rng.choice(n, 5, replace=False)] = rng.choice([-1.0, 1.0], 5)
+        return out
+
+    obs, values = _screen_of_doubles(np.random.default_rng(4), 0.25, sparse, model_follows_noise=False)
     gain, n = fit_interaction_gain(obs, lambda p: values[p.targets or ()])
     assert n == 5
     assert gain > 0.9  # a uniform discount by the noise share of the observed interactions gives about 0.5 here

@@ -256,24 +256,22 @@ def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
         except (TypeError, ValueError):  # array-like entries are not missing values
             return False
 
+    fix = "; give every guide its target (e.g. 'non-targeting' for control guides) or drop those guides."
     miss = [g for g, t in zip(names, raw, strict=True) if _missing(t)]
     if miss:
-        msg = (
-            f"{what} gives a missing target (NaN/None, or the string 'nan'/'None') for guide(s) {miss[:5]}"
-            + (f" and {len(miss) - 5} more" if len(miss) > 5 else "")
-            + "; give every guide its target (e.g. 'non-targeting' for control guides) or drop those guides."
-        )
+        msg = f"{what} gives a missing target (NaN/None, or the string 'nan'/'None') for guide(s) {_few(miss)}{fix}"
         raise ValueError(msg)
     out = [str(t) for t in raw]
     empty = [g for g, t in zip(names, out, strict=True) if not t.strip()]
     if empty:
-        msg = (
-            f"{what} gives an empty target for guide(s) {empty[:5]}"
-            + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            + "; give every guide its target (e.g. 'non-targeting' for control guides) or drop those guides."
-        )
+        msg = f"{what} gives an empty target for guide(s) {_few(empty)}{fix}"
         raise ValueError(msg)
     return out
+
+
+def _few(names: list[str]) -> str:
+    """Return the first five names, and how many more."""
+    return f"{names[:5]}" + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def assign_guides(

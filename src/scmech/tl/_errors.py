@@ -29,6 +29,8 @@ from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import _get_matrix, library_size
 
+from ._metrics import check_finite_rows
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -394,14 +396,12 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
         )
         raise ValueError(msg)
     x = predictions.X.toarray() if sp.issparse(predictions.X) else np.asarray(predictions.X)
-    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
-    if bad.any():
-        rows = [labels[i] for i in np.flatnonzero(bad)]
-        msg = (
-            f"predictions hold NaN or infinite values for {rows[:5]}; their model error would be NaN. Fix or drop "
-            "those rows (pred[~pred.obs['perturbation'].isin([...])])."
-        )
-        raise ValueError(msg)
+    check_finite_rows(
+        x,
+        labels,
+        "predictions",
+        "their model error would be NaN. Fix or drop those rows (pred[~pred.obs['perturbation'].isin([...])]).",
+    )
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(predictions.var_names).astype(str))
     shared = genes[genes.isin(frame.columns)]
     if len(shared) == 0:

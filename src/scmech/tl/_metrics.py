@@ -122,6 +122,15 @@ def _check_scale(x: np.ndarray | sp.spmatrix, what: str, data_max: float | None 
         raise ValueError(msg)
 
 
+def check_finite_rows(x: np.ndarray, labels: Sequence[str], what: str, consequence: str) -> None:
+    """Refuse a prediction matrix with NaN or infinite values, naming the rows (conditions) that hold them."""
+    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
+    if bad.any():
+        rows = [labels[i] for i in np.flatnonzero(bad)]
+        msg = f"{what} hold NaN or infinite values for {rows[:5]}; {consequence}"
+        raise ValueError(msg)
+
+
 def higher_is_better(metric: str) -> bool:
     """Direction of a metric: known names from :data:`METRIC_DIRECTIONS`, else guessed from the name."""
     if metric in METRIC_DIRECTIONS:
@@ -230,14 +239,13 @@ def _prediction_frame(
         )
         raise ValueError(msg)
     x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
-    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
-    if bad.any():
-        rows = [labels[i] for i in np.flatnonzero(bad)]
-        msg = (
-            f"Predictions of {name!r} hold NaN or infinite values for {rows[:5]}; a model that fails on a condition "
-            "must not be scored (the leaderboard would drop the failure and rank it higher). Fix or drop those rows."
-        )
-        raise ValueError(msg)
+    check_finite_rows(
+        x,
+        labels,
+        f"Predictions of {name!r}",
+        "a model that fails on a condition must not be scored (the leaderboard would drop the failure and rank it "
+        "higher). Fix or drop those rows.",
+    )
     _check_scale(x, f"Predictions of {name!r}", data_max=data_max)
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(pred.var_names).astype(str))
     missing = genes.difference(frame.columns)
