@@ -56,7 +56,12 @@ def test_setup_anndata_registers_the_design(small_adata, model_kwargs):
     adata = small_adata
     SemiMechVI.setup_anndata(adata, batch_key="batch")
     targets = sorted({t for lab in adata.obs["perturbation"] if lab != "NT" for t in lab.split("+")})
-    assert adata.obsm["_scmech_perturbation"].shape == (adata.n_obs, len(targets))
+    # the targets of each cell, as positions in the target list (-1 padding; at most 2 targets per cell here)
+    entries = adata.obsm["_scmech_perturbation"]
+    assert entries.shape == (adata.n_obs, max(len(lab.split("+")) for lab in adata.obs["perturbation"]))
+    for lab, row in zip(adata.obs["perturbation"], entries, strict=True):
+        got = sorted(targets[int(i)] for i in row if i >= 0)
+        assert got == ([] if lab == "NT" else sorted(lab.split("+")))
     model = SemiMechVI(adata, **model_kwargs)
     st = model.adata_manager.get_state_registry("perturbation")
     assert list(st["targets"]) == targets

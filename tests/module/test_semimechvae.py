@@ -44,6 +44,25 @@ def make_module(**kwargs) -> SemiMechVAE:
     return module
 
 
+def entries(pert: torch.Tensor) -> torch.Tensor:
+    """The registered form of multi-hot rows: target positions per cell, -1 padding (as PerturbationField)."""
+    k = max(int((pert != 0).sum(1).max()), 1)
+    out = torch.full((len(pert), k), -1.0)
+    for i, row in enumerate(pert):
+        idx = row.nonzero().ravel()
+        out[i, : len(idx)] = idx.float()
+    return out
+
+
+def multi_hot(tensors: dict) -> torch.Tensor:
+    """Multi-hot rows (n x targets) of a minibatch's registered entries."""
+    e = tensors[K.PERTURBATION_KEY].long()
+    out = torch.zeros(len(e), N_TARGETS)
+    for i, row in enumerate(e):
+        out[i, row[row >= 0]] = 1.0
+    return out
+
+
 def make_tensors(n: int = 48, *, dynamic: bool = False, controls: bool = True, seed: int = 0) -> dict:
     """A minibatch: 12 baseline controls, singles, a combination, two media, two batches."""
     g = torch.Generator().manual_seed(seed)
@@ -60,7 +79,7 @@ def make_tensors(n: int = 48, *, dynamic: bool = False, controls: bool = True, s
     tensors = {
         REGISTRY_KEYS.X_KEY: x,
         REGISTRY_KEYS.BATCH_KEY: (torch.arange(n) % 2).float()[:, None],
-        K.PERTURBATION_KEY: pert,
+        K.PERTURBATION_KEY: entries(pert),
         K.MEDIA_KEY: media[:, None],
     }
     if dynamic:
@@ -93,7 +112,7 @@ def test_generative_prior_is_the_readout_of_each_protocol():
     inf, gen = module.forward(tensors, compute_loss=False)
     assert isinstance(gen["pz"], Normal)
     torch.testing.assert_close(gen["pz"].scale, torch.ones(48, N_LATENT))
-    pert, media = tensors[K.PERTURBATION_KEY], tensors[K.MEDIA_KEY].reshape(-1).long()
+    pert, media = multi_hot(tensors), tensors[K.MEDIA_KEY].reshape(-1).long()
     # steady-state regime with fixed-point read-out: mu is the fixed point of each row's (medium, perturbation)
     fp = module.field.fixed_point(module.z_base.expand(48, -1), media, module.field.drive(pert), implicit=False)
     torch.testing.assert_close(gen["mu"], fp.z, rtol=1e-4, atol=1e-4)
@@ -106,7 +125,7 @@ def test_generative_prior_is_the_readout_of_each_protocol():
 
 def test_flow_readout_integrates_to_the_horizon():
     module = make_module(readout="flow", horizon=3.0).eval()
-    pert, media = make_tensors()[K.PERTURBATION_KEY], torch.zeros(48, dtype=torch.long)
+    pert, media = multi_hot(make_tensors()), torch.zeros(48, dtype=torch.long)
     mu, residual = module.readout_states(pert, media)
     expected = module.field.integrate_protocol(
         module.z_base.expand(48, -1),
@@ -123,7 +142,7 @@ def test_flow_readout_integrates_to_the_horizon():
 def test_dynamic_readout_depends_on_time_and_media_time():
     module = make_module(regime="dynamic", readout="flow").eval()
     t = make_tensors(dynamic=True)
-    pert, media = t[K.PERTURBATION_KEY], t[K.MEDIA_KEY].reshape(-1).long()
+    pert, media = multi_hot(t), t[K.MEDIA_KEY].reshape(-1).long()
     time, mtime = t[K.TIME_KEY].reshape(-1), t[K.MEDIA_TIME_KEY].reshape(-1)
     with torch.no_grad():
         mu, _ = module.readout_states(pert, media, time=time, media_time=mtime)
@@ -295,6 +314,43 @@ def test_a_non_finite_loss_is_returned_for_the_training_callback_to_report():
 
 
 # ------------------------------------------------------------------------------------------------ MMD
+def _same(groups: torch.Tensor) -> torch.Tensor:
+    return groups.unsqueeze(1) == groups.unsqueeze(0)
+
+
+def _mmd_by_loops(x, groups, ref, bw):
+    """The unbiased MMD^2 of each group against the reference, one pair at a time."""
+
+    def k(a, b):
+        return sum(math.exp(-float(((a - b) ** 2).sum()) / (2 * w**2)) for w in bw)
+
+    r = [i for i in range(len(x)) if ref[i]]
+    out = []
+    for g in groups.unique().tolist():
+        rows = [i for i in range(len(x)) if groups[i] == g]
+        if len(rows) < 2 or (not bool(ref.all()) and all(ref[i] for i in rows)):
+            continue
+        sxx = sum(k(x[i], x[j]) for i in rows for j in rows if i != j) / (len(rows) * (len(rows) - 1))
+        syy = sum(k(x[i], x[j]) for i in r for j in r if i != j) / (len(r) * (len(r) - 1))
+        pairs = [(i, j) for i in rows for j in r if i != j]
+        sxy = sum(k(x[i], x[j]) for i, j in pairs) / len(pairs)
+        out.append(sxx + syy - 2 * sxy)
+    return sum(out) / len(out), len(out)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_group_mmd_equals_the_pairwise_sums_of_each_group(pooled):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(14, 2, generator=g, dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 3, 4, 4, 4, 4])
+    ref = torch.ones(14, dtype=torch.bool) if pooled else groups == 0
+    bw = [0.5, 1.0]
+    got, n_groups = _group_mmd(x, _same(groups), ref, bw)
+    want, n_want = _mmd_by_loops(x, groups, ref, bw)
+    assert float(n_groups) == pytest.approx(n_want)
+    assert float(got) == pytest.approx(want, rel=1e-10)
+
+
 def test_group_mmd_detects_a_shifted_group_and_ignores_tiny_groups():
     g = torch.Generator().manual_seed(0)
     n = 60
@@ -304,21 +360,21 @@ def test_group_mmd_detects_a_shifted_group_and_ignores_tiny_groups():
     groups[40:] = 2
     ref = groups == 0
     bw = [0.5, 1.0, 2.0]
-    same, k = _group_mmd(x, groups, ref, bw)
-    assert k == 2
+    same, k = _group_mmd(x, _same(groups), ref, bw)
+    assert float(k) == pytest.approx(2)
     assert abs(float(same)) < 0.1
     shifted = x.clone()
     shifted[20:40] += 3.0
-    big, k = _group_mmd(shifted, groups, ref, bw)
-    assert k == 2
+    big, k = _group_mmd(shifted, _same(groups), ref, bw)
+    assert float(k) == pytest.approx(2)
     assert float(big) > 5 * abs(float(same)) + 0.2
     # groups of one row are skipped; no reference rows: zero and no group
     single = groups.clone()
     single[20:] = torch.arange(1, 41)
-    _, k = _group_mmd(x, single, ref, bw)
-    assert k == 0
-    zero, k = _group_mmd(x, groups, torch.zeros(n, dtype=torch.bool), bw)
-    assert k == 0
+    _, k = _group_mmd(x, _same(single), ref, bw)
+    assert float(k) == 0
+    zero, k = _group_mmd(x, _same(groups), torch.zeros(n, dtype=torch.bool), bw)
+    assert float(k) == 0
     assert float(zero) == 0.0
 
 
@@ -344,3 +400,71 @@ def test_training_plan_gives_the_dynamics_a_faster_learning_rate():
 def test_training_plan_rejects_a_non_positive_factor():
     with pytest.raises(ValueError, match="dynamics_lr_factor must be > 0"):
         SemiMechTrainingPlan(make_module(), dynamics_lr_factor=0.0)
+
+
+# ------------------------------------------------------------------------------------------------ host syncs
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Record every tensor operation that reads a value back to the host (a device sync on a GPU)."""
+
+    READS = frozenset(
+        {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "nonzero", "unique"}
+        | {"unique_consecutive", "bincount", "masked_select", "argwhere"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        index = args[1] if name in ("__getitem__", "__setitem__") and len(args) > 1 else None
+        parts = index if isinstance(index, tuple) else (index,)
+        if name in self.READS or any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("controls", [True, False])
+@pytest.mark.parametrize("steady_state_on", ["mean", "cells"])
+def test_a_training_step_never_reads_back_from_the_device(controls, steady_state_on):
+    # a GPU step must not wait for the device: no .item(), no bool(tensor), no data-dependent shapes
+    module = make_module(steady_state_on=steady_state_on).train()
+    module.deduplicate = False  # as on a GPU, where finding the distinct protocols would wait for the device
+    tensors = make_tensors(controls=controls)
+    for _ in range(2):  # the first step sets the control reference, the second blends it
+        with HostReads() as spy:
+            inf, gen = module.forward(tensors, compute_loss=False)
+            out = module.loss(tensors, inf, gen, kl_weight=0.5)
+            out.loss.backward()
+        assert spy.reads == []
+    assert torch.isfinite(out.loss)
+    # solving every row gives the states of solving each distinct protocol once (the CPU's way)
+    mu_all = gen["mu"]
+    module.deduplicate = True
+    torch.testing.assert_close(module.forward(tensors, compute_loss=False)[1]["mu"], mu_all)
+
+
+def test_training_solves_run_a_budget_that_follows_what_they_needed(monkeypatch):
+    import scmech.module._semimechvae as vae
+
+    monkeypatch.setattr(vae, "SOLVER_REVIEW_STEPS", 3)
+    module = make_module().train()
+    with torch.no_grad():
+        module.field.g_gate.fill_(2.0)  # a strongly nonlinear field: Newton needs several iterations
+        module.field.operators_raw.normal_(0, 2.0)
+    module._fp_budget = 1
+    tensors = make_tensors()
+    budgets = []
+    for _ in range(12):
+        module.forward(tensors, compute_loss=False)
+        budgets.append(module._fp_budget)
+    # the budget grew from 1 (it ran out) and settled where the solves converge within it
+    assert budgets[-1] > 1
+    assert budgets[-1] == budgets[-4]
+    module.forward(tensors, compute_loss=False)
+    assert float(module._last_unconverged) == 0.0
+    # outside training the solve checks convergence itself and gives the same states
+    mu_train = module.forward(tensors, compute_loss=False)[1]["mu"]
+    module.eval()
+    mu_eval = module.forward(tensors, compute_loss=False)[1]["mu"]
+    torch.testing.assert_close(mu_train, mu_eval, rtol=1e-4, atol=1e-4)

@@ -198,6 +198,22 @@ class PerturbationDesign:
         """Number of targets per cell (0 for controls and unassigned cells)."""
         return np.asarray(self.matrix.sum(axis=1)).ravel().astype(int)
 
+    def entries(self) -> np.ndarray:
+        """Return the targets of each cell: their positions in :attr:`targets` (cells x largest order, ``-1`` padding).
+
+        The compact form of :attr:`matrix` that registration stores: a cell carries a few targets whatever the
+        number of targets of the screen, so a minibatch of it costs the same in a genome-wide screen.
+        """
+        m = sp.csr_matrix(self.matrix)
+        m.eliminate_zeros()
+        m.sort_indices()
+        counts = np.diff(m.indptr)
+        k = max(int(counts.max()) if len(counts) else 0, 1)
+        out = np.full((m.shape[0], k), -1, dtype=np.float32)
+        rows = np.repeat(np.arange(m.shape[0]), counts)
+        out[rows, np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)] = m.indices
+        return out
+
     def cell_counts(self) -> pd.Series:
         """Count cells per canonical label (unassigned included)."""
         return pd.Series(self.labels).value_counts()

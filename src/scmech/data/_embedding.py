@@ -12,6 +12,10 @@ import numpy as np
 __all__ = ["pseudobulk_gene_embedding", "ridge_map", "ridge_map_cv", "solve_y_axb"]
 
 
+#: smallest dimension of a pseudobulk above which only its leading components are computed
+TRUNCATED_SVD_ABOVE = 300
+
+
 def pseudobulk_gene_embedding(pseudobulk: np.ndarray, n_components: int = 10) -> np.ndarray:
     """Gene embedding from a pseudobulk matrix.
 
@@ -32,7 +36,16 @@ def pseudobulk_gene_embedding(pseudobulk: np.ndarray, n_components: int = 10) ->
         raise ValueError(msg)
     y = y - y.mean(axis=0, keepdims=True)
     k = min(n_components, min(y.shape) - 1) if min(y.shape) > 1 else 1
-    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    if min(y.shape) > TRUNCATED_SVD_ABOVE:
+        # genome scale (thousands of genes x conditions): only the leading k components, by Lanczos iterations
+        # (scipy's ARPACK, deterministic starting vector) instead of a full SVD whose cost grows as the cube
+        from scipy.sparse.linalg import svds
+
+        u, s, _ = svds(y, k=k, v0=np.ones(min(y.shape)) / np.sqrt(min(y.shape)))
+        order = np.argsort(s)[::-1]
+        u, s = u[:, order], s[order]
+    else:
+        u, s, _ = np.linalg.svd(y, full_matrices=False)
     scores = u[:, :k] * s[:k]
     if k < n_components:
         scores = np.hstack([scores, np.zeros((scores.shape[0], n_components - k))])

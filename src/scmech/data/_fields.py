@@ -1,7 +1,7 @@
 """scvi-tools fields that register the experimental design of a screen.
 
-:class:`PerturbationField` parses perturbation labels into a sparse multi-hot matrix over targets that the
-data loaders serve per minibatch; :class:`TimeField`, :class:`EfficacyField` and :class:`MediaTimeField`
+:class:`PerturbationField` parses perturbation labels into the targets of each cell (a compact multi-hot design)
+that the data loaders serve per minibatch; :class:`TimeField`, :class:`EfficacyField` and :class:`MediaTimeField`
 are numerical ``obs`` fields with the validation of :mod:`scmech.data._design`. Each has a MuData variant.
 """
 
@@ -34,13 +34,27 @@ __all__ = [
 ]
 
 
+def perturbation_state(adata_manager) -> dict:
+    """Return the perturbation field's state registry of a manager, as stored (read-only by convention).
+
+    scvi-tools' ``AnnDataManager.get_state_registry`` converts the whole state into a frozen attribute dictionary
+    on every call. The perturbation state holds one entry per target and per condition, so at genome scale
+    (:math:`10^4` targets) each conversion takes most of a second, and a model reads it many times; this reads the
+    registry the manager keeps (``adata_manager.registry``, the dictionary scvi-tools saves with a model).
+    """
+    return adata_manager.registry["field_registries"][SCMECH_REGISTRY_KEYS.PERTURBATION_KEY]["state_registry"]
+
+
 class PerturbationField(BaseAnnDataField):
-    """Register perturbation labels as a multi-hot matrix over target genes.
+    """Register perturbation labels as the targets of each cell.
 
     Registration parses ``adata.obs[obs_key]`` with :func:`~scmech.data.parse_perturbations` and writes the
-    canonical multi-hot matrix (cells x targets, sparse) to ``adata.obsm["_scmech_perturbation"]``. The state
-    registry keeps the targets, the canonical conditions and their cell counts, the label conventions and the
-    position of each target in ``var_names`` (``-1`` when the target gene is not measured).
+    targets of each cell to ``adata.obsm["_scmech_perturbation"]``: their positions in the registered target list
+    (cells x the largest number of targets of one cell, ``-1`` where a cell has fewer; a control row is all
+    ``-1``). This is the canonical multi-hot design in compact form (:meth:`PerturbationDesign.entries`): a
+    minibatch carries a few numbers per cell, whatever the number of targets of the screen. The state registry
+    keeps the targets, the canonical conditions and their cell counts, the label conventions and the position of
+    each target in ``var_names`` (``-1`` when the target gene is not measured).
 
     Parameters
     ----------
@@ -93,7 +107,7 @@ class PerturbationField(BaseAnnDataField):
 
     @property
     def attr_key(self) -> str:
-        """``obsm`` key of the registered multi-hot matrix."""
+        """``obsm`` key of the registered targets of each cell."""
         return SCMECH_ADATA_KEYS.PERTURBATION_OBSM
 
     @property
@@ -124,9 +138,9 @@ class PerturbationField(BaseAnnDataField):
         self._parse(adata)
 
     def register_field(self, adata: AnnData) -> dict:
-        """Parse the labels, write the multi-hot matrix and return the state registry."""
+        """Parse the labels, write the targets of each cell and return the state registry."""
         design = self._parse(adata)
-        adata.obsm[self.attr_key] = design.matrix
+        adata.obsm[self.attr_key] = design.entries()
         counts = design.cell_counts()
         return {
             self.OBS_KEY: self._obs_key,
@@ -142,7 +156,7 @@ class PerturbationField(BaseAnnDataField):
     def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
         """Register new data with the targets of the source registry (unknown targets raise)."""
         design = self._parse(adata_target, targets=state_registry[self.TARGETS_KEY])
-        adata_target.obsm[self.attr_key] = design.matrix
+        adata_target.obsm[self.attr_key] = design.entries()
         out = dict(state_registry)
         out[self.TARGETS_KEY] = list(state_registry[self.TARGETS_KEY])
         return out

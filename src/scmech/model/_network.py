@@ -71,13 +71,11 @@ class NetworkMixin:
     @torch.no_grad()
     def _intervention_effects(self, z_star: torch.Tensor, media: int) -> tuple[np.ndarray, list[str]]:
         """Log-normalised expression change of the full knock-down of each registered target (genes x targets)."""
-        from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+        from scmech._constants import TARGET_SUM
 
         module = self.module
         field = module.field
-        targets = [
-            str(t) for t in self.adata_manager.get_state_registry(SCMECH_REGISTRY_KEYS.PERTURBATION_KEY)["targets"]
-        ]
+        targets = [str(t) for t in self._perturbation_state()["targets"]]
         n_t = len(targets)
         if n_t == 0:
             return np.zeros((module.n_input, 0)), targets

@@ -49,7 +49,7 @@ class PostTrainingMixin:
         """Fit the :class:`~scmech.model._target_map.TargetMap` for targets without training cells."""
         adata = self.adata
         design = self._design(adata)
-        targets = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        targets = list(self._perturbation_state()["targets"])
         trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
         self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
         _, var_names = self._expression_matrix(adata)
@@ -153,7 +153,7 @@ class PostTrainingMixin:
         Each row is a pseudo-target appended to the registered ones (baseline medium, steady state or time 0).
         """
         module = self.module
-        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        registered = list(self._perturbation_state()["targets"])
         ops = module.field.operators.detach().clone()
         dev = ops.device
         own = module.decoder.own_effect
@@ -258,7 +258,7 @@ class PostTrainingMixin:
                 obs.conditions[lookup[g]] = ObservedPseudobulk(
                     pb[i].astype(np.float32), var[i].astype(np.float32), int(vc[g])
                 )
-            st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+            st = self._perturbation_state()
             for lab, _ in obs.conditions:
                 if lab != design.control_label:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))

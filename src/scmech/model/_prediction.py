@@ -112,7 +112,7 @@ class PredictionMixin:
         own = module.decoder.own_effect
         own = own.detach().clone() if own is not None else None
         idx = module.decoder.target_gene_index
-        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        registered = list(self._perturbation_state()["targets"])
         known = set(registered)
         needed = {t for p in protocols for t in p.targets}
         new_targets = sorted(needed - known)
@@ -221,7 +221,7 @@ class PredictionMixin:
     @torch.inference_mode()
     def _check_requested_targets(self, requested: list[Protocol]) -> None:
         """Refuse the unassigned label as a target; warn about a new target that is a known one in another case."""
-        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        st = self._perturbation_state()
         ua = self.adata_manager.registry["setup_args"].get("unassigned_label")
         unassigned = set() if ua is None else ({ua} if isinstance(ua, str) else {str(u) for u in ua})
         known = {str(t) for t in st["targets"]}
@@ -360,7 +360,7 @@ class PredictionMixin:
             msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
             raise ValueError(msg)
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
-        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        st = self._perturbation_state()
         requested = build_protocols(
             perturbations,
             media,

@@ -215,7 +215,7 @@ class SemiMechVI(
         if readout == "auto":
             readout = "fixed_point" if (regime == "steady_state" and steady_state_weight > 0) else "flow"
         self.regime = regime
-        pstate = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        pstate = self._perturbation_state()
         n_batch = self.summary_stats.get("n_batch", 0)
         n_media = self._n_media()
         n_cats = (
@@ -600,7 +600,7 @@ class SemiMechVI(
         out = []
         field = self.module.field
         # targets without training cells act through the gene-embedding map, as in predict
-        registered = list(self.adata_manager.get_state_registry(K.PERTURBATION_KEY)["targets"])
+        registered = list(self._perturbation_state()["targets"])
         ops = None
         if self.trained_targets_:
             every = [Protocol(t, (t,), None, 0.0, np.nan) for t in registered]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from scvi import REGISTRY_KEYS, settings
 from scvi.data import AnnDataManager
 from scvi.data.fields import (
@@ -43,6 +43,7 @@ from scmech.data._fields import (
     MuDataTimeField,
     PerturbationField,
     TimeField,
+    perturbation_state,
 )
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ class PerturbationSetupMixin:
     ) -> None:
         """Register an AnnData with its counts and experimental design.
 
-        Writes ``adata.obsm["_scmech_perturbation"]`` (the multi-hot perturbation matrix) and the
+        Writes ``adata.obsm["_scmech_perturbation"]`` (the targets of each cell) and the
         ``_scvi_*`` columns and ``uns`` entries of scvi-tools registration; nothing else is changed.
 
         Parameters
@@ -468,12 +469,28 @@ class PerturbationSetupMixin:
         mod = getattr(f, "mod_key", None) if f is not None else None
         return adata.mod[mod].obs if (mod is not None and hasattr(adata, "mod")) else adata.obs
 
+    def _perturbation_state(self) -> dict:
+        """Return the perturbation field's state registry, read without scvi-tools' per-call conversion."""
+        return perturbation_state(self.adata_manager)
+
     def _design(self, adata):
-        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
-        obs = self._obs(adata)
+        """Parse ``adata``'s perturbation labels into a design (the last parse is reused while they are unchanged).
+
+        A model reads its design several times per ``train`` (fit mask, batching, the post-training fits); parsing
+        a million labels takes seconds, so the last parse is kept with a fingerprint of the labels (a hash of the
+        column's values) and reused only when the same labels come again.
+        """
+        st = self._perturbation_state()
+        labels = self._obs(adata)[st["obs_key"]]
+        fingerprint = hashlib.blake2b(
+            pd.util.hash_pandas_object(labels, index=False).to_numpy().tobytes(), digest_size=16
+        ).hexdigest()
+        cached = self.__dict__.get("_design_cache")
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
         setup = self.adata_manager.registry["setup_args"]
-        return parse_perturbations(
-            obs[st["obs_key"]].to_numpy(),
+        design = parse_perturbations(
+            labels.to_numpy(),
             control_label=setup["control_label"],
             separator=st["separator"],
             unassigned_label=setup["unassigned_label"],
@@ -481,6 +498,8 @@ class PerturbationSetupMixin:
             key=st["obs_key"],
             require_control=False,
         )
+        self.__dict__["_design_cache"] = (fingerprint, design)
+        return design
 
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         """scvi-tools' validation plus a check that the genes are those the model was set up with.
@@ -565,21 +584,24 @@ class PerturbationSetupMixin:
         Training reads the registered matrix, while the trained targets, the target map and the anchoring read the
         labels: after an edit a trained target would be predicted as unseen.
         """
-        st = self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        st = self._perturbation_state()
         key = st["obs_key"]
         try:
-            current = self._design(self.adata).matrix
+            current = self._design(self.adata).entries()
         except (KeyError, ValueError) as e:
             msg = (
                 f"obs[{key!r}] was changed after setup_anndata and no longer parses with the registered targets "
                 f"({e}). {fix}"
             )
             raise ValueError(msg) from e
-        registered = self.adata_manager.get_from_registry(K.PERTURBATION_KEY)
-        registered = sp.csr_matrix(registered) if not sp.issparse(registered) else registered.tocsr()
-        current = sp.csr_matrix(current) if not sp.issparse(current) else current.tocsr()
-        if registered.shape != current.shape or (registered != current).nnz:
-            rows = np.flatnonzero(np.asarray((registered != current).sum(axis=1)).ravel() > 0)[:5]
+        registered = np.asarray(self.adata_manager.get_from_registry(K.PERTURBATION_KEY))
+        width = max(registered.shape[1], current.shape[1])
+        registered, current = (
+            np.pad(m, ((0, 0), (0, width - m.shape[1])), constant_values=-1) for m in (registered, current)
+        )
+        if registered.shape != current.shape or not np.array_equal(registered, current):
+            same_cells = len(registered) == len(current)
+            rows = np.flatnonzero((registered != current).any(axis=1))[:5] if same_cells else np.arange(0)
             msg = (
                 f"obs[{key!r}] was changed after setup_anndata (e.g. cells {rows.tolist()}): the registered "
                 f"perturbations no longer match the labels. {fix}"

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._targets import ActiveTargets, active_targets
+
 __all__ = ["FixedPointResult", "VectorField"]
 
 
@@ -39,6 +41,9 @@ class FixedPointResult:
     residual: torch.Tensor
     converged: torch.Tensor
     n_iter: int
+    #: iterations the solve needed until every row was within the tolerance (a device value; ``n_iter`` when the
+    #: solve stopped at its cap)
+    n_needed: torch.Tensor | None = None
 
 
 class VectorField(nn.Module):
@@ -156,7 +161,7 @@ class VectorField(nn.Module):
     # ------------------------------------------------------------------ evaluation
     def drive(
         self,
-        perturbation: torch.Tensor,
+        perturbation: torch.Tensor | ActiveTargets,
         efficacy: torch.Tensor | None = None,
         operators: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -165,18 +170,19 @@ class VectorField(nn.Module):
         Parameters
         ----------
         perturbation
-            Multi-hot rows (n x targets).
+            Multi-hot rows (n x targets), or their non-zero entries from :func:`active_targets` (the cost of a
+            training step then does not grow with the number of targets).
         efficacy
             Efficacy per row (n,) or (n, 1); 1 when ``None``.
         operators
             Operators to use instead of the learned ones (e.g. with rows for unseen targets).
         """
+        active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
         ops = self.operators if operators is None else operators
-        u = perturbation @ ops
-        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(u.dtype)
+        u = active.weighted_sum(ops.to(active.value.dtype))
         if efficacy is not None:
             u = u * efficacy.reshape(-1, 1)
-        return u + perturbed * self.shared
+        return u + active.perturbed * self.shared
 
     def forward(
         self,
@@ -243,7 +249,7 @@ class VectorField(nn.Module):
         tol: float = 1e-5,
         max_iter: int = 50,
         implicit: bool = True,
-        check_every: int = 4,
+        check_every: int | None = 4,
     ) -> FixedPointResult:
         r"""Solve :math:`f_\theta(z^\star; m, p) = 0` by safeguarded Newton, with implicit gradients.
 
@@ -275,7 +281,9 @@ class VectorField(nn.Module):
         implicit
             Attach implicit gradients (else return a detached state).
         check_every
-            Iterations between convergence checks (each check waits for the device).
+            Iterations between convergence checks (each check waits for the device). ``None`` runs exactly
+            ``max_iter`` iterations and never waits for the device: a training step passes the budget it learned
+            from earlier epochs (:attr:`FixedPointResult.n_needed`), so that a GPU step runs without host syncs.
         """
         with torch.no_grad():
             z = z_init.detach().clone()
@@ -283,13 +291,17 @@ class VectorField(nn.Module):
             relax = 1.0 / self.gamma.max()
             fz = self.forward(z, media, d)
             size = fz.abs().amax(dim=-1)
-            scale = 1.0 + float(torch.nan_to_num(z.abs().amax() + d.abs().amax(), posinf=0.0))
-            tol = max(tol, 64 * torch.finfo(z.dtype).eps * scale * float(self.gamma.max()))
+            # the tolerance is raised to what the dtype resolves at the states' scale (kept on the device)
+            scale = 1.0 + torch.nan_to_num(z.abs().amax() + d.abs().amax(), posinf=0.0)
+            tol_t = torch.clamp(64 * torch.finfo(z.dtype).eps * scale * self.gamma.max(), min=tol)
+            # iterations still needed when each iteration began (a device count; read once per epoch by training)
+            needed = torch.zeros((), device=z.device, dtype=torch.long)
             it = 0
             for it in range(1, max_iter + 1):
-                if (it - 1) % max(check_every, 1) == 0 and float(size.max()) < tol:
+                if check_every is not None and (it - 1) % max(check_every, 1) == 0 and bool(size.max() < tol_t):
                     it -= 1
                     break
+                needed = needed + (size.max() >= tol_t).long()
                 step, info = torch.linalg.solve_ex(self.jacobian(z, media), fz.unsqueeze(-1))
                 z_newton = z - step.squeeze(-1)
                 f_newton = self.forward(z_newton, media, d)
@@ -300,13 +312,13 @@ class VectorField(nn.Module):
                 fz = torch.where(take.unsqueeze(-1), f_newton, self.forward(z_relax, media, d))
                 size = fz.abs().amax(dim=-1)
             residual = fz.norm(dim=-1)
-            converged = size < max(tol * 10, 1e-4)
+            converged = size < torch.clamp(tol_t * 10, min=1e-4)
             if not implicit:
-                return FixedPointResult(z, residual, converged, it)
+                return FixedPointResult(z, residual, converged, it, needed)
             jac = self.jacobian(z, media)
         f_attached = self.forward(z, media, drive)
         z_star = z - torch.linalg.solve(jac, f_attached.unsqueeze(-1)).squeeze(-1)
-        return FixedPointResult(z_star, residual, converged, it)
+        return FixedPointResult(z_star, residual, converged, it, needed)
 
     # ------------------------------------------------------------------ protocols (flows)
     def integrate_protocol(

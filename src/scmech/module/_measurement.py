@@ -23,6 +23,8 @@ from scvi.distributions import NegativeBinomial, Normal, ZeroInflatedNegativeBin
 from scvi.nn import FCLayers
 from torch import nn
 
+from ._targets import ActiveTargets, active_targets
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -100,27 +102,32 @@ class MeasurementDecoder(nn.Module):
 
     def perturbation_offset(
         self,
-        perturbation: torch.Tensor,
+        perturbation: torch.Tensor | ActiveTargets,
         efficacy: torch.Tensor | None,
         own_effect: torch.Tensor | None = None,
         target_gene_index: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes)."""
+        """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes).
+
+        ``perturbation`` is a multi-hot matrix (n x targets) or its non-zero entries (:func:`active_targets`); the
+        own-gene knock-down is scattered from those entries, so its cost does not grow with the number of targets.
+        """
+        active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
         out = None
-        perturbed = (perturbation.sum(-1, keepdim=True) > 0).to(perturbation.dtype)
         if self.shared_offset is not None:
-            out = perturbed * self.shared_offset
+            out = active.perturbed * self.shared_offset
         own = self.own_effect if own_effect is None else own_effect
         idx = self.target_gene_index if target_gene_index is None else target_gene_index
         if own is not None and len(idx) > 0:
-            measured = idx >= 0
-            if bool(measured.any()):
-                vals = perturbation[:, measured] * own[measured]
-                if efficacy is not None:
-                    vals = vals * efficacy.reshape(-1, 1)
-                own_mat = torch.zeros(perturbation.shape[0], self.n_genes, device=vals.device, dtype=vals.dtype)
-                own_mat = own_mat.index_add(1, idx[measured], vals)
-                out = own_mat if out is None else out + own_mat
+            gene = active.gather(idx.unsqueeze(-1)).squeeze(-1)  # gene of each entry; 0 in padding
+            measured = active.gather((idx >= 0).unsqueeze(-1).to(active.value.dtype)).squeeze(-1)
+            vals = active.value * active.gather(own.unsqueeze(-1).to(active.value.dtype)).squeeze(-1) * measured
+            if efficacy is not None:
+                vals = vals * efficacy.reshape(-1, 1)
+            n = active.value.shape[0]
+            own_mat = torch.zeros(n, self.n_genes, device=vals.device, dtype=vals.dtype)
+            own_mat = own_mat.scatter_add(1, gene.clamp(min=0), vals)
+            out = own_mat if out is None else out + own_mat
         return out
 
     def logits(

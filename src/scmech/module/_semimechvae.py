@@ -42,6 +42,7 @@ from scmech._constants import SCMECH_REGISTRY_KEYS
 
 from ._dynamics import VectorField
 from ._measurement import MeasurementDecoder
+from ._targets import ActiveTargets, active_targets, from_entries
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,43 +50,50 @@ if TYPE_CHECKING:
 __all__ = ["SemiMechVAE"]
 
 K = SCMECH_REGISTRY_KEYS
+#: training steps between two reads of the iterations the steady-state solves needed (each read waits for the device)
+SOLVER_REVIEW_STEPS = 25
 
 
 def _group_mmd(
-    x: torch.Tensor, groups: torch.Tensor, ref_mask: torch.Tensor, bandwidths: Sequence[float]
-) -> tuple[torch.Tensor, int]:
+    x: torch.Tensor, same: torch.Tensor, ref_mask: torch.Tensor, bandwidths: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean unbiased MMD^2 (sum of RBF kernels) of each group of rows against the reference rows.
 
-    With every row in the reference (``ref_mask`` all true) each group is compared with the pooled rows.
+    Groups are given by ``same`` (n x n, true where two rows share a protocol), so no group labels have to be
+    found first (a search whose output size the device cannot know in advance). Each group's sums are read from
+    its rows: a row holds its group's within-group and cross-reference kernel sums (``same @ ...``), and the mean
+    over groups weighs each row by one over its group's size. One kernel matrix for the whole minibatch: the cost
+    is that of a single MMD whatever the number of groups, and nothing waits for the device.
 
-    One kernel matrix for the whole minibatch; per-group sums come from one-hot products, so the cost is
-    that of a single MMD whatever the number of groups. Groups with fewer than 2 rows are skipped.
+    With every row in the reference (``ref_mask`` all true) each group is compared with the pooled rows; otherwise
+    groups inside the reference are not compared with it. Groups with fewer than 2 rows are skipped.
+
+    Returns
+    -------
+    The mean MMD^2 over the compared groups (0 when there are none) and their number (a 0-d tensor).
     """
+    dt = x.dtype
     d2 = torch.cdist(x, x).pow(2)
     kmat = sum(torch.exp(-d2 / (2 * b**2)) for b in bandwidths)
     n_bw = float(len(bandwidths))
-    onehot = torch.nn.functional.one_hot(groups).to(x.dtype)  # n x G
-    onehot = onehot[:, onehot.sum(0) > 0]
-    ref = ref_mask.to(x.dtype).unsqueeze(1)
-    if not bool(ref_mask.all()):
-        # groups inside the reference are not compared with it; a pooled reference (every row) keeps them all
-        is_ref_group = (onehot * ref).sum(0) == onehot.sum(0)
-        onehot = onehot[:, ~is_ref_group]
-    n_g = onehot.sum(0)
+    s = same.to(dt)
+    ref = ref_mask.to(dt)
     n_r = ref.sum()
-    keep = n_g >= 2
-    if n_r < 2 or not bool(keep.any()):
-        return torch.zeros((), device=x.device), 0
-    onehot, n_g = onehot[:, keep], n_g[keep]
-    kg = kmat @ onehot  # n x G
-    s_gg = (onehot * kg).sum(0)
-    s_gr = (ref * kg).sum(0)
-    s_rr = (ref * (kmat @ ref)).sum()
-    sxx = (s_gg - n_bw * n_g) / (n_g * (n_g - 1))
-    syy = (s_rr - n_bw * n_r) / (n_r * (n_r - 1))
-    overlap = (onehot * ref).sum(0)  # rows both in the group and the reference: drop their self-pairs
-    sxy = (s_gr - n_bw * overlap) / (n_g * n_r - overlap)
-    return (sxx + syy - 2 * sxy).mean(), int(keep.sum())
+    n_g = s.sum(1)  # size of each row's group
+    s_gg = s @ (kmat * s).sum(1)  # within-group kernel sum of each row's group
+    s_gr = s @ (kmat @ ref)  # group x reference kernel sum
+    overlap = s @ ref  # rows both in the group and the reference: drop their self-pairs
+    s_rr = ref @ kmat @ ref
+    pooled = ref_mask.all()
+    keep = (n_g >= 2) & (pooled | (overlap < n_g)) & (n_r >= 2)
+    one = torch.ones((), device=x.device, dtype=dt)
+    sxx = (s_gg - n_bw * n_g) / torch.where(keep, n_g * (n_g - 1), one)
+    syy = (s_rr - n_bw * n_r) / torch.clamp(n_r * (n_r - 1), min=1.0)
+    sxy = (s_gr - n_bw * overlap) / torch.where(keep, n_g * n_r - overlap, one)
+    w = keep.to(dt) / n_g.clamp(min=1.0)  # a group's rows weigh one in all
+    n_groups = w.sum()
+    mmd = (w * (sxx + syy - 2 * sxy)).sum() / n_groups.clamp(min=1.0)
+    return torch.where(n_groups > 0, mmd, torch.zeros((), device=x.device, dtype=dt)), n_groups
 
 
 class SemiMechVAE(BaseModuleClass):
@@ -264,6 +272,14 @@ class SemiMechVAE(BaseModuleClass):
         self.register_buffer("time_unit", torch.ones(()))
         # share of unconverged steady-state solves in the last read-out, kept on the device (no host sync per step)
         self._last_unconverged: torch.Tensor | float = 0.0
+        # a training step runs a fixed number of Newton iterations (no host sync); the budget follows what the solves
+        # of the last SOLVER_REVIEW_STEPS steps needed, read from the device once per review
+        self._fp_budget = min(4, fixed_point_max_iter)
+        self._fp_needed: torch.Tensor | None = None
+        self._fp_steps = 0
+        # solve the distinct protocols of a training minibatch once (None: on the CPU, where finding them costs no
+        # device sync; a GPU solves every row in parallel instead)
+        self.deduplicate: bool | None = None
 
     # ------------------------------------------------------------------ helpers
     def dynamics_parameter_names(self) -> list[str]:
@@ -276,8 +292,10 @@ class SemiMechVAE(BaseModuleClass):
         x = tensors[REGISTRY_KEYS.X_KEY]
         n = x.shape[0]
         dev = x.device
-        pert = tensors.get(K.PERTURBATION_KEY)
-        pert = torch.zeros(n, self.n_targets, device=dev) if pert is None else pert.float()
+        entries = tensors.get(K.PERTURBATION_KEY)
+        entries = torch.full((n, 1), -1.0, device=dev) if entries is None else entries
+        # the registered targets of each cell (a compact multi-hot row, see PerturbationField)
+        pert = from_entries(entries, self.n_targets)
         eff = tensors.get(K.EFFICACY_KEY)
         media = tensors.get(K.MEDIA_KEY)
         time = tensors.get(K.TIME_KEY)
@@ -290,9 +308,19 @@ class SemiMechVAE(BaseModuleClass):
             "media_time": torch.full((n,), float("nan"), device=dev) if mtime is None else mtime.reshape(-1).float(),
         }
 
+    def active(self, perturbation: torch.Tensor | ActiveTargets) -> ActiveTargets:
+        """Return the targets of each row, from multi-hot rows (n x targets) or as they are.
+
+        Registered minibatches already carry them (:meth:`_protocol`); multi-hot rows come from predictions.
+        """
+        if isinstance(perturbation, ActiveTargets):
+            dev = self.z_base.device
+            return perturbation if perturbation.value.device == dev else perturbation.to(dev)
+        return active_targets(perturbation.float())
+
     def readout_states(
         self,
-        perturbation: torch.Tensor,
+        perturbation: torch.Tensor | ActiveTargets,
         media: torch.Tensor,
         efficacy: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
@@ -300,23 +328,29 @@ class SemiMechVAE(BaseModuleClass):
         operators: torch.Tensor | None = None,
         implicit: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Latent read-out :math:`\mu_\pi` of each row's protocol (rows deduplicated internally).
+        r"""Latent read-out :math:`\mu_\pi` of each row's protocol.
+
+        On the CPU, and outside training, rows that share a protocol are solved once. A training step on a GPU
+        solves every row instead (``deduplicate`` overrides the choice): finding the distinct protocols would wait
+        for the device, and the solves of a minibatch's rows run in parallel there. Either way every row gets the
+        same value.
 
         Returns
         -------
         The states (n x latent) and the steady-state residual :math:`\|f\|` of each row's solve (zeros for
         flows).
         """
-        n = perturbation.shape[0]
-        dev = perturbation.device
+        active = self.active(perturbation)
+        n = active.value.shape[0]
+        dev = active.value.device
         eff = torch.ones(n, device=dev) if efficacy is None else efficacy.reshape(-1).float()
         # times arrive in the data's units; the dynamics run in model units (see ``set_time_unit``)
         t = torch.zeros(n, device=dev) if time is None else time.reshape(-1).float() / self.time_unit
         s = torch.full((n,), float("nan"), device=dev) if media_time is None else media_time.reshape(-1).float()
         s = s / self.time_unit
-        key = torch.cat(
+        rows = torch.cat(
             [
-                perturbation.float(),
+                active.key(),
                 media.reshape(-1, 1).float(),
                 eff.reshape(-1, 1),
                 t.reshape(-1, 1),
@@ -324,31 +358,73 @@ class SemiMechVAE(BaseModuleClass):
             ],
             dim=1,
         )
-        uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
-        nt = perturbation.shape[1]
-        p_u = uniq[:, :nt]
-        m_u = uniq[:, nt].long()
-        e_u = uniq[:, nt + 1]
-        t_u = uniq[:, nt + 2]
-        s_u = uniq[:, nt + 3]
+        dedup = self.deduplicate if self.deduplicate is not None else dev.type != "cuda"
+        if self.training and not dedup:
+            uniq, inverse = rows, None
+        else:
+            uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+        k = active.index.shape[1]
+        act_u = ActiveTargets(uniq[:, :k].long(), uniq[:, k : 2 * k], active.n_targets)
+        m_u = uniq[:, 2 * k].long()
+        e_u = uniq[:, 2 * k + 1]
+        t_u = uniq[:, 2 * k + 2]
+        s_u = uniq[:, 2 * k + 3]
         s_u = torch.where(s_u < -1e8, torch.full_like(s_u, float("nan")), s_u)
-        drive = self.field.drive(p_u, e_u, operators=operators)
+        drive = self.field.drive(act_u, e_u, operators=operators)
         z0 = self.z_base.expand(len(uniq), -1)
         residual = torch.zeros(len(uniq), device=dev)
         if self.regime == "dynamic":
             mu = self.field.integrate_protocol(z0, drive, m_u, t_u, s_u, n_steps=self.ode_steps)
         elif self.readout == "fixed_point":
-            res = self.field.fixed_point(
-                z0, m_u, drive, tol=self.fixed_point_tol, max_iter=self.fixed_point_max_iter, implicit=implicit
-            )
-            mu = res.z
-            residual = res.residual
-            self._last_unconverged = (~res.converged).float().mean().detach()
+            mu, residual = self._solve(z0, m_u, drive, implicit)
         else:
             horizon = torch.full((len(uniq),), self.horizon, device=dev)
             nan = torch.full((len(uniq),), float("nan"), device=dev)
             mu = self.field.integrate_protocol(z0, drive, m_u, horizon, nan, n_steps=self.ode_steps)
+        if inverse is None:
+            return mu, residual
         return mu[inverse], residual[inverse]
+
+    def _solve(
+        self, z0: torch.Tensor, media: torch.Tensor, drive: torch.Tensor, implicit: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steady states; in training, a fixed number of iterations that follows what earlier solves needed.
+
+        Outside training the solve stops when it converges (it checks every few iterations). A training step runs
+        exactly the current budget and records, on the device, how many iterations its rows needed; every
+        :data:`SOLVER_REVIEW_STEPS` steps the budget is set to the most any step needed plus one (doubled, up to
+        ``fixed_point_max_iter``, when a step ran out of it). The share of rows that did not converge is reported as
+        ``fp_unconverged`` in the training history.
+        """
+        cap = self.fixed_point_max_iter
+        if not self.training:
+            res = self.field.fixed_point(z0, media, drive, tol=self.fixed_point_tol, max_iter=cap, implicit=implicit)
+        else:
+            budget = min(self._fp_budget, cap)
+            res = self.field.fixed_point(
+                z0, media, drive, tol=self.fixed_point_tol, max_iter=budget, implicit=implicit, check_every=None
+            )
+            needed = res.n_needed.detach()
+            self._fp_needed = needed if self._fp_needed is None else torch.maximum(self._fp_needed, needed)
+            self._fp_steps += 1
+            if self._fp_steps >= SOLVER_REVIEW_STEPS:
+                self.review_solver_budget()
+        self._last_unconverged = (~res.converged).float().mean().detach()
+        return res.z, res.residual
+
+    def review_solver_budget(self) -> int:
+        """Set the training budget of Newton iterations from what the solves since the last review needed.
+
+        One read of a device value. Returns the new budget.
+        """
+        if self._fp_needed is not None:
+            needed = int(self._fp_needed)
+            cap = max(self.fixed_point_max_iter, 1)
+            ran_out = needed >= min(self._fp_budget, cap)
+            self._fp_budget = min(cap, 2 * self._fp_budget if ran_out else max(needed + 1, 2))
+        self._fp_needed = None
+        self._fp_steps = 0
+        return self._fp_budget
 
     @torch.no_grad()
     def set_time_unit(self, unit: float) -> None:
@@ -371,6 +447,21 @@ class SemiMechVAE(BaseModuleClass):
         return float(self.field.tau.detach()) * float(self.time_unit)
 
     # ------------------------------------------------------------------ scvi-tools hooks
+    def forward(self, *args, **kwargs):
+        """scvi-tools' forward pass (inference, generative, loss), with torch's distribution argument checks off.
+
+        The checks (``Distribution(validate_args=True)``, torch's default, also inside scvi-tools' encoder) test
+        every parameter tensor and read the verdict back to the host: a device sync per distribution on a GPU. The
+        values they test come from the network (finite by construction; a non-finite loss stops training with
+        :class:`FloatingPointError`), so they are switched off for the duration of the call and restored after it.
+        """
+        previous = torch.distributions.Distribution._validate_args
+        torch.distributions.Distribution.set_default_validate_args(False)
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(previous)
+
     def _get_inference_input(self, tensors: dict) -> dict:
         return {
             "x": tensors[REGISTRY_KEYS.X_KEY],
@@ -408,7 +499,7 @@ class SemiMechVAE(BaseModuleClass):
         self,
         z: torch.Tensor,
         library: torch.Tensor,
-        perturbation: torch.Tensor,
+        perturbation: torch.Tensor | ActiveTargets,
         media: torch.Tensor,
         efficacy: torch.Tensor | None = None,
         time: torch.Tensor | None = None,
@@ -421,11 +512,12 @@ class SemiMechVAE(BaseModuleClass):
         """Prior from the dynamics' read-out and the measurement distribution ``px``."""
         if transform_batch is not None:
             batch_index = torch.ones_like(batch_index) * transform_batch
-        mu, residual = self.readout_states(perturbation, media, efficacy, time, media_time)
-        offset = self.decoder.perturbation_offset(perturbation, efficacy)
+        active = self.active(perturbation)
+        mu, residual = self.readout_states(active, media, efficacy, time, media_time)
+        offset = self.decoder.perturbation_offset(active, efficacy)
         logits = self.decoder.logits(z, batch_index, offset, cat_covs, cont_covs)
         px = self.decoder.distribution(z, logits, library, batch_index)
-        pz = Normal(mu, torch.ones_like(mu))
+        pz = Normal(mu, torch.ones_like(mu), validate_args=False)
         return {"px": px, "pz": pz, "mu": mu, "fp_residual": residual}
 
     def loss(
@@ -446,78 +538,79 @@ class SemiMechVAE(BaseModuleClass):
         px = generative_outputs["px"]
         mu = generative_outputs["mu"]
         recon = -px.log_prob(x).sum(-1)
-        kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu))).sum(-1)
+        kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu), validate_args=False)).sum(-1)
         # warm-up acts on the encoder only; the dynamics get the full prior gradient
-        kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu))).sum(-1)
+        kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu), validate_args=False)).sum(-1)
         # the prior's gradient for the dynamics at full weight, with no effect on the value of the loss
         prior_fit = 0.5 * (qz.loc.detach() - mu).pow(2).sum(-1)
         loss = torch.mean(recon + kl_weight * kl_enc + (prior_fit - prior_fit.detach()))
         self._cell_prior_fit = prior_fit.detach()  # per-cell dynamics error, read by error-guided batching
 
         proto = self._protocol(tensors)
-        pert, media = proto["perturbation"], proto["media"]
-        is_ctrl = pert.sum(-1) == 0
+        active, media = self.active(proto["perturbation"]), proto["media"]
+        is_ctrl = (active.value == 0).all(-1)
         baseline_ctrl = is_ctrl & (media == 0) & (torch.isnan(proto["media_time"]))
         basal = z - mu
         extra: dict[str, torch.Tensor] = {}
+        # every branch below is written with masks and torch.where: a training step never waits for the device
+        has_ctrl = baseline_ctrl.any()
+        n_ctrl = baseline_ctrl.sum()
+        ctrl_w = baseline_ctrl.to(z.dtype).unsqueeze(-1)
+        mean_ctrl = (qz.loc.detach() * ctrl_w).sum(0, keepdim=True) / n_ctrl.clamp(min=1)
+        reference_known = has_ctrl | self.control_reference_set
+        if self.training:
+            with torch.no_grad():
+                blended = torch.where(
+                    self.control_reference_set, 0.9 * self.control_reference + 0.1 * mean_ctrl[0], mean_ctrl[0]
+                )
+                self.control_reference.copy_(torch.where(has_ctrl, blended, self.control_reference))
+                self.control_reference_set.copy_(reference_known)
+        mean_ctrl = torch.where(has_ctrl, mean_ctrl, self.control_reference.unsqueeze(0))
 
         # steady-state term: baseline controls are a fixed point of f(.; m0, no perturbation)
         zero_drive = torch.zeros(1, self.n_latent, device=z.device)
         m0 = torch.zeros(1, dtype=torch.long, device=z.device)
-        if bool(baseline_ctrl.any()):
-            ctrl_loc = qz.loc[baseline_ctrl].detach()
-            mean_ctrl = ctrl_loc.mean(0, keepdim=True)
-            if self.training:
-                with torch.no_grad():
-                    if bool(self.control_reference_set):
-                        self.control_reference.mul_(0.9).add_(0.1 * mean_ctrl[0])
-                    else:
-                        self.control_reference.copy_(mean_ctrl[0])
-                        self.control_reference_set.fill_(True)
-        else:
-            ctrl_loc = self.control_reference.unsqueeze(0)
-            mean_ctrl = ctrl_loc
         if self.regime == "dynamic":
             # every protocol starts from z_base in the baseline medium: the baseline is a fixed point there
             ss = self.field(self.z_base.unsqueeze(0), m0, zero_drive).pow(2).sum()
-        elif not bool(baseline_ctrl.any()) and not bool(self.control_reference_set):
-            ss = torch.zeros((), device=z.device)  # no baseline control seen yet
         elif self.steady_state_on == "cells":
-            f_ctrl = self.field(ctrl_loc, m0.expand(len(ctrl_loc)), zero_drive.expand(len(ctrl_loc), -1))
-            ss = f_ctrl.pow(2).sum(-1).mean()
+            loc = qz.loc.detach()
+            f_cells = self.field(loc, m0.expand(len(loc)), zero_drive.expand(len(loc), -1)).pow(2).sum(-1)
+            f_ref = self.field(mean_ctrl, m0, zero_drive).pow(2).sum()
+            ss_cells = (f_cells * ctrl_w[:, 0]).sum() / n_ctrl.clamp(min=1)
+            ss = torch.where(has_ctrl, ss_cells, torch.where(reference_known, f_ref, torch.zeros_like(f_ref)))
         else:
-            f_ctrl = self.field(mean_ctrl, m0, zero_drive)
-            ss = f_ctrl.pow(2).sum()
+            f_ctrl = self.field(mean_ctrl, m0, zero_drive).pow(2).sum()
+            ss = torch.where(reference_known, f_ctrl, torch.zeros_like(f_ctrl))  # no baseline control seen yet
         if ss_w > 0:
             loss = loss + ss_w * ss
         extra["ss_residual"] = ss.detach().sqrt()
 
         # basal states must not encode the protocol: unbiased MMD of each group against baseline controls
-        mmd = torch.zeros((), device=z.device)
-        group_key = torch.cat(
+        protocol = torch.cat(
             [
-                pert,
+                active.key(),
                 media.reshape(-1, 1).float(),
                 proto["time"].reshape(-1, 1),
                 torch.nan_to_num(proto["media_time"], nan=-1e9).reshape(-1, 1),
             ],
             dim=1,
         )
-        _, groups = torch.unique(group_key, dim=0, return_inverse=True)
+        same = (protocol.unsqueeze(1) == protocol.unsqueeze(0)).all(-1)  # n x n: rows of one protocol group
+        mmd = torch.zeros((), device=z.device)
         if mmd_w > 0:
             bw = [0.5 * self.n_latent**0.5, self.n_latent**0.5, 2 * self.n_latent**0.5]
             # reference: the baseline controls; a design without them (every cell switched medium or
             # perturbed) compares each group with the pooled minibatch
-            ref = baseline_ctrl if int(baseline_ctrl.sum()) >= 2 else torch.ones_like(baseline_ctrl)
-            mmd, n_groups = _group_mmd(basal, groups, ref, bw)
-            if n_groups:
-                loss = loss + mmd_w * mmd
+            ref = torch.where(n_ctrl >= 2, baseline_ctrl, torch.ones_like(baseline_ctrl))
+            mmd, _ = _group_mmd(basal, same, ref, bw)
+            loss = loss + mmd_w * mmd
         with torch.no_grad():
-            counts = torch.bincount(groups).float()
-            means = torch.zeros(len(counts), self.n_latent, device=z.device).index_add_(0, groups, basal)
-            means = means / counts.clamp(min=1).unsqueeze(-1)
+            # share of the basal variance between protocol groups (each row's group mean from ``same``)
+            sf = same.to(basal.dtype)
+            group_mean = (sf @ basal) / sf.sum(1, keepdim=True)
             total_var = basal.var(0, unbiased=False).sum().clamp(min=1e-8)
-            between = ((means - basal.mean(0)) ** 2 * (counts / counts.sum()).unsqueeze(-1)).sum() / total_var
+            between = ((group_mean - basal.mean(0)) ** 2).sum(-1).mean() / total_var
         extra["mmd"] = mmd.detach()
         extra["basal_sd"] = basal.detach().std(0).mean()
         extra["basal_leak"] = between

@@ -31,6 +31,7 @@ from scvi.model.base import BaseModelClass
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS, TARGET_SUM
 from scmech.data._design import canonical_label, parse_condition
 from scmech.data._embedding import pseudobulk_gene_embedding, solve_y_axb
+from scmech.data._fields import perturbation_state
 from scmech.data._pseudobulk import normalized_mean
 from scmech.model._setup import PerturbationSetupMixin
 
@@ -88,7 +89,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         return self.adata_manager.registry["setup_args"]
 
     def _pstate(self) -> dict:
-        return self.adata_manager.get_state_registry(K.PERTURBATION_KEY)
+        return perturbation_state(self.adata_manager)
 
     def _control(self) -> str:
         return self._pstate()["control_label"]

@@ -84,7 +84,10 @@ class SemiMechTrainingPlan(TrainingPlan):
             err = getattr(self.module, "_cell_prior_fit", None)
             pert = batch.get("perturbation")
             if err is not None and pert is not None:
-                codes = (pert.round().long().cpu() * self._hash).sum(1)
+                # the registered targets of each cell (positions, -1 padding): the condition's hash is the sum of
+                # its targets' hashes
+                idx = pert.round().long().cpu()
+                codes = torch.where(idx >= 0, self._hash[idx.clamp(min=0)], torch.zeros_like(idx)).sum(1)
                 pos = torch.searchsorted(self._keys, codes).clamp(max=len(self._keys) - 1)
                 cond = torch.as_tensor(self._tracking["key_condition"], dtype=torch.long)[pos]
                 ok = self._keys[pos] == codes
