@@ -408,8 +408,9 @@ def test_predict_unknown_target_that_is_not_a_gene_gets_the_shared_response(stea
         "OTHER_UNKNOWN": "shared response",
     }
     assert np.isfinite(pred.X).all()
-    # two unknown targets are the same guess: the mean operator of the training targets, no own gene
-    np.testing.assert_array_equal(pred.X[0], pred.X[1])
+    # two unknown targets are the same guess: the mean operator of the training targets, no own gene (equal up to
+    # the rounding of the single-precision mean over starting cells, which depends on a row's position)
+    np.testing.assert_allclose(pred.X[0], pred.X[1], rtol=1e-6, atol=0)
     tm = model.target_map_
     ops, own, source = tm.operators(["NOT_A_GENE"])
     np.testing.assert_allclose(ops[0], tm.operator_all)

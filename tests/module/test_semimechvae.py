@@ -468,3 +468,15 @@ def test_training_solves_run_a_budget_that_follows_what_they_needed(monkeypatch)
     module.eval()
     mu_eval = module.forward(tensors, compute_loss=False)[1]["mu"]
     torch.testing.assert_close(mu_train, mu_eval, rtol=1e-4, atol=1e-4)
+
+
+def test_distinct_rows_are_the_rows_of_torch_unique_in_order_of_appearance():
+    from scmech.module._semimechvae import _distinct_rows
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 3, (40, 4), generator=g).float()
+    uniq, inverse = _distinct_rows(rows)
+    torch.testing.assert_close(uniq[inverse], rows)  # every row is recovered from its distinct row
+    assert len(uniq) == len(torch.unique(rows, dim=0))
+    firsts = [next(i for i in range(40) if torch.equal(rows[i], u)) for u in uniq]
+    assert firsts == sorted(firsts)

@@ -93,7 +93,7 @@ class PredictionMixin:
         if tm is None or target in tm.trained_set:
             return None
         measured = target in tm.gene_positions and tm.directions is not None
-        pool = sorted(tm.class_targets if measured and len(tm.class_targets) >= 2 else tm.trained)
+        pool = tm.sorted_pool(measured)
         if len(pool) > MAX_CLASS:
             pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
         return tuple(pool), not measured
@@ -519,11 +519,12 @@ class PredictionMixin:
         for c in ("perturbation", "media", "batch"):
             obs[c] = obs[c].astype(str).astype("category")
         _, var_names = self._expression_matrix(self.adata if adata is None else adata)
+        x = logx.astype(np.float32)
         out = ad.AnnData(
-            X=logx.astype(np.float32),
+            X=x,
             obs=obs,
             var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
-            layers={"expression": np.expm1(logx).astype(np.float32)},
+            layers={"expression": np.expm1(x)},
         )
         if not return_mean:
             out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = ro.latents.astype(np.float32)

@@ -18,6 +18,7 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+from scmech.module._targets import ActiveTargets
 
 if TYPE_CHECKING:
     from ._protocols import Protocol
@@ -191,6 +192,32 @@ def read_out(
     batch_size
         Minibatch size for encoding.
     """
+    if return_mean:
+        # a protocol asked for twice (e.g. two control labels) is read out once: identical rows, less work
+        first: dict[tuple, int] = {}
+        for i, p in enumerate(protocols):
+            first.setdefault(p.key, i)
+        if len(first) < len(protocols):
+            rows = list(first.values())
+            position = {k: j for j, k in enumerate(first)}
+            where = np.asarray([position[p.key] for p in protocols], dtype=int)
+            ro = read_out(
+                model,
+                [protocols[i] for i in rows],
+                adata=adata,
+                start=start,
+                batch_index=batch_index,
+                levels=levels,
+                return_mean=True,
+                operators=operators,
+                columns=columns,
+                media_index=[media_index[i] for i in rows],
+                n_requested=0,
+                batch_size=batch_size,
+            )
+            residual = ro.residual[where]
+            unconverged = _unconverged(model.module, protocols[:n_requested], residual)
+            return Readout(ro.log_values[where], residual, None, ro.n_cells, unconverged)
     module, dev = model.module, model.device
     ops, own, gene_idx = operators
     basal, b_idx, cat_covs, cont_covs = _basal_states(model, adata, start, batch_size)
@@ -200,11 +227,7 @@ def read_out(
     n_prot = len(protocols)
     n_lev = 1 if levels is None else len(levels)
     cell_level = torch.as_tensor(np.arange(n0) % n_lev, device=dev)
-    pert = torch.zeros(n_prot, len(columns), device=dev)
-    for k, p in enumerate(protocols):
-        for t in p.targets:
-            pert[k, columns[t]] = 1.0
-    pert_rows = pert.repeat_interleave(n_lev, dim=0)
+    pert_rows = _targets_of(protocols, columns, n_lev, dev)
     eff_rows = None if levels is None else torch.as_tensor(np.tile(levels, n_prot), dtype=torch.float32, device=dev)
     med_rows = torch.as_tensor(np.repeat(media_index, n_lev), dtype=torch.long, device=dev)
     t_rows = torch.as_tensor(np.repeat([p.time for p in protocols], n_lev), dtype=torch.float32, device=dev)
@@ -233,6 +256,20 @@ def read_out(
     values = values.astype(np.float64)
     log_values = values if normal else np.log1p(TARGET_SUM * values)
     return Readout(log_values, residual, latents, n0, unconverged)
+
+
+def _targets_of(protocols: list[Protocol], columns: dict[str, int], n_levels: int, device) -> ActiveTargets:
+    """Return the targets of each protocol (repeated for ``n_levels`` efficacy levels) in compact form.
+
+    Never a protocols x targets matrix: at genome scale (:math:`10^4` protocols and targets) it would take gigabytes.
+    """
+    n_targets = len(columns)
+    k = max([len(p.targets) for p in protocols] + [1])
+    index = np.full((len(protocols), k), n_targets, dtype=np.int64)
+    for row, p in enumerate(protocols):
+        index[row, : len(p.targets)] = sorted(columns[t] for t in p.targets)
+    index = torch.as_tensor(np.repeat(index, n_levels, axis=0), device=device)
+    return ActiveTargets(index, (index < n_targets).float(), n_targets)
 
 
 def _unconverged(module, requested: list[Protocol], residual: np.ndarray) -> list[str]:
@@ -289,8 +326,10 @@ def mean_over_cells(
     With :math:`E^A_i = e^{A_i - \max A_i}` and :math:`E^B_k = e^{B_k - \max B_k}`, the softmax of cell
     :math:`i` under condition :math:`k` is :math:`E^A_i \odot E^B_k / (E^A_i \cdot E^B_k)`, so the mean over the
     cells of efficacy level :math:`l` is :math:`E^B_k \odot \sum_i E^A_i / S_{ik}` with :math:`S = E^B {E^A}^T`:
-    two matrix products instead of a softmax over cells x conditions x genes. Computed in float64; returns
-    ``None`` (use the per-cell path) when a normaliser underflows.
+    two matrix products instead of a softmax over cells x conditions x genes. Every term is positive and each
+    exponent is at most 0, so single precision holds (relative error about 1e-6) unless a normaliser falls below
+    1e-30; then it is recomputed in float64, and ``None`` (use the per-cell path) is returned when a normaliser
+    underflows there too.
 
     Parameters
     ----------
@@ -303,10 +342,16 @@ def mean_over_cells(
     softmax
         ``False`` for an identity link (``gene_likelihood="normal"``): the mean of sums.
     """
-    n0 = cell_logits.shape[0]
-    a = cell_logits.double()
-    b = cond_logits.double()
-    out = torch.zeros(b.shape[0], b.shape[2], dtype=torch.float64, device=b.device)
+    for dtype, smallest in ((torch.float32, 1e-30), (torch.float64, 1e-280)):
+        out = _mean_over_cells(cell_logits.to(dtype), cond_logits.to(dtype), cell_level, softmax, smallest)
+        if out is not None:
+            return out.float()
+    return None
+
+
+def _mean_over_cells(a, b, cell_level, softmax: bool, smallest: float) -> torch.Tensor | None:
+    n0 = a.shape[0]
+    out = torch.zeros(b.shape[0], b.shape[2], dtype=a.dtype, device=b.device)
     for lev in range(b.shape[1]):
         sel = cell_level == lev
         if not bool(sel.any()):
@@ -318,7 +363,7 @@ def mean_over_cells(
         ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
         eb = torch.exp(b_l - b_l.amax(1, keepdim=True))
         norm = eb @ ea.T  # conditions x cells
-        if bool((norm < 1e-280).any()):
+        if bool((norm < smallest).any()):
             return None
         out += eb * ((1.0 / norm) @ ea)
-    return (out / n0).float()
+    return out / n0

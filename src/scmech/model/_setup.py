@@ -611,15 +611,18 @@ class PerturbationSetupMixin:
     def _fit_mask(self, adata) -> np.ndarray:
         return self._design(adata).fit_mask
 
+    def _categories(self, registry_key: str) -> list[str]:
+        """Categories of a registered categorical field (read from the stored registry: predictions ask per row)."""
+        entry = self.adata_manager.registry["field_registries"].get(registry_key)
+        if not entry or not entry.get("data_registry"):
+            return []
+        return [str(c) for c in entry["state_registry"]["categorical_mapping"]]
+
     def _media_categories(self) -> list[str]:
-        if K.MEDIA_KEY in self.adata_manager.data_registry:
-            return [str(c) for c in self.adata_manager.get_state_registry(K.MEDIA_KEY).categorical_mapping]
-        return []
+        return self._categories(K.MEDIA_KEY)
 
     def _batch_categories(self) -> list[str]:
-        if REGISTRY_KEYS.BATCH_KEY in self.adata_manager.data_registry:
-            return [str(c) for c in self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY).categorical_mapping]
-        return []
+        return self._categories(REGISTRY_KEYS.BATCH_KEY)
 
     def _expression_matrix(self, adata):
         f = self._field(REGISTRY_KEYS.X_KEY)

@@ -129,10 +129,23 @@ class TargetMap:
     def trained_set(self) -> frozenset[str]:
         """The targets with training cells, as a set (cached, not saved)."""
         cached = self.__dict__.get("_trained_set")
-        if cached is None or len(cached) != len(set(self.trained)):
-            cached = frozenset(self.trained)
+        if cached is None or cached[0] is not self.trained or cached[1] != len(self.trained):
+            cached = (self.trained, len(self.trained), frozenset(self.trained))
             self.__dict__["_trained_set"] = cached
-        return cached
+        return cached[2]
+
+    def sorted_pool(self, measured: bool) -> np.ndarray:
+        """Return the training targets an unseen target is anchored on, sorted (cached, not saved).
+
+        The measured-target class when the unseen target's gene is measured and the class has at least two
+        targets, else every training target.
+        """
+        use_class = measured and len(self.class_targets) >= 2
+        key = (use_class, len(self.class_targets), len(self.trained))
+        cached = self.__dict__.setdefault("_sorted_pools", {})
+        if key not in cached:
+            cached[key] = np.asarray(sorted(self.class_targets if use_class else self.trained), dtype=object)
+        return cached[key]
 
     def operators(self, targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Latent operators, own-gene effects and sources of ``targets`` (none of which has training cells).

@@ -210,8 +210,29 @@ class VectorField(nn.Module):
             out = out + self._g(z, media)[0]
         return out
 
-    def _g(self, z: torch.Tensor, media: torch.Tensor, with_jacobian: bool = False):
-        ws = self._normalised_weights()
+    def _frozen(self) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Compute the field's derived parameters once, for the many evaluations of one solve (no autograd)."""
+        out: dict = {"gamma": self.gamma, "center": self.center, "push": self.media_push}
+        if self.n_hidden > 0:
+            out["ws"] = self._normalised_weights()
+            out["scale"] = self._g_scale()
+        return out
+
+    def _value_and_jacobian(
+        self, z: torch.Tensor, media: torch.Tensor, drive: torch.Tensor, frozen: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Evaluate :math:`f` and :math:`\partial f / \partial z` at each row in one pass of the nonlinear part."""
+        n, d = z.shape
+        gamma = frozen["gamma"]
+        value = -gamma * (z - frozen["center"]) + frozen["push"][media] + drive
+        jac = -torch.diag_embed(gamma.expand(n, d))
+        if self.n_hidden > 0:
+            g, g_jac = self._g(z, media, with_jacobian=True, frozen=frozen)
+            value, jac = value + g, jac + g_jac
+        return value, jac
+
+    def _g(self, z: torch.Tensor, media: torch.Tensor, with_jacobian: bool = False, frozen: dict | None = None):
+        ws = self._normalised_weights() if frozen is None else frozen["ws"]
         h = z
         if self.media_embedding is not None:
             h = torch.cat([z, self.media_embedding[media]], dim=-1)
@@ -219,7 +240,7 @@ class VectorField(nn.Module):
         for i, w in enumerate(ws[:-1]):
             h = torch.tanh(h @ w.T + self.biases[i])
             derivs.append(1 - h**2)
-        scale = self._g_scale()
+        scale = self._g_scale() if frozen is None else frozen["scale"]
         out = scale * (h @ ws[-1].T)
         if not with_jacobian:
             return out, None
@@ -286,36 +307,39 @@ class VectorField(nn.Module):
             from earlier epochs (:attr:`FixedPointResult.n_needed`), so that a GPU step runs without host syncs.
         """
         with torch.no_grad():
+            frozen = self._frozen()
             z = z_init.detach().clone()
             d = drive.detach()
-            relax = 1.0 / self.gamma.max()
-            fz = self.forward(z, media, d)
+            n = z.shape[0]
+            relax = 1.0 / frozen["gamma"].max()
+            fz, jz = self._value_and_jacobian(z, media, d, frozen)
             size = fz.abs().amax(dim=-1)
             # the tolerance is raised to what the dtype resolves at the states' scale (kept on the device)
             scale = 1.0 + torch.nan_to_num(z.abs().amax() + d.abs().amax(), posinf=0.0)
-            tol_t = torch.clamp(64 * torch.finfo(z.dtype).eps * scale * self.gamma.max(), min=tol)
+            tol_t = torch.clamp(64 * torch.finfo(z.dtype).eps * scale * frozen["gamma"].max(), min=tol)
             # iterations still needed when each iteration began (a device count; read once per epoch by training)
             needed = torch.zeros((), device=z.device, dtype=torch.long)
+            media2, d2 = torch.cat([media, media]), torch.cat([d, d])
             it = 0
             for it in range(1, max_iter + 1):
                 if check_every is not None and (it - 1) % max(check_every, 1) == 0 and bool(size.max() < tol_t):
                     it -= 1
                     break
                 needed = needed + (size.max() >= tol_t).long()
-                step, info = torch.linalg.solve_ex(self.jacobian(z, media), fz.unsqueeze(-1))
-                z_newton = z - step.squeeze(-1)
-                f_newton = self.forward(z_newton, media, d)
-                size_newton = f_newton.abs().amax(dim=-1)
-                take = (info == 0) & torch.isfinite(size_newton) & (size_newton < size)
-                z_relax = z + relax * fz
-                z = torch.where(take.unsqueeze(-1), z_newton, z_relax)
-                fz = torch.where(take.unsqueeze(-1), f_newton, self.forward(z_relax, media, d))
+                step, info = torch.linalg.solve_ex(jz, fz.unsqueeze(-1))
+                # both candidates (Newton and relaxation) in one pass, with their Jacobians for the next step
+                f2, j2 = self._value_and_jacobian(torch.cat([z - step.squeeze(-1), z + relax * fz]), media2, d2, frozen)
+                size_newton = f2[:n].abs().amax(dim=-1)
+                take = ((info == 0) & torch.isfinite(size_newton) & (size_newton < size)).unsqueeze(-1)
+                z = torch.where(take, z - step.squeeze(-1), z + relax * fz)
+                fz = torch.where(take, f2[:n], f2[n:])
+                jz = torch.where(take.unsqueeze(-1), j2[:n], j2[n:])
                 size = fz.abs().amax(dim=-1)
             residual = fz.norm(dim=-1)
             converged = size < torch.clamp(tol_t * 10, min=1e-4)
             if not implicit:
                 return FixedPointResult(z, residual, converged, it, needed)
-            jac = self.jacobian(z, media)
+            jac = jz
         f_attached = self.forward(z, media, drive)
         z_star = z - torch.linalg.solve(jac, f_attached.unsqueeze(-1)).squeeze(-1)
         return FixedPointResult(z_star, residual, converged, it, needed)

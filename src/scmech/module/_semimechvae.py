@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["SemiMechVAE"]
 
 K = SCMECH_REGISTRY_KEYS
+#: most rows whose distinct protocols are found by a pairwise comparison (a minibatch); more use ``torch.unique``
+PAIRWISE_ROWS = 2048
 #: training steps between two reads of the iterations the steady-state solves needed (each read waits for the device)
 SOLVER_REVIEW_STEPS = 25
 
@@ -94,6 +96,22 @@ def _group_mmd(
     n_groups = w.sum()
     mmd = (w * (sxx + syy - 2 * sxy)).sum() / n_groups.clamp(min=1.0)
     return torch.where(n_groups > 0, mmd, torch.zeros((), device=x.device, dtype=dt)), n_groups
+
+
+def _distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Find the distinct rows of protocol keys (a minibatch's in order of first appearance) and each row's position.
+
+    A pairwise comparison (n x n, cheap for a minibatch) instead of ``torch.unique(dim=0)``, which sorts the rows
+    one by one in Python-level loops of tensor selects (a quarter of the read-out's time at 256 rows).
+    """
+    n = rows.shape[0]
+    if n > PAIRWISE_ROWS:  # a prediction's rows: the pairwise comparison would grow as their square
+        return torch.unique(rows, dim=0, return_inverse=True)
+    same = (rows.unsqueeze(1) == rows.unsqueeze(0)).all(-1)
+    first = same.to(torch.uint8).argmax(1)  # the first row equal to each row
+    is_first = first == torch.arange(n, device=rows.device)
+    position = torch.cumsum(is_first.long(), 0) - 1
+    return rows[is_first], position[first]
 
 
 class SemiMechVAE(BaseModuleClass):
@@ -362,7 +380,7 @@ class SemiMechVAE(BaseModuleClass):
         if self.training and not dedup:
             uniq, inverse = rows, None
         else:
-            uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
+            uniq, inverse = _distinct_rows(rows)
         k = active.index.shape[1]
         act_u = ActiveTargets(uniq[:, :k].long(), uniq[:, k : 2 * k], active.n_targets)
         m_u = uniq[:, 2 * k].long()
