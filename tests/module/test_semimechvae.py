@@ -12,7 +12,7 @@ from torch.distributions import Normal
 
 from scmech._constants import SCMECH_REGISTRY_KEYS as K
 from scmech.module import SemiMechVAE
-from scmech.module._semimechvae import _group_mmd
+from scmech.module._groups import _group_mmd
 from scmech.train import SemiMechTrainingPlan
 
 N_GENES = 20
@@ -471,7 +471,7 @@ def test_training_solves_run_a_budget_that_follows_what_they_needed(monkeypatch)
 
 
 def test_distinct_rows_are_the_rows_of_torch_unique_in_order_of_appearance():
-    from scmech.module._semimechvae import _distinct_rows
+    from scmech.module._groups import _distinct_rows
 
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, 3, (40, 4), generator=g).float()
