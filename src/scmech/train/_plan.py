@@ -61,6 +61,7 @@ class SemiMechTrainingPlan(TrainingPlan):
         if error_tracking is not None:
             self._hash = torch.as_tensor(error_tracking["hash"], dtype=torch.long)
             self._keys = torch.as_tensor(error_tracking["keys"], dtype=torch.long)
+            self._key_condition = torch.as_tensor(error_tracking["key_condition"], dtype=torch.long)
             n = len(error_tracking["weights"])
             self._err_sum = torch.zeros(n, dtype=torch.float64)
             self._err_n = torch.zeros(n, dtype=torch.float64)
@@ -84,17 +85,26 @@ class SemiMechTrainingPlan(TrainingPlan):
             err = getattr(self.module, "_cell_prior_fit", None)
             pert = batch.get("perturbation")
             if err is not None and pert is not None:
-                # the registered targets of each cell (positions, -1 padding): the condition's hash is the sum of
-                # its targets' hashes
-                idx = pert.round().long().cpu()
-                codes = torch.where(idx >= 0, self._hash[idx.clamp(min=0)], torch.zeros_like(idx)).sum(1)
-                pos = torch.searchsorted(self._keys, codes).clamp(max=len(self._keys) - 1)
-                cond = torch.as_tensor(self._tracking["key_condition"], dtype=torch.long)[pos]
-                ok = self._keys[pos] == codes
-                e = err.detach().cpu().double()
-                self._err_sum.index_add_(0, cond[ok], e[ok])
-                self._err_n.index_add_(0, cond[ok], torch.ones(int(ok.sum()), dtype=torch.float64))
+                self._record_errors(pert, err.detach())
         return out
+
+    def _record_errors(self, entries: torch.Tensor, err: torch.Tensor) -> None:
+        """Add each cell's dynamics error to its condition's record, on the minibatch's device (no host read).
+
+        ``entries`` are the registered targets of each cell (positions, -1 padding); a condition's hash is the sum
+        of its targets' hashes. The record is read once per epoch (:meth:`_update_weights`).
+        """
+        dev = err.device
+        if self._err_sum.device != dev:
+            for name in ("_hash", "_keys", "_key_condition", "_err_sum", "_err_n"):
+                setattr(self, name, getattr(self, name).to(dev))
+        idx = entries.round().long()
+        codes = torch.where(idx >= 0, self._hash[idx.clamp(min=0)], torch.zeros_like(idx)).sum(1)
+        pos = torch.searchsorted(self._keys, codes).clamp(max=len(self._keys) - 1)
+        ok = (self._keys[pos] == codes).to(torch.float64)
+        cond = self._key_condition[pos]
+        self._err_sum.index_add_(0, cond, err.to(torch.float64) * ok)
+        self._err_n.index_add_(0, cond, ok)
 
     def _update_weights(self) -> None:
         s, n = self._err_sum.clone(), self._err_n.clone()
@@ -102,7 +112,7 @@ class SemiMechTrainingPlan(TrainingPlan):
             s, n = s.to(self.device), n.to(self.device)
             torch.distributed.all_reduce(s)
             torch.distributed.all_reduce(n)
-            s, n = s.cpu(), n.cpu()
+        s, n = s.cpu(), n.cpu()
         weights = self._tracking["weights"]
         seen = n > 0
         if seen.sum() >= 2:
