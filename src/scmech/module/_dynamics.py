@@ -170,8 +170,8 @@ class VectorField(nn.Module):
         Parameters
         ----------
         perturbation
-            Multi-hot rows (n x targets), or their non-zero entries from :func:`active_targets` (the cost of a
-            training step then does not grow with the number of targets).
+            Multi-hot rows (n x targets), or their non-zero entries (``ActiveTargets``; the cost of a training
+            step then does not grow with the number of targets).
         efficacy
             Efficacy per row (n,) or (n, 1); 1 when ``None``.
         operators

@@ -109,7 +109,7 @@ class MeasurementDecoder(nn.Module):
     ) -> torch.Tensor | None:
         """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes).
 
-        ``perturbation`` is a multi-hot matrix (n x targets) or its non-zero entries (:func:`active_targets`); the
+        ``perturbation`` is a multi-hot matrix (n x targets) or its non-zero entries (``ActiveTargets``); the
         own-gene knock-down is scattered from those entries, so its cost does not grow with the number of targets.
         """
         active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)

@@ -270,7 +270,7 @@ class SemiMechVAE(BaseModuleClass):
     def active(self, perturbation: torch.Tensor | ActiveTargets) -> ActiveTargets:
         """Return the targets of each row, from multi-hot rows (n x targets) or as they are.
 
-        Registered minibatches already carry them (:meth:`_protocol`); multi-hot rows come from predictions.
+        Registered minibatches already carry them (``_protocol``); multi-hot rows come from predictions.
         """
         if isinstance(perturbation, ActiveTargets):
             dev = self.z_base.device
