@@ -110,15 +110,14 @@ def child_load(path: str, cap: float) -> dict:
         return {"loaded": False, "error": f"MemoryError {e}"[:200], "peak_rss_mb": _maxrss_mb()}
 
 
-def child_train(path: str, cap: float, steps: int) -> dict:
-    """Open backed, register, train ``steps`` minibatches and predict, under the cap."""
-    _imports()
-    out = {"rss_after_imports_mb": _maxrss_mb(), "as_limit_gb": _cap(cap)}
+def train_backed(path: str, steps: int, *, batch_size: int = BATCH_SIZE, n_predict: int = 10) -> dict:
+    """Open ``path`` backed, register it, train ``steps`` minibatches and predict; times and resident memory."""
     import anndata as ad
     import scvi
 
     from scmech.model import SemiMechVI
 
+    out = {}
     scvi.settings.seed = 0
     t = time.perf_counter()
     adata = ad.read_h5ad(path, backed="r")
@@ -129,11 +128,11 @@ def child_train(path: str, cap: float, steps: int) -> dict:
     out["setup_s"] = time.perf_counter() - t
     model = SemiMechVI(adata, **WIDTH)
     t = time.perf_counter()
-    model.train(max_epochs=1, max_steps=steps, batch_size=BATCH_SIZE, train_size=1.0, enable_progress_bar=False)
+    model.train(max_epochs=1, max_steps=steps, batch_size=batch_size, train_size=1.0, enable_progress_bar=False)
     out["train_s"] = time.perf_counter() - t
     out["rss_after_train_mb"] = _maxrss_mb()
     t = time.perf_counter()
-    pred = model.predict(list(model.trained_targets_[:10]))
+    pred = model.predict(list(model.trained_targets_[:n_predict]))
     out["predict_s"] = time.perf_counter() - t
     out["predict_shape"] = list(pred.shape)
     out["steps"] = steps
@@ -142,14 +141,26 @@ def child_train(path: str, cap: float, steps: int) -> dict:
     return out
 
 
-def _spawn(args: list[str]) -> dict:
-    cmd = [sys.executable, __file__, *args]
+def child_train(path: str, cap: float, steps: int) -> dict:
+    """Open backed, register, train ``steps`` minibatches and predict, under the cap."""
+    _imports()
+    out = {"rss_after_imports_mb": _maxrss_mb(), "as_limit_gb": _cap(cap)}
+    return {**out, **train_backed(path, steps)}
+
+
+def spawn(script: str, args: list[str]) -> dict:
+    """Run ``script`` with ``args`` in a one-thread child process; return the JSON of its last output line."""
+    cmd = [sys.executable, script, *args]
     p = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, check=False)
     out = p.stdout.decode().strip().splitlines()
     if p.returncode != 0 or not out:
         msg = f"child {args} failed (exit {p.returncode}):\n{p.stderr.decode()[-3000:]}"
         raise RuntimeError(msg)
     return json.loads(out[-1])
+
+
+def _spawn(args: list[str]) -> dict:
+    return spawn(__file__, args)
 
 
 def run(quick: bool) -> None:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ONE_THREAD, RESULTS, WIDTH, PeakRSS, _maxrss_mb, _quiet, _rss_mb, _step_timer
+from backed import spawn, train_backed
+from speed import RESULTS, WIDTH, PeakRSS, _quiet, _rss_mb, _step_timer
 
 BATCH = 256
 N_GENES = 1000
@@ -208,29 +208,12 @@ def child_backed(path: str, steps: int) -> dict:
 
     torch.set_num_threads(1)
     _quiet()
-    import anndata as ad
-    import scvi
+    import anndata  # noqa: F401
+    import scvi  # noqa: F401
 
-    from scmech.model import SemiMechVI
+    import scmech.model  # noqa: F401
 
-    out = {"rss_after_imports_mb": _rss_mb()}
-    scvi.settings.seed = 0
-    adata = ad.read_h5ad(path, backed="r")
-    out["rss_after_open_mb"] = _rss_mb()
-    t = time.perf_counter()
-    SemiMechVI.setup_anndata(adata, **SETUP)
-    out["setup_s"] = time.perf_counter() - t
-    model = SemiMechVI(adata, **WIDTH)
-    t = time.perf_counter()
-    model.train(max_epochs=1, max_steps=steps, batch_size=BATCH, train_size=1.0, enable_progress_bar=False)
-    out["train_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model.predict(list(model.trained_targets_[:100]))
-    out["predict_s"] = time.perf_counter() - t
-    out["peak_rss_mb"] = _maxrss_mb()
-    out["steps"] = steps
-    adata.file.close()
-    return out
+    return {"rss_after_imports_mb": _rss_mb(), **train_backed(path, steps, batch_size=BATCH, n_predict=100)}
 
 
 def write_backed(path: Path, n_cells: int, n_targets: int, block: int = 100_000) -> dict:
@@ -257,13 +240,7 @@ def write_backed(path: Path, n_cells: int, n_targets: int, block: int = 100_000)
 
 # ---------------------------------------------------------------------------------------------- parent
 def _spawn(args: list[str]) -> dict:
-    cmd = [sys.executable, __file__, *args]
-    p = subprocess.run(cmd, env={**os.environ, **ONE_THREAD}, capture_output=True, check=False)
-    out = p.stdout.decode().strip().splitlines()
-    if p.returncode != 0 or not out:
-        msg = f"child {args} failed (exit {p.returncode}):\n{p.stderr.decode()[-3000:]}"
-        raise RuntimeError(msg)
-    return json.loads(out[-1])
+    return spawn(__file__, args)
 
 
 def _throughput_rows(res: dict, sweep: str) -> list[dict]:
