@@ -1,0 +1,72 @@
+"""Checks of the arguments of :func:`~scmech.tl.check_assumptions` and :func:`~scmech.tl.estimate_efficacy`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+
+def _validate_common(n_bootstrap: int, alpha: float) -> None:
+    """Refuse a non-positive ``n_bootstrap``, an ``alpha`` outside (0, 1), or too few resamples for ``alpha``.
+
+    Raises
+    ------
+    ValueError
+        With the value to pass instead.
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
+        msg = f"n_bootstrap={n_bootstrap!r} must be a positive integer, e.g. n_bootstrap=200."
+        raise ValueError(msg)
+    if isinstance(alpha, bool) or not isinstance(alpha, float | int | np.floating) or not 0.0 < float(alpha) < 1.0:
+        msg = f"alpha={alpha!r} must be a number in (0, 1), e.g. alpha=0.05."
+        raise ValueError(msg)
+    # the smallest resampling p-value 1 / (n_bootstrap + 1) must fall strictly below alpha (verdicts need p < alpha)
+    need = int(np.floor(1.0 / float(alpha) - 1.0 + 1e-9)) + 1
+    if n_bootstrap < need:
+        msg = (
+            f"n_bootstrap={n_bootstrap} cannot give a p-value below alpha={alpha:g}: the smallest resampling "
+            f"p-value is 1 / (n_bootstrap + 1). Use n_bootstrap >= {need} (200 or more for stable intervals)."
+        )
+        raise ValueError(msg)
+
+
+def _validate_target(adata: ad.AnnData, key_added: str, copy: bool, where: str) -> None:
+    """Refuse a non-AnnData, an empty ``key_added``, or a view that would be written into (``copy=False``).
+
+    Raises
+    ------
+    TypeError
+        When ``adata`` is not an AnnData.
+    ValueError
+        For an empty key or a view.
+    """
+    if not isinstance(adata, ad.AnnData):
+        msg = f"adata must be an AnnData, got {type(adata).__name__}."
+        raise TypeError(msg)
+    if not isinstance(key_added, str) or not key_added:
+        msg = f"key_added={key_added!r} must be a non-empty string (the {where} key to write)."
+        raise ValueError(msg)
+    if adata.is_view and not copy:
+        msg = (
+            f"adata is a view ({adata.n_obs} x {adata.n_vars}); writing {where}[{key_added!r}] would silently "
+            "copy it. Pass adata.copy() or copy=True."
+        )
+        raise ValueError(msg)
+
+
+def _validate_model(model: Any | None) -> None:
+    """Refuse a model without ``get_steady_state_residual`` (``None`` is accepted).
+
+    Raises
+    ------
+    TypeError
+        With what to pass instead.
+    """
+    if model is not None and not hasattr(model, "get_steady_state_residual"):
+        msg = (
+            f"model={type(model).__name__} is not a trained scmech.model.SemiMechVI; pass one set up on adata, "
+            "or model=None for the data checks only."
+        )
+        raise TypeError(msg)
