@@ -1,0 +1,108 @@
+"""Argument checks shared by the design tools: numbers, perturbation labels, time points and media.
+
+Each function checks one argument of :func:`~scmech.tl._design.recommend_batches` or
+:func:`~scmech.tl._design.power` and brings it to the form the calculations use, with an error message that
+names the fix.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def _as_array(values: float | Sequence[float], name: str, *, integer: bool = False) -> np.ndarray:
+    """Check a positive number or a 1-d sequence of them; return a float array (rounded with ``integer``)."""
+    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    if arr.ndim != 1 or not np.isfinite(arr).all() or (arr <= 0).any():
+        msg = f"{name} must be a positive number or a 1-d sequence of positive numbers, got {values!r}."
+        raise ValueError(msg)
+    return np.round(arr) if integer else arr
+
+
+def _perturbation_labels(perturbations: Sequence[str] | int, control_label: str) -> list[str]:
+    """Labels of the perturbations: ``P0``, ``P1``, ... for a number, else the given distinct labels."""
+    if isinstance(perturbations, int | np.integer):
+        if perturbations < 1:
+            msg = f"perturbations must be >= 1 (or a list of labels), got {perturbations}."
+            raise ValueError(msg)
+        width = len(str(int(perturbations) - 1))
+        return [f"P{i:0{width}d}" for i in range(int(perturbations))]
+    labels = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
+    if not labels:
+        msg = "perturbations is empty; pass the labels of the perturbations to screen (or their number)."
+        raise ValueError(msg)
+    dup = sorted({p for p in labels if labels.count(p) > 1})
+    if dup:
+        msg = f"perturbations lists {dup[:5]} more than once."
+        raise ValueError(msg)
+    if control_label in labels:
+        msg = f"perturbations contains the control label {control_label!r}; controls are added by the design."
+        raise ValueError(msg)
+    return labels
+
+
+def _contexts(
+    time_points: Sequence[float] | float | None, media: Sequence[str] | str | None
+) -> tuple[list[tuple], list[str]]:
+    """All (time point, medium) combinations and the names of the given levels (``[()]``, ``[]`` for none)."""
+    levels, names = [], []
+    if time_points is not None:
+        tp = list(time_points) if not isinstance(time_points, str | int | float) else [time_points]
+        if not tp or len(set(tp)) != len(tp):
+            msg = f"time_points must be a non-empty list of distinct time points, got {time_points!r}."
+            raise ValueError(msg)
+        levels.append(tp)
+        names.append("time")
+    if media is not None:
+        md = [media] if isinstance(media, str) else [str(m) for m in media]
+        if not md or len(set(md)) != len(md):
+            msg = f"media must be a non-empty list of distinct media, got {media!r}."
+            raise ValueError(msg)
+        levels.append(md)
+        names.append("medium")
+    if not levels:
+        return [()], []
+    return list(itertools.product(*levels)), names
+
+
+def _check_batch_arguments(
+    n_batches: int,
+    cells_per_batch: int,
+    min_batches_per_perturbation: int,
+    control_fraction: float | None,
+    target_effect: float | None,
+) -> tuple[int, int, int]:
+    """Check the sizes of :func:`~scmech.tl._design.recommend_batches`, in this order.
+
+    Returns
+    -------
+    The number of batches, the capacity of a batch and the minimal batches per perturbation, as integers.
+    """
+    for name, value in (("n_batches", n_batches), ("cells_per_batch", cells_per_batch)):
+        if int(value) != value or value < 1:
+            msg = f"{name} must be a positive integer, got {value!r}."
+            raise ValueError(msg)
+    B, C = int(n_batches), int(cells_per_batch)
+    m = int(min_batches_per_perturbation)
+    if m < 1:
+        msg = f"min_batches_per_perturbation must be >= 1, got {min_batches_per_perturbation}."
+        raise ValueError(msg)
+    if m > B:
+        msg = (
+            f"min_batches_per_perturbation={m} exceeds n_batches={B}: use at least {m} batches or lower "
+            "min_batches_per_perturbation."
+        )
+        raise ValueError(msg)
+    if control_fraction is not None and not 0 < control_fraction < 1:
+        msg = f"control_fraction must lie in (0, 1), got {control_fraction}."
+        raise ValueError(msg)
+    if target_effect is not None and not target_effect > 0:
+        msg = f"target_effect must be > 0, got {target_effect}."
+        raise ValueError(msg)
+    return B, C, m

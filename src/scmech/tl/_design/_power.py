@@ -1,0 +1,349 @@
+r"""Power of a perturbation screen: minimal detectable effects, cells needed, and the MDE of a batch design.
+
+The effect estimate :math:`\hat\Delta_p = \bar y_p - \bar y_\varnothing` of a perturbation with :math:`n_p`
+cells (batch composition :math:`w`) against :math:`n_\varnothing` controls (composition :math:`u`) has
+
+.. math:: V_p = \mathrm{E}\big[(\hat\Delta_p - \Delta_p)^2\big]
+    = \sigma^2_{\mathrm{cell}}\Big(\frac{1}{n_p} + \frac{1}{n_\varnothing}\Big)
+    + \sigma^2_{\mathrm{batch}}\sum_b (w_b - u_b)^2,
+
+and a two-sided :math:`z` test at level :math:`\alpha` detects an effect :math:`\delta` with power
+:math:`1-\beta` when :math:`|\delta| \ge \mathrm{MDE} = (z_{1-\alpha/2} + z_{1-\beta})\sqrt{V_p}`. The
+sequencing-budget mode of :func:`power` is in ``_budget``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from ._budget import _budget
+from ._inputs import _as_array
+from ._variance import resolve_variance
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from anndata import AnnData
+
+    from ._batch_design import BatchDesign
+
+
+def _z(alpha: float, power: float) -> float:
+    r"""Sum of the normal quantiles :math:`z_{1-\alpha/2} + z_{\mathrm{power}}` (both in (0, 1))."""
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        msg = f"alpha ({alpha}) and power ({power}) must lie in (0, 1)."
+        raise ValueError(msg)
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+
+
+def minimal_detectable_effect(
+    sigma2_cell: float | np.ndarray,
+    n_cells: float | np.ndarray,
+    n_controls: float | np.ndarray,
+    *,
+    sigma2_batch: float | np.ndarray = 0.0,
+    batch_factor: float | np.ndarray = 0.0,
+    alpha: float = 0.05,
+    power: float = 0.8,
+) -> np.ndarray:
+    r"""Minimal detectable effect of a two-sided :math:`z` test on the pseudobulk scale.
+
+    .. math:: \mathrm{MDE} = (z_{1-\alpha/2} + z_{\mathrm{power}})
+        \sqrt{\sigma^2_{\mathrm{cell}}(1/n_p + 1/n_\varnothing) + \sigma^2_{\mathrm{batch}}\,F},
+
+    with :math:`F = \sum_b (w_b - u_b)^2` the batch-composition mismatch (``batch_factor``: 0 when the
+    perturbation and the controls share their batches in the same proportions, 2 for a perturbation alone
+    in a batch without controls).
+
+    Parameters
+    ----------
+    sigma2_cell
+        Per-cell variance :math:`\sigma^2_{\mathrm{bio}}+\sigma^2_{\mathrm{meas}}`.
+    n_cells
+        Cells of the perturbation.
+    n_controls
+        Control cells.
+    sigma2_batch
+        Batch variance.
+    batch_factor
+        :math:`\sum_b (w_b - u_b)^2`.
+    alpha
+        Test level.
+    power
+        Power.
+
+    Returns
+    -------
+    The MDE (broadcast over the inputs).
+
+    Examples
+    --------
+    >>> float(minimal_detectable_effect(1.0, 400, 400).round(3))
+    0.198
+    """
+    z = _z(alpha, power)
+    n_cells = np.asarray(n_cells, dtype=float)
+    n_controls = np.asarray(n_controls, dtype=float)
+    var = np.asarray(sigma2_cell) * (1 / n_cells + 1 / n_controls) + np.asarray(sigma2_batch) * np.asarray(batch_factor)
+    return z * np.sqrt(var)
+
+
+def power(
+    pilot_or_variance: AnnData | Mapping[str, Any] | pd.DataFrame,
+    *,
+    n_cells: float | Sequence[float] | None = None,
+    effect: float | Sequence[float] | None = None,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    design: BatchDesign | None = None,
+    n_controls: float | None = None,
+    n_perturbations: int | None = None,
+    batch_factor: float = 0.0,
+    reads_per_cell: float | Sequence[float] | None = None,
+    budget_reads: float | None = None,
+    cell_cost_reads: float = 0.0,
+    pilot_depth: float | None = None,
+    per_gene: bool = False,
+    pilot_kwargs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    r"""Minimal detectable effects, cells needed, and the cells-versus-depth trade-off of a sequencing budget.
+
+    All on the pseudobulk scale with the variance model of the module docstring; the variance terms come from a
+    pilot (AnnData), error_decomposition's per-gene ``"variance"`` table, or scalars (see
+    :func:`~scmech.tl._design.resolve_variance`). Scalars are means over expressed genes; ``per_gene=True``
+    uses every gene's own terms.
+
+    **Modes** (by the arguments given):
+
+    - ``n_cells`` (one or several): the MDE for each, :math:`(z_{1-\alpha/2}+z_{\mathrm{power}})\sqrt V` with
+      :math:`V = \sigma^2_{\mathrm{cell}}(1/n + 1/n_\varnothing) + \sigma^2_{\mathrm{batch}}F`. With ``effect``
+      too: the power :math:`\Phi(|\delta|/\sqrt V - z_{1-\alpha/2})` instead.
+    - ``effect`` alone: the cells per perturbation needed,
+      :math:`n = z^2\sigma^2_{\mathrm{cell}}(1 + 1/r)/(\delta^2 - z^2\sigma^2_{\mathrm{batch}}F)` (infinite when
+      the batch term alone exceeds the effect), with :math:`r = n_\varnothing/n`.
+    - ``design``: the MDE of every perturbation of a :class:`BatchDesign` (its own batch factors), beside the
+      naive design's.
+    - ``budget_reads``: the sequencing trade-off. A budget of :math:`R` reads buys
+      :math:`n = R/(r + c)` cells at :math:`r` reads per cell (``cell_cost_reads`` :math:`c` counts the cost of
+      capturing a cell in reads; 0 for a pure read budget). Measurement variance falls with depth,
+      :math:`\sigma^2_{\mathrm{meas}}(r) = \sigma^2_{\mathrm{meas}}\,r_0/r` from the pilot's depth :math:`r_0`,
+      biological variance does not, so the noise floor of one perturbation's effect
+      (:math:`K` = ``n_perturbations`` perturbations sharing the cells with :math:`\sqrt K` controls' share) is
+
+      .. math:: E(r) = \big(\sigma^2_{\mathrm{bio}} + \sigma^2_{\mathrm{meas}} r_0/r\big)\,
+          \frac{(r + c)\,(K + \sqrt K)(1 + 1/\sqrt K)}{R},
+
+      minimised at :math:`r^\star = \sqrt{c\,r_0\,\sigma^2_{\mathrm{meas}}/\sigma^2_{\mathrm{bio}}}`: deeper
+      when measurement noise dominates, shallower (more cells) when biological variance does. With
+      :math:`c = 0` the error grows with :math:`r` and the shallowest depth of the grid is best (the least
+      depth at which cells and guides can still be called).
+
+    Parameters
+    ----------
+    pilot_or_variance
+        Pilot AnnData, per-gene variance table or dict of scalars (``batch``, ``cell`` or ``bio`` + ``meas``,
+        ``depth``).
+    n_cells
+        Cells per perturbation.
+    effect
+        Effect size(s) on the pseudobulk scale.
+    alpha
+        Level of the two-sided test.
+    power
+        Power for MDEs and cells needed.
+    design
+        A :class:`BatchDesign`: MDE per perturbation.
+    n_controls
+        Control cells; ``sqrt(n_perturbations) * n_cells`` when ``n_perturbations`` is given, else ``n_cells``.
+    n_perturbations
+        Perturbations sharing the controls (and the budget).
+    batch_factor
+        :math:`F=\sum_b(w_b-u_b)^2` of the comparison (0: perturbation and controls share batches evenly).
+    reads_per_cell
+        Budget mode: the depths to evaluate; 61 log-spaced values from :math:`r_0/50` to :math:`50 r_0` when
+        ``None``.
+    budget_reads
+        Budget mode: total reads (read equivalents with ``cell_cost_reads``).
+    cell_cost_reads
+        Budget mode: cost of one cell in reads.
+    pilot_depth
+        Reads (or UMIs) per cell of the pilot, :math:`r_0`; the pilot's mean library size when ``None``.
+    per_gene
+        One row per gene (and ``n_cells``/``effect``) with each gene's variance terms.
+    pilot_kwargs
+        Keyword arguments of :func:`~scmech.tl._errors.estimate_variance` for a pilot AnnData.
+
+    Returns
+    -------
+    A DataFrame. ``n_cells`` mode: ``n_cells``, ``n_controls``, ``se``, ``mde`` (and ``effect``, ``power``);
+    ``effect`` mode: ``effect``, ``n_cells``, ``n_controls``; ``design`` mode: ``perturbation``, ``n_cells``,
+    ``n_controls``, ``batch_factor``, ``se``, ``mde``, ``naive_mde``; budget mode: ``reads_per_cell``,
+    ``n_cells``, ``sigma2_cell``, ``expected_error``, ``mde``, ``optimal``, with
+    ``attrs["optimum"]`` = ``{"reads_per_cell", "n_cells", "expected_error"}`` (analytic, :math:`c>0`) and
+    ``attrs["grid_optimum"]``. ``per_gene=True`` adds a ``gene`` column.
+
+    Examples
+    --------
+    >>> var = {"batch": 0.02, "bio": 1.4, "meas": 6.2, "depth": 200}
+    >>> power(var, n_cells=[100, 400, 1600])
+    >>> power(var, effect=0.2)
+    >>> curve = power(var, budget_reads=2e7, cell_cost_reads=200, n_perturbations=25)
+    >>> curve.attrs["optimum"]
+    """
+    var = resolve_variance(pilot_or_variance, pilot_kwargs=pilot_kwargs)
+    z = _z(alpha, power)
+    z_a = float(norm.ppf(1 - alpha / 2))
+    if batch_factor < 0:
+        msg = f"batch_factor must be >= 0, got {batch_factor}."
+        raise ValueError(msg)
+    sb = 0.0 if np.isnan(var["batch"]) else var["batch"]
+    genes, cell, batch = _gene_terms(var, per_gene, sb)
+    if budget_reads is not None:
+        return _budget(
+            var,
+            budget_reads=budget_reads,
+            cell_cost_reads=cell_cost_reads,
+            reads_per_cell=reads_per_cell,
+            pilot_depth=pilot_depth,
+            n_perturbations=n_perturbations,
+            z=z,
+        )
+    if design is not None:
+        return _design_mde(var, sb, design, z)
+    shared = {"n_controls": n_controls, "n_perturbations": n_perturbations, "batch_factor": batch_factor, "z": z}
+    if n_cells is not None:
+        return _mde_rows(cell, batch, genes, n_cells=n_cells, effect=effect, z_a=z_a, **shared)
+    if effect is not None:
+        return _cells_needed(cell, batch, genes, effect=effect, **shared)
+    msg = "Pass n_cells (MDE), effect (cells needed), design (MDE per perturbation) or budget_reads (depth trade-off)."
+    raise ValueError(msg)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the steps of power()
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _gene_terms(var: dict[str, Any], per_gene: bool, sb: float) -> tuple[pd.Index | None, np.ndarray, np.ndarray]:
+    """Genes (``None`` for the scalar mode) and their cell and batch variances (one entry without ``per_gene``)."""
+    if not per_gene:
+        return None, np.array([var["cell"]]), np.array([sb])
+    pg = var["per_gene"]
+    if pg is None:
+        msg = "per_gene=True needs per-gene variance terms: pass a pilot AnnData or a per-gene variance table."
+        raise ValueError(msg)
+    genes = pg.index.astype(str)
+    cell = pg["cell"].to_numpy(dtype=float)
+    batch = pg["batch"].to_numpy(dtype=float) if "batch" in pg.columns else np.zeros(len(pg))
+    batch = np.nan_to_num(batch)
+    return genes, cell, batch
+
+
+def _controls_for(n: np.ndarray, n_controls: float | None, n_perturbations: int | None) -> np.ndarray:
+    r"""Control cells for ``n`` cells per perturbation: given, :math:`\sqrt K` times ``n``, or ``n``."""
+    if n_controls is not None:
+        return np.full_like(n, float(n_controls))
+    if n_perturbations is not None:
+        return math.sqrt(n_perturbations) * n
+    return n
+
+
+def _frame(rows: dict[str, np.ndarray], n_rows: int, genes: pd.Index | None) -> pd.DataFrame:
+    """Build the result frame, with a ``gene`` column (genes inner, repeated ``n_rows`` times) when per gene."""
+    out = pd.DataFrame(rows)
+    if genes is not None:
+        out.insert(0, "gene", np.tile(genes.to_numpy(), n_rows))
+    return out
+
+
+def _design_mde(var: dict[str, Any], sb: float, design: BatchDesign, z: float) -> pd.DataFrame:
+    """MDE of every perturbation of ``design`` (its own batch factors), beside the naive design's."""
+    ee = design.expected_error
+    n_p = ee["n_cells"].to_numpy(dtype=float)
+    n_c = ee["n_controls"].to_numpy(dtype=float)
+    se = np.sqrt(var["cell"] * (1 / n_p + 1 / n_c) + sb * ee["batch_factor"].to_numpy())
+    naive_se = np.sqrt(
+        var["cell"] * (1 / ee["naive_n_cells"] + 1 / ee["naive_n_controls"]).to_numpy()
+        + sb * ee["naive_batch_factor"].to_numpy()
+    )
+    keep = [c for c in ee.columns if c in ("perturbation", "time", "medium")]
+    out = ee[keep].copy()
+    out["n_cells"] = n_p.astype(np.int64)
+    out["n_controls"] = n_c.astype(np.int64)
+    out["batch_factor"] = ee["batch_factor"].to_numpy()
+    out["se"] = se
+    out["mde"] = z * se
+    out["naive_mde"] = z * naive_se
+    return out
+
+
+def _mde_rows(
+    cell: np.ndarray,
+    batch: np.ndarray,
+    genes: pd.Index | None,
+    *,
+    n_cells: float | Sequence[float],
+    effect: float | Sequence[float] | None,
+    n_controls: float | None,
+    n_perturbations: int | None,
+    batch_factor: float,
+    z: float,
+    z_a: float,
+) -> pd.DataFrame:
+    """``n_cells`` mode: the MDE for each number of cells, or with ``effect`` the power at each effect."""
+    n = _as_array(n_cells, "n_cells")
+    nc = _controls_for(n, n_controls, n_perturbations)
+    # rows: n_cells (outer) x genes (inner)
+    se = np.sqrt(cell[None, :] * (1 / n[:, None] + 1 / nc[:, None]) + batch[None, :] * batch_factor)
+    rows: dict[str, np.ndarray] = {
+        "n_cells": np.repeat(n, cell.size),
+        "n_controls": np.repeat(nc, cell.size),
+        "se": se.ravel(),
+        "mde": (z * se).ravel(),
+    }
+    if effect is None:
+        return _frame(rows, n.size, genes)
+    eff = _as_array(effect, "effect")
+    parts = []
+    for e in eff:
+        r = {k: v.copy() for k, v in rows.items()}
+        r["effect"] = np.full(r["se"].size, e)
+        r["power"] = norm.cdf(e / r["se"] - z_a) + norm.cdf(-e / r["se"] - z_a)
+        parts.append(_frame(r, n.size, genes))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _cells_needed(
+    cell: np.ndarray,
+    batch: np.ndarray,
+    genes: pd.Index | None,
+    *,
+    effect: float | Sequence[float],
+    n_controls: float | None,
+    n_perturbations: int | None,
+    batch_factor: float,
+    z: float,
+) -> pd.DataFrame:
+    """``effect`` mode: the cells per perturbation (and controls) that detect each effect (inf: never)."""
+    eff = _as_array(effect, "effect")
+    if n_controls is not None:
+        # fixed controls: n from  z^2 (cell (1/n + 1/nc) + batch F) = e^2
+        room = eff[:, None] ** 2 / z**2 - batch[None, :] * batch_factor - cell[None, :] / float(n_controls)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.where(room > 0, cell[None, :] / room, np.inf)
+        nc = np.full_like(need, float(n_controls))
+    else:
+        r = math.sqrt(n_perturbations) if n_perturbations is not None else 1.0
+        room = eff[:, None] ** 2 / z**2 - batch[None, :] * batch_factor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need = np.where(room > 0, cell[None, :] * (1 + 1 / r) / room, np.inf)
+        nc = need * r
+    need = np.ceil(need)
+    nc = np.ceil(nc)
+    rows = {"effect": np.repeat(eff, cell.size), "n_cells": need.ravel(), "n_controls": nc.ravel()}
+    return _frame(rows, eff.size, genes)

@@ -1,0 +1,135 @@
+r"""Variance terms for design calculations, from a pilot screen, a per-gene table or scalars.
+
+Every design tool (:func:`~scmech.tl._design.power`, :func:`~scmech.tl._design.recommend_batches`) reads its
+:math:`\sigma^2_{\mathrm{cell}}`, :math:`\sigma^2_{\mathrm{batch}}` (and, for the sequencing budget,
+:math:`\sigma^2_{\mathrm{bio}}`, :math:`\sigma^2_{\mathrm{meas}}` and the pilot's depth) through
+:func:`resolve_variance`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.tl._errors import VAR_MEAN_THRESHOLD, estimate_variance
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from anndata import AnnData
+
+
+def _from_pilot(pilot: AnnData, pilot_kwargs: Mapping[str, Any] | None) -> tuple[pd.DataFrame, float | None]:
+    """Per-gene variance table and depth (mean library size) of a pilot AnnData.
+
+    The table is the stored error decomposition's ``"variance"`` when there is one and no ``pilot_kwargs``,
+    else :func:`~scmech.tl._errors.estimate_variance` with ``pilot_kwargs`` (which must name ``batch_key``).
+    """
+    depth = None
+    stored = pilot.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("error_decomposition")
+    kwargs = dict(pilot_kwargs or {})
+    if stored is not None and not kwargs:
+        per_gene = stored["variance"]
+    else:
+        if "batch_key" not in kwargs:
+            msg = (
+                "A pilot AnnData needs pilot_kwargs={'batch_key': ...} (and perturbation_key/control_label if "
+                "they differ from the defaults), or run error_decomposition on it first."
+            )
+            raise KeyError(msg)
+        per_gene = estimate_variance(pilot, **kwargs)
+        depth = per_gene.attrs.get("mean_library_size")
+    if depth is None:
+        from scmech.data._pseudobulk import _get_matrix, library_size
+
+        x = _get_matrix(pilot, kwargs.get("layer"))
+        depth = float(library_size(x).mean()) if kwargs.get("counts", True) else None
+    return per_gene, depth
+
+
+def _from_scalars(variance: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a dict of scalar terms; ``cell`` from ``bio + meas`` when it is missing."""
+    d = {str(k): v for k, v in variance.items()}
+    unknown = sorted(set(d) - {"batch", "cell", "bio", "meas", "depth", "per_gene"})
+    if unknown:
+        msg = f"variance has unknown entries {unknown}; use 'batch', 'cell' (or 'bio' and 'meas') and 'depth'."
+        raise KeyError(msg)
+    out = {k: float(d[k]) if k in d and d[k] is not None else np.nan for k in ("batch", "cell", "bio", "meas")}
+    if np.isnan(out["cell"]) and not (np.isnan(out["bio"]) or np.isnan(out["meas"])):
+        out["cell"] = out["bio"] + out["meas"]
+    if np.isnan(out["cell"]):
+        msg = "variance needs 'cell' (sigma2_bio + sigma2_meas) or both 'bio' and 'meas'."
+        raise KeyError(msg)
+    if any(v < 0 for v in out.values() if not np.isnan(v)):
+        msg = f"variance terms must be >= 0, got {out}."
+        raise ValueError(msg)
+    out["depth"] = float(d["depth"]) if d.get("depth") is not None else None
+    per = d.get("per_gene")
+    out["per_gene"] = per if isinstance(per, pd.DataFrame) else None
+    return out
+
+
+def _summarise_table(per_gene: pd.DataFrame, depth: float | None) -> dict[str, Any]:
+    """Scalar terms of a per-gene table: means over expressed genes (all genes when none is, or no ``mean``)."""
+    if "cell" not in per_gene.columns:
+        msg = f"The variance table needs a 'cell' column (columns: {list(per_gene.columns)})."
+        raise KeyError(msg)
+    sel = np.ones(len(per_gene), dtype=bool)
+    if "mean" in per_gene.columns:
+        sel = per_gene["mean"].to_numpy(dtype=float) >= VAR_MEAN_THRESHOLD
+        if not sel.any():
+            sel = np.ones(len(per_gene), dtype=bool)
+    out = {
+        k: float(per_gene.loc[sel, k].mean()) if k in per_gene.columns else np.nan
+        for k in ("batch", "cell", "bio", "meas")
+    }
+    out["depth"] = depth
+    out["per_gene"] = per_gene
+    return out
+
+
+def resolve_variance(
+    pilot_or_variance: AnnData | Mapping[str, Any] | pd.DataFrame | None,
+    *,
+    pilot_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    r"""Variance terms for design calculations from a pilot, a per-gene table or scalars.
+
+    Parameters
+    ----------
+    pilot_or_variance
+        - an AnnData pilot: the ``"variance"`` of an :func:`~scmech.tl._errors.error_decomposition` stored in
+          ``uns["scmech"]["error_decomposition"]`` when present, else
+          :func:`~scmech.tl._errors.estimate_variance` with ``pilot_kwargs`` (which must name the
+          ``batch_key``);
+        - a DataFrame (genes x ``batch``, ``cell``, optionally ``bio``, ``meas``, ``mean``), e.g. that
+          ``"variance"`` entry;
+        - a dict of scalars: ``batch`` and either ``cell`` or ``bio`` and ``meas``; optionally ``depth`` (the
+          pilot's reads, or UMIs, per cell) and ``per_gene`` (a per-gene table), e.g. the output of this function.
+    pilot_kwargs
+        Keyword arguments of :func:`~scmech.tl._errors.estimate_variance` for an AnnData pilot.
+
+    Returns
+    -------
+    Dict with scalars ``batch``, ``cell``, ``bio``, ``meas`` (NaN where unknown; means over genes with a
+    control mean of at least 1 count per :math:`10^4` when the table has a ``mean`` column), ``depth``
+    (mean library size of the pilot's controls, or ``None``) and ``per_gene`` (the table, or ``None``).
+    """
+    if isinstance(pilot_or_variance, ad.AnnData):
+        per_gene, depth = _from_pilot(pilot_or_variance, pilot_kwargs)
+    elif isinstance(pilot_or_variance, pd.DataFrame):
+        per_gene = pilot_or_variance
+        depth = per_gene.attrs.get("mean_library_size")
+    elif pilot_or_variance is not None and hasattr(pilot_or_variance, "items"):
+        return _from_scalars(pilot_or_variance)
+    else:
+        msg = (
+            "Pass a pilot AnnData, a per-gene variance DataFrame (error_decomposition's 'variance') or a dict "
+            f"{{'batch': ..., 'cell': ...}}; got {type(pilot_or_variance).__name__}."
+        )
+        raise TypeError(msg)
+    return _summarise_table(per_gene, depth)
