@@ -529,3 +529,30 @@ def test_a_target_without_prior_information_is_exchangeable_with_the_training_ta
         model.anchor_ = saved
     observed_mean = np.mean([obs.get(q, ctx).value for q in members], axis=0)
     np.testing.assert_allclose(exact.X[0], observed_mean, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_sharing_a_correction_get_exactly_what_each_plan_gives_alone():
+    from scmech.model._anchoring import ControlLevel, Observed, UnseenTarget, anchor_rows
+
+    rng = np.random.default_rng(0)
+    ctx = Context(None)
+    obs = Observations(control_label="NT")
+    for lab in ("NT", "A", "B"):
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(rng.normal(size=6), rng.uniform(0.01, 0.2, 6), 20)
+    reads = {p: rng.normal(size=6) for p in ("NT", "A", "B", "X", "Y", "Z")}
+    proto = {lab: obs.protocol(lab, ctx) for lab in reads}
+
+    def read(p):
+        return reads[p.label]
+
+    rows = [proto["X"], proto["Y"], proto["Z"], proto["A"]]
+    shared = ControlLevel(ctx)
+    plans = {0: shared, 1: shared, 2: UnseenTarget(ctx, ("A", "B")), 3: Observed(ctx)}
+    values = np.stack([reads[p.label] for p in rows])
+    weights = anchor_rows(plans, rows, read, obs, values)
+    for i, plan in plans.items():
+        alone, w = plan.apply(rows[i], read, obs)
+        np.testing.assert_array_equal(values[i], alone)
+        assert weights[i] == pytest.approx(float(np.mean(w)))
+    # the shared correction moves both rows by the same amount: the controls' observed-minus-model error, shrunk
+    np.testing.assert_allclose(values[0] - reads["X"], values[1] - reads["Y"])

@@ -480,3 +480,21 @@ def test_distinct_rows_are_the_rows_of_torch_unique_in_order_of_appearance():
     assert len(uniq) == len(torch.unique(rows, dim=0))
     firsts = [next(i for i in range(40) if torch.equal(rows[i], u)) for u in uniq]
     assert firsts == sorted(firsts)
+
+
+def test_offset_added_in_place_equals_the_offset_added_to_the_logits():
+    from scmech.module import MeasurementDecoder
+
+    torch.manual_seed(0)
+    dec = MeasurementDecoder(3, 8, 0, torch.tensor([2, -1, 5]), shared_offset=True, own_target=True)
+    with torch.no_grad():
+        dec.own_effect.normal_()
+        dec.shared_offset.normal_()
+    rows = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    eff = torch.tensor([0.5, 1.0, 0.9, 0.3])
+    logits = torch.randn(4, 8)
+    expected = logits + dec.perturbation_offset(rows, eff)
+    with torch.no_grad():
+        got = dec.perturbation_offset(rows, eff, add_to=logits.clone())
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(got[1], logits[1])  # a control row: nothing added

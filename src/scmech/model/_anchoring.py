@@ -55,8 +55,10 @@ __all__ = [
     "Observations",
     "Observed",
     "OtherMedia",
+    "SharedCorrection",
     "TimeNeighbours",
     "UnseenTarget",
+    "anchor_rows",
     "log_pseudobulk",
     "plan_anchoring",
     "shrinkage",
@@ -239,9 +241,36 @@ class AnchorPlan:
     @staticmethod
     def _weighed(base: np.ndarray, *corrections: tuple[np.ndarray, np.ndarray | None]) -> tuple:
         """Add to ``base`` each independent correction, weighed against its own noise."""
+        total, weights = AnchorPlan._weighed_sum(*corrections)
+        return base + total, weights
+
+    @staticmethod
+    def _weighed_sum(*corrections: tuple[np.ndarray, np.ndarray | None]) -> tuple:
+        """Sum of the corrections, each weighed against its own noise, and the weights."""
         weights = [shrinkage(c, v) for c, v in corrections]
-        value = base + sum(w * c for w, (c, _) in zip(weights, corrections, strict=True))
-        return value, np.concatenate(weights) if weights else np.ones(0)
+        total = sum(w * c for w, (c, _) in zip(weights, corrections, strict=True))
+        return total, np.concatenate(weights) if weights else np.ones(0)
+
+
+@dataclass(frozen=True)
+class SharedCorrection(AnchorPlan):
+    """A plan whose correction depends on the plan alone, not on the row: rows with equal plans share it.
+
+    ``apply`` is :meth:`base` plus the weighed :meth:`corrections`; a caller anchoring many rows computes the
+    weighed correction once per distinct plan (:func:`anchor_rows`): at genome scale thousands of rows share
+    the controls of one context.
+    """
+
+    def base(self, row: Protocol, read: Callable, obs: Observations) -> np.ndarray:
+        """The model's value of ``row`` that the correction is added to."""
+        return read(row)
+
+    def corrections(self, read: Callable, obs: Observations) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """The independent corrections and their sampling variances."""
+        raise NotImplementedError
+
+    def apply(self, row, read, obs):
+        return self._weighed(self.base(row, read, obs), *self.corrections(read, obs))
 
 
 @dataclass(frozen=True)
@@ -258,7 +287,7 @@ class Observed(AnchorPlan):
 
 
 @dataclass(frozen=True)
-class ControlLevel(AnchorPlan):
+class ControlLevel(SharedCorrection):
     """The observed controls' level in the context plus the model's change from them."""
 
     description: ClassVar[str] = "observed controls of the context"
@@ -267,10 +296,10 @@ class ControlLevel(AnchorPlan):
     def needs(self, row, obs):
         return [obs.protocol(obs.control_label, self.context)]
 
-    def apply(self, row, read, obs):
+    def corrections(self, read, obs):
         y = obs.control(self.context)
         m_ctrl = read(obs.protocol(obs.control_label, self.context))
-        return self._weighed(read(row), (_value(y) - m_ctrl, _var(y)))
+        return [(_value(y) - m_ctrl, _var(y))]
 
 
 @dataclass(frozen=True)
@@ -302,7 +331,7 @@ class Combination(AnchorPlan):
 
 
 @dataclass(frozen=True)
-class UnseenTarget(AnchorPlan):
+class UnseenTarget(SharedCorrection):
     r"""A target without training cells: its class's observed mean plus the model's specific change.
 
     :math:`\hat y_t = m_t + w \odot \overline{(y_q - m_q)}` over the training targets :math:`q` of the class
@@ -325,14 +354,18 @@ class UnseenTarget(AnchorPlan):
     def needs(self, row, obs):
         return [obs.protocol(q, self.context) for q in self.members]
 
-    def apply(self, row, read, obs):
+    def base(self, row, read, obs):
+        if self.pooled:
+            return np.mean([read(obs.protocol(q, self.context)) for q in self.members], axis=0)
+        return read(row)
+
+    def corrections(self, read, obs):
         n = len(self.members)
         reads = [read(obs.protocol(q, self.context)) for q in self.members]
         errors = [_value(obs.get(q, self.context)) - m for q, m in zip(self.members, reads, strict=True)]
         corr = np.mean(errors, axis=0)
         var = sum(_var(obs.get(q, self.context)) for q in self.members) / n**2
-        base = np.mean(reads, axis=0) if self.pooled else read(row)
-        return self._weighed(base, (corr, var))
+        return [(corr, var)]
 
 
 @dataclass(frozen=True)
@@ -450,6 +483,41 @@ class OtherMedia(AnchorPlan):
             modulation = (read(row) - m_c) - (read(row.at(s)) - m_s)
             value = value + (y_c + rho * carried + alpha * modulation) / len(self.sources)
         return value, np.ones(len(value))
+
+
+def anchor_rows(
+    plans: dict[int, AnchorPlan], rows: Sequence[Protocol], read: Callable, obs: Observations, values: np.ndarray
+) -> np.ndarray:
+    """Anchor ``values[i]`` of each planned row ``i`` in place; return each row's mean kept weight (NaN: none).
+
+    Rows with equal :class:`SharedCorrection` plans share one weighed correction, computed once.
+
+    Parameters
+    ----------
+    plans
+        Plan of each anchored row, by row position.
+    rows
+        The requested protocols.
+    read
+        The model's read-out of a protocol (log-normalised, genes).
+    obs
+        The training observations.
+    values
+        The model's read-outs of ``rows`` (rows x genes), overwritten with the anchored values.
+    """
+    weights = np.full(len(rows), np.nan)
+    shared: dict[AnchorPlan, tuple[np.ndarray, float]] = {}
+    for i, plan in plans.items():
+        if isinstance(plan, SharedCorrection):
+            if plan not in shared:
+                total, w = plan._weighed_sum(*plan.corrections(read, obs))
+                shared[plan] = (total, float(np.mean(w)) if len(w) else np.nan)
+            total, weights[i] = shared[plan]
+            values[i] = plan.base(rows[i], read, obs) + total
+        else:
+            values[i], w = plan.apply(rows[i], read, obs)
+            weights[i] = float(np.mean(w)) if len(w) else np.nan
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------- planning

@@ -20,10 +20,7 @@ from scvi import settings
 
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 
-from ._anchoring import (
-    Observations,
-    plan_anchoring,
-)
+from ._anchoring import Observations, anchor_rows, plan_anchoring
 from ._protocols import Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import TargetMap
@@ -436,12 +433,8 @@ class PredictionMixin:
         def read(p: Protocol) -> np.ndarray:
             return log_values[row_of[p.key]]
 
-        n_req = len(requested)
-        logx = log_values[:n_req].copy()
-        weights = np.full(n_req, np.nan)
-        for i, plan in plans.items():
-            logx[i], w = plan.apply(requested[i], read, self.anchor_)
-            weights[i] = float(np.mean(w)) if len(w) else np.nan
+        logx = log_values[: len(requested)].copy()
+        weights = anchor_rows(plans, requested, read, self.anchor_, logx)
         return logx, weights
 
     def _own_gene_columns(self, logx: np.ndarray, requested: list[Protocol], mapped: list[str]) -> tuple:
@@ -459,6 +452,7 @@ class PredictionMixin:
             return change, sd
         pos = {g: i for i, g in enumerate(tm.var_names)}
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        mapped = set(mapped)
         for i, p in enumerate(requested):
             if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
                 continue
@@ -479,8 +473,9 @@ class PredictionMixin:
         media_index = self._media_index(requested)
         own_change, own_sd = self._own_gene_columns(logx, requested, ro.mapped) if return_mean else (None, None)
         rows = []
+        mapped = set(ro.mapped)
         for i, p in enumerate(requested):
-            unseen = [t for t in p.targets if t in ro.mapped]
+            unseen = [t for t in p.targets if t in mapped]
             rows.append(
                 {
                     "perturbation": p.label,
@@ -524,7 +519,7 @@ class PredictionMixin:
             X=x,
             obs=obs,
             var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
-            layers={"expression": np.expm1(x)},
+            layers={"expression": torch.from_numpy(x).expm1().numpy()},  # vectorised, unlike numpy's expm1
         )
         if not return_mean:
             out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = ro.latents.astype(np.float32)

@@ -237,25 +237,28 @@ def read_out(
     )
     residual = res_rows.reshape(n_prot, n_lev).amax(1).cpu().numpy().astype(np.float64)
     unconverged = _unconverged(module, protocols[:n_requested], residual)
-    off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, own_effect=own, target_gene_index=gene_idx)
-    mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
-    off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
     normal = module.gene_likelihood == "normal"
+    offset = {"own_effect": own, "target_gene_index": gene_idx}
     values, latents = None, None
     if return_mean and module.decoder.hidden is None:
         # linear decoder: logits = A_cell + B_condition, so the mean over cells is exact in two products
         cell_logits = module.decoder.logits(basal, b_idx, None, cat_covs, cont_covs)
-        cond_logits = mu_rows @ module.decoder.loading.weight.T
-        if off_rows is not None:
-            cond_logits = cond_logits + off_rows
-        fast = mean_over_cells(cell_logits, cond_logits, cell_level, softmax=not normal)
-        values = None if fast is None else fast.cpu().numpy()
+        cond_logits = mu_rows @ module.decoder.loading.weight.T  # (protocols x levels) x genes
+        module.decoder.perturbation_offset(pert_rows, eff_rows, **offset, add_to=cond_logits)
+        fast = mean_over_cells(cell_logits, cond_logits.reshape(n_prot, n_lev, -1), cell_level, softmax=not normal)
+        values = None if fast is None else fast
     if values is None:
+        off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, **offset)
+        off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
         covs = (b_idx, cat_covs, cont_covs)
+        mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
         values, latents = _per_cell(module, basal, mu_rows, off_rows, cell_level, covs, return_mean)
-    values = values.astype(np.float64)
-    log_values = values if normal else np.log1p(TARGET_SUM * values)
-    return Readout(log_values, residual, latents, n0, unconverged)
+        values = torch.from_numpy(values)
+    # in place: at genome scale each copy is 10^4 x 8,000 doubles (and torch's log1p is vectorised, numpy's not)
+    values = values.cpu().double()
+    if not normal:
+        values.mul_(TARGET_SUM).log1p_()
+    return Readout(values.numpy(), residual, latents, n0, unconverged)
 
 
 def _targets_of(protocols: list[Protocol], columns: dict[str, int], n_levels: int, device) -> ActiveTargets:
@@ -350,20 +353,29 @@ def mean_over_cells(
 
 
 def _mean_over_cells(a, b, cell_level, softmax: bool, smallest: float) -> torch.Tensor | None:
+    # conditions x genes arrays dominate (10^4 x 8,000 at genome scale): each is written once, in place
     n0 = a.shape[0]
-    out = torch.zeros(b.shape[0], b.shape[2], dtype=a.dtype, device=b.device)
+    out = None
     for lev in range(b.shape[1]):
         sel = cell_level == lev
         if not bool(sel.any()):
             continue
         a_l, b_l = a[sel], b[:, lev]
         if not softmax:
-            out += sel.sum() * b_l + a_l.sum(0, keepdim=True)
-            continue
-        ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
-        eb = torch.exp(b_l - b_l.amax(1, keepdim=True))
-        norm = eb @ ea.T  # conditions x cells
-        if bool((norm < smallest).any()):
-            return None
-        out += eb * ((1.0 / norm) @ ea)
-    return out / n0
+            part = b_l * sel.sum() + a_l.sum(0, keepdim=True)
+        else:
+            ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
+            eb = b_l - b_l.amax(1, keepdim=True)
+            eb.exp_()
+            norm = eb @ ea.T  # conditions x cells
+            if bool((norm < smallest).any()):
+                return None
+            part = norm.reciprocal_().mul_(1.0 / n0) @ ea
+            part.mul_(eb)
+            del eb
+        if not softmax:
+            part.mul_(1.0 / n0)
+        out = part if out is None else out.add_(part)
+    if out is None:
+        return torch.zeros(b.shape[0], b.shape[2], dtype=a.dtype, device=b.device)
+    return out

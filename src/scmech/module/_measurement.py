@@ -106,16 +106,34 @@ class MeasurementDecoder(nn.Module):
         efficacy: torch.Tensor | None,
         own_effect: torch.Tensor | None = None,
         target_gene_index: torch.Tensor | None = None,
+        add_to: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes).
 
         ``perturbation`` is a multi-hot matrix (n x targets) or its non-zero entries (``ActiveTargets``); the
         own-gene knock-down is scattered from those entries, so its cost does not grow with the number of targets.
+
+        Parameters
+        ----------
+        perturbation
+            The targets of each row.
+        efficacy
+            Efficacy per row, or ``None`` (1).
+        own_effect
+            Own-gene effects to use instead of the learned ones (e.g. with rows for unseen targets).
+        target_gene_index
+            Gene position of each target (``-1``: not measured) to use with ``own_effect``.
+        add_to
+            Logits (n x genes) to add the effects to, in place, without autograd (prediction at genome scale:
+            no second rows x genes array); returned.
         """
         active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
-        out = None
+        out = add_to
         if self.shared_offset is not None:
-            out = active.perturbed * self.shared_offset
+            if add_to is not None:
+                add_to.addcmul_(active.perturbed.to(add_to.dtype), self.shared_offset.to(add_to.dtype))
+            else:
+                out = active.perturbed * self.shared_offset
         own = self.own_effect if own_effect is None else own_effect
         idx = self.target_gene_index if target_gene_index is None else target_gene_index
         if own is not None and len(idx) > 0:
@@ -124,6 +142,8 @@ class MeasurementDecoder(nn.Module):
             vals = active.value * active.gather(own.unsqueeze(-1).to(active.value.dtype)).squeeze(-1) * measured
             if efficacy is not None:
                 vals = vals * efficacy.reshape(-1, 1)
+            if add_to is not None:
+                return add_to.scatter_add_(1, gene.clamp(min=0), vals.to(add_to.dtype))
             n = active.value.shape[0]
             own_mat = torch.zeros(n, self.n_genes, device=vals.device, dtype=vals.dtype)
             own_mat = own_mat.scatter_add(1, gene.clamp(min=0), vals)
