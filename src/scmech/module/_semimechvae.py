@@ -210,7 +210,7 @@ class SemiMechVAE(BaseModuleClass):
             shared_offset=shared_offset,
             own_target=own_target,
         )
-        self.field = VectorField(
+        self.field = self._build_field(
             n_latent,
             n_targets,
             n_media=self.n_media,
@@ -241,6 +241,10 @@ class SemiMechVAE(BaseModuleClass):
         self.deduplicate: bool | None = None
 
     # ------------------------------------------------------------------ helpers
+    def _build_field(self, n_latent: int, n_targets: int, **kwargs) -> VectorField:
+        """The latent vector field (a subclass may put another :class:`~scmech.module._flow.ProtocolFlow`)."""
+        return VectorField(n_latent, n_targets, **kwargs)
+
     def dynamics_parameter_names(self) -> list[str]:
         """Names of the parameters of the dynamics and of the own-target effects (the fast group)."""
         names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
