@@ -4,6 +4,7 @@
 # view_anndata_setup and view_setup_method_args); importing it here makes those scvi-tools methods work
 import rich.pretty
 
+from ._neural_ode import NeuralODE
 from ._semimechvi import SemiMechVI
 
-__all__ = ["SemiMechVI"]
+__all__ = ["NeuralODE", "SemiMechVI"]
