@@ -74,7 +74,8 @@ def test_module_refuses_a_fixed_point_readout_and_a_settled_time_course():
         NeuralODEVAE(10, n_targets=2, regime="dynamic", steady_state_perturbed=True)
     module = NeuralODEVAE(10, n_targets=2)
     assert isinstance(module.field, NeuralField)
-    assert module.decoder.shared_offset is None and module.decoder.own_effect is None
+    assert module.decoder.shared_offset is None
+    assert module.decoder.own_effect is None
 
 
 def _losses(module, tensors, **kw):
@@ -96,7 +97,8 @@ def test_the_terms_enter_the_loss_with_their_weight(make_adata):
     on = _losses(model.module, tensors, ss_weight=2.0)
     ss_ctrl = off.extra_metrics["ss_residual"] ** 2
     ss_pert = off.extra_metrics["ss_residual_perturbed"] ** 2
-    assert float(ss_ctrl) > 0 and float(ss_pert) > 0
+    assert float(ss_ctrl) > 0
+    assert float(ss_pert) > 0
     assert torch.allclose(on.loss - off.loss, 2.0 * (ss_ctrl + ss_pert), rtol=1e-4)
 
 
@@ -112,7 +114,8 @@ def _trained(adata, setup, weight, seed=0, epochs=6, **kwargs):
 def test_trains_and_predicts_its_own_readout_in_both_regimes(make_adata):
     steady = _trained(make_adata(n_cells=240), SETUP, 1.0)
     pred = steady.predict(["G0008", "G0009+G0021", "NT"], n_cells=50)
-    assert pred.shape == (3, 30) and np.isfinite(pred.X).all()
+    assert pred.shape == (3, 30)
+    assert np.isfinite(pred.X).all()
     assert not pred.obs["anchored"].any()  # the paper's model: no anchoring on observed pseudobulks
     assert pred.uns["scmech"]["prediction"]["model"] == "NeuralODE"
     dyn = _trained(make_adata("dynamic", n_cells=240), DYNAMIC_SETUP, 1.0)

@@ -262,11 +262,11 @@ class SharedCorrection(AnchorPlan):
     """
 
     def base(self, row: Protocol, read: Callable, obs: Observations) -> np.ndarray:
-        """The model's value of ``row`` that the correction is added to."""
+        """Return the model's value of ``row`` that the correction is added to."""
         return read(row)
 
     def corrections(self, read: Callable, obs: Observations) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """The independent corrections and their sampling variances."""
+        """Return the independent corrections and their sampling variances."""
         raise NotImplementedError
 
     def apply(self, row, read, obs):

@@ -18,13 +18,15 @@ cells read out long after the perturbation); :math:`\lambda_{ss} = 0` is the van
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from scvi.module.base import LossOutput
 
 from ._neural_field import NeuralField
 from ._semimechvae import SemiMechVAE
+
+if TYPE_CHECKING:
+    from scvi.module.base import LossOutput
 
 __all__ = ["NeuralODEVAE"]
 
@@ -86,7 +88,7 @@ class NeuralODEVAE(SemiMechVAE):
         self.steady_state_perturbed = bool(steady_state_perturbed)
 
     def _build_field(self, n_latent: int, n_targets: int, **kwargs: Any) -> NeuralField:
-        """The MLP field (``lipschitz`` and ``operator_scale`` have no meaning for it and are dropped)."""
+        """Build the MLP field (``lipschitz`` and ``operator_scale`` have no meaning for it and are dropped)."""
         kwargs.pop("lipschitz", None)
         kwargs.pop("operator_scale", None)
         return NeuralField(n_latent, n_targets, **kwargs)

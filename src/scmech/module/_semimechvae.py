@@ -242,7 +242,7 @@ class SemiMechVAE(BaseModuleClass):
 
     # ------------------------------------------------------------------ helpers
     def _build_field(self, n_latent: int, n_targets: int, **kwargs) -> VectorField:
-        """The latent vector field (a subclass may put another :class:`~scmech.module._flow.ProtocolFlow`)."""
+        """Build the latent vector field (a subclass may build another :class:`~scmech.module._flow.ProtocolFlow`)."""
         return VectorField(n_latent, n_targets, **kwargs)
 
     def dynamics_parameter_names(self) -> list[str]:
