@@ -1,0 +1,368 @@
+r"""The machinery every pseudobulk baseline shares: registration, training pseudobulks, contexts and prediction.
+
+A baseline subclasses :class:`_PseudobulkBaseline` and implements ``_predict_one(label, targets)`` (and, when it
+fits anything beyond the training pseudobulks, ``_fit``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from scvi import REGISTRY_KEYS
+from scvi.model.base import BaseModelClass
+
+from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+from scmech.data._design import canonical_label, parse_condition
+from scmech.data._fields import perturbation_state
+from scmech.data._pseudobulk import normalized_mean
+from scmech.model._protocols import _per_condition
+from scmech.model._setup import PerturbationSetupMixin
+
+from ._layout import _VALUE, _prediction_anndata
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+K = SCMECH_REGISTRY_KEYS
+
+
+class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
+    """Shared machinery: training pseudobulks, request parsing, contexts and the prediction AnnData."""
+
+    def __init__(self, adata: AnnData | MuData) -> None:
+        super().__init__(adata)
+        self.is_trained_ = False
+        self._pb: pd.DataFrame | None = None
+        self._n_train_cells: pd.Series | None = None
+        self._train_idx: np.ndarray | None = None
+        self._trained_targets: set[str] = set()
+
+    # ------------------------------------------------------------------ scvi-tools plumbing
+    def to_device(self, device: Any) -> None:
+        """Baselines run on numpy; there is nothing to move."""
+
+    @property
+    def device(self) -> str:
+        """Baselines run on the CPU."""
+        return "cpu"
+
+    def save(self, *args, **kwargs) -> None:
+        """Baselines are not saved: they refit in seconds from the data."""
+        msg = f"{type(self).__name__} is a closed-form baseline and is not saved; refit it with .train()."
+        raise NotImplementedError(msg)
+
+    @classmethod
+    def load(cls, *args, **kwargs):
+        """Baselines are never saved, so there is nothing to load (and no file is ever unpickled)."""
+        msg = f"{cls.__name__} is a closed-form baseline and is never saved; create it and refit it with .train()."
+        raise NotImplementedError(msg)
+
+    load_registry = load
+    view_setup_args = load
+    convert_legacy_save = load
+
+    # ------------------------------------------------------------------ registry access
+    def _setup(self) -> dict:
+        return self.adata_manager.registry["setup_args"]
+
+    def _pstate(self) -> dict:
+        return perturbation_state(self.adata_manager)
+
+    def _control(self) -> str:
+        return self._pstate()["control_label"]
+
+    def _canonical(self, label: str) -> tuple[str, tuple[str, ...]]:
+        st = self._pstate()
+        targets = parse_condition(str(label), separator=st["separator"], control_label=st["control_label"])
+        return canonical_label(targets, separator=st["separator"], control_label=st["control_label"]), targets
+
+    def _pseudobulk(self, idx: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+        """Log pseudobulk (groups x genes) of cells ``idx`` grouped by ``labels`` (one label per cell of idx).
+
+        Proportions of the registered genes, as :func:`scmech.tl.evaluate` measures them: a registered size factor
+        (e.g. the whole transcriptome's library of a gene panel) concerns the likelihood of a count model, not
+        the space predictions live in.
+        """
+        x, _ = self._expression_matrix(self.adata)
+        counts = self._setup().get("counts", True)
+        mean = normalized_mean(x[idx], labels, groups, counts=counts)
+        return np.log1p(TARGET_SUM * mean) if counts else mean
+
+    # ------------------------------------------------------------------ training
+    def _train_indices(self, datasplitter_kwargs: dict | None) -> np.ndarray:
+        """Return the assigned training cells of ``external_indexing[0]`` (all assigned cells without one)."""
+        design = self._design(self.adata)
+        fit = design.fit_mask
+        ext = (datasplitter_kwargs or {}).get("external_indexing")
+        if ext is None:
+            idx = np.flatnonzero(fit)
+            val = test = np.zeros(0, dtype=np.int64)
+        else:
+            if len(ext) == 0:
+                msg = (
+                    "external_indexing is empty; pass [train, validation, test] index arrays "
+                    "(e.g. split.external_indexing)."
+                )
+                raise ValueError(msg)
+            idx = np.asarray(ext[0], dtype=np.int64)
+            val = np.asarray(ext[1], dtype=np.int64) if len(ext) > 1 else np.zeros(0, dtype=np.int64)
+            test = np.asarray(ext[2], dtype=np.int64) if len(ext) > 2 else np.zeros(0, dtype=np.int64)
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(fit)):
+                msg = f"external_indexing[0] holds indices outside 0..{len(fit) - 1}."
+                raise ValueError(msg)
+            idx = np.unique(idx[fit[idx]])
+        if len(idx) == 0:
+            msg = "No cells to train on: the training indices are empty after removing unassigned cells."
+            raise ValueError(msg)
+        self.train_indices_, self.validation_indices_, self.test_indices_ = idx, val, test
+        return idx
+
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        datasplitter_kwargs: dict | None = None,
+        **kwargs,
+    ) -> None:
+        """Fit the baseline on the training cells.
+
+        Parameters
+        ----------
+        max_epochs
+            Ignored (closed-form fit); accepted for interface compatibility.
+        datasplitter_kwargs
+            ``{"external_indexing": [train, validation, test]}`` (e.g. ``split.external_indexing``): the fit
+            uses the training indices only. All assigned cells when ``None``.
+        **kwargs
+            Ignored (``batch_size``, ``plan_kwargs``, ``enable_progress_bar``, ...).
+        """
+        if kwargs:
+            logger.debug("%s.train ignores %s", type(self).__name__, sorted(kwargs))
+        self._check_registered_data(values=True)
+        idx = self._train_indices(datasplitter_kwargs)
+        design = self._design(self.adata)
+        labels = design.labels[idx]
+        ctrl = design.control_label
+        present = set(labels.tolist())
+        if ctrl not in present:
+            msg = (
+                f"No control cells ({ctrl!r}) among the training cells; baselines need training controls. "
+                "Keep controls in training (scmech.tl.split does by default)."
+            )
+            raise ValueError(msg)
+        conds = [ctrl, *sorted(present - {ctrl})]
+        pb = self._pseudobulk(idx, labels, conds)
+        _, var_names = self._expression_matrix(self.adata)
+        self._pb = pd.DataFrame(pb, index=pd.Index(conds, name="condition"), columns=pd.Index(var_names).astype(str))
+        self._n_train_cells = pd.Series(labels).value_counts().reindex(conds)
+        self._train_idx = idx
+        self._trained_targets = {t for c in conds[1:] for t in self._canonical(c)[1]}
+        self._shift_cache = {}
+        self._fit()
+        self.is_trained_ = True
+
+    def _fit(self) -> None:
+        """Model-specific fit on ``self._pb``."""
+
+    # ------------------------------------------------------------------ contexts
+    def _context_values(self, key: str | None, registry_key: str) -> np.ndarray | None:
+        if key is None:
+            return None
+        return self._obs(self.adata, registry_key)[key].to_numpy()
+
+    def _context_mask(self, batch: Any, media: Any, time: Any) -> tuple[np.ndarray, list[str]]:
+        """Training controls (mask over the training cells) of a context, and the context's description."""
+        setup = self._setup()
+        idx = self._train_idx
+        design = self._design(self.adata)
+        mask = design.is_control[idx].copy()
+        parts = []
+        for value, key, reg, name in (
+            (batch, setup.get("batch_key"), REGISTRY_KEYS.BATCH_KEY, "batch"),
+            (media, setup.get("media_key"), K.MEDIA_KEY, "media"),
+            (time, setup.get("time_key"), K.TIME_KEY, "time"),
+        ):
+            if value is None:
+                continue
+            if key is None:
+                msg = (
+                    f"`{name}`={value!r} was given, but no {name} key was registered; register it with "
+                    f"setup_anndata(..., {name}_key=...) or drop the argument."
+                )
+                raise ValueError(msg)
+            col = self._context_values(key, reg)[idx]
+            if name == "time":
+                mask &= np.isclose(col.astype(np.float64), float(value))
+            else:
+                mask &= col.astype(str) == str(value)
+            parts.append(f"{name}={value}")
+        return mask, parts
+
+    def _context_shift(self, batch: Any, media: Any, time: Any) -> tuple[np.ndarray, str]:
+        """Log-space offset of the training controls of a context (batch, medium, time) from all controls."""
+        if batch is None and media is None and time is None:
+            return np.zeros(self._pb.shape[1]), ""
+        cache = self.__dict__.setdefault("_shift_cache", {})
+        ckey = (None if batch is None else str(batch), None if media is None else str(media), time)
+        if ckey in cache:
+            return cache[ckey]
+        mask, parts = self._context_mask(batch, media, time)
+        if not mask.any():
+            msg = (
+                f"No training control cells with {', '.join(parts)}; the baseline shifts predictions by the "
+                "controls of the requested context and needs some there (keep that context's controls in training)."
+            )
+            raise KeyError(msg)
+        sub = self._train_idx[mask]
+        ctrl = self._control()
+        pb_ctx = self._pseudobulk(sub, np.full(len(sub), ctrl, dtype=object), [ctrl])[0]
+        cache[ckey] = (pb_ctx - self._pb.loc[ctrl].to_numpy(), ", ".join(parts))
+        return cache[ckey]
+
+    # ------------------------------------------------------------------ prediction
+    def _predict_one(self, label: str, targets: tuple[str, ...]) -> tuple[np.ndarray, int]:
+        raise NotImplementedError
+
+    def _training_genes(self, adata: AnnData | None, who: str) -> Sequence[str]:
+        """Return the registered genes; refuse an ``adata`` with other genes (``who`` names the predictor)."""
+        _, var_names = self._expression_matrix(self.adata)
+        if adata is not None and list(map(str, adata.var_names)) != list(map(str, var_names)):
+            msg = f"`adata` has other genes than the training data; {who} the training genes only."
+            raise ValueError(msg)
+        return var_names
+
+    def predict(
+        self,
+        perturbations: str | Sequence[str] | None = None,
+        *,
+        media: str | Sequence[str] | None = None,
+        time: float | Sequence[float] | None = None,
+        batch: str | None = None,
+        n_cells: int | None = None,
+        from_cells: Sequence[int] | np.ndarray | None = None,
+        return_mean: bool = True,
+        adata: AnnData | None = None,
+        **kwargs,
+    ) -> AnnData:
+        r"""Predict the pseudobulk of conditions, with the layout of ``SemiMechVI.predict``.
+
+        Parameters
+        ----------
+        perturbations
+            Labels to predict (``"STAT1"``, ``"STAT1+JAK2"``, the control label). When ``None``: every
+            registered condition the baseline can predict (the others are skipped and logged); an explicit
+            request the baseline cannot answer raises :class:`KeyError`.
+        media
+            Medium (one, or one per perturbation): the prediction is shifted by the offset of the training
+            controls in that medium from all training controls.
+        time
+            Time point (one, or one per perturbation), handled like ``media``.
+        batch
+            Batch, handled like ``media`` (e.g. the held-out replicate, whose controls are in training).
+        n_cells
+            Ignored (baselines predict pseudobulks); accepted for interface compatibility.
+        from_cells
+            Ignored, as ``n_cells``.
+        return_mean
+            Must be ``True``: baselines predict pseudobulks, not cells.
+        adata
+            Ignored except for a check that its genes match; baselines predict from their training pseudobulks.
+        **kwargs
+            Ignored (``batch_size``, ``random_state``, ...).
+
+        Returns
+        -------
+        AnnData with one row per condition: ``X`` the predicted :math:`\log(1 + 10^4\bar\rho)` (float32),
+        ``layers["expression"]`` its ``expm1``, ``obs`` columns ``perturbation``, ``media``, ``time``,
+        ``media_time``, ``batch``, ``n_cells`` (training cells the prediction draws on) and
+        ``unseen_targets``, and ``uns["scmech"]["prediction"]`` the provenance.
+        """
+        self._check_if_trained(warn=False)
+        if not return_mean:
+            msg = (
+                f"{type(self).__name__} predicts pseudobulks, not cells; use return_mean=True (per-cell predictions "
+                "come from SemiMechVI or ScGen)."
+            )
+            raise NotImplementedError(msg)
+        if kwargs:
+            logger.debug("%s.predict ignores %s", type(self).__name__, sorted(kwargs))
+        self._check_registered_data()
+        var_names = self._training_genes(adata, "baselines predict")
+        explicit = perturbations is not None
+        if perturbations is None:
+            perturbations = list(self._pstate()["conditions"])
+        elif isinstance(perturbations, str):
+            perturbations = [perturbations]
+        rows, obs_rows, skipped = self._predict_rows(list(perturbations), media, time, batch, explicit=explicit)
+        if skipped:
+            logger.info(
+                "%s cannot predict %d registered condition(s), skipped: %s",
+                type(self).__name__,
+                len(skipped),
+                [s[0] for s in skipped][:10],
+            )
+        if not rows:
+            msg = f"{type(self).__name__} can predict none of the requested conditions ({skipped[:3]})."
+            raise KeyError(msg)
+        return _prediction_anndata(
+            np.vstack(rows),
+            obs_rows,
+            var_names,
+            self._provenance(skipped=[s[0] for s in skipped]),
+        )
+
+    def _predict_rows(
+        self, perturbations: list[str], media: Any, time: Any, batch: str | None, *, explicit: bool
+    ) -> tuple[list[np.ndarray], list[dict], list[tuple[str, str]]]:
+        """Predicted rows, their ``obs`` and the ``(label, reason)`` of the conditions skipped."""
+        n = len(perturbations)
+        med = _per_condition(media, n, "media")
+        tim = _per_condition(time, n, "time")
+        rows, obs_rows, skipped = [], [], []
+        for p, m, t in zip(perturbations, med, tim, strict=True):
+            label, targets = self._canonical(p)
+            try:
+                value, n_used = self._predict_one(label, targets)
+            except KeyError as e:
+                if explicit:
+                    raise
+                skipped.append((label, str(e).strip("'\"")))
+                continue
+            shift, _ = self._context_shift(batch, m, t)
+            rows.append(value + shift)
+            obs_rows.append(
+                {
+                    "perturbation": label,
+                    "media": m,
+                    "time": np.nan if t is None else float(t),
+                    "media_time": np.nan,
+                    "batch": batch if batch is not None else "training cells",
+                    "n_cells": int(n_used),
+                    "unseen_targets": ",".join(t_ for t_ in targets if t_ not in self._trained_targets),
+                    "anchored": False,
+                }
+            )
+        return rows, obs_rows, skipped
+
+    def _provenance(self, **extra) -> dict:
+        return {
+            "model": type(self).__name__,
+            "value": _VALUE,
+            "n_train_cells": int(len(self._train_idx)),
+            "train_conditions": list(self._pb.index),
+            "params": dict(self.init_params_["non_kwargs"]),
+            **extra,
+        }
+
+    def _require(self, cond: str) -> np.ndarray:
+        if cond not in self._pb.index:
+            msg = f"Condition {cond!r} has no training cells."
+            raise KeyError(msg)
+        return self._pb.loc[cond].to_numpy()

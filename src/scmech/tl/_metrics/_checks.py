@@ -1,0 +1,95 @@
+r"""Checks of the inputs of an evaluation: DE test, prediction scale, finite rows and split indices."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scmech._constants import TARGET_SUM
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["check_finite_rows"]
+
+#: tests of :func:`scanpy.tl.rank_genes_groups` accepted as ``de_method``
+_DE_METHODS = ("t-test", "t-test_overestim_var", "wilcoxon", "logreg")
+
+#: the largest value of :math:`\log(1 + 10^4\bar\rho)`: one gene holding all of a cell's counts
+_MAX_LOG1P = float(np.log1p(TARGET_SUM))
+#: predictions above ``_MAX_LOG1P`` by more than this are on another scale (room for extrapolating models)
+_SCALE_MARGIN = 0.5
+
+
+def _warn(msg: str, stacklevel: int = 2) -> None:
+    """Issue a ``UserWarning`` attributed ``stacklevel`` frames above the caller of this function."""
+    warnings.warn(msg, UserWarning, stacklevel=stacklevel + 1)
+
+
+def _check_de_method(de_method: Any) -> None:
+    """Refuse a ``de_method`` that :func:`scanpy.tl.rank_genes_groups` does not offer."""
+    if de_method not in _DE_METHODS:
+        msg = f"de_method={de_method!r} is not supported; use one of {list(_DE_METHODS)} (scanpy rank_genes_groups)."
+        raise ValueError(msg)
+
+
+def _check_scale(x: np.ndarray | sp.spmatrix, what: str, data_max: float | None = None) -> None:
+    r"""Refuse predictions that cannot be on the :math:`\log(1 + 10^4\bar\rho)` scale (e.g. counts, ``expm1``).
+
+    For log-normalised data (``data_max``, the largest observed value) the bound is that value when it is larger
+    (another target sum).
+    """
+    if not sp.issparse(x):
+        x = np.asarray(x)
+    if (x.nnz if sp.issparse(x) else x.size) == 0:
+        return
+    top = float(x.max())
+    bound = _MAX_LOG1P if data_max is None else max(_MAX_LOG1P, data_max)
+    if top > bound + _SCALE_MARGIN:
+        where = f"log1p(1e4) = {_MAX_LOG1P:.2f}" if bound == _MAX_LOG1P else f"the data's largest value {bound:.2f}"
+        msg = (
+            f"{what} reach {top:.4g}, above {where} (one gene holding all of a cell's counts): "
+            "they are not on the log1p(10^4 proportion) scale. Predictions must be on that scale, as returned by "
+            "predict(): not counts, counts per 10^4, np.expm1 of a prediction or another normalisation."
+        )
+        raise ValueError(msg)
+
+
+def check_finite_rows(x: np.ndarray, labels: Sequence[str], what: str, consequence: str) -> None:
+    """Refuse a prediction matrix with NaN or infinite values, naming the rows (conditions) that hold them.
+
+    Parameters
+    ----------
+    x
+        Conditions x genes matrix.
+    labels
+        Condition of each row.
+    what
+        What ``x`` is, to start the message (e.g. ``"Predictions of 'model'"``).
+    consequence
+        The rest of the message: why it is refused and what to do.
+
+    Raises
+    ------
+    ValueError
+        When a row holds a NaN or infinite value.
+    """
+    bad = ~np.isfinite(np.asarray(x, dtype=np.float64)).all(axis=1)
+    if bad.any():
+        rows = [labels[i] for i in np.flatnonzero(bad)]
+        msg = f"{what} hold NaN or infinite values for {rows[:5]}; {consequence}"
+        raise ValueError(msg)
+
+
+def _index_mask(idx: Any, n: int, what: str) -> np.ndarray:
+    """Boolean mask of ``n`` cells from the indices ``split.<what>``, refusing indices outside the data."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        msg = f"split.{what} holds indices outside 0..{n - 1}; was the split made on this AnnData?"
+        raise ValueError(msg)
+    m = np.zeros(n, dtype=bool)
+    m[idx] = True
+    return m

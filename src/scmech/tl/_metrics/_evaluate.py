@@ -1,0 +1,267 @@
+r"""Evaluation of held-out predictions: :func:`evaluate` and its steps.
+
+:func:`evaluate` checks its arguments (:func:`_check_sizes`, :func:`_model_inputs`, :func:`_data_max`), reads the
+predictions (:mod:`._predictions`), picks the observed cells of the split (:func:`_split_masks`) and the training
+perturbations (:func:`_training_perturbations`), and scores every model (:func:`._score._run`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._checks import check_expression
+
+from ._checks import _check_de_method, _check_scale, _index_mask, _warn
+from ._names import _SYSTEMA_METRICS
+from ._predictions import _as_dict, _design, _genes, _prediction_frame
+from ._score import _run
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from anndata import AnnData
+
+    from scmech.data._design import PerturbationDesign
+    from scmech.tl._split import Split
+
+__all__ = ["evaluate"]
+
+
+def evaluate(
+    predictions: AnnData | Mapping[str, AnnData],
+    adata: AnnData,
+    *,
+    perturbation_key: str = "perturbation",
+    control_label: str | Sequence[str] = "NT",
+    separator: str = "+",
+    unassigned_label: str | Sequence[str] | None = "unassigned",
+    layer: str | None = None,
+    counts: bool = True,
+    conditions: Sequence[str] | None = None,
+    train_conditions: Sequence[str] | None = None,
+    split: Split | None = None,
+    n_de_genes: int = 20,
+    n_top_expressed: int = 1000,
+    de_method: Literal["t-test", "t-test_overestim_var", "wilcoxon", "logreg"] = "t-test",
+    cell_predictions: Mapping[str, AnnData] | None = None,
+    n_pcs: int = 30,
+    max_cells: int = 300,
+    key_added: str | None = None,
+    random_state: int = 0,
+) -> pd.DataFrame:
+    r"""Score predictions of held-out conditions against the observed data.
+
+    Observed values are pseudobulks of ``adata`` (:func:`scmech.data.pseudobulk`, the definition the
+    predictions use). Every non-control row of the predictions is a candidate condition; the evaluated
+    conditions are those with observed cells that every model predicts. The metrics (ANCHORS §4; their
+    directions in ``scmech.tl.METRIC_DIRECTIONS``) are
+
+    ``pearson``, ``pearson_delta``, ``pearson_delta_de``, ``mse``, ``mse_de``, ``l2_top``,
+    ``direction_accuracy_de``, ``systema_pearson_delta``, ``systema_pearson_delta_de``,
+    ``centroid_accuracy``, ``perturbench_rank`` and, with ``cell_predictions``, ``energy_distance``.
+
+    DE genes are the top ``n_de_genes`` of :func:`scanpy.tl.rank_genes_groups` (``reference`` = control,
+    ``rankby_abs=True``) on a log-normalised copy of the observed cells (``normalize_total(1e4)`` +
+    ``log1p``); they depend on the observed data only, so every model is scored on the same genes. A
+    condition with fewer than 2 observed cells has no DE test: it is still evaluated (its other metrics use the
+    pseudobulk of its cell, with ``n_cells`` telling how little that is), its DE metrics (``pearson_delta_de``,
+    ``mse_de``, ``direction_accuracy_de``, ``systema_pearson_delta_de``) are NaN, and a ``UserWarning`` names
+    it; :func:`noise_ceiling` leaves such conditions out, as one cell cannot predict itself. The
+    Systema reference :math:`r` is the mean of the observed centroids of the training perturbations
+    (``train_conditions``, or ``split.train_conditions``); without them the Systema metrics are NaN (with a
+    ``UserWarning``).
+
+    Predictions must be on the scale returned by ``predict``, :math:`\log(1 + 10^4\bar\rho)`, whose largest
+    possible value is :math:`\log(1 + 10^4) \approx 9.21`; predictions (or ``cell_predictions``) above it by more
+    than 0.5 (e.g. counts, or ``np.expm1`` of a prediction) are refused with a ``ValueError``. With
+    ``counts=False`` the bound is the data's largest value when that is larger (another target sum).
+    ``centroid_accuracy`` and ``perturbench_rank`` compare each prediction with the observed centroids of
+    all evaluated conditions (Euclidean distance over genes) and are NaN when only one is evaluated.
+
+    ``energy_distance`` is the E-distance :math:`2\,\overline{d(x,y)} - \overline{d(x,x')} -
+    \overline{d(y,y')}` with **Euclidean** (not squared) :math:`d`, as ``pertpy.tools.Distance("edistance")``
+    since pertpy PR #733, between at most ``max_cells`` predicted and observed cells per condition (seeded),
+    in the space of the top ``n_pcs`` principal components of the observed log-normalised cells.
+
+    Parameters
+    ----------
+    predictions
+        An AnnData returned by ``predict`` (one row per condition) or a dict ``{model_name: AnnData}``.
+    adata
+        Observed data with counts (or log-normalised values with ``counts=False``). Not modified, except for
+        ``uns["scmech"][key_added]`` when ``key_added`` is given.
+    perturbation_key
+        ``obs`` column of perturbation labels.
+    control_label
+        Label (or labels) of non-targeting controls.
+    separator
+        Separator of combinations.
+    unassigned_label
+        Label (or labels) of cells without a guide call (never used).
+    layer
+        Layer with the counts; ``X`` when ``None``.
+    counts
+        Whether the matrix holds counts (``False``: log-normalised values, averaged as they are).
+    conditions
+        Conditions to evaluate; every model must predict each. All shared ones when ``None``.
+    train_conditions
+        Training perturbations, for the Systema reference.
+    split
+        The :class:`~scmech.tl.Split` the models were trained on: observed conditions then come from its test
+        cells, controls from ``split.control_reference`` (the held-out group's controls for batch, time and
+        media splits), the Systema reference from its training cells (``split.train``, the cells the baselines fit)
+        and, when ``train_conditions`` is
+        ``None``, ``split.train_conditions``. Without a split all assigned cells of ``adata`` are used (for a
+        held-out batch, pass the split or subset ``adata`` to the held-out batch).
+    n_de_genes
+        Number of top DE genes per condition.
+    n_top_expressed
+        Number of genes most expressed in control for ``l2_top`` (all genes when there are fewer).
+    de_method
+        Test of :func:`scanpy.tl.rank_genes_groups`.
+    cell_predictions
+        ``{model_name: predict(return_mean=False)}`` for ``energy_distance`` (per-cell AnnData with
+        ``obs["perturbation"]`` and log-normalised ``X``).
+    n_pcs
+        Principal components for ``energy_distance``.
+    max_cells
+        At most this many cells per side and condition for ``energy_distance`` and its PCA.
+    key_added
+        When given, the result is stored as a DataFrame in ``adata.uns["scmech"][key_added]`` (the only write
+        to ``adata``).
+    random_state
+        Seed of the cell subsets for ``energy_distance``.
+
+    Returns
+    -------
+    Tidy DataFrame with columns ``model``, ``condition``, ``metric``, ``value`` and ``n_cells`` (observed
+    cells of the condition).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``de_method``, non-finite predictions, or predictions not on the
+        :math:`\log(1 + 10^4\bar\rho)` scale.
+
+    Examples
+    --------
+    >>> sp = scmech.tl.split(adata, "perturbation", test_conditions=["STAT1", "JAK2"])
+    >>> preds = {}
+    >>> for cls in (scmech.tl.ControlMean, scmech.tl.TrainMean, scmech.tl.LinearModel):
+    ...     cls.setup_anndata(adata)
+    ...     m = cls(adata)
+    ...     m.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
+    ...     preds[cls.__name__] = m.predict(sp.test_conditions)
+    >>> results = scmech.tl.evaluate(preds, adata, split=sp)
+    >>> scmech.tl.leaderboard(results)
+    """
+    _check_sizes(n_de_genes, n_top_expressed, n_pcs, max_cells)
+    _check_de_method(de_method)
+    preds_ad, cells_ad = _model_inputs(predictions, cell_predictions)
+    design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
+    data_max = _data_max(adata, layer, counts)
+    for name, cp in (cells_ad or {}).items():
+        _check_scale(cp.X, f"cell_predictions[{name!r}]", data_max=data_max)
+    genes0 = pd.Index(adata.var_names).astype(str)
+    frames = {name: _prediction_frame(p, name, design, genes0, data_max=data_max) for name, p in preds_ad.items()}
+    genes = _genes(adata, frames)
+    obs_mask, ctrl_mask, train_mask = _split_masks(design, adata.n_obs, split)
+    if split is not None and train_conditions is None:
+        train_conditions = split.train_conditions
+    train_conditions = _training_perturbations(train_conditions)
+    result = _run(
+        frames,
+        adata,
+        design,
+        obs_mask=obs_mask,
+        ctrl_mask=ctrl_mask,
+        train_mask=train_mask,
+        conditions=conditions,
+        train_conditions=train_conditions,
+        genes=genes,
+        layer=layer,
+        counts=counts,
+        n_de_genes=n_de_genes,
+        n_top_expressed=n_top_expressed,
+        de_method=de_method,
+        cell_predictions=cells_ad,
+        n_pcs=n_pcs,
+        max_cells=max_cells,
+        random_state=random_state,
+    )
+    if key_added is not None:
+        adata.uns.setdefault(SCMECH_ADATA_KEYS.UNS, {})[key_added] = result.copy()
+    return result
+
+
+def _check_sizes(n_de_genes: int, n_top_expressed: int, n_pcs: int, max_cells: int) -> None:
+    """Refuse gene, component and cell numbers below their minimum."""
+    if n_de_genes < 1 or n_top_expressed < 1 or n_pcs < 1 or max_cells < 2:
+        msg = (
+            f"n_de_genes ({n_de_genes}), n_top_expressed ({n_top_expressed}) and n_pcs ({n_pcs}) must be >= 1 and "
+            f"max_cells ({max_cells}) >= 2."
+        )
+        raise ValueError(msg)
+
+
+def _model_inputs(
+    predictions: AnnData | Mapping[str, AnnData], cell_predictions: Mapping[str, AnnData] | None
+) -> tuple[dict[str, AnnData], dict[str, AnnData] | None]:
+    """Mean and per-cell predictions by model name; every per-cell model must have a mean prediction."""
+    preds_ad = _as_dict(predictions)
+    cells_ad = _as_dict(cell_predictions, "cell_predictions") if cell_predictions else None
+    if cells_ad:
+        unknown = sorted(set(cells_ad) - set(preds_ad))
+        if unknown:
+            msg = f"cell_predictions has models {unknown} without mean predictions; use the same keys as predictions."
+            raise KeyError(msg)
+    return preds_ad, cells_ad
+
+
+def _data_max(adata: AnnData, layer: str | None, counts: bool) -> float | None:
+    """Check the observed matrix; return its largest value for log-normalised data (``None`` for counts)."""
+    if layer is not None and layer not in adata.layers:
+        msg = f"Layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); pass layer=None for X."
+        raise KeyError(msg)
+    check_expression(
+        adata.layers[layer] if layer is not None else adata.X,
+        "adata.X" if layer is None else f"adata.layers[{layer!r}]",
+        counts=counts,
+    )
+    data_max = None
+    if not counts:
+        mat = adata.layers[layer] if layer is not None else adata.X
+        data_max = float(mat.max()) if (mat.nnz if sp.issparse(mat) else np.size(mat)) else None
+    return data_max
+
+
+def _split_masks(design: PerturbationDesign, n: int, split: Split | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observed (test), control and training cells: from the split, or every assigned cell without one."""
+    assigned = design.fit_mask
+    if split is not None:
+        obs_mask = _index_mask(split.test, n, "test") & assigned
+        ctrl_mask = _index_mask(split.control_reference, n, "control_reference") & assigned & design.is_control
+        train_mask = _index_mask(split.train, n, "train") & assigned
+    else:
+        obs_mask = assigned.copy()
+        ctrl_mask = assigned & design.is_control
+        train_mask = assigned.copy()
+    return obs_mask, ctrl_mask, train_mask
+
+
+def _training_perturbations(train_conditions: Sequence[str] | None) -> Sequence[str] | None:
+    """Return the training perturbations of the Systema reference; ``None``, with a warning, without any."""
+    if train_conditions is None or len(train_conditions) == 0:
+        _warn(
+            f"No training perturbations (train_conditions or split): {', '.join(_SYSTEMA_METRICS)} are NaN, the "
+            "Systema reference being the mean of the training centroids. Pass split= (the split the models were "
+            "trained on) or train_conditions=.",
+            stacklevel=3,
+        )
+        return None
+    return train_conditions

@@ -1,0 +1,169 @@
+"""Summaries of evaluation results: leaderboards (:func:`leaderboard`, :func:`leaderboard_table`) and wins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ._names import higher_is_better
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["leaderboard", "leaderboard_table", "win_counts"]
+
+
+def leaderboard(
+    results: pd.DataFrame | Sequence[pd.DataFrame], *, metrics: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Summarise evaluation results per model and metric, with a direction-aware rank.
+
+    Parameters
+    ----------
+    results
+        Tidy results of :func:`evaluate` / :func:`noise_ceiling` (or a list of them), with columns
+        ``model``, ``condition``, ``metric``, ``value`` and optionally ``seed``.
+    metrics
+        Metrics to keep (all when ``None``).
+
+    Returns
+    -------
+    DataFrame with one row per model and metric: ``mean``, ``sd`` and ``n`` over conditions (NaN values
+    dropped) or, when a ``seed`` column is present, the mean and sd over seeds of the per-seed means (``n``
+    then counts seeds and ``n_conditions`` conditions), ``higher_is_better`` and ``rank`` (1 = best within
+    the metric; ties share the best rank).
+
+    Examples
+    --------
+    >>> board = scmech.tl.leaderboard(results, metrics=["pearson_delta_de", "l2_top"])
+    """
+    df = pd.concat(list(results), ignore_index=True) if isinstance(results, list | tuple) else results
+    need = {"model", "metric", "value"}
+    if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
+        msg = f"results must be a DataFrame from scmech.tl.evaluate with columns {sorted(need)}."
+        raise ValueError(msg)
+    if metrics is not None:
+        metrics = list(metrics)
+        unknown = sorted(set(metrics) - set(df["metric"]))
+        if unknown:
+            msg = f"Metric(s) {unknown} are not in the results (metrics: {sorted(set(df['metric']))})."
+            raise KeyError(msg)
+        df = df[df["metric"].isin(metrics)]
+    df = df.dropna(subset=["value"])
+    if "seed" in df.columns:
+        per_seed = df.groupby(["model", "metric", "seed"], sort=False)["value"].mean().reset_index()
+        board = (
+            per_seed.groupby(["model", "metric"], sort=False)["value"]
+            .agg(mean="mean", sd="std", n="count")
+            .reset_index()
+        )
+        ncond = df.groupby(["model", "metric"], sort=False)["condition"].nunique().rename("n_conditions")
+        board = board.merge(ncond.reset_index(), on=["model", "metric"], how="left")
+    else:
+        board = df.groupby(["model", "metric"], sort=False)["value"].agg(mean="mean", sd="std", n="count").reset_index()
+    board["higher_is_better"] = board["metric"].map(higher_is_better).astype(bool)
+    signed = np.where(board["higher_is_better"], -board["mean"], board["mean"])
+    board["rank"] = pd.Series(signed, index=board.index).groupby(board["metric"]).rank(method="min").astype(int)
+    order = list(metrics) if metrics is not None else list(dict.fromkeys(board["metric"]))
+    board["metric"] = pd.Categorical(board["metric"], categories=order, ordered=True)
+    board = board.sort_values(["metric", "rank", "model"]).reset_index(drop=True)
+    board["metric"] = board["metric"].astype(str)
+    return board
+
+
+def leaderboard_table(
+    results_or_board: pd.DataFrame, *, metrics: Sequence[str] | None = None, digits: int = 3, show_sd: bool = True
+) -> pd.DataFrame:
+    """Compact wide leaderboard: models x metrics, each cell ``"mean ± sd"``, rows ordered by mean rank.
+
+    Parameters
+    ----------
+    results_or_board
+        Tidy results of :func:`evaluate` or the output of :func:`leaderboard`.
+    metrics
+        Metrics (columns) to show, in order; all when ``None``.
+    digits
+        Decimals shown.
+    show_sd
+        Append ``± sd``.
+
+    Returns
+    -------
+    DataFrame of strings indexed by model, one column per metric.
+
+    Examples
+    --------
+    >>> scmech.tl.leaderboard_table(results, metrics=["pearson_delta_de", "l2_top"])
+    """
+    board = results_or_board if "rank" in results_or_board.columns else leaderboard(results_or_board, metrics=metrics)
+    if metrics is not None:
+        board = board[board["metric"].isin(list(metrics))]
+    cols = list(metrics) if metrics is not None else list(dict.fromkeys(board["metric"]))
+
+    def fmt(r: Any) -> str:
+        s = f"{r['mean']:.{digits}f}"
+        if show_sd and np.isfinite(r["sd"]):
+            s += f" ± {r['sd']:.{digits}f}"
+        return s
+
+    board = board.assign(cell=board.apply(fmt, axis=1))
+    wide = board.pivot(index="model", columns="metric", values="cell").reindex(columns=cols)
+    order = board.groupby("model")["rank"].mean().sort_values().index
+    wide = wide.loc[order]
+    wide.columns.name = None
+    return wide
+
+
+def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-condition wins of ``model`` against every other model on one metric.
+
+    A condition's score is averaged over the rows it has (e.g. over seeds) before models are compared, so each
+    condition counts once. A win is a better score in the metric's direction (``scmech.tl.METRIC_DIRECTIONS``); NaN
+    scores are left out of that pair.
+
+    Parameters
+    ----------
+    results
+        Tidy results of :func:`evaluate` (several runs concatenated, e.g. with a ``seed`` column).
+    model
+        The model whose wins are counted.
+    metric
+        The metric compared.
+    against
+        Models to compare with; every other model when ``None``.
+
+    Returns
+    -------
+    DataFrame indexed by the other models with columns ``wins``, ``losses``, ``ties`` and ``n`` (conditions
+    scored by both).
+
+    Examples
+    --------
+    >>> scmech.tl.win_counts(results, "SemiMechVI", "pearson_delta_top_change")
+    """
+    sub = results[results["metric"] == metric]
+    if sub.empty:
+        msg = f"No results for metric {metric!r} (metrics: {sorted(results['metric'].unique())[:12]})."
+        raise KeyError(msg)
+    table = sub.groupby(["condition", "model"])["value"].mean().unstack("model")
+    if model not in table.columns:
+        msg = f"No results for model {model!r} (models: {list(table.columns)})."
+        raise KeyError(msg)
+    others = [m for m in (against if against is not None else table.columns) if m != model]
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    rows = {}
+    for other in others:
+        if other not in table.columns:
+            msg = f"No results for model {other!r} (models: {list(table.columns)})."
+            raise KeyError(msg)
+        pair = table[[model, other]].dropna()
+        diff = sign * (pair[model] - pair[other])
+        rows[other] = {
+            "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum()),
+            "ties": int((diff == 0).sum()),
+            "n": len(pair),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["wins", "losses", "ties", "n"])

@@ -1,0 +1,115 @@
+r"""Predictions as the evaluation reads them: models by name, canonical labels and prediction frames."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._design import canonical_label, get_design, parse_condition
+
+from ._checks import _check_scale, check_finite_rows
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from anndata import AnnData
+
+    from scmech.data._design import PerturbationDesign
+
+logger = logging.getLogger(__name__)
+
+
+def _as_dict(predictions: AnnData | Mapping[str, AnnData], what: str = "predictions") -> dict[str, AnnData]:
+    """``{model_name: AnnData}`` from one prediction (named by its provenance) or a dict of them."""
+    if isinstance(predictions, ad.AnnData):
+        prov = predictions.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("prediction", {})
+        return {str(prov.get("model", "model")): predictions}
+    if isinstance(predictions, dict):
+        bad = [k for k, v in predictions.items() if not isinstance(v, ad.AnnData)]
+        if bad:
+            msg = f"{what}[{bad[0]!r}] is not an AnnData; pass {{model_name: model.predict(...)}}."
+            raise TypeError(msg)
+        if not predictions:
+            msg = f"{what} is empty; pass an AnnData from predict() or a dict {{model_name: AnnData}}."
+            raise ValueError(msg)
+        return {str(k): v for k, v in predictions.items()}
+    msg = (
+        f"{what} must be an AnnData from predict() or a dict {{model_name: AnnData}}, got {type(predictions).__name__}."
+    )
+    raise TypeError(msg)
+
+
+def _canonical(label: str, design: PerturbationDesign) -> str:
+    targets = parse_condition(str(label), separator=design.separator, control_label=design.control_label)
+    return canonical_label(targets, separator=design.separator, control_label=design.control_label)
+
+
+def _prediction_frame(
+    pred: AnnData, name: str, design: PerturbationDesign, genes: pd.Index, *, data_max: float | None = None
+) -> pd.DataFrame:
+    r"""Predicted log pseudobulk (conditions x genes) of a mean prediction, control rows dropped.
+
+    Raises for predictions that are not finite or not on the :math:`\log(1 + 10^4\bar\rho)` scale.
+    """
+    if "perturbation" not in pred.obs.columns:
+        msg = f"Predictions of {name!r} have no obs['perturbation'] column; pass the AnnData returned by predict()."
+        raise KeyError(msg)
+    labels = [_canonical(x, design) for x in pred.obs["perturbation"].astype(str)]
+    dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
+    if dup:
+        msg = (
+            f"Predictions of {name!r} hold several rows for {dup[:5]} (e.g. one per medium or time); evaluate one "
+            "context at a time: pred[pred.obs['media'] == 'stim']."
+        )
+        raise ValueError(msg)
+    x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
+    check_finite_rows(
+        x,
+        labels,
+        f"Predictions of {name!r}",
+        "a model that fails on a condition must not be scored (the leaderboard would drop the failure and rank it "
+        "higher). Fix or drop those rows.",
+    )
+    _check_scale(x, f"Predictions of {name!r}", data_max=data_max)
+    frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(pred.var_names).astype(str))
+    missing = genes.difference(frame.columns)
+    if len(missing) == len(genes):
+        msg = f"Predictions of {name!r} share no genes with adata.var_names."
+        raise ValueError(msg)
+    frame = frame.loc[[c for c in frame.index if c != design.control_label]]
+    return frame
+
+
+def _design(
+    adata: AnnData,
+    perturbation_key: str,
+    control_label: str | Sequence[str],
+    separator: str,
+    unassigned_label: str | Sequence[str] | None,
+) -> PerturbationDesign:
+    """Read the perturbation design of the observed data (no warning about missing controls)."""
+    return get_design(
+        adata,
+        perturbation_key,
+        control_label,
+        separator=separator,
+        unassigned_label=unassigned_label,
+        warn_missing_controls=False,
+    ).perturbation
+
+
+def _genes(adata: AnnData, frames: dict[str, pd.DataFrame]) -> pd.Index:
+    """Genes of ``adata`` present in every prediction frame, in ``adata``'s order."""
+    genes = pd.Index(adata.var_names).astype(str)
+    common = genes
+    for f in frames.values():
+        common = common[common.isin(f.columns)]
+    if len(common) < len(genes):
+        logger.warning("Evaluating on the %d of %d genes present in every prediction.", len(common), len(genes))
+    return common

@@ -1,0 +1,270 @@
+r"""Predictions and observed cells in one AnnData and one space, for pertpy (:func:`combine_prediction`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
+from scmech.data._design import canonical_label, get_design, parse_condition
+from scmech.data._pseudobulk import pseudobulk
+
+from ._common import OBSERVED, PREDICTED, _dense
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from anndata import AnnData
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["combine_prediction"]
+
+
+def _is_mean_prediction(pred: AnnData, labels: np.ndarray) -> bool:
+    """Whether ``pred`` holds one row per condition (``predict(return_mean=True)``) rather than cells."""
+    return "source_cell" not in pred.obs.columns and len(set(labels.tolist())) == len(labels)
+
+
+def combine_prediction(
+    pred: AnnData,
+    observed: AnnData,
+    *,
+    perturbation_key: str = "perturbation",
+    control_label: str = "NT",
+    separator: str = "+",
+    unassigned_label: str | Sequence[str] | None = ("unassigned", "multiple"),
+    layer: str | None = None,
+    counts: bool = True,
+    conditions: Sequence[str] | None = None,
+    n_pcs: int | None = 30,
+    max_cells: int | None = 300,
+    random_state: int = 0,
+) -> AnnData:
+    r"""Predicted and observed cells of each condition in one AnnData, ready for pertpy.
+
+    ``pred`` is what :meth:`SemiMechVI.predict <scmech.model.SemiMechVI.predict>` or a baseline's ``predict``
+    returns: ``X`` is :math:`\log(1 + 10^4\rho)`, per cell (``return_mean=False``) or per condition (the
+    pseudobulk :math:`\log(1 + 10^4\bar\rho)`, ``return_mean=True``). The observed cells are put in the same
+    space: log-normalised (``normalize_total(1e4)`` and ``log1p`` when ``counts``) for a per-cell prediction,
+    and aggregated to the same pseudobulk (:func:`scmech.data.pseudobulk`) for a mean prediction. The observed
+    controls are always included (for a "no change" reference).
+
+    Parameters
+    ----------
+    pred
+        Prediction AnnData with ``obs["perturbation"]``.
+    observed
+        Observed cells with counts in ``X`` (or ``layer``) and labels in ``obs[perturbation_key]``.
+    perturbation_key, control_label, separator, unassigned_label
+        Labels of ``observed`` (combinations are matched regardless of the order of their targets).
+    layer
+        Layer of ``observed`` with the counts.
+    counts
+        Whether ``observed`` holds raw counts (else log-normalised values, used as they are).
+    conditions
+        Conditions to keep; all predicted conditions with observed cells when ``None``.
+    n_pcs
+        Principal components of ``obsm["X_pca"]``, fitted on the observed log-normalised cells (controls and
+        ``conditions``) and applied to both sides; ``None`` leaves ``X_pca`` out.
+    max_cells
+        At most this many cells per condition and side (a seeded subsample); ``None`` keeps all.
+    random_state
+        Seed of the subsamples and the PCA.
+
+    Returns
+    -------
+    AnnData over the genes shared by ``pred`` and ``observed`` with ``X`` the log-normalised values and
+
+    - ``obs["perturbation"]`` (canonical condition), ``obs["source"]`` (``"predicted"``/``"observed"``),
+      ``obs["group"]`` (``"predicted|STAT1"``, ``"observed|NT"``, categorical) and ``obs["n_cells"]`` (cells
+      behind the row: 1 for a cell, the cells of a pseudobulk or the starting cells of a mean prediction);
+    - ``obsm["X_pca"]`` (with ``n_pcs``);
+    - ``uns["scmech"]["combine_prediction"]``: ``mean_prediction``, ``n_pcs`` and the PCA ``loadings``.
+
+    Hand it to pertpy's ``Distance``, e.g.
+    ``Distance("edistance", obsm_key="X_pca").onesided_distances(out, groupby="group", selected_group="observed|NT")``.
+
+    Examples
+    --------
+    >>> pred = model.predict(["STAT1", "JAK2"], return_mean=False, n_cells=200)
+    >>> both = scmech.tl.combine_prediction(pred, adata)
+    >>> both.obs["group"].value_counts()
+    """
+    _check_combine_args(pred, observed, n_pcs=n_pcs, max_cells=max_cells, layer=layer)
+    design = get_design(
+        observed,
+        perturbation_key,
+        control_label,
+        separator=separator,
+        unassigned_label=unassigned_label,
+        warn_missing_controls=False,
+    ).perturbation
+    ctrl = design.control_label
+
+    def _canon(label: str) -> str:
+        t = parse_condition(str(label), separator=separator, control_label=control_label, key="perturbation")
+        return canonical_label(t, separator=separator, control_label=ctrl)
+
+    plabels = np.asarray([_canon(x) for x in pred.obs["perturbation"].astype(str)], dtype=object)
+    mean_pred = _is_mean_prediction(pred, plabels)
+    olabels = np.where(design.is_unassigned, "", design.labels).astype(object)
+    observed_conds = set(olabels[olabels != ""].tolist())
+    if ctrl not in observed_conds:
+        msg = f"observed has no control cells ({control_label!r} in obs[{perturbation_key!r}])."
+        raise ValueError(msg)
+    conds = _combined_conditions(plabels, observed_conds, conditions, _canon, perturbation_key)
+    genes = _shared_genes(pred, observed)
+    rng = np.random.default_rng(np.random.SeedSequence(int(random_state)))
+    obs_groups = [ctrl, *[c for c in conds if c != ctrl]]
+    # observed: log-normalised cells of the control and the conditions (seeded subsample per group)
+    take = np.concatenate([_subsample(np.flatnonzero(olabels == c), max_cells, rng) for c in obs_groups])
+    cell_x = _log_normalised(observed, take, olabels, genes, layer=layer, counts=counts)
+    if mean_pred:
+        # the observed pseudobulk over all cells of each group, the definition the mean prediction uses
+        pb = pseudobulk(observed, olabels.astype(str), layer=layer, counts=counts, groups=obs_groups)
+        ox = pb.loc[obs_groups, genes].to_numpy(np.float64)
+        o_lab = np.asarray(obs_groups, dtype=object)
+        o_n = np.asarray([int((olabels == c).sum()) for c in obs_groups])
+    else:
+        ox, o_lab, o_n = cell_x, olabels[take], np.ones(len(take), dtype=int)
+    # predicted rows of the conditions
+    prow = np.concatenate([_subsample(np.flatnonzero(plabels == c), max_cells, rng) for c in conds])
+    px, p_n = _predicted_rows(pred, prow, genes, mean_pred=mean_pred)
+    x = np.vstack([px, ox])
+    lab = np.concatenate([plabels[prow], o_lab]).astype(str)
+    out = _combined_anndata(x, lab, np.concatenate([p_n, o_n]), len(prow), genes)
+    info: dict[str, Any] = {"mean_prediction": bool(mean_pred), "n_pcs": 0}
+    if n_pcs is not None:
+        from sklearn.decomposition import PCA
+
+        k = max(1, min(int(n_pcs), cell_x.shape[0] - 1, cell_x.shape[1]))
+        pca = PCA(n_components=k, random_state=int(random_state)).fit(cell_x)
+        out.obsm["X_pca"] = pca.transform(x).astype(np.float64)
+        info.update(n_pcs=int(k), loadings=pca.components_.T.astype(np.float32))
+    out.uns[SCMECH_ADATA_KEYS.UNS] = {"combine_prediction": info}
+    return out
+
+
+def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any, layer: str | None) -> None:
+    """Run the checks of :func:`combine_prediction` that need no design."""
+    if not isinstance(pred, ad.AnnData) or not isinstance(observed, ad.AnnData):
+        msg = (
+            f"pred and observed must be AnnData (got {type(pred).__name__} and {type(observed).__name__}); pass "
+            "the AnnData returned by predict() and the observed cells (mdata['rna'] of a MuData)."
+        )
+        raise TypeError(msg)
+    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int | np.integer) or n_pcs < 1):
+        msg = f"n_pcs={n_pcs!r} must be a positive integer, or None to compare genes directly."
+        raise ValueError(msg)
+    if max_cells is not None and (not isinstance(max_cells, int | np.integer) or max_cells < 1):
+        msg = f"max_cells={max_cells!r} must be a positive integer or None."
+        raise ValueError(msg)
+    if layer is not None and layer not in observed.layers:
+        msg = f"layer={layer!r} is not a layer of observed (layers: {list(observed.layers.keys())})."
+        raise KeyError(msg)
+    if "perturbation" not in pred.obs.columns:
+        msg = "pred has no obs['perturbation'] column; pass the AnnData returned by predict()."
+        raise KeyError(msg)
+
+
+def _combined_conditions(
+    plabels: np.ndarray,
+    observed_conds: set[str],
+    conditions: Sequence[str] | None,
+    canon: Callable[[str], str],
+    perturbation_key: str,
+) -> list[str]:
+    """Conditions to combine: those asked for, or every predicted condition with observed cells."""
+    if conditions is None:
+        conds = [c for c in pd.unique(plabels) if c in observed_conds]
+    else:
+        conds = [canon(c) for c in conditions]
+        missing = [c for c in conds if c not in set(plabels.tolist()) or c not in observed_conds]
+        if missing:
+            msg = (
+                f"conditions {missing[:5]} lack predicted or observed cells; predicted: {sorted(set(plabels))[:10]}, "
+                f"observed: {sorted(observed_conds)[:10]}."
+            )
+            raise KeyError(msg)
+    if not conds:
+        msg = (
+            f"No predicted condition has observed cells (predicted: {sorted(set(plabels))[:10]}; observed "
+            f"obs[{perturbation_key!r}]: {sorted(observed_conds)[:10]}); check perturbation_key and control_label."
+        )
+        raise ValueError(msg)
+    return conds
+
+
+def _shared_genes(pred: AnnData, observed: AnnData) -> pd.Index:
+    """Genes of both sides, in ``pred``'s order."""
+    genes = pd.Index(pred.var_names).astype(str).intersection(pd.Index(observed.var_names).astype(str), sort=False)
+    if len(genes) == 0:
+        msg = "pred and observed share no var_names; predict on the genes of the observed data."
+        raise ValueError(msg)
+    if len(genes) < observed.n_vars or len(genes) < pred.n_vars:
+        logger.info("Comparing on the %d genes shared by pred and observed", len(genes))
+    return genes
+
+
+def _subsample(idx: np.ndarray, max_cells: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most ``max_cells`` of ``idx`` (a seeded subsample, sorted); all when ``None``."""
+    if max_cells is not None and len(idx) > max_cells:
+        idx = np.sort(rng.choice(idx, size=max_cells, replace=False))
+    return idx
+
+
+def _log_normalised(
+    observed: AnnData, take: np.ndarray, olabels: np.ndarray, genes: pd.Index, *, layer: str | None, counts: bool
+) -> np.ndarray:
+    """Log-normalised observed cells ``take`` (cells x ``genes``; ``normalize_total`` and ``log1p`` for counts)."""
+    gpos = pd.Index(observed.var_names).astype(str).get_indexer(genes)
+    xo = observed.layers[layer] if layer is not None else observed.X
+    cells = ad.AnnData(
+        X=sp.csr_matrix(xo[take], dtype=np.float32) if sp.issparse(xo) else np.asarray(xo[take], dtype=np.float32),
+        obs=pd.DataFrame({"g": olabels[take].astype(str)}, index=np.arange(len(take)).astype(str)),
+        var=pd.DataFrame(index=pd.Index(observed.var_names).astype(str)),
+    )
+    if counts:
+        import scanpy as sc
+
+        sc.pp.normalize_total(cells, target_sum=TARGET_SUM)
+        sc.pp.log1p(cells)
+    return _dense(cells.X)[:, gpos].astype(np.float64)
+
+
+def _predicted_rows(
+    pred: AnnData, prow: np.ndarray, genes: pd.Index, *, mean_pred: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted values of rows ``prow`` (rows x ``genes``) and the cells behind each row."""
+    ppos = pd.Index(pred.var_names).astype(str).get_indexer(genes)
+    px = _dense(pred.X[prow])[:, ppos].astype(np.float64)
+    if not np.isfinite(px).all():
+        msg = "pred.X holds non-finite values; pass the AnnData returned by predict() (log1p scale)."
+        raise ValueError(msg)
+    p_n = (
+        pd.to_numeric(pred.obs["n_cells"], errors="coerce").fillna(1).to_numpy()[prow].astype(int)
+        if mean_pred and "n_cells" in pred.obs.columns
+        else np.ones(len(prow), dtype=int)
+    )
+    return px, p_n
+
+
+def _combined_anndata(x: np.ndarray, lab: np.ndarray, n_cells: np.ndarray, n_pred: int, genes: pd.Index) -> AnnData:
+    """Predicted rows (the first ``n_pred`` of ``x``), then observed rows; ``obs`` labels, sides and cell counts."""
+    src = np.array([PREDICTED] * n_pred + [OBSERVED] * (len(x) - n_pred), dtype=object)
+    obs = pd.DataFrame(
+        {
+            "perturbation": pd.Categorical(lab),
+            "source": pd.Categorical(src, categories=[PREDICTED, OBSERVED]),
+            "group": pd.Categorical([f"{s}|{c}" for s, c in zip(src, lab, strict=True)]),
+            "n_cells": n_cells.astype(np.int64),
+        },
+        index=[f"{s}|{c}|{i}" for i, (s, c) in enumerate(zip(src, lab, strict=True))],
+    )
+    return ad.AnnData(X=x.astype(np.float32), obs=obs, var=pd.DataFrame(index=genes.copy()))
