@@ -93,7 +93,6 @@ def test_fixed_targets_reject_unknown():
 def test_target_index_and_condition_matrix():
     d = parse_perturbations(["A", "B+C", "NT"])
     assert d.target_index(["C", "x", "A"]).tolist() == [2, -1, 0]
-    assert d.targets_measured(["C", "x", "A"]).tolist() == [True, False, True]
     cm = d.condition_matrix(["NT", "C+A", "B"]).toarray()
     np.testing.assert_array_equal(cm, [[0, 0, 0], [1, 0, 1], [0, 1, 0]])
     with pytest.raises(KeyError, match="Target 'Z'"):

@@ -223,10 +223,6 @@ class PerturbationDesign:
         pos = {g: i for i, g in enumerate(var_names)}
         return np.array([pos.get(t, -1) for t in (self.targets if targets is None else targets)], dtype=int)
 
-    def targets_measured(self, var_names: Sequence[str]) -> np.ndarray:
-        """Whether each target is a gene in ``var_names``."""
-        return self.target_index(var_names) >= 0
-
     def condition_matrix(self, conditions: Sequence[str]) -> sp.csr_matrix:
         """Multi-hot matrix (conditions x targets) of canonical conditions in this design."""
         col = {t: i for i, t in enumerate(self.targets)}

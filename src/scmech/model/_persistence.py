@@ -25,6 +25,7 @@ import torch
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
 logger = logging.getLogger(__name__)
 
@@ -282,92 +283,15 @@ class SafeSaveLoadMixin:
         path = Path(dir_path)
         pre = prefix or ""
         meta_path, w_path = path / f"{pre}{METADATA}", path / f"{pre}{WEIGHTS}"
-        for p in (meta_path, w_path):
-            if not p.exists():
-                msg = f"{p} not found: {path} does not hold a model saved by {cls.__name__}.save()."
-                raise FileNotFoundError(msg)
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
-            raise ValueError(msg) from e
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else None
-            msg = f"{meta_path} is not an scmech model file (format {found!r})."
-            raise ValueError(msg)
-        lacking = [k for k in ("model_name", "registry", "attributes", "var_names") if k not in meta]
-        if lacking:
-            msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
-            raise ValueError(msg)
-        if meta.get("format_version") != FORMAT_VERSION:
-            msg = (
-                f"{meta_path} was written in save format {meta.get('format_version')!r} by scmech "
-                f"{meta.get('scmech_version', 'unknown')}; this version reads format {FORMAT_VERSION}. Load it with "
-                "the scmech that saved it, or train the model again."
-            )
-            raise ValueError(msg)
-        if meta["model_name"] != cls.__name__:
-            msg = f"{path} holds a {meta['model_name']}, not a {cls.__name__}."
-            raise ValueError(msg)
+        meta = _read_model_metadata(path, meta_path, w_path, cls.__name__)
         dev = torch_device(accelerator, device)
-        try:
-            state = torch.load(w_path, map_location=dev, weights_only=True)
-        except pickle.UnpicklingError as e:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-            if found is None:
-                msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
-                raise ValueError(msg) from e
-            msg = (
-                f"Cannot read the weights in {w_path}: besides tensors it holds the Python object "
-                f"{found.group(1)!r}, which could run code when unpickled, so it is refused; scmech never writes such "
-                "files. Load only models saved by scmech from sources you trust."
-            )
-            raise ValueError(msg) from e
-        except Exception as e:
-            msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
-            raise ValueError(msg) from e
+        state = _read_weights(w_path, dev)
         registry = from_jsonable(meta["registry"])
         attrs = from_jsonable(meta["attributes"])
         if adata is None:
-            for name, reader in ((ADATA, ad.read_h5ad), (MDATA, None)):
-                p = path / f"{pre}{name}"
-                if p.exists():
-                    if reader is None:
-                        import mudata
-
-                        reader = mudata.read_h5mu
-                    adata = reader(p)
-                    break
-            else:
-                msg = f"No data saved in {path}; pass adata= (set up like the training data)."
-                raise ValueError(msg)
-        saved_var = from_jsonable(meta["var_names"])
-        new_var = var_names_of(adata)
-        if isinstance(saved_var, dict):
-            same = isinstance(new_var, dict) and all(
-                np.array_equal(np.asarray(saved_var[k]), np.asarray(new_var.get(k))) for k in saved_var
-            )
-        else:
-            same = np.array_equal(np.asarray(saved_var, dtype=object), np.asarray(new_var, dtype=object))
-        if not same:
-            msg = (
-                "The genes of adata differ from those the model was trained on (names or order). "
-                "Subset and reorder adata to the model's genes: adata[:, model_var_names]."
-            )
-            raise ValueError(msg)
-        setup = dict(registry["setup_args"])
-        method = registry.get("setup_method_name", "setup_anndata")
-        try:
-            getattr(cls, method)(adata, source_registry=registry, **setup)
-        except ValueError as e:
-            if "not found in source registry" not in str(e):
-                raise
-            msg = (
-                f"adata holds a category the saved model was not trained on ({e}). Its batch capture (or covariate "
-                "effect) was never learned; relabel it to a training category whose capture you want to assume, or "
-                "train a model on data that contain it."
-            )
-            raise ValueError(msg) from e
+            adata = _read_saved_data(path, pre)
+        _check_same_genes(from_jsonable(meta["var_names"]), adata)
+        cls._register_like_saved(adata, registry)
         if "init_params_" not in attrs:
             msg = f"{meta_path} holds no init parameters; it was not written by {cls.__name__}.save()."
             raise ValueError(msg)
@@ -383,11 +307,41 @@ class SafeSaveLoadMixin:
             raise ValueError(msg) from e
         for name, value in attrs.items():
             setattr(model, name, value)
-        _locate_split_cells(model, meta.get("cells") or {})
+        _locate_split_cells(model, meta["cells"])
         model.module.eval()
         model.to_device(dev)
         logger.info("Loaded %s from %s", cls.__name__, path)
         return model
+
+    @classmethod
+    def _register_like_saved(cls, adata: AnnData, registry: dict) -> None:
+        """Set ``adata`` up with the saved registry (same arguments, categories and targets as in training).
+
+        Parameters
+        ----------
+        adata
+            The data the loaded model is attached to.
+        registry
+            The registry saved with the model.
+
+        Raises
+        ------
+        ValueError
+            When ``adata`` holds a batch or covariate category the model was not trained on.
+        """
+        setup = dict(registry["setup_args"])
+        method = registry.get("setup_method_name", "setup_anndata")
+        try:
+            getattr(cls, method)(adata, source_registry=registry, **setup)
+        except ValueError as e:
+            if "not found in source registry" not in str(e):
+                raise
+            msg = (
+                f"adata holds a category the saved model was not trained on ({e}). Its batch capture (or covariate "
+                "effect) was never learned; relabel it to a training category whose capture you want to assume, or "
+                "train a model on data that contain it."
+            )
+            raise ValueError(msg) from e
 
 
 SPLIT_ATTRIBUTES = ("train_indices_", "validation_indices_", "test_indices_")
@@ -464,6 +418,159 @@ def torch_device(accelerator: str = "auto", device: int | str = "auto") -> torch
         msg = f"device={device!r} must be 'auto' or a device index (0, 1, ...)."
         raise ValueError(msg)
     return torch.device(acc, int(device))
+
+
+def _read_model_metadata(path: Path, meta_path: Path, w_path: Path, model_name: str) -> dict:
+    """Read the metadata of a saved model and refuse missing, foreign, incomplete or other-version files.
+
+    Parameters
+    ----------
+    path
+        The directory of the save.
+    meta_path
+        Its ``metadata.json``.
+    w_path
+        Its ``model.pt`` (only checked to exist here).
+    model_name
+        The class loading it.
+
+    Returns
+    -------
+    The metadata, holding every entry that ``load`` reads.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the metadata or the weights are missing.
+    ValueError
+        For a truncated or foreign file, an incomplete one, another save format or another model class.
+    """
+    for p in (meta_path, w_path):
+        if not p.exists():
+            msg = f"{p} not found: {path} does not hold a model saved by {model_name}.save()."
+            raise FileNotFoundError(msg)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
+        raise ValueError(msg) from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        msg = f"{meta_path} is not an scmech model file (format {found!r})."
+        raise ValueError(msg)
+    lacking = [k for k in ("model_name", "registry", "attributes", "var_names", "cells") if k not in meta]
+    if lacking:
+        msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
+        raise ValueError(msg)
+    if meta.get("format_version") != FORMAT_VERSION:
+        msg = (
+            f"{meta_path} was written in save format {meta.get('format_version')!r} by scmech "
+            f"{meta.get('scmech_version', 'unknown')}; this version reads format {FORMAT_VERSION}. Load it with "
+            "the scmech that saved it, or train the model again."
+        )
+        raise ValueError(msg)
+    if meta["model_name"] != model_name:
+        msg = f"{path} holds a {meta['model_name']}, not a {model_name}."
+        raise ValueError(msg)
+    return meta
+
+
+def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
+    """Read the saved tensors with ``torch.load(weights_only=True)``; anything but tensors is refused unread.
+
+    Parameters
+    ----------
+    w_path
+        The ``model.pt`` of a save.
+    dev
+        Device to map the tensors to.
+
+    Returns
+    -------
+    The module's state dict.
+
+    Raises
+    ------
+    ValueError
+        For a truncated file, or one that holds Python objects besides tensors.
+    """
+    try:
+        return torch.load(w_path, map_location=dev, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:
+            msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
+            raise ValueError(msg) from e
+        msg = (
+            f"Cannot read the weights in {w_path}: besides tensors it holds the Python object "
+            f"{found.group(1)!r}, which could run code when unpickled, so it is refused; scmech never writes such "
+            "files. Load only models saved by scmech from sources you trust."
+        )
+        raise ValueError(msg) from e
+    except Exception as e:
+        msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
+        raise ValueError(msg) from e
+
+
+def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
+    """Read the data saved beside a model (``adata.h5ad``, else ``mdata.h5mu``).
+
+    Parameters
+    ----------
+    path
+        The directory of the save.
+    pre
+        Prefix of the file names.
+
+    Returns
+    -------
+    The saved AnnData or MuData.
+
+    Raises
+    ------
+    ValueError
+        When no data were saved.
+    """
+    for name, reader in ((ADATA, ad.read_h5ad), (MDATA, None)):
+        p = path / f"{pre}{name}"
+        if p.exists():
+            if reader is None:
+                import mudata
+
+                reader = mudata.read_h5mu
+            return reader(p)
+    msg = f"No data saved in {path}; pass adata= (set up like the training data)."
+    raise ValueError(msg)
+
+
+def _check_same_genes(saved_var: np.ndarray | dict[str, np.ndarray], adata: AnnData | MuData) -> None:
+    """Refuse data whose genes (names or order, per modality of a MuData) differ from the saved ones.
+
+    Parameters
+    ----------
+    saved_var
+        The gene names saved with the model (:func:`var_names_of` of the training data).
+    adata
+        The data the loaded model is attached to.
+
+    Raises
+    ------
+    ValueError
+        When the genes differ.
+    """
+    new_var = var_names_of(adata)
+    if isinstance(saved_var, dict):
+        same = isinstance(new_var, dict) and all(
+            np.array_equal(np.asarray(saved_var[k]), np.asarray(new_var.get(k))) for k in saved_var
+        )
+    else:
+        same = np.array_equal(np.asarray(saved_var, dtype=object), np.asarray(new_var, dtype=object))
+    if not same:
+        msg = (
+            "The genes of adata differ from those the model was trained on (names or order). "
+            "Subset and reorder adata to the model's genes: adata[:, model_var_names]."
+        )
+        raise ValueError(msg)
 
 
 def _data_file_of_earlier_save(meta_path: Path) -> str | None:

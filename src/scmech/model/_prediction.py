@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
     from anndata import AnnData
 
+    from ._readout import Readout
+
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
 
@@ -465,7 +467,43 @@ class PredictionMixin:
             sd[i] = tm.own_effect_sd * (level / (1.0 + level) if np.isfinite(level) else 1.0)
         return change, sd
 
-    def _prediction_anndata(self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor):
+    def _prediction_obs(
+        self,
+        logx: np.ndarray,
+        requested: list[Protocol],
+        ro: Readout,
+        plans: dict,
+        weights: np.ndarray,
+        *,
+        return_mean: bool,
+        adata: AnnData | None,
+        batch: str | None,
+    ) -> pd.DataFrame:
+        """Describe each row of :meth:`predict`'s output: its protocol, provenance and (for means) anchoring.
+
+        Parameters
+        ----------
+        logx
+            Predicted log values (for the own-gene columns of mean predictions).
+        requested
+            The requested protocols.
+        ro
+            The read-out of the protocols.
+        plans
+            The anchoring plan of each anchored row.
+        weights
+            Each row's anchoring weight.
+        return_mean
+            Whether rows are means over the starting cells (else one row per starting cell).
+        adata
+            The data the starting cells came from (``None``: the registered data).
+        batch
+            The batch the predictions are measured with (``None``: each starting cell's own).
+
+        Returns
+        -------
+        The ``obs`` of the predictions, with unique names.
+        """
         module = self.module
         n_req = len(requested)
         fp = module.regime == "steady_state" and module.readout == "fixed_point"
@@ -513,6 +551,42 @@ class PredictionMixin:
             obs.index = [f"{lab}|{c}" for lab, c in zip(obs["perturbation"], obs["source_cell"], strict=True)]
         for c in ("perturbation", "media", "batch"):
             obs[c] = obs[c].astype(str).astype("category")
+        return obs
+
+    def _prediction_anndata(self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor):
+        """Assemble the AnnData that :meth:`predict` returns: values, one row per prediction, and the provenance.
+
+        Parameters
+        ----------
+        logx
+            Predicted log values, one row per requested protocol (or per requested protocol and starting cell).
+        requested
+            The requested protocols.
+        ro
+            The read-out of the protocols (starting cells, latents, residuals, unseen targets and their sources).
+        plans
+            The anchoring plan of each anchored row.
+        weights
+            Each row's anchoring weight.
+        return_mean
+            Whether rows are means over the starting cells (else one row per starting cell).
+        adata
+            The data the starting cells came from (``None``: the registered data).
+        batch
+            The batch the predictions are measured with (``None``: each starting cell's own).
+        seed
+            The random state of the prediction.
+        anchor
+            The anchoring mode used.
+
+        Returns
+        -------
+        The predictions with ``obs``, ``layers["expression"]`` and the provenance in ``uns``.
+        """
+        module = self.module
+        obs = self._prediction_obs(
+            logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch
+        )
         _, var_names = self._expression_matrix(self.adata if adata is None else adata)
         x = logx.astype(np.float32)
         out = ad.AnnData(

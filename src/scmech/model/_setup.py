@@ -134,19 +134,7 @@ class PerturbationSetupMixin:
         if mod is not None:
             where = f"mdata[{mod!r}]." + where.removeprefix("adata.")
         check_adata(adata)
-        if layer is not None and layer not in adata.layers:
-            msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
-            raise KeyError(msg)
-        x = adata.layers[layer] if layer else adata.X
-        check_expression(x, where, counts=counts)
-        _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
-        if zero_genes:
-            warnings.warn(
-                f"{where} has {zero_genes} genes without any counts; they are kept and predicted near zero. "
-                "Consider sc.pp.filter_genes(adata, min_cells=1).",
-                UserWarning,
-                stacklevel=settings.warnings_stacklevel,
-            )
+        _check_expression_layer(adata, layer, where, counts=counts)
         design = get_design(
             adata,
             perturbation_key,
@@ -160,54 +148,17 @@ class PerturbationSetupMixin:
             efficacy_key=efficacy_key,
         )
         _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label)
-        counts_per = design.perturbation.cell_counts()
-        small = [c for c in design.perturbation.conditions if counts_per.get(c, 0) < 3]
-        if small:
-            warnings.warn(
-                f"Conditions {small[:10]} of obs[{perturbation_key!r}] have fewer than 3 cells; their effects are "
-                "poorly determined. Consider merging or removing them.",
-                UserWarning,
-                stacklevel=settings.warnings_stacklevel,
-            )
-        for key, what in ((size_factor_key, "size_factor_key"),):
-            if key is not None:
-                if key not in adata.obs.columns:
-                    msg = f"{what} {key!r} is not a column of adata.obs."
-                    raise KeyError(msg)
-                sf = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=float)
-                if not np.all(np.isfinite(sf) & (sf > 0)):
-                    msg = f"obs[{key!r}] must hold positive, finite library sizes."
-                    raise ValueError(msg)
-        for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
-            if isinstance(keys, str):
-                msg = f"{what}_covariate_keys must be a list of obs columns, got the string {keys!r}; pass [{keys!r}]."
-                raise TypeError(msg)
-            for key in keys or []:
-                if key not in adata.obs.columns:
-                    msg = f"{what} covariate key {key!r} is not a column of adata.obs."
-                    raise KeyError(msg)
-                col = adata.obs[key]
-                if col.isna().any():
-                    msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
-                    raise ValueError(msg)
-        for key, what in (
-            (batch_key, "batch_key"),
-            (media_key, "media_key"),
-            *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
-        ):
-            if key is None:
-                continue
-            col = adata.obs[key]
-            if isinstance(col.dtype, pd.CategoricalDtype):
-                unused = [c for c in col.cat.categories if c not in set(col.unique())]
-                if unused:
-                    warnings.warn(
-                        f"{what} obs[{key!r}] has unused categories {unused[:10]}; they are registered without cells "
-                        f"(e.g. a batch with an untrained embedding). Drop them first: adata.obs[{key!r}] = "
-                        f"adata.obs[{key!r}].cat.remove_unused_categories().",
-                        UserWarning,
-                        stacklevel=settings.warnings_stacklevel,
-                    )
+        _warn_small_conditions(design.perturbation, perturbation_key)
+        _check_size_factor(adata, size_factor_key)
+        _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)
+        _warn_unused_categories(
+            adata,
+            (
+                (batch_key, "batch_key"),
+                (media_key, "media_key"),
+                *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
+            ),
+        )
         if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
             msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
             raise KeyError(msg)
@@ -378,28 +329,7 @@ class PerturbationSetupMixin:
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         _check_modality(perturbation_modality)
-        modalities = dict(modalities or {})
-        rna_mod = modalities.get("rna_layer", "rna")
-        if rna_mod not in mdata.mod:
-            msg = (
-                f"MuData has no modality {rna_mod!r} for the RNA counts (modalities: {list(mdata.mod.keys())}); "
-                "pass modalities={'rna_layer': '<name>'}."
-            )
-            raise KeyError(msg)
-        for arg in list(setup_method_args["setup_args"].keys()):
-            if arg not in (
-                "modalities",
-                "control_label",
-                "separator",
-                "unassigned_label",
-                "counts",
-                "perturbation_modality",
-            ):
-                modalities.setdefault(arg, rna_mod)
-        for arg, mod in modalities.items():
-            if mod is not None and mod not in mdata.mod:
-                msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
-                raise KeyError(msg)
+        modalities, rna_mod = _resolve_modalities(mdata, modalities, setup_method_args["setup_args"])
         rna = mdata.mod[rna_mod]
         if kwargs.get("source_registry") is None and all(modalities.get(k) == rna_mod for k in modalities):
             cls._validate_for_setup(
@@ -633,3 +563,200 @@ class PerturbationSetupMixin:
         # backed (on-disk) data: a lazy row selection, so that x[indices] is read in blocks, never whole
         x = BackedRows(x) if is_backed_matrix(x) else x
         return x, (a.var_names if mod else adata.var_names)
+
+
+#: arguments of ``setup_mudata`` that name no ``obs`` column or layer, and so belong to no modality
+_NO_MODALITY = ("modalities", "control_label", "separator", "unassigned_label", "counts", "perturbation_modality")
+
+
+def _resolve_modalities(mdata: MuData, modalities: dict[str, str] | None, setup_args: dict) -> tuple[dict, str]:
+    """Return the modality of every argument of ``setup_mudata`` and the modality of the RNA counts.
+
+    Parameters
+    ----------
+    mdata
+        The MuData to register.
+    modalities
+        The user's ``modalities`` (argument name to modality name), or ``None``.
+    setup_args
+        The arguments of the ``setup_mudata`` call; those naming data default to the RNA modality.
+
+    Returns
+    -------
+    The completed mapping (a new dictionary) and the name of the RNA modality.
+
+    Raises
+    ------
+    KeyError
+        When the RNA modality, or a modality given for an argument, is not in ``mdata``.
+    """
+    modalities = dict(modalities or {})
+    rna_mod = modalities.get("rna_layer", "rna")
+    if rna_mod not in mdata.mod:
+        msg = (
+            f"MuData has no modality {rna_mod!r} for the RNA counts (modalities: {list(mdata.mod.keys())}); "
+            "pass modalities={'rna_layer': '<name>'}."
+        )
+        raise KeyError(msg)
+    for arg in list(setup_args.keys()):
+        if arg not in _NO_MODALITY:
+            modalities.setdefault(arg, rna_mod)
+    for arg, mod in modalities.items():
+        if mod is not None and mod not in mdata.mod:
+            msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
+            raise KeyError(msg)
+    return modalities, rna_mod
+
+
+# ---------------------------------------------------------------------- the steps of PerturbationSetupMixin's checks
+# Their warnings are issued one call deeper than the check that calls them, hence ``warnings_stacklevel + 1``.
+
+
+def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, counts: bool) -> None:
+    """Check the expression matrix to register and warn about genes without any counts.
+
+    Parameters
+    ----------
+    adata
+        The AnnData (or the RNA modality of a MuData) to register.
+    layer
+        Layer with the values; ``X`` when ``None``.
+    where
+        How messages name the matrix (``"adata.X"``, ``"mdata['rna'].layers['counts']"``...).
+    counts
+        Whether the values must be counts.
+
+    Raises
+    ------
+    KeyError
+        When ``layer`` is not a layer of ``adata``.
+    ValueError
+        When the matrix holds invalid values (see :func:`~scmech.data._checks.check_expression`).
+    """
+    if layer is not None and layer not in adata.layers:
+        msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
+        raise KeyError(msg)
+    x = adata.layers[layer] if layer else adata.X
+    check_expression(x, where, counts=counts)
+    _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
+    if zero_genes:
+        warnings.warn(
+            f"{where} has {zero_genes} genes without any counts; they are kept and predicted near zero. "
+            "Consider sc.pp.filter_genes(adata, min_cells=1).",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel + 1,
+        )
+
+
+def _warn_small_conditions(design, perturbation_key: str) -> None:
+    """Warn about conditions with fewer than 3 cells.
+
+    Parameters
+    ----------
+    design
+        The :class:`~scmech.data.PerturbationDesign` of the data.
+    perturbation_key
+        Its ``obs`` column, as messages name it.
+    """
+    counts_per = design.cell_counts()
+    small = [c for c in design.conditions if counts_per.get(c, 0) < 3]
+    if small:
+        warnings.warn(
+            f"Conditions {small[:10]} of obs[{perturbation_key!r}] have fewer than 3 cells; their effects are "
+            "poorly determined. Consider merging or removing them.",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel + 1,
+        )
+
+
+def _check_size_factor(adata: AnnData, size_factor_key: str | None) -> None:
+    """Check that a registered size factor is a column of positive, finite library sizes.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    size_factor_key
+        Its ``obs`` column of library sizes, or ``None``.
+
+    Raises
+    ------
+    KeyError
+        When the column does not exist.
+    ValueError
+        When it holds values that are not positive and finite.
+    """
+    for key, what in ((size_factor_key, "size_factor_key"),):
+        if key is not None:
+            if key not in adata.obs.columns:
+                msg = f"{what} {key!r} is not a column of adata.obs."
+                raise KeyError(msg)
+            sf = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=float)
+            if not np.all(np.isfinite(sf) & (sf > 0)):
+                msg = f"obs[{key!r}] must hold positive, finite library sizes."
+                raise ValueError(msg)
+
+
+def _check_covariates(
+    adata: AnnData,
+    categorical_covariate_keys: Sequence[str] | None,
+    continuous_covariate_keys: Sequence[str] | None,
+) -> None:
+    """Check that the covariate keys are lists of ``obs`` columns without missing values.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    categorical_covariate_keys
+        Categorical covariate columns, or ``None``.
+    continuous_covariate_keys
+        Continuous covariate columns, or ``None``.
+
+    Raises
+    ------
+    TypeError
+        When a list of keys is given as a single string.
+    KeyError
+        When a key is not a column of ``adata.obs``.
+    ValueError
+        When a covariate has missing values.
+    """
+    for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
+        if isinstance(keys, str):
+            msg = f"{what}_covariate_keys must be a list of obs columns, got the string {keys!r}; pass [{keys!r}]."
+            raise TypeError(msg)
+        for key in keys or []:
+            if key not in adata.obs.columns:
+                msg = f"{what} covariate key {key!r} is not a column of adata.obs."
+                raise KeyError(msg)
+            col = adata.obs[key]
+            if col.isna().any():
+                msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
+                raise ValueError(msg)
+
+
+def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str]]) -> None:
+    """Warn about categorical ``obs`` columns with categories that no cell has.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    keys
+        ``(column, argument name)`` pairs; ``None`` columns are skipped.
+    """
+    for key, what in keys:
+        if key is None:
+            continue
+        col = adata.obs[key]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            unused = [c for c in col.cat.categories if c not in set(col.unique())]
+            if unused:
+                warnings.warn(
+                    f"{what} obs[{key!r}] has unused categories {unused[:10]}; they are registered without cells "
+                    f"(e.g. a batch with an untrained embedding). Drop them first: adata.obs[{key!r}] = "
+                    f"adata.obs[{key!r}].cat.remove_unused_categories().",
+                    UserWarning,
+                    stacklevel=settings.warnings_stacklevel + 1,
+                )

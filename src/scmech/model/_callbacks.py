@@ -1,0 +1,117 @@
+"""Lightning callbacks that :meth:`SemiMechVI.train <scmech.model.SemiMechVI.train>` adds to every run.
+
+:class:`FiniteLossCallback` stops a run whose loss is no longer finite, :class:`RNGStateCallback` makes resumed
+runs repeat uninterrupted ones, and :class:`_EnableCheckpointing` lets a user's
+:class:`~lightning.pytorch.callbacks.ModelCheckpoint` run under scvi-tools' Trainer.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from scvi.train import SaveCheckpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["FiniteLossCallback", "RNGStateCallback", "training_callbacks"]
+
+
+class FiniteLossCallback(Callback):
+    """Stop training with a clear message as soon as the training loss is NaN or infinite."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all()):
+            return
+        module = getattr(pl_module, "module", None)
+        ss = getattr(module, "steady_state_weight", None)
+        msg = (
+            f"The training loss became {loss.detach().float().mean().item()} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}; training stopped. Likely causes: a learning rate too high for these data "
+            "(try plan_kwargs={'lr': 1e-4}) or for the operators (a lower operator_scale); extreme counts or library "
+            "sizes (look for outlier cells, or pass "
+            "size_factor_key); dynamics that diverge under a high steady-state weight"
+            f"{'' if ss is None else f' (steady_state_weight={ss:g}; try a lower value)'}; or non-count data "
+            "registered as counts."
+        )
+        raise FloatingPointError(msg)
+
+
+class _EnableCheckpointing(SaveCheckpoint):
+    """Inert checkpoint callback that lets a user's ``ModelCheckpoint`` run under scvi-tools' Trainer.
+
+    scvi-tools' Trainer switches Lightning checkpointing on only together with its own
+    :class:`~scvi.train.SaveCheckpoint`, which writes model directories into ``scvi.settings.logging_dir`` and
+    puts the module in eval mode on every save. This subclass saves nothing and has none of those side effects.
+    """
+
+    def __init__(self) -> None:
+        ModelCheckpoint.__init__(self, save_top_k=0)
+        self.load_best_on_end = False
+        self.loss_is_nan = False
+        self.check_nan_gradients = False
+
+    def on_save_checkpoint(self, trainer, *args) -> None:
+        return
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        return
+
+
+class RNGStateCallback(Callback):
+    """Save the random number generator states in Lightning checkpoints and restore them on resume.
+
+    Lightning restores weights, optimiser and loop state but not the generators that shuffle minibatches and
+    draw latent samples; with them, a resumed CPU run repeats the uninterrupted one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        # tensors and plain numbers only, so that the checkpoint loads with torch.load(weights_only=True)
+        _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - saved and restored, never drawn from
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": [torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores callbacks before it builds the data loaders, whose shuffling draws from these
+        torch.set_rng_state(state_dict["torch"])
+        keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
+        version, internal, gauss_next = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+
+
+def training_callbacks(user_callbacks: Sequence[Callback] | None, resuming: bool) -> list[Callback]:
+    """Return the user's callbacks followed by those every training run needs.
+
+    A user's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` gets :class:`_EnableCheckpointing` (unless a
+    :class:`~scvi.train.SaveCheckpoint` is there already); runs that checkpoint or resume get
+    :class:`RNGStateCallback`; every run gets :class:`FiniteLossCallback`.
+
+    Parameters
+    ----------
+    user_callbacks
+        The ``callbacks`` passed to ``train`` (``None``: none).
+    resuming
+        Whether the run resumes from a checkpoint (``ckpt_path`` was given).
+
+    Returns
+    -------
+    A new list; ``user_callbacks`` is not changed.
+    """
+    callbacks = list(user_callbacks or [])
+    if any(isinstance(c, ModelCheckpoint) for c in callbacks) and not any(
+        isinstance(c, SaveCheckpoint) for c in callbacks
+    ):
+        callbacks.append(_EnableCheckpointing())
+    if resuming or any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        callbacks.append(RNGStateCallback())
+    callbacks.append(FiniteLossCallback())
+    return callbacks

@@ -1,0 +1,87 @@
+"""Latent quantities of a trained SemiMechVI beyond scvi-tools' latent representation.
+
+:class:`LatentMixin` gives each cell's steady-state residual (how far the field would still move it) and its basal
+state (its latent mean minus the read-out of its own protocol).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._protocols import Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+__all__ = ["LatentMixin"]
+
+
+class LatentMixin:
+    """Per-cell quantities of the latent dynamics: steady-state residuals and basal states."""
+
+    @torch.inference_mode()
+    def get_steady_state_residual(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        r"""Per-cell steady-state residual :math:`\|f_\theta(z_c; m_c, p_c)\|` at the cell's latent mean.
+
+        Near zero for cells at an equilibrium of their own protocol; large for cells the field would still
+        move (e.g. controls that drift, or cells between attractors). Cells of targets without training cells
+        use the operators of the gene-embedding map, as :meth:`predict` does. This is a per-cell quantity;
+        ``history["ss_residual_train"]`` is the residual at the mean control state, the quantity the
+        steady-state term penalises (with ``steady_state_on="mean"``).
+
+        Returns
+        -------
+        Array of residual norms, one per cell.
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        out = []
+        field = self.module.field
+        # targets without training cells act through the gene-embedding map, as in predict
+        registered = list(self._perturbation_state()["targets"])
+        ops = None
+        if self.trained_targets_:
+            every = [Protocol(t, (t,), None, 0.0, np.nan) for t in registered]
+            (ops, _, _), _, _, _ = self._operators_for(every)
+        for tensors in dl:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
+            z = inf["qz"].loc
+            drive = field.drive(proto["perturbation"], proto["efficacy"], operators=ops)
+            out.append(field(z, proto["media"], drive).norm(dim=-1).cpu().numpy())
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def get_basal_representation(
+        self, adata: AnnData | None = None, indices: Sequence[int] | None = None, batch_size: int | None = None
+    ) -> np.ndarray:
+        r"""Basal state of each cell: its latent mean minus the read-out of its protocol, :math:`z_c - \mu_{\pi_c}`.
+
+        The basal state is what remains of a cell once its perturbation, medium and time are removed; it
+        should not encode the perturbation (check with ``history["basal_leak_train"]``).
+        """
+        self._check_if_trained(warn=False)
+        adata = self._validate_anndata(adata)
+        dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        out = []
+        for tensors in dl:
+            inf = self.module.inference(**self.module._get_inference_input(tensors))
+            proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
+            mu, _ = self.module.readout_states(
+                proto["perturbation"],
+                proto["media"],
+                proto["efficacy"],
+                proto["time"],
+                proto["media_time"],
+                implicit=False,
+            )
+            out.append((inf["qz"].loc - mu).cpu().numpy())
+        return np.concatenate(out)
