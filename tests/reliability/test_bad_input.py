@@ -581,3 +581,20 @@ def test_cells_outside_every_external_indexing_set_are_named(rel):
     with pytest.warns(UserWarning, match=r"110 of 120 cells are in none of the external_indexing sets"):
         model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": [np.arange(10)]}, **train_kwargs)
     assert len(model.train_indices_) == 10
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "get_latent_representation",
+        "get_basal_representation",
+        "get_steady_state_residual",
+        "get_normalized_expression",
+        "get_latent_library_size",
+    ],
+)
+def test_empty_indices_are_refused_by_name(rel, method):
+    model = rel.trained()
+    with pytest.raises(ValueError, match=r"indices is empty: pass the indices of at least one cell, or indices=None"):
+        getattr(model, method)(indices=[])
+    assert len(getattr(model, method)(indices=[0, 1])) == 2

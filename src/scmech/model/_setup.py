@@ -431,6 +431,24 @@ class PerturbationSetupMixin:
         self.__dict__["_design_cache"] = (fingerprint, design)
         return design
 
+    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, data_loader_class=None, **kwargs):
+        """scvi-tools' data loader, refusing an empty ``indices`` with a clear error.
+
+        scvi-tools' ``get_*`` methods fail on ``indices=[]`` deep inside ``torch.cat``; every method of the model that
+        iterates over cells comes through here.
+        """
+        if indices is not None and len(np.atleast_1d(np.asarray(indices))) == 0:
+            msg = "indices is empty: pass the indices of at least one cell, or indices=None for every cell."
+            raise ValueError(msg)
+        return super()._make_data_loader(
+            adata,
+            indices=indices,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            data_loader_class=data_loader_class,
+            **kwargs,
+        )
+
     def _validate_anndata(self, adata=None, copy_if_view: bool = True):
         """scvi-tools' validation plus a check that the genes are those the model was set up with.
 
