@@ -36,6 +36,7 @@ docs: $(VENV)/.dev
 
 benchmarks: $(VENV)/.dev
 	$(VENV)/bin/python benchmarks/model_claims.py
+	$(VENV)/bin/python benchmarks/paper_claim.py
 	$(VENV)/bin/python benchmarks/accuracy.py
 
 clean:
