@@ -588,7 +588,7 @@ class PredictionMixin:
             logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch
         )
         _, var_names = self._expression_matrix(self.adata if adata is None else adata)
-        x = logx.astype(np.float32)
+        x = np.asarray(logx, dtype=np.float32)
         out = ad.AnnData(
             X=x,
             obs=obs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,7 +58,7 @@ class Protocol:
     time: float
     media_time: float
 
-    @property
+    @cached_property
     def key(self) -> tuple:
         """Hashable identity of the read-out (NaN switch times compare equal), without the label."""
         switch = None if not np.isfinite(self.media_time) else round(float(self.media_time), 6)

@@ -35,7 +35,7 @@ class Readout:
     Parameters
     ----------
     log_values
-        :math:`\log(1 + 10^4 \rho)` per protocol (mean over cells) or per counterfactual cell.
+        :math:`\log(1 + 10^4 \rho)` per protocol (mean over cells) or per counterfactual cell (float32).
     residual
         Steady-state residual :math:`\|f\|` of each protocol's solve (largest over efficacy levels).
     latents
@@ -254,8 +254,9 @@ def read_out(
         mu_rows = mu_rows.reshape(n_prot, n_lev, -1)
         values, latents = _per_cell(module, basal, mu_rows, off_rows, cell_level, covs, return_mean)
         values = torch.from_numpy(values)
-    # in place: at genome scale each copy is 10^4 x 8,000 doubles (and torch's log1p is vectorised, numpy's not)
-    values = values.cpu().double()
+    # single precision (the predictions are float32; about 7 digits of the log), in place: at genome scale each copy
+    # is 10^4 x 8,000 values (and torch's log1p is vectorised, numpy's is not)
+    values = values.cpu().float()
     if not normal:
         values.mul_(TARGET_SUM).log1p_()
     return Readout(values.numpy(), residual, latents, n0, unconverged)
