@@ -36,6 +36,15 @@ class LatentMixin:
         ``history["ss_residual_train"]`` is the residual at the mean control state, the quantity the
         steady-state term penalises (with ``steady_state_on="mean"``).
 
+        Parameters
+        ----------
+        adata
+            AnnData set up like the registered one (the registered data when ``None``).
+        indices
+            Indices of the cells to compute it for (every cell when ``None``).
+        batch_size
+            Minibatch size for encoding (scvi-tools' default when ``None``).
+
         Returns
         -------
         Array of residual norms, one per cell.
@@ -67,6 +76,19 @@ class LatentMixin:
 
         The basal state is what remains of a cell once its perturbation, medium and time are removed; it
         should not encode the perturbation (check with ``history["basal_leak_train"]``).
+
+        Parameters
+        ----------
+        adata
+            AnnData set up like the registered one (the registered data when ``None``).
+        indices
+            Indices of the cells to compute it for (every cell when ``None``).
+        batch_size
+            Minibatch size for encoding (scvi-tools' default when ``None``).
+
+        Returns
+        -------
+        Array of basal states, cells x latent dimensions.
         """
         self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)

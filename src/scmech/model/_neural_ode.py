@@ -120,7 +120,15 @@ class NeuralODE(SemiMechVI):
         self.anchor_ = None
 
     def get_regulatory_network(self, *args, **kwargs):
-        """Not available: the network is read at the control steady state, which a neural field need not have."""
+        """Not available: the network is read at the control steady state, which a neural field need not have.
+
+        Parameters
+        ----------
+        *args
+            Ignored.
+        **kwargs
+            Ignored.
+        """
         msg = (
             "NeuralODE has no guaranteed control steady state to linearise its field at; "
             "use SemiMechVI.get_regulatory_network."
@@ -128,6 +136,14 @@ class NeuralODE(SemiMechVI):
         raise NotImplementedError(msg)
 
     def get_steady_state_residual(self, *args, **kwargs):
-        """Not available: the neural field is read out by flows, with no steady-state solve to report."""
+        """Not available: the neural field is read out by flows, with no steady-state solve to report.
+
+        Parameters
+        ----------
+        *args
+            Ignored.
+        **kwargs
+            Ignored.
+        """
         msg = "NeuralODE is read out by flows; there is no steady-state solve to report a residual for."
         raise NotImplementedError(msg)

@@ -220,7 +220,15 @@ class SafeSaveLoadMixin:
 
     @classmethod
     def convert_legacy_save(cls, *args, **kwargs) -> None:
-        """Not applicable: scmech saves in its own format, and never reads scvi-tools' pickled legacy saves."""
+        """Not applicable: scmech saves in its own format, and never reads scvi-tools' pickled legacy saves.
+
+        Parameters
+        ----------
+        *args
+            Ignored (scvi-tools' arguments).
+        **kwargs
+            Ignored.
+        """
         msg = (
             f"{cls.__name__} models are saved in scmech's own format (tensors and plain JSON); there is no legacy "
             "scvi-tools save to convert, and scvi-tools' legacy files are pickles that scmech never loads."
@@ -233,6 +241,11 @@ class SafeSaveLoadMixin:
         scvi-tools' version writes into a registry attribute that does not exist (an ``AttributeError`` in 1.4.2),
         and changing keys such as ``perturbation_key`` or ``control_label`` after training would decouple the
         registry from the tensors, targets and anchors the model learned from.
+
+        Parameters
+        ----------
+        setup_method_args
+            The setup arguments that would be changed (named in the error).
         """
         keys = sorted(setup_method_args) if isinstance(setup_method_args, dict) else setup_method_args
         msg = (
