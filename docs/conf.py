@@ -70,7 +70,18 @@ autodoc_default_options = {"show-inheritance": False}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
-numpydoc_validation_checks: set[str] = set()
+# numpydoc's checks of every docstring autodoc renders; a failure is a warning, so an error of ``make docs``.
+# All checks but: ES01, EX01 and SA01 (extended summary, examples, See Also: sections not every object needs);
+# PR04 (parameter types: they are the signatures' annotations); RT01 (a Returns section in every function that
+# returns something: not yet); RT03, RT04 and RT05 (a Returns section here is prose without a type line, which
+# numpydoc reads as a type without a description, then checks its capitals and periods).
+numpydoc_validation_checks = {"all", "ES01", "EX01", "SA01", "PR04", "RT01", "RT03", "RT04", "RT05"}
+numpydoc_validation_exclude = {
+    # TEMPORARY: scmech.model is being refactored; its docstrings are completed (and this entry removed) after
+    # that. The pseudobulk baselines of scmech.tl inherit setup_anndata/setup_mudata from scmech.model.
+    r"^scmech\.model\.",
+    r"^scmech\.tl\.\w+\.setup_(anndata|mudata)$",
+}
 
 # ---------------------------------------------------------------------------- MyST, myst-nb
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "substitution"]

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech._docs import fill_doc
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -44,6 +46,7 @@ def _as_tuple(labels: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(x) for x in labels)
 
 
+@fill_doc
 def canonical_label(targets: Sequence[str], *, separator: str = "+", control_label: str = "NT") -> str:
     """Canonical spelling of a perturbation: targets sorted and joined, or the control label.
 
@@ -52,7 +55,7 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     targets
         Target genes of the perturbation; empty for the control.
     separator
-        Separator between the targets of a combination.
+        %(separator)s
     control_label
         Label used for the empty perturbation.
 
@@ -65,6 +68,7 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     return separator.join(sorted(targets))
 
 
+@fill_doc
 def parse_condition(
     label: str,
     *,
@@ -83,9 +87,9 @@ def parse_condition(
     label
         The label, e.g. ``"STAT1"``, ``"STAT1+JAK2"`` or the control label.
     separator
-        Separator between the targets of a combination.
+        %(separator)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     key
         Name of the column the label came from, used in error messages.
     genes
@@ -143,7 +147,10 @@ def parse_condition(
 class PerturbationDesign:
     """Parsed perturbation labels of a screen.
 
-    Attributes
+    Made by :func:`parse_perturbations`; each parameter is also an attribute of the same name (the object is
+    frozen).
+
+    Parameters
     ----------
     labels
         Canonical label per cell (targets sorted and joined; control and unassigned labels as given).
@@ -163,6 +170,9 @@ class PerturbationDesign:
         Separator between the targets of a combination.
     key
         The ``obs`` column the labels came from.
+    condition_targets
+        Targets of each canonical condition (canonical label to its sorted tuple of targets), as parsed;
+        :meth:`condition_matrix` reads a condition's targets here and parses only labels that are not in it.
     """
 
     labels: np.ndarray
@@ -219,12 +229,35 @@ class PerturbationDesign:
         return pd.Series(self.labels).value_counts()
 
     def target_index(self, var_names: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:
-        """Position of each target in ``var_names``, ``-1`` where the target is not measured."""
+        """Position of each target in ``var_names``, ``-1`` where the target is not measured.
+
+        Parameters
+        ----------
+        var_names
+            Gene names of the data.
+        targets
+            Targets to look up; :attr:`targets` when ``None``.
+
+        Returns
+        -------
+        Integer array with one position per target.
+        """
         pos = {g: i for i, g in enumerate(var_names)}
         return np.array([pos.get(t, -1) for t in (self.targets if targets is None else targets)], dtype=int)
 
     def condition_matrix(self, conditions: Sequence[str]) -> sp.csr_matrix:
-        """Multi-hot matrix (conditions x targets) of canonical conditions in this design."""
+        """Multi-hot matrix (conditions x targets) of canonical conditions in this design.
+
+        Parameters
+        ----------
+        conditions
+            Condition labels (canonical, or parsed with this design's ``separator`` and ``control_label``); a
+            target outside :attr:`targets` raises a ``KeyError``.
+
+        Returns
+        -------
+        Sparse ``float32`` matrix, one row per condition (all zero for the control).
+        """
         col = {t: i for i, t in enumerate(self.targets)}
         rows, cols = [], []
         for r, c in enumerate(conditions):
@@ -241,6 +274,7 @@ class PerturbationDesign:
         return sp.csr_matrix((data, (rows, cols)), shape=(len(conditions), len(self.targets)))
 
 
+@fill_doc
 def parse_perturbations(
     labels: Sequence[str] | pd.Series | np.ndarray,
     *,
@@ -260,11 +294,11 @@ def parse_perturbations(
         One label per cell: a target (``"STAT1"``), a combination (``"STAT1+JAK2"``), a control label or an
         unassigned label.
     control_label
-        Label (or labels) of non-targeting controls. The first one is the canonical control label.
+        %(control_label)s The first one is the canonical control label.
     separator
-        Separator between targets of a combination.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a usable guide call. They are kept but excluded from fitting.
+        %(unassigned_label)s They are kept but excluded from fitting.
     var_names
         Gene names, used to detect separators inside gene names.
     targets
@@ -403,7 +437,19 @@ def validate_time(values: Sequence[float] | np.ndarray | pd.Series, key: str = "
 
 
 def validate_efficacy(values: Sequence[float] | np.ndarray | pd.Series, key: str = "efficacy") -> np.ndarray:
-    """Check a knock-down efficacy column: numeric, finite and in ``[0, 1]``."""
+    """Check a knock-down efficacy column: numeric, finite and in ``[0, 1]``.
+
+    Parameters
+    ----------
+    values
+        Efficacy per cell: the fraction of knock-down (0 = escaper, 1 = full effect).
+    key
+        Name of the ``obs`` column, used in error messages.
+
+    Returns
+    -------
+    The values as ``float64``.
+    """
     arr = _numeric(values, key, "efficacy")
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -421,6 +467,15 @@ def validate_efficacy(values: Sequence[float] | np.ndarray | pd.Series, key: str
 
 def validate_categorical(values: Sequence | pd.Series, key: str, what: str = "category") -> pd.Categorical:
     """Check a categorical column: no missing values; unused categories are dropped.
+
+    Parameters
+    ----------
+    values
+        One value per cell (e.g. a batch, a medium or a guide).
+    key
+        Name of the ``obs`` column, used in messages.
+    what
+        What the values are (e.g. ``"batch"``), used in error messages.
 
     Returns
     -------
@@ -453,7 +508,9 @@ def _numeric(values, key: str, what: str) -> np.ndarray:
 class ExperimentalDesign:
     """The validated experimental design of a screen, as used by ``scmech.tl`` tools.
 
-    Attributes
+    Made by :func:`get_design`; each parameter is also an attribute of the same name (the object is frozen).
+
+    Parameters
     ----------
     perturbation
         Parsed perturbation labels.
@@ -502,6 +559,7 @@ def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
     return adata.obs[key]
 
 
+@fill_doc
 def get_design(
     adata: AnnData,
     perturbation_key: str = "perturbation",
@@ -524,25 +582,25 @@ def get_design(
     adata
         Annotated data matrix (not modified).
     perturbation_key
-        Column with perturbation labels (targets, ``A+B`` combinations, control and unassigned labels).
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator between the targets of a combination.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a usable guide call.
+        %(unassigned_label)s
     batch_key
-        Column with the wet-lab batch (lane, replicate).
+        %(batch_key)s
     time_key
-        Column with the time since perturbation (numeric, ``>= 0``).
+        %(time_key)s
     media_key
-        Column with the medium or condition.
+        %(media_key)s
     media_time_key
-        Column with the time of the switch into the medium, on the clock of ``time_key``.
+        %(media_time_key)s
     efficacy_key
-        Column with the knock-down efficacy in ``[0, 1]``.
+        %(efficacy_key)s
     guide_key
-        Column with the guide identity.
+        %(guide_key)s
     warn_missing_controls
         Warn when some batch, time point or medium holds no control cells.
 

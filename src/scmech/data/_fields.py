@@ -14,6 +14,7 @@ import rich.table
 from scvi.data.fields import BaseAnnDataField, MuDataWrapper, NumericalObsField
 
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
+from scmech._docs import fill_doc
 
 from ._design import _numeric, parse_perturbations, validate_efficacy, validate_time
 
@@ -45,6 +46,7 @@ def perturbation_state(adata_manager) -> dict:
     return adata_manager.registry["field_registries"][SCMECH_REGISTRY_KEYS.PERTURBATION_KEY]["state_registry"]
 
 
+@fill_doc
 class PerturbationField(BaseAnnDataField):
     """Register perturbation labels as the targets of each cell.
 
@@ -61,13 +63,13 @@ class PerturbationField(BaseAnnDataField):
     registry_key
         Key under which the data loaders serve the matrix.
     obs_key
-        ``obs`` column with perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator between targets of a combination.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a usable guide call; kept, not fitted.
+        %(unassigned_label)s They are kept but not fitted.
     """
 
     TARGETS_KEY = "targets"
@@ -134,11 +136,28 @@ class PerturbationField(BaseAnnDataField):
         )
 
     def validate_field(self, adata: AnnData) -> None:
-        """Check that the column exists and parses."""
+        """Check that the column exists and parses.
+
+        Parameters
+        ----------
+        adata
+            Data to register.
+        """
         self._parse(adata)
 
     def register_field(self, adata: AnnData) -> dict:
-        """Parse the labels, write the targets of each cell and return the state registry."""
+        """Parse the labels, write the targets of each cell and return the state registry.
+
+        Parameters
+        ----------
+        adata
+            Data to register; the targets of each cell are written to its ``obsm``.
+
+        Returns
+        -------
+        The state registry: the ``obs`` column, the targets, the conditions with their cell counts, the position
+        of each target in ``var_names`` and the label conventions.
+        """
         design = self._parse(adata)
         adata.obsm[self.attr_key] = design.entries()
         counts = design.cell_counts()
@@ -154,7 +173,21 @@ class PerturbationField(BaseAnnDataField):
         }
 
     def transfer_field(self, state_registry: dict, adata_target: AnnData, **kwargs) -> dict:
-        """Register new data with the targets of the source registry (unknown targets raise)."""
+        """Register new data with the targets of the source registry (unknown targets raise).
+
+        Parameters
+        ----------
+        state_registry
+            State registry of the data the model was set up on (:meth:`register_field`).
+        adata_target
+            New data to register; the targets of each cell are written to its ``obsm``.
+        **kwargs
+            Options of scvi-tools' transfer (e.g. ``extend_categories``); not used.
+
+        Returns
+        -------
+        A copy of ``state_registry`` (the registered targets are kept).
+        """
         design = self._parse(adata_target, targets=state_registry[self.TARGETS_KEY])
         adata_target.obsm[self.attr_key] = design.entries()
         out = dict(state_registry)
@@ -162,13 +195,33 @@ class PerturbationField(BaseAnnDataField):
         return out
 
     def get_summary_stats(self, state_registry: dict) -> dict:
-        """Count targets and perturbation conditions (control excluded)."""
+        """Count targets and perturbation conditions (control excluded).
+
+        Parameters
+        ----------
+        state_registry
+            State registry returned by :meth:`register_field`.
+
+        Returns
+        -------
+        ``{"n_targets": ..., "n_perturbations": ...}``.
+        """
         conds = state_registry[self.CONDITIONS_KEY]
         n_cond = len([c for c in conds if c != state_registry[self.CONTROL_KEY]])
         return {"n_targets": len(state_registry[self.TARGETS_KEY]), "n_perturbations": n_cond}
 
     def view_state_registry(self, state_registry: dict) -> rich.table.Table | None:
-        """Table of conditions with their cell counts."""
+        """Table of conditions with their cell counts.
+
+        Parameters
+        ----------
+        state_registry
+            State registry returned by :meth:`register_field`.
+
+        Returns
+        -------
+        One row per condition (cells, whether it is the control), then the unassigned cells (not fitted).
+        """
         t = rich.table.Table(title=f"Perturbation state registry: adata.obs['{state_registry[self.OBS_KEY]}']")
         t.add_column("Condition", justify="center", style="dodger_blue1", no_wrap=True, overflow="fold")
         t.add_column("Cells", justify="center", style="dark_violet", no_wrap=True, overflow="fold")
@@ -191,7 +244,13 @@ class _ValidatedNumericalObsField(NumericalObsField):
         return values
 
     def validate_field(self, adata: AnnData) -> None:
-        """Check presence, type and range."""
+        """Check presence, type and range.
+
+        Parameters
+        ----------
+        adata
+            Data to register.
+        """
         if self.attr_key not in adata.obs.columns:
             cols = list(adata.obs.columns)[:12]
             msg = f"{self._what} key {self.attr_key!r} is not a column of adata.obs (columns: {cols})."
@@ -200,7 +259,15 @@ class _ValidatedNumericalObsField(NumericalObsField):
 
 
 class TimeField(_ValidatedNumericalObsField):
-    """Time since perturbation per cell (numeric, finite, ``>= 0``)."""
+    """Time since perturbation per cell (numeric, finite, ``>= 0``).
+
+    Parameters
+    ----------
+    attr_key
+        ``obs`` column with the time; ``None`` leaves the field empty (no time registered).
+    registry_key
+        Key under which the data loaders serve the values.
+    """
 
     _what = "time"
 
@@ -212,7 +279,15 @@ class TimeField(_ValidatedNumericalObsField):
 
 
 class EfficacyField(_ValidatedNumericalObsField):
-    """Knock-down efficacy per cell in ``[0, 1]``."""
+    """Knock-down efficacy per cell in ``[0, 1]``.
+
+    Parameters
+    ----------
+    attr_key
+        ``obs`` column with the efficacy; ``None`` leaves the field empty (no efficacy registered).
+    registry_key
+        Key under which the data loaders serve the values.
+    """
 
     _what = "efficacy"
 
@@ -224,7 +299,15 @@ class EfficacyField(_ValidatedNumericalObsField):
 
 
 class MediaTimeField(_ValidatedNumericalObsField):
-    """Time of the switch into the cell's medium, on the clock of the time key (NaN: never switched)."""
+    """Time of the switch into the cell's medium, on the clock of the time key (NaN: never switched).
+
+    Parameters
+    ----------
+    attr_key
+        ``obs`` column with the switch time; ``None`` leaves the field empty (no switch time registered).
+    registry_key
+        Key under which the data loaders serve the values.
+    """
 
     _what = "media time"
 
@@ -243,3 +326,22 @@ MuDataPerturbationField = MuDataWrapper(PerturbationField)
 MuDataTimeField = MuDataWrapper(TimeField)
 MuDataEfficacyField = MuDataWrapper(EfficacyField)
 MuDataMediaTimeField = MuDataWrapper(MediaTimeField)
+
+# scvi-tools' wrapper makes classes without a docstring; each gets one naming the field it wraps
+_MUDATA_DOC = """:class:`{field}` for a MuData: the same field, read from one modality or from the MuData itself.
+
+Parameters
+----------
+*args
+    Positional arguments of :class:`{field}`.
+mod_key
+    Modality whose ``obs`` holds the column; ``None`` uses the ``obs`` of the MuData itself.
+mod_required
+    Raise a ``ValueError`` when ``mod_key`` is ``None``.
+**kwargs
+    Keyword arguments of :class:`{field}`.
+"""
+MuDataPerturbationField.__doc__ = _MUDATA_DOC.format(field="PerturbationField")
+MuDataTimeField.__doc__ = _MUDATA_DOC.format(field="TimeField")
+MuDataEfficacyField.__doc__ = _MUDATA_DOC.format(field="EfficacyField")
+MuDataMediaTimeField.__doc__ = _MUDATA_DOC.format(field="MediaTimeField")

@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
+from scmech._docs import fill_doc
 from scmech.data._checks import check_expression, iter_row_chunks
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def _row_blocks(x, chunk_rows: int = 10_000):
     yield from iter_row_chunks(x)
 
 
+@fill_doc
 def pseudobulk(
     adata: AnnData,
     groupby: str | Sequence[str] | np.ndarray,
@@ -159,10 +161,9 @@ def pseudobulk(
         first, as for ``setup_anndata``); with ``groups`` given they are left out like any other cell outside
         ``groups``.
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds raw counts (checked: non-negative integers). When ``False`` the values are
-        taken as log-normalised and averaged as they are.
+        %(counts)s
     size_factor_key
         ``obs`` column with library sizes (positive, finite) to use instead of total counts.
     target_sum

@@ -35,14 +35,29 @@ __all__ = ["FixedPointResult", "VectorField"]
 
 @dataclass
 class FixedPointResult:
-    """States at the fixed point and how well each solve converged."""
+    r"""States at the fixed point and how well each solve converged.
+
+    Returned by :meth:`VectorField.fixed_point`; each parameter is also an attribute of the same name.
+
+    Parameters
+    ----------
+    z
+        States at the fixed point (n x latent).
+    residual
+        Norm of the field :math:`\lVert f_\theta(z)\rVert` per row at the last iterate.
+    converged
+        Whether each row's largest :math:`|f_i|` is below ten times the tolerance (at least ``1e-4``); boolean, n.
+    n_iter
+        Number of iterations run.
+    n_needed
+        Iterations the solve needed until every row was within the tolerance (a device value; ``n_iter`` when the
+        solve stopped at its cap).
+    """
 
     z: torch.Tensor
     residual: torch.Tensor
     converged: torch.Tensor
     n_iter: int
-    #: iterations the solve needed until every row was within the tolerance (a device value; ``n_iter`` when the
-    #: solve stopped at its cap)
     n_needed: torch.Tensor | None = None
 
 
@@ -246,7 +261,19 @@ class VectorField(ProtocolFlow):
         return out, scale * jac
 
     def jacobian(self, z: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
-        r"""Jacobian :math:`\partial f / \partial z` per row (n x latent x latent)."""
+        r"""Jacobian :math:`\partial f / \partial z` per row (n x latent x latent).
+
+        Parameters
+        ----------
+        z
+            States (n x latent).
+        media
+            Medium index per row (n,), long.
+
+        Returns
+        -------
+        One Jacobian per row: :math:`-\mathrm{diag}(\gamma)` plus the Jacobian of :math:`g_\theta`.
+        """
         n, d = z.shape
         jac = -torch.diag_embed(self.gamma.expand(n, d))
         if self.n_hidden > 0:

@@ -158,7 +158,26 @@ class MeasurementDecoder(nn.Module):
         cat_covs: torch.Tensor | None = None,
         cont_covs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Unnormalised log expression per gene."""
+        """Unnormalised log expression per gene.
+
+        Parameters
+        ----------
+        z
+            Latent states (n x latent).
+        batch_index
+            Batch of each row (n x 1), or ``None`` for no batch effect.
+        gene_offset
+            Per-gene terms (n x genes) added as they are, e.g. the perturbation offset
+            (:meth:`perturbation_offset`).
+        cat_covs
+            Category codes of the extra categorical covariates (n x covariates), or ``None``.
+        cont_covs
+            Values of the continuous covariates (n x covariates), or ``None``.
+
+        Returns
+        -------
+        The logits (n x genes).
+        """
         h = self.hidden(z) if self.hidden is not None else z
         out = self.loading(h)
         if batch_index is not None and self.n_batch > 0:
@@ -175,7 +194,24 @@ class MeasurementDecoder(nn.Module):
     def distribution(
         self, z: torch.Tensor, logits: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor | None
     ):
-        """Likelihood of the counts given the logits and the library size (log scale, n x 1)."""
+        """Likelihood of the counts given the logits and the library size (log scale, n x 1).
+
+        Parameters
+        ----------
+        z
+            Latent states (n x latent); the zero-inflation logits of ``likelihood="zinb"`` are computed from them.
+        logits
+            Logits (n x genes) from :meth:`logits`.
+        library
+            Log library size per row (n x 1); not used by ``likelihood="normal"``.
+        batch_index
+            Batch of each row (n x 1), for ``dispersion="gene-batch"``; ``None`` uses the first batch's dispersion.
+
+        Returns
+        -------
+        A scvi-tools distribution over the genes: ``NegativeBinomial``, ``ZeroInflatedNegativeBinomial`` or
+        ``Normal`` (mean ``logits``, per-gene standard deviation).
+        """
         if self.likelihood == "normal":
             # scvi-tools' Normal: its normalised expression (get_normalized("scale")) is the mean itself
             return Normal(logits, self.log_sigma.exp().clamp(min=1e-4).expand_as(logits), normal_mu=logits)

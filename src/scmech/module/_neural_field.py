@@ -139,7 +139,19 @@ class NeuralField(ProtocolFlow):
         return self.mlp(torch.cat(parts, dim=-1))
 
     def jacobian(self, z: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
-        r"""Jacobian :math:`\partial f / \partial z` of the control field per row (n x latent x latent)."""
+        r"""Jacobian :math:`\partial f / \partial z` of the control field per row (n x latent x latent).
+
+        Parameters
+        ----------
+        z
+            States (n x latent).
+        media
+            Medium index per row (n,), long.
+
+        Returns
+        -------
+        One Jacobian per row, at zero drive (the unperturbed field).
+        """
         zero = torch.zeros(1, self.n_latent, device=z.device, dtype=z.dtype)
 
         def one(zi: torch.Tensor, mi: torch.Tensor) -> torch.Tensor:
@@ -161,7 +173,14 @@ class NeuralField(ProtocolFlow):
         return rate
 
     def fixed_point(self, *args, **kwargs):
-        """Not available: the neural field has no guaranteed fixed point; it is read out by flows."""
+        """Not available: the neural field has no guaranteed fixed point; it is read out by flows.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The arguments of :meth:`VectorField.fixed_point <scmech.module.VectorField.fixed_point>`; any call
+            raises ``NotImplementedError``.
+        """
         msg = (
             "The neural field of NeuralODE has no guaranteed steady state, so it is read out by flows only "
             "(readout='flow'); SemiMechVI reads fixed points."

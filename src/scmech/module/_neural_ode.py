@@ -102,7 +102,19 @@ class NeuralODEVAE(SemiMechVAE):
         ss_weight: float | None = None,
         mmd_weight: float | None = None,
     ) -> LossOutput:
-        """:meth:`SemiMechVAE.loss`, plus the steady-state term on perturbed populations when it is asked for."""
+        """:meth:`SemiMechVAE.loss`, plus the steady-state term on perturbed populations when it is asked for.
+
+        Parameters
+        ----------
+        tensors, inference_outputs, generative_outputs, kl_weight, ss_weight, mmd_weight
+            As in :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>`.
+
+        Returns
+        -------
+        The ``LossOutput`` of :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>`; with
+        ``steady_state_perturbed``, its loss includes the perturbed populations' term (weighted like the
+        steady-state term) and ``extra_metrics`` has ``ss_residual_perturbed``.
+        """
         out = super().loss(tensors, inference_outputs, generative_outputs, kl_weight, ss_weight, mmd_weight)
         if not self.steady_state_perturbed:
             return out

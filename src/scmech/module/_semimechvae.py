@@ -246,7 +246,7 @@ class SemiMechVAE(BaseModuleClass):
         return VectorField(n_latent, n_targets, **kwargs)
 
     def dynamics_parameter_names(self) -> list[str]:
-        """Names of the parameters of the dynamics and of the own-target effects (the fast group)."""
+        """Return the names of the parameters of the dynamics and of the own-target effects (the fast group)."""
         names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
         names += ["decoder.own_effect"] if self.decoder.own_effect is not None else []
         return names
@@ -275,6 +275,16 @@ class SemiMechVAE(BaseModuleClass):
         """Return the targets of each row, from multi-hot rows (n x targets) or as they are.
 
         Registered minibatches already carry them (``_protocol``); multi-hot rows come from predictions.
+
+        Parameters
+        ----------
+        perturbation
+            Multi-hot rows (n x targets), or their non-zero entries (``ActiveTargets``), which are moved to the
+            module's device when they are elsewhere.
+
+        Returns
+        -------
+        The non-zero entries of each row.
         """
         if isinstance(perturbation, ActiveTargets):
             dev = self.z_base.device
@@ -297,6 +307,26 @@ class SemiMechVAE(BaseModuleClass):
         solves every row instead (``deduplicate`` overrides the choice): finding the distinct protocols would wait
         for the device, and the solves of a minibatch's rows run in parallel there. Either way every row gets the
         same value.
+
+        Parameters
+        ----------
+        perturbation
+            The targets of each row: multi-hot rows (n x targets) or their non-zero entries (``ActiveTargets``).
+        media
+            Medium index per row (n,).
+        efficacy
+            Efficacy per row; 1 when ``None``.
+        time
+            Read-out time per row, in the data's time units (the dynamic regime reads the protocol there); 0 when
+            ``None``.
+        media_time
+            Time of the switch into the row's medium, in the data's time units (NaN: never switched); no switch when
+            ``None``.
+        operators
+            Target operators to use instead of the learned ones (e.g. with rows for unseen targets).
+        implicit
+            Attach implicit gradients to fixed points (else detached states); used by the ``"fixed_point"`` read-out
+            only.
 
         Returns
         -------
@@ -396,6 +426,11 @@ class SemiMechVAE(BaseModuleClass):
         The field's rates start at 1 per model time unit. With the unit set to the longest registered read-out time
         over ``horizon``, a time course spans the same number of relaxation times whatever the unit it was recorded
         in (hours or days), and learns and integrates the same way.
+
+        Parameters
+        ----------
+        unit
+            Data time units per model time unit (positive and finite).
         """
         if not np.isfinite(unit) or unit <= 0:
             msg = f"The time unit must be a positive number, got {unit}."
@@ -411,12 +446,23 @@ class SemiMechVAE(BaseModuleClass):
 
     # ------------------------------------------------------------------ scvi-tools hooks
     def forward(self, *args, **kwargs):
-        """scvi-tools' forward pass (inference, generative, loss), with torch's distribution argument checks off.
+        """Run scvi-tools' forward pass (inference, generative, loss), with torch's distribution argument checks off.
 
         The checks (``Distribution(validate_args=True)``, torch's default, also inside scvi-tools' encoder) test
         every parameter tensor and read the verdict back to the host: a device sync per distribution on a GPU. The
         values they test come from the network (finite by construction; a non-finite loss stops training with
         :class:`FloatingPointError`), so they are switched off for the duration of the call and restored after it.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Arguments of scvi-tools' ``BaseModuleClass.forward`` (``tensors``, the input and output keyword arguments
+            of :meth:`inference`, :meth:`generative` and :meth:`loss`, ``compute_loss``).
+
+        Returns
+        -------
+        What scvi-tools' ``forward`` returns: the inference and generative outputs, and the loss output with
+        ``compute_loss=True``.
         """
         previous = torch.distributions.Distribution._validate_args
         torch.distributions.Distribution.set_default_validate_args(False)
@@ -433,7 +479,21 @@ class SemiMechVAE(BaseModuleClass):
 
     @auto_move_data
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor | None = None, n_samples: int = 1) -> dict:
-        """Encode cells into the latent state: returns ``qz`` (a Normal), ``z`` and the log library size."""
+        """Encode cells into the latent state: returns ``qz`` (a Normal), ``z`` and the log library size.
+
+        Parameters
+        ----------
+        x
+            Expression of each cell (n x genes); its ``log1p`` is encoded with ``log_variational``.
+        batch_index
+            Batch of each cell (n x 1); not used, the encoder sees the expression only.
+        n_samples
+            Number of samples of ``z`` per cell drawn from ``qz`` (samples x n x latent when more than 1).
+
+        Returns
+        -------
+        ``{"qz": ..., "z": ..., "library": ...}``; ``library`` is the log of each cell's total counts (at least 1).
+        """
         x_ = torch.log1p(x) if self.log_variational else x
         qz, z = self.encoder(x_)
         if n_samples > 1:
@@ -472,7 +532,30 @@ class SemiMechVAE(BaseModuleClass):
         cont_covs: torch.Tensor | None = None,
         transform_batch: torch.Tensor | None = None,
     ) -> dict:
-        """Prior from the dynamics' read-out and the measurement distribution ``px``."""
+        r"""Prior from the dynamics' read-out and the measurement distribution ``px``.
+
+        Parameters
+        ----------
+        z
+            Latent states (n x latent).
+        library
+            Log library size of each cell (n x 1).
+        perturbation, media, efficacy, time, media_time
+            The protocol of each cell, as in :meth:`readout_states`.
+        batch_index
+            Batch of each cell (n x 1), or ``None``.
+        cat_covs
+            Category codes of the extra categorical covariates (n x covariates), or ``None``.
+        cont_covs
+            Values of the continuous covariates (n x covariates), or ``None``.
+        transform_batch
+            Decode every cell as if it came from this batch (replaces ``batch_index``).
+
+        Returns
+        -------
+        ``{"px": ..., "pz": ..., "mu": ..., "fp_residual": ...}``: the measurement distribution, the prior
+        :math:`\mathcal N(\mu_\pi, I)`, its mean (the read-out) and the steady-state residual of each row.
+        """
         if transform_batch is not None:
             batch_index = torch.ones_like(batch_index) * transform_batch
         active = self.active(perturbation)
@@ -492,7 +575,29 @@ class SemiMechVAE(BaseModuleClass):
         ss_weight: float | None = None,
         mmd_weight: float | None = None,
     ) -> LossOutput:
-        """Negative ELBO plus the steady-state and MMD terms; extra terms in ``extra_metrics``."""
+        """Negative ELBO plus the steady-state and MMD terms; extra terms in ``extra_metrics``.
+
+        Parameters
+        ----------
+        tensors
+            A minibatch of registered tensors.
+        inference_outputs
+            Output of :meth:`inference` on the minibatch.
+        generative_outputs
+            Output of :meth:`generative` on the minibatch.
+        kl_weight
+            Weight of the KL term (scvi-tools' warm-up); it acts on the encoder only, the dynamics get the full
+            prior gradient.
+        ss_weight
+            Weight of the steady-state term; the module's ``steady_state_weight`` when ``None``.
+        mmd_weight
+            Weight of the MMD term; the module's ``mmd_weight`` when ``None``.
+
+        Returns
+        -------
+        scvi-tools' ``LossOutput`` with the reconstruction loss, the KL divergence and, in ``extra_metrics``,
+        ``ss_residual``, ``mmd``, ``basal_sd``, ``basal_leak`` and ``fp_unconverged``.
+        """
         ss_w = self.steady_state_weight if ss_weight is None else ss_weight
         mmd_w = self.mmd_weight if mmd_weight is None else mmd_weight
         x = tensors[REGISTRY_KEYS.X_KEY]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scmech._docs import fill_doc
 from scmech.tl._assumptions import ASSUMPTIONS, CANNOT, HOLDS, VIOLATED, _get_table
 
 from ._utils import check_ax, finish
@@ -98,6 +99,7 @@ def _panel_rows(sub: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
+@fill_doc
 def assumptions(
     result_or_adata: pd.DataFrame | AnnData,
     *,
@@ -127,7 +129,7 @@ def assumptions(
         Axes whose area the panels fill (it is removed and replaced by one axes per panel); a new figure when
         ``None``.
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
         Path to save the figure to (the suffix sets the format), or ``True`` for
         ``scanpy.settings.figdir / "scmech_assumptions.png"``.

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._docs import fill_doc
 
 from ._utils import finish, get_ax
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["leaderboard", "predicted_vs_observed"]
 
 
+@fill_doc
 def leaderboard(
     results_or_board: pd.DataFrame,
     *,
@@ -43,11 +45,11 @@ def leaderboard(
     metric
         Metric to show.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        %(save)s
 
     Returns
     -------
@@ -111,6 +113,7 @@ def leaderboard(
     return finish(ax, name=f"leaderboard_{metric}", show=show, save=save)
 
 
+@fill_doc
 def predicted_vs_observed(
     prediction: AnnData,
     adata: AnnData,
@@ -145,17 +148,17 @@ def predicted_vs_observed(
     condition
         Perturbation to show.
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call.
+        %(unassigned_label)s
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds counts.
+        %(counts)s
     split
         The split the model was trained on; observed cells then come from its test set and controls from
         ``split.control_reference`` (as in :func:`scmech.tl.evaluate`).
@@ -166,11 +169,11 @@ def predicted_vs_observed(
     de_method
         Test of :func:`scanpy.tl.rank_genes_groups`.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        %(save)s
 
     Returns
     -------

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._docs import fill_doc
 
 from ._utils import finish, get_ax
 
@@ -70,6 +71,7 @@ def _strip(ax: Axes) -> None:
         ax.spines[side].set_visible(False)
 
 
+@fill_doc
 def error_components(
     result_or_adata: pd.DataFrame | AnnData,
     *,
@@ -98,11 +100,11 @@ def error_components(
     sort
         Largest total on top.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        %(save)s
 
     Returns
     -------
@@ -224,6 +226,7 @@ def _check_design_table(table: pd.DataFrame, what: str) -> None:
         raise ValueError(msg)
 
 
+@fill_doc
 def design_table(
     design: BatchDesign | pd.DataFrame,
     *,
@@ -248,11 +251,11 @@ def design_table(
     annotate
         Write the counts into the cells; automatically when the table is small enough to read.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        %(save)s
 
     Returns
     -------
@@ -332,6 +335,7 @@ def design_table(
     return finish(ax, name="design_table" + ("_naive" if naive else ""), show=show, save=save)
 
 
+@fill_doc
 def power_curve(
     power_df: pd.DataFrame,
     *,
@@ -354,11 +358,11 @@ def power_curve(
     y
         Quantity on the vertical axis.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Call :func:`matplotlib.pyplot.show` (and return ``None``) when ``True``.
+        %(show)s
     save
-        Path to save the figure to (or ``True`` for scanpy's figure directory).
+        %(save)s
 
     Returns
     -------

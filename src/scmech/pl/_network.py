@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scmech._docs import fill_doc
+
 from ._utils import finish, get_ax
 
 if TYPE_CHECKING:
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["regulatory_network"]
 
 
+@fill_doc
 def regulatory_network(
     network: pd.DataFrame,
     *,
@@ -48,11 +51,11 @@ def regulatory_network(
     cmap
         Diverging colour map.
     ax
-        Axes to draw into; a new figure when ``None``.
+        %(ax)s
     show
-        Show the figure (and return ``None``).
+        %(show)s
     save
-        Path to save the figure to, or ``True`` for ``scanpy.settings.figdir``.
+        %(save)s
 
     Returns
     -------

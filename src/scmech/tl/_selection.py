@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from scmech._docs import fill_doc
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -88,6 +90,7 @@ def _reference_table(
     return ref, is_counts
 
 
+@fill_doc
 def selection(
     adata: AnnData,
     *,
@@ -126,7 +129,7 @@ def selection(
     perturbation_key
         ``obs`` column with the perturbation label of each cell.
     control_label
-        Label of the control cells.
+        %(single_control_label)s
     batch_key
         ``obs`` column of wet-lab batches (lanes, replicates, animals); each batch is compared with its own
         controls and the batches are pooled by inverse-variance weights.

@@ -34,6 +34,15 @@ class SemiMechTrainingPlan(TrainingPlan):
         A module with a ``dynamics_parameter_names()`` method (e.g. :class:`~scmech.module.SemiMechVAE`).
     dynamics_lr_factor
         Learning-rate multiplier of the dynamics parameters.
+    error_tracking
+        The record of error-guided batching (``batching="error_guided"`` of ``SemiMechVI.train``, which builds it):
+        a dict with ``"hash"`` (a random hash per target), ``"keys"`` (the hash of each condition, the sum of its
+        targets' hashes, sorted), ``"key_condition"`` (the condition code of each key) and ``"weights"`` (the
+        sampler's weight per condition code, updated in place at the end of every epoch). ``None``: no record.
+    error_alpha
+        Exponent of the error-guided weights: a condition's new weight is its mean dynamics error over the epoch,
+        relative to the mean over the conditions, to this power (clipped to ``[0.25, 4]`` and averaged with the
+        previous weight).
     **kwargs
         Passed to :class:`~scvi.train.TrainingPlan` (``lr``, ``weight_decay``, ``n_epochs_kl_warmup``, ...) and
         unknown ones to the module's ``loss`` (``ss_weight``, ``mmd_weight``).
@@ -67,7 +76,19 @@ class SemiMechTrainingPlan(TrainingPlan):
             self._err_n = torch.zeros(n, dtype=torch.float64)
 
     def training_step(self, batch, batch_idx):
-        """scvi-tools' training step with epoch-level logging, plus the error record of error-guided batching."""
+        """Run scvi-tools' training step with epoch-level logging, plus the error record of error-guided batching.
+
+        Parameters
+        ----------
+        batch
+            A minibatch of registered tensors.
+        batch_idx
+            Position of the minibatch in the epoch.
+
+        Returns
+        -------
+        The loss of the minibatch.
+        """
         if self.on_step:
             out = super().training_step(batch, batch_idx)
         else:
@@ -125,7 +146,15 @@ class SemiMechTrainingPlan(TrainingPlan):
 
     # ------------------------------------------------------------------ cheaper logging and transfer
     def validation_step(self, batch, batch_idx):
-        """scvi-tools' validation step with epoch-level logging."""
+        """Run scvi-tools' validation step with epoch-level logging.
+
+        Parameters
+        ----------
+        batch
+            A minibatch of registered tensors.
+        batch_idx
+            Position of the minibatch in the epoch.
+        """
         if self.on_step:
             return super().validation_step(batch, batch_idx)
         _, _, loss_output = self.forward(batch, loss_kwargs=self.loss_kwargs)
@@ -142,7 +171,17 @@ class SemiMechTrainingPlan(TrainingPlan):
         sums[key] = [v, n] if acc is None else [acc[0] + v, acc[1] + n]
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str):
-        """Update the ELBO metrics as scvi-tools does; accumulate the 0-d extra metrics for one log per epoch."""
+        """Update the ELBO metrics as scvi-tools does; accumulate the 0-d extra metrics for one log per epoch.
+
+        Parameters
+        ----------
+        loss_output
+            The module's ``LossOutput`` of the minibatch.
+        metrics
+            The ELBO metrics of scvi-tools for the mode (``train_metrics`` or ``val_metrics``).
+        mode
+            ``"train"`` or ``"validation"``, the suffix of the logged keys.
+        """
         extra = loss_output.extra_metrics
         if self.on_step:
             loss_output.extra_metrics = {}
@@ -186,7 +225,21 @@ class SemiMechTrainingPlan(TrainingPlan):
         super().on_validation_epoch_end()
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        """Skip Lightning's generic collection walk when the minibatch stays on the CPU."""
+        """Skip Lightning's generic collection walk when the minibatch stays on the CPU.
+
+        Parameters
+        ----------
+        batch
+            The minibatch; a dict bound for the CPU is returned as it is.
+        device
+            The device to move it to.
+        dataloader_idx
+            Index of the dataloader the minibatch came from.
+
+        Returns
+        -------
+        The minibatch on ``device``.
+        """
         if getattr(device, "type", str(device)) == "cpu" and isinstance(batch, dict):
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

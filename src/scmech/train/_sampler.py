@@ -96,6 +96,11 @@ class PerturbationBatchSampler(Sampler):
 
         With the epoch from the trainer, not from the sampler's own count, a run resumed from a checkpoint draws
         the minibatches the uninterrupted run drew.
+
+        Parameters
+        ----------
+        epoch
+            The trainer's current epoch.
         """
         self.epoch = int(epoch)
 
@@ -153,7 +158,7 @@ class PerturbationBatchSampler(Sampler):
 
 
 class PerturbationDataSplitter(DataSplitter):
-    """scvi-tools' :class:`~scvi.dataloaders.DataSplitter` whose training loader uses a batching strategy.
+    """The :class:`~scvi.dataloaders.DataSplitter` of scvi-tools, with a training loader that uses a batching strategy.
 
     Parameters
     ----------

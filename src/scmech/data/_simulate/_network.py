@@ -128,7 +128,17 @@ class SimulatedNetwork:
         return self.media_effect.shape[0]
 
     def target_index(self, targets: str | int | Sequence[str | int]) -> np.ndarray:
-        """Return the indices of target genes given by name (``"G0012"``) or position."""
+        """Return the indices of target genes given by name (``"G0012"``) or position.
+
+        Parameters
+        ----------
+        targets
+            One target or a sequence of them: gene names of :attr:`gene_names` or positions.
+
+        Returns
+        -------
+        Positions of the targets (``int64``), in the given order.
+        """
         if isinstance(targets, str | int | np.integer):
             targets = [targets]
         pos = {g: i for i, g in enumerate(self.gene_names)}
@@ -147,7 +157,17 @@ class SimulatedNetwork:
         return np.asarray(out, dtype=np.int64)
 
     def perturbation_factor(self, efficacy: float | np.ndarray) -> np.ndarray:
-        r"""Production multiplier of a target at efficacy :math:`\eta`: :math:`1-\eta` or :math:`1+a\eta`."""
+        r"""Production multiplier of a target at efficacy :math:`\eta`: :math:`1-\eta` or :math:`1+a\eta`.
+
+        Parameters
+        ----------
+        efficacy
+            Efficacy :math:`\eta\in[0,1]` (a scalar or an array).
+
+        Returns
+        -------
+        The multiplier, shaped like ``efficacy``: :math:`1+a\eta` for ``"CRISPRa"``, :math:`1-\eta` otherwise.
+        """
         eta = np.asarray(efficacy, dtype=np.float64)
         return 1.0 + self.activation_strength * eta if self.modality == "CRISPRa" else 1.0 - eta
 
@@ -191,14 +211,34 @@ class SimulatedNetwork:
         return prod
 
     def regulatory_input(self, x: np.ndarray) -> np.ndarray:
-        """Sigmoid argument :math:`z = W (x/k) + c` for a state (genes) or states (n x genes)."""
+        """Sigmoid argument :math:`z = W (x/k) + c` for a state (genes) or states (n x genes).
+
+        Parameters
+        ----------
+        x
+            State (genes) or states (n x genes).
+
+        Returns
+        -------
+        :math:`z`, same shape as ``x``.
+        """
         x = np.asarray(x, dtype=np.float64)
         u = x / self.baseline
         z = self._W_csr @ u if x.ndim == 1 else (self._W_csr @ u.T).T
         return z + self.offset
 
     def h(self, x: np.ndarray) -> np.ndarray:
-        r"""Saturating production :math:`h(x) = b + (1-b)\,\mathrm{sigmoid}(W x/k + c)`."""
+        r"""Saturating production :math:`h(x) = b + (1-b)\,\mathrm{sigmoid}(W x/k + c)`.
+
+        Parameters
+        ----------
+        x
+            State (genes) or states (n x genes).
+
+        Returns
+        -------
+        :math:`h(x)`, same shape as ``x``.
+        """
         return self.basal + (1.0 - self.basal) * expit(self.regulatory_input(x))
 
     def _field(self, x: np.ndarray, prod: np.ndarray) -> np.ndarray:
@@ -236,7 +276,19 @@ class SimulatedNetwork:
         efficacy: float = 1.0,
         systematic: float = 0.0,
     ) -> np.ndarray:
-        r"""Jacobian :math:`\partial f/\partial x` (genes x genes) at a state ``x``; arguments as in :meth:`f`."""
+        r"""Jacobian :math:`\partial f/\partial x` (genes x genes) at a state ``x``; arguments as in :meth:`f`.
+
+        Parameters
+        ----------
+        x
+            State (genes).
+        media, targets, efficacy, systematic
+            Condition, as in :meth:`production`.
+
+        Returns
+        -------
+        The Jacobian (genes x genes).
+        """
         prod = self.production(media, targets, efficacy, systematic)
         return self._jacobian(np.asarray(x, dtype=np.float64), prod)
 

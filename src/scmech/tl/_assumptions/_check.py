@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._docs import fill_doc
 
 from ._additivity import _check_additivity
 from ._baseline import _check_baseline
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ._unique_attractor import _MixtureResult
 
 
+@fill_doc
 def check_assumptions(
     adata: AnnData,
     *,
@@ -126,24 +128,23 @@ def check_assumptions(
     adata
         Annotated data matrix with raw counts in ``X`` (or ``layer``).
     perturbation_key
-        ``obs`` column with perturbation labels (targets, ``A+B`` combinations, control and unassigned labels).
+        %(perturbation_key)s
     control_label
-        Label of non-targeting control cells.
+        %(single_control_label)s
     separator
-        Separator between the targets of a combination.
+        %(separator)s
     unassigned_label
         Label of cells without a usable guide call; they are left out.
     batch_key
-        ``obs`` column with the wet-lab batch (lane, replicate).
+        %(batch_key)s
     time_key
-        ``obs`` column with the time since perturbation.
+        %(time_key)s
     media_key
-        ``obs`` column with the medium.
+        %(media_key)s
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds raw counts (checked); ``False`` for log-normalised values, which are then
-        averaged as they are.
+        %(counts)s
     model
         A trained :class:`~scmech.model.SemiMechVI` set up on ``adata``; adds the model-based check.
     n_bootstrap

@@ -46,7 +46,13 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
 
     # ------------------------------------------------------------------ scvi-tools plumbing
     def to_device(self, device: Any) -> None:
-        """Baselines run on numpy; there is nothing to move."""
+        """Do nothing: baselines run on numpy, so there is nothing to move.
+
+        Parameters
+        ----------
+        device
+            The device scvi-tools would move a model to; ignored.
+        """
 
     @property
     def device(self) -> str:
@@ -54,13 +60,27 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         return "cpu"
 
     def save(self, *args, **kwargs) -> None:
-        """Baselines are not saved: they refit in seconds from the data."""
+        """Refuse to save: baselines are not saved, since they refit in seconds from the data.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The arguments of scvi-tools' ``save``; any call raises ``NotImplementedError``.
+        """
         msg = f"{type(self).__name__} is a closed-form baseline and is not saved; refit it with .train()."
         raise NotImplementedError(msg)
 
     @classmethod
     def load(cls, *args, **kwargs):
-        """Baselines are never saved, so there is nothing to load (and no file is ever unpickled)."""
+        """Refuse to load: baselines are never saved, so there is nothing to load (and no file is ever unpickled).
+
+        ``load_registry``, ``view_setup_args`` and ``convert_legacy_save`` refuse the same way.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            The arguments of scvi-tools' method of the same name; any call raises ``NotImplementedError``.
+        """
         msg = f"{cls.__name__} is a closed-form baseline and is never saved; create it and refit it with .train()."
         raise NotImplementedError(msg)
 

@@ -137,7 +137,17 @@ class LinearModel(_PseudobulkBaseline):
         self._n_fit_cells = int(self._n_train_cells.loc[cols].sum())
 
     def perturbation_embedding(self, targets: Sequence[str]) -> np.ndarray:
-        """Embedding of a perturbation: the sum of its targets' rows of the gene embedding (0 for control)."""
+        """Embedding of a perturbation: the sum of its targets' rows of the gene embedding (0 for control).
+
+        Parameters
+        ----------
+        targets
+            Target genes of the perturbation (genes of the data); empty for the control.
+
+        Returns
+        -------
+        The embedding (one value per column of the gene embedding).
+        """
         self._check_if_trained(warn=False)
         missing = [t for t in targets if t not in self._gene_pos]
         if missing:

@@ -36,7 +36,7 @@ def _import_scgen():
 
 
 class ScGen(_PseudobulkBaseline):
-    r"""scGen (via :class:`pertpy.tools.Scgen`) for held-out batches: latent arithmetic from controls.
+    r"""The scGen model (via :class:`pertpy.tools.Scgen`) for held-out batches: latent arithmetic from controls.
 
     Trains pertpy's scGen VAE on the log-normalised training cells (``normalize_total(1e4)`` + ``log1p``),
     with the registered batch as scGen's "cell type" and the perturbation as its condition. A perturbation

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 class BatchDesign:
     r"""A recommended assignment of cells to batches (and time points / media).
 
-    Attributes
+    Made by :func:`~scmech.tl.recommend_batches`; each parameter is also an attribute of the same name.
+
+    Parameters
     ----------
     table
         Cell counts: rows batches (a MultiIndex batch x time x medium when time points or media are given),

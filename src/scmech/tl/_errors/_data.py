@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
+from scmech._docs import fill_doc
 from scmech.data._pseudobulk import _get_matrix, library_size
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def _check_counts(x: sp.csr_matrix, lib: np.ndarray, layer: str | None) -> None:
         raise ValueError(msg)
 
 
+@fill_doc
 def _prepare(
     adata: AnnData,
     rows: np.ndarray,
@@ -98,7 +100,7 @@ def _prepare(
     n_groups
         Number of groups (conditions x batches).
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
         Whether the matrix holds counts (normalised to counts per :math:`10^4`) or log-normalised values.
     genes

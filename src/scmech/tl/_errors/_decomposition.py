@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._docs import fill_doc
 
 from ._estimate import _estimate
 from ._inputs import _check_arguments, _dispersion, _prediction_inputs, _variance_override, _warn
@@ -40,6 +41,7 @@ def _prediction_arrays(
     return pred, pred_ctrl
 
 
+@fill_doc
 def error_decomposition(
     adata: AnnData,
     *,
@@ -149,21 +151,21 @@ def error_decomposition(
         Screen with counts (or log-normalised values with ``counts=False``). Not modified, except for
         ``uns["scmech"][key_added]``.
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call (never used).
+        %(unassigned_label)s They are never used.
     batch_key
-        ``obs`` column of the wet-lab batch (lane, replicate). ``None``: one batch (then
-        :math:`\sigma^2_{\mathrm{batch}}` is not identifiable).
+        %(batch_key)s
+        ``None``: one batch (then :math:`\sigma^2_{\mathrm{batch}}` is not identifiable).
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds counts. ``False``: log-normalised values, averaged as they are (no
-        measurement/biological split).
+        %(counts)s
+        With ``False`` there is no measurement/biological split.
     predictions
         An AnnData from ``model.predict(...)`` or a baseline: one row per condition, ``obs["perturbation"]``,
         ``X`` the predicted :math:`\log(1+10^4\bar\rho)`. Adds the ``model`` component; genes missing from it

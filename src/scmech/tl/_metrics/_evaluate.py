@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech._docs import fill_doc
 from scmech.data._checks import check_expression
 
 from ._checks import _check_de_method, _check_scale, _index_mask, _warn
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["evaluate"]
 
 
+@fill_doc
 def evaluate(
     predictions: AnnData | Mapping[str, AnnData],
     adata: AnnData,
@@ -96,17 +98,17 @@ def evaluate(
         Observed data with counts (or log-normalised values with ``counts=False``). Not modified, except for
         ``uns["scmech"][key_added]`` when ``key_added`` is given.
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call (never used).
+        %(unassigned_label)s They are never used.
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds counts (``False``: log-normalised values, averaged as they are).
+        %(counts)s
     conditions
         Conditions to evaluate; every model must predict each. All shared ones when ``None``.
     train_conditions

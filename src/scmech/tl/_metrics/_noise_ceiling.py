@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from scmech._docs import fill_doc
 from scmech.data._design import get_design
 from scmech.data._pseudobulk import pseudobulk
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["noise_ceiling"]
 
 
+@fill_doc
 def noise_ceiling(
     adata: AnnData,
     *,
@@ -58,19 +60,20 @@ def noise_ceiling(
     split
         ``"half"`` or ``"replicate"``.
     batch_key
-        ``obs`` column of replicates (required for ``split="replicate"``).
+        %(batch_key)s
+        Its batches are the replicates of ``split="replicate"``, which requires it.
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call.
+        %(unassigned_label)s
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
-        Whether the matrix holds counts.
+        %(counts)s
     conditions
         Conditions to score; all perturbations when ``None``. Conditions with fewer than 2 cells (and, for
         ``split="replicate"``, conditions whose cells sit in a single replicate) cannot be compared with

@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
+from scmech._docs import fill_doc
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
 
@@ -31,6 +32,7 @@ def _is_mean_prediction(pred: AnnData, labels: np.ndarray) -> bool:
     return "source_cell" not in pred.obs.columns and len(set(labels.tolist())) == len(labels)
 
 
+@fill_doc
 def combine_prediction(
     pred: AnnData,
     observed: AnnData,
@@ -61,10 +63,17 @@ def combine_prediction(
         Prediction AnnData with ``obs["perturbation"]``.
     observed
         Observed cells with counts in ``X`` (or ``layer``) and labels in ``obs[perturbation_key]``.
-    perturbation_key, control_label, separator, unassigned_label
-        Labels of ``observed`` (combinations are matched regardless of the order of their targets).
+    perturbation_key
+        %(perturbation_key)s
+    control_label
+        %(single_control_label)s
+    separator
+        %(separator)s
+        Combinations of ``pred`` and ``observed`` are matched regardless of the order of their targets.
+    unassigned_label
+        %(unassigned_label)s
     layer
-        Layer of ``observed`` with the counts.
+        %(layer)s
     counts
         Whether ``observed`` holds raw counts (else log-normalised values, used as they are).
     conditions

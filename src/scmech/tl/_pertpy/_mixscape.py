@@ -12,6 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
+from scmech._docs import fill_doc
 from scmech.data._design import get_design
 
 from ._common import _dense, _import_pertpy, _obs_column
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["efficacy_from_mixscape"]
 
 
+@fill_doc
 def efficacy_from_mixscape(
     adata: AnnData,
     *,
@@ -76,17 +78,18 @@ def efficacy_from_mixscape(
     adata
         Annotated data matrix with raw counts in ``X`` (or ``layer``) and perturbation labels in ``obs``.
     perturbation_key
-        ``obs`` column with the perturbation of each cell (e.g. written by :func:`scmech.pp.assign_guides`).
+        %(perturbation_key)s
+        For instance the column written by :func:`scmech.pp.assign_guides`.
     control_label
-        Label of non-targeting control cells.
+        %(single_control_label)s
     unassigned_label
-        Label (or labels) of cells without a usable guide call; they are left out of Mixscape.
+        %(unassigned_label)s They are left out of Mixscape.
     score_key
         ``obs`` column with Mixscape posterior probabilities to read instead of running Mixscape.
     class_key
         ``obs`` column with Mixscape classes to read instead of running Mixscape.
     layer
-        Layer with the counts; ``X`` when ``None``.
+        %(layer)s
     counts
         Whether the matrix holds raw counts (log-normalised for Mixscape) or log-normalised values already.
     split_by

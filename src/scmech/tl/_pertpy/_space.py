@@ -52,7 +52,7 @@ def perturbation_space(
     observed
         Observed cells; ``None`` gives the space of the predictions alone (``X`` of ``pred`` as it is).
     method
-        pertpy space to compute.
+        The pertpy space to compute.
     perturbation_key, control_label, separator, unassigned_label, layer, counts, conditions, n_pcs, max_cells
         As in :func:`combine_prediction`.
     random_state

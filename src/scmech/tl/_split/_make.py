@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from scmech._docs import fill_doc
 from scmech.data._design import get_design
 
 from ._choice import _given_conditions, _held_out, _targets
@@ -28,6 +29,7 @@ _KINDS = ("perturbation", "combination", "batch", "time", "media")
 _GROUP_KEYS = {"batch": "batch_key", "time": "time_key", "media": "media_key"}
 
 
+@fill_doc
 def split(
     adata: AnnData,
     kind: SplitKind,
@@ -73,19 +75,19 @@ def split(
     kind
         ``"perturbation"``, ``"combination"``, ``"batch"``, ``"time"`` or ``"media"``.
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call.
+        %(unassigned_label)s
     batch_key
-        ``obs`` column of batches (required for ``kind="batch"``).
+        %(batch_key)s Required for ``kind="batch"``.
     time_key
-        ``obs`` column of time points (required for ``kind="time"``).
+        %(time_key)s Required for ``kind="time"``.
     media_key
-        ``obs`` column of media (required for ``kind="media"``).
+        %(media_key)s Required for ``kind="media"``.
     test_conditions
         Conditions to hold out instead of a random choice: perturbation labels for ``"perturbation"`` and
         ``"combination"``, batch, time or medium values for the other kinds.
@@ -267,6 +269,7 @@ def _validation(train: np.ndarray, validation_size: float, rng: np.random.Genera
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+@fill_doc
 def leave_one_out(
     adata: AnnData,
     *,
@@ -286,13 +289,13 @@ def leave_one_out(
     adata
         Annotated data matrix (not modified).
     perturbation_key
-        ``obs`` column of perturbation labels.
+        %(perturbation_key)s
     control_label
-        Label (or labels) of non-targeting controls.
+        %(control_label)s
     separator
-        Separator of combinations.
+        %(separator)s
     unassigned_label
-        Label (or labels) of cells without a guide call.
+        %(unassigned_label)s
     conditions
         Conditions to leave out in turn; all perturbations (restricted to measured targets with
         ``restrict_to_measured``) when ``None``.

@@ -14,7 +14,10 @@ __all__ = ["Split"]
 class Split:
     """Train, validation and test cells of a held-out split.
 
-    Attributes
+    Made by :func:`~scmech.tl.split` and :func:`~scmech.tl.leave_one_out`; each parameter is also an attribute of
+    the same name (the object is frozen).
+
+    Parameters
     ----------
     train
         Sorted indices (into ``adata``) of the training cells.
