@@ -77,10 +77,9 @@ numpydoc_xref_param_type = False
 # numpydoc reads as a type without a description, then checks its capitals and periods).
 numpydoc_validation_checks = {"all", "ES01", "EX01", "SA01", "PR04", "RT01", "RT03", "RT04", "RT05"}
 numpydoc_validation_exclude = {
-    # TEMPORARY: scmech.model is being refactored; its docstrings are completed (and this entry removed) after
-    # that. The pseudobulk baselines of scmech.tl inherit setup_anndata/setup_mudata from scmech.model.
-    r"^scmech\.model\.",
-    r"^scmech\.tl\.\w+\.setup_(anndata|mudata)$",
+    # methods inherited unchanged from scvi-tools' mixins: their docstrings are scvi-tools' own
+    r"^scmech\.model\.\w+\.(posterior_predictive_sample|get_importance_weights|differential_expression)$",
+    r"^scmech\.model\.\w+\.(get_latent_representation|get_reconstruction_error)$",
 }
 
 # ---------------------------------------------------------------------------- MyST, myst-nb

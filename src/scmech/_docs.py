@@ -62,6 +62,23 @@ PARAMS: dict[str, str] = {
     "efficacy_key": "``obs`` column with the knock-down efficacy in ``[0, 1]``.",
     "guide_key": "``obs`` column with the guide identity.",
     # ------------------------------------------------------------------ the expression matrix
+    # ------------------------------------------------------------------ registration of a model (setup_anndata/mudata)
+    "size_factor_key": "``obs`` column of library sizes used instead of total counts.",
+    "categorical_covariate_keys": "Further categorical measurement covariates (``obs`` columns).",
+    "continuous_covariate_keys": "Further continuous measurement covariates (``obs`` columns).",
+    "gene_embedding_key": cleandoc(
+        """
+        ``varm`` key of a gene embedding used to predict targets never perturbed in training; by default
+        the principal components of the training pseudobulk.
+        """
+    ),
+    "perturbation_modality": cleandoc(
+        """
+        ``"CRISPRko"``, ``"CRISPRi"`` or ``"CRISPRa"``: how the perturbations act on their target's own
+        mRNA (lowered or raised). It fixes the sign of the own-gene effect predicted for targets without
+        training cells; ``None`` takes the sign from the training targets.
+        """
+    ),
     "layer": "Layer with the counts; ``X`` when ``None``.",
     "counts": cleandoc(
         """

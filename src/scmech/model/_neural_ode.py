@@ -66,8 +66,8 @@ class NeuralODE(SemiMechVI):
 
     Examples
     --------
-    >>> adata = scmech.data.simulate_perturbseq(2000, 100, regime="differentiating")
-    >>> scmech.model.NeuralODE.setup_anndata(adata, perturbation_key="perturbation", control_label="control",
+    >>> adata = scmech.data.simulate_perturbseq(2000, 100, regime="dynamic", media_switch_times=(1.0,))
+    >>> scmech.model.NeuralODE.setup_anndata(adata, perturbation_key="perturbation", control_label="NT",
     ...                                      time_key="time", media_key="media", media_time_key="media_time")
     >>> vanilla = scmech.model.NeuralODE(adata)
     >>> with_term = scmech.model.NeuralODE(adata, steady_state_weight=1.0)

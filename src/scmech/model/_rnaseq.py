@@ -81,7 +81,7 @@ class MeasurementMethodsMixin:
         batch_size: int | None = None,
         **kwargs,
     ) -> dict[str, np.ndarray]:
-        """Parameters of each cell's measurement distribution: scvi-tools' keys for counts, mean and sd otherwise.
+        """Return each cell's measurement distribution parameters: scvi-tools' keys for counts, mean and sd otherwise.
 
         For NB and ZINB this is scvi-tools' method (``mean``, ``dispersions`` and, for ZINB, ``dropout``). For
         ``gene_likelihood="normal"`` it returns ``mean`` and ``scale`` (the per-gene standard deviation) of the

@@ -23,9 +23,9 @@ from scvi.data.fields import (
     NumericalJointObsField,
     NumericalObsField,
 )
-from scvi.utils import setup_anndata_dsp
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
+from scmech._docs import fill_doc
 from scmech.data._checks import (
     BackedRows,
     check_adata,
@@ -164,7 +164,7 @@ class PerturbationSetupMixin:
             raise KeyError(msg)
 
     @classmethod
-    @setup_anndata_dsp.dedent
+    @fill_doc
     def setup_anndata(
         cls,
         adata: AnnData,
@@ -198,41 +198,35 @@ class PerturbationSetupMixin:
         layer
             Layer with the counts; ``X`` when ``None``.
         perturbation_key
-            ``obs`` column of perturbation labels: targets, ``A+B`` combinations, control and unassigned labels.
+            %(perturbation_key)s
         control_label
-            Label (or labels) of non-targeting controls.
+            %(control_label)s
         separator
-            Separator of combinations.
+            %(separator)s
         unassigned_label
-            Label (or labels) of cells without a guide call; kept but not fitted (their count is logged).
+            %(unassigned_label)s Kept but not fitted (their count is logged).
         batch_key
-            ``obs`` column of the wet-lab batch (lane, replicate): a measurement effect.
+            %(batch_key)s A measurement effect.
         time_key
-            ``obs`` column of the time since perturbation (numeric, ``>= 0``); makes ``regime="auto"`` dynamic.
+            %(time_key)s Makes ``regime="auto"`` dynamic.
         media_key
-            ``obs`` column of the medium or condition (in vivo: the niche). The first category is the
-            baseline medium.
+            %(media_key)s In vivo: the niche. The first category is the baseline medium.
         media_time_key
-            ``obs`` column of the time of the switch into the medium, on the clock of ``time_key``
-            (negative: before the perturbation; NaN: no switch).
+            %(media_time_key)s Negative: before the perturbation; NaN: no switch.
         efficacy_key
-            ``obs`` column of knock-down efficacy in ``[0, 1]``, which scales each cell's operators.
+            %(efficacy_key)s It scales each cell's operators.
         size_factor_key
-            ``obs`` column of library sizes used instead of total counts.
+            %(size_factor_key)s
         categorical_covariate_keys
-            Further categorical measurement covariates.
+            %(categorical_covariate_keys)s
         continuous_covariate_keys
-            Further continuous measurement covariates.
+            %(continuous_covariate_keys)s
         gene_embedding_key
-            ``varm`` key of a gene embedding used to predict targets never perturbed in training; by default
-            the principal components of the training pseudobulk.
+            %(gene_embedding_key)s
         counts
-            Whether the data are raw counts; ``False`` declares log-normalised data (use
-            ``gene_likelihood="normal"``).
+            %(counts)s With ``False`` use ``gene_likelihood="normal"``.
         perturbation_modality
-            ``"CRISPRko"``, ``"CRISPRi"`` or ``"CRISPRa"``: how the perturbations act on their target's own
-            mRNA (lowered or raised). It fixes the sign of the own-gene effect predicted for targets without
-            training cells; ``None`` takes the sign from the training targets.
+            %(perturbation_modality)s
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
@@ -285,6 +279,7 @@ class PerturbationSetupMixin:
         cls.register_manager(adata_manager)
 
     @classmethod
+    @fill_doc
     def setup_mudata(
         cls,
         mdata: MuData,
@@ -317,10 +312,35 @@ class PerturbationSetupMixin:
         rna_layer
             Layer of the RNA modality with counts; ``X`` when ``None``.
         perturbation_key
-            As in :meth:`setup_anndata`; likewise ``control_label``, ``separator``, ``unassigned_label``,
-            ``batch_key``, ``time_key``, ``media_key``, ``media_time_key``, ``efficacy_key``,
-            ``size_factor_key``, ``categorical_covariate_keys``, ``continuous_covariate_keys``,
-            ``gene_embedding_key``, ``counts`` and ``perturbation_modality``.
+            %(perturbation_key)s
+        control_label
+            %(control_label)s
+        separator
+            %(separator)s
+        unassigned_label
+            %(unassigned_label)s Kept but not fitted (their count is logged).
+        batch_key
+            %(batch_key)s A measurement effect.
+        time_key
+            %(time_key)s Makes ``regime="auto"`` dynamic.
+        media_key
+            %(media_key)s In vivo: the niche. The first category is the baseline medium.
+        media_time_key
+            %(media_time_key)s Negative: before the perturbation; NaN: no switch.
+        efficacy_key
+            %(efficacy_key)s It scales each cell's operators.
+        size_factor_key
+            %(size_factor_key)s
+        categorical_covariate_keys
+            %(categorical_covariate_keys)s
+        continuous_covariate_keys
+            %(continuous_covariate_keys)s
+        gene_embedding_key
+            %(gene_embedding_key)s
+        counts
+            %(counts)s With ``False`` use ``gene_likelihood="normal"``.
+        perturbation_modality
+            %(perturbation_modality)s
         modalities
             Maps each argument (``"rna_layer"``, ``"perturbation_key"``, ...) to a modality name. Arguments
             not listed default to the modality of ``rna_layer`` (``"rna"`` when absent).
