@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech.tl._stats import recentred_interval
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -28,6 +30,8 @@ _CHUNK_VALUES = 4_000_000
 
 def _recentred_interval(estimate: float, boot: np.ndarray, alpha: float) -> tuple[float, float]:
     """Percentile interval of a bootstrap distribution, shifted so that its median sits on the estimate.
+
+    :func:`scmech.tl._stats.recentred_interval` with the median as the centre, after dropping non-finite replicates.
 
     Parameters
     ----------
@@ -46,9 +50,8 @@ def _recentred_interval(estimate: float, boot: np.ndarray, alpha: float) -> tupl
     boot = boot[np.isfinite(boot)]
     if boot.size < 2 or not np.isfinite(estimate):
         return np.nan, np.nan
-    shift = float(np.median(boot)) - estimate
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return float(lo - shift), float(hi - shift)
+    lo, hi = recentred_interval(estimate, boot, alpha, centre="median")
+    return float(lo), float(hi)
 
 
 def _bootstrap_design(codes: np.ndarray, k: int, n_rep: int, rng: np.random.Generator) -> sp.csr_matrix:

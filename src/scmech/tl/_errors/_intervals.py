@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scmech.tl._stats import recentred_interval
+
 from ._components import COMPONENTS, _summaries
 from ._variance import _variance_summary
 
@@ -30,15 +32,11 @@ def _resample(setup: _Setup, rng: np.random.Generator) -> np.ndarray:
 
 
 def _interval(estimate: np.ndarray, boot: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    r"""Percentile interval of the replicates, re-centred on the estimate.
+    """Percentile interval of the replicates, re-centred on the estimate by their mean.
 
-    Resampled cells carry the data's sampling noise once more, which shifts variance estimators (for
-    :math:`\sigma^2_{\mathrm{batch}}` by about :math:`\overline{\sigma^2_{\mathrm{cell}}/n}`); the spread of the
-    replicates is used around the point estimate.
+    :func:`scmech.tl._stats.recentred_interval` with ``alpha = 1 - level`` and the mean as the centre.
     """
-    q_lo, q_hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    centre = boot.mean(axis=0)
-    return estimate + (q_lo - centre), estimate + (q_hi - centre)
+    return recentred_interval(estimate, boot, 1 - level, centre="mean")
 
 
 def _bootstrap(
