@@ -188,6 +188,38 @@ def pseudobulk(
         For a non-positive or non-finite ``target_sum``, missing labels with ``groups=None``, non-count data with
         ``counts=True``, NaN or infinite values, and invalid size factors.
     """
+    _check_args(target_sum, min_cells, groups)
+    labels, what = _group_labels(adata, groupby)
+    missing_label = np.asarray([lab is None for lab in labels])
+    if groups is None:
+        groups = _default_groups(labels, missing_label, what, groupby, min_cells)
+    groups = _check_groups(groups, labels, missing_label, what, allow_empty)
+    x = _count_matrix(adata, layer, counts)
+    sf = _size_factors(adata, size_factor_key)
+    mean = normalized_mean(x, labels, groups, size_factor=sf, counts=counts)
+    values = np.log1p(target_sum * mean) if counts else mean
+    return pd.DataFrame(values, index=pd.Index(groups, name="condition"), columns=adata.var_names.copy())
+
+
+def _check_args(target_sum: float, min_cells: int, groups: Sequence | None) -> None:
+    """Refuse an invalid ``target_sum``, ``min_cells`` or a string passed as ``groups``.
+
+    Parameters
+    ----------
+    target_sum
+        Scale of normalised expression; a positive finite number.
+    min_cells
+        Smallest group returned; a non-negative integer.
+    groups
+        Groups to return, or ``None``.
+
+    Raises
+    ------
+    TypeError
+        For a non-numeric ``target_sum`` or a string ``groups``.
+    ValueError
+        For a non-positive or non-finite ``target_sum`` and an invalid ``min_cells``.
+    """
     if isinstance(target_sum, bool) or not isinstance(target_sum, int | float | np.integer | np.floating):
         msg = f"target_sum={target_sum!r} must be a positive number (counts per target_sum), e.g. 1e4."
         raise TypeError(msg)
@@ -200,24 +232,81 @@ def pseudobulk(
     if groups is not None and isinstance(groups, str | bytes):
         msg = f"groups={groups!r} must be a list of group labels, e.g. groups=[{groups!r}]."
         raise TypeError(msg)
-    labels, what = _group_labels(adata, groupby)
-    missing_label = np.asarray([lab is None for lab in labels])
-    if groups is None:
-        if missing_label.any():
-            if isinstance(groupby, str):
-                fix = (
-                    f"Fill them (e.g. adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype(object)"
-                    f".fillna('unassigned')), drop those cells (adata[adata.obs[{groupby!r}].notna()].copy())"
-                )
-            else:
-                fix = "Fill them (e.g. labels = np.where(pd.isna(labels), 'unassigned', labels)), drop those cells"
-            msg = (
-                f"{what} has {int(missing_label.sum())} missing (NaN/None) labels, which belong to no group. {fix}, "
-                "or pass the groups to compute as groups=[...]."
+
+
+def _default_groups(
+    labels: np.ndarray, missing_label: np.ndarray, what: str, groupby: str | Sequence[str] | np.ndarray, min_cells: int
+) -> list:
+    """Return the groups with at least ``min_cells`` cells, sorted; refuse missing labels.
+
+    Parameters
+    ----------
+    labels
+        Label per cell as a string (``None`` where missing).
+    missing_label
+        Whether each cell's label is missing.
+    what
+        Where the labels come from (for messages).
+    groupby
+        The ``groupby`` argument of :func:`pseudobulk` (for the suggested fix).
+    min_cells
+        Smallest group returned.
+
+    Returns
+    -------
+    The sorted group labels.
+
+    Raises
+    ------
+    ValueError
+        When some cells have a missing label.
+    """
+    if missing_label.any():
+        if isinstance(groupby, str):
+            fix = (
+                f"Fill them (e.g. adata.obs[{groupby!r}] = adata.obs[{groupby!r}].astype(object)"
+                f".fillna('unassigned')), drop those cells (adata[adata.obs[{groupby!r}].notna()].copy())"
             )
-            raise ValueError(msg)
-        vc = pd.Series(labels).value_counts()
-        groups = sorted(vc.index[vc >= min_cells].tolist())
+        else:
+            fix = "Fill them (e.g. labels = np.where(pd.isna(labels), 'unassigned', labels)), drop those cells"
+        msg = (
+            f"{what} has {int(missing_label.sum())} missing (NaN/None) labels, which belong to no group. {fix}, "
+            "or pass the groups to compute as groups=[...]."
+        )
+        raise ValueError(msg)
+    vc = pd.Series(labels).value_counts()
+    return sorted(vc.index[vc >= min_cells].tolist())
+
+
+def _check_groups(
+    groups: Sequence, labels: np.ndarray, missing_label: np.ndarray, what: str, allow_empty: bool
+) -> list[str]:
+    """Return the groups as strings; refuse duplicated groups and, unless ``allow_empty``, groups without cells.
+
+    Parameters
+    ----------
+    groups
+        Groups to return, in order.
+    labels
+        Label per cell as a string (``None`` where missing).
+    missing_label
+        Whether each cell's label is missing.
+    what
+        Where the labels come from (for messages).
+    allow_empty
+        Whether groups without cells are allowed.
+
+    Returns
+    -------
+    The groups as strings, in order.
+
+    Raises
+    ------
+    ValueError
+        For duplicated groups.
+    KeyError
+        For groups without cells (unless ``allow_empty``).
+    """
     groups = [str(g) for g in groups]
     if len(set(groups)) != len(groups):
         dup = pd.Index(groups)[pd.Index(groups).duplicated()].unique().tolist()
@@ -234,6 +323,32 @@ def pseudobulk(
                 f"{avail[:10]}{more}); pass groups that occur, or allow_empty=True for NaN rows."
             )
             raise KeyError(msg)
+    return groups
+
+
+def _count_matrix(adata: AnnData, layer: str | None, counts: bool):
+    """Return the expression matrix (``X`` or ``layer``), checked to hold counts (or finite values).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    layer
+        Layer with the expression; ``X`` when ``None``.
+    counts
+        Whether the matrix must hold counts.
+
+    Returns
+    -------
+    The matrix, as stored.
+
+    Raises
+    ------
+    KeyError
+        For a layer that is not in ``adata``.
+    ValueError
+        For non-count data with ``counts=True`` and for NaN or infinite values.
+    """
     x = _get_matrix(adata, layer)
     try:
         check_expression(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]", counts=counts)
@@ -241,26 +356,50 @@ def pseudobulk(
         fix = "pass layer=... with the raw counts, or counts=False to average log-normalised values as they are"
         msg = f"{e} For pseudobulk: {fix}." if counts else str(e)
         raise ValueError(msg) from e
-    sf = None
-    if size_factor_key is not None:
-        if size_factor_key not in adata.obs.columns:
-            msg = f"size_factor_key {size_factor_key!r} is not a column of adata.obs."
-            raise KeyError(msg)
-        try:
-            sf = adata.obs[size_factor_key].to_numpy(dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            msg = f"size_factor_key={size_factor_key!r}: obs column is not numeric ({e}); pass library sizes."
-            raise TypeError(msg) from e
-        bad = ~(np.isfinite(sf) & (sf > 0))
-        if bad.any():
-            msg = (
-                f"obs[{size_factor_key!r}] has {int(bad.sum())} size factors that are not positive finite numbers "
-                f"(e.g. {sf[bad][0]:g}); fix them or pass size_factor_key=None for total counts."
-            )
-            raise ValueError(msg)
-    mean = normalized_mean(x, labels, groups, size_factor=sf, counts=counts)
-    values = np.log1p(target_sum * mean) if counts else mean
-    return pd.DataFrame(values, index=pd.Index(groups, name="condition"), columns=adata.var_names.copy())
+    return x
+
+
+def _size_factors(adata: AnnData, size_factor_key: str | None) -> np.ndarray | None:
+    """Return the library sizes from ``obs[size_factor_key]`` (positive, finite), or ``None`` for total counts.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    size_factor_key
+        ``obs`` column with library sizes, or ``None``.
+
+    Returns
+    -------
+    The size factors as float64, or ``None``.
+
+    Raises
+    ------
+    KeyError
+        For a column that is not in ``adata.obs``.
+    TypeError
+        For a non-numeric column.
+    ValueError
+        For size factors that are not positive finite numbers.
+    """
+    if size_factor_key is None:
+        return None
+    if size_factor_key not in adata.obs.columns:
+        msg = f"size_factor_key {size_factor_key!r} is not a column of adata.obs."
+        raise KeyError(msg)
+    try:
+        sf = adata.obs[size_factor_key].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        msg = f"size_factor_key={size_factor_key!r}: obs column is not numeric ({e}); pass library sizes."
+        raise TypeError(msg) from e
+    bad = ~(np.isfinite(sf) & (sf > 0))
+    if bad.any():
+        msg = (
+            f"obs[{size_factor_key!r}] has {int(bad.sum())} size factors that are not positive finite numbers "
+            f"(e.g. {sf[bad][0]:g}); fix them or pass size_factor_key=None for total counts."
+        )
+        raise ValueError(msg)
+    return sf
 
 
 def _group_labels(adata: AnnData, groupby) -> tuple[np.ndarray, str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -408,6 +408,89 @@ def assign_guides(
     325
     """
     # cheap argument checks first
+    control_targets = _check_args(
+        rule,
+        min_umis,
+        min_fraction,
+        control_targets,
+        control_label,
+        multiple_label,
+        unassigned_label,
+        separator,
+        key_added,
+    )
+    x, names, var, out, source = _guide_source(data, rna, guide_mod, rna_mod, layer, obsm_key, guide_names)
+    x = _check_guide_counts(x, names, out, source, inplace)
+    tg = _labelled_targets(names, var, targets, target_pattern, out, control_targets, control_label)
+    _check_reserved_targets(names, tg, control_label, multiple_label, unassigned_label, separator)
+    stats = _cell_stats(x, min_umis)
+    if rule == "max_fraction":
+        guide_col, pert_col = _assign_max_fraction(
+            x, names, tg, stats, min_umis, float(min_fraction), multiple_label, unassigned_label, separator
+        )
+    else:
+        guide_col, pert_col = _assign_threshold(
+            x, names, tg, stats, min_umis, combinations, control_label, multiple_label, unassigned_label, separator
+        )
+    df = _assignment_frame(guide_col, pert_col, stats, key_added, out.obs_names)
+    if inplace:
+        params = {
+            "source": source,
+            "rule": rule,
+            "min_umis": int(min_umis),
+            "min_fraction": float(min_fraction) if rule == "max_fraction" else float("nan"),
+            "combinations": bool(combinations),
+            "control_label": control_label,
+            "multiple_label": multiple_label,
+            "unassigned_label": unassigned_label,
+        }
+        _write_assignment(out, df, key_added, params)
+    return df
+
+
+def _check_args(
+    rule: str,
+    min_umis: int,
+    min_fraction: float,
+    control_targets: Sequence[str] | str,
+    control_label: str,
+    multiple_label: str,
+    unassigned_label: str,
+    separator: str,
+    key_added: str,
+) -> Sequence[str]:
+    """Refuse invalid arguments of :func:`assign_guides` (cheap checks, before any data are read).
+
+    Parameters
+    ----------
+    rule
+        Assignment rule.
+    min_umis
+        Minimum UMI count of an assigned guide.
+    min_fraction
+        Minimum fraction of the cell's guide UMIs held by the top guide.
+    control_targets
+        Target names of control guides (a single string is one name).
+    control_label
+        Perturbation label of cells with control guides.
+    multiple_label
+        Perturbation label of cells with several unresolved guides.
+    unassigned_label
+        Perturbation label of cells without an assigned guide.
+    separator
+        Separator of combinations and of several assigned guides.
+    key_added
+        Prefix of the ``obs`` columns written.
+
+    Returns
+    -------
+    ``control_targets``, a single string wrapped in a list.
+
+    Raises
+    ------
+    ValueError
+        For any invalid argument.
+    """
     if rule not in ("max_fraction", "threshold"):
         msg = f"rule={rule!r} is not a guide assignment rule; use 'max_fraction' (low MOI) or 'threshold' (high MOI)."
         raise ValueError(msg)
@@ -433,8 +516,36 @@ def assign_guides(
         raise ValueError(msg)
     if isinstance(control_targets, str):
         control_targets = [control_targets]
+    return control_targets
 
-    x, names, var, out, source = _guide_source(data, rna, guide_mod, rna_mod, layer, obsm_key, guide_names)
+
+def _check_guide_counts(
+    x: sp.csr_matrix, names: list[str], out: ad.AnnData, source: str, inplace: bool
+) -> sp.csr_matrix:
+    """Refuse a view to annotate, no guides, duplicated guide names and values that are not UMI counts.
+
+    Parameters
+    ----------
+    x
+        Guide counts (cells x guides).
+    names
+        Guide names.
+    out
+        The AnnData to annotate.
+    source
+        Where the counts come from (for messages).
+    inplace
+        Whether ``out`` is to be written.
+
+    Returns
+    -------
+    The counts as a float64 CSR matrix without duplicated entries.
+
+    Raises
+    ------
+    ValueError
+        For any of the problems above.
+    """
     if inplace and out.is_view:
         msg = "The AnnData to annotate is a view; call .copy() on it first (or pass inplace=False)."
         raise ValueError(msg)
@@ -451,9 +562,71 @@ def assign_guides(
     if data_.size and (not np.isfinite(data_).all() or data_.min() < 0 or not np.allclose(data_, np.round(data_))):
         msg = f"{source} must hold guide UMI counts (non-negative integers); pass the layer with raw guide counts."
         raise ValueError(msg)
-    tg = _targets(names, var, targets, target_pattern, out)
+    return x
+
+
+def _labelled_targets(
+    names: list[str],
+    var: pd.DataFrame | None,
+    targets: str | Mapping[str, str] | Sequence[str] | None,
+    target_pattern: str | None,
+    adata: ad.AnnData,
+    control_targets: Sequence[str],
+    control_label: str,
+) -> np.ndarray:
+    """Return the target of each guide, with ``control_label`` for control guides.
+
+    Parameters
+    ----------
+    names
+        Guide names.
+    var
+        Guide ``var``, or ``None``.
+    targets
+        The ``targets`` argument of :func:`assign_guides`.
+    target_pattern
+        The ``target_pattern`` argument of :func:`assign_guides`.
+    adata
+        The AnnData to annotate (for ``uns`` keys).
+    control_targets
+        Target names of control guides (case-insensitive).
+    control_label
+        Label of control guides.
+
+    Returns
+    -------
+    Object array of targets, one per guide.
+    """
+    tg = _targets(names, var, targets, target_pattern, adata)
     ctrl_set = {str(c).lower() for c in control_targets} | {control_label.lower()}
-    tg = np.asarray([control_label if t.lower() in ctrl_set else t for t in tg], dtype=object)
+    return np.asarray([control_label if t.lower() in ctrl_set else t for t in tg], dtype=object)
+
+
+def _check_reserved_targets(
+    names: list[str], tg: np.ndarray, control_label: str, multiple_label: str, unassigned_label: str, separator: str
+) -> None:
+    """Refuse targets that read as a label, a guide named ``unassigned_label`` and targets with the separator.
+
+    Parameters
+    ----------
+    names
+        Guide names.
+    tg
+        Target of each guide (``control_label`` for control guides).
+    control_label
+        Label of control guides.
+    multiple_label
+        Label of cells with several unresolved guides.
+    unassigned_label
+        Label of cells without an assigned guide.
+    separator
+        Separator of combinations.
+
+    Raises
+    ------
+    ValueError
+        For any of the problems above.
+    """
     # a target must not read as one of the labels written for cells without a (single) target
     reserved = {"multiple_label": multiple_label, "unassigned_label": unassigned_label, "control_label": control_label}
     for arg, label in reserved.items():
@@ -480,8 +653,41 @@ def assign_guides(
         if separator in t:
             msg = f"Guide target {t!r} contains the separator {separator!r}; pass another separator=..."
             raise ValueError(msg)
-    guide_arr = np.asarray(names, dtype=object)
 
+
+class _CellStats(NamedTuple):
+    """Guide UMI summary per cell."""
+
+    #: total guide UMIs
+    total: np.ndarray
+    #: guides with at least one UMI
+    n_guides: np.ndarray
+    #: column of the top guide (ties: the first)
+    top: np.ndarray
+    #: UMIs of the top guide
+    max_umis: np.ndarray
+    #: their fraction of the total (0 without guide UMIs)
+    frac: np.ndarray
+    #: guides with at least ``min_umis`` UMIs
+    n_pass: np.ndarray
+    #: guides with the top (non-zero) count
+    at_max: np.ndarray
+
+
+def _cell_stats(x: sp.csr_matrix, min_umis: int) -> _CellStats:
+    """Summarise the guide UMIs of each cell.
+
+    Parameters
+    ----------
+    x
+        Guide counts (cells x guides), float64 CSR without duplicated entries.
+    min_umis
+        Minimum UMI count of an assigned guide.
+
+    Returns
+    -------
+    The per-cell summary.
+    """
     n = x.shape[0]
     total = np.asarray(x.sum(axis=1)).ravel()
     n_guides = np.diff(x.indptr)
@@ -494,68 +700,200 @@ def assign_guides(
     passing = x.data >= min_umis
     n_pass = np.bincount(rows[passing], minlength=n)
     at_max = np.bincount(rows[(x.data == max_umis[rows]) & (x.data > 0)], minlength=n)
+    return _CellStats(total, n_guides, top, max_umis, frac, n_pass, at_max)
 
+
+def _passing_guides(x: sp.csr_matrix, i: int, min_umis: int, names: list[str]) -> list[int]:
+    """Return the columns of the guides of cell ``i`` with at least ``min_umis`` UMIs, sorted by guide name.
+
+    Parameters
+    ----------
+    x
+        Guide counts (cells x guides), CSR.
+    i
+        Row of the cell.
+    min_umis
+        Minimum UMI count of an assigned guide.
+    names
+        Guide names.
+
+    Returns
+    -------
+    Column indices of the passing guides.
+    """
+    lo, hi = x.indptr[i], x.indptr[i + 1]
+    idx, vals = x.indices[lo:hi], x.data[lo:hi]
+    return sorted(idx[vals >= min_umis].tolist(), key=lambda j: names[j])
+
+
+def _assign_max_fraction(
+    x: sp.csr_matrix,
+    names: list[str],
+    tg: np.ndarray,
+    stats: _CellStats,
+    min_umis: int,
+    min_fraction: float,
+    multiple_label: str,
+    unassigned_label: str,
+    separator: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assign each cell its top guide when it reaches ``min_umis`` and ``min_fraction`` (``rule="max_fraction"``).
+
+    Parameters
+    ----------
+    x
+        Guide counts (cells x guides), CSR.
+    names
+        Guide names.
+    tg
+        Target of each guide.
+    stats
+        Per-cell guide summary.
+    min_umis
+        Minimum UMI count of an assigned guide.
+    min_fraction
+        Minimum fraction of the cell's guide UMIs held by the top guide.
+    multiple_label
+        Label of cells with several guides reaching ``min_umis`` but no assignment.
+    unassigned_label
+        Label of other cells without an assignment.
+    separator
+        Separator of the guides of ``multiple_label`` cells.
+
+    Returns
+    -------
+    The guide and the perturbation label of each cell (object arrays).
+    """
+    n = x.shape[0]
     guide_col = np.full(n, unassigned_label, dtype=object)
     pert_col = np.full(n, unassigned_label, dtype=object)
+    guide_arr = np.asarray(names, dtype=object)
+    ok = (stats.max_umis >= min_umis) & (stats.frac >= min_fraction) & (stats.at_max == 1)
+    guide_col[ok] = guide_arr[stats.top[ok]]
+    pert_col[ok] = tg[stats.top[ok]]
+    multi = ~ok & (stats.n_pass >= 2)
+    pert_col[multi] = multiple_label
+    for i in np.flatnonzero(multi):
+        guide_col[i] = separator.join(names[j] for j in _passing_guides(x, i, min_umis, names))
+    return guide_col, pert_col
 
-    def _passing_guides(i: int) -> list[int]:
-        lo, hi = x.indptr[i], x.indptr[i + 1]
-        idx, vals = x.indices[lo:hi], x.data[lo:hi]
-        return sorted(idx[vals >= min_umis].tolist(), key=lambda j: names[j])
 
-    if rule == "max_fraction":
-        ok = (max_umis >= min_umis) & (frac >= float(min_fraction)) & (at_max == 1)
-        guide_col[ok] = guide_arr[top[ok]]
-        pert_col[ok] = tg[top[ok]]
-        multi = ~ok & (n_pass >= 2)
-        pert_col[multi] = multiple_label
-        for i in np.flatnonzero(multi):
-            guide_col[i] = separator.join(names[j] for j in _passing_guides(i))
-    else:
-        one = n_pass == 1
-        for i in np.flatnonzero(one):
-            (j,) = _passing_guides(i)
-            guide_col[i] = names[j]
-            pert_col[i] = tg[j]
-        for i in np.flatnonzero(n_pass >= 2):
-            gs = _passing_guides(i)
-            guide_col[i] = separator.join(names[j] for j in gs)
-            cell_targets = sorted(set(tg[gs]))
-            if len(cell_targets) == 1:
-                pert_col[i] = cell_targets[0]
-            elif combinations:
-                real = [t for t in cell_targets if t != control_label]
-                pert_col[i] = separator.join(real)
-            else:
-                pert_col[i] = multiple_label
+def _assign_threshold(
+    x: sp.csr_matrix,
+    names: list[str],
+    tg: np.ndarray,
+    stats: _CellStats,
+    min_umis: int,
+    combinations: bool,
+    control_label: str,
+    multiple_label: str,
+    unassigned_label: str,
+    separator: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assign each cell every guide with at least ``min_umis`` UMIs (``rule="threshold"``).
 
+    Parameters
+    ----------
+    x
+        Guide counts (cells x guides), CSR.
+    names
+        Guide names.
+    tg
+        Target of each guide.
+    stats
+        Per-cell guide summary.
+    min_umis
+        Minimum UMI count of an assigned guide.
+    combinations
+        Label cells with guides of several targets as combinations (controls dropped).
+    control_label
+        Label of control guides.
+    multiple_label
+        Label of cells with guides of several targets without ``combinations``.
+    unassigned_label
+        Label of cells without an assigned guide.
+    separator
+        Separator of combinations and of several assigned guides.
+
+    Returns
+    -------
+    The guide and the perturbation label of each cell (object arrays).
+    """
+    n = x.shape[0]
+    guide_col = np.full(n, unassigned_label, dtype=object)
+    pert_col = np.full(n, unassigned_label, dtype=object)
+    for i in np.flatnonzero(stats.n_pass == 1):
+        (j,) = _passing_guides(x, i, min_umis, names)
+        guide_col[i] = names[j]
+        pert_col[i] = tg[j]
+    for i in np.flatnonzero(stats.n_pass >= 2):
+        gs = _passing_guides(x, i, min_umis, names)
+        guide_col[i] = separator.join(names[j] for j in gs)
+        cell_targets = sorted(set(tg[gs]))
+        if len(cell_targets) == 1:
+            pert_col[i] = cell_targets[0]
+        elif combinations:
+            real = [t for t in cell_targets if t != control_label]
+            pert_col[i] = separator.join(real)
+        else:
+            pert_col[i] = multiple_label
+    return guide_col, pert_col
+
+
+def _assignment_frame(
+    guide_col: np.ndarray, pert_col: np.ndarray, stats: _CellStats, key_added: str, obs_names: pd.Index
+) -> pd.DataFrame:
+    """Collect the assignment and the guide summary in the DataFrame that :func:`assign_guides` returns.
+
+    Parameters
+    ----------
+    guide_col
+        Assigned guide(s) of each cell.
+    pert_col
+        Perturbation label of each cell.
+    stats
+        Per-cell guide summary.
+    key_added
+        Prefix of the columns.
+    obs_names
+        Names of the annotated cells (copied as the index).
+
+    Returns
+    -------
+    DataFrame with the ``{key_added}_*`` columns.
+    """
     p = key_added
-    df = pd.DataFrame(
+    return pd.DataFrame(
         {
             f"{p}_guide": pd.Categorical(guide_col.astype(str)),
             f"{p}_perturbation": pd.Categorical(pert_col.astype(str)),
-            f"{p}_n_guides": n_guides.astype(np.int64),
-            f"{p}_guide_umis": np.round(total).astype(np.int64),
-            f"{p}_guide_max_umis": np.round(max_umis).astype(np.int64),
-            f"{p}_guide_max_fraction": frac.astype(np.float64),
+            f"{p}_n_guides": stats.n_guides.astype(np.int64),
+            f"{p}_guide_umis": np.round(stats.total).astype(np.int64),
+            f"{p}_guide_max_umis": np.round(stats.max_umis).astype(np.int64),
+            f"{p}_guide_max_fraction": stats.frac.astype(np.float64),
         },
-        index=out.obs_names.copy(),
+        index=obs_names.copy(),
     )
-    if inplace:
-        for c in df.columns:
-            out.obs[c] = df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].values
-        uns = out.uns.setdefault(key_added, {})
-        uns["guide_assignment"] = {
-            "params": {
-                "source": source,
-                "rule": rule,
-                "min_umis": int(min_umis),
-                "min_fraction": float(min_fraction) if rule == "max_fraction" else float("nan"),
-                "combinations": bool(combinations),
-                "control_label": control_label,
-                "multiple_label": multiple_label,
-                "unassigned_label": unassigned_label,
-            },
-            "n_cells": {str(k): int(v) for k, v in df[f"{p}_perturbation"].value_counts().items()},
-        }
-    return df
+
+
+def _write_assignment(out: ad.AnnData, df: pd.DataFrame, key_added: str, params: dict) -> None:
+    """Write the columns of ``df`` into ``out.obs``, and the parameters and cells per label into ``out.uns``.
+
+    Parameters
+    ----------
+    out
+        The AnnData to annotate.
+    df
+        The assignment, indexed like ``out.obs``.
+    key_added
+        Prefix of the columns and key of ``out.uns``.
+    params
+        Parameters of the assignment.
+    """
+    for c in df.columns:
+        out.obs[c] = df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].values
+    uns = out.uns.setdefault(key_added, {})
+    uns["guide_assignment"] = {
+        "params": params,
+        "n_cells": {str(k): int(v) for k, v in df[f"{key_added}_perturbation"].value_counts().items()},
+    }

@@ -163,7 +163,68 @@ def selection(
     >>> table = scmech.tl.selection(adata, batch_key="batch", reference=design)
     >>> table.query("batch == 'all' and call == 'depleted'")
     """
-    obs = adata.obs
+    _check_args(adata.obs, perturbation_key, batch_key, time_key, confidence, reference, reference_time)
+    labels, batches, times = _cell_labels(adata.obs, perturbation_key, control_label, batch_key, time_key)
+    ref_t = None if reference_time is None else _reference_time(adata.obs, time_key, times, reference_time)
+    conditions = sorted(set(labels) - {control_label})
+    counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
+    counts.index = counts.index.set_names(["batch", "time"])
+    table = _batch_estimates(counts, conditions, control_label, reference, ref_t, min_cells)
+    if reference is None and reference_time is None:
+        table = _median_neutral(table)
+    if batch_key is not None:
+        table = pd.concat([table, _pooled_estimates(table)], ignore_index=True)
+    table = _add_tests(table, confidence, keep_time=time_key is not None)
+    params = {
+        "perturbation_key": perturbation_key,
+        "control_label": control_label,
+        "batch_key": batch_key,
+        "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
+        "time_key": time_key,
+        "reference_time": None if reference_time is None else str(reference_time),
+        "confidence": confidence,
+        "min_cells": min_cells,
+    }
+    adata.uns.setdefault("scmech", {})[key_added] = {"table": table, "params": params}
+    return table
+
+
+def _check_args(
+    obs: pd.DataFrame,
+    perturbation_key: str,
+    batch_key: str | None,
+    time_key: str | None,
+    confidence: float,
+    reference: Mapping[str, float] | pd.Series | None,
+    reference_time: float | str | None,
+) -> None:
+    """Refuse missing ``obs`` columns, an invalid ``confidence`` and conflicting reference arguments.
+
+    Parameters
+    ----------
+    obs
+        Cell annotations.
+    perturbation_key
+        ``obs`` column with the perturbation labels.
+    batch_key
+        ``obs`` column of batches, or ``None``.
+    time_key
+        ``obs`` column of read-out times, or ``None``.
+    confidence
+        Level of the intervals.
+    reference
+        Expected frequencies or counts per condition, or ``None``.
+    reference_time
+        The reference time point, or ``None``.
+
+    Raises
+    ------
+    KeyError
+        For a key that is not a column of ``obs``.
+    ValueError
+        For ``confidence`` outside (0, 1), ``time_key`` without ``reference_time`` (or the reverse), and both
+        ``reference`` and ``reference_time``.
+    """
     for name, key in (("perturbation_key", perturbation_key), ("batch_key", batch_key), ("time_key", time_key)):
         if key is not None and key not in obs.columns:
             msg = f"{name}={key!r} is not a column of adata.obs (columns: {list(obs.columns)[:10]})."
@@ -180,6 +241,35 @@ def selection(
     if reference is not None and reference_time is not None:
         msg = "Give either reference= (expected frequencies) or time_key=/reference_time= (a reference time), not both."
         raise ValueError(msg)
+
+
+def _cell_labels(
+    obs: pd.DataFrame, perturbation_key: str, control_label: str, batch_key: str | None, time_key: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the perturbation, batch and time label of each cell, as strings; refuse a missing control label.
+
+    Parameters
+    ----------
+    obs
+        Cell annotations.
+    perturbation_key
+        ``obs`` column with the perturbation labels.
+    control_label
+        Label of the control cells.
+    batch_key
+        ``obs`` column of batches; one batch (``"all"``) when ``None``.
+    time_key
+        ``obs`` column of read-out times; one time (``""``) when ``None``.
+
+    Returns
+    -------
+    The perturbation, batch and time labels per cell.
+
+    Raises
+    ------
+    ValueError
+        When no cell has ``control_label``.
+    """
     labels = obs[perturbation_key].astype(str).to_numpy()
     if control_label not in set(labels):
         msg = (
@@ -189,21 +279,81 @@ def selection(
         raise ValueError(msg)
     batches = obs[batch_key].astype(str).to_numpy() if batch_key is not None else np.full(len(obs), _POOLED)
     times = obs[time_key].astype(str).to_numpy() if time_key is not None else np.full(len(obs), "")
-    if reference_time is not None:
-        ref_t = str(reference_time)
-        if ref_t not in set(times):
-            # numeric time columns are matched by value
-            num = pd.to_numeric(obs[time_key], errors="coerce").to_numpy()
-            hit = np.isclose(num, float(reference_time)) if isinstance(reference_time, int | float) else None
-            if hit is None or not hit.any():
-                msg = f"reference_time={reference_time!r} is not a value of adata.obs[{time_key!r}]."
-                raise ValueError(msg)
-            ref_t = str(times[np.flatnonzero(hit)[0]])
-    conditions = sorted(set(labels) - {control_label})
-    counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
-    counts.index = counts.index.set_names(["batch", "time"])
+    return labels, batches, times
 
-    z = norm.ppf(0.5 + confidence / 2)
+
+def _reference_time(obs: pd.DataFrame, time_key: str, times: np.ndarray, reference_time: float | str) -> str:
+    """Return the label (as in ``times``) of the reference time point; numeric times are matched by value.
+
+    Parameters
+    ----------
+    obs
+        Cell annotations.
+    time_key
+        ``obs`` column of read-out times.
+    times
+        Time label of each cell, as strings.
+    reference_time
+        The reference time point.
+
+    Returns
+    -------
+    The reference time label.
+
+    Raises
+    ------
+    ValueError
+        When no cell is at ``reference_time``.
+    """
+    ref_t = str(reference_time)
+    if ref_t not in set(times):
+        # numeric time columns are matched by value
+        num = pd.to_numeric(obs[time_key], errors="coerce").to_numpy()
+        hit = np.isclose(num, float(reference_time)) if isinstance(reference_time, int | float) else None
+        if hit is None or not hit.any():
+            msg = f"reference_time={reference_time!r} is not a value of adata.obs[{time_key!r}]."
+            raise ValueError(msg)
+        ref_t = str(times[np.flatnonzero(hit)[0]])
+    return ref_t
+
+
+def _batch_estimates(
+    counts: pd.DataFrame,
+    conditions: list[str],
+    control_label: str,
+    reference: Mapping[str, float] | pd.Series | None,
+    ref_t: str | None,
+    min_cells: int,
+) -> pd.DataFrame:
+    """Estimate the selection of every condition per batch and time point (not at the reference time).
+
+    Parameters
+    ----------
+    counts
+        Cells per (batch, time) row and condition column, the control first.
+    conditions
+        The perturbations, sorted.
+    control_label
+        Label of the control cells.
+    reference
+        Expected frequencies or counts per condition, or ``None``.
+    ref_t
+        Label of the reference time point, or ``None``.
+    min_cells
+        Smallest count for an estimate; NaN estimates below it.
+
+    Returns
+    -------
+    One row per condition, batch and time with ``n_cells``, ``n_control``, ``expected_ratio``, ``log2_ratio`` and
+    ``se``.
+
+    Raises
+    ------
+    KeyError
+        For a ``reference`` that lacks conditions.
+    ValueError
+        For a ``reference`` that is not finite and positive.
+    """
     rows = []
     ref_counts: pd.DataFrame | None = None
     expected: dict[str, float] | None = None
@@ -214,10 +364,10 @@ def selection(
         ref_var = (
             {c: 1.0 / (ref[c] + 0.5) + 1.0 / (ref[control_label] + 0.5) for c in conditions} if is_counts else None
         )
-    elif reference_time is not None:
+    elif ref_t is not None:
         ref_counts = counts.xs(ref_t, level="time")
     for (b, t), row in counts.iterrows():
-        if reference_time is not None and t == ref_t:
+        if ref_t is not None and t == ref_t:
             continue
         n_c = float(row[control_label])
         for c in conditions:
@@ -245,33 +395,79 @@ def selection(
                     "se": np.sqrt(var) / np.log(2) if enough else np.nan,
                 }
             )
-    table = pd.DataFrame(rows)
-    if reference is None and reference_time is None:
-        # equal design frequencies; the control-to-perturbation ratio makes the median perturbation neutral
-        shift = table.groupby(["batch", "time"])["log2_ratio"].transform("median")
-        table["log2_ratio"] -= shift
-        table["expected_ratio"] *= np.exp2(shift)
-    if batch_key is not None:
-        pooled = []
-        for (c, t), grp in table.groupby(["condition", "time"], sort=False):
-            g = grp[np.isfinite(grp["log2_ratio"])]
-            w = 1.0 / g["se"].to_numpy() ** 2
-            est = float(np.sum(w * g["log2_ratio"]) / w.sum()) if len(g) else np.nan
-            pooled.append(
-                {
-                    "condition": c,
-                    "batch": _POOLED,
-                    "time": t,
-                    "n_cells": int(grp["n_cells"].sum()),
-                    "n_control": int(grp["n_control"].sum()),
-                    "expected_ratio": float(np.exp2(np.sum(w * np.log2(g["expected_ratio"])) / w.sum()))
-                    if len(g)
-                    else np.nan,
-                    "log2_ratio": est,
-                    "se": float(1.0 / np.sqrt(w.sum())) if len(g) else np.nan,
-                }
-            )
-        table = pd.concat([table, pd.DataFrame(pooled)], ignore_index=True)
+    return pd.DataFrame(rows)
+
+
+def _median_neutral(table: pd.DataFrame) -> pd.DataFrame:
+    """Shift the estimates so that the median perturbation of each batch and time is neutral.
+
+    Parameters
+    ----------
+    table
+        Per-batch estimates from equal design frequencies; modified in place.
+
+    Returns
+    -------
+    The same table, shifted.
+    """
+    # equal design frequencies; the control-to-perturbation ratio makes the median perturbation neutral
+    shift = table.groupby(["batch", "time"])["log2_ratio"].transform("median")
+    table["log2_ratio"] -= shift
+    table["expected_ratio"] *= np.exp2(shift)
+    return table
+
+
+def _pooled_estimates(table: pd.DataFrame) -> pd.DataFrame:
+    """Pool the estimates of every condition and time over the batches by inverse-variance weights.
+
+    Parameters
+    ----------
+    table
+        Per-batch estimates.
+
+    Returns
+    -------
+    One row per condition and time, with batch ``"all"``.
+    """
+    pooled = []
+    for (c, t), grp in table.groupby(["condition", "time"], sort=False):
+        g = grp[np.isfinite(grp["log2_ratio"])]
+        w = 1.0 / g["se"].to_numpy() ** 2
+        est = float(np.sum(w * g["log2_ratio"]) / w.sum()) if len(g) else np.nan
+        pooled.append(
+            {
+                "condition": c,
+                "batch": _POOLED,
+                "time": t,
+                "n_cells": int(grp["n_cells"].sum()),
+                "n_control": int(grp["n_control"].sum()),
+                "expected_ratio": float(np.exp2(np.sum(w * np.log2(g["expected_ratio"])) / w.sum()))
+                if len(g)
+                else np.nan,
+                "log2_ratio": est,
+                "se": float(1.0 / np.sqrt(w.sum())) if len(g) else np.nan,
+            }
+        )
+    return pd.DataFrame(pooled)
+
+
+def _add_tests(table: pd.DataFrame, confidence: float, *, keep_time: bool) -> pd.DataFrame:
+    """Add intervals, Wald p-values, q-values (pooled rows) and calls; order the columns and rows.
+
+    Parameters
+    ----------
+    table
+        Estimates per condition, batch and time.
+    confidence
+        Level of the intervals.
+    keep_time
+        Whether to keep the ``time`` column.
+
+    Returns
+    -------
+    The table with the columns of the result, pooled rows first.
+    """
+    z = norm.ppf(0.5 + confidence / 2)
     table["ci_low"] = table["log2_ratio"] - z * table["se"]
     table["ci_high"] = table["log2_ratio"] + z * table["se"]
     table["pvalue"] = 2 * norm.sf(np.abs(table["log2_ratio"] / table["se"]))
@@ -282,21 +478,9 @@ def selection(
         [table["ci_high"] < 0, table["ci_low"] > 0], ["depleted", "enriched"], default="neutral"
     ).astype(object)
     table.loc[~np.isfinite(table["log2_ratio"]), "call"] = "too few cells"
-    if time_key is None:
+    if not keep_time:
         table = table.drop(columns="time")
     table = table[[c for c in _COLUMNS if c in table.columns]]
     # pooled rows first, then per batch
     order = np.lexsort((table["condition"].to_numpy(), table["batch"].to_numpy(), table["batch"].to_numpy() != _POOLED))
-    table = table.iloc[order].reset_index(drop=True)
-    params = {
-        "perturbation_key": perturbation_key,
-        "control_label": control_label,
-        "batch_key": batch_key,
-        "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
-        "time_key": time_key,
-        "reference_time": None if reference_time is None else str(reference_time),
-        "confidence": confidence,
-        "min_cells": min_cells,
-    }
-    adata.uns.setdefault("scmech", {})[key_added] = {"table": table, "params": params}
-    return table
+    return table.iloc[order].reset_index(drop=True)
