@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.gridspec import GridSpecBase
 
 __all__ = ["assumptions"]
 
@@ -146,17 +147,59 @@ def assumptions(
     >>> table = scmech.tl.check_assumptions(adata, batch_key="bio_rep")
     >>> scmech.pl.assumptions(table)
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
     check_ax(ax)
     table = _get_table(result_or_adata, key)
+    panels = _assumption_panels(table)
+    fig, grid = _panel_grid(ax, panels)
+    axes = [_draw_panel(fig.add_subplot(grid[i]), a, rows, table) for i, (a, rows) in enumerate(panels)]
+    _verdict_legend(fig, axes, in_given_ax=ax is not None)
+    out = finish(axes[0], name="assumptions", show=show, save=save)
+    if out is None:
+        return None
+    return fig if return_fig else axes
+
+
+def _assumption_panels(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """List the panels to draw: each assumption of the table (those of :data:`ASSUMPTIONS` first), its rows.
+
+    Parameters
+    ----------
+    table
+        The table of ``check_assumptions``.
+
+    Returns
+    -------
+    ``(assumption, rows)`` per panel, the rows ordered by :func:`_panel_rows`.
+
+    Raises
+    ------
+    ValueError
+        When the table is empty.
+    """
     present = [a for a in ASSUMPTIONS if (table["assumption"] == a).any()]
     present += [a for a in pd.unique(table["assumption"]) if a not in ASSUMPTIONS]
     if not present:
         msg = "The assumption table is empty; nothing to plot."
         raise ValueError(msg)
-    panels = [(a, _panel_rows(table[table["assumption"] == a])) for a in present]
+    return [(a, _panel_rows(table[table["assumption"] == a])) for a in present]
+
+
+def _panel_grid(ax: Axes | None, panels: list[tuple[str, pd.DataFrame]]) -> tuple[Figure, GridSpecBase]:
+    """Make a grid of one row per panel, as tall as its rows: in a new figure, or in place of ``ax`` (removed).
+
+    Parameters
+    ----------
+    ax
+        Axes whose area the panels fill, or ``None`` for a new figure.
+    panels
+        ``(assumption, rows)`` per panel.
+
+    Returns
+    -------
+    The figure and the grid of the panels.
+    """
+    import matplotlib.pyplot as plt
+
     heights = [
         max(len(p), 1) + (1.6 if np.isfinite(p["effect"].to_numpy(dtype=float)).any() else 0.9) for _, p in panels
     ]
@@ -167,74 +210,184 @@ def assumptions(
         fig = ax.figure
         grid = ax.get_subplotspec().subgridspec(len(panels), 1, height_ratios=heights, hspace=0.6)
         ax.remove()
-    axes = []
-    for i, (a, rows) in enumerate(panels):
-        pax = fig.add_subplot(grid[i])
-        axes.append(pax)
-        n = len(rows)
-        y = np.arange(n)
-        eff = rows["effect"].to_numpy(dtype=float)
-        lo = rows["ci_low"].to_numpy(dtype=float)
-        hi = rows["ci_high"].to_numpy(dtype=float)
-        finite = np.isfinite(eff)
-        ref, ref_label = _REFERENCE.get(a, (np.nan, ""))
-        tested = bool(finite.any())
-        if not tested:
-            ref = np.nan
-        span = np.concatenate(
-            [eff[finite], lo[np.isfinite(lo)], hi[np.isfinite(hi)], [ref] if np.isfinite(ref) else []]
-        )
-        x0, x1 = (float(span.min()), float(span.max())) if span.size else (0.0, 1.0)
-        pad = 0.08 * (x1 - x0) if x1 > x0 else 0.5
-        x0, x1 = x0 - pad, x1 + pad
-        for j in np.flatnonzero(finite):
-            colour = VERDICT_COLOURS[rows["kind"].iloc[j]]
-            err = None
-            if np.isfinite(lo[j]) and np.isfinite(hi[j]):
-                err = [[max(eff[j] - lo[j], 0.0)], [max(hi[j] - eff[j], 0.0)]]
-            pax.errorbar(eff[j], y[j], xerr=err, fmt="o", color=colour, ms=5, lw=1.4, capsize=2.5, zorder=3)
-            note = _row_note(a, rows.iloc[j])
-            if note:
-                pax.text(
-                    1.01, y[j], note, transform=pax.get_yaxis_transform(), va="center", ha="left", fontsize=7,
-                    color="0.3",
-                )  # fmt: skip
-        for j in np.flatnonzero(~finite):
-            why = textwrap.shorten(f"cannot be tested: {rows['why'].iloc[j]}", width=110, placeholder=" ...")
-            pax.text(x0, y[j], "  " + why, va="center", ha="left", fontsize=7.5, color="0.4", style="italic")
-        if np.isfinite(ref):
-            pax.axvline(ref, color="0.45", ls="--", lw=0.9, zorder=1)
-            pax.text(ref, n - 0.45, f" {ref_label}", fontsize=7, color="0.4", va="bottom", ha="left")
-        labels = [textwrap.shorten(str(sub), width=28, placeholder="...") for sub in rows["subject"]]
-        pax.set_yticks(y, labels, fontsize=8)
-        for tick, kind in zip(pax.get_yticklabels(), rows["kind"], strict=True):
-            tick.set_color("0.45" if kind == CANNOT else "0.1")
-        pax.set_ylim(-0.7, n - 0.3 + (0.5 if tested else 0.0))
-        pax.set_xlim(x0, x1)
-        pax.set_title(_TITLES.get(a, str(a)), fontsize=9, loc="left", pad=10 if tested else 3)
-        for side in ("top", "right"):
-            pax.spines[side].set_visible(False)
-        if tested:
-            stat = table.loc[table["assumption"] == a, "statistic"].iloc[0] if "statistic" in table.columns else ""
-            pax.set_xlabel(str(stat or "effect"), fontsize=8, labelpad=1)
-            pax.tick_params(axis="x", labelsize=8)
-            pax.grid(axis="x", color="0.93", zorder=0)
-            pax.set_axisbelow(True)
-        else:
-            pax.set_xticks([])
-            pax.spines["bottom"].set_visible(False)
+    return fig, grid
+
+
+def _draw_panel(pax: Axes, assumption: str, rows: pd.DataFrame, table: pd.DataFrame) -> Axes:
+    """Draw the panel of one assumption: its tested rows, its untested row and the reference line.
+
+    Parameters
+    ----------
+    pax
+        Axes of the panel.
+    assumption
+        The assumption (a key of :data:`_TITLES`, or another name).
+    rows
+        The rows of the panel, as ordered by :func:`_panel_rows`.
+    table
+        The table of ``check_assumptions`` (for the name of the statistic).
+
+    Returns
+    -------
+    ``pax``.
+    """
+    n = len(rows)
+    eff = rows["effect"].to_numpy(dtype=float)
+    lo = rows["ci_low"].to_numpy(dtype=float)
+    hi = rows["ci_high"].to_numpy(dtype=float)
+    ref, ref_label = _REFERENCE.get(assumption, (np.nan, ""))
+    tested = bool(np.isfinite(eff).any())
+    if not tested:
+        ref = np.nan
+    x0, x1 = _panel_xlim(eff, lo, hi, ref)
+    _draw_tested_rows(pax, assumption, rows, eff, lo, hi)
+    _draw_untested_rows(pax, rows, x0)
+    if np.isfinite(ref):
+        pax.axvline(ref, color="0.45", ls="--", lw=0.9, zorder=1)
+        pax.text(ref, n - 0.45, f" {ref_label}", fontsize=7, color="0.4", va="bottom", ha="left")
+    _style_panel(pax, assumption, rows, table, tested, (x0, x1))
+    return pax
+
+
+def _panel_xlim(eff: np.ndarray, lo: np.ndarray, hi: np.ndarray, ref: float) -> tuple[float, float]:
+    """Get the x range of a panel: its effects, intervals and reference value, padded by 8 %.
+
+    Parameters
+    ----------
+    eff
+        Effect of each row (NaN for the untested row).
+    lo
+        Lower end of each row's interval (may be NaN).
+    hi
+        Upper end of each row's interval (may be NaN).
+    ref
+        Reference value of the panel (NaN for none).
+
+    Returns
+    -------
+    The lower and upper x limits; ``(-0.08, 1.08)`` when there is nothing to show.
+    """
+    finite = np.isfinite(eff)
+    span = np.concatenate([eff[finite], lo[np.isfinite(lo)], hi[np.isfinite(hi)], [ref] if np.isfinite(ref) else []])
+    x0, x1 = (float(span.min()), float(span.max())) if span.size else (0.0, 1.0)
+    pad = 0.08 * (x1 - x0) if x1 > x0 else 0.5
+    return x0 - pad, x1 + pad
+
+
+def _draw_tested_rows(
+    pax: Axes, assumption: str, rows: pd.DataFrame, eff: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> None:
+    """Draw each tested row as a point with its interval, coloured by verdict, and its note at the right.
+
+    Parameters
+    ----------
+    pax
+        Axes of the panel.
+    assumption
+        The assumption of the panel (sets the note, see :func:`_row_note`).
+    rows
+        The rows of the panel.
+    eff
+        Effect of each row (NaN for the untested row, which is skipped).
+    lo
+        Lower end of each row's interval (may be NaN).
+    hi
+        Upper end of each row's interval (may be NaN).
+    """
+    for j in np.flatnonzero(np.isfinite(eff)):
+        colour = VERDICT_COLOURS[rows["kind"].iloc[j]]
+        err = None
+        if np.isfinite(lo[j]) and np.isfinite(hi[j]):
+            err = [[max(eff[j] - lo[j], 0.0)], [max(hi[j] - eff[j], 0.0)]]
+        pax.errorbar(eff[j], j, xerr=err, fmt="o", color=colour, ms=5, lw=1.4, capsize=2.5, zorder=3)
+        note = _row_note(assumption, rows.iloc[j])
+        if note:
+            pax.text(
+                1.01, j, note, transform=pax.get_yaxis_transform(), va="center", ha="left", fontsize=7, color="0.3"
+            )
+
+
+def _draw_untested_rows(pax: Axes, rows: pd.DataFrame, x0: float) -> None:
+    """Write why the untested row cannot be tested, in grey italics from the left edge of the panel.
+
+    Parameters
+    ----------
+    pax
+        Axes of the panel.
+    rows
+        The rows of the panel; those with a NaN effect are untested and have a ``why``.
+    x0
+        Left x limit of the panel.
+    """
+    for j in np.flatnonzero(~np.isfinite(rows["effect"].to_numpy(dtype=float))):
+        why = textwrap.shorten(f"cannot be tested: {rows['why'].iloc[j]}", width=110, placeholder=" ...")
+        pax.text(x0, j, "  " + why, va="center", ha="left", fontsize=7.5, color="0.4", style="italic")
+
+
+def _style_panel(
+    pax: Axes, assumption: str, rows: pd.DataFrame, table: pd.DataFrame, tested: bool, xlim: tuple[float, float]
+) -> None:
+    """Label the rows (untested in grey), set the limits and the title, and the x axis of a tested panel.
+
+    Parameters
+    ----------
+    pax
+        Axes of the panel.
+    assumption
+        The assumption of the panel.
+    rows
+        The rows of the panel.
+    table
+        The table of ``check_assumptions`` (its ``statistic`` column names the x axis).
+    tested
+        Whether any row of the panel was tested; an untested panel has no x axis.
+    xlim
+        The x limits of the panel.
+    """
+    n = len(rows)
+    labels = [textwrap.shorten(str(sub), width=28, placeholder="...") for sub in rows["subject"]]
+    pax.set_yticks(np.arange(n), labels, fontsize=8)
+    for tick, kind in zip(pax.get_yticklabels(), rows["kind"], strict=True):
+        tick.set_color("0.45" if kind == CANNOT else "0.1")
+    pax.set_ylim(-0.7, n - 0.3 + (0.5 if tested else 0.0))
+    pax.set_xlim(*xlim)
+    pax.set_title(_TITLES.get(assumption, str(assumption)), fontsize=9, loc="left", pad=10 if tested else 3)
+    for side in ("top", "right"):
+        pax.spines[side].set_visible(False)
+    if tested:
+        is_a = table["assumption"] == assumption
+        stat = table.loc[is_a, "statistic"].iloc[0] if "statistic" in table.columns else ""
+        pax.set_xlabel(str(stat or "effect"), fontsize=8, labelpad=1)
+        pax.tick_params(axis="x", labelsize=8)
+        pax.grid(axis="x", color="0.93", zorder=0)
+        pax.set_axisbelow(True)
+    else:
+        pax.set_xticks([])
+        pax.spines["bottom"].set_visible(False)
+
+
+def _verdict_legend(fig: Figure, axes: list[Axes], *, in_given_ax: bool) -> None:
+    """Add the legend of the verdict colours: above the figure, or above the first panel in a given axes.
+
+    Parameters
+    ----------
+    fig
+        The figure of the panels.
+    axes
+        One axes per panel.
+    in_given_ax
+        Whether the panels fill a given axes (the legend then goes above the first panel, not the figure).
+    """
+    from matplotlib.lines import Line2D
+
     handles = [
         Line2D([], [], marker="o", ls="", color=VERDICT_COLOURS[VIOLATED], label="violated"),
         Line2D([], [], marker="o", ls="", color=VERDICT_COLOURS[HOLDS], label="holds"),
         Line2D([], [], marker="s", ls="", color=VERDICT_COLOURS[CANNOT], label="cannot be tested (grey text)"),
     ]
-    if ax is None:
+    if not in_given_ax:
         fig.legend(handles=handles, loc="outside upper right", ncol=3, fontsize=7.5, frameon=False)
     else:
         axes[0].legend(
             handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.02), ncol=3, fontsize=7.5, frameon=False
         )
-    out = finish(axes[0], name="assumptions", show=show, save=save)
-    if out is None:
-        return None
-    return fig if return_fig else axes

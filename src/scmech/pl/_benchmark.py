@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
 
+    from scmech.data._design import PerturbationDesign
     from scmech.tl import Split
+    from scmech.tl._metrics import _Observed
 
 __all__ = ["leaderboard", "predicted_vs_observed"]
 
@@ -184,20 +186,134 @@ def predicted_vs_observed(
     >>> pred = model.predict(["STAT1"])
     >>> scmech.pl.predicted_vs_observed(pred, adata, "STAT1", split=sp)
     """
-    from scmech.tl._metrics import _canonical, _design, _index_mask, _Observed, _pearson, _prediction_frame
+    from scmech.tl._metrics import _design
 
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
+    cond = _perturbation_of(condition, design)
+    model, frame, gene_idx = _predicted_frame(prediction, adata, design, cond)
+    obs = _observed_changes(
+        adata, design, cond, gene_idx, split, layer=layer, counts=counts, n_genes=n_genes, de_method=de_method
+    )
+    x = obs.pb.loc[cond].to_numpy() - obs.ctrl
+    yv = frame.loc[cond, gene_idx].to_numpy() - obs.ctrl
+    hi, what = _highlighted_genes(genes, gene_idx, obs.de_genes if genes is None else None, cond)
+    fig, ax = get_ax(ax, (5.2, 4.8))
+    _draw_predicted_vs_observed(ax, x, yv, hi, what, gene_idx)
+    _label_predicted_vs_observed(ax, x, yv, hi, what, cond, model)
+    return finish(ax, name=f"predicted_vs_observed_{cond}", show=show, save=save)
+
+
+def _perturbation_of(condition: str, design: PerturbationDesign) -> str:
+    """Return the canonical label of ``condition``, refusing the control.
+
+    Parameters
+    ----------
+    condition
+        Perturbation to show, as given.
+    design
+        The perturbation design of the observed data.
+
+    Returns
+    -------
+    The canonical label of ``condition``.
+
+    Raises
+    ------
+    ValueError
+        When ``condition`` is the control.
+    """
+    from scmech.tl._metrics import _canonical
+
     cond = _canonical(condition, design)
     if cond == design.control_label:
         msg = f"condition {condition!r} is the control; choose a perturbation."
         raise ValueError(msg)
+    return cond
+
+
+def _predicted_frame(
+    prediction: AnnData, adata: AnnData, design: PerturbationDesign, cond: str
+) -> tuple[str, pd.DataFrame, pd.Index]:
+    """Get the model's name, its predicted pseudobulk and the genes shared by the data and the prediction.
+
+    Parameters
+    ----------
+    prediction
+        AnnData returned by ``predict``.
+    adata
+        Observed data.
+    design
+        The perturbation design of the observed data.
+    cond
+        Canonical label of the perturbation to show.
+
+    Returns
+    -------
+    The model's name, the predicted log pseudobulk (conditions x genes) and the shared genes (in the order of
+    ``adata.var_names``).
+
+    Raises
+    ------
+    KeyError
+        When the prediction has no row for ``cond``.
+    """
+    from scmech.tl._metrics import _prediction_frame
+
     model = str(prediction.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("prediction", {}).get("model", "prediction"))
     all_genes = pd.Index(adata.var_names).astype(str)
     frame = _prediction_frame(prediction, model, design, all_genes)
     if cond not in frame.index:
         msg = f"The prediction has no row for {cond!r} (rows: {list(frame.index)[:10]}); predict it first."
         raise KeyError(msg)
-    gene_idx = all_genes[all_genes.isin(frame.columns)]
+    return model, frame, all_genes[all_genes.isin(frame.columns)]
+
+
+def _observed_changes(
+    adata: AnnData,
+    design: PerturbationDesign,
+    cond: str,
+    gene_idx: pd.Index,
+    split: Split | None,
+    *,
+    layer: str | None,
+    counts: bool,
+    n_genes: int,
+    de_method: str,
+) -> _Observed:
+    """Pseudobulk the observed cells of ``cond`` (test set of ``split``) and the controls, and find DE genes.
+
+    Parameters
+    ----------
+    adata
+        Observed data (not modified).
+    design
+        The perturbation design of ``adata``.
+    cond
+        Canonical label of the perturbation to show.
+    gene_idx
+        Genes shared by the data and the prediction.
+    split
+        The split the model was trained on, or ``None`` for all assigned cells.
+    layer
+        Layer with the counts; ``X`` when ``None``.
+    counts
+        Whether the matrix holds raw counts (``False`` for log-normalised values).
+    n_genes
+        Number of top DE genes to find.
+    de_method
+        Test of :func:`scanpy.tl.rank_genes_groups`.
+
+    Returns
+    -------
+    The observed pseudobulks (``pb``), the control pseudobulk (``ctrl``) and the DE genes (``de_genes``).
+
+    Raises
+    ------
+    KeyError
+        When there are no observed cells of ``cond``.
+    """
+    from scmech.tl._metrics import _index_mask, _Observed
+
     n = adata.n_obs
     assigned = design.fit_mask
     if split is not None:
@@ -209,7 +325,7 @@ def predicted_vs_observed(
     if not (obs_mask & (design.labels == cond)).any():
         msg = f"No observed cells of {cond!r} to compare with (in the test set of the split when one is given)."
         raise KeyError(msg)
-    obs = _Observed(
+    return _Observed(
         adata,
         design,
         obs_mask,
@@ -224,23 +340,65 @@ def predicted_vs_observed(
         n_top_expressed=1,
         de_method=de_method,
     )
-    x = obs.pb.loc[cond].to_numpy() - obs.ctrl
-    yv = frame.loc[cond, gene_idx].to_numpy() - obs.ctrl
+
+
+def _highlighted_genes(
+    genes: Sequence[str] | None, gene_idx: pd.Index, de_genes: dict[str, np.ndarray] | None, cond: str
+) -> tuple[np.ndarray, str]:
+    """Get the positions of the genes to highlight (given, or the top DE genes) and what they are.
+
+    Parameters
+    ----------
+    genes
+        Genes to highlight, or ``None`` for the top DE genes of ``cond``.
+    gene_idx
+        Genes shared by the data and the prediction.
+    de_genes
+        Positions of the top DE genes of each condition (used when ``genes`` is ``None``).
+    cond
+        Canonical label of the perturbation shown.
+
+    Returns
+    -------
+    The positions in ``gene_idx`` of the highlighted genes and their description (``"selected"`` or
+    ``"top-k DE"``).
+
+    Raises
+    ------
+    KeyError
+        When a gene of ``genes`` is not in ``gene_idx``.
+    """
     if genes is not None:
         genes = [str(g) for g in genes]
         missing = [g for g in genes if g not in gene_idx]
         if missing:
             msg = f"Gene(s) {missing[:5]} are not in the data and the prediction."
             raise KeyError(msg)
-        hi = gene_idx.get_indexer(genes)
-        what = "selected"
-    else:
-        hi = obs.de_genes[cond]
-        what = f"top-{len(hi)} DE"
-    r_all = _pearson(yv, x)
-    r_hi = _pearson(yv[hi], x[hi]) if len(hi) else np.nan
+        return gene_idx.get_indexer(genes), "selected"
+    hi = de_genes[cond]
+    return hi, f"top-{len(hi)} DE"
 
-    fig, ax = get_ax(ax, (5.2, 4.8))
+
+def _draw_predicted_vs_observed(
+    ax: Axes, x: np.ndarray, yv: np.ndarray, hi: np.ndarray, what: str, gene_idx: pd.Index
+) -> None:
+    """Scatter the predicted against the observed changes, the highlighted genes in red and labelled, and y = x.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    x
+        Observed change vs control of each gene.
+    yv
+        Predicted change vs control of each gene.
+    hi
+        Positions of the highlighted genes.
+    what
+        Description of the highlighted genes (for the legend).
+    gene_idx
+        Gene names (for the labels).
+    """
     rest = np.setdiff1d(np.arange(len(x)), hi)
     ax.scatter(x[rest], yv[rest], s=8, color="0.7", alpha=0.6, linewidths=0, label="other genes")
     ax.scatter(x[hi], yv[hi], s=18, color="C3", linewidths=0, label=f"{what} genes", zorder=3)
@@ -252,6 +410,34 @@ def predicted_vs_observed(
     ax.axvline(0, color="0.88", lw=0.8, zorder=0)
     texts = [ax.text(x[i], yv[i], str(gene_idx[i]), fontsize=7, zorder=4) for i in hi]
     _spread_labels(ax, texts, x[hi], yv[hi])
+
+
+def _label_predicted_vs_observed(
+    ax: Axes, x: np.ndarray, yv: np.ndarray, hi: np.ndarray, what: str, cond: str, model: str
+) -> None:
+    """Label the axes, give the Pearson r (all genes, highlighted genes) in the title and add the legend.
+
+    Parameters
+    ----------
+    ax
+        Axes of the scatter.
+    x
+        Observed change vs control of each gene.
+    yv
+        Predicted change vs control of each gene.
+    hi
+        Positions of the highlighted genes.
+    what
+        Description of the highlighted genes.
+    cond
+        Canonical label of the perturbation shown.
+    model
+        Name of the model that made the prediction.
+    """
+    from scmech.tl._metrics import _pearson
+
+    r_all = _pearson(yv, x)
+    r_hi = _pearson(yv[hi], x[hi]) if len(hi) else np.nan
     ax.set_xlabel("observed change vs control (log1p pseudobulk)")
     ax.set_ylabel(f"predicted change vs control ({model})")
     ax.set_title(
@@ -261,7 +447,6 @@ def predicted_vs_observed(
     ax.legend(loc="upper left", fontsize="small", frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    return finish(ax, name=f"predicted_vs_observed_{cond}", show=show, save=save)
 
 
 def _spread_labels(ax: Axes, texts: list, x: np.ndarray, y: np.ndarray) -> None:

@@ -115,6 +115,36 @@ def error_components(
     >>> table = scmech.tl.error_decomposition(adata, batch_key="bio_rep")
     >>> scmech.pl.error_components(table)
     """
+    table = _decomposition_table(result_or_adata, key)
+    wide, total, flags = _component_frame(table, conditions, sort)
+    fig, ax = get_ax(ax, (6.4, 0.3 * max(len(wide), 1) + 1.5))
+    _draw_component_bars(ax, wide)
+    _draw_component_totals(ax, table, wide, total)
+    _label_components(ax, wide, flags)
+    return finish(ax, name="error_components", show=show, save=save)
+
+
+def _decomposition_table(result_or_adata: pd.DataFrame | AnnData, key: str) -> pd.DataFrame:
+    """Get the long table of :func:`scmech.tl.error_decomposition`, given or from ``uns["scmech"][key]``.
+
+    Parameters
+    ----------
+    result_or_adata
+        The table returned by ``error_decomposition``, or an AnnData holding it in ``uns["scmech"][key]``.
+    key
+        ``uns["scmech"]`` key of the decomposition (AnnData input).
+
+    Returns
+    -------
+    The table, checked to have the columns ``condition``, ``component`` and ``value``.
+
+    Raises
+    ------
+    KeyError
+        When the AnnData holds no decomposition under ``key`` or the table lacks a needed column.
+    TypeError
+        When ``result_or_adata`` is neither a DataFrame nor an AnnData.
+    """
     if isinstance(result_or_adata, ad.AnnData):
         stored = result_or_adata.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(key)
         if stored is None:
@@ -130,6 +160,33 @@ def error_components(
     if not need <= set(table.columns):
         msg = f"The table lacks columns {sorted(need - set(table.columns))}; pass error_decomposition's output."
         raise KeyError(msg)
+    return table
+
+
+def _component_frame(
+    table: pd.DataFrame, conditions: Sequence[str] | str | None, sort: bool
+) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """One row per perturbation to draw (bottom to top), its total and whether it is confounded.
+
+    Parameters
+    ----------
+    table
+        The long table of ``error_decomposition`` (checked by :func:`_decomposition_table`).
+    conditions
+        Perturbations to show (in this order when ``sort=False``); all when ``None``.
+    sort
+        Order the rows by total, the largest last (on top).
+
+    Returns
+    -------
+    The components in wide form (perturbations x components), the total of each perturbation (the ``total``
+    component, or the sum of the components) and its ``confounded`` flag (all ``False`` without the column).
+
+    Raises
+    ------
+    KeyError
+        When a perturbation of ``conditions`` is not in the table.
+    """
     wide = table.pivot_table(index="condition", columns="component", values="value", aggfunc="first", sort=False)
     if conditions is not None:
         conditions = [str(c) for c in ([conditions] if isinstance(conditions, str) else conditions)]
@@ -143,16 +200,28 @@ def error_components(
     if sort:
         order = total.sort_values(ascending=True, kind="stable", na_position="first").index
         wide, total = wide.loc[order], total.loc[order]
-    n = len(wide)
     flags = (
         table.drop_duplicates("condition").set_index("condition")["confounded"].reindex(wide.index).fillna(False)
         if "confounded" in table.columns
         else pd.Series(False, index=wide.index)
     )
-    fig, ax = get_ax(ax, (6.4, 0.3 * max(n, 1) + 1.5))
+    return wide, total, flags
+
+
+def _draw_component_bars(ax: Axes, wide: pd.DataFrame) -> None:
+    """Stack the positive part of each component from 0 and draw the negative part, hatched, left of 0.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    wide
+        The components of each perturbation (perturbations x components), one bar per row.
+    """
+    n = len(wide)
     y = np.arange(n)
     left = np.zeros(n)
-    for c in comps:
+    for c in (c for c in _COMPONENT_STYLE if c in wide.columns):
         colour, label = _COMPONENT_STYLE[c]
         v = np.nan_to_num(wide[c].to_numpy(dtype=float))
         pos = np.maximum(v, 0.0)
@@ -161,6 +230,22 @@ def error_components(
         left = left + pos
         if (v < 0).any():
             ax.barh(y, np.minimum(v, 0.0), height=0.72, color=colour, hatch="///", edgecolor="white", linewidth=0.4)
+
+
+def _draw_component_totals(ax: Axes, table: pd.DataFrame, wide: pd.DataFrame, total: pd.Series) -> None:
+    """Mark each perturbation's total with a black tick and its bootstrap interval (when the table has one).
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    table
+        The long table of ``error_decomposition``; its ``ci_low`` and ``ci_high`` columns give the interval.
+    wide
+        The components in wide form; its index gives the perturbations in drawing order.
+    total
+        The total of each perturbation, in the order of ``wide``.
+    """
     tv = total.to_numpy(dtype=float)
     xerr = None
     if {"ci_low", "ci_high"} <= set(table.columns):
@@ -169,7 +254,24 @@ def error_components(
         if np.isfinite(lo).any():
             xerr = np.vstack([np.clip(tv - lo, 0, None), np.clip(hi - tv, 0, None)])
             xerr = np.nan_to_num(xerr)
+    y = np.arange(len(wide))
     ax.errorbar(tv, y, xerr=xerr, fmt="|", color="black", markersize=9, capsize=2, lw=0.8, label="total", zorder=4)
+
+
+def _label_components(ax: Axes, wide: pd.DataFrame, flags: pd.Series) -> None:
+    """Label the perturbations (confounded ones in red, with an asterisk), the axis, the title and the legend.
+
+    Parameters
+    ----------
+    ax
+        Axes of the bars.
+    wide
+        The components in wide form; its index gives the perturbations in drawing order.
+    flags
+        Whether each perturbation is confounded, in the order of ``wide``.
+    """
+    n = len(wide)
+    y = np.arange(n)
     labels = [f"{c} *" if flags.iloc[i] else str(c) for i, c in enumerate(wide.index)]
     ax.set_yticks(y, labels)
     ticks = {t.get_text(): t for t in ax.get_yticklabels()}  # axes with a shared y may list other labels too
@@ -188,7 +290,6 @@ def error_components(
     ax.grid(axis="x", color="0.93", zorder=0)
     ax.set_axisbelow(True)
     _strip(ax)
-    return finish(ax, name="error_components", show=show, save=save)
 
 
 def _check_design_table(table: pd.DataFrame, what: str) -> None:
@@ -373,106 +474,239 @@ def power_curve(
     >>> curve = scmech.tl.power(var, budget_reads=2e7, cell_cost_reads=200, n_perturbations=25)
     >>> scmech.pl.power_curve(curve)
     """
+    _check_power_df(power_df, y)
+    ylabel = "minimal detectable effect (log1p pseudobulk)" if y == "mde" else "expected squared error of an effect"
+    fig, ax = get_ax(ax, (5.4, 4.0))
+    if "reads_per_cell" in power_df.columns:
+        _plot_budget_curve(ax, power_df, y)
+    elif "n_cells" in power_df.columns:
+        ylabel = _plot_cells_curve(ax, power_df, y, ylabel)
+    else:
+        msg = "power_df has neither 'n_cells' nor 'reads_per_cell'; pass the output of scmech.tl.power."
+        raise KeyError(msg)
+    _finish_power_axes(ax, ylabel)
+    return finish(ax, name="power_curve", show=show, save=save)
+
+
+def _check_power_df(power_df: pd.DataFrame, y: str) -> None:
+    """Refuse a ``power_df`` that is not a DataFrame or lacks the column ``y``.
+
+    Parameters
+    ----------
+    power_df
+        Output of ``scmech.tl.power``.
+    y
+        Quantity on the vertical axis.
+
+    Raises
+    ------
+    TypeError
+        When ``power_df`` is not a DataFrame.
+    KeyError
+        When ``y`` is not a column of ``power_df``.
+    """
     if not isinstance(power_df, pd.DataFrame):
         msg = f"power_df must be the DataFrame of scmech.tl.power, got {type(power_df).__name__}."
         raise TypeError(msg)
     if y not in power_df.columns:
         msg = f"Column {y!r} is not in power_df (columns: {list(power_df.columns)})."
         raise KeyError(msg)
-    ylabel = "minimal detectable effect (log1p pseudobulk)" if y == "mde" else "expected squared error of an effect"
-    fig, ax = get_ax(ax, (5.4, 4.0))
-    if "reads_per_cell" in power_df.columns:
-        df = power_df.sort_values("reads_per_cell")
-        ax.plot(df["reads_per_cell"], df[y], color="C0", lw=1.8, label="fixed budget")
-        opt = power_df.attrs.get("optimum")
-        model = power_df.attrs.get("model", {})
-        if opt:
-            vy = (
-                opt["expected_error"]
-                if y == "expected_error"
-                else float(np.interp(np.log(opt["reads_per_cell"]), np.log(df["reads_per_cell"]), df[y]))
-            )
-            ax.plot(opt["reads_per_cell"], vy, marker="*", ms=13, color="C3", zorder=4, ls="none", label="optimum")
-            ax.annotate(
-                f"{opt['reads_per_cell']:,.0f} reads/cell\n{opt['n_cells']:,.0f} cells",
-                (opt["reads_per_cell"], vy),
-                xytext=(0, 18),
-                textcoords="offset points",
-                ha="center",
-                fontsize="small",
-            )
-        if "pilot_depth" in model:
-            ax.axvline(model["pilot_depth"], color="0.6", ls=":", lw=1, label="pilot depth")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        vals = df[y].to_numpy(dtype=float)
-        _nice_log_ticks(ax.yaxis, float(np.nanmin(vals)), float(np.nanmax(vals)))
-        ax.set_xlabel("reads per cell")
-        budget, cost = model.get("budget_reads"), model.get("cell_cost_reads", 0.0)
-        if budget:
-            sec = ax.secondary_xaxis(
-                "top",
-                functions=(
-                    lambda r: budget / (np.maximum(r, 1e-12) + cost),
-                    lambda n: budget / np.maximum(n, 1e-12) - cost,
-                ),
-            )
-            n_lo = budget / (float(df["reads_per_cell"].max()) + cost)
-            n_hi = budget / (float(df["reads_per_cell"].min()) + cost)
-            _nice_log_ticks(sec.xaxis, n_lo, n_hi, position=lambda n: budget / n - cost if budget / n > cost else 1e-9)
-            sec.set_xlabel("cells the budget buys")
-        ax.set_title(
-            f"budget {budget:,.0f} reads, cell cost {cost:,.0f} reads" if budget else "sequencing budget",
-            fontsize="medium",
-        )
-    elif "n_cells" in power_df.columns:
-        df = power_df
-        title = "minimal detectable effect"
-        if "effect" in df.columns and "power" in df.columns and y == "mde":
-            for k, (e, sub) in enumerate(df.groupby("effect", sort=True)):
-                g = sub.groupby("n_cells")["power"].median()
-                ax.plot(g.index, g.to_numpy(), marker="o", ms=3, color=f"C{k}", label=f"effect {e:g}")
-            ax.set_xscale("log")
-            ax.set_ylim(0, 1.02)
-            ax.axhline(0.8, color="0.6", ls=":", lw=1)
-            ylabel = "power"
-            title = "power of a two-sided z test"
-        else:
-            g = df.groupby("n_cells")[y]
-            med = g.median()
-            ax.plot(
-                med.index,
-                med.to_numpy(),
-                marker="o",
-                ms=3,
-                color="C0",
-                lw=1.8,
-                label="median gene" if "gene" in df.columns else y,
-            )
-            if "gene" in df.columns:
-                ax.fill_between(
-                    med.index,
-                    g.quantile(0.1).to_numpy(),
-                    g.quantile(0.9).to_numpy(),
-                    color="C0",
-                    alpha=0.2,
-                    lw=0,
-                    label="10–90 % of genes",
-                )
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            top = g.quantile(0.9) if "gene" in df.columns else med
-            bottom = g.quantile(0.1) if "gene" in df.columns else med
-            _nice_log_ticks(ax.yaxis, float(bottom.min()), float(top.max()))
-        ncell = df["n_cells"].to_numpy(dtype=float)
-        _nice_log_ticks(ax.xaxis, float(ncell.min()), float(ncell.max()))
-        ax.set_xlabel("cells per perturbation")
-        ax.set_title(title, fontsize="medium")
+
+
+def _plot_budget_curve(ax: Axes, power_df: pd.DataFrame, y: str) -> None:
+    """Draw a sequencing-budget curve: ``y`` against reads per cell, the optimum and the cells on the top axis.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    power_df
+        Output of ``scmech.tl.power`` with ``reads_per_cell`` (its ``attrs`` may hold the ``optimum`` and the
+        ``model``).
+    y
+        Quantity on the vertical axis.
+    """
+    df = power_df.sort_values("reads_per_cell")
+    ax.plot(df["reads_per_cell"], df[y], color="C0", lw=1.8, label="fixed budget")
+    opt = power_df.attrs.get("optimum")
+    model = power_df.attrs.get("model", {})
+    if opt:
+        _mark_budget_optimum(ax, df, opt, y)
+    if "pilot_depth" in model:
+        ax.axvline(model["pilot_depth"], color="0.6", ls=":", lw=1, label="pilot depth")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    vals = df[y].to_numpy(dtype=float)
+    _nice_log_ticks(ax.yaxis, float(np.nanmin(vals)), float(np.nanmax(vals)))
+    ax.set_xlabel("reads per cell")
+    budget, cost = model.get("budget_reads"), model.get("cell_cost_reads", 0.0)
+    if budget:
+        _add_cells_axis(ax, df, budget, cost)
+    ax.set_title(
+        f"budget {budget:,.0f} reads, cell cost {cost:,.0f} reads" if budget else "sequencing budget",
+        fontsize="medium",
+    )
+
+
+def _mark_budget_optimum(ax: Axes, df: pd.DataFrame, opt: dict, y: str) -> None:
+    """Mark the optimum of a budget curve with a star and write its reads per cell and cells above it.
+
+    Parameters
+    ----------
+    ax
+        Axes of the curve.
+    df
+        The budget curve, sorted by ``reads_per_cell``.
+    opt
+        The optimum (``power_df.attrs["optimum"]``): ``reads_per_cell``, ``n_cells`` and ``expected_error``.
+    y
+        Quantity on the vertical axis; other than ``expected_error`` it is interpolated at the optimum.
+    """
+    vy = (
+        opt["expected_error"]
+        if y == "expected_error"
+        else float(np.interp(np.log(opt["reads_per_cell"]), np.log(df["reads_per_cell"]), df[y]))
+    )
+    ax.plot(opt["reads_per_cell"], vy, marker="*", ms=13, color="C3", zorder=4, ls="none", label="optimum")
+    ax.annotate(
+        f"{opt['reads_per_cell']:,.0f} reads/cell\n{opt['n_cells']:,.0f} cells",
+        (opt["reads_per_cell"], vy),
+        xytext=(0, 18),
+        textcoords="offset points",
+        ha="center",
+        fontsize="small",
+    )
+
+
+def _add_cells_axis(ax: Axes, df: pd.DataFrame, budget: float, cost: float) -> None:
+    """Add a top axis with the number of cells the budget buys at each depth.
+
+    Parameters
+    ----------
+    ax
+        Axes of the budget curve (reads per cell on the x axis).
+    df
+        The budget curve, sorted by ``reads_per_cell``.
+    budget
+        Sequencing budget in reads.
+    cost
+        Cost of a cell in reads.
+    """
+    sec = ax.secondary_xaxis(
+        "top",
+        functions=(
+            lambda r: budget / (np.maximum(r, 1e-12) + cost),
+            lambda n: budget / np.maximum(n, 1e-12) - cost,
+        ),
+    )
+    n_lo = budget / (float(df["reads_per_cell"].max()) + cost)
+    n_hi = budget / (float(df["reads_per_cell"].min()) + cost)
+    _nice_log_ticks(sec.xaxis, n_lo, n_hi, position=lambda n: budget / n - cost if budget / n > cost else 1e-9)
+    sec.set_xlabel("cells the budget buys")
+
+
+def _plot_cells_curve(ax: Axes, df: pd.DataFrame, y: str, ylabel: str) -> str:
+    """Draw ``y`` (or the power per effect) against the cells per perturbation.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    df
+        Output of ``scmech.tl.power`` with ``n_cells``.
+    y
+        Quantity on the vertical axis.
+    ylabel
+        Label of the vertical axis for ``y``.
+
+    Returns
+    -------
+    The label of the vertical axis: ``"power"`` for the power curves of a table with ``effect`` and
+    ``power``, else ``ylabel``.
+    """
+    title = "minimal detectable effect"
+    if "effect" in df.columns and "power" in df.columns and y == "mde":
+        _plot_power_by_effect(ax, df)
+        ylabel = "power"
+        title = "power of a two-sided z test"
     else:
-        msg = "power_df has neither 'n_cells' nor 'reads_per_cell'; pass the output of scmech.tl.power."
-        raise KeyError(msg)
+        _plot_value_by_cells(ax, df, y)
+    ncell = df["n_cells"].to_numpy(dtype=float)
+    _nice_log_ticks(ax.xaxis, float(ncell.min()), float(ncell.max()))
+    ax.set_xlabel("cells per perturbation")
+    ax.set_title(title, fontsize="medium")
+    return ylabel
+
+
+def _plot_power_by_effect(ax: Axes, df: pd.DataFrame) -> None:
+    """Draw the median power against the cells per perturbation, one line per effect, and the 80 % line.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    df
+        Output of ``scmech.tl.power`` with ``n_cells``, ``effect`` and ``power``.
+    """
+    for k, (e, sub) in enumerate(df.groupby("effect", sort=True)):
+        g = sub.groupby("n_cells")["power"].median()
+        ax.plot(g.index, g.to_numpy(), marker="o", ms=3, color=f"C{k}", label=f"effect {e:g}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.axhline(0.8, color="0.6", ls=":", lw=1)
+
+
+def _plot_value_by_cells(ax: Axes, df: pd.DataFrame, y: str) -> None:
+    """Draw the median of ``y`` against the cells per perturbation, with the 10–90 % band over genes if per gene.
+
+    Parameters
+    ----------
+    ax
+        Axes to draw into.
+    df
+        Output of ``scmech.tl.power`` with ``n_cells`` (and ``gene`` when per gene).
+    y
+        Quantity on the vertical axis.
+    """
+    g = df.groupby("n_cells")[y]
+    med = g.median()
+    ax.plot(
+        med.index,
+        med.to_numpy(),
+        marker="o",
+        ms=3,
+        color="C0",
+        lw=1.8,
+        label="median gene" if "gene" in df.columns else y,
+    )
+    if "gene" in df.columns:
+        ax.fill_between(
+            med.index,
+            g.quantile(0.1).to_numpy(),
+            g.quantile(0.9).to_numpy(),
+            color="C0",
+            alpha=0.2,
+            lw=0,
+            label="10–90 % of genes",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    top = g.quantile(0.9) if "gene" in df.columns else med
+    bottom = g.quantile(0.1) if "gene" in df.columns else med
+    _nice_log_ticks(ax.yaxis, float(bottom.min()), float(top.max()))
+
+
+def _finish_power_axes(ax: Axes, ylabel: str) -> None:
+    """Label the vertical axis and add the grid and the legend of a power curve.
+
+    Parameters
+    ----------
+    ax
+        Axes of the curve.
+    ylabel
+        Label of the vertical axis.
+    """
     ax.set_ylabel(ylabel)
     ax.grid(which="major", color="0.92")
     ax.legend(fontsize="small", frameon=False)
     _strip(ax)
-    return finish(ax, name="power_curve", show=show, save=save)
