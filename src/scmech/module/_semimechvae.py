@@ -36,26 +36,25 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from scvi.nn import Encoder
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 
-from scmech._constants import SCMECH_REGISTRY_KEYS
-
+from . import _loss_terms as loss_terms
 from ._dynamics import VectorField
-from ._groups import _distinct_rows, _group_mmd
 from ._measurement import MeasurementDecoder
-from ._targets import ActiveTargets, active_targets, from_entries
+from ._protocol_readout import ProtocolReadoutMixin
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ._targets import ActiveTargets
+
 __all__ = ["SemiMechVAE"]
 
-K = SCMECH_REGISTRY_KEYS
 #: training steps between two reads of the iterations the steady-state solves needed (each read waits for the device)
 SOLVER_REVIEW_STEPS = 25
 
 
-class SemiMechVAE(BaseModuleClass):
+class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
     r"""Semi-mechanistic VAE: measurement operator, latent dynamics and the steady-state loss.
 
     Parameters
@@ -186,16 +185,7 @@ class SemiMechVAE(BaseModuleClass):
         self.fixed_point_tol = fixed_point_tol
         self.fixed_point_max_iter = fixed_point_max_iter
         tgi = torch.as_tensor(list(target_gene_index) if target_gene_index is not None else [-1] * n_targets)
-        self.encoder = Encoder(
-            n_input,
-            n_latent,
-            n_layers=n_layers,
-            n_hidden=n_hidden,
-            dropout_rate=dropout_rate,
-            distribution="normal",
-            var_eps=1e-4,
-            return_dist=True,
-        )
+        self.encoder = self._build_encoder(n_input, n_latent, n_layers, n_hidden, dropout_rate)
         self.decoder = MeasurementDecoder(
             n_latent,
             n_input,
@@ -222,6 +212,51 @@ class SemiMechVAE(BaseModuleClass):
             learn_onset=learn_onset,
         )
         self.z_base = torch.nn.Parameter(torch.zeros(n_latent))
+        self._init_state(n_latent, fixed_point_max_iter)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _build_encoder(n_input: int, n_latent: int, n_layers: int, n_hidden: int, dropout_rate: float) -> Encoder:
+        r"""Build the encoder :math:`q(z \mid x)` (scvi-tools' ``Encoder``, returning a Normal).
+
+        Parameters
+        ----------
+        n_input
+            Number of genes.
+        n_latent
+            Latent dimension.
+        n_layers
+            Hidden layers.
+        n_hidden
+            Width of the hidden layers.
+        dropout_rate
+            Dropout.
+
+        Returns
+        -------
+        The encoder.
+        """
+        return Encoder(
+            n_input,
+            n_latent,
+            n_layers=n_layers,
+            n_hidden=n_hidden,
+            dropout_rate=dropout_rate,
+            distribution="normal",
+            var_eps=1e-4,
+            return_dist=True,
+        )
+
+    def _init_state(self, n_latent: int, fixed_point_max_iter: int) -> None:
+        """Register the buffers (control reference, library scale, time unit) and the steady-state solver's state.
+
+        Parameters
+        ----------
+        n_latent
+            Latent dimension.
+        fixed_point_max_iter
+            Iteration cap of the steady-state solve (caps the first training budget).
+        """
         # running mean of the baseline control state (latent); used when a minibatch holds no controls
         self.register_buffer("control_reference", torch.zeros(n_latent))
         self.register_buffer("control_reference_set", torch.zeros((), dtype=torch.bool))
@@ -240,7 +275,6 @@ class SemiMechVAE(BaseModuleClass):
         # device sync; a GPU solves every row in parallel instead)
         self.deduplicate: bool | None = None
 
-    # ------------------------------------------------------------------ helpers
     def _build_field(self, n_latent: int, n_targets: int, **kwargs) -> VectorField:
         """Build the latent vector field (a subclass may build another :class:`~scmech.module._flow.ProtocolFlow`)."""
         return VectorField(n_latent, n_targets, **kwargs)
@@ -250,133 +284,6 @@ class SemiMechVAE(BaseModuleClass):
         names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
         names += ["decoder.own_effect"] if self.decoder.own_effect is not None else []
         return names
-
-    def _protocol(self, tensors: dict) -> dict:
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        n = x.shape[0]
-        dev = x.device
-        entries = tensors.get(K.PERTURBATION_KEY)
-        entries = torch.full((n, 1), -1.0, device=dev) if entries is None else entries
-        # the registered targets of each cell (a compact multi-hot row, see PerturbationField)
-        pert = from_entries(entries, self.n_targets)
-        eff = tensors.get(K.EFFICACY_KEY)
-        media = tensors.get(K.MEDIA_KEY)
-        time = tensors.get(K.TIME_KEY)
-        mtime = tensors.get(K.MEDIA_TIME_KEY)
-        return {
-            "perturbation": pert,
-            "efficacy": None if (eff is None or not self.use_efficacy) else eff.reshape(-1).float(),
-            "media": torch.zeros(n, dtype=torch.long, device=dev) if media is None else media.reshape(-1).long(),
-            "time": torch.zeros(n, device=dev) if time is None else time.reshape(-1).float(),
-            "media_time": torch.full((n,), float("nan"), device=dev) if mtime is None else mtime.reshape(-1).float(),
-        }
-
-    def active(self, perturbation: torch.Tensor | ActiveTargets) -> ActiveTargets:
-        """Return the targets of each row, from multi-hot rows (n x targets) or as they are.
-
-        Registered minibatches already carry them (``_protocol``); multi-hot rows come from predictions.
-
-        Parameters
-        ----------
-        perturbation
-            Multi-hot rows (n x targets), or their non-zero entries (``ActiveTargets``), which are moved to the
-            module's device when they are elsewhere.
-
-        Returns
-        -------
-        The non-zero entries of each row.
-        """
-        if isinstance(perturbation, ActiveTargets):
-            dev = self.z_base.device
-            return perturbation if perturbation.value.device == dev else perturbation.to(dev)
-        return active_targets(perturbation.float())
-
-    def readout_states(
-        self,
-        perturbation: torch.Tensor | ActiveTargets,
-        media: torch.Tensor,
-        efficacy: torch.Tensor | None = None,
-        time: torch.Tensor | None = None,
-        media_time: torch.Tensor | None = None,
-        operators: torch.Tensor | None = None,
-        implicit: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Latent read-out :math:`\mu_\pi` of each row's protocol.
-
-        On the CPU, and outside training, rows that share a protocol are solved once. A training step on a GPU
-        solves every row instead (``deduplicate`` overrides the choice): finding the distinct protocols would wait
-        for the device, and the solves of a minibatch's rows run in parallel there. Either way every row gets the
-        same value.
-
-        Parameters
-        ----------
-        perturbation
-            The targets of each row: multi-hot rows (n x targets) or their non-zero entries (``ActiveTargets``).
-        media
-            Medium index per row (n,).
-        efficacy
-            Efficacy per row; 1 when ``None``.
-        time
-            Read-out time per row, in the data's time units (the dynamic regime reads the protocol there); 0 when
-            ``None``.
-        media_time
-            Time of the switch into the row's medium, in the data's time units (NaN: never switched); no switch when
-            ``None``.
-        operators
-            Target operators to use instead of the learned ones (e.g. with rows for unseen targets).
-        implicit
-            Attach implicit gradients to fixed points (else detached states); used by the ``"fixed_point"`` read-out
-            only.
-
-        Returns
-        -------
-        The states (n x latent) and the steady-state residual :math:`\|f\|` of each row's solve (zeros for
-        flows).
-        """
-        active = self.active(perturbation)
-        n = active.value.shape[0]
-        dev = active.value.device
-        eff = torch.ones(n, device=dev) if efficacy is None else efficacy.reshape(-1).float()
-        # times arrive in the data's units; the dynamics run in model units (see ``set_time_unit``)
-        t = torch.zeros(n, device=dev) if time is None else time.reshape(-1).float() / self.time_unit
-        s = torch.full((n,), float("nan"), device=dev) if media_time is None else media_time.reshape(-1).float()
-        s = s / self.time_unit
-        rows = torch.cat(
-            [
-                active.key(),
-                media.reshape(-1, 1).float(),
-                eff.reshape(-1, 1),
-                t.reshape(-1, 1),
-                torch.nan_to_num(s, nan=-1e9).reshape(-1, 1),
-            ],
-            dim=1,
-        )
-        dedup = self.deduplicate if self.deduplicate is not None else dev.type != "cuda"
-        if self.training and not dedup:
-            uniq, inverse = rows, None
-        else:
-            uniq, inverse = _distinct_rows(rows)
-        k = active.index.shape[1]
-        act_u = ActiveTargets(uniq[:, :k].long(), uniq[:, k : 2 * k], active.n_targets)
-        m_u = uniq[:, 2 * k].long()
-        e_u = uniq[:, 2 * k + 1]
-        t_u = uniq[:, 2 * k + 2]
-        s_u = uniq[:, 2 * k + 3]
-        s_u = torch.where(s_u < -1e8, torch.full_like(s_u, float("nan")), s_u)
-        drive = self.field.drive(act_u, e_u, operators=operators)
-        z0 = self.z_base.expand(len(uniq), -1)
-        residual = torch.zeros(len(uniq), device=dev)
-        if self.regime == "dynamic":
-            mu = self.field.integrate_protocol(z0, drive, m_u, t_u, s_u, n_steps=self.ode_steps)
-        elif self.readout == "fixed_point":
-            mu, residual = self._solve(z0, m_u, drive, implicit)
-        else:
-            horizon = torch.full((len(uniq),), self.horizon, device=dev)
-            nan = torch.full((len(uniq),), float("nan"), device=dev)
-            mu = self.field.integrate_protocol(z0, drive, m_u, horizon, nan, n_steps=self.ode_steps)
-        if inverse is None:
-            return mu, residual
-        return mu[inverse], residual[inverse]
 
     def _solve(
         self, z0: torch.Tensor, media: torch.Tensor, drive: torch.Tensor, implicit: bool
@@ -418,31 +325,6 @@ class SemiMechVAE(BaseModuleClass):
         self._fp_needed = None
         self._fp_steps = 0
         return self._fp_budget
-
-    @torch.no_grad()
-    def set_time_unit(self, unit: float) -> None:
-        """Measure time in units of ``unit`` data time units; the onset time constant keeps its data value.
-
-        The field's rates start at 1 per model time unit. With the unit set to the longest registered read-out time
-        over ``horizon``, a time course spans the same number of relaxation times whatever the unit it was recorded
-        in (hours or days), and learns and integrates the same way.
-
-        Parameters
-        ----------
-        unit
-            Data time units per model time unit (positive and finite).
-        """
-        if not np.isfinite(unit) or unit <= 0:
-            msg = f"The time unit must be a positive number, got {unit}."
-            raise ValueError(msg)
-        old = float(self.time_unit)
-        self.time_unit.fill_(float(unit))
-        self.field.log_tau.sub_(float(np.log(unit / old)))
-
-    @property
-    def onset_tau_data(self) -> float:
-        """The onset time constant in the data's time units."""
-        return float(self.field.tau.detach()) * float(self.time_unit)
 
     # ------------------------------------------------------------------ scvi-tools hooks
     def forward(self, *args, **kwargs):
@@ -600,89 +482,49 @@ class SemiMechVAE(BaseModuleClass):
         """
         ss_w = self.steady_state_weight if ss_weight is None else ss_weight
         mmd_w = self.mmd_weight if mmd_weight is None else mmd_weight
-        x = tensors[REGISTRY_KEYS.X_KEY]
-        qz = inference_outputs["qz"]
-        z = inference_outputs["z"]
-        px = generative_outputs["px"]
-        mu = generative_outputs["mu"]
-        recon = -px.log_prob(x).sum(-1)
-        kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu), validate_args=False)).sum(-1)
-        # warm-up acts on the encoder only; the dynamics get the full prior gradient
-        kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu), validate_args=False)).sum(-1)
-        # the prior's gradient for the dynamics at full weight, with no effect on the value of the loss
-        prior_fit = 0.5 * (qz.loc.detach() - mu).pow(2).sum(-1)
-        loss = torch.mean(recon + kl_weight * kl_enc + (prior_fit - prior_fit.detach()))
+        qz, z, mu = inference_outputs["qz"], inference_outputs["z"], generative_outputs["mu"]
+        x, px = tensors[REGISTRY_KEYS.X_KEY], generative_outputs["px"]
+        loss, recon, kl_true, prior_fit = loss_terms.elbo_terms(x, px, qz, mu, kl_weight)
         self._cell_prior_fit = prior_fit.detach()  # per-cell dynamics error, read by error-guided batching
 
         proto = self._protocol(tensors)
         active, media = self.active(proto["perturbation"]), proto["media"]
-        is_ctrl = (active.value == 0).all(-1)
-        baseline_ctrl = is_ctrl & (media == 0) & (torch.isnan(proto["media_time"]))
+        baseline_ctrl = loss_terms.baseline_controls(active, media, proto["media_time"])
         basal = z - mu
-        extra: dict[str, torch.Tensor] = {}
-        # every branch below is written with masks and torch.where: a training step never waits for the device
-        has_ctrl = baseline_ctrl.any()
-        n_ctrl = baseline_ctrl.sum()
-        ctrl_w = baseline_ctrl.to(z.dtype).unsqueeze(-1)
-        mean_ctrl = (qz.loc.detach() * ctrl_w).sum(0, keepdim=True) / n_ctrl.clamp(min=1)
+        # every term below is written with masks and torch.where: a training step never waits for the device
+        has_ctrl, n_ctrl, ctrl_w, mean_ctrl = loss_terms.control_mean(qz.loc.detach(), baseline_ctrl)
         reference_known = has_ctrl | self.control_reference_set
         if self.training:
-            with torch.no_grad():
-                blended = torch.where(
-                    self.control_reference_set, 0.9 * self.control_reference + 0.1 * mean_ctrl[0], mean_ctrl[0]
-                )
-                self.control_reference.copy_(torch.where(has_ctrl, blended, self.control_reference))
-                self.control_reference_set.copy_(reference_known)
+            loss_terms.update_control_reference(
+                self.control_reference, self.control_reference_set, mean_ctrl[0], has_ctrl, reference_known
+            )
         mean_ctrl = torch.where(has_ctrl, mean_ctrl, self.control_reference.unsqueeze(0))
-
-        # steady-state term: baseline controls are a fixed point of f(.; m0, no perturbation)
-        zero_drive = torch.zeros(1, self.n_latent, device=z.device)
-        m0 = torch.zeros(1, dtype=torch.long, device=z.device)
-        if self.regime == "dynamic":
-            # every protocol starts from z_base in the baseline medium: the baseline is a fixed point there
-            ss = self.field(self.z_base.unsqueeze(0), m0, zero_drive).pow(2).sum()
-        elif self.steady_state_on == "cells":
-            loc = qz.loc.detach()
-            f_cells = self.field(loc, m0.expand(len(loc)), zero_drive.expand(len(loc), -1)).pow(2).sum(-1)
-            f_ref = self.field(mean_ctrl, m0, zero_drive).pow(2).sum()
-            ss_cells = (f_cells * ctrl_w[:, 0]).sum() / n_ctrl.clamp(min=1)
-            ss = torch.where(has_ctrl, ss_cells, torch.where(reference_known, f_ref, torch.zeros_like(f_ref)))
-        else:
-            f_ctrl = self.field(mean_ctrl, m0, zero_drive).pow(2).sum()
-            ss = torch.where(reference_known, f_ctrl, torch.zeros_like(f_ctrl))  # no baseline control seen yet
+        ss = loss_terms.steady_state_term(
+            self.field,
+            self.z_base,
+            qz.loc.detach(),
+            mean_ctrl,
+            ctrl_w,
+            n_ctrl,
+            has_ctrl,
+            reference_known,
+            regime=self.regime,
+            steady_state_on=self.steady_state_on,
+        )
         if ss_w > 0:
             loss = loss + ss_w * ss
-        extra["ss_residual"] = ss.detach().sqrt()
-
-        # basal states must not encode the protocol: unbiased MMD of each group against baseline controls
-        protocol = torch.cat(
-            [
-                active.key(),
-                media.reshape(-1, 1).float(),
-                proto["time"].reshape(-1, 1),
-                torch.nan_to_num(proto["media_time"], nan=-1e9).reshape(-1, 1),
-            ],
-            dim=1,
-        )
-        same = (protocol.unsqueeze(1) == protocol.unsqueeze(0)).all(-1)  # n x n: rows of one protocol group
+        same = loss_terms.protocol_groups(active, media, proto["time"], proto["media_time"])
         mmd = torch.zeros((), device=z.device)
         if mmd_w > 0:
-            bw = [0.5 * self.n_latent**0.5, self.n_latent**0.5, 2 * self.n_latent**0.5]
-            # reference: the baseline controls; a design without them (every cell switched medium or
-            # perturbed) compares each group with the pooled minibatch
-            ref = torch.where(n_ctrl >= 2, baseline_ctrl, torch.ones_like(baseline_ctrl))
-            mmd, _ = _group_mmd(basal, same, ref, bw)
+            mmd = loss_terms.basal_mmd(basal, same, baseline_ctrl, n_ctrl)
             loss = loss + mmd_w * mmd
-        with torch.no_grad():
-            # share of the basal variance between protocol groups (each row's group mean from ``same``)
-            sf = same.to(basal.dtype)
-            group_mean = (sf @ basal) / sf.sum(1, keepdim=True)
-            total_var = basal.var(0, unbiased=False).sum().clamp(min=1e-8)
-            between = ((group_mean - basal.mean(0)) ** 2).sum(-1).mean() / total_var
-        extra["mmd"] = mmd.detach()
-        extra["basal_sd"] = basal.detach().std(0).mean()
-        extra["basal_leak"] = between
-        extra["fp_unconverged"] = torch.as_tensor(self._last_unconverged, device=z.device).float()
+        extra = {
+            "ss_residual": ss.detach().sqrt(),
+            "mmd": mmd.detach(),
+            "basal_sd": basal.detach().std(0).mean(),
+            "basal_leak": loss_terms.basal_leak(basal, same),
+            "fp_unconverged": torch.as_tensor(self._last_unconverged, device=z.device).float(),
+        }
         # a non-finite loss is returned as it is: the model's FiniteLossCallback stops training with the likely
         # causes, where it knows the epoch, the step and the model's settings
         return LossOutput(

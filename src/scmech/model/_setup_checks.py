@@ -1,0 +1,357 @@
+"""The checks of registration: everything ``setup_anndata``/``setup_mudata`` validate before writing anything.
+
+:func:`validate_for_setup` runs them in order (the expression matrix, the design, the size factor, the covariates
+and the gene embedding), so that a failed setup leaves the data untouched; the other functions are its steps and
+the check of ``perturbation_modality``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from scvi import settings
+
+from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
+from scmech.data._design import get_design
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
+
+    from scmech.data._design import PerturbationDesign
+
+__all__ = ["PERTURBATION_MODALITIES", "validate_for_setup"]
+
+
+#: labels that usually mean "no guide call" rather than a target
+_UNASSIGNED_LIKE = ("unassigned", "unknown", "none", "na", "n/a", "multiplet", "ambiguous", "")
+
+
+def _warn_target_names(
+    design: PerturbationDesign,
+    var_names: Sequence[str],
+    key: str,
+    unassigned_label: str | Sequence[str] | None,
+) -> None:
+    """Warn about targets that look like mistakes: gene names in another case, or an unassigned label kept as one.
+
+    Parameters
+    ----------
+    design
+        The parsed perturbation labels.
+    var_names
+        Gene names of the data.
+    key
+        The ``obs`` column of the labels, as messages name it.
+    unassigned_label
+        The ``unassigned_label`` of the setup call.
+    """
+    genes = [str(g) for g in var_names]
+    exact = set(genes)
+    lower = {g.lower(): g for g in genes}
+    case_only = [(t, lower[t.lower()]) for t in design.targets if t not in exact and t.lower() in lower]
+    if case_only:
+        pairs = ", ".join(f"{t!r} vs gene {g!r}" for t, g in case_only[:5])
+        warnings.warn(
+            f"{len(case_only)} target(s) of obs[{key!r}] match a gene only up to letter case ({pairs}); they are taken "
+            "as unmeasured targets. Relabel them with the gene names (or rename the genes) if they are the same.",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel,
+        )
+    if unassigned_label is None or len(_as_labels(unassigned_label)) == 0:
+        like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
+        if like:
+            warnings.warn(
+                f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
+                f"have no guide call, pass unassigned_label={like[0]!r}.",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel,
+            )
+
+
+def _as_labels(value: str | Sequence[str]) -> tuple:
+    """Return one label, or a sequence of them, as a tuple.
+
+    Parameters
+    ----------
+    value
+        A label or a sequence of labels.
+
+    Returns
+    -------
+    The labels as a tuple.
+    """
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+#: the perturbation modalities ``setup_anndata`` knows
+PERTURBATION_MODALITIES = ("CRISPRko", "CRISPRi", "CRISPRa")
+
+
+def _check_modality(value: str | None) -> None:
+    """Check that a perturbation modality is one of :data:`PERTURBATION_MODALITIES` (or ``None``).
+
+    Parameters
+    ----------
+    value
+        The ``perturbation_modality`` of the setup call.
+
+    Raises
+    ------
+    ValueError
+        For another value.
+    """
+    if value is not None and value not in PERTURBATION_MODALITIES:
+        msg = (
+            f"perturbation_modality={value!r} is not one of {PERTURBATION_MODALITIES} (or None); e.g. "
+            "setup_anndata(..., perturbation_modality='CRISPRi') for a knock-down screen."
+        )
+        raise ValueError(msg)
+
+
+def validate_for_setup(
+    adata: AnnData,
+    *,
+    layer: str | None,
+    counts: bool,
+    perturbation_key: str,
+    control_label: str | Sequence[str],
+    separator: str,
+    unassigned_label: str | Sequence[str] | None,
+    batch_key: str | None = None,
+    time_key: str | None = None,
+    media_key: str | None = None,
+    media_time_key: str | None = None,
+    efficacy_key: str | None = None,
+    size_factor_key: str | None = None,
+    categorical_covariate_keys: Sequence[str] | None = None,
+    continuous_covariate_keys: Sequence[str] | None = None,
+    gene_embedding_key: str | None = None,
+    mod: str | None = None,
+) -> None:
+    """Validate everything before anything is written, so that a failed setup leaves adata untouched.
+
+    The mixin's ``_validate_for_setup``: ``setup_anndata`` and ``setup_mudata`` call it with their arguments.
+
+    Parameters
+    ----------
+    adata
+        The AnnData (or the RNA modality of a MuData) to register.
+    layer
+        Layer with the values; ``X`` when ``None``.
+    counts
+        Whether the values must be counts.
+    perturbation_key, control_label, separator, unassigned_label
+        The perturbation labels, as in :func:`~scmech.data.get_design`.
+    batch_key, time_key, media_key, media_time_key, efficacy_key
+        The design columns, as in :func:`~scmech.data.get_design`.
+    size_factor_key
+        ``obs`` column of library sizes, or ``None``.
+    categorical_covariate_keys
+        Categorical covariate columns, or ``None``.
+    continuous_covariate_keys
+        Continuous covariate columns, or ``None``.
+    gene_embedding_key
+        ``varm`` key of a gene embedding, or ``None``.
+    mod
+        The MuData modality ``adata`` is, as messages name it; ``None`` for an AnnData.
+
+    Raises
+    ------
+    KeyError
+        For a missing layer, ``obs`` column or ``varm`` key.
+    ValueError
+        For invalid values (expression, labels, design columns, size factors, covariates).
+    TypeError
+        For a list of covariate keys given as a single string.
+    """
+    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    if mod is not None:
+        where = f"mdata[{mod!r}]." + where.removeprefix("adata.")
+    check_adata(adata)
+    _check_expression_layer(adata, layer, where, counts=counts)
+    design = get_design(
+        adata,
+        perturbation_key,
+        control_label,
+        separator=separator,
+        unassigned_label=unassigned_label,
+        batch_key=batch_key,
+        time_key=time_key,
+        media_key=media_key,
+        media_time_key=media_time_key,
+        efficacy_key=efficacy_key,
+    )
+    _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label)
+    _warn_small_conditions(design.perturbation, perturbation_key)
+    _check_size_factor(adata, size_factor_key)
+    _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)
+    _warn_unused_categories(
+        adata,
+        (
+            (batch_key, "batch_key"),
+            (media_key, "media_key"),
+            *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
+        ),
+    )
+    if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
+        msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
+        raise KeyError(msg)
+
+
+# ---------------------------------------------------------------------- the steps of PerturbationSetupMixin's checks
+# Their warnings are issued one call deeper than the check that calls them, hence ``warnings_stacklevel + 1``.
+
+
+def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, counts: bool) -> None:
+    """Check the expression matrix to register and warn about genes without any counts.
+
+    Parameters
+    ----------
+    adata
+        The AnnData (or the RNA modality of a MuData) to register.
+    layer
+        Layer with the values; ``X`` when ``None``.
+    where
+        How messages name the matrix (``"adata.X"``, ``"mdata['rna'].layers['counts']"``...).
+    counts
+        Whether the values must be counts.
+
+    Raises
+    ------
+    KeyError
+        When ``layer`` is not a layer of ``adata``.
+    ValueError
+        When the matrix holds invalid values (see :func:`~scmech.data._checks.check_expression`).
+    """
+    if layer is not None and layer not in adata.layers:
+        msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
+        raise KeyError(msg)
+    x = adata.layers[layer] if layer else adata.X
+    check_expression(x, where, counts=counts)
+    _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
+    if zero_genes:
+        warnings.warn(
+            f"{where} has {zero_genes} genes without any counts; they are kept and predicted near zero. "
+            "Consider sc.pp.filter_genes(adata, min_cells=1).",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel + 1,
+        )
+
+
+def _warn_small_conditions(design, perturbation_key: str) -> None:
+    """Warn about conditions with fewer than 3 cells.
+
+    Parameters
+    ----------
+    design
+        The :class:`~scmech.data.PerturbationDesign` of the data.
+    perturbation_key
+        Its ``obs`` column, as messages name it.
+    """
+    counts_per = design.cell_counts()
+    small = [c for c in design.conditions if counts_per.get(c, 0) < 3]
+    if small:
+        warnings.warn(
+            f"Conditions {small[:10]} of obs[{perturbation_key!r}] have fewer than 3 cells; their effects are "
+            "poorly determined. Consider merging or removing them.",
+            UserWarning,
+            stacklevel=settings.warnings_stacklevel + 1,
+        )
+
+
+def _check_size_factor(adata: AnnData, size_factor_key: str | None) -> None:
+    """Check that a registered size factor is a column of positive, finite library sizes.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    size_factor_key
+        Its ``obs`` column of library sizes, or ``None``.
+
+    Raises
+    ------
+    KeyError
+        When the column does not exist.
+    ValueError
+        When it holds values that are not positive and finite.
+    """
+    for key, what in ((size_factor_key, "size_factor_key"),):
+        if key is not None:
+            if key not in adata.obs.columns:
+                msg = f"{what} {key!r} is not a column of adata.obs."
+                raise KeyError(msg)
+            sf = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=float)
+            if not np.all(np.isfinite(sf) & (sf > 0)):
+                msg = f"obs[{key!r}] must hold positive, finite library sizes."
+                raise ValueError(msg)
+
+
+def _check_covariates(
+    adata: AnnData,
+    categorical_covariate_keys: Sequence[str] | None,
+    continuous_covariate_keys: Sequence[str] | None,
+) -> None:
+    """Check that the covariate keys are lists of ``obs`` columns without missing values.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    categorical_covariate_keys
+        Categorical covariate columns, or ``None``.
+    continuous_covariate_keys
+        Continuous covariate columns, or ``None``.
+
+    Raises
+    ------
+    TypeError
+        When a list of keys is given as a single string.
+    KeyError
+        When a key is not a column of ``adata.obs``.
+    ValueError
+        When a covariate has missing values.
+    """
+    for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
+        if isinstance(keys, str):
+            msg = f"{what}_covariate_keys must be a list of obs columns, got the string {keys!r}; pass [{keys!r}]."
+            raise TypeError(msg)
+        for key in keys or []:
+            if key not in adata.obs.columns:
+                msg = f"{what} covariate key {key!r} is not a column of adata.obs."
+                raise KeyError(msg)
+            col = adata.obs[key]
+            if col.isna().any():
+                msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
+                raise ValueError(msg)
+
+
+def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str]]) -> None:
+    """Warn about categorical ``obs`` columns with categories that no cell has.
+
+    Parameters
+    ----------
+    adata
+        The AnnData to register.
+    keys
+        ``(column, argument name)`` pairs; ``None`` columns are skipped.
+    """
+    for key, what in keys:
+        if key is None:
+            continue
+        col = adata.obs[key]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            unused = [c for c in col.cat.categories if c not in set(col.unique())]
+            if unused:
+                warnings.warn(
+                    f"{what} obs[{key!r}] has unused categories {unused[:10]}; they are registered without cells "
+                    f"(e.g. a batch with an untrained embedding). Drop them first: adata.obs[{key!r}] = "
+                    f"adata.obs[{key!r}].cat.remove_unused_categories().",
+                    UserWarning,
+                    stacklevel=settings.warnings_stacklevel + 1,
+                )
