@@ -598,3 +598,17 @@ def test_empty_indices_are_refused_by_name(rel, method):
     with pytest.raises(ValueError, match=r"indices is empty: pass the indices of at least one cell, or indices=None"):
         getattr(model, method)(indices=[])
     assert len(getattr(model, method)(indices=[0, 1])) == 2
+
+
+def test_setup_warnings_point_at_the_users_call(rel):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    labels[:2] = "RARE"  # a condition with too few cells
+    labels[2:5] = "unassigned"  # an unassigned-like label kept as a target
+    adata.obs["perturbation"] = labels
+    with pytest.warns(UserWarning) as record:
+        SemiMechVI.setup_anndata(adata, unassigned_label=None)
+    messages = {str(r.message)[:30]: r.filename for r in record}
+    assert any("fewer than 3 cells" in str(r.message) for r in record)
+    assert any("unassigned_label=None" in str(r.message) for r in record)
+    assert set(messages.values()) == {__file__}, messages

@@ -60,7 +60,7 @@ def _warn_target_names(
             f"{len(case_only)} target(s) of obs[{key!r}] match a gene only up to letter case ({pairs}); they are taken "
             "as unmeasured targets. Relabel them with the gene names (or rename the genes) if they are the same.",
             UserWarning,
-            stacklevel=settings.warnings_stacklevel,
+            stacklevel=settings.warnings_stacklevel + 2,
         )
     if unassigned_label is None or len(_as_labels(unassigned_label)) == 0:
         like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
@@ -69,7 +69,7 @@ def _warn_target_names(
                 f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
                 f"have no guide call, pass unassigned_label={like[0]!r}.",
                 UserWarning,
-                stacklevel=settings.warnings_stacklevel,
+                stacklevel=settings.warnings_stacklevel + 2,
             )
 
 
@@ -204,7 +204,8 @@ def validate_for_setup(
 
 
 # ---------------------------------------------------------------------- the steps of PerturbationSetupMixin's checks
-# Their warnings are issued one call deeper than the check that calls them, hence ``warnings_stacklevel + 1``.
+# Their warnings are issued two calls below the user's setup call (setup_anndata -> validate_for_setup -> step), hence
+# ``warnings_stacklevel + 2``: they point at the user's line.
 
 
 def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, counts: bool) -> None:
@@ -239,7 +240,7 @@ def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, co
             f"{where} has {zero_genes} genes without any counts; they are kept and predicted near zero. "
             "Consider sc.pp.filter_genes(adata, min_cells=1).",
             UserWarning,
-            stacklevel=settings.warnings_stacklevel + 1,
+            stacklevel=settings.warnings_stacklevel + 2,
         )
 
 
@@ -260,7 +261,7 @@ def _warn_small_conditions(design, perturbation_key: str) -> None:
             f"Conditions {small[:10]} of obs[{perturbation_key!r}] have fewer than 3 cells; their effects are "
             "poorly determined. Consider merging or removing them.",
             UserWarning,
-            stacklevel=settings.warnings_stacklevel + 1,
+            stacklevel=settings.warnings_stacklevel + 2,
         )
 
 
@@ -353,5 +354,5 @@ def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str
                     f"(e.g. a batch with an untrained embedding). Drop them first: adata.obs[{key!r}] = "
                     f"adata.obs[{key!r}].cat.remove_unused_categories().",
                     UserWarning,
-                    stacklevel=settings.warnings_stacklevel + 1,
+                    stacklevel=settings.warnings_stacklevel + 2,
                 )
