@@ -606,7 +606,7 @@ def test_setup_warnings_point_at_the_users_call(rel):
     labels[:2] = "RARE"  # a condition with too few cells
     labels[2:5] = "unassigned"  # an unassigned-like label kept as a target
     adata.obs["perturbation"] = labels
-    with pytest.warns(UserWarning) as record:
+    with pytest.warns(UserWarning, match="fewer than 3 cells|unassigned_label=None") as record:
         SemiMechVI.setup_anndata(adata, unassigned_label=None)
     messages = {str(r.message)[:30]: r.filename for r in record}
     assert any("fewer than 3 cells" in str(r.message) for r in record)
