@@ -9,19 +9,20 @@ untrusted file can run code; this format cannot.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+
+from ._serialisation import from_jsonable, persistable, to_jsonable
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -37,81 +38,6 @@ WEIGHTS = "model.pt"
 METADATA = "metadata.json"
 ADATA = "adata.h5ad"
 MDATA = "mdata.h5mu"
-
-
-#: dataclasses that may be saved, by qualified name; loading builds only these (never an arbitrary class)
-_PERSISTABLE: dict[str, type] = {}
-
-
-def persistable(cls: type) -> type:
-    """Allow instances of the dataclass ``cls`` in saved attributes (fields are saved as plain data)."""
-    _PERSISTABLE[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    return cls
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Encode nested plain data with numpy arrays, tuples, DataFrames and allowed dataclasses as tagged JSON."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
-        if name not in _PERSISTABLE:
-            msg = f"Cannot save an attribute of type {name}: it is not registered with @persistable."
-            raise TypeError(msg)
-        fields = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        return {"__dataclass__": name, "fields": fields}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {k: to_jsonable(v) for k, v in obj.items()}
-        # keys that are not strings (tuples, numbers, None) keep their type
-        return {"__items__": [[to_jsonable(k), to_jsonable(v)] for k, v in obj.items()]}
-    if isinstance(obj, tuple):
-        return {"__tuple__": [to_jsonable(v) for v in obj]}
-    if isinstance(obj, list):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, pd.DataFrame):
-        split = obj.to_dict(orient="split")
-        split["index_name"] = obj.index.name
-        return {"__dataframe__": to_jsonable(split)}
-    if isinstance(obj, pd.Index | pd.Series):
-        return to_jsonable(obj.to_numpy())
-    if isinstance(obj, np.ndarray):
-        if obj.dtype == object or obj.dtype.kind in "USO":
-            return {"__ndarray__": [to_jsonable(v) for v in obj.tolist()], "dtype": "object"}
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().numpy())
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    msg = f"Cannot save an attribute of type {type(obj).__name__} as plain data."
-    raise TypeError(msg)
-
-
-def from_jsonable(obj: Any) -> Any:
-    """Decode :func:`to_jsonable` output."""
-    if isinstance(obj, dict):
-        if "__dataclass__" in obj:
-            cls = _PERSISTABLE.get(obj["__dataclass__"])
-            if cls is None:
-                msg = f"The saved model holds an object of unknown type {obj['__dataclass__']!r}; it is not loaded."
-                raise ValueError(msg)
-            return cls(**{k: from_jsonable(v) for k, v in obj["fields"].items()})
-        if "__items__" in obj:
-            return {from_jsonable(k): from_jsonable(v) for k, v in obj["__items__"]}
-        if "__tuple__" in obj:
-            return tuple(from_jsonable(v) for v in obj["__tuple__"])
-        if "__ndarray__" in obj:
-            data = from_jsonable(obj["__ndarray__"])
-            return np.array(data, dtype=object if obj["dtype"] == "object" else obj["dtype"])
-        if "__dataframe__" in obj:
-            split = from_jsonable(obj["__dataframe__"])
-            frame = pd.DataFrame(split["data"], index=split["index"], columns=split["columns"])
-            frame.index.name = split.get("index_name")
-            return frame
-        return {k: from_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_jsonable(v) for v in obj]
-    return obj
 
 
 class SafeSaveLoadMixin:

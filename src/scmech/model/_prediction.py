@@ -12,25 +12,22 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Literal
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
 from scvi import settings
 
-from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
+from scmech._constants import SCMECH_REGISTRY_KEYS
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
+from ._prediction_output import PredictionOutputMixin
 from ._protocols import Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
-from ._target_map import TargetMap
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
 
-    from ._readout import Readout
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -41,7 +38,7 @@ __all__ = ["PredictionMixin"]
 MAX_CLASS = 50
 
 
-class PredictionMixin:
+class PredictionMixin(PredictionOutputMixin):
     """``predict``: protocols, operators for every target, the model's read-out, anchoring and the AnnData."""
 
     # ------------------------------------------------------------------ contexts
@@ -438,184 +435,3 @@ class PredictionMixin:
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, self.anchor_, logx)
         return logx, weights
-
-    def _own_gene_columns(self, logx: np.ndarray, requested: list[Protocol], mapped: list[str]) -> tuple:
-        r"""Predict the change of each unseen single target's own gene from the training controls, and its sd.
-
-        The sd carries the spread of the training targets' direct own-gene effects (logit units) to the log
-        scale by the delta method, :math:`\partial \log(1 + 10^4 \rho e^a) / \partial a = 10^4 \rho / (1 +
-        10^4 \rho)` at the predicted level.
-        """
-        n = len(requested)
-        change, sd = np.full(n, np.nan), np.full(n, np.nan)
-        tm = self.target_map_
-        obs = self.anchor_
-        if not isinstance(tm, TargetMap) or not isinstance(obs, Observations):
-            return change, sd
-        pos = {g: i for i, g in enumerate(tm.var_names)}
-        counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        mapped = set(mapped)
-        for i, p in enumerate(requested):
-            if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
-                continue
-            y0 = obs.control(self._context_of(p))
-            if y0 is None:
-                continue
-            g = pos[p.targets[0]]
-            change[i] = logx[i, g] - float(y0.value[g])
-            level = np.expm1(logx[i, g]) if counts else np.inf
-            sd[i] = tm.own_effect_sd * (level / (1.0 + level) if np.isfinite(level) else 1.0)
-        return change, sd
-
-    def _prediction_obs(
-        self,
-        logx: np.ndarray,
-        requested: list[Protocol],
-        ro: Readout,
-        plans: dict,
-        weights: np.ndarray,
-        *,
-        return_mean: bool,
-        adata: AnnData | None,
-        batch: str | None,
-    ) -> pd.DataFrame:
-        """Describe each row of :meth:`predict`'s output: its protocol, provenance and (for means) anchoring.
-
-        Parameters
-        ----------
-        logx
-            Predicted log values (for the own-gene columns of mean predictions).
-        requested
-            The requested protocols.
-        ro
-            The read-out of the protocols.
-        plans
-            The anchoring plan of each anchored row.
-        weights
-            Each row's anchoring weight.
-        return_mean
-            Whether rows are means over the starting cells (else one row per starting cell).
-        adata
-            The data the starting cells came from (``None``: the registered data).
-        batch
-            The batch the predictions are measured with (``None``: each starting cell's own).
-
-        Returns
-        -------
-        The ``obs`` of the predictions, with unique names.
-        """
-        module = self.module
-        n_req = len(requested)
-        fp = module.regime == "steady_state" and module.readout == "fixed_point"
-        media_cats = self._media_categories()
-        media_index = self._media_index(requested)
-        own_change, own_sd = self._own_gene_columns(logx, requested, ro.mapped) if return_mean else (None, None)
-        rows = []
-        mapped = set(ro.mapped)
-        for i, p in enumerate(requested):
-            unseen = [t for t in p.targets if t in mapped]
-            rows.append(
-                {
-                    "perturbation": p.label,
-                    "media": media_cats[media_index[i]] if media_cats else None,
-                    "time": p.time if self.regime == "dynamic" else np.nan,
-                    "media_time": p.media_time,
-                    "batch": batch if batch is not None else "source cells",
-                    "n_cells": ro.n_cells,
-                    "unseen_targets": ",".join(unseen),
-                    "target_source": ",".join(sorted({ro.sources[t] for t in unseen})),
-                    "steady_state_residual": float(ro.residual[i]) if fp else np.nan,
-                }
-            )
-        if return_mean:
-            for i, row in enumerate(rows):
-                row["own_gene_change"] = own_change[i]
-                row["own_gene_sd"] = own_sd[i]
-                row["anchored"] = i in plans
-                row["anchor_weight"] = weights[i]
-            obs = pd.DataFrame(rows)
-            index = [
-                f"{r['perturbation']}|{r['media']}|{r['time']:g}"
-                if self.regime == "dynamic" or r["media"]
-                else r["perturbation"]
-                for r in rows
-            ]
-            obs.index = pd.Index(index).astype(str)
-            if not obs.index.is_unique:
-                obs.index = [f"{i}#{k}" for k, i in enumerate(obs.index)]
-        else:
-            n0 = ro.n_cells
-            obs = pd.DataFrame([r for r in rows for _ in range(n0)])
-            source_adata = self.adata if adata is None else adata
-            obs["source_cell"] = np.tile(np.asarray(source_adata.obs_names)[ro.start], n_req)
-            obs.index = [f"{lab}|{c}" for lab, c in zip(obs["perturbation"], obs["source_cell"], strict=True)]
-        for c in ("perturbation", "media", "batch"):
-            obs[c] = obs[c].astype(str).astype("category")
-        return obs
-
-    def _prediction_anndata(self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor):
-        """Assemble the AnnData that :meth:`predict` returns: values, one row per prediction, and the provenance.
-
-        Parameters
-        ----------
-        logx
-            Predicted log values, one row per requested protocol (or per requested protocol and starting cell).
-        requested
-            The requested protocols.
-        ro
-            The read-out of the protocols (starting cells, latents, residuals, unseen targets and their sources).
-        plans
-            The anchoring plan of each anchored row.
-        weights
-            Each row's anchoring weight.
-        return_mean
-            Whether rows are means over the starting cells (else one row per starting cell).
-        adata
-            The data the starting cells came from (``None``: the registered data).
-        batch
-            The batch the predictions are measured with (``None``: each starting cell's own).
-        seed
-            The random state of the prediction.
-        anchor
-            The anchoring mode used.
-
-        Returns
-        -------
-        The predictions with ``obs``, ``layers["expression"]`` and the provenance in ``uns``.
-        """
-        module = self.module
-        obs = self._prediction_obs(
-            logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch
-        )
-        _, var_names = self._expression_matrix(self.adata if adata is None else adata)
-        x = np.asarray(logx, dtype=np.float32)
-        out = ad.AnnData(
-            X=x,
-            obs=obs,
-            var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
-            layers={"expression": torch.from_numpy(x).expm1().numpy()},  # vectorised, unlike numpy's expm1
-        )
-        if not return_mean:
-            out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = ro.latents.astype(np.float32)
-        tm = self.target_map_
-        out.uns[SCMECH_ADATA_KEYS.UNS] = {
-            "prediction": {
-                "model": type(self).__name__,
-                "regime": self.regime,
-                "readout": module.readout,
-                "steady_state_weight": float(module.steady_state_weight),
-                "n_starting_cells": int(ro.n_cells),
-                "starting_cells": "user" if (adata is not None or ro.user_cells) else "training controls",
-                "efficacy": ro.efficacy,
-                "unseen_targets": list(ro.mapped),
-                "target_sources": dict(ro.sources),
-                "own_gene": tm.own_gene_summary() if isinstance(tm, TargetMap) else None,
-                "unconverged": ro.unconverged,
-                "target_map": None if not isinstance(tm, TargetMap) else tm.embedding_source,
-                "random_state": int(seed),
-                "value": "log1p(1e4 * mean normalised expression)",
-                "anchor": anchor,
-                "anchoring": {str(obs.index[i]): plan.description for i, plan in plans.items()},
-            }
-        }
-        return out

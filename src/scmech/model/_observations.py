@@ -1,0 +1,145 @@
+"""Observations: the training pseudobulks that anchoring corrects the model's predictions by.
+
+:class:`Observations` holds the log pseudobulk of every observed condition in every context with its sampling
+variance (:class:`ObservedPseudobulk`), computed by :func:`log_pseudobulk`; the anchoring plans that use them live
+in :mod:`._anchoring`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from scmech._constants import TARGET_SUM
+from scmech.data._pseudobulk import normalized_mean
+
+from ._protocols import Context, Protocol
+from ._serialisation import persistable
+
+__all__ = ["ObservedPseudobulk", "Observations", "log_pseudobulk"]
+
+
+# saved under the name of the module that defined them first, so that earlier saves keep loading
+@persistable(name="scmech.model._anchoring.ObservedPseudobulk")
+@dataclass
+class ObservedPseudobulk:
+    """Log pseudobulk of a group of training cells and its per-gene sampling variance."""
+
+    value: np.ndarray
+    var: np.ndarray
+    n_cells: int
+
+
+@persistable(name="scmech.model._anchoring.Observations")
+@dataclass
+class Observations:
+    r"""Observed training pseudobulks of every condition in every context, and their calibrations.
+
+    Parameters
+    ----------
+    control_label
+        Label of the controls.
+    conditions
+        ``{(label, context): pseudobulk}`` for every condition (controls included) with enough training cells.
+    targets
+        The targets of each observed label.
+    interaction_gain
+        :math:`\kappa_I`: the share of the model's interaction that the training combinations bear out (0 without
+        training combinations).
+    media_carry
+        ``{(context, source context): (rho, alpha)}``: how far a perturbation's observed specific change in the
+        source carries to the context (``rho``) and how far the model's change of it between the two does
+        (``alpha``), both from the training targets observed in both (see :class:`OtherMedia`).
+    """
+
+    control_label: str
+    conditions: dict[tuple[str, Context], ObservedPseudobulk] = field(default_factory=dict)
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    interaction_gain: float = 0.0
+    interaction_pairs: int = 0
+    media_carry: dict[tuple[Context, Context], tuple[float, float]] = field(default_factory=dict)
+
+    def protocol(self, label: str, context: Context) -> Protocol:
+        """Return the read-out of an observed condition (or of the controls) in ``context``."""
+        targets = () if label == self.control_label else self.targets.get(label, (label,))
+        return Protocol(label, tuple(targets), None, 0.0, np.nan).at(context)
+
+    def get(self, label: str, context: Context) -> ObservedPseudobulk | None:
+        """Observed pseudobulk of ``label`` in ``context``, or ``None``."""
+        return self.conditions.get((label, context))
+
+    def control(self, context: Context) -> ObservedPseudobulk | None:
+        """Observed pseudobulk of the controls in ``context``, or ``None``."""
+        return self.conditions.get((self.control_label, context))
+
+    def perturbations_in(self, context: Context) -> list[str]:
+        """Labels of the perturbations (controls excluded) observed in ``context``, sorted."""
+        return self._index()[0].get(context, [])
+
+    def contexts_of(self, label: str) -> list[Context]:
+        """Contexts in which ``label`` was observed."""
+        return self._index()[1].get(label, [])
+
+    def _index(self) -> tuple[dict, dict]:
+        """Labels per context and contexts per label, built once per set of conditions (not saved)."""
+        key = len(self.conditions)
+        cached = self.__dict__.get("_cached_index")
+        if cached is None or cached[0] != key:
+            by_context: dict[Context, list[str]] = {}
+            by_label: dict[str, list[Context]] = {}
+            for lab, ctx in self.conditions:
+                if lab != self.control_label:
+                    by_context.setdefault(ctx, []).append(lab)
+                by_label.setdefault(lab, []).append(ctx)
+            by_context = {c: sorted(v) for c, v in by_context.items()}
+            by_label = {lab: sorted(v, key=repr) for lab, v in by_label.items()}
+            cached = (key, by_context, by_label)
+            self.__dict__["_cached_index"] = cached
+        return cached[1], cached[2]
+
+
+def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts: bool) -> tuple:
+    r"""Log pseudobulk of ``rows`` per group and its sampling variance per gene (delta method).
+
+    The variance of a group's mean normalised expression is the between-cell variance over the cell count;
+    through :math:`\log(1 + 10^4 m)` it is scaled by :math:`(10^4 / (1 + 10^4 m))^2`. Non-count data are
+    averaged as they are.
+
+    Parameters
+    ----------
+    x
+        Expression matrix (cells x genes; in memory or backed).
+    rows
+        Rows to use.
+    labels
+        Group of each of ``rows``.
+    groups
+        Groups to return, in this order.
+    counts
+        Whether ``x`` holds counts (else log-normalised values).
+    """
+    xr, lab = _rows(x, rows, labels)
+    mean, second = normalized_mean(xr, lab, groups, counts=counts, second_moment=True)
+    n = pd.Series(np.asarray(labels, dtype=object)).value_counts().reindex(groups).to_numpy(dtype=np.float64)
+    var = np.clip(second - mean**2, 0.0, None) / np.maximum(n - 1.0, 1.0)[:, None]
+    if counts:
+        return np.log1p(TARGET_SUM * mean), var * (TARGET_SUM / (1.0 + TARGET_SUM * mean)) ** 2
+    return mean, var
+
+
+def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:
+    """Matrix and per-row labels for :func:`normalized_mean` restricted to ``rows``.
+
+    In-memory matrices are passed whole with an empty label outside ``rows`` (ignored by ``normalized_mean``),
+    so that the selected rows are not copied; backed matrices are selected lazily.
+    """
+    import scipy.sparse as sp
+
+    rows = np.asarray(rows)
+    if isinstance(x, np.ndarray) or sp.issparse(x):
+        full = np.full(x.shape[0], "", dtype=object)
+        full[rows] = np.asarray(labels, dtype=object)
+        return x, full
+    return x[rows], labels
