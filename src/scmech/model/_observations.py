@@ -51,7 +51,7 @@ class Observations:
     media_carry
         ``{(context, source context): (rho, alpha)}``: how far a perturbation's observed specific change in the
         source carries to the context (``rho``) and how far the model's change of it between the two does
-        (``alpha``), both from the training targets observed in both (see :class:`OtherMedia`).
+        (``alpha``), both from the training targets observed in both (see :class:`~scmech.model._anchoring.OtherMedia`).
     """
 
     control_label: str

@@ -3,7 +3,7 @@
 The steps live in their own modules: :mod:`._protocols` (what is asked), :mod:`._target_map` (how targets
 without training cells act), :mod:`._readout` (the model's counterfactual read-out) and :mod:`._anchoring`
 (the correction by observed training pseudobulks); :mod:`._post_training` fits what they need once training
-ends. This mixin wires the steps together.
+ends, and :mod:`._prediction_output` assembles the returned AnnData. This mixin wires the steps together.
 """
 
 from __future__ import annotations

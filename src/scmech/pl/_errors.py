@@ -11,7 +11,7 @@ import pandas as pd
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 
-from ._utils import finish, get_ax
+from ._utils import _strip, finish, get_ax
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -30,11 +30,6 @@ _COMPONENT_STYLE = {
     "batch": ("#fdae6b", "batch"),
     "model": ("#756bb1", "model"),
 }
-
-
-def _strip(ax: Axes) -> None:
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
 
 
 @fill_doc

@@ -9,8 +9,7 @@ import pandas as pd
 
 from scmech._docs import fill_doc
 
-from ._errors import _strip
-from ._utils import finish, get_ax
+from ._utils import _strip, finish, get_ax
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -95,3 +95,15 @@ def finish(ax: Axes, *, name: str, show: bool | None, save: str | Path | bool | 
         plt.show()
         return None
     return ax
+
+
+def _strip(ax: Axes) -> None:
+    """Hide the top and right spines of ``ax`` (the design plots' frame).
+
+    Parameters
+    ----------
+    ax
+        The axes.
+    """
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
