@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ._flow import ProtocolFlow
-from ._targets import ActiveTargets, active_targets
+
+if TYPE_CHECKING:
+    from ._targets import ActiveTargets
 
 __all__ = ["FixedPointResult", "VectorField"]
 
@@ -185,11 +188,7 @@ class VectorField(ProtocolFlow):
         operators
             Operators to use instead of the learned ones (e.g. with rows for unseen targets).
         """
-        active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
-        ops = self.operators if operators is None else operators
-        u = active.weighted_sum(ops.to(active.value.dtype))
-        if efficacy is not None:
-            u = u * efficacy.reshape(-1, 1)
+        u, active = self.target_drive(perturbation, efficacy, operators)
         return u + active.perturbed * self.shared
 
     def forward(

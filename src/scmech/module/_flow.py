@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._targets import ActiveTargets, active_targets
+
 __all__ = ["ProtocolFlow"]
 
 
@@ -37,6 +39,31 @@ class ProtocolFlow(nn.Module):
     def stiffness(self) -> float:
         """Bound on the moduli of the eigenvalues of the field's Jacobian (rate per model time unit)."""
         raise NotImplementedError
+
+    def target_drive(
+        self,
+        perturbation: torch.Tensor | ActiveTargets,
+        efficacy: torch.Tensor | None = None,
+        operators: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ActiveTargets]:
+        r"""Input of each row's targets, :math:`\sum_k \eta\, v_k` (the rows of ``operators``), and the targets.
+
+        Parameters
+        ----------
+        perturbation
+            Multi-hot rows (n x targets), or their non-zero entries (``ActiveTargets``; the cost of a training
+            step then does not grow with the number of targets).
+        efficacy
+            Efficacy per row (n,) or (n, 1); 1 when ``None``.
+        operators
+            Rows to use instead of the field's ``operators`` (e.g. with rows for unseen targets).
+        """
+        active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
+        ops = self.operators if operators is None else operators
+        u = active.weighted_sum(ops.to(active.value.dtype))
+        if efficacy is not None:
+            u = u * efficacy.reshape(-1, 1)
+        return u, active
 
     def integrate_protocol(
         self,

@@ -18,11 +18,15 @@ This module knows no AnnData: tensors in, tensors out.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ._flow import ProtocolFlow
-from ._targets import ActiveTargets, active_targets
+
+if TYPE_CHECKING:
+    from ._targets import ActiveTargets
 
 __all__ = ["NeuralField"]
 
@@ -105,12 +109,7 @@ class NeuralField(ProtocolFlow):
         operators
             Embeddings to use instead of the learned ones (e.g. with rows for unseen targets).
         """
-        active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
-        ops = self.operators if operators is None else operators
-        u = active.weighted_sum(ops.to(active.value.dtype))
-        if efficacy is not None:
-            u = u * efficacy.reshape(-1, 1)
-        return u
+        return self.target_drive(perturbation, efficacy, operators)[0]
 
     def forward(
         self,
