@@ -285,3 +285,38 @@ def basal_leak(basal: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     group_mean = (sf @ basal) / sf.sum(1, keepdim=True)
     total_var = basal.var(0, unbiased=False).sum().clamp(min=1e-8)
     return ((group_mean - basal.mean(0)) ** 2).sum(-1).mean() / total_var
+
+
+def perturbed_steady_state_term(
+    field, active: ActiveTargets, media: torch.Tensor, efficacy: torch.Tensor | None, loc: torch.Tensor, same
+) -> torch.Tensor:
+    r"""Mean over the perturbed protocol groups of :math:`\|f_\theta(\bar z_p; m_p, p)\|^2` (assumed settled).
+
+    Written with masks (no host sync): each row evaluates the field at its group's mean state and is weighed by one
+    over its group's size, so that every group counts once.
+
+    Parameters
+    ----------
+    field
+        The latent vector field (``drive`` and ``forward``).
+    active
+        The targets of each cell.
+    media
+        Medium index per cell (n,).
+    efficacy
+        Efficacy per cell (n,), or ``None``.
+    loc
+        Latent means of the cells (n x latent), detached.
+    same
+        Which pairs of cells share a protocol (:func:`protocol_groups`).
+
+    Returns
+    -------
+    The term (a scalar tensor); 0 without perturbed cells.
+    """
+    same = same.to(loc.dtype)
+    size = same.sum(1)
+    group_mean = (same @ loc) / size.unsqueeze(-1)
+    f2 = field(group_mean, media, field.drive(active, efficacy)).pow(2).sum(-1)
+    weight = (active.value != 0).any(-1).to(loc.dtype) / size
+    return (f2 * weight).sum() / weight.sum().clamp(min=1e-12)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from . import _loss_terms as loss_terms
 from ._neural_field import NeuralField
 from ._semimechvae import SemiMechVAE
 
 if TYPE_CHECKING:
+    import torch
     from scvi.module.base import LossOutput
 
 __all__ = ["NeuralODEVAE"]
@@ -128,17 +128,18 @@ class NeuralODEVAE(SemiMechVAE):
     def _perturbed_steady_state(self, tensors: dict, loc: torch.Tensor) -> torch.Tensor:
         r"""Mean over the minibatch's perturbed protocol groups of :math:`\|f_\theta(\bar z_p; m_p, p)\|^2`.
 
-        Written with masks (no host sync): each row evaluates the field at its group's mean state and is weighed by
-        one over its group's size, so that every group counts once.
+        Parameters
+        ----------
+        tensors
+            The minibatch's registered tensors.
+        loc
+            Latent means of its cells (detached).
+
+        Returns
+        -------
+        The term (:func:`~scmech.module._loss_terms.perturbed_steady_state_term`).
         """
         proto = self._protocol(tensors)
         active = self.active(proto["perturbation"])
-        media = proto["media"]
-        key = torch.cat([active.key(), media.reshape(-1, 1).float()], dim=1)
-        same = (key.unsqueeze(1) == key.unsqueeze(0)).all(-1).to(loc.dtype)
-        size = same.sum(1)
-        group_mean = (same @ loc) / size.unsqueeze(-1)
-        drive = self.field.drive(active, proto["efficacy"])
-        f2 = self.field(group_mean, media, drive).pow(2).sum(-1)
-        weight = (active.value != 0).any(-1).to(loc.dtype) / size
-        return (f2 * weight).sum() / weight.sum().clamp(min=1e-12)
+        same = loss_terms.protocol_groups(active, proto["media"], proto["time"], proto["media_time"])
+        return loss_terms.perturbed_steady_state_term(self.field, active, proto["media"], proto["efficacy"], loc, same)
