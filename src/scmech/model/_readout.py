@@ -245,8 +245,7 @@ def read_out(
         cell_logits = module.decoder.logits(basal, b_idx, None, cat_covs, cont_covs)
         cond_logits = mu_rows @ module.decoder.loading.weight.T  # (protocols x levels) x genes
         module.decoder.perturbation_offset(pert_rows, eff_rows, **offset, add_to=cond_logits)
-        fast = mean_over_cells(cell_logits, cond_logits.reshape(n_prot, n_lev, -1), cell_level, softmax=not normal)
-        values = None if fast is None else fast
+        values = mean_over_cells(cell_logits, cond_logits.reshape(n_prot, n_lev, -1), cell_level, softmax=not normal)
     if values is None:
         off_rows = module.decoder.perturbation_offset(pert_rows, eff_rows, **offset)
         off_rows = None if off_rows is None else off_rows.reshape(n_prot, n_lev, -1)
@@ -363,7 +362,7 @@ def _mean_over_cells(a, b, cell_level, softmax: bool, smallest: float) -> torch.
             continue
         a_l, b_l = a[sel], b[:, lev]
         if not softmax:
-            part = b_l * sel.sum() + a_l.sum(0, keepdim=True)
+            part = (b_l * sel.sum() + a_l.sum(0, keepdim=True)).mul_(1.0 / n0)
         else:
             ea = torch.exp(a_l - a_l.amax(1, keepdim=True))
             eb = b_l - b_l.amax(1, keepdim=True)
@@ -374,8 +373,6 @@ def _mean_over_cells(a, b, cell_level, softmax: bool, smallest: float) -> torch.
             part = norm.reciprocal_().mul_(1.0 / n0) @ ea
             part.mul_(eb)
             del eb
-        if not softmax:
-            part.mul_(1.0 / n0)
         out = part if out is None else out.add_(part)
     if out is None:
         return torch.zeros(b.shape[0], b.shape[2], dtype=a.dtype, device=b.device)
