@@ -14,8 +14,8 @@ from scmech.model import SemiMechVI
 from scmech.model._anchoring import Observations, ObservedPseudobulk
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._post_training import _own_calibration
-from scmech.model._protocols import Context, Protocol
-from scmech.model._target_map import latent_directions, propagation_gain
+from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
+from scmech.model._target_map import latent_directions, own_gene_effect, propagation_gain
 
 from .conftest import MODEL_KWARGS, simulated
 
@@ -31,6 +31,12 @@ def _noise_free(obs: Observations) -> Observations:
 def _raw(model, labels, **kw) -> dict[str, np.ndarray]:
     pred = model.predict(list(labels), anchor="none", random_state=0, **kw)
     return {lab: pred.X[i].astype(np.float64) for i, lab in enumerate(labels)}
+
+
+def _class_reference(model) -> np.ndarray:
+    """The model's read-out of the class's mean operator without an own gene (baseline context)."""
+    p = Protocol(CLASS_REFERENCE, (CLASS_REFERENCE,), None, 0.0, np.nan)
+    return model._reader([p])(p).astype(np.float64)
 
 
 # ------------------------------------------------------------------------------------------------ combinations
@@ -86,11 +92,13 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     want = expected(m_add, a_obs - m_add, y["G0008"].var + y["G0021"].var + y["NT"].var)
     want = want + obs.interaction_gain * (m["G0008+G0021"] - m_add)
     np.testing.assert_allclose(pred.X[2], want, rtol=1e-5, atol=1e-5)
-    # unseen target: the class's mean error, with the variance of a mean
+    # unseen target: the members' mean read-out plus the model's specific change, corrected by the class's mean
+    # error with the variance of a mean
     members = model.target_map_.class_targets
     err = np.mean([obs.get(q, ctx).value - m[q] for q in members], axis=0)
     var = sum(obs.get(q, ctx).var for q in members) / len(members) ** 2
-    np.testing.assert_allclose(pred.X[3], expected(m[held], err, var), rtol=1e-5, atol=1e-5)
+    base = np.mean([m[q] for q in members], axis=0) + m[held] - _class_reference(model)
+    np.testing.assert_allclose(pred.X[3], expected(base, err, var), rtol=1e-5, atol=1e-5)
     # the weights are not all one: the noise of this small screen does shrink some genes
     assert min(float(w.min()) for w in weights) < 0.9
     assert all(float(w.max()) <= 1.0 for w in weights)
@@ -149,10 +157,18 @@ def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady,
     assert "class mean" in pred.uns["scmech"]["prediction"]["anchoring"][held]
     m = _raw(model, [held, *tm.class_targets])
     ctx = Context(None)
-    err = np.mean([model.anchor_.get(q, ctx).value - m[q] for q in tm.class_targets], axis=0)
-    np.testing.assert_allclose(pred.X[0], m[held] + err, rtol=1e-5, atol=1e-5)
-    # its own gene: the predicted change from the training controls, with the spread of the direct effects
+    # noise-free: the observed class mean plus the change of the target's read-out from the class reference
+    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.class_targets], axis=0)
+    specific = m[held] - _class_reference(model)
+    np.testing.assert_allclose(pred.X[0], observed + specific, rtol=1e-5, atol=1e-5)
+    # the reference is a read-out of the anchoring, not a target of the data
+    assert pred.uns["scmech"]["prediction"]["unseen_targets"] == [held]
+    # with no propagation the specific change is the own-gene knock-down alone: other genes keep the class mean
     g = list(model.adata.var_names).index(held)
+    if tm.gain == 0 and tm.coef is None:
+        off = np.arange(len(specific)) != g
+        assert np.abs(specific[off]).max() < 0.02 < abs(specific[g])
+    # its own gene: the predicted change from the training controls, with the spread of the direct effects
     change = pred.X[0, g] - model.anchor_.control(ctx).value[g]
     assert pred.obs["own_gene_change"].iloc[0] == pytest.approx(change, abs=1e-5)
     assert np.isfinite(pred.obs["own_gene_sd"].iloc[0])
@@ -167,12 +183,13 @@ def test_unseen_operator_is_the_class_mean_plus_the_propagated_knockdown(steady)
     own = model.module.decoder.own_effect.detach().numpy().astype(np.float64)
     members = tm.class_targets
     np.testing.assert_allclose(tm.operator_class, ops[[pos[t] for t in members]].mean(0), rtol=1e-5, atol=1e-6)
-    assert tm.own_effect == pytest.approx(float(np.median(own[[pos[t] for t in members]])))
+    # the drive is scaled on the learned direct effects (the scale the operators were learned on)
+    assert tm.drive_effect == pytest.approx(float(np.median(own[[pos[t] for t in members]])))
     genes = list(model.adata.var_names)
     drives = np.stack([own[pos[t]] * tm.directions[genes.index(t)] for t in members])
     np.testing.assert_allclose(tm.propagation_mean, drives.mean(0), rtol=1e-5, atol=1e-6)
     got, got_own, source = tm.operators([held])
-    expected = tm.operator_class + tm.gain * (tm.own_effect * tm.directions[genes.index(held)] - tm.propagation_mean)
+    expected = tm.operator_class + tm.gain * (tm.drive_effect * tm.directions[genes.index(held)] - tm.propagation_mean)
     np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-6)
     assert got_own[0] == tm.own_effect
     assert source == ["gene map"]
@@ -228,6 +245,75 @@ def test_own_effect_calibration_is_the_median_signed_by_the_modality(caplog):
     assert "against the registered modality" in caplog.text
     assert _own_calibration([0.4, 0.5, 0.3], "CRISPRa")[0] == pytest.approx(0.4)
     assert _own_calibration([0.4, 0.5, 0.3], None)[0] == pytest.approx(0.4)
+
+
+def test_own_gene_effect_recovers_a_planted_knockdown():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.2, 6.0, 12)
+    a = float(np.log(0.3))
+    # counts: the knock-down scales the normalised expression, a small fall for a gene barely expressed
+    observed = np.log1p(0.3 * np.expm1(reference))
+    effect, sd, each = own_gene_effect(observed, reference)
+    assert effect == pytest.approx(a, abs=1e-3)
+    np.testing.assert_allclose(each, a, atol=1e-3)
+    assert sd == pytest.approx(0.0, abs=1e-3)
+    assert abs(observed - reference)[reference.argmin()] < 0.5 < abs(observed - reference)[reference.argmax()]
+    # efficacy levels: the mean factor over the levels
+    levels = np.array([0.5, 1.0, 1.5])
+    observed = np.log1p(np.mean(np.exp(a * levels)) * np.expm1(reference))
+    assert own_gene_effect(observed, reference, efficacy_levels=levels)[0] == pytest.approx(a, abs=1e-3)
+    # log-normalised input (normal likelihood): a shift
+    assert own_gene_effect(reference - 0.7, reference, counts=False)[0] == pytest.approx(-0.7, abs=1e-3)
+    # targets that disagree: the fit weighs the well-measured fall of a highly expressed gene
+    strong = reference >= np.median(reference)
+    observed = np.log1p(np.where(strong, 0.3, 0.9) * np.expm1(reference))
+    effect, sd, _ = own_gene_effect(observed, reference)
+    assert np.log(0.3) < effect < (np.log(0.3) + np.log(0.9)) / 2
+    assert sd > 0.1
+    assert own_gene_effect(np.zeros(0), np.zeros(0))[0] == 0.0
+
+
+def test_the_model_calibrates_the_own_gene_on_the_observed_training_targets(steady):
+    model = steady.model
+    tm, obs, ctx = model.target_map_, model.anchor_, Context(None)
+    assert tm.own_source == "observed"
+    genes = list(model.adata.var_names)
+    members = [q for q in tm.class_targets if obs.get(q, ctx) is not None]
+    y = np.stack([obs.get(q, ctx).value for q in members]).astype(np.float64)
+    g = np.array([genes.index(q) for q in members])
+    own = y[np.arange(len(members)), g]
+    # each member's level without its knock-down: the mean of the other members at its gene
+    reference = np.array([np.mean([y[j, g[i]] for j in range(len(members)) if j != i]) for i in range(len(members))])
+    assert tm.own_effect == pytest.approx(own_gene_effect(own, reference)[0], abs=1e-6)
+    assert tm.own_targets == len(members)
+    # mapped targets read out with it
+    _, got_own, _ = tm.operators([steady.heldout_target])
+    assert got_own[0] == tm.own_effect
+    assert model.predict([steady.heldout_target]).uns["scmech"]["prediction"]["own_gene"]["calibrated_on"] == "observed"
+
+
+def test_validation_cells_of_training_conditions_join_the_observations(steady, monkeypatch):
+    model = steady.model
+    monkeypatch.setattr(model, "anchor_", model.anchor_)  # restored after the test
+    train, validation, held = steady.external
+    design = model._design(model.adata)
+    ctx = Context(None)
+    model._fit_anchor(train)
+    alone = {lab: o.n_cells for (lab, _), o in model.anchor_.conditions.items()}
+    # the validation cells of observed conditions join them; those of a held-out condition stay unseen
+    model._fit_anchor(train, np.concatenate([validation, held]))
+    pooled = {lab: o.n_cells for (lab, _), o in model.anchor_.conditions.items()}
+    assert steady.heldout_target not in pooled
+    val_labels = design.labels[validation]
+    for lab, n in alone.items():
+        assert pooled[lab] == n + int((val_labels == lab).sum())
+    assert sum(pooled.values()) > sum(alone.values())
+    # the pooled pseudobulk is the mean over the union of the cells
+    controls = np.concatenate([train, validation])
+    controls = controls[design.labels[controls] == "NT"]
+    x = np.asarray(model.adata.X[controls].toarray() if sp.issparse(model.adata.X) else model.adata.X[controls])
+    expected = np.log1p(1e4 * (x / x.sum(1, keepdims=True)).mean(0))
+    np.testing.assert_allclose(model.anchor_.control(ctx).value, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_perturbation_modality_is_validated(small_adata):
@@ -539,7 +625,7 @@ def test_rows_sharing_a_correction_get_exactly_what_each_plan_gives_alone():
     obs = Observations(control_label="NT")
     for lab in ("NT", "A", "B"):
         obs.conditions[(lab, ctx)] = ObservedPseudobulk(rng.normal(size=6), rng.uniform(0.01, 0.2, 6), 20)
-    reads = {p: rng.normal(size=6) for p in ("NT", "A", "B", "X", "Y", "Z")}
+    reads = {p: rng.normal(size=6) for p in ("NT", "A", "B", "X", "Y", "Z", CLASS_REFERENCE)}
     proto = {lab: obs.protocol(lab, ctx) for lab in reads}
 
     def read(p):

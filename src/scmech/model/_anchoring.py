@@ -19,7 +19,8 @@ the baseline cannot. One plan per predicted row, chosen in this order:
     carried over as far as the training targets observed in both media show that it carries.
 :class:`UnseenTarget`
     A single target without training cells: the observed mean of the training targets of its class (those
-    described by the same prior information) plus the model's change specific to the target.
+    described by the same prior information) plus the model's change specific to the target, measured from its
+    read-out of the class's mean operator.
 :class:`ControlLevel`
     Any other condition in a context whose controls were observed: :math:`m_p + w (y_\varnothing -
     m_\varnothing)`.
@@ -39,7 +40,7 @@ import numpy as np
 
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
-from ._protocols import Context, Protocol
+from ._protocols import CLASS_REFERENCE, Context, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -132,21 +133,31 @@ class AnchorPlan:
 class SharedCorrection(AnchorPlan):
     """A plan whose correction depends on the plan alone, not on the row: rows with equal plans share it.
 
-    ``apply`` is :meth:`base` plus the weighed :meth:`corrections`; a caller anchoring many rows computes the
-    weighed correction once per distinct plan (:func:`anchor_rows`): at genome scale thousands of rows share
-    the controls of one context.
+    ``apply`` is :meth:`base` plus the :meth:`offset` plus the weighed :meth:`corrections`; a caller anchoring
+    many rows computes the offset and the weighed correction once per distinct plan (:func:`anchor_rows`): at
+    genome scale thousands of rows share the controls of one context.
     """
 
-    def base(self, row: Protocol, read: Callable, obs: Observations) -> np.ndarray:
+    def base(self, row: Protocol, read: Callable, obs: Observations) -> np.ndarray | float:
         """Return the model's value of ``row`` that the correction is added to."""
         return read(row)
+
+    def offset(self, read: Callable, obs: Observations) -> np.ndarray | float:
+        """Return a term shared by the plan's rows, added as it is (not weighed)."""
+        return 0.0
 
     def corrections(self, read: Callable, obs: Observations) -> list[tuple[np.ndarray, np.ndarray | None]]:
         """Return the independent corrections and their sampling variances."""
         raise NotImplementedError
 
+    def shared(self, read: Callable, obs: Observations) -> tuple[np.ndarray, np.ndarray]:
+        """Return the offset plus the weighed corrections, and the weights they kept."""
+        total, weights = self._weighed_sum(*self.corrections(read, obs))
+        return self.offset(read, obs) + total, weights
+
     def apply(self, row, read, obs):
-        return self._weighed(self.base(row, read, obs), *self.corrections(read, obs))
+        total, weights = self.shared(read, obs)
+        return self.base(row, read, obs) + total, weights
 
 
 @dataclass(frozen=True)
@@ -210,16 +221,19 @@ class Combination(AnchorPlan):
 class UnseenTarget(SharedCorrection):
     r"""A target without training cells: its class's observed mean plus the model's specific change.
 
-    :math:`\hat y_t = m_t + w \odot \overline{(y_q - m_q)}` over the training targets :math:`q` of the class
-    (those with the same kind of prior information as :math:`t`, e.g. a measured gene; every training target
-    when :math:`t` has none): the target-class mean nested in the model, which supplies what is specific to
-    :math:`t`: the direct knock-down of its own gene and its propagation through the learned dynamics.
+    :math:`\hat y_t = \overline{m_q} + w \odot \overline{(y_q - m_q)} + (m_t - m_{\bar v})` over the training
+    targets :math:`q` of the class (those with the same kind of prior information as :math:`t`, e.g. a measured
+    gene; every training target when :math:`t` has none): the target-class mean nested in the model, which
+    supplies what is specific to :math:`t`, the change of its read-out :math:`m_t` (the direct knock-down of its
+    own gene and its propagation through the learned dynamics) from the read-out :math:`m_{\bar v}` of the
+    class's mean operator without an own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The class
+    mean is the mean of the members' read-outs, not the read-out of their mean operator: the dynamics and the
+    decoder are nonlinear, the response to an average drive is not the average response, and their difference
+    is no information about :math:`t`.
 
     A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
-    for the model to add; it is exchangeable with the training targets, so its model read-out is the mean of
-    theirs, :math:`m_t = \overline{m_q}`, not the read-out of their mean operator (the dynamics and the decoder
-    are nonlinear, and the response to an average drive is not the average response). Anchored, this is the
-    class's observed mean.
+    for the model to add; it is exchangeable with the training targets: anchored, it is the class's observed
+    mean.
     """
 
     description: ClassVar[str] = "class mean of training targets plus the model's specific change"
@@ -228,12 +242,15 @@ class UnseenTarget(SharedCorrection):
     pooled: bool = False
 
     def needs(self, row, obs):
-        return [obs.protocol(q, self.context) for q in self.members]
+        out = [obs.protocol(q, self.context) for q in self.members]
+        return out if self.pooled else [*out, obs.protocol(CLASS_REFERENCE, self.context)]
 
     def base(self, row, read, obs):
-        if self.pooled:
-            return np.mean([read(obs.protocol(q, self.context)) for q in self.members], axis=0)
-        return read(row)
+        return 0.0 if self.pooled else read(row)
+
+    def offset(self, read, obs):
+        mean = np.mean([read(obs.protocol(q, self.context)) for q in self.members], axis=0)
+        return mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
 
     def corrections(self, read, obs):
         n = len(self.members)
@@ -386,7 +403,7 @@ def anchor_rows(
     for i, plan in plans.items():
         if isinstance(plan, SharedCorrection):
             if plan not in shared:
-                total, w = plan._weighed_sum(*plan.corrections(read, obs))
+                total, w = plan.shared(read, obs)
                 shared[plan] = (total, float(np.mean(w)) if len(w) else np.nan)
             total, weights[i] = shared[plan]
             values[i] = plan.base(rows[i], read, obs) + total

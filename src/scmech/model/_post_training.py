@@ -29,7 +29,7 @@ from ._anchoring import (
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
-from ._target_map import TargetMap, latent_directions, propagation_gain, residual_map
+from ._target_map import TargetMap, latent_directions, own_gene_effect, propagation_gain, residual_map
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -66,19 +66,25 @@ class PostTrainingMixin:
         op_all = ops[[row[t] for t in fit]].mean(0) if fit else np.zeros(n_latent)
         op_class = ops[[row[t] for t in members]].mean(0) if members else op_all
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        own_effect, own_sd = _own_calibration([own[row[t]] for t in members], modality)
+        learned, learned_sd = _own_calibration([own[row[t]] for t in members], modality)
         tm = TargetMap(
             var_names=var_names,
             trained=list(fit),
             class_targets=members,
             operator_class=op_class,
             operator_all=op_all,
-            own_effect=own_effect,
-            own_effect_sd=own_sd,
+            own_effect=learned,
+            own_effect_sd=learned_sd,
             own_targets=len(members) if own_p is not None else 0,
+            own_source="learned" if members and own_p is not None else "none",
+            drive_effect=learned,
             modality=modality,
         )
         if members and own_p is not None:
+            observed = self._observed_own_effect(members)
+            if observed is not None:
+                tm.own_effect, tm.own_effect_sd, tm.own_targets = observed
+                tm.own_source = "observed"
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]
@@ -95,54 +101,107 @@ class PostTrainingMixin:
                     tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
         self.target_map_ = tm
 
-    def _validate_gain(
-        self, members: list[str], drives: np.ndarray, ops: np.ndarray, own: np.ndarray, tm: TargetMap
-    ) -> tuple[float, dict] | None:
-        r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
-
-        For each training target :math:`q` of the class observed in the baseline context (at most
-        ``MAX_CLASS``), the class mean, the gain and the own-gene effect are refitted without it and :math:`q`
-        is predicted as an unseen target would be: the model's read-out under the mapped operator plus the
-        observed-minus-model mean of the other members. The share :math:`s` of the least-squares gain
-        (:data:`GAIN_SHARES`) with the lowest mean squared error against :math:`q`'s observed pseudobulk wins
-        (ties go to the smaller share). This validates the gain in the space predictions are scored in, not in
-        the latent space, where the error weighs directions by the latent geometry rather than by their effect
-        on expression.
+    def _own_gene_pairs(self, members: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Observed own-gene levels of the class members observed in the baseline context (at most ``MAX_CLASS``).
 
         Returns
         -------
-        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (the latent leave-one-out
-        of :func:`~scmech.model._target_map.propagation_gain` stands).
+        The members' positions in ``members``, the observed pseudobulks (members x genes) and each member's gene
+        position, or ``None`` with fewer than 3 observed members or without observed controls.
         """
         obs = self.anchor_
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
         if not isinstance(obs, Observations) or obs.control(ctx) is None:
             return None
         seen = [i for i, q in enumerate(members) if obs.get(q, ctx) is not None][:MAX_CLASS]
-        if len(seen) < 3 or tm.gain_fit <= 0:
+        if len(seen) < 3:
             return None
-        read_trained = self._reader([obs.protocol(members[i], ctx) for i in seen])
-        m = {i: read_trained(obs.protocol(members[i], ctx)) for i in seen}
-        y = {i: np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen}
-        genes = {g: k for k, g in enumerate(tm.var_names)}
+        y = np.stack([np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen])
+        genes = {str(g): k for k, g in enumerate(self._expression_matrix(self.adata)[1])}
+        return np.asarray(seen), y, np.asarray([genes[members[i]] for i in seen])
+
+    def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray) -> tuple[float, float]:
+        """Own-gene effect of :func:`~scmech.model._target_map.own_gene_effect` on the members' pseudobulks ``y``.
+
+        Each member's level without its knock-down is the mean of the other members at its gene; the result is
+        signed by the registered modality (:func:`_own_calibration`).
+        """
+        n = len(y)
+        rows = np.arange(n)
+        own_level = y[rows, genes]
+        reference = (y[:, genes].sum(0) - own_level) / (n - 1)
+        pool = efficacy_pool(self) if self.module.use_efficacy else None
+        levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        if self.module.gene_likelihood == "normal":
+            counts = False
+        effect, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
+        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
+        signed, _ = _own_calibration([effect], modality)
+        sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if n >= 3 else float(np.std(each))
+        return signed, sd
+
+    def _observed_own_effect(self, members: list[str]) -> tuple[float, float, int] | None:
+        """Own-gene effect calibrated on the observed training pseudobulks, its spread and the members it rests on.
+
+        ``None`` with fewer than 3 observed members: the median of the learned direct effects stands.
+        """
+        pairs = self._own_gene_pairs(members)
+        if pairs is None:
+            return None
+        seen, y, genes = pairs
+        effect, sd = self._fit_own_effect(y, genes)
+        return effect, sd, len(seen)
+
+    def _validate_gain(
+        self, members: list[str], drives: np.ndarray, ops: np.ndarray, own: np.ndarray, tm: TargetMap
+    ) -> tuple[float, dict] | None:
+        r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
+
+        For each training target :math:`q` of the class observed in the baseline context (at most
+        ``MAX_CLASS``), the class mean, the gain and the own-gene effects are refitted without it and :math:`q`
+        is predicted as an unseen target is anchored: the observed mean :math:`\bar y_{-q}` of the other members
+        plus the model's specific change, its read-out under the mapped operator with the own-gene knock-down
+        minus its read-out under the class's mean operator without it. The share :math:`s` of the
+        least-squares gain (:data:`GAIN_SHARES`) with the lowest mean squared error against :math:`q`'s observed
+        pseudobulk wins (ties go to the smaller share). This validates the gain in the space predictions are
+        scored in, not in the latent space, where the error weighs directions by the latent geometry rather than
+        by their effect on expression.
+
+        Returns
+        -------
+        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (the latent leave-one-out
+        of :func:`~scmech.model._target_map.propagation_gain` stands).
+        """
+        pairs = self._own_gene_pairs(members)
+        if pairs is None or tm.gain_fit <= 0:
+            return None
+        seen, y, genes = pairs
         rows, labels = [], []
-        for i in seen:
+        for k, i in enumerate(seen):
             keep = [j for j in range(len(members)) if j != i]
             x_k, v_k = drives[keep], ops[keep]
             xc, vc = x_k - x_k.mean(0), v_k - v_k.mean(0)
             den = float((xc * xc).sum())
             kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
-            a = float(np.median(own[keep]))
-            d = a * np.asarray(tm.directions[genes[members[i]]], dtype=np.float64) - x_k.mean(0)
+            d = float(np.median(own[keep])) * np.asarray(tm.directions[genes[k]], dtype=np.float64) - x_k.mean(0)
+            others = np.arange(len(seen)) != k
+            a = self._fit_own_effect(y[others], genes[others])[0] if others.sum() >= 3 else tm.own_effect
+            rows.append((v_k.mean(0), 0.0, -1))
+            labels.append((k, None))
             for share in GAIN_SHARES:
-                rows.append((v_k.mean(0) + share * kappa * d, a, genes[members[i]]))
-                labels.append((i, share))
+                rows.append((v_k.mean(0) + share * kappa * d, a, int(genes[k])))
+                labels.append((k, share))
         values = self._read_mapped(rows)
         errors = dict.fromkeys(GAIN_SHARES, 0.0)
-        for (i, share), value in zip(labels, values, strict=True):
-            others = [j for j in seen if j != i]
-            correction = np.mean([y[j] - m[j] for j in others], axis=0)
-            errors[share] += float(np.mean((value + correction - y[i]) ** 2)) / len(seen)
+        reference = {}
+        for (k, share), value in zip(labels, values, strict=True):
+            if share is None:
+                reference[k] = value
+                continue
+            others = np.arange(len(seen)) != k
+            predicted = y[others].mean(0) + value - reference[k]
+            errors[share] += float(np.mean((predicted - y[k]) ** 2)) / len(seen)
         best = min(sorted(errors), key=lambda share: (errors[share], share))
         return best * tm.gain_fit, {float(k): v for k, v in errors.items()}
 
@@ -238,14 +297,30 @@ class PostTrainingMixin:
             gene_var = np.log1p(1.0 / theta)
         return latent_directions(loading, np.atleast_2d(cov), gene_var, jac).astype(np.float32)
 
-    def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
-        """Store the observed training pseudobulks of every condition in every context, and calibrate on them."""
+    def _fit_anchor(
+        self, train_indices: np.ndarray, validation_indices: np.ndarray | None = None, min_cells: int = 10
+    ) -> None:
+        """Store the observed pseudobulks of every training condition in every context, and calibrate on them.
+
+        A condition's pseudobulk pools its training cells with its validation cells: the validation cells of a
+        condition observed in training are a random share of the same population, held back to monitor the fit,
+        not a held-out condition, and leaving them out would add sampling noise to every anchored prediction.
+        Validation cells of a condition (in a context) without training cells are never used: a split that
+        validates on held-out conditions keeps them unseen.
+        """
         design = self._design(self.adata)
         idx = np.asarray(train_indices)
         idx = idx[~design.is_unassigned[idx]]
+        keys = self._condition_keys(idx, design)
+        if validation_indices is not None and len(validation_indices):
+            val = np.asarray(validation_indices)
+            val = val[~design.is_unassigned[val]]
+            val_keys = self._condition_keys(val, design)
+            seen = np.asarray(pd.Index(keys.unique()).get_indexer(val_keys.to_numpy()) >= 0)
+            idx = np.concatenate([idx, val[seen]])
+            keys = pd.concat([keys, val_keys[seen]], ignore_index=True)
         labels = design.labels[idx]
         contexts = self._context_keys(idx)
-        keys = pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
         vc = keys.value_counts()
         groups = sorted(vc.index[vc >= min_cells].tolist())
         obs = Observations(control_label=design.control_label)
@@ -264,6 +339,12 @@ class PostTrainingMixin:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))
         self.anchor_ = obs
         self._calibrate_anchor()
+
+    def _condition_keys(self, idx: np.ndarray, design) -> pd.Series:
+        """Key of each cell's condition in its context (perturbation label and read-out context)."""
+        labels = design.labels[idx]
+        contexts = self._context_keys(idx)
+        return pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
 
     def _calibrate_anchor(self) -> None:
         """Calibrate the combination interaction and the carry-over between media on the training observations."""

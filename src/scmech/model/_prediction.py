@@ -20,7 +20,7 @@ from scmech._constants import SCMECH_REGISTRY_KEYS
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
 from ._prediction_output import PredictionOutputMixin
-from ._protocols import Context, Protocol, Step, build_protocols
+from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
 
 if TYPE_CHECKING:
@@ -208,7 +208,10 @@ class PredictionMixin(PredictionOutputMixin):
             n_requested=len(protocols) - anchor_rows,
             batch_size=batch_size,
         )
-        ro.mapped, ro.sources, ro.start = mapped, sources, start
+        # the class reference is a read-out the anchoring needs, not a target of the data
+        ro.mapped = [t for t in mapped if t != CLASS_REFERENCE]
+        ro.sources = {t: v for t, v in sources.items() if t != CLASS_REFERENCE}
+        ro.start = start
         ro.user_cells = from_cells is not None
         ro.efficacy = "empirical" if pool is not None else ("given" if efficacy is not None else "1")
         return ro

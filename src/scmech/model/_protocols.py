@@ -15,9 +15,14 @@ from ._persistence import persistable
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["Context", "Protocol", "Step", "build_protocols", "protocol_from_steps"]
+__all__ = ["CLASS_REFERENCE", "Context", "Protocol", "Step", "build_protocols", "protocol_from_steps"]
 
 Step = tuple[str, Any]
+
+#: Reserved target name: the mean latent operator of the measured training targets, without an own-gene effect.
+#: An unseen target's specific change is measured from its read-out when the target is anchored; it is never a
+#: target of the data and never reported.
+CLASS_REFERENCE = "\x00class reference"
 
 
 @persistable

@@ -150,7 +150,7 @@ class TrainingMixin:
             plan_kwargs=plan_kwargs,
             **trainer_kwargs,
         )
-        self._fit_after_training(train_indices)
+        self._fit_after_training(train_indices, np.asarray(external[1], dtype=int))
         return out
 
     def _resolve_split(
@@ -252,16 +252,18 @@ class TrainingMixin:
                 )
                 raise ValueError(msg) from e
 
-    def _fit_after_training(self, train_indices: np.ndarray) -> None:
+    def _fit_after_training(self, train_indices: np.ndarray, validation_indices: np.ndarray | None = None) -> None:
         """Fit the anchoring observations and the target map on the training cells; report unconverged solves.
 
         Parameters
         ----------
         train_indices
             The cells trained on.
+        validation_indices
+            The validation cells: those of conditions observed in training join the observations.
         """
         # the observations first: the target map validates its propagation gain on them
-        self._fit_anchor(train_indices)
+        self._fit_anchor(train_indices, validation_indices)
         self._fit_target_map(train_indices)
         hist = (self.history_ or {}).get("fp_unconverged_train")
         if hist is not None and len(hist) and float(np.asarray(hist)[-1].ravel()[0]) > 0:
