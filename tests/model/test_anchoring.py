@@ -15,7 +15,7 @@ from scmech.model._anchoring import Observations, ObservedPseudobulk
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
-from scmech.model._target_map import latent_directions, own_gene_effect, propagation_gain
+from scmech.model._target_map import latent_directions, own_gene_effect, propagation_gain, smallest_within_noise
 
 from .conftest import MODEL_KWARGS, simulated
 
@@ -233,6 +233,20 @@ def test_propagation_gain_recovers_a_planted_gain_and_drops_an_unsupported_one()
     # a negative slope is not a propagation
     assert propagation_gain(drives, -drives)[1] == 0.0
     assert propagation_gain(drives[:2], operators[:2]) == (0.0, 0.0, {})
+
+
+def test_a_share_is_chosen_only_when_it_is_better_beyond_the_spread_between_targets():
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    # every target predicted better by 0.5 with the full share: the evidence stands out, the full share is chosen
+    assert smallest_within_noise({0.0: base, 0.5: base - 0.3, 1.0: base - 0.5}) == 1.0
+    # better on average only because one target is (mean excess 0.5, standard error 0.5): the class mean stays
+    lucky = base.copy()
+    lucky[0] -= 3.0
+    assert np.mean(lucky) < np.mean(base)
+    assert smallest_within_noise({0.0: base, 1.0: lucky}) == 0.0
+    # the best share itself when nothing smaller is within its noise; ties go to the smaller share
+    assert smallest_within_noise({0.0: base + 1.0, 0.5: base, 1.0: base + 0.01}) == 0.5
+    assert smallest_within_noise({0.0: base, 1.0: base}) == 0.0
 
 
 def test_own_effect_calibration_is_the_median_signed_by_the_modality(caplog):

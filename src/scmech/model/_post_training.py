@@ -29,7 +29,14 @@ from ._anchoring import (
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
-from ._target_map import TargetMap, latent_directions, own_gene_effect, propagation_gain, residual_map
+from ._target_map import (
+    TargetMap,
+    latent_directions,
+    own_gene_effect,
+    propagation_gain,
+    residual_map,
+    smallest_within_noise,
+)
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -163,8 +170,10 @@ class PostTrainingMixin:
         is predicted as an unseen target is anchored: the observed mean :math:`\bar y_{-q}` of the other members
         plus the model's specific change, its read-out under the mapped operator with the own-gene knock-down
         minus its read-out under the class's mean operator without it. The share :math:`s` of the
-        least-squares gain (:data:`GAIN_SHARES`) with the lowest mean squared error against :math:`q`'s observed
-        pseudobulk wins (ties go to the smaller share). This validates the gain in the space predictions are
+        least-squares gain (:data:`GAIN_SHARES`) is chosen on the members' mean squared errors against their
+        observed pseudobulks by the one-standard-error rule
+        (:func:`~scmech.model._target_map.smallest_within_noise`): a larger share only when it predicts the
+        members better by more than the spread between them. This validates the gain in the space predictions are
         scored in, not in the latent space, where the error weighs directions by the latent geometry rather than
         by their effect on expression.
 
@@ -193,7 +202,7 @@ class PostTrainingMixin:
                 rows.append((v_k.mean(0) + share * kappa * d, a, int(genes[k])))
                 labels.append((k, share))
         values = self._read_mapped(rows)
-        errors = dict.fromkeys(GAIN_SHARES, 0.0)
+        errors = {share: np.zeros(len(seen)) for share in GAIN_SHARES}
         reference = {}
         for (k, share), value in zip(labels, values, strict=True):
             if share is None:
@@ -201,9 +210,9 @@ class PostTrainingMixin:
                 continue
             others = np.arange(len(seen)) != k
             predicted = y[others].mean(0) + value - reference[k]
-            errors[share] += float(np.mean((predicted - y[k]) ** 2)) / len(seen)
-        best = min(sorted(errors), key=lambda share: (errors[share], share))
-        return best * tm.gain_fit, {float(k): v for k, v in errors.items()}
+            errors[share][k] = float(np.mean((predicted - y[k]) ** 2))
+        best = smallest_within_noise(errors)
+        return best * tm.gain_fit, {float(k): float(v.mean()) for k, v in errors.items()}
 
     @torch.inference_mode()
     def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:

@@ -49,7 +49,7 @@ from ._protocols import CLASS_REFERENCE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TargetMap", "latent_directions", "own_gene_effect", "propagation_gain"]
+__all__ = ["TargetMap", "latent_directions", "own_gene_effect", "propagation_gain", "smallest_within_noise"]
 
 #: sources of a mapped target, as reported in ``predict``'s ``obs["target_source"]``
 SOURCE_GENE = "gene map"
@@ -308,10 +308,11 @@ def propagation_gain(
 ) -> tuple[float, float, dict]:
     r"""Gain :math:`\kappa \ge 0` of :math:`v_q - \bar v = \kappa (d_q - \bar d)`, shrunk as far as it validates.
 
-    The least-squares gain over the training targets is scaled by the share :math:`s` (of ``shares``) whose
-    leave-one-target-out mean squared error is lowest: for each target left out, means and gain are refitted
-    on the others and the target predicted as :math:`\bar v_{-q} + s\,\kappa_{-q} (d_q - \bar d_{-q})`.
-    :math:`s = 0` (no propagation, the class mean) wins ties.
+    The least-squares gain over the training targets is scaled by the share :math:`s` (of ``shares``) chosen on
+    the leave-one-target-out squared errors by the one-standard-error rule (:func:`smallest_within_noise`): for
+    each target left out, means and gain are refitted on the others and the target predicted as
+    :math:`\bar v_{-q} + s\,\kappa_{-q} (d_q - \bar d_{-q})`. :math:`s = 0` (no propagation, the class mean)
+    wins ties and differences within the noise.
 
     Parameters
     ----------
@@ -324,8 +325,8 @@ def propagation_gain(
 
     Returns
     -------
-    The validated gain :math:`s\kappa`, the least-squares gain :math:`\kappa` and the leave-one-out error of each
-    share.
+    The validated gain :math:`s\kappa`, the least-squares gain :math:`\kappa` and the mean leave-one-out error of
+    each share.
     """
     x = np.asarray(drives, dtype=np.float64)
     y = np.asarray(operators, dtype=np.float64)
@@ -339,16 +340,44 @@ def propagation_gain(
         return max(0.0, float((xc * yc).sum()) / den) if den > 0 else 0.0
 
     gain = fit(x, y)
-    loo = dict.fromkeys(shares, 0.0)
+    loo = {share: np.zeros(n) for share in shares}
     for i in range(n):
         keep = np.arange(n) != i
         k = fit(x[keep], y[keep])
         step = x[i] - x[keep].mean(0)
         for share in shares:
             pred = y[keep].mean(0) + share * k * step
-            loo[share] += float(((y[i] - pred) ** 2).sum()) / n
-    best = min(sorted(loo), key=lambda share: (loo[share], share))
-    return best * gain, gain, {float(k): v for k, v in loo.items()}
+            loo[share][i] = float(((y[i] - pred) ** 2).sum())
+    best = smallest_within_noise(loo)
+    return best * gain, gain, {float(k): float(v.mean()) for k, v in loo.items()}
+
+
+def smallest_within_noise(errors: dict[float, np.ndarray]) -> float:
+    r"""Smallest share whose leave-one-out error is within one standard error of the best share's (1-SE rule).
+
+    The one-standard-error rule of cross-validation (Breiman et al. 1984; Hastie, Tibshirani and Friedman, *The
+    Elements of Statistical Learning*, 7.10), on paired errors: a share :math:`s` below the best share
+    :math:`s^*` is chosen when its mean excess error over the training targets left out,
+    :math:`\overline{e_s - e_{s^*}}`, is at most the standard error of that mean. With a handful of training
+    targets the best share is often best by chance; the rule keeps the simpler prediction (the class mean, no
+    propagation) unless the evidence for more stands out of the spread between targets.
+
+    Parameters
+    ----------
+    errors
+        Per share, the error of each left-out training target (one array per share, same targets).
+    """
+    shares = sorted(errors)
+    best = min(shares, key=lambda share: (float(np.mean(errors[share])), share))
+    for share in shares:
+        if share >= best:
+            break
+        diff = np.asarray(errors[share], dtype=np.float64) - np.asarray(errors[best], dtype=np.float64)
+        n = len(diff)
+        se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        if float(diff.mean()) <= se:
+            return share
+    return best
 
 
 def residual_map(embedding: np.ndarray | None, residuals: np.ndarray) -> tuple:
