@@ -34,7 +34,10 @@ group's observed controls shares their noise with any prediction that does not u
 Models: ``ControlMean``, ``TrainMean``, ``OwnGene`` (train mean with the calibrated own-gene change),
 ``TargetClassMean`` (mean of the measured training targets), ``Additive`` (combinations), ``LinearModel``
 (Ahlmann-Eltze et al.), ``SemiMechVI`` and ``SemiMechVI_vanilla`` (``steady_state_weight=0``), and each
-SemiMechVI's own read-out without anchoring (``*_alone``, ``predict(anchor="none")`` of the same fit), plus the
+SemiMechVI's own read-out without anchoring (``*_alone``, ``predict(anchor="none")`` of the same fit), the
+anchored prediction without the propagation of an unseen target's knock-down through the learned dynamics
+(``*_no_propagation``: the target map's gain set to 0; equal to the full prediction wherever the gain did not
+validate or no target is unseen), plus the
 split-half noise ceiling where the held-out conditions have enough cells. pertpy's scGen (``scmech.tl.ScGen``)
 is left out: it needs a GPU to be practical at these sizes.
 
@@ -125,12 +128,14 @@ def run_regime(
             model.train(datasplitter_kwargs=ds)
         seconds[name] = time.perf_counter() - t0
         variants = {name: "auto", f"{name}_alone": "none"} if isinstance(model, SemiMechVI) else {name: None}
+        if isinstance(model, SemiMechVI) and getattr(model, "target_map_", None) is not None:
+            variants[f"{name}_no_propagation"] = "no propagation"
         for key, anchor in variants.items():
             kw = {**(predict_kwargs or {}), **({"anchor": anchor} if anchor else {})}
-            preds[key] = model.predict(list(split.test_conditions), **kw)
+            preds[key], ctrl = _predict(model, split, kw, setup["control_label"], "truth" in adata.uns)
             seconds[key] = seconds[name]
-            if "truth" in adata.uns:
-                ctrl_preds[key] = model.predict([setup["control_label"]], **kw)
+            if ctrl is not None:
+                ctrl_preds[key] = ctrl
     keys = {k: setup[k] for k in ("perturbation_key", "control_label") if k in setup}
     res = scmech.tl.evaluate(preds, adata, split=split, **keys)
     if "truth" in adata.uns:  # simulated data: also score against the noise-free truth
@@ -143,6 +148,28 @@ def run_regime(
         res = pd.concat([res, nc], ignore_index=True)
     res["seed"] = seed
     return res
+
+
+def _predict(model, split, kw: dict, control_label: str, with_control: bool) -> tuple:
+    """Predictions of the test conditions (and of the control when ``with_control``).
+
+    ``anchor="no propagation"`` is the ablation of the propagation through the learned dynamics: the anchored
+    prediction with the target map's propagation gain set to 0 for this call (an unseen target is then its class
+    mean plus its own-gene knock-down), so that what the propagation adds is visible beside the full prediction.
+    """
+    kw = dict(kw)
+    saved = None
+    if kw.get("anchor") == "no propagation":
+        kw["anchor"] = "auto"
+        saved = model.target_map_.gain
+        model.target_map_.gain = 0.0
+    try:
+        pred = model.predict(list(split.test_conditions), **kw)
+        ctrl = model.predict([control_label], **kw) if with_control else None
+    finally:
+        if saved is not None:
+            model.target_map_.gain = saved
+    return pred, ctrl
 
 
 def _truth_scores(adata, split, preds: dict, ctrl_preds: dict, setup: dict, n_de: int = 20) -> pd.DataFrame:
