@@ -127,11 +127,12 @@ class PostTrainingMixin:
         genes = {str(g): k for k, g in enumerate(self._expression_matrix(self.adata)[1])}
         return np.asarray(seen), y, np.asarray([genes[members[i]] for i in seen])
 
-    def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray) -> tuple[float, float]:
+    def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._target_map.own_gene_effect` on the members' pseudobulks ``y``.
 
         Each member's level without its knock-down is the mean of the other members at its gene; the result is
-        signed by the registered modality (:func:`_own_calibration`).
+        signed by the registered modality (:func:`_own_calibration`). Returns the effect and the spread of the
+        members' own effects (NaN without ``spread``).
         """
         n = len(y)
         rows = np.arange(n)
@@ -142,10 +143,9 @@ class PostTrainingMixin:
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
         if self.module.gene_likelihood == "normal":
             counts = False
-        effect, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
+        effect, sd, _ = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, spread=spread)
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
         signed, _ = _own_calibration([effect], modality)
-        sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if n >= 3 else float(np.std(each))
         return signed, sd
 
     def _observed_own_effect(self, members: list[str]) -> tuple[float, float, int] | None:
@@ -195,7 +195,7 @@ class PostTrainingMixin:
             kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
             d = float(np.median(own[keep])) * np.asarray(tm.directions[genes[k]], dtype=np.float64) - x_k.mean(0)
             others = np.arange(len(seen)) != k
-            a = self._fit_own_effect(y[others], genes[others])[0] if others.sum() >= 3 else tm.own_effect
+            a = self._fit_own_effect(y[others], genes[others], spread=False)[0] if others.sum() >= 3 else tm.own_effect
             rows.append((v_k.mean(0), 0.0, -1))
             labels.append((k, None))
             for share in GAIN_SHARES:

@@ -220,6 +220,7 @@ def own_gene_effect(
     counts: bool = True,
     efficacy_levels: np.ndarray | None = None,
     bound: float = 10.0,
+    spread: bool = True,
 ) -> tuple[float, float, np.ndarray]:
     r"""Direct own-gene effect :math:`a` that best reproduces the training targets' observed own-gene levels.
 
@@ -247,6 +248,8 @@ def own_gene_effect(
         Efficacy levels the model reads out over (``None``: 1).
     bound
         Largest :math:`|a|` considered.
+    spread
+        Also fit each target's own effect and their spread (``False``: NaN and an empty array).
 
     Returns
     -------
@@ -273,6 +276,8 @@ def own_gene_effect(
     if len(y) == 0:
         return 0.0, float("nan"), np.zeros(0)
     effect = fit(y, ref)
+    if not spread:
+        return effect, float("nan"), np.zeros(0)
     each = np.array([fit(y[i : i + 1], ref[i : i + 1]) for i in range(len(y))])
     sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if len(each) >= 3 else float(np.std(each))
     return effect, sd, each
