@@ -63,9 +63,32 @@ def test_combination_is_its_observed_singles_plus_the_calibrated_interaction(ste
 
 
 def _eb_weight(corr: np.ndarray, var: np.ndarray) -> np.ndarray:
-    """Empirical-Bayes weight written out here: tau^2 / (tau^2 + v), tau^2 = mean(c^2 - v) floored at 0."""
+    """Empirical-Bayes weight written out here: tau^2 / (tau^2 + v), tau^2 = mean(c^2 - v) floored at 0, and no
+    correction shrunk by more than its own standard error (w >= 1 - sqrt(v) / |c|)."""
+    corr, var = np.asarray(corr, dtype=np.float64), np.asarray(var, dtype=np.float64)
     tau2 = max(0.0, float(np.mean(corr**2 - var)))
-    return tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
+    common = tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
+    limited = np.array([1.0 - np.sqrt(v) / abs(c) if c != 0 else 0.0 for c, v in zip(corr, var, strict=True)])
+    return np.clip(np.maximum(common, limited), 0.0, 1.0)
+
+
+def test_a_correction_far_out_of_its_noise_is_never_shrunk_by_more_than_its_standard_error():
+    from scmech.model._anchoring import shrinkage
+
+    rng = np.random.default_rng(0)
+    var = np.full(500, 0.01)
+    corr = rng.normal(0.0, 0.1, 500)  # pure noise on every gene but one
+    corr[0] = 1.0  # ten standard errors
+    w = shrinkage(corr, var)
+    # the common prior alone would keep about a sixth of it
+    tau2 = max(0.0, float(np.mean(corr**2 - var)))
+    assert tau2 / (tau2 + 0.01) < 0.25
+    assert corr[0] - w[0] * corr[0] == pytest.approx(0.1)  # shrunk by exactly one standard error
+    # the noise genes keep the common weight (at most one standard error, so the limit does not bind)
+    small = np.abs(corr) <= 0.1
+    np.testing.assert_allclose(w[small], tau2 / (tau2 + 0.01))
+    assert shrinkage(np.zeros(3), np.ones(3)).tolist() == [0.0, 0.0, 0.0]
+    assert shrinkage(np.ones(3), None).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_anchoring_with_the_shrinkage_users_get(steady):

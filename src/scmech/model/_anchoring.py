@@ -72,9 +72,15 @@ def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
     The correction :math:`c_g` is the model's systematic error :math:`s_g` plus sampling noise of variance
     :math:`v_g`. With a common prior variance of the systematic errors, estimated from the correction itself as
     :math:`\tau^2 = \max(0, \overline{c_g^2 - v_g})`, the posterior mean of :math:`s_g` is :math:`w_g c_g` with
-    :math:`w_g = \tau^2 / (\tau^2 + v_g)`: a correction that stands out of the noise is kept, noisy genes (low
-    expression, few cells) are shrunk towards the model, and a correction that is all noise is dropped.
-    Without variances the correction is kept whole.
+    :math:`w_g = \tau^2 / (\tau^2 + v_g)`: noisy genes (low expression, few cells) are shrunk towards the model,
+    and a correction that is all noise is dropped.
+
+    A common prior fits the typical gene, and a model's errors are not typical: most genes are fitted within
+    their noise and a few are far off. The common :math:`\tau^2` is then small, and would pull a correction that
+    stands far out of its noise most of the way back to the model's error. Efron and Morris' limited translation
+    rule (J. Am. Stat. Assoc. 67, 130-139, 1972) bounds that: no correction is shrunk by more than one standard
+    error of its own noise, :math:`w_g \ge 1 - \sqrt{v_g} / |c_g|`. Without variances the correction is kept
+    whole.
 
     Parameters
     ----------
@@ -85,11 +91,14 @@ def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
     """
     if var is None:
         return np.ones_like(corr)
+    corr = np.asarray(corr, dtype=np.float64)
     var = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0)
     tau2 = max(0.0, float(np.mean(corr**2 - var)))
-    if tau2 == 0.0:
-        return np.zeros_like(corr)
-    return tau2 / (tau2 + var)
+    common = tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
+    size = np.abs(corr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        limited = np.where(size > 0, 1.0 - np.sqrt(var) / size, 0.0)
+    return np.clip(np.maximum(common, limited), 0.0, 1.0)
 
 
 def _value(o: ObservedPseudobulk) -> np.ndarray:
