@@ -38,8 +38,14 @@ def _fit(cls, adata, split=None, **kwargs):
     return model
 
 
+def _fit_cells(split) -> np.ndarray:
+    """The cells a pseudobulk baseline fits on: training cells and the validation cells of training conditions
+    (scmech.tl.split draws validation cells from the training conditions only)."""
+    return np.union1d(split.train, split.validation)
+
+
 def _train_pb(adata, split):
-    sub = adata[split.train]
+    sub = adata[_fit_cells(split)]
     return pseudobulk(sub, "perturbation")
 
 
@@ -66,7 +72,7 @@ def test_control_mean(sparse):
     np.testing.assert_allclose(pred.X[0], expected, rtol=1e-5)
     np.testing.assert_allclose(pred.X[1], expected, rtol=1e-5)
     assert model.is_trained_
-    np.testing.assert_array_equal(model.train_indices_, split.train)
+    np.testing.assert_array_equal(model.train_indices_, _fit_cells(split))
 
 
 def test_train_mean(data):
@@ -214,14 +220,30 @@ def test_held_out_cells_never_influence_the_fit(cls, data):
     a1 = adata.copy()
     a2 = adata.copy()
     rng = np.random.default_rng(5)
-    held = np.concatenate([split.test, split.validation])
+    held = split.test
     a2.X[held] = rng.poisson(20, size=(len(held), a2.n_vars)).astype(np.float32) + 1
     conds = ["A+B", "C"] if cls is not tl.Additive else ["A+B"]
     p1 = _fit(cls, a1, split).predict(conds)
     p2 = _fit(cls, a2, split).predict(conds)
     np.testing.assert_array_equal(p1.X, p2.X)
-    # without a split the held-out cells do count
-    p3 = _fit(cls, a2.copy()).predict(conds)
+    # validation cells of a condition without training cells never count either
+    a3 = adata.copy()
+    design_labels = a3.obs["perturbation"].to_numpy()
+    extra = np.flatnonzero(design_labels == "C")  # a held-out condition, handed over as validation cells
+    a4 = a3.copy()
+    a4.X[extra] = rng.poisson(20, size=(len(extra), a4.n_vars)).astype(np.float32) + 1
+    as_validation = [split.train, np.union1d(split.validation, extra), np.setdiff1d(split.test, extra)]
+    for a in (a3, a4):
+        cls.setup_anndata(a, perturbation_key="perturbation", control_label="NT", batch_key="rep")
+    q3, q4 = cls(a3), cls(a4)
+    for q in (q3, q4):
+        q.train(datasplitter_kwargs={"external_indexing": as_validation})
+    np.testing.assert_array_equal(q3.predict(conds).X, q4.predict(conds).X)
+    # without a split the held-out (and validation) cells do count
+    a5 = adata.copy()
+    both = np.concatenate([split.test, split.validation])
+    a5.X[both] = rng.poisson(20, size=(len(both), a5.n_vars)).astype(np.float32) + 1
+    p3 = _fit(cls, a5).predict(conds)
     assert not np.allclose(p1.X, p3.X) or cls is tl.Additive
 
 
@@ -296,7 +318,7 @@ def test_context_shift_by_batch(data):
     adata, split = data
     model = _fit(tl.ControlMean, adata, split)
     pred = model.predict(["C"], batch="r2")
-    train = adata[split.train]
+    train = adata[_fit_cells(split)]
     expected = pseudobulk(train[(train.obs["perturbation"] == "NT") & (train.obs["rep"] == "r2")], "perturbation")
     np.testing.assert_allclose(pred.X[0], expected.loc["NT"].to_numpy(), rtol=1e-5)
     assert pred.obs["batch"].iloc[0] == "r2"

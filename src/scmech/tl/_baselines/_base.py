@@ -116,8 +116,12 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         return np.log1p(TARGET_SUM * mean) if counts else mean
 
     # ------------------------------------------------------------------ training
-    def _train_indices(self, datasplitter_kwargs: dict | None) -> np.ndarray:
-        """Return the assigned training cells of ``external_indexing[0]`` (all assigned cells without one)."""
+    def _train_indices(self, datasplitter_kwargs: dict | None, with_validation: bool = True) -> np.ndarray:
+        """Return the cells to fit on: the assigned cells of ``external_indexing[0]``, with the validation cells.
+
+        With ``with_validation``, the validation cells of the training conditions join (:meth:`_with_validation`);
+        all assigned cells without a split.
+        """
         design = self._design(self.adata)
         fit = design.fit_mask
         ext = (datasplitter_kwargs or {}).get("external_indexing")
@@ -138,11 +142,28 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 msg = f"external_indexing[0] holds indices outside 0..{len(fit) - 1}."
                 raise ValueError(msg)
             idx = np.unique(idx[fit[idx]])
+            if with_validation:
+                idx = self._with_validation(idx, val, design)
         if len(idx) == 0:
             msg = "No cells to train on: the training indices are empty after removing unassigned cells."
             raise ValueError(msg)
         self.train_indices_, self.validation_indices_, self.test_indices_ = idx, val, test
         return idx
+
+    @staticmethod
+    def _with_validation(idx: np.ndarray, val: np.ndarray, design) -> np.ndarray:
+        """Add to the training cells ``idx`` the validation cells of the conditions they hold.
+
+        The validation cells of a training condition are a random share of its cells, held back to monitor a
+        fitted model; a pseudobulk baseline has nothing to monitor and uses them, as SemiMechVI's anchoring does.
+        Validation cells of a condition without training cells are never used.
+        """
+        if len(val) == 0 or len(idx) == 0:
+            return idx
+        val = val[(val >= 0) & (val < len(design.labels))]
+        val = val[design.fit_mask[val]]
+        seen = np.isin(design.labels[val], np.unique(design.labels[idx]))
+        return np.unique(np.concatenate([idx, val[seen]]))
 
     def train(
         self,
@@ -159,7 +180,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             Ignored (closed-form fit); accepted for interface compatibility.
         datasplitter_kwargs
             ``{"external_indexing": [train, validation, test]}`` (e.g. ``split.external_indexing``): the fit
-            uses the training indices only. All assigned cells when ``None``.
+            uses the training cells and the validation cells of the training conditions, never test cells. All
+            assigned cells when ``None``.
         **kwargs
             Ignored (``batch_size``, ``plan_kwargs``, ``enable_progress_bar``, ...).
         """

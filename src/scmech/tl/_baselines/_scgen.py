@@ -157,7 +157,7 @@ class ScGen(_PseudobulkBaseline):
             Passed to ``Scgen.train`` (e.g. ``accelerator``, ``early_stopping``).
         """
         scgen_cls = _import_scgen()
-        idx = self._train_indices(datasplitter_kwargs)
+        idx = self._train_indices(datasplitter_kwargs, with_validation=False)  # a network: validation monitors it
         design = self._design(self.adata)
         labels = design.labels[idx]
         if design.control_label not in set(labels.tolist()):

@@ -116,7 +116,7 @@ def evaluate(
     split
         The :class:`~scmech.tl.Split` the models were trained on: observed conditions then come from its test
         cells, controls from ``split.control_reference`` (the held-out group's controls for batch, time and
-        media splits), the Systema reference from its training cells (``split.train``, the cells the baselines fit)
+        media splits), the Systema reference from its training and validation cells (the cells the baselines fit)
         and, when ``train_conditions`` is
         ``None``, ``split.train_conditions``. Without a split all assigned cells of ``adata`` are used (for a
         held-out batch, pass the split or subset ``adata`` to the held-out batch).
@@ -248,7 +248,8 @@ def _split_masks(design: PerturbationDesign, n: int, split: Split | None) -> tup
     if split is not None:
         obs_mask = _index_mask(split.test, n, "test") & assigned
         ctrl_mask = _index_mask(split.control_reference, n, "control_reference") & assigned & design.is_control
-        train_mask = _index_mask(split.train, n, "train") & assigned
+        # the training perturbations' cells that models may use: training and validation (never test)
+        train_mask = (_index_mask(split.train, n, "train") | _index_mask(split.validation, n, "validation")) & assigned
     else:
         obs_mask = assigned.copy()
         ctrl_mask = assigned & design.is_control

@@ -162,9 +162,11 @@ def split(
     train, validation, train_conds = _training_sets(design, held.test_mask, held.excluded_mask, validation_size, rng)
     control_ref = held.control_ref
     if kind in ("perturbation", "combination"):
-        # changes are measured from the training controls, the reference every model was fitted on
+        # changes are measured from the controls models may use: training and validation (the validation cells
+        # are a random share of the training conditions' cells); never from test cells
         control_ref = np.zeros(len(design.labels), dtype=bool)
         control_ref[train] = True
+        control_ref[validation] = True
         control_ref &= design.is_control
     out = Split(
         train=train.astype(np.int64),
