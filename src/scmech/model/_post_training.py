@@ -88,16 +88,16 @@ class PostTrainingMixin:
             modality=modality,
         )
         if members and own_p is not None:
-            observed = self._observed_own_effect(members)
-            if observed is not None:
-                tm.own_effect, tm.own_effect_sd, tm.own_targets = observed
-                tm.own_source = "observed"
+            pairs = self._own_gene_pairs(members)
+            if pairs is not None:
+                tm.own_effect, tm.own_effect_sd = self._fit_own_effect(pairs[1], pairs[2])
+                tm.own_targets, tm.own_source = len(pairs[0]), "observed"
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]
             tm.propagation_mean = drives.mean(0)
             tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
-            validated = self._validate_gain(members, drives, class_ops, own[[row[t] for t in members]], tm)
+            validated = self._validate_gain(members, drives, class_ops, own[[row[t] for t in members]], tm, pairs)
             if validated is not None:
                 tm.gain, tm.gain_loo = validated
             embedding, tm.embedding_source = self._gene_embedding(train_indices, n_components)
@@ -148,20 +148,14 @@ class PostTrainingMixin:
         signed, _ = _own_calibration([effect], modality)
         return signed, sd
 
-    def _observed_own_effect(self, members: list[str]) -> tuple[float, float, int] | None:
-        """Own-gene effect calibrated on the observed training pseudobulks, its spread and the members it rests on.
-
-        ``None`` with fewer than 3 observed members: the median of the learned direct effects stands.
-        """
-        pairs = self._own_gene_pairs(members)
-        if pairs is None:
-            return None
-        seen, y, genes = pairs
-        effect, sd = self._fit_own_effect(y, genes)
-        return effect, sd, len(seen)
-
     def _validate_gain(
-        self, members: list[str], drives: np.ndarray, ops: np.ndarray, own: np.ndarray, tm: TargetMap
+        self,
+        members: list[str],
+        drives: np.ndarray,
+        ops: np.ndarray,
+        own: np.ndarray,
+        tm: TargetMap,
+        pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> tuple[float, dict] | None:
         r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
 
@@ -179,10 +173,10 @@ class PostTrainingMixin:
 
         Returns
         -------
-        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (the latent leave-one-out
-        of :func:`~scmech.model._target_map.propagation_gain` stands).
+        ``(gain, errors per share)``, or ``None`` without at least 3 observed members (``pairs``, from
+        :meth:`_own_gene_pairs`; the latent leave-one-out of :func:`~scmech.model._target_map.propagation_gain`
+        stands).
         """
-        pairs = self._own_gene_pairs(members)
         if pairs is None or tm.gain_fit <= 0:
             return None
         seen, y, genes = pairs
@@ -320,16 +314,18 @@ class PostTrainingMixin:
         design = self._design(self.adata)
         idx = np.asarray(train_indices)
         idx = idx[~design.is_unassigned[idx]]
-        keys = self._condition_keys(idx, design)
+        contexts = self._context_keys(idx)
+        keys = _condition_keys(design.labels[idx], contexts)
         if validation_indices is not None and len(validation_indices):
             val = np.asarray(validation_indices)
             val = val[~design.is_unassigned[val]]
-            val_keys = self._condition_keys(val, design)
+            val_contexts = self._context_keys(val)
+            val_keys = _condition_keys(design.labels[val], val_contexts)
             seen = np.asarray(pd.Index(keys.unique()).get_indexer(val_keys.to_numpy()) >= 0)
             idx = np.concatenate([idx, val[seen]])
             keys = pd.concat([keys, val_keys[seen]], ignore_index=True)
+            contexts = contexts + [c for c, ok in zip(val_contexts, seen, strict=True) if ok]
         labels = design.labels[idx]
-        contexts = self._context_keys(idx)
         vc = keys.value_counts()
         groups = sorted(vc.index[vc >= min_cells].tolist())
         obs = Observations(control_label=design.control_label)
@@ -348,12 +344,6 @@ class PostTrainingMixin:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))
         self.anchor_ = obs
         self._calibrate_anchor()
-
-    def _condition_keys(self, idx: np.ndarray, design) -> pd.Series:
-        """Key of each cell's condition in its context (perturbation label and read-out context)."""
-        labels = design.labels[idx]
-        contexts = self._context_keys(idx)
-        return pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
 
     def _calibrate_anchor(self) -> None:
         """Calibrate the combination interaction and the carry-over between media on the training observations."""
@@ -381,6 +371,11 @@ class PostTrainingMixin:
             ro = self._read(part, anchor_rows=0, random_state=0)
             values.update({p.key: ro.log_values[i] for i, p in enumerate(part)})
         return lambda p: values[p.key]
+
+
+def _condition_keys(labels: np.ndarray, contexts: list) -> pd.Series:
+    """Key of each cell's condition in its context (perturbation label and read-out context)."""
+    return pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
 
 
 def _own_calibration(values: list[float], modality: str | None) -> tuple[float, float]:
