@@ -280,6 +280,13 @@ def test_predict_refuses_data_changed_after_training(rel, model):
             r"With 120 training cells and batch_size=7, a minibatch holds a single cell.*batch_size=6",
         ),
         ({"max_epochs": 1, "train_size": 1.5}, ValueError, r"train_size must be in \(0, 1\], got 1\.5"),
+        ({"max_epochs": 1, "plan_kwargs": {"lr": -1}}, ValueError, r"plan_kwargs\['lr'\]=-1 must be a positive"),
+        ({"max_epochs": 1, "plan_kwargs": {"lr": float("nan")}}, ValueError, r"plan_kwargs\['lr'\]=nan must be"),
+        (
+            {"max_epochs": 1, "plan_kwargs": {"weight_decay": -0.1}},
+            ValueError,
+            r"plan_kwargs\['weight_decay'\]=-0\.1 must be 0 or more",
+        ),
         (
             {"max_epochs": 1, "ckpt_path": "nowhere/last.ckpt"},
             FileNotFoundError,

@@ -12,6 +12,7 @@ epochs and the KL warm-up (:func:`_resolve_max_epochs`, :func:`_with_kl_warmup`)
 from __future__ import annotations
 
 import logging
+import numbers
 import pickle
 import warnings
 from pathlib import Path
@@ -120,7 +121,7 @@ class TrainingMixin:
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``, ``strategy``...).
         """
-        _check_train_arguments(max_epochs, batch_size, ckpt_path)
+        _check_train_arguments(max_epochs, batch_size, ckpt_path, plan_kwargs)
         if ckpt_path is not None:
             trainer_kwargs["ckpt_path"] = str(ckpt_path)
         # the data may have been changed in place since setup_anndata: refuse before torch sees it
@@ -436,8 +437,16 @@ class TrainingMixin:
         return [np.sort(idx[:n_train]), np.sort(idx[n_train : n_train + n_val]), np.sort(idx[n_train + n_val :])]
 
 
-def _check_train_arguments(max_epochs: int | None, batch_size: int, ckpt_path: str | os.PathLike | None) -> None:
-    """Refuse a number of epochs or a batch size that is not a positive integer, and a checkpoint that is no file.
+def _check_train_arguments(
+    max_epochs: int | None,
+    batch_size: int,
+    ckpt_path: str | os.PathLike | None,
+    plan_kwargs: dict | None = None,
+) -> None:
+    """Refuse bad training arguments before anything is set up.
+
+    A number of epochs or a batch size that is not a positive integer, a checkpoint that is no file, and an
+    optimiser setting that torch would reject only once training has started.
 
     Parameters
     ----------
@@ -447,11 +456,13 @@ def _check_train_arguments(max_epochs: int | None, batch_size: int, ckpt_path: s
         ``train``'s ``batch_size``.
     ckpt_path
         ``train``'s ``ckpt_path`` (``None``: train afresh).
+    plan_kwargs
+        ``train``'s ``plan_kwargs``: ``lr`` must be a positive finite number, ``weight_decay`` non-negative.
 
     Raises
     ------
     ValueError
-        For a bad ``max_epochs`` or ``batch_size``.
+        For a bad ``max_epochs``, ``batch_size``, ``lr`` or ``weight_decay``.
     FileNotFoundError
         When ``ckpt_path`` is not a file.
     """
@@ -467,6 +478,16 @@ def _check_train_arguments(max_epochs: int | None, batch_size: int, ckpt_path: s
             "(e.g. '<dirpath>/last.ckpt'), or ckpt_path=None to train afresh."
         )
         raise FileNotFoundError(msg)
+    plan_kwargs = plan_kwargs or {}
+    for key, low, rule in (("lr", 0.0, "a positive finite number, e.g. 1e-3"), ("weight_decay", None, "0 or more")):
+        if key not in plan_kwargs:
+            continue
+        value = plan_kwargs[key]
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+        ok = ok and (value > low if low is not None else value >= 0)
+        if not ok:
+            msg = f"plan_kwargs[{key!r}]={value!r} must be {rule}."
+            raise ValueError(msg)
 
 
 def _resolve_max_epochs(max_epochs: int | None, n_fit: int) -> int:
