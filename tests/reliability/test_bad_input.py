@@ -359,6 +359,36 @@ def test_a_medium_switch_must_come_before_the_read_out():
     assert (p.media, p.time, p.media_time) == ("stim", 1.0, -0.5)
 
 
+@pytest.mark.parametrize("value", [np.inf, "high"])
+def test_setup_rejects_a_continuous_covariate_that_is_not_finite(rel, value):
+    adata = rel.small()
+    adata.obs["pct_mt"] = np.full(adata.n_obs, 0.1, dtype=object)
+    adata.obs.iloc[0, adata.obs.columns.get_loc("pct_mt")] = value
+    with pytest.raises(ValueError, match=r"obs\['pct_mt'\] must hold finite numbers to be a continuous covariate"):
+        SemiMechVI.setup_anndata(adata, continuous_covariate_keys=["pct_mt"])
+    assert "_scvi_manager_uuid" not in adata.uns
+
+
+def test_setup_rejects_a_gene_embedding_with_nan(rel):
+    adata = rel.small()
+    emb = np.ones((adata.n_vars, 4))
+    emb[2, 1] = np.nan
+    adata.varm["emb"] = emb
+    gene = adata.var_names[2]
+    with pytest.raises(
+        ValueError, match=rf"varm\['emb'\] has NaN or infinite values for 1 genes \(e\.g\. \['{gene}'\]\)"
+    ):
+        SemiMechVI.setup_anndata(adata, gene_embedding_key="emb")
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"n_latent": 0}, "n_latent"), ({"n_hidden": 2.5}, "n_hidden")])
+def test_model_refuses_a_size_that_is_not_a_positive_integer(rel, kwargs, name):
+    adata = rel.small()
+    SemiMechVI.setup_anndata(adata)
+    with pytest.raises(ValueError, match=rf"{name}={list(kwargs.values())[0]!r} must be a positive integer"):
+        SemiMechVI(adata, **kwargs)
+
+
 def test_setup_names_a_covariate_string_that_should_be_a_list(rel):
     adata = rel.small()
     with pytest.raises(TypeError, match=r"categorical_covariate_keys must be a list of obs columns.*pass \['batch'\]"):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 from scmech.module import NeuralODEVAE
 
-from ._semimechvi import SemiMechVI
+from ._semimechvi import SemiMechVI, check_sizes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -93,6 +93,7 @@ class NeuralODE(SemiMechVI):
             msg = f"readout={module_kwargs['readout']!r}: NeuralODE is read out by flows only."
             raise ValueError(msg)
         module_kwargs.pop("readout", None)
+        check_sizes(field_hidden=field_hidden, field_layers=field_layers)
         super().__init__(
             adata,
             n_latent=n_latent,

@@ -11,6 +11,7 @@ The class holds its construction only; each concern is a mixin of its own module
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 from scvi import REGISTRY_KEYS
@@ -109,6 +110,7 @@ class SemiMechVI(
         readout: Literal["auto", "fixed_point", "flow"] = "auto",
         **module_kwargs,
     ) -> None:
+        check_sizes(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
         super().__init__(adata)
         setup = self.adata_manager.registry["setup_args"]
         counts = setup.get("counts", True)
@@ -182,3 +184,22 @@ class SemiMechVI(
 
     def _n_media(self) -> int:
         return max(len(self._media_categories()), 1)
+
+
+def check_sizes(**sizes: int) -> None:
+    """Refuse a network size that is not a positive integer (torch would fail deep inside, or build an empty layer).
+
+    Parameters
+    ----------
+    **sizes
+        Each size by its argument name, e.g. ``n_latent=10``.
+
+    Raises
+    ------
+    ValueError
+        Naming the first size that is not a positive integer.
+    """
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            msg = f"{name}={value!r} must be a positive integer."
+            raise ValueError(msg)

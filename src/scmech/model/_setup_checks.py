@@ -201,6 +201,22 @@ def validate_for_setup(
     if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
         msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
         raise KeyError(msg)
+    if gene_embedding_key is not None:
+        emb = np.asarray(adata.varm[gene_embedding_key])
+        if not np.issubdtype(emb.dtype, np.number) or emb.ndim != 2:
+            msg = (
+                f"varm[{gene_embedding_key!r}] must be a numeric genes x features matrix, got dtype {emb.dtype} "
+                f"with shape {emb.shape}."
+            )
+            raise TypeError(msg)
+        bad = ~np.isfinite(emb).all(axis=1)
+        if bad.any():
+            names = list(adata.var_names[bad][:3])
+            msg = (
+                f"varm[{gene_embedding_key!r}] has NaN or infinite values for {int(bad.sum())} genes (e.g. {names}); "
+                "fill them, or drop those genes, before registering."
+            )
+            raise ValueError(msg)
 
 
 # ---------------------------------------------------------------------- the steps of PerturbationSetupMixin's checks
@@ -316,7 +332,7 @@ def _check_covariates(
     KeyError
         When a key is not a column of ``adata.obs``.
     ValueError
-        When a covariate has missing values.
+        When a covariate has missing values, or a continuous one non-numeric or infinite values.
     """
     for keys, what in ((categorical_covariate_keys, "categorical"), (continuous_covariate_keys, "continuous")):
         if isinstance(keys, str):
@@ -330,6 +346,14 @@ def _check_covariates(
             if col.isna().any():
                 msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
                 raise ValueError(msg)
+            if what == "continuous":
+                values = pd.to_numeric(col, errors="coerce")
+                if values.isna().any() or not np.isfinite(values.to_numpy(dtype=np.float64)).all():
+                    msg = (
+                        f"obs[{key!r}] must hold finite numbers to be a continuous covariate (found non-numeric or "
+                        "infinite values); fix them, or register the column as a categorical covariate."
+                    )
+                    raise ValueError(msg)
 
 
 def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str]]) -> None:
