@@ -106,6 +106,13 @@ def test_canonical_label_and_parse_condition():
     assert parse_condition("NT") == ()
 
 
+@pytest.mark.parametrize("targets", ["STAT1", None, ("STAT1", 3)])
+def test_canonical_label_refuses_what_is_not_a_collection_of_target_names(targets):
+    # a bare string would be sorted letter by letter: 'STAT1' -> '1+A+S+T+T'
+    with pytest.raises(TypeError, match=r"targets=.* must (be a list or tuple of target names|hold target names)"):
+        canonical_label(targets)
+
+
 def test_validate_time_and_efficacy():
     np.testing.assert_array_equal(validate_time([0, 1.5, 2]), [0, 1.5, 2])
     with pytest.raises(ValueError, match="NaN or infinite time"):

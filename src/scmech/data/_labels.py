@@ -52,7 +52,21 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     Returns
     -------
     The canonical label, e.g. ``"JAK2+STAT1"`` for ``("STAT1", "JAK2")``.
+
+    Raises
+    ------
+    TypeError
+        When ``targets`` is a single string, or not a collection of strings.
     """
+    if isinstance(targets, str) or not hasattr(targets, "__len__"):
+        msg = (
+            f"targets={targets!r} must be a list or tuple of target names, e.g. ('STAT1', 'JAK2'); to read a label "
+            "such as 'STAT1+JAK2', use parse_condition."
+        )
+        raise TypeError(msg)
+    if not all(isinstance(t, str) for t in targets):
+        msg = f"targets={targets!r} must hold target names (strings)."
+        raise TypeError(msg)
     if len(targets) == 0:
         return control_label
     return separator.join(sorted(targets))
