@@ -62,33 +62,91 @@ def test_combination_is_its_observed_singles_plus_the_calibrated_interaction(ste
     np.testing.assert_allclose(comb.X[1], _raw(model, ["G0008"])["G0008"], rtol=1e-6, atol=1e-6)
 
 
+def _sure(corr: np.ndarray, var: np.ndarray, common: np.ndarray, lam: float) -> float:
+    """Stein's unbiased risk estimate of w * c, w = max(k, 1 - lam sd / |c|), written out gene by gene."""
+    total = 0.0
+    for c, v, k in zip(corr, var, common, strict=True):
+        if abs(c) * (1.0 - k) > lam * np.sqrt(v):  # translated by lam standard errors
+            total += v * (1.0 + lam**2)
+        else:  # scaled by the common weight
+            total += (1.0 - k) ** 2 * c**2 + v * (2.0 * k - 1.0)
+    return total
+
+
 def _eb_weight(corr: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Empirical-Bayes weight written out here: tau^2 / (tau^2 + v), tau^2 = mean(c^2 - v) floored at 0, and no
-    correction shrunk by more than its own standard error (w >= 1 - sqrt(v) / |c|)."""
+    correction shrunk by more than lam standard errors, lam minimising the risk estimate over a grid and the
+    breakpoints (brute force, not the cumulative sums of the package)."""
     corr, var = np.asarray(corr, dtype=np.float64), np.asarray(var, dtype=np.float64)
     tau2 = max(0.0, float(np.mean(corr**2 - var)))
     common = tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
-    limited = np.array([1.0 - np.sqrt(v) / abs(c) if c != 0 else 0.0 for c, v in zip(corr, var, strict=True)])
+    # at a breakpoint the gene's two weights coincide; just above it the gene is scaled
+    breaks = np.abs(corr) * (1.0 - common) / np.sqrt(var) * (1.0 + 1e-12)
+    grid = np.concatenate([[0.0], breaks, np.linspace(0.0, breaks.max(), 200)])
+    lam = min(grid, key=lambda g: _sure(corr, var, common, g))
+    limited = np.array([1.0 - lam * np.sqrt(v) / abs(c) if c != 0 else 0.0 for c, v in zip(corr, var, strict=True)])
     return np.clip(np.maximum(common, limited), 0.0, 1.0)
 
 
-def test_a_correction_far_out_of_its_noise_is_never_shrunk_by_more_than_its_standard_error():
+def test_the_translation_limit_minimises_steins_risk_estimate():
+    from scmech.model._anchoring import shrinkage, sure_translation
+
+    rng = np.random.default_rng(0)
+    var = rng.uniform(0.01, 0.1, 300)
+    corr = rng.normal(0.0, np.sqrt(var))
+    corr[:10] += rng.choice([-1.0, 1.0], 10) * 2.0  # a few genes far off
+    tau2 = max(0.0, float(np.mean(corr**2 - var)))
+    common = tau2 / (tau2 + var)
+    lam = sure_translation(corr, var, common)
+    # no limit on a fine grid, nor just above any breakpoint, has a smaller risk estimate (at a breakpoint the
+    # gene's translated and scaled weights coincide, and the estimate counts it as scaled)
+    breaks = np.abs(corr) * (1.0 - common) / np.sqrt(var) * (1.0 + 1e-12)
+    grid = np.concatenate([np.linspace(0.0, 10.0, 1001), breaks])
+    best = _sure(corr, var, common, lam * (1.0 + 1e-12))
+    assert best <= min(_sure(corr, var, common, g) for g in grid) + 1e-9
+    assert 0.0 < lam < 10.0
+    np.testing.assert_allclose(shrinkage(corr, var), _eb_weight(corr, var), atol=1e-9)
+
+
+def test_steins_risk_estimate_is_unbiased_for_the_translated_estimate():
+    # the closed form of the risk estimate behind sure_translation: its mean over noise draws is the true risk
+    rng = np.random.default_rng(3)
+    n, lam = 200, 1.3
+    var = rng.uniform(0.02, 0.2, n)
+    signal = np.where(rng.random(n) < 0.1, rng.normal(0.0, 1.0, n), 0.0)
+    common = np.full(n, 0.3)
+    est, err = [], []
+    for _ in range(3000):
+        corr = signal + rng.normal(0.0, np.sqrt(var))
+        w = np.maximum(common, 1.0 - lam * np.sqrt(var) / np.abs(corr))
+        err.append(float(np.sum((w * corr - signal) ** 2)))
+        est.append(_sure(corr, var, common, lam))
+    assert np.mean(est) == pytest.approx(np.mean(err), rel=0.02)
+
+
+def test_the_data_decide_how_far_corrections_are_translated():
     from scmech.model._anchoring import shrinkage
 
     rng = np.random.default_rng(0)
     var = np.full(500, 0.01)
-    corr = rng.normal(0.0, 0.1, 500)  # pure noise on every gene but one
-    corr[0] = 1.0  # ten standard errors
-    w = shrinkage(corr, var)
-    # the common prior alone would keep about a sixth of it
-    tau2 = max(0.0, float(np.mean(corr**2 - var)))
-    assert tau2 / (tau2 + 0.01) < 0.25
-    assert corr[0] - w[0] * corr[0] == pytest.approx(0.1)  # shrunk by exactly one standard error
-    # the noise genes keep the common weight (at most one standard error, so the limit does not bind)
-    small = np.abs(corr) <= 0.1
-    np.testing.assert_allclose(w[small], tau2 / (tau2 + 0.01))
+    noise = rng.normal(0.0, 0.1, 500)
+    # a few genes far out of their noise, the rest pure noise: the far genes are kept (almost) whole, which the
+    # common prior alone would shrink to about a third, and the noise is dropped
+    sparse = noise.copy()
+    sparse[:2] += 1.0  # ten standard errors
+    w = shrinkage(sparse, var)
+    tau2 = max(0.0, float(np.mean(sparse**2 - var)))
+    assert tau2 / (tau2 + 0.01) < 0.35
+    assert w[:2].min() > 0.7
+    assert float(np.mean(np.abs(w[2:] * sparse[2:]))) < 0.35 * float(np.mean(np.abs(sparse[2:])))
+    # an error spread over every gene, about as large as the noise: the common prior (no translation) is best
+    dense = rng.normal(0.0, 0.1, 500) + noise
+    w = shrinkage(dense, var)
+    tau2 = max(0.0, float(np.mean(dense**2 - var)))
+    assert np.mean(np.isclose(w, tau2 / (tau2 + 0.01))) > 0.9
     assert shrinkage(np.zeros(3), np.ones(3)).tolist() == [0.0, 0.0, 0.0]
     assert shrinkage(np.ones(3), None).tolist() == [1.0, 1.0, 1.0]
+    assert shrinkage(np.array([0.5, -0.2]), np.zeros(2)).tolist() == [1.0, 1.0]  # exact corrections are kept
 
 
 def test_anchoring_with_the_shrinkage_users_get(steady):
