@@ -170,7 +170,12 @@ class ExperimentalDesign:
     keys: dict[str, str | None] = field(default_factory=dict)
 
     def cells_per_batch(self) -> pd.DataFrame:
-        """Cell counts, conditions x batches (fitted cells only)."""
+        """Cell counts, conditions x batches (fitted cells only).
+
+        Returns
+        -------
+        A DataFrame of cell counts, conditions as rows and batches as columns.
+        """
         if self.batch is None:
             msg = "No batch_key was given, so there are no batches to count."
             raise ValueError(msg)

@@ -217,6 +217,10 @@ class PerturbationDesign:
 
         The compact form of :attr:`matrix` that registration stores: a cell carries a few targets whatever the
         number of targets of the screen, so a minibatch of it costs the same in a genome-wide screen.
+
+        Returns
+        -------
+        An integer array, cells x largest order.
         """
         m = sp.csr_matrix(self.matrix)
         m.eliminate_zeros()
@@ -229,7 +233,12 @@ class PerturbationDesign:
         return out
 
     def cell_counts(self) -> pd.Series:
-        """Count cells per canonical label (unassigned included)."""
+        """Count cells per canonical label (unassigned included).
+
+        Returns
+        -------
+        A Series of cell counts indexed by canonical label.
+        """
         return pd.Series(self.labels).value_counts()
 
     def target_index(self, var_names: Sequence[str], targets: Sequence[str] | None = None) -> np.ndarray:

@@ -58,6 +58,10 @@ class MeasurementMethodsMixin:
             Minibatch size.
         **kwargs
             Passed to the data loader.
+
+        Returns
+        -------
+        The library sizes, cells x 1.
         """
         self._check_if_trained(warn=False)
         self._refuse_for_normal("get_latent_library_size", "which have no library size")
@@ -101,6 +105,10 @@ class MeasurementMethodsMixin:
             Minibatch size.
         **kwargs
             Passed to scvi-tools' method (counts) or the data loader.
+
+        Returns
+        -------
+        A dict of arrays (cells x genes, or samples x cells x genes without ``give_mean``) by parameter name.
         """
         if self.module.gene_likelihood != "normal":
             return super().get_likelihood_parameters(
@@ -133,6 +141,10 @@ class MeasurementMethodsMixin:
         ----------
         *args, **kwargs
             Passed to :meth:`scvi.model.base.RNASeqMixin.get_normalized_expression`.
+
+        Returns
+        -------
+        As scvi-tools' method: a DataFrame of cells x genes (or an array, with ``return_numpy=True``).
         """
         if kwargs.get("weights") == "importance":
             self._refuse_for_normal(
@@ -148,6 +160,10 @@ class MeasurementMethodsMixin:
         ----------
         *args, **kwargs
             Passed to :meth:`scvi.model.base.RNASeqMixin.get_feature_correlation_matrix`.
+
+        Returns
+        -------
+        A DataFrame of gene-gene correlations.
         """
         self._refuse_for_normal(
             "get_feature_correlation_matrix", "while scvi-tools' method samples counts at a common library size"

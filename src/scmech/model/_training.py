@@ -120,6 +120,10 @@ class TrainingMixin:
             :class:`~lightning.pytorch.callbacks.ModelCheckpoint`); ``None`` starts afresh.
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``, ``strategy``...).
+
+        Returns
+        -------
+        What scvi-tools' training loop returns (``None``); the model is trained in place (``is_trained_``, ``history``).
         """
         _check_train_arguments(max_epochs, batch_size, ckpt_path, plan_kwargs)
         if ckpt_path is not None:

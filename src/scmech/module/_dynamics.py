@@ -187,6 +187,10 @@ class VectorField(ProtocolFlow):
             Efficacy per row (n,) or (n, 1); 1 when ``None``.
         operators
             Operators to use instead of the learned ones (e.g. with rows for unseen targets).
+
+        Returns
+        -------
+        The perturbation input of each row (n x latent): its targets' operators, scaled by its efficacy.
         """
         u, active = self.target_drive(perturbation, efficacy, operators)
         return u + active.perturbed * self.shared
@@ -210,6 +214,10 @@ class VectorField(ProtocolFlow):
             Perturbation input from :meth:`drive` (n x latent).
         ramp
             Onset factor in [0, 1] per row (n, 1), multiplying the drive; 1 when ``None``.
+
+        Returns
+        -------
+        The velocity :math:`dz/dt` of each row (n x latent).
         """
         u = drive if ramp is None else drive * ramp
         out = -self.gamma * (z - self.center) + self.media_push[media] + u
@@ -324,6 +332,10 @@ class VectorField(ProtocolFlow):
             Iterations between convergence checks (each check waits for the device). ``None`` runs exactly
             ``max_iter`` iterations and never waits for the device: a training step passes the budget it learned
             from earlier epochs (:attr:`FixedPointResult.n_needed`), so that a GPU step runs without host syncs.
+
+        Returns
+        -------
+        The solve's result: states, residuals and the iterations it needed (:class:`FixedPointResult`).
         """
         with torch.no_grad():
             frozen = self._frozen()
@@ -369,6 +381,10 @@ class VectorField(ProtocolFlow):
         Every eigenvalue of :math:`\partial f / \partial z` is at most this in modulus (the linear part contributes
         :math:`\gamma`, the nonlinear part its Lipschitz constant, :math:`|\lambda_{\text{lip}} \min\gamma
         \tanh(\text{gate})|`, since its layers have spectral norm at most 1).
+
+        Returns
+        -------
+        The bound, a scalar tensor.
         """
         with torch.no_grad():
             rate = float(self.gamma.max())

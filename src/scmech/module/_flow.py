@@ -57,6 +57,10 @@ class ProtocolFlow(nn.Module):
             Efficacy per row (n,) or (n, 1); 1 when ``None``.
         operators
             Rows to use instead of the field's ``operators`` (e.g. with rows for unseen targets).
+
+        Returns
+        -------
+        The input of each row (n x latent) and the rows' active targets (:class:`ActiveTargets`).
         """
         active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
         ops = self.operators if operators is None else operators
@@ -101,6 +105,10 @@ class ProtocolFlow(nn.Module):
         n_steps
             Fewest RK4 steps per segment; more are taken where the field is stiff over the segment
             (:meth:`stable_steps`), so that the integration stays stable and accurate in any time unit.
+
+        Returns
+        -------
+        The latent state of each row at its read-out time (n x latent).
         """
         no_switch = torch.isnan(media_time)
         s = torch.where(no_switch, torch.zeros_like(media_time), media_time)
@@ -148,6 +156,10 @@ class ProtocolFlow(nn.Module):
             Largest :math:`\rho\,\Delta t`.
         cap
             Most steps; a segment that would need more raises a clear error.
+
+        Returns
+        -------
+        The number of steps.
         """
         need = int(np.ceil(self.stiffness() * length / max_step))
         if need > cap:

@@ -126,6 +126,10 @@ class MeasurementDecoder(nn.Module):
         add_to
             Logits (n x genes) to add the effects to, in place, without autograd (prediction at genome scale:
             no second rows x genes array); returned.
+
+        Returns
+        -------
+        The offsets (n x genes), or ``add_to`` with them added.
         """
         active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
         out = add_to

@@ -108,6 +108,10 @@ class NeuralField(ProtocolFlow):
             Efficacy per row; 1 when ``None``.
         operators
             Embeddings to use instead of the learned ones (e.g. with rows for unseen targets).
+
+        Returns
+        -------
+        The summed embeddings of each row's targets, scaled by its efficacy (n x latent).
         """
         return self.target_drive(perturbation, efficacy, operators)[0]
 
@@ -130,6 +134,10 @@ class NeuralField(ProtocolFlow):
             Perturbation input from :meth:`drive` (n x latent).
         ramp
             Onset factor in [0, 1] per row (n, 1), multiplying the drive; 1 when ``None``.
+
+        Returns
+        -------
+        The velocity :math:`dz/dt` of each row (n x latent).
         """
         u = drive if ramp is None else drive * ramp
         parts = [z, u.expand(z.shape[0], -1)]
@@ -163,6 +171,10 @@ class NeuralField(ProtocolFlow):
 
         :math:`\tanh` is 1-Lipschitz, so :math:`\|\partial f/\partial z\| \le \|W_L\| \cdots \|W_2\|\,\|W_1^{(z)}\|`
         with :math:`W_1^{(z)}` the state's columns of the first layer.
+
+        Returns
+        -------
+        The bound, a scalar tensor.
         """
         with torch.no_grad():
             linears = [m for m in self.mlp if isinstance(m, nn.Linear)]

@@ -280,7 +280,12 @@ class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
         return VectorField(n_latent, n_targets, **kwargs)
 
     def dynamics_parameter_names(self) -> list[str]:
-        """Return the names of the parameters of the dynamics and of the own-target effects (the fast group)."""
+        """Return the names of the parameters of the dynamics and of the own-target effects (the fast group).
+
+        Returns
+        -------
+        The parameter names, as :meth:`named_parameters` gives them.
+        """
         names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
         names += ["decoder.own_effect"] if self.decoder.own_effect is not None else []
         return names
@@ -316,6 +321,10 @@ class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
         """Set the training budget of Newton iterations from what the solves since the last review needed.
 
         One read of a device value. Returns the new budget.
+
+        Returns
+        -------
+        The new budget of Newton iterations per solve.
         """
         if self._fp_needed is not None:
             needed = int(self._fp_needed)
@@ -550,6 +559,10 @@ class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
             Passed to :meth:`generative` (scvi-tools passes ``transform_batch`` here).
         **kwargs
             Ignored (other scvi-tools modules take e.g. ``max_poisson_rate``).
+
+        Returns
+        -------
+        Counts sampled from the measurement operator (cells x genes, or cells x genes x samples).
         """
         _, gen = self.forward(
             tensors, compute_loss=False, inference_kwargs={"n_samples": 1}, generative_kwargs=generative_kwargs
@@ -578,6 +591,10 @@ class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
             Return the mean over cells (a float) instead of one value per cell.
         **kwargs
             Ignored.
+
+        Returns
+        -------
+        The log-likelihood estimate of each cell, or their mean when ``return_mean``.
         """
         x = tensors[REGISTRY_KEYS.X_KEY]
         inf = self.inference(**self._get_inference_input(tensors))

@@ -154,6 +154,10 @@ class SemiMechTrainingPlan(TrainingPlan):
             A minibatch of registered tensors.
         batch_idx
             Position of the minibatch in the epoch.
+
+        Returns
+        -------
+        ``None``: the losses are logged (scvi-tools' step may return its own output where it runs instead).
         """
         if self.on_step:
             return super().validation_step(batch, batch_idx)
@@ -245,7 +249,12 @@ class SemiMechTrainingPlan(TrainingPlan):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def configure_optimizers(self):
-        """Adam (or the configured optimizer) over two groups: VAE and dynamics."""
+        """Adam (or the configured optimizer) over two groups: VAE and dynamics.
+
+        Returns
+        -------
+        The optimizer, with its learning-rate scheduler when one is configured (Lightning's format).
+        """
         names = set(self.module.dynamics_parameter_names())
         dyn, rest = [], []
         for name, p in self.module.named_parameters():

@@ -205,7 +205,12 @@ class PerturbationDataSplitter(DataSplitter):
         self.seed = seed
 
     def train_dataloader(self):
-        """Build the training loader: scvi-tools' for ``"random"``, the strategy's sampler otherwise."""
+        """Build the training loader: scvi-tools' for ``"random"``, the strategy's sampler otherwise.
+
+        Returns
+        -------
+        The training data loader.
+        """
         if self.batching == "random":
             return super().train_dataloader()
         kw = dict(self.data_loader_kwargs)

@@ -543,7 +543,12 @@ class SimulatedNetwork:
     # -- persistence -----------------------------------------------------------------------------------------
 
     def to_truth(self) -> dict[str, Any]:
-        """Return the network's parameters as plain arrays (the network part of ``uns["truth"]``)."""
+        """Return the network's parameters as plain arrays (the network part of ``uns["truth"]``).
+
+        Returns
+        -------
+        A dict of arrays and numbers.
+        """
         return {
             "W": self.W.copy(),
             "alpha": self.alpha.copy(),

@@ -65,7 +65,12 @@ class Split:
         return [self.train, self.validation, self.test]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (lists and strings), e.g. to store in ``uns`` or JSON."""
+        """Plain-data form (lists and strings), e.g. to store in ``uns`` or JSON.
+
+        Returns
+        -------
+        A dict of lists, strings and numbers.
+        """
         return {
             "kind": self.kind,
             "train": self.train.tolist(),
