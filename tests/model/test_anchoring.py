@@ -737,3 +737,84 @@ def test_rows_sharing_a_correction_get_exactly_what_each_plan_gives_alone():
         assert weights[i] == pytest.approx(float(np.mean(w)))
     # the shared correction moves both rows by the same amount: the controls' observed-minus-model error, shrunk
     np.testing.assert_allclose(values[0] - reads["X"], values[1] - reads["Y"])
+
+
+def test_observations_are_standardised_to_the_batches_predictions_start_from():
+    from scmech.model._observations import ObservedPseudobulk, log_pseudobulk, standardise_batches
+
+    rng = np.random.default_rng(0)
+    n_genes = 30
+    base = rng.uniform(0.5, 3.0, n_genes)
+    shift = np.where(np.arange(n_genes) < 10, 1.0, 0.0)  # batch 1 reads 10 genes one log unit higher
+    effect = np.where(np.arange(n_genes) == 20, -1.0, 0.0)
+
+    def cells(n, batch, target):
+        rate = np.exp(base + batch * shift + (effect if target else 0.0))
+        return rng.poisson(rate * 20, size=(n, n_genes)).astype(float)
+
+    # controls in both batches (300 each); the target observed only in batch 1 (a replicate held out)
+    x = np.vstack([cells(300, 0, False), cells(300, 1, False), cells(400, 1, True)])
+    batch = np.repeat([0, 1, 1], [300, 300, 400])
+    label = np.repeat(["NT", "NT", "T"], [300, 300, 400])
+    ctx = Context(None)
+    rows = np.arange(len(x))
+    pb, var = log_pseudobulk(x, rows, label, ["NT", "T"], counts=True)
+    conditions = {(lab, ctx): ObservedPseudobulk(pb[i], var[i], 0) for i, lab in enumerate(["NT", "T"])}
+    keys = np.array([f"{b}" for b in batch[label == "NT"]], dtype=object)
+    cpb, cvar = log_pseudobulk(x, rows[label == "NT"], keys, ["0", "1"], counts=True)
+    controls = {ctx: (cpb, cvar, np.array([True, True]))}
+    shares = {("NT", ctx): np.array([0.5, 0.5]), ("T", ctx): np.array([0.0, 1.0])}
+    raw_change = pb[1] - pb[0]
+    shares = {("T", ctx): shares[("T", ctx)]}  # the controls are kept as observed
+    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == 1
+    std = conditions[("T", ctx)]
+    # closed form: y + sum_b (w_b - pi_b) c_b, variance v + sum_b (w_b - pi_b)^2 v_b
+    np.testing.assert_allclose(std.value, pb[1] + 0.5 * cpb[0] - 0.5 * cpb[1], rtol=1e-5)
+    np.testing.assert_allclose(std.var, var[1] + 0.25 * cvar[0] + 0.25 * cvar[1], rtol=1e-5)
+    # the batch difference is gone from the change: only the target's own effect is left
+    change = std.value - conditions[("NT", ctx)].value
+    assert np.abs(raw_change[:10]).mean() > 0.2
+    assert np.abs(change[:10]).mean() < 0.05
+    assert change[20] == pytest.approx(-1.0, abs=0.15)
+    # a batch without enough controls in the context: the condition is kept as observed
+    conditions[("T", ctx)] = ObservedPseudobulk(pb[1], var[1], 0)
+    controls = {ctx: (cpb, cvar, np.array([True, False]))}
+    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == 0
+    np.testing.assert_array_equal(conditions[("T", ctx)].value, pb[1])
+
+
+def test_the_model_standardises_its_observations_to_the_training_controls_batches():
+    # every training perturbation of a simulated screen (batches b0-b2) is moved to the training controls' batch
+    # composition (where predictions start) by the controls' batch levels; the controls are kept as observed
+    from scmech.model._observations import log_pseudobulk
+
+    scvi.settings.seed = 0
+    adata = simulated(n_cells=1200)
+    # G0008 mostly in b1 and b2: a batch mix unlike the other perturbations'
+    drop = (adata.obs["perturbation"] == "G0008").to_numpy() & (adata.obs["batch"] == "b0").to_numpy()
+    drop &= np.random.default_rng(1).random(adata.n_obs) < 0.8
+    adata = adata[~drop].copy()
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="batch")
+    model = SemiMechVI(adata, **MODEL_KWARGS)
+    rest = np.random.default_rng(0).permutation(adata.n_obs)
+    train, val = np.sort(rest[100:]), np.sort(rest[:100])
+    model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": [train, val, np.array([], dtype=int)]})
+    obs = model.anchor_
+    assert obs.batch_standardised == len(obs.conditions) - 1
+    design = model._design(adata)
+    batch = adata.obs["batch"].astype(str).to_numpy()
+    cells = np.concatenate([train, val])
+    start = train[design.is_control[train]]
+    names = sorted(set(batch))
+    pool = np.array([np.mean(batch[start] == b) for b in names])
+    ctrl = cells[design.is_control[cells]]
+    cpb, _ = log_pseudobulk(adata.X, ctrl, batch[ctrl], names, counts=True)
+    pb, _ = log_pseudobulk(adata.X, ctrl, np.full(len(ctrl), "NT", dtype=object), ["NT"], counts=True)
+    np.testing.assert_allclose(obs.control(Context(None)).value, pb[0], rtol=1e-5)
+    for lab in ("G0008", "G0009+G0021"):
+        mine = cells[design.labels[cells] == lab]
+        pb, _ = log_pseudobulk(adata.X, mine, np.full(len(mine), lab, dtype=object), [lab], counts=True)
+        pi = np.array([np.mean(batch[mine] == b) for b in names])
+        assert np.abs(pool - pi).max() > (0.1 if lab == "G0008" else 0.0)
+        want = pb[0] + (pool - pi) @ cpb
+        np.testing.assert_allclose(obs.get(lab, Context(None)).value, want, rtol=1e-4, atol=1e-4)

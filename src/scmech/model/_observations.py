@@ -1,8 +1,8 @@
 """Observations: the training pseudobulks that anchoring corrects the model's predictions by.
 
 :class:`Observations` holds the log pseudobulk of every observed condition in every context with its sampling
-variance (:class:`ObservedPseudobulk`), computed by :func:`log_pseudobulk`; the anchoring plans that use them live
-in :mod:`._anchoring`.
+variance (:class:`ObservedPseudobulk`), computed by :func:`log_pseudobulk` and standardised to the batch mix of
+the training controls by :func:`standardise_batches`; the anchoring plans that use them live in :mod:`._anchoring`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from scmech.data._pseudobulk import normalized_mean
 from ._protocols import Context, Protocol
 from ._serialisation import persistable
 
-__all__ = ["ObservedPseudobulk", "Observations", "log_pseudobulk"]
+__all__ = ["ObservedPseudobulk", "Observations", "log_pseudobulk", "standardise_batches"]
 
 
 # saved under the name of the module that defined them first, so that earlier saves keep loading
@@ -52,6 +52,9 @@ class Observations:
         ``{(context, source context): (rho, alpha)}``: how far a perturbation's observed specific change in the
         source carries to the context (``rho``) and how far the model's change of it between the two does
         (``alpha``), both from the training targets observed in both (see :class:`~scmech.model._anchoring.OtherMedia`).
+    batch_standardised
+        Number of perturbations whose pseudobulk was standardised to the training controls' batch composition
+        (:func:`standardise_batches`).
     """
 
     control_label: str
@@ -60,6 +63,7 @@ class Observations:
     interaction_gain: float = 0.0
     interaction_pairs: int = 0
     media_carry: dict[tuple[Context, Context], tuple[float, float]] = field(default_factory=dict)
+    batch_standardised: int = 0
 
     def protocol(self, label: str, context: Context) -> Protocol:
         """Return the read-out of an observed condition (or of the controls) in ``context``."""
@@ -127,6 +131,60 @@ def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts
     if counts:
         return np.log1p(TARGET_SUM * mean), var * (TARGET_SUM / (1.0 + TARGET_SUM * mean)) ** 2
     return mean, var
+
+
+def standardise_batches(
+    conditions: dict,
+    shares: dict,
+    controls: dict,
+    pool: np.ndarray,
+) -> int:
+    r"""Standardise each observed perturbation to the batch composition of the cells predictions start from.
+
+    A prediction is the perturbation applied to the training control cells, each measured in its own batch, so
+    the model reads a perturbation out in the controls' batch composition :math:`w_b`. A perturbation observed in
+    other proportions :math:`\pi_b` of the batches (a replicate held out, targets run in different lanes)
+    differs from that read-out by the batches' effects as well as by the model's error, and a correction by it
+    would carry the batch difference into the prediction as if it were the perturbation's. With its context's
+    controls observed in every batch involved, the observation is moved to :math:`w` by the controls' batch levels
+    :math:`c_b` (direct standardisation, batch effects additive in log space, as the controls in every batch
+    measure them): :math:`y + \sum_b (w_b - \pi_b) c_b`, with variance :math:`v + \sum_b (w_b - \pi_b)^2
+    v_{c_b}`. A perturbation with a batch whose controls are missing in its context is kept as observed; the
+    controls are kept as observed.
+
+    Parameters
+    ----------
+    conditions
+        ``{(label, context): ObservedPseudobulk}``; standardised entries are replaced.
+    shares
+        ``{(label, context): pi}``: each condition to standardise and its share of cells per batch (batches in code
+        order).
+    controls
+        ``{context: (values, variances, observed)}``: the controls' log pseudobulk per batch (batches x genes),
+        its sampling variance and whether the batch has enough control cells in the context.
+    pool
+        :math:`w`: the training controls' share per batch.
+
+    Returns
+    -------
+    The number of conditions standardised.
+    """
+    pool = np.asarray(pool, dtype=np.float64)
+    done = 0
+    for key, pi in shares.items():
+        if key not in conditions or key[1] not in controls:
+            continue
+        values, variances, observed = controls[key[1]]
+        d = pool - np.asarray(pi, dtype=np.float64)
+        used = np.abs(d) > 1e-9
+        if not used.any() or not observed[used].all():
+            continue
+        o = conditions[key]
+        value = np.asarray(o.value, dtype=np.float64) + d[used] @ values[used]
+        var = np.asarray(o.var, dtype=np.float64) + (d[used] ** 2) @ variances[used]
+        conditions[key] = ObservedPseudobulk(value.astype(np.float32), var.astype(np.float32), o.n_cells)
+        done += 1
+    return done
 
 
 def _rows(x, rows: np.ndarray, labels: np.ndarray) -> tuple:

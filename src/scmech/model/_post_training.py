@@ -27,6 +27,7 @@ from ._anchoring import (
     log_pseudobulk,
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
+from ._observations import standardise_batches
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import (
@@ -342,8 +343,60 @@ class PostTrainingMixin:
             for lab, _ in obs.conditions:
                 if lab != design.control_label:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))
+            cells = pd.DataFrame({"key": keys.to_numpy(dtype=object), "context": pd.Series(contexts, dtype=object)})
+            obs.batch_standardised = self._standardise_batches(obs, idx, cells, lookup, train_indices, min_cells)
         self.anchor_ = obs
         self._calibrate_anchor()
+
+    def _standardise_batches(
+        self,
+        obs: Observations,
+        idx: np.ndarray,
+        cells: pd.DataFrame,
+        lookup: dict,
+        train_indices: np.ndarray,
+        min_cells: int,
+    ) -> int:
+        """Standardise the perturbations' observations to the training controls' batches (:func:`standardise_batches`).
+
+        ``idx`` are the observed cells, ``cells`` their condition key and context, ``lookup`` the condition of each
+        key; a batch's controls in a context need ``min_cells`` cells. Returns the number of conditions
+        standardised (0 without a registered batch).
+        """
+        if (
+            int(self.summary_stats.get("n_batch", 1)) <= 1
+            or REGISTRY_KEYS.BATCH_KEY not in self.adata_manager.data_registry
+        ):
+            return 0
+        design = self._design(self.adata)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(int)
+        n_batch = int(self.summary_stats["n_batch"])
+        start = np.asarray(train_indices, dtype=int)
+        start = start[design.is_control[start] & ~design.is_unassigned[start]]
+        if len(start) == 0:
+            return 0
+        pool = np.bincount(codes[start], minlength=n_batch) / len(start)
+        shares = {}
+        for key, sub in pd.Series(codes[idx]).groupby(cells["key"].to_numpy()):
+            if key in lookup and lookup[key][0] != design.control_label:
+                shares[lookup[key]] = np.bincount(sub.to_numpy(), minlength=n_batch) / len(sub)
+        is_ctrl = design.is_control[idx]
+        ctrl_batch, ctrl_ctx = codes[idx][is_ctrl], cells["context"].to_numpy()[is_ctrl]
+        ctrl_keys = np.array([f"{b}\x00{c!r}" for b, c in zip(ctrl_batch, ctrl_ctx, strict=True)], dtype=object)
+        x, _ = self._expression_matrix(self.adata)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        groups = sorted(set(ctrl_keys))
+        pb, var = log_pseudobulk(x, idx[is_ctrl], ctrl_keys, groups, counts)
+        n = pd.Series(ctrl_keys).value_counts()
+        by_key = {g: i for i, g in enumerate(groups)}
+        controls = {}
+        for ctx in {c for _, c in obs.conditions}:
+            rows = [by_key.get(f"{b}\x00{ctx!r}") for b in range(n_batch)]
+            ok = np.array([r is not None and n[groups[r]] >= min_cells for r in rows])
+            values = np.stack([pb[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
+            variances = np.stack([var[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
+            controls[ctx] = (values, variances, ok)
+        return standardise_batches(obs.conditions, shares, controls, pool)
 
     def _calibrate_anchor(self) -> None:
         """Calibrate the combination interaction and the carry-over between media on the training observations."""

@@ -312,11 +312,12 @@ class PredictionMixin(PredictionOutputMixin):
             observed at other times or in other media carries its observed effect over as far as the training
             data show it carries; a target without training cells is its class's observed mean plus the model's
             specific change; any other condition is the observed controls of its context plus the model's change
-            from them. Each correction is weighed per gene against the sampling noise of the pseudobulks it
-            uses (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the combinations;
-            ``"none"`` returns the model's own read-out. ``uns["scmech"]["prediction"]["anchoring"]`` records
-            the plan of each row. Anchoring applies only to mean predictions from the training controls (no
-            ``from_cells``, ``batch`` or ``adata``).
+            from them. Observations of perturbations are first standardised to the batch mix of the training
+            controls the read-outs start from, by the controls' level in each batch. Each correction is weighed per gene
+            against the sampling noise of the pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight).
+            ``"combinations"`` does only the combinations; ``"none"`` returns the model's own read-out.
+            ``uns["scmech"]["prediction"]["anchoring"]`` records the plan of each row. Anchoring applies only to
+            mean predictions from the training controls (no ``from_cells``, ``batch`` or ``adata``).
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
