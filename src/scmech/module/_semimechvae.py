@@ -284,7 +284,7 @@ class SemiMechVAE(ProtocolReadoutMixin, BaseModuleClass):
 
         Returns
         -------
-        The parameter names, as :meth:`named_parameters` gives them.
+        The parameter names, as ``named_parameters()`` gives them.
         """
         names = [f"field.{n}" for n, _ in self.field.named_parameters()] + ["z_base"]
         names += ["decoder.own_effect"] if self.decoder.own_effect is not None else []
