@@ -343,8 +343,7 @@ class PostTrainingMixin:
             for lab, _ in obs.conditions:
                 if lab != design.control_label:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))
-            cells = pd.DataFrame({"key": keys.to_numpy(dtype=object), "context": pd.Series(contexts, dtype=object)})
-            obs.batch_standardised = self._standardise_batches(obs, idx, cells, lookup, train_indices, min_cells)
+            obs.batch_standardised = self._standardise_batches(obs, idx, keys, lookup, train_indices, min_cells)
         self.anchor_ = obs
         self._calibrate_anchor()
 
@@ -352,16 +351,16 @@ class PostTrainingMixin:
         self,
         obs: Observations,
         idx: np.ndarray,
-        cells: pd.DataFrame,
+        keys: pd.Series,
         lookup: dict,
         train_indices: np.ndarray,
         min_cells: int,
     ) -> int:
         """Standardise the perturbations' observations to the training controls' batches (:func:`standardise_batches`).
 
-        ``idx`` are the observed cells, ``cells`` their condition key and context, ``lookup`` the condition of each
-        key; a batch's controls in a context need ``min_cells`` cells. Returns the number of conditions
-        standardised (0 without a registered batch).
+        ``idx`` are the observed cells, ``keys`` their condition keys, ``lookup`` the condition of each key; a
+        batch's controls in a context need ``min_cells`` cells. Returns the number of conditions standardised (0
+        without a registered batch).
         """
         if (
             int(self.summary_stats.get("n_batch", 1)) <= 1
@@ -376,22 +375,26 @@ class PostTrainingMixin:
         if len(start) == 0:
             return 0
         pool = np.bincount(codes[start], minlength=n_batch) / len(start)
+        batch = codes[idx]
+        key_of = keys.to_numpy(dtype=object)
         shares = {}
-        for key, sub in pd.Series(codes[idx]).groupby(cells["key"].to_numpy()):
+        for key, sub in pd.Series(batch).groupby(key_of):
             if key in lookup and lookup[key][0] != design.control_label:
                 shares[lookup[key]] = np.bincount(sub.to_numpy(), minlength=n_batch) / len(sub)
+        # the controls of each context in each batch: their condition key (one per context) and the batch code
         is_ctrl = design.is_control[idx]
-        ctrl_batch, ctrl_ctx = codes[idx][is_ctrl], cells["context"].to_numpy()[is_ctrl]
-        ctrl_keys = np.array([f"{b}\x00{c!r}" for b, c in zip(ctrl_batch, ctrl_ctx, strict=True)], dtype=object)
+        groups_of = pd.Series(key_of[is_ctrl]) + "\x01" + pd.Series(batch[is_ctrl]).astype(str)
+        n = groups_of.value_counts()
+        groups = sorted(n.index)
         x, _ = self._expression_matrix(self.adata)
         counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        groups = sorted(set(ctrl_keys))
-        pb, var = log_pseudobulk(x, idx[is_ctrl], ctrl_keys, groups, counts)
-        n = pd.Series(ctrl_keys).value_counts()
-        by_key = {g: i for i, g in enumerate(groups)}
+        pb, var = log_pseudobulk(x, idx[is_ctrl], groups_of.to_numpy(dtype=object), groups, counts)
+        row = {g: i for i, g in enumerate(groups)}
         controls = {}
-        for ctx in {c for _, c in obs.conditions}:
-            rows = [by_key.get(f"{b}\x00{ctx!r}") for b in range(n_batch)]
+        for key, (lab, ctx) in lookup.items():
+            if lab != design.control_label:
+                continue
+            rows = [row.get(f"{key}\x01{b}") for b in range(n_batch)]
             ok = np.array([r is not None and n[groups[r]] >= min_cells for r in rows])
             values = np.stack([pb[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
             variances = np.stack([var[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])

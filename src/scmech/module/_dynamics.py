@@ -384,7 +384,7 @@ class VectorField(ProtocolFlow):
 
         Returns
         -------
-        The bound, a scalar tensor.
+        The bound, a float.
         """
         with torch.no_grad():
             rate = float(self.gamma.max())

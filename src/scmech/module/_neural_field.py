@@ -174,7 +174,7 @@ class NeuralField(ProtocolFlow):
 
         Returns
         -------
-        The bound, a scalar tensor.
+        The bound, a float.
         """
         with torch.no_grad():
             linears = [m for m in self.mlp if isinstance(m, nn.Linear)]
