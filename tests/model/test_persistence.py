@@ -121,7 +121,7 @@ def test_loaded_model_can_train_further(saved, steady, train_kwargs):
     assert np.isfinite(loaded.get_latent_representation()).all()
 
 
-def test_save_anndata_then_load_without_adata(steady, tmp_path):
+def test_save_anndata_then_load_without_adata(steady, tmp_path, model_kwargs):
     model = steady.model
     path = tmp_path / "with_data"
     model.save(path, save_anndata=True)
@@ -133,6 +133,9 @@ def test_save_anndata_then_load_without_adata(steady, tmp_path):
     b = loaded.predict(["G0008", "G0009+G0021"], random_state=2)
     np.testing.assert_array_equal(a.X, b.X)
     np.testing.assert_array_equal(loaded.get_latent_representation(), model.get_latent_representation())
+    # the read copy has an identity of its own: the in-memory original still starts new models
+    assert loaded.adata.uns["_scvi_uuid"] != steady.adata.uns["_scvi_uuid"]
+    assert SemiMechVI(steady.adata, **model_kwargs).adata is steady.adata
 
 
 def test_load_without_adata_and_without_saved_data_raises(saved):

@@ -21,6 +21,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from scvi.data import _constants
 
 from ._serialisation import from_jsonable, persistable, to_jsonable
 
@@ -454,6 +455,11 @@ def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
 def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
     """Read the data saved beside a model (``adata.h5ad``, else ``mdata.h5mu``).
 
+    The file carries the scvi-tools identity (``uns["_scvi_uuid"]``) of the data it was written from. It is
+    dropped, so that setting up the read copy gives it an identity of its own: otherwise the copy would take
+    the in-memory original's place in scvi-tools' registry, and a new model on the original would raise
+    "Did you make a copy?".
+
     Parameters
     ----------
     path
@@ -477,7 +483,10 @@ def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
                 import mudata
 
                 reader = mudata.read_h5mu
-            return reader(p)
+            data = reader(p)
+            for key in (_constants._SCVI_UUID_KEY, _constants._MANAGER_UUID_KEY):
+                data.uns.pop(key, None)
+            return data
     msg = f"No data saved in {path}; pass adata= (set up like the training data)."
     raise ValueError(msg)
 
