@@ -24,7 +24,8 @@ simulated screens have 3,000 cells and 200 genes and SemiMechVI trains 20 epochs
     embed these targets and is left out.
 ``papalexi_replicate``
     Papalexi 2021: one biological replicate's perturbed cells held out (``rep_1``, ``rep_2``, ``rep_3``); scored
-    on the knockouts whose target is measured (the linear model cannot embed the others).
+    on the knockouts whose target is measured (the linear model cannot embed the others). Every model predicts
+    in the held-out replicate (``predict(..., batch=rep)``).
 
 On simulated regimes every model is also scored against the simulator's noise-free truth (``truth_*``: the
 predicted change from the model's own predicted control in the held-out context against the true change), a
@@ -308,7 +309,11 @@ def regime(name: str, seed: int, epochs: int, n_cells: int) -> pd.DataFrame:
         measured = set(map(str, adata.var_names))
         conds = sorted((set(adata.obs["perturbation"].astype(str).iloc[split.test]) - {"NT", "unassigned"}) & measured)
         split = _with_conditions(split, conds)
-        return run_regime(adata, split, setup=setup, models=_factories(setup, vanilla=False), epochs=epochs, seed=seed)
+        # every model predicts the held-out replicate's cells as measured in that replicate
+        models = _factories(setup, vanilla=False)
+        return run_regime(
+            adata, split, setup=setup, models=models, predict_kwargs={"batch": rep}, epochs=epochs, seed=seed
+        )
     msg = f"Unknown regime {name!r}; choose from {sum(REGIMES.values(), ())}."
     raise ValueError(msg)
 

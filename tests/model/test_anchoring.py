@@ -769,7 +769,7 @@ def test_observations_are_standardised_to_the_batches_predictions_start_from():
     shares = {("NT", ctx): np.array([0.5, 0.5]), ("T", ctx): np.array([0.0, 1.0])}
     raw_change = pb[1] - pb[0]
     shares = {("T", ctx): shares[("T", ctx)]}  # the controls are kept as observed
-    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == 1
+    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == [("T", ctx)]
     std = conditions[("T", ctx)]
     # closed form: y + sum_b (w_b - pi_b) c_b, variance v + sum_b (w_b - pi_b)^2 v_b
     np.testing.assert_allclose(std.value, pb[1] + 0.5 * cpb[0] - 0.5 * cpb[1], rtol=1e-5)
@@ -782,11 +782,11 @@ def test_observations_are_standardised_to_the_batches_predictions_start_from():
     # a batch without enough controls in the context: the condition is kept as observed
     conditions[("T", ctx)] = ObservedPseudobulk(pb[1], var[1], 0)
     controls = {ctx: (cpb, cvar, np.array([True, False]))}
-    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == 0
+    assert standardise_batches(conditions, shares, controls, pool=np.array([0.5, 0.5])) == []
     np.testing.assert_array_equal(conditions[("T", ctx)].value, pb[1])
 
 
-def test_the_model_standardises_its_observations_to_the_training_controls_batches():
+def test_the_model_standardises_its_observations_to_the_training_controls_batches(tmp_path):
     # every training perturbation of a simulated screen (batches b0-b2) is moved to the training controls' batch
     # composition (where predictions start) by the controls' batch levels; the controls are kept as observed
     from scmech.model._observations import log_pseudobulk
@@ -821,3 +821,25 @@ def test_the_model_standardises_its_observations_to_the_training_controls_batche
         assert np.abs(pool - pi).max() > (0.1 if lab == "G0008" else 0.0)
         want = pb[0] + (pool - pi) @ cpb
         np.testing.assert_allclose(obs.get(lab, Context(None)).value, want, rtol=1e-4, atol=1e-4)
+        # moved to batch b1 alone for predictions measured there: y + sum_b (e_b1 - pi_b) c_b from the raw pseudobulk
+        there = obs.in_batch(1).get(lab, Context(None)).value
+        np.testing.assert_allclose(there, pb[0] + (np.eye(3)[1] - pi) @ cpb, rtol=1e-4, atol=1e-4)
+    # the controls are moved too (they are kept as observed for predictions in each cell's own batch), and every
+    # pseudobulk of the screen could be moved; the model's own observations are left as they were
+    before = {k: o.value.copy() for k, o in obs.conditions.items()}
+    moved = obs.in_batch(1)
+    assert moved.batch_standardised == len(obs.conditions)
+    assert all(np.array_equal(o.value, before[k]) for k, o in obs.conditions.items())
+    pi = np.array([np.mean(batch[ctrl] == b) for b in names])
+    np.testing.assert_allclose(
+        moved.control(Context(None)).value, obs.control(Context(None)).value + (np.eye(3)[1] - pi) @ cpb, rtol=1e-5
+    )
+    # so the anchored prediction of the controls in b1 is their level in b1, not the training controls' mix
+    in_b1 = model.predict("NT", batch="b1").X[0]
+    assert np.abs(in_b1 - cpb[1]).mean() < np.abs(model.predict("NT").X[0] - cpb[1]).mean() / 3
+    # a saved model keeps what the moves need
+    model.save(tmp_path / "m")
+    loaded = SemiMechVI.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(
+        loaded.predict(["NT", "G0008"], batch="b1").X, model.predict(["NT", "G0008"], batch="b1").X
+    )

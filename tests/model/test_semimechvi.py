@@ -434,12 +434,29 @@ def test_predict_unknown_medium_or_batch_raises(steady, dynamic):
 
 
 def test_predict_in_a_given_batch(steady):
+    # too few controls per batch in this small screen to move any observation to one batch: none anchors there
+    # (each stands for other batches), and the prediction in a batch is the model's own read-out in it
     model = steady.model
-    b0 = model.predict("G0008", batch="b0")
-    b1 = model.predict("G0008", batch="b1")
-    assert b0.uns["scmech"]["prediction"]["anchor"] == "none"
+    b0 = model.predict(["NT", "G0008"], batch="b0")
+    b1 = model.predict(["NT", "G0008"], batch="b1")
     assert b0.obs["batch"].iloc[0] == "b0"
     assert np.abs(b0.X - b1.X).max() > 0
+    assert model.anchor_.in_batch(0).conditions == {}
+    assert b0.uns["scmech"]["prediction"]["anchoring"] == {}
+    np.testing.assert_array_equal(b0.X, model.predict(["NT", "G0008"], batch="b0", anchor="none").X)
+    # observations without batch levels (a model saved before they were kept) are not anchored in a batch
+    from dataclasses import replace
+
+    saved = model.anchor_
+    try:
+        model.anchor_ = replace(saved, batch_levels={}, batch_mix={})
+        with pytest.raises(ValueError, match="hold no per-batch control levels"):
+            model.anchor_.in_batch(0)
+        old = model.predict(["NT", "G0008"], batch="b0")
+        assert old.uns["scmech"]["prediction"]["anchor"] == "none"
+        assert model.predict("G0008").uns["scmech"]["prediction"]["anchor"] == "auto"
+    finally:
+        model.anchor_ = saved
 
 
 def test_time_is_refused_by_a_steady_state_model(steady):

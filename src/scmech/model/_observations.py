@@ -7,7 +7,7 @@ the training controls by :func:`standardise_batches`; the anchoring plans that u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,13 @@ class Observations:
     batch_standardised
         Number of perturbations whose pseudobulk was standardised to the training controls' batch composition
         (:func:`standardise_batches`).
+    batch_mix
+        ``{(label, context): shares}``: the batch composition each pseudobulk stands for (the training controls'
+        after standardisation, else the condition's own), batches in code order.
+    batch_levels
+        ``{context: (values, variances, observed)}``: the context's controls' log pseudobulk in each batch
+        (batches x genes), its sampling variance and whether the batch has enough control cells; what
+        :meth:`in_batch` moves the pseudobulks by.
     """
 
     control_label: str
@@ -64,6 +71,50 @@ class Observations:
     interaction_pairs: int = 0
     media_carry: dict[tuple[Context, Context], tuple[float, float]] = field(default_factory=dict)
     batch_standardised: int = 0
+    batch_mix: dict[tuple[str, Context], np.ndarray] = field(default_factory=dict)
+    batch_levels: dict[Context, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def in_batch(self, code: int) -> Observations:
+        r"""Return the observations moved to one batch, for predictions measured in that batch.
+
+        Each pseudobulk (controls included) is moved from the batch composition it stands for to batch ``code``
+        alone by its context's controls' batch levels (:func:`standardise_batches` with the one-hot
+        composition). A pseudobulk that cannot be moved (a batch of its composition, or ``code``, without enough
+        controls in its context) is left out: it stands for other batches, and anchoring on it would carry
+        their difference into the prediction. ``batch_standardised`` of the result counts the pseudobulks
+        moved; the calibrations are shared.
+
+        Parameters
+        ----------
+        code
+            The batch's code (its position among the registered batches).
+
+        Returns
+        -------
+        The moved observations (a new object; this one is unchanged).
+
+        Raises
+        ------
+        ValueError
+            When the observations hold no batch levels (no batch registered, or a model saved before they were
+            kept).
+        """
+        if not self.batch_levels:
+            msg = (
+                "These observations hold no per-batch control levels (no batch was registered, or the model was "
+                "saved by an earlier scmech): they cannot be moved to one batch. Predict without batch=, or "
+                "retrain."
+            )
+            raise ValueError(msg)
+        n_batch = len(next(iter(self.batch_levels.values()))[2])
+        target = np.zeros(n_batch)
+        target[int(code)] = 1.0
+        conditions = dict(self.conditions)
+        moved = set(standardise_batches(conditions, self.batch_mix, self.batch_levels, target))
+        there = {k for k, v in self.batch_mix.items() if np.allclose(v, target)}
+        keep = {k: o for k, o in conditions.items() if k in moved or k in there}
+        mix = dict.fromkeys(keep, target)
+        return replace(self, conditions=keep, batch_standardised=len(moved), batch_mix=mix)
 
     def protocol(self, label: str, context: Context) -> Protocol:
         """Return the read-out of an observed condition (or of the controls) in ``context``."""
@@ -138,7 +189,7 @@ def standardise_batches(
     shares: dict,
     controls: dict,
     pool: np.ndarray,
-) -> int:
+) -> list:
     r"""Standardise each observed perturbation to the batch composition of the cells predictions start from.
 
     A prediction is the perturbation applied to the training control cells, each measured in its own batch, so
@@ -167,10 +218,10 @@ def standardise_batches(
 
     Returns
     -------
-    The number of conditions standardised.
+    The keys of the conditions standardised.
     """
     pool = np.asarray(pool, dtype=np.float64)
-    done = 0
+    done = []
     for key, pi in shares.items():
         if key not in conditions or key[1] not in controls:
             continue
@@ -183,7 +234,7 @@ def standardise_batches(
         value = np.asarray(o.value, dtype=np.float64) + d[used] @ values[used]
         var = np.asarray(o.var, dtype=np.float64) + (d[used] ** 2) @ variances[used]
         conditions[key] = ObservedPseudobulk(value.astype(np.float32), var.astype(np.float32), o.n_cells)
-        done += 1
+        done.append(key)
     return done
 
 

@@ -359,8 +359,10 @@ class PostTrainingMixin:
         """Standardise the perturbations' observations to the training controls' batches (:func:`standardise_batches`).
 
         ``idx`` are the observed cells, ``keys`` their condition keys, ``lookup`` the condition of each key; a
-        batch's controls in a context need ``min_cells`` cells. Returns the number of conditions standardised (0
-        without a registered batch).
+        batch's controls in a context need ``min_cells`` cells. Each pseudobulk's batch mix and the controls'
+        batch levels are kept in ``obs``, so that predictions in one batch can move the pseudobulks there
+        (:meth:`Observations.in_batch`). Returns the number of conditions standardised (0 without a registered
+        batch).
         """
         if (
             int(self.summary_stats.get("n_batch", 1)) <= 1
@@ -377,10 +379,10 @@ class PostTrainingMixin:
         pool = np.bincount(codes[start], minlength=n_batch) / len(start)
         batch = codes[idx]
         key_of = keys.to_numpy(dtype=object)
-        shares = {}
+        mix = {}
         for key, sub in pd.Series(batch).groupby(key_of):
-            if key in lookup and lookup[key][0] != design.control_label:
-                shares[lookup[key]] = np.bincount(sub.to_numpy(), minlength=n_batch) / len(sub)
+            if key in lookup and lookup[key] in obs.conditions:
+                mix[lookup[key]] = np.bincount(sub.to_numpy(), minlength=n_batch) / len(sub)
         # the controls of each context in each batch: their condition key (one per context) and the batch code
         is_ctrl = design.is_control[idx]
         groups_of = pd.Series(key_of[is_ctrl]) + "\x01" + pd.Series(batch[is_ctrl]).astype(str)
@@ -398,8 +400,12 @@ class PostTrainingMixin:
             ok = np.array([r is not None and n[groups[r]] >= min_cells for r in rows])
             values = np.stack([pb[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
             variances = np.stack([var[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
-            controls[ctx] = (values, variances, ok)
-        return standardise_batches(obs.conditions, shares, controls, pool)
+            controls[ctx] = (values.astype(np.float32), variances.astype(np.float32), ok)
+        shares = {k: v for k, v in mix.items() if k[0] != design.control_label}
+        done = set(standardise_batches(obs.conditions, shares, controls, pool))
+        obs.batch_mix = {k: (pool if k in done else v) for k, v in mix.items()}
+        obs.batch_levels = controls
+        return len(done)
 
     def _calibrate_anchor(self) -> None:
         """Calibrate the combination interaction and the carry-over between media on the training observations."""

@@ -284,6 +284,8 @@ class PredictionMixin(PredictionOutputMixin):
             medium holds throughout).
         batch
             Batch whose capture the predictions are measured with; each starting cell's own batch when ``None``.
+            Anchored predictions in a batch are corrected by the training observations moved to that batch (see
+            ``anchor``); a model saved before those moves were possible predicts in a batch without anchoring.
         efficacy
             Knock-down efficacy of the predicted perturbations; when ``None`` and an efficacy key is registered,
             the counterfactual cells are spread evenly over 8 quantiles of the perturbed training cells'
@@ -313,11 +315,13 @@ class PredictionMixin(PredictionOutputMixin):
             data show it carries; a target without training cells is its class's observed mean plus the model's
             specific change; any other condition is the observed controls of its context plus the model's change
             from them. Observations of perturbations are first standardised to the batch mix of the training
-            controls the read-outs start from, by the controls' level in each batch. Each correction is weighed per gene
+            controls the read-outs start from, by the controls' level in each batch; with ``batch``, every
+            observation (controls included) is moved to that batch alone the same way, so that the anchored
+            prediction is measured in it too. Each correction is weighed per gene
             against the sampling noise of the pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight).
             ``"combinations"`` does only the combinations; ``"none"`` returns the model's own read-out.
             ``uns["scmech"]["prediction"]["anchoring"]`` records the plan of each row. Anchoring applies only to
-            mean predictions from the training controls (no ``from_cells``, ``batch`` or ``adata``).
+            mean predictions from the training controls (no ``from_cells`` or ``adata``).
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -374,10 +378,11 @@ class PredictionMixin(PredictionOutputMixin):
             control_labels=self.adata_manager.registry["setup_args"]["control_label"],
         )
         self._check_requested_targets(requested)
+        observations = self._observations_in(batch) if isinstance(self.anchor_, Observations) else None
         can_anchor = (
-            return_mean and anchor != "none" and from_cells is None and batch is None and adata is None
-        ) and isinstance(self.anchor_, Observations)
-        plans, extra = self._plan(requested, anchor, seed) if can_anchor else ({}, [])
+            return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
+        )
+        plans, extra = self._plan(requested, anchor, seed, observations) if can_anchor else ({}, [])
         ro = self._read(
             requested + extra,
             anchor_rows=len(extra),
@@ -391,7 +396,7 @@ class PredictionMixin(PredictionOutputMixin):
             batch_size=batch_size,
         )
         if return_mean:
-            logx, weights = self._anchor(ro.log_values, requested, extra, plans)
+            logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
         return self._prediction_anndata(
@@ -407,13 +412,29 @@ class PredictionMixin(PredictionOutputMixin):
             anchor=anchor if can_anchor else "none",
         )
 
-    def _plan(self, requested: list[Protocol], anchor: str, seed: int) -> tuple[dict, list[Protocol]]:
+    def _observations_in(self, batch: str | None) -> Observations | None:
+        """Return the training observations for predictions measured in ``batch`` (each cell's own if ``None``).
+
+        In one batch they are moved there by the controls' batch levels (:meth:`Observations.in_batch`); ``None``
+        when they cannot be (a model saved before the levels were kept), and the prediction is not anchored.
+        """
+        obs = self.anchor_
+        if batch is None or int(self.summary_stats.get("n_batch", 1)) <= 1:
+            return obs
+        cats = self._batch_categories()
+        if not obs.batch_levels or str(batch) not in cats:  # an unknown batch is refused by the read-out
+            return None
+        return obs.in_batch(cats.index(str(batch)))
+
+    def _plan(
+        self, requested: list[Protocol], anchor: str, seed: int, observations: Observations
+    ) -> tuple[dict, list[Protocol]]:
         """Anchoring plan of each requested row and the further read-outs the plans need (deduplicated)."""
         rng = np.random.default_rng(seed)
         plans = plan_anchoring(
             requested,
             [self._context_of(p) for p in requested],
-            self.anchor_,
+            observations,
             mode=anchor,
             unseen=lambda t: self._class_of(t, rng),
             dynamic=self.regime == "dynamic",
@@ -421,13 +442,15 @@ class PredictionMixin(PredictionOutputMixin):
         have = {p.key for p in requested}
         extra = []
         for i, plan in plans.items():
-            for q in plan.needs(requested[i], self.anchor_):
+            for q in plan.needs(requested[i], observations):
                 if q.key not in have:
                     have.add(q.key)
                     extra.append(q)
         return plans, extra
 
-    def _anchor(self, log_values: np.ndarray, requested: list, extra: list, plans: dict) -> tuple:
+    def _anchor(
+        self, log_values: np.ndarray, requested: list, extra: list, plans: dict, observations: Observations | None
+    ) -> tuple:
         """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight."""
         row_of = {}
         for i, p in enumerate(requested + extra):
@@ -437,5 +460,5 @@ class PredictionMixin(PredictionOutputMixin):
             return log_values[row_of[p.key]]
 
         logx = log_values[: len(requested)].copy()
-        weights = anchor_rows(plans, requested, read, self.anchor_, logx)
+        weights = anchor_rows(plans, requested, read, observations, logx)
         return logx, weights
