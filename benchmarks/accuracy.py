@@ -393,6 +393,7 @@ def _wins(sub: pd.DataFrame) -> list[str]:
 def figure(df: pd.DataFrame, path: Path) -> None:
     """The two headline scores of every regime as :func:`scmech.pl.leaderboard` panels (one row per regime)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     regimes = list(dict.fromkeys(df["regime"]))
     metrics = ("pearson_delta_de", "systema_pearson_delta_de")
@@ -402,9 +403,10 @@ def figure(df: pd.DataFrame, path: Path) -> None:
         for ax, metric in zip(row, metrics, strict=True):
             scmech.pl.leaderboard(sub, metric=metric, ax=ax, show=False)
             ax.set_title(f"{name}: {metric}", fontsize="medium", loc="left")
+            ax.xaxis.set_major_locator(MaxNLocator(5))  # narrow ranges otherwise crowd their tick labels
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
