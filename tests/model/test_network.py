@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -61,6 +62,12 @@ def test_network_bad_arguments(steady):
         model.get_regulatory_network(genes=["NOT_A_GENE"])
     with pytest.raises(KeyError, match="was not seen in training"):
         model.get_regulatory_network(media="mars")
+    for bad in (0, -1, 2.5, True):  # head(-1) would silently return all edges but one
+        with pytest.raises(ValueError, match=rf"top_k={bad!r} must be a positive whole number"):
+            model.get_regulatory_network(top_k=bad)
+    # one gene as a string is that gene, not its letters
+    gene = str(steady.adata.var_names[3])
+    pd.testing.assert_frame_equal(model.get_regulatory_network(genes=gene), model.get_regulatory_network(genes=[gene]))
 
 
 def test_intervention_columns_are_fixed_point_effects(steady):

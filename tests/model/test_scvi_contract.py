@@ -41,6 +41,15 @@ def test_normalized_expression(trained):
         np.testing.assert_allclose(expr.sum(1), 1.0, rtol=1e-4)  # proportions
     one_batch = trained.get_normalized_expression(transform_batch="b0", indices=[0, 1, 2])
     assert one_batch.shape == (3, trained.adata.n_vars)
+    gene = str(trained.adata.var_names[2])
+    assert list(trained.get_normalized_expression(gene_list=gene).columns) == [gene]
+    with pytest.raises(KeyError, match=r"gene_list holds genes the model does not have: \['nope'\]"):
+        trained.get_normalized_expression(gene_list=["nope", gene])
+    if trained.module.gene_likelihood == "normal":  # a mean of log-normalised values has no library to scale to
+        with pytest.raises(ValueError, match="library_size=10000.0 does not apply to gene_likelihood='normal'"):
+            trained.get_normalized_expression(library_size=1e4)
+    else:
+        np.testing.assert_allclose(trained.get_normalized_expression(library_size=1e4).sum(1), 1e4, rtol=1e-4)
 
 
 def test_posterior_predictive_sample(trained):
@@ -60,6 +69,10 @@ def test_differential_expression(trained):
     assert {"bayes_factor", "proba_m1", "scale1", "scale2"} <= set(de.columns)
     assert np.isfinite(de["bayes_factor"]).all()
     assert ((de["proba_m1"] >= 0) & (de["proba_m1"] <= 1)).all()
+    with pytest.raises(KeyError, match=r"group1='FOO': \['FOO'\] not in adata.obs\['perturbation'\]"):
+        trained.differential_expression(groupby="perturbation", group1="FOO", group2="NT")
+    with pytest.raises(KeyError, match="groupby='nowhere' is not a column of adata.obs"):
+        trained.differential_expression(groupby="nowhere", group1="G0008")
 
 
 def test_marginal_ll_elbo_and_reconstruction(trained):

@@ -899,7 +899,20 @@ def test_efficacy_key_draws_empirical_efficacies(small_adata, model_kwargs, trai
     given = model.predict("G0008", efficacy=0.0)
     assert given.uns["scmech"]["prediction"]["efficacy"] == "given"
     full = model.predict("G0008", efficacy=1.0)
-    assert np.abs(given.X - full.X).max() > 0
+    assert np.abs(given.X - full.X).max() > 0.01
+    # anchoring corrects by the model's error where the observations were made (the training efficacies), so
+    # the efficacy moves the anchored prediction exactly as it moves the model's own read-out, seen and unseen
+    for target in ("G0008", "NEW1"):
+        alone = [model.predict(target, efficacy=e, anchor="none").X for e in (0.0, 1.0)]
+        anchored = [model.predict(target, efficacy=e).X for e in (0.0, 1.0)]
+        np.testing.assert_allclose(anchored[0] - anchored[1], alone[0] - alone[1], atol=1e-5)
+        # and by the same correction as the default prediction's
+        default = model.predict(target)
+        np.testing.assert_allclose(
+            anchored[1] - alone[1],
+            default.X - model.predict(target, anchor="none").X,
+            atol=1e-5,
+        )
 
 
 # ================================================================================================ user data

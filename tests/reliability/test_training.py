@@ -81,6 +81,28 @@ def test_resuming_into_another_model_or_from_a_broken_file_explains_itself(rel, 
         _model(rel, adata).train(max_epochs=2, ckpt_path=tmp_path / "broken.ckpt", **rel.TRAIN_KWARGS)
 
 
+class _Payload:
+    """Touches a file when unpickled: stands for code a crafted checkpoint would run."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_checkpoint_is_never_unpickled_even_when_torch_is_told_to(rel, tmp_path, monkeypatch):
+    # torch honours this variable only where the caller leaves weights_only unset; scmech sets it
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran"
+    torch.save({"epoch": 0, "state_dict": {}, "payload": _Payload(marker)}, tmp_path / "crafted.ckpt")
+    with pytest.raises(ValueError, match=r"Cannot resume from ckpt_path=.*crafted\.ckpt"):
+        _model(rel, rel.small()).train(max_epochs=2, ckpt_path=tmp_path / "crafted.ckpt", **rel.TRAIN_KWARGS)
+    assert not marker.exists()
+
+
 def test_checkpointing_writes_only_where_asked(rel, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     adata = rel.small()

@@ -30,6 +30,7 @@ hold and the read-out is at equilibrium.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -99,7 +100,7 @@ class NetworkMixin:
         *,
         kind: Literal["jacobian", "response", "intervention"] = "jacobian",
         media: str | None = None,
-        genes: Sequence[str] | None = None,
+        genes: str | Sequence[str] | None = None,
         top_k: int | None = None,
         include_self: bool = False,
         relaxation: bool = True,
@@ -126,7 +127,7 @@ class NetworkMixin:
         media
             Medium whose control steady state to linearise at; the baseline medium when ``None``.
         genes
-            Restrict the matrix to these genes (rows and columns).
+            Restrict the matrix to these genes (rows and columns); one gene may be given as a string.
         top_k
             Return the ``top_k`` strongest edges (by absolute weight) as a long DataFrame with columns
             ``source``, ``target``, ``weight`` instead of the matrix.
@@ -148,6 +149,11 @@ class NetworkMixin:
         >>> net.head()
         """
         self._check_if_trained(warn=False)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
+            msg = f"top_k={top_k!r} must be a positive whole number of edges (or None for the whole matrix)."
+            raise ValueError(msg)
+        if isinstance(genes, str):
+            genes = [genes]
         if kind not in ("jacobian", "response", "intervention"):
             msg = f"kind={kind!r} is not 'jacobian', 'response' or 'intervention'."
             raise ValueError(msg)

@@ -291,7 +291,9 @@ class PredictionMixin(PredictionOutputMixin):
             the counterfactual cells are spread evenly over 8 quantiles of the perturbed training cells'
             efficacies (escapers included), else 1. Efficacy scales the target-specific effect only: at 0 (an
             escaper) a perturbed cell keeps the response shared by every perturbed cell (guide delivery, Cas9
-            activity), so it differs from the control by that shared response.
+            activity), so it differs from the control by that shared response. An anchored prediction at a given
+            efficacy is corrected by the model's error at the training cells' efficacies, where the observations
+            were made, so the efficacy moves it as it moves the model's read-out.
         n_cells
             Number of starting cells (a random subset); up to 500 control cells when ``None`` and
             ``from_cells`` is not given.
@@ -383,19 +385,19 @@ class PredictionMixin(PredictionOutputMixin):
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
         plans, extra = self._plan(requested, anchor, seed, observations) if can_anchor else ({}, [])
-        ro = self._read(
-            requested + extra,
-            anchor_rows=len(extra),
-            random_state=seed,
-            adata=adata,
-            batch=batch,
-            efficacy=efficacy,
-            n_cells=n_cells,
-            from_cells=from_cells,
-            return_mean=return_mean,
-            batch_size=batch_size,
-        )
-        if return_mean:
+        how = {
+            "random_state": seed,
+            "adata": adata,
+            "batch": batch,
+            "n_cells": n_cells,
+            "from_cells": from_cells,
+            "return_mean": return_mean,
+            "batch_size": batch_size,
+        }
+        ro = self._read(requested + extra, anchor_rows=len(extra), efficacy=efficacy, **how)
+        if return_mean and plans and efficacy is not None:
+            logx, weights = self._anchor_at_efficacy(ro, requested, extra, plans, observations, how)
+        elif return_mean:
             logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
@@ -447,6 +449,21 @@ class PredictionMixin(PredictionOutputMixin):
                     have.add(q.key)
                     extra.append(q)
         return plans, extra
+
+    def _anchor_at_efficacy(
+        self, ro, requested: list, extra: list, plans: dict, observations: Observations, how: dict
+    ) -> tuple:
+        """Anchor read-outs made at a requested efficacy (``ro``): the correction is measured where it was observed.
+
+        The observations were made at the training cells' own efficacies, so each row's anchoring correction is
+        the one at the default efficacies (the anchored row minus the model's read-out there), added to the
+        read-out at the requested efficacy: anchoring moves the prediction by the model's error, and the efficacy
+        still moves it as the model says.
+        """
+        ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **how)
+        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
+        n = len(requested)
+        return ro.log_values[:n] + (anchored - ref.log_values[:n]), weights
 
     def _anchor(
         self, log_values: np.ndarray, requested: list, extra: list, plans: dict, observations: Observations | None

@@ -8,6 +8,7 @@ scvi-tools' versions answer for scVI, or say why they do not apply.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -134,8 +135,10 @@ class MeasurementMethodsMixin:
     def get_normalized_expression(self, *args, **kwargs):
         """Normalised expression of each cell (scvi-tools' method).
 
-        With ``gene_likelihood="normal"`` importance weights are refused: scvi-tools rebuilds its Gaussian from
-        parameters it cannot pass back (use ``weights="uniform"``).
+        With ``gene_likelihood="normal"`` the model describes the log-normalised values it was trained on, and the
+        result is their predicted mean on that scale (not a share of a library): ``library_size`` other than 1 is
+        refused, and so are importance weights (scvi-tools rebuilds its Gaussian from parameters it cannot pass
+        back; use ``weights="uniform"``). Genes of ``gene_list`` that the model does not have are refused by name.
 
         Parameters
         ----------
@@ -151,6 +154,26 @@ class MeasurementMethodsMixin:
                 "get_normalized_expression(weights='importance')",
                 "and scvi-tools cannot rebuild their Gaussian for importance weights (use weights='uniform')",
             )
+        library_size = kwargs.get("library_size", 1)
+        if self.module.gene_likelihood == "normal" and not (
+            isinstance(library_size, numbers.Real) and float(library_size) == 1.0
+        ):
+            msg = (
+                f"library_size={library_size!r} does not apply to gene_likelihood='normal': the result is the "
+                "predicted mean of the log-normalised values the model was trained on, not a share of a library. "
+                "Leave library_size at 1 (or train on raw counts with gene_likelihood='nb' or 'zinb')."
+            )
+            raise ValueError(msg)
+        gene_list = kwargs.get("gene_list")
+        if isinstance(gene_list, str):
+            kwargs["gene_list"] = gene_list = [gene_list]
+        if gene_list is not None:
+            _, var_names = self._expression_matrix(self.adata)
+            known = set(map(str, var_names))
+            missing = [g for g in gene_list if str(g) not in known]
+            if missing:
+                msg = f"gene_list holds genes the model does not have: {missing[:5]} (see model.adata.var_names)."
+                raise KeyError(msg)
         return super().get_normalized_expression(*args, **kwargs)
 
     def get_feature_correlation_matrix(self, *args, **kwargs):
@@ -169,3 +192,35 @@ class MeasurementMethodsMixin:
             "get_feature_correlation_matrix", "while scvi-tools' method samples counts at a common library size"
         )
         return super().get_feature_correlation_matrix(*args, **kwargs)
+
+    def differential_expression(self, *args, **kwargs):
+        """Differential expression between groups of cells (scvi-tools' method), with the groups checked first.
+
+        A ``groupby`` column that ``adata`` does not have, or a ``group1``/``group2`` label that is not in it, is
+        refused by name (scvi-tools' method would divide by an empty group).
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.RNASeqMixin.differential_expression`.
+
+        Returns
+        -------
+        As scvi-tools' method: a DataFrame of per-gene statistics for each comparison.
+        """
+        groupby = kwargs.get("groupby")
+        if groupby is not None:
+            adata = kwargs.get("adata") if kwargs.get("adata") is not None else self.adata
+            obs = adata.obs
+            if groupby not in obs:
+                msg = f"groupby={groupby!r} is not a column of adata.obs (columns: {list(obs.columns)[:10]})."
+                raise KeyError(msg)
+            present = set(map(str, obs[groupby].astype(str).unique()))
+            for name in ("group1", "group2"):
+                group = kwargs.get(name)
+                labels = [group] if isinstance(group, str) else list(group or [])
+                missing = [g for g in labels if str(g) not in present]
+                if missing:
+                    msg = f"{name}={group!r}: {missing} not in adata.obs[{groupby!r}] (labels: {sorted(present)[:10]})."
+                    raise KeyError(msg)
+        return super().differential_expression(*args, **kwargs)

@@ -25,7 +25,7 @@ from scvi import REGISTRY_KEYS, settings
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._pseudobulk import normalized_mean
-from scmech.train import BATCHING
+from scmech.train import BATCHING, CheckpointSafeTrainRunner
 
 from ._anchoring import _rows
 from ._callbacks import training_callbacks
@@ -44,8 +44,11 @@ class TrainingMixin:
     """``train`` with the model's defaults and checks, and the initialisation and fits around scvi-tools' loop.
 
     Put it before scvi-tools' :class:`~scvi.model.base.UnsupervisedTrainingMixin` among a model's bases: its
-    ``train`` hands the Lightning run to that mixin's ``train``.
+    ``train`` hands the Lightning run to that mixin's ``train``, with a runner that reads checkpoints without
+    unpickling (:class:`~scmech.train.CheckpointSafeTrainRunner`).
     """
+
+    _train_runner_cls = CheckpointSafeTrainRunner
 
     def train(
         self,
