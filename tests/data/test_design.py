@@ -113,6 +113,59 @@ def test_canonical_label_refuses_what_is_not_a_collection_of_target_names(target
         canonical_label(targets)
 
 
+@pytest.mark.parametrize(
+    ("targets", "kwargs"),
+    [
+        ((), {}),
+        (("STAT1",), {}),
+        (("STAT1", "JAK2"), {}),
+        (["C", "A", "B"], {}),
+        ([" A", "B "], {}),  # whitespace is stripped, as parse_condition strips it
+        (["NT", "A"], {}),  # control parts are dropped, as in parse_condition ("A+NT" reads as A)
+        (["NT"], {}),
+        (["ctrl", "IFNGR1"], {"control_label": "ctrl"}),
+        (["A", "B"], {"separator": "|"}),
+        (["A+B", "C"], {"separator": "|"}),  # '+' is an ordinary character with another separator
+    ],
+)
+def test_canonical_label_round_trips_through_parse_condition(targets, kwargs):
+    label = canonical_label(targets, **kwargs)
+    control = kwargs.get("control_label", "NT")
+    expected = tuple(sorted(t.strip() for t in targets if t.strip() != control))
+    assert parse_condition(label, **kwargs) == expected
+    # and it is the canonical form: the label parses back to itself
+    assert canonical_label(parse_condition(label, **kwargs), **kwargs) == label
+    assert label == (kwargs.get("separator", "+").join(expected) if expected else control)
+
+
+@pytest.mark.parametrize(
+    ("targets", "match"),
+    [
+        (["A", "A"], r"names the target\(s\) \['A'\] more than once"),
+        (["A", " A"], r"names the target\(s\) \['A'\] more than once"),
+        (["A+B", "C"], r"target\(s\) \['A\+B'\] contain the separator '\+'"),
+        ([""], "holds an empty target name"),
+        (["A", "  "], "holds an empty target name"),
+    ],
+)
+def test_canonical_label_refuses_what_cannot_be_a_condition(targets, match):
+    with pytest.raises(ValueError, match=match):
+        canonical_label(targets)
+
+
+def test_canonical_label_refuses_blank_separator_or_control():
+    with pytest.raises(ValueError, match=r"`separator` must be a non-blank string such as '\+', got ' '"):
+        canonical_label(["A", "B"], separator=" ")
+    with pytest.raises(ValueError, match=r"`control_label` must be a non-empty label such as 'NT', got ''"):
+        canonical_label([], control_label="")
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, pd.NA, np.float64("nan")])
+def test_parse_condition_refuses_a_missing_label(missing):
+    with pytest.raises(TypeError, match=r"Perturbation label .* in obs\['guide'\] is missing \(NaN/None\)"):
+        parse_condition(missing, key="guide")
+
+
 def test_validate_time_and_efficacy():
     np.testing.assert_array_equal(validate_time([0, 1.5, 2]), [0, 1.5, 2])
     with pytest.raises(ValueError, match="NaN or infinite time"):
@@ -207,3 +260,19 @@ def test_property_malformed_labels_fail_only_with_documented_errors(labels):
         return
     assert d.matrix.shape[0] == len(labels)
     assert np.all(d.matrix.sum(axis=1).A1[d.is_control] == 0)
+
+
+_target = st.one_of(st.text(alphabet=st.sampled_from("AB+ N"), max_size=4), st.sampled_from(["NT", "A", " A"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_target, max_size=4))
+def test_property_canonical_label_round_trips_or_refuses(targets):
+    """Any list of target names either gives the label parse_condition reads back, or a ValueError."""
+    names = [t.strip() for t in targets]
+    kept = [t for t in names if t != "NT"]
+    if "" in names or any("+" in t for t in names) or len(set(kept)) < len(kept):
+        with pytest.raises(ValueError, match="empty target name|contain the separator|more than once"):
+            canonical_label(targets)
+        return
+    assert parse_condition(canonical_label(targets)) == tuple(sorted(kept))

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from scmech.data import pseudobulk
-from scmech.data._pseudobulk import normalized_mean
+from scmech.data._pseudobulk import library_size, normalized_mean
 
 
 def test_sparse_matrices_larger_than_a_block_give_the_dense_means():
@@ -54,6 +54,29 @@ def test_second_moments_by_hand_for_counts_and_values_in_blocks():
     mean, m2 = normalized_mean(d, groups, ["a", "none"], second_moment=True)
     assert np.isnan(mean[1]).all()
     assert np.isnan(m2[1]).all()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_backed_adata_gives_the_in_memory_pseudobulk(tmp_path, dense):
+    """Backed (on-disk) X is read in blocks of rows: library sizes and pseudobulks equal the in-memory ones."""
+    rng = np.random.default_rng(4)
+    n = 21_000  # more than two blocks of 10,000 rows
+    x = rng.poisson(1.5, size=(n, 6)).astype(np.float32)
+    x[:, 0] += 1  # no empty cell
+    obs = pd.DataFrame({"g": rng.choice(["NT", "A", "B"], n)}, index=[f"c{i}" for i in range(n)])
+    mem = ad.AnnData(X=x if dense else sp.csr_matrix(x), obs=obs, var=pd.DataFrame(index=[f"g{k}" for k in range(6)]))
+    path = tmp_path / "screen.h5ad"
+    mem.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        assert backed.isbacked
+        np.testing.assert_array_equal(library_size(backed.X), x.sum(axis=1, dtype=np.float64))
+        pd.testing.assert_frame_equal(pseudobulk(backed, "g"), pseudobulk(mem, "g"), rtol=1e-12)
+        pd.testing.assert_frame_equal(
+            pseudobulk(backed, "g", groups=["B", "NT"]), pseudobulk(mem, "g", groups=["B", "NT"]), rtol=1e-12
+        )
+    finally:
+        backed.file.close()
 
 
 def _adata(seed: int = 0) -> ad.AnnData:

@@ -88,6 +88,20 @@ def test_predicted_vs_observed_plot(tmp_path):
     plt.close("all")
 
 
+def test_predicted_vs_observed_refuses_a_split_of_other_cells_and_duplicated_genes():
+    adata, sp, preds = _data()
+    perm = adata[np.random.default_rng(1).permutation(adata.n_obs)].copy()
+    with pytest.raises(ValueError, match="split was made on other cells.*Make the split on this AnnData"):
+        pl.predicted_vs_observed(preds["TrainMean"], perm, "A", split=sp, show=False)
+    with pytest.raises(ValueError, match=rf"{adata.n_obs} cells, but this AnnData has 150"):
+        pl.predicted_vs_observed(preds["TrainMean"], adata[:150].copy(), "A", split=sp, show=False)
+    dup = adata.copy()
+    dup.var_names = ["gene0", *dup.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"adata.var_names has 1 duplicates.*var_names_make_unique\(\)"):
+        pl.predicted_vs_observed(preds["TrainMean"], dup, "A", show=False)
+    plt.close("all")
+
+
 def test_leaderboard_plot_refuses_an_ax_that_is_not_an_axes():
     res = pd.DataFrame(
         {

@@ -95,6 +95,18 @@ def test_power_curve_plots(tmp_path):
     plt.close("all")
 
 
+def test_power_curve_refuses_an_empty_table():
+    cells = power(VAR, n_cells=[50, 200])
+    with pytest.raises(ValueError, match=r"power_df is empty \(0 rows, \d+ columns\): nothing to plot"):
+        power_curve(cells.iloc[:0])
+    budget = power(VAR, budget_reads=2e7, cell_cost_reads=300, n_perturbations=20)
+    with pytest.raises(ValueError, match="power_df is empty"):
+        power_curve(budget.iloc[:0])
+    with pytest.raises(ValueError, match=r"power_df\['mde'\] has no finite value"):
+        power_curve(cells.assign(mde=np.nan))
+    plt.close("all")
+
+
 def test_design_table_refuses_tables_that_are_not_cells_per_batch_and_condition():
     with pytest.raises(ValueError, match=r"The design table is empty \(0 rows x 0 columns\)"):
         design_table(pd.DataFrame())

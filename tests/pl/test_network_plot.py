@@ -54,3 +54,31 @@ def test_bad_input():
         pl.regulatory_network(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="n_sources=0 is out of range"):
         pl.regulatory_network(_network(), n_sources=0)
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        (
+            pd.DataFrame({"x": [1]}),
+            r"not a regulatory network: it lacks the column\(s\) \['source', 'target', 'weight'\].*RangeIndex",
+        ),
+        (
+            pd.DataFrame({"source": ["G0"], "weight": [1.0]}),
+            r"edge table \(it has \['source', 'weight'\]\) but lacks the column\(s\) \['target'\]",
+        ),
+        (
+            pd.DataFrame({"G0": ["up"], "G1": [0.5]}, index=["G2"]),
+            r"lacks the column\(s\) \['source', 'target', 'weight'\].*column\(s\) \['G0'\] are not numeric",
+        ),
+        (
+            pd.DataFrame({"source": ["G0"], "target": ["G1"], "weight": ["strong"]}),
+            r"network\['weight'\] must hold numbers",
+        ),
+    ],
+)
+def test_tables_that_are_not_networks_are_refused(table, match):
+    plt.close("all")
+    with pytest.raises(ValueError, match=match):
+        pl.regulatory_network(table, show=False)
+    assert not plt.get_fignums()  # refused before drawing

@@ -102,6 +102,33 @@ def test_target_effect_sizes_cells_to_the_mde():
     assert any("Sized for target_effect=0.3" in n for n in design.notes)
 
 
+def test_minimal_detectable_effect_by_hand():
+    z = 1.959963984540054 + 0.8416212335729143
+    assert float(minimal_detectable_effect(1.0, 400, 400)) == pytest.approx(z * math.sqrt(2 / 400))
+    got = minimal_detectable_effect(2.0, [100, 400], 400, sigma2_batch=0.1, batch_factor=0.5)
+    np.testing.assert_allclose(got, z * np.sqrt(2.0 * (1 / np.array([100, 400]) + 1 / 400) + 0.05))
+    assert float(minimal_detectable_effect(0.0, 10, 10)) == 0.0  # no noise: every effect is detectable
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_cells": -10}, "n_cells must be positive .*got -10"),
+        ({"n_cells": 0}, "n_cells must be positive .*got 0"),
+        ({"n_cells": [100, 0]}, r"n_cells must be positive .*got 0 \(1 of 2 values\)"),
+        ({"n_controls": -1}, "n_controls must be positive .*got -1"),
+        ({"n_controls": np.nan}, "n_controls must be positive .*got nan"),
+        ({"sigma2_cell": -1.0}, "sigma2_cell must be non-negative .*got -1"),
+        ({"sigma2_batch": -0.5}, "sigma2_batch must be non-negative .*got -0.5"),
+        ({"batch_factor": -2.0}, "batch_factor must be non-negative .*got -2"),
+    ],
+)
+def test_minimal_detectable_effect_refuses_impossible_inputs(kwargs, match):
+    args = {"sigma2_cell": 1.0, "n_cells": 10, "n_controls": 10} | kwargs
+    with pytest.raises(ValueError, match=match):
+        minimal_detectable_effect(args.pop("sigma2_cell"), args.pop("n_cells"), args.pop("n_controls"), **args)
+
+
 def test_infeasible_requests_explain_the_fix():
     with pytest.raises(ValueError, match="min_batches_per_perturbation=3 exceeds n_batches=2"):
         recommend_batches(5, 2, 1000, min_batches_per_perturbation=3)

@@ -376,6 +376,8 @@ def test_win_counts_compare_condition_means_in_the_metric_direction():
     assert w.loc["N"].tolist() == [1, 1, 0, 2]
     assert tl.win_counts(res, "M", "mse").loc["N", "wins"] == 1  # lower is better
     assert tl.win_counts(res, "N", "mse").loc["M", "losses"] == 1
+    # one model named as a string, not its letters
+    pd.testing.assert_frame_equal(tl.win_counts(res, "M", "pearson_delta", against="N"), w)
     with pytest.raises(KeyError, match="No results for model 'X'"):
         tl.win_counts(res, "X", "mse")
     with pytest.raises(KeyError, match="No results for metric 'nope'"):
@@ -453,3 +455,94 @@ def test_unknown_de_method_is_refused_before_any_work():
         tl.evaluate("not predictions", adata, counts=False, de_method="foo")
     with pytest.raises(ValueError, match=r"de_method='foo' is not supported"):
         tl.noise_ceiling(adata, counts=False, de_method="foo", perturbation_key="nope")
+
+
+def test_evaluate_refuses_a_split_made_on_other_cells():
+    adata = _lognorm_adata()
+    sp = tl.split(adata, "perturbation", test_conditions=["A", "B"], validation_size=0.0)
+    assert sp.n_obs == adata.n_obs
+    good = tl.evaluate(_pred(PRED), adata, counts=False, split=sp, n_de_genes=2)
+    # the same cells in another object: accepted, and scored the same
+    pd.testing.assert_frame_equal(tl.evaluate(_pred(PRED), adata.copy(), counts=False, split=sp, n_de_genes=2), good)
+    perm = np.random.default_rng(0).permutation(adata.n_obs)
+    with pytest.raises(ValueError, match=r"split was made on other cells: this AnnData's obs_names .* reordered"):
+        tl.evaluate(_pred(PRED), adata[perm].copy(), counts=False, split=sp)
+    with pytest.raises(ValueError, match=rf"made on other cells: {adata.n_obs} cells, but this AnnData has 20"):
+        tl.evaluate(_pred(PRED), adata[:20].copy(), counts=False, split=sp)
+    renamed = adata.copy()
+    renamed.obs_names = [f"x{i}" for i in range(adata.n_obs)]
+    with pytest.raises(ValueError, match="Make the split on this AnnData"):
+        tl.evaluate(_pred(PRED), renamed, counts=False, split=sp)
+
+
+def test_evaluate_accepts_a_split_without_a_fingerprint():
+    from dataclasses import replace
+
+    adata = _lognorm_adata()
+    sp = tl.split(adata, "perturbation", test_conditions=["A", "B"], validation_size=0.0)
+    bare = replace(sp, n_obs=None, obs_names_fingerprint=None)  # e.g. built by hand
+    renamed = adata.copy()
+    renamed.obs_names = [f"x{i}" for i in range(adata.n_obs)]
+    pd.testing.assert_frame_equal(
+        tl.evaluate(_pred(PRED), renamed, counts=False, split=bare, n_de_genes=2),
+        tl.evaluate(_pred(PRED), adata, counts=False, split=sp, n_de_genes=2),
+    )
+    # indices past the end are still caught without the fingerprint
+    with pytest.raises(ValueError, match="indices outside"):
+        tl.evaluate(_pred(PRED), adata[:10].copy(), counts=False, split=bare)
+
+
+def test_evaluate_refuses_duplicated_gene_names():
+    adata = _lognorm_adata()
+    pred = _pred(PRED)
+    pred.var_names = ["g0", "g0", "g2"]
+    with pytest.raises(ValueError, match=r"var_names of the predictions of 'toy' has 1 duplicates .*make_unique"):
+        tl.evaluate(pred, adata, counts=False)
+    dup = adata.copy()
+    dup.var_names = ["g0", "g1", "g1"]
+    with pytest.raises(ValueError, match=r"adata.var_names has 1 duplicates \(e.g. \['g1'\]\); .*make_unique"):
+        tl.evaluate(_pred(PRED), dup, counts=False)
+    cells = _pred(PRED)
+    cells.var_names = ["g2", "g2", "g1"]
+    with pytest.raises(ValueError, match=r"cell_predictions\['toy'\] has 1 duplicates"):
+        tl.evaluate(_pred(PRED), adata, counts=False, cell_predictions={"toy": cells})
+
+
+def test_a_single_label_is_one_condition_not_its_letters():
+    adata = _lognorm_adata()
+    one = tl.evaluate(_pred(PRED), adata, counts=False, n_de_genes=2, conditions="A", train_conditions="C")
+    listed = tl.evaluate(_pred(PRED), adata, counts=False, n_de_genes=2, conditions=["A"], train_conditions=["C"])
+    pd.testing.assert_frame_equal(one, listed)
+    assert set(one["condition"]) == {"A"}
+    assert one["value"][one["metric"] == "systema_pearson_delta"].notna().all()
+    table = tl.leaderboard_table(listed, metrics="mse")
+    pd.testing.assert_frame_equal(table, tl.leaderboard_table(listed, metrics=["mse"]))
+    assert list(table.columns) == ["mse"]
+    assert list(tl.leaderboard(listed, metrics="mse")["metric"]) == ["mse"]
+
+
+def _counts_adata(seed: int = 3) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(["NT", "A", "B", "C"], 30)
+    lam = np.full((len(labels), 8), 6.0)
+    lam[labels == "A", :3] = 20
+    lam[labels == "B", 3:6] = 1
+    return ad.AnnData(
+        rng.poisson(lam).astype(np.float32) + 1,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(8)]),
+    )
+
+
+def test_noise_ceiling_of_a_backed_adata_equals_in_memory(tmp_path):
+    adata = _counts_adata()
+    path = tmp_path / "screen.h5ad"
+    adata.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    try:
+        got = tl.noise_ceiling(backed, n_de_genes=3, conditions="A", train_conditions="C")
+    finally:
+        backed.file.close()
+    want = tl.noise_ceiling(adata, n_de_genes=3, conditions=["A"], train_conditions=["C"])
+    pd.testing.assert_frame_equal(got, want)
+    assert set(want["condition"]) == {"A"}

@@ -222,3 +222,46 @@ def test_test_and_validation_sizes_must_leave_training_cells():
     # test_size is unused when test_conditions are given
     s = tl.split(adata, "perturbation", test_conditions=["A"], test_size=0.6, validation_size=0.6)
     assert len(s.train) > 0
+
+
+def test_split_records_the_cells_it_was_made_on():
+    adata = _adata()
+    s = tl.split(adata, "perturbation", test_conditions=["A"])
+    assert s.n_obs == adata.n_obs
+    fp = s.obs_names_fingerprint
+    assert isinstance(fp, str)
+    assert len(fp) == 16
+    int(fp, 16)  # a hex digest
+    # deterministic: the same names give the same fingerprint, whatever the split
+    assert tl.split(adata.copy(), "batch", batch_key="rep", test_conditions=["r3"]).obs_names_fingerprint == fp
+    assert all(sp.obs_names_fingerprint == fp for sp in tl.leave_one_out(adata, conditions=["A", "B"]))
+    # plain data, restored as is
+    d = json.loads(json.dumps(s.to_dict()))
+    assert (d["n_obs"], d["obs_names_fingerprint"]) == (adata.n_obs, fp)
+    s.check_adata(adata)  # the same cells pass
+    perm = adata[np.random.default_rng(0).permutation(adata.n_obs)].copy()
+    assert tl.split(perm, "perturbation", test_conditions=["A"]).obs_names_fingerprint != fp
+    with pytest.raises(ValueError, match="split was made on other cells.*reordered"):
+        s.check_adata(perm)
+    with pytest.raises(ValueError, match=rf"{adata.n_obs} cells, but this AnnData has 50.*tl.split\(adata"):
+        s.check_adata(adata[:50].copy())
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_random_state_must_be_a_non_negative_integer(bad):
+    adata = _adata()
+    with pytest.raises(ValueError, match=rf"random_state={bad!r} must be a non-negative integer seed"):
+        tl.split(adata, "perturbation", random_state=bad)
+    with pytest.raises(ValueError, match=rf"random_state={bad!r} must be a non-negative integer seed"):
+        tl.leave_one_out(adata, random_state=bad)  # checked before the first split
+
+
+def test_random_state_none_uses_the_scvi_seed():
+    import scvi
+
+    adata = _adata()
+    s = tl.split(adata, "perturbation", test_size=0.3, random_state=None)
+    same = tl.split(adata, "perturbation", test_size=0.3, random_state=int(scvi.settings.seed))
+    np.testing.assert_array_equal(s.test, same.test)
+    np.testing.assert_array_equal(s.validation, same.validation)
+    assert tl.split(adata, "perturbation", random_state=np.int64(2)).params["random_state"] == 2

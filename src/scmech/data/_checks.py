@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from anndata import AnnData
 
-__all__ = ["BackedRows", "check_adata", "check_expression", "is_backed_matrix", "iter_row_chunks"]
+__all__ = [
+    "BackedRows",
+    "check_adata",
+    "check_expression",
+    "check_unique_names",
+    "is_backed_matrix",
+    "iter_row_chunks",
+]
 
 #: Rows read at a time from a backed (on-disk) matrix.
 CHUNK_ROWS = 10_000
@@ -218,6 +226,30 @@ def _check_values(vals: np.ndarray, where: str, *, counts: bool, max_check: int 
             raise ValueError(msg)
 
 
+def check_unique_names(names: Sequence[Any] | pd.Index, where: str, fix: str) -> None:
+    """Refuse duplicated cell or gene names, which name-based matching cannot tell apart.
+
+    Parameters
+    ----------
+    names
+        The names (``obs_names`` or ``var_names``).
+    where
+        What they are, to start the message (e.g. ``"adata.var_names"``).
+    fix
+        The call that makes them unique (e.g. ``"adata.var_names_make_unique()"``).
+
+    Raises
+    ------
+    ValueError
+        When a name occurs more than once.
+    """
+    names = pd.Index(names)
+    if not names.is_unique:
+        dup = names[names.duplicated()].unique().tolist()[:5]
+        msg = f"{where} has {int(names.duplicated().sum())} duplicates (e.g. {dup}); call {fix}."
+        raise ValueError(msg)
+
+
 def check_adata(adata: AnnData, *, allow_view: bool = False) -> None:
     """Check an AnnData before registration: not a view, unique names, no empty cells or genes."""
     if adata.is_view and not allow_view:
@@ -226,12 +258,8 @@ def check_adata(adata: AnnData, *, allow_view: bool = False) -> None:
             "Call adata = adata.copy() first."
         )
         raise ValueError(msg)
-    for axis, names in (("obs_names", adata.obs_names), ("var_names", adata.var_names)):
-        if not names.is_unique:
-            dup = names[names.duplicated()].unique().tolist()[:5]
-            fix = "adata.obs_names_make_unique()" if axis == "obs_names" else "adata.var_names_make_unique()"
-            msg = f"adata.{axis} has {int(names.duplicated().sum())} duplicates (e.g. {dup}); call {fix}."
-            raise ValueError(msg)
+    check_unique_names(adata.obs_names, "adata.obs_names", "adata.obs_names_make_unique()")
+    check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
     if adata.n_obs == 0 or adata.n_vars == 0:
         msg = f"adata has shape {adata.shape}; it needs cells and genes."
         raise ValueError(msg)

@@ -40,10 +40,15 @@ def _as_tuple(labels: str | Sequence[str] | None) -> tuple[str, ...]:
 def canonical_label(targets: Sequence[str], *, separator: str = "+", control_label: str = "NT") -> str:
     """Canonical spelling of a perturbation: targets sorted and joined, or the control label.
 
+    The label is exactly the one :func:`parse_condition` reads back into the same targets
+    (``parse_condition(canonical_label(t)) == tuple(sorted(t))``), and the canonical form of any label naming
+    these targets. As in :func:`parse_condition`, surrounding whitespace is stripped from each target and
+    targets equal to ``control_label`` are dropped (``("STAT1", "NT")`` is ``"STAT1"``).
+
     Parameters
     ----------
     targets
-        Target genes of the perturbation; empty for the control.
+        Target genes of the perturbation; empty (or only the control label) for the control.
     separator
         %(separator)s
     control_label
@@ -57,6 +62,9 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     ------
     TypeError
         When ``targets`` is a single string, or not a collection of strings.
+    ValueError
+        For a blank ``separator`` or ``control_label``, and for targets that cannot make a condition: an empty
+        (or blank) target, a target containing ``separator``, or a target named twice.
     """
     if isinstance(targets, str) or not hasattr(targets, "__len__"):
         msg = (
@@ -67,9 +75,32 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     if not all(isinstance(t, str) for t in targets):
         msg = f"targets={targets!r} must hold target names (strings)."
         raise TypeError(msg)
-    if len(targets) == 0:
+    if not isinstance(separator, str) or separator.strip() == "":
+        msg = f"`separator` must be a non-blank string such as '+', got {separator!r}."
+        raise ValueError(msg)
+    if not isinstance(control_label, str) or control_label.strip() == "":
+        msg = f"`control_label` must be a non-empty label such as 'NT', got {control_label!r}."
+        raise ValueError(msg)
+    names = [t.strip() for t in targets]
+    if any(t == "" for t in names):
+        msg = f"targets={list(targets)!r} holds an empty target name; name every target (e.g. ('STAT1', 'JAK2'))."
+        raise ValueError(msg)
+    joined = [t for t in names if separator in t]
+    if joined:
+        msg = (
+            f"targets={list(targets)!r}: the target(s) {joined} contain the separator {separator!r}, so the label "
+            f"would read as other targets. Pass each target separately (e.g. {joined[0].split(separator)}) or "
+            "another `separator`."
+        )
+        raise ValueError(msg)
+    names = [t for t in names if t != control_label]
+    if len(set(names)) != len(names):
+        dup = sorted({t for t in names if names.count(t) > 1})
+        msg = f"targets={list(targets)!r} names the target(s) {dup} more than once; a combination lists each once."
+        raise ValueError(msg)
+    if not names:
         return control_label
-    return separator.join(sorted(targets))
+    return separator.join(sorted(names))
 
 
 @fill_doc
@@ -105,10 +136,18 @@ def parse_condition(
 
     Raises
     ------
+    TypeError
+        For a missing label (``None``, NaN or ``pd.NA``).
     ValueError
         For an empty label or empty part, a repeated target (``"A+A"``), or a label whose parsing is
         ambiguous because a gene name contains the separator.
     """
+    if label is None or (not isinstance(label, str) and pd.api.types.is_scalar(label) and pd.isna(label)):
+        msg = (
+            f"Perturbation label {label!r} in obs[{key!r}] is missing (NaN/None), not a label: fill it with the "
+            "unassigned label (e.g. 'unassigned'), the control label or a target."
+        )
+        raise TypeError(msg)
     controls = _as_tuple(control_label)
     raw = str(label)
     text = raw.strip()

@@ -40,10 +40,23 @@ def _get_matrix(adata: AnnData, layer: str | None):
 
 
 def library_size(x, size_factor: np.ndarray | None = None) -> np.ndarray:
-    """Library size per cell: total counts, or the given size factors."""
+    """Library size per cell: total counts, or the given size factors.
+
+    Parameters
+    ----------
+    x
+        Cells x genes counts (dense or sparse), or a backed (on-disk) matrix, read ``10_000`` rows at a time.
+    size_factor
+        Library size per cell, returned as is (as ``float64``); total counts when ``None``.
+
+    Returns
+    -------
+    One library size per cell, ``float64``.
+    """
     if size_factor is not None:
         return np.asarray(size_factor, dtype=np.float64)
-    return np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
+    sums = [np.asarray(block.sum(axis=1), dtype=np.float64).ravel() for _, block in _row_blocks(x)]
+    return np.concatenate(sums) if sums else np.zeros(0, dtype=np.float64)
 
 
 def normalized_mean(

@@ -9,6 +9,7 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.data._checks import check_unique_names
 
 from ._utils import finish, get_ax
 
@@ -188,6 +189,9 @@ def predicted_vs_observed(
     """
     from scmech.tl._metrics import _design
 
+    if split is not None:
+        split.check_adata(adata)
+    check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     cond = _perturbation_of(condition, design)
     model, frame, gene_idx = _predicted_frame(prediction, adata, design, cond)

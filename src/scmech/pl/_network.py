@@ -61,18 +61,20 @@ def regulatory_network(
     -------
     The axes, unless ``show`` is ``True``.
 
+    Raises
+    ------
+    TypeError
+        When ``network`` is not a DataFrame.
+    ValueError
+        When ``network`` is neither an edge table nor a matrix (missing ``source``, ``target`` or ``weight``
+        columns, non-numeric weights or no gene names), is empty, or ``n_sources``/``n_targets`` is below 1.
+
     Examples
     --------
     >>> net = model.get_regulatory_network(kind="intervention")
     >>> scmech.pl.regulatory_network(net, n_sources=10)
     """
-    if not isinstance(network, pd.DataFrame):
-        msg = f"network must be a pandas DataFrame, got {type(network).__name__}."
-        raise TypeError(msg)
-    if {"source", "target", "weight"} <= set(network.columns):
-        mat = network.pivot_table(index="target", columns="source", values="weight", aggfunc="sum")
-    else:
-        mat = network.copy()
+    mat = _as_matrix(network)
     for name, value in (("n_sources", n_sources), ("n_targets", n_targets)):
         if int(value) < 1:
             msg = f"{name}={value!r} is out of range; expected an integer >= 1."
@@ -102,3 +104,59 @@ def regulatory_network(
     ax.set_title(f"regulatory network ({kind})" if kind else "regulatory network", fontsize=9)
     fig.colorbar(im, ax=ax, label="weight", shrink=0.8)
     return finish(ax, name="regulatory_network", show=show, save=save)
+
+
+_EDGE_COLUMNS = ("source", "target", "weight")
+
+
+def _as_matrix(network: pd.DataFrame) -> pd.DataFrame:
+    """Return the network as a ``target x source`` matrix, refusing a table that is neither form.
+
+    Parameters
+    ----------
+    network
+        A ``df.loc[target, source]`` matrix (gene names as index and columns, numeric weights) or a long table
+        with columns ``source``, ``target`` and ``weight``.
+
+    Returns
+    -------
+    The matrix (a copy).
+
+    Raises
+    ------
+    TypeError
+        When ``network`` is not a DataFrame.
+    ValueError
+        When it is neither form.
+    """
+    if not isinstance(network, pd.DataFrame):
+        msg = f"network must be a pandas DataFrame, got {type(network).__name__}."
+        raise TypeError(msg)
+    present = [c for c in _EDGE_COLUMNS if c in network.columns]
+    missing = [c for c in _EDGE_COLUMNS if c not in network.columns]
+    if present and missing:
+        msg = (
+            f"network looks like an edge table (it has {present}) but lacks the column(s) {missing}; an edge table "
+            "needs 'source', 'target' and 'weight' (get_regulatory_network(top_k=...))."
+        )
+        raise ValueError(msg)
+    if not missing:
+        if not pd.api.types.is_numeric_dtype(network["weight"]):
+            msg = f"network['weight'] must hold numbers, got dtype {network['weight'].dtype}."
+            raise ValueError(msg)
+        return network.pivot_table(index="target", columns="source", values="weight", aggfunc="sum")
+    non_numeric = [c for c in network.columns if not pd.api.types.is_numeric_dtype(network[c])]
+    unnamed = isinstance(network.index, pd.RangeIndex)
+    if non_numeric or unnamed:
+        why = (
+            f"its column(s) {list(map(str, non_numeric))[:5]} are not numeric"
+            if non_numeric
+            else "its rows are numbered (a RangeIndex), not named by gene"
+        )
+        msg = (
+            f"network is not a regulatory network: it lacks the column(s) {missing} of an edge table, and as a "
+            f"target x source matrix {why}. Pass get_regulatory_network() (a genes x genes matrix, "
+            "df.loc[target, source]) or an edge table with columns 'source', 'target' and 'weight'."
+        )
+        raise ValueError(msg)
+    return network.copy()

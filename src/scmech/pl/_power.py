@@ -118,15 +118,26 @@ def _check_power_df(power_df: pd.DataFrame, y: str) -> None:
     ------
     TypeError
         When ``power_df`` is not a DataFrame.
+    ValueError
+        When ``power_df`` has no rows, or no finite value of ``y``.
     KeyError
         When ``y`` is not a column of ``power_df``.
     """
     if not isinstance(power_df, pd.DataFrame):
         msg = f"power_df must be the DataFrame of scmech.tl.power, got {type(power_df).__name__}."
         raise TypeError(msg)
+    if power_df.empty:
+        msg = (
+            f"power_df is empty ({power_df.shape[0]} rows, {power_df.shape[1]} columns): nothing to plot. Pass the "
+            "table of scmech.tl.power (e.g. with n_cells=[50, 100, 200]), not a filtered copy without rows."
+        )
+        raise ValueError(msg)
     if y not in power_df.columns:
         msg = f"Column {y!r} is not in power_df (columns: {list(power_df.columns)})."
         raise KeyError(msg)
+    if not np.isfinite(pd.to_numeric(power_df[y], errors="coerce").to_numpy(dtype=float)).any():
+        msg = f"power_df[{y!r}] has no finite value: nothing to plot. Pass the table of scmech.tl.power."
+        raise ValueError(msg)
 
 
 def _plot_budget_curve(ax: Axes, power_df: pd.DataFrame, y: str) -> None:

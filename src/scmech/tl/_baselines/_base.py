@@ -100,7 +100,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
 
     def _canonical(self, label: str) -> tuple[str, tuple[str, ...]]:
         st = self._pstate()
-        targets = parse_condition(str(label), separator=st["separator"], control_label=st["control_label"])
+        targets = parse_condition(label, separator=st["separator"], control_label=st["control_label"])
         return canonical_label(targets, separator=st["separator"], control_label=st["control_label"]), targets
 
     def _pseudobulk(self, idx: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> np.ndarray:

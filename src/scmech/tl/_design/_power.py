@@ -81,16 +81,42 @@ def minimal_detectable_effect(
     -------
     The MDE (broadcast over the inputs).
 
+    Raises
+    ------
+    ValueError
+        For cell numbers (``n_cells``, ``n_controls``) that are not positive, and for variances (``sigma2_cell``,
+        ``sigma2_batch``) or a ``batch_factor`` that are negative (or NaN).
+
     Examples
     --------
     >>> float(minimal_detectable_effect(1.0, 400, 400).round(3))
     0.198
     """
     z = _z(alpha, power)
-    n_cells = np.asarray(n_cells, dtype=float)
-    n_controls = np.asarray(n_controls, dtype=float)
-    var = np.asarray(sigma2_cell) * (1 / n_cells + 1 / n_controls) + np.asarray(sigma2_batch) * np.asarray(batch_factor)
+    n_cells = _checked(n_cells, "n_cells", positive=True, what="cell numbers")
+    n_controls = _checked(n_controls, "n_controls", positive=True, what="cell numbers")
+    sigma2_cell = _checked(sigma2_cell, "sigma2_cell", positive=False, what="variances")
+    sigma2_batch = _checked(sigma2_batch, "sigma2_batch", positive=False, what="variances")
+    batch_factor = _checked(batch_factor, "batch_factor", positive=False, what="sums of squares")
+    var = sigma2_cell * (1 / n_cells + 1 / n_controls) + sigma2_batch * batch_factor
     return z * np.sqrt(var)
+
+
+def _checked(value: float | np.ndarray, name: str, *, positive: bool, what: str) -> np.ndarray:
+    """``value`` as a float array, refusing values that are not positive (``positive``) or are negative or NaN."""
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as e:
+        msg = f"{name}={value!r} must be a number or an array of numbers."
+        raise TypeError(msg) from e
+    bad = ~(arr > 0) if positive else ~(arr >= 0)
+    if bad.any():
+        first = float(arr[bad].ravel()[0])
+        need = "positive" if positive else "non-negative"
+        where = f" ({int(bad.sum())} of {arr.size} values)" if arr.ndim else ""
+        msg = f"{name} must be {need} ({what}), got {first:g}{where}; pass {need} {what}."
+        raise ValueError(msg)
+    return arr
 
 
 def power(

@@ -75,7 +75,7 @@ def _check_arguments(
 
 
 def _canonical(label: str, design: PerturbationDesign) -> str:
-    targets = parse_condition(str(label), separator=design.separator, control_label=design.control_label)
+    targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
     return canonical_label(targets, separator=design.separator, control_label=design.control_label)
 
 

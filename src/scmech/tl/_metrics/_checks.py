@@ -29,6 +29,18 @@ def _warn(msg: str, stacklevel: int = 2) -> None:
     warnings.warn(msg, UserWarning, stacklevel=stacklevel + 1)
 
 
+def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
+    """One label (a bare string) as a one-element list, a sequence as a list, ``None`` as is.
+
+    A bare string would otherwise be iterated character by character (``"STAT1"`` -> ``S``, ``T``, ...).
+    """
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return [values]
+    return list(values)
+
+
 def _check_de_method(de_method: Any) -> None:
     """Refuse a ``de_method`` that :func:`scanpy.tl.rank_genes_groups` does not offer."""
     if de_method not in _DE_METHODS:

@@ -15,9 +15,9 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
-from scmech.data._checks import check_expression
+from scmech.data._checks import check_expression, check_unique_names
 
-from ._checks import _check_de_method, _check_scale, _index_mask, _warn
+from ._checks import _as_list, _check_de_method, _check_scale, _index_mask, _warn
 from ._names import _SYSTEMA_METRICS
 from ._predictions import _as_dict, _design, _genes, _prediction_frame
 from ._score import _run
@@ -44,8 +44,8 @@ def evaluate(
     unassigned_label: str | Sequence[str] | None = "unassigned",
     layer: str | None = None,
     counts: bool = True,
-    conditions: Sequence[str] | None = None,
-    train_conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
+    train_conditions: str | Sequence[str] | None = None,
     split: Split | None = None,
     n_de_genes: int = 20,
     n_top_expressed: int = 1000,
@@ -110,16 +110,18 @@ def evaluate(
     counts
         %(counts)s
     conditions
-        Conditions to evaluate; every model must predict each. All shared ones when ``None``.
+        Conditions to evaluate (one label or a list); every model must predict each. All shared ones when
+        ``None``.
     train_conditions
-        Training perturbations, for the Systema reference.
+        Training perturbations (one label or a list), for the Systema reference.
     split
         The :class:`~scmech.tl.Split` the models were trained on: observed conditions then come from its test
         cells, controls from ``split.control_reference`` (the held-out group's controls for batch, time and
         media splits), the Systema reference from its training and validation cells (the cells the baselines fit)
         and, when ``train_conditions`` is
         ``None``, ``split.train_conditions``. Without a split all assigned cells of ``adata`` are used (for a
-        held-out batch, pass the split or subset ``adata`` to the held-out batch).
+        held-out batch, pass the split or subset ``adata`` to the held-out batch). The split must have been made
+        on this ``adata`` (the same cells in the same order); another one is refused.
     n_de_genes
         Number of top DE genes per condition.
     n_top_expressed
@@ -148,7 +150,9 @@ def evaluate(
     ------
     ValueError
         For an unknown ``de_method``, non-finite predictions, or predictions not on the
-        :math:`\log(1 + 10^4\bar\rho)` scale.
+        :math:`\log(1 + 10^4\bar\rho)` scale; for a ``split`` made on other cells than ``adata`` (another number of
+        cells, or other or reordered ``obs_names``; see :meth:`~scmech.tl.Split.check_adata`); and for duplicated
+        ``var_names`` in ``adata`` or in the predictions.
 
     Examples
     --------
@@ -164,6 +168,10 @@ def evaluate(
     """
     _check_sizes(n_de_genes, n_top_expressed, n_pcs, max_cells)
     _check_de_method(de_method)
+    conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)
+    if split is not None:
+        split.check_adata(adata)
+    check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
     preds_ad, cells_ad = _model_inputs(predictions, cell_predictions)
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     data_max = _data_max(adata, layer, counts)
@@ -217,6 +225,10 @@ def _model_inputs(
     """Mean and per-cell predictions by model name; every per-cell model must have a mean prediction."""
     preds_ad = _as_dict(predictions)
     cells_ad = _as_dict(cell_predictions, "cell_predictions") if cell_predictions else None
+    for name, cp in (cells_ad or {}).items():
+        check_unique_names(
+            cp.var_names, f"The var_names of cell_predictions[{name!r}]", "var_names_make_unique() on that AnnData"
+        )
     if cells_ad:
         unknown = sorted(set(cells_ad) - set(preds_ad))
         if unknown:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ._checks import _as_list
 from ._names import higher_is_better
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ __all__ = ["leaderboard", "leaderboard_table", "win_counts"]
 
 
 def leaderboard(
-    results: pd.DataFrame | Sequence[pd.DataFrame], *, metrics: Sequence[str] | None = None
+    results: pd.DataFrame | Sequence[pd.DataFrame], *, metrics: str | Sequence[str] | None = None
 ) -> pd.DataFrame:
     """Summarise evaluation results per model and metric, with a direction-aware rank.
 
@@ -26,7 +27,7 @@ def leaderboard(
         Tidy results of :func:`evaluate` / :func:`noise_ceiling` (or a list of them), with columns
         ``model``, ``condition``, ``metric``, ``value`` and optionally ``seed``.
     metrics
-        Metrics to keep (all when ``None``).
+        Metrics to keep (one name or a list; all when ``None``).
 
     Returns
     -------
@@ -44,8 +45,8 @@ def leaderboard(
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
         msg = f"results must be a DataFrame from scmech.tl.evaluate with columns {sorted(need)}."
         raise ValueError(msg)
+    metrics = _as_list(metrics)
     if metrics is not None:
-        metrics = list(metrics)
         unknown = sorted(set(metrics) - set(df["metric"]))
         if unknown:
             msg = f"Metric(s) {unknown} are not in the results (metrics: {sorted(set(df['metric']))})."
@@ -74,7 +75,11 @@ def leaderboard(
 
 
 def leaderboard_table(
-    results_or_board: pd.DataFrame, *, metrics: Sequence[str] | None = None, digits: int = 3, show_sd: bool = True
+    results_or_board: pd.DataFrame,
+    *,
+    metrics: str | Sequence[str] | None = None,
+    digits: int = 3,
+    show_sd: bool = True,
 ) -> pd.DataFrame:
     """Compact wide leaderboard: models x metrics, each cell ``"mean ± sd"``, rows ordered by mean rank.
 
@@ -83,7 +88,7 @@ def leaderboard_table(
     results_or_board
         Tidy results of :func:`evaluate` or the output of :func:`leaderboard`.
     metrics
-        Metrics (columns) to show, in order; all when ``None``.
+        Metrics (columns) to show, in order (one name or a list); all when ``None``.
     digits
         Decimals shown.
     show_sd
@@ -97,6 +102,7 @@ def leaderboard_table(
     --------
     >>> scmech.tl.leaderboard_table(results, metrics=["pearson_delta_de", "l2_top"])
     """
+    metrics = _as_list(metrics)
     board = results_or_board if "rank" in results_or_board.columns else leaderboard(results_or_board, metrics=metrics)
     if metrics is not None:
         board = board[board["metric"].isin(list(metrics))]
@@ -116,7 +122,9 @@ def leaderboard_table(
     return wide
 
 
-def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Sequence[str] | None = None) -> pd.DataFrame:
+def win_counts(
+    results: pd.DataFrame, model: str, metric: str, *, against: str | Sequence[str] | None = None
+) -> pd.DataFrame:
     """Per-condition wins of ``model`` against every other model on one metric.
 
     A condition's score is averaged over the rows it has (e.g. over seeds) before models are compared, so each
@@ -132,7 +140,7 @@ def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Seque
     metric
         The metric compared.
     against
-        Models to compare with; every other model when ``None``.
+        Models to compare with (one name or a list); every other model when ``None``.
 
     Returns
     -------
@@ -143,6 +151,7 @@ def win_counts(results: pd.DataFrame, model: str, metric: str, *, against: Seque
     --------
     >>> scmech.tl.win_counts(results, "SemiMechVI", "pearson_delta_top_change")
     """
+    against = _as_list(against)
     sub = results[results["metric"] == metric]
     if sub.empty:
         msg = f"No results for metric {metric!r} (metrics: {sorted(results['metric'].unique())[:12]})."

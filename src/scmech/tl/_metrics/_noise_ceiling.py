@@ -11,7 +11,7 @@ from scmech._docs import fill_doc
 from scmech.data._design import get_design
 from scmech.data._pseudobulk import pseudobulk
 
-from ._checks import _check_de_method, _warn
+from ._checks import _as_list, _check_de_method, _warn
 from ._predictions import _canonical
 from ._score import _run
 
@@ -37,8 +37,8 @@ def noise_ceiling(
     unassigned_label: str | Sequence[str] | None = "unassigned",
     layer: str | None = None,
     counts: bool = True,
-    conditions: Sequence[str] | None = None,
-    train_conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
+    train_conditions: str | Sequence[str] | None = None,
     n_de_genes: int = 20,
     n_top_expressed: int = 1000,
     de_method: Literal["t-test", "t-test_overestim_var", "wilcoxon", "logreg"] = "t-test",
@@ -75,12 +75,13 @@ def noise_ceiling(
     counts
         %(counts)s
     conditions
-        Conditions to score; all perturbations when ``None``. Conditions with fewer than 2 cells (and, for
-        ``split="replicate"``, conditions whose cells sit in a single replicate) cannot be compared with
-        themselves and are left out with a ``UserWarning`` naming them. A condition with 2 cells leaves one
+        Conditions to score (one label or a list); all perturbations when ``None``. Conditions with fewer than 2
+        cells (and, for ``split="replicate"``, conditions whose cells sit in a single replicate) cannot be compared
+        with themselves and are left out with a ``UserWarning`` naming them. A condition with 2 cells leaves one
         observed cell in its half, so its DE metrics are NaN (as in :func:`evaluate`, with a warning).
     train_conditions
-        Training perturbations for the Systema reference (all their cells); Systema metrics NaN without.
+        Training perturbations (one label or a list) for the Systema reference (all their cells); Systema
+        metrics NaN without.
     n_de_genes
         Number of top DE genes.
     n_top_expressed
@@ -110,6 +111,7 @@ def noise_ceiling(
         msg = "split='replicate' needs `batch_key`, the obs column of replicates (e.g. batch_key='bio_rep')."
         raise ValueError(msg)
     _check_de_method(de_method)
+    conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)
     full = get_design(
         adata,
         perturbation_key,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech.data._checks import BackedRows, is_backed_matrix
 from scmech.data._pseudobulk import pseudobulk
 
 from ._checks import _warn
@@ -174,8 +175,10 @@ def _log_normalised_cells(
     """Log-normalised copy of the cells of a group (``obs["group"]``, restricted to ``genes``); adata is untouched."""
     cells = np.flatnonzero(group != "")
     x = adata.layers[layer] if layer is not None else adata.X
+    # a backed (on-disk) matrix: only these cells are read, in blocks of rows
+    x = BackedRows(x)[cells].toarray_like() if is_backed_matrix(x) else x[cells]
     sub = ad.AnnData(
-        X=(x[cells].astype(np.float32) if sp.issparse(x) else np.asarray(x[cells], dtype=np.float32)),
+        X=(x.astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)),
         obs=pd.DataFrame({"group": pd.Categorical(group[cells].astype(str))}, index=np.arange(len(cells)).astype(str)),
         var=pd.DataFrame(index=pd.Index(adata.var_names).astype(str)),
     )

@@ -11,6 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_label, get_design, parse_condition
 
 from ._checks import _check_scale, check_finite_rows
@@ -46,7 +47,7 @@ def _as_dict(predictions: AnnData | Mapping[str, AnnData], what: str = "predicti
 
 
 def _canonical(label: str, design: PerturbationDesign) -> str:
-    targets = parse_condition(str(label), separator=design.separator, control_label=design.control_label)
+    targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
     return canonical_label(targets, separator=design.separator, control_label=design.control_label)
 
 
@@ -55,7 +56,8 @@ def _prediction_frame(
 ) -> pd.DataFrame:
     r"""Predicted log pseudobulk (conditions x genes) of a mean prediction, control rows dropped.
 
-    Raises for predictions that are not finite or not on the :math:`\log(1 + 10^4\bar\rho)` scale.
+    Raises for duplicated gene names and for predictions that are not finite or not on the
+    :math:`\log(1 + 10^4\bar\rho)` scale.
     """
     if "perturbation" not in pred.obs.columns:
         msg = f"Predictions of {name!r} have no obs['perturbation'] column; pass the AnnData returned by predict()."
@@ -68,6 +70,9 @@ def _prediction_frame(
             "context at a time: pred[pred.obs['media'] == 'stim']."
         )
         raise ValueError(msg)
+    check_unique_names(
+        pred.var_names, f"The var_names of the predictions of {name!r}", "var_names_make_unique() on that AnnData"
+    )
     x = pred.X.toarray() if sp.issparse(pred.X) else np.asarray(pred.X)
     check_finite_rows(
         x,

@@ -117,7 +117,7 @@ def combine_prediction(
     ctrl = design.control_label
 
     def _canon(label: str) -> str:
-        t = parse_condition(str(label), separator=separator, control_label=control_label, key="perturbation")
+        t = parse_condition(label, separator=separator, control_label=control_label, key="perturbation")
         return canonical_label(t, separator=separator, control_label=ctrl)
 
     plabels = np.asarray([_canon(x) for x in pred.obs["perturbation"].astype(str)], dtype=object)

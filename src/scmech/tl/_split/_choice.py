@@ -71,7 +71,7 @@ def _held_out(
 
 def _canonical(label: str, design: PerturbationDesign, what: str = "test condition") -> str:
     try:
-        targets = parse_condition(str(label), separator=design.separator, control_label=design.control_label)
+        targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
     except ValueError as e:
         msg = f"Cannot parse {what} {label!r}: {e}"
         raise ValueError(msg) from e

@@ -11,7 +11,7 @@ from scmech._docs import fill_doc
 from scmech.data._design import get_design
 
 from ._choice import _given_conditions, _held_out, _targets
-from ._result import Split
+from ._result import Split, _fingerprint_obs_names
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -47,7 +47,7 @@ def split(
     seen: Literal[0, 1, 2] = 2,
     controls_in_train: bool = True,
     restrict_to_measured: bool = False,
-    random_state: int = 0,
+    random_state: int | None = 0,
 ) -> Split:
     """Split a screen into training, validation and held-out test cells.
 
@@ -105,7 +105,8 @@ def split(
         Choose test perturbations only among those whose targets are all genes of ``adata.var_names`` (the
         linear baseline needs a measured target).
     random_state
-        Seed of the random choices (:func:`numpy.random.default_rng`).
+        Seed of the random choices (:func:`numpy.random.default_rng`): a non-negative integer, or ``None`` for
+        ``scvi.settings.seed``.
 
     Returns
     -------
@@ -124,6 +125,7 @@ def split(
     params = {k: v for k, v in locals().items() if k not in ("adata", "test_conditions")}
     group_key = _check_split_args(
         kind,
+        random_state=random_state,
         test_conditions=test_conditions,
         test_size=test_size,
         validation_size=validation_size,
@@ -145,7 +147,7 @@ def split(
         warn_missing_controls=False,
     )
     design = full.perturbation
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(_seed(random_state))
     held = _held_out(
         full,
         kind,
@@ -180,6 +182,8 @@ def split(
         control_reference=np.flatnonzero(control_ref).astype(np.int64),
         excluded=np.flatnonzero(held.excluded_mask).astype(np.int64),
         params=params,
+        n_obs=adata.n_obs,
+        obs_names_fingerprint=_fingerprint_obs_names(adata.obs_names),
     )
     logger.info("%r", out)
     return out
@@ -188,6 +192,7 @@ def split(
 def _check_split_args(
     kind: str,
     *,
+    random_state: Any,
     test_conditions: Any,
     test_size: float,
     validation_size: float,
@@ -199,6 +204,7 @@ def _check_split_args(
     if kind not in _KINDS:
         msg = f"Unknown split kind {kind!r}; use one of {list(_KINDS)}."
         raise ValueError(msg)
+    _check_random_state(random_state)
     _check_fraction(test_size, "test_size", allow_zero=False)
     _check_fraction(validation_size, "validation_size", allow_zero=True)
     if test_conditions is None and test_size + validation_size >= 1:
@@ -225,6 +231,28 @@ def _check_split_args(
             msg = f"A {kind!r} split needs `{arg}`: the obs column of the {kind} values (e.g. {arg}='bio_rep')."
             raise ValueError(msg)
     return group_key
+
+
+def _check_random_state(random_state: Any) -> None:
+    """Refuse a ``random_state`` that is not a non-negative integer or ``None``."""
+    ok = random_state is None or (
+        isinstance(random_state, int | np.integer) and not isinstance(random_state, bool) and random_state >= 0
+    )
+    if not ok:
+        msg = (
+            f"random_state={random_state!r} must be a non-negative integer seed (e.g. random_state=0) or None "
+            "(scvi.settings.seed)."
+        )
+        raise ValueError(msg)
+
+
+def _seed(random_state: int | None) -> int | None:
+    """Return the seed of the random choices: ``random_state``, or ``scvi.settings.seed`` when it is ``None``."""
+    if random_state is not None:
+        return int(random_state)
+    from scvi import settings
+
+    return settings.seed
 
 
 def _check_fraction(value: float, name: str, *, allow_zero: bool) -> None:
@@ -282,7 +310,7 @@ def leave_one_out(
     conditions: Sequence[str] | None = None,
     validation_size: float = 0.1,
     restrict_to_measured: bool = False,
-    random_state: int = 0,
+    random_state: int | None = 0,
 ) -> Iterator[Split]:
     """Leave-one-perturbation-out splits: one :func:`split` of kind ``"perturbation"`` per condition.
 
@@ -306,7 +334,7 @@ def leave_one_out(
     restrict_to_measured
         With ``conditions=None``, only perturbations whose targets are all genes of ``adata.var_names``.
     random_state
-        Seed of the validation sets.
+        Seed of the validation sets: a non-negative integer, or ``None`` for ``scvi.settings.seed``.
 
     Returns
     -------
@@ -337,6 +365,7 @@ def leave_one_out(
         msg = "Leave-one-out needs at least two perturbations (one held out, the others to train on)."
         raise ValueError(msg)
     _check_fraction(validation_size, "validation_size", allow_zero=True)
+    _check_random_state(random_state)
 
     def _gen() -> Iterator[Split]:
         for c in conds:

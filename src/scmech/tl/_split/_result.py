@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from anndata import AnnData
 
 __all__ = ["Split"]
+
+
+def _fingerprint_obs_names(obs_names: Sequence[Any] | pd.Index) -> str:
+    """Deterministic fingerprint of cell names, in order: a 16-character hex digest.
+
+    The same names in the same order give the same digest in any process or platform (:func:`pandas.util.hash_array`
+    with its fixed key, combined by SHA-256); reordered, renamed, added or removed cells change it.
+
+    Parameters
+    ----------
+    obs_names
+        Cell names (usually ``adata.obs_names``).
+
+    Returns
+    -------
+    The hex digest.
+    """
+    names = pd.Index(obs_names).astype(str).to_numpy(dtype=object)
+    per_name = pd.util.hash_array(names, categorize=False).astype("<u8")
+    digest = hashlib.sha256(len(names).to_bytes(8, "little"))
+    digest.update(per_name.tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -45,6 +74,12 @@ class Split:
         in a combination split with ``seen < 2``). Unassigned cells are never in any set and are not listed.
     params
         The arguments the split was made with.
+    n_obs
+        Number of cells of the AnnData the split was made on, or ``None`` (not recorded).
+    obs_names_fingerprint
+        A 16-character hex digest of that AnnData's ``obs_names``, or ``None`` (not recorded). With
+        ``n_obs``, :meth:`check_adata` uses it to refuse another (or a reordered) AnnData, whose cells the indices
+        would not point at; a split built by hand without them is not checked.
     """
 
     train: np.ndarray
@@ -58,11 +93,50 @@ class Split:
     control_reference: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     params: dict[str, Any] = field(default_factory=dict)
+    n_obs: int | None = None
+    obs_names_fingerprint: str | None = None
 
     @property
     def external_indexing(self) -> list[np.ndarray]:
         """``[train, validation, test]`` for ``model.train(datasplitter_kwargs={"external_indexing": ...})``."""
         return [self.train, self.validation, self.test]
+
+    def check_adata(self, adata: AnnData) -> None:
+        """Refuse an AnnData other than the one the split was made on.
+
+        The split's indices point at cells by position, so on another AnnData (fewer, more or reordered cells)
+        they would silently select other cells. Checked when the split recorded ``n_obs`` and
+        ``obs_names_fingerprint`` (every split made by :func:`~scmech.tl.split`); a no-op otherwise.
+
+        Parameters
+        ----------
+        adata
+            The AnnData the split is used with.
+
+        Raises
+        ------
+        ValueError
+            When ``adata`` has another number of cells, or other or reordered ``obs_names``.
+        """
+        fix = (
+            "Make the split on this AnnData (scmech.tl.split(adata, ...)) or pass the same AnnData it was made on "
+            "(not a subset, a reordered copy or another dataset)."
+        )
+        if self.n_obs is not None and adata.n_obs != self.n_obs:
+            msg = (
+                f"The split was made on other cells: {self.n_obs} cells, but this AnnData has {adata.n_obs}, so its "
+                f"indices would select the wrong cells. {fix}"
+            )
+            raise ValueError(msg)
+        if self.obs_names_fingerprint is not None:
+            found = _fingerprint_obs_names(adata.obs_names)
+            if found != self.obs_names_fingerprint:
+                msg = (
+                    f"The split was made on other cells: this AnnData's obs_names (fingerprint {found}) differ from "
+                    f"those the split was made on (fingerprint {self.obs_names_fingerprint}): other or reordered "
+                    f"cells, which its indices would not point at. {fix}"
+                )
+                raise ValueError(msg)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists and strings), e.g. to store in ``uns`` or JSON.
@@ -83,6 +157,8 @@ class Split:
             "control_reference": self.control_reference.tolist(),
             "excluded": self.excluded.tolist(),
             "params": dict(self.params),
+            "n_obs": self.n_obs,
+            "obs_names_fingerprint": self.obs_names_fingerprint,
         }
 
     def __repr__(self) -> str:
