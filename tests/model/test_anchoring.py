@@ -835,7 +835,9 @@ def test_the_model_standardises_its_observations_to_the_training_controls_batche
         moved.control(Context(None)).value, obs.control(Context(None)).value + (np.eye(3)[1] - pi) @ cpb, rtol=1e-5
     )
     # so the anchored prediction of the controls in b1 is their level in b1, not the training controls' mix
-    in_b1 = model.predict("NT", batch="b1").X[0]
+    in_b1 = model.predict("NT", batch="b1")
+    assert in_b1.uns["scmech"]["prediction"]["batch_anchoring"] == "observations moved to the batch"
+    in_b1 = in_b1.X[0]
     assert np.abs(in_b1 - cpb[1]).mean() < np.abs(model.predict("NT").X[0] - cpb[1]).mean() / 3
     # a saved model keeps what the moves need
     model.save(tmp_path / "m")

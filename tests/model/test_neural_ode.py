@@ -147,3 +147,7 @@ def test_round_trip_and_what_it_does_not_offer(make_adata, tmp_path):
         model.get_regulatory_network()
     with pytest.raises(ValueError, match="flows only"):
         NeuralODE(adata, readout="fixed_point")
+    with pytest.raises(TypeError, match="steady_state_perturbed='yes' must be True or False"):
+        NeuralODE(adata, steady_state_perturbed="yes")
+    with pytest.raises(ValueError, match="steady_state_weight=nan must be a finite number"):
+        NeuralODE(adata, steady_state_weight=float("nan"))

@@ -434,17 +434,23 @@ def test_predict_unknown_medium_or_batch_raises(steady, dynamic):
 
 
 def test_predict_in_a_given_batch(steady):
-    # too few controls per batch in this small screen to move any observation to one batch: none anchors there
-    # (each stands for other batches), and the prediction in a batch is the model's own read-out in it
+    # too few controls per batch in this small screen to move the observations to one batch: the prediction is
+    # anchored in each cell's own batch and moved to the requested one by the model's batch effect
     model = steady.model
-    b0 = model.predict(["NT", "G0008"], batch="b0")
-    b1 = model.predict(["NT", "G0008"], batch="b1")
+    conds = ["NT", "G0008", steady.heldout_target]
+    b0 = model.predict(conds, batch="b0")
+    b1 = model.predict(conds, batch="b1")
     assert b0.obs["batch"].iloc[0] == "b0"
     assert np.abs(b0.X - b1.X).max() > 0
-    assert model.anchor_.in_batch(0).conditions == {}
-    assert b0.uns["scmech"]["prediction"]["anchoring"] == {}
-    np.testing.assert_array_equal(b0.X, model.predict(["NT", "G0008"], batch="b0", anchor="none").X)
-    # observations without batch levels (a model saved before they were kept) are not anchored in a batch
+    assert len(model.anchor_.in_batch(0).conditions) < len(model.anchor_.conditions)
+    assert b0.obs["anchored"].all()
+    assert b0.uns["scmech"]["prediction"]["batch_anchoring"] == "model's batch effect on the anchored prediction"
+    own = model.predict(conds)
+    for pred in (b0, b1):
+        batch = pred.obs["batch"].iloc[0]
+        alone = model.predict(conds, batch=batch, anchor="none").X
+        np.testing.assert_allclose(pred.X - alone, own.X - model.predict(conds, anchor="none").X, atol=1e-5)
+    # observations without batch levels (a model saved before they were kept) take the same way
     from dataclasses import replace
 
     saved = model.anchor_
@@ -452,9 +458,7 @@ def test_predict_in_a_given_batch(steady):
         model.anchor_ = replace(saved, batch_levels={}, batch_mix={})
         with pytest.raises(ValueError, match="hold no per-batch control levels"):
             model.anchor_.in_batch(0)
-        old = model.predict(["NT", "G0008"], batch="b0")
-        assert old.uns["scmech"]["prediction"]["anchor"] == "none"
-        assert model.predict("G0008").uns["scmech"]["prediction"]["anchor"] == "auto"
+        np.testing.assert_allclose(model.predict(conds, batch="b0").X, b0.X, atol=1e-6)
     finally:
         model.anchor_ = saved
 
@@ -499,6 +503,10 @@ def test_dynamic_model_needs_a_time(dynamic):
         dynamic.model.predict("G0008")
     with pytest.raises(ValueError, match=r"time=-1.0 must be finite and >= 0"):
         dynamic.model.predict("G0008", time=-1.0)
+    with pytest.raises(TypeError, match=r"time='2' must be a number"):
+        dynamic.model.predict("G0008", time="2")
+    with pytest.raises(TypeError, match=r"media_time='0.5' must be a number"):
+        dynamic.model.predict("G0008", time=2.0, media="m1", media_time="0.5")
 
 
 def test_dynamic_predictions_depend_on_time_and_media(dynamic):
@@ -860,7 +868,12 @@ def test_dense_and_csr_counts_train_alike(small_adata, model_kwargs, train_kwarg
         ({"gene_likelihood": "poisson"}, "gene_likelihood='poisson' is not one of"),
         ({"regime": "dynamic"}, "regime='dynamic' needs a time key"),
         ({"regime": "chaotic"}, "regime='chaotic' is not one of"),
-        ({"steady_state_weight": -0.1}, "steady_state_weight must be >= 0, got -0.1"),
+        ({"steady_state_weight": -0.1}, r"steady_state_weight=-0.1 must be a finite number >= 0"),
+        # NaN passed the old `< 0` check and silently chose the vanilla flow read-out
+        ({"steady_state_weight": float("nan")}, r"steady_state_weight=nan must be a finite number >= 0"),
+        ({"steady_state_weight": float("inf")}, r"steady_state_weight=inf must be a finite number >= 0"),
+        ({"steady_state_weight": "1"}, r"steady_state_weight='1' must be a finite number >= 0"),
+        ({"steady_state_weight": None}, r"steady_state_weight=None must be a finite number >= 0"),
     ],
 )
 def test_model_rejects_bad_arguments(small_adata, model_kwargs, kwargs, match):

@@ -325,6 +325,8 @@ def test_train_validates_its_arguments(rel, kwargs, exc, match):
         (["G0008+G0008"], {}, ValueError, r"names the target\(s\) \['G0008'\] more than once"),
         (["G0008"], {"time": 1.0}, ValueError, r"`time` applies to dynamic models"),
         (["G0008"], {"efficacy": 1.5}, ValueError, r"efficacy=1\.5 must be in \[0, 1\]"),
+        (["G0008"], {"efficacy": [0.5]}, TypeError, r"efficacy=\[0\.5\] must be one number in \[0, 1\]"),
+        (["G0008"], {"efficacy": "0.5"}, TypeError, r"efficacy='0\.5' must be one number"),
         (["G0008"], {"n_cells": 0}, ValueError, r"n_cells=0 must be a whole number of starting cells, at least 1"),
         (["G0008"], {"from_cells": [10_000]}, ValueError, r"from_cells must index cells of adata \(0\.\.119\)"),
         (["G0008"], {"anchor": "always"}, ValueError, r"anchor='always' is not one of"),

@@ -333,6 +333,42 @@ def test_context_shift_by_batch(data):
         model.predict(["C"], media="stim")
 
 
+def test_predict_refuses_what_a_baseline_cannot_honour(data):
+    adata, split = data
+    model = _fit(tl.TrainMean, adata, split)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['perturbation'\]"):
+        model.predict(perturbation=["C"])  # a typo would have predicted every condition
+    with pytest.raises(ValueError, match="efficacy=0.0: TrainMean predicts observed pseudobulks"):
+        model.predict(["C"], efficacy=0.0)
+    with pytest.raises(ValueError, match="no media_time key"):
+        model.predict(["C"], media_time=1.0)
+    # SemiMechVI's keywords that mean nothing for a pseudobulk are accepted
+    np.testing.assert_array_equal(
+        model.predict(["C"], batch_size=8, random_state=1, anchor="none").X, model.predict(["C"]).X
+    )
+
+
+def test_media_time_selects_the_controls_of_its_switch():
+    from scmech.data import simulate_perturbseq
+
+    d = simulate_perturbseq(
+        900, 20, n_perturbations=3, n_combinations=0, regime="dynamic", media_switch_times=(-1.0, 1.0), seed=0
+    )
+    tl.TrainMean.setup_anndata(d, time_key="time", media_key="media", media_time_key="media_time")
+    model = tl.TrainMean(d)
+    model.train()
+    obs = d.obs
+    t = float(np.max(obs["time"]))
+    early = model.predict(["NT"], media="m1", time=t, media_time=-1.0)
+    late = model.predict(["NT"], media="m1", time=t, media_time=1.0)
+    assert early.obs["media_time"].iloc[0] == -1.0
+    ctrl = (obs["perturbation"] == "NT") & (obs["media"] == "m1") & np.isclose(obs["time"], t)
+    pb = pseudobulk(d[ctrl], "media_time")
+    np.testing.assert_allclose(
+        early.X[0] - late.X[0], (pb.loc["-1.0"] - pb.loc["1.0"]).to_numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_models_accept_evaluation_pipeline(data):
     adata, split = data
     preds = {cls.__name__: _fit(cls, adata.copy(), split).predict(["C"]) for cls in (tl.ControlMean, tl.LinearModel)}

@@ -94,6 +94,9 @@ class NeuralODE(SemiMechVI):
             raise ValueError(msg)
         module_kwargs.pop("readout", None)
         check_sizes(field_hidden=field_hidden, field_layers=field_layers)
+        if not isinstance(steady_state_perturbed, bool):
+            msg = f"steady_state_perturbed={steady_state_perturbed!r} must be True or False."
+            raise TypeError(msg)
         super().__init__(
             adata,
             n_latent=n_latent,

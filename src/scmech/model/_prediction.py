@@ -9,6 +9,7 @@ ends, and :mod:`._prediction_output` assembles the returned AnnData. This mixin 
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from scvi import settings
 
-from scmech._constants import SCMECH_REGISTRY_KEYS
+from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
 from ._prediction_output import PredictionOutputMixin
@@ -285,7 +286,9 @@ class PredictionMixin(PredictionOutputMixin):
         batch
             Batch whose capture the predictions are measured with; each starting cell's own batch when ``None``.
             Anchored predictions in a batch are corrected by the training observations moved to that batch (see
-            ``anchor``); a model saved before those moves were possible predicts in a batch without anchoring.
+            ``anchor``) when each can be moved (the controls of every batch involved observed in its context);
+            otherwise the prediction is anchored in each cell's own batch and moved to ``batch`` by the model's
+            batch effect. ``uns["scmech"]["prediction"]["batch_anchoring"]`` says which.
         efficacy
             Knock-down efficacy of the predicted perturbations; when ``None`` and an efficacy key is registered,
             the counterfactual cells are spread evenly over 8 quantiles of the perturbed training cells'
@@ -318,8 +321,8 @@ class PredictionMixin(PredictionOutputMixin):
             specific change; any other condition is the observed controls of its context plus the model's change
             from them. Observations of perturbations are first standardised to the batch mix of the training
             controls the read-outs start from, by the controls' level in each batch; with ``batch``, every
-            observation (controls included) is moved to that batch alone the same way, so that the anchored
-            prediction is measured in it too. Each correction is weighed per gene
+            observation (controls included) is moved to that batch alone the same way where it can be (see
+            ``batch``), so that the anchored prediction is measured in it too. Each correction is weighed per gene
             against the sampling noise of the pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight).
             ``"combinations"`` does only the combinations; ``"none"`` returns the model's own read-out.
             ``uns["scmech"]["prediction"]["anchoring"]`` records the plan of each row. Anchoring applies only to
@@ -354,6 +357,9 @@ class PredictionMixin(PredictionOutputMixin):
         ):
             msg = f"random_state={random_state!r} must be a non-negative integer seed (or None)."
             raise ValueError(msg)
+        if efficacy is not None and (isinstance(efficacy, bool) or not isinstance(efficacy, numbers.Real)):
+            msg = f"efficacy={efficacy!r} must be one number in [0, 1] (fraction of knock-down; 1 = full effect)."
+            raise TypeError(msg)
         if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
             msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
             raise ValueError(msg)
@@ -380,7 +386,7 @@ class PredictionMixin(PredictionOutputMixin):
             control_labels=self.adata_manager.registry["setup_args"]["control_label"],
         )
         self._check_requested_targets(requested)
-        observations = self._observations_in(batch) if isinstance(self.anchor_, Observations) else None
+        observations, moved = self._observations_in(batch)
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
@@ -395,13 +401,15 @@ class PredictionMixin(PredictionOutputMixin):
             "batch_size": batch_size,
         }
         ro = self._read(requested + extra, anchor_rows=len(extra), efficacy=efficacy, **how)
-        if return_mean and plans and efficacy is not None:
-            logx, weights = self._anchor_at_efficacy(ro, requested, extra, plans, observations, how)
+        if return_mean and plans and (efficacy is not None or not moved):
+            # the observations stand for the training efficacies (and, not moved, for each cell's own batch)
+            where = {**how, "batch": batch if moved else None}
+            logx, weights = self._anchor_by_reference(ro, requested, extra, plans, observations, where)
         elif return_mean:
             logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
-        return self._prediction_anndata(
+        out = self._prediction_anndata(
             logx,
             requested,
             ro,
@@ -413,20 +421,34 @@ class PredictionMixin(PredictionOutputMixin):
             seed=seed,
             anchor=anchor if can_anchor else "none",
         )
+        if batch is not None and plans:
+            how_moved = (
+                "observations moved to the batch" if moved else "model's batch effect on the anchored prediction"
+            )
+            out.uns[SCMECH_ADATA_KEYS.UNS]["prediction"]["batch_anchoring"] = how_moved
+        return out
 
-    def _observations_in(self, batch: str | None) -> Observations | None:
-        """Return the training observations for predictions measured in ``batch`` (each cell's own if ``None``).
+    def _observations_in(self, batch: str | None) -> tuple[Observations | None, bool]:
+        """Return the training observations for predictions measured in ``batch``, and whether they stand for it.
 
-        In one batch they are moved there by the controls' batch levels (:meth:`Observations.in_batch`); ``None``
-        when they cannot be (a model saved before the levels were kept), and the prediction is not anchored.
+        In one batch every observation is moved there by the controls' batch levels (:meth:`Observations.in_batch`)
+        when every one can be (the controls of each batch involved observed in each context). Otherwise they are
+        returned as they are and stand for each cell's own batch (``False``): the prediction is then anchored there
+        and moved to ``batch`` by the model (:meth:`_anchor_by_reference`), so that one under-sampled batch or
+        context neither drops observations nor turns anchoring off. ``None`` without observations.
         """
         obs = self.anchor_
+        if not isinstance(obs, Observations):
+            return None, True
         if batch is None or int(self.summary_stats.get("n_batch", 1)) <= 1:
-            return obs
+            return obs, True
         cats = self._batch_categories()
         if not obs.batch_levels or str(batch) not in cats:  # an unknown batch is refused by the read-out
-            return None
-        return obs.in_batch(cats.index(str(batch)))
+            return obs, False
+        there = obs.in_batch(cats.index(str(batch)))
+        if len(there.conditions) == len(obs.conditions):
+            return there, True
+        return obs, False
 
     def _plan(
         self, requested: list[Protocol], anchor: str, seed: int, observations: Observations
@@ -450,17 +472,18 @@ class PredictionMixin(PredictionOutputMixin):
                     extra.append(q)
         return plans, extra
 
-    def _anchor_at_efficacy(
-        self, ro, requested: list, extra: list, plans: dict, observations: Observations, how: dict
+    def _anchor_by_reference(
+        self, ro, requested: list, extra: list, plans: dict, observations: Observations, where: dict
     ) -> tuple:
-        """Anchor read-outs made at a requested efficacy (``ro``): the correction is measured where it was observed.
+        """Anchor read-outs (``ro``) made where the observations were not: the correction is measured where they were.
 
-        The observations were made at the training cells' own efficacies, so each row's anchoring correction is
-        the one at the default efficacies (the anchored row minus the model's read-out there), added to the
-        read-out at the requested efficacy: anchoring moves the prediction by the model's error, and the efficacy
-        still moves it as the model says.
+        The observations stand for the training cells' own efficacies (and, unless moved to the requested batch,
+        for each cell's own batch). Each row's anchoring correction is the one there (the anchored row minus the
+        model's read-out, read with ``where`` and the default efficacies), added to the requested read-out:
+        anchoring moves the prediction by the model's error, and the efficacy and the batch still move it as the
+        model says.
         """
-        ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **how)
+        ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
         anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
         n = len(requested)
         return ro.log_values[:n] + (anchored - ref.log_values[:n]), weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -239,6 +240,10 @@ def build_protocols(
         if not dynamic and t is not None:
             msg = "`time` applies to dynamic models; this model reads out steady states (regime='steady_state')."
             raise ValueError(msg)
+        for name, value in (("time", t), ("media_time", s)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                msg = f"{name}={value!r} must be a number (time in the units of the registered time key)."
+                raise TypeError(msg)
         tt = 0.0 if t is None else float(t)
         if not np.isfinite(tt) or tt < 0:
             msg = f"time={t!r} must be finite and >= 0 (time since perturbation)."

@@ -11,6 +11,7 @@ The class holds its construction only; each concern is a mixin of its own module
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 from typing import TYPE_CHECKING, Literal
 
@@ -139,8 +140,16 @@ class SemiMechVI(
         if regime == "dynamic" and not has_time:
             msg = "regime='dynamic' needs a time key: register it with setup_anndata(..., time_key=...)."
             raise ValueError(msg)
-        if steady_state_weight < 0:
-            msg = f"steady_state_weight must be >= 0, got {steady_state_weight}."
+        if (
+            isinstance(steady_state_weight, bool)
+            or not isinstance(steady_state_weight, numbers.Real)
+            or not math.isfinite(steady_state_weight)
+            or steady_state_weight < 0
+        ):
+            msg = (
+                f"steady_state_weight={steady_state_weight!r} must be a finite number >= 0 (0: no steady-state term, "
+                "the vanilla model; 1: the default)."
+            )
             raise ValueError(msg)
         if readout == "auto":
             readout = "fixed_point" if (regime == "steady_state" and steady_state_weight > 0) else "flow"

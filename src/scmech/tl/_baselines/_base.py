@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from mudata import MuData
 
 logger = logging.getLogger(__name__)
+#: keywords of ``SemiMechVI.predict`` a baseline accepts and ignores (it reads no cells and is its own anchor)
+_IGNORED_PREDICT_KWARGS = frozenset({"batch_size", "random_state", "anchor"})
 K = SCMECH_REGISTRY_KEYS
 
 
@@ -219,7 +221,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             return None
         return self._obs(self.adata, registry_key)[key].to_numpy()
 
-    def _context_mask(self, batch: Any, media: Any, time: Any) -> tuple[np.ndarray, list[str]]:
+    def _context_mask(self, batch: Any, media: Any, time: Any, media_time: Any = None) -> tuple[np.ndarray, list[str]]:
         """Training controls (mask over the training cells) of a context, and the context's description."""
         setup = self._setup()
         idx = self._train_idx
@@ -230,6 +232,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             (batch, setup.get("batch_key"), REGISTRY_KEYS.BATCH_KEY, "batch"),
             (media, setup.get("media_key"), K.MEDIA_KEY, "media"),
             (time, setup.get("time_key"), K.TIME_KEY, "time"),
+            (media_time, setup.get("media_time_key"), K.MEDIA_TIME_KEY, "media_time"),
         ):
             if value is None:
                 continue
@@ -240,22 +243,22 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 )
                 raise ValueError(msg)
             col = self._context_values(key, reg)[idx]
-            if name == "time":
+            if name in ("time", "media_time"):
                 mask &= np.isclose(col.astype(np.float64), float(value))
             else:
                 mask &= col.astype(str) == str(value)
             parts.append(f"{name}={value}")
         return mask, parts
 
-    def _context_shift(self, batch: Any, media: Any, time: Any) -> tuple[np.ndarray, str]:
-        """Log-space offset of the training controls of a context (batch, medium, time) from all controls."""
-        if batch is None and media is None and time is None:
+    def _context_shift(self, batch: Any, media: Any, time: Any, media_time: Any = None) -> tuple[np.ndarray, str]:
+        """Log-space offset of the training controls of a context (batch, medium, time, switch) from all controls."""
+        if batch is None and media is None and time is None and media_time is None:
             return np.zeros(self._pb.shape[1]), ""
         cache = self.__dict__.setdefault("_shift_cache", {})
-        ckey = (None if batch is None else str(batch), None if media is None else str(media), time)
+        ckey = (None if batch is None else str(batch), None if media is None else str(media), time, media_time)
         if ckey in cache:
             return cache[ckey]
-        mask, parts = self._context_mask(batch, media, time)
+        mask, parts = self._context_mask(batch, media, time, media_time)
         if not mask.any():
             msg = (
                 f"No training control cells with {', '.join(parts)}; the baseline shifts predictions by the "
@@ -286,7 +289,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         *,
         media: str | Sequence[str] | None = None,
         time: float | Sequence[float] | None = None,
+        media_time: float | Sequence[float] | None = None,
         batch: str | None = None,
+        efficacy: float | None = None,
         n_cells: int | None = None,
         from_cells: Sequence[int] | np.ndarray | None = None,
         return_mean: bool = True,
@@ -306,8 +311,13 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             controls in that medium from all training controls.
         time
             Time point (one, or one per perturbation), handled like ``media``.
+        media_time
+            Time of the switch into ``media`` (one, or one per perturbation), handled like ``media`` (needs a
+            registered ``media_time_key``).
         batch
             Batch, handled like ``media`` (e.g. the held-out replicate, whose controls are in training).
+        efficacy
+            Refused unless ``None``: a baseline predicts observed pseudobulks, at the training cells' efficacies.
         n_cells
             Ignored (baselines predict pseudobulks); accepted for interface compatibility.
         from_cells
@@ -317,7 +327,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         adata
             Ignored except for a check that its genes match; baselines predict from their training pseudobulks.
         **kwargs
-            Ignored (``batch_size``, ``random_state``, ...).
+            ``batch_size``, ``random_state`` and ``anchor`` of ``SemiMechVI.predict``, accepted and ignored (a
+            baseline reads no cells and is its own anchor); any other keyword raises :class:`TypeError`.
 
         Returns
         -------
@@ -333,6 +344,20 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 "come from SemiMechVI or ScGen)."
             )
             raise NotImplementedError(msg)
+        unknown = sorted(set(kwargs) - _IGNORED_PREDICT_KWARGS)
+        if unknown:
+            msg = (
+                f"{type(self).__name__}.predict() got unexpected keyword argument(s) {unknown}; it takes "
+                "perturbations, media, time, media_time, batch and return_mean (and accepts SemiMechVI's "
+                f"{sorted(_IGNORED_PREDICT_KWARGS)})."
+            )
+            raise TypeError(msg)
+        if efficacy is not None:
+            msg = (
+                f"efficacy={efficacy!r}: {type(self).__name__} predicts observed pseudobulks, at the training cells' "
+                "efficacies, and has no model of a knock-down's strength; drop efficacy= (SemiMechVI.predict takes it)."
+            )
+            raise ValueError(msg)
         if kwargs:
             logger.debug("%s.predict ignores %s", type(self).__name__, sorted(kwargs))
         self._check_registered_data()
@@ -342,7 +367,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             perturbations = list(self._pstate()["conditions"])
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
-        rows, obs_rows, skipped = self._predict_rows(list(perturbations), media, time, batch, explicit=explicit)
+        rows, obs_rows, skipped = self._predict_rows(
+            list(perturbations), media, time, batch, explicit=explicit, media_time=media_time
+        )
         if skipped:
             logger.info(
                 "%s cannot predict %d registered condition(s), skipped: %s",
@@ -361,14 +388,15 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         )
 
     def _predict_rows(
-        self, perturbations: list[str], media: Any, time: Any, batch: str | None, *, explicit: bool
+        self, perturbations: list[str], media: Any, time: Any, batch: str | None, *, explicit: bool, media_time=None
     ) -> tuple[list[np.ndarray], list[dict], list[tuple[str, str]]]:
         """Predicted rows, their ``obs`` and the ``(label, reason)`` of the conditions skipped."""
         n = len(perturbations)
         med = _per_condition(media, n, "media")
         tim = _per_condition(time, n, "time")
+        switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
-        for p, m, t in zip(perturbations, med, tim, strict=True):
+        for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             try:
                 value, n_used = self._predict_one(label, targets)
@@ -377,14 +405,14 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                     raise
                 skipped.append((label, str(e).strip("'\"")))
                 continue
-            shift, _ = self._context_shift(batch, m, t)
+            shift, _ = self._context_shift(batch, m, t, mt)
             rows.append(value + shift)
             obs_rows.append(
                 {
                     "perturbation": label,
                     "media": m,
                     "time": np.nan if t is None else float(t),
-                    "media_time": np.nan,
+                    "media_time": np.nan if mt is None else float(mt),
                     "batch": batch if batch is not None else "training cells",
                     "n_cells": int(n_used),
                     "unseen_targets": ",".join(t_ for t_ in targets if t_ not in self._trained_targets),

@@ -238,13 +238,22 @@ class ScGen(_PseudobulkBaseline):
         random_state
             Seed of the subset of starting cells (``scvi.settings.seed`` when ``None``).
         **kwargs
-            Ignored.
+            ``batch_size`` and ``anchor`` of ``SemiMechVI.predict``, accepted and ignored; ``media_time`` and
+            ``efficacy`` must be ``None``; any other keyword raises :class:`TypeError`.
 
         Returns
         -------
         AnnData with the layout of ``SemiMechVI.predict``.
         """
         self._check_if_trained(warn=False)
+        unknown = sorted(set(kwargs) - {"batch_size", "anchor", "media_time", "efficacy"})
+        if unknown:
+            msg = f"ScGen.predict() got unexpected keyword argument(s) {unknown}."
+            raise TypeError(msg)
+        for name in ("media_time", "efficacy"):
+            if kwargs.get(name) is not None:
+                msg = f"{name}={kwargs[name]!r}: the ScGen adapter has no model of it; drop the argument."
+                raise ValueError(msg)
         if media is not None or time is not None:
             msg = "The ScGen adapter predicts across batches only; media and time are not supported."
             raise ValueError(msg)
