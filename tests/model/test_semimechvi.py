@@ -745,7 +745,7 @@ def test_setup_reads_the_given_layer(small_adata, model_kwargs):
         ({"batch_key": "nope"}, "batch_key 'nope' is not a column of adata.obs"),
         ({"time_key": "nope"}, "time_key 'nope' is not a column of adata.obs"),
         ({"media_key": "nope"}, "media_key 'nope' is not a column of adata.obs"),
-        ({"media_time_key": "nope"}, "media_time_key 'nope' is not a column of adata.obs"),
+        ({"media_key": "media", "media_time_key": "nope"}, "media_time_key 'nope' is not a column of adata.obs"),
         ({"efficacy_key": "nope"}, "efficacy_key 'nope' is not a column of adata.obs"),
         ({"gene_embedding_key": "nope"}, "gene_embedding_key 'nope' is not in adata.varm"),
     ],
@@ -753,6 +753,13 @@ def test_setup_reads_the_given_layer(small_adata, model_kwargs):
 def test_setup_rejects_missing_keys(small_adata, kwargs, match):
     with pytest.raises(KeyError, match=match):
         SemiMechVI.setup_anndata(small_adata, **kwargs)
+
+
+def test_setup_refuses_a_switch_time_without_a_medium(small_adata):
+    # a switch into the baseline medium changes nothing, and its cells would drop out of the baseline controls
+    small_adata.obs["switch"] = 1.0
+    with pytest.raises(ValueError, match="media_time_key='switch' without a media_key"):
+        SemiMechVI.setup_anndata(small_adata, media_time_key="switch")
 
 
 def test_failed_setup_leaves_adata_untouched(small_adata):

@@ -208,6 +208,92 @@ def test_setup_mudata_names_a_missing_modality(rel):
         SemiMechVI.setup_mudata(mdata, batch_key="batch", modalities={"rna_layer": "gex", "batch_key": "guide"})
 
 
+def _guide_modality(rna, **columns) -> ad.AnnData:
+    guide = ad.AnnData(np.ones((rna.n_obs, 5), dtype=np.float32), obs=pd.DataFrame(index=rna.obs_names.copy()))
+    for key, value in columns.items():
+        guide.obs[key] = value
+    return guide
+
+
+@pytest.mark.parametrize(
+    ("columns", "setup", "exc", "match"),
+    [
+        # size factors, covariates and the batch taken from another modality are checked as from the RNA one
+        ({"sf": 0.0}, {"size_factor_key": "sf"}, ValueError, r"obs\['sf'\] must hold positive, finite library sizes"),
+        ({"sf": -5.0}, {"size_factor_key": "sf"}, ValueError, r"obs\['sf'\] must hold positive, finite"),
+        ({"cov": np.nan}, {"continuous_covariate_keys": ["cov"]}, ValueError, r"obs\['cov'\] has missing values"),
+        ({"cov": np.inf}, {"continuous_covariate_keys": ["cov"]}, ValueError, r"obs\['cov'\] must hold finite"),
+        ({"b": np.nan}, {"batch_key": "b"}, ValueError, r"obs\['b'\] has 120 missing \(NaN\) batch values"),
+        ({}, {"batch_key": "b"}, KeyError, r"batch_key 'b' is not a column of mdata\['guide'\]\.obs"),
+    ],
+)
+def test_setup_mudata_checks_columns_of_every_modality(rel, columns, setup, exc, match):
+    rna = rel.small()
+    mdata = md.MuData({"rna": rna, "guide": _guide_modality(rna, **columns)})
+    before = {k: m.obs.copy() for k, m in mdata.mod.items()}
+    modalities = dict.fromkeys(setup, "guide")
+    with pytest.raises(exc, match=match):
+        SemiMechVI.setup_mudata(mdata, **setup, modalities=modalities)
+    for k, m in mdata.mod.items():  # a failed setup leaves the data as they were
+        pd.testing.assert_frame_equal(m.obs, before[k])
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "match"),
+    [
+        # one NaN covariate made every predicted row NaN
+        (lambda c: c.obs.__setitem__("pct", np.r_[np.nan, c.obs["pct"].to_numpy()[1:]]), ValueError, "'pct'.*missing"),
+        (lambda c: c.obs.__setitem__("pct", np.r_[np.inf, c.obs["pct"].to_numpy()[1:]]), ValueError, "'pct'.*finite"),
+        (lambda c: c.obs.__setitem__("donor", ["d9"] + list(c.obs["donor"])[1:]), ValueError, r"\['d9'\]"),
+        (lambda c: c.obs.__setitem__("donor", [None] + list(c.obs["donor"])[1:]), ValueError, "'donor'.*missing"),
+    ],
+)
+def test_query_covariates_are_checked_as_at_setup(rel, change, exc, match):
+    adata = rel.small()
+    adata.obs["pct"] = np.linspace(0.0, 1.0, adata.n_obs)
+    adata.obs["donor"] = np.array(["d1", "d2", "d3"])[np.arange(adata.n_obs) % 3]
+    model = rel.trained(adata, continuous_covariate_keys=["pct"], categorical_covariate_keys=["donor"])
+    assert np.isfinite(model.predict(adata=adata.copy()).X).all()
+    query = adata.copy()
+    change(query)
+    with pytest.raises(exc, match=match):
+        model.predict(adata=query)
+    with pytest.raises(exc, match=match):
+        model.get_latent_representation(adata=query)
+
+
+def test_a_mudata_model_refuses_an_anndata_query(rel):
+    rna = rel.small()
+    mdata = md.MuData({"rna": rna})
+    SemiMechVI.setup_mudata(mdata)
+    model = SemiMechVI(mdata, **rel.MODEL_KWARGS)
+    model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    with pytest.raises(TypeError, match=r"set up with a MuData \(setup_mudata\); pass data of the same kind"):
+        model.get_latent_representation(adata=rna)
+
+
+def test_a_mudata_model_does_not_label_its_genes_with_other_modalities(rel):
+    rna = rel.small()
+    mdata = md.MuData({"guide": _guide_modality(rna), "rna": rna})  # mdata.var_names: 5 guide + 30 RNA features
+    SemiMechVI.setup_mudata(mdata)
+    model = SemiMechVI(mdata, **rel.MODEL_KWARGS)
+    model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    assert model.get_normalized_expression(return_numpy=True).shape == (rna.n_obs, rna.n_vars)
+    for call in (
+        lambda: model.get_normalized_expression(),
+        lambda: model.get_normalized_expression(gene_list=[rna.var_names[0]]),
+        lambda: model.get_feature_correlation_matrix(),
+    ):
+        with pytest.raises(NotImplementedError, match=r"labels its result with the genes of every modality"):
+            call()
+
+
+def test_setup_mudata_refuses_modalities_of_unknown_arguments(rel):
+    mdata = md.MuData({"rna": rel.small()})
+    with pytest.raises(KeyError, match=r"modalities names \['perturbaton_key'\], which are not arguments"):
+        SemiMechVI.setup_mudata(mdata, modalities={"perturbaton_key": "rna"})
+
+
 def test_setup_mudata_checks_the_rna_counts(rel):
     rna = rel.small()
     _set(rna, 0, 0, -3)

@@ -256,6 +256,12 @@ def get_design(
     time = validate_time(_obs_column(adata, time_key, "time_key"), time_key) if time_key else None
     media = validate_categorical(_obs_column(adata, media_key, "media_key"), media_key, "medium") if media_key else None
     media_time = None
+    if media_time_key and not media_key:
+        msg = (
+            f"media_time_key={media_time_key!r} without a media_key: a switch time needs the medium switched into. "
+            "Register media_key=... too, or drop media_time_key."
+        )
+        raise ValueError(msg)
     if media_time_key:
         media_time = _numeric(_obs_column(adata, media_time_key, "media_time_key"), media_time_key, "media time")
     efficacy = None

@@ -25,6 +25,26 @@ __all__ = ["MeasurementMethodsMixin"]
 class MeasurementMethodsMixin:
     """Library size, likelihood parameters, feature correlations and importance-weighted expression."""
 
+    def _refuse_mudata_labels(self, method: str, kwargs: dict) -> None:
+        """Refuse what scvi-tools would label with every modality's genes of a MuData (it has the RNA ones only).
+
+        scvi-tools names the genes of these results by ``mdata.var_names``, which hold every modality's features,
+        while the model describes the RNA modality's genes; the unlabelled array (``return_numpy=True``, without
+        ``gene_list``) is right.
+        """
+        from mudata import MuData
+
+        if not isinstance(self.adata, MuData) or self.adata.n_vars == len(self._expression_matrix(self.adata)[1]):
+            return
+        if method == "get_normalized_expression" and kwargs.get("return_numpy") and kwargs.get("gene_list") is None:
+            return
+        msg = (
+            f"{method} on a model set up with a MuData: scvi-tools labels its result with the genes of every "
+            "modality, and the model has the RNA modality's only. Use get_normalized_expression(return_numpy=True) "
+            "without gene_list: its columns are the RNA modality's var_names, in order."
+        )
+        raise NotImplementedError(msg)
+
     def _refuse_for_normal(self, method: str, why: str) -> None:
         if self.module.gene_likelihood == "normal":
             msg = (
@@ -154,6 +174,7 @@ class MeasurementMethodsMixin:
                 "get_normalized_expression(weights='importance')",
                 "and scvi-tools cannot rebuild their Gaussian for importance weights (use weights='uniform')",
             )
+        self._refuse_mudata_labels("get_normalized_expression", kwargs)
         library_size = kwargs.get("library_size", 1)
         if self.module.gene_likelihood == "normal" and not (
             isinstance(library_size, numbers.Real) and float(library_size) == 1.0
@@ -191,6 +212,7 @@ class MeasurementMethodsMixin:
         self._refuse_for_normal(
             "get_feature_correlation_matrix", "while scvi-tools' method samples counts at a common library size"
         )
+        self._refuse_mudata_labels("get_feature_correlation_matrix", {})
         return super().get_feature_correlation_matrix(*args, **kwargs)
 
     def differential_expression(self, *args, **kwargs):

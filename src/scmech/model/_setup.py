@@ -6,6 +6,7 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 from scvi import REGISTRY_KEYS
@@ -44,7 +45,7 @@ from scmech.data._fields import (
     perturbation_state,
 )
 
-from ._setup_checks import PERTURBATION_MODALITIES, _check_modality, validate_for_setup  # noqa: F401
+from ._setup_checks import PERTURBATION_MODALITIES, _check_covariates, _check_modality, validate_for_setup  # noqa: F401
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -253,9 +254,12 @@ class PerturbationSetupMixin:
         _check_modality(perturbation_modality)
         modalities, rna_mod = _resolve_modalities(mdata, modalities, setup_method_args["setup_args"])
         rna = mdata.mod[rna_mod]
-        if kwargs.get("source_registry") is None and all(modalities.get(k) == rna_mod for k in modalities):
+        checked = None
+        if kwargs.get("source_registry") is None:  # a load re-registers data the saved model was checked on
+            checked = _validation_view(mdata, rna_mod, modalities, setup_method_args["setup_args"], rna_layer)
+        if checked is not None:
             cls._validate_for_setup(
-                rna,
+                checked,
                 layer=rna_layer,
                 counts=counts,
                 perturbation_key=perturbation_key,
@@ -379,6 +383,8 @@ class PerturbationSetupMixin:
         """
         if (adata is None or adata is self.adata) and self.adata is not None:
             self._check_registered_data()
+        if adata is not None and adata is not self.adata:
+            self._check_query(adata)
         if adata is not None:
             from ._persistence import var_names_of
 
@@ -409,6 +415,39 @@ class PerturbationSetupMixin:
                 "training category whose capture you want to assume, or train on data that contain it."
             )
             raise ValueError(msg) from e
+
+    def _check_query(self, adata) -> None:
+        """Check data other than the registered data before scvi-tools transfers the setup to them.
+
+        The query must be of the registered kind (an AnnData for a model set up with ``setup_anndata``, a MuData
+        for ``setup_mudata``), and its covariates must be as setup requires of the training data: continuous ones
+        finite (one NaN would make every prediction NaN), categorical ones without missing values and within the
+        categories the model was trained on.
+        """
+        from mudata import MuData
+
+        if isinstance(self.adata, MuData) != isinstance(adata, MuData):
+            kind = "a MuData (setup_mudata)" if isinstance(self.adata, MuData) else "an AnnData (setup_anndata)"
+            msg = f"The model was set up with {kind}; pass data of the same kind, with the same modalities and keys."
+            raise TypeError(msg)
+        if isinstance(adata, MuData):
+            return
+        setup = self.adata_manager.registry["setup_args"]
+        _check_covariates(adata, None, setup.get("continuous_covariate_keys"))
+        keys = setup.get("categorical_covariate_keys") or []
+        if not keys:
+            return
+        _check_covariates(adata, keys, None)
+        known = self.adata_manager.get_state_registry(REGISTRY_KEYS.CAT_COVS_KEY)["mappings"]
+        for key in keys:
+            new = sorted(set(map(str, adata.obs[key].unique())) - set(map(str, known[key])))
+            if new:
+                msg = (
+                    f"obs[{key!r}] holds categories the model was not trained on: {new[:5]}. Their covariate effect "
+                    f"was never learned; relabel them to a training category ({list(map(str, known[key]))[:5]}) or "
+                    "train on data that contain them."
+                )
+                raise ValueError(msg)
 
     def _check_registered_data(self, *, values: bool = False) -> None:
         """Check that the registered data still have the shape and genes they were set up with.
@@ -541,8 +580,66 @@ def _resolve_modalities(mdata: MuData, modalities: dict[str, str] | None, setup_
     for arg in list(setup_args.keys()):
         if arg not in _NO_MODALITY:
             modalities.setdefault(arg, rna_mod)
+    unknown = sorted(set(modalities) - set(setup_args) - {"rna_layer"})
+    if unknown:
+        msg = f"modalities names {unknown}, which are not arguments of setup_mudata (e.g. 'perturbation_key')."
+        raise KeyError(msg)
     for arg, mod in modalities.items():
         if mod is not None and mod not in mdata.mod:
             msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
             raise KeyError(msg)
     return modalities, rna_mod
+
+
+def _validation_view(
+    mdata: MuData, rna_mod: str, modalities: dict, setup_args: dict, rna_layer: str | None
+) -> AnnData | None:
+    """Build an AnnData of the RNA modality's values and every registered ``obs`` column from its own modality.
+
+    ``setup_mudata`` checks it as ``setup_anndata`` checks an AnnData, so that a column taken from another
+    modality (size factors, covariates, the batch) is checked as thoroughly as one from the RNA modality. The
+    matrices are the RNA modality's own (not copied); the columns are aligned to its cells by name.
+
+    Parameters
+    ----------
+    mdata
+        The MuData to register.
+    rna_mod
+        The modality of the RNA counts.
+    modalities
+        The modality of every argument (:func:`_resolve_modalities`).
+    setup_args
+        The arguments of the ``setup_mudata`` call.
+    rna_layer
+        The layer of the RNA counts (``None``: ``X``).
+
+    Returns
+    -------
+    The view, or ``None`` when a modality holds other cells than the RNA modality (scvi-tools' pairing check
+    explains that).
+
+    Raises
+    ------
+    KeyError
+        When a registered column is not in the ``obs`` of its modality.
+    """
+    rna = mdata.mod[rna_mod]
+    obs = pd.DataFrame(index=rna.obs_names.copy())
+    for arg, mod in modalities.items():
+        keys = setup_args.get(arg)
+        if mod is None or keys is None or arg in _NO_MODALITY or arg in ("rna_layer", "gene_embedding_key"):
+            continue
+        src = mdata.mod[mod].obs
+        for key in [keys] if isinstance(keys, str) else list(keys):
+            if key not in src.columns:
+                msg = f"{arg} {key!r} is not a column of mdata[{mod!r}].obs."
+                raise KeyError(msg)
+            if not src.index.equals(rna.obs_names):
+                if set(src.index) != set(rna.obs_names):
+                    return None
+                col = src[key].reindex(rna.obs_names)
+            else:
+                col = src[key]
+            obs[key] = col.set_axis(obs.index)
+    layers = {rna_layer: rna.layers[rna_layer]} if rna_layer and rna_layer in rna.layers else None
+    return ad.AnnData(X=rna.X, obs=obs, var=rna.var, layers=layers, varm=dict(rna.varm.items()))

@@ -344,7 +344,7 @@ def _check_covariates(
                 raise KeyError(msg)
             col = adata.obs[key]
             if col.isna().any():
-                msg = f"obs[{key!r}] has missing values; fill them before registering it as a covariate."
+                msg = f"obs[{key!r}] has missing values; a covariate must be complete: fill them first."
                 raise ValueError(msg)
             if what == "continuous":
                 values = pd.to_numeric(col, errors="coerce")
