@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -249,3 +250,149 @@ def test_spread_design_estimates_effects_better_than_confounded(seed):
     # the design tool predicts the same ordering for these cell numbers
     design = recommend_batches(8, 4, 1000, variance={"batch": 0.09, "cell": 0.5})
     assert design.expected_error["expected_error"].mean() < design.expected_error["naive_expected_error"].mean()
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+
+Z = 1.959963984540054 + 0.8416212335729143
+
+
+def _one_batch_pilot():
+    pilot = simulate_perturbseq(n_cells=300, n_genes=30, n_perturbations=4, n_combinations=1, seed=0)
+    pilot.obs["batch"] = "b0"
+    return pilot
+
+
+def test_power_keeps_the_batch_variance_of_a_one_batch_pilot_unknown():
+    pilot, kw = _one_batch_pilot(), {"pilot_kwargs": {"batch_key": "batch"}}
+    var = resolve_variance(pilot, **kw)
+    assert np.isnan(var["batch"])
+    cell = var["cell"]
+    with pytest.warns(UserWarning, match=r"pilot has controls in 1 batch .*cannot be estimated.*se and mde .*power\("):
+        out = power(pilot, n_cells=[50], batch_factor=1.0, **kw)
+    assert out[["se", "mde"]].isna().all().all()
+    with pytest.warns(UserWarning, match=r"cells needed .* are NaN"):
+        need = power(pilot, effect=0.5, batch_factor=0.5, **kw)
+    assert need[["n_cells", "n_controls"]].isna().all().all()
+    with pytest.warns(UserWarning, match="cannot be estimated"):
+        per_gene = power(pilot, n_cells=[50], batch_factor=1.0, per_gene=True, **kw)
+    assert per_gene["mde"].isna().all()
+    # a balanced comparison (batch_factor 0) needs no batch variance: exact, without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        balanced = power(pilot, n_cells=[50], **kw)
+    assert balanced["mde"].iloc[0] == pytest.approx(Z * math.sqrt(cell * 2 / 50))
+    # the fix named in the warning works
+    given = power({"batch": 0.02, "cell": cell}, n_cells=[50], batch_factor=1.0)
+    assert given["mde"].iloc[0] == pytest.approx(Z * math.sqrt(cell * 2 / 50 + 0.02))
+    with pytest.warns(UserWarning, match="the variance terms give no 'batch'"):
+        assert power({"cell": 1.0}, n_cells=[50], batch_factor=0.5)["mde"].isna().all()
+
+
+def test_recommend_batches_keeps_the_batch_variance_of_a_one_batch_pilot_unknown():
+    pilot, kw = _one_batch_pilot(), {"pilot_kwargs": {"batch_key": "batch"}}
+    with pytest.warns(UserWarning, match=r"pilot has controls in 1 batch .*variance=\{'batch'"):
+        design = recommend_batches(["A", "B", "C"], 3, 1000, pilot=pilot, **kw)
+    assert np.isnan(design.variance["batch"])
+    assert any("sigma2_batch unknown (NaN): expected_error and mde are NaN" in n for n in design.notes)
+    ee = design.expected_error
+    for prefix in ("", "naive_"):
+        needs_batch = ee[f"{prefix}batch_factor"].to_numpy() > 0
+        err = ee[f"{prefix}expected_error"].to_numpy()
+        assert np.isnan(err[needs_batch]).all()
+        np.testing.assert_allclose(
+            err[~needs_batch], design.variance["cell"] * ee[f"{prefix}noise_factor"].to_numpy()[~needs_batch]
+        )
+    assert ee["naive_batch_factor"].gt(0).any()  # the naive design puts perturbations away from the controls
+    # power on the design agrees row by row
+    with pytest.warns(UserWarning, match="naive_mde of"):
+        out = power(pilot, design=design, **kw)
+    np.testing.assert_array_equal(out["naive_mde"].isna(), ee["naive_mde"].isna())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_controls": 0}, "n_controls must be finite positive .*got 0"),
+        ({"n_controls": -3}, "n_controls must be finite positive .*got -3"),
+        ({"n_controls": np.nan}, "n_controls must be finite positive .*got nan"),
+        ({"n_controls": np.inf}, "n_controls must be finite positive .*got inf"),
+        ({"batch_factor": np.nan}, "batch_factor must be finite non-negative .*got nan"),
+        ({"batch_factor": -1.0}, "batch_factor must be finite non-negative .*got -1"),
+        ({"batch_factor": np.inf}, "batch_factor must be finite non-negative .*got inf"),
+        ({"n_perturbations": 0}, "n_perturbations must be a positive integer .*got 0"),
+        ({"n_perturbations": 2.5}, "n_perturbations must be a positive integer .*got 2.5"),
+    ],
+)
+def test_power_refuses_impossible_comparisons(kwargs, match):
+    for mode in ({"n_cells": 10}, {"effect": 0.3}):
+        with pytest.raises(ValueError, match=match):
+            power({"cell": 0.3, "batch": 0.01}, **mode, **kwargs)
+
+
+def test_budget_that_cannot_pay_for_the_cells_is_refused():
+    var = {"bio": 0.2, "meas": 0.1, "batch": 0.01, "depth": 2000}
+    with pytest.raises(ValueError, match=r"budget_reads=10 cannot pay for one cell .*needs budget_reads >= 2,000"):
+        power(var, reads_per_cell=[1000], budget_reads=10)
+    # the budget named in the message pays for one perturbation cell and one control
+    ok = power(var, reads_per_cell=[1000], budget_reads=2000)
+    assert ok["n_cells"].iloc[0] == 2
+    assert ok["expected_error"].iloc[0] == pytest.approx((0.2 + 0.1 * 2) * 2 * 2 / 2)
+    assert ok["optimal"].iloc[0]
+    # depths the budget cannot pay are never optimal, with a warning
+    with pytest.warns(UserWarning, match=r"cannot pay for one cell of each of the 4 perturbations .*1 of 3 depths"):
+        curve = power(var, reads_per_cell=[10, 100, 1000], budget_reads=5000, n_perturbations=4)
+    assert np.isnan(curve["expected_error"].iloc[2])
+    assert np.isnan(curve["mde"].iloc[2])
+    assert not curve["optimal"].iloc[2]
+    assert curve["optimal"].sum() == 1
+    share = (4 + 2) * (1 + 1 / 2)  # (K + sqrt K)(1 + 1/sqrt K)
+    sigma = 0.2 + 0.1 * 2000 / np.array([10, 100])
+    np.testing.assert_allclose(curve["expected_error"].iloc[:2], sigma * share / np.array([500, 50]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"reads_per_cell": [-1000]}, r"reads_per_cell must be a positive number .*got \[-1000\]"),
+        ({"reads_per_cell": [np.nan]}, "reads_per_cell must be a positive number"),
+        ({"budget_reads": np.nan}, "budget_reads must be a finite number > 0 .*got nan"),
+        ({"budget_reads": np.inf}, "budget_reads must be a finite number > 0 .*got inf"),
+        ({"cell_cost_reads": np.nan}, "cell_cost_reads must be a finite number >= 0 .*got nan"),
+        ({"pilot_depth": -5}, "pilot_depth must be a finite number > 0 .*got -5"),
+    ],
+)
+def test_budget_arguments_are_named_before_the_variance_terms(kwargs, match):
+    # the variance lacks bio/meas: the bad budget argument is reported first
+    args = {"budget_reads": 1e6, "pilot_depth": 2000} | kwargs
+    with pytest.raises(ValueError, match=match):
+        power({"cell": 0.3, "batch": 0.01}, **args)
+
+
+@pytest.mark.parametrize(
+    ("time_points", "match"),
+    [
+        ([np.nan, 2], r"time_points has 1 NaN or infinite value"),
+        ([0, np.inf], r"time_points has 1 NaN or infinite value"),
+        ([-1, 2], r"time_points has negative value.*min -1.*perturbation is at 0"),
+    ],
+)
+def test_recommend_batches_refuses_bad_time_points(time_points, match):
+    with pytest.raises(ValueError, match=match):
+        recommend_batches(["A", "B"], 2, 100, time_points=time_points)
+
+
+def test_variance_terms_that_are_not_finite_are_named():
+    with pytest.raises(ValueError, match=r"variance\['cell'\] is nan \(NaN, not finite\).*Pass a finite 'cell'"):
+        recommend_batches(["A", "B"], 2, 100, variance={"cell": np.nan})
+    with pytest.raises(ValueError, match=r"variance\['batch'\] is inf \(not finite\)"):
+        power({"cell": 1.0, "batch": np.inf}, n_cells=10)
+    with pytest.raises(ValueError, match=r"variance\['depth'\] must be a number > 0 .*got nan"):
+        resolve_variance({"cell": 1.0, "depth": np.nan})
+    with pytest.raises(KeyError, match="variance needs 'cell'"):
+        resolve_variance({"batch": 0.1})
+    # NaN marks an unknown term: a resolved dict goes back in unchanged, cell from bio + meas
+    var = resolve_variance({"batch": np.nan, "cell": np.nan, "bio": 0.5, "meas": 1.0})
+    assert var["cell"] == 1.5
+    assert np.isnan(var["batch"])
+    assert resolve_variance(var)["cell"] == 1.5

@@ -416,3 +416,20 @@ def test_dispersion_is_checked_against_the_genes():
         a_ser = adata.uns["scmech"]["error_decomposition"]["variance"]
     assert list(a_arr.index) == list(genes[:20])
     pd.testing.assert_frame_equal(a_arr, a_ser)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("counts", [True, False])
+def test_non_finite_values_are_named_as_such(sim, value, counts):
+    bad = sim.copy()
+    x = bad.X.toarray().astype(np.float64)
+    x[0, 0] = value
+    bad.X = x
+    match = r"adata\.X has 1 NaN or infinite values in the cells used; remove or impute them"
+    with pytest.raises(ValueError, match=match):
+        error_decomposition(bad, batch_key="batch", n_bootstrap=0, counts=counts)
+    with pytest.raises(ValueError, match=match):
+        estimate_variance(bad, batch_key="batch", counts=counts)
+    bad.layers["raw"] = x
+    with pytest.raises(ValueError, match=r"adata\.layers\['raw'\] has 1 NaN or infinite values"):
+        estimate_variance(bad, batch_key="batch", layer="raw", counts=counts)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._variance import _batch_term
+
 
 def _spread(n: int, k_max: int, loads: np.ndarray, order_key: np.ndarray) -> np.ndarray:
     """Split ``n`` cells over the ``k_max`` least-loaded batches as evenly as possible; update ``loads``."""
@@ -67,7 +69,7 @@ def _expected_errors(counts: np.ndarray, var: dict[str, float], z: float) -> dic
     batch_factor = ((w[:, :, 1:] - u) ** 2).sum(axis=1)
     batch_factor[batch_factor < 1e-15] = 0.0
     noise = 1.0 / n[:, 1:] + 1.0 / n[:, :1]
-    expected = var["cell"] * noise + var["batch"] * batch_factor
+    expected = var["cell"] * noise + _batch_term(var["batch"], batch_factor)  # NaN where F > 0, batch unknown
     return {
         "n_cells": n[:, 1:],
         "n_controls": np.broadcast_to(n[:, :1], n[:, 1:].shape),

@@ -38,7 +38,8 @@ class BatchDesign:
     control_fraction
         Share of controls.
     variance
-        The variance terms used (``batch``, ``cell``; unit values when none were given).
+        The variance terms used (``batch``, ``cell``; unit values when none were given; ``batch`` NaN when unknown,
+        e.g. from a pilot with controls in one batch).
     params
         The arguments.
     """
@@ -58,5 +59,6 @@ class BatchDesign:
         err = self.expected_error
         return (
             f"BatchDesign({cols - 1} perturbations, {rows} batch rows, {int(self.table.to_numpy().sum())} cells; "
-            f"mean expected error {err['expected_error'].mean():.3g} vs naive {err['naive_expected_error'].mean():.3g})"
+            f"mean expected error {err['expected_error'].mean(skipna=False):.3g} vs naive "
+            f"{err['naive_expected_error'].mean(skipna=False):.3g})"
         )

@@ -10,6 +10,7 @@ perturbations' effects is smallest at :math:`r^\star = \sqrt{c\,r_0\,\sigma^2_{\
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,16 +22,35 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def _check_budget(
-    var: dict[str, Any], budget_reads: float, cell_cost_reads: float, pilot_depth: float | None
-) -> tuple[float, float, float]:
-    """Check the budget arguments; return the pilot's depth and the biological and measurement variances."""
-    if not budget_reads > 0:
-        msg = f"budget_reads must be > 0, got {budget_reads}."
+def _finite_number(value: float, name: str, *, minimum: float, strict: bool, what: str) -> float:
+    """``value`` as a float, refusing non-numbers, NaN, infinity and values below (or at, ``strict``) ``minimum``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        msg = f"{name} must be a number ({what}), got {value!r}."
+        raise TypeError(msg) from e
+    if not np.isfinite(v) or v < minimum or (strict and v == minimum):
+        msg = f"{name} must be a finite number {'>' if strict else '>='} {minimum:g} ({what}), got {value!r}."
         raise ValueError(msg)
-    if cell_cost_reads < 0:
-        msg = f"cell_cost_reads must be >= 0, got {cell_cost_reads}."
-        raise ValueError(msg)
+    return v
+
+
+def _check_budget_arguments(
+    budget_reads: float,
+    cell_cost_reads: float,
+    reads_per_cell: float | Sequence[float] | None,
+    pilot_depth: float | None,
+) -> np.ndarray | None:
+    """Check the budget arguments that need no variance terms (before a pilot is read); return the given depths."""
+    _finite_number(budget_reads, "budget_reads", minimum=0, strict=True, what="total reads of the screen")
+    _finite_number(cell_cost_reads, "cell_cost_reads", minimum=0, strict=False, what="cost of one cell in reads")
+    if pilot_depth is not None:
+        _finite_number(pilot_depth, "pilot_depth", minimum=0, strict=True, what="reads or UMIs per cell of the pilot")
+    return None if reads_per_cell is None else np.sort(_as_array(reads_per_cell, "reads_per_cell"))
+
+
+def _check_budget(var: dict[str, Any], pilot_depth: float | None) -> tuple[float, float, float]:
+    """Return the pilot's depth and the biological and measurement variances, or say how to supply them."""
     r0 = pilot_depth if pilot_depth is not None else var.get("depth")
     if r0 is None or not r0 > 0:
         msg = (
@@ -45,7 +65,32 @@ def _check_budget(
             "{'bio': ..., 'meas': ...}."
         )
         raise ValueError(msg)
-    return r0, bio, meas
+    return float(r0), bio, meas
+
+
+def _unaffordable(
+    affordable: np.ndarray, grid: np.ndarray, need: float, K: int, budget_reads: float, cell_cost_reads: float
+) -> None:
+    """Raise when no depth of ``grid`` buys ``need`` cells; warn about the depths that do not."""
+    what = (
+        f"one cell of each of the {K} perturbation{'s' if K > 1 else ''} and of the controls ({need:.3g} cells in all, "
+        "K + sqrt(K))"
+    )
+    cost = f" + {cell_cost_reads:g} reads per cell captured" if cell_cost_reads > 0 else ""
+    if not affordable.any():
+        r = float(grid[0])
+        msg = (
+            f"budget_reads={budget_reads:g} cannot pay for {what} at {r:g} reads per cell{cost}, the shallowest "
+            f"reads_per_cell: that needs budget_reads >= {math.ceil(need * (r + cell_cost_reads)):,}. Raise "
+            "budget_reads or lower reads_per_cell."
+        )
+        raise ValueError(msg)
+    bad = grid[~affordable]
+    msg = (
+        f"budget_reads={budget_reads:g} cannot pay for {what} at {bad.size} of {grid.size} depths (reads_per_cell >= "
+        f"{bad.min():g}{cost}): their expected_error and mde are NaN (no estimate) and they are never optimal."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _analytic_optimum(
@@ -63,30 +108,36 @@ def _budget(
     *,
     budget_reads: float,
     cell_cost_reads: float,
-    reads_per_cell: float | Sequence[float] | None,
+    reads_per_cell: np.ndarray | None,
     pilot_depth: float | None,
     n_perturbations: int | None,
     z: float,
 ) -> pd.DataFrame:
     r"""Compute the expected error and MDE over a grid of depths for a read budget, with the optimum in ``attrs``.
 
-    The arguments are those of :func:`~scmech.tl._design.power`; ``var`` comes from
-    :func:`~scmech.tl._design.resolve_variance` and ``z`` is :math:`z_{1-\alpha/2} + z_{\mathrm{power}}`.
+    The arguments are those of :func:`~scmech.tl._design.power`, checked by ``_check_budget_arguments``
+    (``reads_per_cell`` is its sorted grid); ``var`` comes from :func:`~scmech.tl._design.resolve_variance` and
+    ``z`` is :math:`z_{1-\alpha/2} + z_{\mathrm{power}}`. Depths at which the budget buys fewer than
+    :math:`K + \sqrt K` cells (one per perturbation and of the controls) get a NaN error and are never optimal
+    (a warning); when that holds at every depth, a :class:`ValueError`.
 
     Returns
     -------
     One row per depth (``reads_per_cell``, ``n_cells``, ``sigma2_cell``, ``expected_error``, ``mde``,
     ``optimal``); ``attrs`` holds ``optimum``, ``grid_optimum`` and ``model``.
     """
-    r0, bio, meas = _check_budget(var, budget_reads, cell_cost_reads, pilot_depth)
-    grid = np.geomspace(r0 / 50, r0 * 50, 61) if reads_per_cell is None else _as_array(reads_per_cell, "reads_per_cell")
-    grid = np.sort(grid)
+    r0, bio, meas = _check_budget(var, pilot_depth)
+    grid = np.geomspace(r0 / 50, r0 * 50, 61) if reads_per_cell is None else np.sort(np.asarray(reads_per_cell))
     K = int(n_perturbations) if n_perturbations is not None else 1
     share = (K + math.sqrt(K)) * (1 + 1 / math.sqrt(K))  # n / n_p  *  (1 + n_p / n_controls)
+    need = K + math.sqrt(K)  # cells for one of each perturbation and sqrt(K) controls
     n = budget_reads / (grid + cell_cost_reads)
+    affordable = n >= need
+    if not affordable.all():
+        _unaffordable(affordable, grid, need, K, budget_reads, cell_cost_reads)
     sigma = bio + meas * r0 / grid
-    err = sigma * share / n
-    best = int(np.argmin(err))
+    err = np.where(affordable, sigma * share / n, np.nan)  # no estimate without a cell of each
+    best = int(np.nanargmin(err))
     out = pd.DataFrame(
         {
             "reads_per_cell": grid,
@@ -103,10 +154,11 @@ def _budget(
         "expected_error": float(err[best]),
         "at_edge": bool(best in (0, grid.size - 1)),
     }
+    optimum = dict(grid_opt)
     if cell_cost_reads > 0 and bio > 0:
-        optimum = _analytic_optimum(bio, meas, r0, budget_reads, cell_cost_reads, share)
-    else:
-        optimum = dict(grid_opt)
+        analytic = _analytic_optimum(bio, meas, r0, budget_reads, cell_cost_reads, share)
+        if analytic["n_cells"] >= need:  # else the budget cannot pay for the cells at the analytic depth
+            optimum = analytic
     out.attrs["optimum"] = optimum
     out.attrs["grid_optimum"] = grid_opt
     out.attrs["model"] = {

@@ -47,6 +47,28 @@ def _perturbation_labels(perturbations: Sequence[str] | int, control_label: str)
     return labels
 
 
+def _check_time_points(tp: list, given: object) -> None:
+    """Refuse time points that are not numbers, not finite or negative (``setup_anndata`` refuses them too)."""
+    try:
+        arr = np.asarray(tp, dtype=float)
+    except (TypeError, ValueError) as e:
+        msg = f"time_points must be numbers (e.g. days after perturbation), got {given!r}."
+        raise TypeError(msg) from e
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        msg = (
+            f"time_points has {int(bad.sum())} NaN or infinite value(s) ({given!r}); every time point must be a "
+            "finite number (e.g. days after perturbation)."
+        )
+        raise ValueError(msg)
+    if (arr < 0).any():
+        msg = (
+            f"time_points has negative value(s) ({given!r}, min {arr.min():g}); time counts from the perturbation "
+            "(0) onwards, as setup_anndata requires. Shift the clock so that the perturbation is at 0."
+        )
+        raise ValueError(msg)
+
+
 def _contexts(
     time_points: Sequence[float] | float | None, media: Sequence[str] | str | None
 ) -> tuple[list[tuple], list[str]]:
@@ -54,6 +76,7 @@ def _contexts(
     levels, names = [], []
     if time_points is not None:
         tp = list(time_points) if not isinstance(time_points, str | int | float) else [time_points]
+        _check_time_points(tp, time_points)
         if not tp or len(set(tp)) != len(tp):
             msg = f"time_points must be a non-empty list of distinct time points, got {time_points!r}."
             raise ValueError(msg)

@@ -15,15 +15,16 @@ sequencing-budget mode of :func:`power` is in ``_budget``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from ._budget import _budget
+from ._budget import _budget, _check_budget_arguments
 from ._inputs import _as_array
-from ._variance import resolve_variance
+from ._variance import _batch_term, _unknown_batch_message, resolve_variance
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -102,17 +103,23 @@ def minimal_detectable_effect(
     return z * np.sqrt(var)
 
 
-def _checked(value: float | np.ndarray, name: str, *, positive: bool, what: str) -> np.ndarray:
-    """``value`` as a float array, refusing values that are not positive (``positive``) or are negative or NaN."""
+def _checked(value: float | np.ndarray, name: str, *, positive: bool, what: str, finite: bool = False) -> np.ndarray:
+    """``value`` as a float array, refusing values that are not positive (``positive``) or are negative or NaN.
+
+    With ``finite``, infinite values are refused too.
+    """
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError) as e:
         msg = f"{name}={value!r} must be a number or an array of numbers."
         raise TypeError(msg) from e
     bad = ~(arr > 0) if positive else ~(arr >= 0)
+    if finite:
+        bad |= ~np.isfinite(arr)
     if bad.any():
         first = float(arr[bad].ravel()[0])
         need = "positive" if positive else "non-negative"
+        need = f"finite {need}" if finite else need
         where = f" ({int(bad.sum())} of {arr.size} values)" if arr.ndim else ""
         msg = f"{name} must be {need} ({what}), got {first:g}{where}; pass {need} {what}."
         raise ValueError(msg)
@@ -167,7 +174,15 @@ def power(
       minimised at :math:`r^\star = \sqrt{c\,r_0\,\sigma^2_{\mathrm{meas}}/\sigma^2_{\mathrm{bio}}}`: deeper
       when measurement noise dominates, shallower (more cells) when biological variance does. With
       :math:`c = 0` the error grows with :math:`r` and the shallowest depth of the grid is best (the least
-      depth at which cells and guides can still be called).
+      depth at which cells and guides can still be called). The formula needs at least one cell of each
+      perturbation and of the controls, :math:`n \ge K + \sqrt K`: depths at which the budget buys fewer cells
+      get a NaN ``expected_error`` and ``mde`` (no estimate) and are never ``optimal`` (with a warning), and a budget
+      that buys that few at every depth of the grid raises a :class:`ValueError`.
+
+    **Unknown batch variance.** A pilot with controls in a single batch (or variance terms without ``batch``)
+    leaves :math:`\sigma^2_{\mathrm{batch}}` unknown (NaN). The batch term :math:`\sigma^2_{\mathrm{batch}}F`
+    is then 0 where :math:`F = 0` (the batch effects cancel) and NaN where :math:`F > 0`: those ``se``, ``mde``
+    and cells needed are NaN, with a warning that says how to pass the batch variance.
 
     Parameters
     ----------
@@ -185,11 +200,13 @@ def power(
     design
         A :class:`BatchDesign`: MDE per perturbation.
     n_controls
-        Control cells; ``sqrt(n_perturbations) * n_cells`` when ``n_perturbations`` is given, else ``n_cells``.
+        Control cells (a finite number > 0); ``sqrt(n_perturbations) * n_cells`` when ``n_perturbations`` is
+        given, else ``n_cells``.
     n_perturbations
-        Perturbations sharing the controls (and the budget).
+        Perturbations sharing the controls (and the budget); a positive integer.
     batch_factor
-        :math:`F=\sum_b(w_b-u_b)^2` of the comparison (0: perturbation and controls share batches evenly).
+        :math:`F=\sum_b(w_b-u_b)^2` of the comparison, a finite number >= 0 (0: perturbation and controls share
+        batches evenly).
     reads_per_cell
         Budget mode: the depths to evaluate; 61 log-spaced values from :math:`r_0/50` to :math:`50 r_0` when
         ``None``.
@@ -211,7 +228,17 @@ def power(
     ``n_controls``, ``batch_factor``, ``se``, ``mde``, ``naive_mde``; budget mode: ``reads_per_cell``,
     ``n_cells``, ``sigma2_cell``, ``expected_error``, ``mde``, ``optimal``, with
     ``attrs["optimum"]`` = ``{"reads_per_cell", "n_cells", "expected_error"}`` (analytic, :math:`c>0`) and
-    ``attrs["grid_optimum"]``. ``per_gene=True`` adds a ``gene`` column.
+    ``attrs["grid_optimum"]`` (the analytic optimum is the grid's when :math:`c = 0` or when the budget cannot
+    pay for :math:`K + \sqrt K` cells at :math:`r^\star`). ``per_gene=True`` adds a ``gene`` column.
+
+    Raises
+    ------
+    ValueError
+        For ``alpha``/``power`` outside (0, 1); ``n_controls`` that is not a finite positive number,
+        ``n_perturbations`` that is not a positive integer, ``batch_factor`` that is negative or not finite (the
+        checks of :func:`minimal_detectable_effect`); ``n_cells``, ``effect`` or ``reads_per_cell`` that are not
+        positive; ``budget_reads``, ``cell_cost_reads`` or ``pilot_depth`` that are not finite or are negative; a
+        budget that cannot pay for :math:`K + \sqrt K` cells at any depth of the grid; and when no mode is given.
 
     Examples
     --------
@@ -221,33 +248,79 @@ def power(
     >>> curve = power(var, budget_reads=2e7, cell_cost_reads=200, n_perturbations=25)
     >>> curve.attrs["optimum"]
     """
-    var = resolve_variance(pilot_or_variance, pilot_kwargs=pilot_kwargs)
+    # cheap arguments first, before a pilot is read
     z = _z(alpha, power)
     z_a = float(norm.ppf(1 - alpha / 2))
-    if batch_factor < 0:
-        msg = f"batch_factor must be >= 0, got {batch_factor}."
+    batch_factor, n_controls, n_perturbations = _check_power_arguments(batch_factor, n_controls, n_perturbations)
+    grid = None
+    if budget_reads is not None:
+        grid = _check_budget_arguments(budget_reads, cell_cost_reads, reads_per_cell, pilot_depth)
+    elif design is None and n_cells is None and effect is None:
+        msg = (
+            "Pass n_cells (MDE), effect (cells needed), design (MDE per perturbation) or budget_reads (depth "
+            "trade-off)."
+        )
         raise ValueError(msg)
-    sb = 0.0 if np.isnan(var["batch"]) else var["batch"]
-    genes, cell, batch = _gene_terms(var, per_gene, sb)
+    var = resolve_variance(pilot_or_variance, pilot_kwargs=pilot_kwargs)
     if budget_reads is not None:
         return _budget(
             var,
             budget_reads=budget_reads,
             cell_cost_reads=cell_cost_reads,
-            reads_per_cell=reads_per_cell,
+            reads_per_cell=grid,
             pilot_depth=pilot_depth,
             n_perturbations=n_perturbations,
             z=z,
         )
     if design is not None:
-        return _design_mde(var, sb, design, z)
+        return _design_mde(var, design, z)
+    genes, cell, batch = _gene_terms(var, per_gene)
     shared = {"n_controls": n_controls, "n_perturbations": n_perturbations, "batch_factor": batch_factor, "z": z}
     if n_cells is not None:
-        return _mde_rows(cell, batch, genes, n_cells=n_cells, effect=effect, z_a=z_a, **shared)
-    if effect is not None:
-        return _cells_needed(cell, batch, genes, effect=effect, **shared)
-    msg = "Pass n_cells (MDE), effect (cells needed), design (MDE per perturbation) or budget_reads (depth trade-off)."
-    raise ValueError(msg)
+        out = _mde_rows(cell, batch, genes, n_cells=n_cells, effect=effect, z_a=z_a, **shared)
+    else:
+        out = _cells_needed(cell, batch, genes, effect=effect, **shared)
+    if batch_factor > 0 and np.isnan(batch).any():
+        what = "the cells needed (n_cells, n_controls)"
+        if n_cells is not None:
+            what = "se, mde and power" if effect is not None else "se and mde"
+        _warn_unknown_batch(var, f"{what} (batch_factor={batch_factor:g})", cell)
+    return out
+
+
+def _check_power_arguments(
+    batch_factor: float, n_controls: float | None, n_perturbations: int | None
+) -> tuple[float, float | None, int | None]:
+    """Check the comparison arguments of :func:`power` as :func:`minimal_detectable_effect` does; return them."""
+    bf = _checked(batch_factor, "batch_factor", positive=False, what="sums of squares", finite=True)
+    if bf.ndim:
+        msg = f"batch_factor must be one number (the sum of squares of the comparison), got {batch_factor!r}."
+        raise ValueError(msg)
+    if n_controls is not None:
+        nc = _checked(n_controls, "n_controls", positive=True, what="cell numbers", finite=True)
+        if nc.ndim:
+            msg = f"n_controls must be one number (control cells), got {n_controls!r}."
+            raise ValueError(msg)
+        n_controls = float(nc)
+    if n_perturbations is not None:
+        ok = isinstance(n_perturbations, int | np.integer | float | np.floating) and not isinstance(
+            n_perturbations, bool
+        )
+        if not ok or not np.isfinite(n_perturbations) or n_perturbations < 1 or int(n_perturbations) != n_perturbations:
+            msg = (
+                f"n_perturbations must be a positive integer (the perturbations sharing the controls), got "
+                f"{n_perturbations!r}; leave it None for one perturbation with as many controls as cells."
+            )
+            raise ValueError(msg)
+        n_perturbations = int(n_perturbations)
+    return float(bf), n_controls, n_perturbations
+
+
+def _warn_unknown_batch(var: dict[str, Any], consequence: str, cell: np.ndarray, stacklevel: int = 3) -> None:
+    """Warn that ``consequence`` is NaN because sigma2_batch is unknown, with the fix for :func:`power`."""
+    c = float(np.nanmean(cell)) if np.isfinite(cell).any() else float("nan")
+    fix = f"e.g. power({{'batch': 0.02, 'cell': {c:.3g}}}, ...) with your batch variance"
+    warnings.warn(_unknown_batch_message(var, consequence, fix), UserWarning, stacklevel=stacklevel)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -255,18 +328,20 @@ def power(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _gene_terms(var: dict[str, Any], per_gene: bool, sb: float) -> tuple[pd.Index | None, np.ndarray, np.ndarray]:
-    """Genes (``None`` for the scalar mode) and their cell and batch variances (one entry without ``per_gene``)."""
+def _gene_terms(var: dict[str, Any], per_gene: bool) -> tuple[pd.Index | None, np.ndarray, np.ndarray]:
+    """Genes (``None`` for the scalar mode) and their cell and batch variances (one entry without ``per_gene``).
+
+    An unknown batch variance stays NaN.
+    """
     if not per_gene:
-        return None, np.array([var["cell"]]), np.array([sb])
+        return None, np.array([var["cell"]], dtype=float), np.array([var["batch"]], dtype=float)
     pg = var["per_gene"]
     if pg is None:
         msg = "per_gene=True needs per-gene variance terms: pass a pilot AnnData or a per-gene variance table."
         raise ValueError(msg)
     genes = pg.index.astype(str)
     cell = pg["cell"].to_numpy(dtype=float)
-    batch = pg["batch"].to_numpy(dtype=float) if "batch" in pg.columns else np.zeros(len(pg))
-    batch = np.nan_to_num(batch)
+    batch = pg["batch"].to_numpy(dtype=float) if "batch" in pg.columns else np.full(len(pg), np.nan)
     return genes, cell, batch
 
 
@@ -287,21 +362,29 @@ def _frame(rows: dict[str, np.ndarray], n_rows: int, genes: pd.Index | None) -> 
     return out
 
 
-def _design_mde(var: dict[str, Any], sb: float, design: BatchDesign, z: float) -> pd.DataFrame:
+def _design_mde(var: dict[str, Any], design: BatchDesign, z: float) -> pd.DataFrame:
     """MDE of every perturbation of ``design`` (its own batch factors), beside the naive design's."""
     ee = design.expected_error
     n_p = ee["n_cells"].to_numpy(dtype=float)
     n_c = ee["n_controls"].to_numpy(dtype=float)
-    se = np.sqrt(var["cell"] * (1 / n_p + 1 / n_c) + sb * ee["batch_factor"].to_numpy())
+    bf = ee["batch_factor"].to_numpy(dtype=float)
+    naive_bf = ee["naive_batch_factor"].to_numpy(dtype=float)
+    se = np.sqrt(var["cell"] * (1 / n_p + 1 / n_c) + _batch_term(var["batch"], bf))
     naive_se = np.sqrt(
         var["cell"] * (1 / ee["naive_n_cells"] + 1 / ee["naive_n_controls"]).to_numpy()
-        + sb * ee["naive_batch_factor"].to_numpy()
+        + _batch_term(var["batch"], naive_bf)
     )
+    if np.isnan(var["batch"]) and ((bf > 0).any() or (naive_bf > 0).any()):
+        consequence = (
+            f"se and mde of {int((bf > 0).sum())} of {bf.size} rows and naive_mde of {int((naive_bf > 0).sum())} "
+            f"of {naive_bf.size} rows"
+        )
+        _warn_unknown_batch(var, consequence, np.array([var["cell"]]), stacklevel=4)
     keep = [c for c in ee.columns if c in ("perturbation", "time", "medium")]
     out = ee[keep].copy()
     out["n_cells"] = n_p.astype(np.int64)
     out["n_controls"] = n_c.astype(np.int64)
-    out["batch_factor"] = ee["batch_factor"].to_numpy()
+    out["batch_factor"] = bf
     out["se"] = se
     out["mde"] = z * se
     out["naive_mde"] = z * naive_se
@@ -325,7 +408,7 @@ def _mde_rows(
     n = _as_array(n_cells, "n_cells")
     nc = _controls_for(n, n_controls, n_perturbations)
     # rows: n_cells (outer) x genes (inner)
-    se = np.sqrt(cell[None, :] * (1 / n[:, None] + 1 / nc[:, None]) + batch[None, :] * batch_factor)
+    se = np.sqrt(cell[None, :] * (1 / n[:, None] + 1 / nc[:, None]) + _batch_term(batch[None, :], batch_factor))
     rows: dict[str, np.ndarray] = {
         "n_cells": np.repeat(n, cell.size),
         "n_controls": np.repeat(nc, cell.size),
@@ -359,16 +442,18 @@ def _cells_needed(
     eff = _as_array(effect, "effect")
     if n_controls is not None:
         # fixed controls: n from  z^2 (cell (1/n + 1/nc) + batch F) = e^2
-        room = eff[:, None] ** 2 / z**2 - batch[None, :] * batch_factor - cell[None, :] / float(n_controls)
+        room = eff[:, None] ** 2 / z**2 - _batch_term(batch[None, :], batch_factor) - cell[None, :] / float(n_controls)
         with np.errstate(divide="ignore", invalid="ignore"):
             need = np.where(room > 0, cell[None, :] / room, np.inf)
         nc = np.full_like(need, float(n_controls))
     else:
         r = math.sqrt(n_perturbations) if n_perturbations is not None else 1.0
-        room = eff[:, None] ** 2 / z**2 - batch[None, :] * batch_factor
+        room = eff[:, None] ** 2 / z**2 - _batch_term(batch[None, :], batch_factor)
         with np.errstate(divide="ignore", invalid="ignore"):
             need = np.where(room > 0, cell[None, :] * (1 + 1 / r) / room, np.inf)
         nc = need * r
+    need = np.where(np.isnan(room), np.nan, need)  # an unknown batch variance leaves the cells needed unknown
+    nc = np.where(np.isnan(room), np.nan, nc)
     need = np.ceil(need)
     nc = np.ceil(nc)
     rows = {"effect": np.repeat(eff, cell.size), "n_cells": need.ravel(), "n_controls": nc.ravel()}

@@ -8,6 +8,7 @@ design (``_sizing``), places the cells (``_allocation``) and assembles the table
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ._batch_design import BatchDesign
 from ._inputs import _check_batch_arguments, _contexts, _perturbation_labels
 from ._power import _z
 from ._sizing import _default_control_fraction, _size_for_target, _size_to_capacity
-from ._variance import resolve_variance
+from ._variance import _unknown_batch_message, resolve_variance
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -43,13 +44,31 @@ def _design_variance(
     var_known = source is not None
     var = resolve_variance(source, pilot_kwargs=pilot_kwargs) if var_known else {"batch": 1.0, "cell": 1.0}
     if var_known and np.isnan(var["batch"]):
-        notes.append("sigma2_batch unknown (NaN): the batch terms are not evaluated.")
+        notes.append(
+            "sigma2_batch unknown (NaN): expected_error and mde are NaN for rows with batch_factor > 0 (those that "
+            "need the batch term; the naive design's, as a rule); pass variance={'batch': ..., 'cell': ...} or a "
+            "pilot with controls in >= 2 batches."
+        )
     if not var_known:
         notes.append(
             "No variance terms given: expected errors use sigma2_cell = sigma2_batch = 1 (relative units) and MDEs "
             "are not computed. Pass pilot= or variance= for absolute values."
         )
     return var, var_known, notes
+
+
+def _warn_unknown_batch(var: dict[str, Any], rec: dict[str, np.ndarray], nai: dict[str, np.ndarray]) -> None:
+    """Warn when an unknown batch variance leaves expected errors (rows with a batch factor > 0) NaN."""
+    n_rec, n_nai = (int(np.isnan(d["expected_error"]).sum()) for d in (rec, nai))
+    if not np.isnan(var["batch"]) or n_rec + n_nai == 0:
+        return
+    size = rec["expected_error"].size
+    consequence = (
+        f"expected_error and mde of {n_rec} of {size} rows of the recommended design and naive_expected_error and "
+        f"naive_mde of {n_nai} of {size} rows of the naive design"
+    )
+    fix = f"e.g. variance={{'batch': 0.02, 'cell': {var['cell']:.3g}}} (instead of pilot=) with your batch variance"
+    warnings.warn(_unknown_batch_message(var, consequence, fix), UserWarning, stacklevel=3)
 
 
 def _place_cells(
@@ -255,9 +274,12 @@ def recommend_batches(
         :func:`~scmech.tl._design.resolve_variance` (pass ``pilot_kwargs={"batch_key": ...}``).
     variance
         Variance terms instead of a pilot: ``{"batch": ..., "cell": ...}`` or error_decomposition's
-        ``"variance"`` table.
+        ``"variance"`` table. When :math:`\sigma^2_{\mathrm{batch}}` is unknown (a pilot with controls in one
+        batch, or no ``"batch"`` entry), it stays NaN: ``expected_error`` and ``mde`` are NaN for the rows whose
+        ``batch_factor`` is positive (with a warning and a note), and exact for the rows with ``batch_factor`` 0.
     time_points
-        Time points; controls and every perturbation are placed at each (rows batch x time).
+        Time points (finite numbers >= 0, e.g. days after perturbation, as ``setup_anndata`` requires); controls
+        and every perturbation are placed at each (rows batch x time).
     media
         Media, like ``time_points``.
     control_label
@@ -274,7 +296,8 @@ def recommend_batches(
     Raises
     ------
     ValueError
-        When no design meets the constraints, naming the constraint and what would fix it.
+        When no design meets the constraints, naming the constraint and what would fix it, and for time points
+        that are not finite or are negative.
 
     Examples
     --------
@@ -311,12 +334,10 @@ def recommend_batches(
         labels, control_label, n_p, n_c, B=B, C=C, S=S, random_state=random_state
     )
     notes.extend(placement_notes)
-    var_used = {
-        "batch": float(var["batch"]) if not np.isnan(var["batch"]) else 0.0,
-        "cell": float(var["cell"]),
-    }
+    var_used = {"batch": float(var["batch"]), "cell": float(var["cell"])}  # batch NaN when unknown
     rec = _expected_errors(counts, var_used, z)
     nai = _expected_errors(naive, var_used, z)
+    _warn_unknown_batch(var, rec, nai)
 
     # tables
     table, naive_table = _count_tables(counts, naive, labels, control_label, contexts, ctx_names)

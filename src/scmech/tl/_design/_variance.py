@@ -51,26 +51,93 @@ def _from_pilot(pilot: AnnData, pilot_kwargs: Mapping[str, Any] | None) -> tuple
     return per_gene, depth
 
 
+def _scalar_term(d: dict[str, Any], key: str, what: str = "a variance on the pseudobulk scale") -> float:
+    """Entry ``key`` of a variance dict as a float (NaN when absent or ``None``); refuse non-numbers and infinities."""
+    v = d.get(key)
+    if v is None:
+        return np.nan
+    try:
+        out = float(v)
+    except (TypeError, ValueError) as e:
+        msg = f"variance[{key!r}] must be a number ({what}), got {v!r}."
+        raise TypeError(msg) from e
+    if np.isinf(out):
+        msg = f"variance[{key!r}] is {out} (not finite); pass a finite number ({what})."
+        raise ValueError(msg)
+    return out
+
+
 def _from_scalars(variance: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a dict of scalar terms; ``cell`` from ``bio + meas`` when it is missing."""
+    """Check a dict of scalar terms; ``cell`` from ``bio + meas`` when it is missing (NaN: unknown)."""
     d = {str(k): v for k, v in variance.items()}
     unknown = sorted(set(d) - {"batch", "cell", "bio", "meas", "depth", "per_gene"})
     if unknown:
         msg = f"variance has unknown entries {unknown}; use 'batch', 'cell' (or 'bio' and 'meas') and 'depth'."
         raise KeyError(msg)
-    out = {k: float(d[k]) if k in d and d[k] is not None else np.nan for k in ("batch", "cell", "bio", "meas")}
+    out = {k: _scalar_term(d, k) for k in ("batch", "cell", "bio", "meas")}
     if np.isnan(out["cell"]) and not (np.isnan(out["bio"]) or np.isnan(out["meas"])):
         out["cell"] = out["bio"] + out["meas"]
     if np.isnan(out["cell"]):
+        if d.get("cell") is not None:
+            split = {k: d[k] for k in ("bio", "meas") if d.get(k) is not None}
+            msg = (
+                f"variance['cell'] is {d['cell']!r} (NaN, not finite){' and ' + str(split) if split else ''}: "
+                "sigma2_cell is unknown. Pass a finite 'cell' (sigma2_bio + sigma2_meas), or finite 'bio' and 'meas'."
+            )
+            raise ValueError(msg)
         msg = "variance needs 'cell' (sigma2_bio + sigma2_meas) or both 'bio' and 'meas'."
         raise KeyError(msg)
     if any(v < 0 for v in out.values() if not np.isnan(v)):
         msg = f"variance terms must be >= 0, got {out}."
         raise ValueError(msg)
-    out["depth"] = float(d["depth"]) if d.get("depth") is not None else None
+    depth = _scalar_term(d, "depth", "reads or UMIs per cell of the pilot")
+    if d.get("depth") is not None and not depth > 0:
+        msg = (
+            f"variance['depth'] must be a number > 0 (reads or UMIs per cell of the pilot), got {d['depth']!r}; "
+            "leave it out when unknown."
+        )
+        raise ValueError(msg)
+    out["depth"] = None if np.isnan(depth) else depth
     per = d.get("per_gene")
     out["per_gene"] = per if isinstance(per, pd.DataFrame) else None
     return out
+
+
+def _batch_term(sigma2_batch: float | np.ndarray, batch_factor: float | np.ndarray) -> np.ndarray:
+    r"""Compute the batch term :math:`\sigma^2_{\mathrm{batch}}F` of an effect's error.
+
+    Exactly 0 where :math:`F = 0` (perturbation and controls share their batches in the same proportions, so
+    the batch effects cancel whatever their variance), NaN where :math:`F > 0` and :math:`\sigma^2_{\mathrm{batch}}`
+    is unknown (NaN).
+    """
+    sb = np.asarray(sigma2_batch, dtype=float)
+    f = np.asarray(batch_factor, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(f == 0, 0.0, sb * f)
+
+
+def _unknown_batch_message(var: Mapping[str, Any], consequence: str, fix: str) -> str:
+    """Warning text for an unknown (NaN) batch variance: why it is unknown, what is NaN (``consequence``), ``fix``."""
+    pg = var.get("per_gene")
+    n = pg.attrs.get("n_batches_with_controls") if isinstance(pg, pd.DataFrame) else None
+    if n is not None and n < 2:
+        why = (
+            f"the pilot has controls in {n} batch{'' if n == 1 else 'es'} (with at least min_cells controls), so the "
+            "batch variance cannot be estimated"
+        )
+    elif isinstance(pg, pd.DataFrame):
+        why = (
+            "the variance table has no finite 'batch' (a pilot with controls in a single batch cannot estimate the "
+            "batch variance)"
+        )
+    else:
+        why = "the variance terms give no 'batch'"
+    return (
+        f"sigma2_batch is unknown (NaN): {why}. The batch term sigma2_batch * batch_factor is needed where "
+        f"batch_factor > 0, so {consequence} are NaN. Pass the batch variance, {fix}, or a pilot with controls in "
+        ">= 2 batches; where batch_factor = 0 (perturbation and controls spread evenly over the same batches) no "
+        "batch variance is needed."
+    )
 
 
 def _summarise_table(per_gene: pd.DataFrame, depth: float | None) -> dict[str, Any]:

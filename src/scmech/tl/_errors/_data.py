@@ -60,8 +60,23 @@ class _Layout:
         return values.reshape(len(self.conditions), self.n_batches, *values.shape[1:])
 
 
+def _check_finite(x: sp.csr_matrix, layer: str | None) -> None:
+    """Raise when ``x`` (the used cells, all genes) holds NaN or infinite values."""
+    bad = ~np.isfinite(x.data)
+    if bad.any():
+        where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
+        msg = (
+            f"{where} has {int(bad.sum())} NaN or infinite values in the cells used; remove or impute them (e.g. "
+            f"fill with 0 for undetected counts) before decomposing."
+        )
+        raise ValueError(msg)
+
+
 def _check_counts(x: sp.csr_matrix, lib: np.ndarray, layer: str | None) -> None:
-    """Raise unless ``x`` holds non-negative integer counts and every cell has a positive library size."""
+    """Raise unless ``x`` holds non-negative integer counts and every cell has a positive library size.
+
+    ``x`` has passed ``_check_finite``.
+    """
     data = x.data
     if data.size and ((data < 0).any() or not np.allclose(data, np.round(data))):
         where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
@@ -115,6 +130,7 @@ def _prepare(
     x = _get_matrix(adata, layer)
     x = x[rows]
     x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, dtype=np.float64))
+    _check_finite(x, layer)
     lib = library_size(x) if counts else None
     if genes is not None:
         x = x[:, genes]
