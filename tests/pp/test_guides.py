@@ -310,3 +310,35 @@ def test_reserved_labels_follow_the_arguments():
     with pytest.raises(ValueError, match=r"separator='' must be a non-empty string"):
         assign_guides(gdata, separator="")
     assert list(gdata.obs.columns) == []
+
+
+@pytest.mark.parametrize("bad", [["STAT1", "JAK2"], 1, 1.0])
+def test_a_target_that_is_not_a_gene_name_is_refused(bad):
+    # a list became the label "['STAT1', 'JAK2']", and 1 and 1.0 two different targets
+    gdata, rna, _ = _simulated(n=30)
+    targets = dict(zip(GUIDES, GUIDE_TARGETS, strict=True))
+    targets["JAK2g1"] = bad
+    with pytest.raises(TypeError, match=r"not a gene name \(a string\) for guide\(s\) \['JAK2g1'\]"):
+        assign_guides(gdata, rna=rna, targets=targets)
+
+
+def test_stored_zeros_are_not_guides_and_the_counts_are_not_rewritten():
+    # explicit zeros counted as guides (n_guides), and summing duplicated entries edited the user's arrays
+    data, indices, indptr = np.array([0.0, 10.0, 0.0, 3.0, 4.0, 5.0]), np.array([0, 1, 2, 2, 0, 2]), np.array([0, 3, 6])
+    counts = sp.csr_matrix((data, indices, indptr), shape=(2, 4))
+    before = (counts.data.copy(), counts.indices.copy(), counts.indptr.copy())
+    gdata = ad.AnnData(counts, var=pd.DataFrame({"target": ["A", "A", "B", "NT"]}, index=["gA1", "gA2", "gB1", "NTg"]))
+    out = assign_guides(gdata, inplace=False)
+    assert out["scmech_n_guides"].tolist() == [1, 2]
+    assert out["scmech_guide_umis"].tolist() == [10, 12]
+    for a, b in zip(before, (counts.data, counts.indices, counts.indptr), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_counts_that_are_almost_whole_are_not_counts():
+    gdata = ad.AnnData(
+        sp.csr_matrix(np.array([[100000.5, 0.0], [3.0, 0.0]])),
+        var=pd.DataFrame({"target": ["A", "NT"]}, index=["gA1", "NTg"]),
+    )
+    with pytest.raises(ValueError, match=r"must hold guide UMI counts \(non-negative integers\)"):
+        assign_guides(gdata, inplace=False)

@@ -383,6 +383,44 @@ def test_predict_refuses_data_changed_after_training(rel, model):
             ValueError,
             r"external_indexing holds indices outside 0\.\.119",
         ),
+        # validation_size beyond what training leaves was dropped silently; negative failed inside scvi-tools
+        ({"max_epochs": 1, "train_size": 0.9, "validation_size": 0.5}, ValueError, r"validation_size=0\.5 must be in"),
+        ({"max_epochs": 1, "validation_size": -0.1}, ValueError, r"validation_size=-0\.1 must be in \[0, 1 - train"),
+        (
+            {"max_epochs": 1, "early_stopping": True, "train_size": 1.0},
+            ValueError,
+            r"early_stopping=True stops on the validation loss.*no validation cells",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.arange(120) < 100]}},
+            ValueError,
+            r"external_indexing\[0\] is a boolean mask.*np\.flatnonzero",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.array(["c1", "c2"])]}},
+            ValueError,
+            r"external_indexing\[0\] holds <U2 values .*not positions",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.array([0.5, 1.0])]}},
+            ValueError,
+            r"external_indexing\[0\] holds float64 values",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.array([0, 0, 1])]}},
+            ValueError,
+            r"external_indexing\[0\] lists some cells more than once",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.arange(60), np.arange(50, 120)]}},
+            ValueError,
+            r"external_indexing\[0\] and external_indexing\[1\] share cells",
+        ),
+        (
+            {"max_epochs": 1, "datasplitter_kwargs": {"external_indexing": [np.arange(30)] * 4}},
+            ValueError,
+            r"external_indexing must be a list of up to three sets",
+        ),
     ],
 )
 def test_train_validates_its_arguments(rel, kwargs, exc, match):
@@ -391,6 +429,15 @@ def test_train_validates_its_arguments(rel, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         model.train(**kwargs, **train_kwargs)
     assert not model.is_trained_
+
+
+def test_error_guided_batching_needs_perturbed_training_cells(rel):
+    adata = rel.small()
+    adata = adata[adata.obs["perturbation"] == "NT"].copy()
+    SemiMechVI.setup_anndata(adata, batch_key="batch")
+    model = SemiMechVI(adata, **rel.MODEL_KWARGS)
+    with pytest.raises(ValueError, match=r"batching='error_guided' .* the training cells are all controls"):
+        model.train(max_epochs=1, batching="error_guided", **rel.TRAIN_KWARGS)
 
 
 # ================================================================================================ predict

@@ -15,7 +15,6 @@ import logging
 import numbers
 import pickle
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -29,6 +28,7 @@ from scmech.train import BATCHING, CheckpointSafeTrainRunner
 
 from ._anchoring import _rows
 from ._callbacks import training_callbacks
+from ._train_checks import _check_train_arguments, _external_sets
 
 if TYPE_CHECKING:
     import os
@@ -145,6 +145,18 @@ class TrainingMixin:
             # record the validation ELBO every epoch (scvi-tools only does so with early stopping)
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         _check_minibatches(len(external[0]), batching, batch_size)
+        if early_stopping and len(external[1]) == 0:
+            msg = (
+                "early_stopping=True stops on the validation loss, and this split has no validation cells: use "
+                "train_size < 1 (or a validation set in external_indexing), or early_stopping=False."
+            )
+            raise ValueError(msg)
+        if batching == "error_guided" and self._design(self.adata).is_control[external[0]].all():
+            msg = (
+                "batching='error_guided' samples perturbed conditions by their error, and the training cells are all "
+                "controls; use batching='random' (or train on perturbed cells too)."
+            )
+            raise ValueError(msg)
         self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
         train_indices = np.asarray(external[0])
         if not self.is_trained_ and ckpt_path is None:
@@ -200,7 +212,7 @@ class TrainingMixin:
         if external is None:
             split = self._default_split(fit, train_size, validation_size)
         else:
-            split = [np.asarray(ix, dtype=int) for ix in external]
+            split = _external_sets(external)
             bad = [len(np.setdiff1d(ix, np.arange(len(fit)))) for ix in split]
             if any(bad):
                 msg = f"external_indexing holds indices outside 0..{len(fit) - 1}."
@@ -439,62 +451,19 @@ class TrainingMixin:
         if not 0 < train_size <= 1:
             msg = f"train_size must be in (0, 1], got {train_size}."
             raise ValueError(msg)
+        if validation_size is not None and (
+            isinstance(validation_size, bool)
+            or not isinstance(validation_size, numbers.Real)
+            or not 0 <= validation_size <= 1 - train_size + 1e-12
+        ):
+            msg = (
+                f"validation_size={validation_size!r} must be in [0, 1 - train_size] = [0, {1 - train_size:.3g}] "
+                "(the validation cells come from what training leaves; None: all of it)."
+            )
+            raise ValueError(msg)
         n_train = int(np.ceil(train_size * len(idx)))
         n_val = len(idx) - n_train if validation_size is None else int(np.floor(validation_size * len(idx)))
         return [np.sort(idx[:n_train]), np.sort(idx[n_train : n_train + n_val]), np.sort(idx[n_train + n_val :])]
-
-
-def _check_train_arguments(
-    max_epochs: int | None,
-    batch_size: int,
-    ckpt_path: str | os.PathLike | None,
-    plan_kwargs: dict | None = None,
-) -> None:
-    """Refuse bad training arguments before anything is set up.
-
-    A number of epochs or a batch size that is not a positive integer, a checkpoint that is no file, and an
-    optimiser setting that torch would reject only once training has started.
-
-    Parameters
-    ----------
-    max_epochs
-        ``train``'s ``max_epochs`` (``None``: scvi-tools' heuristic).
-    batch_size
-        ``train``'s ``batch_size``.
-    ckpt_path
-        ``train``'s ``ckpt_path`` (``None``: train afresh).
-    plan_kwargs
-        ``train``'s ``plan_kwargs``: ``lr`` must be a positive finite number, ``weight_decay`` non-negative.
-
-    Raises
-    ------
-    ValueError
-        For a bad ``max_epochs``, ``batch_size``, ``lr`` or ``weight_decay``.
-    FileNotFoundError
-        When ``ckpt_path`` is not a file.
-    """
-    if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1):
-        msg = f"max_epochs={max_epochs!r} must be a positive integer (or None for scvi-tools' heuristic)."
-        raise ValueError(msg)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        msg = f"batch_size={batch_size!r} must be a positive integer (cells per minibatch), e.g. 128."
-        raise ValueError(msg)
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        msg = (
-            f"ckpt_path={str(ckpt_path)!r} is not a file; pass the checkpoint a ModelCheckpoint callback wrote "
-            "(e.g. '<dirpath>/last.ckpt'), or ckpt_path=None to train afresh."
-        )
-        raise FileNotFoundError(msg)
-    plan_kwargs = plan_kwargs or {}
-    for key, low, rule in (("lr", 0.0, "a positive finite number, e.g. 1e-3"), ("weight_decay", None, "0 or more")):
-        if key not in plan_kwargs:
-            continue
-        value = plan_kwargs[key]
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-        ok = ok and (value > low if low is not None else value >= 0)
-        if not ok:
-            msg = f"plan_kwargs[{key!r}]={value!r} must be {rule}."
-            raise ValueError(msg)
 
 
 def _resolve_max_epochs(max_epochs: int | None, n_fit: int) -> int:

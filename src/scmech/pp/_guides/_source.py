@@ -187,10 +187,12 @@ def _check_guide_counts(
         dup = pd.Index(names)[pd.Index(names).duplicated()].unique().tolist()
         msg = f"Guide names in {source} are not unique: {dup[:5]}; make them unique first."
         raise ValueError(msg)
-    x = sp.csr_matrix(x, dtype=np.float64)
+    # a copy: csr_matrix can share the user's arrays, and summing duplicates edits them in place
+    x = sp.csr_matrix(x, dtype=np.float64, copy=True)
     x.sum_duplicates()
+    x.eliminate_zeros()  # stored zeros are not guides with a UMI
     data_ = x.data
-    if data_.size and (not np.isfinite(data_).all() or data_.min() < 0 or not np.allclose(data_, np.round(data_))):
+    if data_.size and (not np.isfinite(data_).all() or data_.min() < 0 or not np.array_equal(data_, np.round(data_))):
         msg = f"{source} must hold guide UMI counts (non-negative integers); pass the layer with raw guide counts."
         raise ValueError(msg)
     return x

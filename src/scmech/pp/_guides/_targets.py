@@ -90,7 +90,7 @@ def _raw_targets(
 
 
 def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
-    """Refuse missing (NaN/None, or their string forms ``'nan'``/``'None'``) and empty targets."""
+    """Refuse missing (NaN/None, or their string forms ``'nan'``/``'None'``), non-string and empty targets."""
 
     def _missing(t) -> bool:
         if t is None:
@@ -107,6 +107,16 @@ def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
     if miss:
         msg = f"{what} gives a missing target (NaN/None, or the string 'nan'/'None') for guide(s) {_few(miss)}{fix}"
         raise ValueError(msg)
+    # a guide has one target, named by a string: a list would become its repr, and 1 and 1.0 two targets
+    odd = [g for g, t in zip(names, raw, strict=True) if not isinstance(t, str)]
+    if odd:
+        example = raw[names.index(odd[0])]
+        msg = (
+            f"{what} gives a target that is not a gene name (a string) for guide(s) {_few(odd)}, e.g. {example!r}; "
+            "name each guide's one target as a string (a guide against two genes is two guides, or a combination "
+            "assigned with combinations=True)."
+        )
+        raise TypeError(msg)
     out = [str(t) for t in raw]
     empty = [g for g, t in zip(names, out, strict=True) if not t.strip()]
     if empty:
