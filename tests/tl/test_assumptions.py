@@ -422,6 +422,33 @@ def test_bad_arguments(screen, kwargs, error, match):
     assert "scmech" not in adata.uns
 
 
+@pytest.mark.parametrize("random_state", [-1, 1.5, True, "0"])
+def test_bad_random_state_is_refused_before_the_data_are_read(screen, random_state):
+    adata = screen.copy()
+    match = rf"random_state={random_state!r} must be a non-negative integer seed.*or None"
+    # perturbation_key is wrong too: the seed is checked first
+    with pytest.raises(ValueError, match=match):
+        scmech.tl.check_assumptions(adata, perturbation_key="guide_call", random_state=random_state)
+    with pytest.raises(ValueError, match=match):
+        scmech.tl.estimate_efficacy(adata, perturbation_key="guide_call", random_state=random_state)
+    assert "scmech" not in adata.uns
+
+
+def test_random_state_none_is_scvi_seed(screen, monkeypatch):
+    import scvi
+
+    monkeypatch.setattr(scvi.settings, "_seed", 7, raising=False)
+    seed = scvi.settings.seed
+    a, b = screen.copy(), screen.copy()
+    t_none = scmech.tl.check_assumptions(a, batch_key="batch", n_bootstrap=N_BOOT, random_state=None)
+    t_seed = scmech.tl.check_assumptions(b, batch_key="batch", n_bootstrap=N_BOOT, random_state=seed)
+    pd.testing.assert_frame_equal(t_none, t_seed)
+    assert a.uns["scmech"]["assumptions"]["params"]["random_state"] == seed
+    e_none = scmech.tl.estimate_efficacy(screen.copy(), batch_key="batch", random_state=None)
+    e_seed = scmech.tl.estimate_efficacy(screen.copy(), batch_key="batch", random_state=seed)
+    pd.testing.assert_series_equal(e_none, e_seed)
+
+
 def test_normalised_counts_are_refused_with_the_fix(screen):
     adata = screen.copy()
     adata.X = adata.X * 0.5

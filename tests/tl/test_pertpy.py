@@ -108,6 +108,32 @@ def test_mixscape_scores_and_classes_are_read():
     assert set(eff[m & np.char.endswith(cls.astype(str), "KO")]) == {1.0}
 
 
+def test_mixscape_classes_missing_or_lower_case():
+    adata = screen(n_cells=200)
+    labels = adata.obs["perturbation"].to_numpy()
+    perturbed = np.flatnonzero(labels != "NT")
+    classes = np.array(["NT" if lab == "NT" else f"{lab} KO" for lab in labels], dtype=object)
+    classes[perturbed[0]] = f"{labels[perturbed[0]]} np"
+    classes[perturbed[1]] = "g NP "
+    adata.obs["mixscape_class"] = classes
+    eff = tl.efficacy_from_mixscape(adata, class_key="mixscape_class", key_added="eff")
+    assert eff.iloc[perturbed[0]] == 0.0
+    assert eff.iloc[perturbed[1]] == 0.0
+    assert eff.iloc[perturbed[2]] == 1.0
+    # a missing class of a control cell is harmless; of a perturbed cell it is refused
+    control = np.flatnonzero(labels == "NT")[0]
+    classes[control] = None
+    adata.obs["mixscape_class"] = classes
+    assert tl.efficacy_from_mixscape(adata, class_key="mixscape_class", key_added="eff").iloc[control] == 0.0
+    for missing in (None, np.nan):
+        classes[perturbed[2]] = missing
+        adata.obs["mixscape_class"] = classes
+        with pytest.raises(
+            ValueError, match=r"\['mixscape_class'\] must hold a Mixscape class for every perturbed cell; 1 are missing"
+        ):
+            tl.efficacy_from_mixscape(adata, class_key="mixscape_class", key_added="eff")
+
+
 def test_mixscape_bad_inputs():
     adata = screen(n_cells=200)
     with pytest.raises(KeyError, match=r"score_key: 'p_ko' is not a column of adata.obs"):
@@ -226,6 +252,22 @@ def test_semimechvi_prediction_goes_straight_into_pertpy():
     assert set(cs.obs["source"]) == {"predicted", "observed"}
 
 
+def test_mean_prediction_with_duplicated_labels_is_refused():
+    pytest.importorskip("pertpy")
+    adata = screen(n_cells=200)
+    cond = next(c for c in pd.unique(adata.obs["perturbation"]) if c != "NT")
+    mean = _cells_prediction(adata, [cond])[:2].copy()
+    one = ad.AnnData(mean.X[:1].copy(), obs=pd.DataFrame({"perturbation": [cond]}, index=["m0"]), var=mean.var)
+    res = tl.prediction_distance(one, adata, metric="euclidean", n_pcs=None)
+    assert res.loc[cond, "n_predicted"] == 1
+    two = ad.AnnData(mean.X.copy(), obs=pd.DataFrame({"perturbation": [cond, cond]}, index=["m0", "m1"]), var=mean.var)
+    with pytest.raises(ValueError, match=rf"read as a mean prediction.*1 rows repeat.*\['{cond}'\].*source_cell"):
+        tl.prediction_distance(two, adata, metric="euclidean", n_pcs=None)
+    # with source_cell the same rows are per-cell predictions
+    two.obs["source_cell"] = two.obs_names
+    assert tl.combine_prediction(two, adata, n_pcs=None).uns["scmech"]["combine_prediction"]["mean_prediction"] is False
+
+
 def test_perturbation_space_pseudobulk_is_the_group_mean():
     pytest.importorskip("pertpy")
     adata = screen()
@@ -263,5 +305,17 @@ def test_prediction_helpers_bad_inputs():
         tl.combine_prediction(pred, adata, perturbation_key="pert")
     with pytest.raises(ValueError, match=r"n_pcs=0 must be a positive integer"):
         tl.combine_prediction(pred, adata, n_pcs=0)
+    with pytest.raises(ValueError, match=r"max_cells=True must be a positive integer"):
+        tl.prediction_distance(pred, adata, max_cells=True)
+    with pytest.raises(ValueError, match=r"max_cells=0 must be a positive integer"):
+        tl.combine_prediction(pred, adata, max_cells=0)
+    dup_pred = pred.copy()
+    dup_pred.var_names = [pred.var_names[0], *pred.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"pred.var_names has 1 duplicates.*pred.var_names_make_unique\(\)"):
+        tl.prediction_distance(dup_pred, adata)
+    dup_obs = adata.copy()
+    dup_obs.var_names = [adata.var_names[0], *adata.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"observed.var_names has 1 duplicates.*observed.var_names_make_unique"):
+        tl.combine_prediction(pred, dup_obs)
     with pytest.raises(ValueError, match=r"method='umap'.*'pseudobulk' or 'centroid'"):
         tl.perturbation_space(pred, adata, method="umap")

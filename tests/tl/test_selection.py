@@ -131,3 +131,74 @@ def test_min_cells_and_rare_conditions():
 def test_bad_arguments(selected, kwargs, err, match):
     with pytest.raises(err, match=match):
         selection(selected, **kwargs)
+
+
+def _mk(pert, batch=None) -> ad.AnnData:
+    adata = ad.AnnData(np.ones((len(pert), 2)))
+    adata.obs["perturbation"] = pert
+    adata.obs["batch"] = batch if batch is not None else ["b0"] * len(pert)
+    return adata
+
+
+def test_unassigned_cells_are_left_out():
+    pert = ["NT"] * 50 + ["A"] * 50 + ["B"] * 20 + ["C"] * 80 + ["unassigned"] * 500
+    table = selection(_mk(pert))
+    assert set(table["condition"]) == {"A", "B", "C"}
+    assert table.set_index("condition").loc["A", "log2_ratio"] == pytest.approx(0.0)  # A is the median
+    assert selection(_mk(pert), unassigned_label=None)["condition"].isin(["unassigned"]).any()
+    adata = _mk(pert)
+    selection(adata)
+    assert adata.uns["scmech"]["selection"]["params"]["unassigned_label"] == "unassigned"
+
+
+def test_nan_labels_are_refused():
+    pert = ["NT"] * 50 + ["A"] * 50 + ["B"] * 50 + ["unassigned"] * 500 + [np.nan] * 20
+    with pytest.raises(ValueError, match=r"obs\['perturbation'\] has 20 missing \(NaN\) labels.*fillna"):
+        selection(_mk(pert))
+
+
+def test_batch_without_controls_is_not_called():
+    pert = ["NT"] * 40 + ["A"] * 40 + ["B"] * 40 + ["A"] * 30 + ["B"] * 30
+    batch = ["b0"] * 120 + ["b1"] * 60
+    table = selection(_mk(pert, batch), batch_key="batch", reference={"NT": 1, "A": 1, "B": 1})
+    b1 = table[table["batch"] == "b1"]
+    assert len(b1) == 2
+    assert b1["log2_ratio"].isna().all()
+    assert (b1["call"] == "too few cells").all()
+    pooled = table[table["batch"] == "all"].set_index("condition")
+    b0 = table[table["batch"] == "b0"].set_index("condition")
+    # the pooled estimate is batch b0's alone
+    np.testing.assert_allclose(pooled["log2_ratio"], b0.loc[pooled.index, "log2_ratio"])
+    assert (pooled["call"] == "neutral").all()
+
+
+def test_batch_named_like_pooled_rows_is_refused():
+    pert = ["NT", "A", "B"] * 20
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has a batch named 'all'.*rename it"):
+        selection(_mk(pert, ["all", "b1"] * 30), batch_key="batch")
+
+
+def test_view_is_refused():
+    adata = _mk(["NT", "A", "B"] * 20)
+    with pytest.raises(ValueError, match=r"adata is a view.*Pass adata.copy\(\)"):
+        selection(adata[:30])
+
+
+def test_only_controls_is_refused():
+    with pytest.raises(ValueError, match=r"no perturbed cells.*control_label='NT'"):
+        selection(_mk(["NT"] * 30 + ["unassigned"] * 5))
+
+
+@pytest.mark.parametrize(
+    ("confidence", "err"), [("0.9", TypeError), (True, TypeError), (1.0, ValueError), (0, ValueError)]
+)
+def test_confidence_is_validated(confidence, err):
+    with pytest.raises(err, match=rf"confidence={confidence!r}.*\(0, 1\)"):
+        selection(_mk(["NT", "A", "B"] * 20), confidence=confidence)
+
+
+def test_integer_labels_and_control_label():
+    adata = _mk([0, 1, 2] * 20)
+    table = selection(adata, control_label=0)
+    assert set(table["condition"]) == {"1", "2"}
+    assert adata.uns["scmech"]["selection"]["params"]["control_label"] == "0"

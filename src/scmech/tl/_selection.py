@@ -96,6 +96,7 @@ def selection(
     *,
     perturbation_key: str = "perturbation",
     control_label: str = "NT",
+    unassigned_label: str | None = "unassigned",
     batch_key: str | None = None,
     reference: Mapping[str, float] | pd.Series | None = None,
     time_key: str | None = None,
@@ -129,10 +130,14 @@ def selection(
     perturbation_key
         ``obs`` column with the perturbation label of each cell.
     control_label
-        %(single_control_label)s
+        %(single_control_label)s Labels are compared as strings, so ``0`` matches integer labels ``0``.
+    unassigned_label
+        Label of cells without a usable guide call; they are left out (``None``: keep every label).
     batch_key
         ``obs`` column of wet-lab batches (lanes, replicates, animals); each batch is compared with its own
-        controls and the batches are pooled by inverse-variance weights.
+        controls and the batches are pooled by inverse-variance weights. A batch without control cells gets
+        NaN estimates (call ``"too few cells"``) and does not enter the pooled estimate; no batch may be named
+        ``"all"`` (the label of the pooled rows).
     reference
         Expected frequencies or counts per condition (index: labels, including ``control_label``).
     time_key
@@ -142,7 +147,8 @@ def selection(
     confidence
         Level of the intervals.
     min_cells
-        Conditions with fewer cells in a batch (and time) are reported with NaN estimates there.
+        Conditions with fewer cells in a batch (and time) are reported with NaN estimates there. Estimates need
+        at least one control cell whatever ``min_cells`` is.
     key_added
         Key in ``adata.uns["scmech"]``.
 
@@ -153,7 +159,8 @@ def selection(
     estimate :math:`\hat s_p`), ``se``, ``ci_low``, ``ci_high``, ``pvalue`` (two-sided Wald test of no
     selection), ``qvalue`` (Benjamini-Hochberg over the pooled rows) and ``call`` (``"depleted"``,
     ``"enriched"`` or ``"neutral"``: whether the interval excludes 0). Also written to
-    ``adata.uns["scmech"][key_added]`` as ``{"table": ..., "params": ...}``.
+    ``adata.uns["scmech"][key_added]`` as ``{"table": ..., "params": ...}`` (``adata`` must not be a view).
+    Cells labelled ``unassigned_label`` are left out; missing (NaN) perturbation labels are refused.
 
     Examples
     --------
@@ -163,8 +170,17 @@ def selection(
     >>> table = scmech.tl.selection(adata, batch_key="batch", reference=design)
     >>> table.query("batch == 'all' and call == 'depleted'")
     """
+    if adata.is_view:
+        msg = (
+            f"adata is a view ({adata.n_obs} x {adata.n_vars}); writing adata.uns['scmech'][{key_added!r}] would "
+            "silently be lost. Pass adata.copy()."
+        )
+        raise ValueError(msg)
     _check_args(adata.obs, perturbation_key, batch_key, time_key, confidence, reference, reference_time)
-    labels, batches, times = _cell_labels(adata.obs, perturbation_key, control_label, batch_key, time_key)
+    control_label = str(control_label)
+    labels, batches, times = _cell_labels(
+        adata.obs, perturbation_key, control_label, unassigned_label, batch_key, time_key
+    )
     ref_t = None if reference_time is None else _reference_time(adata.obs, time_key, times, reference_time)
     conditions = sorted(set(labels) - {control_label})
     counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
@@ -178,6 +194,7 @@ def selection(
     params = {
         "perturbation_key": perturbation_key,
         "control_label": control_label,
+        "unassigned_label": unassigned_label,
         "batch_key": batch_key,
         "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
         "time_key": time_key,
@@ -229,8 +246,11 @@ def _check_args(
         if key is not None and key not in obs.columns:
             msg = f"{name}={key!r} is not a column of adata.obs (columns: {list(obs.columns)[:10]})."
             raise KeyError(msg)
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float | np.integer | np.floating):
+        msg = f"confidence={confidence!r} must be a number in (0, 1), e.g. confidence=0.95."
+        raise TypeError(msg)
     if not 0 < confidence < 1:
-        msg = f"confidence={confidence!r} is out of range; expected a value in (0, 1)."
+        msg = f"confidence={confidence!r} is out of range; expected a value in (0, 1), e.g. confidence=0.95."
         raise ValueError(msg)
     if (reference_time is None) != (time_key is None):
         msg = (
@@ -244,9 +264,17 @@ def _check_args(
 
 
 def _cell_labels(
-    obs: pd.DataFrame, perturbation_key: str, control_label: str, batch_key: str | None, time_key: str | None
+    obs: pd.DataFrame,
+    perturbation_key: str,
+    control_label: str,
+    unassigned_label: str | None,
+    batch_key: str | None,
+    time_key: str | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the perturbation, batch and time label of each cell, as strings; refuse a missing control label.
+    """Return the perturbation, batch and time label of each assigned cell, as strings.
+
+    Refuses missing perturbation labels, a missing control label, data without perturbed cells and a batch
+    named like the pooled rows.
 
     Parameters
     ----------
@@ -255,7 +283,9 @@ def _cell_labels(
     perturbation_key
         ``obs`` column with the perturbation labels.
     control_label
-        Label of the control cells.
+        Label of the control cells (a string).
+    unassigned_label
+        Label of the cells to leave out, or ``None``.
     batch_key
         ``obs`` column of batches; one batch (``"all"``) when ``None``.
     time_key
@@ -268,18 +298,42 @@ def _cell_labels(
     Raises
     ------
     ValueError
-        When no cell has ``control_label``.
+        For missing (NaN) perturbation labels, when no cell has ``control_label``, when no cell is perturbed,
+        and for a batch labelled ``"all"``.
     """
-    labels = obs[perturbation_key].astype(str).to_numpy()
+    raw = obs[perturbation_key]
+    na = raw.isna().to_numpy()
+    if na.any():
+        msg = (
+            f"obs[{perturbation_key!r}] has {int(na.sum())} missing (NaN) labels; fill them with the unassigned "
+            f"label (e.g. adata.obs[{perturbation_key!r}] = adata.obs[{perturbation_key!r}].astype(object)"
+            ".fillna('unassigned')) or with targets."
+        )
+        raise ValueError(msg)
+    labels = raw.astype(str).to_numpy()
     if control_label not in set(labels):
         msg = (
             f"control_label={control_label!r} is not a value of adata.obs[{perturbation_key!r}]; pass the label of "
             "the non-targeting controls."
         )
         raise ValueError(msg)
+    keep = labels != str(unassigned_label) if unassigned_label is not None else np.ones(len(labels), dtype=bool)
+    if not np.any(keep & (labels != control_label)):
+        msg = (
+            f"adata.obs[{perturbation_key!r}] has no perturbed cells: every assigned cell has control_label="
+            f"{control_label!r}; selection compares perturbations with the controls and needs some."
+        )
+        raise ValueError(msg)
     batches = obs[batch_key].astype(str).to_numpy() if batch_key is not None else np.full(len(obs), _POOLED)
+    if batch_key is not None and _POOLED in set(batches[keep]):
+        msg = (
+            f"adata.obs[{batch_key!r}] has a batch named {_POOLED!r}, the label of the pooled rows of the result; "
+            f"rename it (e.g. adata.obs[{batch_key!r}] = adata.obs[{batch_key!r}].astype(str).replace("
+            f"{_POOLED!r}, 'batch_all'))."
+        )
+        raise ValueError(msg)
     times = obs[time_key].astype(str).to_numpy() if time_key is not None else np.full(len(obs), "")
-    return labels, batches, times
+    return labels[keep], batches[keep], times[keep]
 
 
 def _reference_time(obs: pd.DataFrame, time_key: str, times: np.ndarray, reference_time: float | str) -> str:
@@ -377,11 +431,12 @@ def _batch_estimates(
                 m_p, m_c = float(ref_counts.loc[b, c]), float(ref_counts.loc[b, control_label])
                 exp_ratio = (m_p + 0.5) / (m_c + 0.5)
                 var += 1.0 / (m_p + 0.5) + 1.0 / (m_c + 0.5)
-                enough = min(n_p, n_c, m_p, m_c) >= min_cells
+                # a ratio to zero controls is not an estimate, whatever min_cells is
+                enough = min(n_p, n_c, m_p, m_c) >= min_cells and min(n_c, m_c) > 0
             else:
                 exp_ratio = expected[c] if expected is not None else 1.0
                 var += ref_var[c] if ref_var is not None else 0.0
-                enough = min(n_p, n_c) >= min_cells
+                enough = min(n_p, n_c) >= min_cells and n_c > 0
             est = np.log2((n_p + 0.5) / (n_c + 0.5)) - np.log2(exp_ratio) if enough else np.nan
             rows.append(
                 {

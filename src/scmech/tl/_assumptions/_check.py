@@ -9,6 +9,7 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.tl._split._make import _check_random_state
 
 from ._additivity import _check_additivity
 from ._baseline import _check_baseline
@@ -16,7 +17,7 @@ from ._data import _prepare
 from ._instantaneous import _check_time
 from ._media import _check_media
 from ._model import _check_model
-from ._registry import COLUMNS, _cannot, _rngs, _row
+from ._registry import COLUMNS, _cannot, _resolved_seed, _rngs, _row
 from ._unique_attractor import _mixture_checks
 from ._validation import _validate_common, _validate_model, _validate_target
 
@@ -44,7 +45,7 @@ def check_assumptions(
     n_bootstrap: int = 200,
     alpha: float = 0.05,
     key_added: str = "assumptions",
-    random_state: int = 0,
+    random_state: int | None = 0,
     copy: bool = False,
 ) -> pd.DataFrame | AnnData:
     r"""Test the hidden assumptions of perturbation models on a screen.
@@ -154,7 +155,8 @@ def check_assumptions(
     key_added
         Key under ``adata.uns["scmech"]``.
     random_state
-        Seed of the resampling.
+        Seed of the resampling (a non-negative integer); ``None`` uses ``scvi.settings.seed`` (a fresh seed, recorded
+        in ``params``, when that is ``None`` too).
     copy
         Return a copy of ``adata`` with the result instead of writing into ``adata``.
 
@@ -176,6 +178,8 @@ def check_assumptions(
     >>> print(scmech.tl.report_assumptions(table))
     """
     _validate_common(n_bootstrap, alpha)
+    _check_random_state(random_state)
+    seed = _resolved_seed(random_state)
     _validate_target(adata, key_added, copy, 'adata.uns["scmech"]')
     _validate_model(model)
     data = _prepare(
@@ -191,7 +195,7 @@ def check_assumptions(
         counts=counts,
     )
     n = int(n_bootstrap)
-    rows, mixtures = _run_checks(adata, data, model, _rngs(random_state), n, alpha)
+    rows, mixtures = _run_checks(adata, data, model, _rngs(seed), n, alpha)
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n_cells"] = table["n_cells"].astype(np.int64)
     posterior = _posterior_frame(adata, mixtures)
@@ -208,7 +212,7 @@ def check_assumptions(
         "model": type(model).__name__ if model is not None else "",
         "n_bootstrap": n,
         "alpha": float(alpha),
-        "random_state": int(random_state),
+        "random_state": int(seed),
         "n_genes": len(data.genes),
     }
     adata = adata.copy() if copy else adata

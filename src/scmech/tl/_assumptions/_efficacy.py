@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.tl._split._make import _check_random_state
 
 from ._data import _prepare
-from ._registry import _rngs
+from ._registry import _resolved_seed, _rngs
 from ._unique_attractor import _mixture_checks
 from ._validation import _validate_target
 
@@ -31,7 +32,7 @@ def estimate_efficacy(
     layer: str | None = None,
     counts: bool = True,
     key_added: str = SCMECH_ADATA_KEYS.EFFICACY_OBS,
-    random_state: int = 0,
+    random_state: int | None = 0,
     copy: bool = False,
 ) -> pd.Series | AnnData:
     r"""Per-cell knock-down estimate: the posterior probability of being perturbed (0 = escaper).
@@ -55,7 +56,8 @@ def estimate_efficacy(
     key_added
         ``obs`` column to write.
     random_state
-        Seed of the cross-fitting split.
+        Seed of the cross-fitting split (a non-negative integer); ``None`` uses ``scvi.settings.seed`` (a fresh
+        seed when that is ``None`` too).
     copy
         Return a copy of ``adata`` instead of writing into ``adata``.
 
@@ -70,6 +72,7 @@ def estimate_efficacy(
     >>> scmech.model.SemiMechVI.setup_anndata(adata, efficacy_key="scmech_efficacy", ...)
     """
     _validate_target(adata, key_added, copy, "adata.obs")
+    _check_random_state(random_state)
     data = _prepare(
         adata,
         perturbation_key=perturbation_key,
@@ -84,7 +87,7 @@ def estimate_efficacy(
     )
     # the generator of the unique-attractor check of check_assumptions(random_state=random_state), so that the
     # cross-fitting splits, and so the posteriors, are the same
-    mixtures = _mixture_checks(data, _rngs(random_state)["unique_attractor"], 1, 0.05)
+    mixtures = _mixture_checks(data, _rngs(_resolved_seed(random_state))["unique_attractor"], 1, 0.05)
     pert = data.design.perturbation
     eff = np.where(pert.fit_mask & ~pert.is_control, 1.0, 0.0)
     for m in mixtures:

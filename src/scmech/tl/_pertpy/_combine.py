@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
+from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
 
@@ -28,8 +29,24 @@ __all__ = ["combine_prediction"]
 
 
 def _is_mean_prediction(pred: AnnData, labels: np.ndarray) -> bool:
-    """Whether ``pred`` holds one row per condition (``predict(return_mean=True)``) rather than cells."""
-    return "source_cell" not in pred.obs.columns and len(set(labels.tolist())) == len(labels)
+    """Whether ``pred`` holds one row per condition (``predict(return_mean=True)``) rather than cells.
+
+    Per-cell predictions carry ``obs["source_cell"]``; without it ``pred`` is a mean prediction, whose labels
+    must then be unique (two rows of one condition would be read as cells, or as one of them silently).
+    """
+    if "source_cell" in pred.obs.columns:
+        return False
+    lab = pd.Index(labels.tolist())
+    if not lab.is_unique:
+        dup = lab[lab.duplicated()].unique().tolist()[:5]
+        msg = (
+            f"pred has no obs['source_cell'], so it is read as a mean prediction (one row per condition), but "
+            f"{int(lab.duplicated().sum())} rows repeat a condition of obs['perturbation'] (e.g. {dup}, combinations "
+            "compared regardless of target order). Keep one row per condition, or, for per-cell predictions, "
+            "add obs['source_cell'] (e.g. pred.obs['source_cell'] = pred.obs_names)."
+        )
+        raise ValueError(msg)
+    return True
 
 
 @fill_doc
@@ -51,11 +68,12 @@ def combine_prediction(
     r"""Predicted and observed cells of each condition in one AnnData, ready for pertpy.
 
     ``pred`` is what :meth:`SemiMechVI.predict <scmech.model.SemiMechVI.predict>` or a baseline's ``predict``
-    returns: ``X`` is :math:`\log(1 + 10^4\rho)`, per cell (``return_mean=False``) or per condition (the
-    pseudobulk :math:`\log(1 + 10^4\bar\rho)`, ``return_mean=True``). The observed cells are put in the same
-    space: log-normalised (``normalize_total(1e4)`` and ``log1p`` when ``counts``) for a per-cell prediction,
-    and aggregated to the same pseudobulk (:func:`scmech.data.pseudobulk`) for a mean prediction. The observed
-    controls are always included (for a "no change" reference).
+    returns: ``X`` is :math:`\log(1 + 10^4\rho)`, per cell (``return_mean=False``, with ``obs["source_cell"]``)
+    or per condition (the pseudobulk :math:`\log(1 + 10^4\bar\rho)`, ``return_mean=True``). A ``pred`` without
+    ``obs["source_cell"]`` is read as a mean prediction and must have one row per condition. The observed cells
+    are put in the same space: log-normalised (``normalize_total(1e4)`` and ``log1p`` when ``counts``) for a
+    per-cell prediction, and aggregated to the same pseudobulk (:func:`scmech.data.pseudobulk`) for a mean
+    prediction. The observed controls are always included (for a "no change" reference).
 
     Parameters
     ----------
@@ -171,9 +189,13 @@ def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any,
     if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int | np.integer) or n_pcs < 1):
         msg = f"n_pcs={n_pcs!r} must be a positive integer, or None to compare genes directly."
         raise ValueError(msg)
-    if max_cells is not None and (not isinstance(max_cells, int | np.integer) or max_cells < 1):
-        msg = f"max_cells={max_cells!r} must be a positive integer or None."
+    if max_cells is not None and (
+        isinstance(max_cells, bool) or not isinstance(max_cells, int | np.integer) or max_cells < 1
+    ):
+        msg = f"max_cells={max_cells!r} must be a positive integer (e.g. max_cells=300) or None to keep all cells."
         raise ValueError(msg)
+    check_unique_names(pred.var_names, "pred.var_names", "pred.var_names_make_unique()")
+    check_unique_names(observed.var_names, "observed.var_names", "observed.var_names_make_unique()")
     if layer is not None and layer not in observed.layers:
         msg = f"layer={layer!r} is not a layer of observed (layers: {list(observed.layers.keys())})."
         raise KeyError(msg)

@@ -150,8 +150,7 @@ def efficacy_from_mixscape(
         eff[perturbed] = _scores(adata, score_key, perturbed)[perturbed]
         source = f"obs[{score_key!r}]"
     elif class_key is not None:
-        classes = _obs_column(adata, class_key, "class_key").astype(str).to_numpy()
-        eff[perturbed] = np.where(np.char.endswith(classes[perturbed].astype(str), "NP"), 0.0, 1.0)
+        eff[perturbed] = _classes(adata, class_key, perturbed)
         source = f"obs[{class_key!r}]"
     else:
         if not design.is_control.any():
@@ -215,6 +214,21 @@ def _check_mixscape_args(
         raise KeyError(msg)
     if split_by is not None:
         _obs_column(adata, split_by, "split_by")
+
+
+def _classes(adata: AnnData, class_key: str, perturbed: np.ndarray) -> np.ndarray:
+    """Efficacy of the perturbed cells from Mixscape's classes: 0 for a class ending in "NP" (any case), else 1."""
+    raw = _obs_column(adata, class_key, "class_key")
+    bad = perturbed & raw.isna().to_numpy()
+    if bad.any():
+        msg = (
+            f"adata.obs[{class_key!r}] must hold a Mixscape class for every perturbed cell; "
+            f"{int(bad.sum())} are missing (e.g. {raw.iloc[np.flatnonzero(bad)[0]]!r}). Pass Mixscape's "
+            "'mixscape_class' or 'mixscape_class_global' column."
+        )
+        raise ValueError(msg)
+    classes = raw.astype(str).str.strip().str.upper().to_numpy()[perturbed]
+    return np.where(np.char.endswith(classes.astype(str), "NP"), 0.0, 1.0)
 
 
 def _scores(adata: AnnData, score_key: str, perturbed: np.ndarray) -> np.ndarray:
