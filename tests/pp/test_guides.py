@@ -199,6 +199,10 @@ def test_bad_inputs_name_key_value_and_fix():
         assign_guides(gdata, min_umis=0)
     with pytest.raises(ValueError, match=r"min_fraction=1.5.*\(0, 1\]"):
         assign_guides(gdata, min_fraction=1.5)
+    with pytest.raises(ValueError, match=r"min_fraction=True must be in \(0, 1\]"):  # was read as 1.0
+        assign_guides(gdata, min_fraction=True)
+    with pytest.raises(TypeError, match=r"control_targets=None must be a list of target names.*pass \[\]"):
+        assign_guides(gdata, control_targets=None)
     with pytest.raises(ValueError, match=r"target_pattern='\^Xg'.*does not match guide 'STAT1g1'"):
         assign_guides(gdata, target_pattern=r"^Xg")
     with pytest.raises(ValueError, match="either targets"):

@@ -236,6 +236,8 @@ def _check_args(
     ------
     ValueError
         For any invalid argument.
+    TypeError
+        For ``control_targets`` that is not a list of names.
     """
     if rule not in ("max_fraction", "threshold"):
         msg = f"rule={rule!r} is not a guide assignment rule; use 'max_fraction' (low MOI) or 'threshold' (high MOI)."
@@ -243,7 +245,9 @@ def _check_args(
     if isinstance(min_umis, bool) or not isinstance(min_umis, int | np.integer) or min_umis < 1:
         msg = f"min_umis={min_umis!r} must be an integer >= 1 (the minimum UMI count of an assigned guide), e.g. 5."
         raise ValueError(msg)
-    if not (isinstance(min_fraction, int | float) and 0 < float(min_fraction) <= 1):
+    if isinstance(min_fraction, bool) or not (
+        isinstance(min_fraction, int | float | np.integer | np.floating) and 0 < float(min_fraction) <= 1
+    ):
         msg = f"min_fraction={min_fraction!r} must be in (0, 1] (the top guide's share of the cell's UMIs), e.g. 0.8."
         raise ValueError(msg)
     labels = {"control_label": control_label, "multiple_label": multiple_label, "unassigned_label": unassigned_label}
@@ -262,4 +266,10 @@ def _check_args(
         raise ValueError(msg)
     if isinstance(control_targets, str):
         control_targets = [control_targets]
+    if control_targets is None or not all(isinstance(t, str) for t in control_targets):
+        msg = (
+            f"control_targets={control_targets!r} must be a list of target names that mean the control (e.g. "
+            "['non-targeting', 'safe-targeting']); pass [] when no guide is a control."
+        )
+        raise TypeError(msg)
     return control_targets
