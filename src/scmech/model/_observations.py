@@ -74,15 +74,13 @@ class Observations:
     batch_mix: dict[tuple[str, Context], np.ndarray] = field(default_factory=dict)
     batch_levels: dict[Context, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
 
-    def in_batch(self, code: int) -> Observations:
+    def in_batch(self, code: int) -> Observations | None:
         r"""Return the observations moved to one batch, for predictions measured in that batch.
 
         Each pseudobulk (controls included) is moved from the batch composition it stands for to batch ``code``
         alone by its context's controls' batch levels (:func:`standardise_batches` with the one-hot
-        composition). A pseudobulk that cannot be moved (a batch of its composition, or ``code``, without enough
-        controls in its context) is left out: it stands for other batches, and anchoring on it would carry
-        their difference into the prediction. ``batch_standardised`` of the result counts the pseudobulks
-        moved; the calibrations are shared.
+        composition). ``batch_standardised`` of the result counts the pseudobulks moved; the calibrations are
+        shared.
 
         Parameters
         ----------
@@ -91,7 +89,9 @@ class Observations:
 
         Returns
         -------
-        The moved observations (a new object; this one is unchanged).
+        The moved observations (a new object; this one is unchanged), or ``None`` when some pseudobulk cannot be
+        moved (a batch of its composition, or ``code``, without enough controls in its context): it stands for
+        other batches, and anchoring on it would carry their difference into the prediction.
 
         Raises
         ------
@@ -110,11 +110,12 @@ class Observations:
         target = np.zeros(n_batch)
         target[int(code)] = 1.0
         conditions = dict(self.conditions)
-        moved = set(standardise_batches(conditions, self.batch_mix, self.batch_levels, target))
+        moved = standardise_batches(conditions, self.batch_mix, self.batch_levels, target)
         there = {k for k, v in self.batch_mix.items() if np.allclose(v, target)}
-        keep = {k: o for k, o in conditions.items() if k in moved or k in there}
-        mix = dict.fromkeys(keep, target)
-        return replace(self, conditions=keep, batch_standardised=len(moved), batch_mix=mix)
+        if len(set(moved) | there) < len(conditions):
+            return None
+        mix = dict.fromkeys(conditions, target)
+        return replace(self, conditions=conditions, batch_standardised=len(moved), batch_mix=mix)
 
     def protocol(self, label: str, context: Context) -> Protocol:
         """Return the read-out of an observed condition (or of the controls) in ``context``."""

@@ -446,9 +446,7 @@ class PredictionMixin(PredictionOutputMixin):
         if not obs.batch_levels or str(batch) not in cats:  # an unknown batch is refused by the read-out
             return obs, False
         there = obs.in_batch(cats.index(str(batch)))
-        if len(there.conditions) == len(obs.conditions):
-            return there, True
-        return obs, False
+        return (obs, False) if there is None else (there, True)
 
     def _plan(
         self, requested: list[Protocol], anchor: str, seed: int, observations: Observations
