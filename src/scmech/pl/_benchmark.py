@@ -72,6 +72,9 @@ def leaderboard(
         msg = f"results_or_board must be a DataFrame from scmech.tl.evaluate or scmech.tl.leaderboard, got {type(df)}."
         raise TypeError(msg)
     is_board = {"mean", "sd", "rank"} <= set(df.columns)
+    known = sorted(set(df["metric"])) if "metric" in df.columns else []
+    if not is_board and "metric" in df.columns:
+        df = df[df["metric"] == metric]  # the other metrics' coverage is no concern of this plot
     board = df if is_board else make_board(df)
     undefined: list[str] = []
     if not is_board and metric in set(df["metric"]):
@@ -79,8 +82,14 @@ def leaderboard(
         defined = rows.dropna(subset=["value"]).groupby("model")["value"].size()
         undefined = sorted(set(rows["model"].astype(str)) - set(defined.index.astype(str)))
     sub = board[board["metric"] == metric]
+    if sub.empty and not is_board and metric in set(df["metric"]):
+        msg = (
+            f"Every value of metric {metric!r} is NaN (undefined for {', '.join(undefined)}): nothing to plot. "
+            "Pick a metric the models define (e.g. pearson_delta_de for models that predict changes)."
+        )
+        raise ValueError(msg)
     if sub.empty:
-        msg = f"Metric {metric!r} is not in the results (metrics: {sorted(set(board['metric']))})."
+        msg = f"Metric {metric!r} is not in the results (metrics: {known})."
         raise KeyError(msg)
     higher = higher_is_better(metric)
     ceiling = sub[sub["model"] == "noise_ceiling"]
@@ -189,6 +198,9 @@ def predicted_vs_observed(
     """
     from scmech.tl._metrics import _design
 
+    if genes is None and (isinstance(n_genes, bool) or not isinstance(n_genes, int | np.integer) or n_genes < 1):
+        msg = f"n_genes={n_genes!r} must be an integer >= 1 (top DE genes to draw), e.g. n_genes=20."
+        raise ValueError(msg)
     if split is not None:
         split.check_adata(adata)
     check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")

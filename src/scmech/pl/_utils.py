@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,20 +82,57 @@ def finish(ax: Axes, *, name: str, show: bool | None, save: str | Path | bool | 
     import matplotlib.pyplot as plt
 
     if save is not None and save is not False:
-        if save is True:
-            import scanpy as sc
-
-            path = Path(sc.settings.figdir) / f"scmech_{name}.png"
-        else:
-            path = Path(save)
-            if path.suffix == "":
-                path = path.with_suffix(".png")
+        path = _save_path(ax, name, save)
         path.parent.mkdir(parents=True, exist_ok=True)
         ax.figure.savefig(path, dpi=150, bbox_inches="tight")
     if show:
         plt.show()
         return None
     return ax
+
+
+def _save_path(ax: Axes, name: str, save: str | Path | bool) -> Path:
+    """Return the file a plot is saved to; refuse a ``save`` that is not a path or has an unknown format.
+
+    Parameters
+    ----------
+    ax
+        The plot's axes (its figure knows the formats it can write).
+    name
+        Base file name used when ``save=True`` (path separators become ``_``).
+    save
+        ``True`` or a path.
+
+    Returns
+    -------
+    The path, with ``.png`` added when it has no suffix.
+
+    Raises
+    ------
+    TypeError
+        For a ``save`` that is neither a bool, a string nor a path.
+    ValueError
+        For a suffix that matplotlib cannot write.
+    """
+    if save is True:
+        import scanpy as sc
+
+        safe = "".join("_" if ch in "/\\:" else ch for ch in name)
+        return Path(sc.settings.figdir) / f"scmech_{safe}.png"
+    if not isinstance(save, str | PathLike):
+        msg = f"save={save!r} must be a file path (str or Path), True (scanpy.settings.figdir) or None/False."
+        raise TypeError(msg)
+    path = Path(save)
+    if path.suffix == "":
+        return path.with_suffix(".png")
+    formats = ax.figure.canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        msg = (
+            f"save={str(save)!r} has the suffix {path.suffix!r}, which is not a figure format; use one of "
+            f"{sorted(formats)} (e.g. save={str(path.with_suffix('.png'))!r})."
+        )
+        raise ValueError(msg)
+    return path
 
 
 def _strip(ax: Axes) -> None:

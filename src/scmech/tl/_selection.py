@@ -160,7 +160,8 @@ def selection(
     selection), ``qvalue`` (Benjamini-Hochberg over the pooled rows) and ``call`` (``"depleted"``,
     ``"enriched"`` or ``"neutral"``: whether the interval excludes 0). Also written to
     ``adata.uns["scmech"][key_added]`` as ``{"table": ..., "params": ...}`` (``adata`` must not be a view).
-    Cells labelled ``unassigned_label`` are left out; missing (NaN) perturbation labels are refused.
+    Cells labelled ``unassigned_label`` are left out; missing (NaN) perturbation labels, and missing batch or
+    time values of assigned cells, are refused.
 
     Examples
     --------
@@ -176,7 +177,7 @@ def selection(
             "silently be lost. Pass adata.copy()."
         )
         raise ValueError(msg)
-    _check_args(adata.obs, perturbation_key, batch_key, time_key, confidence, reference, reference_time)
+    _check_args(adata.obs, perturbation_key, batch_key, time_key, confidence, reference, reference_time, min_cells)
     control_label = str(control_label)
     labels, batches, times = _cell_labels(
         adata.obs, perturbation_key, control_label, unassigned_label, batch_key, time_key
@@ -214,8 +215,9 @@ def _check_args(
     confidence: float,
     reference: Mapping[str, float] | pd.Series | None,
     reference_time: float | str | None,
+    min_cells: int = 0,
 ) -> None:
-    """Refuse missing ``obs`` columns, an invalid ``confidence`` and conflicting reference arguments.
+    """Refuse missing ``obs`` columns, invalid ``confidence`` or ``min_cells`` and conflicting reference arguments.
 
     Parameters
     ----------
@@ -233,14 +235,18 @@ def _check_args(
         Expected frequencies or counts per condition, or ``None``.
     reference_time
         The reference time point, or ``None``.
+    min_cells
+        Smallest count for an estimate.
 
     Raises
     ------
     KeyError
         For a key that is not a column of ``obs``.
+    TypeError
+        For a ``confidence`` or ``min_cells`` that is not a number (a whole number for ``min_cells``).
     ValueError
-        For ``confidence`` outside (0, 1), ``time_key`` without ``reference_time`` (or the reverse), and both
-        ``reference`` and ``reference_time``.
+        For ``confidence`` outside (0, 1), a negative ``min_cells``, ``time_key`` without ``reference_time`` (or
+        the reverse), and both ``reference`` and ``reference_time``.
     """
     for name, key in (("perturbation_key", perturbation_key), ("batch_key", batch_key), ("time_key", time_key)):
         if key is not None and key not in obs.columns:
@@ -252,6 +258,9 @@ def _check_args(
     if not 0 < confidence < 1:
         msg = f"confidence={confidence!r} is out of range; expected a value in (0, 1), e.g. confidence=0.95."
         raise ValueError(msg)
+    if isinstance(min_cells, bool) or not isinstance(min_cells, int | np.integer) or min_cells < 0:
+        msg = f"min_cells={min_cells!r} must be a whole number >= 0 (cells per condition), e.g. min_cells=10."
+        raise ValueError(msg) if isinstance(min_cells, int | np.integer) else TypeError(msg)
     if (reference_time is None) != (time_key is None):
         msg = (
             f"time_key={time_key!r} and reference_time={reference_time!r} go together: give both to compare "
@@ -298,8 +307,8 @@ def _cell_labels(
     Raises
     ------
     ValueError
-        For missing (NaN) perturbation labels, when no cell has ``control_label``, when no cell is perturbed,
-        and for a batch labelled ``"all"``.
+        For missing (NaN) perturbation labels, missing batch or time values of assigned cells, when no cell
+        has ``control_label``, when no cell is perturbed, and for a batch labelled ``"all"``.
     """
     raw = obs[perturbation_key]
     na = raw.isna().to_numpy()
@@ -324,6 +333,16 @@ def _cell_labels(
             f"{control_label!r}; selection compares perturbations with the controls and needs some."
         )
         raise ValueError(msg)
+    for name, key in (("batch_key", batch_key), ("time_key", time_key)):
+        n_na = int((obs[key].isna().to_numpy() & keep).sum()) if key is not None else 0
+        if n_na:
+            msg = (
+                f"adata.obs[{key!r}] (the {name}) has {n_na} missing (NaN) values among the assigned cells; they "
+                f"would form a group named 'nan'. Fill them (e.g. adata.obs[{key!r}] = adata.obs[{key!r}]"
+                f".astype(object).fillna('unknown')) or leave those cells out (adata[adata.obs[{key!r}].notna()]"
+                ".copy())."
+            )
+            raise ValueError(msg)
     batches = obs[batch_key].astype(str).to_numpy() if batch_key is not None else np.full(len(obs), _POOLED)
     if batch_key is not None and _POOLED in set(batches[keep]):
         msg = (

@@ -23,6 +23,7 @@ import numpy as np
 from scmech.data._embedding import pseudobulk_gene_embedding
 
 from ._baselines import TrainMean
+from ._baselines._checks import check_embedding, check_positive_int
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -147,7 +148,13 @@ class TargetClassMean(TrainMean):
             msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
             raise ValueError(msg)
         self.k = None if k is None else int(k)
-        self.n_components = int(n_components)
+        self.n_components = check_positive_int(n_components, "n_components", 10)
+        if gene_embedding != "training_data" and gene_embedding not in self._rna().varm:
+            msg = (
+                f"gene_embedding={gene_embedding!r} is neither 'training_data' nor a key of adata.varm "
+                f"(keys: {list(self._rna().varm.keys())})."
+            )
+            raise KeyError(msg)
         self.gene_embedding = gene_embedding
         kind = "all measured training targets" if k is None else f"the {k} nearest training targets"
         self._model_summary_string = f"TargetClassMean baseline: mean of {kind}."
@@ -169,7 +176,9 @@ class TargetClassMean(TrainMean):
             if self.gene_embedding == "training_data":
                 self.embedding_ = pseudobulk_gene_embedding(self._pb.to_numpy(), n_components=self.n_components)
             else:
-                self.embedding_ = np.asarray(self._rna().varm[self.gene_embedding], dtype=np.float64)
+                self.embedding_ = check_embedding(
+                    self._rna().varm[self.gene_embedding], self.gene_embedding, len(genes)
+                )
 
     def _rna(self):
         from scvi import REGISTRY_KEYS

@@ -21,6 +21,7 @@ from scmech.data._pseudobulk import normalized_mean
 from scmech.model._protocols import _per_condition
 from scmech.model._setup import PerturbationSetupMixin
 
+from ._checks import check_indices
 from ._layout import _VALUE, _prediction_anndata
 
 if TYPE_CHECKING:
@@ -137,12 +138,10 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                     "(e.g. split.external_indexing)."
                 )
                 raise ValueError(msg)
-            idx = np.asarray(ext[0], dtype=np.int64)
-            val = np.asarray(ext[1], dtype=np.int64) if len(ext) > 1 else np.zeros(0, dtype=np.int64)
-            test = np.asarray(ext[2], dtype=np.int64) if len(ext) > 2 else np.zeros(0, dtype=np.int64)
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(fit)):
-                msg = f"external_indexing[0] holds indices outside 0..{len(fit) - 1}."
-                raise ValueError(msg)
+            idx, val, test = (
+                check_indices(ext[i], len(fit), f"external_indexing[{i}]") if len(ext) > i else np.zeros(0, np.int64)
+                for i in range(3)
+            )
             idx = np.unique(idx[fit[idx]])
             if with_validation:
                 idx = self._with_validation(idx, val, design)
@@ -244,7 +243,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 raise ValueError(msg)
             col = self._context_values(key, reg)[idx]
             if name in ("time", "media_time"):
-                mask &= np.isclose(col.astype(np.float64), float(value))
+                mask &= np.isclose(col.astype(np.float64), _as_time(value, name))
             else:
                 mask &= col.astype(str) == str(value)
             parts.append(f"{name}={value}")
@@ -436,3 +435,29 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             msg = f"Condition {cond!r} has no training cells."
             raise KeyError(msg)
         return self._pb.loc[cond].to_numpy()
+
+
+def _as_time(value: Any, name: str) -> float:
+    """Return a requested time point as a float; refuse values that are not numbers.
+
+    Parameters
+    ----------
+    value
+        The requested ``time`` or ``media_time``.
+    name
+        The argument's name, for messages.
+
+    Returns
+    -------
+    The time as a float.
+
+    Raises
+    ------
+    TypeError
+        For a value that is not a number (e.g. a time-point label).
+    """
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        msg = f"`{name}`={value!r} is not a number; registered times are numeric (e.g. {name}=24.0)."
+        raise TypeError(msg) from None

@@ -10,6 +10,7 @@ from scvi import REGISTRY_KEYS
 from scmech.data._embedding import pseudobulk_gene_embedding, solve_y_axb
 
 from ._base import _PseudobulkBaseline
+from ._checks import check_embedding, check_nonnegative, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,12 +64,8 @@ class LinearModel(_PseudobulkBaseline):
         gene_embedding: Literal["training_data"] | str = "training_data",
     ) -> None:
         super().__init__(adata)
-        if int(n_components) < 1:
-            msg = f"n_components must be >= 1, got {n_components}."
-            raise ValueError(msg)
-        if not (np.isfinite(ridge) and ridge >= 0):
-            msg = f"ridge must be a finite penalty >= 0, got {ridge}."
-            raise ValueError(msg)
+        n_components = check_positive_int(n_components, "n_components", 10)
+        ridge = check_nonnegative(ridge, "ridge", 0.1)
         if gene_embedding != "training_data" and gene_embedding not in self._rna().varm:
             msg = (
                 f"gene_embedding {gene_embedding!r} is neither 'training_data' nor a key of adata.varm "
@@ -93,11 +90,7 @@ class LinearModel(_PseudobulkBaseline):
         """Genes x K embedding: the PCA of the training pseudobulk, or ``adata.varm[gene_embedding]``."""
         if self.gene_embedding == "training_data":
             return pseudobulk_gene_embedding(self._pb.to_numpy(), n_components=self.n_components)
-        g = np.asarray(self._rna().varm[self.gene_embedding], dtype=np.float64)
-        if g.ndim != 2 or g.shape[0] != len(genes):
-            msg = f"adata.varm[{self.gene_embedding!r}] must be genes x K, got shape {g.shape}."
-            raise ValueError(msg)
-        return g
+        return check_embedding(self._rna().varm[self.gene_embedding], self.gene_embedding, len(genes))
 
     def _fit_columns(self, g: np.ndarray, pos: dict[str, int]) -> tuple[list[str], list[np.ndarray]]:
         """Training conditions of the fit (the control and single targets that are genes) and their embeddings."""
@@ -128,7 +121,16 @@ class LinearModel(_PseudobulkBaseline):
         cols, p_cols = self._fit_columns(g, pos)
         y = (pb.loc[cols].to_numpy() - base).T  # genes x conditions
         p = np.stack(p_cols, axis=1)  # K x conditions
-        coef, center = solve_y_axb(y, g, p, a_ridge=self.ridge, b_ridge=self.ridge)
+        try:
+            coef, center = solve_y_axb(y, g, p, a_ridge=self.ridge, b_ridge=self.ridge)
+        except (np.linalg.LinAlgError, ValueError) as e:  # scmech.data reports a singular system as a ValueError
+            if not isinstance(e, np.linalg.LinAlgError) and "singular" not in str(e).lower():
+                raise
+            msg = (
+                f"LinearModel's fit is singular with ridge={self.ridge} ({len(cols)} training conditions, "
+                f"{g.shape[1]} embedding components). Pass a positive ridge (e.g. ridge=0.1) or fewer n_components."
+            )
+            raise ValueError(msg) from e
         self.gene_embedding_ = g
         self.coef_ = coef
         self.center_ = center

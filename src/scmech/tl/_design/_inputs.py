@@ -18,7 +18,14 @@ if TYPE_CHECKING:
 
 def _as_array(values: float | Sequence[float], name: str, *, integer: bool = False) -> np.ndarray:
     """Check a positive number or a 1-d sequence of them; return a float array (rounded with ``integer``)."""
-    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    try:
+        arr = np.atleast_1d(np.asarray(values, dtype=float))
+    except (TypeError, ValueError) as e:
+        msg = f"{name}={values!r} must be a positive number or a 1-d sequence of positive numbers."
+        raise TypeError(msg) from e
+    if arr.size == 0:
+        msg = f"{name}={values!r} is empty; pass a positive number or a 1-d sequence of positive numbers."
+        raise ValueError(msg)
     if arr.ndim != 1 or not np.isfinite(arr).all() or (arr <= 0).any():
         msg = f"{name} must be a positive number or a 1-d sequence of positive numbers, got {values!r}."
         raise ValueError(msg)
@@ -33,7 +40,15 @@ def _perturbation_labels(perturbations: Sequence[str] | int, control_label: str)
             raise ValueError(msg)
         width = len(str(int(perturbations) - 1))
         return [f"P{i:0{width}d}" for i in range(int(perturbations))]
-    labels = [str(p) for p in ([perturbations] if isinstance(perturbations, str) else perturbations)]
+    raw = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+    missing = [i for i, p in enumerate(raw) if p is None or (isinstance(p, float) and np.isnan(p))]
+    if missing:
+        msg = (
+            f"perturbations has {len(missing)} missing (None/NaN) label(s) at position(s) {missing[:5]}; they would "
+            "become a perturbation named 'nan'. Drop them or name them."
+        )
+        raise ValueError(msg)
+    labels = [str(p) for p in raw]
     if not labels:
         msg = "perturbations is empty; pass the labels of the perturbations to screen (or their number)."
         raise ValueError(msg)

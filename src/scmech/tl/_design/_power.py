@@ -99,6 +99,21 @@ def minimal_detectable_effect(
     sigma2_cell = _checked(sigma2_cell, "sigma2_cell", positive=False, what="variances")
     sigma2_batch = _checked(sigma2_batch, "sigma2_batch", positive=False, what="variances")
     batch_factor = _checked(batch_factor, "batch_factor", positive=False, what="sums of squares")
+    shapes = {
+        "sigma2_cell": sigma2_cell.shape,
+        "n_cells": n_cells.shape,
+        "n_controls": n_controls.shape,
+        "sigma2_batch": sigma2_batch.shape,
+        "batch_factor": batch_factor.shape,
+    }
+    try:
+        np.broadcast_shapes(*shapes.values())
+    except ValueError:
+        msg = (
+            f"The arrays of minimal_detectable_effect do not broadcast together (shapes {shapes}); give numbers or "
+            "arrays of one shape (one value per perturbation or gene)."
+        )
+        raise ValueError(msg) from None
     var = sigma2_cell * (1 / n_cells + 1 / n_controls) + sigma2_batch * batch_factor
     return z * np.sqrt(var)
 
@@ -252,6 +267,17 @@ def power(
     z = _z(alpha, power)
     z_a = float(norm.ppf(1 - alpha / 2))
     batch_factor, n_controls, n_perturbations = _check_power_arguments(batch_factor, n_controls, n_perturbations)
+    _check_modes(
+        n_cells=n_cells,
+        effect=effect,
+        design=design,
+        budget_reads=budget_reads,
+        budget_only={
+            "reads_per_cell": reads_per_cell,
+            "cell_cost_reads": cell_cost_reads or None,
+            "pilot_depth": pilot_depth,
+        },
+    )
     grid = None
     if budget_reads is not None:
         grid = _check_budget_arguments(budget_reads, cell_cost_reads, reads_per_cell, pilot_depth)
@@ -286,6 +312,45 @@ def power(
             what = "se, mde and power" if effect is not None else "se and mde"
         _warn_unknown_batch(var, f"{what} (batch_factor={batch_factor:g})", cell)
     return out
+
+
+def _check_modes(*, n_cells: Any, effect: Any, design: Any, budget_reads: Any, budget_only: dict[str, Any]) -> None:
+    """Refuse arguments that the chosen mode of :func:`power` would silently ignore.
+
+    Parameters
+    ----------
+    n_cells, effect, design, budget_reads
+        The mode arguments of :func:`power`.
+    budget_only
+        Arguments used by budget mode only, by name (``None`` when not given).
+
+    Raises
+    ------
+    ValueError
+        For budget-mode arguments without ``budget_reads``, and for ``n_cells``, ``effect`` or ``design`` beside
+        ``budget_reads``, or ``n_cells`` or ``effect`` beside ``design``.
+    """
+    given = {"n_cells": n_cells, "effect": effect, "design": design}
+    given = [k for k, v in given.items() if v is not None]
+    stray = [k for k, v in budget_only.items() if v is not None]
+    if budget_reads is None and stray:
+        msg = (
+            f"{stray} only apply to the budget mode and would be ignored without budget_reads; pass budget_reads= "
+            f"(total reads) for the depth trade-off, or drop {stray}."
+        )
+        raise ValueError(msg)
+    if budget_reads is not None and given:
+        msg = (
+            f"budget_reads= (the depth trade-off) ignores {given}; call power() once per mode: with budget_reads "
+            "(and reads_per_cell), or with n_cells/effect/design."
+        )
+        raise ValueError(msg)
+    if design is not None and len(given) > 1:
+        msg = (
+            f"design= gives the MDE of the design's own cell numbers and ignores {given[1:]}; call power() "
+            "separately with design= or with n_cells/effect."
+        )
+        raise ValueError(msg)
 
 
 def _check_power_arguments(

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from scmech.tl._metrics._checks import _check_seed
+
 from ._allocation import _allocate, _expected_errors, _naive
 from ._batch_design import BatchDesign
 from ._inputs import _check_batch_arguments, _contexts, _perturbation_labels
@@ -309,6 +311,7 @@ def recommend_batches(
     ... )
     >>> design.expected_error[["mde", "naive_mde"]].mean()
     """
+    _check_seed(random_state)
     labels = _perturbation_labels(perturbations, control_label)
     K = len(labels)
     B, C, m = _check_batch_arguments(

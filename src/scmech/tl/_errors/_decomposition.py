@@ -237,6 +237,7 @@ def error_decomposition(
         min_cells=min_cells,
         key_added=key_added,
         batch_key=batch_key,
+        random_state=random_state,
     )
     labelling = {
         "perturbation_key": perturbation_key,

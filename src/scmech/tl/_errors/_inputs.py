@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.tl._metrics import check_finite_rows
+from scmech.tl._metrics._checks import _check_seed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from scmech.data._design import PerturbationDesign
 
 logger = logging.getLogger(__name__)
+#: defaults of the whole-number arguments, as examples in messages
+_DEFAULTS = {"n_bootstrap": 200, "n_splits": 20, "min_cells": 2}
 
 
 def _warn(msg: str, stacklevel: int = 3) -> None:
@@ -45,6 +49,26 @@ def _check_batch_key(adata: AnnData, batch_key: str | None) -> None:
         raise KeyError(msg)
 
 
+def _check_counts_args(**values: object) -> None:
+    """Refuse arguments that must be whole numbers (``n_bootstrap``, ``n_splits``, ``min_cells``) but are not.
+
+    Parameters
+    ----------
+    **values
+        The arguments by name.
+
+    Raises
+    ------
+    TypeError
+        For a boolean, a string or another value that is not a whole number.
+    """
+    for name, value in values.items():
+        whole = isinstance(value, int | np.integer) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool | np.bool_) or not whole:
+            msg = f"{name}={value!r} must be a whole number (e.g. {name}={_DEFAULTS[name]})."
+            raise TypeError(msg)
+
+
 def _check_arguments(
     adata: AnnData,
     *,
@@ -54,11 +78,14 @@ def _check_arguments(
     min_cells: int,
     key_added: str,
     batch_key: str | None,
+    random_state: Any = 0,
 ) -> None:
     """Check the scalar arguments of :func:`~scmech.tl._errors.error_decomposition`, in this order."""
+    _check_seed(random_state)
     if target not in ("delta", "expression"):
         msg = f"target={target!r} is not supported; use 'delta' (effects) or 'expression' (batch-free predictions)."
         raise ValueError(msg)
+    _check_counts_args(n_bootstrap=n_bootstrap, n_splits=n_splits, min_cells=min_cells)
     if int(n_bootstrap) != n_bootstrap or n_bootstrap < 0:
         msg = f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}."
         raise ValueError(msg)
@@ -89,6 +116,14 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
     if "perturbation" not in predictions.obs.columns:
         msg = "predictions has no obs['perturbation'] column; pass the AnnData returned by predict()."
         raise KeyError(msg)
+    na = predictions.obs["perturbation"].isna().to_numpy()
+    if na.any():
+        msg = (
+            f"predictions have {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
+            f"{list(predictions.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
+        )
+        raise ValueError(msg)
+    check_unique_names(predictions.var_names, "The var_names of predictions", "var_names_make_unique() on that AnnData")
     labels = [_canonical(x, design) for x in predictions.obs["perturbation"].astype(str)]
     dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
     if dup:

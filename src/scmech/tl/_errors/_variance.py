@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._inputs import _dispersion
+from scmech.tl._metrics._checks import _check_seed
+
+from ._inputs import _check_counts_args, _dispersion
 from ._setup import _setup
 from ._stats import _stats
 
@@ -157,6 +159,8 @@ def estimate_variance(
     >>> var = estimate_variance(adata, batch_key="bio_rep")
     >>> var.loc[var["mean"] >= 1, ["batch", "cell"]].mean()
     """
+    _check_counts_args(n_splits=n_splits, min_cells=min_cells)
+    _check_seed(random_state)
     if n_splits < 1 or min_cells < 2:
         msg = f"n_splits ({n_splits}) must be >= 1 and min_cells ({min_cells}) >= 2."
         raise ValueError(msg)

@@ -41,6 +41,16 @@ def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
     return list(values)
 
 
+def _check_seed(random_state: Any, name: str = "random_state", *, allow_none: bool = True) -> None:
+    """Refuse a seed that :func:`numpy.random.default_rng` cannot take (anything but ``None`` or an integer >= 0)."""
+    if random_state is None and allow_none:
+        return
+    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
+        alt = " (or None)" if allow_none else ""
+        msg = f"{name}={random_state!r} must be a non-negative integer seed{alt}, e.g. {name}=0."
+        raise TypeError(msg) if not isinstance(random_state, int | np.integer) else ValueError(msg)
+
+
 def _check_de_method(de_method: Any) -> None:
     """Refuse a ``de_method`` that :func:`scanpy.tl.rank_genes_groups` does not offer."""
     if de_method not in _DE_METHODS:
@@ -66,6 +76,31 @@ def _check_scale(x: np.ndarray | sp.spmatrix, what: str, data_max: float | None 
             f"{what} reach {top:.4g}, above {where} (one gene holding all of a cell's counts): "
             "they are not on the log1p(10^4 proportion) scale. Predictions must be on that scale, as returned by "
             "predict(): not counts, counts per 10^4, np.expm1 of a prediction or another normalisation."
+        )
+        raise ValueError(msg)
+
+
+def _check_finite_cells(x: np.ndarray | sp.spmatrix, what: str) -> None:
+    """Refuse a per-cell prediction matrix with NaN or infinite values (the energy distance would be NaN).
+
+    Parameters
+    ----------
+    x
+        Cells x genes matrix.
+    what
+        What ``x`` is, to start the message (e.g. ``"cell_predictions['model']"``).
+
+    Raises
+    ------
+    ValueError
+        When a value is NaN or infinite.
+    """
+    vals = x.data if sp.issparse(x) else np.asarray(x)
+    bad = ~np.isfinite(np.asarray(vals, dtype=np.float64))
+    if bad.any():
+        msg = (
+            f"{what} holds {int(bad.sum())} NaN or infinite values; its energy_distance would be meaningless. "
+            "Fix or drop those cells (a model that fails on a condition must not be scored)."
         )
         raise ValueError(msg)
 

@@ -38,6 +38,11 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     -------
     The energy distance (0 for identical samples).
 
+    Raises
+    ------
+    ValueError
+        For arrays that are not 2-D, empty, with different numbers of features, or with NaN or infinite values.
+
     Examples
     --------
     >>> rng = np.random.default_rng(0)
@@ -47,11 +52,27 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """
     from scipy.spatial.distance import cdist
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2:
+        msg = f"x and y must be 2-D (cells x features) arrays, got shapes {x.shape} and {y.shape}."
+        raise ValueError(msg)
     if len(x) == 0 or len(y) == 0:
         msg = "energy_distance needs at least one cell on each side."
         raise ValueError(msg)
+    if x.shape[1] != y.shape[1]:
+        msg = (
+            f"x has {x.shape[1]} features and y {y.shape[1]}; both must hold the same features (columns) in the "
+            "same order."
+        )
+        raise ValueError(msg)
+    for name, arr in (("x", x), ("y", y)):
+        if not np.isfinite(arr).all():
+            msg = (
+                f"{name} holds {int((~np.isfinite(arr)).sum())} NaN or infinite values; the distance would be NaN. "
+                "Remove or impute them."
+            )
+            raise ValueError(msg)
     return float(2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean())
 
 

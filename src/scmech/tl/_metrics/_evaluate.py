@@ -17,7 +17,17 @@ from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 from scmech.data._checks import check_expression, check_unique_names
 
-from ._checks import _as_list, _check_de_method, _check_scale, _index_mask, _warn
+from ._checks import (
+    _MAX_LOG1P,
+    _SCALE_MARGIN,
+    _as_list,
+    _check_de_method,
+    _check_finite_cells,
+    _check_scale,
+    _check_seed,
+    _index_mask,
+    _warn,
+)
 from ._names import _SYSTEMA_METRICS
 from ._predictions import _as_dict, _design, _genes, _prediction_frame
 from ._score import _run
@@ -31,6 +41,11 @@ if TYPE_CHECKING:
     from scmech.tl._split import Split
 
 __all__ = ["evaluate"]
+
+#: the defaults of evaluate's sizes, as examples in messages
+_SIZES = {"n_de_genes": 20, "n_top_expressed": 1000, "n_pcs": 30, "max_cells": 300}
+#: the largest value a log-normalised matrix can hold for any sensible target sum, log(1 + 10^13)
+_LOG_MAX = 30.0
 
 
 @fill_doc
@@ -168,7 +183,11 @@ def evaluate(
     """
     _check_sizes(n_de_genes, n_top_expressed, n_pcs, max_cells)
     _check_de_method(de_method)
+    _check_seed(random_state)
     conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)
+    if conditions is not None and len(conditions) == 0:
+        msg = "conditions=[] selects nothing to evaluate; pass conditions=None to evaluate every shared condition."
+        raise ValueError(msg)
     if split is not None:
         split.check_adata(adata)
     check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
@@ -176,6 +195,7 @@ def evaluate(
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     data_max = _data_max(adata, layer, counts)
     for name, cp in (cells_ad or {}).items():
+        _check_finite_cells(cp.X, f"cell_predictions[{name!r}]")
         _check_scale(cp.X, f"cell_predictions[{name!r}]", data_max=data_max)
     genes0 = pd.Index(adata.var_names).astype(str)
     frames = {name: _prediction_frame(p, name, design, genes0, data_max=data_max) for name, p in preds_ad.items()}
@@ -210,13 +230,20 @@ def evaluate(
 
 
 def _check_sizes(n_de_genes: int, n_top_expressed: int, n_pcs: int, max_cells: int) -> None:
-    """Refuse gene, component and cell numbers below their minimum."""
-    if n_de_genes < 1 or n_top_expressed < 1 or n_pcs < 1 or max_cells < 2:
-        msg = (
-            f"n_de_genes ({n_de_genes}), n_top_expressed ({n_top_expressed}) and n_pcs ({n_pcs}) must be >= 1 and "
-            f"max_cells ({max_cells}) >= 2."
-        )
-        raise ValueError(msg)
+    """Refuse gene, component and cell numbers that are not integers or are below their minimum."""
+    sizes = {"n_de_genes": n_de_genes, "n_top_expressed": n_top_expressed, "n_pcs": n_pcs, "max_cells": max_cells}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            msg = (
+                f"{name}={value!r} must be an integer (a number of genes, components or cells), e.g. "
+                f"{name}={_SIZES[name]}."
+            )
+            raise TypeError(msg)
+    for name, value in sizes.items():
+        low = 2 if name == "max_cells" else 1
+        if value < low:
+            msg = f"{name}={value} is too small; it must be >= {low} (default {name}={_SIZES[name]})."
+            raise ValueError(msg)
 
 
 def _model_inputs(
@@ -251,7 +278,40 @@ def _data_max(adata: AnnData, layer: str | None, counts: bool) -> float | None:
     if not counts:
         mat = adata.layers[layer] if layer is not None else adata.X
         data_max = float(mat.max()) if (mat.nnz if sp.issparse(mat) else np.size(mat)) else None
+        _check_log_scale(mat, data_max, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     return data_max
+
+
+def _check_log_scale(mat: np.ndarray | sp.spmatrix, data_max: float | None, where: str) -> None:
+    r"""Refuse ``counts=False`` for data that cannot be log-normalised (counts, or unlogged normalised values).
+
+    Parameters
+    ----------
+    mat
+        The observed matrix.
+    data_max
+        Its largest value (``None`` when empty).
+    where
+        Where the matrix lives, for messages.
+
+    Raises
+    ------
+    ValueError
+        When the values are integers above :math:`\log(1 + 10^4)` + 0.5 (raw counts) or exceed 30
+        (:math:`\log(1 + 10^{13})`: not on a log scale).
+    """
+    if data_max is None:
+        return
+    vals = mat.data if sp.issparse(mat) else np.asarray(mat).ravel()
+    integral = bool(np.all(vals == np.round(vals)))
+    if data_max > _LOG_MAX or (integral and data_max > _MAX_LOG1P + _SCALE_MARGIN):
+        kind = "integer counts" if integral else "values not on a log scale"
+        msg = (
+            f"counts=False declares {where} log-normalised, but it holds {kind} (largest value {data_max:.4g}); "
+            "pseudobulks of it would overflow or be meaningless. Pass counts=True for raw counts, or log-normalise "
+            "them first (sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata))."
+        )
+        raise ValueError(msg)
 
 
 def _split_masks(design: PerturbationDesign, n: int, split: Split | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

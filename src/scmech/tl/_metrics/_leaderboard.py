@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,8 +33,10 @@ def leaderboard(
     Returns
     -------
     DataFrame with one row per model and metric: ``mean``, ``sd`` and ``n`` over conditions (NaN values
-    dropped) or, when a ``seed`` column is present, the mean and sd over seeds of the per-seed means (``n``
-    then counts seeds and ``n_conditions`` conditions), ``higher_is_better`` and ``rank`` (1 = best within
+    dropped; a model without any finite score on a metric has no row for it, and a ``UserWarning`` says when
+    models are scored on different conditions of a metric, as their means then do not compare) or, when a
+    ``seed`` column is present, the mean and sd over seeds of the per-seed means (``n`` then counts seeds and
+    ``n_conditions`` conditions), ``higher_is_better`` and ``rank`` (1 = best within
     the metric; ties share the best rank).
 
     Examples
@@ -45,6 +48,7 @@ def leaderboard(
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
         msg = f"results must be a DataFrame from scmech.tl.evaluate with columns {sorted(need)}."
         raise ValueError(msg)
+    df = _check_results(df, "results", with_seed=True)
     metrics = _as_list(metrics)
     if metrics is not None:
         unknown = sorted(set(metrics) - set(df["metric"]))
@@ -52,6 +56,7 @@ def leaderboard(
             msg = f"Metric(s) {unknown} are not in the results (metrics: {sorted(set(df['metric']))})."
             raise KeyError(msg)
         df = df[df["metric"].isin(metrics)]
+    _warn_unequal_conditions(df)
     df = df.dropna(subset=["value"])
     if "seed" in df.columns:
         per_seed = df.groupby(["model", "metric", "seed"], sort=False)["value"].mean().reset_index()
@@ -102,7 +107,16 @@ def leaderboard_table(
     --------
     >>> scmech.tl.leaderboard_table(results, metrics=["pearson_delta_de", "l2_top"])
     """
+    if isinstance(digits, bool) or not isinstance(digits, int | np.integer) or digits < 0:
+        msg = f"digits={digits!r} must be a non-negative integer (decimals shown), e.g. digits=3."
+        raise ValueError(msg)
     metrics = _as_list(metrics)
+    if not isinstance(results_or_board, pd.DataFrame):
+        msg = (
+            "results_or_board must be a DataFrame from scmech.tl.evaluate or scmech.tl.leaderboard, got "
+            f"{type(results_or_board).__name__}."
+        )
+        raise TypeError(msg)
     board = results_or_board if "rank" in results_or_board.columns else leaderboard(results_or_board, metrics=metrics)
     if metrics is not None:
         board = board[board["metric"].isin(list(metrics))]
@@ -152,6 +166,12 @@ def win_counts(
     >>> scmech.tl.win_counts(results, "SemiMechVI", "pearson_delta_top_change")
     """
     against = _as_list(against)
+    need = {"model", "condition", "metric", "value"}
+    if not isinstance(results, pd.DataFrame) or not need <= set(results.columns):
+        have = list(results.columns) if isinstance(results, pd.DataFrame) else type(results).__name__
+        msg = f"results must be a DataFrame from scmech.tl.evaluate with columns {sorted(need)}, got {have}."
+        raise ValueError(msg)
+    results = _check_results(results, "results", with_seed=False)
     sub = results[results["metric"] == metric]
     if sub.empty:
         msg = f"No results for metric {metric!r} (metrics: {sorted(results['metric'].unique())[:12]})."
@@ -176,3 +196,79 @@ def win_counts(
             "n": len(pair),
         }
     return pd.DataFrame.from_dict(rows, orient="index", columns=["wins", "losses", "ties", "n"])
+
+
+def _check_results(df: pd.DataFrame, what: str, *, with_seed: bool) -> pd.DataFrame:
+    """Return ``df`` with a numeric ``value`` column; refuse values that are not numbers.
+
+    Parameters
+    ----------
+    df
+        Tidy results.
+    what
+        The argument's name, for messages.
+    with_seed
+        Whether a ``seed`` column is averaged per condition (then ``condition`` is needed).
+
+    Returns
+    -------
+    ``df``, or a copy whose ``value`` column is converted to numbers.
+
+    Raises
+    ------
+    TypeError
+        For a ``value`` column holding booleans or entries that are not numbers.
+    ValueError
+        For a ``seed`` column without a ``condition`` column.
+    """
+    if with_seed and "seed" in df.columns and "condition" not in df.columns:
+        msg = (
+            f"{what} has a 'seed' column but no 'condition' column; per-seed means need the conditions. Pass the "
+            "tidy results of scmech.tl.evaluate (columns model, condition, metric, value, seed)."
+        )
+        raise ValueError(msg)
+    values = df["value"]
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return df
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = (numeric.isna() & values.notna()) | values.map(lambda v: isinstance(v, bool | np.bool_))
+    if bad.any():
+        msg = (
+            f"{what}['value'] must hold numbers, got dtype {values.dtype} with e.g. {values[bad].iloc[0]!r}; "
+            f"convert it first (e.g. {what}['value'] = pd.to_numeric({what}['value']))."
+        )
+        raise TypeError(msg)
+    return df.assign(value=numeric.astype(np.float64))
+
+
+def _warn_unequal_conditions(df: pd.DataFrame) -> None:
+    """Warn when, within a metric, models have finite scores on different conditions (their means do not compare).
+
+    A model without any finite score on a metric (e.g. ``pearson_delta`` of a model that predicts no change) is
+    simply left out of that metric's ranking and is not warned about.
+
+    Parameters
+    ----------
+    df
+        Tidy results (NaN values included), with a ``condition`` column (else nothing is checked).
+    """
+    if "condition" not in df.columns or df.empty:
+        return
+    keys = [c for c in ("seed", "condition") if c in df.columns]
+    scored = df.dropna(subset=["value"])
+    uneven = {}
+    for metric, grp in scored.groupby("metric", sort=False):
+        sets = {m: set(g[keys].itertuples(index=False, name=None)) for m, g in grp.groupby("model", sort=False)}
+        union = set().union(*sets.values())
+        short = {str(m): f"{len(v)} of {len(union)}" for m, v in sets.items() if v != union}
+        if short:
+            uneven[str(metric)] = short
+    if uneven:
+        metric, short = next(iter(uneven.items()))
+        msg = (
+            f"For metric(s) {list(uneven)[:5]} the models are not scored on the same conditions (NaN scores are "
+            f"dropped), e.g. {metric!r}: {short} conditions; their means and ranks compare different conditions. "
+            "Score every model on the same conditions (evaluate them together; noise_ceiling(conditions=...)) or "
+            "keep only the shared conditions."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)

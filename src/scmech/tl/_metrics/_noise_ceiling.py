@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 
 from scmech._docs import fill_doc
+from scmech.data._checks import check_unique_names
 from scmech.data._design import get_design
 from scmech.data._pseudobulk import pseudobulk
 
-from ._checks import _as_list, _check_de_method, _warn
+from ._checks import _as_list, _check_de_method, _check_seed, _warn
+from ._evaluate import _check_sizes, _data_max
 from ._predictions import _canonical
 from ._score import _run
 
@@ -101,7 +103,9 @@ def noise_ceiling(
 
     Examples
     --------
-    >>> ceiling = scmech.tl.noise_ceiling(adata, split="replicate", batch_key="bio_rep")
+    >>> ceiling = scmech.tl.noise_ceiling(
+    ...     adata, split="replicate", batch_key="bio_rep", conditions=results["condition"].unique().tolist()
+    ... )
     >>> scmech.tl.leaderboard(pd.concat([results, ceiling]))
     """
     if split not in ("half", "replicate"):
@@ -111,6 +115,10 @@ def noise_ceiling(
         msg = "split='replicate' needs `batch_key`, the obs column of replicates (e.g. batch_key='bio_rep')."
         raise ValueError(msg)
     _check_de_method(de_method)
+    _check_sizes(n_de_genes, n_top_expressed, 1, 2)
+    _check_seed(random_state)
+    check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
+    _data_max(adata, layer, counts)
     conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)
     full = get_design(
         adata,

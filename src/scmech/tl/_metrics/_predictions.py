@@ -62,6 +62,13 @@ def _prediction_frame(
     if "perturbation" not in pred.obs.columns:
         msg = f"Predictions of {name!r} have no obs['perturbation'] column; pass the AnnData returned by predict()."
         raise KeyError(msg)
+    na = pred.obs["perturbation"].isna().to_numpy()
+    if na.any():
+        msg = (
+            f"Predictions of {name!r} have {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
+            f"{list(pred.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
+        )
+        raise ValueError(msg)
     labels = [_canonical(x, design) for x in pred.obs["perturbation"].astype(str)]
     dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
     if dup:

@@ -15,6 +15,7 @@ from scmech._docs import fill_doc
 from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
+from scmech.tl._metrics._checks import _check_seed
 
 from ._common import OBSERVED, PREDICTED, _dense
 
@@ -124,6 +125,7 @@ def combine_prediction(
     >>> both.obs["group"].value_counts()
     """
     _check_combine_args(pred, observed, n_pcs=n_pcs, max_cells=max_cells, layer=layer)
+    _check_seed(random_state, allow_none=False)
     design = get_design(
         observed,
         perturbation_key,
@@ -202,6 +204,13 @@ def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any,
     if "perturbation" not in pred.obs.columns:
         msg = "pred has no obs['perturbation'] column; pass the AnnData returned by predict()."
         raise KeyError(msg)
+    na = pred.obs["perturbation"].isna().to_numpy()
+    if na.any():
+        msg = (
+            f"pred has {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
+            f"{list(pred.obs_names[na][:5])}); every predicted row or cell must name its condition. Fix or drop them."
+        )
+        raise ValueError(msg)
 
 
 def _combined_conditions(
