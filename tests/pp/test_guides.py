@@ -271,7 +271,7 @@ def test_duplicated_obs_names_are_refused_where_cells_are_matched_by_name():
         ("  ", r"empty target for guide\(s\) \['JAK2g1'\]"),
         ("unassigned", r"\['JAK2g1'\] have the target 'unassigned'.*unassigned_label='unassigned'.*another"),
         ("multiple", r"\['JAK2g1'\] have the target 'multiple'.*multiple_label='multiple'.*another multiple_label"),
-        (" NT", r"\['JAK2g1'\] have the target ' NT'.*control_label='NT'"),
+        (" unassigned ", r"\['JAK2g1'\] have the target 'unassigned'.*unassigned_label='unassigned'"),
     ],
 )
 def test_missing_empty_and_reserved_targets_are_refused(bad, match):
@@ -311,7 +311,7 @@ def test_reserved_labels_follow_the_arguments():
         ValueError, match=r"target_pattern='\^\(x\*\)' gives an empty target for guide\(s\) \['STAT1g1'"
     ):
         assign_guides(gdata, target_pattern=r"^(x*)")
-    with pytest.raises(ValueError, match=r"separator='' must be a non-empty string"):
+    with pytest.raises(ValueError, match=r"separator='' must be a non-blank string"):
         assign_guides(gdata, separator="")
     assert list(gdata.obs.columns) == []
 

@@ -17,6 +17,7 @@ import pandas as pd
 from scmech._docs import fill_doc
 
 from ._labels import PerturbationDesign, canonical_label, parse_condition, parse_perturbations
+from ._obs_checks import check_float32
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -127,11 +128,18 @@ def validate_categorical(values: Sequence | pd.Series, key: str, what: str = "ca
 
 
 def _numeric(values, key: str, what: str) -> np.ndarray:
-    ser = pd.Series(values)
-    if not (pd.api.types.is_numeric_dtype(ser) or pd.api.types.is_bool_dtype(ser)):
+    """Return one number per cell as ``float64`` (missing values as NaN), within the ``float32`` range of training."""
+    if np.ndim(values) != 1:
+        msg = f"obs[{key!r}] {what} values must be one number per cell (1-D), got shape {np.shape(values)}."
+        raise ValueError(msg)
+    ser = pd.Series(values, dtype=np.float64 if len(values) == 0 else None)
+    numeric = pd.api.types.is_numeric_dtype(ser) and not pd.api.types.is_complex_dtype(ser)
+    if not (numeric or pd.api.types.is_bool_dtype(ser)):
         msg = f"obs[{key!r}] must be numeric {what} values, got dtype {ser.dtype}; convert it with pd.to_numeric."
         raise TypeError(msg)
-    return ser.to_numpy(dtype=np.float64, na_value=np.nan)
+    arr = ser.to_numpy(dtype=np.float64, na_value=np.nan)
+    check_float32(arr, key, what)
+    return arr
 
 
 @dataclass(frozen=True)
@@ -187,6 +195,9 @@ class ExperimentalDesign:
 
 
 def _obs_column(adata: AnnData, key: str, what: str) -> pd.Series:
+    if not isinstance(key, str):
+        msg = f"{what}={key!r} must be the name of one obs column (a string)."
+        raise TypeError(msg)
     if key not in adata.obs.columns:
         cols = list(adata.obs.columns)
         msg = f"{what} {key!r} is not a column of adata.obs (columns: {cols[:12]}{' ...' if len(cols) > 12 else ''})."
@@ -243,6 +254,9 @@ def get_design(
     -------
     The validated :class:`ExperimentalDesign`.
     """
+    if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
+        msg = f"adata must be an AnnData (with obs and var_names), got {type(adata).__name__}."
+        raise TypeError(msg)
     labels = _obs_column(adata, perturbation_key, "perturbation_key")
     pert = parse_perturbations(
         labels.to_numpy(),

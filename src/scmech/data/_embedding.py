@@ -12,6 +12,46 @@ import numpy as np
 __all__ = ["pseudobulk_gene_embedding", "ridge_map", "ridge_map_cv", "solve_y_axb"]
 
 
+def _check_penalty(name: str, value: float) -> float:
+    """Return a ridge penalty as a float; refuse a negative, non-finite or non-numeric one.
+
+    A negative penalty is not a ridge: it can cancel the Gram matrix's eigenvalues and make the solve singular or
+    the map arbitrarily large.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        msg = f"{name}={value!r} must be a non-negative number (a ridge penalty), e.g. 0.1."
+        raise TypeError(msg)
+    if not (np.isfinite(value) and value >= 0):
+        msg = f"{name}={value!r} must be a non-negative finite ridge penalty, e.g. 0.1."
+        raise ValueError(msg)
+    return float(value)
+
+
+def _check_matrix(name: str, value, rows: int | None = None) -> np.ndarray:
+    """Return a finite 2-D float64 matrix (a 1-D one as a column); refuse NaN, infinite values and a row mismatch."""
+    m = np.asarray(value, dtype=np.float64)
+    m = m[:, None] if m.ndim == 1 else m
+    if m.ndim != 2:
+        msg = f"{name} must be a matrix (2-D), got shape {m.shape}."
+        raise ValueError(msg)
+    if not np.isfinite(m).all():
+        msg = f"{name} has {int((~np.isfinite(m)).sum())} NaN or infinite values; fill or drop them first."
+        raise ValueError(msg)
+    if rows is not None and m.shape[0] != rows:
+        msg = f"{name} has {m.shape[0]} rows for {rows} targets; give one row per target."
+        raise ValueError(msg)
+    return m
+
+
+def _solve(a: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
+    """``np.linalg.solve`` that names the penalty to raise when the system is singular."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError as e:
+        msg = f"The ridge system is singular ({e}); pass a positive {what} (e.g. 0.1)."
+        raise ValueError(msg) from e
+
+
 #: smallest dimension of a pseudobulk above which only its leading components are computed
 TRUNCATED_SVD_ABOVE = 300
 
@@ -33,6 +73,12 @@ def pseudobulk_gene_embedding(pseudobulk: np.ndarray, n_components: int = 10) ->
     y = np.asarray(pseudobulk, dtype=np.float64).T  # genes x conditions
     if y.ndim != 2 or y.shape[1] < 2:
         msg = f"A gene embedding needs at least 2 training conditions, got a matrix of shape {y.shape[::-1]}."
+        raise ValueError(msg)
+    if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer) or n_components < 1:
+        msg = f"n_components={n_components!r} must be a positive integer (the number of components), e.g. 10."
+        raise ValueError(msg)
+    if not np.isfinite(y).all():
+        msg = f"The pseudobulk has {int((~np.isfinite(y)).sum())} NaN or infinite values; drop empty conditions first."
         raise ValueError(msg)
     y = y - y.mean(axis=0, keepdims=True)
     k = min(n_components, min(y.shape) - 1) if min(y.shape) > 1 else 1
@@ -72,10 +118,11 @@ def solve_y_axb(
     -------
     ``K`` (K x K') and the centre ``c`` (row means of ``y``).
     """
+    a_ridge, b_ridge = _check_penalty("a_ridge", a_ridge), _check_penalty("b_ridge", b_ridge)
     center = y.mean(axis=1)
     yc = y - center[:, None]
-    left = np.linalg.solve(a.T @ a + a_ridge * np.eye(a.shape[1]), a.T @ yc @ b.T)
-    k = np.linalg.solve((b @ b.T + b_ridge * np.eye(b.shape[0])).T, left.T).T
+    left = _solve(a.T @ a + a_ridge * np.eye(a.shape[1]), a.T @ yc @ b.T, "a_ridge")
+    k = _solve((b @ b.T + b_ridge * np.eye(b.shape[0])).T, left.T, "b_ridge").T
     return k, center
 
 
@@ -99,14 +146,13 @@ def ridge_map(
     -------
     Coefficients (K x D) and intercept (D,). A new target's value is ``e @ coef + intercept``.
     """
-    e = np.asarray(embedding, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[:, None]
+    ridge = _check_penalty("ridge", ridge)
+    e = _check_matrix("embedding", embedding)
+    v = _check_matrix("values", values, rows=e.shape[0])
     e_mean = e.mean(axis=0) if intercept else np.zeros(e.shape[1])
     v_mean = v.mean(axis=0) if intercept else np.zeros(v.shape[1])
     ec, vc = e - e_mean, v - v_mean
-    coef = np.linalg.solve(ec.T @ ec + ridge * np.eye(e.shape[1]), ec.T @ vc)
+    coef = _solve(ec.T @ ec + ridge * np.eye(e.shape[1]), ec.T @ vc, "ridge")
     return coef, v_mean - e_mean @ coef
 
 
@@ -132,10 +178,13 @@ def ridge_map_cv(
     -------
     Coefficients, intercept, the chosen penalty, and the LOO mean squared error of each penalty.
     """
-    e = np.asarray(embedding, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[:, None]
+    e = _check_matrix("embedding", embedding)
+    v = _check_matrix("values", values, rows=e.shape[0])
+    if ridges is not None:
+        ridges = [_check_penalty("ridges", r) for r in np.atleast_1d(np.asarray(ridges)).tolist()]
+        if not ridges:
+            msg = "ridges is empty; pass the penalties to try (e.g. np.logspace(-3, 4, 15)) or None for that grid."
+            raise ValueError(msg)
     n = e.shape[0]
     if n < 3:
         return np.zeros((e.shape[1], v.shape[1])), v.mean(axis=0), float("inf"), {}

@@ -18,6 +18,8 @@ import scipy.sparse as sp
 
 from scmech._docs import fill_doc
 
+from ._label_checks import check_label_array, check_scalar_label, check_separator, check_unassigned_parts
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -75,9 +77,7 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
     if not all(isinstance(t, str) for t in targets):
         msg = f"targets={targets!r} must hold target names (strings)."
         raise TypeError(msg)
-    if not isinstance(separator, str) or separator.strip() == "":
-        msg = f"`separator` must be a non-blank string such as '+', got {separator!r}."
-        raise ValueError(msg)
+    check_separator(separator)
     if not isinstance(control_label, str) or control_label.strip() == "":
         msg = f"`control_label` must be a non-empty label such as 'NT', got {control_label!r}."
         raise ValueError(msg)
@@ -137,10 +137,10 @@ def parse_condition(
     Raises
     ------
     TypeError
-        For a missing label (``None``, NaN or ``pd.NA``).
+        For a missing label (``None``, NaN or ``pd.NA``) or a container (list, tuple...) instead of a label.
     ValueError
-        For an empty label or empty part, a repeated target (``"A+A"``), or a label whose parsing is
-        ambiguous because a gene name contains the separator.
+        For a blank separator, an empty label or empty part, a repeated target (``"A+A"``), or a label whose
+        parsing is ambiguous because a gene name contains the separator.
     """
     if label is None or (not isinstance(label, str) and pd.api.types.is_scalar(label) and pd.isna(label)):
         msg = (
@@ -148,6 +148,8 @@ def parse_condition(
             "unassigned label (e.g. 'unassigned'), the control label or a target."
         )
         raise TypeError(msg)
+    check_scalar_label(label, key)
+    check_separator(separator)
     controls = _as_tuple(control_label)
     raw = str(label)
     text = raw.strip()
@@ -156,7 +158,7 @@ def parse_condition(
         raise ValueError(msg)
     if text in controls:
         return ()
-    parts = [p.strip() for p in text.split(separator)] if separator else [text]
+    parts = [p.strip() for p in text.split(separator)]
     if any(p == "" for p in parts):
         msg = (
             f"Perturbation label {raw!r} in obs[{key!r}] has an empty target around the separator {separator!r}; "
@@ -367,7 +369,10 @@ def parse_perturbations(
     Raises
     ------
     ValueError
-        For missing (NaN) labels, malformed labels, no control cells or targets outside ``targets``.
+        For missing (NaN) labels, malformed labels, a combination with an unassigned label as a part, no control
+        cells or targets outside ``targets``.
+    TypeError
+        For a label that is a list, tuple or other container.
     """
     controls, unassigned = _label_options(control_label, separator, unassigned_label)
     ser = _label_series(labels, key)
@@ -380,6 +385,7 @@ def parse_perturbations(
             parsed[u] = None
         else:
             parsed[u] = parse_condition(u, separator=separator, control_label=controls, key=key, genes=var_names)
+    check_unassigned_parts(parsed, unassigned, key)
     all_targets = _design_targets(parsed, targets, key)
     canon_of_uniq, is_ctrl_u, is_un_u, rows_u, condition_targets = _canonical_conditions(
         uniq, parsed, all_targets, separator, canon_control, canon_unassigned
@@ -439,9 +445,7 @@ def _label_options(
     if len(controls) == 0 or any(c.strip() == "" for c in controls):
         msg = f"`control_label` must be a non-empty label, got {control_label!r}."
         raise ValueError(msg)
-    if separator is None or len(separator) == 0 or separator.isspace():
-        msg = f"`separator` must be a non-blank string such as '+', got {separator!r}."
-        raise ValueError(msg)
+    check_separator(separator)
     unassigned = _as_tuple(unassigned_label)
     overlap = set(controls) & set(unassigned)
     if overlap:
@@ -469,7 +473,9 @@ def _label_series(labels: Sequence[str] | pd.Series | np.ndarray, key: str) -> p
     ValueError
         For missing labels.
     """
-    ser = pd.Series(np.asarray(labels, dtype=object))
+    arr = np.asarray(labels, dtype=object)
+    check_label_array(arr, key)
+    ser = pd.Series(arr)
     na = ser.isna().to_numpy()
     if na.any():
         msg = (

@@ -91,6 +91,8 @@ def _validation_view(
     ------
     KeyError
         When a registered column is not in the ``obs`` of its modality.
+    TypeError
+        When an argument naming ``obs`` columns is neither a string nor a list.
     """
     rna = mdata.mod[rna_mod]
     obs = pd.DataFrame(index=rna.obs_names.copy())
@@ -99,6 +101,9 @@ def _validation_view(
         if mod is None or keys is None or arg in _NO_MODALITY or arg in ("rna_layer", "gene_embedding_key"):
             continue
         src = mdata.mod[mod].obs
+        if not isinstance(keys, str | list | tuple):
+            msg = f"{arg}={keys!r} must name obs column(s) of mdata[{mod!r}] (a string, or a list for covariates)."
+            raise TypeError(msg)
         for key in [keys] if isinstance(keys, str) else list(keys):
             if key not in src.columns:
                 msg = f"{arg} {key!r} is not a column of mdata[{mod!r}].obs."

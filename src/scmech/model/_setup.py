@@ -59,6 +59,11 @@ K = SCMECH_REGISTRY_KEYS
 __all__ = ["PerturbationSetupMixin"]
 
 
+def _key_list(keys):
+    """Return a tuple of ``obs`` keys as a list; anything else (``None``, a list, a wrong type checked later) as is."""
+    return list(keys) if isinstance(keys, tuple) else keys
+
+
 class PerturbationSetupMixin:
     """``setup_anndata``/``setup_mudata`` for perturbation screens and access to the registered design."""
 
@@ -133,6 +138,9 @@ class PerturbationSetupMixin:
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
+        # a tuple of covariate keys is a list of them (scvi-tools would read the tuple as one column name)
+        categorical_covariate_keys = _key_list(categorical_covariate_keys)
+        continuous_covariate_keys = _key_list(continuous_covariate_keys)
         setup_method_args = cls._get_setup_method_args(**locals())
         _check_modality(perturbation_modality)
         if kwargs.get("source_registry") is None:
@@ -250,6 +258,8 @@ class PerturbationSetupMixin:
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields`.
         """
+        categorical_covariate_keys = _key_list(categorical_covariate_keys)
+        continuous_covariate_keys = _key_list(continuous_covariate_keys)
         setup_method_args = cls._get_setup_method_args(**locals())
         _check_modality(perturbation_modality)
         modalities, rna_mod = _resolve_modalities(mdata, modalities, setup_method_args["setup_args"])

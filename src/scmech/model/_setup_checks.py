@@ -16,6 +16,7 @@ from scvi import settings
 
 from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
 from scmech.data._design import get_design
+from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -27,8 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["PERTURBATION_MODALITIES", "validate_for_setup"]
 
 
-#: labels that usually mean "no guide call" rather than a target
-_UNASSIGNED_LIKE = ("unassigned", "unknown", "none", "na", "n/a", "multiplet", "ambiguous", "")
+#: labels that usually mean "no guide call" rather than a target (``nan``/``<na>``: a missing value turned into a
+#: string by ``astype(str)``; ``multiple``: the label :func:`scmech.pp.assign_guides` writes for several guides)
+_UNASSIGNED_LIKE = (
+    "unassigned", "unknown", "none", "na", "n/a", "nan", "<na>", "null", "multiple", "multiplet", "ambiguous", "",
+)  # fmt: skip
 
 
 def _warn_target_names(
@@ -62,15 +66,21 @@ def _warn_target_names(
             UserWarning,
             stacklevel=settings.warnings_stacklevel + 2,
         )
-    if unassigned_label is None or len(_as_labels(unassigned_label)) == 0:
-        like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
-        if like:
-            warnings.warn(
-                f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
-                f"have no guide call, pass unassigned_label={like[0]!r}.",
-                UserWarning,
-                stacklevel=settings.warnings_stacklevel + 2,
-            )
+    like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
+    if like and (unassigned_label is None or len(_as_labels(unassigned_label)) == 0):
+        msg = (
+            f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
+            f"have no guide call, pass unassigned_label={like[0]!r}."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
+    elif like:
+        labels = [*_as_labels(unassigned_label), *like]
+        msg = (
+            f"{like} in obs[{key!r}] are taken as perturbation targets, but they read like cells without a usable "
+            "guide call (a missing value turned into text by astype(str), or assign_guides' label for several "
+            f"guides). If so, pass unassigned_label={labels!r}."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
 
 
 def _as_labels(value: str | Sequence[str]) -> tuple:
@@ -165,15 +175,39 @@ def validate_for_setup(
     KeyError
         For a missing layer, ``obs`` column or ``varm`` key.
     ValueError
-        For invalid values (expression, labels, design columns, size factors, covariates).
+        For invalid values (expression, labels, design columns, size factors, covariates, numbers beyond the
+        ``float32`` range of training) and a covariate key listed twice.
     TypeError
-        For a list of covariate keys given as a single string.
+        For a key that is not a string, a list of covariate keys given as a single string, a categorical column
+        mixing value types, and a sparse or non-numeric gene embedding.
     """
-    where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+    where = f"adata.layers[{layer!r}]" if layer is not None else "adata.X"
     if mod is not None:
         where = f"mdata[{mod!r}]." + where.removeprefix("adata.")
+    check_key_types(
+        {
+            "perturbation_key": perturbation_key,
+            "batch_key": batch_key,
+            "time_key": time_key,
+            "media_key": media_key,
+            "media_time_key": media_time_key,
+            "efficacy_key": efficacy_key,
+            "size_factor_key": size_factor_key,
+            "gene_embedding_key": gene_embedding_key,
+        },
+        {
+            "categorical_covariate_keys": categorical_covariate_keys,
+            "continuous_covariate_keys": continuous_covariate_keys,
+        },
+    )
     check_adata(adata)
     _check_expression_layer(adata, layer, where, counts=counts)
+    categorical = (
+        (batch_key, "batch_key"),
+        (media_key, "media_key"),
+        *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
+    )
+    check_mixed_types(adata, categorical)
     design = get_design(
         adata,
         perturbation_key,
@@ -190,33 +224,8 @@ def validate_for_setup(
     _warn_small_conditions(design.perturbation, perturbation_key)
     _check_size_factor(adata, size_factor_key)
     _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)
-    _warn_unused_categories(
-        adata,
-        (
-            (batch_key, "batch_key"),
-            (media_key, "media_key"),
-            *((k, "categorical_covariate_keys") for k in categorical_covariate_keys or []),
-        ),
-    )
-    if gene_embedding_key is not None and gene_embedding_key not in adata.varm:
-        msg = f"gene_embedding_key {gene_embedding_key!r} is not in adata.varm (keys: {list(adata.varm.keys())})."
-        raise KeyError(msg)
-    if gene_embedding_key is not None:
-        emb = np.asarray(adata.varm[gene_embedding_key])
-        if not np.issubdtype(emb.dtype, np.number) or emb.ndim != 2:
-            msg = (
-                f"varm[{gene_embedding_key!r}] must be a numeric genes x features matrix, got dtype {emb.dtype} "
-                f"with shape {emb.shape}."
-            )
-            raise TypeError(msg)
-        bad = ~np.isfinite(emb).all(axis=1)
-        if bad.any():
-            names = list(adata.var_names[bad][:3])
-            msg = (
-                f"varm[{gene_embedding_key!r}] has NaN or infinite values for {int(bad.sum())} genes (e.g. {names}); "
-                "fill them, or drop those genes, before registering."
-            )
-            raise ValueError(msg)
+    _warn_unused_categories(adata, categorical)
+    check_gene_embedding(adata, gene_embedding_key)
 
 
 # ---------------------------------------------------------------------- the steps of PerturbationSetupMixin's checks
@@ -248,7 +257,10 @@ def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, co
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
         raise KeyError(msg)
-    x = adata.layers[layer] if layer else adata.X
+    x = adata.layers[layer] if layer is not None else adata.X
+    if x is None:
+        msg = f"{where} is empty (None); pass layer=... with the counts."
+        raise ValueError(msg)
     check_expression(x, where, counts=counts)
     _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
     if zero_genes:
@@ -307,6 +319,7 @@ def _check_size_factor(adata: AnnData, size_factor_key: str | None) -> None:
             if not np.all(np.isfinite(sf) & (sf > 0)):
                 msg = f"obs[{key!r}] must hold positive, finite library sizes."
                 raise ValueError(msg)
+            check_float32(sf, key, "library size", positive=True)
 
 
 def _check_covariates(
@@ -354,6 +367,7 @@ def _check_covariates(
                         "infinite values); fix them, or register the column as a categorical covariate."
                     )
                     raise ValueError(msg)
+                check_float32(values.to_numpy(dtype=np.float64), key, "continuous covariate")
 
 
 def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str]]) -> None:

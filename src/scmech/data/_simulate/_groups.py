@@ -45,6 +45,13 @@ def simulation_group_keys(obs: pd.DataFrame, *, regime: str | None = None, batch
     -------
     Array of keys, one per cell.
 
+    Raises
+    ------
+    KeyError
+        When ``obs`` lacks a column of the keys.
+    ValueError
+        For another ``regime``.
+
     Examples
     --------
     >>> adata = simulate_perturbseq(500, 50, n_perturbations=4, n_combinations=1, seed=0)
@@ -54,6 +61,17 @@ def simulation_group_keys(obs: pd.DataFrame, *, regime: str | None = None, batch
     """
     if regime is None:
         regime = "dynamic" if "time" in obs.columns else "steady_state"
+    if regime not in ("steady_state", "dynamic"):
+        msg = f"regime={regime!r} is not allowed; expected 'steady_state', 'dynamic' or None (inferred)."
+        raise ValueError(msg)
+    needed = ["perturbation", "media"] + (["media_time", "time"] if regime == "dynamic" else []) + (["batch"] * batch)
+    missing = [c for c in needed if c not in obs.columns]
+    if missing:
+        msg = (
+            f"obs lacks the column(s) {missing} of a {regime} simulation (needed: {needed}); pass adata.obs of "
+            "simulate_perturbseq (or a subset of it)."
+        )
+        raise KeyError(msg)
     keys = obs["perturbation"].astype(str).str.cat(obs["media"].astype(str), sep="|")
     if regime == "dynamic":
         mt = pd.Series([_fmt_time(v) for v in obs["media_time"].to_numpy(dtype=float)], index=obs.index)

@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from ._limits import check_times
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
@@ -509,9 +511,7 @@ class SimulatedNetwork:
         (3, 50)
         """
         t = np.asarray(t, dtype=np.float64).ravel()
-        if t.size == 0 or np.any(np.diff(t) <= 0) or not np.all(np.isfinite(t)):
-            msg = "t must be a non-empty, strictly increasing sequence of finite times."
-            raise ValueError(msg)
+        check_times(t, dt)
         if onset_tau < 0:
             msg = f"onset_tau={onset_tau!r} is out of range; expected a value >= 0."
             raise ValueError(msg)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ._network import _MODALITIES
+from ._limits import MAX_SIZES, check_time_span
+from ._network import _DT, _MODALITIES
 
 _REGIMES = ("steady_state", "dynamic")
 _DESIGNS = ("spread", "confounded", "controls_missing")
@@ -34,8 +35,9 @@ _FLOAT_RANGES = (
     ("systematic_strength", 0.0, None, False, False),
     ("fitness_sd", 0.0, None, False, False),
     ("batch_sd", 0.0, None, False, False),
-    ("library_size_mean", 0.0, None, True, False),
-    ("library_size_sd", 0.0, None, False, False),
+    # beyond these, Poisson means overflow numpy's sampler (about 1e19)
+    ("library_size_mean", 0.0, 1e9, True, False),
+    ("library_size_sd", 0.0, 5.0, False, False),
     ("dispersion", 0.0, None, True, False),
     ("dropout", 0.0, 1.0, False, True),
     ("alpha_sd", 0.0, None, False, False),
@@ -43,13 +45,20 @@ _FLOAT_RANGES = (
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """Return ``value`` as an ``int`` in ``[low, high]`` (``high=None``: unbounded); raise otherwise."""
+    """Return ``value`` as an ``int`` in ``[low, high]`` (``high=None``: unbounded); raise otherwise.
+
+    The size parameters of :data:`~scmech.data._simulate._limits.MAX_SIZES` are also bounded above, with the reason.
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         msg = f"{name} must be an integer, got {value!r} ({type(value).__name__})."
         raise TypeError(msg)
     if value < low or (high is not None and value > high):
         rng_txt = f">= {low}" if high is None else f"in [{low}, {high}]"
         msg = f"{name}={value!r} is out of range; expected an integer {rng_txt}."
+        raise ValueError(msg)
+    if name in MAX_SIZES and value > MAX_SIZES[name][0]:
+        limit, why = MAX_SIZES[name]
+        msg = f"{name}={value!r} is too large for the simulator; at most {limit:,} are allowed ({why})."
         raise ValueError(msg)
     return int(value)
 
@@ -165,4 +174,9 @@ def _validate(p: dict[str, Any]) -> dict[str, Any]:
     q["time_points"] = _validate_time_points(p["time_points"])
     q["media_switch_times"] = _validate_switches(p["media_switch_times"])
     q["n_media"] = _validate_n_media(p["n_media"], q["regime"], q["media_switch_times"])
+    if q["regime"] == "dynamic":
+        # trajectories run from the earliest event (0 or the earliest switch) to the last read-out in RK4 steps
+        finite = [s for s in q["media_switch_times"] if np.isfinite(s)]
+        t_start = min(0.0, *finite) if finite else 0.0
+        check_time_span(t_start, max(q["time_points"]), _DT, "time_points and media_switch_times")
     return q

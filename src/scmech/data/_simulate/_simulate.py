@@ -7,6 +7,7 @@ are designed (``_cells``) and grouped (``_groups``), states solved (``_states``)
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 import anndata as ad
@@ -330,4 +331,18 @@ def simulate_perturbseq(
     adata = ad.AnnData(X=X, obs=_cell_table(p, cells, conds, net.gene_names), var=var)
     adata.uns["simulation"] = _simulation_record(p, var)
     adata.uns["truth"] = truth
+    _warn_empty_cells(X, p)
     return adata
+
+
+def _warn_empty_cells(x, p: dict[str, Any]) -> None:
+    """Warn when simulated cells have no counts (``setup_anndata`` refuses them): the libraries are too shallow."""
+    empty = int((np.diff(x.indptr) == 0).sum())
+    if empty:
+        msg = (
+            f"{empty} of {x.shape[0]} simulated cells have no counts (library_size_mean={p['library_size_mean']:g}, "
+            f"library_size_sd={p['library_size_sd']:g}, dispersion={p['dispersion']:g}, dropout={p['dropout']:g}); "
+            "models refuse such cells. Raise library_size_mean (e.g. 3000) or drop them with "
+            "sc.pp.filter_cells(adata, min_counts=1)."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)

@@ -104,9 +104,38 @@ def _solve_state_grid(
 
     Raises
     ------
-    RuntimeError
-        If a state is not finite and non-negative.
+    ValueError
+        If a state is not finite and non-negative (production rates that overflow).
     """
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            states = _solve_states(net, p, cond_targets, switches, times, has_sys)
+    except np.linalg.LinAlgError as e:  # Newton's fallback on a network whose rates overflowed
+        states = np.full(1, np.nan)
+        cause = e
+    else:
+        cause = None
+    if not np.all(np.isfinite(states)) or states.min() < 0:
+        msg = (
+            "Simulated states are not finite and non-negative: the production rates overflow. Lower media_strength, "
+            f"systematic_strength, activation_strength or alpha_sd (got {p['media_strength']:g}, "
+            f"{p['systematic_strength']:g}, {p['activation_strength']:g}, {p['alpha_sd']:g})."
+        )
+        raise ValueError(msg) from cause
+    n_ctx = switches.size if p["regime"] == "dynamic" else p["n_media"]
+    block, _, r_ctx, _, _ = _grid_layout(p, cond_targets, n_ctx, has_sys)
+    return _StateGrid(states.reshape(-1, net.n_genes), r_ctx.size, block, p["n_efficacy_grid"])
+
+
+def _solve_states(
+    net: SimulatedNetwork,
+    p: dict[str, Any],
+    cond_targets: list[tuple[int, ...]],
+    switches: np.ndarray,
+    times: np.ndarray,
+    has_sys: bool,
+) -> np.ndarray:
+    """Solve the rows of the state grid (times x rows x genes); the steps of :func:`_solve_state_grid`."""
     dynamic = p["regime"] == "dynamic"
     n_ctx = switches.size if dynamic else p["n_media"]
     block, r_cond, r_ctx, r_eta, r_sys = _grid_layout(p, cond_targets, n_ctx, has_sys)
@@ -137,10 +166,7 @@ def _solve_state_grid(
         states, res = net._solve_fixed_points(prod)
         _warn_residual(res)
         states = states[None]
-    if not np.all(np.isfinite(states)) or states.min() < 0:
-        msg = "Simulated states are not finite and non-negative; lower media_strength or activation_strength."
-        raise RuntimeError(msg)
-    return _StateGrid(states.reshape(-1, net.n_genes), n_rows, block, p["n_efficacy_grid"])
+    return states
 
 
 def _cell_rows(grid: _StateGrid, cells: _Cells) -> tuple[np.ndarray, ...]:

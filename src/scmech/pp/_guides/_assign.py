@@ -11,7 +11,7 @@ from scmech._constants import SCMECH_ADATA_KEYS
 from ._rules import _assign_max_fraction, _assign_threshold, _cell_stats
 from ._source import _check_guide_counts, _guide_source
 from ._targets import _check_reserved_targets, _labelled_targets
-from ._write import _assignment_frame, _write_assignment
+from ._write import _assignment_frame, _check_uns_slot, _write_assignment
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -113,7 +113,8 @@ def assign_guides(
     unassigned_label
         Perturbation label of cells without an assigned guide.
     separator
-        Separator of combinations and of several assigned guides.
+        Separator of combinations and of several assigned guides; not blank, and in no guide name or target (a
+        joined label must read back unambiguously).
     key_added
         Prefix of the ``obs`` columns written.
     inplace
@@ -144,6 +145,8 @@ def assign_guides(
         cells are matched by name, and missing, empty or reserved guide targets. Nothing is written then.
     KeyError
         For modalities, layers, ``obsm``/``uns`` keys or ``var`` columns that do not exist.
+    TypeError
+        For guide data that are booleans (guide calls) or not numeric, and targets that are not strings.
 
     Examples
     --------
@@ -167,6 +170,8 @@ def assign_guides(
     )
     x, names, var, out, source = _guide_source(data, rna, guide_mod, rna_mod, layer, obsm_key, guide_names)
     x = _check_guide_counts(x, names, out, source, inplace)
+    if inplace:
+        _check_uns_slot(out, key_added)
     tg = _labelled_targets(names, var, targets, target_pattern, out, control_targets, control_label)
     _check_reserved_targets(names, tg, control_label, multiple_label, unassigned_label, separator)
     stats = _cell_stats(x, min_umis)
@@ -255,8 +260,9 @@ def _check_args(
         if not isinstance(value, str) or not value.strip():
             msg = f"{name}={value!r} must be a non-empty string."
             raise ValueError(msg)
-    if not isinstance(separator, str) or not separator:
-        msg = f"separator={separator!r} must be a non-empty string (it joins combinations), e.g. '+'."
+    if not isinstance(separator, str) or not separator.strip():
+        # setup_anndata refuses a blank separator too: combinations joined by it could not be registered
+        msg = f"separator={separator!r} must be a non-blank string (it joins combinations), e.g. '+'."
         raise ValueError(msg)
     if len(set(labels.values())) < 3:
         msg = f"control_label, multiple_label and unassigned_label must differ, got {list(labels.values())}."

@@ -64,8 +64,7 @@ def _guide_source(
         raw = data.obsm[obsm_key]
         source = f"adata.obsm[{obsm_key!r}]"
         names = _obsm_names(data, raw, guide_names, obsm_key)
-        values = raw.to_numpy() if isinstance(raw, pd.DataFrame) else raw
-        x = sp.csr_matrix(values)
+        x = sp.csr_matrix(_numeric_counts(raw, source))
         return x, names, None, data, source
     x = _layer(data, layer, "adata")
     source = "adata" + (f".layers[{layer!r}]" if layer else ".X")
@@ -85,11 +84,55 @@ def _guide_source(
 
 def _layer(adata: ad.AnnData, layer: str | None, what: str):
     if layer is None:
-        return adata.X
+        if adata.X is None:
+            msg = f"{what}.X is empty (None); pass layer=... with the guide counts."
+            raise ValueError(msg)
+        return _numeric_counts(adata.X, f"{what}.X")
     if layer not in adata.layers:
         msg = f"layer={layer!r} is not a layer of {what} (layers: {list(adata.layers.keys())}); pass layer=None for X."
         raise KeyError(msg)
-    return adata.layers[layer]
+    return _numeric_counts(adata.layers[layer], f"{what}.layers[{layer!r}]")
+
+
+def _numeric_counts(values, source: str):
+    """Return guide counts as a numeric matrix (a DataFrame as a float array, missing values as NaN).
+
+    Parameters
+    ----------
+    values
+        The guide counts as stored: a dense or sparse matrix, or a DataFrame (``obsm``).
+    source
+        Where they come from (for messages).
+
+    Returns
+    -------
+    The counts, dense or sparse (not copied unless converted).
+
+    Raises
+    ------
+    TypeError
+        For boolean guide calls (not UMI counts) and non-numeric values.
+    """
+    if isinstance(values, pd.DataFrame):
+        if any(pd.api.types.is_bool_dtype(d) for d in values.dtypes):
+            values = values.to_numpy(dtype=bool)
+        else:
+            try:
+                values = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError) as e:
+                msg = f"{source} holds non-numeric guide counts ({e}); pass UMI counts (numbers)."
+                raise TypeError(msg) from e
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and np.issubdtype(dtype, np.bool_):
+        msg = (
+            f"{source} holds booleans (guide calls), not UMI counts, so no guide would reach min_umis. Assign from "
+            "the UMI counts, or pass the calls as counts with min_umis=1 (e.g. .astype(int))."
+        )
+        raise TypeError(msg)
+    if dtype is not None and not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        msg = f"{source} has dtype {dtype}, not numeric guide UMI counts; convert it to integers or floats."
+        raise TypeError(msg)
+    return values
 
 
 def _check_unique_cells(cells: pd.Index, what: str) -> None:

@@ -90,7 +90,10 @@ def _raw_targets(
 
 
 def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
-    """Refuse missing (NaN/None, or their string forms ``'nan'``/``'None'``), non-string and empty targets."""
+    """Refuse missing (NaN/None, or their string forms ``'nan'``/``'None'``), non-string and empty targets.
+
+    Returns the targets without surrounding whitespace.
+    """
 
     def _missing(t) -> bool:
         if t is None:
@@ -117,8 +120,9 @@ def _check_targets(names: list[str], raw: list, what: str) -> list[str]:
             "assigned with combinations=True)."
         )
         raise TypeError(msg)
-    out = [str(t) for t in raw]
-    empty = [g for g, t in zip(names, out, strict=True) if not t.strip()]
+    # surrounding whitespace is not part of a name (setup_anndata strips it too): " A" and "A" are one target
+    out = [str(t).strip() for t in raw]
+    empty = [g for g, t in zip(names, out, strict=True) if not t]
     if empty:
         msg = f"{what} gives an empty target for guide(s) {_few(empty)}{fix}"
         raise ValueError(msg)
@@ -170,7 +174,7 @@ def _labelled_targets(
 def _check_reserved_targets(
     names: list[str], tg: np.ndarray, control_label: str, multiple_label: str, unassigned_label: str, separator: str
 ) -> None:
-    """Refuse targets that read as a label, a guide named ``unassigned_label`` and targets with the separator.
+    """Refuse targets that read as a label, a guide named ``unassigned_label``, and separators in targets or guides.
 
     Parameters
     ----------
@@ -218,3 +222,12 @@ def _check_reserved_targets(
         if separator in t:
             msg = f"Guide target {t!r} contains the separator {separator!r}; pass another separator=..."
             raise ValueError(msg)
+    # the guides of a cell with several are joined by the separator: a name containing it would read as two guides
+    joined = [g for g in names if separator in g]
+    if joined:
+        msg = (
+            f"Guide name(s) {_few(joined)} contain the separator {separator!r}, which joins the guides of cells with "
+            f"several guides (e.g. {separator.join([joined[0], 'other'])!r} would be ambiguous). Rename the guides or "
+            f"pass another separator=... (and the same separator to setup_anndata)."
+        )
+        raise ValueError(msg)

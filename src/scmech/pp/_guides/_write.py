@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -70,3 +71,27 @@ def _write_assignment(out: ad.AnnData, df: pd.DataFrame, key_added: str, params:
         "params": params,
         "n_cells": {str(k): int(v) for k, v in df[f"{key_added}_perturbation"].value_counts().items()},
     }
+
+
+def _check_uns_slot(out: ad.AnnData, key_added: str) -> None:
+    """Refuse to write when ``out.uns[key_added]`` holds something other than a dictionary (nothing is written then).
+
+    Parameters
+    ----------
+    out
+        The AnnData to annotate.
+    key_added
+        Key of ``out.uns`` that receives the parameters.
+
+    Raises
+    ------
+    ValueError
+        When ``out.uns[key_added]`` exists and is not a dictionary.
+    """
+    slot = out.uns.get(key_added)
+    if slot is not None and not isinstance(slot, MutableMapping):
+        msg = (
+            f"adata.uns[{key_added!r}] holds a {type(slot).__name__}, not a dictionary, so the assignment's parameters "
+            f"cannot be stored under it; pass another key_added=... (or inplace=False)."
+        )
+        raise ValueError(msg)
