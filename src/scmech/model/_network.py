@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._argument_checks import check_flag
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -154,6 +156,8 @@ class NetworkMixin:
             raise ValueError(msg)
         if isinstance(genes, str):
             genes = [genes]
+        include_self = check_flag(include_self, "include_self")
+        relaxation = check_flag(relaxation, "relaxation")
         if kind not in ("jacobian", "response", "intervention"):
             msg = f"kind={kind!r} is not 'jacobian', 'response' or 'intervention'."
             raise ValueError(msg)

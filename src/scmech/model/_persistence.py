@@ -12,8 +12,6 @@ import base64
 import json
 import logging
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +21,8 @@ import pandas as pd
 import torch
 from scvi.data import _constants
 
+from ._argument_checks import check_flag
+from ._persistence_files import _build_saved, _check_prefix, _read_weights
 from ._serialisation import from_jsonable, persistable, to_jsonable
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ class SafeSaveLoadMixin:
             Passed to the AnnData/MuData writer.
         """
         path = Path(dir_path)
+        overwrite = check_flag(overwrite, "overwrite")
+        save_anndata = check_flag(save_anndata, "save_anndata")
+        _check_prefix(prefix)
         if path.exists() and not path.is_dir():
             msg = f"{path} is a file, not a directory; save the model to a directory (a new or an existing folder)."
             raise ValueError(msg)
@@ -221,6 +224,7 @@ class SafeSaveLoadMixin:
             For a truncated or foreign file, another model class, or data with other genes or design.
         """
         path = Path(dir_path)
+        _check_prefix(prefix)
         pre = prefix or ""
         meta_path, w_path = path / f"{pre}{METADATA}", path / f"{pre}{WEIGHTS}"
         meta = _read_model_metadata(path, meta_path, w_path, cls.__name__)
@@ -228,18 +232,18 @@ class SafeSaveLoadMixin:
         state = _read_weights(w_path, dev)
         registry = from_jsonable(meta["registry"])
         attrs = from_jsonable(meta["attributes"])
+        init = attrs.pop("init_params_", None) if isinstance(attrs, dict) else None
+        if not (isinstance(registry, dict) and isinstance(registry.get("setup_args"), dict)) or init is None:
+            msg = (
+                f"{meta_path} holds no {'setup arguments' if init is not None else 'init parameters'}; it was not "
+                f"written completely by {cls.__name__}.save(). Save the model again."
+            )
+            raise ValueError(msg)
         if adata is None:
             adata = _read_saved_data(path, pre)
         _check_same_genes(from_jsonable(meta["var_names"]), adata)
         cls._register_like_saved(adata, registry)
-        if "init_params_" not in attrs:
-            msg = f"{meta_path} holds no init parameters; it was not written by {cls.__name__}.save()."
-            raise ValueError(msg)
-        init = attrs.pop("init_params_")
-        non_kwargs = dict(init["non_kwargs"])
-        kwargs = {k: v for group in init["kwargs"].values() for k, v in group.items()}
-        non_kwargs.pop("adata", None)
-        model = cls(adata, **non_kwargs, **kwargs)
+        model = _build_saved(cls, adata, init, meta_path)
         try:
             model.module.load_state_dict(state, strict=True)
         except RuntimeError as e:
@@ -315,7 +319,11 @@ def _locate_split_cells(model, cells: dict[str, str]) -> None:
     for name, encoded in cells.items():
         if name not in SPLIT_ATTRIBUTES:
             continue
-        saved = np.frombuffer(base64.b64decode(encoded), dtype="<u8")
+        try:
+            saved = np.frombuffer(base64.b64decode(encoded, validate=True), dtype="<u8")
+        except (ValueError, TypeError) as e:  # binascii.Error is a ValueError
+            msg = f"The saved {name} are damaged ({e}); the model's metadata.json was altered. Save the model again."
+            raise ValueError(msg) from e
         setattr(model, name, np.flatnonzero(np.isin(hashes, saved)))
 
 
@@ -415,43 +423,6 @@ def _read_model_metadata(path: Path, meta_path: Path, w_path: Path, model_name: 
     return meta
 
 
-def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
-    """Read the saved tensors with ``torch.load(weights_only=True)``; anything but tensors is refused unread.
-
-    Parameters
-    ----------
-    w_path
-        The ``model.pt`` of a save.
-    dev
-        Device to map the tensors to.
-
-    Returns
-    -------
-    The module's state dict.
-
-    Raises
-    ------
-    ValueError
-        For a truncated file, or one that holds Python objects besides tensors.
-    """
-    try:
-        return torch.load(w_path, map_location=dev, weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if found is None:
-            msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
-            raise ValueError(msg) from e
-        msg = (
-            f"Cannot read the weights in {w_path}: besides tensors it holds the Python object "
-            f"{found.group(1)!r}, which could run code when unpickled, so it is refused; scmech never writes such "
-            "files. Load only models saved by scmech from sources you trust."
-        )
-        raise ValueError(msg) from e
-    except Exception as e:
-        msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
-        raise ValueError(msg) from e
-
-
 def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
     """Read the data saved beside a model (``adata.h5ad``, else ``mdata.h5mu``).
 
@@ -483,7 +454,11 @@ def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
                 import mudata
 
                 reader = mudata.read_h5mu
-            data = reader(p)
+            try:
+                data = reader(p)
+            except Exception as e:
+                msg = f"Cannot read the data saved in {p} (truncated or not an h5ad/h5mu file): {e}. Pass adata=."
+                raise ValueError(msg) from e
             for key in (_constants._SCVI_UUID_KEY, _constants._MANAGER_UUID_KEY):
                 data.uns.pop(key, None)
             return data

@@ -20,6 +20,7 @@ from scvi import settings
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
+from ._argument_checks import check_flag
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
@@ -349,6 +350,7 @@ class PredictionMixin(PredictionOutputMixin):
         Per-cell predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
         """
         self._check_if_trained(warn=False)
+        return_mean = check_flag(return_mean, "return_mean")
         if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 1):
             msg = f"n_cells={n_cells!r} must be a whole number of starting cells, at least 1 (or None)."
             raise ValueError(msg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -116,6 +117,9 @@ def protocol_from_steps(
             raise ValueError(msg)
         op, value = step
         if op == "wait":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                msg = f"('wait', {value!r}) needs a number: the duration, in the units of the registered time key."
+                raise TypeError(msg)
             value = float(value)
             if not np.isfinite(value) or value < 0:
                 msg = f"('wait', {value}) needs a finite, non-negative duration."
@@ -157,6 +161,21 @@ def _per_condition(value, n: int, name: str) -> list:
         msg = f"`{name}` has {len(value)} values for {n} perturbations; give one value or one per perturbation."
         raise ValueError(msg)
     return value
+
+
+def _labels(perturbations, conditions: Sequence[str], separator: str, control_label: str) -> list:
+    """Return the requested labels as a list: every registered condition for ``None``, one label, or any iterable."""
+    if perturbations is None:
+        return list(conditions)
+    if isinstance(perturbations, str):
+        return [perturbations]
+    if not isinstance(perturbations, Iterable):
+        msg = (
+            f"perturbations={perturbations!r} must be a label or a list of labels (e.g. ['STAT1', "
+            f"'STAT1{separator}JAK2', {control_label!r}])."
+        )
+        raise TypeError(msg)
+    return list(perturbations)  # a generator or a Series is read once, by position
 
 
 def build_protocols(
@@ -211,10 +230,7 @@ def build_protocols(
             )
             raise ValueError(msg)
         return out
-    if perturbations is None:
-        perturbations = list(conditions)
-    if isinstance(perturbations, str):
-        perturbations = [perturbations]
+    perturbations = _labels(perturbations, conditions, separator, control_label)
     n = len(perturbations)
     if n == 0:
         msg = "`perturbations` is empty; name at least one condition (e.g. ['STAT1'] or the control label)."

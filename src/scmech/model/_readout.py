@@ -91,6 +91,9 @@ def starting_cells(model, adata, from_cells, n_cells, rng: np.random.Generator, 
         cap = 500 if n_cells is None else n_cells
     else:
         fc = np.asarray(from_cells)
+        if fc.size == 0:
+            msg = "from_cells is empty: pass the positions (or a boolean mask) of at least one starting cell, or None."
+            raise ValueError(msg)
         if fc.dtype != bool and not np.issubdtype(fc.dtype, np.integer):
             msg = (
                 f"from_cells must be integer positions or a boolean mask of the cells, got dtype {fc.dtype} "

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ._argument_checks import check_gene_list, check_indices, check_positive_int
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -185,17 +187,38 @@ class MeasurementMethodsMixin:
                 "Leave library_size at 1 (or train on raw counts with gene_likelihood='nb' or 'zinb')."
             )
             raise ValueError(msg)
-        gene_list = kwargs.get("gene_list")
-        if isinstance(gene_list, str):
-            kwargs["gene_list"] = gene_list = [gene_list]
-        if gene_list is not None:
-            _, var_names = self._expression_matrix(self.adata)
-            known = set(map(str, var_names))
-            missing = [g for g in gene_list if str(g) not in known]
-            if missing:
-                msg = f"gene_list holds genes the model does not have: {missing[:5]} (see model.adata.var_names)."
-                raise KeyError(msg)
+        if not (library_size == "latent" or _positive_finite(library_size)):
+            msg = (
+                f"library_size={library_size!r} must be a positive finite number of counts (1: proportions, 1e4: "
+                "counts per 10,000) or 'latent' (each cell's own library size)."
+            )
+            raise ValueError(msg)
+        kwargs["n_samples"] = check_positive_int(kwargs.get("n_samples", 1), "n_samples")
+        if kwargs.get("n_samples_overall") is not None:
+            kwargs["n_samples_overall"] = check_positive_int(kwargs["n_samples_overall"], "n_samples_overall")
+        if kwargs.get("gene_list") is not None:
+            kwargs["gene_list"] = check_gene_list(kwargs["gene_list"], self._expression_matrix(self.adata)[1])
         return super().get_normalized_expression(*args, **kwargs)
+
+    def posterior_predictive_sample(self, *args, **kwargs):
+        """Sample counts from the posterior predictive distribution (scvi-tools' method), arguments checked first.
+
+        ``n_samples`` must be a positive integer (scvi-tools would return one sample for 0 or a negative number),
+        and genes of ``gene_list`` that the model does not have are refused by name (scvi-tools drops them).
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.RNASeqMixin.posterior_predictive_sample`.
+
+        Returns
+        -------
+        As scvi-tools' method: a sparse array of cells x genes (x samples).
+        """
+        kwargs["n_samples"] = check_positive_int(kwargs.get("n_samples", 1), "n_samples")
+        if kwargs.get("gene_list") is not None:
+            kwargs["gene_list"] = check_gene_list(kwargs["gene_list"], self._expression_matrix(self.adata)[1])
+        return super().posterior_predictive_sample(*args, **kwargs)
 
     def get_feature_correlation_matrix(self, *args, **kwargs):
         """Gene-gene correlation of posterior predictive samples (scvi-tools' method; count likelihoods only).
@@ -245,4 +268,45 @@ class MeasurementMethodsMixin:
                 if missing:
                     msg = f"{name}={group!r}: {missing} not in adata.obs[{groupby!r}] (labels: {sorted(present)[:10]})."
                     raise KeyError(msg)
+        if kwargs.get("idx1") is not None:
+            adata = kwargs.get("adata") if kwargs.get("adata") is not None else self.adata
+            kwargs["idx1"], kwargs["idx2"] = _de_cells(adata, kwargs["idx1"], kwargs.get("idx2"))
         return super().differential_expression(*args, **kwargs)
+
+
+def _positive_finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0
+
+
+def _de_cells(adata, idx1, idx2) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cells of the two groups of ``differential_expression(idx1=..., idx2=...)`` as positions, checked.
+
+    Each group is positions, a boolean mask or a query of ``adata.obs``; an empty group, positions outside the cells
+    and cells in both groups are refused (scvi-tools fails inside numpy, or silently moves shared cells to
+    ``idx2``).
+    """
+    groups = []
+    for name, idx, rest in (("idx1", idx1, "groupby groups"), ("idx2", idx2, "the cells outside idx1")):
+        if idx is None:
+            groups.append(None)
+            continue
+        if isinstance(idx, str):
+            query = idx
+            try:
+                idx = np.flatnonzero(adata.obs.index.isin(adata.obs.query(query).index))
+            except Exception as e:
+                msg = f"{name}={query!r} is not a valid query of adata.obs ({type(e).__name__}: {e})."
+                raise KeyError(msg) from e
+            if len(idx) == 0:
+                msg = f"{name}={query!r} selects no cell of adata.obs; select at least one (or give positions)."
+                raise ValueError(msg)
+        groups.append(np.unique(np.mod(check_indices(idx, adata.n_obs, name, none_means=rest), adata.n_obs)))
+    if groups[1] is not None:
+        shared = np.intersect1d(groups[0], groups[1])
+        if shared.size:
+            msg = (
+                f"idx1 and idx2 share {shared.size} cells (e.g. positions {shared[:3].tolist()}); each cell belongs "
+                "to one group. Remove them from one of the two."
+            )
+            raise ValueError(msg)
+    return groups[0], groups[1]

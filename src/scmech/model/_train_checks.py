@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +13,73 @@ import numpy as np
 if TYPE_CHECKING:
     import os
 
-__all__ = ["_check_train_arguments", "_external_sets"]
+__all__ = ["_check_mappings", "_check_plan_keys", "_check_train_arguments", "_external_sets"]
+
+
+def _whole(value) -> bool:
+    """Whether ``value`` is a positive whole number (``2.0`` and numpy integers included; ``True`` not)."""
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and np.isfinite(value)
+        and int(value) == value
+        and value >= 1
+    )
+
+
+def _check_mappings(**mappings) -> None:
+    """Refuse ``plan_kwargs``/``datasplitter_kwargs`` that are not dictionaries (``None`` is fine).
+
+    Parameters
+    ----------
+    **mappings
+        Each argument by name.
+
+    Raises
+    ------
+    TypeError
+        Naming the first argument that is not a dict.
+    """
+    examples = {"plan_kwargs": "{'lr': 1e-3}", "datasplitter_kwargs": "{'external_indexing': [train, validation]}"}
+    for name, value in mappings.items():
+        if value is not None and not isinstance(value, Mapping):
+            msg = f"{name}={value!r} must be a dict of keyword arguments (or None), e.g. {examples.get(name, '{}')}."
+            raise TypeError(msg)
+
+
+def _check_plan_keys(plan_kwargs: Mapping | None, plan_cls: type, module) -> None:
+    """Refuse ``plan_kwargs`` keys that neither the training plan nor the module's loss takes.
+
+    scvi-tools' plan hands unknown keys to the module's ``loss``, which raises only at the first training step.
+
+    Parameters
+    ----------
+    plan_kwargs
+        ``train``'s ``plan_kwargs``.
+    plan_cls
+        The model's training plan class.
+    module
+        The model's module.
+
+    Raises
+    ------
+    KeyError
+        Naming the unknown keys and the known ones.
+    """
+    if not plan_kwargs:
+        return
+    known: set[str] = set()
+    for fn in [*(klass.__init__ for klass in plan_cls.__mro__ if "__init__" in vars(klass)), module.loss]:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # pragma: no cover - builtins
+            continue
+        known |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    known -= {"self", "module", "tensors", "inference_outputs", "generative_outputs", "args", "kwargs"}
+    unknown = sorted(set(plan_kwargs) - known)
+    if unknown:
+        msg = f"plan_kwargs has unknown keys {unknown}; the training plan and the loss take {sorted(known)}."
+        raise KeyError(msg)
 
 
 def _external_sets(external) -> list[np.ndarray]:
@@ -84,14 +152,15 @@ def _check_train_arguments(
     Raises
     ------
     ValueError
-        For a bad ``max_epochs``, ``batch_size``, ``lr`` or ``weight_decay``.
+        For a bad ``max_epochs``, ``batch_size``, ``optimizer``, ``lr``, ``weight_decay``, loss weight
+        (``ss_weight``, ``mmd_weight``) or ``dynamics_lr_factor``.
     FileNotFoundError
         When ``ckpt_path`` is not a file.
     """
-    if max_epochs is not None and (isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1):
+    if max_epochs is not None and not _whole(max_epochs):
         msg = f"max_epochs={max_epochs!r} must be a positive integer (or None for scvi-tools' heuristic)."
         raise ValueError(msg)
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+    if not _whole(batch_size):
         msg = f"batch_size={batch_size!r} must be a positive integer (cells per minibatch), e.g. 128."
         raise ValueError(msg)
     if ckpt_path is not None and not Path(ckpt_path).is_file():
@@ -101,8 +170,23 @@ def _check_train_arguments(
         )
         raise FileNotFoundError(msg)
     plan_kwargs = plan_kwargs or {}
-    for key, low, rule in (("lr", 0.0, "a positive finite number, e.g. 1e-3"), ("weight_decay", None, "0 or more")):
-        if key not in plan_kwargs:
+    optimizer = plan_kwargs.get("optimizer", "Adam")
+    if optimizer not in ("Adam", "AdamW", "Custom"):
+        msg = (
+            f"plan_kwargs['optimizer']={optimizer!r} is not one of 'Adam', 'AdamW', 'Custom' (with 'Custom', pass "
+            "plan_kwargs['optimizer_creator'])."
+        )
+        raise ValueError(msg)
+    numbers_checked = (
+        ("lr", 0.0, "a positive finite number, e.g. 1e-3"),
+        ("weight_decay", None, "0 or more"),
+        # a NaN or negative loss weight would silently switch its term off
+        ("ss_weight", None, "a finite number >= 0 (the weight of the steady-state term; None: the model's own)"),
+        ("mmd_weight", None, "a finite number >= 0 (the weight of the MMD term; None: the model's own)"),
+        ("dynamics_lr_factor", 0.0, "a positive finite number (the dynamics' learning-rate multiplier)"),
+    )
+    for key, low, rule in numbers_checked:
+        if key not in plan_kwargs or (key in ("ss_weight", "mmd_weight") and plan_kwargs[key] is None):
             continue
         value = plan_kwargs[key]
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)

@@ -27,8 +27,9 @@ from scmech.data._pseudobulk import normalized_mean
 from scmech.train import BATCHING, CheckpointSafeTrainRunner
 
 from ._anchoring import _rows
+from ._argument_checks import check_flag
 from ._callbacks import training_callbacks
-from ._train_checks import _check_train_arguments, _external_sets
+from ._train_checks import _check_mappings, _check_plan_keys, _check_train_arguments, _external_sets
 
 if TYPE_CHECKING:
     import os
@@ -128,7 +129,13 @@ class TrainingMixin:
         -------
         What scvi-tools' training loop returns (``None``); the model is trained in place (``is_trained_``, ``history``).
         """
+        _check_mappings(plan_kwargs=plan_kwargs, datasplitter_kwargs=datasplitter_kwargs)
         _check_train_arguments(max_epochs, batch_size, ckpt_path, plan_kwargs)
+        _check_plan_keys(plan_kwargs, self._training_plan_cls, self.module)
+        early_stopping = check_flag(early_stopping, "early_stopping")
+        # torch's sampler takes Python integers only (a numpy integer is "not a positive integer value" to it)
+        batch_size = int(batch_size)
+        max_epochs = None if max_epochs is None else int(max_epochs)
         if ckpt_path is not None:
             trainer_kwargs["ckpt_path"] = str(ckpt_path)
         # the data may have been changed in place since setup_anndata: refuse before torch sees it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
@@ -38,6 +40,7 @@ class PosteriorMixin:
         -------
         Counts sampled from the measurement operator (cells x genes, or cells x genes x samples).
         """
+        _check_count(n_samples, "n_samples")
         _, gen = self.forward(
             tensors, compute_loss=False, inference_kwargs={"n_samples": 1}, generative_kwargs=generative_kwargs
         )
@@ -70,6 +73,7 @@ class PosteriorMixin:
         -------
         The log-likelihood estimate of each cell, or their mean when ``return_mean``.
         """
+        _check_count(n_mc_samples, "n_mc_samples")
         x = tensors[REGISTRY_KEYS.X_KEY]
         inf = self.inference(**self._get_inference_input(tensors))
         qz = inf["qz"]
@@ -84,3 +88,10 @@ class PosteriorMixin:
             terms.append(log_px + log_pz - log_qz)
         ll = torch.logsumexp(torch.stack(terms), dim=0) - float(np.log(n_mc_samples))
         return float(ll.mean()) if return_mean else ll.cpu()
+
+
+def _check_count(value, name: str) -> None:
+    """Refuse a number of samples that is not a positive whole number (0 would fail in ``torch.stack``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        msg = f"{name}={value!r} must be a positive integer (samples per cell)."
+        raise ValueError(msg)

@@ -38,6 +38,7 @@ from scvi.nn import Encoder
 from torch.distributions import Normal
 
 from . import _loss_terms as loss_terms
+from ._checks import check_module_arguments
 from ._dynamics import VectorField
 from ._measurement import MeasurementDecoder
 from ._posterior import PosteriorMixin
@@ -166,6 +167,8 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
         fixed_point_tol: float = 1e-5,
         fixed_point_max_iter: int = 50,
     ) -> None:
+        # the settings only (the checker ignores the sizes of the data)
+        check_module_arguments(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         super().__init__()
         self.n_input = n_input
         self.n_batch = n_batch

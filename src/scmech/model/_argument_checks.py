@@ -1,0 +1,220 @@
+"""Checks of the arguments that scvi-tools' inherited methods would pass, unchecked, to numpy, scipy or torch.
+
+scvi-tools' ``get_*`` methods index the data with ``indices`` and batch them with ``batch_size`` as given: a
+position past the last cell fails inside scipy, a boolean mask of the wrong length is read as positions 0 and 1,
+and a numpy integer batch size fails inside torch's sampler with a message that calls it invalid. These helpers
+refuse such arguments by name, before any library sees them.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "LoaderChecksMixin",
+    "check_batch_size",
+    "check_flag",
+    "check_gene_list",
+    "check_indices",
+    "check_positive_int",
+]
+
+#: how to turn cell names into positions, for the messages
+NAMES_TO_POSITIONS = "np.flatnonzero(adata.obs_names.isin(names))"
+
+
+def check_indices(indices, n_obs: int, name: str = "indices", *, none_means: str = "every cell") -> np.ndarray | None:
+    """Return ``indices`` as integer positions of ``n_obs`` cells, refusing what would fail or misread inside scvi.
+
+    Parameters
+    ----------
+    indices
+        Positions (negative ones count from the end, as in numpy) or a boolean mask; ``None`` for every cell.
+    n_obs
+        Number of cells of the data they index.
+    name
+        Argument name for the messages.
+    none_means
+        What ``None`` selects, for the message about an empty selection.
+
+    Returns
+    -------
+    The positions (``None`` when ``indices`` is ``None``).
+
+    Raises
+    ------
+    TypeError
+        For names, fractional positions or other non-integer values.
+    ValueError
+        For an empty selection, a mask of another length, nested positions, or positions outside the cells.
+    """
+    if indices is None:
+        return None
+    arr = np.asarray(indices)
+    if arr.ndim > 1:
+        msg = f"{name} has shape {arr.shape}; pass a flat list of cell positions (or a boolean mask of the cells)."
+        raise ValueError(msg)
+    arr = np.atleast_1d(arr)
+    if arr.size == 0:
+        msg = f"{name} is empty: pass the indices of at least one cell, or {name}=None for {none_means}."
+        raise ValueError(msg)
+    if arr.dtype == bool:
+        if len(arr) != n_obs:
+            msg = f"{name} is a boolean mask of length {len(arr)} for {n_obs} cells; give one value per cell."
+            raise ValueError(msg)
+        if not arr.any():
+            msg = f"{name} is a boolean mask that selects no cell; select at least one, or pass {name}=None."
+            raise ValueError(msg)
+        return np.flatnonzero(arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        msg = (
+            f"{name} must be integer cell positions or a boolean mask, got {arr.dtype} values "
+            f"({arr[:3].tolist()}...). Positions of cell names: {NAMES_TO_POSITIONS}."
+        )
+        raise TypeError(msg)
+    bad = arr[(arr >= n_obs) | (arr < -n_obs)]
+    if bad.size:
+        msg = f"{name} holds positions outside the {n_obs} cells (e.g. {bad[:3].tolist()}); valid: 0..{n_obs - 1}."
+        raise ValueError(msg)
+    return arr.astype(np.int64)
+
+
+def check_positive_int(value, name: str, *, allow_none: bool = False) -> int | None:
+    """Return ``value`` as a Python ``int`` when it is a positive whole number (numpy integers included).
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+    allow_none
+        Let ``None`` through (a default chosen by the method).
+
+    Returns
+    -------
+    The value as ``int`` (or ``None``).
+
+    Raises
+    ------
+    ValueError
+        For anything but a positive whole number (``True``/``False`` included).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        or_none = " (or None for the default)" if allow_none else ""
+        msg = f"{name}={value!r} must be a positive integer{or_none}."
+        raise ValueError(msg)
+    return int(value)
+
+
+def check_batch_size(batch_size, name: str = "batch_size") -> int | None:
+    """Return a minibatch size as a Python ``int`` (torch's sampler refuses numpy integers), or ``None``.
+
+    Parameters
+    ----------
+    batch_size
+        Cells per minibatch; ``None`` for scvi-tools' default.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The size (or ``None``).
+
+    Raises
+    ------
+    ValueError
+        For anything but a positive whole number or ``None``.
+    """
+    return check_positive_int(batch_size, name, allow_none=True)
+
+
+def check_flag(value, name: str) -> bool:
+    """Return ``value`` when it is ``True`` or ``False`` (a string such as ``"no"`` would read as ``True``).
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The flag as ``bool``.
+
+    Raises
+    ------
+    TypeError
+        For anything but a Python or numpy bool.
+    """
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name}={value!r} must be True or False."
+        raise TypeError(msg)
+    return bool(value)
+
+
+def check_gene_list(gene_list, var_names: Sequence[str], name: str = "gene_list") -> list[str] | None:
+    """Return ``gene_list`` as a list of the model's genes, refusing genes it does not have by name.
+
+    Parameters
+    ----------
+    gene_list
+        One gene (a string) or several; ``None`` for every gene.
+    var_names
+        The model's genes.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The genes (``None`` when ``gene_list`` is ``None``).
+
+    Raises
+    ------
+    KeyError
+        When a gene is not one of the model's (scvi-tools would drop it silently, or fail on an empty list).
+    ValueError
+        For an empty list.
+    """
+    if gene_list is None:
+        return None
+    genes = [gene_list] if isinstance(gene_list, str) else list(gene_list)
+    if not genes:
+        msg = f"{name} is empty; name at least one gene, or pass {name}=None for every gene."
+        raise ValueError(msg)
+    known = set(map(str, var_names))
+    missing = [g for g in genes if str(g) not in known]
+    if missing:
+        msg = f"{name} holds genes the model does not have: {missing[:5]} (see model.adata.var_names)."
+        raise KeyError(msg)
+    return genes
+
+
+class LoaderChecksMixin:
+    """Check ``indices`` and ``batch_size`` of every method that iterates over cells (put it before the data mixin).
+
+    Every ``get_*`` method of scvi-tools and of the model builds its data loader through ``_make_data_loader``.
+    """
+
+    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, data_loader_class=None, **kwargs):
+        """Build the data loader of the next class in the MRO, after checking ``indices`` and ``batch_size``."""
+        data = adata if adata is not None else self.adata
+        indices = check_indices(indices, data.n_obs)
+        batch_size = check_batch_size(batch_size)
+        return super()._make_data_loader(
+            adata,
+            indices=indices,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            data_loader_class=data_loader_class,
+            **kwargs,
+        )
