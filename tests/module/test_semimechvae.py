@@ -430,6 +430,7 @@ def test_a_training_step_never_reads_back_from_the_device(controls, steady_state
     # a GPU step must not wait for the device: no .item(), no bool(tensor), no data-dependent shapes
     module = make_module(steady_state_on=steady_state_on).train()
     module.deduplicate = False  # as on a GPU, where finding the distinct protocols would wait for the device
+    module.sparse_counts = False  # as on a GPU, where finding the non-zero counts would wait for the device
     tensors = make_tensors(controls=controls)
     for _ in range(2):  # the first step sets the control reference, the second blends it
         with HostReads() as spy:
@@ -442,6 +443,24 @@ def test_a_training_step_never_reads_back_from_the_device(controls, steady_state
     mu_all = gen["mu"]
     module.deduplicate = True
     torch.testing.assert_close(module.forward(tensors, compute_loss=False)[1]["mu"], mu_all)
+
+
+def test_the_loss_on_stored_counts_equals_the_dense_loss():
+    # the CPU's sparse evaluation of the NB log-gamma terms is the same loss, in value and gradient
+    module = make_module().train()
+    tensors = make_tensors()
+    out = {}
+    for sparse in (True, False):
+        module.sparse_counts = sparse
+        module.zero_grad()
+        torch.manual_seed(0)
+        inf, gen = module.forward(tensors, compute_loss=False)
+        loss = module.loss(tensors, inf, gen, kl_weight=0.5)
+        loss.loss.backward()
+        out[sparse] = (loss.loss.detach(), [p.grad.clone() for p in module.parameters() if p.grad is not None])
+    torch.testing.assert_close(out[True][0], out[False][0])
+    for a, b in zip(out[True][1], out[False][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_training_solves_run_a_budget_that_follows_what_they_needed(monkeypatch):

@@ -121,10 +121,12 @@ class BackedRows:
         if axis is None:
             return float(sum(np.asarray(b.sum()) for _, b in self.blocks()))
         if axis in (1, -1):
-            return np.concatenate([np.asarray(b.sum(axis=1)).reshape(-1, 1) for _, b in self.blocks()] or [[]])
+            return np.concatenate(
+                [np.asarray(b.sum(axis=1, dtype=np.float64)).reshape(-1, 1) for _, b in self.blocks()] or [[]]
+            )
         total = np.zeros((1, self.shape[1]), dtype=np.float64)
         for _, b in self.blocks():
-            total += np.asarray(b.sum(axis=0), dtype=np.float64).reshape(1, -1)
+            total += np.asarray(b.sum(axis=0, dtype=np.float64), dtype=np.float64).reshape(1, -1)
         return total
 
 
@@ -279,8 +281,8 @@ def check_empty_cells_genes(x, where: str, *, counts: bool = True) -> tuple[int,
     zero_cells = 0
     gene_sums = np.zeros(x.shape[1], dtype=np.float64)
     for _, block in iter_row_chunks(x):
-        zero_cells += int((np.asarray(block.sum(axis=1)).ravel() <= 0).sum())
-        gene_sums += np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+        zero_cells += int((np.asarray(block.sum(axis=1, dtype=np.float64)).ravel() <= 0).sum())
+        gene_sums += np.asarray(block.sum(axis=0, dtype=np.float64), dtype=np.float64).ravel()
     if zero_cells:
         msg = (
             f"{where} has {zero_cells} cells without any counts; they carry no information and have no library "

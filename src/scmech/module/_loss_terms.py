@@ -17,6 +17,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from ._groups import _group_mmd
+from ._likelihood import counts_log_likelihood
 
 if TYPE_CHECKING:
     from torch.distributions import Distribution
@@ -36,7 +37,7 @@ __all__ = [
 
 
 def elbo_terms(
-    x: torch.Tensor, px: Distribution, qz: Normal, mu: torch.Tensor, kl_weight: float
+    x: torch.Tensor, px: Distribution, qz: Normal, mu: torch.Tensor, kl_weight: float, sparse: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Negative ELBO of a minibatch, with the KL warm-up on the encoder only.
 
@@ -55,13 +56,16 @@ def elbo_terms(
         The prior mean :math:`\mu_\pi` of each cell (n x latent): its protocol's read-out.
     kl_weight
         Weight of the KL term for the encoder (scvi-tools' warm-up).
+    sparse
+        Evaluate a negative binomial's log-gamma terms on the non-zero counts only (``None``: on the CPU;
+        :func:`~scmech.module._likelihood.nb_log_likelihood`).
 
     Returns
     -------
     The loss (mean over cells, 0-d), the reconstruction loss and the KL divergence of each cell (n,), and each
     cell's prior fit :math:`\tfrac12\|\mathbb E_q z - \mu_\pi\|^2` (n,).
     """
-    recon = -px.log_prob(x).sum(-1)
+    recon = -counts_log_likelihood(px, x, sparse=sparse)
     kl_true = kl_divergence(qz, Normal(mu, torch.ones_like(mu), validate_args=False)).sum(-1)
     # warm-up acts on the encoder only; the dynamics get the full prior gradient
     kl_enc = kl_divergence(qz, Normal(mu.detach(), torch.ones_like(mu), validate_args=False)).sum(-1)

@@ -277,6 +277,9 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
         # solve the distinct protocols of a training minibatch once (None: on the CPU, where finding them costs no
         # device sync; a GPU solves every row in parallel instead)
         self.deduplicate: bool | None = None
+        # evaluate the negative binomial's log-gamma terms on the non-zero counts only (None: on the CPU, where
+        # finding them costs no device sync; see scmech.module._likelihood)
+        self.sparse_counts: bool | None = None
 
     def _build_field(self, n_latent: int, n_targets: int, **kwargs) -> VectorField:
         """Build the latent vector field (a subclass may build another :class:`~scmech.module._flow.ProtocolFlow`)."""
@@ -496,7 +499,7 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
         mmd_w = self.mmd_weight if mmd_weight is None else mmd_weight
         qz, z, mu = inference_outputs["qz"], inference_outputs["z"], generative_outputs["mu"]
         x, px = tensors[REGISTRY_KEYS.X_KEY], generative_outputs["px"]
-        loss, recon, kl_true, prior_fit = loss_terms.elbo_terms(x, px, qz, mu, kl_weight)
+        loss, recon, kl_true, prior_fit = loss_terms.elbo_terms(x, px, qz, mu, kl_weight, sparse=self.sparse_counts)
         self._cell_prior_fit = prior_fit.detach()  # per-cell dynamics error, read by error-guided batching
 
         proto = self._protocol(tensors)
