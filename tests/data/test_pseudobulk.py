@@ -184,3 +184,13 @@ def test_size_factors_must_be_positive():
         pseudobulk(adata, "g", size_factor_key="sf")
     with pytest.raises(ValueError, match=r"min_cells=-1 must be a non-negative integer"):
         pseudobulk(adata, "g", min_cells=-1)
+
+
+def test_a_list_of_column_names_is_named_as_such():
+    """A list of obs columns was read as per-cell labels, with a count mismatch as the only message."""
+    adata = _adata()
+    adata.obs["h"] = "x"
+    with pytest.raises(ValueError, match=r"groupby has 2 labels for .* cells\. \['g', 'h'\] are obs columns"):
+        pseudobulk(adata, ["g", "h"])
+    with pytest.raises(ValueError, match=r"groupby has 2 labels for .* cells\.$"):
+        pseudobulk(adata, ["p", "q"])

@@ -437,7 +437,14 @@ def _group_labels(adata: AnnData, groupby) -> tuple[np.ndarray, str]:
         raw = pd.Series(arr)
         what = "groupby"
         if len(raw) != adata.n_obs:
-            msg = f"groupby has {len(raw)} labels for {adata.n_obs} cells."
+            columns = [v for v in raw if isinstance(v, str) and v in adata.obs.columns]
+            hint = (
+                f" {columns} are obs columns: group by one column, or pass one label per cell (e.g. the columns "
+                "joined into one)."
+                if columns
+                else ""
+            )
+            msg = f"groupby has {len(raw)} labels for {adata.n_obs} cells.{hint}"
             raise ValueError(msg)
     na = raw.isna().to_numpy()
     labels = raw.astype(str).to_numpy(dtype=object)

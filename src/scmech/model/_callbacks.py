@@ -34,8 +34,8 @@ class FiniteLossCallback(Callback):
             f"The training loss became {loss.detach().float().mean().item()} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}; training stopped. Likely causes: a learning rate too high for these data "
             "(try plan_kwargs={'lr': 1e-4}) or for the operators (a lower operator_scale); extreme counts or library "
-            "sizes (look for outlier cells, or pass "
-            "size_factor_key); dynamics that diverge under a high steady-state weight"
+            "sizes (look for outlier cells, and pass size_factor_key or check the size factors already registered); "
+            "dynamics that diverge under a high steady-state weight"
             f"{'' if ss is None else f' (steady_state_weight={ss:g}; try a lower value)'}; or non-count data "
             "registered as counts."
         )
