@@ -8,6 +8,7 @@ wrong length read as positions, a NaN loss weight that switched its term off, a 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -300,3 +301,17 @@ def test_a_wait_step_must_be_a_number():
         protocol_from_steps([("perturb", "A"), ("wait", "abc")], separator="+", control_label="NT")
     steps = [("perturb", "A"), ("wait", np.float32(2.0))]
     assert protocol_from_steps(steps, separator="+", control_label="NT").time == 2.0
+
+
+def test_a_model_trained_on_controls_only_warns_when_it_predicts_a_target(rel):
+    # it used to predict every target as a "shared response" of no training targets, without a word
+    adata = rel.small(n_cells=240)
+    adata = adata[adata.obs["perturbation"].astype(str) == "NT"].copy()
+    model = rel.trained(adata)
+    assert model.target_map_.trained == []
+    with pytest.warns(UserWarning, match=r"trained without perturbed cells, so targets \['G0009'\].*controls' state"):
+        out = model.predict(["G0009"])
+    assert out.obs["target_source"].iloc[0] == "shared response"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(["NT"])  # the controls themselves need no warning

@@ -123,6 +123,14 @@ class PredictionMixin(PredictionOutputMixin):
         if self.target_map_ is None:
             msg = f"Cannot predict targets {mapped} without training cells: the model has no target map (train it)."
             raise KeyError(msg)
+        if not self.target_map_.trained:
+            warnings.warn(
+                f"The model was trained without perturbed cells, so targets {mapped[:5]} have no response to take "
+                "from training targets: they are predicted at the controls' state (with an uncalibrated own-gene "
+                "effect). Train on perturbed cells to predict perturbations.",
+                UserWarning,
+                stacklevel=4,
+            )
         vals, own_vals, sources = self.target_map_.operators(mapped)
         dev = ops.device
         new_ops = torch.as_tensor(vals, dtype=ops.dtype, device=dev)
