@@ -22,7 +22,7 @@ $(VENV)/.dev: $(VENV)/bin/python pyproject.toml
 	touch $(VENV)/.core $@
 
 demo: $(VENV)/.core
-	$(VENV)/bin/scmech demo --out $(DEMO_OUT)
+	$(VENV)/bin/scmech demo --out $(DEMO_OUT) --overwrite
 
 test: $(VENV)/.dev
 	MPLBACKEND=agg $(VENV)/bin/python -m pytest -n 2 --dist loadgroup -q

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import warnings
@@ -62,6 +63,33 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 2**32:
+        msg = f"must be an integer from 0 to {2**32 - 1} (numpy's seeds), got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
+def _threads(value: str) -> int:
+    n = _positive_int(value)
+    n_cpus = os.cpu_count()
+    if n_cpus is not None and n > n_cpus:
+        msg = f"must be at most the {n_cpus} CPUs of this machine, got {value!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return n
+
+
+def _out_path(value: str) -> Path:
+    if not value.strip():
+        msg = "must be a folder path, got an empty string (e.g. --out demo_output)"
+        raise argparse.ArgumentTypeError(msg)
+    return Path(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``scmech`` argument parser (one sub-command, ``demo``)."""
     parser = argparse.ArgumentParser(prog="scmech", description="Semi-mechanistic models of Perturb-seq data.")
@@ -75,11 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
             "figures and the trained model to --out."
         ),
     )
-    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: %(default)s)")
+    demo.add_argument("--out", type=_out_path, default=Path("demo_output"), help="output folder (default: %(default)s)")
     demo.add_argument(
         "--epochs", type=_positive_int, default=None, help="SemiMechVI epochs (default 30; 3 with --quick)"
     )
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    demo.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the demo's files (metrics.csv, *.png, model/, ...) when --out already holds them",
+    )
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
     demo.add_argument(
         "--test-targets",
         default=",".join(DEFAULT_TARGETS),
@@ -90,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-vanilla", action="store_true", help="skip the second SemiMechVI with steady_state_weight=0")
     demo.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_threads,
         default=1,
         help="CPU threads for torch (default: %(default)s; the networks are small, and extra threads slow "
         "training down sharply when other processes share the cores)",
@@ -98,8 +131,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_names(targets: Sequence[str]) -> list[str]:
+    """Names of the files and folders the demo writes into ``--out``."""
+    fixed = ["metrics.csv", "leaderboard.csv", "leaderboard.png", "training_history.png", "steady_state_residual.png"]
+    return [*fixed, *(f"predicted_vs_observed_{t}.png" for t in targets), "model"]
+
+
+def _check_out(out: Path, targets: Sequence[str], *, overwrite: bool) -> Path:
+    """Resolve ``out`` and refuse, before any work, a file, an unwritable place or results it would overwrite.
+
+    Nothing is created here (:func:`_prepare_out` creates the folder once the arguments have been checked).
+    """
+    out = out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        msg = f"--out {out} is an existing file, not a folder; give a folder path (it is created if missing)"
+        raise CLIError(msg)
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        why = "is a file" if not parent.is_dir() else "is not writable"
+        msg = f"cannot write to output folder {out}: {parent} {why}"
+        raise CLIError(msg)
+    taken = [name for name in _output_names(targets) if (out / name).exists()]
+    if taken and not overwrite:
+        msg = (
+            f"--out {out} already holds {', '.join(taken[:4])}{' ...' if len(taken) > 4 else ''}, which the demo "
+            "would overwrite; pass --overwrite to replace them, or give a new --out folder"
+        )
+        raise CLIError(msg)
+    return out
+
+
 def _prepare_out(out: Path) -> Path:
-    """Create ``out`` and check it is writable before any work is done."""
+    """Create ``out`` and check it is writable before any training is done."""
     out = out.expanduser().resolve()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +206,12 @@ def make_split(adata: AnnData, test_targets: Sequence[str], seed: int):
         if t not in perturbed:
             msg = f"{t!r} is not a target; targets of this screen: {', '.join(sorted(perturbed))}"
             raise CLIError(msg)
+    if perturbed <= set(test_targets):
+        msg = (
+            f"--test-targets holds out every target of the screen ({len(perturbed)}), so nothing perturbed is left "
+            "to train on; hold out fewer, e.g. --test-targets STAT1"
+        )
+        raise CLIError(msg)
     unmeasured = [t for t in test_targets if t not in measured]
     if unmeasured:
         _say(
@@ -329,7 +398,7 @@ def demo(args: argparse.Namespace) -> int:
     if not targets:
         msg = "--test-targets is empty; give at least one target, e.g. --test-targets STAT1"
         raise CLIError(msg)
-    out = _prepare_out(args.out)
+    out = _check_out(args.out, targets, overwrite=args.overwrite)
     _say(
         f"scmech demo: SemiMechVI for {epochs} epoch{'s' * (epochs != 1)}"
         f"{' plus a vanilla SemiMechVI (steady_state_weight=0)' if vanilla else ''}, seed {args.seed}, "
@@ -339,6 +408,7 @@ def demo(args: argparse.Namespace) -> int:
     adata = load_data()
     _step(2, "Held-out perturbation split")
     split = make_split(adata, targets, args.seed)
+    out = _prepare_out(out)
     with _runtime(args.threads):
         import scvi
 
@@ -349,7 +419,11 @@ def demo(args: argparse.Namespace) -> int:
         metrics, preds = evaluate(adata, split, models)
         print_results(metrics)
         _step(5, "Writing results")
-        write_outputs(out, adata, split, models, preds, metrics)
+        try:
+            write_outputs(out, adata, split, models, preds, metrics)
+        except OSError as e:
+            msg = f"cannot write the results to {out}: {e.strerror or e}"
+            raise CLIError(msg) from None
     _say(f"\nResults in {out}:")
     for p in sorted(out.iterdir()):
         _say(f"  {p.name}{'/' if p.is_dir() else ''}")

@@ -358,6 +358,12 @@ def test_plot_save_refuses_unknown_format_and_non_path(results, tmp_path):
     with pytest.raises(TypeError, match=r"save=5 must be a file path"):
         pl.leaderboard(results, metric="pearson", save=5, show=False)
     assert not list(tmp_path.iterdir())
+    (tmp_path / "figs.png").mkdir()  # a folder named like a figure: PIL failed with IsADirectoryError
+    with pytest.raises(ValueError, match=r"save='.*figs\.png' names the existing folder"):
+        pl.leaderboard(results, metric="pearson", save=tmp_path / "figs.png", show=False)
+    with pytest.raises(ValueError, match=r"names the existing folder"):
+        pl.leaderboard(results, metric="pearson", save=tmp_path / "figs", show=False)
+    assert not list((tmp_path / "figs.png").iterdir())
     ax = pl.leaderboard(results, metric="pearson", save=tmp_path / "new" / "lb", show=False)
     assert (tmp_path / "new" / "lb.png").is_file()
     plt.close("all")

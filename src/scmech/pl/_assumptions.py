@@ -208,7 +208,14 @@ def _panel_grid(ax: Axes | None, panels: list[tuple[str, pd.DataFrame]]) -> tupl
         grid = fig.add_gridspec(len(panels), 1, height_ratios=heights)
     else:
         fig = ax.figure
-        grid = ax.get_subplotspec().subgridspec(len(panels), 1, height_ratios=heights, hspace=0.6)
+        spec = ax.get_subplotspec()
+        if spec is None:  # axes placed by position (fig.add_axes): fill its rectangle
+            box = ax.get_position()
+            grid = fig.add_gridspec(
+                len(panels), 1, height_ratios=heights, hspace=0.6, left=box.x0, right=box.x1, bottom=box.y0, top=box.y1
+            )
+        else:
+            grid = spec.subgridspec(len(panels), 1, height_ratios=heights, hspace=0.6)
         ax.remove()
     return fig, grid
 
@@ -308,19 +315,22 @@ def _draw_tested_rows(
 
 
 def _draw_untested_rows(pax: Axes, rows: pd.DataFrame, x0: float) -> None:
-    """Write why the untested row cannot be tested, in grey italics from the left edge of the panel.
+    """Write why the untested row cannot be tested (or that an effect is not finite), in grey italics.
 
     Parameters
     ----------
     pax
         Axes of the panel.
     rows
-        The rows of the panel; those with a NaN effect are untested and have a ``why``.
+        The rows of the panel; those with a non-finite effect are written out (untested ones with their ``why``).
     x0
         Left x limit of the panel.
     """
     for j in np.flatnonzero(~np.isfinite(rows["effect"].to_numpy(dtype=float))):
-        why = textwrap.shorten(f"cannot be tested: {rows['why'].iloc[j]}", width=110, placeholder=" ...")
+        if rows["kind"].iloc[j] == CANNOT:
+            why = textwrap.shorten(f"cannot be tested: {rows['why'].iloc[j]}", width=110, placeholder=" ...")
+        else:  # a tested row without a finite effect (e.g. an edited table): say so instead of drawing nothing
+            why = f"{rows['kind'].iloc[j]}: effect {rows['effect'].iloc[j]}, not drawn"
         pax.text(x0, j, "  " + why, va="center", ha="left", fontsize=7.5, color="0.4", style="italic")
 
 

@@ -112,7 +112,7 @@ def _save_path(ax: Axes, name: str, save: str | Path | bool) -> Path:
     TypeError
         For a ``save`` that is neither a bool, a string nor a path.
     ValueError
-        For a suffix that matplotlib cannot write.
+        For a suffix that matplotlib cannot write, or a path that is an existing folder.
     """
     if save is True:
         import scanpy as sc
@@ -124,7 +124,11 @@ def _save_path(ax: Axes, name: str, save: str | Path | bool) -> Path:
         raise TypeError(msg)
     path = Path(save)
     if path.suffix == "":
-        return path.with_suffix(".png")
+        path = path.with_suffix(".png")
+    if path.is_dir():
+        example = str(path / "plot.png")
+        msg = f"save={str(save)!r} names the existing folder {str(path)!r}; pass a file name (e.g. {example!r})."
+        raise ValueError(msg)
     formats = ax.figure.canvas.get_supported_filetypes()
     if path.suffix[1:].lower() not in formats:
         msg = (

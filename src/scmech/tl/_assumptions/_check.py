@@ -19,7 +19,13 @@ from ._media import _check_media
 from ._model import _check_model
 from ._registry import COLUMNS, _cannot, _resolved_seed, _rngs, _row
 from ._unique_attractor import _mixture_checks
-from ._validation import _validate_common, _validate_model, _validate_target
+from ._validation import (
+    _validate_common,
+    _validate_flags,
+    _validate_model,
+    _validate_resample_size,
+    _validate_target,
+)
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -149,7 +155,8 @@ def check_assumptions(
     model
         A trained :class:`~scmech.model.SemiMechVI` set up on ``adata``; adds the model-based check.
     n_bootstrap
-        Number of bootstrap resamples, permutations and random splits per test.
+        Number of bootstrap resamples, permutations and random splits per test (at most 10,000, and fewer on
+        screens so large that the resamples of their cells would not fit in memory).
     alpha
         Significance level of the verdicts; intervals cover ``1 - alpha``.
     key_added
@@ -178,6 +185,7 @@ def check_assumptions(
     >>> print(scmech.tl.report_assumptions(table))
     """
     _validate_common(n_bootstrap, alpha)
+    _validate_flags(counts=counts, copy=copy)
     _check_random_state(random_state)
     seed = _resolved_seed(random_state)
     _validate_target(adata, key_added, copy, 'adata.uns["scmech"]')
@@ -195,6 +203,7 @@ def check_assumptions(
         counts=counts,
     )
     n = int(n_bootstrap)
+    _validate_resample_size(n, int(data.design.perturbation.fit_mask.sum()))
     rows, mixtures = _run_checks(adata, data, model, _rngs(seed), n, alpha)
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["n_cells"] = table["n_cells"].astype(np.int64)

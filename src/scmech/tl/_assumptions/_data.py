@@ -129,7 +129,7 @@ def _prepare(
 
 
 def _checked_matrix(adata: AnnData, layer: str | None, counts: bool) -> tuple[sp.csr_matrix, str]:
-    """Read the matrix of ``layer`` as float64 CSR, checked to hold counts (or finite values); say where it lives."""
+    """Read the matrix of ``layer`` as float64 CSR, checked to hold counts (or finite log-scale values); say where."""
     x = _get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     try:
@@ -143,7 +143,13 @@ def _checked_matrix(adata: AnnData, layer: str | None, counts: bool) -> tuple[sp
             "(layer='counts'), or counts=False for log-normalised values."
         )
         raise ValueError(msg) from e
-    return sp.csr_matrix(x, dtype=np.float64), where
+    x = sp.csr_matrix(x, dtype=np.float64)
+    if not counts:
+        # raw counts declared log-normalised would be compared without library-size normalisation
+        from scmech.tl._metrics._evaluate import _check_log_scale
+
+        _check_log_scale(x, float(x.max()) if x.nnz else None, where)
+    return x, where
 
 
 def _normalise(

@@ -13,7 +13,7 @@ from scmech.tl._split._make import _check_random_state
 from ._data import _prepare
 from ._registry import _resolved_seed, _rngs
 from ._unique_attractor import _mixture_checks
-from ._validation import _validate_target
+from ._validation import _validate_flags, _validate_key_added, _validate_target
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -54,7 +54,7 @@ def estimate_efficacy(
     perturbation_key, control_label, separator, unassigned_label, batch_key, time_key, media_key, layer, counts
         As in :func:`check_assumptions`.
     key_added
-        ``obs`` column to write.
+        ``obs`` column to write; not one of the columns read (``perturbation_key``, ``batch_key``, ...).
     random_state
         Seed of the cross-fitting split (a non-negative integer); ``None`` uses ``scvi.settings.seed`` (a fresh
         seed when that is ``None`` too).
@@ -72,6 +72,9 @@ def estimate_efficacy(
     >>> scmech.model.SemiMechVI.setup_anndata(adata, efficacy_key="scmech_efficacy", ...)
     """
     _validate_target(adata, key_added, copy, "adata.obs")
+    _validate_flags(counts=counts, copy=copy)
+    read = {"perturbation_key": perturbation_key, "batch_key": batch_key, "time_key": time_key}
+    _validate_key_added(key_added, {**read, "media_key": media_key})
     _check_random_state(random_state)
     data = _prepare(
         adata,

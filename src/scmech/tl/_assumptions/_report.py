@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -36,6 +37,9 @@ def report_assumptions(result: pd.DataFrame | AnnData, *, key: str = "assumption
     --------
     >>> print(scmech.tl.report_assumptions(adata))
     """
+    if isinstance(max_subjects, bool) or not isinstance(max_subjects, int | np.integer) or max_subjects < 0:
+        msg = f"max_subjects={max_subjects!r} must be a non-negative integer, e.g. max_subjects=5."
+        raise ValueError(msg)
     table = _get_table(result, key)
     lines = ["Assumption checks (scmech.tl.check_assumptions)", ""]
     for a, statement in ASSUMPTIONS.items():
@@ -115,15 +119,13 @@ def _get_table(result: pd.DataFrame | AnnData, key: str) -> pd.DataFrame:
     ------
     KeyError
         When the AnnData holds no result under ``key``, or the table lacks columns.
+    ValueError
+        When a verdict is missing.
     TypeError
         When ``result`` is neither a DataFrame nor an AnnData.
     """
     if isinstance(result, ad.AnnData):
-        stored = result.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(key)
-        if stored is None:
-            msg = f"adata.uns['scmech'] has no {key!r}; run scmech.tl.check_assumptions(adata, key_added={key!r})."
-            raise KeyError(msg)
-        table = stored["table"]
+        table = _stored_table(result, key)
     elif isinstance(result, pd.DataFrame):
         table = result
     else:
@@ -132,5 +134,37 @@ def _get_table(result: pd.DataFrame | AnnData, key: str) -> pd.DataFrame:
     need = {"assumption", "subject", "effect", "ci_low", "ci_high", "verdict"}
     if not need <= set(table.columns):
         msg = f"The table lacks columns {sorted(need - set(table.columns))}; pass check_assumptions' output."
+        raise KeyError(msg)
+    verdicts = table["verdict"]
+    bad = ~verdicts.map(lambda v: isinstance(v, str) and bool(v)).to_numpy(dtype=bool)
+    if bad.any():
+        msg = (
+            f"The table's 'verdict' column has {int(bad.sum())} missing or non-text values (e.g. "
+            f"{verdicts[bad].iloc[0]!r}); pass check_assumptions' output unchanged."
+        )
+        raise ValueError(msg)
+    return table
+
+
+def _stored_table(adata: AnnData, key: str) -> pd.DataFrame:
+    """Get the table stored by :func:`check_assumptions` in ``adata.uns["scmech"][key]``.
+
+    Raises
+    ------
+    KeyError
+        When nothing, or no result of ``check_assumptions``, is stored under ``key``.
+    """
+    run = f"run scmech.tl.check_assumptions(adata, key_added={key!r})"
+    store = adata.uns.get(SCMECH_ADATA_KEYS.UNS)
+    stored = store.get(key) if isinstance(store, Mapping) else None
+    if stored is None:
+        msg = f"adata.uns['scmech'] has no {key!r}; {run}."
+        raise KeyError(msg)
+    table = stored.get("table") if isinstance(stored, Mapping) else None
+    if not isinstance(table, pd.DataFrame):
+        msg = (
+            f"adata.uns['scmech'][{key!r}] is not a result of check_assumptions (a dict with a 'table' DataFrame, "
+            f"got {type(stored).__name__}); {run}, or pass key=... of one."
+        )
         raise KeyError(msg)
     return table

@@ -7,9 +7,14 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+#: at most this many resamples per test (p-values and intervals are stable from a few hundred)
+_MAX_BOOTSTRAP = 10_000
+#: at most this many resampled cell labels (n_bootstrap x cells) are held in memory by one test
+_MAX_RESAMPLED_CELLS = 2_000_000_000
+
 
 def _validate_common(n_bootstrap: int, alpha: float) -> None:
-    """Refuse a non-positive ``n_bootstrap``, an ``alpha`` outside (0, 1), or too few resamples for ``alpha``.
+    """Refuse a non-positive or huge ``n_bootstrap``, an ``alpha`` outside (0, 1), or too few resamples for ``alpha``.
 
     Raises
     ------
@@ -19,15 +24,26 @@ def _validate_common(n_bootstrap: int, alpha: float) -> None:
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
         msg = f"n_bootstrap={n_bootstrap!r} must be a positive integer, e.g. n_bootstrap=200."
         raise ValueError(msg)
+    if n_bootstrap > _MAX_BOOTSTRAP:
+        msg = (
+            f"n_bootstrap={n_bootstrap} is too large: use n_bootstrap <= {_MAX_BOOTSTRAP} (200 to 2000 give stable "
+            "intervals and p-values)."
+        )
+        raise ValueError(msg)
     if isinstance(alpha, bool) or not isinstance(alpha, float | int | np.floating) or not 0.0 < float(alpha) < 1.0:
         msg = f"alpha={alpha!r} must be a number in (0, 1), e.g. alpha=0.05."
         raise ValueError(msg)
     # the smallest resampling p-value 1 / (n_bootstrap + 1) must fall strictly below alpha (verdicts need p < alpha)
     need = int(np.floor(1.0 / float(alpha) - 1.0 + 1e-9)) + 1
     if n_bootstrap < need:
+        fix = (
+            f"Use n_bootstrap >= {need} (200 or more for stable intervals)."
+            if need <= _MAX_BOOTSTRAP
+            else f"n_bootstrap is at most {_MAX_BOOTSTRAP}: use alpha > {1 / (_MAX_BOOTSTRAP + 1):.2g}, e.g. 0.001."
+        )
         msg = (
             f"n_bootstrap={n_bootstrap} cannot give a p-value below alpha={alpha:g}: the smallest resampling "
-            f"p-value is 1 / (n_bootstrap + 1). Use n_bootstrap >= {need} (200 or more for stable intervals)."
+            f"p-value is 1 / (n_bootstrap + 1). {fix}"
         )
         raise ValueError(msg)
 
@@ -70,3 +86,58 @@ def _validate_model(model: Any | None) -> None:
             "or model=None for the data checks only."
         )
         raise TypeError(msg)
+
+
+def _validate_flags(**flags: Any) -> None:
+    """Refuse a flag (``counts``, ``copy``) that is not a bool: ``counts="no"`` would count as ``True``.
+
+    Raises
+    ------
+    TypeError
+        Naming the flag and its value.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, bool | np.bool_):
+            msg = f"{name}={value!r} must be True or False."
+            raise TypeError(msg)
+
+
+def _validate_resample_size(n_bootstrap: int, n_cells: int) -> None:
+    """Refuse an ``n_bootstrap`` whose resamples of ``n_cells`` cells would not fit in memory.
+
+    Raises
+    ------
+    ValueError
+        With the largest ``n_bootstrap`` that fits.
+    """
+    cap = max(_MAX_RESAMPLED_CELLS // max(n_cells, 1), 1)
+    if n_bootstrap > cap:
+        msg = (
+            f"n_bootstrap={n_bootstrap} is too large: each test holds n_bootstrap resamples of the {n_cells} cells "
+            f"in memory. Use n_bootstrap <= {cap} (200 to 2000 give stable intervals and p-values)."
+        )
+        raise ValueError(msg)
+
+
+def _validate_key_added(key_added: str, read: dict[str, str | None]) -> None:
+    """Refuse a ``key_added`` that names an ``obs`` column the call reads: it would be overwritten.
+
+    Parameters
+    ----------
+    key_added
+        The ``obs`` column to write.
+    read
+        Argument name -> ``obs`` column read by the call (``None`` when not given).
+
+    Raises
+    ------
+    ValueError
+        Naming the argument whose column would be overwritten.
+    """
+    for arg, key in read.items():
+        if key is not None and key == key_added:
+            msg = (
+                f"key_added={key_added!r} is also {arg}: writing the efficacy there would overwrite the column "
+                f"that is read. Pass another key_added, e.g. key_added='scmech_efficacy'."
+            )
+            raise ValueError(msg)

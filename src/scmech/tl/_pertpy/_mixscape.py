@@ -13,7 +13,11 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
+from scmech.data._checks import check_expression
 from scmech.data._design import get_design
+from scmech.tl._assumptions._registry import _resolved_seed
+from scmech.tl._assumptions._validation import _validate_flags, _validate_key_added, _validate_target
+from scmech.tl._split._make import _check_random_state
 
 from ._common import _dense, _import_pertpy, _obs_column
 from ._mixture import _mixscape_posterior, _pertpy_mixture_works
@@ -50,7 +54,7 @@ def efficacy_from_mixscape(
     perturbation_type: str = "KO",
     untestable: float = 1.0,
     key_added: str = SCMECH_ADATA_KEYS.EFFICACY_OBS,
-    random_state: int = 0,
+    random_state: int | None = 0,
     copy: bool = False,
 ) -> pd.Series | AnnData:
     r"""Per-cell knock-down efficacy in :math:`[0, 1]` from pertpy's Mixscape.
@@ -104,9 +108,10 @@ def efficacy_from_mixscape(
     untestable
         Efficacy of the cells of perturbations without enough marker genes.
     key_added
-        ``obs`` column to write.
+        ``obs`` column to write; not one of the columns read (``perturbation_key``, ``score_key``, ...).
     random_state
-        Seed of the PCA, the neighbour search and Mixscape's mixture models.
+        Seed of the PCA, the neighbour search and Mixscape's mixture models (an integer in :math:`[0, 2^{32})`);
+        ``None`` uses ``scvi.settings.seed`` (a fresh seed when that is ``None`` too).
     copy
         Return a copy of ``adata`` instead of writing into ``adata``.
 
@@ -125,9 +130,12 @@ def efficacy_from_mixscape(
 
     >>> scmech.tl.efficacy_from_mixscape(adata, score_key="mixscape_class_p_ko")
     """
+    _validate_target(adata, key_added, copy, "adata.obs")
+    _validate_flags(counts=counts, copy=copy)
+    read = {"perturbation_key": perturbation_key, "score_key": score_key, "class_key": class_key}
+    _validate_key_added(key_added, {**read, "split_by": split_by})
     _check_mixscape_args(
         adata,
-        key_added=key_added,
         score_key=score_key,
         class_key=class_key,
         untestable=untestable,
@@ -137,6 +145,8 @@ def efficacy_from_mixscape(
         layer=layer,
         split_by=split_by,
     )
+    _check_de_args(logfc_threshold, pval_cutoff)
+    seed = _mixscape_seed(random_state)
     design = get_design(
         adata,
         perturbation_key,
@@ -150,7 +160,7 @@ def efficacy_from_mixscape(
         eff[perturbed] = _scores(adata, score_key, perturbed)[perturbed]
         source = f"obs[{score_key!r}]"
     elif class_key is not None:
-        eff[perturbed] = _classes(adata, class_key, perturbed)
+        eff[perturbed] = _classes(adata, class_key, perturbed, design.labels)
         source = f"obs[{class_key!r}]"
     else:
         if not design.is_control.any():
@@ -169,11 +179,14 @@ def efficacy_from_mixscape(
             pval_cutoff=pval_cutoff,
             perturbation_type=perturbation_type,
             untestable=float(untestable),
-            random_state=random_state,
+            random_state=seed,
         )
         source = "pertpy Mixscape"
     eff = np.clip(eff, 0.0, 1.0)
-    logger.info("Efficacy from %s: mean %.3f over %d perturbed cells", source, eff[perturbed].mean(), perturbed.sum())
+    if perturbed.any():
+        logger.info(
+            "Efficacy from %s: mean %.3f over %d perturbed cells", source, eff[perturbed].mean(), perturbed.sum()
+        )
     series = pd.Series(eff, index=adata.obs_names.copy(), name=key_added, dtype=np.float64)
     adata = adata.copy() if copy else adata
     adata.obs[key_added] = series.to_numpy()
@@ -183,7 +196,6 @@ def efficacy_from_mixscape(
 def _check_mixscape_args(
     adata: AnnData,
     *,
-    key_added: Any,
     score_key: str | None,
     class_key: str | None,
     untestable: Any,
@@ -194,13 +206,11 @@ def _check_mixscape_args(
     split_by: str | None,
 ) -> None:
     """Run the cheap checks of :func:`efficacy_from_mixscape`, before any work."""
-    if not isinstance(key_added, str) or not key_added:
-        msg = f"key_added={key_added!r} must be a non-empty string (the obs column to write)."
-        raise ValueError(msg)
     if score_key is not None and class_key is not None:
         msg = f"Pass either score_key={score_key!r} or class_key={class_key!r}, not both."
         raise ValueError(msg)
-    if not (isinstance(untestable, int | float) and 0.0 <= float(untestable) <= 1.0):
+    is_number = isinstance(untestable, int | float | np.integer | np.floating) and not isinstance(untestable, bool)
+    if not (is_number and 0.0 <= float(untestable) <= 1.0):
         msg = f"untestable={untestable!r} must be in [0, 1] (1 = full effect, 0 = no effect)."
         raise ValueError(msg)
     for name, value in (("n_neighbors", n_neighbors), ("n_pcs", n_pcs), ("min_de_genes", min_de_genes)):
@@ -216,9 +226,46 @@ def _check_mixscape_args(
         _obs_column(adata, split_by, "split_by")
 
 
-def _classes(adata: AnnData, class_key: str, perturbed: np.ndarray) -> np.ndarray:
-    """Efficacy of the perturbed cells from Mixscape's classes: 0 for a class ending in "NP" (any case), else 1."""
+def _check_de_args(logfc_threshold: Any, pval_cutoff: Any) -> None:
+    """Refuse a negative or non-finite ``logfc_threshold`` and a ``pval_cutoff`` outside (0, 1]."""
+    for name, value, ok in (
+        ("logfc_threshold", logfc_threshold, lambda v: np.isfinite(v) and v >= 0.0),
+        ("pval_cutoff", pval_cutoff, lambda v: 0.0 < v <= 1.0),
+    ):
+        number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+        if not (number and ok(float(value))):
+            need = "a finite number >= 0, e.g. 0.25" if name == "logfc_threshold" else "in (0, 1], e.g. 0.05"
+            msg = f"{name}={value!r} must be {need} (Mixscape's marker genes pass it)."
+            raise ValueError(msg)
+
+
+def _mixscape_seed(random_state: Any) -> int:
+    """Return the seed of the Mixscape run: ``random_state`` checked, or ``scvi.settings.seed`` for ``None``."""
+    _check_random_state(random_state)
+    seed = _resolved_seed(random_state)
+    if seed >= 2**32:
+        msg = f"random_state={random_state!r} must be below 2**32 (numpy's seeds); pass e.g. random_state=0."
+        raise ValueError(msg)
+    return seed
+
+
+def _classes(adata: AnnData, class_key: str, perturbed: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Efficacy of the perturbed cells from Mixscape's classes: 0 for the class "NP" or "<target> NP", else 1.
+
+    Raises
+    ------
+    ValueError
+        For a column that does not hold Mixscape's classes: missing values, numbers or booleans, or the
+        perturbation labels themselves.
+    """
     raw = _obs_column(adata, class_key, "class_key")
+    if pd.api.types.is_bool_dtype(raw) or pd.api.types.is_numeric_dtype(raw):
+        msg = (
+            f"adata.obs[{class_key!r}] holds {raw.dtype} values, not Mixscape classes (text such as 'STAT1 KO', "
+            "'STAT1 NP' or, global, 'KO' / 'NP'). Pass Mixscape's 'mixscape_class' or 'mixscape_class_global' "
+            "column, or score_key= for posterior probabilities."
+        )
+        raise ValueError(msg)
     bad = perturbed & raw.isna().to_numpy()
     if bad.any():
         msg = (
@@ -227,8 +274,17 @@ def _classes(adata: AnnData, class_key: str, perturbed: np.ndarray) -> np.ndarra
             "'mixscape_class' or 'mixscape_class_global' column."
         )
         raise ValueError(msg)
-    classes = raw.astype(str).str.strip().str.upper().to_numpy()[perturbed]
-    return np.where(np.char.endswith(classes.astype(str), "NP"), 0.0, 1.0)
+    text = raw.astype(str).str.strip()
+    if (text.to_numpy()[perturbed] == np.asarray(labels).astype(str)[perturbed]).all():
+        msg = (
+            f"adata.obs[{class_key!r}] repeats the perturbation labels, not Mixscape classes ('<target> KO', "
+            "'<target> NP'); pass Mixscape's 'mixscape_class' or 'mixscape_class_global' column."
+        )
+        raise ValueError(msg)
+    # Mixscape's classes: "<target> NP" / "NP" for escapers, "<target> <type>" / "<type>" otherwise; the last
+    # word decides (a target whose name ends in "NP", such as SNAP, is no escaper)
+    last = text.str.upper().str.split().str[-1].to_numpy()[perturbed]
+    return np.where(last == "NP", 0.0, 1.0)
 
 
 def _scores(adata: AnnData, score_key: str, perturbed: np.ndarray) -> np.ndarray:
@@ -339,6 +395,7 @@ def _mixscape_input(
 
     x = adata.layers[layer] if layer is not None else adata.X
     x = x[cells]
+    _check_mixscape_matrix(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]", counts)
     x = sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)
     obs = pd.DataFrame({"_perturbation": labels}, index=pd.Index(adata.obs_names[cells]).astype(str))
     if split_by is not None:
@@ -348,6 +405,21 @@ def _mixscape_input(
         sc.pp.normalize_total(work, target_sum=TARGET_SUM)
         sc.pp.log1p(work)
     return work
+
+
+def _check_mixscape_matrix(x: Any, where: str, counts: bool) -> None:
+    """Refuse NaN or infinite values, and (``counts``) values that are not raw counts, before Mixscape reads them."""
+    try:
+        check_expression(x, where, counts=counts)
+    except ValueError as e:
+        if not counts or "NaN" in str(e):
+            raise
+        what = str(e).split(" Register")[0].strip()
+        msg = (
+            f"{what} Mixscape's input is log-normalised from raw counts here: pass the layer that holds them "
+            "(layer='counts'), or counts=False for log-normalised values."
+        )
+        raise ValueError(msg) from e
 
 
 def _check_controls(work: AnnData, ctrl: str, groups: pd.Series, n_neighbors: int | None, split_by: str | None) -> None:
