@@ -316,20 +316,23 @@ NOTES = [
     "each cell (registration stores them in compact form) and solves the distinct protocols of its minibatch, at "
     "most the batch size whatever the screen. The read-out costs a few milliseconds more when a minibatch holds "
     "more distinct protocols (about 21 of 256 rows at 20 targets, about 230 from 2,000 targets on); at 10^4 "
-    "targets on 10^4 cells almost every row is its own protocol (the lowest ratio of the table).",
-    "- Against SCVI with its default ZINB likelihood SemiMechVI is faster at every size (ratio 1.03 to 1.31). "
-    "Against SCVI with the NB likelihood that SemiMechVI uses it is about 5 % slower (0.92 to 0.96, one round "
-    "reading 1.14 at 200 targets and 1.04 at 10^5 cells within wide ranges): the steady-state read-out with its "
-    "implicit gradient and the MMD term cost more than SCVI's hidden decoder layer (which SemiMechVI's linear "
-    "decoder does not have) saves. `speed.md` has the profile of a step.",
+    "targets on 10^4 cells almost every row is its own protocol.",
+    "- SemiMechVI's step is shorter than SCVI's at every size: 1.13 to 1.28 times SCVI's throughput with the NB "
+    "likelihood that SemiMechVI uses, 1.40 to 1.55 times with SCVI's default ZINB (medians of the rounds; the "
+    "rounds' lowest ratio is 0.97, at 200 targets). The steady-state read-out with its implicit gradient and the "
+    "MMD and steady-state terms cost more than SCVI's hidden decoder layer (which SemiMechVI's linear decoder does "
+    "not have) saves; what puts SemiMechVI ahead is its NB log-likelihood, evaluated on the stored counts only on "
+    "the CPU (the log-gamma terms vanish where a count is 0; same value and gradient as scvi-tools'). Before that "
+    "change SemiMechVI ran at 0.92 to 0.96 of SCVI with NB. `speed.md` has the profile of a step.",
     "- The fixed cost of `train()` (the post-training fits: pseudobulks of the training cells, the gene-embedding "
-    "map and its calibration, the anchoring pseudobulks) grows with the cells: 2 s at 2 x 10^4 cells, 12 s at "
-    "10^5 and 39 s at 10^6 (10^4 targets), paid once per `train` call (every round here) against an epoch of "
+    "map and its calibration, the anchoring pseudobulks) grows with the cells: about 1 s at 2 x 10^4 cells, 5 s at "
+    "10^5 and 17 s at 10^6 (10^4 targets), paid once per `train` call (every round here) against an epoch of "
     "about 4,000 steps of 256 cells at 10^6 cells.",
-    "- Prediction of 10^4 targets x 8,000 genes takes longer than the 10 s aimed at on this machine. Its largest "
-    "single cost is the exact mean over the starting cells (two products of conditions x genes x cells, about a "
-    "third of the time); the rest is the per-condition anchoring (a Python loop over the 10^4 rows), the "
-    "read-out's arrays of 10^4 x 8,000 values and building the AnnData.",
+    "- Prediction of 10^4 targets x 8,000 genes takes 3.3 s on one thread here, under the 10 s aimed at (it read "
+    "9.1 s in an earlier run on a loaded machine). Its largest single cost is the exact mean over the starting "
+    "cells (two products of conditions x genes x cells, about a third of the time); the rest is the per-condition "
+    "anchoring (a Python loop over the 10^4 rows), the read-out's arrays of 10^4 x 8,000 values and building the "
+    "AnnData.",
     "- The backed screen's peak resident memory is 2.2 times its count matrix in all, 1.2 times without the "
     "libraries' own footprint after import (the matrix itself is never loaded; `obs` is in memory).",
     "- Not measured here: the GPU (no device was available; see `speed.md`).",

@@ -400,6 +400,14 @@ PROFILE_NOTES = [
     "steady-state terms (about 3 ms), against SCVI's hidden decoder layer, which SemiMechVI's linear decoder "
     "does not have.",
     "",
+    "Since that profile the loss evaluates the NB log-likelihood on the CPU from the stored counts "
+    "(`scmech.module._likelihood`): the terms `lgamma(x + theta) - lgamma(theta) - lgamma(x + 1)` vanish where a "
+    "count is 0, so they are computed on the non-zero counts only, and `theta * log(theta)` once per gene instead "
+    "of once per cell and gene. The value and the gradient are scvi-tools' (a test compares them); most of the "
+    "likelihood's share of a step goes, which is why SemiMechVI's step is now shorter than SCVI's with the same "
+    "likelihood (`scale.md`). On a GPU the dense form stays: the number of non-zero counts is data-dependent, and "
+    "finding it would make every step wait for the device.",
+    "",
     "## GPU",
     "",
     "`benchmarks/gpu_check.sh` trains SCVI and SemiMechVI for one epoch on simulated cells (2,000 genes, same "
@@ -441,11 +449,12 @@ def write_markdown(df, pred, path: Path, *, quick: bool, total: float, predict_n
         f"scmech {scmech.__version__}, scvi-tools {scvi.__version__}, torch {torch.__version__}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPU cores, no GPU.",
         "",
-        "**Absolute times are not meaningful here**: the machine (2 cores) was shared with several other heavy "
-        "processes during the run (load average 7 to 15), so a step takes several times longer than on an idle "
-        "CPU. Only the ratios are meaningful: for each data size the models trained in separate processes started "
-        "at the same time (one torch thread each), so they shared the same load, and throughput is the batch size "
-        "over the *median* step time (data loading included), which is robust to bursts of load.",
+        "**Absolute times are not meaningful here**: for each data size the models train in separate processes "
+        f"started at the same time (one torch thread each, {os.cpu_count()} CPU cores), so a step's time depends on "
+        "what else runs. Only the ratios are meaningful: the processes share the same load, and throughput is the "
+        "batch size over the *median* step time (data loading included), which is robust to bursts of load. Three "
+        "processes on two cores do not share evenly, though; `scale.py`, which alternates the models in one "
+        "process, gives the tighter comparison.",
         "",
         "Same data for all models: a 2,000-cell x 2,000-gene simulated screen (50 targets, 3 batches) resampled "
         "with replacement into CSR matrices; same `n_hidden=128`, `n_latent=10`, `n_layers=1`, batch size 128, "
