@@ -20,6 +20,7 @@ __all__ = [
     "check_unique_names",
     "is_backed_matrix",
     "iter_row_chunks",
+    "rows_in_memory",
 ]
 
 #: Rows read at a time from a backed (on-disk) matrix.
@@ -140,6 +141,30 @@ def is_backed_matrix(x) -> bool:
     from anndata.abc import CSCDataset, CSRDataset
 
     return isinstance(x, CSRDataset | CSCDataset | h5py.Dataset)
+
+
+def rows_in_memory(x, rows: np.ndarray | None = None):
+    """Rows of a matrix in memory, in the given order (all rows when ``None``); sparse stays sparse.
+
+    In-memory matrices are indexed as usual. The on-disk matrix of a backed AnnData is read in blocks of rows
+    (:class:`BackedRows`), so that rows in any order (e.g. grouped by condition) can be taken: h5py refuses
+    unsorted indices, and anndata's backed sparse datasets are not ``scipy.sparse`` matrices.
+
+    Parameters
+    ----------
+    x
+        Dense or sparse matrix (cells x genes), or the on-disk matrix of a backed AnnData.
+    rows
+        Positions (or a boolean mask) of the rows to read.
+
+    Returns
+    -------
+    A dense ``numpy`` array or a ``scipy.sparse`` matrix.
+    """
+    if is_backed_matrix(x):
+        sel = x if isinstance(x, BackedRows) else BackedRows(x)
+        return (sel if rows is None else sel[rows]).toarray_like()
+    return x if rows is None else x[rows]
 
 
 def iter_row_chunks(x, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, object]]:

@@ -31,7 +31,8 @@ class LatentMixin:
         r"""Per-cell steady-state residual :math:`\|f_\theta(z_c; m_c, p_c)\|` at the cell's latent mean.
 
         Near zero for cells at an equilibrium of their own protocol; large for cells the field would still
-        move (e.g. controls that drift, or cells between attractors). Cells of targets without training cells
+        move (e.g. controls that drift, or cells between attractors). In the dynamic regime the drive is the one the
+        flow applies at the cell's read-out time (with the onset ramp). Cells of targets without training cells
         use the operators of the gene-embedding map, as :meth:`predict` does. This is a per-cell quantity;
         ``history["ss_residual_train"]`` is the residual at the mean control state, the quantity the
         steady-state term penalises (with ``steady_state_on="mean"``).
@@ -65,7 +66,11 @@ class LatentMixin:
             proto = self.module._protocol({k: v.to(self.device) for k, v in tensors.items()})
             z = inf["qz"].loc
             drive = field.drive(proto["perturbation"], proto["efficacy"], operators=ops)
-            out.append(field(z, proto["media"], drive).norm(dim=-1).cpu().numpy())
+            ramp = None
+            if self.regime == "dynamic":  # the drive at each cell's read-out time, as the flow applies it
+                t = (proto["time"] / self.module.time_unit).reshape(-1, 1)
+                ramp = field._ramp(t, torch.ones_like(t))
+            out.append(field(z, proto["media"], drive, ramp).norm(dim=-1).cpu().numpy())
         return np.concatenate(out)
 
     @torch.inference_mode()

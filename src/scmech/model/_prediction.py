@@ -24,6 +24,7 @@ from ._argument_checks import check_flag
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
+from ._time_checks import warn_extrapolated_times
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -229,7 +230,7 @@ class PredictionMixin(PredictionOutputMixin):
     # ------------------------------------------------------------------ predict
     @torch.inference_mode()
     def _check_requested_targets(self, requested: list[Protocol]) -> None:
-        """Refuse the unassigned label as a target; warn about a new target that is a known one in another case."""
+        """Refuse the unassigned label as a target; warn of a target known in another case or a time beyond training."""
         st = self._perturbation_state()
         ua = self.adata_manager.registry["setup_args"].get("unassigned_label")
         unassigned = set() if ua is None else ({ua} if isinstance(ua, str) else {str(u) for u in ua})
@@ -252,6 +253,8 @@ class PredictionMixin(PredictionOutputMixin):
                         UserWarning,
                         stacklevel=3,
                     )
+        if self.regime == "dynamic":
+            warn_extrapolated_times(requested, float(self.module.time_unit) * float(self.module.horizon))
 
     def predict(
         self,
@@ -288,7 +291,9 @@ class PredictionMixin(PredictionOutputMixin):
         media
             Medium at read-out (one, or one per perturbation); the baseline medium when ``None``.
         time
-            Read-out time since the perturbation (dynamic models).
+            Read-out time since the perturbation (dynamic models). A ``UserWarning`` says when a read-out or switch
+            time lies beyond the longest time of the training cells (an extrapolation). At time 0 a perturbed cell
+            equals a control: the perturbation has not acted yet.
         media_time
             Time of the switch into ``media`` relative to the perturbation (negative: before it; ``None``: the
             medium holds throughout).

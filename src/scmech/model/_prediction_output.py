@@ -141,8 +141,12 @@ class PredictionOutputMixin:
             source_adata = self.adata if adata is None else adata
             obs["source_cell"] = np.tile(np.asarray(source_adata.obs_names)[ro.start], n_req)
             obs.index = [f"{lab}|{c}" for lab, c in zip(obs["perturbation"], obs["source_cell"], strict=True)]
-        for c in ("perturbation", "media", "batch"):
+            if not obs.index.is_unique:  # a condition asked twice, a cell started twice or duplicated source names
+                obs.index = [f"{i}#{k}" for k, i in enumerate(obs.index)]
+        for c in ("perturbation", "batch"):
             obs[c] = obs[c].astype(str).astype("category")
+        # without media the column is missing (NaN), not the string "None"
+        obs["media"] = pd.Categorical([None if pd.isna(m) else str(m) for m in obs["media"]])
         return obs
 
     def _prediction_anndata(self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor):

@@ -152,10 +152,38 @@ def protocol_from_steps(
     )
 
 
+def _protocol_list(protocol) -> list:
+    """Return ``predict``'s ``protocol`` as a list of step lists (one protocol, or a list of them), refusing empties."""
+    example = "[('perturb', 'STAT1'), ('wait', 2.0)]"
+    if isinstance(protocol, str | bytes) or not isinstance(protocol, Iterable):
+        msg = f"protocol={protocol!r} must be a list of steps like {example}, or a list of such lists."
+        raise TypeError(msg)
+    protocol = list(protocol)  # a generator is read once
+    if len(protocol) == 0:
+        msg = f"`protocol` is empty; give steps like {example}."
+        raise ValueError(msg)
+    first = protocol[0]
+    many = isinstance(first, list | tuple) and len(first) > 0 and isinstance(first[0], list | tuple)
+    plist = [list(p) if isinstance(p, list | tuple) else p for p in protocol] if many else [protocol]
+    for i, steps in enumerate(plist):
+        if isinstance(steps, list) and len(steps) == 0:
+            msg = (
+                f"protocol[{i}] is empty: each protocol of the list needs its steps, e.g. {example} (the control "
+                "read out at time 0 is [('wait', 0.0)])."
+            )
+            raise ValueError(msg)
+    return plist
+
+
 def _per_condition(value, n: int, name: str) -> list:
     """One value per requested condition: a scalar is repeated, a sequence must have ``n`` values."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()  # a 0-d array is one value
     if value is None or isinstance(value, str | float | int | np.floating | np.integer):
         return [value] * n
+    if not isinstance(value, Iterable):
+        msg = f"`{name}`={value!r} must be one value or a list of one value per perturbation."
+        raise TypeError(msg)
     value = list(value)
     if len(value) != n:
         msg = f"`{name}` has {len(value)} values for {n} perturbations; give one value or one per perturbation."
@@ -213,12 +241,7 @@ def build_protocols(
         if perturbations is not None or time is not None or media is not None or media_time is not None:
             msg = "Pass either `protocol` or `perturbations`/`media`/`time`/`media_time`, not both."
             raise ValueError(msg)
-        if len(protocol) == 0:
-            msg = "`protocol` is empty; give steps like [('perturb', 'STAT1'), ('wait', 2.0)]."
-            raise ValueError(msg)
-        first = protocol[0]
-        many = isinstance(first, list | tuple) and len(first) > 0 and isinstance(first[0], list | tuple)
-        plist = protocol if many else [protocol]
+        plist = _protocol_list(protocol)
         out = [
             protocol_from_steps(p, separator=separator, control_label=control_label, control_labels=controls)
             for p in plist

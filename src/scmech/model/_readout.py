@@ -241,7 +241,7 @@ def read_out(
     residual = res_rows.reshape(n_prot, n_lev).amax(1).cpu().numpy().astype(np.float64)
     unconverged = _unconverged(module, protocols[:n_requested], residual)
     normal = module.gene_likelihood == "normal"
-    offset = {"own_effect": own, "target_gene_index": gene_idx}
+    offset = {"own_effect": own, "target_gene_index": gene_idx, "ramp": module.offset_ramp(t_rows)}
     values, latents = None, None
     if return_mean and module.decoder.hidden is None:
         # linear decoder: logits = A_cell + B_condition, so the mean over cells is exact in two products

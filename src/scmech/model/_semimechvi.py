@@ -29,6 +29,7 @@ from ._post_training import PostTrainingMixin
 from ._prediction import PredictionMixin
 from ._rnaseq import MeasurementMethodsMixin
 from ._setup import PerturbationSetupMixin
+from ._time_checks import check_registered_times
 from ._training import TrainingMixin
 
 if TYPE_CHECKING:
@@ -139,9 +140,8 @@ class SemiMechVI(
         if regime not in ("steady_state", "dynamic"):
             msg = f"regime={regime!r} is not one of 'auto', 'steady_state', 'dynamic'."
             raise ValueError(msg)
-        if regime == "dynamic" and not has_time:
-            msg = "regime='dynamic' needs a time key: register it with setup_anndata(..., time_key=...)."
-            raise ValueError(msg)
+        if regime == "dynamic":
+            check_registered_times(self.adata_manager)
         if (
             isinstance(steady_state_weight, bool)
             or not isinstance(steady_state_weight, numbers.Real)

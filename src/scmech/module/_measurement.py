@@ -107,6 +107,7 @@ class MeasurementDecoder(nn.Module):
         own_effect: torch.Tensor | None = None,
         target_gene_index: torch.Tensor | None = None,
         add_to: torch.Tensor | None = None,
+        ramp: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Gene-space effects of the perturbation: shared offset plus own-target knock-down (n x genes).
 
@@ -126,6 +127,9 @@ class MeasurementDecoder(nn.Module):
         add_to
             Logits (n x genes) to add the effects to, in place, without autograd (prediction at genome scale:
             no second rows x genes array); returned.
+        ramp
+            Fraction of the effects present at each row's read-out (n,), or ``None`` (all of them): in the dynamic
+            regime the effects build up with the onset of the perturbation and are absent at its time 0.
 
         Returns
         -------
@@ -133,11 +137,14 @@ class MeasurementDecoder(nn.Module):
         """
         active = perturbation if isinstance(perturbation, ActiveTargets) else active_targets(perturbation)
         out = add_to
+        perturbed = active.perturbed
+        if ramp is not None:
+            perturbed = perturbed * ramp.reshape(-1, 1).to(perturbed.dtype)
         if self.shared_offset is not None:
             if add_to is not None:
-                add_to.addcmul_(active.perturbed.to(add_to.dtype), self.shared_offset.to(add_to.dtype))
+                add_to.addcmul_(perturbed.to(add_to.dtype), self.shared_offset.to(add_to.dtype))
             else:
-                out = active.perturbed * self.shared_offset
+                out = perturbed * self.shared_offset
         own = self.own_effect if own_effect is None else own_effect
         idx = self.target_gene_index if target_gene_index is None else target_gene_index
         if own is not None and len(idx) > 0:
@@ -146,6 +153,8 @@ class MeasurementDecoder(nn.Module):
             vals = active.value * active.gather(own.unsqueeze(-1).to(active.value.dtype)).squeeze(-1) * measured
             if efficacy is not None:
                 vals = vals * efficacy.reshape(-1, 1)
+            if ramp is not None:
+                vals = vals * ramp.reshape(-1, 1).to(vals.dtype)
             if add_to is not None:
                 return add_to.scatter_add_(1, gene.clamp(min=0), vals.to(add_to.dtype))
             n = active.value.shape[0]

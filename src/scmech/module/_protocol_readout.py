@@ -190,6 +190,30 @@ class ProtocolReadoutMixin:
         self.time_unit.fill_(float(unit))
         self.field.log_tau.sub_(float(np.log(unit / old)))
 
+    def offset_ramp(self, time: torch.Tensor | None) -> torch.Tensor | None:
+        r"""Fraction of the measurement offsets (shared offset, own-gene knock-down) present at each read-out time.
+
+        In the dynamic regime a perturbation acts from its time 0 on: its offsets are absent at time 0 and, with an
+        onset, build up as :math:`1 - e^{-t/\tau}`, the ramp of its drive on the latent dynamics, so that a
+        perturbed cell read out at the perturbation equals a control and early read-outs see part of the effect.
+
+        Parameters
+        ----------
+        time
+            Read-out time of each row since the perturbation, in the data's time units, or ``None``.
+
+        Returns
+        -------
+        The fraction per row (n,), or ``None`` (all of the offsets: the steady-state regime, or no times).
+        """
+        if self.regime != "dynamic" or time is None:
+            return None
+        t = time.reshape(-1).float() / self.time_unit
+        on = (t > 0).to(t.dtype)
+        if not self.field.onset:
+            return on
+        return on * (1 - torch.exp(-torch.clamp(t, min=0.0) / self.field.tau))
+
     @property
     def onset_tau_data(self) -> float:
         """The onset time constant in the data's time units."""

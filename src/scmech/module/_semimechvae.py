@@ -457,7 +457,7 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
             batch_index = torch.ones_like(batch_index) * transform_batch
         active = self.active(perturbation)
         mu, residual = self.readout_states(active, media, efficacy, time, media_time)
-        offset = self.decoder.perturbation_offset(active, efficacy)
+        offset = self.decoder.perturbation_offset(active, efficacy, ramp=self.offset_ramp(time))
         logits = self.decoder.logits(z, batch_index, offset, cat_covs, cont_covs)
         px = self.decoder.distribution(z, logits, library, batch_index)
         pz = Normal(mu, torch.ones_like(mu), validate_args=False)

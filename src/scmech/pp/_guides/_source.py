@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech.data._checks import is_backed_matrix, rows_in_memory
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -113,6 +115,10 @@ def _numeric_counts(values, source: str):
     TypeError
         For boolean guide calls (not UMI counts) and non-numeric values.
     """
+    if is_backed_matrix(values):
+        # the guide counts of a backed AnnData (cells x guides, small): read them, as anndata's on-disk sparse
+        # datasets are not scipy.sparse matrices
+        values = rows_in_memory(values)
     if isinstance(values, pd.DataFrame):
         if any(pd.api.types.is_bool_dtype(d) for d in values.dtypes):
             values = values.to_numpy(dtype=bool)

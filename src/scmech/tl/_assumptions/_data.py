@@ -16,11 +16,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
-from scmech.data._checks import check_expression
+from scmech.data._checks import rows_in_memory
 from scmech.data._design import get_design
 from scmech.data._pseudobulk import _get_matrix, library_size
 
 from ._registry import _time_label
+from ._validation import _check_raw_counts
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -132,18 +133,8 @@ def _checked_matrix(adata: AnnData, layer: str | None, counts: bool) -> tuple[sp
     """Read the matrix of ``layer`` as float64 CSR, checked to hold counts (or finite log-scale values); say where."""
     x = _get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    try:
-        check_expression(x, where, counts=counts)
-    except ValueError as e:
-        if not counts or "NaN" in str(e):
-            raise
-        what = str(e).split(" Register")[0].strip()
-        msg = (
-            f"{what} The checks need raw counts (they normalise them): pass the layer that holds them "
-            "(layer='counts'), or counts=False for log-normalised values."
-        )
-        raise ValueError(msg) from e
-    x = sp.csr_matrix(x, dtype=np.float64)
+    _check_raw_counts(x, where, counts, "The checks need raw counts (they normalise them)")
+    x = sp.csr_matrix(rows_in_memory(x), dtype=np.float64)  # a backed matrix is read (in blocks of rows)
     if not counts:
         # raw counts declared log-normalised would be compared without library-size normalisation
         from scmech.tl._metrics._evaluate import _check_log_scale

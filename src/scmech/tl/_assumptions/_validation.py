@@ -7,6 +7,8 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from scmech.data._checks import check_expression
+
 #: at most this many resamples per test (p-values and intervals are stable from a few hundred)
 _MAX_BOOTSTRAP = 10_000
 #: at most this many resampled cell labels (n_bootstrap x cells) are held in memory by one test
@@ -141,3 +143,28 @@ def _validate_key_added(key_added: str, read: dict[str, str | None]) -> None:
                 f"that is read. Pass another key_added, e.g. key_added='scmech_efficacy'."
             )
             raise ValueError(msg)
+
+
+def _check_raw_counts(x: Any, where: str, counts: bool, needs: str) -> None:
+    """Refuse NaN or infinite values and, with ``counts``, values that are not raw counts, saying why they are needed.
+
+    Parameters
+    ----------
+    x
+        The matrix the tool reads.
+    where
+        Where it comes from (``"adata.X"``, ``"adata.layers['counts']"``), for messages.
+    counts
+        Whether the tool reads raw counts.
+    needs
+        Why the tool needs raw counts, a sentence put before the fix.
+    """
+    try:
+        check_expression(x, where, counts=counts)
+    except ValueError as e:
+        if not counts or "NaN" in str(e):
+            raise
+        what = str(e).split(" Register")[0].strip()
+        fix = "pass the layer that holds them (layer='counts'), or counts=False for log-normalised values."
+        msg = f"{what} {needs}: {fix}"
+        raise ValueError(msg) from e

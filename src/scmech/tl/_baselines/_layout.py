@@ -50,8 +50,10 @@ def _prediction_anndata(logx: np.ndarray, obs_rows: list[dict], var_names: Seque
     obs.index = pd.Index(index).astype(str)
     if not obs.index.is_unique:
         obs.index = [f"{i}#{k}" for k, i in enumerate(obs.index)]
-    for c in ("perturbation", "media", "batch"):
+    for c in ("perturbation", "batch"):
         obs[c] = obs[c].astype(str).astype("category")
+    # without media the column is missing (NaN), not the string "None"
+    obs["media"] = pd.Categorical([None if pd.isna(m) else str(m) for m in obs["media"]])
     obs["n_cells"] = obs["n_cells"].astype(np.int64)
     obs["time"] = obs["time"].astype(np.float64)
     obs["media_time"] = obs["media_time"].astype(np.float64)

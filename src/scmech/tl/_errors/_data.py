@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
 from scmech._docs import fill_doc
+from scmech.data._checks import rows_in_memory
 from scmech.data._pseudobulk import _get_matrix, library_size
 
 if TYPE_CHECKING:
@@ -127,8 +128,7 @@ def _prepare(
     -------
     The ``_Data``, dense when it holds at most ``_DENSE`` values.
     """
-    x = _get_matrix(adata, layer)
-    x = x[rows]
+    x = rows_in_memory(_get_matrix(adata, layer), rows)  # backed data: rows in group order, read in blocks
     x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else sp.csr_matrix(np.asarray(x, dtype=np.float64))
     _check_finite(x, layer)
     lib = library_size(x) if counts else None

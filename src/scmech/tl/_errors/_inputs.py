@@ -20,6 +20,7 @@ from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.tl._metrics import check_finite_rows
 from scmech.tl._metrics._checks import _check_seed
+from scmech.tl._metrics._predictions import check_condition_labels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -113,16 +114,7 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
             f"{type(predictions).__name__}."
         )
         raise TypeError(msg)
-    if "perturbation" not in predictions.obs.columns:
-        msg = "predictions has no obs['perturbation'] column; pass the AnnData returned by predict()."
-        raise KeyError(msg)
-    na = predictions.obs["perturbation"].isna().to_numpy()
-    if na.any():
-        msg = (
-            f"predictions have {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
-            f"{list(predictions.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
-        )
-        raise ValueError(msg)
+    check_condition_labels(predictions, "predictions", "have")
     check_unique_names(predictions.var_names, "The var_names of predictions", "var_names_make_unique() on that AnnData")
     labels = [_canonical(x, design) for x in predictions.obs["perturbation"].astype(str)]
     dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()

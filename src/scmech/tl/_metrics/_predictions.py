@@ -3,7 +3,7 @@ r"""Predictions as the evaluation reads them: models by name, canonical labels a
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -59,16 +59,7 @@ def _prediction_frame(
     Raises for duplicated gene names and for predictions that are not finite or not on the
     :math:`\log(1 + 10^4\bar\rho)` scale.
     """
-    if "perturbation" not in pred.obs.columns:
-        msg = f"Predictions of {name!r} have no obs['perturbation'] column; pass the AnnData returned by predict()."
-        raise KeyError(msg)
-    na = pred.obs["perturbation"].isna().to_numpy()
-    if na.any():
-        msg = (
-            f"Predictions of {name!r} have {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
-            f"{list(pred.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
-        )
-        raise ValueError(msg)
+    check_condition_labels(pred, f"Predictions of {name!r}", "have")
     labels = [_canonical(x, design) for x in pred.obs["perturbation"].astype(str)]
     dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
     if dup:
@@ -125,3 +116,36 @@ def _genes(adata: AnnData, frames: dict[str, pd.DataFrame]) -> pd.Index:
     if len(common) < len(genes):
         logger.warning("Evaluating on the %d of %d genes present in every prediction.", len(common), len(genes))
     return common
+
+
+def check_condition_labels(pred: Any, what: str, verb: str = "has") -> None:
+    """Refuse predictions without an ``obs["perturbation"]`` column or with missing (NaN) labels in it.
+
+    A NaN label would become a condition ``"nan"`` (or be dropped), and its row silently go unscored.
+
+    Parameters
+    ----------
+    pred
+        The predictions (an AnnData).
+    what
+        How messages name them (``"predictions"``, ``"Predictions of 'model'"``).
+    verb
+        ``"has"`` or ``"have"``, agreeing with ``what``.
+
+    Raises
+    ------
+    KeyError
+        Without the column.
+    ValueError
+        For missing labels.
+    """
+    if "perturbation" not in pred.obs.columns:
+        msg = f"{what} {verb} no obs['perturbation'] column; pass the AnnData returned by predict()."
+        raise KeyError(msg)
+    na = pred.obs["perturbation"].isna().to_numpy()
+    if na.any():
+        msg = (
+            f"{what} {verb} {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
+            f"{list(pred.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
+        )
+        raise ValueError(msg)

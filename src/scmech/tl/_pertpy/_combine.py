@@ -12,10 +12,11 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
-from scmech.data._checks import check_unique_names
+from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
 from scmech.tl._metrics._checks import _check_seed
+from scmech.tl._metrics._predictions import check_condition_labels
 
 from ._common import OBSERVED, PREDICTED, _dense
 
@@ -201,16 +202,7 @@ def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any,
     if layer is not None and layer not in observed.layers:
         msg = f"layer={layer!r} is not a layer of observed (layers: {list(observed.layers.keys())})."
         raise KeyError(msg)
-    if "perturbation" not in pred.obs.columns:
-        msg = "pred has no obs['perturbation'] column; pass the AnnData returned by predict()."
-        raise KeyError(msg)
-    na = pred.obs["perturbation"].isna().to_numpy()
-    if na.any():
-        msg = (
-            f"pred has {int(na.sum())} missing (NaN) labels in obs['perturbation'] (rows "
-            f"{list(pred.obs_names[na][:5])}); every predicted row or cell must name its condition. Fix or drop them."
-        )
-        raise ValueError(msg)
+    check_condition_labels(pred, "pred")
 
 
 def _combined_conditions(
@@ -264,9 +256,10 @@ def _log_normalised(
 ) -> np.ndarray:
     """Log-normalised observed cells ``take`` (cells x ``genes``; ``normalize_total`` and ``log1p`` for counts)."""
     gpos = pd.Index(observed.var_names).astype(str).get_indexer(genes)
-    xo = observed.layers[layer] if layer is not None else observed.X
+    # a backed matrix is read in blocks of rows (``take`` is grouped by condition, not sorted)
+    xo = rows_in_memory(observed.layers[layer] if layer is not None else observed.X, take)
     cells = ad.AnnData(
-        X=sp.csr_matrix(xo[take], dtype=np.float32) if sp.issparse(xo) else np.asarray(xo[take], dtype=np.float32),
+        X=sp.csr_matrix(xo, dtype=np.float32) if sp.issparse(xo) else np.asarray(xo, dtype=np.float32),
         obs=pd.DataFrame({"g": olabels[take].astype(str)}, index=np.arange(len(take)).astype(str)),
         var=pd.DataFrame(index=pd.Index(observed.var_names).astype(str)),
     )

@@ -13,10 +13,14 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
-from scmech.data._checks import check_expression
 from scmech.data._design import get_design
 from scmech.tl._assumptions._registry import _resolved_seed
-from scmech.tl._assumptions._validation import _validate_flags, _validate_key_added, _validate_target
+from scmech.tl._assumptions._validation import (
+    _check_raw_counts,
+    _validate_flags,
+    _validate_key_added,
+    _validate_target,
+)
 from scmech.tl._split._make import _check_random_state
 
 from ._common import _dense, _import_pertpy, _obs_column
@@ -409,17 +413,7 @@ def _mixscape_input(
 
 def _check_mixscape_matrix(x: Any, where: str, counts: bool) -> None:
     """Refuse NaN or infinite values, and (``counts``) values that are not raw counts, before Mixscape reads them."""
-    try:
-        check_expression(x, where, counts=counts)
-    except ValueError as e:
-        if not counts or "NaN" in str(e):
-            raise
-        what = str(e).split(" Register")[0].strip()
-        msg = (
-            f"{what} Mixscape's input is log-normalised from raw counts here: pass the layer that holds them "
-            "(layer='counts'), or counts=False for log-normalised values."
-        )
-        raise ValueError(msg) from e
+    _check_raw_counts(x, where, counts, "Mixscape's input is log-normalised from raw counts here")
 
 
 def _check_controls(work: AnnData, ctrl: str, groups: pd.Series, n_neighbors: int | None, split_by: str | None) -> None:
