@@ -170,7 +170,8 @@ def power(
 
     - ``n_cells`` (one or several): the MDE for each, :math:`(z_{1-\alpha/2}+z_{\mathrm{power}})\sqrt V` with
       :math:`V = \sigma^2_{\mathrm{cell}}(1/n + 1/n_\varnothing) + \sigma^2_{\mathrm{batch}}F`. With ``effect``
-      too: the power :math:`\Phi(|\delta|/\sqrt V - z_{1-\alpha/2})` instead.
+      too: the power of the two-sided test, :math:`\Phi(\delta/\sqrt V - z_{1-\alpha/2}) +
+      \Phi(-\delta/\sqrt V - z_{1-\alpha/2})` (:math:`\alpha` at :math:`\delta = 0`), instead.
     - ``effect`` alone: the cells per perturbation needed,
       :math:`n = z^2\sigma^2_{\mathrm{cell}}(1 + 1/r)/(\delta^2 - z^2\sigma^2_{\mathrm{batch}}F)` (infinite when
       the batch term alone exceeds the effect), with :math:`r = n_\varnothing/n`.

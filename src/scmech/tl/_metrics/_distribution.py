@@ -94,23 +94,45 @@ def _fit_pca(obs: _Observed, n_pcs: int, rng: np.random.Generator, max_cells: in
     return PCA(n_components=k, random_state=random_state).fit(x)
 
 
+def _observed_subsets(obs: _Observed, rng: np.random.Generator, max_cells: int) -> dict[str, np.ndarray]:
+    """At most ``max_cells`` observed cells per evaluated condition (seeded), drawn once for every model.
+
+    Drawn once so that every model's ``energy_distance`` is measured against the same observed cells: a model's
+    score does not depend on which other models are evaluated with it, nor on their order.
+    """
+    grp = obs.cells.obs["group"].astype(str).to_numpy()
+    out = {}
+    for c in obs.conditions:
+        oidx = np.flatnonzero(grp == c)
+        if len(oidx) > max_cells:
+            oidx = np.sort(rng.choice(oidx, size=max_cells, replace=False))
+        out[c] = oidx
+    return out
+
+
 def _cell_edistance(
-    c: str, cell_pred: AnnData | None, obs: _Observed, pca: PCA, rng: np.random.Generator, max_cells: int
+    c: str,
+    cell_pred: AnnData | None,
+    obs: _Observed,
+    pca: PCA,
+    oidx: np.ndarray,
+    rng: np.random.Generator,
+    max_cells: int,
 ) -> float:
-    """Energy distance of condition ``c`` between predicted and observed cells in PCA space (NaN without cells)."""
+    """Energy distance of condition ``c`` between predicted and observed cells in PCA space (NaN without cells).
+
+    ``oidx`` are the observed cells of ``c`` (from :func:`_observed_subsets`, shared by the models); at most
+    ``max_cells`` predicted cells are drawn with ``rng``.
+    """
     if cell_pred is None:
         return np.nan
     design = obs.design
     plabels = np.asarray([_canonical(x, design) for x in cell_pred.obs["perturbation"].astype(str)])
     pidx = np.flatnonzero(plabels == c)
-    grp = obs.cells.obs["group"].astype(str).to_numpy()
-    oidx = np.flatnonzero(grp == c)
     if len(pidx) == 0 or len(oidx) == 0:
         return np.nan
     if len(pidx) > max_cells:
         pidx = np.sort(rng.choice(pidx, size=max_cells, replace=False))
-    if len(oidx) > max_cells:
-        oidx = np.sort(rng.choice(oidx, size=max_cells, replace=False))
     px = cell_pred[pidx][:, obs.genes].X
     px = px.toarray() if sp.issparse(px) else np.asarray(px)
     ox = obs.cells.X[oidx]

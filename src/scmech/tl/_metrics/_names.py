@@ -22,7 +22,22 @@ METRIC_DIRECTIONS: dict[str, bool] = {
     "energy_distance": False,
 }
 
-_LOWER_HINTS = ("mse", "mae", "l1", "l2", "distance", "rank", "error", "loss")
+#: the distances of ``pertpy.tools.Distance`` (``scmech.tl.prediction_distance``) are lower-is-better too
+_LOWER_HINTS = (
+    "mse",
+    "mae",
+    "l1",
+    "l2",
+    "distance",
+    "rank",
+    "error",
+    "loss",
+    "mmd",
+    "wasserstein",
+    "kldiv",
+    "euclidean",
+    "cityblock",
+)
 
 #: metrics that need DE genes, NaN for conditions with fewer than 2 observed cells
 _DE_METRICS = ("pearson_delta_de", "mse_de", "direction_accuracy_de", "systema_pearson_delta_de")
@@ -41,7 +56,8 @@ def higher_is_better(metric: str) -> bool:
     Returns
     -------
     ``True`` when a higher value is better; names with a hint of a loss (``mse``, ``distance``, ``rank``, ...)
-    are lower-is-better.
+    or of a distance of ``pertpy.tools.Distance`` (``mmd``, ``wasserstein``, ``sym_kldiv``, ``euclidean``,
+    ``cityblock``) are lower-is-better.
     """
     if metric in METRIC_DIRECTIONS:
         return METRIC_DIRECTIONS[metric]

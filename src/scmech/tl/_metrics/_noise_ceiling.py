@@ -47,7 +47,7 @@ def noise_ceiling(
     spearman_brown: bool = True,
     random_state: int = 0,
 ) -> pd.DataFrame:
-    """Agreement of the observed data with itself: the best score a prediction can expect.
+    r"""Agreement of the observed data with itself: the best score a prediction can expect.
 
     ``split="half"``: each condition's cells are split at random into two halves; the pseudobulk of one half
     is scored as the "prediction" of the other with :func:`evaluate` (all controls as reference).
@@ -91,8 +91,10 @@ def noise_ceiling(
     de_method
         Test of :func:`scanpy.tl.rank_genes_groups`.
     spearman_brown
-        ``split="half"``: step the Pearson metrics up from half to full size, :math:`2r/(1+r)` (for
-        :math:`r > -1`). Ignored for ``split="replicate"``, whose other replicates hold most of the cells.
+        ``split="half"``: step the Pearson metrics up from half to full size, :math:`2r/(1+r)`, for
+        :math:`r > 0`. A split-half correlation :math:`r \le 0` (no reproducible signal) is left as it is: the
+        formula would take it below -1 (e.g. :math:`r = -0.5` to -2), outside the range of a correlation.
+        Ignored for ``split="replicate"``, whose other replicates hold most of the cells.
     random_state
         Seed of the halves.
 
@@ -214,7 +216,8 @@ def _half_ceiling(
         **common,
     )
     if spearman_brown:
-        corr = res["metric"].str.contains("pearson") & (res["value"] > -1)
+        # only r > 0: for r in (-1, -1/3) the step-up 2r/(1+r) falls below -1, which no correlation can be
+        corr = res["metric"].str.contains("pearson") & (res["value"] > 0)
         r = res.loc[corr, "value"]
         res.loc[corr, "value"] = 2 * r / (1 + r)
     return res

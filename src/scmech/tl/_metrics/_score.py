@@ -9,7 +9,7 @@ prediction frame with the families of :mod:`._correlation`, :mod:`._error`, :mod
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from scmech.data._design import parse_condition
 
 from ._checks import _warn
 from ._correlation import _pearson_metrics, _systema_metrics
-from ._distribution import _cell_edistance, _fit_pca
+from ._distribution import _cell_edistance, _fit_pca, _observed_subsets
 from ._error import _error_metrics
 from ._names import _SYSTEMA_METRICS
 from ._observed import _Observed
@@ -44,15 +44,27 @@ def _off_target(c: str, design: PerturbationDesign, gene_pos: dict[str, int], n_
     return off
 
 
+class _CellSpace(NamedTuple):
+    """What ``energy_distance`` shares across models: the PCA, the observed cells per condition, the sizes.
+
+    The observed cells are drawn once and every model's predicted cells with a fresh generator seeded with
+    ``seed``, so that a model's score does not depend on the other models evaluated with it (or their order).
+    """
+
+    pca: PCA
+    observed: dict[str, np.ndarray]
+    max_cells: int
+    seed: int
+
+
 def _metrics_for(
-    pred: pd.DataFrame,
-    obs: _Observed,
-    cell_pred: AnnData | None,
-    pca: PCA | None,
-    rng: np.random.Generator,
-    max_cells: int,
+    pred: pd.DataFrame, obs: _Observed, cell_pred: AnnData | None, space: _CellSpace | None
 ) -> list[tuple[str, str, float]]:
-    """``(condition, metric, value)`` of one model's prediction frame, every family in turn per condition."""
+    """``(condition, metric, value)`` of one model's prediction frame, every family in turn per condition.
+
+    ``energy_distance`` is added when ``space`` is given (a model with per-cell predictions).
+    """
+    rng = np.random.default_rng(space.seed) if space is not None else None
     conds = obs.conditions
     obs_mat = obs.pb.loc[conds].to_numpy()
     pred_mat = pred.loc[conds, obs.genes].to_numpy()
@@ -69,8 +81,10 @@ def _metrics_for(
             **_systema_metrics(yhat, y, obs.reference, de, off),
             **_rank_metrics(dist, i),
         }
-        if pca is not None:
-            vals["energy_distance"] = _cell_edistance(c, cell_pred, obs, pca, rng, max_cells)
+        if space is not None:
+            vals["energy_distance"] = _cell_edistance(
+                c, cell_pred, obs, space.pca, space.observed[c], rng, space.max_cells
+            )
         rows.extend((c, m, v) for m, v in vals.items())
     return rows
 
@@ -123,9 +137,7 @@ def _score_model(
     frame: pd.DataFrame,
     obs: _Observed,
     cell_pred: AnnData | None,
-    pca: PCA | None,
-    rng: np.random.Generator,
-    max_cells: int,
+    space: _CellSpace | None,
 ) -> list[tuple[str, str, str, float, int]]:
     """``(model, condition, metric, value, n_cells)`` rows of one model."""
     if cell_pred is not None and "perturbation" not in cell_pred.obs.columns:
@@ -136,9 +148,9 @@ def _score_model(
         raise ValueError(msg)
     rows = [
         (name, c, m, v, int(obs.n_cells[c]))
-        for c, m, v in _metrics_for(frame, obs, cell_pred, pca if cell_pred is not None else None, rng, max_cells)
+        for c, m, v in _metrics_for(frame, obs, cell_pred, space if cell_pred is not None else None)
     ]
-    if pca is not None and cell_pred is None:
+    if space is not None and cell_pred is None:
         rows.extend((name, c, "energy_distance", np.nan, int(obs.n_cells[c])) for c in obs.conditions)
     return rows
 
@@ -193,11 +205,12 @@ def _run(
             f"{', '.join(_SYSTEMA_METRICS)} are NaN (the Systema reference is their mean centroid). Pass the "
             "training perturbations of this adata (or the split the models were trained on)."
         )
-    rng = np.random.default_rng(random_state)
-    pca = None
+    space = None
     if cell_predictions:
+        rng = np.random.default_rng(random_state)
         pca = _fit_pca(obs, n_pcs, rng, max_cells, random_state)
+        space = _CellSpace(pca, _observed_subsets(obs, rng, max_cells), max_cells, random_state)
     rows = []
     for name, frame in preds.items():
-        rows.extend(_score_model(name, frame, obs, (cell_predictions or {}).get(name), pca, rng, max_cells))
+        rows.extend(_score_model(name, frame, obs, (cell_predictions or {}).get(name), space))
     return pd.DataFrame(rows, columns=["model", "condition", "metric", "value", "n_cells"])
