@@ -18,6 +18,7 @@ from scmech.data import (
     parse_perturbations,
     simulate_perturbseq,
     simulation_group_keys,
+    validate_efficacy,
     validate_time,
 )
 from scmech.data._embedding import pseudobulk_gene_embedding, ridge_map, ridge_map_cv, solve_y_axb
@@ -289,6 +290,17 @@ def test_complex_and_two_dimensional_times_are_refused(rel):
         SemiMechVI.setup_anndata(adata, time_key="t")
     with pytest.raises(ValueError, match=r"one number per cell \(1-D\), got shape \(3, 2\)"):
         validate_time(np.ones((3, 2)))
+
+
+def test_boolean_times_are_refused_not_read_as_days_0_and_1(rel):
+    adata = rel.small()
+    adata.obs["t"] = np.arange(adata.n_obs) % 2 == 0
+    before = adata.obs.copy()
+    with pytest.raises(TypeError, match=r"obs\['t'\] holds True/False values, which would be read as times 0 and 1"):
+        SemiMechVI.setup_anndata(adata, time_key="t")
+    pd.testing.assert_frame_equal(adata.obs, before)
+    # a boolean efficacy (escaper or responder) stays accepted
+    np.testing.assert_array_equal(validate_efficacy(np.array([True, False])), [1.0, 0.0])
 
 
 def test_get_design_refuses_what_is_not_an_anndata(rel):

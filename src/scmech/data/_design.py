@@ -53,6 +53,12 @@ def validate_time(values: Sequence[float] | np.ndarray | pd.Series, key: str = "
     -------
     The values as ``float64``.
     """
+    if np.ndim(values) == 1 and pd.api.types.is_bool_dtype(pd.Series(values)):
+        msg = (
+            f"obs[{key!r}] holds True/False values, which would be read as times 0 and 1; register the read-out time "
+            "since the perturbation as numbers (e.g. days)."
+        )
+        raise TypeError(msg)
     arr = _numeric(values, key, "time")
     bad = ~np.isfinite(arr)
     if bad.any():
