@@ -41,7 +41,7 @@ def _assert_same_state(a: dict, b: dict, **tol) -> None:
 
 
 # ================================================================================================ resume
-@pytest.mark.parametrize("batching", ["random", "batch_matched"])
+@pytest.mark.parametrize("batching", ["random", "batch_matched", "error_guided"])
 def test_interrupted_training_resumes_to_the_uninterrupted_state(rel, tmp_path, batching):
     adata = rel.small()
     full = _model(rel, adata)

@@ -1,24 +1,38 @@
 """Lightning callbacks that :meth:`SemiMechVI.train <scmech.model.SemiMechVI.train>` adds to every run.
 
 :class:`FiniteLossCallback` stops a run whose loss is no longer finite, :class:`RNGStateCallback` makes resumed
-runs repeat uninterrupted ones, and :class:`_EnableCheckpointing` lets a user's
+runs repeat uninterrupted ones, :class:`RunSignatureCallback` refuses to resume a run with other data or settings,
+and :class:`_EnableCheckpointing` lets a user's
 :class:`~lightning.pytorch.callbacks.ModelCheckpoint` run under scvi-tools' Trainer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import numbers
 import random
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scvi.train import SaveCheckpoint
 
+from scmech.train._runner import CheckpointMismatchError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["FiniteLossCallback", "RNGStateCallback", "training_callbacks"]
+__all__ = [
+    "CheckpointMismatchError",
+    "FiniteLossCallback",
+    "RNGStateCallback",
+    "RunSignatureCallback",
+    "run_signature",
+    "training_callbacks",
+]
 
 
 class FiniteLossCallback(Callback):
@@ -88,30 +102,125 @@ class RNGStateCallback(Callback):
         random.setstate((version, tuple(internal), gauss_next))
 
 
-def training_callbacks(user_callbacks: Sequence[Callback] | None, resuming: bool) -> list[Callback]:
+def run_signature(
+    adata, split: Sequence, batching: str, max_epochs: int, batch_size: int, plan_kwargs: dict
+) -> dict[str, Any]:
+    """Return what a resumed run must share with the run that wrote its checkpoint (plain strings and numbers).
+
+    Parameters
+    ----------
+    adata
+        The model's data (AnnData or MuData).
+    split
+        The training, validation and test cell positions.
+    batching
+        ``train``'s ``batching``.
+    max_epochs
+        The resolved number of epochs.
+    batch_size
+        ``train``'s ``batch_size``.
+    plan_kwargs
+        The resolved plan keywords (only numbers, strings, flags and ``None`` enter the signature).
+
+    Returns
+    -------
+    A dict of strings and integers (loads with ``torch.load(weights_only=True)``).
+    """
+    names = np.asarray(adata.obs_names, dtype=object)
+    cells = {}
+    for label, ix in zip(("training cells", "validation cells"), split[:2], strict=False):
+        digest = hashlib.sha256(pd.util.hash_array(names[np.asarray(ix, dtype=int)]).tobytes()).hexdigest()[:16]
+        cells[label] = f"{len(ix)} cells ({digest})"
+    plan = {k: v for k, v in sorted(plan_kwargs.items()) if v is None or isinstance(v, str | bool | numbers.Number)}
+    return {
+        "data": f"{adata.n_obs} cells x {adata.n_vars} genes",
+        **cells,
+        "batching": str(batching),
+        "max_epochs": int(max_epochs),
+        "batch_size": int(batch_size),
+        "plan_kwargs": json.dumps(plan, default=str),
+    }
+
+
+class RunSignatureCallback(Callback):
+    """Save the run's :func:`run_signature` in checkpoints; refuse to resume a run whose signature differs.
+
+    Lightning restores whatever weights fit the model, so a checkpoint of other data, another split, another
+    batching or number of epochs would resume silently into a run that repeats neither.
+
+    Parameters
+    ----------
+    signature
+        The signature of the current run.
+    """
+
+    def __init__(self, signature: dict[str, Any]) -> None:
+        self.signature = dict(signature)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.signature)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        diff = [
+            f"{key}: {state_dict[key]!r} there, {self.signature.get(key)!r} here"
+            for key in state_dict
+            if state_dict[key] != self.signature.get(key)
+        ]
+        if diff:
+            msg = (
+                f"the checkpoint was written by a run with other data or settings ({'; '.join(diff)}). Resume with "
+                "the same data, split, batching, max_epochs, batch_size and plan_kwargs as the interrupted run (the "
+                "KL warm-up follows max_epochs), or train afresh with ckpt_path=None. To train longer, finish the run "
+                "and call train() again: it continues from the trained weights."
+            )
+            raise CheckpointMismatchError(msg)
+
+
+def training_callbacks(
+    user_callbacks: Callback | Sequence[Callback] | None, resuming: bool, signature: dict[str, Any] | None = None
+) -> list[Callback]:
     """Return the user's callbacks followed by those every training run needs.
 
     A user's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` gets :class:`_EnableCheckpointing` (unless a
     :class:`~scvi.train.SaveCheckpoint` is there already); runs that checkpoint or resume get
-    :class:`RNGStateCallback`; every run gets :class:`FiniteLossCallback`.
+    :class:`RNGStateCallback` (and :class:`RunSignatureCallback` with ``signature``); every run gets
+    :class:`FiniteLossCallback`.
 
     Parameters
     ----------
     user_callbacks
-        The ``callbacks`` passed to ``train`` (``None``: none).
+        The ``callbacks`` passed to ``train``: a list, a single callback (as Lightning takes) or ``None``.
     resuming
         Whether the run resumes from a checkpoint (``ckpt_path`` was given).
+    signature
+        The run's :func:`run_signature` (``None``: not checked).
 
     Returns
     -------
     A new list; ``user_callbacks`` is not changed.
+
+    Raises
+    ------
+    TypeError
+        When ``callbacks`` holds something other than Lightning callbacks.
     """
-    callbacks = list(user_callbacks or [])
+    if isinstance(user_callbacks, Callback):
+        user_callbacks = [user_callbacks]
+    callbacks = list(user_callbacks or []) if not isinstance(user_callbacks, str) else [user_callbacks]
+    bad = [c for c in callbacks if not isinstance(c, Callback)]
+    if bad:
+        msg = (
+            f"callbacks holds {bad[0]!r}, which is not a Lightning callback; pass a list of "
+            "lightning.pytorch.callbacks.Callback instances, e.g. callbacks=[ModelCheckpoint(dirpath=...)]."
+        )
+        raise TypeError(msg)
     if any(isinstance(c, ModelCheckpoint) for c in callbacks) and not any(
         isinstance(c, SaveCheckpoint) for c in callbacks
     ):
         callbacks.append(_EnableCheckpointing())
     if resuming or any(isinstance(c, ModelCheckpoint) for c in callbacks):
         callbacks.append(RNGStateCallback())
+        if signature is not None:
+            callbacks.append(RunSignatureCallback(signature))
     callbacks.append(FiniteLossCallback())
     return callbacks

@@ -102,6 +102,11 @@ class SafeSaveLoadMixin:
             )
             raise FileExistsError(msg)
         meta["data_file"] = data_name
+        tmp_data = (
+            None
+            if data_name is None
+            else _write_data_aside(self.adata, path / f".{pre}tmp-{data_name}", anndata_write_kwargs)
+        )
         tmp_meta = path / f".{pre}{METADATA}.tmp"
         tmp_meta.write_text(json.dumps(meta))
         tmp_w = path / f".{pre}{WEIGHTS}.tmp"
@@ -111,8 +116,8 @@ class SafeSaveLoadMixin:
         # data that an earlier scmech save wrote must not sit next to these weights; nothing else is removed
         if ours is not None and ours != data_name and (path / f"{pre}{ours}").exists():
             (path / f"{pre}{ours}").unlink()
-        if data_name is not None:
-            self.adata.write(path / f"{pre}{data_name}", **anndata_write_kwargs)
+        if tmp_data is not None:
+            os.replace(tmp_data, path / f"{pre}{data_name}")
 
     @classmethod
     def load_registry(cls, dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
@@ -360,6 +365,9 @@ def torch_device(accelerator: str = "auto", device: int | str = "auto") -> torch
     if acc == "cuda" and not torch.cuda.is_available():
         msg = "accelerator='gpu' was asked for, but torch sees no CUDA device; use accelerator='cpu'."
         raise ValueError(msg)
+    if acc == "mps" and not torch.backends.mps.is_available():
+        msg = f"accelerator={accelerator!r} was asked for, but torch sees no MPS device; use accelerator='cpu'."
+        raise ValueError(msg)
     if device in ("auto", None):
         return torch.device(acc)
     if isinstance(device, bool) or int(device) != device or int(device) < 0:
@@ -482,6 +490,13 @@ def _check_same_genes(saved_var: np.ndarray | dict[str, np.ndarray], adata: AnnD
         When the genes differ.
     """
     new_var = var_names_of(adata)
+    if isinstance(saved_var, dict) != isinstance(new_var, dict):
+        saved_kind = f"a MuData (modalities {sorted(saved_var)})" if isinstance(saved_var, dict) else "an AnnData"
+        msg = (
+            f"The model was trained on {saved_kind}, and adata is a {type(adata).__name__}; pass data of the kind "
+            "it was trained on (set up like the training data)."
+        )
+        raise ValueError(msg)
     if isinstance(saved_var, dict):
         same = isinstance(new_var, dict) and all(
             np.array_equal(np.asarray(saved_var[k]), np.asarray(new_var.get(k))) for k in saved_var
@@ -494,6 +509,26 @@ def _check_same_genes(saved_var: np.ndarray | dict[str, np.ndarray], adata: AnnD
             "Subset and reorder adata to the model's genes: adata[:, model_var_names]."
         )
         raise ValueError(msg)
+
+
+def _write_data_aside(adata: AnnData | MuData, tmp: Path, write_kwargs: dict) -> Path:
+    """Write the model's data to ``tmp`` before any model file is replaced, so that a failed write changes nothing.
+
+    Raises
+    ------
+    ValueError
+        When the writer refuses ``anndata_write_kwargs`` (or fails otherwise); the partial file is removed.
+    """
+    try:
+        adata.write(tmp, **write_kwargs)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        msg = (
+            f"Cannot write the data with anndata_write_kwargs={write_kwargs!r} ({type(e).__name__}: {e}); nothing "
+            "was saved. Pass options the AnnData/MuData writer takes (e.g. compression='gzip'), or none."
+        )
+        raise ValueError(msg) from e
+    return tmp
 
 
 def _data_file_of_earlier_save(meta_path: Path) -> str | None:

@@ -13,7 +13,31 @@ import numpy as np
 if TYPE_CHECKING:
     import os
 
-__all__ = ["_check_mappings", "_check_plan_keys", "_check_train_arguments", "_external_sets"]
+__all__ = [
+    "_check_accelerator",
+    "_check_early_stopping",
+    "_check_mappings",
+    "_check_plan_keys",
+    "_check_split_options",
+    "_check_train_arguments",
+    "_external_sets",
+]
+
+#: ``DataSplitter`` arguments that ``train`` sets itself (a second value would be a TypeError inside scvi-tools)
+_SPLITTER_KEYS = {
+    "train_size": "pass train(train_size=...)",
+    "validation_size": "pass train(validation_size=...)",
+    "batch_size": "pass train(batch_size=...)",
+    "shuffle_set_split": "train draws the split itself: pass external_indexing for a split of your own",
+    "distributed_sampler": "train sets it from the strategy",
+    "load_sparse_tensor": "train sets it",
+    "batching": "pass train(batching=...)",
+    "batch_labels": "train reads them from the registered batch_key",
+    "condition_codes": "train reads them from the registered perturbations",
+    "is_control": "train reads them from the registered perturbations",
+    "condition_weights": "train builds them",
+    "seed": "set scvi.settings.seed",
+}
 
 
 def _whole(value) -> bool:
@@ -184,6 +208,10 @@ def _check_train_arguments(
         ("ss_weight", None, "a finite number >= 0 (the weight of the steady-state term; None: the model's own)"),
         ("mmd_weight", None, "a finite number >= 0 (the weight of the MMD term; None: the model's own)"),
         ("dynamics_lr_factor", 0.0, "a positive finite number (the dynamics' learning-rate multiplier)"),
+        ("eps", 0.0, "a positive finite number (the optimiser's epsilon), e.g. 0.01"),
+        ("max_kl_weight", None, "a finite number >= 0 (the KL weight after warm-up), e.g. 1.0"),
+        ("min_kl_weight", None, "a finite number >= 0 (the KL weight at the start of warm-up), e.g. 0.0"),
+        ("error_alpha", None, "a finite number >= 0 (the exponent of error-guided weights), e.g. 1.0"),
     )
     for key, low, rule in numbers_checked:
         if key not in plan_kwargs or (key in ("ss_weight", "mmd_weight") and plan_kwargs[key] is None):
@@ -194,3 +222,114 @@ def _check_train_arguments(
         if not ok:
             msg = f"plan_kwargs[{key!r}]={value!r} must be {rule}."
             raise ValueError(msg)
+    for key in ("n_epochs_kl_warmup", "n_steps_kl_warmup"):
+        value = plan_kwargs.get(key)
+        if value is not None and not (_whole(value) or (not isinstance(value, bool) and value == 0)):
+            msg = f"plan_kwargs[{key!r}]={value!r} must be a whole number >= 0 (or None: no warm-up in that unit)."
+            raise ValueError(msg)
+
+
+def _check_split_options(datasplitter_kwargs: Mapping | None, train_size, validation_size) -> None:
+    """Refuse split options that would be ignored or that scvi-tools' splitter would receive twice.
+
+    Parameters
+    ----------
+    datasplitter_kwargs
+        ``train``'s ``datasplitter_kwargs``.
+    train_size
+        ``train``'s ``train_size``.
+    validation_size
+        ``train``'s ``validation_size``.
+
+    Raises
+    ------
+    ValueError
+        For a ``datasplitter_kwargs`` key that ``train`` sets itself, ``train_size``/``validation_size`` together
+        with ``external_indexing`` (they would be ignored; ``train_size=1`` and ``validation_size=0`` are accepted),
+        or a size that is not a number.
+    """
+    kwargs = datasplitter_kwargs or {}
+    for key, fix in _SPLITTER_KEYS.items():
+        if key in kwargs:
+            msg = f"datasplitter_kwargs[{key!r}]={kwargs[key]!r} is set by train itself; {fix}."
+            raise ValueError(msg)
+    for name, value in (("train_size", train_size), ("validation_size", validation_size)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+            msg = f"{name}={value!r} must be a fraction of the cells (a number in [0, 1]), or None."
+            raise ValueError(msg)
+        # train_size=1 / validation_size=0 ("no random split") agree with any given split, as in scvi-tools
+        neutral = value == (1 if name == "train_size" else 0)
+        if kwargs.get("external_indexing") is not None and not neutral:
+            msg = (
+                f"{name}={value!r} would be ignored: datasplitter_kwargs['external_indexing'] already fixes the split. "
+                f"Pass either {name} or external_indexing, not both."
+            )
+            raise ValueError(msg)
+
+
+def _check_accelerator(trainer_kwargs: Mapping) -> None:
+    """Refuse an ``accelerator`` that this machine lacks, naming the argument and what is available.
+
+    Parameters
+    ----------
+    trainer_kwargs
+        ``train``'s keyword arguments for the Trainer.
+
+    Raises
+    ------
+    ValueError
+        When ``accelerator`` asks for a GPU (or MPS) that torch does not see.
+    """
+    import torch
+
+    acc = trainer_kwargs.get("accelerator")
+    if not isinstance(acc, str):
+        return
+    name = acc.lower()
+    missing = (name in ("gpu", "cuda") and not torch.cuda.is_available()) or (
+        name == "mps" and not torch.backends.mps.is_available()
+    )
+    if missing:
+        msg = (
+            f"accelerator={acc!r} was asked for, but torch sees no such device on this machine; use "
+            "accelerator='cpu' (or 'auto', which takes a GPU when there is one)."
+        )
+        raise ValueError(msg)
+
+
+def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping) -> None:
+    """Refuse early-stopping options that would be ignored or that Lightning would reject only after training.
+
+    Parameters
+    ----------
+    early_stopping
+        ``train``'s ``early_stopping``.
+    trainer_kwargs
+        ``train``'s keyword arguments for the Trainer (``early_stopping_patience``, ``_min_delta``, ``_mode``...).
+
+    Raises
+    ------
+    ValueError
+        For an ``early_stopping_*`` option given with ``early_stopping=False``, a patience that is not a whole
+        number >= 1, a ``min_delta`` that is not a finite number >= 0, or a mode other than ``"min"``/``"max"``.
+    """
+    given = sorted(k for k in trainer_kwargs if k.startswith("early_stopping_"))
+    if given and not early_stopping:
+        msg = f"{given} would be ignored: early stopping is off. Pass early_stopping=True, or drop these options."
+        raise ValueError(msg)
+    patience = trainer_kwargs.get("early_stopping_patience")
+    if patience is not None and not _whole(patience):
+        msg = f"early_stopping_patience={patience!r} must be a whole number of epochs >= 1, e.g. 45."
+        raise ValueError(msg)
+    delta = trainer_kwargs.get("early_stopping_min_delta")
+    if delta is not None and (
+        isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not np.isfinite(delta) or delta < 0
+    ):
+        msg = f"early_stopping_min_delta={delta!r} must be a finite number >= 0, e.g. 0.0."
+        raise ValueError(msg)
+    mode = trainer_kwargs.get("early_stopping_mode")
+    if mode is not None and mode not in ("min", "max"):
+        msg = f"early_stopping_mode={mode!r} must be 'min' (for losses) or 'max'."
+        raise ValueError(msg)

@@ -25,11 +25,20 @@ from scvi import REGISTRY_KEYS, settings
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._pseudobulk import normalized_mean
 from scmech.train import BATCHING, CheckpointSafeTrainRunner
+from scmech.train._runner import CheckpointMismatchError
 
 from ._anchoring import _rows
 from ._argument_checks import check_flag
-from ._callbacks import training_callbacks
-from ._train_checks import _check_mappings, _check_plan_keys, _check_train_arguments, _external_sets
+from ._callbacks import run_signature, training_callbacks
+from ._train_checks import (
+    _check_accelerator,
+    _check_early_stopping,
+    _check_mappings,
+    _check_plan_keys,
+    _check_split_options,
+    _check_train_arguments,
+    _external_sets,
+)
 
 if TYPE_CHECKING:
     import os
@@ -84,6 +93,11 @@ class TrainingMixin:
         run reaches the state of an uninterrupted one (without scvi-tools' own ``SaveCheckpoint``, which switches
         the module to eval mode whenever it saves). ``history`` then holds the epochs run after resuming.
 
+        A second call of ``train`` continues from the trained weights (it does not restart): the optimiser and
+        the KL warm-up start afresh, the split is drawn again, and ``history`` gains the new epochs after the old
+        ones, as in scvi-tools. A resumed run refuses a checkpoint written with other data, split, ``batching``,
+        ``max_epochs``, ``batch_size`` or ``plan_kwargs``.
+
         Training stops with :class:`FloatingPointError` as soon as the loss becomes NaN or infinite; the message
         names the likely causes.
 
@@ -132,7 +146,10 @@ class TrainingMixin:
         _check_mappings(plan_kwargs=plan_kwargs, datasplitter_kwargs=datasplitter_kwargs)
         _check_train_arguments(max_epochs, batch_size, ckpt_path, plan_kwargs)
         _check_plan_keys(plan_kwargs, self._training_plan_cls, self.module)
+        _check_split_options(datasplitter_kwargs, train_size, validation_size)
+        _check_accelerator(trainer_kwargs)
         early_stopping = check_flag(early_stopping, "early_stopping")
+        _check_early_stopping(early_stopping, trainer_kwargs)
         # torch's sampler takes Python integers only (a numpy integer is "not a positive integer value" to it)
         batch_size = int(batch_size)
         max_epochs = None if max_epochs is None else int(max_epochs)
@@ -140,7 +157,6 @@ class TrainingMixin:
             trainer_kwargs["ckpt_path"] = str(ckpt_path)
         # the data may have been changed in place since setup_anndata: refuse before torch sees it
         self._check_registered_data(values=True)
-        trainer_kwargs["callbacks"] = training_callbacks(trainer_kwargs.pop("callbacks", None), ckpt_path is not None)
         self.module.train()  # a second call (or a loaded model) must not train in eval mode
         fit = self._fit_mask(self.adata)
         max_epochs = _resolve_max_epochs(max_epochs, int(fit.sum()))
@@ -152,6 +168,11 @@ class TrainingMixin:
             # record the validation ELBO every epoch (scvi-tools only does so with early stopping)
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         _check_minibatches(len(external[0]), batching, batch_size)
+        _check_plateau(plan_kwargs, len(external[1]))
+        signature = run_signature(self.adata, external, batching, max_epochs, batch_size, plan_kwargs)
+        trainer_kwargs["callbacks"] = training_callbacks(
+            trainer_kwargs.pop("callbacks", None), ckpt_path is not None, signature
+        )
         if early_stopping and len(external[1]) == 0:
             msg = (
                 "early_stopping=True stops on the validation loss, and this split has no validation cells: use "
@@ -269,11 +290,15 @@ class TrainingMixin:
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
             try:
                 return super().train(**train_kwargs)
-            except (RuntimeError, KeyError, pickle.UnpicklingError) as e:
+            except CheckpointMismatchError as e:
+                msg = f"Cannot resume from ckpt_path={str(ckpt_path)!r}: {e}"
+                raise ValueError(msg) from e
+            except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
                 if ckpt_path is None:
                     raise
                 msg = (
-                    f"Cannot resume from ckpt_path={str(ckpt_path)!r}: it does not fit this model and data ({e}). "
+                    f"Cannot resume from ckpt_path={str(ckpt_path)!r}: it does not fit this model and data "
+                    f"({type(e).__name__}: {e}). "
                     "Resume with a model built the same way (same arguments, data set up the same way) as the run "
                     "that wrote the checkpoint, or train afresh with ckpt_path=None."
                 )
@@ -539,5 +564,30 @@ def _check_minibatches(n_train: int, batching: str, batch_size: int) -> None:
         msg = (
             f"With {n_train} training cells and batch_size={batch_size}, a minibatch holds a single cell, which "
             f"the encoder's batch normalisation cannot train on. {fix}"
+        )
+        raise ValueError(msg)
+
+
+def _check_plateau(plan_kwargs: dict, n_validation: int) -> None:
+    """Refuse ``reduce_lr_on_plateau`` on a validation metric when the split has no validation cells.
+
+    Parameters
+    ----------
+    plan_kwargs
+        ``train``'s ``plan_kwargs``.
+    n_validation
+        Number of validation cells.
+
+    Raises
+    ------
+    ValueError
+        Naming ``lr_scheduler_metric`` and the fixes (Lightning would fail with "invalid dataloader ... None").
+    """
+    metric = plan_kwargs.get("lr_scheduler_metric", "elbo_validation")
+    if plan_kwargs.get("reduce_lr_on_plateau") and n_validation == 0 and str(metric).endswith("_validation"):
+        msg = (
+            f"plan_kwargs['reduce_lr_on_plateau']=True watches lr_scheduler_metric={metric!r}, and this split has no "
+            "validation cells: use train_size < 1 (or a validation set in external_indexing), or "
+            "reduce_lr_on_plateau=False."
         )
         raise ValueError(msg)

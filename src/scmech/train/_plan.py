@@ -7,7 +7,12 @@ import torch
 from scvi.train import TrainingPlan
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ._runner import CheckpointMismatchError
+
 __all__ = ["SemiMechTrainingPlan"]
+
+#: key of the error-guided sampling weights in Lightning checkpoints
+_ERROR_WEIGHTS = "scmech_error_guided_weights"
 
 
 class SemiMechTrainingPlan(TrainingPlan):
@@ -143,6 +148,46 @@ class SemiMechTrainingPlan(TrainingPlan):
             weights[idx] = 0.5 * weights[idx] + 0.5 * new
         self._err_sum.zero_()
         self._err_n.zero_()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the error-guided sampling weights: a resumed run then draws the minibatches of the uninterrupted one.
+
+        Parameters
+        ----------
+        checkpoint
+            Lightning's checkpoint dictionary (tensors only are added: it loads with ``weights_only=True``).
+        """
+        super().on_save_checkpoint(checkpoint)
+        if self._tracking is not None:
+            checkpoint[_ERROR_WEIGHTS] = torch.as_tensor(np.asarray(self._tracking["weights"], dtype=np.float64))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the error-guided sampling weights saved in ``checkpoint`` (in place: the sampler shares them).
+
+        Parameters
+        ----------
+        checkpoint
+            Lightning's checkpoint dictionary.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            When the checkpoint was written with error-guided batching over other conditions, or without it.
+        """
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(_ERROR_WEIGHTS)
+        if self._tracking is None and saved is None:
+            return
+        weights = None if self._tracking is None else self._tracking["weights"]
+        if saved is None or weights is None or tuple(saved.shape) != np.shape(weights):
+            msg = (
+                "the checkpoint was written with "
+                f"{'no' if saved is None else len(saved)} error-guided condition weights and this run has "
+                f"{'none' if weights is None else len(weights)}: resume with the batching "
+                "(batching='error_guided' or not) and the data of the interrupted run."
+            )
+            raise CheckpointMismatchError(msg)
+        weights[:] = saved.cpu().numpy()
 
     # ------------------------------------------------------------------ cheaper logging and transfer
     def validation_step(self, batch, batch_idx):

@@ -6,7 +6,11 @@ import functools
 
 from scvi.train import TrainRunner
 
-__all__ = ["CheckpointSafeTrainRunner"]
+__all__ = ["CheckpointMismatchError", "CheckpointSafeTrainRunner"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint written by a run with other data or settings than the one resuming from it."""
 
 
 class CheckpointSafeTrainRunner(TrainRunner):
