@@ -202,3 +202,39 @@ def test_integer_labels_and_control_label():
     table = selection(adata, control_label=0)
     assert set(table["condition"]) == {"1", "2"}
     assert adata.uns["scmech"]["selection"]["params"]["control_label"] == "0"
+
+
+def _counted(spec: dict[tuple[str, str, str], int]) -> ad.AnnData:
+    """Cells with the given counts per (perturbation, batch, time)."""
+    labs, bats, times = [], [], []
+    for (p, b, t), n in spec.items():
+        labs += [p] * n
+        bats += [b] * n
+        times += [t] * n
+    obs = pd.DataFrame({"perturbation": labs, "batch": bats, "time": times}, index=[str(i) for i in range(len(labs))])
+    return ad.AnnData(obs=obs)
+
+
+def test_pooled_se_counts_a_shared_reference_once():
+    # two identical batches against one counted reference: the reference noise is shared, not averaged away
+    spec = {(p, b, ""): 100 for p in ("NT", "P1") for b in ("b1", "b2")}
+    table = selection(_counted(spec), batch_key="batch", reference={"NT": 10, "P1": 10})
+    pooled = table.query("batch == 'all'").iloc[0]
+    batch_only = 2.0 / 100.5 / LN2**2  # per batch; two batches pool to half of it
+    shared = 2.0 / 10.5 / LN2**2
+    assert pooled["log2_ratio"] == pytest.approx(0.0)
+    assert pooled["se"] == pytest.approx(np.sqrt(batch_only / 2 + shared), rel=1e-12)
+    per_batch = table.query("batch == 'b1'").iloc[0]
+    assert per_batch["se"] == pytest.approx(np.sqrt(batch_only + shared), rel=1e-12)
+
+
+def test_batch_missing_at_reference_time_gets_nan():
+    spec = {("NT", "b1", "0"): 100, ("P1", "b1", "0"): 50, ("NT", "b1", "1"): 100, ("P1", "b1", "1"): 100}
+    spec |= {("NT", "b2", "1"): 100, ("P1", "b2", "1"): 100}
+    table = selection(_counted(spec), batch_key="batch", time_key="time", reference_time="0").set_index("batch")
+    assert table.loc["b2", "call"] == "too few cells"
+    assert np.isnan(table.loc["b2", "log2_ratio"])
+    # doubling relative to the controls since t0, from b1 alone
+    expected = np.log2(100.5 / 100.5) - np.log2(50.5 / 100.5)
+    assert table.loc["all", "log2_ratio"] == pytest.approx(expected, rel=1e-12)
+    assert table.loc["all", "se"] == pytest.approx(np.sqrt(2 / 100.5 + 1 / 50.5 + 1 / 100.5) / LN2, rel=1e-12)

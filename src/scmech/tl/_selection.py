@@ -20,7 +20,8 @@ reference time point),
 the Poisson (Wald) variance of a log ratio of counts, with the bracket when the reference is itself counted
 (:math:`m`: reference counts). :math:`\hat s_p` estimates the fitness relative to the controls in
 :math:`\log_2` units (e.g. -1: half as many cells as expected). Batches are analysed separately and pooled
-by inverse-variance weights.
+by inverse-variance weights; the variance of a counted reference, one draw shared by all batches, enters the
+pooled variance once.
 """
 
 from __future__ import annotations
@@ -438,7 +439,9 @@ def _batch_estimates(
             {c: 1.0 / (ref[c] + 0.5) + 1.0 / (ref[control_label] + 0.5) for c in conditions} if is_counts else None
         )
     elif ref_t is not None:
-        ref_counts = counts.xs(ref_t, level="time")
+        # a batch without cells at the reference time has zero reference counts (NaN estimates), not a KeyError
+        batches = counts.index.get_level_values("batch").unique()
+        ref_counts = counts.xs(ref_t, level="time").reindex(batches, fill_value=0)
     for (b, t), row in counts.iterrows():
         if ref_t is not None and t == ref_t:
             continue
@@ -467,6 +470,8 @@ def _batch_estimates(
                     "expected_ratio": exp_ratio,
                     "log2_ratio": est,
                     "se": np.sqrt(var) / np.log(2) if enough else np.nan,
+                    # reference variance shared by every batch (counted ``reference``), log2 scale
+                    "_shared_var": (ref_var[c] if ref_var is not None else 0.0) / np.log(2) ** 2,
                 }
             )
     return pd.DataFrame(rows)
@@ -506,7 +511,10 @@ def _pooled_estimates(table: pd.DataFrame) -> pd.DataFrame:
     pooled = []
     for (c, t), grp in table.groupby(["condition", "time"], sort=False):
         g = grp[np.isfinite(grp["log2_ratio"])]
-        w = 1.0 / g["se"].to_numpy() ** 2
+        # a counted ``reference`` is one draw shared by all batches: weight by the batch-only variance and add the
+        # shared part once (pooling it as independent would shrink it by the number of batches)
+        shared = float(g["_shared_var"].max()) if len(g) else 0.0
+        w = 1.0 / (g["se"].to_numpy() ** 2 - shared)
         est = float(np.sum(w * g["log2_ratio"]) / w.sum()) if len(g) else np.nan
         pooled.append(
             {
@@ -519,7 +527,8 @@ def _pooled_estimates(table: pd.DataFrame) -> pd.DataFrame:
                 if len(g)
                 else np.nan,
                 "log2_ratio": est,
-                "se": float(1.0 / np.sqrt(w.sum())) if len(g) else np.nan,
+                "se": float(np.sqrt(1.0 / w.sum() + shared)) if len(g) else np.nan,
+                "_shared_var": shared,
             }
         )
     return pd.DataFrame(pooled)

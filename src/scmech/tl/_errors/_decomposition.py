@@ -124,9 +124,10 @@ def error_decomposition(
         + \frac{\sigma^2_{\mathrm{cell},\varnothing}}{n_\varnothing}}_{\text{noise floor}}
         + \underbrace{\sigma^2_{\mathrm{batch}}\textstyle\sum_b (w_b - u_b)^2}_{\text{confounding}},
 
-    zero confounding when perturbation and controls share their batch composition, :math:`2\sigma^2_{\mathrm{batch}}`
-    for a perturbation alone in a batch without controls; ``batch`` is 0 (the difference to the controls removes
-    the shared batch effect). With ``predictions`` (:math:`\hat y`), the prediction's effect
+    zero confounding when perturbation and controls share their batch composition,
+    :math:`\sigma^2_{\mathrm{batch}}(1+\sum_b u_b^2)` for a perturbation alone in a batch without controls
+    (:math:`2\sigma^2_{\mathrm{batch}}` when the controls sit in one other batch); ``batch`` is 0 (the difference to the
+    controls removes the shared batch effect). With ``predictions`` (:math:`\hat y`), the prediction's effect
     :math:`\hat y_p - \hat y_\varnothing` (its own control row when it has one, else the observed
     :math:`\bar y_\varnothing`) is compared with :math:`\hat\Delta_p`; a model anchored to the observed controls
     meets exactly the two terms above on top of its own error.
