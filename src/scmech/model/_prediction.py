@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
+import zlib
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -83,10 +84,12 @@ class PredictionMixin(PredictionOutputMixin):
         return [keys[j] for j in np.asarray(inverse).ravel()]
 
     # ------------------------------------------------------------------ operators
-    def _class_of(self, target: str, rng: np.random.Generator) -> tuple[tuple[str, ...], bool] | None:
+    def _class_of(self, target: str, seed: int) -> tuple[tuple[str, ...], bool] | None:
         """Training targets an unseen ``target`` is anchored on, and whether it has no prior information.
 
-        ``None`` when it has training cells.
+        ``None`` when it has training cells. A pool larger than ``MAX_CLASS`` is subsampled with a generator seeded
+        by ``seed`` and the target's name, so that a target's class (and its prediction) does not depend on which
+        other rows are requested with it, on their order, or on duplicates.
         """
         tm = self.target_map_
         if tm is None or target in tm.trained_set:
@@ -94,6 +97,7 @@ class PredictionMixin(PredictionOutputMixin):
         measured = target in tm.gene_positions and tm.directions is not None
         pool = tm.sorted_pool(measured)
         if len(pool) > MAX_CLASS:
+            rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
             pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
         return tuple(pool), not measured
 
@@ -360,7 +364,9 @@ class PredictionMixin(PredictionOutputMixin):
         ``anchor_weight`` and ``steady_state_residual`` (:math:`\|f\|` at the solved fixed point, NaN for flows;
         a :class:`RuntimeWarning` names conditions whose solve did not converge, also listed in
         ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance.
-        Per-cell predictions also carry ``obs["source_cell"]`` and ``obsm["X_scmech"]`` (counterfactual latents).
+        ``own_gene_change``, ``own_gene_sd``, ``anchored`` and ``anchor_weight`` describe mean rows only; per-cell
+        predictions (``return_mean=False``) carry ``obs["source_cell"]`` instead, and ``obsm["X_scmech"]``
+        (counterfactual latents).
         """
         self._check_if_trained(warn=False)
         return_mean = check_flag(return_mean, "return_mean")
@@ -467,13 +473,12 @@ class PredictionMixin(PredictionOutputMixin):
         self, requested: list[Protocol], anchor: str, seed: int, observations: Observations
     ) -> tuple[dict, list[Protocol]]:
         """Anchoring plan of each requested row and the further read-outs the plans need (deduplicated)."""
-        rng = np.random.default_rng(seed)
         plans = plan_anchoring(
             requested,
             [self._context_of(p) for p in requested],
             observations,
             mode=anchor,
-            unseen=lambda t: self._class_of(t, rng),
+            unseen=lambda t: self._class_of(t, seed),
             dynamic=self.regime == "dynamic",
         )
         have = {p.key for p in requested}
