@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import scvi
 
 from scmech import tl
 from scmech.data import pseudobulk
@@ -393,6 +394,13 @@ def test_scgen_adapter_tiny():
     assert "source_cell" in cells.obs
     with pytest.raises(KeyError, match="no training cells"):
         model.predict(["Z"])
+    # without a seed anywhere (scvi-tools' default settings.seed is None) it failed in int(None)
+    old_seed = scvi.settings.seed
+    try:
+        scvi.settings.seed = None
+        assert model.predict(["A"], batch="r2").uns["scmech"]["prediction"]["random_state"] == 0
+    finally:
+        scvi.settings.seed = old_seed
 
 
 def test_scgen_without_pertpy_names_the_extra(monkeypatch):

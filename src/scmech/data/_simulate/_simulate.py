@@ -300,7 +300,7 @@ def simulate_perturbseq(
     >>> adata = simulate_perturbseq(2000, 100, n_perturbations=6, n_combinations=2, seed=1)
     >>> adata.obs["perturbation"].cat.categories[0]
     'NT'
-    >>> from scmech.data._pseudobulk import pseudobulk
+    >>> from scmech.data import pseudobulk
     >>> keys = simulation_group_keys(adata.obs)
     >>> observed = pseudobulk(adata, keys)
     >>> truth = adata.uns["truth"]["mean_log"].loc[observed.index]

@@ -68,8 +68,8 @@ def estimate_efficacy(
 
     Examples
     --------
-    >>> scmech.tl.estimate_efficacy(adata, batch_key="bio_rep")
-    >>> scmech.model.SemiMechVI.setup_anndata(adata, efficacy_key="scmech_efficacy", ...)
+    >>> efficacy = scmech.tl.estimate_efficacy(adata, batch_key="bio_rep")
+    >>> scmech.model.SemiMechVI.setup_anndata(adata, batch_key="bio_rep", efficacy_key="scmech_efficacy")
     """
     _validate_target(adata, key_added, copy, "adata.obs")
     _validate_flags(counts=counts, copy=copy)

@@ -28,10 +28,14 @@ class Additive(_PseudobulkBaseline):
 
     Examples
     --------
+    A screen with combinations, holding out a combination whose singles are in training:
+
+    >>> adata = scmech.data.simulate_perturbseq(2000, 100, n_perturbations=6, n_combinations=2, seed=1)
+    >>> split = scmech.tl.split(adata, "combination", test_size=0.5)
     >>> scmech.tl.Additive.setup_anndata(adata)
     >>> model = scmech.tl.Additive(adata)
     >>> model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
-    >>> pred = model.predict(["STAT1+JAK2"])
+    >>> pred = model.predict(split.test_conditions)
     """
 
     def __init__(self, adata: AnnData | MuData) -> None:

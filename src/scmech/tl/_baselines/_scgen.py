@@ -258,7 +258,7 @@ class ScGen(_PseudobulkBaseline):
             msg = "The ScGen adapter predicts across batches only; media and time are not supported."
             raise ValueError(msg)
         var_names = self._training_genes(adata, "ScGen predicts")
-        seed = settings.seed if random_state is None else random_state
+        seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         rng = np.random.default_rng(seed)
         start = self._start_cells(batch, from_cells, n_cells, rng)
         if perturbations is None:

@@ -66,6 +66,7 @@ def perturbation_space(
 
     Examples
     --------
+    >>> import pertpy
     >>> ps = scmech.tl.perturbation_space(model.predict(return_mean=False, n_cells=100), adata)
     >>> pertpy.tools.Distance("euclidean", obsm_key="X_pca").pairwise(ps, groupby="group")
     """

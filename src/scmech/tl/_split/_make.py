@@ -343,6 +343,7 @@ def leave_one_out(
 
     Examples
     --------
+    >>> scmech.tl.LinearModel.setup_anndata(adata)
     >>> for sp in scmech.tl.leave_one_out(adata, conditions=["STAT1", "JAK2"]):
     ...     model = scmech.tl.LinearModel(adata)
     ...     model.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
