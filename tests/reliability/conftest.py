@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import scvi
+from lightning.pytorch.callbacks import Callback
 
 from scmech.model import SemiMechVI
 
@@ -99,10 +100,23 @@ def assert_unchanged(adata: ad.AnnData, before: dict, *, obs=(), obsm=(), uns=()
             assert repr(adata.uns[k]) == repr(before["uns"][k]), k
 
 
+class Crash(Callback):
+    """Simulate a crash (killed job, lost node) at the start of an epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            msg = "simulated crash"
+            raise RuntimeError(msg)
+
+
 @pytest.fixture
 def rel() -> SimpleNamespace:
-    """Helpers of the reliability tests: ``small``, ``dense``, ``trained``, ``snapshot``, ``assert_unchanged``."""
+    """Helpers of the reliability tests: ``small``, ``dense``, ``trained``, ``snapshot``, ``Crash`` and more."""
     return SimpleNamespace(
+        Crash=Crash,
         small=small,
         dense=dense,
         trained=trained,

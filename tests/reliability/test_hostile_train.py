@@ -6,21 +6,9 @@ import numpy as np
 import pytest
 import scvi
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from scmech.model import SemiMechVI
-
-
-class _Crash(Callback):
-    """Simulate a crash at the start of an epoch."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            msg = "simulated crash"
-            raise RuntimeError(msg)
 
 
 def _model(rel, adata=None) -> SemiMechVI:
@@ -38,7 +26,7 @@ def interrupted(rel, tmp_path):
     dirpath = tmp_path / "ckpt"
     with pytest.raises(RuntimeError, match="simulated crash"):
         model.train(
-            max_epochs=4, callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True), _Crash(2)], **rel.TRAIN_KWARGS
+            max_epochs=4, callbacks=[ModelCheckpoint(dirpath=dirpath, save_last=True), rel.Crash(2)], **rel.TRAIN_KWARGS
         )
     return dirpath / "last.ckpt", adata
 

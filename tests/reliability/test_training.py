@@ -7,21 +7,9 @@ import pytest
 import scipy.sparse as sp
 import scvi
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from scmech.model import SemiMechVI
-
-
-class _Crash(Callback):
-    """Simulate a crash (killed job, lost node) at the start of an epoch."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.current_epoch == self.epoch:
-            msg = "simulated crash"
-            raise RuntimeError(msg)
 
 
 def _model(rel, adata, **kwargs) -> SemiMechVI:
@@ -50,7 +38,7 @@ def test_interrupted_training_resumes_to_the_uninterrupted_state(rel, tmp_path, 
     crashed = _model(rel, adata)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        crashed.train(max_epochs=4, batching=batching, callbacks=[ckpt, _Crash(2)], **rel.TRAIN_KWARGS)
+        crashed.train(max_epochs=4, batching=batching, callbacks=[ckpt, rel.Crash(2)], **rel.TRAIN_KWARGS)
     assert (tmp_path / "last.ckpt").is_file()
     # the checkpoint loads without unpickling arbitrary objects
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["epoch"] == 1
