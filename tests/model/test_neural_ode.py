@@ -102,6 +102,28 @@ def test_the_terms_enter_the_loss_with_their_weight(make_adata):
     assert torch.allclose(on.loss - off.loss, 2.0 * (ss_ctrl + ss_pert), rtol=1e-4)
 
 
+def test_the_term_is_zero_at_a_fixed_point_and_its_gradient_reaches_the_shared_field(make_adata):
+    adata = make_adata(n_cells=120)
+    NeuralODE.setup_anndata(adata, **SETUP)
+    model = NeuralODE(adata, n_latent=4, n_hidden=16, field_hidden=8, steady_state_perturbed=True)
+    tensors = next(iter(model._make_data_loader(adata, batch_size=120, shuffle=False)))
+    # the field starts at zero: every state is a fixed point, so the term is 0 and the loss is the vanilla one
+    at_rest = _losses(model.module, tensors, ss_weight=5.0)
+    assert float(at_rest.extra_metrics["ss_residual"]) == 0.0
+    assert float(at_rest.extra_metrics["ss_residual_perturbed"]) == 0.0
+    assert torch.equal(at_rest.loss, _losses(model.module, tensors, ss_weight=0.0).loss)
+    # away from a fixed point the term's own gradient reaches the MLP shared by every perturbation and medium
+    with torch.no_grad():
+        for p in model.module.field.parameters():
+            p.normal_(0.0, 0.3)
+    model.module.zero_grad()
+    term = _losses(model.module, tensors, ss_weight=1.0).loss - _losses(model.module, tensors, ss_weight=0.0).loss
+    term.backward()
+    shared = [(n, p.grad) for n, p in model.module.field.named_parameters() if n.startswith("mlp.")]
+    assert shared
+    assert all(g is not None and float(g.abs().sum()) > 0 for _, g in shared), [n for n, g in shared]
+
+
 # ---------------------------------------------------------------------------------------------- the model
 def _trained(adata, setup, weight, seed=0, epochs=6, **kwargs):
     scvi.settings.seed = seed
