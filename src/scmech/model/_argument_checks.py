@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "LoaderChecksMixin",
     "check_batch_size",
     "check_flag",
     "check_gene_list",
@@ -197,24 +196,3 @@ def check_gene_list(gene_list, var_names: Sequence[str], name: str = "gene_list"
         msg = f"{name} holds genes the model does not have: {missing[:5]} (see model.adata.var_names)."
         raise KeyError(msg)
     return genes
-
-
-class LoaderChecksMixin:
-    """Check ``indices`` and ``batch_size`` of every method that iterates over cells (put it before the data mixin).
-
-    Every ``get_*`` method of scvi-tools and of the model builds its data loader through ``_make_data_loader``.
-    """
-
-    def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, data_loader_class=None, **kwargs):
-        """Build the data loader of the next class in the MRO, after checking ``indices`` and ``batch_size``."""
-        data = adata if adata is not None else self.adata
-        indices = check_indices(indices, data.n_obs)
-        batch_size = check_batch_size(batch_size)
-        return super()._make_data_loader(
-            adata,
-            indices=indices,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            data_loader_class=data_loader_class,
-            **kwargs,
-        )

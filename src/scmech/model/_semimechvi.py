@@ -21,7 +21,6 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scmech.module import SemiMechVAE
 from scmech.train import PerturbationDataSplitter, SemiMechTrainingPlan
 
-from ._argument_checks import LoaderChecksMixin
 from ._latent import LatentMixin
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
@@ -45,7 +44,6 @@ class SemiMechVI(
     NetworkMixin,
     PredictionMixin,
     PostTrainingMixin,
-    LoaderChecksMixin,
     PerturbationSetupMixin,
     SafeSaveLoadMixin,
     MeasurementMethodsMixin,

@@ -44,6 +44,7 @@ from scmech.data._fields import (
     perturbation_state,
 )
 
+from ._argument_checks import check_batch_size, check_indices
 from ._modalities import _resolve_modalities, _validation_view
 from ._setup_checks import PERTURBATION_MODALITIES, _check_covariates, _check_modality, validate_for_setup  # noqa: F401
 
@@ -368,14 +369,15 @@ class PerturbationSetupMixin:
         return design
 
     def _make_data_loader(self, adata, indices=None, batch_size=None, shuffle=False, data_loader_class=None, **kwargs):
-        """scvi-tools' data loader, refusing an empty ``indices`` with a clear error.
+        """scvi-tools' data loader, after checking ``indices`` and ``batch_size`` with clear errors.
 
-        scvi-tools' ``get_*`` methods fail on ``indices=[]`` deep inside ``torch.cat``; every method of the model that
-        iterates over cells comes through here.
+        scvi-tools' ``get_*`` methods fail deep inside torch, scipy or scvi on an empty, out-of-range or wrongly
+        shaped ``indices`` (and read a short boolean mask as positions); every method of the model and of the
+        baselines that iterates over cells comes through here.
         """
-        if indices is not None and len(np.atleast_1d(np.asarray(indices))) == 0:
-            msg = "indices is empty: pass the indices of at least one cell, or indices=None for every cell."
-            raise ValueError(msg)
+        data = adata if adata is not None else self.adata
+        indices = check_indices(indices, data.n_obs)
+        batch_size = check_batch_size(batch_size)
         return super()._make_data_loader(
             adata,
             indices=indices,
