@@ -414,3 +414,41 @@ def test_predicted_vs_observed_refuses_bad_n_genes(bench, n_genes):
     adata, split, preds = bench
     with pytest.raises(ValueError, match=rf"n_genes={n_genes} must be an integer >= 1"):
         pl.predicted_vs_observed(preds["TrainMean"], adata, "G0010", split=split, n_genes=n_genes, show=False)
+
+
+def test_additive_never_predicts_negative_expression():
+    """Two singles that each silence a gene summed to a level below zero (expression -1 of 1e4 counts): the gene is
+    now predicted as not expressed, and the other genes keep their additive sum."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["NT", "A", "B"], 40)
+    x = rng.poisson(20, size=(120, 6)).astype(np.float32)
+    x[labels != "NT", 0] = 0  # each single silences gene 0
+    adata = ad.AnnData(
+        x,
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(120)]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(6)]),
+    )
+    tl.Additive.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
+    model = tl.Additive(adata)
+    model.train()
+    pred = model.predict(["A+B"])
+    singles = model.predict(["NT", "A", "B"])
+    assert pred.X[0, 0] == 0.0
+    assert pred.layers["expression"][0, 0] == 0.0
+    ctrl, a, b = np.asarray(singles.X, dtype=np.float64)
+    np.testing.assert_allclose(pred.X[0, 1:], (a + b - ctrl)[1:], rtol=1e-5)
+
+
+def test_evaluate_warns_on_part_of_the_genes_and_refuses_none(bench):
+    """A prediction of part of the genes was scored on that part with only a log line; none in common gave NaN."""
+    adata, split, preds = bench
+    part = {"ControlMean": preds["ControlMean"][:, 5:].copy(), "TrainMean": preds["TrainMean"]}
+    with pytest.warns(UserWarning, match=r"Evaluating on the \d+ of \d+ genes .*'ControlMean': 5\}"):
+        res = tl.evaluate(part, adata, split=split)
+    full = tl.evaluate({"TrainMean": preds["TrainMean"]}, adata, split=split)
+    assert set(res["model"]) == {"ControlMean", "TrainMean"}
+    mse = res[(res["metric"] == "mse") & (res["model"] == "TrainMean")]["value"].to_numpy()
+    assert not np.allclose(mse, full[full["metric"] == "mse"]["value"].to_numpy())  # scored on fewer genes
+    disjoint = {"ControlMean": preds["ControlMean"][:, :5].copy(), "TrainMean": preds["TrainMean"][:, 5:].copy()}
+    with pytest.raises(ValueError, match=r"No gene of adata\.var_names is in every prediction"):
+        tl.evaluate(disjoint, adata, split=split)

@@ -395,6 +395,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         tim = _per_condition(time, n, "time")
         switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
+        counts = self._setup().get("counts", True)
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             try:
@@ -405,7 +406,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 skipped.append((label, str(e).strip("'\"")))
                 continue
             shift, _ = self._context_shift(batch, m, t, mt)
-            rows.append(value + shift)
+            # log(1 + 1e4 * mean) of counts is >= 0: summed changes (Additive, a context's shift) that would take a
+            # gene below zero expression predict that it is not expressed
+            rows.append(np.maximum(value + shift, 0.0) if counts else value + shift)
             obs_rows.append(
                 {
                     "perturbation": label,

@@ -3,6 +3,7 @@ r"""Predictions as the evaluation reads them: models by name, canonical labels a
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -114,7 +115,21 @@ def _genes(adata: AnnData, frames: dict[str, pd.DataFrame]) -> pd.Index:
     for f in frames.values():
         common = common[common.isin(f.columns)]
     if len(common) < len(genes):
-        logger.warning("Evaluating on the %d of %d genes present in every prediction.", len(common), len(genes))
+        short = {name: int((~genes.isin(f.columns)).sum()) for name, f in frames.items()}
+        short = {name: n for name, n in short.items() if n}
+        if len(common) == 0:
+            msg = (
+                f"No gene of adata.var_names is in every prediction (genes missing per prediction: {short}): "
+                "predict the genes of the data that is evaluated, or pass that data's genes."
+            )
+            raise ValueError(msg)
+        warnings.warn(
+            f"Evaluating on the {len(common)} of {len(genes)} genes present in every prediction (genes missing per "
+            f"prediction: {short}). Gene-set metrics (top-20 DE, Systema) of a part of the genes are not comparable "
+            "with those of all genes; predict every gene of adata to score on all of them.",
+            UserWarning,
+            stacklevel=3,
+        )
     return common
 
 
