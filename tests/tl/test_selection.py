@@ -108,10 +108,33 @@ def test_reference_counts_widen_intervals(selected):
     assert (counted["se"] > exact["se"]).all()
 
 
+def test_small_whole_number_reference_is_ambiguous():
+    """Design ratios (2 parts control to 1 part each guide) were silently read as 4 counted reads."""
+    obs = pd.DataFrame({"perturbation": ["NT"] * 400 + ["A"] * 200 + ["B"] * 100})
+    obs.index = obs.index.astype(str)
+    ratios = {"NT": 2, "A": 1, "B": 1}
+    with pytest.warns(UserWarning, match=r"whole numbers \(smallest 1, sum 4\).*reference_counts=False"):
+        guessed = selection(ad.AnnData(obs=obs), reference=ratios).set_index("condition")
+    exact = selection(ad.AnnData(obs=obs), reference=ratios, reference_counts=False).set_index("condition")
+    counted = selection(ad.AnnData(obs=obs), reference=ratios, reference_counts=True).set_index("condition")
+    pd.testing.assert_frame_equal(guessed, counted)
+    np.testing.assert_allclose(exact["log2_ratio"], counted["log2_ratio"])
+    # exact ratios: only the cells are counted, se^2 = 1/(n_A + 1/2) + 1/(n_NT + 1/2) in natural-log units
+    np.testing.assert_allclose(exact.loc["A", "se"], np.sqrt(1 / 200.5 + 1 / 400.5) / LN2, rtol=1e-6)
+    assert exact.loc["B", "call"] == "depleted"
+    assert counted.loc["B", "call"] == "neutral"
+    with pytest.raises(ValueError, match=r"reference_counts='no' must be True, False or None"):
+        selection(ad.AnnData(obs=obs), reference=ratios, reference_counts="no")
+    with pytest.raises(ValueError, match=r"goes with reference="):
+        selection(ad.AnnData(obs=obs), reference_counts=True)
+
+
 def test_min_cells_and_rare_conditions():
     obs = pd.DataFrame({"perturbation": ["NT"] * 50 + ["A"] * 30 + ["B"] * 2})
     obs.index = obs.index.astype(str)
-    table = selection(ad.AnnData(obs=obs), reference={"NT": 1, "A": 1, "B": 1}, min_cells=5).set_index("condition")
+    table = selection(
+        ad.AnnData(obs=obs), reference={"NT": 1, "A": 1, "B": 1}, reference_counts=False, min_cells=5
+    ).set_index("condition")
     assert table.loc["B", "call"] == "too few cells"
     assert np.isnan(table.loc["B", "log2_ratio"])
     np.testing.assert_allclose(table.loc["A", "log2_ratio"], np.log2(30.5 / 50.5))
@@ -160,7 +183,7 @@ def test_nan_labels_are_refused():
 def test_batch_without_controls_is_not_called():
     pert = ["NT"] * 40 + ["A"] * 40 + ["B"] * 40 + ["A"] * 30 + ["B"] * 30
     batch = ["b0"] * 120 + ["b1"] * 60
-    table = selection(_mk(pert, batch), batch_key="batch", reference={"NT": 1, "A": 1, "B": 1})
+    table = selection(_mk(pert, batch), batch_key="batch", reference={"NT": 1, "A": 1, "B": 1}, reference_counts=False)
     b1 = table[table["batch"] == "b1"]
     assert len(b1) == 2
     assert b1["log2_ratio"].isna().all()

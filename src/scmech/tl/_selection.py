@@ -26,11 +26,12 @@ pooled variance once.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import false_discovery_control, norm
 
 from scmech._docs import fill_doc
 
@@ -60,20 +61,21 @@ _COLUMNS = [
 
 
 def _bh(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (NaN stays NaN)."""
+    """Benjamini-Hochberg adjusted p-values (:func:`scipy.stats.false_discovery_control`); NaN stays NaN."""
     q = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if ok.size == 0:
-        return q
-    order = ok[np.argsort(p[ok])]
-    ranked = p[order] * ok.size / np.arange(1, ok.size + 1)
-    q[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = false_discovery_control(p[ok], method="bh")
     return q
 
 
 def _reference_table(
-    reference: Mapping[str, float] | pd.Series, conditions: list[str], control_label: str
+    reference: Mapping[str, float] | pd.Series,
+    conditions: list[str],
+    control_label: str,
+    reference_counts: bool | None = None,
 ) -> tuple[pd.Series, bool]:
+    """Return the reference per condition and whether it is counted (``reference_counts``; ``None``: inferred)."""
     ref = pd.Series(reference, dtype=float)
     ref.index = ref.index.astype(str)
     missing = [c for c in [control_label, *conditions] if c not in ref.index]
@@ -87,8 +89,23 @@ def _reference_table(
     if not np.all(np.isfinite(bad.to_numpy())) or (bad <= 0).any():
         msg = f"reference must be finite and positive for every condition, got {bad[~(bad > 0)].to_dict()}."
         raise ValueError(msg)
+    if reference_counts is not None:
+        return ref, reference_counts
     is_counts = bool(np.all(np.isclose(ref, np.round(ref))) and ref.sum() > 1)
+    if is_counts and bad.min() < _FEW_REFERENCE_COUNTS:
+        warnings.warn(
+            f"reference holds whole numbers (smallest {bad.min():g}, sum {bad.sum():g}): they are read as counts "
+            "(plasmid or library reads), whose Poisson noise widens every interval, and counts this small widen "
+            "them a lot. If they are design ratios (e.g. 2 parts control to 1 part each guide), pass "
+            "reference_counts=False; pass reference_counts=True to keep them as counts without this warning.",
+            UserWarning,
+            stacklevel=4,
+        )
     return ref, is_counts
+
+
+#: a counted reference with a smaller value is more likely a design ratio than reads: its reading is warned about
+_FEW_REFERENCE_COUNTS = 10
 
 
 @fill_doc
@@ -100,6 +117,7 @@ def selection(
     unassigned_label: str | None = "unassigned",
     batch_key: str | None = None,
     reference: Mapping[str, float] | pd.Series | None = None,
+    reference_counts: bool | None = None,
     time_key: str | None = None,
     reference_time: float | str | None = None,
     confidence: float = 0.95,
@@ -115,8 +133,8 @@ def selection(
     - ``time_key`` and ``reference_time``: the counts of the same conditions (and batch) at the reference time
       point; every other time point is compared with it (growth or depletion since then);
     - ``reference``: expected frequencies or counts per condition, e.g. the guide library's design or
-      plasmid/library read counts; integer values summing to more than 1 are treated as counts (their
-      sampling noise widens the interval), anything else as exact frequencies;
+      plasmid/library read counts; counts (``reference_counts``) widen the interval by their sampling noise,
+      frequencies are exact;
     - neither: every perturbation equally frequent, with the control-to-perturbation ratio set so that the
       median perturbation is neutral (assumes most perturbations do not change fitness; give ``reference``
       when the design is known).
@@ -141,6 +159,10 @@ def selection(
         ``"all"`` (the label of the pooled rows).
     reference
         Expected frequencies or counts per condition (index: labels, including ``control_label``).
+    reference_counts
+        Whether ``reference`` holds counts (reads of the guide library: their Poisson noise enters the interval)
+        rather than exact frequencies or design ratios. ``None``: whole numbers summing to more than 1 are read as
+        counts, with a warning when the smallest is below 10 (small whole numbers are more often ratios).
     time_key
         ``obs`` column of read-out times (or time-point labels).
     reference_time
@@ -179,6 +201,12 @@ def selection(
         )
         raise ValueError(msg)
     _check_args(adata.obs, perturbation_key, batch_key, time_key, confidence, reference, reference_time, min_cells)
+    if reference_counts is not None and (not isinstance(reference_counts, bool | np.bool_) or reference is None):
+        msg = (
+            f"reference_counts={reference_counts!r} must be True, False or None, and goes with reference= (it says "
+            "whether the reference holds counts or frequencies)."
+        )
+        raise ValueError(msg)
     control_label = str(control_label)
     labels, batches, times = _cell_labels(
         adata.obs, perturbation_key, control_label, unassigned_label, batch_key, time_key
@@ -187,7 +215,7 @@ def selection(
     conditions = sorted(set(labels) - {control_label})
     counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
     counts.index = counts.index.set_names(["batch", "time"])
-    table = _batch_estimates(counts, conditions, control_label, reference, ref_t, min_cells)
+    table = _batch_estimates(counts, conditions, control_label, reference, ref_t, min_cells, reference_counts)
     if reference is None and reference_time is None:
         table = _median_neutral(table)
     if batch_key is not None:
@@ -199,6 +227,7 @@ def selection(
         "unassigned_label": unassigned_label,
         "batch_key": batch_key,
         "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
+        "reference_counts": None if reference_counts is None else bool(reference_counts),
         "time_key": time_key,
         "reference_time": None if reference_time is None else str(reference_time),
         "confidence": confidence,
@@ -398,6 +427,7 @@ def _batch_estimates(
     reference: Mapping[str, float] | pd.Series | None,
     ref_t: str | None,
     min_cells: int,
+    reference_counts: bool | None = None,
 ) -> pd.DataFrame:
     """Estimate the selection of every condition per batch and time point (not at the reference time).
 
@@ -415,6 +445,8 @@ def _batch_estimates(
         Label of the reference time point, or ``None``.
     min_cells
         Smallest count for an estimate; NaN estimates below it.
+    reference_counts
+        Whether ``reference`` holds counts (``None``: inferred).
 
     Returns
     -------
@@ -433,7 +465,7 @@ def _batch_estimates(
     expected: dict[str, float] | None = None
     ref_var: dict[str, float] | None = None
     if reference is not None:
-        ref, is_counts = _reference_table(reference, conditions, control_label)
+        ref, is_counts = _reference_table(reference, conditions, control_label, reference_counts)
         expected = {c: float(ref[c] / ref[control_label]) for c in conditions}
         ref_var = (
             {c: 1.0 / (ref[c] + 0.5) + 1.0 / (ref[control_label] + 0.5) for c in conditions} if is_counts else None
