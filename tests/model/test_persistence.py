@@ -53,7 +53,9 @@ def test_save_writes_weights_and_plain_metadata(saved, steady):
 
 
 def test_weights_load_with_weights_only(saved, steady):
-    state = torch.load(saved / "model.pt", weights_only=True)
+    saved_file = torch.load(saved / "model.pt", weights_only=True)
+    assert saved_file["attr_dict"]["registry_"]["model_name"] == "SemiMechVI"
+    state = saved_file["model_state_dict"]
     expected = steady.model.module.state_dict()
     assert list(state) == list(expected)
     for key, value in expected.items():
@@ -384,3 +386,15 @@ def test_load_finds_the_training_cells_by_name_on_reordered_or_subset_data(tmp_p
     sub = SemiMechVI.load(tmp_path / "m", adata=first)
     assert set(first.obs_names[sub.train_indices_]) == train_names & set(first.obs_names)
     assert sub.predict(["G0008"]).n_obs == 1
+
+
+def test_scvi_loaders_read_a_scmech_save(saved, steady):
+    """scvi-tools' own loaders crashed on a scmech save ('NoneType' object has no attribute 'pop'); now they
+    answer as for a model of another class, and read its registry."""
+    import scvi
+
+    with pytest.raises(ValueError, match="loading a model from a different class"):
+        scvi.model.SCVI.load(saved, adata=steady.adata.copy())
+    registry = scvi.model.SCVI.load_registry(saved)
+    assert registry["model_name"] == "SemiMechVI"
+    assert registry["setup_args"]["control_label"] == steady.model.adata_manager.registry["setup_args"]["control_label"]

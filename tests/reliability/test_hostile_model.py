@@ -205,9 +205,10 @@ def _weights_list(path):
 
 
 def _weights_nan(path):
-    state = torch.load(path / "model.pt", weights_only=True)
+    saved = torch.load(path / "model.pt", weights_only=True)
+    state = saved["model_state_dict"]
     state["z_base"] = state["z_base"] * float("nan")
-    torch.save(state, path / "model.pt")
+    torch.save(saved, path / "model.pt")
 
 
 def _garbage_data(path):

@@ -22,7 +22,7 @@ import torch
 from scvi.data import _constants
 
 from ._argument_checks import check_flag
-from ._persistence_files import _build_saved, _check_prefix, _read_weights
+from ._persistence_files import _build_saved, _check_prefix, _read_weights, _weights_file
 from ._serialisation import from_jsonable, persistable, to_jsonable
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class SafeSaveLoadMixin:
         tmp_meta = path / f".{pre}{METADATA}.tmp"
         tmp_meta.write_text(json.dumps(meta))
         tmp_w = path / f".{pre}{WEIGHTS}.tmp"
-        torch.save(self.module.state_dict(), tmp_w)
+        torch.save(_weights_file(self.module.state_dict(), type(self).__name__, meta["registry"]), tmp_w)
         os.replace(tmp_w, path / f"{pre}{WEIGHTS}")
         os.replace(tmp_meta, path / f"{pre}{METADATA}")
         # data that an earlier scmech save wrote must not sit next to these weights; nothing else is removed

@@ -15,7 +15,7 @@ import torch
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["_build_saved", "_check_prefix", "_read_weights"]
+__all__ = ["_build_saved", "_check_prefix", "_read_weights", "_weights_file"]
 
 
 def _check_prefix(prefix) -> None:
@@ -43,6 +43,32 @@ def _build_saved(cls, adata, init: dict, meta_path: Path):
     except (TypeError, KeyError, AttributeError, ValueError) as e:
         msg = f"The init parameters in {meta_path} do not build a {cls.__name__} ({e}); save the model again."
         raise ValueError(msg) from e
+
+
+def _weights_file(state: dict[str, torch.Tensor], model_name: str, registry: dict) -> dict:
+    """Return what ``model.pt`` holds: the tensors, and the model's name and setup in scvi-tools' layout.
+
+    Only tensors, strings, numbers, lists and dicts, so :func:`torch.load` reads it with ``weights_only=True``. The
+    layout is scvi-tools' (``model_state_dict``, ``attr_dict["registry_"]``), so that scvi-tools' own loaders given
+    a scmech save answer with their error for a model of another class (``SCVI.load``) or read its registry
+    (``load_registry``, ``view_setup_args``), instead of failing on a file they cannot parse.
+
+    Parameters
+    ----------
+    state
+        The module's ``state_dict``.
+    model_name
+        The model class.
+    registry
+        The registry as plain JSON data (as ``metadata.json`` holds it).
+    """
+    summary = {
+        "model_name": model_name,
+        "scvi_version": registry.get("scvi_version", "") if isinstance(registry, dict) else "",
+        "setup_method_name": "setup_anndata",
+        "setup_args": registry.get("setup_args", {}) if isinstance(registry, dict) else {},
+    }
+    return {"model_state_dict": state, "attr_dict": {"registry_": summary}}
 
 
 def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
@@ -80,6 +106,8 @@ def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
     except Exception as e:
         msg = f"Cannot read the weights in {w_path} (truncated or not a weights file): {e}"
         raise ValueError(msg) from e
+    if isinstance(state, dict) and isinstance(state.get("model_state_dict"), dict):
+        state = state["model_state_dict"]  # the layout save() writes (a bare dict of tensors is read as well)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         msg = f"{w_path} does not hold a model's weights (a dict of tensors, as save() writes), but a {type(state)}."
         raise ValueError(msg)
