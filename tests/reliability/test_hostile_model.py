@@ -316,3 +316,19 @@ def test_a_model_trained_on_controls_only_warns_when_it_predicts_a_target(rel):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.predict(["NT"])  # the controls themselves need no warning
+
+
+@pytest.mark.parametrize("cls", [SemiMechVI, NeuralODE])
+def test_unknown_or_data_filled_module_settings_are_refused(rel, cls):
+    """A misspelt setting failed inside the module ("SemiMechVAE.__init__() got an unexpected keyword argument"),
+    one the model fills from the data with "got multiple values"."""
+    adata = rel.small()
+    cls.setup_anndata(adata, batch_key="batch")
+    with pytest.raises(
+        TypeError, match=rf"{cls.__name__} has no setting mmd_wieght=0\.1 \(did you mean 'mmd_weight'\?\)"
+    ):
+        cls(adata, **rel.MODEL_KWARGS, mmd_wieght=0.1)
+    with pytest.raises(TypeError, match=rf"n_batch=3 is set by {cls.__name__} from the registered data"):
+        cls(adata, **rel.MODEL_KWARGS, n_batch=3)
+    model = cls(adata, **rel.MODEL_KWARGS, mmd_weight=0.25)
+    assert model.module.mmd_weight == 0.25

@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 __all__ = [
     "check_batch_size",
     "check_flag",
+    "check_module_settings",
     "check_gene_list",
     "check_indices",
     "check_positive_int",
+    "module_settings",
 ]
 
 #: how to turn cell names into positions, for the messages
@@ -196,3 +198,76 @@ def check_gene_list(gene_list, var_names: Sequence[str], name: str = "gene_list"
         msg = f"{name} holds genes the model does not have: {missing[:5]} (see model.adata.var_names)."
         raise KeyError(msg)
     return genes
+
+
+#: module arguments the model fills from the registered data (or from its own arguments), not a user's settings
+FROM_DATA = (
+    "n_input",
+    "n_batch",
+    "n_targets",
+    "target_gene_index",
+    "n_media",
+    "n_cats_per_cov",
+    "n_continuous_cov",
+)
+
+
+def module_settings(module_cls: type) -> list[str]:
+    """Return the keyword arguments ``module_cls`` takes, through the ``**kwargs`` it passes on to its bases.
+
+    Parameters
+    ----------
+    module_cls
+        The module class.
+    """
+    import inspect
+
+    names: list[str] = []
+    for klass in module_cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def check_module_settings(module_cls: type, settings: dict, model_name: str, given: Sequence[str] = ()) -> None:
+    """Refuse a module setting that no module takes, or one the model fills itself, naming the nearest setting.
+
+    Python's own message ("SemiMechVAE.__init__() got an unexpected keyword argument") names a class the user never
+    called; a setting the model fills from the data failed with "got multiple values".
+
+    Parameters
+    ----------
+    module_cls
+        The model's module class.
+    settings
+        The ``**module_kwargs`` the user passed.
+    model_name
+        The model's class name, for the message.
+    given
+        Module arguments the model passes itself (its own arguments and those from the data).
+
+    Raises
+    ------
+    TypeError
+        Naming the first unknown setting, the nearest valid one and the list of valid ones.
+    """
+    import difflib
+
+    valid = [n for n in module_settings(module_cls) if n not in FROM_DATA]
+    filled = sorted(set(settings) & (set(FROM_DATA) | set(given)))
+    if filled:
+        name = filled[0]
+        how = "from the registered data" if name in FROM_DATA else f"from {model_name}'s own argument of that name"
+        msg = f"{name}={settings[name]!r} is set by {model_name} {how}; drop it from the keyword arguments."
+        raise TypeError(msg)
+    unknown = sorted(set(settings) - set(valid))
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        msg = f"{model_name} has no setting {name}={settings[name]!r}{hint}. Its settings: {', '.join(sorted(valid))}."
+        raise TypeError(msg)

@@ -44,10 +44,16 @@ class FiniteLossCallback(Callback):
             return
         module = getattr(pl_module, "module", None)
         ss = getattr(module, "steady_state_weight", None)
+        # the operators' own learning-rate multiplier exists only in SemiMechVI's contracting field
+        operators = (
+            " or for the operators (a lower operator_scale)"
+            if hasattr(getattr(module, "field", None), "operator_scale")
+            else ""
+        )
         msg = (
             f"The training loss became {loss.detach().float().mean().item()} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}; training stopped. Likely causes: a learning rate too high for these data "
-            "(try plan_kwargs={'lr': 1e-4}) or for the operators (a lower operator_scale); extreme counts or library "
+            f"(try plan_kwargs={{'lr': 1e-4}}){operators}; extreme counts or library "
             "sizes (look for outlier cells, and pass size_factor_key or check the size factors already registered); "
             "dynamics that diverge under a high steady-state weight"
             f"{'' if ss is None else f' (steady_state_weight={ss:g}; try a lower value)'}; or non-count data "

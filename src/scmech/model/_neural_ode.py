@@ -11,10 +11,11 @@ steady state).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from scmech.module import NeuralODEVAE
 
+from ._argument_checks import check_flag
 from ._semimechvi import SemiMechVI, check_sizes
 
 if TYPE_CHECKING:
@@ -62,7 +63,9 @@ class NeuralODE(SemiMechVI):
         Hidden layers of the field's MLP.
     **module_kwargs
         Passed to :class:`~scmech.module.NeuralODEVAE` (e.g. ``horizon``, ``ode_steps``, ``mmd_weight``,
-        ``dispersion``, ``onset_tau``).
+        ``dispersion``, ``onset_tau``). ``lipschitz``, ``operator_scale``, ``fixed_point_tol`` and
+        ``fixed_point_max_iter`` (SemiMechVI's contracting field and steady-state solve) are refused: the neural field
+        would ignore them.
 
     Examples
     --------
@@ -94,9 +97,8 @@ class NeuralODE(SemiMechVI):
             raise ValueError(msg)
         module_kwargs.pop("readout", None)
         check_sizes(field_hidden=field_hidden, field_layers=field_layers)
-        if not isinstance(steady_state_perturbed, bool):
-            msg = f"steady_state_perturbed={steady_state_perturbed!r} must be True or False."
-            raise TypeError(msg)
+        # a numpy bool (e.g. read from a config table) is a flag like any other of the package's
+        steady_state_perturbed = check_flag(steady_state_perturbed, "steady_state_perturbed")
         super().__init__(
             adata,
             n_latent=n_latent,
@@ -119,11 +121,19 @@ class NeuralODE(SemiMechVI):
         )
         self.init_params_ = self._get_init_params(locals())
 
-    def _fit_anchor(self, train_indices: np.ndarray, min_cells: int = 10) -> None:
-        """No anchoring: the paper's model predicts its own read-outs (``predict(anchor=...)`` has no effect)."""
+    def _fit_anchor(
+        self, train_indices: np.ndarray, validation_indices: np.ndarray | None = None, min_cells: int = 10
+    ) -> None:
+        """No anchoring: the paper's model predicts its own read-outs (``predict(anchor=...)`` has no effect).
+
+        Parameters
+        ----------
+        train_indices, validation_indices, min_cells
+            As in :meth:`SemiMechVI._fit_anchor <scmech.model.SemiMechVI._fit_anchor>`; not used.
+        """
         self.anchor_ = None
 
-    def get_regulatory_network(self, *args, **kwargs):
+    def get_regulatory_network(self, *args, **kwargs) -> NoReturn:
         """Not available: the network is read at the control steady state, which a neural field need not have.
 
         Parameters
@@ -132,6 +142,11 @@ class NeuralODE(SemiMechVI):
             Ignored.
         **kwargs
             Ignored.
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
         """
         msg = (
             "NeuralODE has no guaranteed control steady state to linearise its field at; "
@@ -139,7 +154,7 @@ class NeuralODE(SemiMechVI):
         )
         raise NotImplementedError(msg)
 
-    def get_steady_state_residual(self, *args, **kwargs):
+    def get_steady_state_residual(self, *args, **kwargs) -> NoReturn:
         """Not available: the neural field is read out by flows, with no steady-state solve to report.
 
         Parameters
@@ -148,6 +163,11 @@ class NeuralODE(SemiMechVI):
             Ignored.
         **kwargs
             Ignored.
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
         """
         msg = "NeuralODE is read out by flows; there is no steady-state solve to report a residual for."
         raise NotImplementedError(msg)

@@ -21,6 +21,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scmech.module import SemiMechVAE
 from scmech.train import PerturbationDataSplitter, SemiMechTrainingPlan
 
+from ._argument_checks import check_module_settings
 from ._latent import LatentMixin
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
@@ -113,6 +114,8 @@ class SemiMechVI(
         **module_kwargs,
     ) -> None:
         check_sizes(n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+        own = ("n_latent", "n_hidden", "n_layers", "gene_likelihood", "regime", "readout", "steady_state_weight")
+        check_module_settings(self._module_cls, module_kwargs, type(self).__name__, given=own)
         super().__init__(adata)
         setup = self.adata_manager.registry["setup_args"]
         counts = setup.get("counts", True)

@@ -18,7 +18,10 @@ cells read out long after the perturbation); :math:`\lambda_{ss} = 0` is the van
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from . import _loss_terms as loss_terms
 from ._neural_field import NeuralField
@@ -29,6 +32,14 @@ if TYPE_CHECKING:
     from scvi.module.base import LossOutput
 
 __all__ = ["NeuralODEVAE"]
+
+#: settings of SemiMechVAE's contracting field and steady-state solve, which the flow-read MLP field has no use for
+NOT_APPLICABLE = {
+    "lipschitz": "the contraction bound of SemiMechVI's field",
+    "operator_scale": "the learning-rate multiplier of SemiMechVI's operators",
+    "fixed_point_tol": "the tolerance of SemiMechVI's steady-state solve",
+    "fixed_point_max_iter": "the iteration cap of SemiMechVI's steady-state solve",
+}
 
 
 class NeuralODEVAE(SemiMechVAE):
@@ -51,8 +62,17 @@ class NeuralODEVAE(SemiMechVAE):
     own_target
         Learn a direct effect of each knock-down on its own mRNA in the decoder (off, as ``shared_offset``).
     **kwargs
-        Passed to :class:`~scmech.module.SemiMechVAE` (``readout`` must be ``"flow"`` if given; ``lipschitz`` and
-        ``operator_scale`` do not apply to the neural field).
+        Passed to :class:`~scmech.module.SemiMechVAE` (``readout`` must be ``"flow"`` if given).
+
+    Raises
+    ------
+    TypeError
+        For a ``steady_state_perturbed`` that is not ``True`` or ``False``; for ``lipschitz``, ``operator_scale``,
+        ``fixed_point_tol`` or ``fixed_point_max_iter``, settings of SemiMechVI's contracting field and steady-state
+        solve that would have no effect on the neural field; for a keyword argument no module takes.
+    ValueError
+        For a ``readout`` other than ``"flow"``, ``steady_state_perturbed=True`` in the dynamic regime, or a
+        ``field_hidden`` or ``field_layers`` below 1.
     """
 
     def __init__(
@@ -70,12 +90,25 @@ class NeuralODEVAE(SemiMechVAE):
         if readout != "flow":
             msg = f"readout={readout!r}: NeuralODE is read out by flows only (its field has no guaranteed fixed point)."
             raise ValueError(msg)
-        if steady_state_perturbed and kwargs.get("regime", "steady_state") == "dynamic":
+        _check_settings(kwargs)
+        # a string such as "no" is true: it switched the perturbed populations' term on without a word
+        if not isinstance(steady_state_perturbed, bool | np.bool_):
+            msg = f"steady_state_perturbed={steady_state_perturbed!r} must be True or False."
+            raise TypeError(msg)
+        regime = kwargs.get("regime", "steady_state")
+        if steady_state_perturbed and regime == "dynamic":
             msg = (
                 "steady_state_perturbed=True asks perturbed populations to be settled, which a dynamic time course "
-                "contradicts (its read-outs are snapshots of a trajectory). Use it in the steady-state regime only."
+                "contradicts (its read-outs are snapshots of a trajectory). Use it in the steady-state regime only: "
+                "pass regime='steady_state' (regime='auto' picks 'dynamic' when a time key is registered), or "
+                "steady_state_perturbed=False."
             )
             raise ValueError(msg)
+        for name, value in (("field_hidden", field_hidden), ("field_layers", field_layers)):
+            # the field's own check named n_hidden and n_layers, the encoder's arguments
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                msg = f"{name}={value!r} must be a positive integer (the MLP field needs a hidden layer of one unit)."
+                raise ValueError(msg)
         super().__init__(
             n_input,
             readout="flow",
@@ -88,7 +121,7 @@ class NeuralODEVAE(SemiMechVAE):
         self.steady_state_perturbed = bool(steady_state_perturbed)
 
     def _build_field(self, n_latent: int, n_targets: int, **kwargs: Any) -> NeuralField:
-        """Build the MLP field (``lipschitz`` and ``operator_scale`` have no meaning for it and are dropped)."""
+        """Build the MLP field (SemiMechVAE's defaults of ``lipschitz`` and ``operator_scale`` are dropped)."""
         kwargs.pop("lipschitz", None)
         kwargs.pop("operator_scale", None)
         return NeuralField(n_latent, n_targets, **kwargs)
@@ -143,3 +176,26 @@ class NeuralODEVAE(SemiMechVAE):
         active = self.active(proto["perturbation"])
         same = loss_terms.protocol_groups(active, proto["media"], proto["time"], proto["media_time"])
         return loss_terms.perturbed_steady_state_term(self.field, active, proto["media"], proto["efficacy"], loc, same)
+
+
+def _check_settings(kwargs: dict[str, Any]) -> None:
+    """Refuse the settings of SemiMechVI's field and solve, which the neural field would ignore.
+
+    Parameters
+    ----------
+    kwargs
+        The keyword arguments passed on to :class:`~scmech.module.SemiMechVAE`.
+
+    Raises
+    ------
+    TypeError
+        Naming the first such setting and what to do instead.
+    """
+    for name, meaning in NOT_APPLICABLE.items():
+        if name in kwargs:
+            # they were dropped without a word, so a user (or the hint of a diverging run) changed nothing
+            msg = (
+                f"{name}={kwargs[name]!r} does not apply to NeuralODE: it is {meaning}, and the neural field is an "
+                "unconstrained MLP read out by flows. Drop it, or use SemiMechVI."
+            )
+            raise TypeError(msg)
