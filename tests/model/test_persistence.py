@@ -398,3 +398,36 @@ def test_scvi_loaders_read_a_scmech_save(saved, steady):
     registry = scvi.model.SCVI.load_registry(saved)
     assert registry["model_name"] == "SemiMechVI"
     assert registry["setup_args"]["control_label"] == steady.model.adata_manager.registry["setup_args"]["control_label"]
+
+
+def _keys(adata) -> tuple:
+    return list(adata.obs.columns), list(adata.obsm.keys()), {k: adata.uns[k] for k in adata.uns}
+
+
+def test_a_failed_load_leaves_the_users_data_as_it_was(saved, steady, tmp_path, model_kwargs):
+    """A load that failed after registering the data left scvi-tools' registry keys (obs '_scvi_batch', obsm
+    '_scmech_perturbation') in the user's AnnData."""
+    # a fresh copy, never registered: every registry key in it would be left by the failed load
+    raw = steady.adata.copy()
+    for c in [c for c in raw.obs.columns if c.startswith("_scvi")]:
+        del raw.obs[c]
+    for k in [k for k in raw.obsm if k.startswith(("_scvi", "_scmech"))]:
+        del raw.obsm[k]
+    for k in [k for k in raw.uns if k.startswith("_scvi")]:
+        del raw.uns[k]
+    before = _keys(raw)
+    path = _copy_dir(saved, tmp_path / "copy")
+    other = SemiMechVI(steady.adata, **{**model_kwargs, "n_latent": 3})
+    torch.save(other.module.state_dict(), path / "model.pt")
+    with pytest.raises(ValueError, match="do not fit this model's architecture"):
+        SemiMechVI.load(path, adata=raw)
+    assert _keys(raw) == before
+    no_batch = raw.copy()
+    del no_batch.obs["batch"]
+    before = _keys(no_batch)
+    with pytest.raises(KeyError, match="batch"):
+        SemiMechVI.load(saved, adata=no_batch)
+    assert _keys(no_batch) == before
+    loaded = SemiMechVI.load(saved, adata=raw)  # the same data load once the save fits
+    assert "_scvi_batch" in raw.obs
+    assert loaded.is_trained

@@ -510,5 +510,8 @@ def test_step_count_follows_the_stiffness_bound():
     assert gamma_max <= rate <= gamma_max * (1 + field.lipschitz) + 1e-6
     assert field.stable_steps(0.5, 8) == 8  # short segments keep the fewest steps
     assert field.stable_steps(100.0, 8) == int(torch.ceil(torch.tensor(rate * 100.0)))
-    with pytest.raises(FloatingPointError, match="Check the time units of the data"):
+    with pytest.raises(FloatingPointError, match="check the time units of the data") as info:
         field.stable_steps(1e9, 8)
+    # a steady-state model's segment is its horizon, and a learned field's high rates mean divergence
+    assert "pass a shorter horizon" in str(info.value)
+    assert "lower the learning rate" in str(info.value)

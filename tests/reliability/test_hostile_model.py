@@ -41,10 +41,20 @@ def _fresh(rel, cls=SemiMechVI, **model_kwargs):
         (np.zeros((2, 2), dtype=int), ValueError, r"indices has shape \(2, 2\); pass a flat list"),
     ],
 )
-@pytest.mark.parametrize("method", ["get_latent_representation", "get_elbo", "get_steady_state_residual"])
+@pytest.mark.parametrize(
+    "method", ["get_latent_representation", "get_elbo", "get_steady_state_residual", "get_aggregated_posterior"]
+)
 def test_bad_indices_are_refused_by_name(model, method, indices, exc, match):
     with pytest.raises(exc, match=match):
         getattr(model, method)(indices=indices)
+
+
+def test_aggregated_posterior_takes_a_list_of_positions(model):
+    # a list failed inside scvi-tools ("'list' object has no attribute 'shape'")
+    listed = model.get_aggregated_posterior(indices=[0, 1, 2])
+    arrayed = model.get_aggregated_posterior(indices=np.array([0, 1, 2]))
+    assert listed.mixture_distribution.probs.shape == (3,)
+    torch.testing.assert_close(listed.component_distribution.mean, arrayed.component_distribution.mean)
 
 
 def test_valid_indices_select_the_cells_asked_for(model):
@@ -128,6 +138,20 @@ def test_differential_expression_by_query_and_mask_agree(model):
     by_query = model.differential_expression(idx1="perturbation == 'G0008'", silent=True)
     by_mask = model.differential_expression(idx1=(obs["perturbation"] == "G0008").to_numpy(), silent=True)
     assert by_query.shape == by_mask.shape == (model.adata.n_vars, by_query.shape[1])
+
+
+def test_differential_expression_leaves_the_users_obs_as_it_was(model):
+    # scvi-tools' method added obs["_scvi_raw_norm_scaling"] to the user's AnnData (and reused it afterwards)
+    before = list(model.adata.obs.columns)
+    res = model.differential_expression(groupby="perturbation", group1="G0008", silent=True)
+    assert list(model.adata.obs.columns) == before
+    assert np.isfinite(res["raw_normalized_mean1"]).all()
+    model.adata.obs["_scvi_raw_norm_scaling"] = 1.0  # a column the user had is kept
+    try:
+        model.differential_expression(groupby="perturbation", group1="G0008", silent=True)
+        assert (model.adata.obs["_scvi_raw_norm_scaling"] == 1.0).all()
+    finally:
+        del model.adata.obs["_scvi_raw_norm_scaling"]
 
 
 # ---------------------------------------------------------------- flags given as strings
@@ -316,6 +340,13 @@ def test_a_model_trained_on_controls_only_warns_when_it_predicts_a_target(rel):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.predict(["NT"])  # the controls themselves need no warning
+    # a NeuralODE has no own-gene effect, so the warning does not speak of one
+    NeuralODE.setup_anndata(adata, batch_key="batch")
+    node = NeuralODE(adata, **rel.MODEL_KWARGS)
+    node.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    with pytest.warns(UserWarning, match=r"trained without perturbed cells") as record:
+        node.predict(["G0009"])
+    assert not any("own-gene" in str(w.message) for w in record)
 
 
 @pytest.mark.parametrize("cls", [SemiMechVI, NeuralODE])
@@ -332,3 +363,29 @@ def test_unknown_or_data_filled_module_settings_are_refused(rel, cls):
         cls(adata, **rel.MODEL_KWARGS, n_batch=3)
     model = cls(adata, **rel.MODEL_KWARGS, mmd_weight=0.25)
     assert model.module.mmd_weight == 0.25
+
+
+def test_asking_for_more_starting_cells_than_there_are_warns(model):
+    # predict(n_cells=10000) quietly used the few training controls there were
+    with pytest.warns(UserWarning, match=r"n_cells=100000 asks for more starting cells than the (\d+) control cells"):
+        out = model.predict(["G0008"], n_cells=100_000)
+    every = model.predict(["G0008"], n_cells=None)
+    assert out.obs["n_cells"].iloc[0] == every.obs["n_cells"].iloc[0] < 100_000
+    with pytest.warns(UserWarning, match=r"n_cells=5 asks for more starting cells than the 2 cells in from_cells"):
+        model.predict(["G0008"], from_cells=[0, 1], n_cells=5)
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("bogus", r"device='bogus' is not a device torch knows"),
+        ("cuda:9", r"device='cuda:9': this machine has"),
+        (1.5, r"device=1\.5 must be 'cpu', 'cuda'"),
+    ],
+)
+def test_to_device_names_a_device_that_is_wrong_or_absent(model, device, match):
+    # "bogus" got torch's list of every device type; "cuda:9" an AssertionError "Torch not compiled with CUDA"
+    with pytest.raises(ValueError, match=match):
+        model.to_device(device)
+    model.to_device("cpu")
+    assert model.device.type == "cpu"

@@ -16,8 +16,11 @@ import numpy as np
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import torch
+
 __all__ = [
     "check_batch_size",
+    "check_device",
     "check_flag",
     "check_module_settings",
     "check_gene_list",
@@ -271,3 +274,45 @@ def check_module_settings(module_cls: type, settings: dict, model_name: str, giv
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         msg = f"{model_name} has no setting {name}={settings[name]!r}{hint}. Its settings: {', '.join(sorted(valid))}."
         raise TypeError(msg)
+
+
+def check_device(device) -> torch.device:
+    """Return ``device`` as a :class:`torch.device` that exists here, refusing one torch cannot parse or reach.
+
+    torch reports a device it cannot parse with its whole list of device types, and an absent GPU with "Torch not
+    compiled with CUDA enabled" (an ``AssertionError``) at the first tensor moved.
+
+    Parameters
+    ----------
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a GPU index, or a :class:`torch.device`.
+
+    Raises
+    ------
+    ValueError
+        For a device string torch cannot parse, or a GPU this machine does not have.
+    """
+    import torch
+
+    if isinstance(device, bool) or not isinstance(device, str | int | np.integer | torch.device):
+        msg = f"device={device!r} must be 'cpu', 'cuda', 'cuda:<index>', a GPU index or a torch.device."
+        raise ValueError(msg)
+    try:
+        dev = (
+            device
+            if isinstance(device, torch.device)
+            else torch.device(int(device) if isinstance(device, np.integer) else device)
+        )
+    except (RuntimeError, ValueError) as e:
+        msg = f"device={device!r} is not a device torch knows; pass 'cpu', 'cuda', 'cuda:<index>' or a GPU index."
+        raise ValueError(msg) from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            have = "no CUDA GPU" if n == 0 else f"{n} CUDA GPU(s), indices 0..{n - 1}"
+            msg = f"device={device!r}: this machine has {have}. Pass 'cpu' or an existing GPU."
+            raise ValueError(msg)
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        msg = f"device={device!r}: Apple's MPS is not available here. Pass 'cpu'."
+        raise ValueError(msg)
+    return dev

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ._argument_checks import check_indices
 from ._protocols import Protocol
 
 if TYPE_CHECKING:
@@ -23,6 +24,36 @@ __all__ = ["LatentMixin"]
 
 class LatentMixin:
     """Per-cell quantities of the latent dynamics: steady-state residuals and basal states."""
+
+    def get_aggregated_posterior(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        dof: float | None = 3.0,
+    ) -> torch.distributions.Distribution:
+        """Return the aggregated posterior of the cells' latent states (scvi-tools' method), indices checked first.
+
+        scvi-tools' method reads ``indices.shape``, so a list of positions failed with an AttributeError inside it.
+
+        Parameters
+        ----------
+        adata
+            AnnData registered like the training data (``None``: the training data).
+        indices
+            Positions or a boolean mask of the cells to aggregate (``None``: every cell).
+        batch_size
+            Minibatch size.
+        dof
+            Degrees of freedom of the Student's t components (``None``: normal components).
+
+        Returns
+        -------
+        A mixture distribution with one component per cell.
+        """
+        n_obs = self._validate_anndata(adata).n_obs
+        idx = check_indices(indices, n_obs)
+        return super().get_aggregated_posterior(adata=adata, indices=idx, batch_size=batch_size, dof=dof)
 
     @torch.inference_mode()
     def get_steady_state_residual(

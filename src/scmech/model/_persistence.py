@@ -22,7 +22,7 @@ import torch
 from scvi.data import _constants
 
 from ._argument_checks import check_flag
-from ._persistence_files import _build_saved, _check_prefix, _read_weights, _weights_file
+from ._persistence_files import _build_saved, _check_prefix, _read_weights, _unchanged_on_failure, _weights_file
 from ._serialisation import from_jsonable, persistable, to_jsonable
 
 if TYPE_CHECKING:
@@ -247,13 +247,14 @@ class SafeSaveLoadMixin:
         if adata is None:
             adata = _read_saved_data(path, pre)
         _check_same_genes(from_jsonable(meta["var_names"]), adata)
-        cls._register_like_saved(adata, registry)
-        model = _build_saved(cls, adata, init, meta_path)
-        try:
-            model.module.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            msg = f"The weights in {w_path} do not fit this model's architecture: {e}"
-            raise ValueError(msg) from e
+        with _unchanged_on_failure(adata):
+            cls._register_like_saved(adata, registry)
+            model = _build_saved(cls, adata, init, meta_path)
+            try:
+                model.module.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                msg = f"The weights in {w_path} do not fit this model's architecture: {e}"
+                raise ValueError(msg) from e
         for name, value in attrs.items():
             setattr(model, name, value)
         _locate_split_cells(model, meta["cells"])

@@ -5,6 +5,7 @@ Helpers of :mod:`scmech.model._persistence`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -15,7 +16,7 @@ import torch
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["_build_saved", "_check_prefix", "_read_weights", "_weights_file"]
+__all__ = ["_build_saved", "_check_prefix", "_read_weights", "_unchanged_on_failure", "_weights_file"]
 
 
 def _check_prefix(prefix) -> None:
@@ -119,3 +120,35 @@ def _read_weights(w_path: Path, dev: torch.device) -> dict[str, torch.Tensor]:
         )
         raise ValueError(msg)
     return state
+
+
+@contextlib.contextmanager
+def _unchanged_on_failure(adata):
+    """Leave ``adata`` as it was when the block fails: keys that registering it added are removed again.
+
+    Loading registers the data first (``obs``/``obsm``/``uns`` keys of scvi-tools' registry) and may still fail
+    after that, e.g. on a missing ``obs`` column or weights of another architecture; the user's AnnData must not
+    keep half a registration. MuData saves are registered per modality and are left as they are.
+
+    Parameters
+    ----------
+    adata
+        The data the model is loaded onto.
+    """
+    if not hasattr(adata, "obsm") or hasattr(adata, "mod"):
+        yield
+        return
+    obs, obsm, uns = set(adata.obs.columns), set(adata.obsm.keys()), dict(adata.uns)
+    try:
+        yield
+    except BaseException:
+        for c in set(adata.obs.columns) - obs:
+            del adata.obs[c]
+        for k in set(adata.obsm.keys()) - obsm:
+            del adata.obsm[k]
+        for k in set(adata.uns.keys()) - set(uns):
+            del adata.uns[k]
+        for k, v in uns.items():
+            if adata.uns.get(k) is not v:
+                adata.uns[k] = v
+        raise

@@ -129,10 +129,12 @@ class PredictionMixin(PredictionOutputMixin):
             msg = f"Cannot predict targets {mapped} without training cells: the model has no target map (train it)."
             raise KeyError(msg)
         if not self.target_map_.trained:
+            # a model without an own-gene effect in its decoder (NeuralODE) has none to be uncalibrated
+            own_note = " (with an uncalibrated own-gene effect)" if own is not None else ""
             warnings.warn(
                 f"The model was trained without perturbed cells, so targets {mapped[:5]} have no response to take "
-                "from training targets: they are predicted at the controls' state (with an uncalibrated own-gene "
-                "effect). Train on perturbed cells to predict perturbations.",
+                f"from training targets: they are predicted at the controls' state{own_note}. Train on perturbed "
+                "cells to predict perturbations.",
                 UserWarning,
                 stacklevel=4,
             )
@@ -317,7 +319,7 @@ class PredictionMixin(PredictionOutputMixin):
             were made, so the efficacy moves it as it moves the model's read-out.
         n_cells
             Number of starting cells (a random subset); up to 500 control cells when ``None`` and
-            ``from_cells`` is not given.
+            ``from_cells`` is not given. Asking for more cells than there are uses them all, with a warning.
         from_cells
             Indices (or a boolean mask) of the starting cells in ``adata``; the training control cells when
             ``None`` (all control cells of another ``adata``).

@@ -108,6 +108,14 @@ def starting_cells(model, adata, from_cells, n_cells, rng: np.random.Generator, 
             msg = f"from_cells must index cells of adata (0..{adata.n_obs - 1})."
             raise ValueError(msg)
         cap = n_cells
+    if n_cells is not None and len(idx) < n_cells:
+        pool = "cells in from_cells" if from_cells is not None else "control cells to start from"
+        warnings.warn(
+            f"n_cells={n_cells} asks for more starting cells than the {len(idx)} {pool}; all {len(idx)} are used "
+            "(obs['n_cells'] of the prediction says how many).",
+            UserWarning,
+            stacklevel=4,
+        )
     if cap is not None and len(idx) > cap:
         idx = np.sort(rng.choice(idx, size=cap, replace=False))
     return idx

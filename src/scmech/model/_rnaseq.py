@@ -268,10 +268,21 @@ class MeasurementMethodsMixin:
                 if missing:
                     msg = f"{name}={group!r}: {missing} not in adata.obs[{groupby!r}] (labels: {sorted(present)[:10]})."
                     raise KeyError(msg)
+        adata = kwargs.get("adata") if kwargs.get("adata") is not None else self.adata
         if kwargs.get("idx1") is not None:
-            adata = kwargs.get("adata") if kwargs.get("adata") is not None else self.adata
             kwargs["idx1"], kwargs["idx2"] = _de_cells(adata, kwargs["idx1"], kwargs.get("idx2"))
-        return super().differential_expression(*args, **kwargs)
+        # scvi-tools caches each cell's normalisation in adata.obs (and would reuse a stale one after the counts
+        # change); a user's AnnData keeps only the documented keys, so the column goes again unless it was there
+        cached = _DE_SCALING_KEY in adata.obs
+        try:
+            return super().differential_expression(*args, **kwargs)
+        finally:
+            if not cached and _DE_SCALING_KEY in adata.obs:
+                del adata.obs[_DE_SCALING_KEY]
+
+
+#: the obs column in which scvi-tools' differential expression caches each cell's 1e4 / library size
+_DE_SCALING_KEY = "_scvi_raw_norm_scaling"
 
 
 def _positive_finite(value) -> bool:

@@ -21,7 +21,7 @@ from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMix
 from scmech.module import SemiMechVAE
 from scmech.train import PerturbationDataSplitter, SemiMechTrainingPlan
 
-from ._argument_checks import check_module_settings
+from ._argument_checks import check_device, check_module_settings
 from ._latent import LatentMixin
 from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
@@ -33,6 +33,7 @@ from ._time_checks import check_registered_times
 from ._training import TrainingMixin
 
 if TYPE_CHECKING:
+    import torch
     from anndata import AnnData
     from mudata import MuData
 
@@ -193,6 +194,16 @@ class SemiMechVI(
         self.trained_targets_ = None
         self.anchor_ = None
         self.init_params_ = self._get_init_params(locals())
+
+    def to_device(self, device: str | int | torch.device) -> None:
+        """Move the model to ``device`` (scvi-tools' method), checked first so that a wrong one is named.
+
+        Parameters
+        ----------
+        device
+            ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, a GPU index, or a :class:`torch.device`.
+        """
+        super().to_device(check_device(device))
 
     def _n_media(self) -> int:
         return max(len(self._media_categories()), 1)

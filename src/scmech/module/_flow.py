@@ -165,8 +165,10 @@ class ProtocolFlow(nn.Module):
         if need > cap:
             msg = (
                 f"Integrating a protocol segment of length {length:g} would need {need} RK4 steps (the field's rates "
-                f"reach {self.stiffness():.3g} per time unit). Check the time units of the data, or pass shorter "
-                "read-out times."
+                f"reach {self.stiffness():.3g} per time unit). In the dynamic regime, check the time units of the "
+                "data or pass shorter read-out times; in the steady-state regime the segment is the read-out horizon "
+                f"({length:g}): pass a shorter horizon. Rates this high in a field that is learned (not fixed by the "
+                "data) mean training diverged: lower the learning rate (plan_kwargs={'lr': 1e-4})."
             )
             raise FloatingPointError(msg)
         return max(int(n_steps), need)
