@@ -87,25 +87,55 @@ class RNGStateCallback(Callback):
     """Save the random number generator states in Lightning checkpoints and restore them on resume.
 
     Lightning restores weights, optimiser and loop state but not the generators that shuffle minibatches and
-    draw latent samples; with them, a resumed CPU run repeats the uninterrupted one.
+    draw latent samples; with them, a resumed CPU run repeats the uninterrupted one. Under DDP every process has
+    generators of its own and Lightning writes the checkpoint of process 0 only: the states of all processes are
+    gathered into it (:meth:`state_dict` runs in every process as the checkpoint is assembled), and each process
+    restores its own.
     """
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning calls setup before it restores a checkpoint: the process's rank is known by then
+        self._strategy = trainer.strategy
+        self._rank = int(trainer.global_rank)
+        self._world = int(trainer.world_size)
 
     def state_dict(self) -> dict[str, Any]:
         # tensors and plain numbers only, so that the checkpoint loads with torch.load(weights_only=True)
         _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - saved and restored, never drawn from
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": [torch.as_tensor(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": random.getstate(),
-        }
+        version, internal, gauss_next = random.getstate()
+        state = torch.cat(
+            [
+                torch.get_rng_state().to(torch.int64),
+                torch.as_tensor(keys.astype(np.int64)),
+                torch.tensor([pos, has_gauss], dtype=torch.int64),
+                torch.as_tensor(np.asarray(internal, dtype=np.int64)),
+                torch.tensor([version, 0 if gauss_next is None else 1], dtype=torch.int64),
+            ]
+        )
+        floats = torch.tensor([gauss, 0.0 if gauss_next is None else gauss_next], dtype=torch.float64)
+        if getattr(self, "_world", 1) > 1:  # one row per process
+            state = self._strategy.all_gather(state).cpu().reshape(self._world, -1)
+            floats = self._strategy.all_gather(floats).cpu().reshape(self._world, -1)
+        return {"states": state.reshape(-1, state.shape[-1]), "floats": floats.reshape(-1, 2)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before it builds the data loaders, whose shuffling draws from these
-        torch.set_rng_state(state_dict["torch"])
-        keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
-        version, internal, gauss_next = state_dict["python"]
-        random.setstate((version, tuple(internal), gauss_next))
+        states, floats = state_dict["states"], state_dict["floats"]
+        rank = getattr(self, "_rank", 0)
+        if len(states) != getattr(self, "_world", 1):
+            msg = (
+                f"The checkpoint holds the random states of {len(states)} process(es) and this run has "
+                f"{getattr(self, '_world', 1)}: resume with as many processes (devices x num_nodes) as the run that "
+                "wrote it, or train afresh with ckpt_path=None."
+            )
+            raise ValueError(msg)
+        row, (gauss, gauss_next) = states[rank], floats[rank].tolist()
+        n_torch = torch.get_rng_state().numel()
+        torch.set_rng_state(row[:n_torch].to(torch.uint8))
+        keys, rest = row[n_torch : n_torch + 624], row[n_torch + 624 :]
+        np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), int(rest[0]), int(rest[1]), gauss))  # noqa: NPY002
+        internal, (version, has_next) = rest[2:-2], rest[-2:].tolist()
+        random.setstate((version, tuple(int(v) for v in internal), gauss_next if has_next else None))
 
 
 def run_signature(
@@ -173,9 +203,20 @@ class RunSignatureCallback(Callback):
             if state_dict[key] != self.signature.get(key)
         ]
         if diff:
+            split = any(
+                state_dict.get(key) != self.signature.get(key) for key in ("training cells", "validation cells")
+            )
+            # scvi-tools draws the split from scvi.settings.seed: unset, each run (and process) draws another
+            seed = (
+                " A random split is drawn again in every run unless scvi.settings.seed is set: set it to the seed of "
+                "the interrupted run, or pass the split as datasplitter_kwargs={'external_indexing': ...}."
+                if split
+                else ""
+            )
             msg = (
-                f"the checkpoint was written by a run with other data or settings ({'; '.join(diff)}). Resume with "
-                "the same data, split, batching, max_epochs, batch_size and plan_kwargs as the interrupted run (the "
+                f"the checkpoint was written by a run with other data or settings ({'; '.join(diff)}).{seed} "
+                "Resume with the same data, split, batching, max_epochs, batch_size and plan_kwargs as the interrupted "
+                "run (the "
                 "KL warm-up follows max_epochs), or train afresh with ckpt_path=None. To train longer, finish the run "
                 "and call train() again: it continues from the trained weights."
             )

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "_check_accelerator",
+    "_check_distributed_split",
     "_check_early_stopping",
     "_check_mappings",
     "_check_plan_keys",
@@ -332,4 +333,45 @@ def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping) -> None
     mode = trainer_kwargs.get("early_stopping_mode")
     if mode is not None and mode not in ("min", "max"):
         msg = f"early_stopping_mode={mode!r} must be 'min' (for losses) or 'max'."
+        raise ValueError(msg)
+
+
+def _check_distributed_split(trainer_kwargs: Mapping, datasplitter_kwargs: Mapping | None, seed: int | None) -> None:
+    """Refuse multi-process training whose processes would each draw another train/validation split.
+
+    Lightning's DDP runs the training script once per process, and each process splits the cells itself, drawing
+    from ``scvi.settings.seed``. Unset, every process draws another split: each trains on cells that another
+    validates on, and the model keeps rank 0's split while the weights saw the others'.
+
+    Parameters
+    ----------
+    trainer_kwargs
+        ``train``'s keyword arguments for the Trainer (``devices``, ``num_nodes``, ``strategy``).
+    datasplitter_kwargs
+        ``train``'s splitter arguments (an ``external_indexing`` split is the same in every process).
+    seed
+        ``scvi.settings.seed``.
+
+    Raises
+    ------
+    ValueError
+        For several processes (``devices`` above 1 or ``-1``, ``num_nodes`` above 1) without a seed or a given split.
+    """
+    if seed is not None or (datasplitter_kwargs or {}).get("external_indexing") is not None:
+        return
+    devices = trainer_kwargs.get("devices", 1)
+    nodes = trainer_kwargs.get("num_nodes", 1)
+    several = (
+        (isinstance(devices, int) and (devices > 1 or devices == -1))
+        or (isinstance(devices, list | tuple) and len(devices) > 1)
+        or (isinstance(devices, str) and devices.strip() not in ("1", "auto", "0", ""))
+        or (isinstance(nodes, int) and nodes > 1)
+    )
+    if several:
+        msg = (
+            f"Training in several processes (devices={devices!r}, num_nodes={nodes!r}) splits the cells into "
+            "training and validation cells in each process, and without a seed each process draws another split "
+            "(each would train on cells another validates on). Set scvi.settings.seed to an integer before "
+            "training, or pass the split as datasplitter_kwargs={'external_indexing': ...}."
+        )
         raise ValueError(msg)

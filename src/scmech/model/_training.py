@@ -32,6 +32,7 @@ from ._argument_checks import check_flag
 from ._callbacks import run_signature, training_callbacks
 from ._train_checks import (
     _check_accelerator,
+    _check_distributed_split,
     _check_early_stopping,
     _check_mappings,
     _check_plan_keys,
@@ -148,6 +149,7 @@ class TrainingMixin:
         _check_plan_keys(plan_kwargs, self._training_plan_cls, self.module)
         _check_split_options(datasplitter_kwargs, train_size, validation_size)
         _check_accelerator(trainer_kwargs)
+        _check_distributed_split(trainer_kwargs, datasplitter_kwargs, settings.seed)
         early_stopping = check_flag(early_stopping, "early_stopping")
         _check_early_stopping(early_stopping, trainer_kwargs)
         # torch's sampler takes Python integers only (a numpy integer is "not a positive integer value" to it)
