@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scvi import REGISTRY_KEYS, settings
+from scvi.model._utils import use_distributed_sampler
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._pseudobulk import normalized_mean
@@ -188,6 +189,10 @@ class TrainingMixin:
             )
             raise ValueError(msg)
         self._configure_batching(batching, datasplitter_kwargs, plan_kwargs)
+        if batching != "random" and use_distributed_sampler(trainer_kwargs.get("strategy")):
+            # the strategy's sampler shards its minibatches across processes itself; wrapped in Lightning's
+            # DistributedSamplerWrapper it was sharded twice, and each epoch silently left a third of the cells out
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
         train_indices = np.asarray(external[0])
         if not self.is_trained_ and ckpt_path is None:
             self._init_gene_levels(train_indices)

@@ -228,6 +228,13 @@ class PerturbationDataSplitter(DataSplitter):
             distributed=distributed,
             seed=self.seed,
         )
+        # a run resumed from a checkpoint builds its loader at the restored epoch, and Lightning draws the first
+        # minibatches before it calls set_epoch: the sampler starts there, not at epoch 0
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            # the epochs processed so far, as Lightning counts them for set_epoch (current_epoch lags by one when
+            # the checkpoint was written at an epoch's end)
+            sampler.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
         dataset = self.adata_manager.create_torch_dataset(indices=idx, load_sparse_tensor=self.load_sparse_tensor)
         return DataLoader(
             dataset,
