@@ -432,10 +432,6 @@ class PredictionMixin(PredictionOutputMixin):
             logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
-        if self.adata_manager.registry["setup_args"].get("counts", True):
-            # log(1 + 1e4 * mean) of counts is >= 0: a correction that would take a gene below zero expression
-            # (an observed change added to a lower level) predicts that the gene is not expressed
-            logx = np.maximum(logx, 0.0)
         out = self._prediction_anndata(
             logx,
             requested,

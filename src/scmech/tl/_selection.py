@@ -104,8 +104,7 @@ def _reference_table(
     return ref, is_counts
 
 
-#: a counted reference with a smaller value is more likely a design ratio than reads: its reading is warned about
-_FEW_REFERENCE_COUNTS = 10
+_FEW_REFERENCE_COUNTS = 10  # a counted reference with a smaller value is more likely a design ratio than reads
 
 
 @fill_doc
