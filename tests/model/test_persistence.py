@@ -431,3 +431,30 @@ def test_a_failed_load_leaves_the_users_data_as_it_was(saved, steady, tmp_path, 
     loaded = SemiMechVI.load(saved, adata=raw)  # the same data load once the save fits
     assert "_scvi_batch" in raw.obs
     assert loaded.is_trained
+
+
+@pytest.mark.parametrize("fails", ["metadata", "weights"])
+def test_a_save_that_cannot_write_leaves_the_earlier_save_and_no_temporary_files(saved, steady, tmp_path, fails):
+    """A full disk (or a folder that refuses writes) left the data and metadata written so far as hidden temporary
+    files; they are removed, the error propagates and the earlier save still loads."""
+    import errno
+    from pathlib import Path as _Path
+
+    path = _copy_dir(saved, tmp_path / "copy")
+    before = _snapshot(path)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    patch = pytest.MonkeyPatch()
+    if fails == "metadata":
+        patch.setattr(_Path, "write_text", refuse)
+    else:
+        patch.setattr(torch, "save", refuse)
+    try:
+        with pytest.raises(OSError, match="No space left on device"):
+            steady.model.save(path, overwrite=True, save_anndata=True)
+    finally:
+        patch.undo()
+    assert _snapshot(path) == before  # no temporary file, nothing replaced
+    assert SemiMechVI.load(path, adata=steady.adata).is_trained

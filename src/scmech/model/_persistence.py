@@ -107,10 +107,15 @@ class SafeSaveLoadMixin:
             if data_name is None
             else _write_data_aside(self.adata, path / f".{pre}tmp-{data_name}", anndata_write_kwargs)
         )
-        tmp_meta = path / f".{pre}{METADATA}.tmp"
-        tmp_meta.write_text(json.dumps(meta))
-        tmp_w = path / f".{pre}{WEIGHTS}.tmp"
-        torch.save(_weights_file(self.module.state_dict(), type(self).__name__, meta["registry"]), tmp_w)
+        tmp_meta, tmp_w = path / f".{pre}{METADATA}.tmp", path / f".{pre}{WEIGHTS}.tmp"
+        try:
+            tmp_meta.write_text(json.dumps(meta))
+            torch.save(_weights_file(self.module.state_dict(), type(self).__name__, meta["registry"]), tmp_w)
+        except OSError:  # a full disk or a read-only folder: the files written so far go, the earlier save stays
+            for tmp in (tmp_data, tmp_meta, tmp_w):
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp_w, path / f"{pre}{WEIGHTS}")
         os.replace(tmp_meta, path / f"{pre}{METADATA}")
         # data that an earlier scmech save wrote must not sit next to these weights; nothing else is removed
