@@ -452,3 +452,18 @@ def test_evaluate_warns_on_part_of_the_genes_and_refuses_none(bench):
     disjoint = {"ControlMean": preds["ControlMean"][:, :5].copy(), "TrainMean": preds["TrainMean"][:, 5:].copy()}
     with pytest.raises(ValueError, match=r"No gene of adata\.var_names is in every prediction"):
         tl.evaluate(disjoint, adata, split=split)
+
+
+def test_evaluate_keeps_the_users_torch_thread_count(bench):
+    """scanpy's numba-parallel normalisation shares torch's OpenMP runtime and reset torch.set_num_threads(1) to the
+    core count: models trained after tl.evaluate ran multi-threaded and stopped reproducing in the last digits."""
+    import torch
+
+    adata, split, preds = bench
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tl.evaluate(preds, adata, split=split)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

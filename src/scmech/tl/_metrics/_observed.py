@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech._threads import torch_threads_kept
 from scmech.data._checks import BackedRows, is_backed_matrix
 from scmech.data._pseudobulk import pseudobulk
 
@@ -120,7 +121,7 @@ class _Observed:
         n = min(n_de_genes, sub.n_vars)
         work = ad.AnnData(X=sub.X, obs=sub.obs[["group"]].copy(), var=pd.DataFrame(index=sub.var_names))
         work.uns["log1p"] = {"base": None}
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch_threads_kept():
             # scanpy warns about DataFrame fragmentation once per group; nothing the user can act on
             warnings.simplefilter("ignore", category=getattr(pd.errors, "PerformanceWarning", Warning))
             sc.tl.rank_genes_groups(
@@ -185,6 +186,7 @@ def _log_normalised_cells(
     if counts:
         import scanpy as sc
 
-        sc.pp.normalize_total(sub, target_sum=1e4)
-        sc.pp.log1p(sub)
+        with torch_threads_kept():
+            sc.pp.normalize_total(sub, target_sum=1e4)
+            sc.pp.log1p(sub)
     return sub[:, genes].copy() if not genes.equals(sub.var_names) else sub

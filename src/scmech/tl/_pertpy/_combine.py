@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
+from scmech._threads import torch_threads_kept
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
@@ -266,8 +267,9 @@ def _log_normalised(
     if counts:
         import scanpy as sc
 
-        sc.pp.normalize_total(cells, target_sum=TARGET_SUM)
-        sc.pp.log1p(cells)
+        with torch_threads_kept():
+            sc.pp.normalize_total(cells, target_sum=TARGET_SUM)
+            sc.pp.log1p(cells)
     return _dense(cells.X)[:, gpos].astype(np.float64)
 
 

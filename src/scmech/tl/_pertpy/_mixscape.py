@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
 from scmech._docs import fill_doc
+from scmech._threads import torch_threads_kept
 from scmech.data._design import get_design
 from scmech.tl._assumptions._registry import _resolved_seed
 from scmech.tl._assumptions._validation import (
@@ -335,9 +336,10 @@ def _run_mixscape(
     _check_controls(work, ctrl, groups, n_neighbors, split_by)
     n_comps = max(1, min(n_pcs, work.n_obs - 1, work.n_vars - 1))
     if n_neighbors is not None:
-        sc.pp.pca(work, n_comps=n_comps, random_state=random_state)
+        with torch_threads_kept():
+            sc.pp.pca(work, n_comps=n_comps, random_state=random_state)
     ms = pt.tl.Mixscape()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch_threads_kept():
         # scanpy's DataFrame-fragmentation notices from rank_genes_groups: nothing the user can act on
         warnings.simplefilter("ignore", category=getattr(pd.errors, "PerformanceWarning", Warning))
         if n_neighbors is None:
@@ -406,8 +408,9 @@ def _mixscape_input(
         obs["_split"] = adata.obs[split_by].astype(str).to_numpy()[cells]
     work = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(adata.var_names).astype(str)))
     if counts:
-        sc.pp.normalize_total(work, target_sum=TARGET_SUM)
-        sc.pp.log1p(work)
+        with torch_threads_kept():
+            sc.pp.normalize_total(work, target_sum=TARGET_SUM)
+            sc.pp.log1p(work)
     return work
 
 

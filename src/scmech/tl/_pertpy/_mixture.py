@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit
 
+from scmech._threads import torch_threads_kept
 from scmech.tl._stats import norm_logpdf
 
 if TYPE_CHECKING:
@@ -151,9 +152,10 @@ def _mixscape_posterior(
         genes = sorted(set(labels[in_split].tolist()) - {ctrl})
         if not genes or ctrl not in set(labels[in_split].tolist()):
             continue
-        sc.tl.rank_genes_groups(
-            sub, groupby=pert_key, groups=genes, reference=ctrl, method="wilcoxon", use_raw=False, key_added="_ms"
-        )
+        with torch_threads_kept():
+            sc.tl.rank_genes_groups(
+                sub, groupby=pert_key, groups=genes, reference=ctrl, method="wilcoxon", use_raw=False, key_added="_ms"
+            )
         res = sub.uns["_ms"]
         var_pos = {g: i for i, g in enumerate(sub.var_names)}
         for gene in genes:
