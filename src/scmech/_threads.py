@@ -1,4 +1,4 @@
-"""Keep torch's thread count across calls into scanpy's numba-parallel preprocessing."""
+"""Calls into scanpy's numba-parallel preprocessing that keep torch's thread count."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["torch_threads_kept"]
+__all__ = ["log_normalise", "torch_threads_kept"]
 
 
 @contextlib.contextmanager
@@ -30,3 +30,20 @@ def torch_threads_kept() -> Iterator[None]:
     finally:
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
+
+
+def log_normalise(adata) -> None:
+    r"""Normalise ``adata``'s counts to 1e4 per cell and take ``log1p`` in place (scanpy), torch's threads kept.
+
+    Parameters
+    ----------
+    adata
+        Cells with counts in ``X``; replaced by :math:`\log(1 + 10^4 x / \text{total})`.
+    """
+    import scanpy as sc
+
+    from scmech._constants import TARGET_SUM
+
+    with torch_threads_kept():
+        sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
+        sc.pp.log1p(adata)

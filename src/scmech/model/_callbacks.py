@@ -93,6 +93,9 @@ class RNGStateCallback(Callback):
     restores its own.
     """
 
+    def __init__(self) -> None:
+        self._strategy, self._rank, self._world = None, 0, 1
+
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Lightning calls setup before it restores a checkpoint: the process's rank is known by then
         self._strategy = trainer.strategy
@@ -113,7 +116,7 @@ class RNGStateCallback(Callback):
             ]
         )
         floats = torch.tensor([gauss, 0.0 if gauss_next is None else gauss_next], dtype=torch.float64)
-        if getattr(self, "_world", 1) > 1:  # one row per process
+        if self._world > 1:  # one row per process
             state = self._strategy.all_gather(state).cpu().reshape(self._world, -1)
             floats = self._strategy.all_gather(floats).cpu().reshape(self._world, -1)
         return {"states": state.reshape(-1, state.shape[-1]), "floats": floats.reshape(-1, 2)}
@@ -121,15 +124,14 @@ class RNGStateCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before it builds the data loaders, whose shuffling draws from these
         states, floats = state_dict["states"], state_dict["floats"]
-        rank = getattr(self, "_rank", 0)
-        if len(states) != getattr(self, "_world", 1):
+        if len(states) != self._world:
             msg = (
                 f"The checkpoint holds the random states of {len(states)} process(es) and this run has "
-                f"{getattr(self, '_world', 1)}: resume with as many processes (devices x num_nodes) as the run that "
+                f"{self._world}: resume with as many processes (devices x num_nodes) as the run that "
                 "wrote it, or train afresh with ckpt_path=None."
             )
             raise ValueError(msg)
-        row, (gauss, gauss_next) = states[rank], floats[rank].tolist()
+        row, (gauss, gauss_next) = states[self._rank], floats[self._rank].tolist()
         n_torch = torch.get_rng_state().numel()
         torch.set_rng_state(row[:n_torch].to(torch.uint8))
         keys, rest = row[n_torch : n_torch + 624], row[n_torch + 624 :]

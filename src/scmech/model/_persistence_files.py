@@ -65,9 +65,9 @@ def _weights_file(state: dict[str, torch.Tensor], model_name: str, registry: dic
     """
     summary = {
         "model_name": model_name,
-        "scvi_version": registry.get("scvi_version", "") if isinstance(registry, dict) else "",
+        "scvi_version": registry.get("scvi_version", ""),
         "setup_method_name": "setup_anndata",
-        "setup_args": registry.get("setup_args", {}) if isinstance(registry, dict) else {},
+        "setup_args": registry.get("setup_args", {}),
     }
     return {"model_state_dict": state, "attr_dict": {"registry_": summary}}
 

@@ -11,6 +11,8 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
+
 __all__ = ["check_module_arguments"]
 
 #: allowed values of the settings that name a behaviour
@@ -30,7 +32,7 @@ COUNTS = ("ode_steps", "fixed_point_max_iter")
 #: whole numbers >= 0
 SIZES = ("n_layers_decoder", "field_hidden", "field_layers")
 #: switches
-FLAGS = ("learn_onset", "use_efficacy", "shared_offset", "own_target", "log_variational")
+FLAGS = ("learn_onset", "use_efficacy", "shared_offset", "own_target", "log_variational", "steady_state_perturbed")
 
 
 def _is_real(value: Any) -> bool:
@@ -75,6 +77,6 @@ def check_module_arguments(**settings: Any) -> None:
         if name == "dropout_rate" and not (_is_real(value) and 0 <= value < 1):
             msg = f"dropout_rate={value!r} must be a number in [0, 1) (the share of encoder units dropped in training)."
             raise ValueError(msg)
-        if name in FLAGS and not isinstance(value, bool):
+        if name in FLAGS and not isinstance(value, bool | np.bool_):  # numpy's bools, as the model's flags take
             msg = f"{name}={value!r} must be True or False."
             raise TypeError(msg)

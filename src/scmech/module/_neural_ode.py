@@ -21,9 +21,8 @@ from __future__ import annotations
 import numbers
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from . import _loss_terms as loss_terms
+from ._checks import check_module_arguments
 from ._neural_field import NeuralField
 from ._semimechvae import SemiMechVAE
 
@@ -92,9 +91,7 @@ class NeuralODEVAE(SemiMechVAE):
             raise ValueError(msg)
         _check_settings(kwargs)
         # a string such as "no" is true: it switched the perturbed populations' term on without a word
-        if not isinstance(steady_state_perturbed, bool | np.bool_):
-            msg = f"steady_state_perturbed={steady_state_perturbed!r} must be True or False."
-            raise TypeError(msg)
+        check_module_arguments(steady_state_perturbed=steady_state_perturbed)
         regime = kwargs.get("regime", "steady_state")
         if steady_state_perturbed and regime == "dynamic":
             msg = (

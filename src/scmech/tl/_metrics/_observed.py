@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scmech._threads import torch_threads_kept
+from scmech._threads import log_normalise, torch_threads_kept
 from scmech.data._checks import BackedRows, is_backed_matrix
 from scmech.data._pseudobulk import pseudobulk
 
@@ -184,9 +184,5 @@ def _log_normalised_cells(
         var=pd.DataFrame(index=pd.Index(adata.var_names).astype(str)),
     )
     if counts:
-        import scanpy as sc
-
-        with torch_threads_kept():
-            sc.pp.normalize_total(sub, target_sum=1e4)
-            sc.pp.log1p(sub)
+        log_normalise(sub)
     return sub[:, genes].copy() if not genes.equals(sub.var_names) else sub

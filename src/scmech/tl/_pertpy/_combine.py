@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
+from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
-from scmech._threads import torch_threads_kept
+from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_label, get_design, parse_condition
 from scmech.data._pseudobulk import pseudobulk
@@ -265,11 +265,7 @@ def _log_normalised(
         var=pd.DataFrame(index=pd.Index(observed.var_names).astype(str)),
     )
     if counts:
-        import scanpy as sc
-
-        with torch_threads_kept():
-            sc.pp.normalize_total(cells, target_sum=TARGET_SUM)
-            sc.pp.log1p(cells)
+        log_normalise(cells)
     return _dense(cells.X)[:, gpos].astype(np.float64)
 
 

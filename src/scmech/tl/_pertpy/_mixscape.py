@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scmech._constants import SCMECH_ADATA_KEYS, TARGET_SUM
+from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
-from scmech._threads import torch_threads_kept
+from scmech._threads import log_normalise, torch_threads_kept
 from scmech.data._design import get_design
 from scmech.tl._assumptions._registry import _resolved_seed
 from scmech.tl._assumptions._validation import (
@@ -397,8 +397,6 @@ def _mixscape_input(
     split_by: str | None,
 ) -> AnnData:
     """Private copy of ``cells`` for Mixscape: log-normalised, ``obs`` ``_perturbation`` (and ``_split``)."""
-    import scanpy as sc
-
     x = adata.layers[layer] if layer is not None else adata.X
     x = x[cells]
     _check_mixscape_matrix(x, "adata.X" if layer is None else f"adata.layers[{layer!r}]", counts)
@@ -408,9 +406,7 @@ def _mixscape_input(
         obs["_split"] = adata.obs[split_by].astype(str).to_numpy()[cells]
     work = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(adata.var_names).astype(str)))
     if counts:
-        with torch_threads_kept():
-            sc.pp.normalize_total(work, target_sum=TARGET_SUM)
-            sc.pp.log1p(work)
+        log_normalise(work)
     return work
 
 
