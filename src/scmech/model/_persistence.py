@@ -411,15 +411,7 @@ def _read_model_metadata(path: Path, meta_path: Path, w_path: Path, model_name: 
         if not p.exists():
             msg = f"{p} not found: {path} does not hold a model saved by {model_name}.save()."
             raise FileNotFoundError(msg)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
-        raise ValueError(msg) from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        msg = f"{meta_path} is not an scmech model file (format {found!r})."
-        raise ValueError(msg)
+    meta = _parse_metadata(path, meta_path, model_name)
     lacking = [k for k in ("model_name", "registry", "attributes", "var_names", "cells") if k not in meta]
     if lacking:
         msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
@@ -553,6 +545,36 @@ def _read_metadata(dir_path, prefix: str | None, model_name: str) -> dict:
     """Read and validate the plain-JSON metadata of a scmech save (never unpickles anything)."""
     path = Path(dir_path)
     meta_path = path / f"{prefix or ''}{METADATA}"
+    meta = _parse_metadata(path, meta_path, model_name)
+    if "registry" not in meta:
+        msg = f"{meta_path} is not an scmech model file (format {meta.get('format')!r})."
+        raise ValueError(msg)
+    return meta
+
+
+def _parse_metadata(path: Path, meta_path: Path, model_name: str) -> dict:
+    """Parse ``metadata.json`` as plain JSON and refuse a missing, unreadable or foreign file.
+
+    Parameters
+    ----------
+    path
+        The directory of the save.
+    meta_path
+        Its ``metadata.json``.
+    model_name
+        The class reading it, for messages.
+
+    Returns
+    -------
+    The metadata, a dict whose ``format`` is scmech's.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file is missing.
+    ValueError
+        For a truncated or non-JSON file, or one that another program wrote.
+    """
     if not meta_path.exists():
         msg = f"{meta_path} not found: {path} does not hold a model saved by {model_name}.save()."
         raise FileNotFoundError(msg)
@@ -561,7 +583,7 @@ def _read_metadata(dir_path, prefix: str | None, model_name: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
         raise ValueError(msg) from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "registry" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         msg = f"{meta_path} is not an scmech model file (format {found!r})."
         raise ValueError(msg)
