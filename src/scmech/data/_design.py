@@ -148,6 +148,37 @@ def _numeric(values, key: str, what: str) -> np.ndarray:
     return arr
 
 
+def canonical_condition(label: str, design: PerturbationDesign, what: str | None = None) -> str:
+    """Canonical label of a condition written in ``design``'s separator and control label (targets sorted).
+
+    Parameters
+    ----------
+    label
+        A condition label, e.g. ``"JAK2+STAT1"`` or the control label.
+    design
+        The perturbation design whose ``separator`` and ``control_label`` the label is written in.
+    what
+        How a message names the label (``"test condition"``); ``None`` lets the parser's own error through.
+
+    Returns
+    -------
+    The canonical label: the control label, or the sorted targets joined by the separator.
+
+    Raises
+    ------
+    ValueError
+        When the label cannot be parsed (an empty target, a separator at an end).
+    """
+    try:
+        targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
+    except ValueError as e:
+        if what is None:
+            raise
+        msg = f"Cannot parse {what} {label!r}: {e}"
+        raise ValueError(msg) from e
+    return canonical_label(targets, separator=design.separator, control_label=design.control_label)
+
+
 @dataclass(frozen=True)
 class ExperimentalDesign:
     """The validated experimental design of a screen, as used by ``scmech.tl`` tools.

@@ -238,9 +238,9 @@ def _perturbation_of(condition: str, design: PerturbationDesign) -> str:
     ValueError
         When ``condition`` is the control.
     """
-    from scmech.tl._metrics import _canonical
+    from scmech.data._design import canonical_condition
 
-    cond = _canonical(condition, design)
+    cond = canonical_condition(condition, design)
     if cond == design.control_label:
         msg = f"condition {condition!r} is the control; choose a perturbation."
         raise ValueError(msg)

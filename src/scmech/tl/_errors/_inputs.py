@@ -17,10 +17,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech.data._checks import check_unique_names
-from scmech.data._design import canonical_label, get_design, parse_condition
+from scmech.data._design import canonical_condition, get_design
 from scmech.tl._metrics import check_finite_rows
 from scmech.tl._metrics._checks import _check_seed
-from scmech.tl._metrics._predictions import check_condition_labels
+from scmech.tl._metrics._predictions import check_condition_labels, prediction_labels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -102,11 +102,6 @@ def _check_arguments(
     _check_batch_key(adata, batch_key)
 
 
-def _canonical(label: str, design: PerturbationDesign) -> str:
-    targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
-    return canonical_label(targets, separator=design.separator, control_label=design.control_label)
-
-
 def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: pd.Index) -> pd.DataFrame:
     if not isinstance(predictions, ad.AnnData):
         msg = (
@@ -116,14 +111,7 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
         raise TypeError(msg)
     check_condition_labels(predictions, "predictions", "have")
     check_unique_names(predictions.var_names, "The var_names of predictions", "var_names_make_unique() on that AnnData")
-    labels = [_canonical(x, design) for x in predictions.obs["perturbation"].astype(str)]
-    dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
-    if dup:
-        msg = (
-            f"predictions hold several rows for {dup[:5]} (e.g. one per medium or time); decompose one context at a "
-            "time: pred[pred.obs['media'] == 'stim']."
-        )
-        raise ValueError(msg)
+    labels = prediction_labels(predictions, design, "predictions", "decompose")
     x = predictions.X.toarray() if sp.issparse(predictions.X) else np.asarray(predictions.X)
     check_finite_rows(
         x,
@@ -180,7 +168,9 @@ def _prediction_inputs(
             )
             raise ValueError(msg)
     else:
-        wanted = [_canonical(c, design0) for c in ([conditions] if isinstance(conditions, str) else conditions)]
+        wanted = [
+            canonical_condition(c, design0) for c in ([conditions] if isinstance(conditions, str) else conditions)
+        ]
         missing = [c for c in wanted if c != ctrl0 and c not in frame.index]
         if missing:
             msg = f"Condition(s) {missing[:5]} are not in predictions; predict them or leave them out."

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from scmech.data._design import get_design
+from scmech.data._design import canonical_condition, get_design
 
 from ._data import _Data, _Layout, _prepare
-from ._inputs import _canonical, _check_batch_key, _warn
+from ._inputs import _check_batch_key, _warn
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,7 +62,7 @@ def _requested_conditions(
         return observed
     wanted = []
     for c in [conditions] if isinstance(conditions, str) else conditions:
-        can = _canonical(c, design)
+        can = canonical_condition(c, design)
         if can == ctrl:
             continue
         if can not in counts_per.index:

@@ -58,6 +58,6 @@ from ._leaderboard import leaderboard, leaderboard_table, win_counts
 from ._names import METRIC_DIRECTIONS, higher_is_better
 from ._noise_ceiling import noise_ceiling
 from ._observed import _Observed
-from ._predictions import _canonical, _design, _prediction_frame
+from ._predictions import _design, _prediction_frame
 
 __all__ = ["METRIC_DIRECTIONS", "evaluate", "leaderboard", "leaderboard_table", "noise_ceiling", "win_counts"]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ._predictions import _canonical
+from scmech.data._design import canonical_condition
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -127,7 +127,7 @@ def _cell_edistance(
     if cell_pred is None:
         return np.nan
     design = obs.design
-    plabels = np.asarray([_canonical(x, design) for x in cell_pred.obs["perturbation"].astype(str)])
+    plabels = np.asarray([canonical_condition(x, design) for x in cell_pred.obs["perturbation"].astype(str)])
     pidx = np.flatnonzero(plabels == c)
     if len(pidx) == 0 or len(oidx) == 0:
         return np.nan

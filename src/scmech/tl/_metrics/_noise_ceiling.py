@@ -9,12 +9,11 @@ import pandas as pd
 
 from scmech._docs import fill_doc
 from scmech.data._checks import check_unique_names
-from scmech.data._design import get_design
+from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
 
 from ._checks import _as_list, _check_de_method, _check_seed, _warn
 from ._evaluate import _check_sizes, _data_max
-from ._predictions import _canonical
 from ._score import _run
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ def noise_ceiling(
     conds = _ceiling_conditions(design, conditions, perturbation_key)
     rng = np.random.default_rng(random_state)
     genes = pd.Index(adata.var_names).astype(str)
-    tconds = None if train_conditions is None else [_canonical(c, design) for c in train_conditions]
+    tconds = None if train_conditions is None else [canonical_condition(c, design) for c in train_conditions]
     common = {
         "conditions": None,
         "train_conditions": tconds,
@@ -163,7 +162,7 @@ def _ceiling_conditions(
     ctrl = design.control_label
     counts_per = pd.Series(design.labels[assigned & ~design.is_control]).value_counts()
     if conditions is not None:
-        conds = sorted({_canonical(c, design) for c in conditions} - {ctrl})
+        conds = sorted({canonical_condition(c, design) for c in conditions} - {ctrl})
         missing = [c for c in conds if c not in counts_per.index]
         if missing:
             msg = f"Condition(s) {missing[:5]} have no assigned cells in obs[{perturbation_key!r}]."

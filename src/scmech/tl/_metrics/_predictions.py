@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech.data._checks import check_unique_names
-from scmech.data._design import canonical_label, get_design, parse_condition
+from scmech.data._design import canonical_condition, get_design
 
 from ._checks import _check_scale, check_finite_rows
 
@@ -47,11 +47,6 @@ def _as_dict(predictions: AnnData | Mapping[str, AnnData], what: str = "predicti
     raise TypeError(msg)
 
 
-def _canonical(label: str, design: PerturbationDesign) -> str:
-    targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
-    return canonical_label(targets, separator=design.separator, control_label=design.control_label)
-
-
 def _prediction_frame(
     pred: AnnData, name: str, design: PerturbationDesign, genes: pd.Index, *, data_max: float | None = None
 ) -> pd.DataFrame:
@@ -61,14 +56,7 @@ def _prediction_frame(
     :math:`\log(1 + 10^4\bar\rho)` scale.
     """
     check_condition_labels(pred, f"Predictions of {name!r}", "have")
-    labels = [_canonical(x, design) for x in pred.obs["perturbation"].astype(str)]
-    dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
-    if dup:
-        msg = (
-            f"Predictions of {name!r} hold several rows for {dup[:5]} (e.g. one per medium or time); evaluate one "
-            "context at a time: pred[pred.obs['media'] == 'stim']."
-        )
-        raise ValueError(msg)
+    labels = prediction_labels(pred, design, f"Predictions of {name!r}", "evaluate")
     check_unique_names(
         pred.var_names, f"The var_names of the predictions of {name!r}", "var_names_make_unique() on that AnnData"
     )
@@ -131,6 +119,40 @@ def _genes(adata: AnnData, frames: dict[str, pd.DataFrame]) -> pd.Index:
             stacklevel=3,
         )
     return common
+
+
+def prediction_labels(pred: AnnData, design: PerturbationDesign, what: str, task: str) -> list[str]:
+    """Canonical condition of each row of a mean prediction, refusing a condition predicted in several rows.
+
+    Parameters
+    ----------
+    pred
+        The predictions, one row per condition (their labels checked by :func:`check_condition_labels`).
+    design
+        The observed data's perturbation design, whose separator and control label the labels are written in.
+    what
+        How the message names the predictions (``"predictions"``, ``"Predictions of 'model'"``).
+    task
+        What the caller does with one context at a time (``"evaluate"``, ``"decompose"``), for the message.
+
+    Returns
+    -------
+    One canonical label per row.
+
+    Raises
+    ------
+    ValueError
+        When two rows predict the same condition (e.g. one per medium or time point).
+    """
+    labels = [canonical_condition(x, design) for x in pred.obs["perturbation"].astype(str)]
+    dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
+    if dup:
+        msg = (
+            f"{what} hold several rows for {dup[:5]} (e.g. one per medium or time); {task} one context at a time: "
+            "pred[pred.obs['media'] == 'stim']."
+        )
+        raise ValueError(msg)
+    return labels
 
 
 def check_condition_labels(pred: Any, what: str, verb: str = "has") -> None:

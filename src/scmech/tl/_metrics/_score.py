@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 
-from scmech.data._design import parse_condition
+from scmech.data._design import canonical_condition, parse_condition
 
 from ._checks import _warn
 from ._correlation import _pearson_metrics, _systema_metrics
@@ -22,7 +22,6 @@ from ._distribution import _cell_edistance, _fit_pca, _observed_subsets
 from ._error import _error_metrics
 from ._names import _SYSTEMA_METRICS
 from ._observed import _Observed
-from ._predictions import _canonical
 from ._rank import _centroid_distances, _rank_metrics
 
 if TYPE_CHECKING:
@@ -99,7 +98,7 @@ def _evaluated_conditions(
     ctrl = design.control_label
     observed_conds = set(design.labels[obs_mask & ~design.is_control & design.fit_mask].tolist())
     if conditions is not None:
-        conds = sorted({_canonical(c, design) for c in conditions} - {ctrl})
+        conds = sorted({canonical_condition(c, design) for c in conditions} - {ctrl})
         missing = [c for c in conds if c not in observed_conds]
         if missing:
             msg = (
@@ -191,7 +190,7 @@ def _run(
         ctrl_mask,
         train_mask,
         conds,
-        None if train_conditions is None else [_canonical(c, design) for c in train_conditions],
+        None if train_conditions is None else [canonical_condition(c, design) for c in train_conditions],
         genes,
         layer=layer,
         counts=counts,

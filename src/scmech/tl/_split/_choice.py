@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from scmech.data._design import canonical_label, parse_condition
+from scmech.data._design import canonical_condition, parse_condition
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -69,15 +69,6 @@ def _held_out(
     return _HeldOut(chosen, test_mask, excluded_mask, control_ref, test_groups)
 
 
-def _canonical(label: str, design: PerturbationDesign, what: str = "test condition") -> str:
-    try:
-        targets = parse_condition(label, separator=design.separator, control_label=design.control_label)
-    except ValueError as e:
-        msg = f"Cannot parse {what} {label!r}: {e}"
-        raise ValueError(msg) from e
-    return canonical_label(targets, separator=design.separator, control_label=design.control_label)
-
-
 def _n_pick(n: int, test_size: float, *, keep_one: bool) -> int:
     k = max(1, round(test_size * n))
     return min(k, n - 1) if keep_one else min(k, n)
@@ -93,7 +84,7 @@ def _targets(design: PerturbationDesign, cond: str) -> tuple[str, ...]:
 def _given_conditions(given: Sequence[Any], design: PerturbationDesign, perts: list[str], key: str) -> list[str]:
     out = []
     for g in given:
-        c = _canonical(g, design)
+        c = canonical_condition(g, design, "test condition")
         if c == design.control_label:
             msg = f"Test condition {g!r} is the control; controls cannot be held out as a test perturbation."
             raise ValueError(msg)
