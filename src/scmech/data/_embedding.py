@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from scmech._numbers import check_positive_int
+
 __all__ = ["pseudobulk_gene_embedding", "ridge_map", "ridge_map_cv", "solve_y_axb"]
 
 
@@ -74,9 +76,7 @@ def pseudobulk_gene_embedding(pseudobulk: np.ndarray, n_components: int = 10) ->
     if y.ndim != 2 or y.shape[1] < 2:
         msg = f"A gene embedding needs at least 2 training conditions, got a matrix of shape {y.shape[::-1]}."
         raise ValueError(msg)
-    if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer) or n_components < 1:
-        msg = f"n_components={n_components!r} must be a positive integer (the number of components), e.g. 10."
-        raise ValueError(msg)
+    check_positive_int(n_components, "n_components", hint=" (the number of components), e.g. 10")
     if not np.isfinite(y).all():
         msg = f"The pseudobulk has {int((~np.isfinite(y)).sum())} NaN or infinite values; drop empty conditions first."
         raise ValueError(msg)

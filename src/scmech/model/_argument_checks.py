@@ -8,10 +8,11 @@ refuse such arguments by name, before any library sees them.
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from scmech._numbers import check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -87,36 +88,6 @@ def check_indices(indices, n_obs: int, name: str = "indices", *, none_means: str
         msg = f"{name} holds positions outside the {n_obs} cells (e.g. {bad[:3].tolist()}); valid: 0..{n_obs - 1}."
         raise ValueError(msg)
     return arr.astype(np.int64)
-
-
-def check_positive_int(value, name: str, *, allow_none: bool = False) -> int | None:
-    """Return ``value`` as a Python ``int`` when it is a positive whole number (numpy integers included).
-
-    Parameters
-    ----------
-    value
-        The value.
-    name
-        Argument name for the message.
-    allow_none
-        Let ``None`` through (a default chosen by the method).
-
-    Returns
-    -------
-    The value as ``int`` (or ``None``).
-
-    Raises
-    ------
-    ValueError
-        For anything but a positive whole number (``True``/``False`` included).
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        or_none = " (or None for the default)" if allow_none else ""
-        msg = f"{name}={value!r} must be a positive integer{or_none}."
-        raise ValueError(msg)
-    return int(value)
 
 
 def check_batch_size(batch_size, name: str = "batch_size") -> int | None:

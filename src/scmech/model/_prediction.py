@@ -19,6 +19,7 @@ import torch
 from scvi import settings
 
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
+from scmech._numbers import check_positive_int
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
 from ._argument_checks import check_flag
@@ -386,11 +387,7 @@ class PredictionMixin(PredictionOutputMixin):
         if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
             msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
             raise ValueError(msg)
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1
-        ):
-            msg = f"batch_size={batch_size!r} must be a positive integer (cells per minibatch), or None for 1024."
-            raise ValueError(msg)
+        check_positive_int(batch_size, "batch_size", allow_none=True, hint=" (cells per minibatch), or None for 1024")
         if anchor not in ("auto", "combinations", "none"):
             msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
             raise ValueError(msg)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass, RNASeqMixin, UnsupervisedTrainingMixin, VAEMixin
 
+from scmech._numbers import check_positive_int
 from scmech.module import SemiMechVAE
 from scmech.train import PerturbationDataSplitter, SemiMechTrainingPlan
 
@@ -223,6 +224,4 @@ def check_sizes(**sizes: int) -> None:
         Naming the first size that is not a positive integer.
     """
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            msg = f"{name}={value!r} must be a positive integer."
-            raise ValueError(msg)
+        check_positive_int(value, name)

@@ -18,8 +18,9 @@ cells read out long after the perturbation); :math:`\lambda_{ss} = 0` is the van
 
 from __future__ import annotations
 
-import numbers
 from typing import TYPE_CHECKING, Any
+
+from scmech._numbers import check_positive_int
 
 from . import _loss_terms as loss_terms
 from ._checks import check_module_arguments
@@ -103,9 +104,7 @@ class NeuralODEVAE(SemiMechVAE):
             raise ValueError(msg)
         for name, value in (("field_hidden", field_hidden), ("field_layers", field_layers)):
             # the field's own check named n_hidden and n_layers, the encoder's arguments
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                msg = f"{name}={value!r} must be a positive integer (the MLP field needs a hidden layer of one unit)."
-                raise ValueError(msg)
+            check_positive_int(value, name, hint=" (the MLP field needs a hidden layer of one unit)")
         super().__init__(
             n_input,
             readout="flow",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from scvi import REGISTRY_KEYS
 from torch.distributions import Normal
+
+from scmech._numbers import check_positive_int
 
 __all__ = ["PosteriorMixin"]
 
@@ -92,6 +92,4 @@ class PosteriorMixin:
 
 def _check_count(value, name: str) -> None:
     """Refuse a number of samples that is not a positive whole number (0 would fail in ``torch.stack``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        msg = f"{name}={value!r} must be a positive integer (samples per cell)."
-        raise ValueError(msg)
+    check_positive_int(value, name, hint=" (samples per cell)")

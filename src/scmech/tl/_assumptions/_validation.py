@@ -7,6 +7,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from scmech._numbers import check_positive_int
 from scmech.data._checks import check_expression
 
 #: at most this many resamples per test (p-values and intervals are stable from a few hundred)
@@ -23,9 +24,7 @@ def _validate_common(n_bootstrap: int, alpha: float) -> None:
     ValueError
         With the value to pass instead.
     """
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int | np.integer) or n_bootstrap < 1:
-        msg = f"n_bootstrap={n_bootstrap!r} must be a positive integer, e.g. n_bootstrap=200."
-        raise ValueError(msg)
+    check_positive_int(n_bootstrap, "n_bootstrap", hint=", e.g. n_bootstrap=200")
     if n_bootstrap > _MAX_BOOTSTRAP:
         msg = (
             f"n_bootstrap={n_bootstrap} is too large: use n_bootstrap <= {_MAX_BOOTSTRAP} (200 to 2000 give stable "

@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech._numbers import check_positive_int
 from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_label, get_design, parse_condition
@@ -190,14 +191,8 @@ def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any,
             "the AnnData returned by predict() and the observed cells (mdata['rna'] of a MuData)."
         )
         raise TypeError(msg)
-    if n_pcs is not None and (isinstance(n_pcs, bool) or not isinstance(n_pcs, int | np.integer) or n_pcs < 1):
-        msg = f"n_pcs={n_pcs!r} must be a positive integer, or None to compare genes directly."
-        raise ValueError(msg)
-    if max_cells is not None and (
-        isinstance(max_cells, bool) or not isinstance(max_cells, int | np.integer) or max_cells < 1
-    ):
-        msg = f"max_cells={max_cells!r} must be a positive integer (e.g. max_cells=300) or None to keep all cells."
-        raise ValueError(msg)
+    check_positive_int(n_pcs, "n_pcs", allow_none=True, hint=", or None to compare genes directly")
+    check_positive_int(max_cells, "max_cells", allow_none=True, hint=" (e.g. max_cells=300) or None to keep all cells")
     check_unique_names(pred.var_names, "pred.var_names", "pred.var_names_make_unique()")
     check_unique_names(observed.var_names, "observed.var_names", "observed.var_names_make_unique()")
     if layer is not None and layer not in observed.layers:

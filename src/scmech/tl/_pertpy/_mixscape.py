@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech._numbers import check_positive_int
 from scmech._threads import log_normalise, torch_threads_kept
 from scmech.data._design import get_design
 from scmech.tl._assumptions._registry import _resolved_seed
@@ -221,9 +222,7 @@ def _check_mixscape_args(
     for name, value in (("n_neighbors", n_neighbors), ("n_pcs", n_pcs), ("min_de_genes", min_de_genes)):
         if name == "n_neighbors" and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            msg = f"{name}={value!r} must be a positive integer."
-            raise ValueError(msg)
+        check_positive_int(value, name)
     if layer is not None and layer not in adata.layers:
         msg = f"layer={layer!r} is not a layer of adata (layers: {list(adata.layers.keys())}); pass layer=None for X."
         raise KeyError(msg)

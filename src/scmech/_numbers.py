@@ -1,0 +1,42 @@
+"""The check of a whole-number argument that every layer shares (sizes, counts, seeds of samples)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+__all__ = ["check_positive_int"]
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False, hint: str | None = None) -> int | None:
+    """Return ``value`` as a Python ``int`` when it is a positive whole number (numpy integers included).
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+    allow_none
+        Let ``None`` through (a default chosen by the caller).
+    hint
+        Text after "must be a positive integer" in the message: what the number counts, an example, what
+        ``None`` does. ``None`` gives " (or None for the default)" with ``allow_none`` and nothing without.
+
+    Returns
+    -------
+    The value as ``int`` (or ``None``).
+
+    Raises
+    ------
+    ValueError
+        For anything but a positive whole number (``True``/``False``, ``2.0`` and ``"3"`` included).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        if hint is None:
+            hint = " (or None for the default)" if allow_none else ""
+        msg = f"{name}={value!r} must be a positive integer{hint}."
+        raise ValueError(msg)
+    return int(value)
