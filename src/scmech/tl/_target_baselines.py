@@ -72,15 +72,8 @@ class OwnGene(TrainMean):
 
     def _fit(self) -> None:
         super()._fit()
-        genes = list(self._pb.columns)
-        self._gene_pos = {g: i for i, g in enumerate(genes)}
         ctrl = self._pb.loc[self._control()].to_numpy()
-        changes = []
-        for c in self._pb.index:
-            _, targets = self._canonical(c)
-            if len(targets) == 1 and targets[0] in self._gene_pos:
-                g = self._gene_pos[targets[0]]
-                changes.append(float(self._pb.loc[c].iloc[g] - ctrl[g]))
+        changes = [float(self._pb.loc[c].iloc[g] - ctrl[g]) for c, g in _measured_singles(self)]
         if not changes:
             logger.warning("OwnGene: no training single target is a measured gene; it predicts the train mean.")
             self.own_change_ = 0.0
@@ -163,15 +156,8 @@ class TargetClassMean(TrainMean):
     def _fit(self) -> None:
         super()._fit()
         genes = list(self._pb.columns)
-        self._gene_pos = {g: i for i, g in enumerate(genes)}
-        self.class_targets_ = []
-        rows = []
-        for c in self._pb.index:
-            _, targets = self._canonical(c)
-            if len(targets) == 1 and targets[0] in self._gene_pos:
-                self.class_targets_.append(c)
-                rows.append(self._pb.loc[c].to_numpy())
-        self._class_values = np.asarray(rows)
+        self.class_targets_ = [c for c, _ in _measured_singles(self)]
+        self._class_values = np.asarray([self._pb.loc[c].to_numpy() for c in self.class_targets_])
         if self.k is not None:
             if self.gene_embedding == "training_data":
                 self.embedding_ = pseudobulk_gene_embedding(self._pb.to_numpy(), n_components=self.n_components)
@@ -199,3 +185,24 @@ class TargetClassMean(TrainMean):
             members = np.argsort(dist, kind="stable")[: self.k]
         chosen = [self.class_targets_[i] for i in members]
         return self._class_values[members].mean(axis=0), int(self._n_train_cells.loc[chosen].sum())
+
+
+def _measured_singles(model: TrainMean) -> list[tuple[str, int]]:
+    """Index the genes of ``model`` (its ``_gene_pos``) and list its training single targets whose gene is measured.
+
+    Parameters
+    ----------
+    model
+        A fitted pseudobulk baseline (its training pseudobulk in ``_pb``).
+
+    Returns
+    -------
+    ``(condition, gene position)`` of each training condition that perturbs one measured gene, in training order.
+    """
+    model._gene_pos = {g: i for i, g in enumerate(model._pb.columns)}
+    out = []
+    for c in model._pb.index:
+        _, targets = model._canonical(c)
+        if len(targets) == 1 and targets[0] in model._gene_pos:
+            out.append((c, model._gene_pos[targets[0]]))
+    return out

@@ -15,7 +15,7 @@ from scmech._docs import fill_doc
 from scmech._numbers import check_positive_int
 from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
-from scmech.data._design import canonical_label, get_design, parse_condition
+from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
 from scmech.tl._metrics._checks import _check_seed
 from scmech.tl._metrics._predictions import check_condition_labels
@@ -140,8 +140,7 @@ def combine_prediction(
     ctrl = design.control_label
 
     def _canon(label: str) -> str:
-        t = parse_condition(label, separator=separator, control_label=control_label, key="perturbation")
-        return canonical_label(t, separator=separator, control_label=ctrl)
+        return canonical_condition(label, design)
 
     plabels = np.asarray([_canon(x) for x in pred.obs["perturbation"].astype(str)], dtype=object)
     mean_pred = _is_mean_prediction(pred, plabels)
