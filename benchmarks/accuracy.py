@@ -54,16 +54,14 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scvi
-import torch
+from _common import single_thread
 
 import scmech
 from scmech.model import SemiMechVI
@@ -90,12 +88,6 @@ REGIMES = {
     "sim": ("sim_singles", "sim_combinations", "sim_time", "sim_media"),
     "papalexi": ("papalexi_perturbations", "papalexi_unmeasured", "papalexi_replicate"),
 }
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------------------------------------- the harness
@@ -421,8 +413,7 @@ def main() -> None:
     parser.add_argument("--suffix", default="", help="suffix of the part files (e.g. to run regimes in parallel)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds (default 0 1 2)")
     args = parser.parse_args()
-    _quiet()
-    torch.set_num_threads(1)
+    single_thread()
     suffix = ("_quick" if args.quick else "") + args.suffix
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.merge:

@@ -15,9 +15,7 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +24,7 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
+from _common import md_table, single_thread
 
 import scmech
 from scmech.data._simulate import simulate_perturbseq
@@ -91,12 +89,6 @@ REGIMES: dict[str, list[tuple[str, str, dict, dict]]] = {
         ),
     ],
 }
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def flag_rates() -> pd.DataFrame:
@@ -185,21 +177,8 @@ def _plot_rates(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _md_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
-    def fmt(v):
-        if isinstance(v, float):
-            return "" if np.isnan(v) else format(v, floatfmt)
-        return str(v)
-
-    head = "| " + " | ".join(df.columns) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *body])
-
-
 def main() -> None:
-    _quiet()
-    torch.set_num_threads(1)
+    single_thread()
     FIGURES.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print("(a) flag rates", flush=True)
@@ -236,8 +215,10 @@ def main() -> None:
         "responders), `flag_rate` = flagged / tested. Baseline rows use the medium whose controls drift (or "
         "rest).",
         "",
-        _md_table(
-            summary[["assumption", "regime", "truth", "subjects", "tested", "flagged", "flag_rate", "mean_effect"]]
+        md_table(
+            summary[["assumption", "regime", "truth", "subjects", "tested", "flagged", "flag_rate", "mean_effect"]],
+            ".2f",
+            na_rep="",
         ),
         "",
         "`mean_effect` is the check's effect size (F ratio; unperturbed fraction; growth share; interaction / noise), "
@@ -250,7 +231,7 @@ def main() -> None:
         "Shared response switched off, so that the only non-additivity is the network's: per combination, the "
         "norm of the true interaction L(A+B) - L(A) - L(B) + L(NT) (population pseudobulk, no noise).",
         "",
-        _md_table(add.sort_values("true_interaction_norm").reset_index(drop=True), ".3f"),
+        md_table(add.sort_values("true_interaction_norm").reset_index(drop=True), ".3f", na_rep=""),
         "",
         f"Flagged: {int((strong['verdict'] == VIOLATED).sum())}/{len(strong)} combinations with a true interaction "
         f"norm > 0.5, {int((null['verdict'] == VIOLATED).sum())}/{len(null)} with a norm < 0.1.",
@@ -270,7 +251,7 @@ def main() -> None:
         "",
         "Tested subjects:",
         "",
-        _md_table(pap.reset_index(drop=True), ".3g"),
+        md_table(pap.reset_index(drop=True), ".3g", na_rep=""),
         "",
         "Report:",
         "",

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import BATCH_SIZE, N_GENES, ONE_THREAD, RESULTS, SETUP, WIDTH, _maxrss_mb, _quiet
+from _common import single_thread
+from speed import BATCH_SIZE, N_GENES, ONE_THREAD, RESULTS, SETUP, WIDTH, _maxrss_mb
 
 BEGIN, END = "<!-- backed:begin -->", "<!-- backed:end -->"
 #: memory the process may allocate beyond what its libraries (torch, scvi-tools, scmech) take after import
@@ -79,12 +80,10 @@ def write_backed(path: Path, n_cells: int, block: int = 100_000, seed: int = 0) 
 def _imports() -> None:
     import anndata  # noqa: F401
     import scvi  # noqa: F401
-    import torch
 
     import scmech.model  # noqa: F401
 
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
 
 
 def _cap(gb: float) -> float:

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-import torch
 
 import scmech
 from scmech.model import SemiMechVI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_claims import RESULTS, SETUP, _delta_scores, _frame, _quiet
+from _common import single_thread
+from model_claims import RESULTS, SETUP, _delta_scores, _frame
 
 STRATEGIES = ("random", "batch_matched", "error_guided")
 DESIGNS = ("spread", "controls_missing")
@@ -108,8 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    _quiet()
-    torch.set_num_threads(1)
+    single_thread()
     seeds, epochs, n_cells = ((0,), 8, 3000) if args.quick else ((0, 1), 20, 4000)
     t0 = time.perf_counter()
     df = run(seeds, epochs, n_cells)

@@ -17,9 +17,7 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +26,7 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from _common import quiet
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from scipy.stats import norm
 
@@ -46,12 +45,6 @@ ROWS: list[dict] = []
 
 def _record(section: str, item: str, metric: str, value: float, seed: int | None = None) -> None:
     ROWS.append({"section": section, "item": item, "seed": seed, "metric": metric, "value": float(value)})
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _truth_effects(adata) -> pd.DataFrame:
@@ -495,7 +488,7 @@ def markdown(rec, b1, b2, pap, bud, runtime: float) -> str:
 
 
 def main() -> None:
-    _quiet()
+    quiet()
     t0 = time.perf_counter()
     rec = recovery(seeds=[0, 1, 2, 3, 4, 5])
     b1 = simulator_designs(seeds=[0, 1, 2, 3, 4])

@@ -30,11 +30,12 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, "benchmarks")
 import scvi  # noqa: E402
-from speed import WIDTH, _quiet, _step_timer, make_base, resample  # noqa: E402
+from _common import quiet  # noqa: E402
+from speed import WIDTH, _step_timer, make_base, resample  # noqa: E402
 
 from scmech.model import SemiMechVI  # noqa: E402
 
-_quiet()
+quiet("lightning.fabric")
 scvi.settings.seed = 0
 bs, n = int(os.environ["BATCH_SIZE"]), int(os.environ["N_CELLS"])
 print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}, scvi-tools {scvi.__version__}")

@@ -18,27 +18,21 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scvi
 import torch
+from _common import md_table, single_thread
 
 import scmech
 from scmech.model import SemiMechVI
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETUP = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch"}
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _train(adata, train_idx, test_idx, epochs, seed, setup=None, **model_kwargs):
@@ -254,16 +248,8 @@ def combination_claim(seeds, epochs, n_cells) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        cells = [
-            f"{v:.4f}" if isinstance(v, float) and c != "seed" else str(int(v) if c == "seed" else v)
-            for c, v in r.items()
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+#: the report's tables: floats with four decimals, the seed as an integer
+_md_table = partial(md_table, floatfmt=".4f", int_columns=("seed",))
 
 
 def report(df: pd.DataFrame, args) -> str:
@@ -349,8 +335,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.epochs = "0,1", 10
     seeds = [int(s) for s in args.seeds.split(",")]
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread()
     parts = args.parts.split(",")
     frames = []
     if "steady_state" in parts:

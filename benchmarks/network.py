@@ -28,16 +28,14 @@ Run ``python benchmarks/network.py`` (about 10 minutes on one thread); ``--quick
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scanpy as sc
 import scvi
-import torch
+from _common import md_table, single_thread
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import scmech
@@ -56,12 +54,6 @@ SIGN = {
     "correlation": 1,
     "observed": -1,
 }
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _truth(adata) -> tuple[np.ndarray, np.ndarray]:
@@ -158,14 +150,6 @@ def run(seeds: list[int], n_cells: int, n_genes: int, n_perturbations: int, epoc
     return pd.DataFrame(rows)
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines)
-
-
 def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path: Path) -> None:
     metrics = ["auroc", "ap", "prevalence", "precision_at_n_true", "precision_at_25", "sign_agreement"]
     order = list(SIGN)
@@ -200,11 +184,11 @@ def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path:
         "",
         "## Summary (mean and sd over seeds)",
         "",
-        _md_table(summary),
+        md_table(summary),
         "",
         "## AUROC per seed",
         "",
-        _md_table(per_seed),
+        md_table(per_seed),
         "",
         "## Reading",
         "",
@@ -250,8 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs = [0], 5
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread()
     df = run(args.seeds, args.n_cells, args.n_genes, args.n_perturbations, args.epochs)
     RESULTS.mkdir(exist_ok=True)
     stem = "network_quick" if args.quick else "network"

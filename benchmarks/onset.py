@@ -18,27 +18,19 @@ Run ``python benchmarks/onset.py`` (about 15 minutes on one free thread); ``--qu
 from __future__ import annotations
 
 import argparse
-import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scvi
-import torch
+from _common import md_table, single_thread
 
 import scmech
 from scmech.model import SemiMechVI
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMES = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _simulate(tau: float, seed: int, n_cells: int, n_genes: int):
@@ -97,14 +89,6 @@ def run(taus: list[float], seeds: list[int], n_cells: int, n_genes: int, epochs:
     return pd.DataFrame(rows)
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
-    return "\n".join(lines)
-
-
 def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path: Path) -> None:
     summary = df.groupby("true_tau")[["fitted_tau", "true_half_time"]].agg(["mean", "std"])
     summary.columns = [f"{a} {b}" for a, b in summary.columns]
@@ -127,11 +111,11 @@ def write_report(df: pd.DataFrame, command: str, args: argparse.Namespace, path:
         "",
         "## Per seed",
         "",
-        _md_table(df),
+        md_table(df),
         "",
         "## Summary",
         "",
-        _md_table(summary),
+        md_table(summary),
         "",
         "## Reading",
         "",
@@ -175,8 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.taus, args.seeds, args.epochs = [1.0], [0], 3
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread()
     df = run(args.taus, args.seeds, args.n_cells, args.n_genes, args.epochs)
     RESULTS.mkdir(exist_ok=True)
     stem = "onset_quick" if args.quick else "onset"

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import single_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETUP = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch"}
@@ -57,12 +56,6 @@ REGIMES = {
     "steady+shared": {"dynamic": False, "shared": True},
 }
 VANILLA, TERM, TERM_P, SEMIMECH = "NODE vanilla", "NODE + ss term", "NODE + ss term (perturbed too)", "SemiMechVI"
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def models_for(regime: str) -> dict[str, dict]:
@@ -203,10 +196,7 @@ def baselines(adata, train: np.ndarray, regime: str, held: list[str], trained: l
 # ---------------------------------------------------------------------------------------------- one regime
 def run_regime(regime: str, n_data: int, n_seeds: int, epochs: int, n_cells: int, n_genes: int) -> dict:
     """Fit every model on every dataset and seed of one regime; return score, stability and curve records."""
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     dynamic = REGIMES[regime]["dynamic"]
     scores, fits, curves, spread = [], [], [], []
     for d in range(n_data):

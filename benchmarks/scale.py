@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import single_thread
 from backed import spawn, train_backed
-from speed import RESULTS, WIDTH, PeakRSS, _quiet, _rss_mb, _step_timer
+from speed import RESULTS, WIDTH, PeakRSS, _rss_mb, _step_timer
 
 BATCH = 256
 N_GENES = 1000
@@ -132,10 +133,7 @@ def child_throughput(n_cells: int, n_targets: int, steps: int, rounds: int) -> d
     Each round trains every model for ``steps`` minibatches (the order reversed every other round), so that a burst
     of load on the machine falls on neighbouring rounds of all models; a ratio is taken within each round.
     """
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     adata = synthetic_screen(n_cells, N_GENES, n_targets)
     built = {m: _build(m, adata.copy()) for m in MODELS}
     medians = {m: [] for m in MODELS}
@@ -176,8 +174,7 @@ def child_predict(n_genes: int, n_targets: int) -> dict:
 
     from scmech.model import SemiMechVI
 
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     scvi.settings.seed = 0
     adata = synthetic_screen(20_000, n_genes, n_targets, per_cell=max(50, n_genes // 20))
     SemiMechVI.setup_anndata(adata, **SETUP)
@@ -204,10 +201,7 @@ def child_predict(n_genes: int, n_targets: int) -> dict:
 
 def child_backed(path: str, steps: int) -> dict:
     """Open the h5ad backed, register, train and predict; record resident memory."""
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     import anndata  # noqa: F401
     import scvi  # noqa: F401
 

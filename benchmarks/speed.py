@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import single_thread
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WIDTH = {"n_hidden": 128, "n_latent": 10, "n_layers": 1}
@@ -79,15 +80,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss_mb())
-
-
-def _quiet() -> None:
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -154,10 +146,7 @@ def _build(model_name: str, adata):
 
 def child_train(args) -> dict:
     """Train one model on one data size; report step times and memory."""
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     import scvi
 
     scvi.settings.seed = 0
@@ -203,10 +192,7 @@ def child_train(args) -> dict:
 
 def child_predict(args) -> dict:
     """Train SemiMechVI briefly on 10^4 cells and time predictions of 1,000 conditions."""
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+    single_thread("lightning.fabric")
     import scvi
 
     scvi.settings.seed = 0

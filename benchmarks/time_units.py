@@ -16,14 +16,12 @@ Run ``python benchmarks/time_units.py`` (a few minutes on one thread); ``--quick
 from __future__ import annotations
 
 import argparse
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scvi
-import torch
+from _common import single_thread
 
 import scmech
 from scmech.model import SemiMechVI
@@ -32,12 +30,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TIMES = (0.5, 1.0, 2.0, 4.0)
 HELD = 2.0
 KEYS = {"perturbation_key": "perturbation", "control_label": "NT"}
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore")
-    for name in ("lightning", "lightning.pytorch", "scvi", "scmech"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _fit_predict(adata, split, factor: float, epochs: int, seed: int):
@@ -89,8 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    _quiet()
-    torch.set_num_threads(1)
+    single_thread()
     seeds, epochs, n_cells = ((0,), 3, 1200) if args.quick else ((0, 1, 2), 20, 3000)
     rows = []
     for seed in seeds:

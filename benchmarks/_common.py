@@ -1,0 +1,95 @@
+"""Helpers shared by the benchmark scripts: quieter logs, one torch thread and markdown tables.
+
+The scripts are run as ``python benchmarks/<name>.py`` from the repository root, so this folder is
+``sys.path[0]`` and they import from here with ``from _common import md_table, quiet, single_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    import pandas as pd
+
+#: loggers every benchmark sets to ERROR (training progress and informational messages)
+LOGGERS = ("lightning", "lightning.pytorch", "scvi", "scmech")
+
+
+def quiet(*extra_loggers: str) -> None:
+    """Ignore all warnings and set the training libraries' loggers to ``ERROR``.
+
+    Parameters
+    ----------
+    *extra_loggers
+        Names of further loggers to set to ``ERROR`` besides :data:`LOGGERS`
+        (e.g. ``"lightning.fabric"``).
+    """
+    warnings.filterwarnings("ignore")
+    for name in (*LOGGERS, *extra_loggers):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def single_thread(*extra_loggers: str) -> None:
+    """Run torch on one thread, then :func:`quiet` the logs.
+
+    ``torch`` is imported here rather than at the top of this module, so that scripts which keep torch out
+    of their parent process (it only runs in their child processes) can still import this module.
+
+    Parameters
+    ----------
+    *extra_loggers
+        Passed on to :func:`quiet`.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    quiet(*extra_loggers)
+
+
+def md_table(
+    df: pd.DataFrame,
+    floatfmt: str = ".3f",
+    *,
+    int_columns: Collection[str] = (),
+    na_rep: str | None = None,
+) -> str:
+    """Format a data frame as a markdown table (header, ``|---|`` separator, one line per row; no index).
+
+    Rows are read with :meth:`pandas.DataFrame.iterrows`, so a frame whose columns are all numeric gives
+    each row one dtype: integer columns beside float columns are then floats and are formatted with
+    ``floatfmt`` (unless they are in ``int_columns``). A frame with a text column keeps every value's type.
+
+    Parameters
+    ----------
+    df
+        The table; its column names are the header.
+    floatfmt
+        Format specification of float cells, as in :func:`format` (``".3f"``, ``".4g"``, ...).
+    int_columns
+        Columns whose cells are written as integers (``str(int(value))``), whatever their dtype.
+    na_rep
+        Text of a NaN float cell; ``None`` formats it with ``floatfmt`` (which gives ``"nan"``).
+
+    Returns
+    -------
+    The markdown lines, joined by newlines (no trailing newline).
+    """
+
+    def cell(column: object, value: object) -> str:
+        if column in int_columns:
+            return str(int(value))
+        if isinstance(value, float):
+            if na_rep is not None and value != value:  # NaN
+                return na_rep
+            return format(value, floatfmt)
+        return str(value)
+
+    columns = list(df.columns)
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    for _, row in df.iterrows():
+        lines.append("| " + " | ".join(cell(c, v) for c, v in row.items()) + " |")
+    return "\n".join(lines)
