@@ -105,7 +105,7 @@ class PerturbationSetupMixin:
         adata
             AnnData with raw counts (or log-normalised values with ``counts=False``). Not a view.
         layer
-            Layer with the counts; ``X`` when ``None``.
+            %(layer)s
         perturbation_key
             %(perturbation_key)s
         control_label
