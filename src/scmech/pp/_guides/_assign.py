@@ -64,6 +64,14 @@ def assign_guides(
       several targets give the combination ``"A+B"`` (targets sorted, controls dropped) when
       ``combinations=True`` and ``multiple_label`` otherwise. ``min_fraction`` is not used.
 
+    Why not pertpy's :class:`~pertpy.preprocessing.GuideAssignment`: it assigns guide names by a UMI
+    threshold, the top guide or a mixture model, and writes them to the guide AnnData. It has no fraction rule
+    for the top guide (a cell whose top guide holds half its UMIs is assigned), no map from guides to their
+    targets, no control label, and no combination labels of targets. It does not annotate a separate RNA
+    AnnData or a MuData modality either. Those are what registration needs (one perturbation label per RNA
+    cell), so they are implemented here. The mixture model has no counterpart here; for it, use pertpy's and
+    map its guide calls to targets.
+
     Guides whose target is in ``control_targets`` (case-insensitive) are non-targeting controls: their
     target is ``control_label``. The perturbation column can be registered directly:
     ``SemiMechVI.setup_anndata(adata, perturbation_key="scmech_perturbation",
