@@ -46,9 +46,18 @@ class _SCMECH_ADATA_KEYS_NT(NamedTuple):
     EFFICACY_OBS: str = "scmech_efficacy"
     GUIDE_OBS: str = "scmech_guide"
     GUIDE_TARGET_OBS: str = "scmech_perturbation"
+    # entries of ``uns["scmech"]``: the tools' default ``key_added`` and the provenance of a prediction
+    ERRORS_UNS: str = "error_decomposition"
+    ASSUMPTIONS_UNS: str = "assumptions"
+    SELECTION_UNS: str = "selection"
+    GUIDES_UNS: str = "guide_assignment"
+    PREDICTION_UNS: str = "prediction"
 
 
 SCMECH_ADATA_KEYS = _SCMECH_ADATA_KEYS_NT()
+
+#: suffixes of the guide-summary ``obs`` columns that ``assign_guides`` writes after its ``key_added`` prefix
+GUIDE_SUMMARY_SUFFIXES = ("_n_guides", "_guide_umis", "_guide_max_umis", "_guide_max_fraction")
 
 # layers of the AnnData returned by ``predict`` and by the baselines
 PREDICTION_LAYERS = ("expression", "log1p")

@@ -445,7 +445,7 @@ class PredictionMixin(PredictionOutputMixin):
             how_moved = (
                 "observations moved to the batch" if moved else "model's batch effect on the anchored prediction"
             )
-            out.uns[SCMECH_ADATA_KEYS.UNS]["prediction"]["batch_anchoring"] = how_moved
+            out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_anchoring"] = how_moved
         return out
 
     def _observations_in(self, batch: str | None) -> tuple[Observations | None, bool]:

@@ -199,7 +199,7 @@ class PredictionOutputMixin:
             out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = ro.latents.astype(np.float32)
         tm = self.target_map_
         out.uns[SCMECH_ADATA_KEYS.UNS] = {
-            "prediction": {
+            SCMECH_ADATA_KEYS.PREDICTION_UNS: {
                 "model": type(self).__name__,
                 "regime": self.regime,
                 "readout": module.readout,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 from scmech.tl._assumptions import ASSUMPTIONS, CANNOT, HOLDS, VIOLATED, _get_table
 
@@ -104,7 +105,7 @@ def _panel_rows(sub: pd.DataFrame) -> pd.DataFrame:
 def assumptions(
     result_or_adata: pd.DataFrame | AnnData,
     *,
-    key: str = "assumptions",
+    key: str = SCMECH_ADATA_KEYS.ASSUMPTIONS_UNS,
     ax: Axes | None = None,
     show: bool | None = None,
     save: str | Path | bool | None = None,

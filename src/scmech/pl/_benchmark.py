@@ -275,7 +275,11 @@ def _predicted_frame(
     """
     from scmech.tl._metrics import _prediction_frame
 
-    model = str(prediction.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("prediction", {}).get("model", "prediction"))
+    model = str(
+        prediction.uns.get(SCMECH_ADATA_KEYS.UNS, {})
+        .get(SCMECH_ADATA_KEYS.PREDICTION_UNS, {})
+        .get("model", "prediction")
+    )
     all_genes = pd.Index(adata.var_names).astype(str)
     frame = _prediction_frame(prediction, model, design, all_genes)
     if cond not in frame.index:

@@ -37,7 +37,7 @@ def error_components(
     result_or_adata: pd.DataFrame | AnnData,
     *,
     conditions: Sequence[str] | None = None,
-    key: str = "error_decomposition",
+    key: str = SCMECH_ADATA_KEYS.ERRORS_UNS,
     sort: bool = True,
     ax: Axes | None = None,
     show: bool | None = None,

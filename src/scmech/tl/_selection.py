@@ -1,10 +1,9 @@
 r"""Selection (fitness): cell abundance per perturbation relative to the controls.
 
-In vivo, and in any screen read out days after transduction, perturbations that slow growth or kill cells
-are depleted and those that speed growth are enriched. Depletion changes how many cells a perturbation has,
-not their expression: a model of expression should not be blamed for a missing population, and a depleted
-perturbation's few survivors (escapers, cells with weak knock-down) can make its expression effect look
-smaller than it is. This module reports abundance as its own observable (FRAMEWORK.md §7).
+In vivo, and in any screen read out days after transduction, perturbations that slow growth or kill cells are
+depleted and those that speed growth enriched. Depletion changes how many cells a perturbation has, not their
+expression: a model of expression is not to blame for a missing population, and a depleted perturbation's few
+survivors (escapers, weak knock-downs) can make its effect look smaller. Abundance is its own observable here.
 
 For a perturbation :math:`p` with :math:`n_p` cells, :math:`n_\varnothing` control cells, and expected
 frequencies :math:`\pi_p, \pi_\varnothing` (guide library, plasmid counts, or the same conditions at a
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import false_discovery_control, norm
 
+from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def selection(
     reference_time: float | str | None = None,
     confidence: float = 0.95,
     min_cells: int = 0,
-    key_added: str = "selection",
+    key_added: str = SCMECH_ADATA_KEYS.SELECTION_UNS,
 ) -> pd.DataFrame:
     r"""Estimate selection (fitness) per perturbation: cell abundance relative to the controls and the design.
 

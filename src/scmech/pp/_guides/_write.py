@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from scmech._constants import GUIDE_SUMMARY_SUFFIXES, SCMECH_ADATA_KEYS
+
 if TYPE_CHECKING:
     import anndata as ad
 
@@ -37,14 +39,15 @@ def _assignment_frame(
     DataFrame with the ``{key_added}_*`` columns.
     """
     p = key_added
+    n_guides, umis, max_umis, max_fraction = (f"{p}{s}" for s in GUIDE_SUMMARY_SUFFIXES)
     return pd.DataFrame(
         {
             f"{p}_guide": pd.Categorical(guide_col.astype(str)),
             f"{p}_perturbation": pd.Categorical(pert_col.astype(str)),
-            f"{p}_n_guides": stats.n_guides.astype(np.int64),
-            f"{p}_guide_umis": np.round(stats.total).astype(np.int64),
-            f"{p}_guide_max_umis": np.round(stats.max_umis).astype(np.int64),
-            f"{p}_guide_max_fraction": stats.frac.astype(np.float64),
+            n_guides: stats.n_guides.astype(np.int64),
+            umis: np.round(stats.total).astype(np.int64),
+            max_umis: np.round(stats.max_umis).astype(np.int64),
+            max_fraction: stats.frac.astype(np.float64),
         },
         index=obs_names.copy(),
     )
@@ -67,7 +70,7 @@ def _write_assignment(out: ad.AnnData, df: pd.DataFrame, key_added: str, params:
     for c in df.columns:
         out.obs[c] = df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].values
     uns = out.uns.setdefault(key_added, {})
-    uns["guide_assignment"] = {
+    uns[SCMECH_ADATA_KEYS.GUIDES_UNS] = {
         "params": params,
         "n_cells": {str(k): int(v) for k, v in df[f"{key_added}_perturbation"].value_counts().items()},
     }

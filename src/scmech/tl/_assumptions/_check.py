@@ -50,7 +50,7 @@ def check_assumptions(
     model: Any | None = None,
     n_bootstrap: int = 200,
     alpha: float = 0.05,
-    key_added: str = "assumptions",
+    key_added: str = SCMECH_ADATA_KEYS.ASSUMPTIONS_UNS,
     random_state: int | None = 0,
     copy: bool = False,
 ) -> pd.DataFrame | AnnData:

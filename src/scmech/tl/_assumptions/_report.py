@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-def report_assumptions(result: pd.DataFrame | AnnData, *, key: str = "assumptions", max_subjects: int = 5) -> str:
+def report_assumptions(
+    result: pd.DataFrame | AnnData, *, key: str = SCMECH_ADATA_KEYS.ASSUMPTIONS_UNS, max_subjects: int = 5
+) -> str:
     """Short plain-text report of :func:`check_assumptions`.
 
     Parameters

@@ -63,5 +63,5 @@ def _prediction_anndata(logx: np.ndarray, obs_rows: list[dict], var_names: Seque
         var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
         layers={"expression": expr.astype(np.float32)},
     )
-    out.uns[SCMECH_ADATA_KEYS.UNS] = {"prediction": provenance}
+    out.uns[SCMECH_ADATA_KEYS.UNS] = {SCMECH_ADATA_KEYS.PREDICTION_UNS: provenance}
     return out

@@ -30,7 +30,7 @@ def _from_pilot(pilot: AnnData, pilot_kwargs: Mapping[str, Any] | None) -> tuple
     else :func:`~scmech.tl._errors.estimate_variance` with ``pilot_kwargs`` (which must name ``batch_key``).
     """
     depth = None
-    stored = pilot.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("error_decomposition")
+    stored = pilot.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(SCMECH_ADATA_KEYS.ERRORS_UNS)
     kwargs = dict(pilot_kwargs or {})
     if stored is not None and not kwargs:
         per_gene = stored["variance"]

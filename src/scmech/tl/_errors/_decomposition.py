@@ -60,7 +60,7 @@ def error_decomposition(
     n_splits: int = 20,
     n_bootstrap: int = 200,
     min_cells: int = 2,
-    key_added: str = "error_decomposition",
+    key_added: str = SCMECH_ADATA_KEYS.ERRORS_UNS,
     random_state: int = 0,
     copy: bool = False,
 ) -> pd.DataFrame | AnnData:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def _as_dict(predictions: AnnData | Mapping[str, AnnData], what: str = "predictions") -> dict[str, AnnData]:
     """``{model_name: AnnData}`` from one prediction (named by its provenance) or a dict of them."""
     if isinstance(predictions, ad.AnnData):
-        prov = predictions.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get("prediction", {})
+        prov = predictions.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(SCMECH_ADATA_KEYS.PREDICTION_UNS, {})
         return {str(prov.get("model", "model")): predictions}
     if isinstance(predictions, dict):
         bad = [k for k, v in predictions.items() if not isinstance(v, ad.AnnData)]
