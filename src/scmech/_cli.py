@@ -91,10 +91,10 @@ def _out_path(value: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the ``scmech`` argument parser (one sub-command, ``demo``)."""
+    """Build the ``scmech`` argument parser (one sub-command, ``demo``; each names its function in ``run``)."""
     parser = argparse.ArgumentParser(prog="scmech", description="Semi-mechanistic models of Perturb-seq data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    demo = sub.add_parser(
+    demo_parser = sub.add_parser(
         "demo",
         help="train SemiMechVI and baselines on the bundled Papalexi 2021 screen and score held-out targets",
         description=(
@@ -103,31 +103,38 @@ def build_parser() -> argparse.ArgumentParser:
             "figures and the trained model to --out."
         ),
     )
-    demo.add_argument("--out", type=_out_path, default=Path("demo_output"), help="output folder (default: %(default)s)")
-    demo.add_argument(
+    demo_parser.add_argument(
+        "--out", type=_out_path, default=Path("demo_output"), help="output folder (default: %(default)s)"
+    )
+    demo_parser.add_argument(
         "--epochs", type=_positive_int, default=None, help="SemiMechVI epochs (default 30; 3 with --quick)"
     )
-    demo.add_argument(
+    demo_parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the demo's files (metrics.csv, *.png, model/, ...) when --out already holds them",
     )
-    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
-    demo.add_argument(
+    demo_parser.add_argument("--seed", type=_seed, default=0, help="random seed (default: %(default)s)")
+    demo_parser.add_argument(
         "--test-targets",
         default=",".join(DEFAULT_TARGETS),
         metavar="A,B,...",
         help="comma-separated targets to hold out (default: %(default)s)",
     )
-    demo.add_argument("--quick", action="store_true", help="3 epochs and no vanilla model: a smoke run of ~1 minute")
-    demo.add_argument("--no-vanilla", action="store_true", help="skip the second SemiMechVI with steady_state_weight=0")
-    demo.add_argument(
+    demo_parser.add_argument(
+        "--quick", action="store_true", help="3 epochs and no vanilla model: a smoke run of ~1 minute"
+    )
+    demo_parser.add_argument(
+        "--no-vanilla", action="store_true", help="skip the second SemiMechVI with steady_state_weight=0"
+    )
+    demo_parser.add_argument(
         "--threads",
         type=_threads,
         default=1,
         help="CPU threads for torch (default: %(default)s; the networks are small, and extra threads slow "
         "training down sharply when other processes share the cores)",
     )
+    demo_parser.set_defaults(run=demo)
     return parser
 
 
@@ -461,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed the usage and the error (or the help)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     try:
-        return demo(args)
+        return args.run(args)
     except CLIError as e:
         print(f"scmech {args.command}: error: {e}", file=sys.stderr)
         return 2
