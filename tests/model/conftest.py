@@ -68,6 +68,23 @@ def model_kwargs() -> dict:
     return dict(MODEL_KWARGS)
 
 
+def tiny_model_without(
+    adata: ad.AnnData, held: np.ndarray, *, max_epochs: int, batch_size: int = 128, **model_kwargs
+) -> tuple[SemiMechVI, np.ndarray]:
+    """A small model (seed 0) trained on every cell of a registered ``adata`` but ``held`` (the test set, no
+    validation cells); returns it and the training rows."""
+    train = np.setdiff1d(np.arange(adata.n_obs), held)
+    scvi.settings.seed = 0
+    model = SemiMechVI(adata, **model_kwargs, **MODEL_KWARGS)
+    model.train(
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        enable_progress_bar=False,
+        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
+    )
+    return model, train
+
+
 @dataclass
 class Trained:
     """A trained model with the split it was given."""

@@ -17,7 +17,7 @@ from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
 from scmech.model._target_map import latent_directions, own_gene_effect, propagation_gain, smallest_within_noise
 
-from .conftest import MODEL_KWARGS, simulated
+from .conftest import MODEL_KWARGS, simulated, tiny_model_without
 
 
 def _noise_free(obs: Observations) -> Observations:
@@ -452,29 +452,20 @@ def test_other_contexts_are_anchored_on_their_observed_controls(dynamic, monkeyp
         model.anchor_ = saved
 
 
-def _tiny_model_without(adata, held: np.ndarray, **setup) -> SemiMechVI:
-    """A small model trained two epochs on every cell but ``held`` (the test set)."""
-    train = np.setdiff1d(np.arange(adata.n_obs), held)
-    scvi.settings.seed = 0
-    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
-    model.train(
-        max_epochs=2,
-        batch_size=128,
-        enable_progress_bar=False,
-        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
-    )
-    return model
+def _two_media_screen(n_cells: int, n_perturbations: int):
+    """A registered screen of ``n_perturbations`` single targets in two media (m0, m1), and its first target."""
+    adata = simulate_perturbseq(n_cells, 30, n_perturbations=n_perturbations, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
+    return adata, adata.uns["truth"]["targets"][0]
 
 
 def test_a_perturbation_observed_in_another_medium_carries_over_as_far_as_calibrated(monkeypatch):
     """Held out of medium m1: m1's train mean plus the calibrated share of what it showed in m0."""
-    adata = simulate_perturbseq(2000, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
-    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
-    target = adata.uns["truth"]["targets"][0]
+    adata, target = _two_media_screen(2000, 5)
     obs = adata.obs
     held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
-    model = _tiny_model_without(adata, held)
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
     anc = model.anchor_
     c0, c1 = Context("m0"), Context("m1")
     assert (c1, c0) in anc.media_carry
@@ -505,13 +496,10 @@ def test_a_perturbation_observed_in_another_medium_carries_over_as_far_as_calibr
 
 def test_media_carry_without_a_calibration_falls_back_to_the_model_and_the_controls(monkeypatch):
     """No perturbation observed in both media: the model, the observed controls' level and the carried error."""
-    adata = simulate_perturbseq(1600, 30, n_perturbations=4, n_combinations=0, n_media=2, seed=0)
-    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
-    target = adata.uns["truth"]["targets"][0]
+    adata, target = _two_media_screen(1600, 4)
     obs = adata.obs
     held = np.flatnonzero((obs["perturbation"] != "NT").to_numpy() & (obs["media"] == "m1").to_numpy())
-    model = _tiny_model_without(adata, held)
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
     assert model.anchor_.media_carry == {}
     monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
     anc = model.anchor_
@@ -572,7 +560,7 @@ def test_held_out_controls_never_move_predictions():
     adata = simulated(n_cells=300)
     SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="batch")
     held = np.flatnonzero(adata.obs["batch"].to_numpy() == "b1")
-    model = _tiny_model_without(adata, held)
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
     conds = ["NT", "G0008", "G0010", "G0008+G0021"]
     before = model.predict(conds, random_state=0)
     before_raw = model.predict(conds, random_state=0, anchor="none")
@@ -589,7 +577,7 @@ def test_held_out_efficacies_never_move_predictions():
         adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", efficacy_key="efficacy"
     )
     held = np.flatnonzero(adata.obs["perturbation"].to_numpy() == "G0010")
-    model = _tiny_model_without(adata, held)
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
     before = model.predict(["G0010", "G0008"], random_state=0)
     assert before.uns["scmech"]["prediction"]["efficacy"] == "empirical"
     eff = adata.obs["efficacy"].to_numpy().copy()
@@ -616,15 +604,7 @@ def test_a_held_out_double_without_training_doubles_is_its_observed_singles_adde
     adata.X = np.log1p(1e4 * x / x.sum(1, keepdims=True)).astype(np.float32)
     SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
     held = np.flatnonzero(adata.obs["perturbation"].to_numpy() == "G0009+G0021")
-    scvi.settings.seed = 0
-    train = np.setdiff1d(np.arange(adata.n_obs), held)
-    model = SemiMechVI(adata, gene_likelihood="normal", **MODEL_KWARGS)
-    model.train(
-        max_epochs=2,
-        batch_size=64,
-        enable_progress_bar=False,
-        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
-    )
+    model, _ = tiny_model_without(adata, held, max_epochs=2, batch_size=64, gene_likelihood="normal")
     assert model.anchor_.interaction_gain == 0.0
     assert model.anchor_.interaction_pairs == 0
     monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))

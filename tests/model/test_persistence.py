@@ -246,7 +246,7 @@ def test_load_with_an_unknown_target_raises(saved, steady):
 def test_missing_file_raises_file_not_found(saved, steady, tmp_path, missing):
     path = _copy_dir(saved, tmp_path / "copy")
     (path / missing).unlink()
-    with pytest.raises(FileNotFoundError, match=rf"{missing} not found: .* does not hold a model saved by"):
+    with pytest.raises(FileNotFoundError, match=rf"{missing} not found: .* does not hold a model saved by SemiMechVI"):
         SemiMechVI.load(path, adata=steady.adata)
 
 

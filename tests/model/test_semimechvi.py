@@ -22,15 +22,11 @@ from scmech.model._anchoring import shrinkage as _shrinkage
 from scmech.model._anchoring import sure_translation
 from scmech.train import SemiMechTrainingPlan
 
+from .conftest import tiny_model_without
+
 EXTRA_HISTORY = ("ss_residual_train", "mmd_train", "basal_leak_train", "basal_sd_train", "fp_unconverged_train")
-PRED_OBS = [
-    "perturbation",
-    "media",
-    "time",
-    "media_time",
-    "batch",
-    "n_cells",
-    "unseen_targets",
+#: the obs columns SemiMechVI's predictions add after the shared ones (the ``prediction_obs`` fixture)
+PRED_OBS_OWN = [
     "target_source",
     "steady_state_residual",
     "own_gene_change",
@@ -254,14 +250,14 @@ def test_untrained_model_refuses_to_predict(small_adata, model_kwargs):
 
 
 # ================================================================================================ predict
-def test_predict_layout(steady):
+def test_predict_layout(steady, prediction_obs):
     model, adata = steady.model, steady.adata
     pred = model.predict(["NT", "G0008", "G0009+G0021"])
     assert isinstance(pred, ad.AnnData)
     assert pred.shape == (3, adata.n_vars)
     assert list(pred.var_names) == list(adata.var_names)
     assert list(pred.obs_names) == ["NT", "G0008", "G0009+G0021"]
-    assert list(pred.obs.columns) == PRED_OBS
+    assert list(pred.obs.columns) == [*prediction_obs, *PRED_OBS_OWN]
     assert list(pred.obs["perturbation"]) == ["NT", "G0008", "G0009+G0021"]
     assert isinstance(pred.obs["perturbation"].dtype, pd.CategoricalDtype)
     assert pred.obs["time"].isna().all()
@@ -776,29 +772,27 @@ def test_setup_rejects_data_without_control_cells(small_adata):
         SemiMechVI.setup_anndata(small_adata, control_label="CTRL")
 
 
-def test_setup_rejects_nan_in_the_batch_column(small_adata):
-    batch = small_adata.obs["batch"].astype(object).to_numpy()
-    batch[4] = np.nan
-    small_adata.obs["batch"] = batch
-    with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
-        SemiMechVI.setup_anndata(small_adata, batch_key="batch")
-
-
-def test_setup_rejects_nan_perturbation_labels(small_adata):
-    labels = small_adata.obs["perturbation"].astype(object).to_numpy()
-    labels[2] = np.nan
-    small_adata.obs["perturbation"] = labels
-    with pytest.raises(ValueError, match=r"obs\['perturbation'\] has 1 missing \(NaN\) labels"):
-        SemiMechVI.setup_anndata(small_adata)
-
-
-@pytest.mark.parametrize("axis", ["var_names", "obs_names"])
-def test_setup_rejects_duplicated_names(small_adata, axis):
-    names = list(getattr(small_adata, axis))
-    names[1] = names[0]
-    setattr(small_adata, axis, names)
-    with pytest.raises(ValueError, match=rf"adata.{axis} has 1 duplicates .*make_unique"):
-        SemiMechVI.setup_anndata(small_adata)
+@pytest.mark.parametrize(
+    ("column", "row", "setup", "match"),
+    [
+        pytest.param(
+            "batch",
+            4,
+            {"batch_key": "batch"},
+            r"obs\['batch'\] has 1 missing \(NaN\) batch values",
+            id="nan_in_the_batch_column",
+        ),
+        pytest.param(
+            "perturbation", 2, {}, r"obs\['perturbation'\] has 1 missing \(NaN\) labels", id="nan_perturbation_labels"
+        ),
+    ],
+)
+def test_setup_rejects_nan(small_adata, column, row, setup, match):
+    values = small_adata.obs[column].astype(object).to_numpy()
+    values[row] = np.nan
+    small_adata.obs[column] = values
+    with pytest.raises(ValueError, match=match):
+        SemiMechVI.setup_anndata(small_adata, **setup)
 
 
 def test_setup_rejects_an_all_zero_cell(small_adata):
@@ -1085,20 +1079,6 @@ def test_each_protocol_of_one_request_is_anchored_to_its_own_context(dynamic_con
     assert set(both.uns["scmech"]["prediction"]["anchoring"]) == set(both.obs_names)
 
 
-def _tiny_model_without(adata, held: np.ndarray) -> tuple[SemiMechVI, np.ndarray]:
-    """A small model trained one epoch on every cell but ``held`` (the test set); returns it and the training rows."""
-    train = np.setdiff1d(np.arange(adata.n_obs), held)
-    scvi.settings.seed = 0
-    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
-    model.train(
-        max_epochs=1,
-        batch_size=128,
-        enable_progress_bar=False,
-        datasplitter_kwargs={"external_indexing": [train, np.array([], dtype=int), held]},
-    )
-    return model, train
-
-
 def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     adata = simulate_perturbseq(
         1600, 30, n_perturbations=4, n_combinations=0, regime="dynamic", media_switch_times=(1.0,), seed=0
@@ -1107,7 +1087,7 @@ def test_dynamic_anchoring_uses_the_perturbation_observed_at_other_times():
     target = adata.uns["truth"]["targets"][0]
     obs = adata.obs
     held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["time"] == 2.0).to_numpy())
-    model, train = _tiny_model_without(adata, held)
+    model, train = tiny_model_without(adata, held, max_epochs=1)
     keys = simulation_group_keys(obs)
     observed = pseudobulk(adata[train], keys[train])
     kw = {"media": "m1", "media_time": 1.0, "random_state": 0}

@@ -12,7 +12,9 @@ import matplotlib.pyplot as plt
 from scmech import pl, tl
 
 
-def _data():
+@pytest.fixture
+def data(baseline_predictions):
+    """A small screen with four singles, a split holding out A and B, and three baselines' predictions."""
     rng = np.random.default_rng(0)
     n_genes = 25
     labels = np.repeat(["NT", "A", "B", "C", "D"], 40)
@@ -25,18 +27,14 @@ def _data():
         var=pd.DataFrame(index=[f"gene{i}" for i in range(n_genes)]),
     )
     sp = tl.split(adata, "perturbation", test_conditions=["A", "B"])
-    preds = {}
-    for cls in (tl.ControlMean, tl.TrainMean, tl.Additive):
-        a = adata.copy()
-        cls.setup_anndata(a)
-        m = cls(a)
-        m.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
-        preds[cls.__name__] = m.predict(["A", "B"]) if cls is not tl.Additive else m.predict(["C", "D"])
+    preds = baseline_predictions(
+        adata, sp, {tl.ControlMean: ["A", "B"], tl.TrainMean: ["A", "B"], tl.Additive: ["C", "D"]}
+    )
     return adata, sp, preds
 
 
-def test_leaderboard_plot(tmp_path):
-    adata, sp, preds = _data()
+def test_leaderboard_plot(data, tmp_path):
+    adata, sp, preds = data
     res = tl.evaluate({k: v for k, v in preds.items() if k != "Additive"}, adata, split=sp, n_de_genes=5)
     ceiling = tl.noise_ceiling(adata, conditions=["A", "B"], n_de_genes=5)
     both = pd.concat([res, ceiling])
@@ -66,8 +64,8 @@ def test_leaderboard_plot(tmp_path):
     plt.close("all")
 
 
-def test_predicted_vs_observed_plot(tmp_path):
-    adata, sp, preds = _data()
+def test_predicted_vs_observed_plot(data, tmp_path):
+    adata, sp, preds = data
     before = adata.copy()
     path = tmp_path / "pvo.png"
     ax = pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, n_genes=8, save=path)
@@ -88,8 +86,8 @@ def test_predicted_vs_observed_plot(tmp_path):
     plt.close("all")
 
 
-def test_predicted_vs_observed_refuses_a_split_of_other_cells_and_duplicated_genes():
-    adata, sp, preds = _data()
+def test_predicted_vs_observed_refuses_a_split_of_other_cells_and_duplicated_genes(data):
+    adata, sp, preds = data
     perm = adata[np.random.default_rng(1).permutation(adata.n_obs)].copy()
     with pytest.raises(ValueError, match="split was made on other cells.*Make the split on this AnnData"):
         pl.predicted_vs_observed(preds["TrainMean"], perm, "A", split=sp, show=False)

@@ -109,14 +109,40 @@ def test_evaluate_accepts_log_normalised_data(bench):
     assert np.isfinite(res.loc[res["metric"] == "mse", "value"]).all()
 
 
-def test_evaluate_refuses_nan_prediction_label(bench):
-    # a prediction row with a NaN label became the condition "nan" and its condition was silently not scored
+@pytest.mark.parametrize(
+    ("row", "call", "match"),
+    [
+        # a prediction row with a NaN label became the condition "nan" and its condition was silently not scored
+        pytest.param(
+            1,
+            lambda pred, adata, split: tl.evaluate(pred, adata, split=split),
+            r"have 1 missing \(NaN\) labels in obs\['perturbation'\]",
+            id="evaluate",
+        ),
+        pytest.param(
+            0,
+            lambda pred, adata, split: tl.error_decomposition(
+                adata.copy(), batch_key="batch", predictions=pred, n_splits=2, n_bootstrap=0
+            ),
+            r"predictions have 1 missing \(NaN\) labels",
+            id="error_decomposition",
+        ),
+        # the NaN row was silently dropped from the perturbation space
+        pytest.param(
+            0,
+            lambda pred, adata, split: tl.combine_prediction(pred, adata),
+            r"pred has 1 missing \(NaN\) labels",
+            id="pertpy_interop",
+        ),
+    ],
+)
+def test_tools_refuse_nan_prediction_label(bench, row, call, match):
     adata, split, preds = bench
     pred = preds["TrainMean"].copy()
     pred.obs["perturbation"] = pred.obs["perturbation"].astype(object)
-    pred.obs.iloc[1, pred.obs.columns.get_loc("perturbation")] = np.nan
-    with pytest.raises(ValueError, match=r"have 1 missing \(NaN\) labels in obs\['perturbation'\]"):
-        tl.evaluate(pred, adata, split=split)
+    pred.obs.iloc[row, pred.obs.columns.get_loc("perturbation")] = np.nan
+    with pytest.raises(ValueError, match=match):
+        call(pred, adata, split)
 
 
 def test_evaluate_refuses_empty_conditions(bench):
@@ -328,23 +354,9 @@ def test_error_decomposition_argument_types(bench):
         tl.estimate_variance(adata, batch_key="batch", n_splits="2")
 
 
-def test_error_decomposition_refuses_nan_prediction_label(bench):
+def test_pertpy_interop_refuses_a_bad_seed(bench):
+    # a string seed failed in int() (its NaN-label check is in test_tools_refuse_nan_prediction_label)
     adata, _, preds = bench
-    pred = preds["TrainMean"].copy()
-    pred.obs["perturbation"] = pred.obs["perturbation"].astype(object)
-    pred.obs.iloc[0, pred.obs.columns.get_loc("perturbation")] = np.nan
-    with pytest.raises(ValueError, match=r"predictions have 1 missing \(NaN\) labels"):
-        tl.error_decomposition(adata.copy(), batch_key="batch", predictions=pred, n_splits=2, n_bootstrap=0)
-
-
-def test_pertpy_interop_refuses_nan_prediction_label_and_bad_seed(bench):
-    # the NaN row was silently dropped from the perturbation space; a string seed failed in int()
-    adata, _, preds = bench
-    pred = preds["TrainMean"].copy()
-    pred.obs["perturbation"] = pred.obs["perturbation"].astype(object)
-    pred.obs.iloc[0, pred.obs.columns.get_loc("perturbation")] = np.nan
-    with pytest.raises(ValueError, match=r"pred has 1 missing \(NaN\) labels"):
-        tl.combine_prediction(pred, adata)
     with pytest.raises(TypeError, match=r"random_state='x' must be a non-negative integer seed, e\.g\."):
         tl.combine_prediction(preds["TrainMean"], adata, random_state="x")
 

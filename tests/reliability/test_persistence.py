@@ -1,4 +1,7 @@
-"""save/load: identical predictions after a round trip; missing, truncated or foreign files and wrong data raise."""
+"""save/load: identical predictions after a round trip; truncated or foreign files and wrong data raise.
+
+Missing files (model.pt, metadata.json, the folder) are tested in tests/model/test_persistence.py.
+"""
 
 from __future__ import annotations
 
@@ -44,16 +47,6 @@ def test_save_never_clobbers_without_overwrite(model, saved):
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
     model.save(saved, overwrite=True)
     assert sorted(p.name for p in saved.iterdir()) == sorted(before)
-
-
-@pytest.mark.parametrize("name", ["model.pt", "metadata.json"])
-def test_a_missing_file_raises_file_not_found(model, saved, tmp_path, name):
-    path = _copy(saved, tmp_path / "m")
-    (path / name).unlink()
-    with pytest.raises(FileNotFoundError, match=rf"{name} not found: .* does not hold a model saved by SemiMechVI"):
-        SemiMechVI.load(path, adata=model.adata)
-    with pytest.raises(FileNotFoundError, match="not found"):
-        SemiMechVI.load(tmp_path / "nowhere", adata=model.adata)
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ def test_linear_model_varm_embedding(data):
 @pytest.mark.parametrize(
     "cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel, tl.OwnGene, tl.TargetClassMean]
 )
-def test_prediction_layout(cls, data):
+def test_prediction_layout(cls, data, prediction_obs):
     adata, split = data
     model = _fit(cls, adata, split)
     conds = ["A+B"] if cls is not tl.Additive else ["A+B", "D"]
@@ -176,16 +176,7 @@ def test_prediction_layout(cls, data):
     assert pred.shape == (len(conds), adata.n_vars)
     assert pred.X.dtype == np.float32
     np.testing.assert_allclose(pred.layers["expression"], np.expm1(pred.X), rtol=1e-5)
-    assert list(pred.obs.columns) == [
-        "perturbation",
-        "media",
-        "time",
-        "media_time",
-        "batch",
-        "n_cells",
-        "unseen_targets",
-        "anchored",
-    ]
+    assert list(pred.obs.columns) == [*prediction_obs, "anchored"]
     for c in ("perturbation", "media", "batch"):
         assert isinstance(pred.obs[c].dtype, pd.CategoricalDtype)
     assert pred.obs["n_cells"].dtype == np.int64

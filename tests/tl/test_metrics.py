@@ -322,19 +322,15 @@ def test_leaderboard_direction_and_seeds():
     assert list(tl.leaderboard(tie)["rank"]) == [1, 1]
 
 
-def test_real_data_smoke():
+def test_real_data_smoke(baseline_predictions):
     """Papalexi 2021, leave-one-out on STAT1: the linear model recovers the top-20 DE change."""
     import scmech
 
     adata = scmech.datasets.papalexi2021()
     sp = next(tl.leave_one_out(adata, conditions=["STAT1"]))
-    preds = {}
-    for cls in (tl.ControlMean, tl.TrainMean, tl.LinearModel):
-        a = adata.copy()
-        cls.setup_anndata(a)
-        m = cls(a)
-        m.train(datasplitter_kwargs={"external_indexing": sp.external_indexing})
-        preds[cls.__name__] = m.predict(sp.test_conditions)
+    preds = baseline_predictions(
+        adata, sp, dict.fromkeys((tl.ControlMean, tl.TrainMean, tl.LinearModel), sp.test_conditions)
+    )
     res = tl.evaluate(preds, adata, split=sp)
     w = res[res["condition"] == "STAT1"].pivot(index="model", columns="metric", values="value")
     assert w.loc["LinearModel", "pearson_delta_de"] > 0.5

@@ -15,16 +15,13 @@ def _labels(n=600, seed=0):
     return batch, cond, is_ctrl
 
 
+def _sampler(batch, cond, is_ctrl, **kwargs) -> PerturbationBatchSampler:
+    return PerturbationBatchSampler(batch_labels=batch, condition_codes=cond, is_control=is_ctrl, **kwargs)
+
+
 def test_batch_matched_minibatches_hold_one_batch_with_its_controls():
     batch, cond, is_ctrl = _labels()
-    s = PerturbationBatchSampler(
-        batch_labels=batch,
-        condition_codes=cond,
-        is_control=is_ctrl,
-        batch_size=64,
-        strategy="batch_matched",
-        min_controls=8,
-    )
+    s = _sampler(batch, cond, is_ctrl, batch_size=64, strategy="batch_matched", min_controls=8)
     mbs = list(iter(s))
     seen = set()
     for mb in mbs:
@@ -35,14 +32,7 @@ def test_batch_matched_minibatches_hold_one_batch_with_its_controls():
     # every perturbed cell appears in the epoch
     assert set(np.flatnonzero(~is_ctrl)) <= seen
     # deterministic for the seed, different next epoch
-    s2 = PerturbationBatchSampler(
-        batch_labels=batch,
-        condition_codes=cond,
-        is_control=is_ctrl,
-        batch_size=64,
-        strategy="batch_matched",
-        min_controls=8,
-    )
+    s2 = _sampler(batch, cond, is_ctrl, batch_size=64, strategy="batch_matched", min_controls=8)
     assert [list(m) for m in iter(s2)] == [list(m) for m in mbs]
     assert [list(m) for m in iter(s2)] != [list(m) for m in mbs]
 
@@ -51,14 +41,7 @@ def test_error_guided_draws_in_proportion_to_weights():
     batch, cond, is_ctrl = _labels(n=3000)
     weights = np.ones(6)
     weights[3] = 4.0
-    s = PerturbationBatchSampler(
-        batch_labels=batch,
-        condition_codes=cond,
-        is_control=is_ctrl,
-        batch_size=100,
-        strategy="error_guided",
-        condition_weights=weights,
-    )
+    s = _sampler(batch, cond, is_ctrl, batch_size=100, strategy="error_guided", condition_weights=weights)
     drawn = np.concatenate([np.asarray(mb) for _ in range(5) for mb in iter(s)])
     freq = np.bincount(cond[drawn], minlength=6) / np.bincount(cond, minlength=6)
     assert freq[3] / np.mean(freq[[1, 2, 4, 5]]) == pytest.approx(4.0, rel=0.2)
@@ -68,9 +51,7 @@ def test_error_guided_draws_in_proportion_to_weights():
 def test_unknown_strategy_raises():
     batch, cond, is_ctrl = _labels()
     with pytest.raises(ValueError, match="strategy='nope' is not"):
-        PerturbationBatchSampler(
-            batch_labels=batch, condition_codes=cond, is_control=is_ctrl, batch_size=64, strategy="nope"
-        )
+        _sampler(batch, cond, is_ctrl, batch_size=64, strategy="nope")
 
 
 @pytest.mark.parametrize("batching", ["batch_matched", "error_guided"])
