@@ -9,7 +9,7 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
-from scmech.tl._split._make import _check_random_state
+from scmech.tl._seeds import check_random_state, resolved_seed
 
 from ._additivity import _check_additivity
 from ._baseline import _check_baseline
@@ -17,7 +17,7 @@ from ._data import _prepare
 from ._instantaneous import _check_time
 from ._media import _check_media
 from ._model import _check_model
-from ._registry import COLUMNS, _cannot, _resolved_seed, _rngs, _row
+from ._registry import COLUMNS, _cannot, _rngs, _row
 from ._unique_attractor import _mixture_checks
 from ._validation import (
     _validate_common,
@@ -186,8 +186,8 @@ def check_assumptions(
     """
     _validate_common(n_bootstrap, alpha)
     _validate_flags(counts=counts, copy=copy)
-    _check_random_state(random_state)
-    seed = _resolved_seed(random_state)
+    check_random_state(random_state)
+    seed = resolved_seed(random_state)
     _validate_target(adata, key_added, copy, 'adata.uns["scmech"]')
     _validate_model(model)
     data = _prepare(

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
-from scmech.tl._split._make import _check_random_state
+from scmech.tl._seeds import check_random_state, resolved_seed
 
 from ._data import _prepare
-from ._registry import _resolved_seed, _rngs
+from ._registry import _rngs
 from ._unique_attractor import _mixture_checks
 from ._validation import _validate_flags, _validate_key_added, _validate_target
 
@@ -75,7 +75,7 @@ def estimate_efficacy(
     _validate_flags(counts=counts, copy=copy)
     read = {"perturbation_key": perturbation_key, "batch_key": batch_key, "time_key": time_key}
     _validate_key_added(key_added, {**read, "media_key": media_key})
-    _check_random_state(random_state)
+    check_random_state(random_state)
     data = _prepare(
         adata,
         perturbation_key=perturbation_key,
@@ -90,7 +90,7 @@ def estimate_efficacy(
     )
     # the generator of the unique-attractor check of check_assumptions(random_state=random_state), so that the
     # cross-fitting splits, and so the posteriors, are the same
-    mixtures = _mixture_checks(data, _rngs(_resolved_seed(random_state))["unique_attractor"], 1, 0.05)
+    mixtures = _mixture_checks(data, _rngs(resolved_seed(random_state))["unique_attractor"], 1, 0.05)
     pert = data.design.perturbation
     eff = np.where(pert.fit_mask & ~pert.is_control, 1.0, 0.0)
     for m in mixtures:

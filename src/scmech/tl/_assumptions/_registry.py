@@ -59,17 +59,6 @@ _STREAMS = (
 )
 
 
-def _resolved_seed(random_state: int | None) -> int:
-    """Return the seed of a run: ``random_state``, else ``scvi.settings.seed``, else a fresh one (recorded).
-
-    ``random_state`` must have passed ``_check_random_state``.
-    """
-    from scmech.tl._split._make import _seed
-
-    seed = _seed(random_state)
-    return int(seed) if seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
-
-
 def _rngs(random_state: int) -> dict[str, np.random.Generator]:
     """Random generator of each check, keyed by assumption.
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from scmech.tl._metrics._checks import _check_seed
+from scmech.tl._seeds import check_seed
 
 from ._allocation import _allocate, _expected_errors, _naive
 from ._batch_design import BatchDesign
@@ -318,7 +318,7 @@ def recommend_batches(
     naive_mde    0.55
     dtype: float64
     """
-    _check_seed(random_state)
+    check_seed(random_state)
     labels = _perturbation_labels(perturbations, control_label)
     K = len(labels)
     B, C, m = _check_batch_arguments(

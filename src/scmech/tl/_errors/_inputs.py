@@ -19,8 +19,8 @@ import scipy.sparse as sp
 from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_condition, get_design
 from scmech.tl._metrics import check_finite_rows
-from scmech.tl._metrics._checks import _check_seed
 from scmech.tl._metrics._predictions import check_condition_labels, prediction_labels
+from scmech.tl._seeds import check_seed
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -82,7 +82,7 @@ def _check_arguments(
     random_state: Any = 0,
 ) -> None:
     """Check the scalar arguments of :func:`~scmech.tl._errors.error_decomposition`, in this order."""
-    _check_seed(random_state)
+    check_seed(random_state)
     if target not in ("delta", "expression"):
         msg = f"target={target!r} is not supported; use 'delta' (effects) or 'expression' (batch-free predictions)."
         raise ValueError(msg)

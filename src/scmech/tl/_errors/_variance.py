@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from scmech.tl._metrics._checks import _check_seed
+from scmech.tl._seeds import check_seed
 
 from ._inputs import _check_counts_args, _dispersion
 from ._setup import _setup
@@ -160,7 +160,7 @@ def estimate_variance(
     >>> var.loc[var["mean"] >= 1, ["batch", "cell"]].mean()
     """
     _check_counts_args(n_splits=n_splits, min_cells=min_cells)
-    _check_seed(random_state)
+    check_seed(random_state)
     if n_splits < 1 or min_cells < 2:
         msg = f"n_splits ({n_splits}) must be >= 1 and min_cells ({min_cells}) >= 2."
         raise ValueError(msg)

@@ -41,16 +41,6 @@ def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
     return list(values)
 
 
-def _check_seed(random_state: Any, name: str = "random_state", *, allow_none: bool = True) -> None:
-    """Refuse a seed that :func:`numpy.random.default_rng` cannot take (anything but ``None`` or an integer >= 0)."""
-    if random_state is None and allow_none:
-        return
-    if isinstance(random_state, bool) or not isinstance(random_state, int | np.integer) or random_state < 0:
-        alt = " (or None)" if allow_none else ""
-        msg = f"{name}={random_state!r} must be a non-negative integer seed{alt}, e.g. {name}=0."
-        raise TypeError(msg) if not isinstance(random_state, int | np.integer) else ValueError(msg)
-
-
 def _check_de_method(de_method: Any) -> None:
     """Refuse a ``de_method`` that :func:`scanpy.tl.rank_genes_groups` does not offer."""
     if de_method not in _DE_METHODS:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 from scmech.data._checks import check_expression, check_unique_names
+from scmech.tl._seeds import check_seed
 
 from ._checks import (
     _MAX_LOG1P,
@@ -24,7 +25,6 @@ from ._checks import (
     _check_de_method,
     _check_finite_cells,
     _check_scale,
-    _check_seed,
     _index_mask,
     _warn,
 )
@@ -183,7 +183,7 @@ def evaluate(
     """
     _check_sizes(n_de_genes, n_top_expressed, n_pcs, max_cells)
     _check_de_method(de_method)
-    _check_seed(random_state)
+    check_seed(random_state)
     conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)
     if conditions is not None and len(conditions) == 0:
         msg = "conditions=[] selects nothing to evaluate; pass conditions=None to evaluate every shared condition."

@@ -11,8 +11,9 @@ from scmech._docs import fill_doc
 from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
+from scmech.tl._seeds import check_seed
 
-from ._checks import _as_list, _check_de_method, _check_seed, _warn
+from ._checks import _as_list, _check_de_method, _warn
 from ._evaluate import _check_sizes, _data_max
 from ._score import _run
 
@@ -117,7 +118,7 @@ def noise_ceiling(
         raise ValueError(msg)
     _check_de_method(de_method)
     _check_sizes(n_de_genes, n_top_expressed, 1, 2)
-    _check_seed(random_state)
+    check_seed(random_state)
     check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
     _data_max(adata, layer, counts)
     conditions, train_conditions = _as_list(conditions), _as_list(train_conditions)

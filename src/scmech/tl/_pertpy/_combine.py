@@ -17,8 +17,8 @@ from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
-from scmech.tl._metrics._checks import _check_seed
 from scmech.tl._metrics._predictions import check_condition_labels
+from scmech.tl._seeds import check_seed
 
 from ._common import OBSERVED, PREDICTED, _dense
 
@@ -128,7 +128,7 @@ def combine_prediction(
     >>> both.obs["group"].value_counts()
     """
     _check_combine_args(pred, observed, n_pcs=n_pcs, max_cells=max_cells, layer=layer)
-    _check_seed(random_state, allow_none=False)
+    check_seed(random_state, allow_none=False)
     design = get_design(
         observed,
         perturbation_key,

@@ -16,14 +16,13 @@ from scmech._docs import fill_doc
 from scmech._numbers import check_positive_int
 from scmech._threads import log_normalise, torch_threads_kept
 from scmech.data._design import get_design
-from scmech.tl._assumptions._registry import _resolved_seed
 from scmech.tl._assumptions._validation import (
     _check_raw_counts,
     _validate_flags,
     _validate_key_added,
     _validate_target,
 )
-from scmech.tl._split._make import _check_random_state
+from scmech.tl._seeds import check_random_state, resolved_seed
 
 from ._common import _dense, _import_pertpy, _obs_column
 from ._mixture import _mixscape_posterior, _pertpy_mixture_works
@@ -245,8 +244,8 @@ def _check_de_args(logfc_threshold: Any, pval_cutoff: Any) -> None:
 
 def _mixscape_seed(random_state: Any) -> int:
     """Return the seed of the Mixscape run: ``random_state`` checked, or ``scvi.settings.seed`` for ``None``."""
-    _check_random_state(random_state)
-    seed = _resolved_seed(random_state)
+    check_random_state(random_state)
+    seed = resolved_seed(random_state)
     if seed >= 2**32:
         msg = f"random_state={random_state!r} must be below 2**32 (numpy's seeds); pass e.g. random_state=0."
         raise ValueError(msg)

@@ -9,6 +9,7 @@ import numpy as np
 
 from scmech._docs import fill_doc
 from scmech.data._design import get_design
+from scmech.tl._seeds import check_random_state, default_seed
 
 from ._choice import _given_conditions, _held_out, _targets
 from ._result import Split, _fingerprint_obs_names
@@ -147,7 +148,7 @@ def split(
         warn_missing_controls=False,
     )
     design = full.perturbation
-    rng = np.random.default_rng(_seed(random_state))
+    rng = np.random.default_rng(default_seed(random_state))
     held = _held_out(
         full,
         kind,
@@ -204,7 +205,7 @@ def _check_split_args(
     if kind not in _KINDS:
         msg = f"Unknown split kind {kind!r}; use one of {list(_KINDS)}."
         raise ValueError(msg)
-    _check_random_state(random_state)
+    check_random_state(random_state)
     _check_fraction(test_size, "test_size", allow_zero=False)
     _check_fraction(validation_size, "validation_size", allow_zero=True)
     if test_conditions is None and test_size + validation_size >= 1:
@@ -231,28 +232,6 @@ def _check_split_args(
             msg = f"A {kind!r} split needs `{arg}`: the obs column of the {kind} values (e.g. {arg}='bio_rep')."
             raise ValueError(msg)
     return group_key
-
-
-def _check_random_state(random_state: Any) -> None:
-    """Refuse a ``random_state`` that is not a non-negative integer or ``None``."""
-    ok = random_state is None or (
-        isinstance(random_state, int | np.integer) and not isinstance(random_state, bool) and random_state >= 0
-    )
-    if not ok:
-        msg = (
-            f"random_state={random_state!r} must be a non-negative integer seed (e.g. random_state=0) or None "
-            "(scvi.settings.seed)."
-        )
-        raise ValueError(msg)
-
-
-def _seed(random_state: int | None) -> int | None:
-    """Return the seed of the random choices: ``random_state``, or ``scvi.settings.seed`` when it is ``None``."""
-    if random_state is not None:
-        return int(random_state)
-    from scvi import settings
-
-    return settings.seed
 
 
 def _check_fraction(value: float, name: str, *, allow_zero: bool) -> None:
@@ -366,7 +345,7 @@ def leave_one_out(
         msg = "Leave-one-out needs at least two perturbations (one held out, the others to train on)."
         raise ValueError(msg)
     _check_fraction(validation_size, "validation_size", allow_zero=True)
-    _check_random_state(random_state)
+    check_random_state(random_state)
 
     def _gen() -> Iterator[Split]:
         for c in conds:
