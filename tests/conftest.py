@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,6 @@ import torch
 
 torch.set_num_threads(1)
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-
-#: the shared data folder of a development checkout (absent in a bare clone)
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "papalexi2021_thp1_eccite"
-
 
 #: the obs columns that begin every prediction, of SemiMechVI and of each baseline (each adds its own after them)
 PREDICTION_OBS = ("perturbation", "media", "time", "media_time", "batch", "n_cells", "unseen_targets")
@@ -59,10 +54,3 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip("the shared data folder is not available next to this checkout")
-    return SHARED_DATA
