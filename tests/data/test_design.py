@@ -276,3 +276,16 @@ def test_property_canonical_label_round_trips_or_refuses(targets):
             canonical_label(targets)
         return
     assert parse_condition(canonical_label(targets)) == tuple(sorted(kept))
+
+
+def test_canonical_condition_sorts_targets_under_the_design():
+    from scmech.data._design import canonical_condition
+
+    design = parse_perturbations(["NT", "B+A", "C"], control_label="NT", separator="+")
+    assert canonical_condition("B+A", design) == "A+B"
+    assert canonical_condition("NT", design) == "NT"
+    with pytest.raises(ValueError, match=r"^Cannot parse test condition 'A\+': "):
+        canonical_condition("A+", design, "test condition")
+    # without a name for the label, the parser's own message comes through
+    with pytest.raises(ValueError, match=r"^Perturbation label 'A\+' .* has an empty target around the separator"):
+        canonical_condition("A+", design)

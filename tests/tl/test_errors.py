@@ -433,3 +433,14 @@ def test_non_finite_values_are_named_as_such(sim, value, counts):
     bad.layers["raw"] = x
     with pytest.raises(ValueError, match=r"adata\.layers\['raw'\] has 1 NaN or infinite values"):
         estimate_variance(bad, batch_key="batch", layer="raw", counts=counts)
+
+
+def test_predictions_with_two_rows_for_one_condition_are_refused(sim):
+    pred = _truth_prediction(sim)
+    labels = pred.obs["perturbation"].astype(str).to_numpy()
+    perturbed = [i for i, c in enumerate(labels) if c != "NT"]
+    first, second = perturbed[0], perturbed[1]
+    labels[second] = labels[first]  # e.g. one row per medium, read as the same condition twice
+    pred.obs["perturbation"] = labels
+    with pytest.raises(ValueError, match=rf"predictions hold several rows for \['{labels[first]}'\].*decompose one"):
+        error_decomposition(sim, batch_key="batch", predictions=pred, n_bootstrap=0)
