@@ -218,9 +218,8 @@ class RunSignatureCallback(Callback):
             msg = (
                 f"the checkpoint was written by a run with other data or settings ({'; '.join(diff)}).{seed} "
                 "Resume with the same data, split, batching, max_epochs, batch_size and plan_kwargs as the interrupted "
-                "run (the "
-                "KL warm-up follows max_epochs), or train afresh with ckpt_path=None. To train longer, finish the run "
-                "and call train() again: it continues from the trained weights."
+                "run (the KL warm-up follows max_epochs), or train afresh with ckpt_path=None. To train longer, "
+                "finish the run and call train() again: it continues from the trained weights."
             )
             raise CheckpointMismatchError(msg)
 

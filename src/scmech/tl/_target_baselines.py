@@ -72,6 +72,7 @@ class OwnGene(TrainMean):
 
     def _fit(self) -> None:
         super()._fit()
+        self._gene_pos = {g: i for i, g in enumerate(self._pb.columns)}
         ctrl = self._pb.loc[self._control()].to_numpy()
         changes = [float(self._pb.loc[c].iloc[g] - ctrl[g]) for c, g in _measured_singles(self)]
         if not changes:
@@ -156,6 +157,7 @@ class TargetClassMean(TrainMean):
     def _fit(self) -> None:
         super()._fit()
         genes = list(self._pb.columns)
+        self._gene_pos = {g: i for i, g in enumerate(genes)}
         self.class_targets_ = [c for c, _ in _measured_singles(self)]
         self._class_values = np.asarray([self._pb.loc[c].to_numpy() for c in self.class_targets_])
         if self.k is not None:
@@ -188,18 +190,17 @@ class TargetClassMean(TrainMean):
 
 
 def _measured_singles(model: TrainMean) -> list[tuple[str, int]]:
-    """Index the genes of ``model`` (its ``_gene_pos``) and list its training single targets whose gene is measured.
+    """List the training single targets of ``model`` whose gene is measured, with the gene's position.
 
     Parameters
     ----------
     model
-        A fitted pseudobulk baseline (its training pseudobulk in ``_pb``).
+        A fitted pseudobulk baseline (its training pseudobulk in ``_pb``, gene positions in ``_gene_pos``).
 
     Returns
     -------
     ``(condition, gene position)`` of each training condition that perturbs one measured gene, in training order.
     """
-    model._gene_pos = {g: i for i, g in enumerate(model._pb.columns)}
     out = []
     for c in model._pb.index:
         _, targets = model._canonical(c)

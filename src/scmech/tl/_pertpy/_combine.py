@@ -3,6 +3,7 @@ r"""Predictions and observed cells in one AnnData and one space, for pertpy (:fu
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anndata as ad
@@ -139,17 +140,15 @@ def combine_prediction(
     ).perturbation
     ctrl = design.control_label
 
-    def _canon(label: str) -> str:
-        return canonical_condition(label, design)
-
-    plabels = np.asarray([_canon(x) for x in pred.obs["perturbation"].astype(str)], dtype=object)
+    canon = partial(canonical_condition, design=design)
+    plabels = np.asarray([canon(x) for x in pred.obs["perturbation"].astype(str)], dtype=object)
     mean_pred = _is_mean_prediction(pred, plabels)
     olabels = np.where(design.is_unassigned, "", design.labels).astype(object)
     observed_conds = set(olabels[olabels != ""].tolist())
     if ctrl not in observed_conds:
         msg = f"observed has no control cells ({control_label!r} in obs[{perturbation_key!r}])."
         raise ValueError(msg)
-    conds = _combined_conditions(plabels, observed_conds, conditions, _canon, perturbation_key)
+    conds = _combined_conditions(plabels, observed_conds, conditions, canon, perturbation_key)
     genes = _shared_genes(pred, observed)
     rng = np.random.default_rng(np.random.SeedSequence(int(random_state)))
     obs_groups = [ctrl, *[c for c in conds if c != ctrl]]
