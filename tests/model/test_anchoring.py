@@ -11,7 +11,7 @@ import scvi
 
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
-from scmech.model._anchoring import Observations, ObservedPseudobulk
+from scmech.model._anchoring import Observations, ObservedPseudobulk, random_effects_weights
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
@@ -156,7 +156,7 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     # the users' observations, with their sampling variances: every correction is weighed against its noise
     model, held = steady.model, steady.heldout_target
     obs, ctx = model.anchor_, Context(None)
-    m = _raw(model, ["NT", "G0008", "G0021", "G0008+G0021", held, *model.target_map_.class_targets])
+    m = _raw(model, ["NT", "G0008", "G0021", "G0008+G0021", held, *model.target_map_.trained])
     pred = model.predict(["NT", "G0008", "G0008+G0021", held], random_state=0)
     weights = []
 
@@ -176,12 +176,14 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     want = expected(m_add, a_obs - m_add, y["G0008"].var + y["G0021"].var + y["NT"].var)
     want = want + obs.interaction_gain * (m["G0008+G0021"] - m_add)
     np.testing.assert_allclose(pred.X[2], want, rtol=1e-5, atol=1e-5)
-    # unseen target: the members' mean read-out plus the model's specific change, corrected by the class's mean
-    # error with the variance of a mean
-    members = model.target_map_.class_targets
-    err = np.mean([obs.get(q, ctx).value - m[q] for q in members], axis=0)
-    var = sum(obs.get(q, ctx).var for q in members) / len(members) ** 2
-    base = np.mean([m[q] for q in members], axis=0) + m[held] - _class_reference(model)
+    # unseen target: the members' random-effects mean read-out plus the model's specific change, corrected by
+    # their weighted mean error with the variance of that weighted mean
+    members = model.target_map_.trained
+    ys = [obs.get(q, ctx) for q in members]
+    omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
+    err = omega @ np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])
+    var = (omega**2) @ np.stack([o.var for o in ys])
+    base = omega @ np.stack([m[q] for q in members]) + m[held] - _class_reference(model)
     np.testing.assert_allclose(pred.X[3], expected(base, err, var), rtol=1e-5, atol=1e-5)
     # the weights are not all one: the noise of this small screen does shrink some genes
     assert min(float(w.min()) for w in weights) < 0.9
@@ -230,7 +232,7 @@ def test_interaction_gain_recovers_the_share_the_training_combinations_bear_out(
 
 
 # ------------------------------------------------------------------------------------------------ unseen targets
-def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady, monkeypatch):
+def test_unseen_target_is_the_shared_response_plus_the_models_specific_change(steady, monkeypatch):
     model, held = steady.model, steady.heldout_target
     monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
     tm = model.target_map_
@@ -238,11 +240,12 @@ def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady,
     assert tm.class_targets == ["G0008", "G0009", "G0021"]
     pred = model.predict([held], random_state=0)
     assert pred.obs["target_source"].iloc[0] == "gene map"
-    assert "class mean" in pred.uns["scmech"]["prediction"]["anchoring"][held]
-    m = _raw(model, [held, *tm.class_targets])
+    assert "shared response" in pred.uns["scmech"]["prediction"]["anchoring"][held]
+    m = _raw(model, [held])
     ctx = Context(None)
-    # noise-free: the observed class mean plus the change of the target's read-out from the class reference
-    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.class_targets], axis=0)
+    # noise-free observations are equally precise: the anchor is the plain mean of every training target, plus
+    # the change of the target's read-out from the class reference
+    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.trained], axis=0)
     specific = m[held] - _class_reference(model)
     np.testing.assert_allclose(pred.X[0], observed + specific, rtol=1e-5, atol=1e-5)
     # the reference is a read-out of the anchoring, not a target of the data
@@ -673,16 +676,19 @@ def test_a_true_sparse_interaction_the_model_captures_is_kept_whole_in_noise():
 
 
 def test_a_target_without_prior_information_is_exchangeable_with_the_training_targets(steady):
-    # no measured gene, no embedding: the model has nothing specific to add, so the read-out is the mean of the
-    # training targets' read-outs (not the read-out of their mean operator), anchored on their observations
+    # no measured gene, no embedding: the model has nothing specific to add, so the read-out is the random-effects
+    # mean of the training targets' read-outs (not the read-out of their mean operator), anchored on their
+    # observations
     model, ctx = steady.model, Context(None)
     pred = model.predict(["CD274"], random_state=0)
     assert pred.obs["target_source"].iloc[0] == "shared response"
     members = sorted(model.target_map_.trained)
     m = _raw(model, members)
-    reads = np.mean([m[q] for q in members], axis=0)
-    err = np.mean([model.anchor_.get(q, ctx).value - m[q] for q in members], axis=0)
-    var = sum(model.anchor_.get(q, ctx).var for q in members) / len(members) ** 2
+    ys = [model.anchor_.get(q, ctx) for q in members]
+    omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
+    reads = omega @ np.stack([m[q] for q in members])
+    err = omega @ np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])
+    var = (omega**2) @ np.stack([o.var for o in ys])
     np.testing.assert_allclose(pred.X[0], reads + _eb_weight(err, var) * err, rtol=1e-5, atol=1e-5)
     # noise-free observations: exactly the training targets' observed mean
     obs = _noise_free(model.anchor_)

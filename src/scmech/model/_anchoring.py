@@ -18,9 +18,10 @@ the baseline cannot. One plan per predicted row, chosen in this order:
     The perturbation was observed at the same time under other medium protocols: its effect there is
     carried over as far as the training targets observed in both media show that it carries.
 :class:`UnseenTarget`
-    A single target without training cells: the observed mean of the training targets of its class (those
-    described by the same prior information) plus the model's change specific to the target, measured from its
-    read-out of the class's mean operator.
+    A single target without training cells: the random-effects mean of the training targets' observations (each
+    weighed by its precision, so that a target observed in a handful of cells does not carry its noise into every
+    prediction) plus the model's change specific to the target, measured from its read-out of the class's mean
+    operator.
 :class:`ControlLevel`
     Any other condition in a context whose controls were observed: :math:`m_p + w (y_\varnothing -
     m_\varnothing)`.
@@ -59,6 +60,7 @@ __all__ = [
     "anchor_rows",
     "log_pseudobulk",
     "plan_anchoring",
+    "random_effects_weights",
     "shrinkage",
     "sure_translation",
     "TRANSLATION_LIMITS",
@@ -290,24 +292,28 @@ class Combination(AnchorPlan):
 
 @dataclass(frozen=True)
 class UnseenTarget(SharedCorrection):
-    r"""A target without training cells: its class's observed mean plus the model's specific change.
+    r"""A target without training cells: the shared response of the training targets plus the model's specific change.
 
-    :math:`\hat y_t = \overline{m_q} + w \odot \overline{(y_q - m_q)} + (m_t - m_{\bar v})` over the training
-    targets :math:`q` of the class (those with the same kind of prior information as :math:`t`, e.g. a measured
-    gene; every training target when :math:`t` has none): the target-class mean nested in the model, which
-    supplies what is specific to :math:`t`, the change of its read-out :math:`m_t` (the direct knock-down of its
-    own gene and its propagation through the learned dynamics) from the read-out :math:`m_{\bar v}` of the
-    class's mean operator without an own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The class
-    mean is the mean of the members' read-outs, not the read-out of their mean operator: the dynamics and the
-    decoder are nonlinear, the response to an average drive is not the average response, and their difference
-    is no information about :math:`t`.
+    :math:`\hat y_t = \sum_q \omega_q m_q + w \odot \sum_q \omega_q (y_q - m_q) + (m_t - m_{\bar v})` over the
+    training targets :math:`q` (``members``) with the random-effects weights :math:`\omega_q`
+    (:func:`random_effects_weights`): the precision-weighted mean of the training targets' observations, nested in
+    the model, which supplies what is specific to :math:`t`, the change of its read-out :math:`m_t` (the direct
+    knock-down of its own gene, its propagation through the learned dynamics and, where validated, the embedding's
+    map) from the read-out :math:`m_{\bar v}` of the mean operator of the targets with a measured gene, without an
+    own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The mean is the mean of the members' read-outs,
+    not the read-out of their mean operator: the dynamics and the decoder are nonlinear, the response to an
+    average drive is not the average response, and their difference is no information about :math:`t`.
+
+    The weights matter where the training targets were observed with unequal precision: with equal weights a
+    target of 30 cells moves every unseen prediction by its noise as much as a target of 1,000 cells moves it
+    by its effect. Anchoring on every training target rather than on those of the same kind (for example those
+    with a measured gene) keeps the anchor's own noise low; what a target's kind implies is the model's part.
 
     A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
-    for the model to add; it is exchangeable with the training targets: anchored, it is the class's observed
-    mean.
+    for the model to add; it is exchangeable with the training targets: anchored, it is their weighted mean.
     """
 
-    description: ClassVar[str] = "class mean of training targets plus the model's specific change"
+    description: ClassVar[str] = "shared response of the training targets plus the model's specific change"
     context: Context
     members: tuple[str, ...]
     pooled: bool = False
@@ -319,17 +325,58 @@ class UnseenTarget(SharedCorrection):
     def base(self, row, read, obs):
         return 0.0 if self.pooled else read(row)
 
+    def weights(self, obs: Observations) -> np.ndarray:
+        """Weight of each member in the class mean (:func:`random_effects_weights`)."""
+        ys = [obs.get(q, self.context) for q in self.members]
+        return random_effects_weights(np.stack([_value(y) for y in ys]), np.stack([_var(y) for y in ys]))
+
     def offset(self, read, obs):
-        mean = np.mean([read(obs.protocol(q, self.context)) for q in self.members], axis=0)
+        w = self.weights(obs)
+        mean = w @ np.stack([read(obs.protocol(q, self.context)) for q in self.members])
         return mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
 
     def corrections(self, read, obs):
-        n = len(self.members)
-        reads = [read(obs.protocol(q, self.context)) for q in self.members]
-        errors = [_value(obs.get(q, self.context)) - m for q, m in zip(self.members, reads, strict=True)]
-        corr = np.mean(errors, axis=0)
-        var = sum(_var(obs.get(q, self.context)) for q in self.members) / n**2
+        w = self.weights(obs)
+        ys = [obs.get(q, self.context) for q in self.members]
+        reads = np.stack([read(obs.protocol(q, self.context)) for q in self.members])
+        corr = w @ (np.stack([_value(y) for y in ys]) - reads)
+        var = (w**2) @ np.stack([_var(y) for y in ys])
         return [(corr, var)]
+
+
+def random_effects_weights(values: np.ndarray, var: np.ndarray) -> np.ndarray:
+    r"""Weights of a random-effects mean of observed responses (members x genes), each with its sampling noise.
+
+    Each member :math:`q` observes the class's response plus its own deviation, of common variance
+    :math:`\tau^2` per gene, plus sampling noise of mean variance :math:`\bar v_q` per gene (few cells: large
+    :math:`\bar v_q`). The best linear unbiased mean weighs each member by :math:`1 / (\tau^2 + \bar v_q)`
+    (DerSimonian and Laird, Control. Clin. Trials 7, 177-188, 1986), with :math:`\tau^2` estimated by moments
+    over all genes: the members' spread around their mean less their mean noise. Members observed with similar
+    precision get equal weights; a member observed in a handful of cells, whose pseudobulk is mostly noise,
+    weighs less and no longer pulls every unseen target's prediction along its noise.
+
+    Parameters
+    ----------
+    values
+        Observed log pseudobulks of the members (members x genes).
+    var
+        Their per-gene sampling variances.
+
+    Returns
+    -------
+    The weights, summing to 1.
+    """
+    k = len(values)
+    if k < 2:
+        return np.ones(k)
+    noise = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0).mean(axis=1)
+    spread = float(np.mean(np.var(np.asarray(values, dtype=np.float64), axis=0, ddof=1)))
+    tau2 = max(0.0, spread - float(noise.mean()))
+    total = tau2 + noise
+    if not np.all(total > 0):
+        return np.full(k, 1.0 / k)
+    w = 1.0 / total
+    return w / w.sum()
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,10 @@ class PostTrainingMixin:
                 tm.gain, tm.gain_loo = validated
             embedding, tm.embedding_source = self._gene_embedding(train_indices, n_components)
             if embedding is not None:
+                member_emb = embedding[[gene_pos[t] for t in members]]
                 resid = class_ops - op_class - tm.gain * (drives - tm.propagation_mean)
-                coef, intercept, ridge = residual_map(embedding[[gene_pos[t] for t in members]], resid)
-                if coef is not None:
+                coef, intercept, ridge = residual_map(member_emb, resid)
+                if coef is not None and self._validate_map(member_emb, drives, class_ops, tm, pairs):
                     tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
         self.target_map_ = tm
 
@@ -208,6 +209,66 @@ class PostTrainingMixin:
             errors[share][k] = float(np.mean((predicted - y[k]) ** 2))
         best = smallest_within_noise(errors)
         return best * tm.gain_fit, {float(k): float(v.mean()) for k, v in errors.items()}
+
+    def _validate_map(
+        self,
+        embedding: np.ndarray,
+        drives: np.ndarray,
+        ops: np.ndarray,
+        tm: TargetMap,
+        pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> bool:
+        r"""Whether the embedding's residual map predicts the training targets better, each mapped as if unseen.
+
+        The map's penalty is chosen by leave-one-out on the latent operators (:func:`residual_map`), which
+        weighs directions by the latent geometry, not by their effect on expression; with a handful of targets
+        it can follow noise. As :meth:`_validate_gain` does for the propagation, each training target :math:`q`
+        of the class observed in the baseline context is predicted without it: the map refitted on the other
+        members (its penalty chosen again), :math:`q`'s operator with and without the map's part, both read out
+        with the own-gene knock-down and compared with :math:`q`'s observed pseudobulk. The map is kept only
+        when its mean squared error is lower by more than the spread between the members
+        (:func:`~scmech.model._target_map.smallest_within_noise`, share 1 against share 0).
+
+        Parameters
+        ----------
+        embedding
+            Embedding rows of the class members' genes (members x K).
+        drives, ops
+            The members' propagated drives and learned operators (members x latent).
+        tm
+            The target map (its gain and own-gene effect are used).
+        pairs
+            From :meth:`_own_gene_pairs`; ``None`` (fewer than 3 observed members) keeps the map as the latent
+            leave-one-out chose it.
+        """
+        if pairs is None:
+            return True
+        seen, y, genes = pairs
+        drive = tm.drive_effect if np.isfinite(tm.drive_effect) else tm.own_effect
+        rows, labels = [], []
+        for k, i in enumerate(seen):
+            keep = [j for j in range(len(ops)) if j != i]
+            v_k, x_k = ops[keep], drives[keep]
+            d = drive * np.asarray(tm.directions[genes[k]], dtype=np.float64) - x_k.mean(0)
+            base = v_k.mean(0) + tm.gain * d
+            resid = v_k - v_k.mean(0) - tm.gain * (x_k - x_k.mean(0))
+            coef, intercept, _ = residual_map(embedding[keep], resid)
+            shift = np.zeros_like(base) if coef is None else embedding[i] @ coef + intercept
+            others = np.arange(len(seen)) != k
+            a = self._fit_own_effect(y[others], genes[others], spread=False)[0] if others.sum() >= 3 else tm.own_effect
+            for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
+                rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
+                labels.append((k, share))
+        values = self._read_mapped(rows)
+        errors = {0.0: np.zeros(len(seen)), 1.0: np.zeros(len(seen))}
+        reference = {}
+        for (k, share), value in zip(labels, values, strict=True):
+            if share is None:
+                reference[k] = value
+                continue
+            others = np.arange(len(seen)) != k
+            errors[share][k] = float(np.mean((y[others].mean(0) + value - reference[k] - y[k]) ** 2))
+        return smallest_within_noise(errors) > 0
 
     @torch.inference_mode()
     def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
