@@ -197,16 +197,7 @@ class PostTrainingMixin:
             for share in GAIN_SHARES:
                 rows.append((v_k.mean(0) + share * kappa * d, a, int(genes[k])))
                 labels.append((k, share))
-        values = self._read_mapped(rows)
-        errors = {share: np.zeros(len(seen)) for share in GAIN_SHARES}
-        reference = {}
-        for (k, share), value in zip(labels, values, strict=True):
-            if share is None:
-                reference[k] = value
-                continue
-            others = np.arange(len(seen)) != k
-            predicted = y[others].mean(0) + value - reference[k]
-            errors[share][k] = float(np.mean((predicted - y[k]) ** 2))
+        errors = _mapped_errors(labels, self._read_mapped(rows), y, GAIN_SHARES)
         best = smallest_within_noise(errors)
         return best * tm.gain_fit, {float(k): float(v.mean()) for k, v in errors.items()}
 
@@ -259,16 +250,7 @@ class PostTrainingMixin:
             for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
                 rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
                 labels.append((k, share))
-        values = self._read_mapped(rows)
-        errors = {0.0: np.zeros(len(seen)), 1.0: np.zeros(len(seen))}
-        reference = {}
-        for (k, share), value in zip(labels, values, strict=True):
-            if share is None:
-                reference[k] = value
-                continue
-            others = np.arange(len(seen)) != k
-            errors[share][k] = float(np.mean((y[others].mean(0) + value - reference[k] - y[k]) ** 2))
-        return smallest_within_noise(errors) > 0
+        return smallest_within_noise(_mapped_errors(labels, self._read_mapped(rows), y, (0.0, 1.0))) > 0
 
     @torch.inference_mode()
     def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
@@ -522,3 +504,21 @@ def _own_calibration(values: list[float], modality: str | None) -> tuple[float, 
         )
         med = 0.0
     return med, sd
+
+
+def _mapped_errors(labels: list, values: np.ndarray, y: np.ndarray, shares) -> dict[float, np.ndarray]:
+    """Squared errors of the observed members, each predicted as if unseen, for each share of a mapped part.
+
+    ``labels`` names each read-out row ``(member, share)``, with ``share=None`` for the member's reference
+    read-out (the class's mean operator without an own gene). Member ``k`` is predicted as an unseen target is
+    anchored: the mean of the other members' observations ``y`` plus its read-out's change from its reference.
+    """
+    errors = {share: np.zeros(len(y)) for share in shares}
+    reference = {}
+    for (k, share), value in zip(labels, values, strict=True):
+        if share is None:
+            reference[k] = value
+            continue
+        others = np.arange(len(y)) != k
+        errors[share][k] = float(np.mean((y[others].mean(0) + value - reference[k] - y[k]) ** 2))
+    return errors
