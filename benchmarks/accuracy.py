@@ -32,15 +32,15 @@ predicted change from the model's own predicted control in the held-out context 
 second table per regime: observed pseudobulks carry sampling noise, and a change measured against the held-out
 group's observed controls shares their noise with any prediction that does not use those controls.
 
-Models: ``ControlMean``, ``TrainMean``, ``OwnGene`` (train mean with the calibrated own-gene change),
-``TargetClassMean`` (mean of the measured training targets), ``Additive`` (combinations), ``LinearModel``
-(Ahlmann-Eltze et al.), ``SemiMechVI`` and ``SemiMechVI_vanilla`` (``steady_state_weight=0``), and each
-SemiMechVI's own read-out without anchoring (``*_alone``, ``predict(anchor="none")`` of the same fit), the
-anchored prediction without the propagation of an unseen target's knock-down through the learned dynamics
+Models: ``ControlMean``, ``TrainMean``, ``WeightedTrainMean`` (``TrainMean(weighting="precision")``, the
+random-effects mean that SemiMechVI anchors unseen targets on), ``OwnGene`` (train mean with the calibrated
+own-gene change), ``TargetClassMean`` (mean of the measured training targets), ``Additive`` (combinations),
+``LinearModel`` (Ahlmann-Eltze et al.), ``SemiMechVI`` and ``SemiMechVI_vanilla`` (``steady_state_weight=0``),
+and each SemiMechVI's own read-out without anchoring (``*_alone``, ``predict(anchor="none")`` of the same fit),
+the anchored prediction without the propagation of an unseen target's knock-down through the learned dynamics
 (``*_no_propagation``: the target map's gain set to 0; equal to the full prediction wherever the gain did not
-validate or no target is unseen), plus the
-split-half noise ceiling where the held-out conditions have enough cells. pertpy's scGen (``scmech.tl.ScGen``)
-is left out: it needs a GPU to be practical at these sizes.
+validate or no target is unseen), plus the split-half noise ceiling where the held-out conditions have enough
+cells. pertpy's scGen (``scmech.tl.ScGen``) is left out: it needs a GPU to be practical at these sizes.
 
 Run from the repository root::
 
@@ -199,10 +199,10 @@ def _truth_scores(adata, split, preds: dict, ctrl_preds: dict, setup: dict, n_de
 def _factories(
     setup: dict[str, Any], *, additive: bool = False, vanilla: bool = True, linear: bool = True
 ) -> dict[str, Callable]:
-    def baseline(cls):
+    def baseline(cls, **kwargs):
         def make(data):
             cls.setup_anndata(data, **setup)
-            return cls(data)
+            return cls(data, **kwargs)
 
         return make
 
@@ -214,6 +214,7 @@ def _factories(
         return make
 
     out = {"ControlMean": baseline(scmech.tl.ControlMean), "TrainMean": baseline(scmech.tl.TrainMean)}
+    out["WeightedTrainMean"] = baseline(scmech.tl.TrainMean, weighting="precision")
     out["OwnGene"] = baseline(scmech.tl.OwnGene)
     out["TargetClassMean"] = baseline(scmech.tl.TargetClassMean)
     if additive:

@@ -89,6 +89,63 @@ def test_train_mean(data):
     np.testing.assert_allclose(model.predict("NT").X[0], pb.loc["NT"].to_numpy(), rtol=1e-5)
 
 
+def test_train_mean_precision_weights_closed_form(data):
+    """weighting="precision": DerSimonian-Laird weights 1/(tau2 + mean sampling variance), computed here from cells."""
+    adata, split = data
+    model = _fit(tl.TrainMean, adata, split, weighting="precision")
+    cells = _fit_cells(split)
+    labels = adata.obs["perturbation"].to_numpy()[cells]
+    x = np.asarray(adata.X)[cells].astype(np.float64)
+    prop = x / x.sum(1, keepdims=True)
+    perts = sorted(set(split.train_conditions))
+    values, noise = [], []
+    for c in perts:
+        p = prop[labels == c]
+        mu = p.mean(0)
+        values.append(np.log1p(1e4 * mu))
+        noise.append((p.var(0, ddof=1) / len(p) * (1e4 / (1 + 1e4 * mu)) ** 2).mean())
+    values, noise = np.array(values), np.array(noise)
+    tau2 = max(0.0, values.var(0, ddof=1).mean() - noise.mean())
+    w = 1 / (tau2 + noise)
+    w /= w.sum()
+    order = [list(model._pb.index).index(c) - 1 for c in perts]  # rows of weights_ follow the training pseudobulk
+    np.testing.assert_allclose(model.weights_[order], w, rtol=1e-6)
+    np.testing.assert_allclose(model.predict("C").X[0], w @ values, rtol=1e-5)
+    assert not np.allclose(w, 1 / len(w))  # the conditions differ in cells (10 to 15): the weights do too
+
+
+def test_train_mean_precision_downweighs_a_noisy_perturbation():
+    """Five perturbations share one response; a sixth observed in 3 cells is mostly noise and weighs little."""
+    rng = np.random.default_rng(1)
+    n_genes = 200
+    base = rng.gamma(2.0, 3.0, size=n_genes)
+    shared = np.exp(rng.normal(0, 0.4, size=n_genes))
+    sizes = {"NT": 300, "P1": 200, "P2": 200, "P3": 200, "P4": 200, "P5": 200, "NOISY": 3}
+    labels = np.concatenate([[k] * n for k, n in sizes.items()])
+    mu = np.stack([base * (1.0 if lab == "NT" else shared) for lab in labels])
+    x = rng.poisson(mu).astype(np.float32) + 1
+    adata = ad.AnnData(x, obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    adata.var_names = [f"g{i}" for i in range(n_genes)]
+    truth = np.log1p(1e4 * (base * shared + 1) / (base * shared + 1).sum())
+    fits = {}
+    for weighting in ("equal", "precision"):
+        tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
+        m = tl.TrainMean(adata, weighting=weighting)
+        m.train()
+        fits[weighting] = m
+    w = dict(zip(fits["precision"]._pb.index[1:], fits["precision"].weights_, strict=True))
+    assert w["NOISY"] < 0.2 * min(v for k, v in w.items() if k != "NOISY")
+    err = {k: np.sqrt(np.mean((np.asarray(m.predict("NEW").X[0]) - truth) ** 2)) for k, m in fits.items()}
+    assert err["precision"] < 0.6 * err["equal"]
+
+
+def test_train_mean_weighting_refused():
+    adata = _adata()
+    tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
+    with pytest.raises(ValueError, match="weighting='inverse' is not one of"):
+        tl.TrainMean(adata, weighting="inverse")
+
+
 def test_additive(data):
     adata, split = data
     model = _fit(tl.Additive, adata, split)

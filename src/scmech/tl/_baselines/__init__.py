@@ -11,7 +11,7 @@ training controls and :math:`\mu_q` that of training condition :math:`q`:
 
 - :class:`ControlMean` (:mod:`._control_mean`): :math:`\hat\mu_p = \mu_{\mathrm{ctrl}}`.
 - :class:`TrainMean` (:mod:`._train_mean`): :math:`\hat\mu_p = \frac{1}{|T|}\sum_{q \in T}\mu_q` over training
-  perturbations.
+  perturbations, or (``weighting="precision"``) their random-effects mean, each weighed by its precision.
 - :class:`Additive` (:mod:`._additive`): :math:`\hat\mu_{A+B} = \mu_{\mathrm{ctrl}} + (\mu_A - \mu_{\mathrm{ctrl}})
   + (\mu_B - \mu_{\mathrm{ctrl}})`.
 - :class:`LinearModel` (:mod:`._linear`): the double-ridge model of Ahlmann-Eltze, Huber & Anders (2025).

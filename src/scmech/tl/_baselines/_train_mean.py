@@ -2,7 +2,12 @@ r"""Train-perturbation mean (Systema's 'non-control mean'): the shift shared by 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from scmech.model._anchoring import random_effects_weights
+from scmech.model._observations import log_pseudobulk
 
 from ._base import _PseudobulkBaseline
 
@@ -12,39 +17,70 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainMean"]
 
+_WEIGHTINGS = ("equal", "precision")
+
 
 class TrainMean(_PseudobulkBaseline):
-    r"""Train-perturbation mean (Systema's "non-control mean").
+    r"""Train-perturbation mean (Systema's "non-control mean"), plain or precision-weighted.
 
-    :math:`\hat\mu_p = \frac{1}{|T|}\sum_{q\in T}\mu_q`, the mean log pseudobulk over the training
-    perturbations :math:`T` (control excluded). It captures the systematic shift shared by perturbations.
-    The control label is predicted as the control pseudobulk.
+    :math:`\hat\mu_p = \sum_{q\in T}\omega_q\mu_q`, the mean log pseudobulk over the training perturbations
+    :math:`T` (control excluded). It captures the systematic shift shared by perturbations. The control label is
+    predicted as the control pseudobulk.
+
+    With ``weighting="equal"`` every training perturbation weighs :math:`1/|T|`. With ``weighting="precision"``
+    each weighs :math:`\omega_q \propto 1/(\tau^2 + \bar v_q)`, the random-effects mean of DerSimonian and Laird
+    (:func:`~scmech.model._anchoring.random_effects_weights`): :math:`\bar v_q` is the mean sampling variance of
+    :math:`q`'s pseudobulk over genes (delta method: between-cell variance over the cell count) and
+    :math:`\tau^2` the spread of the perturbations around their mean beyond that noise. A perturbation observed
+    in a few dozen cells, mostly noise, then no longer moves the prediction as much as one observed in a
+    thousand; when all are observed alike the weights are equal. It is the mean SemiMechVI anchors a target
+    without training cells on, so the model's own contribution can be read off against it.
 
     Parameters
     ----------
     adata
         AnnData registered with :meth:`setup_anndata`.
+    weighting
+        ``"equal"`` (the plain mean) or ``"precision"`` (the random-effects mean).
 
     Examples
     --------
     >>> scmech.tl.TrainMean.setup_anndata(adata)
-    >>> model = scmech.tl.TrainMean(adata)
+    >>> model = scmech.tl.TrainMean(adata)  # or TrainMean(adata, weighting="precision")
     >>> model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
     >>> pred = model.predict(split.test_conditions)
     """
 
-    def __init__(self, adata: AnnData | MuData) -> None:
+    def __init__(self, adata: AnnData | MuData, weighting: Literal["equal", "precision"] = "equal") -> None:
         super().__init__(adata)
-        self._model_summary_string = "TrainMean baseline: mean pseudobulk of the training perturbations."
+        if weighting not in _WEIGHTINGS:
+            msg = f"weighting={weighting!r} is not one of {list(_WEIGHTINGS)}; use 'equal' or 'precision'."
+            raise ValueError(msg)
+        self.weighting = weighting
+        kind = "mean" if weighting == "equal" else "precision-weighted (random-effects) mean"
+        self._model_summary_string = f"TrainMean baseline: {kind} pseudobulk of the training perturbations."
         self.init_params_ = self._get_init_params(locals())
 
     def _fit(self) -> None:
         perts = [c for c in self._pb.index if c != self._control()]
         if not perts:
-            msg = "TrainMean needs training perturbations besides the control; the training cells hold none."
+            who = type(self).__name__
+            msg = f"{who} needs training perturbations besides the control; the training cells hold none."
             raise ValueError(msg)
-        self.train_mean_ = self._pb.loc[perts].to_numpy().mean(axis=0)
+        values = self._pb.loc[perts].to_numpy()
+        self.weights_ = np.full(len(perts), 1.0 / len(perts))
+        if self.weighting == "precision" and len(perts) >= 2:
+            self.weights_ = random_effects_weights(values, self._sampling_variances(perts))
+        self.train_mean_ = self.weights_ @ values
         self._n_perturbed = int(self._n_train_cells.loc[perts].sum())
+
+    def _sampling_variances(self, conditions: list[str]) -> np.ndarray:
+        """Per-gene sampling variance of the training pseudobulk of each condition (conditions x genes)."""
+        x, _ = self._expression_matrix(self.adata)
+        labels = self._design(self.adata).labels[self._train_idx]
+        counts = self._setup().get("counts", True)
+        _, var = log_pseudobulk(x, self._train_idx, labels, conditions, counts)
+        return var
 
     def _predict_one(self, label, targets):
         if not targets:
