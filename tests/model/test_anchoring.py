@@ -156,7 +156,7 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     # the users' observations, with their sampling variances: every correction is weighed against its noise
     model, held = steady.model, steady.heldout_target
     obs, ctx = model.anchor_, Context(None)
-    m = _raw(model, ["NT", "G0008", "G0021", "G0008+G0021", held, *model.target_map_.class_targets])
+    m = _raw(model, ["NT", "G0008", "G0021", "G0008+G0021", held, *model.target_map_.trained])
     pred = model.predict(["NT", "G0008", "G0008+G0021", held], random_state=0)
     weights = []
 
@@ -178,7 +178,7 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     np.testing.assert_allclose(pred.X[2], want, rtol=1e-5, atol=1e-5)
     # unseen target: the members' random-effects mean read-out plus the model's specific change, corrected by
     # their weighted mean error with the variance of that weighted mean
-    members = model.target_map_.class_targets
+    members = model.target_map_.trained
     ys = [obs.get(q, ctx) for q in members]
     omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
     err = omega @ np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])
@@ -232,7 +232,7 @@ def test_interaction_gain_recovers_the_share_the_training_combinations_bear_out(
 
 
 # ------------------------------------------------------------------------------------------------ unseen targets
-def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady, monkeypatch):
+def test_unseen_target_is_the_shared_response_plus_the_models_specific_change(steady, monkeypatch):
     model, held = steady.model, steady.heldout_target
     monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
     tm = model.target_map_
@@ -240,12 +240,12 @@ def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady,
     assert tm.class_targets == ["G0008", "G0009", "G0021"]
     pred = model.predict([held], random_state=0)
     assert pred.obs["target_source"].iloc[0] == "gene map"
-    assert "class mean" in pred.uns["scmech"]["prediction"]["anchoring"][held]
+    assert "shared response" in pred.uns["scmech"]["prediction"]["anchoring"][held]
     m = _raw(model, [held])
     ctx = Context(None)
-    # noise-free observations are equally precise: the anchor is the plain class mean, plus the change of the
-    # target's read-out from the class reference
-    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.class_targets], axis=0)
+    # noise-free observations are equally precise: the anchor is the plain mean of every training target, plus
+    # the change of the target's read-out from the class reference
+    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.trained], axis=0)
     specific = m[held] - _class_reference(model)
     np.testing.assert_allclose(pred.X[0], observed + specific, rtol=1e-5, atol=1e-5)
     # the reference is a read-out of the anchoring, not a target of the data
@@ -260,6 +260,21 @@ def test_unseen_target_is_its_class_mean_plus_the_models_specific_change(steady,
     assert pred.obs["own_gene_change"].iloc[0] == pytest.approx(change, abs=1e-5)
     assert np.isfinite(pred.obs["own_gene_sd"].iloc[0])
     assert pred.uns["scmech"]["prediction"]["own_gene"]["n_training_targets"] == 3
+
+
+def test_validation_anchors_each_member_as_an_unseen_target_is_anchored(steady):
+    # the gain and the embedding map are validated on each measured member predicted from the anchor it would get
+    # as an unseen target: the random-effects mean of every other training target's observation, never its own
+    model = steady.model
+    tm, obs, ctx = model.target_map_, model.anchor_, Context(None)
+    members = tm.class_targets
+    bases = model._anchor_bases(members, tm.trained)
+    for q, base in zip(members, bases, strict=True):
+        others = [o for o in (obs.get(r, ctx) for r in sorted(tm.trained) if r != q) if o is not None]
+        values = np.stack([o.value for o in others]).astype(np.float64)
+        omega = random_effects_weights(values, np.stack([o.var for o in others]))
+        np.testing.assert_allclose(base, omega @ values, rtol=1e-6, atol=1e-8)
+    assert not np.allclose(bases[0], np.mean([obs.get(r, ctx).value for r in members[1:]], axis=0), atol=1e-3)
 
 
 def test_unseen_operator_is_the_class_mean_plus_the_propagated_knockdown(steady):

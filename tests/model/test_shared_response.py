@@ -81,7 +81,8 @@ def _validation_inputs(n: int = 5, genes: int = 8):
 @pytest.mark.parametrize("helps", [True, False])
 def test_embedding_map_is_kept_only_when_it_predicts_the_held_out_training_targets(helps):
     y, pairs, tm, embedding, ops = _validation_inputs()
-    n = len(y)
+    # each member's anchor as an unseen target: any observed mean of the others; the map must explain the rest
+    bases = np.random.default_rng(4).normal(size=y.shape)
 
     def read_mapped(rows):
         # rows come per member as (reference, without the map, with the map): the read-out is the operator's
@@ -90,7 +91,7 @@ def test_embedding_map_is_kept_only_when_it_predicts_the_held_out_training_targe
         out = []
         for j in range(len(rows)):
             k, kind = divmod(j, 3)
-            truth = y[k] - y[np.arange(n) != k].mean(0)
+            truth = y[k] - bases[k]
             if kind == 0:
                 out.append(np.zeros(y.shape[1]))
             elif kind == 1:
@@ -100,7 +101,7 @@ def test_embedding_map_is_kept_only_when_it_predicts_the_held_out_training_targe
         return np.asarray(out)
 
     fake = SimpleNamespace(_read_mapped=read_mapped, _fit_own_effect=lambda *a, **k: (-1.0, np.nan))
-    kept = PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, pairs)
+    kept = PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, pairs, bases)
     assert kept is helps
     # without observed members there is nothing to validate on: the latent choice stands
-    assert PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, None) is True
+    assert PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, None, None) is True

@@ -18,10 +18,10 @@ the baseline cannot. One plan per predicted row, chosen in this order:
     The perturbation was observed at the same time under other medium protocols: its effect there is
     carried over as far as the training targets observed in both media show that it carries.
 :class:`UnseenTarget`
-    A single target without training cells: the random-effects mean of the observations of the training targets
-    of its class (those described by the same prior information), each weighed by its precision so that a target
-    observed in a handful of cells does not carry its noise into every prediction, plus the model's change specific
-    to the target, measured from its read-out of the class's mean operator.
+    A single target without training cells: the random-effects mean of the training targets' observations (each
+    weighed by its precision, so that a target observed in a handful of cells does not carry its noise into every
+    prediction) plus the model's change specific to the target, measured from its read-out of the class's mean
+    operator.
 :class:`ControlLevel`
     Any other condition in a context whose controls were observed: :math:`m_p + w (y_\varnothing -
     m_\varnothing)`.
@@ -292,28 +292,28 @@ class Combination(AnchorPlan):
 
 @dataclass(frozen=True)
 class UnseenTarget(SharedCorrection):
-    r"""A target without training cells: its class's observed mean plus the model's specific change.
+    r"""A target without training cells: the shared response of the training targets plus the model's specific change.
 
     :math:`\hat y_t = \sum_q \omega_q m_q + w \odot \sum_q \omega_q (y_q - m_q) + (m_t - m_{\bar v})` over the
-    training targets :math:`q` of the class (``members``: those with the same kind of prior information as
-    :math:`t`, e.g. a measured gene; every training target when :math:`t` has none) with the random-effects
-    weights :math:`\omega_q` (:func:`random_effects_weights`): the precision-weighted target-class mean, nested in
+    training targets :math:`q` (``members``) with the random-effects weights :math:`\omega_q`
+    (:func:`random_effects_weights`): the precision-weighted mean of the training targets' observations, nested in
     the model, which supplies what is specific to :math:`t`, the change of its read-out :math:`m_t` (the direct
-    knock-down of its own gene, its propagation through the learned dynamics and, where validated, the
-    embedding's map) from the read-out :math:`m_{\bar v}` of the class's mean operator, without an
+    knock-down of its own gene, its propagation through the learned dynamics and, where validated, the embedding's
+    map) from the read-out :math:`m_{\bar v}` of the mean operator of the targets with a measured gene, without an
     own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The mean is the mean of the members' read-outs,
     not the read-out of their mean operator: the dynamics and the decoder are nonlinear, the response to an
     average drive is not the average response, and their difference is no information about :math:`t`.
 
     The weights matter where the training targets were observed with unequal precision: with equal weights a
     target of 30 cells moves every unseen prediction by its noise as much as a target of 1,000 cells moves it
-    by its effect.
+    by its effect. Anchoring on every training target rather than on those of the same kind (for example those
+    with a measured gene) keeps the anchor's own noise low; what a target's kind implies is the model's part.
 
     A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
     for the model to add; it is exchangeable with the training targets: anchored, it is their weighted mean.
     """
 
-    description: ClassVar[str] = "class mean of training targets plus the model's specific change"
+    description: ClassVar[str] = "shared response of the training targets plus the model's specific change"
     context: Context
     members: tuple[str, ...]
     pooled: bool = False

@@ -10,6 +10,7 @@ propagation directions and the validated gain).
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from ._anchoring import (
     ObservedPseudobulk,
     _rows,
     log_pseudobulk,
+    random_effects_weights,
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._observations import standardise_batches
@@ -96,9 +98,12 @@ class PostTrainingMixin:
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]
+            bases = None if pairs is None else self._anchor_bases([members[i] for i in pairs[0]], fit)
             tm.propagation_mean = drives.mean(0)
             tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
-            validated = self._validate_gain(members, drives, class_ops, own[[row[t] for t in members]], tm, pairs)
+            validated = self._validate_gain(
+                members, drives, class_ops, own[[row[t] for t in members]], tm, pairs, bases
+            )
             if validated is not None:
                 tm.gain, tm.gain_loo = validated
             embedding, tm.embedding_source = self._gene_embedding(train_indices, n_components)
@@ -106,7 +111,7 @@ class PostTrainingMixin:
                 member_emb = embedding[[gene_pos[t] for t in members]]
                 resid = class_ops - op_class - tm.gain * (drives - tm.propagation_mean)
                 coef, intercept, ridge = residual_map(member_emb, resid)
-                if coef is not None and self._validate_map(member_emb, drives, class_ops, tm, pairs):
+                if coef is not None and self._validate_map(member_emb, drives, class_ops, tm, pairs, bases):
                     tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
         self.target_map_ = tm
 
@@ -128,6 +133,30 @@ class PostTrainingMixin:
         y = np.stack([np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen])
         genes = {str(g): k for k, g in enumerate(self._expression_matrix(self.adata)[1])}
         return np.asarray(seen), y, np.asarray([genes[members[i]] for i in seen])
+
+    def _anchor_bases(self, names: list[str], trained: list[str]) -> np.ndarray:
+        """Return the observed anchor each of ``names`` would get as an unseen target (names x genes).
+
+        As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the
+        random-effects mean (:func:`~scmech.model._anchoring.random_effects_weights`) of the observations of every
+        other training target in the baseline context, at most ``MAX_CLASS`` of them, drawn as ``predict`` draws
+        them. The validations of the gain and of the embedding map predict each member from this anchor, so that
+        they judge the model's specific change exactly where a prediction adds it.
+        """
+        obs = self.anchor_
+        ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
+        observed = {q: obs.get(q, ctx) for q in trained}
+        observed = {q: o for q, o in observed.items() if o is not None}
+        out = []
+        for name in names:
+            pool = sorted(q for q in observed if q != name)
+            if len(pool) > MAX_CLASS:
+                rng = np.random.default_rng([0, zlib.crc32(str(name).encode())])
+                pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
+            values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in pool])
+            var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in pool])
+            out.append(random_effects_weights(values, var) @ values)
+        return np.stack(out)
 
     def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._target_map.own_gene_effect` on the members' pseudobulks ``y``.
@@ -158,20 +187,37 @@ class PostTrainingMixin:
         own: np.ndarray,
         tm: TargetMap,
         pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        bases: np.ndarray | None,
     ) -> tuple[float, dict] | None:
         r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
 
         For each training target :math:`q` of the class observed in the baseline context (at most
         ``MAX_CLASS``), the class mean, the gain and the own-gene effects are refitted without it and :math:`q`
-        is predicted as an unseen target is anchored: the observed mean :math:`\bar y_{-q}` of the other members
-        plus the model's specific change, its read-out under the mapped operator with the own-gene knock-down
-        minus its read-out under the class's mean operator without it. The share :math:`s` of the
+        is predicted as an unseen target is anchored: its anchor :math:`\bar y_{-q}`, the random-effects mean of
+        the other training targets' observations (``bases``, :meth:`_anchor_bases`), plus the model's specific
+        change, its read-out under the mapped operator with the own-gene knock-down minus its read-out under the
+        class's mean operator without it. The share :math:`s` of the
         least-squares gain (:data:`GAIN_SHARES`) is chosen on the members' mean squared errors against their
         observed pseudobulks by the one-standard-error rule
         (:func:`~scmech.model._target_map.smallest_within_noise`): a larger share only when it predicts the
         members better by more than the spread between them. This validates the gain in the space predictions are
         scored in, not in the latent space, where the error weighs directions by the latent geometry rather than
         by their effect on expression.
+
+        Parameters
+        ----------
+        members
+            The training targets of the class (measured genes).
+        drives, ops
+            The members' propagated drives and learned operators (members x latent).
+        own
+            The members' learned direct effects.
+        tm
+            The target map (its least-squares gain and directions are used).
+        pairs
+            From :meth:`_own_gene_pairs`.
+        bases
+            Each observed member's anchor as an unseen target (:meth:`_anchor_bases`).
 
         Returns
         -------
@@ -197,7 +243,7 @@ class PostTrainingMixin:
             for share in GAIN_SHARES:
                 rows.append((v_k.mean(0) + share * kappa * d, a, int(genes[k])))
                 labels.append((k, share))
-        errors = _mapped_errors(labels, self._read_mapped(rows), y, GAIN_SHARES)
+        errors = _mapped_errors(labels, self._read_mapped(rows), y, bases, GAIN_SHARES)
         best = smallest_within_noise(errors)
         return best * tm.gain_fit, {float(k): float(v.mean()) for k, v in errors.items()}
 
@@ -208,6 +254,7 @@ class PostTrainingMixin:
         ops: np.ndarray,
         tm: TargetMap,
         pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        bases: np.ndarray | None,
     ) -> bool:
         r"""Whether the embedding's residual map predicts the training targets better, each mapped as if unseen.
 
@@ -216,8 +263,8 @@ class PostTrainingMixin:
         it can follow noise. As :meth:`_validate_gain` does for the propagation, each training target :math:`q`
         of the class observed in the baseline context is predicted without it: the map refitted on the other
         members (its penalty chosen again), :math:`q`'s operator with and without the map's part, both read out
-        with the own-gene knock-down and compared with :math:`q`'s observed pseudobulk. The map is kept only
-        when its mean squared error is lower by more than the spread between the members
+        with the own-gene knock-down, added to :math:`q`'s anchor and compared with its observed pseudobulk. The
+        map is kept only when its mean squared error is lower by more than the spread between the members
         (:func:`~scmech.model._target_map.smallest_within_noise`, share 1 against share 0).
 
         Parameters
@@ -231,6 +278,8 @@ class PostTrainingMixin:
         pairs
             From :meth:`_own_gene_pairs`; ``None`` (fewer than 3 observed members) keeps the map as the latent
             leave-one-out chose it.
+        bases
+            Each observed member's anchor as an unseen target (:meth:`_anchor_bases`).
         """
         if pairs is None:
             return True
@@ -250,7 +299,7 @@ class PostTrainingMixin:
             for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
                 rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
                 labels.append((k, share))
-        return smallest_within_noise(_mapped_errors(labels, self._read_mapped(rows), y, (0.0, 1.0))) > 0
+        return smallest_within_noise(_mapped_errors(labels, self._read_mapped(rows), y, bases, (0.0, 1.0))) > 0
 
     @torch.inference_mode()
     def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
@@ -506,12 +555,16 @@ def _own_calibration(values: list[float], modality: str | None) -> tuple[float, 
     return med, sd
 
 
-def _mapped_errors(labels: list, values: np.ndarray, y: np.ndarray, shares) -> dict[float, np.ndarray]:
+def _mapped_errors(
+    labels: list, values: np.ndarray, y: np.ndarray, bases: np.ndarray, shares
+) -> dict[float, np.ndarray]:
     """Squared errors of the observed members, each predicted as if unseen, for each share of a mapped part.
 
     ``labels`` names each read-out row ``(member, share)``, with ``share=None`` for the member's reference
     read-out (the class's mean operator without an own gene). Member ``k`` is predicted as an unseen target is
-    anchored: the mean of the other members' observations ``y`` plus its read-out's change from its reference.
+    anchored: its anchor ``bases[k]`` (the random-effects mean of the other training targets' observations,
+    :meth:`PostTrainingMixin._anchor_bases`) plus its read-out's change from its reference, against its
+    observation ``y[k]``.
     """
     errors = {share: np.zeros(len(y)) for share in shares}
     reference = {}
@@ -519,6 +572,5 @@ def _mapped_errors(labels: list, values: np.ndarray, y: np.ndarray, shares) -> d
         if share is None:
             reference[k] = value
             continue
-        others = np.arange(len(y)) != k
-        errors[share][k] = float(np.mean((y[others].mean(0) + value - reference[k] - y[k]) ** 2))
+        errors[share][k] = float(np.mean((bases[k] + value - reference[k] - y[k]) ** 2))
     return errors

@@ -96,7 +96,7 @@ class PredictionMixin(PredictionOutputMixin):
         if tm is None or target in tm.trained_set:
             return None
         measured = target in tm.gene_positions and tm.directions is not None
-        pool = tm.sorted_pool(measured)
+        pool = tm.sorted_pool()
         if len(pool) > MAX_CLASS:
             rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
             pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())

@@ -31,8 +31,9 @@ what is known of it before any data:
   nothing). Like the gain, the map is kept only where it predicts the training targets' observed
   pseudobulks, each mapped as if unseen, better than the operator without it. A target whose gene is not
   measured has no own-gene effect and no direction: it gets the mean operator of every training target, the
-  shared response of the screen. Anchored, an unseen target starts from the random-effects mean of its class's
-  observations (:class:`~scmech.model._anchoring.UnseenTarget`).
+  shared response of the screen. Anchored, every unseen target starts from the random-effects mean of every
+  training target's observations (:class:`~scmech.model._anchoring.UnseenTarget`); the class enters through
+  the model's change from the class's mean operator.
 
 Magnitude follows from these: a weak efficacy scales the drive and the own-gene effect down, a target barely
 loaded on any program of the control cells has a short :math:`h_g` and stays near its class mean.
@@ -153,18 +154,18 @@ class TargetMap:
             self.__dict__["_trained_set"] = cached
         return cached[2]
 
-    def sorted_pool(self, measured: bool) -> np.ndarray:
+    def sorted_pool(self) -> np.ndarray:
         """Return the training targets an unseen target is anchored on, sorted (cached, not saved).
 
-        The measured-target class when the unseen target's gene is measured and the class has at least two
-        targets, else every training target; the anchor is their random-effects mean
-        (:func:`~scmech.model._anchoring.random_effects_weights`).
+        Every training target: the anchor is the screen's shared response, their random-effects mean
+        (:func:`~scmech.model._anchoring.random_effects_weights`); what the prior information says of a target
+        (its measured gene, its embedding) enters through the model's specific change, not through which
+        observations the anchor averages.
         """
-        use_class = measured and len(self.class_targets) >= 2
-        key = (use_class, len(self.class_targets), len(self.trained))
         cached = self.__dict__.setdefault("_sorted_pools", {})
+        key = len(self.trained)
         if key not in cached:
-            cached[key] = np.asarray(sorted(self.class_targets if use_class else self.trained), dtype=object)
+            cached[key] = np.asarray(sorted(self.trained), dtype=object)
         return cached[key]
 
     def operators(self, targets: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
