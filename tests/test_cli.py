@@ -14,7 +14,16 @@ import scmech
 from scmech._cli import main
 
 TARGETS = ["CMTM6", "IFNGR2", "STAT1"]
-MODELS = ["ControlMean", "TrainMean", "OwnGene", "TargetClassMean", "LinearModel", "SemiMechVI", "SemiMechVI_alone"]
+MODELS = [
+    "ControlMean",
+    "TrainMean",
+    "WeightedTrainMean",
+    "OwnGene",
+    "TargetClassMean",
+    "LinearModel",
+    "SemiMechVI",
+    "SemiMechVI_alone",
+]
 
 
 @pytest.mark.slow
