@@ -139,6 +139,27 @@ def test_train_mean_precision_downweighs_a_noisy_perturbation():
     assert err["precision"] < 0.6 * err["equal"]
 
 
+
+def test_train_mean_precision_on_log_normalised_values():
+    """counts=False: values are averaged as they are, each condition weighed by the variance of its plain mean."""
+    rng = np.random.default_rng(2)
+    sizes = {"NT": 50, "P1": 60, "P2": 60, "FEW": 3}
+    labels = np.concatenate([[k] * n for k, n in sizes.items()])
+    x = rng.normal(1.0, 1.0, size=(len(labels), 30)).astype(np.float32)
+    adata = ad.AnnData(x, obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    adata.var_names = [f"g{i}" for i in range(30)]
+    tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    model = tl.TrainMean(adata, weighting="precision")
+    model.train()
+    perts = list(model._pb.index[1:])
+    values = np.stack([x[labels == c].mean(0) for c in perts])
+    noise = np.array([(x[labels == c].var(0, ddof=1) / sizes[c]).mean() for c in perts])
+    tau2 = max(0.0, values.var(0, ddof=1).mean() - noise.mean())
+    w = 1 / (tau2 + noise)
+    np.testing.assert_allclose(model.weights_, w / w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(model.predict("NEW").X[0], (w / w.sum()) @ values, rtol=1e-5, atol=1e-6)
+    assert model.weights_[perts.index("FEW")] < 0.5 * model.weights_[perts.index("P1")]
+
 def test_train_mean_weighting_refused():
     adata = _adata()
     tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
