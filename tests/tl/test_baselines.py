@@ -139,7 +139,6 @@ def test_train_mean_precision_downweighs_a_noisy_perturbation():
     assert err["precision"] < 0.6 * err["equal"]
 
 
-
 def test_train_mean_precision_on_log_normalised_values():
     """counts=False: values are averaged as they are, each condition weighed by the variance of its plain mean."""
     rng = np.random.default_rng(2)
@@ -159,6 +158,7 @@ def test_train_mean_precision_on_log_normalised_values():
     np.testing.assert_allclose(model.weights_, w / w.sum(), rtol=1e-5)
     np.testing.assert_allclose(model.predict("NEW").X[0], (w / w.sum()) @ values, rtol=1e-5, atol=1e-6)
     assert model.weights_[perts.index("FEW")] < 0.5 * model.weights_[perts.index("P1")]
+
 
 def test_train_mean_weighting_refused():
     adata = _adata()
