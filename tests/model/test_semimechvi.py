@@ -380,7 +380,13 @@ def test_predict_target_held_out_of_training_is_marked_unseen(steady):
     pred = model.predict([held, "G0008", f"G0008+{held}"])
     assert list(pred.obs["unseen_targets"]) == [held, "", held]
     assert pred.uns["scmech"]["prediction"]["unseen_targets"] == [held]
-    assert pred.uns["scmech"]["prediction"]["target_map"] == "training pseudobulk PCA"
+    summary = pred.uns["scmech"]["prediction"]["target_map"]
+    tm = model.target_map_
+    assert summary["embedding"] == "training pseudobulk PCA"
+    # the map is reported as used only when it passed its validations
+    assert summary["embedding_map_kept"] is (tm.coef is not None)
+    assert summary["propagation_gain"] == tm.gain
+    assert summary["training_targets"] == len(tm.trained)
     assert np.isfinite(pred.X).all()
     # its prediction comes from the gene-embedding map, not from its (untrained) operator
     assert np.abs(pred.X[0] - model.predict("NT").X[0]).max() > 1e-6

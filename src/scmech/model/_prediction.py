@@ -366,7 +366,9 @@ class PredictionMixin(PredictionOutputMixin):
         from the spread of the training targets' knock-downs; NaN where not applicable), ``anchored``,
         ``anchor_weight`` and ``steady_state_residual`` (:math:`\|f\|` at the solved fixed point, NaN for flows;
         a :class:`RuntimeWarning` names conditions whose solve did not converge, also listed in
-        ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance.
+        ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance
+        (among it ``"own_gene"``, the calibrated own-gene knock-down, and ``"target_map"``, what unseen targets'
+        operators rest on: the embedding considered, whether its map was kept, the propagation gain).
         ``own_gene_change``, ``own_gene_sd``, ``anchored`` and ``anchor_weight`` describe mean rows only; per-cell
         predictions (``return_mean=False``) carry ``obs["source_cell"]`` instead, and ``obsm["X_scmech"]``
         (counterfactual latents).

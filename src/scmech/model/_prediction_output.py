@@ -211,7 +211,7 @@ class PredictionOutputMixin:
                 "target_sources": dict(ro.sources),
                 "own_gene": tm.own_gene_summary() if isinstance(tm, TargetMap) else None,
                 "unconverged": ro.unconverged,
-                "target_map": None if not isinstance(tm, TargetMap) else tm.embedding_source,
+                "target_map": tm.map_summary() if isinstance(tm, TargetMap) else None,
                 "random_state": int(seed),
                 "value": "log1p(1e4 * mean normalised expression)",
                 "anchor": anchor,

@@ -206,6 +206,23 @@ class TargetMap:
             source.append(SOURCE_GENE)
         return np.asarray(ops), np.asarray(own), source
 
+    def map_summary(self) -> dict:
+        """Return what an unseen target's operator rests on (for provenance).
+
+        ``embedding`` is the gene embedding considered for the residual map; ``embedding_map_kept`` says whether
+        the map passed its validations (a finite leave-one-out penalty and a lower error on the training targets
+        predicted as if unseen), so an embedding that was considered and dropped is not reported as used.
+        """
+        return {
+            "embedding": self.embedding_source,
+            "embedding_map_kept": self.coef is not None,
+            "ridge": float(self.ridge) if self.coef is not None else float("inf"),
+            "propagation_gain": float(self.gain),
+            "propagation_gain_fitted": float(self.gain_fit),
+            "class_targets": len(self.class_targets),
+            "training_targets": len(self.trained),
+        }
+
     def own_gene_summary(self) -> dict:
         """Return the calibrated own-gene effect, its spread and what it rests on (for provenance)."""
         return {
