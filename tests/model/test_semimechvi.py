@@ -1150,6 +1150,20 @@ def test_log_pseudobulk_variance_is_the_delta_method_sampling_variance():
     np.testing.assert_allclose(var[1], dense[labels == "b"].var(0, ddof=1) / 15, rtol=1e-6)
 
 
+def test_log_pseudobulk_single_cell_borrows_the_pooled_variance():
+    # one cell has no between-cell variance of its own: it must not pass for an exact observation
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, size=(41, 5))
+    labels = np.array(["a"] * 25 + ["b"] * 15 + ["one"])
+    _, var = _log_pseudobulk(x, np.arange(41), labels, ["a", "b", "one"], counts=False)
+    pooled = (24 * x[:25].var(0, ddof=1) + 14 * x[25:40].var(0, ddof=1)) / 38
+    np.testing.assert_allclose(var[2], pooled, rtol=1e-6)
+    np.testing.assert_allclose(var[1], x[25:40].var(0, ddof=1) / 15, rtol=1e-6)  # the others are unchanged
+    # nothing to borrow from: a lone single-cell group keeps variance 0
+    _, alone = _log_pseudobulk(x, np.arange(40, 41), labels[40:], ["one"], counts=False)
+    assert (alone == 0).all()
+
+
 def test_anchor_weights_keep_corrections_out_of_the_noise_and_drop_pure_noise():
     rng = np.random.default_rng(1)
     v = rng.uniform(0.01, 0.2, size=4000)

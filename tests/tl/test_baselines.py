@@ -160,6 +160,20 @@ def test_train_mean_precision_on_log_normalised_values():
     assert model.weights_[perts.index("FEW")] < 0.5 * model.weights_[perts.index("P1")]
 
 
+def test_train_mean_precision_distrusts_a_single_cell_perturbation():
+    rng = np.random.default_rng(3)
+    sizes = {"NT": 40, "P1": 40, "P2": 40, "ONE": 1}
+    labels = np.concatenate([[k] * n for k, n in sizes.items()])
+    x = rng.poisson(5.0, size=(len(labels), 20)).astype(np.float32) + 1
+    adata = ad.AnnData(x, obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    adata.var_names = [f"g{i}" for i in range(20)]
+    tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
+    model = tl.TrainMean(adata, weighting="precision")
+    model.train()
+    w = dict(zip(model._pb.index[1:], model.weights_, strict=True))
+    assert w["ONE"] < 0.5 * w["P1"]  # its variance is borrowed from the others, 40 times that of their means
+
+
 def test_train_mean_weighting_refused():
     adata = _adata()
     tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")

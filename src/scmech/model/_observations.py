@@ -161,7 +161,9 @@ def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts
 
     The variance of a group's mean normalised expression is the between-cell variance over the cell count;
     through :math:`\log(1 + 10^4 m)` it is scaled by :math:`(10^4 / (1 + 10^4 m))^2`. Non-count data are
-    averaged as they are.
+    averaged as they are. A group of a single cell has no between-cell variance of its own; it borrows the
+    pooled within-group variance of the groups with at least two cells (per gene), rather than passing for an
+    exact observation that every precision weight and every shrinkage would trust most.
 
     Parameters
     ----------
@@ -179,7 +181,14 @@ def log_pseudobulk(x, rows: np.ndarray, labels: np.ndarray, groups: list, counts
     xr, lab = _rows(x, rows, labels)
     mean, second = normalized_mean(xr, lab, groups, counts=counts, second_moment=True)
     n = pd.Series(np.asarray(labels, dtype=object)).value_counts().reindex(groups).to_numpy(dtype=np.float64)
-    var = np.clip(second - mean**2, 0.0, None) / np.maximum(n - 1.0, 1.0)[:, None]
+    n = np.nan_to_num(n, nan=0.0)
+    # unbiased between-cell variance per group (0 for a single cell, which has none of its own)
+    cell_var = np.clip(second - mean**2, 0.0, None) * (n / np.maximum(n - 1.0, 1.0))[:, None]
+    several, single = n >= 2, n == 1
+    if single.any() and several.any():
+        dof = n[several] - 1.0
+        cell_var[single] = (dof[:, None] * cell_var[several]).sum(0) / dof.sum()
+    var = cell_var / np.maximum(n, 1.0)[:, None]
     if counts:
         return np.log1p(TARGET_SUM * mean), var * (TARGET_SUM / (1.0 + TARGET_SUM * mean)) ** 2
     return mean, var
