@@ -139,9 +139,10 @@ class PostTrainingMixin:
 
         As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the
         random-effects mean (:func:`~scmech.model._anchoring.random_effects_weights`) of the observations of every
-        other training target in the baseline context, at most ``MAX_CLASS`` of them, drawn as ``predict`` draws
-        them. The validations of the gain and of the embedding map predict each member from this anchor, so that
-        they judge the model's specific change exactly where a prediction adds it.
+        other training target in the baseline context, at most ``MAX_CLASS`` of them (drawn as ``predict`` draws
+        them, with seed 0 where ``predict`` uses its ``random_state``). The validations of the gain and of the
+        embedding map predict each member from this anchor, so that they judge the model's specific change exactly
+        where a prediction adds it.
         """
         obs = self.anchor_
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
