@@ -333,21 +333,21 @@ class PredictionMixin(PredictionOutputMixin):
             cell otherwise.
         anchor
             ``"auto"`` corrects mean predictions by the model's error on what was observed in training, in
-            log-normalised space, so that each simple baseline is nested in the prediction (the plans, in the
-            order they are tried, are documented in :mod:`scmech.model._anchoring`): an observed condition is
-            its observation; a combination whose singles were observed is their additive sum plus the share of
-            the model's interaction that the training combinations bear out (none without them); a perturbation
-            observed at other times or in other media carries its observed effect over as far as the training
-            data show it carries; a target without training cells is its class's observed mean plus the model's
-            specific change; any other condition is the observed controls of its context plus the model's change
-            from them. Observations of perturbations are first standardised to the batch mix of the training
-            controls the read-outs start from, by the controls' level in each batch; with ``batch``, every
-            observation (controls included) is moved to that batch alone the same way where it can be (see
-            ``batch``), so that the anchored prediction is measured in it too. Each correction is weighed per gene
-            against the sampling noise of the pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight).
-            ``"combinations"`` does only the combinations; ``"none"`` returns the model's own read-out.
-            ``uns["scmech"]["prediction"]["anchoring"]`` records the plan of each row. Anchoring applies only to
-            mean predictions from the training controls (no ``from_cells`` or ``adata``).
+            log-normalised space, so that each simple baseline is nested in the prediction (the plans, in the order they
+            are tried, are documented in :mod:`scmech.model._anchoring`): an observed condition is its observation; a
+            combination whose singles were observed is their additive sum plus the share of the model's interaction that
+            the training combinations bear out (none without them); a perturbation observed at other times or in other
+            media carries its observed effect over as far as the training data show it carries; a target without
+            training cells is the precision-weighted mean of the training targets' observations plus the model's
+            specific change; any other condition is the observed controls of its context plus the model's change from
+            them. Observations of perturbations are first standardised to the batch mix of the training controls the
+            read-outs start from, by the controls' level in each batch; with ``batch``, every observation (controls
+            included) is moved to that batch alone the same way where it can be (see ``batch``), so that the anchored
+            prediction is measured in it too. Each correction is weighed per gene against the sampling noise of the
+            pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the
+            combinations; ``"none"`` returns the model's own read-out. ``uns["scmech"]["prediction"]["anchoring"]``
+            records the plan of each row. Anchoring applies only to mean predictions from the training controls (no
+            ``from_cells`` or ``adata``).
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
