@@ -325,23 +325,34 @@ class UnseenTarget(SharedCorrection):
     def base(self, row, read, obs):
         return 0.0 if self.pooled else read(row)
 
-    def weights(self, obs: Observations) -> np.ndarray:
-        """Weight of each member in the class mean (:func:`random_effects_weights`)."""
+    def _observed(self, obs: Observations) -> tuple[np.ndarray, np.ndarray]:
+        """Return the members' observed values and sampling variances (members x genes)."""
         ys = [obs.get(q, self.context) for q in self.members]
-        return random_effects_weights(np.stack([_value(y) for y in ys]), np.stack([_var(y) for y in ys]))
+        return np.stack([_value(y) for y in ys]), np.stack([_var(y) for y in ys])
+
+    def weights(self, obs: Observations) -> np.ndarray:
+        """Weight of each member in the mean (:func:`random_effects_weights`)."""
+        return random_effects_weights(*self._observed(obs))
+
+    def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Return the offset and the correction with its variance, from one computation of the weights."""
+        values, var = self._observed(obs)
+        w = random_effects_weights(values, var)
+        reads = np.stack([read(obs.protocol(q, self.context)) for q in self.members])
+        mean = w @ reads
+        offset = mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
+        return offset, (w @ (values - reads), (w**2) @ var)
 
     def offset(self, read, obs):
-        w = self.weights(obs)
-        mean = w @ np.stack([read(obs.protocol(q, self.context)) for q in self.members])
-        return mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
+        return self._terms(read, obs)[0]
 
     def corrections(self, read, obs):
-        w = self.weights(obs)
-        ys = [obs.get(q, self.context) for q in self.members]
-        reads = np.stack([read(obs.protocol(q, self.context)) for q in self.members])
-        corr = w @ (np.stack([_value(y) for y in ys]) - reads)
-        var = (w**2) @ np.stack([_var(y) for y in ys])
-        return [(corr, var)]
+        return [self._terms(read, obs)[1]]
+
+    def shared(self, read, obs):
+        offset, correction = self._terms(read, obs)
+        total, weights = self._weighed_sum(correction)
+        return offset + total, weights
 
 
 def random_effects_weights(values: np.ndarray, var: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ propagation directions and the validated gain).
 from __future__ import annotations
 
 import logging
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -34,6 +33,7 @@ from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import (
     TargetMap,
+    draw_pool,
     latent_directions,
     own_gene_effect,
     propagation_gain,
@@ -150,10 +150,7 @@ class PostTrainingMixin:
         observed = {q: o for q, o in observed.items() if o is not None}
         out = []
         for name in names:
-            pool = sorted(q for q in observed if q != name)
-            if len(pool) > MAX_CLASS:
-                rng = np.random.default_rng([0, zlib.crc32(str(name).encode())])
-                pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
+            pool = draw_pool(sorted(q for q in observed if q != name), name, 0, MAX_CLASS)
             values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in pool])
             var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in pool])
             out.append(random_effects_weights(values, var) @ values)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import numbers
 import warnings
-import zlib
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -26,6 +25,7 @@ from ._argument_checks import check_flag
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
+from ._target_map import draw_pool
 from ._time_checks import warn_extrapolated_times
 
 if TYPE_CHECKING:
@@ -96,11 +96,7 @@ class PredictionMixin(PredictionOutputMixin):
         if tm is None or target in tm.trained_set:
             return None
         measured = target in tm.gene_positions and tm.directions is not None
-        pool = tm.sorted_pool()
-        if len(pool) > MAX_CLASS:
-            rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
-            pool = sorted(rng.choice(pool, size=MAX_CLASS, replace=False).tolist())
-        return tuple(pool), not measured
+        return tuple(draw_pool(tm.sorted_pool(), target, seed, MAX_CLASS)), not measured
 
     def _operators_for(self, protocols: list[Protocol]) -> tuple:
         """Operators, own effects and gene index for every target the protocols name, and the mapped targets.

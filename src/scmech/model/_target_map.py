@@ -42,7 +42,9 @@ loaded on any program of the control cells has a short :math:`h_g` and stays nea
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,9 +53,19 @@ from scmech.data._embedding import ridge_map_cv
 from ._persistence import persistable
 from ._protocols import CLASS_REFERENCE
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["TargetMap", "latent_directions", "own_gene_effect", "propagation_gain", "smallest_within_noise"]
+__all__ = [
+    "TargetMap",
+    "draw_pool",
+    "latent_directions",
+    "own_gene_effect",
+    "propagation_gain",
+    "smallest_within_noise",
+]
 
 #: sources of a mapped target, as reported in ``predict``'s ``obs["target_source"]``
 SOURCE_GENE = "gene map"
@@ -233,6 +245,29 @@ class TargetMap:
             "modality": self.modality,
             "propagation_gain": float(self.gain),
         }
+
+
+def draw_pool(pool: Sequence[str], target: str, seed: int, limit: int) -> list[str]:
+    """Return the training targets ``target`` is anchored on: ``pool``, or ``limit`` of them drawn for it.
+
+    The draw is seeded by ``seed`` and the target's name, so that a target's pool (and its prediction) does not
+    depend on which other targets are predicted with it, on their order or on duplicates.
+
+    Parameters
+    ----------
+    pool
+        The candidate training targets, sorted.
+    target
+        The target anchored.
+    seed
+        Seed of the draw.
+    limit
+        Largest pool kept whole.
+    """
+    if len(pool) <= limit:
+        return list(pool)
+    rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
+    return sorted(rng.choice(np.asarray(pool, dtype=object), size=limit, replace=False).tolist())
 
 
 def own_gene_effect(
