@@ -18,6 +18,7 @@ from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
 from scmech.data._design import canonical_label, parse_condition
 from scmech.data._fields import perturbation_state
 from scmech.data._pseudobulk import normalized_mean
+from scmech.model._observations import log_pseudobulk
 from scmech.model._protocols import _per_condition
 from scmech.model._setup import PerturbationSetupMixin
 
@@ -43,6 +44,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         super().__init__(adata)
         self.is_trained_ = False
         self._pb: pd.DataFrame | None = None
+        self._pb_var: pd.DataFrame | None = None
         self._n_train_cells: pd.Series | None = None
         self._train_idx: np.ndarray | None = None
         self._trained_targets: set[str] = set()
@@ -201,15 +203,25 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             )
             raise ValueError(msg)
         conds = [ctrl, *sorted(present - {ctrl})]
-        pb = self._pseudobulk(idx, labels, conds)
-        _, var_names = self._expression_matrix(self.adata)
-        self._pb = pd.DataFrame(pb, index=pd.Index(conds, name="condition"), columns=pd.Index(var_names).astype(str))
+        x, var_names = self._expression_matrix(self.adata)
+        frame = {"index": pd.Index(conds, name="condition"), "columns": pd.Index(var_names).astype(str)}
+        if self._keeps_variances():
+            # the same pass over the cells gives the pseudobulks' sampling variances
+            pb, var = log_pseudobulk(x, idx, labels, conds, self._setup().get("counts", True))
+            self._pb_var = pd.DataFrame(var, **frame)
+        else:
+            pb = self._pseudobulk(idx, labels, conds)
+        self._pb = pd.DataFrame(pb, **frame)
         self._n_train_cells = pd.Series(labels).value_counts().reindex(conds)
         self._train_idx = idx
         self._trained_targets = {t for c in conds[1:] for t in self._canonical(c)[1]}
         self._shift_cache = {}
         self._fit()
         self.is_trained_ = True
+
+    def _keeps_variances(self) -> bool:
+        """Whether ``train`` also keeps the training pseudobulks' sampling variances (``self._pb_var``)."""
+        return False
 
     def _fit(self) -> None:
         """Model-specific fit on ``self._pb``."""

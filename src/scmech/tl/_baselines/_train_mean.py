@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from scmech.model._anchoring import random_effects_weights
-from scmech.model._observations import log_pseudobulk
 
 from ._base import _PseudobulkBaseline
 
@@ -70,17 +69,12 @@ class TrainMean(_PseudobulkBaseline):
         values = self._pb.loc[perts].to_numpy()
         self.weights_ = np.full(len(perts), 1.0 / len(perts))
         if self.weighting == "precision" and len(perts) >= 2:
-            self.weights_ = random_effects_weights(values, self._sampling_variances(perts))
+            self.weights_ = random_effects_weights(values, self._pb_var.loc[perts].to_numpy())
         self.train_mean_ = self.weights_ @ values
         self._n_perturbed = int(self._n_train_cells.loc[perts].sum())
 
-    def _sampling_variances(self, conditions: list[str]) -> np.ndarray:
-        """Per-gene sampling variance of the training pseudobulk of each condition (conditions x genes)."""
-        x, _ = self._expression_matrix(self.adata)
-        labels = self._design(self.adata).labels[self._train_idx]
-        counts = self._setup().get("counts", True)
-        _, var = log_pseudobulk(x, self._train_idx, labels, conditions, counts)
-        return var
+    def _keeps_variances(self) -> bool:
+        return self.weighting == "precision"
 
     def _predict_one(self, label, targets):
         if not targets:
