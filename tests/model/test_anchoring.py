@@ -15,7 +15,13 @@ from scmech.model._anchoring import Observations, ObservedPseudobulk, random_eff
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._post_training import _own_calibration
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
-from scmech.model._target_map import latent_directions, own_gene_effect, propagation_gain, smallest_within_noise
+from scmech.model._target_map import (
+    latent_directions,
+    own_gene_effect,
+    propagation_gain,
+    smallest_within_noise,
+    weighted_median,
+)
 
 from .conftest import MODEL_KWARGS, simulated, tiny_model_without
 
@@ -380,13 +386,32 @@ def test_own_gene_effect_recovers_a_planted_knockdown():
     assert own_gene_effect(observed, reference, efficacy_levels=levels)[0] == pytest.approx(a, abs=1e-3)
     # log-normalised input (normal likelihood): a shift
     assert own_gene_effect(reference - 0.7, reference, counts=False)[0] == pytest.approx(-0.7, abs=1e-3)
-    # targets that disagree: the fit weighs the well-measured fall of a highly expressed gene
-    strong = reference >= np.median(reference)
-    observed = np.log1p(np.where(strong, 0.3, 0.9) * np.expm1(reference))
-    effect, sd, _ = own_gene_effect(observed, reference)
-    assert np.log(0.3) < effect < (np.log(0.3) + np.log(0.9)) / 2
-    assert sd > 0.1
+    # targets that disagree: a few whose own gene falls far further (their knock-down collapses a programme the
+    # gene belongs to) do not pull the effect, which stays at the typical one; the spread shows them
+    far = np.arange(12) < 3
+    observed = np.log1p(np.where(far, 0.05, 0.7) * np.expm1(reference))
+    effect, sd, each = own_gene_effect(observed, reference)
+    assert effect == pytest.approx(np.log(0.7), abs=1e-3)
+    assert np.mean(each) < np.log(0.7) - 0.5  # a mean would have been pulled by the three
+    assert sd == pytest.approx(0.0, abs=1e-3)  # the robust spread of a majority in agreement
+    # the well-measured fall of a highly expressed gene weighs more than that of a gene barely expressed
+    level = np.where(np.arange(12) < 5, 5.0, 0.02)
+    observed = np.log1p(np.where(level > 1, 0.3, 0.9) * np.expm1(level))
+    effect, _, each = own_gene_effect(observed, level)
+    assert np.median(each) == pytest.approx(np.log(0.9), abs=1e-3)
+    assert effect == pytest.approx(np.log(0.3), abs=1e-3)
     assert own_gene_effect(np.zeros(0), np.zeros(0))[0] == 0.0
+
+
+def test_weighted_median_closed_forms():
+    v = np.array([3.0, 1.0, 2.0, 10.0])
+    assert weighted_median(v, np.ones(4)) == pytest.approx(np.median(v))
+    assert weighted_median(v[:3], np.ones(3)) == pytest.approx(2.0)
+    # a value without weight does not count; a heavy one takes the median
+    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(2.0)
+    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 5.0])) == pytest.approx(10.0)
+    # all weights zero: the plain median
+    assert weighted_median(v, np.zeros(4)) == pytest.approx(np.median(v))
 
 
 def test_the_model_calibrates_the_own_gene_on_the_observed_training_targets(steady):
