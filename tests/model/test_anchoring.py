@@ -410,6 +410,9 @@ def test_weighted_median_closed_forms():
     # a value without weight does not count; a heavy one takes the median
     assert weighted_median(v, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(2.0)
     assert weighted_median(v, np.array([1.0, 1.0, 1.0, 5.0])) == pytest.approx(10.0)
+    # an even split: the mean of the two values with weight on either side of it
+    assert weighted_median(v, np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.0)
+    assert weighted_median(v, np.array([0.0, 1.0, 0.0, 1.0])) == pytest.approx(5.5)
     # all weights zero: the plain median
     assert weighted_median(v, np.zeros(4)) == pytest.approx(np.median(v))
 

@@ -366,8 +366,9 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     v, w = v[order], w[order]
     cum = np.cumsum(w) / w.sum()
     k = int(np.searchsorted(cum, 0.5 - 1e-12))
-    if np.isclose(cum[k], 0.5) and k + 1 < len(v):
-        return float((v[k] + v[k + 1]) / 2)
+    after = np.flatnonzero((np.arange(len(v)) > k) & (w > 0))
+    if np.isclose(cum[k], 0.5) and len(after):
+        return float((v[k] + v[after[0]]) / 2)
     return float(v[k])
 
 
