@@ -351,25 +351,21 @@ def own_gene_effect(
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """Median of ``values`` weighed by ``weights`` (the plain median when they are equal or all zero).
+    """Median of ``values`` weighed by ``weights`` (the plain median when they are equal, all zero or not finite).
 
-    The value at which the cumulative weight of the sorted values reaches half the total; where it reaches
-    exactly half between two values, their mean. Written here because numpy has no weighted median.
+    numpy's weighted quantile (``method="inverted_cdf"``) gives the lower weighted median, the value at which the
+    cumulative weight of the sorted values reaches half the total; the mean of it and the upper one (the same of
+    the negated values) is symmetric, so that equal weights give :func:`numpy.median`.
     """
     v = np.asarray(values, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if len(v) == 0:
         return float("nan")
-    if not np.all(np.isfinite(w)) or w.sum() <= 0:
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         w = np.ones_like(v)
-    order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    cum = np.cumsum(w) / w.sum()
-    k = int(np.searchsorted(cum, 0.5 - 1e-12))
-    after = np.flatnonzero((np.arange(len(v)) > k) & (w > 0))
-    if np.isclose(cum[k], 0.5) and len(after):
-        return float((v[k] + v[after[0]]) / 2)
-    return float(v[k])
+    lower = np.quantile(v, 0.5, weights=w, method="inverted_cdf")
+    upper = -np.quantile(-v, 0.5, weights=w, method="inverted_cdf")
+    return float((lower + upper) / 2)
 
 
 def latent_directions(
