@@ -14,8 +14,8 @@ applied to the class's level at that gene). Two calibrations are compared:
 
 beside ``weighted_train_mean`` (the anchor alone) and ``train_mean``. To vary which targets are measured and
 how many, the genes are subsampled (all 299, and random 85 %, 70 % and 55 % of them), and in each gene set the
-measured targets are split at random into thirds, each held out in turn. Pseudobulks are
-:math:`\\log(1 + 10^4 \\bar\\rho)` of the cells' proportions over the kept genes, changes are from all control
+measured targets are split at random into thirds, each held out in turn. Pseudobulks are scmech's
+(:math:`\\log(1 + 10^4 \\bar\\rho)` of the cells' proportions over the kept genes), changes are from all control
 cells; P20 is the Pearson delta on the 20 genes of largest |observed change|, CR the Pearson delta after
 subtracting the training targets' mean change.
 
@@ -37,6 +37,7 @@ from scipy.optimize import minimize_scalar
 
 import scmech
 from scmech.model._anchoring import random_effects_weights
+from scmech.model._observations import log_pseudobulk
 from scmech.model._target_map import own_gene_effect
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,16 +64,10 @@ def pearson(u: np.ndarray, v: np.ndarray) -> float:
     return float(u @ v / d) if d > 0 else 0.0
 
 
-def pseudobulks(x: np.ndarray, labels: np.ndarray, groups: list[str]) -> tuple[dict, dict]:
-    """Log pseudobulk of each group and the mean sampling variance of its genes (delta method)."""
-    p = x / np.maximum(x.sum(1, keepdims=True), 1)
-    level, var = {}, {}
-    for g in groups:
-        m = labels == g
-        mu = p[m].mean(0)
-        level[g] = np.log1p(1e4 * mu)
-        var[g] = p[m].var(0, ddof=1) / m.sum() * (1e4 / (1 + 1e4 * mu)) ** 2
-    return level, var
+def pseudobulks(x, labels: np.ndarray, groups: list[str]) -> tuple[dict, dict]:
+    """Log pseudobulk of each group and its per-gene sampling variance (scmech's ``log_pseudobulk``)."""
+    level, var = log_pseudobulk(x, np.arange(x.shape[0]), labels, groups, counts=True)
+    return dict(zip(groups, level, strict=True)), dict(zip(groups, var, strict=True))
 
 
 def score_split(level, var, targets, genes, held) -> list[dict]:
@@ -120,8 +115,7 @@ def main(quick: bool = False) -> None:
     adata = scmech.datasets.papalexi2021()
     adata = adata[adata.obs["perturbation"].astype(str) != "unassigned"]
     labels = adata.obs["perturbation"].astype(str).to_numpy()
-    x_all = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    x_all = x_all.astype(np.float64)
+    x_all = sp.csr_matrix(adata.X, dtype=np.float64)
     names = np.asarray(adata.var_names)
     targets = sorted(set(labels) - {"NT"})
     rng, shuffle = np.random.default_rng(0), random.Random(0)
