@@ -36,7 +36,8 @@ class PredictionOutputMixin:
 
         The sd carries the spread of the training targets' direct own-gene effects (logit units) to the log
         scale by the delta method, :math:`\partial \log(1 + 10^4 \rho e^a) / \partial a = 10^4 \rho / (1 +
-        10^4 \rho)` at the predicted level.
+        10^4 \rho)` at the predicted level. Under the ``"level"`` model (activations brought to a common level) it
+        is the spread of the training targets' own levels.
         """
         n = len(requested)
         change, sd = np.full(n, np.nan), np.full(n, np.nan)
@@ -55,6 +56,9 @@ class PredictionOutputMixin:
                 continue
             g = pos[p.targets[0]]
             change[i] = logx[i, g] - float(y0.value[g])
+            if tm.own_model == "level":  # the spread of the training targets' own levels, already on this scale
+                sd[i] = tm.own_effect_sd
+                continue
             level = np.expm1(logx[i, g]) if counts else np.inf
             sd[i] = tm.own_effect_sd * (level / (1.0 + level) if np.isfinite(level) else 1.0)
         return change, sd

@@ -10,7 +10,10 @@ what is known of it before any data:
   reproduce each training target's observed own-gene level, robust to the few whose own gene also falls with
   a programme their knock-down collapses. The change it predicts follows the target's expression, a large
   fall for a highly expressed gene and a small one for a gene barely expressed. The spread of the training
-  targets' factors is its uncertainty; it is not shrunk by anything else.
+  targets' factors is its uncertainty; it is not shrunk by anything else. CRISPRa can instead bring its target
+  to a level that does not follow its level in controls (a silent gene activated): where the training targets
+  say so (:func:`own_gene_model`), an unseen activated target gets the effect that brings it to their median
+  own level (:func:`effect_reaching`).
 - **Propagation.** A change of gene :math:`g`'s true expression by :math:`a` (here the median of the training
   targets' learned direct effects, the scale their operators were learned on) moves the cell state along the
   direction in which :math:`g` varies among control cells, :math:`\delta z = a\,h_g` with
@@ -62,8 +65,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TargetMap",
     "draw_pool",
+    "effect_reaching",
     "latent_directions",
     "own_gene_effect",
+    "own_gene_model",
     "propagation_gain",
     "smallest_within_noise",
     "weighted_median",
@@ -102,6 +107,15 @@ class TargetMap:
         What the calibration rests on: ``"observed"`` (the training targets' observed own-gene levels,
         :func:`own_gene_effect`), ``"learned"`` (the median of their learned direct effects, when too few
         were observed) or ``"none"``.
+    own_model
+        How the knock-down moves an unseen target's own gene (:func:`own_gene_model`): ``"scale"`` (its
+        production by the factor ``e^own_effect``) or ``"level"`` (CRISPRa: to the activated level
+        ``own_level``, whatever its level in controls; ``own_effects`` holds the effect that does so per gene and
+        ``own_effect_sd`` the spread of the training targets' levels, in log-normalised units).
+    own_level
+        Calibrated own-gene level of an activated target (``"level"`` model; NaN otherwise).
+    own_effects
+        Direct effect per gene under the ``"level"`` model (``None`` otherwise).
     drive_effect
         Direct effect that scales an unseen target's propagated drive: the median of the training targets'
         learned direct effects, the scale on which the propagation gain is fitted (``NaN``: ``own_effect``).
@@ -137,6 +151,9 @@ class TargetMap:
     own_effect_sd: float = float("nan")
     own_targets: int = 0
     own_source: str = "none"
+    own_model: str = "scale"
+    own_level: float = float("nan")
+    own_effects: np.ndarray | None = None
     drive_effect: float = float("nan")
     directions: np.ndarray | None = None
     propagation_mean: np.ndarray | None = None
@@ -216,7 +233,7 @@ class TargetMap:
             if self.coef is not None and self.embedding is not None:
                 op = op + np.asarray(self.embedding[g], dtype=np.float64) @ self.coef + self.intercept
             ops.append(op)
-            own.append(self.own_effect)
+            own.append(self.own_effect if self.own_effects is None else float(self.own_effects[g]))
             source.append(SOURCE_GENE)
         return np.asarray(ops), np.asarray(own), source
 
@@ -238,12 +255,19 @@ class TargetMap:
         }
 
     def own_gene_summary(self) -> dict:
-        """Return the calibrated own-gene effect, its spread and what it rests on (for provenance)."""
+        """Return the calibrated own-gene effect, its spread, its model and what it rests on (for provenance).
+
+        Under the ``"level"`` model ``own_effect_sd`` is the spread of the training targets' own levels (log-normalised
+        units) and ``level`` the level an activated target reaches (``None`` under ``"scale"``); the effect is then
+        per gene.
+        """
         return {
             "own_effect_logit": float(self.own_effect),
             "own_effect_sd": float(self.own_effect_sd),
             "n_training_targets": int(self.own_targets),
             "calibrated_on": self.own_source,
+            "model": self.own_model,
+            "level": float(self.own_level) if self.own_model == "level" else None,
             "modality": self.modality,
             "propagation_gain": float(self.gain),
         }
@@ -329,10 +353,7 @@ def own_gene_effect(
     eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
 
     def predicted(a: float, level: np.ndarray) -> np.ndarray:
-        if not counts:
-            return level + a * float(eta.mean())
-        factor = float(np.mean(np.exp(a * eta)))
-        return np.log1p(factor * np.expm1(np.maximum(level, 0.0)))
+        return _level_after(np.asarray(a, dtype=np.float64), level, counts, eta)
 
     def fit(yy: float, rr: float) -> float:
         res = minimize_scalar(lambda a: float((yy - predicted(a, rr)) ** 2), bounds=(-bound, bound), method="bounded")
@@ -366,6 +387,96 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     lower = np.quantile(v, 0.5, weights=w, method="inverted_cdf")
     upper = -np.quantile(-v, 0.5, weights=w, method="inverted_cdf")
     return float((lower + upper) / 2)
+
+
+def _level_after(a: np.ndarray, level: np.ndarray, counts: bool, eta: np.ndarray) -> np.ndarray:
+    """Own-gene level after a knock-down of effect ``a`` from ``level`` (:func:`own_gene_effect`'s :math:`f_a`)."""
+    if not counts:
+        return level + a * float(eta.mean())
+    factor = np.mean(np.exp(np.multiply.outer(a, eta)), axis=-1)
+    return np.log1p(factor * np.expm1(np.maximum(level, 0.0)))
+
+
+def effect_reaching(
+    level: float,
+    reference: np.ndarray,
+    *,
+    counts: bool = True,
+    efficacy_levels: np.ndarray | None = None,
+    bound: float = 10.0,
+) -> np.ndarray:
+    r"""Activating effect :math:`a \ge 0` that moves each gene from ``reference`` to ``level`` (:math:`f_a`).
+
+    The inverse of :func:`own_gene_effect`'s :math:`f_a` in :math:`a`, per gene: :math:`f_a(\ell) = L` has
+    :math:`e^{a} = (e^{L} - 1) / (e^{\ell} - 1)` with counts and one efficacy level, :math:`a = (L - \ell) /
+    \bar\eta` without counts; with several efficacy levels it is solved by bisection (:math:`f_a` increases with
+    :math:`a`). A gene already at or above ``level`` gets 0 (an activation does not lower its target), and a gene
+    not expressed at all gets ``bound``.
+
+    Parameters
+    ----------
+    level
+        The level to reach (log-normalised).
+    reference
+        Each gene's level without the activation.
+    counts, efficacy_levels, bound
+        As in :func:`own_gene_effect`.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
+    lo, hi = np.zeros_like(ref), np.full_like(ref, float(bound))
+    below = _level_after(hi, ref, counts, eta) < level
+    for _ in range(60):  # f_a is monotone in a: bisection to ~1e-17 of the bound
+        mid = (lo + hi) / 2
+        up = _level_after(mid, ref, counts, eta) < level
+        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
+    out = np.where(below, float(bound), (lo + hi) / 2)
+    return np.where(ref >= level, 0.0, out)
+
+
+def own_gene_model(
+    observed: np.ndarray,
+    reference: np.ndarray,
+    *,
+    modality: str | None,
+    counts: bool = True,
+    efficacy_levels: np.ndarray | None = None,
+) -> str:
+    r"""Whether an activation scales its target's production or brings it to a common level, as the data say.
+
+    CRISPRko and CRISPRi remove a share of their target's mRNA: the ``"scale"`` model of
+    :func:`own_gene_effect`, a fall that follows the gene's expression. CRISPRa recruits activators to the
+    promoter, and the fold it reaches is larger the lower the gene's basal expression (Gilbert et al., Cell 159,
+    647-661, 2014): a silent gene is brought up to a level that does not follow its level in controls, which a
+    scaling of a near-zero production cannot reach. For CRISPRa both models are tried on the training targets,
+    each predicted from the others (leave-one-out): ``"scale"`` at the others' calibrated factor,
+    ``"level"`` at the median of the others' observed own levels (never below the target's level in controls).
+    ``"level"`` is chosen only where its summed absolute error is smaller; every other modality, and fewer than
+    4 training targets, keep ``"scale"``.
+
+    Parameters
+    ----------
+    observed
+        Observed own-gene level of each training target (log-normalised).
+    reference
+        Its level without the activation.
+    modality
+        The registered perturbation modality.
+    counts, efficacy_levels
+        As in :func:`own_gene_effect`.
+    """
+    y = np.asarray(observed, dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64)
+    if modality != "CRISPRa" or len(y) < 4:
+        return "scale"
+    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
+    err = {"scale": 0.0, "level": 0.0}
+    for q in range(len(y)):
+        others = np.arange(len(y)) != q
+        a = max(0.0, own_gene_effect(y[others], ref[others], counts=counts, efficacy_levels=eta, spread=False)[0])
+        err["scale"] += abs(y[q] - float(_level_after(np.asarray(a), ref[q : q + 1], counts, eta)[0]))
+        err["level"] += abs(y[q] - max(float(np.median(y[others])), ref[q]))
+    return "level" if err["level"] < err["scale"] else "scale"
 
 
 def latent_directions(

@@ -1,0 +1,125 @@
+"""How an unseen target's own gene moves: scaled production, or (CRISPRa, where the data say so) a common level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scmech.data import simulate_perturbseq
+from scmech.model import SemiMechVI
+from scmech.model._target_map import _level_after, effect_reaching, own_gene_effect, own_gene_model
+
+from .conftest import tiny_model_without
+
+
+def test_effect_reaching_closed_forms():
+    ref = np.array([0.05, 0.5, 2.0, 3.0, 4.0, 0.0])
+    a = effect_reaching(3.0, ref)
+    # counts, one efficacy level: e^a = (e^L - 1) / (e^l - 1)
+    np.testing.assert_allclose(a[:3], np.log(np.expm1(3.0) / np.expm1(ref[:3])), rtol=1e-9)
+    # a gene at or above the level is not lowered; a gene not expressed at all gets the bound
+    assert a[3] == 0.0
+    assert a[4] == 0.0
+    assert a[5] == 10.0
+    # several efficacy levels: the mean factor reaches the level (a round trip through f_a)
+    eta = np.array([0.3, 0.8, 1.0])
+    b = effect_reaching(3.0, ref[:3], efficacy_levels=eta)
+    np.testing.assert_allclose(_level_after(b, ref[:3], True, eta), 3.0, atol=1e-9)
+    assert np.all(b > a[:3])  # weaker efficacies need a larger effect
+    # log-normalised input (normal likelihood): a shift by (L - l) / mean efficacy
+    c = effect_reaching(3.0, ref[:4], counts=False, efficacy_levels=eta)
+    np.testing.assert_allclose(c, np.maximum(3.0 - ref[:4], 0.0) / eta.mean(), rtol=1e-9)
+
+
+def _activation(rng, reference: np.ndarray, level: float | None, factor: float | None, sd: float = 0.1) -> np.ndarray:
+    """Observed own levels of activated targets: a common level, or a scaled production."""
+    if level is not None:
+        return level + rng.normal(0.0, sd, reference.size)
+    return np.log1p(factor * np.expm1(reference)) + rng.normal(0.0, sd, reference.size)
+
+
+def test_the_data_choose_between_a_common_level_and_a_scaled_production():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.02, 2.0, 12)
+    common = _activation(rng, reference, 3.0, None)
+    scaled = _activation(rng, reference, None, np.exp(1.5))
+    assert own_gene_model(common, reference, modality="CRISPRa") == "level"
+    assert own_gene_model(scaled, reference, modality="CRISPRa") == "scale"
+    # knock-downs scale their target's production whatever the data; so does an unregistered modality
+    for modality in ("CRISPRko", "CRISPRi", None):
+        assert own_gene_model(common, reference, modality=modality) == "scale"
+    # too few targets to compare the two
+    assert own_gene_model(common[:3], reference[:3], modality="CRISPRa") == "scale"
+    # why: a scaling calibrated on such data undershoots the silent genes and overshoots the expressed ones
+    a = own_gene_effect(common, reference)[0]
+    scaled_pred = np.log1p(np.exp(a) * np.expm1(reference))
+    low, high = reference < 0.2, reference > 1.5
+    assert np.all(scaled_pred[low] < common[low] - 1.0)
+    assert np.all(scaled_pred[high] > common[high] + 0.2)
+
+
+def _activated_screen(seed: int = 0):
+    """A small CRISPRa screen whose targets are brought to one level from baselines between silent and high."""
+    adata = simulate_perturbseq(
+        n_cells=900, n_genes=30, n_perturbations=8, n_combinations=0, modality="CRISPRa", seed=seed
+    )
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    targets = sorted(set(labels) - {"NT"})
+    genes = list(adata.var_names)
+    rng = np.random.default_rng(seed)
+    x = np.asarray(adata.X.toarray() if sp.issparse(adata.X) else adata.X, dtype=np.float64).copy()
+    library = x.sum(1)
+    keep = np.geomspace(0.005, 1.0, len(targets))  # baselines from nearly silent to fully expressed
+    for j, t in enumerate(targets):
+        g = genes.index(t)
+        x[labels != t, g] = rng.binomial(x[labels != t, g].astype(np.int64), keep[j])
+        cells = labels == t
+        x[cells, g] = rng.poisson(library[cells] * np.expm1(3.0) / 1e4)  # log1p(1e4 * share) = 3 when activated
+    adata.X = sp.csr_matrix(x.astype(np.float32))
+    return adata, targets, keep
+
+
+def test_an_activation_screen_brings_an_unseen_silent_target_to_the_common_level(tmp_path):
+    adata, targets, keep = _activated_screen()
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality="CRISPRa"
+    )
+    held_target = targets[int(np.argmin(keep))]  # the most silent target
+    labels = adata.obs["perturbation"].to_numpy()
+    model, _ = tiny_model_without(adata, np.flatnonzero(labels == held_target), max_epochs=3)
+    tm = model.target_map_
+    assert tm.own_model == "level"
+    x = adata.X.toarray()
+
+    def level(label: str, gene: str) -> float:
+        cells = labels == label
+        return float(np.log1p(1e4 * np.mean(x[cells, genes.index(gene)] / x[cells].sum(1))))
+
+    genes = list(adata.var_names)
+    trained = [t for t in targets if t != held_target]
+    # the level is the training targets' median own level (the model's pseudobulks are standardised to the
+    # controls' batch mix, so they differ a little from these)
+    assert tm.own_level == pytest.approx(np.median([level(t, t) for t in trained]), abs=0.1)
+    assert np.isnan(tm.own_effect)
+    pred = model.predict([held_target])
+    observed, control = level(held_target, held_target), level("NT", held_target)
+    assert observed - control > 2.0  # the target was silent and is activated
+    change = float(pred.obs["own_gene_change"].iloc[0])
+    assert change == pytest.approx(observed - control, abs=0.6)
+    # the spread reported is that of the training targets' own levels
+    assert float(pred.obs["own_gene_sd"].iloc[0]) == pytest.approx(tm.own_effect_sd)
+    summary = pred.uns["scmech"]["prediction"]["own_gene"]
+    assert summary["model"] == "level"
+    assert summary["level"] == pytest.approx(tm.own_level)
+    # a scaled production at the factor calibrated on the training targets would have left it nearly silent
+    reference = [np.mean([level(p, t) for p in trained if p != t]) for t in trained]
+    a = own_gene_effect(np.array([level(t, t) for t in trained]), np.array(reference))[0]
+    assert _level_after(np.asarray(a), np.array([control]), True, np.ones(1))[0] - control < 1.0
+    # saved and loaded, the model keeps the level model and predicts the same
+    model.save(tmp_path / "m", save_anndata=True)
+    loaded = SemiMechVI.load(tmp_path / "m")
+    assert loaded.target_map_.own_model == "level"
+    np.testing.assert_allclose(loaded.target_map_.own_effects, tm.own_effects)
+    np.testing.assert_allclose(np.asarray(loaded.predict([held_target]).X), np.asarray(pred.X), rtol=1e-5, atol=1e-6)
