@@ -8,7 +8,7 @@ without training a model, by comparing for each held-out target whose gene is me
 
 - ``anchor_own``: the precision-weighted mean of the training targets
   (:func:`scmech.model._anchoring.random_effects_weights`) with the own gene knocked down at the calibrated
-  level (:func:`scmech.model._target_map.own_gene_effect`), as SemiMechVI predicts an unseen target when the
+  level (:func:`scmech.model._own_gene.own_gene_effect`), as SemiMechVI predicts an unseen target when the
   gain is 0;
 - ``learned_regulation``: ``anchor_own`` plus the knock-down carried one step through a linear regulation among
   the screen's target genes learned from the training knockouts: each gene's change across the training
@@ -46,7 +46,7 @@ import scmech
 from scmech.data._simulate._network import SimulatedNetwork
 from scmech.model._anchoring import random_effects_weights
 from scmech.model._observations import log_pseudobulk
-from scmech.model._target_map import own_gene_effect
+from scmech.model._own_gene import own_gene_effect
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("anchor_own", "learned_regulation", "learned_regulation_validated", "true_network")

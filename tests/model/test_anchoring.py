@@ -13,15 +13,9 @@ from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import Observations, ObservedPseudobulk, random_effects_weights
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
-from scmech.model._post_training import _own_calibration
+from scmech.model._own_gene import own_gene_effect
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
-from scmech.model._target_map import (
-    latent_directions,
-    own_gene_effect,
-    propagation_gain,
-    smallest_within_noise,
-    weighted_median,
-)
+from scmech.model._target_map import latent_directions, propagation_gain, smallest_within_noise
 
 from .conftest import MODEL_KWARGS, simulated, tiny_model_without
 
@@ -355,66 +349,6 @@ def test_a_share_is_chosen_only_when_it_is_better_beyond_the_spread_between_targ
     # the best share itself when nothing smaller is within its noise; ties go to the smaller share
     assert smallest_within_noise({0.0: base + 1.0, 0.5: base, 1.0: base + 0.01}) == 0.5
     assert smallest_within_noise({0.0: base, 1.0: base}) == 0.0
-
-
-def test_own_effect_calibration_is_the_median_signed_by_the_modality(caplog):
-    med, sd = _own_calibration([-0.3, -0.4, -1.5, -0.35, -0.2], "CRISPRko")
-    assert med == pytest.approx(-0.35)
-    assert sd == pytest.approx(1.4826 * 0.05)
-    assert _own_calibration([], "CRISPRi")[0] == 0.0
-    # the data disagree with the registered modality: no own-gene effect, and a warning
-    assert _own_calibration([0.4, 0.5, 0.3], "CRISPRi")[0] == 0.0
-    assert "against the registered modality" in caplog.text
-    assert _own_calibration([0.4, 0.5, 0.3], "CRISPRa")[0] == pytest.approx(0.4)
-    assert _own_calibration([0.4, 0.5, 0.3], None)[0] == pytest.approx(0.4)
-
-
-def test_own_gene_effect_recovers_a_planted_knockdown():
-    rng = np.random.default_rng(0)
-    reference = rng.uniform(0.2, 6.0, 12)
-    a = float(np.log(0.3))
-    # counts: the knock-down scales the normalised expression, a small fall for a gene barely expressed
-    observed = np.log1p(0.3 * np.expm1(reference))
-    effect, sd, each = own_gene_effect(observed, reference)
-    assert effect == pytest.approx(a, abs=1e-3)
-    np.testing.assert_allclose(each, a, atol=1e-3)
-    assert sd == pytest.approx(0.0, abs=1e-3)
-    assert abs(observed - reference)[reference.argmin()] < 0.5 < abs(observed - reference)[reference.argmax()]
-    # efficacy levels: the mean factor over the levels
-    levels = np.array([0.5, 1.0, 1.5])
-    observed = np.log1p(np.mean(np.exp(a * levels)) * np.expm1(reference))
-    assert own_gene_effect(observed, reference, efficacy_levels=levels)[0] == pytest.approx(a, abs=1e-3)
-    # log-normalised input (normal likelihood): a shift
-    assert own_gene_effect(reference - 0.7, reference, counts=False)[0] == pytest.approx(-0.7, abs=1e-3)
-    # targets that disagree: a few whose own gene falls far further (their knock-down collapses a programme the
-    # gene belongs to) do not pull the effect, which stays at the typical one; the spread shows them
-    far = np.arange(12) < 3
-    observed = np.log1p(np.where(far, 0.05, 0.7) * np.expm1(reference))
-    effect, sd, each = own_gene_effect(observed, reference)
-    assert effect == pytest.approx(np.log(0.7), abs=1e-3)
-    assert np.mean(each) < np.log(0.7) - 0.5  # a mean would have been pulled by the three
-    assert sd == pytest.approx(0.0, abs=1e-3)  # the robust spread of a majority in agreement
-    # the well-measured fall of a highly expressed gene weighs more than that of a gene barely expressed
-    level = np.where(np.arange(12) < 5, 5.0, 0.02)
-    observed = np.log1p(np.where(level > 1, 0.3, 0.9) * np.expm1(level))
-    effect, _, each = own_gene_effect(observed, level)
-    assert np.median(each) == pytest.approx(np.log(0.9), abs=1e-3)
-    assert effect == pytest.approx(np.log(0.3), abs=1e-3)
-    assert own_gene_effect(np.zeros(0), np.zeros(0))[0] == 0.0
-
-
-def test_weighted_median_closed_forms():
-    v = np.array([3.0, 1.0, 2.0, 10.0])
-    assert weighted_median(v, np.ones(4)) == pytest.approx(np.median(v))
-    assert weighted_median(v[:3], np.ones(3)) == pytest.approx(2.0)
-    # a value without weight does not count; a heavy one takes the median
-    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(2.0)
-    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 5.0])) == pytest.approx(10.0)
-    # an even split: the mean of the two values with weight on either side of it
-    assert weighted_median(v, np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.0)
-    assert weighted_median(v, np.array([0.0, 1.0, 0.0, 1.0])) == pytest.approx(5.5)
-    # all weights zero: the plain median
-    assert weighted_median(v, np.zeros(4)) == pytest.approx(np.median(v))
 
 
 def test_the_model_calibrates_the_own_gene_on_the_observed_training_targets(steady):

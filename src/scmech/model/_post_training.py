@@ -29,15 +29,13 @@ from ._anchoring import (
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._observations import standardise_batches
+from ._own_gene import effect_reaching, own_calibration, own_gene_effect, own_gene_model
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import (
     TargetMap,
     draw_pool,
-    effect_reaching,
     latent_directions,
-    own_gene_effect,
-    own_gene_model,
     propagation_gain,
     residual_map,
     smallest_within_noise,
@@ -78,7 +76,7 @@ class PostTrainingMixin:
         op_all = ops[[row[t] for t in fit]].mean(0) if fit else np.zeros(n_latent)
         op_class = ops[[row[t] for t in members]].mean(0) if members else op_all
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        learned, learned_sd = _own_calibration([own[row[t]] for t in members], modality)
+        learned, learned_sd = own_calibration([own[row[t]] for t in members], modality)
         tm = TargetMap(
             var_names=var_names,
             trained=list(fit),
@@ -174,12 +172,13 @@ class PostTrainingMixin:
         return own_level, (y[:, genes].sum(0) - own_level) / (n - 1)
 
     def _fit_own_level(self, tm: TargetMap, y: np.ndarray, genes: np.ndarray) -> bool:
-        """Switch ``tm`` to the ``"level"`` own-gene model where :func:`own_gene_model` chooses it (CRISPRa).
+        """Switch ``tm`` to the ``"level"`` own-gene model where CRISPRa's activations reach a common level.
 
-        The level is the median of the members' own-gene levels, its spread their robust one (1.4826 MAD,
-        log-normalised units), and each gene's effect the one that brings the members' mean level at that gene
-        there (:func:`~scmech.model._target_map.effect_reaching`): an unseen target's prediction starts from it.
-        ``own_effect`` (one factor for every gene) is then NaN. Returns whether the level model was chosen.
+        :func:`~scmech.model._own_gene.own_gene_model` decides. The level is the median of the members' own-gene levels,
+        its spread their robust one (1.4826 MAD, log-normalised units), and each gene's effect the one that brings the
+        members' mean level at that gene there (:func:`~scmech.model._own_gene.effect_reaching`): an unseen target's
+        prediction starts from it. ``own_effect`` (one factor for every gene) is then NaN. Returns whether the level
+        model was chosen.
         """
         counts, levels = self._own_settings()
         own_level, reference = self._own_levels(y, genes)
@@ -203,17 +202,17 @@ class PostTrainingMixin:
         return float(effect_reaching(float(np.median(own_level)), reference, counts=counts, efficacy_levels=levels)[0])
 
     def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray, spread: bool = True) -> tuple[float, float]:
-        """Own-gene effect of :func:`~scmech.model._target_map.own_gene_effect` on the members' pseudobulks ``y``.
+        """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' pseudobulks ``y``.
 
         Each member's level without its knock-down is the mean of the other members at its gene; the result is
-        signed by the registered modality (:func:`_own_calibration`). Returns the effect and the spread of the
-        members' own effects (NaN without ``spread``).
+        signed by the registered modality (:func:`~scmech.model._own_gene.own_calibration`). Returns the effect and
+        the spread of the members' own effects (NaN without ``spread``).
         """
         own_level, reference = self._own_levels(y, genes)
         counts, levels = self._own_settings()
         effect, sd, _ = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, spread=spread)
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        signed, _ = _own_calibration([effect], modality)
+        signed, _ = own_calibration([effect], modality)
         return signed, sd
 
     def _validate_gain(
@@ -565,29 +564,6 @@ class PostTrainingMixin:
 def _condition_keys(labels: np.ndarray, contexts: list) -> pd.Series:
     """Key of each cell's condition in its context (perturbation label and read-out context)."""
     return pd.Series([f"{lab}\x00{c!r}" for lab, c in zip(labels, contexts, strict=True)])
-
-
-def _own_calibration(values: list[float], modality: str | None) -> tuple[float, float]:
-    """Median and robust spread of the training targets' direct own-gene effects, signed by the modality.
-
-    CRISPRko and CRISPRi lower their target's production and CRISPRa raises it; a median of the other sign (the
-    data disagree with the registered modality) is set to 0 with a warning.
-    """
-    if not values:
-        return 0.0, float("nan")
-    v = np.asarray(values, dtype=np.float64)
-    med = float(np.median(v))
-    sd = float(1.4826 * np.median(np.abs(v - med))) if len(v) >= 3 else float(np.std(v))
-    sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
-    if sign and med * sign < 0:
-        logger.warning(
-            "The training targets' own-gene effects have median %.3g, against the registered modality %r; "
-            "targets without training cells get no own-gene effect.",
-            med,
-            modality,
-        )
-        med = 0.0
-    return med, sd
 
 
 def _mapped_errors(

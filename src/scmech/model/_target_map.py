@@ -5,15 +5,15 @@ what is known of it before any data:
 
 - **Own gene.** CRISPRko, CRISPRi and CRISPRa act on their target's own mRNA: they scale its production, so
   its expression by a factor :math:`r = e^{a}` (:math:`a` in logit units, the decoder's own-target effect).
-  When the gene is measured, :math:`a` is calibrated on what the training targets did to their own genes, in
-  the space predictions are scored in (:func:`own_gene_effect`): the weighted median of the factors that
-  reproduce each training target's observed own-gene level, robust to the few whose own gene also falls with
-  a programme their knock-down collapses. The change it predicts follows the target's expression, a large
-  fall for a highly expressed gene and a small one for a gene barely expressed. The spread of the training
-  targets' factors is its uncertainty; it is not shrunk by anything else. CRISPRa can instead bring its target
-  to a level that does not follow its level in controls (a silent gene activated): where the training targets
-  say so (:func:`own_gene_model`), an unseen activated target gets the effect that brings it to their median
-  own level (:func:`effect_reaching`).
+  When the gene is measured, :math:`a` is calibrated on what the training targets did to their own genes, in the
+  space predictions are scored in (:func:`~scmech.model._own_gene.own_gene_effect`): the weighted median of the
+  factors that reproduce each training target's observed own-gene level, robust to the few whose own gene also falls
+  with a programme their knock-down collapses. The change it predicts follows the target's expression, a large fall
+  for a highly expressed gene and a small one for a gene barely expressed. The spread of the training targets'
+  factors is its uncertainty; it is not shrunk by anything else. CRISPRa can instead bring its target to a level
+  that does not follow its level in controls (a silent gene activated): where the training targets say so
+  (:func:`~scmech.model._own_gene.own_gene_model`), an unseen activated target gets the effect that brings it to
+  their median own level (:func:`~scmech.model._own_gene.effect_reaching`).
 - **Propagation.** A change of gene :math:`g`'s true expression by :math:`a` (here the median of the training
   targets' learned direct effects, the scale their operators were learned on) moves the cell state along the
   direction in which :math:`g` varies among control cells, :math:`\delta z = a\,h_g` with
@@ -65,13 +65,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TargetMap",
     "draw_pool",
-    "effect_reaching",
     "latent_directions",
-    "own_gene_effect",
-    "own_gene_model",
     "propagation_gain",
     "smallest_within_noise",
-    "weighted_median",
 ]
 
 #: sources of a mapped target, as reported in ``predict``'s ``obs["target_source"]``
@@ -105,11 +101,11 @@ class TargetMap:
         Number of training targets the own-gene calibration rests on (0: not calibrated, effect 0).
     own_source
         What the calibration rests on: ``"observed"`` (the training targets' observed own-gene levels,
-        :func:`own_gene_effect`), ``"learned"`` (the median of their learned direct effects, when too few
-        were observed) or ``"none"``.
+        :func:`~scmech.model._own_gene.own_gene_effect`), ``"learned"`` (the median of their learned direct effects,
+        when too few were observed) or ``"none"``.
     own_model
-        How the knock-down moves an unseen target's own gene (:func:`own_gene_model`): ``"scale"`` (its
-        production by the factor ``e^own_effect``) or ``"level"`` (CRISPRa: to the activated level
+        How the knock-down moves an unseen target's own gene (:func:`~scmech.model._own_gene.own_gene_model`):
+        ``"scale"`` (its production by the factor ``e^own_effect``) or ``"level"`` (CRISPRa: to the activated level
         ``own_level``, whatever its level in controls; ``own_effects`` holds the effect that does so per gene and
         ``own_effect_sd`` the spread of the training targets' levels, in log-normalised units).
     own_level
@@ -294,189 +290,6 @@ def draw_pool(pool: Sequence[str], target: str, seed: int, limit: int) -> list[s
         return list(pool)
     rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
     return sorted(rng.choice(np.asarray(pool, dtype=object), size=limit, replace=False).tolist())
-
-
-def own_gene_effect(
-    observed: np.ndarray,
-    reference: np.ndarray,
-    *,
-    counts: bool = True,
-    efficacy_levels: np.ndarray | None = None,
-    bound: float = 10.0,
-    spread: bool = True,
-) -> tuple[float, float, np.ndarray]:
-    r"""Direct own-gene effect :math:`a` of a knock-down: the robust centre of the training targets' own effects.
-
-    A knock-down scales its target's production, so (with counts) its normalised expression, by :math:`e^{a}`:
-    a gene at log-normalised level :math:`\ell` (:math:`\log(1 + 10^4 \rho)`) moves to :math:`f_a(\ell) =
-    \log(1 + e^{a}(e^{\ell} - 1))`, averaged over the efficacy levels :math:`\eta` as :math:`e^{a\eta}` when
-    the model has them; for log-normalised input with a normal likelihood the effect is the shift
-    :math:`f_a(\ell) = \ell + a\eta`. Each training target :math:`q` gets its own effect :math:`a_q`, the one
-    with :math:`f_{a_q}(\ell_q) = y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` the level it
-    would have without the knock-down: the mean of the other training targets of the class, as an unseen
-    target's prediction starts from it). The calibrated effect is their weighted median, each :math:`a_q`
-    weighed by how far the scored level moves per unit of :math:`a` (:math:`\partial f_a(\ell_q)/\partial a`
-    at the unweighted median): the least-absolute-deviations fit of :math:`\sum_q |y_q - f_a(\ell_q)|`,
-    linearised. A highly expressed gene, whose fall is measured well, weighs more than one barely expressed.
-
-    The median, not the mean: a target's own gene also moves with the state its knock-down leaves. A knock-down
-    that collapses a programme its own gene belongs to (a receptor, kinase or transcription factor of a pathway
-    that induces it) falls far beyond its direct effect, and nothing known before the data tells an unseen
-    target whether it will do the same; a mean is pulled by those few, the median follows the typical direct
-    effect, and the spread reported beside it (1.4826 MAD) is the matching robust one. Written here because it
-    is a one-parameter fit of this model's knock-down, not a library's estimator.
-
-    Parameters
-    ----------
-    observed
-        Observed own-gene level of each training target (log-normalised).
-    reference
-        Its level without the knock-down.
-    counts
-        Whether levels are :math:`\log(1 + 10^4 \rho)` of counts (multiplicative knock-down) or log-normalised
-        values modelled with a normal likelihood (additive).
-    efficacy_levels
-        Efficacy levels the model reads out over (``None``: 1).
-    bound
-        Largest :math:`|a|` considered.
-    spread
-        Also return the spread and the targets' individual effects (``False``: NaN and an empty array).
-
-    Returns
-    -------
-    The effect :math:`a`, the robust spread (1.4826 MAD) of the targets' individual effects, and those effects.
-    """
-    from scipy.optimize import minimize_scalar
-
-    y = np.asarray(observed, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
-
-    def predicted(a: float, level: np.ndarray) -> np.ndarray:
-        return _level_after(np.asarray(a, dtype=np.float64), level, counts, eta)
-
-    def fit(yy: float, rr: float) -> float:
-        res = minimize_scalar(lambda a: float((yy - predicted(a, rr)) ** 2), bounds=(-bound, bound), method="bounded")
-        return float(res.x)
-
-    if len(y) == 0:
-        return 0.0, float("nan"), np.zeros(0)
-    each = np.array([fit(yy, rr) for yy, rr in zip(y, ref, strict=True)])
-    centre, step = float(np.median(each)), 1e-4
-    slope = np.abs(predicted(centre + step, ref) - predicted(centre - step, ref)) / (2 * step)
-    effect = weighted_median(each, slope)
-    if not spread:
-        return effect, float("nan"), np.zeros(0)
-    sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if len(each) >= 3 else float(np.std(each))
-    return effect, sd, each
-
-
-def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    """Median of ``values`` weighed by ``weights`` (the plain median when they are equal, all zero or not finite).
-
-    numpy's weighted quantile (``method="inverted_cdf"``) gives the lower weighted median, the value at which the
-    cumulative weight of the sorted values reaches half the total; the mean of it and the upper one (the same of
-    the negated values) is symmetric, so that equal weights give :func:`numpy.median`.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if len(v) == 0:
-        return float("nan")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        w = np.ones_like(v)
-    lower = np.quantile(v, 0.5, weights=w, method="inverted_cdf")
-    upper = -np.quantile(-v, 0.5, weights=w, method="inverted_cdf")
-    return float((lower + upper) / 2)
-
-
-def _level_after(a: np.ndarray, level: np.ndarray, counts: bool, eta: np.ndarray) -> np.ndarray:
-    """Own-gene level after a knock-down of effect ``a`` from ``level`` (:func:`own_gene_effect`'s :math:`f_a`)."""
-    if not counts:
-        return level + a * float(eta.mean())
-    factor = np.mean(np.exp(np.multiply.outer(a, eta)), axis=-1)
-    return np.log1p(factor * np.expm1(np.maximum(level, 0.0)))
-
-
-def effect_reaching(
-    level: float,
-    reference: np.ndarray,
-    *,
-    counts: bool = True,
-    efficacy_levels: np.ndarray | None = None,
-    bound: float = 10.0,
-) -> np.ndarray:
-    r"""Activating effect :math:`a \ge 0` that moves each gene from ``reference`` to ``level`` (:math:`f_a`).
-
-    The inverse of :func:`own_gene_effect`'s :math:`f_a` in :math:`a`, per gene: :math:`f_a(\ell) = L` has
-    :math:`e^{a} = (e^{L} - 1) / (e^{\ell} - 1)` with counts and one efficacy level, :math:`a = (L - \ell) /
-    \bar\eta` without counts; with several efficacy levels it is solved by bisection (:math:`f_a` increases with
-    :math:`a`). A gene already at or above ``level`` gets 0 (an activation does not lower its target), and a gene
-    not expressed at all gets ``bound``.
-
-    Parameters
-    ----------
-    level
-        The level to reach (log-normalised).
-    reference
-        Each gene's level without the activation.
-    counts, efficacy_levels, bound
-        As in :func:`own_gene_effect`.
-    """
-    ref = np.asarray(reference, dtype=np.float64)
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
-    lo, hi = np.zeros_like(ref), np.full_like(ref, float(bound))
-    below = _level_after(hi, ref, counts, eta) < level
-    for _ in range(60):  # f_a is monotone in a: bisection to ~1e-17 of the bound
-        mid = (lo + hi) / 2
-        up = _level_after(mid, ref, counts, eta) < level
-        lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
-    out = np.where(below, float(bound), (lo + hi) / 2)
-    return np.where(ref >= level, 0.0, out)
-
-
-def own_gene_model(
-    observed: np.ndarray,
-    reference: np.ndarray,
-    *,
-    modality: str | None,
-    counts: bool = True,
-    efficacy_levels: np.ndarray | None = None,
-) -> str:
-    r"""Whether an activation scales its target's production or brings it to a common level, as the data say.
-
-    CRISPRko and CRISPRi remove a share of their target's mRNA: the ``"scale"`` model of
-    :func:`own_gene_effect`, a fall that follows the gene's expression. CRISPRa recruits activators to the
-    promoter, and the fold it reaches is larger the lower the gene's basal expression (Gilbert et al., Cell 159,
-    647-661, 2014): a silent gene is brought up to a level that does not follow its level in controls, which a
-    scaling of a near-zero production cannot reach. For CRISPRa both models are tried on the training targets,
-    each predicted from the others (leave-one-out): ``"scale"`` at the others' calibrated factor,
-    ``"level"`` at the median of the others' observed own levels (never below the target's level in controls).
-    ``"level"`` is chosen only where its summed absolute error is smaller; every other modality, and fewer than
-    4 training targets, keep ``"scale"``.
-
-    Parameters
-    ----------
-    observed
-        Observed own-gene level of each training target (log-normalised).
-    reference
-        Its level without the activation.
-    modality
-        The registered perturbation modality.
-    counts, efficacy_levels
-        As in :func:`own_gene_effect`.
-    """
-    y = np.asarray(observed, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    if modality != "CRISPRa" or len(y) < 4:
-        return "scale"
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
-    err = {"scale": 0.0, "level": 0.0}
-    for q in range(len(y)):
-        others = np.arange(len(y)) != q
-        a = max(0.0, own_gene_effect(y[others], ref[others], counts=counts, efficacy_levels=eta, spread=False)[0])
-        err["scale"] += abs(y[q] - float(_level_after(np.asarray(a), ref[q : q + 1], counts, eta)[0]))
-        err["level"] += abs(y[q] - max(float(np.median(y[others])), ref[q]))
-    return "level" if err["level"] < err["scale"] else "scale"
 
 
 def latent_directions(

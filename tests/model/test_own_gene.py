@@ -1,4 +1,5 @@
-"""How an unseen target's own gene moves: scaled production, or (CRISPRa, where the data say so) a common level."""
+"""How an unseen target's own gene moves (``scmech.model._own_gene``): a scaled production calibrated on the training
+targets' own genes, or (CRISPRa, where the data say so) a common level."""
 
 from __future__ import annotations
 
@@ -8,9 +9,76 @@ import scipy.sparse as sp
 
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
-from scmech.model._target_map import _level_after, effect_reaching, own_gene_effect, own_gene_model
+from scmech.model._own_gene import (
+    _level_after,
+    effect_reaching,
+    own_calibration,
+    own_gene_effect,
+    own_gene_model,
+    weighted_median,
+)
 
 from .conftest import tiny_model_without
+
+
+def test_own_effect_calibration_is_the_median_signed_by_the_modality(caplog):
+    med, sd = own_calibration([-0.3, -0.4, -1.5, -0.35, -0.2], "CRISPRko")
+    assert med == pytest.approx(-0.35)
+    assert sd == pytest.approx(1.4826 * 0.05)
+    assert own_calibration([], "CRISPRi")[0] == 0.0
+    # the data disagree with the registered modality: no own-gene effect, and a warning
+    assert own_calibration([0.4, 0.5, 0.3], "CRISPRi")[0] == 0.0
+    assert "against the registered modality" in caplog.text
+    assert own_calibration([0.4, 0.5, 0.3], "CRISPRa")[0] == pytest.approx(0.4)
+    assert own_calibration([0.4, 0.5, 0.3], None)[0] == pytest.approx(0.4)
+
+
+def test_own_gene_effect_recovers_a_planted_knockdown():
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.2, 6.0, 12)
+    a = float(np.log(0.3))
+    # counts: the knock-down scales the normalised expression, a small fall for a gene barely expressed
+    observed = np.log1p(0.3 * np.expm1(reference))
+    effect, sd, each = own_gene_effect(observed, reference)
+    assert effect == pytest.approx(a, abs=1e-3)
+    np.testing.assert_allclose(each, a, atol=1e-3)
+    assert sd == pytest.approx(0.0, abs=1e-3)
+    assert abs(observed - reference)[reference.argmin()] < 0.5 < abs(observed - reference)[reference.argmax()]
+    # efficacy levels: the mean factor over the levels
+    levels = np.array([0.5, 1.0, 1.5])
+    observed = np.log1p(np.mean(np.exp(a * levels)) * np.expm1(reference))
+    assert own_gene_effect(observed, reference, efficacy_levels=levels)[0] == pytest.approx(a, abs=1e-3)
+    # log-normalised input (normal likelihood): a shift
+    assert own_gene_effect(reference - 0.7, reference, counts=False)[0] == pytest.approx(-0.7, abs=1e-3)
+    # targets that disagree: a few whose own gene falls far further (their knock-down collapses a programme the
+    # gene belongs to) do not pull the effect, which stays at the typical one; the spread shows them
+    far = np.arange(12) < 3
+    observed = np.log1p(np.where(far, 0.05, 0.7) * np.expm1(reference))
+    effect, sd, each = own_gene_effect(observed, reference)
+    assert effect == pytest.approx(np.log(0.7), abs=1e-3)
+    assert np.mean(each) < np.log(0.7) - 0.5  # a mean would have been pulled by the three
+    assert sd == pytest.approx(0.0, abs=1e-3)  # the robust spread of a majority in agreement
+    # the well-measured fall of a highly expressed gene weighs more than that of a gene barely expressed
+    level = np.where(np.arange(12) < 5, 5.0, 0.02)
+    observed = np.log1p(np.where(level > 1, 0.3, 0.9) * np.expm1(level))
+    effect, _, each = own_gene_effect(observed, level)
+    assert np.median(each) == pytest.approx(np.log(0.9), abs=1e-3)
+    assert effect == pytest.approx(np.log(0.3), abs=1e-3)
+    assert own_gene_effect(np.zeros(0), np.zeros(0))[0] == 0.0
+
+
+def test_weighted_median_closed_forms():
+    v = np.array([3.0, 1.0, 2.0, 10.0])
+    assert weighted_median(v, np.ones(4)) == pytest.approx(np.median(v))
+    assert weighted_median(v[:3], np.ones(3)) == pytest.approx(2.0)
+    # a value without weight does not count; a heavy one takes the median
+    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 0.0])) == pytest.approx(2.0)
+    assert weighted_median(v, np.array([1.0, 1.0, 1.0, 5.0])) == pytest.approx(10.0)
+    # an even split: the mean of the two values with weight on either side of it
+    assert weighted_median(v, np.array([1.0, 1.0, 0.0, 0.0])) == pytest.approx(2.0)
+    assert weighted_median(v, np.array([0.0, 1.0, 0.0, 1.0])) == pytest.approx(5.5)
+    # all weights zero: the plain median
+    assert weighted_median(v, np.zeros(4)) == pytest.approx(np.median(v))
 
 
 def test_effect_reaching_closed_forms():
