@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: quieter logs, one torch thread and markdown tables.
+"""Helpers shared by the benchmark scripts: quieter logs, one torch thread, markdown tables and two closed forms.
 
 The scripts are run as ``python benchmarks/<name>.py`` from the repository root, so this folder is
 ``sys.path[0]`` and they import from here with ``from _common import md_table, quiet, single_thread``.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import warnings
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -93,3 +95,15 @@ def md_table(
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(cell(c, v) for c, v in row.items()) + " |")
     return "\n".join(lines)
+
+
+def pearson(u: np.ndarray, v: np.ndarray) -> float:
+    """Pearson correlation (0 for a constant vector)."""
+    u, v = u - u.mean(), v - v.mean()
+    d = np.sqrt((u @ u) * (v @ v))
+    return float(u @ v / d) if d > 0 else 0.0
+
+
+def knocked(a: float | np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Level of a gene at ``level`` (log-normalised) after its production is scaled by ``e^a``."""
+    return np.log1p(np.exp(a) * np.expm1(np.maximum(level, 0.0)))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import md_table, quiet
+from _common import knocked, md_table, pearson, quiet
 from scipy.optimize import minimize_scalar
 
 import scmech
@@ -44,24 +44,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("median", "least_squares", "weighted_train_mean", "train_mean")
 
 
-def knocked(a: float, level: np.ndarray) -> np.ndarray:
-    """Level of a gene at ``level`` (log-normalised) after its production is scaled by ``e^a``."""
-    return np.log1p(np.exp(a) * np.expm1(np.maximum(level, 0.0)))
-
-
 def least_squares_effect(observed: np.ndarray, reference: np.ndarray) -> float:
     """The previous calibration: the one factor that minimises the squared error of the own-gene levels."""
     res = minimize_scalar(
         lambda a: float(np.sum((observed - knocked(a, reference)) ** 2)), bounds=(-10, 10), method="bounded"
     )
     return float(res.x)
-
-
-def pearson(u: np.ndarray, v: np.ndarray) -> float:
-    """Pearson correlation (0 for a constant vector)."""
-    u, v = u - u.mean(), v - v.mean()
-    d = np.sqrt((u @ u) * (v @ v))
-    return float(u @ v / d) if d > 0 else 0.0
 
 
 def pseudobulks(x, labels: np.ndarray, groups: list[str]) -> tuple[dict, dict]:

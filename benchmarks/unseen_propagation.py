@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import md_table, quiet
+from _common import knocked, md_table, pearson, quiet
 
 import scmech
 from scmech.data._simulate._network import SimulatedNetwork
@@ -52,18 +52,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("anchor_own", "learned_regulation", "learned_regulation_validated", "true_network")
 PENALTIES = 10.0 ** np.arange(-2.0, 3.5, 0.5)
 GAINS = np.linspace(0.0, 1.0, 11)
-
-
-def pearson(u: np.ndarray, v: np.ndarray) -> float:
-    """Pearson correlation (0 when either side is constant)."""
-    u, v = u - u.mean(), v - v.mean()
-    d = float(np.sqrt((u @ u) * (v @ v)))
-    return float(u @ v) / d if d > 0 else 0.0
-
-
-def knocked(a: float, level: np.ndarray) -> np.ndarray:
-    """Level of a gene at ``level`` (log-normalised) after its production is scaled by ``e^a``."""
-    return np.log1p(np.exp(a) * np.expm1(np.maximum(level, 0.0)))
 
 
 class Screen:
