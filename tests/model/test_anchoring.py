@@ -360,8 +360,19 @@ def test_the_model_calibrates_the_own_gene_on_the_observed_training_targets(stea
     y = np.stack([obs.get(q, ctx).value for q in members]).astype(np.float64)
     g = np.array([genes.index(q) for q in members])
     own = y[np.arange(len(members)), g]
-    # each member's level without its knock-down: the mean of the other members at its gene
-    reference = np.array([np.mean([y[j, g[i]] for j in range(len(members)) if j != i]) for i in range(len(members))])
+    # each member's level without its knock-down: its anchor as an unseen target, the random-effects mean of every
+    # other training target's observation, at its gene
+    trained = [q for q in tm.trained if obs.get(q, ctx) is not None]
+
+    def anchor_without(q: str) -> np.ndarray:
+        pool = [p for p in trained if p != q]
+        values = np.stack([obs.get(p, ctx).value for p in pool]).astype(np.float64)
+        return random_effects_weights(values, np.stack([obs.get(p, ctx).var for p in pool])) @ values
+
+    reference = np.array([anchor_without(q)[g[i]] for i, q in enumerate(members)])
+    # not the mean of the other members (the class), which the calibration used before
+    class_mean = np.array([np.mean([y[j, g[i]] for j in range(len(members)) if j != i]) for i in range(len(members))])
+    assert not np.allclose(reference, class_mean)
     assert tm.own_effect == pytest.approx(own_gene_effect(own, reference)[0], abs=1e-6)
     assert tm.own_targets == len(members)
     # mapped targets read out with it

@@ -181,6 +181,11 @@ def test_an_activation_screen_brings_an_unseen_silent_target_to_the_common_level
     summary = pred.uns["scmech"]["prediction"]["own_gene"]
     assert summary["model"] == "level"
     assert summary["level"] == pytest.approx(tm.own_level)
+    # the calibration table shows the level model: every target brought to the level, never lowered
+    table = model.get_own_gene_calibration()
+    assert table.attrs["model"] == "level"
+    without = table["control_level"].to_numpy()
+    np.testing.assert_allclose(table["calibrated_change"], np.maximum(tm.own_level - without, 0.0))
     # a scaled production at the factor calibrated on the training targets would have left it nearly silent
     reference = [np.mean([level(p, t) for p in trained if p != t]) for t in trained]
     a = own_gene_effect(np.array([level(t, t) for t in trained]), np.array(reference))[0]
@@ -191,3 +196,36 @@ def test_an_activation_screen_brings_an_unseen_silent_target_to_the_common_level
     assert loaded.target_map_.own_model == "level"
     np.testing.assert_allclose(loaded.target_map_.own_effects, tm.own_effects)
     np.testing.assert_allclose(np.asarray(loaded.predict([held_target]).X), np.asarray(pred.X), rtol=1e-5, atol=1e-6)
+
+
+def test_the_calibration_table_shows_what_the_own_gene_rests_on(steady):
+    model = steady.model
+    tm = model.target_map_
+    table = model.get_own_gene_calibration()
+    assert list(table.columns) == ["control_level", "observed_level", "observed_change", "effect", "calibrated_change"]
+    assert set(table.index) <= set(tm.class_targets)
+    assert len(table) == tm.own_targets
+    np.testing.assert_allclose(table["observed_change"], table["observed_level"] - table["control_level"])
+    # the calibrated effect is the weighted median of the targets' own effects, and gives the calibrated change
+    effect, _, each = own_gene_effect(table["observed_level"].to_numpy(), table["control_level"].to_numpy())
+    np.testing.assert_allclose(table["effect"], each)
+    assert table.attrs["effect"] == pytest.approx(tm.own_effect) == pytest.approx(effect)
+    control = table["control_level"].to_numpy()
+    np.testing.assert_allclose(
+        table["calibrated_change"], _level_after(np.asarray(effect), control, True, np.ones(1)) - control
+    )
+    assert table.attrs["model"] == "scale"
+    curve = table.attrs["curve"]
+    assert np.all(np.asarray(curve["low"]) <= np.asarray(curve["change"]) + 1e-12)
+    assert np.all(np.asarray(curve["change"]) <= np.asarray(curve["high"]) + 1e-12)
+
+
+def test_the_calibration_table_needs_a_trained_model_with_observed_targets(small_adata):
+    small_adata.var_names = [f"X{i}" for i in range(small_adata.n_vars)]  # no target's gene is measured
+    SemiMechVI.setup_anndata(small_adata, perturbation_key="perturbation", control_label="NT")
+    model = SemiMechVI(small_adata, n_latent=2)
+    with pytest.raises(RuntimeError, match="untrained"):
+        model.get_own_gene_calibration()
+    model.train(max_epochs=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match="not on observed training targets"):
+        model.get_own_gene_calibration()

@@ -29,7 +29,8 @@ from ._anchoring import (
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._observations import standardise_batches
-from ._own_gene import effect_reaching, own_calibration, own_gene_effect, own_gene_model
+from ._own_gene import own_calibration
+from ._own_gene_fit import OwnGeneMixin
 from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import (
@@ -52,7 +53,7 @@ MAX_CLASS = 50
 GAIN_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class PostTrainingMixin:
+class PostTrainingMixin(OwnGeneMixin):
     """Fits, after training, the training observations and the target map that ``predict`` uses."""
 
     def _fit_target_map(self, train_indices: np.ndarray, n_components: int = 10) -> None:
@@ -92,14 +93,15 @@ class PostTrainingMixin:
         )
         if members and own_p is not None:
             pairs = self._own_gene_pairs(members)
+            bases = None if pairs is None else self._anchor_bases([members[i] for i in pairs[0]], fit)
             if pairs is not None:
                 tm.own_targets, tm.own_source = len(pairs[0]), "observed"
-                if not self._fit_own_level(tm, pairs[1], pairs[2]):
-                    tm.own_effect, tm.own_effect_sd = self._fit_own_effect(pairs[1], pairs[2])
+                own_level, reference = self._own_levels(pairs, bases)
+                if not self._fit_own_level(tm, own_level, reference):
+                    tm.own_effect, tm.own_effect_sd = self._fit_own_effect(own_level, reference)
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]
-            bases = None if pairs is None else self._anchor_bases([members[i] for i in pairs[0]], fit)
             tm.propagation_mean = drives.mean(0)
             tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
             validated = self._validate_gain(
@@ -157,64 +159,6 @@ class PostTrainingMixin:
             out.append(random_effects_weights(values, var) @ values)
         return np.stack(out)
 
-    def _own_settings(self) -> tuple[bool, np.ndarray | None]:
-        """Whether the own-gene calibration works on counts, and the efficacy levels the model reads out over."""
-        pool = efficacy_pool(self) if self.module.use_efficacy else None
-        levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
-        counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        return bool(counts) and self.module.gene_likelihood != "normal", levels
-
-    @staticmethod
-    def _own_levels(y: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Members' own-gene levels and the level each would have without its knock-down (the other members')."""
-        n = len(y)
-        own_level = y[np.arange(n), genes]
-        return own_level, (y[:, genes].sum(0) - own_level) / (n - 1)
-
-    def _fit_own_level(self, tm: TargetMap, y: np.ndarray, genes: np.ndarray) -> bool:
-        """Switch ``tm`` to the ``"level"`` own-gene model where CRISPRa's activations reach a common level.
-
-        :func:`~scmech.model._own_gene.own_gene_model` decides. The level is the median of the members' own-gene levels,
-        its spread their robust one (1.4826 MAD, log-normalised units), and each gene's effect the one that brings the
-        members' mean level at that gene there (:func:`~scmech.model._own_gene.effect_reaching`): an unseen target's
-        prediction starts from it. ``own_effect`` (one factor for every gene) is then NaN. Returns whether the level
-        model was chosen.
-        """
-        counts, levels = self._own_settings()
-        own_level, reference = self._own_levels(y, genes)
-        if own_gene_model(own_level, reference, modality=tm.modality, counts=counts, efficacy_levels=levels) != "level":
-            return False
-        tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
-        tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
-        tm.own_effects = effect_reaching(tm.own_level, y.mean(0), counts=counts, efficacy_levels=levels)
-        return True
-
-    def _member_effect(self, y: np.ndarray, genes: np.ndarray, k: int, tm: TargetMap) -> float:
-        """Own-gene effect of member ``k`` mapped as if unseen: calibrated on the other members, by ``tm``'s model."""
-        others = np.arange(len(y)) != k
-        if others.sum() < 3:
-            return tm.own_effect if tm.own_effects is None else float(tm.own_effects[genes[k]])
-        if tm.own_model != "level":
-            return self._fit_own_effect(y[others], genes[others], spread=False)[0]
-        counts, levels = self._own_settings()
-        own_level, _ = self._own_levels(y[others], genes[others])
-        reference = y[others, genes[k]].mean(keepdims=True)
-        return float(effect_reaching(float(np.median(own_level)), reference, counts=counts, efficacy_levels=levels)[0])
-
-    def _fit_own_effect(self, y: np.ndarray, genes: np.ndarray, spread: bool = True) -> tuple[float, float]:
-        """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' pseudobulks ``y``.
-
-        Each member's level without its knock-down is the mean of the other members at its gene; the result is
-        signed by the registered modality (:func:`~scmech.model._own_gene.own_calibration`). Returns the effect and
-        the spread of the members' own effects (NaN without ``spread``).
-        """
-        own_level, reference = self._own_levels(y, genes)
-        counts, levels = self._own_settings()
-        effect, sd, _ = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, spread=spread)
-        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        signed, _ = own_calibration([effect], modality)
-        return signed, sd
-
     def _validate_gain(
         self,
         members: list[str],
@@ -264,6 +208,7 @@ class PostTrainingMixin:
         if pairs is None or tm.gain_fit <= 0:
             return None
         seen, y, genes = pairs
+        own_level, reference = self._own_levels(pairs, bases)
         rows, labels = [], []
         for k, i in enumerate(seen):
             keep = [j for j in range(len(members)) if j != i]
@@ -272,7 +217,7 @@ class PostTrainingMixin:
             den = float((xc * xc).sum())
             kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
             d = float(np.median(own[keep])) * np.asarray(tm.directions[genes[k]], dtype=np.float64) - x_k.mean(0)
-            a = self._member_effect(y, genes, k, tm)
+            a = self._member_effect(own_level, reference, k, tm)
             rows.append((v_k.mean(0), 0.0, -1))
             labels.append((k, None))
             for share in GAIN_SHARES:
@@ -319,6 +264,7 @@ class PostTrainingMixin:
         if pairs is None:
             return True
         seen, y, genes = pairs
+        own_level, reference = self._own_levels(pairs, bases)
         drive = tm.drive_effect if np.isfinite(tm.drive_effect) else tm.own_effect
         rows, labels = [], []
         for k, i in enumerate(seen):
@@ -329,7 +275,7 @@ class PostTrainingMixin:
             resid = v_k - v_k.mean(0) - tm.gain * (x_k - x_k.mean(0))
             coef, intercept, _ = residual_map(embedding[keep], resid)
             shift = np.zeros_like(base) if coef is None else embedding[i] @ coef + intercept
-            a = self._member_effect(y, genes, k, tm)
+            a = self._member_effect(own_level, reference, k, tm)
             for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
                 rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
                 labels.append((k, share))

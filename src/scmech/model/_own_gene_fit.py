@@ -1,0 +1,174 @@
+"""The own-gene calibration of a fitted model: fitted after training, read by ``predict``, shown to the user."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ._own_gene import _level_after, effect_reaching, own_calibration, own_gene_effect, own_gene_model
+from ._protocols import CLASS_REFERENCE
+from ._readout import efficacy_pool
+from ._target_map import TargetMap
+
+__all__ = ["OwnGeneMixin"]
+
+
+class OwnGeneMixin:
+    """Calibrates how an unseen target's knock-down moves its own gene on the training targets' own genes."""
+
+    def get_own_gene_calibration(self) -> pd.DataFrame:
+        r"""Return the training targets' own-gene levels and the calibration unseen targets get from them.
+
+        A target without training cells whose gene is measured gets a direct effect on its own gene, calibrated on
+        the training targets whose gene is measured and observed in the baseline context
+        (``scmech.model._own_gene``). This table shows what it rests on: one row per such target, with its own
+        gene's level in log-normalised pseudobulk units (:math:`\log(1 + 10^4 \bar\rho)`).
+
+        Returns
+        -------
+        A DataFrame indexed by training target with columns
+
+        - ``control_level``: the level its gene would have without the knock-down: its anchor as an unseen target
+          (the precision-weighted mean of the other training targets at that gene), which the change is added to;
+        - ``observed_level`` and ``observed_change`` (``observed_level - control_level``);
+        - ``effect``: the factor (log) that reproduces its level by scaling its production;
+        - ``calibrated_change``: the change the calibration gives a gene at ``control_level``.
+
+        ``attrs`` holds ``model`` (``"scale"`` or ``"level"``), ``effect`` (the calibrated log factor, NaN under
+        ``"level"``), ``level`` (the activated level under ``"level"``, else NaN), ``spread`` (``own_effect_sd``:
+        of the factors under ``"scale"``, of the levels under ``"level"``), ``modality``, and ``curve``: the
+        calibrated change over a grid of control levels with its band at the centre ± the spread (lists under
+        ``control_level``, ``change``, ``low`` and ``high``).
+        :func:`scmech.pl.own_gene_calibration` draws it.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is not trained (scvi-tools' check).
+        ValueError
+            When the calibration does not rest on observed training targets (fewer than 3 measured training
+            targets were observed, or no controls were).
+
+        Examples
+        --------
+        >>> table = model.get_own_gene_calibration()
+        >>> scmech.pl.own_gene_calibration(table)
+        """
+        self._check_if_trained(warn=False)
+        tm = getattr(self, "target_map_", None)
+        if not isinstance(tm, TargetMap):
+            msg = "The model has no target map: train it again with this version of scmech (model.train())."
+            raise ValueError(msg)
+        pairs = self._own_gene_pairs(tm.class_targets) if tm.own_source == "observed" else None
+        if pairs is None:
+            msg = (
+                f"The own-gene calibration rests on {tm.own_source!r}, not on observed training targets (it needs at "
+                "least 3 training targets whose gene is measured, observed with controls in the baseline context); "
+                "there is no table to show."
+            )
+            raise ValueError(msg)
+        seen = pairs[0]
+        counts, levels = self._own_settings()
+        own_level, reference = self._own_levels(pairs)
+        _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
+        eta = np.ones(1) if levels is None else levels
+
+        def change(centre: float, at: np.ndarray) -> np.ndarray:
+            if tm.own_model == "level":
+                return np.maximum(centre, at) - at
+            return _level_after(np.asarray(centre), at, counts, eta) - at
+
+        centre = tm.own_level if tm.own_model == "level" else tm.own_effect
+        spread = tm.own_effect_sd if np.isfinite(tm.own_effect_sd) else 0.0
+        grid = np.linspace(0.0, float(np.max(reference)) * 1.1 + 0.5, 100)
+        band = np.stack([change(centre - spread, grid), change(centre + spread, grid)])
+        table = pd.DataFrame(
+            {
+                "control_level": reference,
+                "observed_level": own_level,
+                "observed_change": own_level - reference,
+                "effect": each,
+                "calibrated_change": change(centre, reference),
+            },
+            index=pd.Index([tm.class_targets[i] for i in seen], name="target"),
+        )
+        table.attrs = {
+            "model": tm.own_model,
+            "effect": float(tm.own_effect),
+            "level": float(tm.own_level),
+            "spread": float(tm.own_effect_sd),
+            "modality": tm.modality,
+            "counts": bool(counts),
+            "efficacy_levels": None if levels is None else [float(v) for v in levels],
+            "curve": {
+                "control_level": grid.tolist(),
+                "change": change(centre, grid).tolist(),
+                "low": band.min(0).tolist(),
+                "high": band.max(0).tolist(),
+            },
+        }
+        return table
+
+    def _own_settings(self) -> tuple[bool, np.ndarray | None]:
+        """Whether the own-gene calibration works on counts, and the efficacy levels the model reads out over."""
+        pool = efficacy_pool(self) if self.module.use_efficacy else None
+        levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
+        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        return bool(counts) and self.module.gene_likelihood != "normal", levels
+
+    def _own_levels(
+        self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], bases: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Observed members' own-gene levels and the level each would have as an unseen target without the knock-down.
+
+        That level is the member's anchor at its gene (``bases``, :meth:`_anchor_bases`: the precision-weighted mean
+        of the other training targets' observations), the level an unseen target's prediction starts from and its
+        own-gene change is added to.
+        """
+        seen, y, genes = pairs
+        if bases is None:
+            bases = self._anchor_bases([self.target_map_.class_targets[i] for i in seen], self.target_map_.trained)
+        rows = np.arange(len(y))
+        return y[rows, genes], np.asarray(bases, dtype=np.float64)[rows, genes]
+
+    def _fit_own_level(self, tm: TargetMap, own_level: np.ndarray, reference: np.ndarray) -> bool:
+        """Switch ``tm`` to the ``"level"`` own-gene model where CRISPRa's activations reach a common level.
+
+        :func:`~scmech.model._own_gene.own_gene_model` decides. The level is the median of the members' own-gene
+        levels, its spread their robust one (1.4826 MAD, log-normalised units), and each gene's effect the one that
+        brings the anchor of an unseen target (every training target's precision-weighted mean) there
+        (:func:`~scmech.model._own_gene.effect_reaching`). ``own_effect`` (one factor for every gene) is then NaN.
+        Returns whether the level model was chosen.
+        """
+        counts, levels = self._own_settings()
+        if own_gene_model(own_level, reference, modality=tm.modality, counts=counts, efficacy_levels=levels) != "level":
+            return False
+        tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
+        tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
+        anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]  # a name no training target has: every one
+        tm.own_effects = effect_reaching(tm.own_level, anchor, counts=counts, efficacy_levels=levels)
+        return True
+
+    def _member_effect(self, own_level: np.ndarray, reference: np.ndarray, k: int, tm: TargetMap) -> float:
+        """Own-gene effect of member ``k`` mapped as if unseen: calibrated on the other members, by ``tm``'s model."""
+        others = np.arange(len(own_level)) != k
+        if others.sum() < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
+            return tm.own_effect
+        if tm.own_model != "level":
+            return self._fit_own_effect(own_level[others], reference[others], spread=False)[0]
+        counts, levels = self._own_settings()
+        level = float(np.median(own_level[others]))
+        return float(effect_reaching(level, reference[k : k + 1], counts=counts, efficacy_levels=levels)[0])
+
+    def _fit_own_effect(self, own_level: np.ndarray, reference: np.ndarray, spread: bool = True) -> tuple[float, float]:
+        """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' own levels.
+
+        ``reference`` is each member's level without its knock-down (:meth:`_own_levels`); the result is signed by
+        the registered modality (:func:`~scmech.model._own_gene.own_calibration`). Returns the effect and the spread
+        of the members' own effects (NaN without ``spread``).
+        """
+        counts, levels = self._own_settings()
+        effect, sd, _ = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, spread=spread)
+        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
+        signed, _ = own_calibration([effect], modality)
+        return signed, sd
