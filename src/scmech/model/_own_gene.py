@@ -179,7 +179,8 @@ def own_gene_model(
     647-661, 2014): a silent gene is brought up to a level that does not follow its level in controls, which a
     scaling of a near-zero production cannot reach. For CRISPRa both models are tried on the training targets,
     each predicted from the others (leave-one-out): ``"scale"`` at the others' calibrated factor,
-    ``"level"`` at the median of the others' observed own levels (never below the target's level in controls).
+    ``"level"`` at the median of the others' observed own levels (never below the target's level without
+    the activation).
     ``"level"`` is chosen only where its summed absolute error is smaller; every other modality, and fewer than
     4 training targets, keep ``"scale"``.
 
