@@ -127,7 +127,7 @@ plt.show()
 # never seen perturbed in training. SemiMechVI predicts each from what is known of it beforehand: the knock-down
 # of its own gene (at the training targets' typical level), carried through the learned dynamics to every other
 # gene as far as the training targets show such knock-downs propagate, on top of the observed mean of the
-# training targets of its class. `obs["target_source"]` says how, `obs["own_gene_change"]` and
+# training targets, each weighed by its precision. `obs["target_source"]` says how, `obs["own_gene_change"]` and
 # `obs["own_gene_sd"]` give the predicted change of the target's own gene and its uncertainty.
 # `predict(..., anchor="none")` is the model alone, without the correction by the observed training data.
 
@@ -142,6 +142,19 @@ predictions["SemiMechVI"].obs[["target_source", "own_gene_change", "own_gene_sd"
 
 # %%
 model.predict(["IRF1"]).obs[["unseen_targets", "target_source"]]
+
+# %% [markdown]
+# What does the own-gene level rest on? `model.get_own_gene_calibration()` lists the training targets whose gene
+# is measured: how far each knockout moved its own gene against the level the gene would have without it, and
+# `scmech.pl.own_gene_calibration` draws them with the calibrated change and its band. Most knockouts of this
+# screen lower their own gene by a similar factor; a few (JAK2 here) lower it much further, since their knockout
+# also collapses the interferon programme their own gene belongs to. Nothing known before the data says which
+# kind an unseen target is, so the level follows the typical knockout and the band is the prediction's
+# uncertainty.
+
+# %%
+scmech.pl.own_gene_calibration(model.get_own_gene_calibration())
+plt.show()
 
 # %% [markdown]
 # `scmech.tl.evaluate` scores every prediction against the held-out cells (a tidy table: model, condition,
