@@ -21,7 +21,15 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["effect_reaching", "own_calibration", "own_gene_effect", "own_gene_model", "weighted_median"]
+__all__ = [
+    "centre_effect",
+    "effect_reaching",
+    "own_calibration",
+    "own_effects",
+    "own_gene_effect",
+    "own_gene_model",
+    "weighted_median",
+]
 
 
 def own_gene_effect(
@@ -75,29 +83,65 @@ def own_gene_effect(
     -------
     The effect :math:`a`, the robust spread (1.4826 MAD) of the targets' individual effects, and those effects.
     """
-    from scipy.optimize import minimize_scalar
-
-    y = np.asarray(observed, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
-
-    def predicted(a: float, level: np.ndarray) -> np.ndarray:
-        return _level_after(np.asarray(a, dtype=np.float64), level, counts, eta)
-
-    def fit(yy: float, rr: float) -> float:
-        res = minimize_scalar(lambda a: float((yy - predicted(a, rr)) ** 2), bounds=(-bound, bound), method="bounded")
-        return float(res.x)
-
-    if len(y) == 0:
+    if len(observed) == 0:
         return 0.0, float("nan"), np.zeros(0)
-    each = np.array([fit(yy, rr) for yy, rr in zip(y, ref, strict=True)])
-    centre, step = float(np.median(each)), 1e-4
-    slope = np.abs(predicted(centre + step, ref) - predicted(centre - step, ref)) / (2 * step)
-    effect = weighted_median(each, slope)
+    each = own_effects(observed, reference, counts=counts, efficacy_levels=efficacy_levels, bound=bound)
+    effect = centre_effect(each, reference, counts=counts, efficacy_levels=efficacy_levels)
     if not spread:
         return effect, float("nan"), np.zeros(0)
     sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if len(each) >= 3 else float(np.std(each))
     return effect, sd, each
+
+
+def own_effects(
+    observed: np.ndarray,
+    reference: np.ndarray,
+    *,
+    counts: bool = True,
+    efficacy_levels: np.ndarray | None = None,
+    bound: float = 10.0,
+) -> np.ndarray:
+    r"""Each training target's own effect :math:`a_q`, with :math:`f_{a_q}(\ell_q) = y_q` (:func:`own_gene_effect`).
+
+    A target's effect depends on nothing but its own levels, so a leave-one-out calibration fits them once and
+    takes :func:`centre_effect` of the others.
+    """
+    from scipy.optimize import minimize_scalar
+
+    ref = np.asarray(reference, dtype=np.float64)
+    eta = _levels(efficacy_levels)
+
+    def fit(yy: float, rr: float) -> float:
+        res = minimize_scalar(
+            lambda a: float((yy - _level_after(np.asarray(a), rr, counts, eta)) ** 2),
+            bounds=(-bound, bound),
+            method="bounded",
+        )
+        return float(res.x)
+
+    return np.array([fit(yy, rr) for yy, rr in zip(np.asarray(observed, dtype=np.float64), ref, strict=True)])
+
+
+def centre_effect(
+    each: np.ndarray, reference: np.ndarray, *, counts: bool = True, efficacy_levels: np.ndarray | None = None
+) -> float:
+    r"""Weighted median of the own effects, each weighed by :math:`\partial f_a(\ell_q)/\partial a` at their median.
+
+    The calibrated effect of :func:`own_gene_effect` from the effects :func:`own_effects` returns.
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    eta = _levels(efficacy_levels)
+    centre, step = float(np.median(each)), 1e-4
+    slope = np.abs(
+        _level_after(np.asarray(centre + step), ref, counts, eta)
+        - _level_after(np.asarray(centre - step), ref, counts, eta)
+    ) / (2 * step)
+    return weighted_median(each, slope)
+
+
+def _levels(efficacy_levels: np.ndarray | None) -> np.ndarray:
+    """Efficacy levels as a flat array (``None``: one level at 1)."""
+    return np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
@@ -152,7 +196,7 @@ def effect_reaching(
         As in :func:`own_gene_effect`.
     """
     ref = np.asarray(reference, dtype=np.float64)
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
+    eta = _levels(efficacy_levels)
     lo, hi = np.zeros_like(ref), np.full_like(ref, float(bound))
     below = _level_after(hi, ref, counts, eta) < level
     for _ in range(60):  # f_a is monotone in a: bisection to ~1e-17 of the bound
@@ -199,11 +243,12 @@ def own_gene_model(
     ref = np.asarray(reference, dtype=np.float64)
     if modality != "CRISPRa" or len(y) < 4:
         return "scale"
-    eta = np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
+    eta = _levels(efficacy_levels)
+    each = own_effects(y, ref, counts=counts, efficacy_levels=eta)
     err = {"scale": 0.0, "level": 0.0}
     for q in range(len(y)):
         others = np.arange(len(y)) != q
-        a = max(0.0, own_gene_effect(y[others], ref[others], counts=counts, efficacy_levels=eta, spread=False)[0])
+        a = max(0.0, centre_effect(each[others], ref[others], counts=counts, efficacy_levels=eta))
         err["scale"] += abs(y[q] - float(_level_after(np.asarray(a), ref[q : q + 1], counts, eta)[0]))
         err["level"] += abs(y[q] - max(float(np.median(y[others])), ref[q]))
     return "level" if err["level"] < err["scale"] else "scale"

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ._own_gene import _level_after, effect_reaching, own_calibration, own_gene_effect, own_gene_model
+from ._own_gene import (
+    _level_after,
+    centre_effect,
+    effect_reaching,
+    own_calibration,
+    own_effects,
+    own_gene_effect,
+    own_gene_model,
+)
 from ._protocols import CLASS_REFERENCE
 from ._readout import efficacy_pool
 from ._target_map import TargetMap
@@ -149,16 +157,32 @@ class OwnGeneMixin:
         tm.own_effects = effect_reaching(tm.own_level, anchor, counts=counts, efficacy_levels=levels)
         return True
 
-    def _member_effect(self, own_level: np.ndarray, reference: np.ndarray, k: int, tm: TargetMap) -> float:
-        """Own-gene effect of member ``k`` mapped as if unseen: calibrated on the other members, by ``tm``'s model."""
-        others = np.arange(len(own_level)) != k
-        if others.sum() < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
-            return tm.own_effect
-        if tm.own_model != "level":
-            return self._fit_own_effect(own_level[others], reference[others], spread=False)[0]
+    def _member_effects(self, own_level: np.ndarray, reference: np.ndarray, tm: TargetMap) -> np.ndarray:
+        """Own-gene effect of each member mapped as if unseen: calibrated on the other members, by ``tm``'s model.
+
+        The settings are read and each member's own factor is fitted once (a factor depends on nothing but the
+        member's own levels); each member then gets the centre of the others'.
+        """
+        n = len(own_level)
+        if n - 1 < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
+            return np.full(n, tm.own_effect)
         counts, levels = self._own_settings()
-        level = float(np.median(own_level[others]))
-        return float(effect_reaching(level, reference[k : k + 1], counts=counts, efficacy_levels=levels)[0])
+        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
+        each = (
+            own_effects(own_level, reference, counts=counts, efficacy_levels=levels)
+            if tm.own_model != "level"
+            else None
+        )
+        out = np.empty(n)
+        for k in range(n):
+            others = np.arange(n) != k
+            if each is not None:
+                centre = centre_effect(each[others], reference[others], counts=counts, efficacy_levels=levels)
+                out[k] = own_calibration([centre], modality)[0]
+            else:
+                level = float(np.median(own_level[others]))
+                out[k] = effect_reaching(level, reference[k : k + 1], counts=counts, efficacy_levels=levels)[0]
+        return out
 
     def _fit_own_effect(self, own_level: np.ndarray, reference: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' own levels.

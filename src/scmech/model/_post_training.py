@@ -209,6 +209,7 @@ class PostTrainingMixin(OwnGeneMixin):
             return None
         seen, y, genes = pairs
         own_level, reference = self._own_levels(pairs, bases)
+        member_effect = self._member_effects(own_level, reference, tm)
         rows, labels = [], []
         for k, i in enumerate(seen):
             keep = [j for j in range(len(members)) if j != i]
@@ -217,7 +218,7 @@ class PostTrainingMixin(OwnGeneMixin):
             den = float((xc * xc).sum())
             kappa = max(0.0, float((xc * vc).sum()) / den) if den > 0 else 0.0
             d = float(np.median(own[keep])) * np.asarray(tm.directions[genes[k]], dtype=np.float64) - x_k.mean(0)
-            a = self._member_effect(own_level, reference, k, tm)
+            a = float(member_effect[k])
             rows.append((v_k.mean(0), 0.0, -1))
             labels.append((k, None))
             for share in GAIN_SHARES:
@@ -265,6 +266,7 @@ class PostTrainingMixin(OwnGeneMixin):
             return True
         seen, y, genes = pairs
         own_level, reference = self._own_levels(pairs, bases)
+        member_effect = self._member_effects(own_level, reference, tm)
         drive = tm.drive_effect if np.isfinite(tm.drive_effect) else tm.own_effect
         rows, labels = [], []
         for k, i in enumerate(seen):
@@ -275,7 +277,7 @@ class PostTrainingMixin(OwnGeneMixin):
             resid = v_k - v_k.mean(0) - tm.gain * (x_k - x_k.mean(0))
             coef, intercept, _ = residual_map(embedding[keep], resid)
             shift = np.zeros_like(base) if coef is None else embedding[i] @ coef + intercept
-            a = self._member_effect(own_level, reference, k, tm)
+            a = float(member_effect[k])
             for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
                 rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
                 labels.append((k, share))
