@@ -31,7 +31,8 @@ Scores: P20 (Pearson delta on the 20 genes of largest |observed change|), P20_tt
 scanpy's t-test against the controls, the gene set of ``scmech.tl.evaluate``), CR (Pearson delta after subtracting the
 training targets' mean change) and CR_off (CR without the target's own gene). Simulator: 3 seeds of the
 ``sim_singles`` regime of ``benchmarks/accuracy.py`` (3,000 cells, 200 genes, 24 single targets, the same 25 %
-held out). Papalexi: the 9 measured targets in seed-shuffled thirds, 3 seeds, as in ``benchmarks/accuracy.py``.
+held out). Papalexi: the 9 measured targets in seed-shuffled thirds, 3 seeds, as in ``benchmarks/accuracy.py``,
+and each held out alone (``papalexi_leave_one_out``, one split, so its seed spread is empty).
 
 Run ``python benchmarks/unseen_propagation.py`` (about three minutes). Writes
 ``benchmarks/results/unseen_propagation.{csv,md}``.
@@ -255,6 +256,8 @@ def main(quick: bool = False) -> None:
         for fold in np.array_split(order, len(order) // 3):
             rows += score(screen, sorted(fold), None, "papalexi", seed)
         print(f"papalexi seed {seed} done", flush=True)
+    for t in screen.cand:  # each measured target held out alone: a split with 8 measured training targets
+        rows += score(screen, [t], None, "papalexi_leave_one_out", 0)
     df = pd.DataFrame(rows)
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "unseen_propagation.csv", index=False)
@@ -304,7 +307,7 @@ def write_report(df: pd.DataFrame) -> None:
         "Written by `python benchmarks/unseen_propagation.py`; what it compares is in the script's docstring. "
         "Means over seeds of the per-seed means over held-out measured targets, with the sd over seeds.",
         "",
-        md_table(summary),
+        md_table(summary, na_rep="–"),
         "",
         "## Per-target wins (P20 against the train mean; CR_off of the propagation against the anchor and own gene)",
         "",
