@@ -17,6 +17,7 @@ from scmech.model._own_gene import (
     own_gene_model,
     weighted_median,
 )
+from scmech.model._protocols import CLASS_REFERENCE
 
 from .conftest import tiny_model_without
 
@@ -229,3 +230,67 @@ def test_the_calibration_table_needs_a_trained_model_with_observed_targets(small
     model.train(max_epochs=1, enable_progress_bar=False)
     with pytest.raises(ValueError, match="not on observed training targets"):
         model.get_own_gene_calibration()
+
+
+def _log1p_knockdown_screen(seed: int = 0):
+    """A small CRISPRi screen, log-normalised, whose first target is barely expressed (its knock-down kept)."""
+    adata = simulate_perturbseq(n_cells=900, n_genes=30, n_perturbations=8, n_combinations=0, seed=seed)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    targets = sorted(set(labels) - {"NT"})
+    genes = list(adata.var_names)
+    x = np.asarray(adata.X.toarray() if sp.issparse(adata.X) else adata.X, dtype=np.float64).copy()
+    g = genes.index(targets[0])
+    x[:, g] = np.random.default_rng(seed).binomial(x[:, g].astype(np.int64), 0.01)  # thinned in every cell
+    adata.X = np.log1p(1e4 * x / x.sum(1, keepdims=True)).astype(np.float32)
+    return adata, targets[0]
+
+
+def test_a_knock_down_scales_log1p_input_and_never_takes_a_gene_below_zero():
+    adata, held = _log1p_knockdown_screen()
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", counts=False, perturbation_modality="CRISPRi"
+    )
+    labels = adata.obs["perturbation"].to_numpy()
+    model, _ = tiny_model_without(adata, np.flatnonzero(labels == held), max_epochs=3, gene_likelihood="normal")
+    tm = model.target_map_
+    assert model._own_settings()[0]  # every pseudobulk is non-negative: log(1 + x) of an expression
+    assert tm.own_model == "scale"
+    assert tm.own_effects is not None
+    table = model.get_own_gene_calibration()
+    assert table.attrs["scaled"]
+    # each gene gets the shift that takes it where the calibrated factor takes it from its anchor
+    anchor = model._anchor_bases([CLASS_REFERENCE], tm.trained)[0]
+    np.testing.assert_allclose(
+        tm.own_effects, _level_after(np.asarray(tm.own_effect), anchor, True, np.ones(1)) - anchor, atol=1e-9
+    )
+    x = np.asarray(adata.X)
+    g = list(adata.var_names).index(held)
+    control, observed = float(x[labels == "NT", g].mean()), float(x[labels == held, g].mean())
+    assert 0.0 < control < 1.5  # barely expressed (the training targets' genes sit above 3.5)
+    pred = model.predict([held])
+    change = float(pred.obs["own_gene_change"].iloc[0])
+    assert float(np.asarray(pred.X)[0, g]) >= 0.0
+    assert change == pytest.approx(observed - control, abs=0.2)
+    # the shift calibrated on the training targets' own genes, as before, would take it far below zero
+    own = table["observed_level"].to_numpy()
+    shift = own_gene_effect(own, table["control_level"].to_numpy(), counts=False)[0]
+    assert control + shift < -0.3
+
+
+def test_centred_log_normalised_input_is_shifted():
+    adata, held = _log1p_knockdown_screen()
+    x = np.asarray(adata.X)
+    adata.X = (x - x.mean(0)).astype(np.float32)  # centred: negative means, not log(1 + x) of an expression
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", counts=False, perturbation_modality="CRISPRi"
+    )
+    labels = adata.obs["perturbation"].to_numpy()
+    model, _ = tiny_model_without(adata, np.flatnonzero(labels == held), max_epochs=2, gene_likelihood="normal")
+    assert not model._own_settings()[0]
+    tm = model.target_map_
+    assert tm.own_model == "scale"
+    assert tm.own_effects is None
+    table = model.get_own_gene_calibration()
+    assert not table.attrs["scaled"]
+    np.testing.assert_allclose(table["calibrated_change"], tm.own_effect, atol=1e-9)

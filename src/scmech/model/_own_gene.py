@@ -46,15 +46,16 @@ def own_gene_effect(
     A knock-down scales its target's production, so (with counts) its normalised expression, by :math:`e^{a}`: a
     gene at log-normalised level :math:`\ell` (:math:`\log(1 + 10^4 \rho)`) moves to :math:`f_a(\ell) = \log(1 +
     e^{a}(e^{\ell} - 1))`, averaged over the efficacy levels :math:`\eta` as :math:`e^{a\eta}` when the model has
-    them; for log-normalised input with a normal likelihood the effect is the shift :math:`f_a(\ell) = \ell +
-    a\eta`. Each training target :math:`q` gets its own effect :math:`a_q`, the one with :math:`f_{a_q}(\ell_q) =
-    y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` the level it would have without the knock-down
-    as an unseen target: its anchor, the precision-weighted mean of the other training targets at that gene, which
-    an unseen target's own-gene change is added to). The calibrated effect is their weighted median, each
-    :math:`a_q` weighed by how far the scored level moves per unit of :math:`a` (:math:`\partial
-    f_a(\ell_q)/\partial a` at the unweighted median): the least-absolute-deviations fit of :math:`\sum_q |y_q -
-    f_a(\ell_q)|`, linearised. A highly expressed gene, whose fall is measured well, weighs more than one barely
-    expressed.
+    them (on log-normalised input that is :math:`\log(1 + x)` of a non-negative expression too: scaling :math:`x`
+    does the same); for other log-normalised input (centred or scaled) the effect is the shift :math:`f_a(\ell) =
+    \ell + a\eta`. Each training target :math:`q` gets its own effect :math:`a_q`, the one with
+    :math:`f_{a_q}(\ell_q) = y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` the level it would have
+    without the knock-down as an unseen target: its anchor, the precision-weighted mean of the other training
+    targets at that gene, which an unseen target's own-gene change is added to). The calibrated effect is their
+    weighted median, each :math:`a_q` weighed by how far the scored level moves per unit of :math:`a`
+    (:math:`\partial f_a(\ell_q)/\partial a` at the unweighted median): the least-absolute-deviations fit of
+    :math:`\sum_q |y_q - f_a(\ell_q)|`, linearised. A highly expressed gene, whose fall is measured well, weighs
+    more than one barely expressed.
 
     The median, not the mean: a target's own gene also moves with the state its knock-down leaves. A knock-down
     that collapses a programme its own gene belongs to (a receptor, kinase or transcription factor of a pathway
@@ -70,8 +71,9 @@ def own_gene_effect(
     reference
         Its level without the knock-down.
     counts
-        Whether levels are :math:`\log(1 + 10^4 \rho)` of counts (multiplicative knock-down) or log-normalised
-        values modelled with a normal likelihood (additive).
+        Whether levels are :math:`\log(1 + x)` of a non-negative expression :math:`x` (counts' log-normalised
+        pseudobulks, or log1p-normalised input: the knock-down scales :math:`x`) or other log-normalised values
+        (the knock-down shifts them).
     efficacy_levels
         Efficacy levels the model reads out over (``None``: 1).
     bound

@@ -44,7 +44,9 @@ class OwnGeneMixin:
 
         ``attrs`` holds ``model`` (``"scale"`` or ``"level"``), ``effect`` (the calibrated log factor, NaN under
         ``"level"``), ``level`` (the activated level under ``"level"``, else NaN), ``spread`` (``own_effect_sd``:
-        of the factors under ``"scale"``, of the levels under ``"level"``), ``modality``, and ``curve``: the
+        of the factors under ``"scale"``, of the levels under ``"level"``), ``modality``, ``scaled`` (whether the
+        knock-down scales expression, on counts and on log-normalised input that is :math:`\log(1 + x)`, or
+        shifts it, on other log-normalised input), ``efficacy_levels``, and ``curve``: the
         calibrated change over a grid of control levels with its band at the centre ± the spread (lists under
         ``control_level``, ``change``, ``low`` and ``high``).
         :func:`scmech.pl.own_gene_calibration` draws it.
@@ -106,7 +108,7 @@ class OwnGeneMixin:
             "level": float(tm.own_level),
             "spread": float(tm.own_effect_sd),
             "modality": tm.modality,
-            "counts": bool(counts),
+            "scaled": bool(counts),
             "efficacy_levels": None if levels is None else [float(v) for v in levels],
             "curve": {
                 "control_level": grid.tolist(),
@@ -118,11 +120,46 @@ class OwnGeneMixin:
         return table
 
     def _own_settings(self) -> tuple[bool, np.ndarray | None]:
-        """Whether the own-gene calibration works on counts, and the efficacy levels the model reads out over."""
+        r"""Whether a knock-down scales expression, and the efficacy levels the model reads out over.
+
+        A knock-down scales its target's production, so its expression: on counts, and on log-normalised input
+        that is :math:`\log(1 + x)` of a non-negative expression :math:`x` (:meth:`_log1p_input`), a gene at
+        level :math:`\ell` moves to :math:`\log(1 + e^{a}(e^{\ell} - 1))`. Other log-normalised input (centred
+        or scaled values) gets the shift :math:`\ell + a`.
+        """
         pool = efficacy_pool(self) if self.module.use_efficacy else None
         levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
-        counts = self.adata_manager.registry["setup_args"].get("counts", True)
-        return bool(counts) and self.module.gene_likelihood != "normal", levels
+        counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
+        if self.module.gene_likelihood != "normal":
+            return counts, levels
+        return self._log1p_input(), levels
+
+    def _log1p_input(self) -> bool:
+        r"""Whether log-normalised input reads as :math:`\log(1 + x)` of a non-negative expression.
+
+        True when every observed pseudobulk (controls included) is non-negative: a log-normalised screen
+        (``log1p`` of normalised counts) is, while centred or scaled values have a negative mean in many genes.
+        """
+        obs = getattr(self, "anchor_", None)
+        values = getattr(obs, "conditions", {}).values() if obs is not None else ()
+        lows = [float(np.min(v.value)) for v in values if np.size(v.value)]
+        return bool(lows) and min(lows) >= 0.0
+
+    def _readout_effects(self, effects: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        r"""Own-gene effects as the decoder applies them, for genes at ``reference`` without the knock-down.
+
+        With a normal likelihood the decoder adds an effect to the mean of the log-normalised values (times each
+        cell's efficacy), so a knock-down that scales expression (:meth:`_own_settings`) is passed as the shift
+        that moves each gene's level where the scaling takes it: :math:`(f_a(\ell) - \ell) / \bar\eta`. Otherwise
+        ``effects`` as they are (the decoder scales the expression, or the effect is a shift already).
+        """
+        scaled, levels = self._own_settings()
+        effects = np.asarray(effects, dtype=np.float64)
+        if self.module.gene_likelihood != "normal" or not scaled:
+            return effects
+        eta = np.ones(1) if levels is None else np.asarray(levels, dtype=np.float64)
+        reference = np.asarray(reference, dtype=np.float64)
+        return (_level_after(effects, reference, True, eta) - reference) / float(eta.mean())
 
     def _own_levels(
         self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], bases: np.ndarray | None = None
@@ -154,18 +191,33 @@ class OwnGeneMixin:
         tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
         tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
         anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]  # a name no training target has: every one
-        tm.own_effects = effect_reaching(tm.own_level, anchor, counts=counts, efficacy_levels=levels)
+        effects = effect_reaching(tm.own_level, anchor, counts=counts, efficacy_levels=levels)
+        tm.own_effects = self._readout_effects(effects, anchor)
         return True
+
+    def _fit_own_scale(self, tm: TargetMap) -> None:
+        r"""Per-gene effects of the ``"scale"`` model where the decoder shifts what the knock-down scales.
+
+        A normal likelihood on log-normalised input that reads as :math:`\log(1 + x)` (:meth:`_own_settings`):
+        the calibrated factor moves a gene by an amount that depends on its level, so each gene gets the shift
+        (:meth:`_readout_effects`) at its level in an unseen target's anchor (every training target's
+        precision-weighted mean). Otherwise ``own_effects`` stays ``None`` and the decoder takes ``own_effect``.
+        """
+        if self.module.gene_likelihood != "normal" or not self._own_settings()[0]:
+            return
+        anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]
+        tm.own_effects = self._readout_effects(np.full(len(anchor), tm.own_effect), anchor)
 
     def _member_effects(self, own_level: np.ndarray, reference: np.ndarray, tm: TargetMap) -> np.ndarray:
         """Own-gene effect of each member mapped as if unseen: calibrated on the other members, by ``tm``'s model.
 
         The settings are read and each member's own factor is fitted once (a factor depends on nothing but the
-        member's own levels); each member then gets the centre of the others'.
+        member's own levels); each member then gets the centre of the others', as the decoder applies it at the
+        member's level (:meth:`_readout_effects`).
         """
         n = len(own_level)
         if n - 1 < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
-            return np.full(n, tm.own_effect)
+            return self._readout_effects(np.full(n, tm.own_effect), reference)
         counts, levels = self._own_settings()
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
         each = (
@@ -182,7 +234,7 @@ class OwnGeneMixin:
             else:
                 level = float(np.median(own_level[others]))
                 out[k] = effect_reaching(level, reference[k : k + 1], counts=counts, efficacy_levels=levels)[0]
-        return out
+        return self._readout_effects(out, reference)
 
     def _fit_own_effect(self, own_level: np.ndarray, reference: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' own levels.

@@ -99,6 +99,7 @@ class PostTrainingMixin(OwnGeneMixin):
                 own_level, reference = self._own_levels(pairs, bases)
                 if not self._fit_own_level(tm, own_level, reference):
                     tm.own_effect, tm.own_effect_sd = self._fit_own_effect(own_level, reference)
+                    self._fit_own_scale(tm)
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]

@@ -36,8 +36,9 @@ class PredictionOutputMixin:
 
         The sd carries the spread of the training targets' direct own-gene effects (logit units) to the log
         scale by the delta method, :math:`\partial \log(1 + 10^4 \rho e^a) / \partial a = 10^4 \rho / (1 +
-        10^4 \rho)` at the predicted level. Under the ``"level"`` model (activations brought to a common level) it
-        is the spread of the training targets' own levels.
+        10^4 \rho)` at the predicted level (the spread itself where the knock-down is a shift: log-normalised
+        input that is not :math:`\log(1 + x)` of a non-negative expression). Under the ``"level"`` model
+        (activations brought to a common level) it is the spread of the training targets' own levels.
         """
         n = len(requested)
         change, sd = np.full(n, np.nan), np.full(n, np.nan)
@@ -46,7 +47,7 @@ class PredictionOutputMixin:
         if not isinstance(tm, TargetMap) or not isinstance(obs, Observations):
             return change, sd
         pos = {g: i for i, g in enumerate(tm.var_names)}
-        counts = self.adata_manager.registry["setup_args"].get("counts", True)
+        scaled = self._own_settings()[0]  # the knock-down scales expression (counts, or log1p input)
         mapped = set(mapped)
         for i, p in enumerate(requested):
             if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
@@ -59,7 +60,7 @@ class PredictionOutputMixin:
             if tm.own_model == "level":  # the spread of the training targets' own levels, already on this scale
                 sd[i] = tm.own_effect_sd
                 continue
-            level = np.expm1(logx[i, g]) if counts else np.inf
+            level = np.expm1(logx[i, g]) if scaled else np.inf
             sd[i] = tm.own_effect_sd * (level / (1.0 + level) if np.isfinite(level) else 1.0)
         return change, sd
 

@@ -111,7 +111,9 @@ class TargetMap:
     own_level
         Calibrated own-gene level of an activated target (``"level"`` model; NaN otherwise).
     own_effects
-        Direct effect per gene under the ``"level"`` model (``None`` otherwise).
+        Direct effect per gene as the decoder applies it: under the ``"level"`` model, and under ``"scale"`` with a
+        normal likelihood on log1p input, where the decoder shifts a level that the knock-down scales (``None``
+        otherwise: ``own_effect`` for every gene).
     drive_effect
         Direct effect that scales an unseen target's propagated drive: the median of the training targets'
         learned direct effects, the scale on which the propagation gain is fitted (``NaN``: ``own_effect``).
