@@ -4,7 +4,7 @@ A target without training cells whose gene is measured gets the precision-weight
 (its anchor) plus the knock-down of its own gene, at one level calibrated on the training targets' own genes
 (:func:`scmech.model._own_gene.own_gene_effect`). This benchmark isolates that level from the rest of the
 model: no model is trained. For each held-out measured target the prediction is the anchor
-(:func:`scmech.model._anchoring.random_effects_weights` on the training targets' pseudobulks) with its own
+(:func:`scmech.model._weights.random_effects_weights` on the training targets' pseudobulks) with its own
 gene moved by the calibrated factor, as :class:`~scmech.model._anchoring.UnseenTarget` moves it (the factor
 applied to the class's level at that gene). Three calibrations are compared:
 
@@ -41,9 +41,9 @@ from _common import knocked, md_table, pearson, quiet
 from scipy.optimize import minimize_scalar
 
 import scmech
-from scmech.model._anchoring import random_effects_weights
 from scmech.model._observations import log_pseudobulk
 from scmech.model._own_gene import own_gene_effect
+from scmech.model._weights import random_effects_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("median", "median_class_reference", "least_squares", "weighted_train_mean", "train_mean")

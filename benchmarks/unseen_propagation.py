@@ -9,7 +9,7 @@ without training a model, by comparing for each held-out target whose gene is me
 - ``train_mean``: the plain mean change of the training targets (the baseline the per-target wins count against);
 - ``anchor``: the precision-weighted mean of the training targets alone;
 - ``anchor_own``: the precision-weighted mean of the training targets
-  (:func:`scmech.model._anchoring.random_effects_weights`) with the own gene knocked down at the calibrated
+  (:func:`scmech.model._weights.random_effects_weights`) with the own gene knocked down at the calibrated
   level (:func:`scmech.model._own_gene.own_gene_effect`), as SemiMechVI predicts an unseen target when the
   gain is 0;
 - ``anchor_observed_own``: the anchor with the target's *observed* own-gene change put in, an oracle: the most
@@ -53,9 +53,9 @@ from _common import knocked, md_table, pearson, quiet
 import scmech
 from scmech._threads import log_normalise
 from scmech.data._simulate._network import SimulatedNetwork
-from scmech.model._anchoring import random_effects_weights
 from scmech.model._observations import log_pseudobulk
 from scmech.model._own_gene import own_gene_effect
+from scmech.model._weights import random_effects_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = (

@@ -11,11 +11,12 @@ import scvi
 
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
-from scmech.model._anchoring import Observations, ObservedPseudobulk, random_effects_weights
+from scmech.model._anchoring import Observations, ObservedPseudobulk
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
 from scmech.model._own_gene import own_gene_effect
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
 from scmech.model._target_map import latent_directions, propagation_gain, smallest_within_noise
+from scmech.model._weights import random_effects_weights
 
 from .conftest import MODEL_KWARGS, simulated, tiny_model_without
 
@@ -89,7 +90,7 @@ def _eb_weight(corr: np.ndarray, var: np.ndarray) -> np.ndarray:
 
 
 def test_the_translation_limit_minimises_steins_risk_estimate():
-    from scmech.model._anchoring import shrinkage, sure_translation
+    from scmech.model._weights import shrinkage, sure_translation
 
     rng = np.random.default_rng(0)
     var = rng.uniform(0.01, 0.1, 300)
@@ -128,7 +129,7 @@ def test_steins_risk_estimate_is_unbiased_for_the_translated_estimate():
 
 
 def test_the_data_decide_how_far_corrections_are_translated():
-    from scmech.model._anchoring import shrinkage
+    from scmech.model._weights import shrinkage
 
     rng = np.random.default_rng(0)
     var = np.full(500, 0.01)

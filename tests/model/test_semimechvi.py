@@ -18,8 +18,8 @@ import scmech
 from scmech.data import pseudobulk, simulate_perturbseq, simulation_group_keys
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import log_pseudobulk as _log_pseudobulk
-from scmech.model._anchoring import shrinkage as _shrinkage
-from scmech.model._anchoring import sure_translation
+from scmech.model._weights import shrinkage as _shrinkage
+from scmech.model._weights import sure_translation
 from scmech.train import SemiMechTrainingPlan
 
 from .conftest import tiny_model_without

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scmech.model._anchoring import Observations, ObservedPseudobulk, UnseenTarget, random_effects_weights
+from scmech.model._anchoring import Observations, ObservedPseudobulk, UnseenTarget
 from scmech.model._post_training import PostTrainingMixin
 from scmech.model._protocols import CLASS_REFERENCE, Context
+from scmech.model._weights import random_effects_weights
 
 
 def test_random_effects_weights_closed_form():

@@ -27,9 +27,9 @@ the baseline cannot. One plan per predicted row, chosen in this order:
     m_\varnothing)`.
 
 Each correction :math:`c_g` is weighed per gene against the sampling noise :math:`v_g` of the pseudobulks it
-uses (:func:`shrinkage`). The gains of combinations and media are fitted on the training observations
-(:mod:`scmech.model._calibration`). This module knows no model: plans name the read-outs they need as
-:class:`~scmech.model._protocols.Protocol` objects and get them back as arrays.
+uses (:func:`~scmech.model._weights.shrinkage`). The gains of combinations and media are fitted on the training
+observations (:mod:`scmech.model._calibration`). This module knows no model: plans name the read-outs they need
+as :class:`~scmech.model._protocols.Protocol` objects and get them back as arrays.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import numpy as np
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
 from ._protocols import CLASS_REFERENCE, Context, Protocol
+from ._weights import random_effects_weights, shrinkage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -60,109 +61,7 @@ __all__ = [
     "anchor_rows",
     "log_pseudobulk",
     "plan_anchoring",
-    "random_effects_weights",
-    "shrinkage",
-    "sure_translation",
-    "TRANSLATION_LIMITS",
 ]
-
-
-# ----------------------------------------------------------------------------------------------    shrinkage
-
-
-def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
-    r"""Per-gene weight of a correction observed with per-gene sampling variance ``var`` (empirical Bayes).
-
-    The correction :math:`c_g` is the model's systematic error :math:`s_g` plus sampling noise of variance
-    :math:`v_g`. With a common prior variance of the systematic errors, estimated from the correction itself as
-    :math:`\tau^2 = \max(0, \overline{c_g^2 - v_g})`, the posterior mean of :math:`s_g` is :math:`k_g c_g` with
-    :math:`k_g = \tau^2 / (\tau^2 + v_g)`: noisy genes (low expression, few cells) are shrunk towards the model,
-    and a correction that is all noise is dropped.
-
-    A common prior fits the typical gene, and a model's errors need not be typical: often most genes are fitted
-    within their noise and a few are far off. The common :math:`\tau^2` is then small and would pull a
-    correction that stands far out of its noise most of the way back to the model's error. A limited
-    translation (Efron and Morris, J. Am. Stat. Assoc. 67, 130-139, 1972) bounds the shrinkage of each gene to
-    :math:`\lambda` standard errors of its own noise: :math:`w_g = \max(k_g, 1 - \lambda \sqrt{v_g} / |c_g|)`.
-    :math:`\lambda` is chosen per correction by :func:`sure_translation`, which minimises Stein's unbiased
-    estimate of the squared error of :math:`w_g c_g`: the data decide between keeping corrections whole
-    (:math:`\lambda = 0`), the common prior alone (:math:`\lambda \to \infty`) and any limit in between, so
-    that errors concentrated on few genes are kept and errors spread thinly over many genes are shrunk. Without
-    variances the correction is kept whole.
-
-    Parameters
-    ----------
-    corr
-        The correction per gene.
-    var
-        Its sampling variance per gene, or ``None``.
-    """
-    if var is None:
-        return np.ones_like(corr)
-    corr = np.asarray(corr, dtype=np.float64)
-    var = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0)
-    tau2 = max(0.0, float(np.mean(corr**2 - var)))
-    common = tau2 / (tau2 + var) if tau2 > 0 else np.zeros_like(corr)
-    lam = sure_translation(corr, var, common)
-    size = np.abs(corr)
-    if np.isinf(lam):
-        limited = np.zeros_like(corr)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            limited = np.where(size > 0, 1.0 - lam * np.sqrt(var) / size, 0.0)
-    limited = np.where(var > 0, limited, 1.0)  # a correction without noise is exact
-    return np.clip(np.maximum(common, limited), 0.0, 1.0)
-
-
-#: translation limits :func:`sure_translation` chooses among, in standard errors (besides no limit at all)
-TRANSLATION_LIMITS = np.arange(201) * 0.05
-
-
-def sure_translation(corr: np.ndarray, var: np.ndarray, common: np.ndarray) -> float:
-    r"""Return the translation limit :math:`\lambda` of :func:`shrinkage` that minimises Stein's unbiased risk estimate.
-
-    For the estimate :math:`\hat s_g = w_g c_g` with :math:`w_g = \max(k_g, 1 - \lambda \sigma_g / |c_g|)`
-    (:math:`\sigma_g^2 = v_g`), gene :math:`g` is translated by :math:`\lambda \sigma_g` when
-    :math:`t_g = |c_g| (1 - k_g) / \sigma_g > \lambda` and scaled by :math:`k_g` otherwise. Stein's lemma
-    (Ann. Stat. 9, 1135-1151, 1981) gives the unbiased estimate of :math:`E \sum_g (\hat s_g - s_g)^2`:
-    :math:`v_g (1 + \lambda^2)` for a translated gene and :math:`(1 - k_g)^2 c_g^2 + v_g (2 k_g - 1)` for a
-    scaled one (:math:`k_g` held fixed). It is evaluated at every limit of :data:`TRANSLATION_LIMITS` (0 to 10
-    standard errors in steps of 0.05) and without a limit (every gene scaled), in one pass over the genes: each
-    gene's terms are binned by the first limit that scales it and the bins summed cumulatively, so that choosing
-    costs no sort of the genes (a minimum over a grid, as Donoho and Johnstone's SureShrink chooses a
-    threshold, J. Am. Stat. Assoc. 90, 1200-1224, 1995). Written here because scipy and scikit-learn have no
-    SURE for this estimator.
-
-    Parameters
-    ----------
-    corr
-        The correction per gene.
-    var
-        Its sampling variance per gene (0 where the correction is exact).
-    common
-        The common empirical-Bayes weight :math:`k_g` per gene.
-
-    Returns
-    -------
-    The limit :math:`\lambda \ge 0`, in standard errors; ``inf`` when scaling every gene by the common weight
-    is best.
-    """
-    sd = np.sqrt(var)
-    noisy = sd > 0
-    if not noisy.any():
-        return 0.0
-    c, v, k = corr[noisy], var[noisy], common[noisy]
-    t = np.abs(c) * (1.0 - k) / sd[noisy]
-    risk_scaled = (1.0 - k) ** 2 * c**2 + v * (2.0 * k - 1.0)
-    limits = TRANSLATION_LIMITS
-    n = len(limits)
-    # gene g is scaled at limits[j] when t_g <= limits[j], i.e. from bin ceil(t_g / step) on (n: never on the grid)
-    first = np.minimum(np.ceil(t / limits[1]), n).astype(np.int64)
-    scaled = np.cumsum(np.bincount(first, weights=risk_scaled, minlength=n + 1))[:n]
-    scaled_var = np.cumsum(np.bincount(first, weights=v, minlength=n + 1))[:n]
-    risk = scaled + (v.sum() - scaled_var) * (1.0 + limits**2)
-    best = int(np.argmin(risk))
-    return float("inf") if risk_scaled.sum() < risk[best] else float(limits[best])
 
 
 def _value(o: ObservedPseudobulk) -> np.ndarray:
@@ -174,6 +73,8 @@ def _var(o: ObservedPseudobulk) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- plans
+
+
 @dataclass(frozen=True)
 class AnchorPlan:
     """How one predicted row is anchored: the read-outs it needs and how it combines them with observations."""
@@ -294,15 +195,15 @@ class Combination(AnchorPlan):
 class UnseenTarget(SharedCorrection):
     r"""A target without training cells: the shared response of the training targets plus the model's specific change.
 
-    :math:`\hat y_t = \sum_q \omega_q m_q + w \odot \sum_q \omega_q (y_q - m_q) + (m_t - m_{\bar v})` over the
-    training targets :math:`q` (``members``) with the random-effects weights :math:`\omega_q`
-    (:func:`random_effects_weights`): the precision-weighted mean of the training targets' observations, nested in
-    the model, which supplies what is specific to :math:`t`, the change of its read-out :math:`m_t` (the direct
-    knock-down of its own gene, its propagation through the learned dynamics and, where validated, the embedding's
-    map) from the read-out :math:`m_{\bar v}` of the mean operator of the targets with a measured gene, without an
-    own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The mean is the mean of the members' read-outs,
-    not the read-out of their mean operator: the dynamics and the decoder are nonlinear, the response to an
-    average drive is not the average response, and their difference is no information about :math:`t`.
+    :math:`\hat y_t = \sum_q \omega_q m_q + w \odot \sum_q \omega_q (y_q - m_q) + (m_t - m_{\bar v})` over the training
+    targets :math:`q` (``members``) with the random-effects weights :math:`\omega_q`
+    (:func:`~scmech.model._weights.random_effects_weights`): the precision-weighted mean of the training targets'
+    observations, nested in the model, which supplies what is specific to :math:`t`, the change of its read-out
+    :math:`m_t` (the direct knock-down of its own gene, its propagation through the learned dynamics and, where
+    validated, the embedding's map) from the read-out :math:`m_{\bar v}` of the mean operator of the targets with a
+    measured gene, without an own gene (:data:`~scmech.model._protocols.CLASS_REFERENCE`). The mean is the mean of the
+    members' read-outs, not the read-out of their mean operator: the dynamics and the decoder are nonlinear, the
+    response to an average drive is not the average response, and their difference is no information about :math:`t`.
 
     The weights matter where the training targets were observed with unequal precision: with equal weights a
     target of 30 cells moves every unseen prediction by its noise as much as a target of 1,000 cells moves it
@@ -331,7 +232,7 @@ class UnseenTarget(SharedCorrection):
         return np.stack([_value(y) for y in ys]), np.stack([_var(y) for y in ys])
 
     def weights(self, obs: Observations) -> np.ndarray:
-        """Weight of each member in the mean (:func:`random_effects_weights`)."""
+        """Weight of each member in the mean (:func:`~scmech.model._weights.random_effects_weights`)."""
         return random_effects_weights(*self._observed(obs))
 
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
@@ -353,41 +254,6 @@ class UnseenTarget(SharedCorrection):
         offset, correction = self._terms(read, obs)
         total, weights = self._weighed_sum(correction)
         return offset + total, weights
-
-
-def random_effects_weights(values: np.ndarray, var: np.ndarray) -> np.ndarray:
-    r"""Weights of a random-effects mean of observed responses (members x genes), each with its sampling noise.
-
-    Each member :math:`q` observes the class's response plus its own deviation, of common variance
-    :math:`\tau^2` per gene, plus sampling noise of mean variance :math:`\bar v_q` per gene (few cells: large
-    :math:`\bar v_q`). The best linear unbiased mean weighs each member by :math:`1 / (\tau^2 + \bar v_q)`
-    (DerSimonian and Laird, Control. Clin. Trials 7, 177-188, 1986), with :math:`\tau^2` estimated by moments
-    over all genes: the members' spread around their mean less their mean noise. Members observed with similar
-    precision get equal weights; a member observed in a handful of cells, whose pseudobulk is mostly noise,
-    weighs less and no longer pulls every unseen target's prediction along its noise.
-
-    Parameters
-    ----------
-    values
-        Observed log pseudobulks of the members (members x genes).
-    var
-        Their per-gene sampling variances.
-
-    Returns
-    -------
-    The weights, summing to 1.
-    """
-    k = len(values)
-    if k < 2:
-        return np.ones(k)
-    noise = np.nan_to_num(np.asarray(var, dtype=np.float64), nan=0.0).mean(axis=1)
-    spread = float(np.mean(np.var(np.asarray(values, dtype=np.float64), axis=0, ddof=1)))
-    tau2 = max(0.0, spread - float(noise.mean()))
-    total = tau2 + noise
-    if not np.all(total > 0):
-        return np.full(k, 1.0 / k)
-    w = 1.0 / total
-    return w / w.sum()
 
 
 @dataclass(frozen=True)

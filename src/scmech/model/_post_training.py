@@ -25,7 +25,6 @@ from ._anchoring import (
     ObservedPseudobulk,
     _rows,
     log_pseudobulk,
-    random_effects_weights,
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._observations import standardise_batches
@@ -41,6 +40,7 @@ from ._target_map import (
     residual_map,
     smallest_within_noise,
 )
+from ._weights import random_effects_weights
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -142,7 +142,7 @@ class PostTrainingMixin(OwnGeneMixin):
         """Return the observed anchor each of ``names`` would get as an unseen target (names x genes).
 
         As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the
-        random-effects mean (:func:`~scmech.model._anchoring.random_effects_weights`) of the observations of every
+        random-effects mean (:func:`~scmech.model._weights.random_effects_weights`) of the observations of every
         other training target in the baseline context, at most ``MAX_CLASS`` of them (drawn as ``predict`` draws
         them, with seed 0 where ``predict`` uses its ``random_state``). The validations of the gain and of the
         embedding map predict each member from this anchor, so that they judge the model's specific change exactly

@@ -187,7 +187,7 @@ class TargetMap:
         """Return the training targets an unseen target is anchored on, sorted (cached, not saved).
 
         Every training target: the anchor is the screen's shared response, their random-effects mean
-        (:func:`~scmech.model._anchoring.random_effects_weights`); what the prior information says of a target
+        (:func:`~scmech.model._weights.random_effects_weights`); what the prior information says of a target
         (its measured gene, its embedding) enters through the model's specific change, not through which
         observations the anchor averages.
         """

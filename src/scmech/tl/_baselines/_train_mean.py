@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from scmech.model._anchoring import random_effects_weights
+from scmech.model._weights import random_effects_weights
 
 from ._base import _PseudobulkBaseline
 
@@ -28,7 +28,7 @@ class TrainMean(_PseudobulkBaseline):
 
     With ``weighting="equal"`` every training perturbation weighs :math:`1/|T|`. With ``weighting="precision"``
     each weighs :math:`\omega_q \propto 1/(\tau^2 + \bar v_q)`, the random-effects mean of DerSimonian and Laird
-    (:func:`~scmech.model._anchoring.random_effects_weights`): :math:`\bar v_q` is the mean sampling variance of
+    (:func:`~scmech.model._weights.random_effects_weights`): :math:`\bar v_q` is the mean sampling variance of
     :math:`q`'s pseudobulk over genes (delta method: between-cell variance over the cell count) and
     :math:`\tau^2` the spread of the perturbations around their mean beyond that noise. A perturbation observed
     in a few dozen cells, mostly noise, then no longer moves the prediction as much as one observed in a
