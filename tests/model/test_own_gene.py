@@ -3,12 +3,15 @@ targets' own genes, or (CRISPRa, where the data say so) a common level."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
+from scmech.model._observations import Observations, ObservedPseudobulk
 from scmech.model._own_gene import (
     _level_after,
     effect_reaching,
@@ -17,7 +20,8 @@ from scmech.model._own_gene import (
     own_gene_model,
     weighted_median,
 )
-from scmech.model._protocols import CLASS_REFERENCE
+from scmech.model._own_gene_fit import OwnGeneMixin
+from scmech.model._protocols import CLASS_REFERENCE, Context
 
 from .conftest import tiny_model_without
 
@@ -294,3 +298,24 @@ def test_centred_log_normalised_input_is_shifted():
     table = model.get_own_gene_calibration()
     assert not table.attrs["scaled"]
     np.testing.assert_allclose(table["calibrated_change"], tm.own_effect, atol=1e-9)
+
+
+def test_log1p_input_is_read_from_the_controls_which_are_never_moved():
+    ctx = Context(None)
+    var = np.full(2, 0.01, dtype=np.float32)
+    obs = Observations(control_label="NT")
+    obs.conditions[("NT", ctx)] = ObservedPseudobulk(np.array([0.0, 1.0], dtype=np.float32), var, 100)
+    # a perturbation moved to the controls' batch mix can dip below zero at a gene barely expressed
+    obs.conditions[("A", ctx)] = ObservedPseudobulk(np.array([-0.001, 0.5], dtype=np.float32), var, 100)
+    model = SimpleNamespace(anchor_=obs)
+    assert OwnGeneMixin._log1p_input(model)
+    # the controls' level in each batch counts where the batch has enough controls
+    obs.batch_levels[ctx] = (np.array([[0.1, 1.0], [-0.2, 1.0]]), np.full((2, 2), 0.01), np.array([True, False]))
+    assert OwnGeneMixin._log1p_input(model)
+    obs.batch_levels[ctx] = (np.array([[0.1, 1.0], [-0.2, 1.0]]), np.full((2, 2), 0.01), np.array([True, True]))
+    assert not OwnGeneMixin._log1p_input(model)
+    # centred values: a negative control mean
+    obs.batch_levels.clear()
+    obs.conditions[("NT", ctx)] = ObservedPseudobulk(np.array([-0.3, 0.3], dtype=np.float32), var, 100)
+    assert not OwnGeneMixin._log1p_input(model)
+    assert not OwnGeneMixin._log1p_input(SimpleNamespace(anchor_=None))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ._observations import Observations
 from ._own_gene import (
     _level_after,
     centre_effect,
@@ -137,12 +138,19 @@ class OwnGeneMixin:
     def _log1p_input(self) -> bool:
         r"""Whether log-normalised input reads as :math:`\log(1 + x)` of a non-negative expression.
 
-        True when every observed pseudobulk (controls included) is non-negative: a log-normalised screen
-        (``log1p`` of normalised counts) is, while centred or scaled values have a negative mean in many genes.
+        True when the controls' pseudobulks (of every context, and per batch) are non-negative in every gene: a
+        log-normalised screen (``log1p`` of normalised counts) is, while centred or scaled values have a negative
+        mean in many genes. The controls are read because they are kept as observed; a perturbation's pseudobulk
+        moved to the controls' batch mix (:func:`~scmech.model._observations.standardise_batches`) can dip below
+        zero at a gene barely expressed.
         """
         obs = getattr(self, "anchor_", None)
-        values = getattr(obs, "conditions", {}).values() if obs is not None else ()
-        lows = [float(np.min(v.value)) for v in values if np.size(v.value)]
+        if not isinstance(obs, Observations):
+            return False
+        lows = [float(np.min(v.value)) for (label, _), v in obs.conditions.items() if label == obs.control_label]
+        for values, _, observed in obs.batch_levels.values():
+            rows = np.asarray(values, dtype=np.float64)[np.asarray(observed, dtype=bool)]
+            lows += [float(rows.min())] if rows.size else []
         return bool(lows) and min(lows) >= 0.0
 
     def _readout_effects(self, effects: np.ndarray, reference: np.ndarray) -> np.ndarray:
