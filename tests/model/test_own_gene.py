@@ -3,6 +3,7 @@ targets' own genes, or (CRISPRa, where the data say so) a common level."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -280,6 +281,13 @@ def test_a_knock_down_scales_log1p_input_and_never_takes_a_gene_below_zero():
     own = table["observed_level"].to_numpy()
     shift = own_gene_effect(own, table["control_level"].to_numpy(), counts=False)[0]
     assert control + shift < -0.3
+    # a map whose effect reaches the decoder as one shift (saved before log1p input was scaled) is read as one
+    model.target_map_ = dataclasses.replace(tm, own_effects=None)
+    as_saved = model.get_own_gene_calibration()
+    assert not as_saved.attrs["scaled"]
+    np.testing.assert_allclose(as_saved["calibrated_change"], tm.own_effect)
+    pred = model.predict([held])
+    assert float(pred.obs["own_gene_sd"].iloc[0]) == pytest.approx(tm.own_effect_sd)
 
 
 def test_centred_log_normalised_input_is_shifted():

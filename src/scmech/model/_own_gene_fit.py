@@ -80,6 +80,7 @@ class OwnGeneMixin:
             raise ValueError(msg)
         seen = pairs[0]
         counts, levels = self._own_settings()
+        counts = counts and self._scaled_as_fitted(tm)
         own_level, reference = self._own_levels(pairs)
         _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
         eta = np.ones(1) if levels is None else levels
@@ -152,6 +153,17 @@ class OwnGeneMixin:
             rows = np.asarray(values, dtype=np.float64)[np.asarray(observed, dtype=bool)]
             lows += [float(rows.min())] if rows.size else []
         return bool(lows) and min(lows) >= 0.0
+
+    def _scaled_as_fitted(self, tm: TargetMap) -> bool:
+        """Whether ``tm``'s own-gene effect was fitted as a scaling where the decoder shifts (normal likelihood).
+
+        A map whose ``"scale"`` effect reaches the decoder as one shift (``own_effects`` is ``None``: a model saved
+        before log1p input was scaled, or an effect taken from the decoder's learned ones) holds a shift, and is
+        read as one.
+        """
+        if self.module.gene_likelihood != "normal":
+            return True
+        return tm.own_model == "level" or tm.own_effects is not None
 
     def _readout_effects(self, effects: np.ndarray, reference: np.ndarray) -> np.ndarray:
         r"""Own-gene effects as the decoder applies them, for genes at ``reference`` without the knock-down.
