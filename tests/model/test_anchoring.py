@@ -820,3 +820,35 @@ def test_the_model_standardises_its_observations_to_the_training_controls_batche
     np.testing.assert_array_equal(
         loaded.predict(["NT", "G0008"], batch="b1").X, model.predict(["NT", "G0008"], batch="b1").X
     )
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_log1p_predictions_are_never_below_zero(centred):
+    """Two observed singles that each silence a gene: their double's additive sum is below zero there. log1p input
+    is never below zero, so the gene is predicted as not expressed; centred input keeps the sum."""
+    import anndata as ad
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["NT", "A", "B"], 60)
+    x = rng.poisson(20, size=(len(labels), 8)).astype(np.float64)
+    x[labels != "NT", 0] = 0  # each single silences gene 0
+    x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+    x = x - x.mean(0) if centred else x
+    adata = ad.AnnData(
+        x.astype(np.float32),
+        obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(len(labels))]),
+        var=pd.DataFrame(index=[f"g{i}" for i in range(8)]),
+    )
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    model, _ = tiny_model_without(adata, np.array([], dtype=int), max_epochs=2, gene_likelihood="normal")
+    assert model._log1p_input() is not centred
+    pred = np.asarray(model.predict(["A+B"], random_state=0).X)[0]
+    y = {lab: x[labels == lab].mean(0) for lab in ("NT", "A", "B")}
+    additive = y["A"] + y["B"] - y["NT"]
+    assert additive[0] < -1.0
+    if centred:
+        assert pred[0] < -1.0
+    else:
+        assert pred[0] == 0.0
+        assert np.all(pred >= 0.0)

@@ -428,26 +428,36 @@ def test_predicted_vs_observed_refuses_bad_n_genes(bench, n_genes):
         pl.predicted_vs_observed(preds["TrainMean"], adata, "G0010", split=split, n_genes=n_genes, show=False)
 
 
-def test_additive_never_predicts_negative_expression():
+@pytest.mark.parametrize("form", ["counts", "log1p", "centred"])
+def test_additive_never_predicts_negative_expression(form):
     """Two singles that each silence a gene summed to a level below zero (expression -1 of 1e4 counts): the gene is
-    now predicted as not expressed, and the other genes keep their additive sum."""
+    now predicted as not expressed, and the other genes keep their additive sum. The same holds for log1p input
+    (``log(1 + x)`` is never below zero); centred input, whose levels can be negative, keeps the sum."""
     rng = np.random.default_rng(0)
     labels = np.repeat(["NT", "A", "B"], 40)
     x = rng.poisson(20, size=(120, 6)).astype(np.float32)
     x[labels != "NT", 0] = 0  # each single silences gene 0
+    if form != "counts":
+        x = np.log1p(1e4 * x / x.sum(1, keepdims=True))
+        x = (x - x.mean(0)) if form == "centred" else x
     adata = ad.AnnData(
-        x,
+        x.astype(np.float32),
         obs=pd.DataFrame({"perturbation": labels}, index=[f"c{i}" for i in range(120)]),
         var=pd.DataFrame(index=[f"g{i}" for i in range(6)]),
     )
-    tl.Additive.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")
+    tl.Additive.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=form == "counts")
     model = tl.Additive(adata)
     model.train()
     pred = model.predict(["A+B"])
     singles = model.predict(["NT", "A", "B"])
-    assert pred.X[0, 0] == 0.0
-    assert pred.layers["expression"][0, 0] == 0.0
     ctrl, a, b = np.asarray(singles.X, dtype=np.float64)
+    if form == "centred":
+        assert (a + b - ctrl)[0] < 0
+        np.testing.assert_allclose(pred.X[0], a + b - ctrl, rtol=1e-5, atol=1e-6)
+        return
+    assert pred.X[0, 0] == 0.0
+    if form == "counts":
+        assert pred.layers["expression"][0, 0] == 0.0
     np.testing.assert_allclose(pred.X[0, 1:], (a + b - ctrl)[1:], rtol=1e-5)
 
 

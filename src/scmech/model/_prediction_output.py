@@ -185,9 +185,9 @@ class PredictionOutputMixin:
         The predictions with ``obs``, ``layers["expression"]`` and the provenance in ``uns``.
         """
         module = self.module
-        if self.adata_manager.registry["setup_args"].get("counts", True):
-            # log(1 + 1e4 * mean) of counts is >= 0: a correction that would take a gene below zero expression
-            # (an observed change added to a lower level) predicts that the gene is not expressed
+        if self.adata_manager.registry["setup_args"].get("counts", True) or self._log1p_input():
+            # log(1 + 1e4 * mean) of counts, and log1p input, is >= 0: a correction that would take a gene below
+            # zero expression (an observed change added to a lower level) predicts that the gene is not expressed
             logx = np.maximum(logx, 0.0)
         obs = self._prediction_obs(
             logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch

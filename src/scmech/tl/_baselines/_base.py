@@ -407,7 +407,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         tim = _per_condition(time, n, "time")
         switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
-        counts = self._setup().get("counts", True)
+        # log(1 + 1e4 * mean) of counts is >= 0, and so is log1p input (its controls' pseudobulk non-negative)
+        floor = self._setup().get("counts", True) or bool((self._pb.loc[self._control()].to_numpy() >= 0).all())
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             try:
@@ -418,9 +419,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 skipped.append((label, str(e).strip("'\"")))
                 continue
             shift, _ = self._context_shift(batch, m, t, mt)
-            # log(1 + 1e4 * mean) of counts is >= 0: summed changes (Additive, a context's shift) that would take a
-            # gene below zero expression predict that it is not expressed
-            rows.append(np.maximum(value + shift, 0.0) if counts else value + shift)
+            # summed changes (Additive, a context's shift) that would take a gene below zero expression predict that
+            # it is not expressed
+            rows.append(np.maximum(value + shift, 0.0) if floor else value + shift)
             obs_rows.append(
                 {
                     "perturbation": label,
