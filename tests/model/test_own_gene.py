@@ -327,3 +327,28 @@ def test_log1p_input_is_read_from_the_controls_which_are_never_moved():
     obs.conditions[("NT", ctx)] = ObservedPseudobulk(np.array([-0.3, 0.3], dtype=np.float32), var, 100)
     assert not OwnGeneMixin._log1p_input(model)
     assert not OwnGeneMixin._log1p_input(SimpleNamespace(anchor_=None))
+
+
+def test_an_activation_to_a_level_reaches_a_silent_gene_on_log1p_input():
+    """log1p input, normal likelihood: a factor cannot lift a gene that is not expressed, the level model can."""
+    adata, targets, keep = _activated_screen()
+    held = targets[int(np.argmin(keep))]  # the most silent target, silenced: no read outside its own cells
+    labels = adata.obs["perturbation"].to_numpy()
+    x = adata.X.toarray()
+    x[labels != held, list(adata.var_names).index(held)] = 0.0
+    adata.X = np.log1p(1e4 * x / x.sum(1, keepdims=True)).astype(np.float32)
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", counts=False, perturbation_modality="CRISPRa"
+    )
+    model, _ = tiny_model_without(adata, np.flatnonzero(labels == held), max_epochs=3, gene_likelihood="normal")
+    tm = model.target_map_
+    assert tm.own_model == "level"
+    anchor = model._anchor_bases([CLASS_REFERENCE], tm.trained)[0]
+    np.testing.assert_allclose(tm.own_effects, np.maximum(tm.own_level - anchor, 0.0), atol=1e-9)
+    g = list(adata.var_names).index(held)
+    x = np.asarray(adata.X)
+    control, observed = float(x[labels == "NT", g].mean()), float(x[labels == held, g].mean())
+    assert control == 0.0
+    assert observed > 2.0
+    change = float(model.predict([held]).obs["own_gene_change"].iloc[0])
+    assert change == pytest.approx(observed, abs=0.6)

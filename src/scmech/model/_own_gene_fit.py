@@ -211,9 +211,23 @@ class OwnGeneMixin:
         tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
         tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
         anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]  # a name no training target has: every one
-        effects = effect_reaching(tm.own_level, anchor, counts=counts, efficacy_levels=levels)
-        tm.own_effects = self._readout_effects(effects, anchor)
+        tm.own_effects = self._level_effects(tm.own_level, anchor)
         return True
+
+    def _level_effects(self, level: float, reference: np.ndarray) -> np.ndarray:
+        r"""Effects, as the decoder applies them, that bring genes at ``reference`` up to ``level`` (never down).
+
+        A decoder that scales expression gets the activating factor of
+        :func:`~scmech.model._own_gene.effect_reaching`. A normal likelihood shifts the mean of the log-normalised
+        values, so it gets the shift itself, :math:`\max(L - \ell, 0) / \bar\eta`: a factor cannot lift a gene
+        that is not expressed at all, while the level model brings it to :math:`L` all the same.
+        """
+        counts, levels = self._own_settings()
+        reference = np.asarray(reference, dtype=np.float64)
+        if self.module.gene_likelihood != "normal":
+            return effect_reaching(level, reference, counts=counts, efficacy_levels=levels)
+        eta = 1.0 if levels is None else float(np.mean(levels))
+        return np.maximum(level - reference, 0.0) / eta
 
     def _fit_own_scale(self, tm: TargetMap) -> None:
         r"""Per-gene effects of the ``"scale"`` model where the decoder shifts what the knock-down scales.
@@ -252,9 +266,8 @@ class OwnGeneMixin:
                 centre = centre_effect(each[others], reference[others], counts=counts, efficacy_levels=levels)
                 out[k] = own_calibration([centre], modality)[0]
             else:
-                level = float(np.median(own_level[others]))
-                out[k] = effect_reaching(level, reference[k : k + 1], counts=counts, efficacy_levels=levels)[0]
-        return self._readout_effects(out, reference)
+                out[k] = self._level_effects(float(np.median(own_level[others])), reference[k : k + 1])[0]
+        return out if tm.own_model == "level" else self._readout_effects(out, reference)
 
     def _fit_own_effect(self, own_level: np.ndarray, reference: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' own levels.
