@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import mudata as md
 import numpy as np
@@ -784,3 +786,23 @@ def test_setup_warnings_point_at_the_users_call(rel):
     assert any("fewer than 3 cells" in str(r.message) for r in record)
     assert any("unassigned_label=None" in str(r.message) for r in record)
     assert set(messages.values()) == {__file__}, messages
+
+
+def test_targets_named_by_a_var_column_other_than_var_names_warn(rel):
+    """Genes indexed by identifier with the symbols the guides are named by in a column: every target would
+    silently lose its own gene."""
+    adata = rel.small()
+    adata.var["gene_name"] = adata.var_names.astype(str)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    match = (
+        r"of the \d+ targets of obs\['perturbation'\] are genes of var\['gene_name'\], but only 0 are in "
+        r"var_names.*adata\.var_names = adata\.var\['gene_name'\]"
+    )
+    with pytest.warns(UserWarning, match=match):
+        SemiMechVI.setup_anndata(adata)
+    # indexed by the symbols, nothing to say
+    fixed = rel.small()
+    fixed.var["gene_id"] = [f"ENSG{i:011d}" for i in range(fixed.n_vars)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*are genes of var.*")
+        SemiMechVI.setup_anndata(fixed)

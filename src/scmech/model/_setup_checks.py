@@ -40,8 +40,9 @@ def _warn_target_names(
     var_names: Sequence[str],
     key: str,
     unassigned_label: str | Sequence[str] | None,
+    var: pd.DataFrame | None = None,
 ) -> None:
-    """Warn about targets that look like mistakes: gene names in another case, or an unassigned label kept as one.
+    """Warn about targets that look like mistakes: genes in another case or ``var`` column, unassigned labels.
 
     Parameters
     ----------
@@ -53,9 +54,13 @@ def _warn_target_names(
         The ``obs`` column of the labels, as messages name it.
     unassigned_label
         The ``unassigned_label`` of the setup call.
+    var
+        The genes' annotations (``adata.var``): a column that names more targets than ``var_names`` does (gene
+        symbols beside Ensembl identifiers) is named in a warning.
     """
     genes = [str(g) for g in var_names]
     exact = set(genes)
+    _warn_symbol_column(design, exact, key, var)
     lower = {g.lower(): g for g in genes}
     case_only = [(t, lower[t.lower()]) for t in design.targets if t not in exact and t.lower() in lower]
     if case_only:
@@ -81,6 +86,35 @@ def _warn_target_names(
             f"guides). If so, pass unassigned_label={labels!r}."
         )
         warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
+
+
+def _warn_symbol_column(design: PerturbationDesign, genes: set[str], key: str, var: pd.DataFrame | None) -> None:
+    """Warn when a column of ``var`` names more of the targets than ``var_names`` does.
+
+    A target is matched to its own gene by name in ``var_names``; screens often index genes by Ensembl identifier
+    and keep the symbols the guides are named by in a column, and every target then silently loses its own gene.
+    """
+    targets = set(design.targets)
+    measured = len(targets & genes)
+    if var is None or measured == len(targets) or not targets:
+        return
+    best, found = None, measured
+    for col in var.columns:
+        values = var[col]
+        if not (pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)):
+            continue
+        n = len(targets & set(values.astype(str)))
+        if n > found:
+            best, found = col, n
+    if best is None:
+        return
+    msg = (
+        f"{found} of the {len(targets)} targets of obs[{key!r}] are genes of var[{best!r}], but only {measured} are "
+        "in var_names, which a target's own gene is matched against; the others are taken as unmeasured targets, "
+        "without the knock-down of their own gene. Index the genes by that column before setup: "
+        f"adata.var_names = adata.var[{best!r}].astype(str); adata.var_names_make_unique()."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 3)
 
 
 def _as_labels(value: str | Sequence[str]) -> tuple:
@@ -220,7 +254,7 @@ def validate_for_setup(
         media_time_key=media_time_key,
         efficacy_key=efficacy_key,
     )
-    _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label)
+    _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label, adata.var)
     _warn_small_conditions(design.perturbation, perturbation_key)
     _check_size_factor(adata, size_factor_key)
     _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)
