@@ -8,6 +8,7 @@ import pandas as pd
 from ._observations import Observations
 from ._own_gene import (
     _level_after,
+    _levels,
     centre_effect,
     effect_reaching,
     own_calibration,
@@ -83,7 +84,7 @@ class OwnGeneMixin:
         counts = counts and self._scaled_as_fitted(tm)
         own_level, reference = self._own_levels(pairs)
         _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
-        eta = np.ones(1) if levels is None else levels
+        eta = _levels(levels)
 
         def change(centre: float, at: np.ndarray) -> np.ndarray:
             if tm.own_model == "level":
@@ -131,10 +132,13 @@ class OwnGeneMixin:
         """
         pool = efficacy_pool(self) if self.module.use_efficacy else None
         levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
-        counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
+        return self._own_scaled(), levels
+
+    def _own_scaled(self) -> bool:
+        """Whether a knock-down scales expression (:meth:`_own_settings`' flag, without its efficacy levels)."""
         if self.module.gene_likelihood != "normal":
-            return counts, levels
-        return self._log1p_input(), levels
+            return bool(self.adata_manager.registry["setup_args"].get("counts", True))
+        return self._log1p_input()
 
     def _log1p_input(self) -> bool:
         r"""Whether log-normalised input reads as :math:`\log(1 + x)` of a non-negative expression.
@@ -165,19 +169,22 @@ class OwnGeneMixin:
             return True
         return tm.own_model == "level" or tm.own_effects is not None
 
-    def _readout_effects(self, effects: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    def _readout_effects(
+        self, effects: np.ndarray, reference: np.ndarray, settings: tuple[bool, np.ndarray | None]
+    ) -> np.ndarray:
         r"""Own-gene effects as the decoder applies them, for genes at ``reference`` without the knock-down.
 
         With a normal likelihood the decoder adds an effect to the mean of the log-normalised values (times each
         cell's efficacy), so a knock-down that scales expression (:meth:`_own_settings`) is passed as the shift
         that moves each gene's level where the scaling takes it: :math:`(f_a(\ell) - \ell) / \bar\eta`. Otherwise
         ``effects`` as they are (the decoder scales the expression, or the effect is a shift already).
+        ``settings`` are :meth:`_own_settings`', read once by the caller.
         """
-        scaled, levels = self._own_settings()
+        scaled, levels = settings
         effects = np.asarray(effects, dtype=np.float64)
         if self.module.gene_likelihood != "normal" or not scaled:
             return effects
-        eta = np.ones(1) if levels is None else np.asarray(levels, dtype=np.float64)
+        eta = _levels(levels)
         reference = np.asarray(reference, dtype=np.float64)
         return (_level_after(effects, reference, True, eta) - reference) / float(eta.mean())
 
@@ -211,23 +218,25 @@ class OwnGeneMixin:
         tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
         tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
         anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]  # a name no training target has: every one
-        tm.own_effects = self._level_effects(tm.own_level, anchor)
+        tm.own_effects = self._level_effects(tm.own_level, anchor, (counts, levels))
         return True
 
-    def _level_effects(self, level: float, reference: np.ndarray) -> np.ndarray:
+    def _level_effects(
+        self, level: float, reference: np.ndarray, settings: tuple[bool, np.ndarray | None]
+    ) -> np.ndarray:
         r"""Effects, as the decoder applies them, that bring genes at ``reference`` up to ``level`` (never down).
 
         A decoder that scales expression gets the activating factor of
         :func:`~scmech.model._own_gene.effect_reaching`. A normal likelihood shifts the mean of the log-normalised
         values, so it gets the shift itself, :math:`\max(L - \ell, 0) / \bar\eta`: a factor cannot lift a gene
-        that is not expressed at all, while the level model brings it to :math:`L` all the same.
+        that is not expressed at all, while the level model brings it to :math:`L` all the same. ``settings`` are
+        :meth:`_own_settings`', read once by the caller.
         """
-        counts, levels = self._own_settings()
+        counts, levels = settings
         reference = np.asarray(reference, dtype=np.float64)
         if self.module.gene_likelihood != "normal":
             return effect_reaching(level, reference, counts=counts, efficacy_levels=levels)
-        eta = 1.0 if levels is None else float(np.mean(levels))
-        return np.maximum(level - reference, 0.0) / eta
+        return np.maximum(level - reference, 0.0) / float(_levels(levels).mean())
 
     def _fit_own_scale(self, tm: TargetMap) -> None:
         r"""Per-gene effects of the ``"scale"`` model where the decoder shifts what the knock-down scales.
@@ -237,10 +246,10 @@ class OwnGeneMixin:
         (:meth:`_readout_effects`) at its level in an unseen target's anchor (every training target's
         precision-weighted mean). Otherwise ``own_effects`` stays ``None`` and the decoder takes ``own_effect``.
         """
-        if self.module.gene_likelihood != "normal" or not self._own_settings()[0]:
+        if self.module.gene_likelihood != "normal" or not self._own_scaled():
             return
         anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]
-        tm.own_effects = self._readout_effects(np.full(len(anchor), tm.own_effect), anchor)
+        tm.own_effects = self._readout_effects(np.full(len(anchor), tm.own_effect), anchor, self._own_settings())
 
     def _member_effects(self, own_level: np.ndarray, reference: np.ndarray, tm: TargetMap) -> np.ndarray:
         """Own-gene effect of each member mapped as if unseen: calibrated on the other members, by ``tm``'s model.
@@ -250,9 +259,9 @@ class OwnGeneMixin:
         member's level (:meth:`_readout_effects`).
         """
         n = len(own_level)
+        settings = counts, levels = self._own_settings()
         if n - 1 < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
-            return self._readout_effects(np.full(n, tm.own_effect), reference)
-        counts, levels = self._own_settings()
+            return self._readout_effects(np.full(n, tm.own_effect), reference, settings)
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
         each = (
             own_effects(own_level, reference, counts=counts, efficacy_levels=levels)
@@ -266,8 +275,8 @@ class OwnGeneMixin:
                 centre = centre_effect(each[others], reference[others], counts=counts, efficacy_levels=levels)
                 out[k] = own_calibration([centre], modality)[0]
             else:
-                out[k] = self._level_effects(float(np.median(own_level[others])), reference[k : k + 1])[0]
-        return out if tm.own_model == "level" else self._readout_effects(out, reference)
+                out[k] = self._level_effects(float(np.median(own_level[others])), reference[k : k + 1], settings)[0]
+        return out if tm.own_model == "level" else self._readout_effects(out, reference, settings)
 
     def _fit_own_effect(self, own_level: np.ndarray, reference: np.ndarray, spread: bool = True) -> tuple[float, float]:
         """Own-gene effect of :func:`~scmech.model._own_gene.own_gene_effect` on the members' own levels.

@@ -47,7 +47,7 @@ class PredictionOutputMixin:
         if not isinstance(tm, TargetMap) or not isinstance(obs, Observations):
             return change, sd
         pos = {g: i for i, g in enumerate(tm.var_names)}
-        scaled = self._own_settings()[0] and self._scaled_as_fitted(tm)  # counts, or log1p input scaled
+        scaled = self._own_scaled() and self._scaled_as_fitted(tm)  # counts, or log1p input scaled
         mapped = set(mapped)
         for i, p in enumerate(requested):
             if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
