@@ -306,6 +306,55 @@ def test_centred_log_normalised_input_is_shifted():
     table = model.get_own_gene_calibration()
     assert not table.attrs["scaled"]
     np.testing.assert_allclose(table["calibrated_change"], tm.own_effect, atol=1e-9)
+    # centred values stand for no expression: no expression layer rather than a meaningless expm1
+    pred = model.predict([held])
+    assert "expression" not in pred.layers
+    assert "no expression layer" in pred.uns["scmech"]["prediction"]["value"]
+
+
+def _log_base_fit(adata, held: str, base: float | None):
+    adata = adata.copy()
+    if base is not None:
+        adata.X = (np.asarray(adata.X, dtype=np.float64) / np.log(base)).astype(np.float32)
+        adata.uns["log1p"] = {"base": base}
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", counts=False, perturbation_modality="CRISPRi"
+    )
+    labels = adata.obs["perturbation"].to_numpy()
+    model, _ = tiny_model_without(adata, np.flatnonzero(labels == held), max_epochs=2, gene_likelihood="normal")
+    return model, adata
+
+
+def test_log1p_input_in_another_base_is_scaled_in_that_base():
+    """``sc.pp.log1p(adata, base=2)``: a knock-down scales the expression 2**x - 1, not e**x - 1."""
+    adata, held = _log1p_knockdown_screen()
+    natural, _ = _log_base_fit(adata, held, None)
+    log2, data2 = _log_base_fit(adata, held, 2)
+    assert log2._own_settings().log_base == 2.0
+    t_e, t_2 = natural.get_own_gene_calibration(), log2.get_own_gene_calibration()
+    assert t_2.attrs["log_base"] == 2.0
+    # the same knock-downs: the factors do not depend on the base, the levels and changes are in its units
+    np.testing.assert_allclose(t_2["control_level"], t_e["control_level"] / np.log(2), rtol=1e-4)
+    np.testing.assert_allclose(t_2["effect"], t_e["effect"], atol=1e-3)
+    np.testing.assert_allclose(t_2["calibrated_change"], t_e["calibrated_change"] / np.log(2), rtol=1e-3, atol=1e-4)
+    # the held-out target barely expressed: its predicted change in log2 units, its expression as 2**x - 1
+    pred = log2.predict([held])
+    labels = data2.obs["perturbation"].to_numpy()
+    g = list(data2.var_names).index(held)
+    x = np.asarray(data2.X)
+    control, observed = float(x[labels == "NT", g].mean()), float(x[labels == held, g].mean())
+    assert float(pred.obs["own_gene_change"].iloc[0]) == pytest.approx(observed - control, abs=0.2 / np.log(2))
+    np.testing.assert_allclose(pred.layers["expression"], np.exp2(np.asarray(pred.X, dtype=np.float64)) - 1, rtol=1e-4)
+    assert pred.uns["scmech"]["prediction"]["value"].endswith("base b = 2")
+    own_sd = natural.predict([held]).obs["own_gene_sd"].iloc[0] / np.log(2)
+    assert float(pred.obs["own_gene_sd"].iloc[0]) == pytest.approx(float(own_sd), rel=0.05)
+
+
+def test_log_normalised_input_with_a_broken_base_is_refused_at_setup():
+    adata, _ = _log1p_knockdown_screen()
+    adata.uns["log1p"] = {"base": "2"}
+    with pytest.raises(ValueError, match=r"adata\.uns\['log1p'\]\['base'\] is '2'"):
+        SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
 
 
 def test_log1p_input_is_read_from_the_controls_which_are_never_moved():

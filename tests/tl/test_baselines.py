@@ -257,6 +257,29 @@ def test_linear_model_varm_embedding(data):
         tl.LinearModel(adata, gene_embedding="missing")
 
 
+@pytest.mark.parametrize(("form", "base"), [("log1p", None), ("log1p", 2), ("log1p", 10), ("centred", None)])
+def test_the_expression_layer_follows_the_scale_of_log_normalised_input(form, base):
+    """``sc.pp.log1p(adata, base=2)``: a prediction of 3 stands for an expression of 2**3 - 1 = 7, not e**3 - 1;
+    centred values stand for no expression, and get no layer."""
+    adata = _adata()
+    x = np.log1p(1e4 * adata.X / adata.X.sum(1, keepdims=True)) / np.log(base or np.e)
+    adata.X = (x - x.mean(0) if form == "centred" else x).astype(np.float32)
+    if base is not None:
+        adata.uns["log1p"] = {"base": base}
+    tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    model = tl.TrainMean(adata)
+    model.train()
+    pred = model.predict(["A", "E"])
+    value = pred.uns["scmech"]["prediction"]["value"]
+    if form == "centred":
+        assert "expression" not in pred.layers
+        assert "no expression layer" in value
+        return
+    b = base or np.e
+    np.testing.assert_allclose(pred.layers["expression"], b ** np.asarray(pred.X, dtype=np.float64) - 1, rtol=1e-4)
+    assert value.endswith(f"base b = {'e' if base is None else base}")
+
+
 @pytest.mark.parametrize(
     "cls", [tl.ControlMean, tl.TrainMean, tl.Additive, tl.LinearModel, tl.OwnGene, tl.TargetClassMean]
 )

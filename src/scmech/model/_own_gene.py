@@ -16,6 +16,7 @@ training targets' observed own-gene levels in the space predictions are scored i
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 
@@ -40,6 +41,7 @@ def own_gene_effect(
     efficacy_levels: np.ndarray | None = None,
     bound: float = 10.0,
     spread: bool = True,
+    log_base: float = math.e,
 ) -> tuple[float, float, np.ndarray]:
     r"""Direct own-gene effect :math:`a` of a knock-down: the robust centre of the training targets' own effects.
 
@@ -80,6 +82,10 @@ def own_gene_effect(
         Largest :math:`|a|` considered.
     spread
         Also return the spread and the targets' individual effects (``False``: NaN and an empty array).
+    log_base
+        Base :math:`b` of the logarithm of the levels, where they are :math:`\log_b(1 + x)`
+        (:func:`~scmech.data._log_scale.log1p_base`; counts' pseudobulks use :math:`e`): :math:`f_a(\ell) =
+        \log_b(1 + e^{a}(b^{\ell} - 1))`. The effect :math:`a` is a natural log factor whatever the base.
 
     Returns
     -------
@@ -87,8 +93,10 @@ def own_gene_effect(
     """
     if len(observed) == 0:
         return 0.0, float("nan"), np.zeros(0)
-    each = own_effects(observed, reference, counts=counts, efficacy_levels=efficacy_levels, bound=bound)
-    effect = centre_effect(each, reference, counts=counts, efficacy_levels=efficacy_levels)
+    each = own_effects(
+        observed, reference, counts=counts, efficacy_levels=efficacy_levels, bound=bound, log_base=log_base
+    )
+    effect = centre_effect(each, reference, counts=counts, efficacy_levels=efficacy_levels, log_base=log_base)
     if not spread:
         return effect, float("nan"), np.zeros(0)
     sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if len(each) >= 3 else float(np.std(each))
@@ -102,6 +110,7 @@ def own_effects(
     counts: bool = True,
     efficacy_levels: np.ndarray | None = None,
     bound: float = 10.0,
+    log_base: float = math.e,
 ) -> np.ndarray:
     r"""Each training target's own effect :math:`a_q`, with :math:`f_{a_q}(\ell_q) = y_q` (:func:`own_gene_effect`).
 
@@ -115,7 +124,7 @@ def own_effects(
 
     def fit(yy: float, rr: float) -> float:
         res = minimize_scalar(
-            lambda a: float((yy - _level_after(np.asarray(a), rr, counts, eta)) ** 2),
+            lambda a: float((yy - _level_after(np.asarray(a), rr, counts, eta, log_base)) ** 2),
             bounds=(-bound, bound),
             method="bounded",
         )
@@ -125,7 +134,12 @@ def own_effects(
 
 
 def centre_effect(
-    each: np.ndarray, reference: np.ndarray, *, counts: bool = True, efficacy_levels: np.ndarray | None = None
+    each: np.ndarray,
+    reference: np.ndarray,
+    *,
+    counts: bool = True,
+    efficacy_levels: np.ndarray | None = None,
+    log_base: float = math.e,
 ) -> float:
     r"""Weighted median of the own effects, each weighed by :math:`\partial f_a(\ell_q)/\partial a` at their median.
 
@@ -135,8 +149,8 @@ def centre_effect(
     eta = _levels(efficacy_levels)
     centre, step = float(np.median(each)), 1e-4
     slope = np.abs(
-        _level_after(np.asarray(centre + step), ref, counts, eta)
-        - _level_after(np.asarray(centre - step), ref, counts, eta)
+        _level_after(np.asarray(centre + step), ref, counts, eta, log_base)
+        - _level_after(np.asarray(centre - step), ref, counts, eta, log_base)
     ) / (2 * step)
     return weighted_median(each, slope)
 
@@ -164,12 +178,15 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float((lower + upper) / 2)
 
 
-def _level_after(a: np.ndarray, level: np.ndarray, counts: bool, eta: np.ndarray) -> np.ndarray:
+def _level_after(
+    a: np.ndarray, level: np.ndarray, counts: bool, eta: np.ndarray, log_base: float = math.e
+) -> np.ndarray:
     """Own-gene level after a knock-down of effect ``a`` from ``level`` (:func:`own_gene_effect`'s :math:`f_a`)."""
     if not counts:
         return level + a * float(eta.mean())
     factor = np.mean(np.exp(np.multiply.outer(a, eta)), axis=-1)
-    return np.log1p(factor * np.expm1(np.maximum(level, 0.0)))
+    k = 1.0 if log_base == math.e else math.log(log_base)
+    return np.log1p(factor * np.expm1(np.maximum(level, 0.0) * k)) / k
 
 
 def effect_reaching(
@@ -179,14 +196,15 @@ def effect_reaching(
     counts: bool = True,
     efficacy_levels: np.ndarray | None = None,
     bound: float = 10.0,
+    log_base: float = math.e,
 ) -> np.ndarray:
     r"""Activating effect :math:`a \ge 0` that moves each gene from ``reference`` to ``level`` (:math:`f_a`).
 
     The inverse of :func:`own_gene_effect`'s :math:`f_a` in :math:`a`, per gene: :math:`f_a(\ell) = L` has
-    :math:`e^{a} = (e^{L} - 1) / (e^{\ell} - 1)` with counts and one efficacy level, :math:`a = (L - \ell) /
-    \bar\eta` without counts; with several efficacy levels it is solved by bisection (:math:`f_a` increases with
-    :math:`a`). A gene already at or above ``level`` gets 0 (an activation does not lower its target), and a gene
-    not expressed at all gets ``bound``.
+    :math:`e^{a} = (e^{L} - 1) / (e^{\ell} - 1)` with counts, one efficacy level and the natural logarithm,
+    :math:`a = (L - \ell) / \bar\eta` without counts; it is solved by bisection (:math:`f_a` increases with
+    :math:`a`), which covers several efficacy levels and any base. A gene already at or above ``level`` gets 0
+    (an activation does not lower its target), and a gene not expressed at all gets ``bound``.
 
     Parameters
     ----------
@@ -194,16 +212,16 @@ def effect_reaching(
         The level to reach (log-normalised).
     reference
         Each gene's level without the activation.
-    counts, efficacy_levels, bound
+    counts, efficacy_levels, bound, log_base
         As in :func:`own_gene_effect`.
     """
     ref = np.asarray(reference, dtype=np.float64)
     eta = _levels(efficacy_levels)
     lo, hi = np.zeros_like(ref), np.full_like(ref, float(bound))
-    below = _level_after(hi, ref, counts, eta) < level
+    below = _level_after(hi, ref, counts, eta, log_base) < level
     for _ in range(60):  # f_a is monotone in a: bisection to ~1e-17 of the bound
         mid = (lo + hi) / 2
-        up = _level_after(mid, ref, counts, eta) < level
+        up = _level_after(mid, ref, counts, eta, log_base) < level
         lo, hi = np.where(up, mid, lo), np.where(up, hi, mid)
     out = np.where(below, float(bound), (lo + hi) / 2)
     return np.where(ref >= level, 0.0, out)
@@ -216,6 +234,7 @@ def own_gene_model(
     modality: str | None,
     counts: bool = True,
     efficacy_levels: np.ndarray | None = None,
+    log_base: float = math.e,
 ) -> str:
     r"""Whether an activation scales its target's production or brings it to a common level, as the data say.
 
@@ -238,7 +257,7 @@ def own_gene_model(
         Its level without the activation.
     modality
         The registered perturbation modality.
-    counts, efficacy_levels
+    counts, efficacy_levels, log_base
         As in :func:`own_gene_effect`.
     """
     y = np.asarray(observed, dtype=np.float64)
@@ -246,12 +265,12 @@ def own_gene_model(
     if modality != "CRISPRa" or len(y) < 4:
         return "scale"
     eta = _levels(efficacy_levels)
-    each = own_effects(y, ref, counts=counts, efficacy_levels=eta)
+    each = own_effects(y, ref, counts=counts, efficacy_levels=eta, log_base=log_base)
     err = {"scale": 0.0, "level": 0.0}
     for q in range(len(y)):
         others = np.arange(len(y)) != q
-        a = max(0.0, centre_effect(each[others], ref[others], counts=counts, efficacy_levels=eta))
-        err["scale"] += abs(y[q] - float(_level_after(np.asarray(a), ref[q : q + 1], counts, eta)[0]))
+        a = max(0.0, centre_effect(each[others], ref[others], counts=counts, efficacy_levels=eta, log_base=log_base))
+        err["scale"] += abs(y[q] - float(_level_after(np.asarray(a), ref[q : q + 1], counts, eta, log_base)[0]))
         err["level"] += abs(y[q] - max(float(np.median(y[others])), ref[q]))
     return "level" if err["level"] < err["scale"] else "scale"
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
+
+from scmech.data._log_scale import log1p_base
 
 from ._observations import Observations
 from ._own_gene import (
@@ -20,7 +25,18 @@ from ._protocols import CLASS_REFERENCE
 from ._readout import efficacy_pool
 from ._target_map import TargetMap
 
-__all__ = ["OwnGeneMixin"]
+__all__ = ["OwnGeneMixin", "OwnSettings"]
+
+
+class OwnSettings(NamedTuple):
+    """How a knock-down moves a level: read once per fit, validation or table (:meth:`OwnGeneMixin._own_settings`)."""
+
+    #: Whether the knock-down scales expression (counts, log1p input) or shifts the values (other input).
+    scaled: bool
+    #: Efficacy levels the model reads out over (``None``: 1).
+    levels: np.ndarray | None
+    #: Base of the logarithm of the levels (:math:`e` for counts' pseudobulks).
+    log_base: float
 
 
 class OwnGeneMixin:
@@ -32,7 +48,8 @@ class OwnGeneMixin:
         A target without training cells whose gene is measured gets a direct effect on its own gene, calibrated on
         the training targets whose gene is measured and observed in the baseline context
         (``scmech.model._own_gene``). This table shows what it rests on: one row per such target, with its own
-        gene's level in log-normalised pseudobulk units (:math:`\log(1 + 10^4 \bar\rho)`).
+        gene's level in log-normalised pseudobulk units (:math:`\log(1 + 10^4 \bar\rho)` for counts, the
+        registered values' own units for log-normalised input).
 
         Returns
         -------
@@ -48,7 +65,9 @@ class OwnGeneMixin:
         ``"level"``), ``level`` (the activated level under ``"level"``, else NaN), ``spread`` (``own_effect_sd``:
         of the factors under ``"scale"``, of the levels under ``"level"``), ``modality``, ``scaled`` (whether the
         knock-down scales expression, on counts and on log-normalised input that is :math:`\log(1 + x)`, or
-        shifts it, on other log-normalised input), ``efficacy_levels``, and ``curve``: the
+        shifts it, on other log-normalised input), ``log_base`` (the base of the levels' logarithm, :math:`e`
+        unless ``uns["log1p"]["base"]`` of log-normalised input says otherwise), ``efficacy_levels``, and
+        ``curve``: the
         calibrated change over a grid of control levels with its band at the centre ± the spread (lists under
         ``control_level``, ``change``, ``low`` and ``high``).
         :func:`scmech.pl.own_gene_calibration` draws it.
@@ -80,16 +99,16 @@ class OwnGeneMixin:
             )
             raise ValueError(msg)
         seen = pairs[0]
-        counts, levels = self._own_settings()
+        counts, levels, base = self._own_settings()
         counts = counts and self._scaled_as_fitted(tm)
         own_level, reference = self._own_levels(pairs)
-        _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels)
+        _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, log_base=base)
         eta = _levels(levels)
 
         def change(centre: float, at: np.ndarray) -> np.ndarray:
             if tm.own_model == "level":
                 return np.maximum(centre, at) - at
-            return _level_after(np.asarray(centre), at, counts, eta) - at
+            return _level_after(np.asarray(centre), at, counts, eta, base) - at
 
         centre = tm.own_level if tm.own_model == "level" else tm.own_effect
         spread = tm.own_effect_sd if np.isfinite(tm.own_effect_sd) else 0.0
@@ -112,6 +131,7 @@ class OwnGeneMixin:
             "spread": float(tm.own_effect_sd),
             "modality": tm.modality,
             "scaled": bool(counts),
+            "log_base": float(base),
             "efficacy_levels": None if levels is None else [float(v) for v in levels],
             "curve": {
                 "control_level": grid.tolist(),
@@ -122,17 +142,30 @@ class OwnGeneMixin:
         }
         return table
 
-    def _own_settings(self) -> tuple[bool, np.ndarray | None]:
-        r"""Whether a knock-down scales expression, and the efficacy levels the model reads out over.
+    def _own_settings(self) -> OwnSettings:
+        r"""Whether a knock-down scales expression, the efficacy levels the model reads out over, and the log base.
 
         A knock-down scales its target's production, so its expression: on counts, and on log-normalised input
-        that is :math:`\log(1 + x)` of a non-negative expression :math:`x` (:meth:`_log1p_input`), a gene at
-        level :math:`\ell` moves to :math:`\log(1 + e^{a}(e^{\ell} - 1))`. Other log-normalised input (centred
-        or scaled values) gets the shift :math:`\ell + a`.
+        that is :math:`\log_b(1 + x)` of a non-negative expression :math:`x` (:meth:`_log1p_input`; :math:`b`
+        as :func:`scanpy.pp.log1p` recorded it, :meth:`_log_base`), a gene at level :math:`\ell` moves to
+        :math:`\log_b(1 + e^{a}(b^{\ell} - 1))`. Other log-normalised input (centred or scaled values) gets the
+        shift :math:`\ell + a`.
         """
         pool = efficacy_pool(self) if self.module.use_efficacy else None
         levels = None if pool is None else np.quantile(pool, (np.arange(8) + 0.5) / 8)
-        return self._own_scaled(), levels
+        scaled = self._own_scaled()
+        return OwnSettings(scaled, levels, self._log_base() if scaled else math.e)
+
+    def _log_base(self) -> float:
+        """Return the base of the logarithm of the registered values: :math:`e` for counts, else the input's own.
+
+        Log-normalised input keeps the base :func:`scanpy.pp.log1p` recorded in ``uns["log1p"]["base"]`` of the
+        AnnData holding it (:func:`~scmech.data._log_scale.log1p_base`); counts are log-normalised by scmech with
+        the natural logarithm.
+        """
+        if self.module.gene_likelihood != "normal":
+            return math.e
+        return log1p_base(self._expression_adata(self.adata), "adata")
 
     def _own_scaled(self) -> bool:
         """Whether a knock-down scales expression (:meth:`_own_settings`' flag, without its efficacy levels)."""
@@ -169,9 +202,7 @@ class OwnGeneMixin:
             return True
         return tm.own_model == "level" or tm.own_effects is not None
 
-    def _readout_effects(
-        self, effects: np.ndarray, reference: np.ndarray, settings: tuple[bool, np.ndarray | None]
-    ) -> np.ndarray:
+    def _readout_effects(self, effects: np.ndarray, reference: np.ndarray, settings: OwnSettings) -> np.ndarray:
         r"""Own-gene effects as the decoder applies them, for genes at ``reference`` without the knock-down.
 
         With a normal likelihood the decoder adds an effect to the mean of the log-normalised values (times each
@@ -180,13 +211,13 @@ class OwnGeneMixin:
         ``effects`` as they are (the decoder scales the expression, or the effect is a shift already).
         ``settings`` are :meth:`_own_settings`', read once by the caller.
         """
-        scaled, levels = settings
+        scaled, levels, base = settings
         effects = np.asarray(effects, dtype=np.float64)
         if self.module.gene_likelihood != "normal" or not scaled:
             return effects
         eta = _levels(levels)
         reference = np.asarray(reference, dtype=np.float64)
-        return (_level_after(effects, reference, True, eta) - reference) / float(eta.mean())
+        return (_level_after(effects, reference, True, eta, base) - reference) / float(eta.mean())
 
     def _own_levels(
         self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], bases: np.ndarray | None = None
@@ -212,18 +243,19 @@ class OwnGeneMixin:
         (:func:`~scmech.model._own_gene.effect_reaching`). ``own_effect`` (one factor for every gene) is then NaN.
         Returns whether the level model was chosen.
         """
-        counts, levels = self._own_settings()
-        if own_gene_model(own_level, reference, modality=tm.modality, counts=counts, efficacy_levels=levels) != "level":
+        settings = counts, levels, base = self._own_settings()
+        model = own_gene_model(
+            own_level, reference, modality=tm.modality, counts=counts, efficacy_levels=levels, log_base=base
+        )
+        if model != "level":
             return False
         tm.own_model, tm.own_level, tm.own_effect = "level", float(np.median(own_level)), float("nan")
         tm.own_effect_sd = float(1.4826 * np.median(np.abs(own_level - tm.own_level)))
         anchor = self._anchor_bases([CLASS_REFERENCE], tm.trained)[0]  # a name no training target has: every one
-        tm.own_effects = self._level_effects(tm.own_level, anchor, (counts, levels))
+        tm.own_effects = self._level_effects(tm.own_level, anchor, settings)
         return True
 
-    def _level_effects(
-        self, level: float, reference: np.ndarray, settings: tuple[bool, np.ndarray | None]
-    ) -> np.ndarray:
+    def _level_effects(self, level: float, reference: np.ndarray, settings: OwnSettings) -> np.ndarray:
         r"""Effects, as the decoder applies them, that bring genes at ``reference`` up to ``level`` (never down).
 
         A decoder that scales expression gets the activating factor of
@@ -232,10 +264,10 @@ class OwnGeneMixin:
         that is not expressed at all, while the level model brings it to :math:`L` all the same. ``settings`` are
         :meth:`_own_settings`', read once by the caller.
         """
-        counts, levels = settings
+        counts, levels, base = settings
         reference = np.asarray(reference, dtype=np.float64)
         if self.module.gene_likelihood != "normal":
-            return effect_reaching(level, reference, counts=counts, efficacy_levels=levels)
+            return effect_reaching(level, reference, counts=counts, efficacy_levels=levels, log_base=base)
         return np.maximum(level - reference, 0.0) / float(_levels(levels).mean())
 
     def _fit_own_scale(self, tm: TargetMap) -> None:
@@ -259,12 +291,12 @@ class OwnGeneMixin:
         member's level (:meth:`_readout_effects`).
         """
         n = len(own_level)
-        settings = counts, levels = self._own_settings()
+        settings = counts, levels, base = self._own_settings()
         if n - 1 < 3:  # too few to refit (the level model needs at least 4 members, so this is "scale")
             return self._readout_effects(np.full(n, tm.own_effect), reference, settings)
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
         each = (
-            own_effects(own_level, reference, counts=counts, efficacy_levels=levels)
+            own_effects(own_level, reference, counts=counts, efficacy_levels=levels, log_base=base)
             if tm.own_model != "level"
             else None
         )
@@ -272,7 +304,9 @@ class OwnGeneMixin:
         for k in range(n):
             others = np.arange(n) != k
             if each is not None:
-                centre = centre_effect(each[others], reference[others], counts=counts, efficacy_levels=levels)
+                centre = centre_effect(
+                    each[others], reference[others], counts=counts, efficacy_levels=levels, log_base=base
+                )
                 out[k] = own_calibration([centre], modality)[0]
             else:
                 out[k] = self._level_effects(float(np.median(own_level[others])), reference[k : k + 1], settings)[0]
@@ -285,8 +319,10 @@ class OwnGeneMixin:
         the registered modality (:func:`~scmech.model._own_gene.own_calibration`). Returns the effect and the spread
         of the members' own effects (NaN without ``spread``).
         """
-        counts, levels = self._own_settings()
-        effect, sd, _ = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, spread=spread)
+        counts, levels, base = self._own_settings()
+        effect, sd, _ = own_gene_effect(
+            own_level, reference, counts=counts, efficacy_levels=levels, spread=spread, log_base=base
+        )
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
         signed, _ = own_calibration([effect], modality)
         return signed, sd

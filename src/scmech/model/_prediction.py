@@ -354,8 +354,10 @@ class PredictionMixin(PredictionOutputMixin):
         Returns
         -------
         AnnData with ``X`` the log-normalised prediction :math:`\log(1 + 10^4 \rho)` (the pseudobulk definition
-        of :func:`scmech.data.pseudobulk`), ``layers["expression"]`` the normalised expression
-        (counts per 10,000), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
+        of :func:`scmech.data.pseudobulk`; log-normalised input is predicted in its own values),
+        ``layers["expression"]`` the normalised expression (counts per 10,000; :math:`b^{x} - 1` of input
+        log-normalised in base :math:`b`, as ``uns["log1p"]["base"]`` records it; no layer for centred or scaled
+        input, which stands for no expression), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
         ``n_cells``, ``unseen_targets``, ``target_source`` (how each target without training cells was
         predicted: ``"gene map"`` or ``"shared response"``), ``own_gene_change`` and ``own_gene_sd`` (the
         predicted change of a single target's own gene from the training controls and its standard deviation

@@ -7,14 +7,15 @@ the expression layer, and the provenance in ``uns``.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._log_scale import expression_of, value_description
 
 from ._anchoring import Observations
 from ._target_map import TargetMap
@@ -36,8 +37,9 @@ class PredictionOutputMixin:
 
         The sd carries the spread of the training targets' direct own-gene effects (logit units) to the log
         scale by the delta method, :math:`\partial \log(1 + 10^4 \rho e^a) / \partial a = 10^4 \rho / (1 +
-        10^4 \rho)` at the predicted level (the spread itself where the knock-down is a shift: log-normalised
-        input that is not :math:`\log(1 + x)` of a non-negative expression). Under the ``"level"`` model
+        10^4 \rho)` at the predicted level (divided by :math:`\log b` on input log-normalised in base :math:`b`;
+        the spread itself where the knock-down is a shift: log-normalised input that is not :math:`\log(1 + x)`
+        of a non-negative expression). Under the ``"level"`` model
         (activations brought to a common level) it is the spread of the training targets' own levels.
         """
         n = len(requested)
@@ -48,6 +50,7 @@ class PredictionOutputMixin:
             return change, sd
         pos = {g: i for i, g in enumerate(tm.var_names)}
         scaled = self._own_scaled() and self._scaled_as_fitted(tm)  # counts, or log1p input scaled
+        k = math.log(self._log_base()) if scaled else 1.0  # log_b(1 + x) = log(1 + x) / k
         mapped = set(mapped)
         for i, p in enumerate(requested):
             if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
@@ -60,8 +63,8 @@ class PredictionOutputMixin:
             if tm.own_model == "level":  # the spread of the training targets' own levels, already on this scale
                 sd[i] = tm.own_effect_sd
                 continue
-            level = np.expm1(logx[i, g]) if scaled else np.inf
-            sd[i] = tm.own_effect_sd * (level / (1.0 + level) if np.isfinite(level) else 1.0)
+            level = np.expm1(logx[i, g] * k) if scaled else np.inf
+            sd[i] = tm.own_effect_sd * (level / (1.0 + level) / k if np.isfinite(level) else 1.0)
         return change, sd
 
     def _prediction_obs(
@@ -185,10 +188,13 @@ class PredictionOutputMixin:
         The predictions with ``obs``, ``layers["expression"]`` and the provenance in ``uns``.
         """
         module = self.module
-        if self.adata_manager.registry["setup_args"].get("counts", True) or self._log1p_input():
+        counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
+        log1p = counts or self._log1p_input()
+        if log1p:
             # log(1 + 1e4 * mean) of counts, and log1p input, is >= 0: a correction that would take a gene below
             # zero expression (an observed change added to a lower level) predicts that the gene is not expressed
             logx = np.maximum(logx, 0.0)
+        base = self._log_base() if log1p else None
         obs = self._prediction_obs(
             logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch
         )
@@ -198,7 +204,8 @@ class PredictionOutputMixin:
             X=x,
             obs=obs,
             var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
-            layers={"expression": torch.from_numpy(x).expm1().numpy()},  # vectorised, unlike numpy's expm1
+            # centred or scaled values stand for no expression: no layer rather than a meaningless one
+            layers={} if base is None else {"expression": expression_of(x, base)},
         )
         if not return_mean:
             out.obsm[SCMECH_ADATA_KEYS.LATENT_OBSM] = ro.latents.astype(np.float32)
@@ -218,7 +225,7 @@ class PredictionOutputMixin:
                 "unconverged": ro.unconverged,
                 "target_map": tm.map_summary() if isinstance(tm, TargetMap) else None,
                 "random_state": int(seed),
-                "value": "log1p(1e4 * mean normalised expression)",
+                "value": value_description(counts, base),
                 "anchor": anchor,
                 "anchoring": {str(obs.index[i]): plan.description for i, plan in plans.items()},
             }

@@ -545,10 +545,15 @@ class PerturbationSetupMixin:
     def _batch_categories(self) -> list[str]:
         return self._categories(REGISTRY_KEYS.BATCH_KEY)
 
+    def _expression_adata(self, adata):
+        """Return the AnnData holding the registered expression (``adata`` itself, or a MuData's RNA modality)."""
+        mod = getattr(self._field(REGISTRY_KEYS.X_KEY), "mod_key", None)
+        return adata.mod[mod] if (mod is not None and hasattr(adata, "mod")) else adata
+
     def _expression_matrix(self, adata):
         f = self._field(REGISTRY_KEYS.X_KEY)
         mod = getattr(f, "mod_key", None)
-        a = adata.mod[mod] if (mod is not None and hasattr(adata, "mod")) else adata
+        a = self._expression_adata(adata)
         layer = f.attr_key
         x = a.layers[layer] if layer else a.X
         # backed (on-disk) data: a lazy row selection, so that x[indices] is read in blocks, never whole

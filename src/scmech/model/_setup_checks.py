@@ -16,6 +16,7 @@ from scvi import settings
 
 from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
 from scmech.data._design import get_design
+from scmech.data._log_scale import log1p_base
 from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
 
 if TYPE_CHECKING:
@@ -296,6 +297,8 @@ def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, co
         msg = f"{where} is empty (None); pass layer=... with the counts."
         raise ValueError(msg)
     check_expression(x, where, counts=counts)
+    if not counts:  # the base of log-normalised input is read back at prediction: refuse a broken record now
+        log1p_base(adata, where.split(".layers")[0].removesuffix(".X"))
     _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
     if zero_genes:
         warnings.warn(

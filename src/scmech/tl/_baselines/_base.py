@@ -7,6 +7,7 @@ fits anything beyond the training pseudobulks, ``_fit``).
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,13 +18,14 @@ from scvi.model.base import BaseModelClass
 from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
 from scmech.data._design import canonical_label, parse_condition
 from scmech.data._fields import perturbation_state
+from scmech.data._log_scale import log1p_base, value_description
 from scmech.data._pseudobulk import normalized_mean
 from scmech.model._observations import log_pseudobulk
 from scmech.model._protocols import _per_condition
 from scmech.model._setup import PerturbationSetupMixin
 
 from ._checks import check_indices
-from ._layout import _VALUE, _prediction_anndata
+from ._layout import _prediction_anndata
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -396,6 +398,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             obs_rows,
             var_names,
             self._provenance(skipped=[s[0] for s in skipped]),
+            base=self._value_base(),
         )
 
     def _predict_rows(
@@ -408,7 +411,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
         # log(1 + 1e4 * mean) of counts is >= 0, and so is log1p input (its controls' pseudobulk non-negative)
-        floor = self._setup().get("counts", True) or bool((self._pb.loc[self._control()].to_numpy() >= 0).all())
+        floor = self._value_base() is not None
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             try:
@@ -436,10 +439,23 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             )
         return rows, obs_rows, skipped
 
+    def _value_base(self) -> float | None:
+        r"""Return the base of the values' logarithm: :math:`e` for counts, log1p input's own, ``None`` for others.
+
+        Log-normalised input reads as :math:`\log_b(1 + x)` of an expression when the controls' pseudobulk is
+        non-negative in every gene (centred or scaled values are negative in many), with :math:`b` as
+        :func:`scanpy.pp.log1p` recorded it (:func:`~scmech.data._log_scale.log1p_base`).
+        """
+        if self._setup().get("counts", True):
+            return math.e
+        if not bool((self._pb.loc[self._control()].to_numpy() >= 0).all()):
+            return None
+        return log1p_base(self._expression_adata(self.adata), "adata")
+
     def _provenance(self, **extra) -> dict:
         return {
             "model": type(self).__name__,
-            "value": _VALUE,
+            "value": value_description(bool(self._setup().get("counts", True)), self._value_base()),
             "n_train_cells": int(len(self._train_idx)),
             "train_conditions": list(self._pb.index),
             "params": dict(self.init_params_["non_kwargs"]),

@@ -2,6 +2,7 @@ r"""The prediction AnnData every baseline returns: the layout of ``SemiMechVI.pr
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -9,17 +10,22 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._log_scale import expression_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
 
-#: what ``X`` of a prediction holds, in its provenance
-_VALUE = "log1p(1e4 * mean normalised expression)"
 
-
-def _prediction_anndata(logx: np.ndarray, obs_rows: list[dict], var_names: Sequence[str], provenance: dict) -> AnnData:
+def _prediction_anndata(
+    logx: np.ndarray,
+    obs_rows: list[dict],
+    var_names: Sequence[str],
+    provenance: dict,
+    *,
+    base: float | None = math.e,
+) -> AnnData:
     r"""AnnData with the layout of ``SemiMechVI.predict(return_mean=True)``.
 
     Parameters
@@ -32,14 +38,16 @@ def _prediction_anndata(logx: np.ndarray, obs_rows: list[dict], var_names: Seque
         Genes.
     provenance
         Stored in ``uns["scmech"]["prediction"]``.
+    base
+        Base of the logarithm of ``logx`` (:math:`e` for counts' pseudobulks, log1p input's own), ``None`` for
+        values that stand for no expression (centred or scaled input): no ``"expression"`` layer then.
 
     Returns
     -------
-    ``X`` the float32 prediction, ``layers["expression"]`` its ``expm1``; rows named
+    ``X`` the float32 prediction, ``layers["expression"]`` the expression it stands for (:math:`b^{x} - 1`); rows named
     ``"perturbation|media|time"`` (or the perturbation alone without a context), made unique when needed.
     """
     logx = np.asarray(logx, dtype=np.float64)
-    expr = np.expm1(logx)
     obs = pd.DataFrame(obs_rows)
     index = [
         f"{r['perturbation']}|{r['media']}|{r['time']:g}"
@@ -61,7 +69,7 @@ def _prediction_anndata(logx: np.ndarray, obs_rows: list[dict], var_names: Seque
         X=logx.astype(np.float32),
         obs=obs,
         var=pd.DataFrame(index=pd.Index(var_names, dtype=str).copy()),
-        layers={"expression": expr.astype(np.float32)},
+        layers={} if base is None else {"expression": expression_of(logx, base)},
     )
     out.uns[SCMECH_ADATA_KEYS.UNS] = {SCMECH_ADATA_KEYS.PREDICTION_UNS: provenance}
     return out
