@@ -357,13 +357,13 @@ class PredictionMixin(PredictionOutputMixin):
         of :func:`scmech.data.pseudobulk`; log-normalised input is predicted in its own values),
         ``layers["expression"]`` the normalised expression (counts per 10,000; :math:`b^{x} - 1` of input
         log-normalised in base :math:`b`, as ``uns["log1p"]["base"]`` records it; no layer for centred or scaled
-        input, which stands for no expression), ``obs`` columns ``perturbation``, ``media``, ``time``, ``media_time``, ``batch``,
-        ``n_cells``, ``unseen_targets``, ``target_source`` (how each target without training cells was
-        predicted: ``"gene map"`` or ``"shared response"``), ``own_gene_change`` and ``own_gene_sd`` (the
-        predicted change of a single target's own gene from the training controls and its standard deviation
-        from the spread of the training targets' knock-downs; NaN where not applicable), ``anchored``,
-        ``anchor_weight`` and ``steady_state_residual`` (:math:`\|f\|` at the solved fixed point, NaN for flows;
-        a :class:`RuntimeWarning` names conditions whose solve did not converge, also listed in
+        input, which stands for no expression), ``obs`` columns ``perturbation``, ``media``, ``time``,
+        ``media_time``, ``batch``, ``n_cells``, ``unseen_targets``, ``target_source`` (how each target without
+        training cells was predicted: ``"gene map"`` or ``"shared response"``), ``own_gene_change`` and
+        ``own_gene_sd`` (the predicted change of a single target's own gene from the training controls and its
+        standard deviation from the spread of the training targets' knock-downs; NaN where not applicable),
+        ``anchored``, ``anchor_weight`` and ``steady_state_residual`` (:math:`\|f\|` at the solved fixed point, NaN for
+        flows; a :class:`RuntimeWarning` names conditions whose solve did not converge, also listed in
         ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance
         (among it ``"own_gene"``, the calibrated own-gene knock-down, and ``"target_map"``, what unseen targets'
         operators rest on: the embedding considered, whether its map was kept, the propagation gain).

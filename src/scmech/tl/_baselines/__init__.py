@@ -4,7 +4,8 @@ Each baseline registers data with the same ``setup_anndata`` as SemiMechVI, fits
 split (``train(datasplitter_kwargs={"external_indexing": split.external_indexing})``) and returns from
 ``predict`` an AnnData with exactly the layout of ``SemiMechVI.predict(return_mean=True)``: one row per
 condition, ``X`` the predicted pseudobulk :math:`\log(1 + 10^4\bar\rho)` (the definition of
-:func:`scmech.data.pseudobulk`), ``layers["expression"]`` its ``expm1``.
+:func:`scmech.data.pseudobulk`), ``layers["expression"]`` its ``expm1`` (:math:`b^{x} - 1` for input
+log-normalised in base :math:`b`; none for centred or scaled input).
 
 Definitions (ANCHORS §5), in log-pseudobulk space with :math:`\mu_{\mathrm{ctrl}}` the pseudobulk of the
 training controls and :math:`\mu_q` that of training condition :math:`q`:

@@ -346,7 +346,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         Returns
         -------
         AnnData with one row per condition: ``X`` the predicted :math:`\log(1 + 10^4\bar\rho)` (float32),
-        ``layers["expression"]`` its ``expm1``, ``obs`` columns ``perturbation``, ``media``, ``time``,
+        ``layers["expression"]`` its ``expm1`` (:math:`b^{x} - 1` for input log-normalised in base :math:`b`, none
+        for centred or scaled input), ``obs`` columns ``perturbation``, ``media``, ``time``,
         ``media_time``, ``batch``, ``n_cells`` (training cells the prediction draws on) and
         ``unseen_targets``, and ``uns["scmech"]["prediction"]`` the provenance.
         """
