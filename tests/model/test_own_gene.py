@@ -333,6 +333,7 @@ def test_log1p_input_in_another_base_is_scaled_in_that_base():
     assert log2._own_settings().log_base == 2.0
     t_e, t_2 = natural.get_own_gene_calibration(), log2.get_own_gene_calibration()
     assert t_2.attrs["log_base"] == 2.0
+    assert t_2.attrs["value"].endswith("base b = 2")
     # the same knock-downs: the factors do not depend on the base, the levels and changes are in its units
     np.testing.assert_allclose(t_2["control_level"], t_e["control_level"] / np.log(2), rtol=1e-4)
     np.testing.assert_allclose(t_2["effect"], t_e["effect"], atol=1e-3)

@@ -77,3 +77,30 @@ def test_bad_input():
         pl.own_gene_calibration(no_curve)
     with pytest.raises(ValueError, match="empty"):
         pl.own_gene_calibration(_table().iloc[:0])
+
+
+@pytest.mark.parametrize(
+    ("extra", "axis", "title"),
+    [
+        ({}, "log1p of 10⁴ × share", "scaled by e^a"),
+        ({"value": "log1p(1e4 * mean normalised expression)"}, "log1p of 10⁴ × share", "scaled by e^a"),
+        (
+            {"value": "the registered log-normalised values, log_b(1 + expression) with base b = 2", "log_base": 2.0},
+            "log2(1 + x), as registered",
+            "scaled by e^a",
+        ),
+        (
+            {"value": "the registered values (centred or scaled: no expression layer)", "scaled": False},
+            "(as registered)",
+            "shifted by a = -0.45",
+        ),
+    ],
+)
+def test_the_axis_names_the_scale_and_the_title_the_form(extra, axis, title):
+    """Log-normalised input in base 2 was labelled log1p of 10^4 x share, and a shift was titled a scaling."""
+    table = _table()
+    table.attrs.update(extra)
+    ax = pl.own_gene_calibration(table, show=False)
+    assert axis in ax.get_xlabel()
+    assert title in ax.get_title()
+    plt.close("all")

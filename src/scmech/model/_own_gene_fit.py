@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from scmech.data._log_scale import log1p_base
+from scmech.data._log_scale import log1p_base, value_description
 
 from ._observations import Observations
 from ._own_gene import (
@@ -66,7 +66,8 @@ class OwnGeneMixin:
         of the factors under ``"scale"``, of the levels under ``"level"``), ``modality``, ``scaled`` (whether the
         knock-down scales expression, on counts and on log-normalised input that is :math:`\log(1 + x)`, or
         shifts it, on other log-normalised input), ``log_base`` (the base of the levels' logarithm, :math:`e`
-        unless ``uns["log1p"]["base"]`` of log-normalised input says otherwise), ``efficacy_levels``, and
+        unless ``uns["log1p"]["base"]`` of log-normalised input says otherwise), ``value`` (what the levels are:
+        :func:`~scmech.data._log_scale.value_description`), ``efficacy_levels``, and
         ``curve``: the
         calibrated change over a grid of control levels with its band at the centre ± the spread (lists under
         ``control_level``, ``change``, ``low`` and ``high``).
@@ -102,6 +103,8 @@ class OwnGeneMixin:
         counts, levels, base = self._own_settings()
         counts = counts and self._scaled_as_fitted(tm)
         own_level, reference = self._own_levels(pairs)
+        registered_counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
+        log1p = registered_counts or self._log1p_input()
         _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, log_base=base)
         eta = _levels(levels)
 
@@ -132,6 +135,7 @@ class OwnGeneMixin:
             "modality": tm.modality,
             "scaled": bool(counts),
             "log_base": float(base),
+            "value": value_description(registered_counts, self._log_base() if log1p else None),
             "efficacy_levels": None if levels is None else [float(v) for v in levels],
             "curve": {
                 "control_level": grid.tolist(),

@@ -91,11 +91,22 @@ def own_gene_calibration(
                 textcoords="offset points",
                 fontsize=7,
             )
-    ax.set_xlabel("own gene's level without the knock-down (log1p of 10⁴ × share)")
+    ax.set_xlabel(f"own gene's level without the knock-down ({_scale(calibration.attrs)})")
     ax.set_ylabel("own-gene change")
     ax.set_title(_title(calibration.attrs), fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     return finish(ax, name="own_gene_calibration", show=show, save=save)
+
+
+def _scale(attrs: dict) -> str:
+    """Name the levels' scale for the axis: counts' pseudobulk, or log-normalised input as registered."""
+    value = str(attrs.get("value", "log1p(1e4"))
+    if value.startswith("log1p(1e4"):  # counts, and tables written before the entry was added
+        return "log1p of 10⁴ × share"
+    if "no expression layer" in value:
+        return "as registered"
+    base = float(attrs.get("log_base", np.e))
+    return "log1p, as registered" if base == np.e else f"log{base:g}(1 + x), as registered"
 
 
 def _title(attrs: dict) -> str:
@@ -104,6 +115,8 @@ def _title(attrs: dict) -> str:
     if attrs.get("model") == "level":
         return f"own gene brought to level {attrs.get('level', float('nan')):.2f} ± {spread:.2f}"
     effect = attrs.get("effect", float("nan"))
+    if not attrs.get("scaled", True):  # centred or scaled input: the knock-down shifts the values
+        return f"own gene shifted by a = {effect:.2f} ± {spread:.2f}"
     return f"own gene scaled by e^a, a = {effect:.2f} ± {spread:.2f} (factor {np.exp(effect):.2f})"
 
 
