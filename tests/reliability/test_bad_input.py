@@ -57,6 +57,24 @@ def test_non_count_data_are_accepted_when_declared(rel):
         SemiMechVI(adata, gene_likelihood="nb", **rel.MODEL_KWARGS)
 
 
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "csr"])
+def test_raw_counts_declared_log_normalised_warn(rel, sparse):
+    """Raw counts registered with counts=False were read as log levels (an expression of e**x - 1, inf in float32
+    above 88) without a word; log-normalised values, and counts in a layer beside them, do not warn."""
+    adata = rel.small(sparse=sparse)
+    top = float(adata.X.max() if sparse else np.max(adata.X))
+    with pytest.warns(
+        UserWarning, match=rf"adata\.X was registered with counts=False .* integers up to {top:g}.*counts=True"
+    ):
+        SemiMechVI.setup_anndata(adata, counts=False)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = np.log1p(np.asarray(adata.X.toarray() if sparse else adata.X, dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*looks like raw counts.*")
+        SemiMechVI.setup_anndata(adata, counts=False)
+        SemiMechVI.setup_anndata(adata, layer="counts")
+
+
 def test_setup_rejects_a_view(rel):
     with pytest.raises(ValueError, match=r"adata is a view.*adata = adata\.copy\(\)"):
         SemiMechVI.setup_anndata(rel.small()[:50])

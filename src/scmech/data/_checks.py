@@ -20,6 +20,7 @@ __all__ = [
     "check_unique_names",
     "is_backed_matrix",
     "iter_row_chunks",
+    "looks_like_counts",
     "rows_in_memory",
 ]
 
@@ -251,6 +252,27 @@ def _check_values(vals: np.ndarray, where: str, *, counts: bool, max_check: int 
                 "gene_likelihood='normal' (setup_anndata(..., counts=False))."
             )
             raise ValueError(msg)
+
+
+def looks_like_counts(x, rows: int = 10_000) -> float | None:
+    r"""Largest value of ``x`` when its first ``rows`` rows hold only non-negative integers above 1, else ``None``.
+
+    Log-normalised values are fractional; raw counts registered as ``counts=False`` (log-normalised input) would
+    be read as levels of :math:`\log(1 + x)` and turned back into expressions of :math:`e^{x} - 1`.
+    """
+    if is_backed_matrix(x):
+        _, block = next(iter_row_chunks(x))
+    elif sp.issparse(x) or isinstance(x, np.ndarray):
+        block = x[: min(x.shape[0], rows)]
+    else:
+        return None  # a lazy or exotic matrix: checked by check_expression, not sampled here
+    vals = _values(block).ravel()
+    if vals.size == 0 or not np.issubdtype(vals.dtype, np.number) or (vals < 0).any():
+        return None
+    top = float(vals.max())
+    if top <= 1 or (np.issubdtype(vals.dtype, np.floating) and (np.abs(vals - np.round(vals)) > 1e-6).any()):
+        return None
+    return top
 
 
 def check_unique_names(names: Sequence[Any] | pd.Index, where: str, fix: str) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scvi import settings
 
-from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression
+from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression, looks_like_counts
 from scmech.data._design import get_design
 from scmech.data._log_scale import log1p_base
 from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
@@ -299,6 +299,16 @@ def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, co
     check_expression(x, where, counts=counts)
     if not counts:  # the base of log-normalised input is read back at prediction: refuse a broken record now
         log1p_base(adata, where.split(".layers")[0].removesuffix(".X"))
+        top = looks_like_counts(x)
+        if top is not None:
+            warnings.warn(
+                f"{where} was registered with counts=False (log-normalised values) but holds only non-negative "
+                f"integers up to {top:g}: it looks like raw counts, whose predictions would be read as log levels. "
+                "Register raw counts with counts=True (the default) and gene_likelihood='nb' or 'zinb', or "
+                "log-normalise them first (sc.pp.normalize_total(adata, target_sum=1e4); sc.pp.log1p(adata)).",
+                UserWarning,
+                stacklevel=settings.warnings_stacklevel + 2,
+            )
     _, zero_genes = check_empty_cells_genes(x, where, counts=counts)
     if zero_genes:
         warnings.warn(
