@@ -75,6 +75,24 @@ def test_raw_counts_declared_log_normalised_warn(rel, sparse):
         SemiMechVI.setup_anndata(adata, layer="counts")
 
 
+def test_evaluate_on_log_normalised_data_names_its_own_argument(rel):
+    """evaluate() on log-normalised data without counts=False repeated the setup's advice
+    (setup_anndata(..., counts=False)), which does not change what evaluate reads."""
+    adata = rel.small(sparse=False)
+    adata.X = np.log1p(np.asarray(adata.X, dtype=np.float32))
+    tl.TrainMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    model = tl.TrainMean(adata)
+    model.train()
+    pred = model.predict(["G0008"])
+    with pytest.raises(
+        ValueError, match=r"adata\.X holds non-integer values: .*evaluate reads counts.*Pass counts=False"
+    ):
+        tl.evaluate({"TrainMean": pred}, adata, perturbation_key="perturbation", control_label="NT")
+    assert len(
+        tl.evaluate({"TrainMean": pred}, adata, perturbation_key="perturbation", control_label="NT", counts=False)
+    )
+
+
 def test_setup_rejects_a_view(rel):
     with pytest.raises(ValueError, match=r"adata is a view.*adata = adata\.copy\(\)"):
         SemiMechVI.setup_anndata(rel.small()[:50])

@@ -269,11 +269,19 @@ def _data_max(adata: AnnData, layer: str | None, counts: bool) -> float | None:
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} is not in adata.layers (layers: {list(adata.layers.keys())}); pass layer=None for X."
         raise KeyError(msg)
-    check_expression(
-        adata.layers[layer] if layer is not None else adata.X,
-        "adata.X" if layer is None else f"adata.layers[{layer!r}]",
-        counts=counts,
-    )
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    try:
+        check_expression(adata.layers[layer] if layer is not None else adata.X, where, counts=counts)
+    except ValueError as e:
+        if not counts or "non-integer" not in str(e):
+            raise
+        # the setup's advice (setup_anndata(counts=False)) is not the fix here: evaluate's own arguments are
+        msg = (
+            f"{where} holds non-integer values: it looks log-normalised, and evaluate reads counts by default. "
+            "Pass counts=False to score log-normalised data (as registered with setup_anndata(..., counts=False)), "
+            "or layer='counts' for a layer of raw counts."
+        )
+        raise ValueError(msg) from e
     data_max = None
     if not counts:
         mat = adata.layers[layer] if layer is not None else adata.X
