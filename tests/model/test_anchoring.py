@@ -153,6 +153,29 @@ def test_the_data_decide_how_far_corrections_are_translated():
     assert shrinkage(np.array([0.5, -0.2]), np.zeros(2)).tolist() == [1.0, 1.0]  # exact corrections are kept
 
 
+def _shared_weights(model, members: list[str], ys: list) -> np.ndarray:
+    """Random-effects weights of the members (members x genes), each member left out at its own gene."""
+    omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
+    genes = list(map(str, model.adata.var_names))
+    out = np.repeat(omega[:, None], len(genes), axis=1)
+    for i, q in enumerate(members):
+        if q in genes:
+            out[i, genes.index(q)] = 0.0
+    return out / out.sum(0)
+
+
+def _mean_without_own_genes(model, members: list[str], values: list) -> np.ndarray:
+    """Plain mean of the members' values, each member left out at its own gene."""
+    values = np.stack(values).astype(np.float64)
+    genes = list(map(str, model.adata.var_names))
+    mean = values.mean(0)
+    for i, q in enumerate(members):
+        if q in genes:
+            g = genes.index(q)
+            mean[g] = np.mean(np.delete(values[:, g], i))
+    return mean
+
+
 def test_anchoring_with_the_shrinkage_users_get(steady):
     # the users' observations, with their sampling variances: every correction is weighed against its noise
     model, held = steady.model, steady.heldout_target
@@ -181,10 +204,10 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     # their weighted mean error with the variance of that weighted mean
     members = model.target_map_.trained
     ys = [obs.get(q, ctx) for q in members]
-    omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
-    err = omega @ np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])
-    var = (omega**2) @ np.stack([o.var for o in ys])
-    base = omega @ np.stack([m[q] for q in members]) + m[held] - _class_reference(model)
+    omega = _shared_weights(model, members, ys)  # each member left out at its own gene
+    err = (omega * np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])).sum(0)
+    var = (omega**2 * np.stack([o.var for o in ys])).sum(0)
+    base = (omega * np.stack([m[q] for q in members])).sum(0) + m[held] - _class_reference(model)
     np.testing.assert_allclose(pred.X[3], expected(base, err, var), rtol=1e-5, atol=1e-5)
     # the weights are not all one: the noise of this small screen does shrink some genes
     assert min(float(w.min()) for w in weights) < 0.9
@@ -244,9 +267,9 @@ def test_unseen_target_is_the_shared_response_plus_the_models_specific_change(st
     assert "shared response" in pred.uns["scmech"]["prediction"]["anchoring"][held]
     m = _raw(model, [held])
     ctx = Context(None)
-    # noise-free observations are equally precise: the anchor is the plain mean of every training target, plus
-    # the change of the target's read-out from the class reference
-    observed = np.mean([model.anchor_.get(q, ctx).value for q in tm.trained], axis=0)
+    # noise-free observations are equally precise: the anchor is the plain mean of every training target (each
+    # left out at its own gene), plus the change of the target's read-out from the class reference
+    observed = _mean_without_own_genes(model, tm.trained, [model.anchor_.get(q, ctx).value for q in tm.trained])
     specific = m[held] - _class_reference(model)
     np.testing.assert_allclose(pred.X[0], observed + specific, rtol=1e-5, atol=1e-5)
     # the reference is a read-out of the anchoring, not a target of the data
@@ -273,8 +296,9 @@ def test_validation_anchors_each_member_as_an_unseen_target_is_anchored(steady):
     for q, base in zip(members, bases, strict=True):
         others = [o for o in (obs.get(r, ctx) for r in sorted(tm.trained) if r != q) if o is not None]
         values = np.stack([o.value for o in others]).astype(np.float64)
-        omega = random_effects_weights(values, np.stack([o.var for o in others]))
-        np.testing.assert_allclose(base, omega @ values, rtol=1e-6, atol=1e-8)
+        names = [r for r in sorted(tm.trained) if r != q and obs.get(r, ctx) is not None]
+        omega = _shared_weights(model, names, others)
+        np.testing.assert_allclose(base, (omega * values).sum(0), rtol=1e-6, atol=1e-8)
     assert not np.allclose(bases[0], np.mean([obs.get(r, ctx).value for r in members[1:]], axis=0), atol=1e-3)
 
 
@@ -674,10 +698,10 @@ def test_a_target_without_prior_information_is_exchangeable_with_the_training_ta
     members = sorted(model.target_map_.trained)
     m = _raw(model, members)
     ys = [model.anchor_.get(q, ctx) for q in members]
-    omega = random_effects_weights(np.stack([o.value for o in ys]), np.stack([o.var for o in ys]))
-    reads = omega @ np.stack([m[q] for q in members])
-    err = omega @ np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])
-    var = (omega**2) @ np.stack([o.var for o in ys])
+    omega = _shared_weights(model, members, ys)
+    reads = (omega * np.stack([m[q] for q in members])).sum(0)
+    err = (omega * np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])).sum(0)
+    var = (omega**2 * np.stack([o.var for o in ys])).sum(0)
     np.testing.assert_allclose(pred.X[0], reads + _eb_weight(err, var) * err, rtol=1e-5, atol=1e-5)
     # noise-free observations: exactly the training targets' observed mean
     obs = _noise_free(model.anchor_)
@@ -686,7 +710,7 @@ def test_a_target_without_prior_information_is_exchangeable_with_the_training_ta
         exact = model.predict(["CD274"], random_state=0)
     finally:
         model.anchor_ = saved
-    observed_mean = np.mean([obs.get(q, ctx).value for q in members], axis=0)
+    observed_mean = _mean_without_own_genes(model, members, [obs.get(q, ctx).value for q in members])
     np.testing.assert_allclose(exact.X[0], observed_mean, rtol=1e-5, atol=1e-5)
 
 

@@ -10,7 +10,7 @@ import pytest
 from scmech.model._anchoring import Observations, ObservedPseudobulk, UnseenTarget
 from scmech.model._post_training import PostTrainingMixin
 from scmech.model._protocols import CLASS_REFERENCE, Context
-from scmech.model._weights import random_effects_weights
+from scmech.model._weights import random_effects_weights, without_own_genes
 
 
 def test_random_effects_weights_closed_form():
@@ -62,7 +62,7 @@ def test_a_noisy_training_target_barely_moves_an_unseen_prediction():
 
     value, _ = plan.apply(obs.protocol("NEW", ctx), read, obs)
     w = random_effects_weights(values, np.repeat(noise[:, None], 300, axis=1))
-    np.testing.assert_allclose(plan.weights(obs), w)
+    np.testing.assert_allclose(plan.weights(obs), np.repeat(w[:, None], 300, axis=1))
     np.testing.assert_allclose(value, w @ values)
     assert w[4] < w[0] / 5
     # the weighted anchor is closer to the shared response than the plain mean, which carries a fifth of the noise
@@ -110,3 +110,30 @@ def test_embedding_map_is_kept_only_when_it_predicts_the_held_out_training_targe
     assert kept is helps
     # without observed members there is nothing to validate on: the latent choice stands
     assert PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, None, None) is True
+
+
+def test_each_member_is_left_out_of_the_shared_response_at_its_own_gene():
+    """A target without training cells does not knock down the training targets' genes: at gene g the mean reads
+    the members that do not target g (weights renormalised); elsewhere it is the plain weighted mean."""
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(4, 6))
+    values[0, 1] -= 3.0  # member T0 knocks its own gene (1) down
+    values[2, 4] -= 3.0  # member T2 knocks gene 4 down
+    noise = np.array([0.01, 0.02, 0.01, 0.05])
+    obs, ctx = _observations(values, noise)
+    own = ((1,), (), (4,), ())
+    plan = UnseenTarget(ctx, tuple(f"T{i}" for i in range(4)), pooled=True, own_genes=own)
+
+    def read(p):
+        return values[int(p.label[1:])] if p.label != CLASS_REFERENCE else np.zeros(6)
+
+    value, _ = plan.apply(obs.protocol("NEW", ctx), read, obs)
+    w = random_effects_weights(values, np.repeat(noise[:, None], 6, axis=1))
+    expected = w @ values
+    for g, q in ((1, 0), (4, 2)):
+        keep = np.arange(4) != q
+        expected[g] = w[keep] @ values[keep, g] / w[keep].sum()
+    np.testing.assert_allclose(value, expected)
+    np.testing.assert_allclose(plan.weights(obs).sum(0), 1.0)
+    # a gene every member targets keeps the plain weights
+    np.testing.assert_allclose(without_own_genes(w, ((0,), (0,), (0,), (0,)), 6)[:, 0], w)

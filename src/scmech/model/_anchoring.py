@@ -42,7 +42,7 @@ import numpy as np
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
 from ._protocols import CLASS_REFERENCE, Context, Protocol
-from ._weights import random_effects_weights, shrinkage
+from ._weights import random_effects_weights, shrinkage, without_own_genes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -60,6 +60,7 @@ __all__ = [
     "UnseenTarget",
     "anchor_rows",
     "log_pseudobulk",
+    "member_weights",
     "plan_anchoring",
 ]
 
@@ -70,6 +71,20 @@ def _value(o: ObservedPseudobulk) -> np.ndarray:
 
 def _var(o: ObservedPseudobulk) -> np.ndarray:
     return np.asarray(o.var, dtype=np.float64)
+
+
+def member_weights(values: np.ndarray, var: np.ndarray, own_genes: tuple[tuple[int, ...], ...] = ()) -> np.ndarray:
+    """Weights (members x genes) of the shared response: random-effects weights, each member left out at its genes.
+
+    :func:`~scmech.model._weights.random_effects_weights` over the members' observations (``values`` and their
+    sampling variances ``var``, members x genes), then
+    :func:`~scmech.model._weights.without_own_genes` (no member is left out when ``own_genes`` is empty).
+    """
+    w = random_effects_weights(values, var)
+    n_genes = np.asarray(values).shape[1]
+    if not any(own_genes):
+        return np.repeat(w[:, None], n_genes, axis=1)
+    return without_own_genes(w, own_genes, n_genes)
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -212,12 +227,17 @@ class UnseenTarget(SharedCorrection):
 
     A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
     for the model to add; it is exchangeable with the training targets: anchored, it is their weighted mean.
+
+    At a gene that a member knocks down itself (``own_genes``: each member's target genes), the mean leaves that
+    member out (:func:`~scmech.model._weights.without_own_genes`): its direct knock-down is not a response that
+    ``t`` shares.
     """
 
     description: ClassVar[str] = "shared response of the training targets plus the model's specific change"
     context: Context
     members: tuple[str, ...]
     pooled: bool = False
+    own_genes: tuple[tuple[int, ...], ...] = ()
 
     def needs(self, row, obs):
         out = [obs.protocol(q, self.context) for q in self.members]
@@ -232,17 +252,18 @@ class UnseenTarget(SharedCorrection):
         return np.stack([_value(y) for y in ys]), np.stack([_var(y) for y in ys])
 
     def weights(self, obs: Observations) -> np.ndarray:
-        """Weight of each member in the mean (:func:`~scmech.model._weights.random_effects_weights`)."""
-        return random_effects_weights(*self._observed(obs))
+        """Weight of each member in the mean at each gene (members x genes; :func:`member_weights`)."""
+        values, var = self._observed(obs)
+        return member_weights(values, var, self.own_genes)
 
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the offset and the correction with its variance, from one computation of the weights."""
         values, var = self._observed(obs)
-        w = random_effects_weights(values, var)
+        w = member_weights(values, var, self.own_genes)
         reads = np.stack([read(obs.protocol(q, self.context)) for q in self.members])
-        mean = w @ reads
+        mean = (w * reads).sum(0)
         offset = mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
-        return offset, (w @ (values - reads), (w**2) @ var)
+        return offset, ((w * (values - reads)).sum(0), (w**2 * var).sum(0))
 
     def offset(self, read, obs):
         return self._terms(read, obs)[0]
@@ -417,6 +438,7 @@ def plan_anchoring(
     mode: str,
     unseen: Callable[[str], tuple[str, ...] | None],
     dynamic: bool,
+    genes_of: Callable[[str], tuple[int, ...]] | None = None,
 ) -> dict[int, AnchorPlan]:
     """Choose one plan per row (see the module docstring for the order); rows without one are left out.
 
@@ -435,6 +457,9 @@ def plan_anchoring(
         whether it has no prior information (pooled); ``None`` for a target with training cells.
     dynamic
         Whether read-outs are time-resolved.
+    genes_of
+        Positions of a training target's own genes, which :class:`UnseenTarget` leaves it out of the mean at
+        (``None``: no member is left out).
     """
     plans: dict[int, AnchorPlan] = {}
     observed_times: dict[tuple, list[float]] = {}
@@ -442,13 +467,15 @@ def plan_anchoring(
         for lab, ctx in obs.conditions:
             observed_times.setdefault((lab, ctx.media, ctx.switch), []).append(ctx.time)
     for i, (p, ctx) in enumerate(zip(rows, contexts, strict=True)):
-        plan = _plan_row(p, ctx, obs, mode=mode, unseen=unseen, observed_times=observed_times)
+        plan = _plan_row(p, ctx, obs, mode=mode, unseen=unseen, observed_times=observed_times, genes_of=genes_of)
         if plan is not None:
             plans[i] = plan
     return plans
 
 
-def _plan_row(p: Protocol, ctx: Context, obs: Observations, *, mode, unseen, observed_times) -> AnchorPlan | None:
+def _plan_row(
+    p: Protocol, ctx: Context, obs: Observations, *, mode, unseen, observed_times, genes_of=None
+) -> AnchorPlan | None:
     if len(p.targets) >= 2 and obs.control(ctx) is not None and all(obs.get(t, ctx) for t in p.targets):
         if obs.get(p.label, ctx) is None or mode == "combinations":
             return Combination(ctx)
@@ -474,7 +501,8 @@ def _plan_row(p: Protocol, ctx: Context, obs: Observations, *, mode, unseen, obs
             members, pooled = found
             members = tuple(q for q in members if obs.get(q, ctx) is not None)
             if len(members) >= 2:
-                return UnseenTarget(ctx, members, pooled)
+                own = tuple(genes_of(q) for q in members) if genes_of is not None else ()
+                return UnseenTarget(ctx, members, pooled, own)
     return ControlLevel(ctx) if obs.control(ctx) is not None else None
 
 

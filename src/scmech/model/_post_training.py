@@ -25,6 +25,7 @@ from ._anchoring import (
     ObservedPseudobulk,
     _rows,
     log_pseudobulk,
+    member_weights,
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._observations import standardise_batches
@@ -40,7 +41,6 @@ from ._target_map import (
     residual_map,
     smallest_within_noise,
 )
-from ._weights import random_effects_weights
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -141,23 +141,25 @@ class PostTrainingMixin(OwnGeneMixin):
     def _anchor_bases(self, names: list[str], trained: list[str]) -> np.ndarray:
         """Return the observed anchor each of ``names`` would get as an unseen target (names x genes).
 
-        As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the
-        random-effects mean (:func:`~scmech.model._weights.random_effects_weights`) of the observations of every
-        other training target in the baseline context, at most ``MAX_CLASS`` of them (drawn as ``predict`` draws
-        them, with seed 0 where ``predict`` uses its ``random_state``). The validations of the gain and of the
-        embedding map predict each member from this anchor, so that they judge the model's specific change exactly
-        where a prediction adds it.
+        As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the random-effects
+        mean (:func:`~scmech.model._anchoring.member_weights`: each target left out at its own gene) of the observations
+        of every other training target in the baseline context, at most ``MAX_CLASS`` of them (drawn as ``predict``
+        draws them, with seed 0 where ``predict`` uses its ``random_state``). The validations of the gain and of the
+        embedding map predict each member from this anchor, so that they judge the model's specific change exactly where
+        a prediction adds it.
         """
         obs = self.anchor_
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
         observed = {q: obs.get(q, ctx) for q in trained}
         observed = {q: o for q, o in observed.items() if o is not None}
+        gene_pos = {str(g): i for i, g in enumerate(self._expression_matrix(self.adata)[1])}
         out = []
         for name in names:
             pool = draw_pool(sorted(q for q in observed if q != name), name, 0, MAX_CLASS)
             values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in pool])
             var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in pool])
-            out.append(random_effects_weights(values, var) @ values)
+            own = tuple((gene_pos[q],) if q in gene_pos else () for q in pool)
+            out.append((member_weights(values, var, own) * values).sum(0))
         return np.stack(out)
 
     def _validate_gain(

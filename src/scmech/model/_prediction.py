@@ -98,6 +98,12 @@ class PredictionMixin(PredictionOutputMixin):
         measured = target in tm.gene_positions and tm.directions is not None
         return tuple(draw_pool(tm.sorted_pool(), target, seed, MAX_CLASS)), not measured
 
+    def _own_gene_positions(self, target: str) -> tuple[int, ...]:
+        """Position of a training target's own gene, the class members being single targets (empty: not measured)."""
+        tm = self.target_map_
+        pos = tm.gene_positions if tm is not None else {}
+        return (pos[target],) if target in pos else ()
+
     def _operators_for(self, protocols: list[Protocol]) -> tuple:
         """Operators, own effects and gene index for every target the protocols name, and the mapped targets.
 
@@ -479,6 +485,7 @@ class PredictionMixin(PredictionOutputMixin):
             mode=anchor,
             unseen=lambda t: self._class_of(t, seed),
             dynamic=self.regime == "dynamic",
+            genes_of=self._own_gene_positions,
         )
         have = {p.key for p in requested}
         extra = []

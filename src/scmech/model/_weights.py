@@ -2,15 +2,16 @@ r"""Empirical-Bayes weights of the anchoring: how far a correction is kept, and 
 
 :func:`shrinkage` weighs a correction per gene against its sampling noise (a common prior with a limited
 translation chosen by :func:`sure_translation`); :func:`random_effects_weights` weighs the members of a
-random-effects mean by their precision. :mod:`scmech.model._anchoring` applies them; the precision-weighted
-train mean of :class:`scmech.tl.TrainMean` uses the second.
+random-effects mean by their precision, and :func:`without_own_genes` takes each member out of the mean at the
+genes it knocks down itself. :mod:`scmech.model._anchoring` applies them; the precision-weighted train mean of
+:class:`scmech.tl.TrainMean` uses the second.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TRANSLATION_LIMITS", "random_effects_weights", "shrinkage", "sure_translation"]
+__all__ = ["TRANSLATION_LIMITS", "random_effects_weights", "shrinkage", "sure_translation", "without_own_genes"]
 
 
 def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
@@ -141,3 +142,41 @@ def random_effects_weights(values: np.ndarray, var: np.ndarray) -> np.ndarray:
         return np.full(k, 1.0 / k)
     w = 1.0 / total
     return w / w.sum()
+
+
+def without_own_genes(weights: np.ndarray, own_genes: tuple[tuple[int, ...], ...], n_genes: int) -> np.ndarray:
+    r"""Per-gene weights of a mean of members' responses that leaves each member out at its own target genes.
+
+    A member's response at the gene it knocks down is its direct knock-down, not a response that another target
+    shares: a target without training cells does not knock down the training targets' genes. The mean that
+    anchors it (the shared response, :class:`~scmech.model._anchoring.UnseenTarget`) therefore reads gene
+    :math:`g` over the members that do not target :math:`g`, with their weights renormalised:
+    :math:`\omega_{qg} = \omega_q [g \notin G_q] / \sum_p \omega_p [g \notin G_p]`. Otherwise every unseen
+    target is predicted with a fall of each training target's gene by that target's share of the mean: large on
+    log-normalised input, where a knock-down moves its gene's mean of log values by several units, and wrong
+    wherever it is scored relative to the training targets' mean (which carries those falls). A gene that every
+    member targets keeps the plain weights.
+
+    Parameters
+    ----------
+    weights
+        The members' weights (:func:`random_effects_weights`), summing to 1.
+    own_genes
+        Positions of each member's target genes (empty for a target whose gene is not measured).
+    n_genes
+        Number of genes.
+
+    Returns
+    -------
+    Weights (members x genes), each column summing to 1.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    out = np.repeat(w[:, None], n_genes, axis=1)
+    for q, genes in enumerate(own_genes):
+        if genes:
+            out[q, list(genes)] = 0.0
+    total = out.sum(axis=0)
+    empty = total <= 0
+    out[:, empty] = w[:, None]
+    out[:, ~empty] /= total[~empty]
+    return out
