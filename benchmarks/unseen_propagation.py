@@ -7,9 +7,9 @@ target is its anchor plus the own gene. This benchmark asks whether any learned 
 without training a model, by comparing for each held-out target whose gene is measured:
 
 - ``train_mean``: the plain mean change of the training targets (the baseline the per-target wins count against);
-- ``anchor``: the precision-weighted mean of the training targets alone;
-- ``anchor_own``: the precision-weighted mean of the training targets
-  (:func:`scmech.model._weights.random_effects_weights`) with the own gene knocked down at the calibrated
+- ``anchor``: the precision-weighted mean of the training targets alone, each left out at its own gene (a
+  held-out target does not knock down the training targets' genes; :func:`scmech.model._anchoring.member_weights`);
+- ``anchor_own``: that mean with the own gene knocked down at the calibrated
   level (:func:`scmech.model._own_gene.own_gene_effect`), as SemiMechVI predicts an unseen target when the
   gain is 0;
 - ``anchor_observed_own``: the anchor with the target's *observed* own-gene change put in, an oracle: the most
@@ -53,9 +53,9 @@ from _common import knocked, md_table, pearson, quiet
 import scmech
 from scmech._threads import log_normalise
 from scmech.data._simulate._network import SimulatedNetwork
+from scmech.model._anchoring import member_weights
 from scmech.model._observations import log_pseudobulk
 from scmech.model._own_gene import own_gene_effect
-from scmech.model._weights import random_effects_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = (
@@ -132,8 +132,11 @@ def _own_change(screen: Screen, members: list[str], t: str) -> float:
 
 
 def _anchor(screen: Screen, rest: list[str]) -> np.ndarray:
+    """The package's shared response: the random-effects mean, each training target left out at its own gene."""
     y = np.stack([screen.level[q] for q in rest])
-    return random_effects_weights(y, np.stack([screen.var[q] for q in rest])) @ y - screen.level[screen.control]
+    own = tuple((screen.pos[q],) if q in screen.pos else () for q in rest)
+    w = member_weights(y, np.stack([screen.var[q] for q in rest]), own)
+    return (w * y).sum(0) - screen.level[screen.control]
 
 
 def _propagated(screen: Screen, rest: list[str], t: str, penalty: float) -> np.ndarray:
