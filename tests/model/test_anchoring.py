@@ -13,7 +13,7 @@ from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import Observations, ObservedPseudobulk
 from scmech.model._calibration import _two_coefficients, fit_interaction_gain, fit_media_carry
-from scmech.model._own_gene import own_gene_effect
+from scmech.model._own_gene import _level_after, _levels, own_gene_effect
 from scmech.model._protocols import CLASS_REFERENCE, Context, Protocol
 from scmech.model._target_map import latent_directions, propagation_gain, smallest_within_noise
 from scmech.model._weights import random_effects_weights
@@ -208,7 +208,12 @@ def test_anchoring_with_the_shrinkage_users_get(steady):
     err = (omega * np.stack([o.value - m[q] for q, o in zip(members, ys, strict=True)])).sum(0)
     var = (omega**2 * np.stack([o.var for o in ys])).sum(0)
     base = (omega * np.stack([m[q] for q in members])).sum(0) + m[held] - _class_reference(model)
-    np.testing.assert_allclose(pred.X[3], expected(base, err, var), rtol=1e-5, atol=1e-5)
+    want = expected(base, err, var)
+    # its own gene: the control level knocked down by the calibrated factor (not the shared response's level)
+    g = list(model.adata.var_names).index(held)
+    settings, tm = model._own_settings(), model.target_map_
+    want[g] = _level_after(np.asarray(tm.own_effect), obs.control(ctx).value[g], True, _levels(settings.levels))
+    np.testing.assert_allclose(pred.X[3], want, rtol=1e-5, atol=1e-5)
     # the weights are not all one: the noise of this small screen does shrink some genes
     assert min(float(w.min()) for w in weights) < 0.9
     assert all(float(w.max()) <= 1.0 for w in weights)
@@ -271,11 +276,16 @@ def test_unseen_target_is_the_shared_response_plus_the_models_specific_change(st
     # left out at its own gene), plus the change of the target's read-out from the class reference
     observed = _mean_without_own_genes(model, tm.trained, [model.anchor_.get(q, ctx).value for q in tm.trained])
     specific = m[held] - _class_reference(model)
-    np.testing.assert_allclose(pred.X[0], observed + specific, rtol=1e-5, atol=1e-5)
+    g = list(model.adata.var_names).index(held)
+    off = np.arange(len(specific)) != g
+    np.testing.assert_allclose(pred.X[0][off], (observed + specific)[off], rtol=1e-5, atol=1e-5)
+    # its own gene: the controls' level knocked down by the calibrated factor
+    level = model.anchor_.control(ctx).value[g]
+    knocked = _level_after(np.asarray(tm.own_effect), level, True, _levels(model._own_settings().levels))
+    assert pred.X[0, g] == pytest.approx(float(knocked), abs=1e-5)
     # the reference is a read-out of the anchoring, not a target of the data
     assert pred.uns["scmech"]["prediction"]["unseen_targets"] == [held]
     # with no propagation the specific change is the own-gene knock-down alone: other genes keep the class mean
-    g = list(model.adata.var_names).index(held)
     if tm.gain == 0 and tm.coef is None:
         off = np.arange(len(specific)) != g
         assert np.abs(specific[off]).max() < 0.02 < abs(specific[g])
@@ -385,19 +395,15 @@ def test_the_model_calibrates_the_own_gene_on_the_observed_training_targets(stea
     y = np.stack([obs.get(q, ctx).value for q in members]).astype(np.float64)
     g = np.array([genes.index(q) for q in members])
     own = y[np.arange(len(members)), g]
-    # each member's level without its knock-down: its anchor as an unseen target, the random-effects mean of every
-    # other training target's observation, at its gene
+    # each member's level without its knock-down: its gene's level in the controls (the knock-down scales the
+    # target's own unperturbed production), not the other training targets' mean there, which carries their
+    # programmes
+    reference = np.asarray(obs.control(ctx).value, dtype=np.float64)[g]
     trained = [q for q in tm.trained if obs.get(q, ctx) is not None]
-
-    def anchor_without(q: str) -> np.ndarray:
-        pool = [p for p in trained if p != q]
-        values = np.stack([obs.get(p, ctx).value for p in pool]).astype(np.float64)
-        return random_effects_weights(values, np.stack([obs.get(p, ctx).var for p in pool])) @ values
-
-    reference = np.array([anchor_without(q)[g[i]] for i, q in enumerate(members)])
-    # not the mean of the other members (the class), which the calibration used before
-    class_mean = np.array([np.mean([y[j, g[i]] for j in range(len(members)) if j != i]) for i in range(len(members))])
-    assert not np.allclose(reference, class_mean)
+    shared = np.array(
+        [np.mean([obs.get(p, ctx).value[g[i]] for p in trained if p != q]) for i, q in enumerate(members)]
+    )
+    assert not np.allclose(reference, shared)
     assert tm.own_effect == pytest.approx(own_gene_effect(own, reference)[0], abs=1e-6)
     assert tm.own_targets == len(members)
     # mapped targets read out with it

@@ -103,7 +103,7 @@ def test_embedding_map_is_kept_only_when_it_predicts_the_held_out_training_targe
 
     fake = SimpleNamespace(
         _read_mapped=read_mapped,
-        _own_levels=lambda pairs, bases: (np.zeros(len(pairs[0])), np.zeros(len(pairs[0]))),
+        _own_levels=lambda pairs: (np.zeros(len(pairs[0])), np.zeros(len(pairs[0]))),
         _member_effects=lambda own_level, reference, tm: np.full(len(own_level), -1.0),
     )
     kept = PostTrainingMixin._validate_map(fake, embedding, np.zeros_like(ops), ops, tm, pairs, bases)

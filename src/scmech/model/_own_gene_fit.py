@@ -10,6 +10,7 @@ import pandas as pd
 
 from scmech.data._log_scale import log1p_base, value_description
 
+from ._anchoring import UnseenTarget
 from ._observations import Observations
 from ._own_gene import (
     _level_after,
@@ -21,7 +22,7 @@ from ._own_gene import (
     own_gene_effect,
     own_gene_model,
 )
-from ._protocols import CLASS_REFERENCE
+from ._protocols import CLASS_REFERENCE, Protocol
 from ._readout import efficacy_pool
 from ._target_map import TargetMap
 
@@ -223,20 +224,54 @@ class OwnGeneMixin:
         reference = np.asarray(reference, dtype=np.float64)
         return (_level_after(effects, reference, True, eta, base) - reference) / float(eta.mean())
 
-    def _own_levels(
-        self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray], bases: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Observed members' own-gene levels and the level each would have as an unseen target without the knock-down.
+    def _own_levels(self, pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Observed members' own-gene levels and the level each gene has without the knock-down: the controls'.
 
-        That level is the member's anchor at its gene (``bases``, :meth:`_anchor_bases`: the precision-weighted mean
-        of the other training targets' observations), the level an unseen target's prediction starts from and its
-        own-gene change is added to.
+        A knock-down scales its target's production from the target's own unperturbed state, which the controls
+        observe: an unseen target's own gene is predicted at its control level knocked down (:meth:`_own_from_control`),
+        and each member's factor is measured the same way. The shared response at that gene (the other targets'
+        mean) is no reference: it carries the programmes those targets move the gene by (the IFN-gamma knockouts of
+        Papalexi lower every interferon-stimulated gene), which a target knocking down such a gene need not share.
         """
         seen, y, genes = pairs
-        if bases is None:
-            bases = self._anchor_bases([self.target_map_.class_targets[i] for i in seen], self.target_map_.trained)
+        ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
+        control = np.asarray(self.anchor_.control(ctx).value, dtype=np.float64)
         rows = np.arange(len(y))
-        return y[rows, genes], np.asarray(bases, dtype=np.float64)[rows, genes]
+        return y[rows, genes], control[genes]
+
+    def _own_from_control(self, logx: np.ndarray, requested: list, plans: dict, observations: Observations) -> None:
+        """Put the own gene of each anchored unseen single target at its control level knocked down (in place).
+
+        The anchored row (:class:`~scmech.model._anchoring.UnseenTarget`) adds the model's own-gene change to the
+        shared response at that gene, which carries the programmes the training targets move it by; the knock-down
+        acts on the target's own unperturbed level, which the controls of the row's context observe
+        (:meth:`_own_levels`). The calibrated change is applied there: the factor (``"scale"``; a shift on centred
+        input) or the activated level (``"level"``), over the model's efficacy levels. Rows of targets whose gene is
+        not measured, pooled rows and contexts without controls keep the anchored value.
+        """
+        tm = getattr(self, "target_map_", None)
+        if not isinstance(tm, TargetMap) or tm.own_source == "none":
+            return
+        centre = tm.own_level if tm.own_model == "level" else tm.own_effect
+        if not np.isfinite(centre):
+            return
+        settings = self._own_settings()
+        scaled = settings.scaled and self._scaled_as_fitted(tm)
+        eta = _levels(settings.levels)
+        pos = tm.gene_positions
+        for i, plan in plans.items():
+            p = requested[i]
+            if not isinstance(plan, UnseenTarget) or plan.pooled or len(p.targets) != 1 or p.targets[0] not in pos:
+                continue
+            control = observations.control(plan.context)
+            if control is None:
+                continue
+            g = pos[p.targets[0]]
+            level = float(control.value[g])
+            if tm.own_model == "level":
+                logx[i, g] = max(float(centre), level)
+            else:
+                logx[i, g] = float(_level_after(np.asarray(centre), np.asarray(level), scaled, eta, settings.log_base))
 
     def _fit_own_level(self, tm: TargetMap, own_level: np.ndarray, reference: np.ndarray) -> bool:
         """Switch ``tm`` to the ``"level"`` own-gene model where CRISPRa's activations reach a common level.

@@ -96,7 +96,7 @@ class PostTrainingMixin(OwnGeneMixin):
             bases = None if pairs is None else self._anchor_bases([members[i] for i in pairs[0]], fit)
             if pairs is not None:
                 tm.own_targets, tm.own_source = len(pairs[0]), "observed"
-                own_level, reference = self._own_levels(pairs, bases)
+                own_level, reference = self._own_levels(pairs)
                 if not self._fit_own_level(tm, own_level, reference):
                     tm.own_effect, tm.own_effect_sd = self._fit_own_effect(own_level, reference)
                     self._fit_own_scale(tm)
@@ -211,7 +211,7 @@ class PostTrainingMixin(OwnGeneMixin):
         if pairs is None or tm.gain_fit <= 0:
             return None
         seen, y, genes = pairs
-        own_level, reference = self._own_levels(pairs, bases)
+        own_level, reference = self._own_levels(pairs)
         member_effect = self._member_effects(own_level, reference, tm)
         rows, labels = [], []
         for k, i in enumerate(seen):
@@ -227,7 +227,7 @@ class PostTrainingMixin(OwnGeneMixin):
             for share in GAIN_SHARES:
                 rows.append((v_k.mean(0) + share * kappa * d, a, int(genes[k])))
                 labels.append((k, share))
-        errors = _mapped_errors(labels, self._read_mapped(rows), y, bases, GAIN_SHARES)
+        errors = _mapped_errors(labels, self._read_mapped(rows), y, bases, GAIN_SHARES, genes)
         best = smallest_within_noise(errors)
         return best * tm.gain_fit, {float(k): float(v.mean()) for k, v in errors.items()}
 
@@ -268,7 +268,7 @@ class PostTrainingMixin(OwnGeneMixin):
         if pairs is None:
             return True
         seen, y, genes = pairs
-        own_level, reference = self._own_levels(pairs, bases)
+        own_level, reference = self._own_levels(pairs)
         member_effect = self._member_effects(own_level, reference, tm)
         drive = tm.drive_effect if np.isfinite(tm.drive_effect) else tm.own_effect
         rows, labels = [], []
@@ -284,7 +284,8 @@ class PostTrainingMixin(OwnGeneMixin):
             for share, op in ((None, v_k.mean(0)), (0.0, base), (1.0, base + shift)):
                 rows.append((op, 0.0 if share is None else a, -1 if share is None else int(genes[k])))
                 labels.append((k, share))
-        return smallest_within_noise(_mapped_errors(labels, self._read_mapped(rows), y, bases, (0.0, 1.0))) > 0
+        errors = _mapped_errors(labels, self._read_mapped(rows), y, bases, (0.0, 1.0), genes)
+        return smallest_within_noise(errors) > 0
 
     @torch.inference_mode()
     def _read_mapped(self, rows: list[tuple[np.ndarray, float, int]]) -> np.ndarray:
@@ -518,7 +519,7 @@ def _condition_keys(labels: np.ndarray, contexts: list) -> pd.Series:
 
 
 def _mapped_errors(
-    labels: list, values: np.ndarray, y: np.ndarray, bases: np.ndarray, shares
+    labels: list, values: np.ndarray, y: np.ndarray, bases: np.ndarray, shares, own_genes: np.ndarray | None = None
 ) -> dict[float, np.ndarray]:
     """Squared errors of the observed members, each predicted as if unseen, for each share of a mapped part.
 
@@ -526,7 +527,9 @@ def _mapped_errors(
     read-out (the class's mean operator without an own gene). Member ``k`` is predicted as an unseen target is
     anchored: its anchor ``bases[k]`` (the random-effects mean of the other training targets' observations,
     :meth:`PostTrainingMixin._anchor_bases`) plus its read-out's change from its reference, against its
-    observation ``y[k]``.
+    observation ``y[k]``. Member ``k``'s own gene (``own_genes[k]``) is left out of its error: an unseen
+    target's own gene is predicted from its control level, whatever the share
+    (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_from_control`).
     """
     errors = {share: np.zeros(len(y)) for share in shares}
     reference = {}
@@ -534,5 +537,8 @@ def _mapped_errors(
         if share is None:
             reference[k] = value
             continue
-        errors[share][k] = float(np.mean((bases[k] + value - reference[k] - y[k]) ** 2))
+        sq = (bases[k] + value - reference[k] - y[k]) ** 2
+        if own_genes is not None:
+            sq = np.delete(sq, int(own_genes[k]))
+        errors[share][k] = float(np.mean(sq))
     return errors

@@ -525,4 +525,5 @@ class PredictionMixin(PredictionOutputMixin):
 
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
+        self._own_from_control(logx, requested, plans, observations)
         return logx, weights
