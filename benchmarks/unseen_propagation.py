@@ -9,9 +9,9 @@ without training a model, by comparing for each held-out target whose gene is me
 - ``train_mean``: the plain mean change of the training targets (the baseline the per-target wins count against);
 - ``anchor``: the precision-weighted mean of the training targets alone, each left out at its own gene (a
   held-out target does not knock down the training targets' genes; :func:`scmech.model._anchoring.member_weights`);
-- ``anchor_own``: that mean with the own gene knocked down at the calibrated
-  level (:func:`scmech.model._own_gene.own_gene_effect`), as SemiMechVI predicts an unseen target when the
-  gain is 0;
+- ``anchor_own``: that mean with the own gene at its control level knocked down by the calibrated factor
+  (:func:`scmech.model._own_gene.own_gene_effect`, each training target's factor measured from its control
+  level), as SemiMechVI predicts an unseen target when the gain is 0;
 - ``anchor_observed_own``: the anchor with the target's *observed* own-gene change put in, an oracle: the most
   that any calibration of the own gene alone could reach;
 - ``learned_regulation``: ``anchor_own`` plus the knock-down carried one step through a linear regulation among
@@ -123,12 +123,17 @@ class Screen:
 
 
 def _own_change(screen: Screen, members: list[str], t: str) -> float:
-    """Calibrated own-gene change of ``t`` (log-normalised units), from the class members' own genes."""
+    """Calibrated own-gene change of ``t`` (log-normalised units) from its control level, and that level.
+
+    As SemiMechVI does: each member's factor measured from its gene's control level, the weighted median of them
+    applied to ``t``'s gene at its control level.
+    """
+    control = screen.level[screen.control]
     own = np.array([screen.level[q][screen.pos[q]] for q in members])
-    ref = np.array([np.mean([screen.level[p][screen.pos[q]] for p in members if p != q]) for q in members])
+    ref = np.array([control[screen.pos[q]] for q in members])
     a = own_gene_effect(own, ref, spread=False)[0]
-    class_level = np.mean([screen.level[q][screen.pos[t]] for q in members])
-    return float(knocked(a, class_level) - class_level), class_level
+    level = control[screen.pos[t]]
+    return float(knocked(a, level) - level), level
 
 
 def _anchor(screen: Screen, rest: list[str]) -> np.ndarray:
@@ -156,8 +161,8 @@ def _predict(screen: Screen, rest: list[str], t: str, extra: np.ndarray | None =
     pred = _anchor(screen, rest)
     if extra is not None:
         pred = pred + extra
-    change, class_level = _own_change(screen, members, t)
-    pred[screen.pos[t]] = class_level + change - screen.level[screen.control][screen.pos[t]]
+    change, level = _own_change(screen, members, t)
+    pred[screen.pos[t]] = level + change - screen.level[screen.control][screen.pos[t]]
     return pred
 
 
