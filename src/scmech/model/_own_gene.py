@@ -51,9 +51,9 @@ def own_gene_effect(
     them (on log-normalised input that is :math:`\log(1 + x)` of a non-negative expression too: scaling :math:`x`
     does the same); for other log-normalised input (centred or scaled) the effect is the shift :math:`f_a(\ell) =
     \ell + a\eta`. Each training target :math:`q` gets its own effect :math:`a_q`, the one with
-    :math:`f_{a_q}(\ell_q) = y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` the level it would have
-    without the knock-down as an unseen target: its anchor, the precision-weighted mean of the other training
-    targets at that gene, which an unseen target's own-gene change is added to). The calibrated effect is their
+    :math:`f_{a_q}(\ell_q) = y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` its level without
+    the knock-down: the controls', from which an unseen target's own gene is knocked down too). The calibrated
+    effect is their
     weighted median, each :math:`a_q` weighed by how far the scored level moves per unit of :math:`a`
     (:math:`\partial f_a(\ell_q)/\partial a` at the unweighted median): the least-absolute-deviations fit of
     :math:`\sum_q |y_q - f_a(\ell_q)|`, linearised. A highly expressed gene, whose fall is measured well, weighs

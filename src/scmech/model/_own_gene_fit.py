@@ -56,8 +56,8 @@ class OwnGeneMixin:
         -------
         A DataFrame indexed by training target with columns
 
-        - ``control_level``: the level its gene would have without the knock-down: its anchor as an unseen target
-          (the precision-weighted mean of the other training targets at that gene), which the change is added to;
+        - ``control_level``: the level its gene has without the knock-down: the controls' (an unseen target's own
+          gene is knocked down from there too);
         - ``observed_level`` and ``observed_change`` (``observed_level - control_level``);
         - ``effect``: the factor (log) that reproduces its level by scaling its production;
         - ``calibrated_change``: the change the calibration gives a gene at ``control_level``.
