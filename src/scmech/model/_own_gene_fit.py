@@ -101,11 +101,9 @@ class OwnGeneMixin:
             )
             raise ValueError(msg)
         seen = pairs[0]
-        counts, levels, base = self._own_settings()
-        counts = counts and self._scaled_as_fitted(tm)
+        log1p, levels, base = self._own_settings()  # scaled exactly where the values are log(1 + x)
+        counts = log1p and self._scaled_as_fitted(tm)
         own_level, reference = self._own_levels(pairs)
-        registered_counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
-        log1p = registered_counts or self._log1p_input()
         _, _, each = own_gene_effect(own_level, reference, counts=counts, efficacy_levels=levels, log_base=base)
         eta = _levels(levels)
 
@@ -136,7 +134,9 @@ class OwnGeneMixin:
             "modality": tm.modality,
             "scaled": bool(counts),
             "log_base": float(base),
-            "value": value_description(registered_counts, self._log_base() if log1p else None),
+            "value": value_description(
+                bool(self.adata_manager.registry["setup_args"].get("counts", True)), base if log1p else None
+            ),
             "efficacy_levels": None if levels is None else [float(v) for v in levels],
             "curve": {
                 "control_level": grid.tolist(),
@@ -255,23 +255,29 @@ class OwnGeneMixin:
         centre = tm.own_level if tm.own_model == "level" else tm.own_effect
         if not np.isfinite(centre):
             return
-        settings = self._own_settings()
-        scaled = settings.scaled and self._scaled_as_fitted(tm)
-        eta = _levels(settings.levels)
         pos = tm.gene_positions
+        by_context: dict = {}  # rows and own genes of each context with controls
         for i, plan in plans.items():
             p = requested[i]
             if not isinstance(plan, UnseenTarget) or plan.pooled or len(p.targets) != 1 or p.targets[0] not in pos:
                 continue
-            control = observations.control(plan.context)
+            by_context.setdefault(plan.context, ([], []))
+            by_context[plan.context][0].append(i)
+            by_context[plan.context][1].append(pos[p.targets[0]])
+        if not by_context:  # the settings read the training efficacies: only when a row needs them
+            return
+        settings = self._own_settings()
+        scaled = settings.scaled and self._scaled_as_fitted(tm)
+        eta = _levels(settings.levels)
+        for ctx, (rows, genes) in by_context.items():
+            control = observations.control(ctx)
             if control is None:
                 continue
-            g = pos[p.targets[0]]
-            level = float(control.value[g])
+            level = np.asarray(control.value, dtype=np.float64)[genes]
             if tm.own_model == "level":
-                logx[i, g] = max(float(centre), level)
+                logx[rows, genes] = np.maximum(float(centre), level)
             else:
-                logx[i, g] = float(_level_after(np.asarray(centre), np.asarray(level), scaled, eta, settings.log_base))
+                logx[rows, genes] = _level_after(np.asarray(centre), level, scaled, eta, settings.log_base)
 
     def _fit_own_level(self, tm: TargetMap, own_level: np.ndarray, reference: np.ndarray) -> bool:
         """Switch ``tm`` to the ``"level"`` own-gene model where CRISPRa's activations reach a common level.

@@ -189,7 +189,7 @@ class PredictionOutputMixin:
         """
         module = self.module
         counts = bool(self.adata_manager.registry["setup_args"].get("counts", True))
-        log1p = counts or self._log1p_input()
+        log1p = self._own_scaled()  # counts, or log-normalised input that is log(1 + x) of an expression
         if log1p:
             # log(1 + 1e4 * mean) of counts, and log1p input, is >= 0: a correction that would take a gene below
             # zero expression (an observed change added to a lower level) predicts that the gene is not expressed

@@ -381,8 +381,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             perturbations = list(self._pstate()["conditions"])
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
+        base = self._value_base()  # read once: the floor, the expression layer and the provenance follow it
         rows, obs_rows, skipped = self._predict_rows(
-            list(perturbations), media, time, batch, explicit=explicit, media_time=media_time
+            list(perturbations), media, time, batch, explicit=explicit, media_time=media_time, floor=base is not None
         )
         if skipped:
             logger.info(
@@ -398,21 +399,31 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             np.vstack(rows),
             obs_rows,
             var_names,
-            self._provenance(skipped=[s[0] for s in skipped]),
-            base=self._value_base(),
+            self._provenance(base, skipped=[s[0] for s in skipped]),
+            base=base,
         )
 
     def _predict_rows(
-        self, perturbations: list[str], media: Any, time: Any, batch: str | None, *, explicit: bool, media_time=None
+        self,
+        perturbations: list[str],
+        media: Any,
+        time: Any,
+        batch: str | None,
+        *,
+        explicit: bool,
+        media_time=None,
+        floor: bool = True,
     ) -> tuple[list[np.ndarray], list[dict], list[tuple[str, str]]]:
-        """Predicted rows, their ``obs`` and the ``(label, reason)`` of the conditions skipped."""
+        r"""Predicted rows, their ``obs`` and the ``(label, reason)`` of the conditions skipped.
+
+        With ``floor`` (values that are :math:`\log(1 + x)` of an expression, :meth:`_value_base`) no row goes
+        below zero.
+        """
         n = len(perturbations)
         med = _per_condition(media, n, "media")
         tim = _per_condition(time, n, "time")
         switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
-        # log(1 + 1e4 * mean) of counts is >= 0, and so is log1p input (its controls' pseudobulk non-negative)
-        floor = self._value_base() is not None
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             try:
@@ -453,10 +464,10 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             return None
         return log1p_base(self._expression_adata(self.adata), "adata")
 
-    def _provenance(self, **extra) -> dict:
+    def _provenance(self, base: float | None, **extra) -> dict:
         return {
             "model": type(self).__name__,
-            "value": value_description(bool(self._setup().get("counts", True)), self._value_base()),
+            "value": value_description(bool(self._setup().get("counts", True)), base),
             "n_train_cells": int(len(self._train_idx)),
             "train_conditions": list(self._pb.index),
             "params": dict(self.init_params_["non_kwargs"]),

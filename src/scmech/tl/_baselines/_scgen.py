@@ -266,7 +266,7 @@ class ScGen(_PseudobulkBaseline):
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
         rows, obs_rows = self._decoded_rows(perturbations, start, batch, return_mean=return_mean)
-        prov = self._provenance(n_starting_cells=len(start), random_state=int(seed))
+        prov = self._provenance(self._value_base(), n_starting_cells=len(start), random_state=int(seed))
         out = _prediction_anndata(np.vstack(rows), obs_rows, var_names, prov)
         if not return_mean:
             src = np.tile(np.asarray(self._sub.obs_names)[start], len(perturbations))
