@@ -14,6 +14,11 @@ without training a model, by comparing for each held-out target whose gene is me
   level), as SemiMechVI predicts an unseen target when the gain is 0;
 - ``anchor_observed_own``: the anchor with the target's *observed* own-gene change put in, an oracle: the most
   that any calibration of the own gene alone could reach;
+- ``oracle_amplitude``: ``anchor_own`` with the anchor scaled by the target's *observed* amplitude along it (the
+  least-squares coefficient of its observed change off its own gene on the anchor), an oracle for item 4 of the
+  magnitude question: what predicting how far each target moves the shared response would add;
+- ``oracle_amplitude_own``: that, with the observed own-gene change as well (every magnitude right, the shape
+  still the shared response's);
 - ``learned_regulation``: ``anchor_own`` plus the knock-down carried one step through a linear regulation among
   the screen's target genes learned from the training knockouts: each gene's change across the training
   conditions is regressed (ridge, centred) on the changes of the target genes (a gene-space linear structural
@@ -34,8 +39,14 @@ training targets' mean change) and CR_off (CR without the target's own gene). Si
 held out). Papalexi: the 9 measured targets in seed-shuffled thirds, 3 seeds, as in ``benchmarks/accuracy.py``,
 and each held out alone (``papalexi_leave_one_out``, one split, so its seed spread is empty).
 
+Magnitude (Papalexi): for each measured target, its amplitude along the shared response of every other target and
+its observed own-gene change, beside what is known of it before any perturbation: its gene's level among the
+controls, the share of control cells that detect it, the spread of its log-normalised expression there and its
+correlation across control cells with the shared response's programme score (the ``place in the network`` a model
+can read from controls). Spearman correlations over the targets say whether any of them predicts the magnitude.
+
 Run ``python benchmarks/unseen_propagation.py`` (about three minutes). Writes
-``benchmarks/results/unseen_propagation.{csv,md}``.
+``benchmarks/results/unseen_propagation.{csv,md}`` and ``benchmarks/results/unseen_propagation_magnitude.csv``.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ MODELS = (
     "anchor",
     "anchor_own",
     "anchor_observed_own",
+    "oracle_amplitude",
+    "oracle_amplitude_own",
     "learned_regulation",
     "learned_regulation_validated",
     "true_network",
@@ -155,6 +168,12 @@ def _propagated(screen: Screen, rest: list[str], t: str, penalty: float) -> np.n
     return term(t, rest) - np.mean([term(q, rest) for q in members], 0)
 
 
+def _amplitude(shared: np.ndarray, change: np.ndarray, gene: int) -> float:
+    """Least-squares coefficient of ``change`` on the shared response, off the target's own ``gene``."""
+    off = np.arange(len(shared)) != gene
+    return float(shared[off] @ change[off] / (shared[off] @ shared[off]))
+
+
 def _predict(screen: Screen, rest: list[str], t: str, extra: np.ndarray | None = None) -> np.ndarray:
     """Anchor plus the own gene at its calibrated level, plus ``extra`` off the own gene."""
     members = [q for q in rest if q in screen.pos]
@@ -196,11 +215,17 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
         anchor = _anchor(screen, rest)
         observed_own = anchor.copy()
         observed_own[g] = obs[g]
+        own = _predict(screen, rest, t)
+        amplitude = _amplitude(anchor, obs, g)
+        scaled, scaled_own = amplitude * anchor, amplitude * anchor
+        scaled[g], scaled_own[g] = own[g], obs[g]
         preds = {
             "train_mean": mean,
             "anchor": anchor,
-            "anchor_own": _predict(screen, rest, t),
+            "anchor_own": own,
             "anchor_observed_own": observed_own,
+            "oracle_amplitude": scaled,
+            "oracle_amplitude_own": scaled_own,
             "learned_regulation": _predict(screen, rest, t, prop),
             "learned_regulation_validated": _predict(screen, rest, t, gain * prop),
         }
@@ -228,6 +253,31 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
                 }
             )
     return rows
+
+
+def magnitude(screen: Screen, x, labels: np.ndarray) -> pd.DataFrame:
+    """Per measured target: its amplitude and own-gene change, and what the controls say of its gene a priori."""
+    cells = x[labels == screen.control]
+    cells = np.log1p(cells.multiply(1e4 / np.asarray(cells.sum(1))).toarray())
+    rows = []
+    for t in screen.cand:
+        g, change = screen.pos[t], screen.change(t)
+        shared = _anchor(screen, [q for q in screen.targets if q != t])
+        weights = shared.copy()
+        weights[g] = 0.0  # the programme score leaves the gene itself out
+        score = (cells - cells.mean(0)) @ weights
+        rows.append(
+            {
+                "target": t,
+                "amplitude": _amplitude(shared, change, g),
+                "own change": float(change[g]),
+                "control level": float(screen.level[screen.control][g]),
+                "control detection": float(np.mean(cells[:, g] > 0)),
+                "control sd": float(cells[:, g].std()),
+                "programme correlation": pearson(cells[:, g], score),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _simulated(seed: int) -> tuple[Screen, list[str], np.ndarray]:
@@ -267,13 +317,17 @@ def main(quick: bool = False) -> None:
     for t in screen.cand:  # each measured target held out alone: a split with 8 measured training targets
         rows += score(screen, [t], None, "papalexi_leave_one_out", 0)
     df = pd.DataFrame(rows)
+    sizes = magnitude(screen, sp.csr_matrix(adata.X, dtype=np.float64), labels)
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "unseen_propagation.csv", index=False)
-    write_report(df)
+    sizes.to_csv(RESULTS / "unseen_propagation_magnitude.csv", index=False)
+    write_report(df, sizes)
 
 
-def write_report(df: pd.DataFrame) -> None:
-    """Mean and seed spread per dataset and model, per-target wins, Papalexi's P20 per target and the gains chosen."""
+def write_report(df: pd.DataFrame, sizes: pd.DataFrame) -> None:
+    """Mean and seed spread per dataset and model, per-target wins, Papalexi's P20 per target, the gains chosen and
+    the magnitude table with the Spearman correlations of the a-priori features with the amplitude and own change.
+    """
     per_seed = df.groupby(["dataset", "model", "seed"])[["P20", "P20_ttest", "CR", "CR_off"]].mean()
     summary = per_seed.groupby(["dataset", "model"]).agg(["mean", "std"])
     summary.columns = [f"{m} {s}" for m, s in summary.columns]
@@ -297,7 +351,7 @@ def write_report(df: pd.DataFrame) -> None:
                 "P20_ttest above train_mean": f"{above_t}/{len(p20t)}",
             }
             row["CR_off above anchor_own"] = (
-                f"{int((off[m] > off['anchor_own']).sum())}/{len(off)}" if m in MODELS[4:] else "–"
+                f"{int((off[m] > off['anchor_own']).sum())}/{len(off)}" if m.startswith(("learned", "true")) else "–"
             )
             wins.append(row)
     per_target = df[df["dataset"] == "papalexi"].pivot_table(
@@ -329,9 +383,30 @@ def write_report(df: pd.DataFrame) -> None:
         "",
         md_table(gains.reset_index()),
         "",
+        "## Papalexi: how far each target moves, and what is known of it before any perturbation",
+        "",
+        "Amplitude: least-squares coefficient of the target's observed change (off its own gene) on the shared "
+        "response of every other target. The last rows: Spearman correlation of each column with the amplitude "
+        "and with the own-gene change over the 9 targets.",
+        "",
+        md_table(_with_spearman(sizes)),
+        "",
     ]
     (RESULTS / "unseen_propagation.md").write_text("\n".join(text))
     print("\n".join(text))
+
+
+def _with_spearman(sizes: pd.DataFrame) -> pd.DataFrame:
+    """The magnitude table with two rows of Spearman correlations (with the amplitude and with the own change)."""
+    features = sizes.drop(columns="target")
+    rho = features.rank().corr()
+    extra = pd.DataFrame(
+        [
+            {"target": "Spearman with amplitude", **rho["amplitude"].to_dict()},
+            {"target": "Spearman with own change", **rho["own change"].to_dict()},
+        ]
+    )
+    return pd.concat([sizes, extra], ignore_index=True).round(2)
 
 
 if __name__ == "__main__":
