@@ -517,3 +517,18 @@ def test_scgen_without_pertpy_names_the_extra(monkeypatch):
     tl.ScGen.setup_anndata(adata, batch_key="rep")
     with pytest.raises(ImportError, match=r"pip install 'scmech\[pertpy\]'"):
         tl.ScGen(adata)
+
+
+@pytest.mark.parametrize("cls", [tl.ControlMean, tl.TrainMean, tl.OwnGene, tl.TargetClassMean])
+def test_predict_refuses_the_unassigned_label_and_an_empty_list(cls):
+    adata = _adata()
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    labels[:4] = "unassigned"
+    adata.obs["perturbation"] = labels
+    model = _fit(cls, adata)
+    for request in (["unassigned"], ["A+unassigned"]):
+        with pytest.raises(ValueError, match=r"'unassigned' is the unassigned label .*Predict the control label"):
+            model.predict(request)
+    with pytest.raises(ValueError, match=r"`perturbations` is empty; name at least one condition"):
+        model.predict([])
+    assert "unassigned" not in model.predict().obs_names

@@ -26,6 +26,7 @@ __all__ = [
     "check_module_settings",
     "check_gene_list",
     "check_indices",
+    "check_not_unassigned",
     "check_positive_int",
     "module_settings",
 ]
@@ -88,6 +89,33 @@ def check_indices(indices, n_obs: int, name: str = "indices", *, none_means: str
         msg = f"{name} holds positions outside the {n_obs} cells (e.g. {bad[:3].tolist()}); valid: 0..{n_obs - 1}."
         raise ValueError(msg)
     return arr.astype(np.int64)
+
+
+def check_not_unassigned(targets: Sequence[str], unassigned_label: str | Sequence[str] | None) -> None:
+    """Refuse the unassigned label (cells without a guide call) as a target to predict.
+
+    Parameters
+    ----------
+    targets
+        The targets of one requested condition.
+    unassigned_label
+        The registered unassigned label(s) (``None``: none).
+
+    Raises
+    ------
+    ValueError
+        When a target is an unassigned label.
+    """
+    if unassigned_label is None:
+        return
+    unassigned = {unassigned_label} if isinstance(unassigned_label, str) else {str(u) for u in unassigned_label}
+    for t in targets:
+        if t in unassigned:
+            msg = (
+                f"{t!r} is the unassigned label (cells without a guide call), not a perturbation target; "
+                "it cannot be predicted. Predict the control label for unperturbed cells."
+            )
+            raise ValueError(msg)
 
 
 def check_batch_size(batch_size, name: str = "batch_size") -> int | None:

@@ -21,7 +21,7 @@ from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 from scmech._numbers import check_positive_int
 
 from ._anchoring import Observations, anchor_rows, plan_anchoring
-from ._argument_checks import check_flag
+from ._argument_checks import check_flag, check_not_unassigned
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
@@ -242,19 +242,13 @@ class PredictionMixin(PredictionOutputMixin):
         """Refuse the unassigned label as a target; warn of a target known in another case or a time beyond training."""
         st = self._perturbation_state()
         ua = self.adata_manager.registry["setup_args"].get("unassigned_label")
-        unassigned = set() if ua is None else ({ua} if isinstance(ua, str) else {str(u) for u in ua})
         known = {str(t) for t in st["targets"]}
         by_lower: dict[str, str] = {}
         for name in [*known, *map(str, self.adata.var_names)]:
             by_lower.setdefault(name.lower(), name)
         for p in requested:
+            check_not_unassigned(p.targets, ua)
             for t in p.targets:
-                if t in unassigned:
-                    msg = (
-                        f"{t!r} is the unassigned label (cells without a guide call), not a perturbation target; "
-                        "it cannot be predicted. Predict the control label for unperturbed cells."
-                    )
-                    raise ValueError(msg)
                 if t not in known and t.lower() in by_lower and by_lower[t.lower()] != t:
                     warnings.warn(
                         f"Target {t!r} is not registered, but {by_lower[t.lower()]!r} is (a target or gene in another "

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
+from scmech.data._context import context_keys
 from scmech.data._log_scale import expression_of, value_description
 
 from ._anchoring import Observations
@@ -228,6 +229,7 @@ class PredictionOutputMixin:
                 "value": value_description(counts, base),
                 "anchor": anchor,
                 "anchoring": {str(obs.index[i]): plan.description for i, plan in plans.items()},
+                "context_keys": context_keys(self.adata_manager.registry["setup_args"]),
             }
         }
         return out

@@ -16,10 +16,12 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass
 
 from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
+from scmech.data._context import context_keys
 from scmech.data._design import canonical_label, parse_condition
 from scmech.data._fields import perturbation_state
 from scmech.data._log_scale import log1p_base, value_description
 from scmech.data._pseudobulk import normalized_mean
+from scmech.model._argument_checks import check_not_unassigned
 from scmech.model._observations import log_pseudobulk
 from scmech.model._protocols import _per_condition
 from scmech.model._setup import PerturbationSetupMixin
@@ -381,6 +383,10 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             perturbations = list(self._pstate()["conditions"])
         elif isinstance(perturbations, str):
             perturbations = [perturbations]
+        perturbations = list(perturbations)
+        if not perturbations:
+            msg = "`perturbations` is empty; name at least one condition (e.g. ['STAT1'] or the control label)."
+            raise ValueError(msg)
         base = self._value_base()  # read once: the floor, the expression layer and the provenance follow it
         rows, obs_rows, skipped = self._predict_rows(
             list(perturbations), media, time, batch, explicit=explicit, media_time=media_time, floor=base is not None
@@ -426,6 +432,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         rows, obs_rows, skipped = [], [], []
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
+            if explicit:
+                check_not_unassigned(targets, self._setup().get("unassigned_label"))
             try:
                 value, n_used = self._predict_one(label, targets)
             except KeyError as e:
@@ -471,6 +479,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             "n_train_cells": int(len(self._train_idx)),
             "train_conditions": list(self._pb.index),
             "params": dict(self.init_params_["non_kwargs"]),
+            "context_keys": context_keys(self._setup()),
             **extra,
         }
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.tl._metrics._context import context_mask, prediction_context
 
 from ._estimate import _estimate
 from ._inputs import _check_arguments, _dispersion, _prediction_inputs, _variance_override, _warn
@@ -41,6 +42,15 @@ def _prediction_arrays(
     return pred, pred_ctrl
 
 
+def _in_context(
+    adata: AnnData, predictions: AnnData, *, media_key: str | None, time_key: str | None, media_time_key: str | None
+) -> AnnData:
+    """``adata``, or a view of its cells in the medium, time and switch time the predictions are made in."""
+    keys = {"media": media_key, "time": time_key, "media_time": media_time_key}
+    context = prediction_context({"predictions": predictions}, keys, fields=("media", "time", "media_time"))
+    return adata[context_mask(adata, context)] if context else adata
+
+
 @fill_doc
 def error_decomposition(
     adata: AnnData,
@@ -63,6 +73,9 @@ def error_decomposition(
     key_added: str = SCMECH_ADATA_KEYS.ERRORS_UNS,
     random_state: int = 0,
     copy: bool = False,
+    media_key: str | None = None,
+    time_key: str | None = None,
+    media_time_key: str | None = None,
 ) -> pd.DataFrame | AnnData:
     r"""Decompose the error of perturbation effects (and of predictions) into noise, batch and model terms.
 
@@ -203,6 +216,12 @@ def error_decomposition(
         Seed of the splits and the bootstrap.
     copy
         Work on and return a copy of ``adata``.
+    media_key, time_key, media_time_key
+        Columns of ``adata.obs`` holding each cell's medium, read-out time and medium switch time, to match the
+        context of ``predictions`` (``None``: the column the predicting model was registered with). Predictions made
+        in a medium or at a time (their ``obs["media"]``, ``obs["time"]``, ``obs["media_time"]``) are decomposed
+        against the cells of that context only; a prediction's ``obs["batch"]`` is not matched, since the
+        decomposition estimates the batch term over every batch.
 
     Returns
     -------
@@ -247,13 +266,14 @@ def error_decomposition(
         "unassigned_label": unassigned_label,
     }
     all_genes = pd.Index(adata.var_names).astype(str)
-    genes, frame = all_genes, None
+    genes, frame, data = all_genes, None, adata
     if predictions is not None:
         frame, conditions, genes = _prediction_inputs(adata, predictions, all_genes, conditions, **labelling)
+        data = _in_context(adata, predictions, media_key=media_key, time_key=time_key, media_time_key=media_time_key)
     disp = _dispersion(dispersion, genes, all_genes)
     override = _variance_override(variance, genes)
     s = _setup(
-        adata,
+        data,
         **labelling,
         batch_key=batch_key,
         layer=layer,

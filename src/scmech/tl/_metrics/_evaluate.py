@@ -28,6 +28,7 @@ from ._checks import (
     _index_mask,
     _warn,
 )
+from ._context import context_mask, prediction_context
 from ._names import _SYSTEMA_METRICS
 from ._predictions import _as_dict, _design, _genes, _prediction_frame
 from ._score import _run
@@ -70,6 +71,10 @@ def evaluate(
     max_cells: int = 300,
     key_added: str | None = None,
     random_state: int = 0,
+    batch_key: str | None = None,
+    media_key: str | None = None,
+    time_key: str | None = None,
+    media_time_key: str | None = None,
 ) -> pd.DataFrame:
     r"""Score predictions of held-out conditions against the observed data.
 
@@ -99,6 +104,14 @@ def evaluate(
     ``counts=False`` the bound is the data's largest value when that is larger (another target sum).
     ``centroid_accuracy`` and ``perturbench_rank`` compare each prediction with the observed centroids of
     all evaluated conditions (Euclidean distance over genes) and are NaN when only one is evaluated.
+
+    Predictions made in a context (``predict(..., time=0.5)``, ``media=``, ``media_time=``, ``batch=``: their
+    ``obs["time"]``, ``obs["media"]``, ``obs["media_time"]`` and ``obs["batch"]``) are scored against the cells
+    observed in that context and its controls, never against their condition's cells pooled over contexts. The
+    column of ``adata`` each field is read from is the one the model was registered with (recorded in the
+    predictions' provenance) unless ``batch_key``, ``media_key``, ``time_key`` or ``media_time_key`` name another.
+    The Systema reference then comes from the training perturbations observed in that context (from every training
+    perturbation when none was). Predictions in several contexts are refused: evaluate one at a time.
 
     ``energy_distance`` is the E-distance :math:`2\,\overline{d(x,y)} - \overline{d(x,x')} -
     \overline{d(y,y')}` with **Euclidean** (not squared) :math:`d`, as ``pertpy.tools.Distance("edistance")``
@@ -155,6 +168,10 @@ def evaluate(
         to ``adata``).
     random_state
         Seed of the cell subsets for ``energy_distance``.
+    batch_key, media_key, time_key, media_time_key
+        Columns of ``adata.obs`` holding each cell's batch, medium, read-out time and medium switch time, to match
+        the context of the predictions (``None``: the column the predicting model was registered with). Only read
+        when the predictions name that part of a context.
 
     Returns
     -------
@@ -166,8 +183,11 @@ def evaluate(
     ValueError
         For an unknown ``de_method``, non-finite predictions, or predictions not on the
         :math:`\log(1 + 10^4\bar\rho)` scale; for a ``split`` made on other cells than ``adata`` (another number of
-        cells, or other or reordered ``obs_names``; see :meth:`~scmech.tl.Split.check_adata`); and for duplicated
-        ``var_names`` in ``adata`` or in the predictions.
+        cells, or other or reordered ``obs_names``; see :meth:`~scmech.tl.Split.check_adata`); for duplicated
+        ``var_names`` in ``adata`` or in the predictions; for predictions in several contexts, or in a context no
+        cell of ``adata`` was observed in, or whose column is not known.
+    KeyError
+        For a context column that ``adata.obs`` does not have.
 
     Examples
     --------
@@ -201,6 +221,14 @@ def evaluate(
     frames = {name: _prediction_frame(p, name, design, genes0, data_max=data_max) for name, p in preds_ad.items()}
     genes = _genes(adata, frames)
     obs_mask, ctrl_mask, train_mask = _split_masks(design, adata.n_obs, split)
+    context = prediction_context(
+        preds_ad, {"batch": batch_key, "media": media_key, "time": time_key, "media_time": media_time_key}
+    )
+    if context:
+        here = context_mask(adata, context)
+        obs_mask, ctrl_mask = obs_mask & here, ctrl_mask & here
+        if (train_mask & here & ~design.is_control).any():
+            train_mask = train_mask & here
     if split is not None and train_conditions is None:
         train_conditions = split.train_conditions
     train_conditions = _training_perturbations(train_conditions)

@@ -1,0 +1,102 @@
+"""Predictions made in a context (time, medium, batch) are scored against the cells observed in that context."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scmech
+from scmech import tl
+
+KEYS = {"perturbation_key": "perturbation", "control_label": "NT"}
+TRAIN = ["G0009", "G0010"]
+
+
+@pytest.fixture(scope="module")
+def course():
+    """A small simulated time course (days 0.5, 1, 2, 4) and a train mean fitted on it."""
+    a = scmech.data.simulate_perturbseq(
+        n_cells=900, n_genes=30, n_perturbations=4, n_combinations=0, seed=0, regime="dynamic"
+    )
+    a.obs = a.obs.drop(columns=["media", "media_time"])
+    tl.TrainMean.setup_anndata(a, **KEYS, batch_key="batch", time_key="time")
+    model = tl.TrainMean(a)
+    model.train()
+    return a, model
+
+
+def _scores(pred, adata, **kwargs) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = tl.evaluate(pred, adata, **KEYS, train_conditions=TRAIN, **kwargs)
+    return out.set_index(["condition", "metric"]).sort_index()
+
+
+def test_prediction_at_a_time_is_scored_against_that_time(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=0.5)
+    day = a[a.obs["time"] == 0.5].copy()
+    here, alone = _scores(pred, a), _scores(pred, day)
+    n_day = int(((day.obs["perturbation"] == "G0008")).sum())
+    assert (here["n_cells"] == n_day).all()
+    assert n_day < int((a.obs["perturbation"] == "G0008").sum())
+    np.testing.assert_allclose(here["value"].to_numpy(), alone["value"].to_numpy(), equal_nan=True)
+    # the pooled score (the condition's cells over every day) differs
+    pooled = pred.copy()
+    pooled.obs["time"] = np.nan
+    assert not np.allclose(_scores(pooled, a)["value"].to_numpy(), here["value"].to_numpy(), equal_nan=True)
+
+
+def test_prediction_at_an_unobserved_time_is_refused(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=4.0)
+    pred.obs["time"] = 30.0  # e.g. a dynamic model's extrapolation beyond the observed days
+    with pytest.raises(ValueError, match=r"No cell of adata has time = 30\.0 .*holds \[0\.5, 1\.0, 2\.0, 4\.0\]"):
+        _scores(pred, a)
+
+
+def test_predictions_in_several_contexts_are_refused(course):
+    a, model = course
+    pred = model.predict(["G0008", "G0021"], time=[0.5, 1.0])
+    with pytest.raises(ValueError, match=r"several values of obs\['time'\] \(\[0\.5, 1\.0\]\); evaluate one context"):
+        _scores(pred, a)
+    # as the message says: one context at a time
+    assert len(_scores(pred[pred.obs["time"] == 0.5], a))
+
+
+def test_context_column_from_the_argument_when_the_provenance_has_none(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=0.5)
+    pred.uns = {}
+    with pytest.raises(ValueError, match=r"made at time = 0\.5.*pass time_key="):
+        _scores(pred, a)
+    renamed = a.copy()
+    renamed.obs = renamed.obs.rename(columns={"time": "day"})
+    expected = _scores(model.predict(["G0008"], time=0.5), a)
+    np.testing.assert_allclose(_scores(pred, renamed, time_key="day")["value"], expected["value"], equal_nan=True)
+    with pytest.raises(KeyError, match=r"adata\.obs\['time'\], which adata does not have; pass time_key="):
+        _scores(model.predict(["G0008"], time=0.5), renamed)
+
+
+def test_prediction_in_a_batch_is_scored_against_that_batch(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=1.0, batch="b0")
+    cells = a[(a.obs["batch"].astype(str) == "b0") & (a.obs["time"] == 1.0)].copy()
+    here, alone = _scores(pred, a), _scores(pred, cells)
+    assert (here["n_cells"] == int((cells.obs["perturbation"] == "G0008").sum())).all()
+    np.testing.assert_allclose(here["value"].to_numpy(), alone["value"].to_numpy(), equal_nan=True)
+
+
+def test_error_decomposition_of_a_prediction_at_a_time(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=0.5)
+    kwargs = {**KEYS, "batch_key": "batch", "predictions": pred, "n_bootstrap": 5, "n_splits": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        here = tl.error_decomposition(a, **kwargs)
+        alone = tl.error_decomposition(a[a.obs["time"] == 0.5].copy(), **kwargs)
+    assert "error_decomposition" in a.uns["scmech"]
+    pd.testing.assert_frame_equal(here, alone)
