@@ -842,3 +842,12 @@ def test_targets_named_by_a_var_column_other_than_var_names_warn(rel):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*are genes of var.*")
         SemiMechVI.setup_anndata(fixed)
+
+
+@pytest.mark.parametrize("controls", ["nt", "non-targeting_1"])
+def test_setup_without_control_cells_names_the_likely_control_label_first(rel, controls):
+    adata = rel.small()
+    labels = adata.obs["perturbation"].astype(str).replace({"NT": controls})
+    adata.obs["perturbation"] = labels.astype("category")
+    with pytest.raises(ValueError, match=rf"seen include '{controls}', .*Did you mean control_label='{controls}'\?"):
+        SemiMechVI.setup_anndata(adata, control_label="NT")

@@ -328,6 +328,18 @@ class PerturbationDesign:
         return sp.csr_matrix((data, (rows, cols)), shape=(len(conditions), len(self.targets)))
 
 
+#: words that name control guides in the labels of common screens (non-targeting, safe-targeting, scrambled...)
+_CONTROL_WORDS = ("non-targeting", "nontargeting", "non_targeting", "safe", "control", "ctrl", "scrambl", "intergenic")
+
+
+def _likely_controls(labels: Sequence[str], controls: Sequence[str]) -> list[str]:
+    """Labels that look like the controls: the control label in another case, then labels naming a control word."""
+    wanted = {c.lower() for c in controls}
+    same = [u for u in labels if u.strip().lower() in wanted]
+    words = [u for u in labels if u not in same and any(w in u.lower() for w in _CONTROL_WORDS)]
+    return [*same, *words]
+
+
 @fill_doc
 def parse_perturbations(
     labels: Sequence[str] | pd.Series | np.ndarray,
@@ -395,10 +407,13 @@ def parse_perturbations(
     is_unassigned = is_un_u[inverse]
     matrix = _multi_hot(rows_u, inverse, len(ser), len(all_targets))
     if require_control and not is_control.any():
-        seen = ", ".join(repr(x) for x in uniq[:8])
+        likely = _likely_controls(uniq, controls)
+        seen = ", ".join(repr(x) for x in [*likely, *(u for u in uniq if u not in likely)][:8])
+        hint = f"Did you mean control_label={likely[0]!r}? " if likely else ""
         msg = (
             f"No control cells: no label of obs[{key!r}] equals control_label={control_label!r} "
-            f"(labels seen include {seen}). Pass the label your controls carry, e.g. control_label='non-targeting'."
+            f"({len(uniq)} labels; seen include {seen}). {hint}Pass the label your controls carry, e.g. "
+            "control_label='non-targeting'."
         )
         raise ValueError(msg)
     n_un = int(is_unassigned.sum())
