@@ -1,4 +1,4 @@
-"""Can an unseen knockout's downstream effect be learned from the other knockouts? The simulator and Papalexi.
+r"""Can an unseen knockout's downstream effect be learned from the other knockouts? The simulator and Papalexi.
 
 SemiMechVI carries an unseen target's own-gene knock-down through its learned dynamics and keeps that step only as
 far as it predicts the training targets, each held out in turn (the propagation gain, ``TargetMap.gain``). On
@@ -19,6 +19,13 @@ without training a model, by comparing for each held-out target whose gene is me
   magnitude question: what predicting how far each target moves the shared response would add;
 - ``oracle_amplitude_own``: that, with the observed own-gene change as well (every magnitude right, the shape
   still the shared response's);
+- ``expression_amplitude``: ``anchor_own`` with the anchor scaled by what the target's expression says a priori, a
+  knock-down removing more of a highly expressed gene: :math:`a(x) = \frac{x/(x + K\tilde x)}{\tilde x/(\tilde x +
+  K\tilde x)}` of its control expression :math:`x` (normalised, not logged) against the median :math:`\tilde x`
+  of the training targets' genes, :math:`K = 0` flat (every target the shared response), :math:`K \to \infty`
+  proportional. :math:`K` is the one whose scaled anchor best predicts the measured training targets held out in
+  turn (mean squared error off their own genes), by the one-standard-error rule towards flat (the rule
+  SemiMechVI applies to its propagation and map); ``expression_amplitude_min`` takes the smallest error instead;
 - ``learned_regulation``: ``anchor_own`` plus the knock-down carried one step through a linear regulation among
   the screen's target genes learned from the training knockouts: each gene's change across the training
   conditions is regressed (ridge, centred) on the changes of the target genes (a gene-space linear structural
@@ -76,12 +83,16 @@ MODELS = (
     "anchor_observed_own",
     "oracle_amplitude",
     "oracle_amplitude_own",
+    "expression_amplitude",
+    "expression_amplitude_min",
     "learned_regulation",
     "learned_regulation_validated",
     "true_network",
 )
 PENALTIES = 10.0 ** np.arange(-2.0, 3.5, 0.5)
 GAINS = np.linspace(0.0, 1.0, 11)
+#: steepness of the expression amplitude: 0 flat, inf proportional to the target's expression
+STEEPNESS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, np.inf)
 
 
 class Screen:
@@ -174,6 +185,34 @@ def _amplitude(shared: np.ndarray, change: np.ndarray, gene: int) -> float:
     return float(shared[off] @ change[off] / (shared[off] @ shared[off]))
 
 
+def _expression_amplitude(x: float, median: float, k: float) -> float:
+    """Amplitude of a target of control expression ``x`` against the training targets' ``median`` (``k``: steepness)."""
+    if k == 0.0:
+        return 1.0
+    if np.isinf(k):
+        return x / median
+    return (x / (x + k * median)) / (1.0 / (1.0 + k))
+
+
+def _steepness(screen: Screen, rest: list[str]) -> tuple[float, float]:
+    """Steepness by leave-one-target-out over the measured training targets: one-standard-error rule, and argmin."""
+    members = [q for q in rest if q in screen.pos]
+    expression = {q: float(np.expm1(screen.level[screen.control][screen.pos[q]])) for q in members}
+    err = np.zeros((len(STEEPNESS), len(members)))
+    for j, q in enumerate(members):
+        others = [r for r in rest if r != q]
+        shared, change = _anchor(screen, others), screen.change(q)
+        off = np.arange(len(change)) != screen.pos[q]
+        median = float(np.median([expression[m] for m in members if m != q]))
+        for i, k in enumerate(STEEPNESS):
+            a = _expression_amplitude(expression[q], median, k)
+            err[i, j] = np.mean((a * shared[off] - change[off]) ** 2)
+    mean, se = err.mean(1), err.std(1, ddof=1) / np.sqrt(len(members))
+    best = int(np.argmin(mean))
+    one_se = next(i for i in range(len(STEEPNESS)) if mean[i] <= mean[best] + se[best])
+    return STEEPNESS[one_se], STEEPNESS[best]
+
+
 def _predict(screen: Screen, rest: list[str], t: str, extra: np.ndarray | None = None) -> np.ndarray:
     """Anchor plus the own gene at its calibrated level, plus ``extra`` off the own gene."""
     members = [q for q in rest if q in screen.pos]
@@ -207,6 +246,8 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
     members = [q for q in rest if q in screen.pos]
     mean = np.mean([screen.change(q) for q in rest], 0)
     penalty, gain = _validate(screen, rest)
+    steep, steep_min = _steepness(screen, rest)
+    median = float(np.median([np.expm1(screen.level[screen.control][screen.pos[q]]) for q in members]))
     rows = []
     for t in [h for h in held if h in screen.pos]:
         g, obs = screen.pos[t], screen.change(t)
@@ -219,6 +260,11 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
         amplitude = _amplitude(anchor, obs, g)
         scaled, scaled_own = amplitude * anchor, amplitude * anchor
         scaled[g], scaled_own[g] = own[g], obs[g]
+        expressed = float(np.expm1(screen.level[screen.control][g]))
+        by_expression = {}
+        for name, k in (("expression_amplitude", steep), ("expression_amplitude_min", steep_min)):
+            by_expression[name] = _expression_amplitude(expressed, median, k) * anchor
+            by_expression[name][g] = own[g]
         preds = {
             "train_mean": mean,
             "anchor": anchor,
@@ -226,6 +272,7 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
             "anchor_observed_own": observed_own,
             "oracle_amplitude": scaled,
             "oracle_amplitude_own": scaled_own,
+            **by_expression,
             "learned_regulation": _predict(screen, rest, t, prop),
             "learned_regulation_validated": _predict(screen, rest, t, gain * prop),
         }
@@ -246,6 +293,8 @@ def score(screen: Screen, held: list[str], total: np.ndarray | None, dataset: st
                     "model": name,
                     "penalty": penalty,
                     "gain": gain,
+                    "steepness": steep,
+                    "steepness_min": steep_min,
                     "P20": pearson(p[top], obs[top]),
                     "P20_ttest": pearson(p[screen.de[t]], obs[screen.de[t]]),
                     "CR": pearson(p - mean, obs - mean),
@@ -360,7 +409,7 @@ def write_report(df: pd.DataFrame, sizes: pd.DataFrame) -> None:
     per_target = per_target.reindex(columns=[(v, m) for v in ("P20", "P20_ttest") for m in MODELS[:4]])
     per_target.columns = [f"{v} {m}" for v, m in per_target.columns]
     per_target = per_target.reset_index()
-    gains = df.groupby(["dataset", "seed"])[["penalty", "gain"]].agg(
+    gains = df.groupby(["dataset", "seed"])[["penalty", "gain", "steepness", "steepness_min"]].agg(
         lambda s: ", ".join(f"{v:g}" for v in sorted(set(s)))
     )
     text = [
@@ -379,7 +428,8 @@ def write_report(df: pd.DataFrame, sizes: pd.DataFrame) -> None:
         "",
         md_table(per_target),
         "",
-        "## Ridge penalty and gain chosen by holding out each training target (per split, listed per seed)",
+        "## Ridge penalty, gain and expression steepness chosen by holding out each training target (per split, listed "
+        "per seed)",
         "",
         md_table(gains.reset_index()),
         "",
