@@ -83,11 +83,11 @@ def test_unmeasured_target_is_predicted_without_the_linear_model(tmp_path, capsy
     assert {"SemiMechVI", "SemiMechVI_alone", "OwnGene", "TargetClassMean"} <= set(board["model"])
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "two"])
-def test_epochs_below_one(tmp_path, capsys, value):
+@pytest.mark.parametrize("value", ["0", "-3", "two", "100000000000000000000"])
+def test_epochs_out_of_range(tmp_path, capsys, value):
     assert main(["demo", "--epochs", value, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "--epochs: must be an integer >= 1" in err
+    assert f"--epochs: must be an integer from 1 to 1,000,000, got '{value}'" in err
     assert not (tmp_path / "o").exists()  # refused before any work
 
 

@@ -52,13 +52,17 @@ def _step(n: int, title: str) -> None:
 
 
 # ---------------------------------------------------------------------- arguments
+#: the most epochs or threads the demo takes (a typo such as 10**20 would otherwise start a run that never ends)
+_MAX_COUNT = 1_000_000
+
+
 def _positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
         n = 0
-    if n < 1:
-        msg = f"must be an integer >= 1, got {value!r}"
+    if not 1 <= n <= _MAX_COUNT:
+        msg = f"must be an integer from 1 to {_MAX_COUNT:,}, got {value!r}"
         raise argparse.ArgumentTypeError(msg)
     return n
 

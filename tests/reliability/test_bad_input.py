@@ -851,3 +851,25 @@ def test_setup_without_control_cells_names_the_likely_control_label_first(rel, c
     adata.obs["perturbation"] = labels.astype("category")
     with pytest.raises(ValueError, match=rf"seen include '{controls}', .*Did you mean control_label='{controls}'\?"):
         SemiMechVI.setup_anndata(adata, control_label="NT")
+
+
+@pytest.mark.parametrize(
+    ("value", "whole"),
+    [
+        (2, True),
+        (2.0, True),
+        (np.int32(3), True),
+        (10**20, True),
+        (True, False),
+        (0, False),
+        (1.5, False),
+        (float("inf"), False),
+        (float("nan"), False),
+        (-(10**20), False),
+        ("3", False),
+    ],
+)
+def test_positive_whole_numbers_include_python_integers_beyond_int64(value, whole):
+    from scmech.model._train_checks import _whole
+
+    assert _whole(value) is whole

@@ -43,13 +43,11 @@ _SPLITTER_KEYS = {
 
 def _whole(value) -> bool:
     """Whether ``value`` is a positive whole number (``2.0`` and numpy integers included; ``True`` not)."""
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and np.isfinite(value)
-        and int(value) == value
-        and value >= 1
-    )
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if isinstance(value, numbers.Integral):  # Python integers beyond float64 and int64 included
+        return bool(value >= 1)
+    return bool(np.isfinite(value) and int(value) == value and value >= 1)
 
 
 def _check_mappings(**mappings) -> None:
