@@ -294,12 +294,15 @@ def test_leaderboard_direction_and_seeds():
                 ("m2", cond, "mse", 0.1 + 0.1 * seed, seed),
             ]
     res = pd.DataFrame(rows, columns=["model", "condition", "metric", "value", "seed"])
-    board = tl.leaderboard(res.drop(columns="seed"))
+    # without the seed column, each condition's two rows are averaged first (each condition counts once)
+    with pytest.warns(UserWarning, match=r"16 rows that repeat a model, condition and metric .*add a 'seed' column"):
+        board = tl.leaderboard(res.drop(columns="seed"))
     pdel = board[board["metric"] == "pearson_delta"].set_index("model")
     assert pdel.loc["m1", "rank"] == 1
     assert pdel.loc["m2", "rank"] == 2
-    assert pdel.loc["m1", "mean"] == pytest.approx(np.mean([0.9, 0.7, 0.91, 0.71]))
-    assert pdel.loc["m1", "n"] == 4
+    assert pdel.loc["m1", "mean"] == pytest.approx(np.mean([0.905, 0.705]))
+    assert pdel.loc["m1", "sd"] == pytest.approx(np.std([0.905, 0.705], ddof=1))
+    assert pdel.loc["m1", "n"] == 2
     mse = board[board["metric"] == "mse"].set_index("model")
     assert mse.loc["m2", "rank"] == 1
     assert not mse.loc["m2", "higher_is_better"]
@@ -309,11 +312,19 @@ def test_leaderboard_direction_and_seeds():
     assert seeded.loc["m1", "sd"] == pytest.approx(np.std([0.8, 0.81], ddof=1))
     assert seeded.loc["m1", "n"] == 2
     assert seeded.loc["m1", "n_conditions"] == 2
-    table = tl.leaderboard_table(res.drop(columns="seed"), metrics=["pearson_delta", "mse"], digits=2)
+    with pytest.warns(UserWarning, match="repeat a model, condition and metric"):
+        table = tl.leaderboard_table(res.drop(columns="seed"), metrics=["pearson_delta", "mse"], digits=2)
     assert list(table.columns) == ["pearson_delta", "mse"]
     assert table.loc["m1", "pearson_delta"].startswith("0.80 ±")
     with pytest.raises(KeyError, match="'nope'"):
         tl.leaderboard(res, metrics=["nope"])
+    with pytest.raises(ValueError, match="results is an empty list"):
+        tl.leaderboard([])
+    # a condition duplicated by concatenating the same results counts once, as in win_counts
+    one = res[res["seed"] == 0].drop(columns="seed")
+    with pytest.warns(UserWarning, match="repeat a model, condition and metric"):
+        twice = tl.leaderboard([one, one])
+    pd.testing.assert_frame_equal(twice, tl.leaderboard(one))
     # ties share the best rank; NaN values are ignored
     tie = pd.DataFrame(
         [("a", "p", "mse", 1.0), ("b", "p", "mse", 1.0), ("c", "p", "mse", np.nan)],
@@ -378,6 +389,10 @@ def test_win_counts_compare_condition_means_in_the_metric_direction():
         tl.win_counts(res, "X", "mse")
     with pytest.raises(KeyError, match="No results for metric 'nope'"):
         tl.win_counts(res, "M", "nope")
+    with pytest.raises(ValueError, match=r"No model to compare 'M' with: against=\['M'\] names only the model itself"):
+        tl.win_counts(res, "M", "pearson_delta", against="M")
+    with pytest.raises(ValueError, match=r"No model to compare 'M' with: the results hold no other model"):
+        tl.win_counts(res[res["model"] == "M"], "M", "pearson_delta")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

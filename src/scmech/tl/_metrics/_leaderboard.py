@@ -33,8 +33,10 @@ def leaderboard(
     Returns
     -------
     DataFrame with one row per model and metric: ``mean``, ``sd`` and ``n`` over conditions (NaN values
-    dropped; a model without any finite score on a metric has no row for it, and a ``UserWarning`` says when
-    models are scored on different conditions of a metric, as their means then do not compare) or, when a
+    dropped; the rows of a condition repeated without a ``seed`` column are averaged first, with a
+    ``UserWarning``, so that each condition counts once; a model without any finite score on a metric has no row
+    for it, and a ``UserWarning`` says when models are scored on different conditions of a metric, as their means
+    then do not compare) or, when a
     ``seed`` column is present, the mean and sd over seeds of the per-seed means (``n`` then counts seeds and
     ``n_conditions`` conditions), ``higher_is_better`` and ``rank`` (1 = best within
     the metric; ties share the best rank).
@@ -43,6 +45,9 @@ def leaderboard(
     --------
     >>> board = scmech.tl.leaderboard(results, metrics=["pearson_delta_de", "l2_top"])
     """
+    if isinstance(results, list | tuple) and len(results) == 0:
+        msg = "results is an empty list; pass the DataFrame of scmech.tl.evaluate (or a list of them)."
+        raise ValueError(msg)
     df = pd.concat(list(results), ignore_index=True) if isinstance(results, list | tuple) else results
     need = {"model", "metric", "value"}
     if not isinstance(df, pd.DataFrame) or not need <= set(df.columns):
@@ -68,6 +73,9 @@ def leaderboard(
         ncond = df.groupby(["model", "metric"], sort=False)["condition"].nunique().rename("n_conditions")
         board = board.merge(ncond.reset_index(), on=["model", "metric"], how="left")
     else:
+        if "condition" in df.columns:  # each condition once, as win_counts compares them
+            _warn_repeated_rows(df)
+            df = df.groupby(["model", "metric", "condition"], sort=False)["value"].mean().reset_index()
         board = df.groupby(["model", "metric"], sort=False)["value"].agg(mean="mean", sd="std", n="count").reset_index()
     board["higher_is_better"] = board["metric"].map(higher_is_better).astype(bool)
     signed = np.where(board["higher_is_better"], -board["mean"], board["mean"])
@@ -181,6 +189,13 @@ def win_counts(
         msg = f"No results for model {model!r} (models: {list(table.columns)})."
         raise KeyError(msg)
     others = [m for m in (against if against is not None else table.columns) if m != model]
+    if not others:
+        msg = (
+            f"No model to compare {model!r} with: against={against!r} names only the model itself"
+            if against is not None
+            else f"No model to compare {model!r} with: the results hold no other model"
+        )
+        raise ValueError(f"{msg} (models: {list(table.columns)}).")
     sign = 1.0 if higher_is_better(metric) else -1.0
     rows = {}
     for other in others:
@@ -239,6 +254,20 @@ def _check_results(df: pd.DataFrame, what: str, *, with_seed: bool) -> pd.DataFr
         )
         raise TypeError(msg)
     return df.assign(value=numeric.astype(np.float64))
+
+
+def _warn_repeated_rows(df: pd.DataFrame) -> None:
+    """Warn when a model, condition and metric have several rows and no ``seed`` column tells them apart."""
+    repeated = df.duplicated(subset=["model", "condition", "metric"], keep=False)
+    if repeated.any():
+        first = df.loc[repeated].iloc[0]
+        msg = (
+            f"results hold {int(repeated.sum())} rows that repeat a model, condition and metric (e.g. "
+            f"{first['model']!r}, {first['condition']!r}, {first['metric']!r}); each condition's rows are averaged "
+            "first. For concatenated runs add a 'seed' column (pd.concat([r.assign(seed=s) for s, r in "
+            "enumerate(runs)])) to get the mean and sd over seeds."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def _warn_unequal_conditions(df: pd.DataFrame) -> None:
