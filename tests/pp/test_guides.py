@@ -203,8 +203,10 @@ def test_bad_inputs_name_key_value_and_fix():
         assign_guides(gdata, min_fraction=True)
     with pytest.raises(TypeError, match=r"control_targets=None must be a list of target names.*pass \[\]"):
         assign_guides(gdata, control_targets=None)
-    with pytest.raises(ValueError, match=r"target_pattern='\^Xg'.*does not match guide 'STAT1g1'"):
-        assign_guides(gdata, target_pattern=r"^Xg")
+    with pytest.raises(ValueError, match=r"target_pattern='\^\(X\)g'.*does not match guide 'STAT1g1'"):
+        assign_guides(gdata, target_pattern=r"^(X)g")
+    with pytest.raises(ValueError, match=r"target_pattern='\^g\\\\d\$' has no group: its first group is the target"):
+        assign_guides(gdata, target_pattern=r"^g\d$")
     with pytest.raises(ValueError, match="either targets"):
         assign_guides(gdata, targets="target", target_pattern=r"(.+)g\d")
     with pytest.raises(KeyError, match=r"obsm_key='guides' is not in adata.obsm"):
@@ -346,3 +348,18 @@ def test_counts_that_are_almost_whole_are_not_counts():
     )
     with pytest.raises(ValueError, match=r"must hold guide UMI counts \(non-negative integers\)"):
         assign_guides(gdata, inplace=False)
+
+
+def test_a_target_named_like_the_control_label_is_not_merged_into_the_controls():
+    gdata, _, _ = _simulated(n=60)
+    with pytest.raises(
+        ValueError,
+        match=r"control_label='JAK2' is the target of guide\(s\) \['JAK2g1', 'JAK2g2'\], while other guides target the "
+        r"controls \['non-targeting'\]; both would be labelled 'JAK2'",
+    ):
+        assign_guides(gdata, control_label="JAK2", inplace=False)
+    # the control guides' own target as the label, or that target listed among the controls, is fine
+    labels = assign_guides(gdata, control_label="non-targeting", inplace=False)["scmech_perturbation"]
+    assert "non-targeting" in set(labels.astype(str))
+    listed = assign_guides(gdata, control_label="JAK2", control_targets=["JAK2", "non-targeting"], inplace=False)
+    assert "JAK2" in set(listed["scmech_perturbation"].astype(str))

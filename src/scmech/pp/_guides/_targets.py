@@ -42,6 +42,12 @@ def _raw_targets(
         except re.error as e:
             msg = f"target_pattern={target_pattern!r} is not a valid regular expression ({e})."
             raise ValueError(msg) from e
+        if rx.groups == 0:
+            msg = (
+                f"target_pattern={target_pattern!r} has no group: its first group is the target, so put the target "
+                r"in parentheses, e.g. r'^(.+?)[-_]?g\d+$'."
+            )
+            raise ValueError(msg)
         out = []
         for g in names:
             m = rx.search(g)
@@ -51,7 +57,7 @@ def _raw_targets(
                     r"is the target, e.g. r'^(.+?)[-_]?g\d+$'."
                 )
                 raise ValueError(msg)
-            out.append(m.group(1) if m.re.groups else m.group(0))
+            out.append(m.group(1))
         return out, f"target_pattern={target_pattern!r}"
     if targets is None:
         if var is not None and "target" in var.columns:
@@ -167,7 +173,20 @@ def _labelled_targets(
     Object array of targets, one per guide.
     """
     tg = _targets(names, var, targets, target_pattern, adata)
-    ctrl_set = {str(c).lower() for c in control_targets} | {control_label.lower()}
+    listed = {str(c).lower() for c in control_targets}
+    named = [
+        g for g, t in zip(names, tg, strict=True) if t.lower() == control_label.lower() and t.lower() not in listed
+    ]
+    others = sorted({t for t in tg if t.lower() in listed})
+    if named and others:  # a real target named like the control label would share the controls' label
+        msg = (
+            f"control_label={control_label!r} is the target of guide(s) {named[:5]}, while other guides target the "
+            f"controls {others[:5]}; both would be labelled {control_label!r}. Pass the label the control guides "
+            f"should carry (e.g. control_label={others[0]!r}), or list {control_label!r} in control_targets if its "
+            "guides are controls too."
+        )
+        raise ValueError(msg)
+    ctrl_set = listed | {control_label.lower()}
     return np.asarray([control_label if t.lower() in ctrl_set else t for t in tg], dtype=object)
 
 
