@@ -489,3 +489,12 @@ def test_evaluate_keeps_the_users_torch_thread_count(bench):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_noise_ceiling_and_decomposition_of_the_control_alone_name_the_control(bench):
+    adata = bench[0]
+    # both said "no condition has at least 2 cells", though the controls have dozens
+    with pytest.raises(ValueError, match=r"conditions=\['NT'\] holds only the control label 'NT'; the noise ceiling"):
+        tl.noise_ceiling(adata, conditions=["NT"])
+    with pytest.raises(ValueError, match=r"conditions=\['NT'\] holds only the control label 'NT'; the decomposition"):
+        tl.error_decomposition(adata, batch_key="batch", conditions="NT", n_bootstrap=2, n_splits=2)

@@ -72,6 +72,14 @@ def _requested_conditions(
             )
             raise KeyError(msg)
         wanted.append(can)
+    asked = [conditions] if isinstance(conditions, str) else list(conditions)
+    if asked and not wanted:
+        msg = (
+            f"conditions={asked[:5]} holds only the "
+            f"control label {ctrl!r}; the decomposition is of perturbations' effects, measured against the controls. "
+            f"Pass perturbation labels (e.g. {observed[:3]}), or conditions=None for every perturbation."
+        )
+        raise ValueError(msg)
     return list(dict.fromkeys(wanted))
 
 

@@ -164,6 +164,13 @@ def _ceiling_conditions(
     counts_per = pd.Series(design.labels[assigned & ~design.is_control]).value_counts()
     if conditions is not None:
         conds = sorted({canonical_condition(c, design) for c in conditions} - {ctrl})
+        if not conds:
+            msg = (
+                f"conditions={list(conditions)[:5]} holds only the control label {ctrl!r}; the noise ceiling scores "
+                "perturbations' changes from the controls. Pass perturbation labels (e.g. "
+                f"{sorted(counts_per.index)[:3]}), or conditions=None for every perturbation."
+            )
+            raise ValueError(msg)
         missing = [c for c in conds if c not in counts_per.index]
         if missing:
             msg = f"Condition(s) {missing[:5]} have no assigned cells in obs[{perturbation_key!r}]."
