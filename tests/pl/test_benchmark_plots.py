@@ -114,3 +114,20 @@ def test_leaderboard_plot_refuses_an_ax_that_is_not_an_axes():
     ax = pl.leaderboard(res)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["N", "M"]
     plt.close("all")
+
+
+def test_predicted_vs_observed_takes_a_bare_string_as_one_gene_and_refuses_no_gene(data):
+    # genes="gene5" was read character by character (KeyError "Gene(s) ['g', 'e', ...]")
+    adata, sp, preds = data
+    ax = pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, genes="gene5", show=False)
+    assert [t.get_text() for t in ax.texts] == ["gene5"]
+    assert ax.get_title().endswith("(all 25 genes); no r for 1 selected gene")  # not "nan (selected)"
+    # genes=[] drew a title "... nan (selected)" without a word
+    for empty in ([], ()):
+        with pytest.raises(
+            ValueError,
+            match=r"genes=(\[\]|\(\)) selects no gene; pass genes=None for the top n_genes=20 DE genes, or name "
+            r"the genes to highlight \(e\.g\. genes=\['gene0', 'gene1'\]\)",
+        ):
+            pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, genes=empty, show=False)
+    plt.close("all")

@@ -138,7 +138,7 @@ def predicted_vs_observed(
     layer: str | None = None,
     counts: bool = True,
     split: Split | None = None,
-    genes: Sequence[str] | None = None,
+    genes: str | Sequence[str] | None = None,
     n_genes: int = 20,
     de_method: Literal["t-test", "t-test_overestim_var", "wilcoxon", "logreg"] = "t-test",
     ax: Axes | None = None,
@@ -175,7 +175,7 @@ def predicted_vs_observed(
         The split the model was trained on; observed cells then come from its test set and controls from
         ``split.control_reference`` (as in :func:`scmech.tl.evaluate`).
     genes
-        Genes to highlight and label instead of the top DE genes.
+        Genes to highlight and label instead of the top DE genes; a single name is one gene.
     n_genes
         Number of top DE genes (vs control, :func:`scanpy.tl.rank_genes_groups`) to highlight.
     de_method
@@ -191,6 +191,13 @@ def predicted_vs_observed(
     -------
     The axes, unless ``show=True``.
 
+    Raises
+    ------
+    ValueError
+        When ``genes`` selects no gene, ``n_genes`` is below 1 or ``condition`` is the control.
+    KeyError
+        When a gene of ``genes`` is missing, or ``condition`` has no prediction or no observed cells.
+
     Examples
     --------
     >>> pred = model.predict(["STAT1"])
@@ -204,6 +211,7 @@ def predicted_vs_observed(
     if split is not None:
         split.check_adata(adata)
     check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
+    genes = _gene_list(genes, adata, n_genes)
     design = _design(adata, perturbation_key, control_label, separator, unassigned_label)
     cond = _perturbation_of(condition, design)
     model, frame, gene_idx = _predicted_frame(prediction, adata, design, cond)
@@ -217,6 +225,42 @@ def predicted_vs_observed(
     _draw_predicted_vs_observed(ax, x, yv, hi, what, gene_idx)
     _label_predicted_vs_observed(ax, x, yv, hi, what, cond, model)
     return finish(ax, name=f"predicted_vs_observed_{cond}", show=show, save=save)
+
+
+def _gene_list(genes: str | Sequence[str] | None, adata: AnnData, n_genes: int) -> list[str] | None:
+    """Return the genes to highlight as a list (a bare string is one gene), refusing an empty selection.
+
+    Parameters
+    ----------
+    genes
+        Genes to highlight as given, or ``None`` for the top DE genes.
+    adata
+        Observed data (its first genes make the example of the message).
+    n_genes
+        Number of top DE genes drawn when ``genes`` is ``None`` (for the message).
+
+    Returns
+    -------
+    The gene names, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        When ``genes`` is empty.
+    """
+    if genes is None:
+        return None
+    if isinstance(genes, str):
+        return [genes]
+    names = [str(g) for g in genes]
+    if not names:
+        example = [str(g) for g in adata.var_names[:2]]
+        msg = (
+            f"genes={genes!r} selects no gene; pass genes=None for the top n_genes={n_genes!r} DE genes, or name "
+            f"the genes to highlight (e.g. genes={example!r})."
+        )
+        raise ValueError(msg)
+    return names
 
 
 def _perturbation_of(condition: str, design: PerturbationDesign) -> str:
@@ -363,7 +407,7 @@ def _observed_changes(
 
 
 def _highlighted_genes(
-    genes: Sequence[str] | None, gene_idx: pd.Index, de_genes: dict[str, np.ndarray] | None, cond: str
+    genes: list[str] | None, gene_idx: pd.Index, de_genes: dict[str, np.ndarray] | None, cond: str
 ) -> tuple[np.ndarray, str]:
     """Get the positions of the genes to highlight (given, or the top DE genes) and what they are.
 
@@ -389,7 +433,6 @@ def _highlighted_genes(
         When a gene of ``genes`` is not in ``gene_idx``.
     """
     if genes is not None:
-        genes = [str(g) for g in genes]
         missing = [g for g in genes if g not in gene_idx]
         if missing:
             msg = f"Gene(s) {missing[:5]} are not in the data and the prediction."
@@ -435,7 +478,7 @@ def _draw_predicted_vs_observed(
 def _label_predicted_vs_observed(
     ax: Axes, x: np.ndarray, yv: np.ndarray, hi: np.ndarray, what: str, cond: str, model: str
 ) -> None:
-    """Label the axes, give the Pearson r (all genes, highlighted genes) in the title and add the legend.
+    """Label the axes, give the Pearson r (all genes; highlighted genes when two or more) in the title, add the legend.
 
     Parameters
     ----------
@@ -457,13 +500,13 @@ def _label_predicted_vs_observed(
     from scmech.tl._metrics import _pearson
 
     r_all = _pearson(yv, x)
-    r_hi = _pearson(yv[hi], x[hi]) if len(hi) else np.nan
+    if len(hi) >= 2:
+        of_hi = f", {_pearson(yv[hi], x[hi]):.2f} ({what})"
+    else:  # a correlation needs two genes: say so rather than print nan
+        of_hi = f"; no r for {len(hi)} {what} gene{'' if len(hi) == 1 else 's'}"
     ax.set_xlabel("observed change vs control (log1p pseudobulk)")
     ax.set_ylabel(f"predicted change vs control ({model})")
-    ax.set_title(
-        f"{cond} — Pearson r = {r_all:.2f} (all {len(x)} genes), {r_hi:.2f} ({what})",
-        fontsize="medium",
-    )
+    ax.set_title(f"{cond} — Pearson r = {r_all:.2f} (all {len(x)} genes){of_hi}", fontsize="medium")
     ax.legend(loc="upper left", fontsize="small", frameon=False)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)

@@ -36,7 +36,7 @@ _COMPONENT_STYLE = {
 def error_components(
     result_or_adata: pd.DataFrame | AnnData,
     *,
-    conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
     key: str = SCMECH_ADATA_KEYS.ERRORS_UNS,
     sort: bool = True,
     ax: Axes | None = None,
@@ -55,7 +55,8 @@ def error_components(
     result_or_adata
         The table returned by ``error_decomposition``, or an AnnData holding it in ``uns["scmech"][key]``.
     conditions
-        Perturbations to show (in this order when ``sort=False``); all when ``None``.
+        Perturbations to show (in this order when ``sort=False``); a single name is one perturbation; all when
+        ``None``.
     key
         ``uns["scmech"]`` key of the decomposition (AnnData input).
     sort
@@ -70,6 +71,11 @@ def error_components(
     Returns
     -------
     The axes, unless ``show=True``.
+
+    Raises
+    ------
+    ValueError
+        When the table is empty, has no value to draw, or ``conditions`` selects no perturbation.
 
     Examples
     --------
@@ -105,6 +111,8 @@ def _decomposition_table(result_or_adata: pd.DataFrame | AnnData, key: str) -> p
         When the AnnData holds no decomposition under ``key`` or the table lacks a needed column.
     TypeError
         When ``result_or_adata`` is neither a DataFrame nor an AnnData.
+    ValueError
+        When the table has no rows.
     """
     if isinstance(result_or_adata, ad.AnnData):
         stored = result_or_adata.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(key)
@@ -112,11 +120,19 @@ def _decomposition_table(result_or_adata: pd.DataFrame | AnnData, key: str) -> p
             msg = f"adata.uns['scmech'] has no {key!r}; run scmech.tl.error_decomposition(adata, key_added={key!r})."
             raise KeyError(msg)
         table = stored["table"]
+        what = f"adata.uns['scmech'][{key!r}]['table']"
     elif isinstance(result_or_adata, pd.DataFrame):
         table = result_or_adata
+        what = "The error decomposition table"
     else:
         msg = f"Pass the table of error_decomposition or an AnnData holding it, got {type(result_or_adata).__name__}."
         raise TypeError(msg)
+    if len(table) == 0:
+        msg = (
+            f"{what} is empty ({table.shape[0]} rows, {table.shape[1]} columns): nothing to plot. Pass the table "
+            "of scmech.tl.error_decomposition (or an AnnData it wrote to), not a filtered copy without rows."
+        )
+        raise ValueError(msg)
     need = {"condition", "component", "value"}
     if not need <= set(table.columns):
         msg = f"The table lacks columns {sorted(need - set(table.columns))}; pass error_decomposition's output."
@@ -147,10 +163,27 @@ def _component_frame(
     ------
     KeyError
         When a perturbation of ``conditions`` is not in the table.
+    ValueError
+        When ``conditions`` selects no perturbation, or no perturbation of the table has a value.
     """
-    wide = table.pivot_table(index="condition", columns="component", values="value", aggfunc="first", sort=False)
     if conditions is not None:
+        given = conditions
         conditions = [str(c) for c in ([conditions] if isinstance(conditions, str) else conditions)]
+        if not conditions:
+            names = [str(c) for c in pd.unique(table["condition"].dropna())[:2]]
+            msg = (
+                f"conditions={given!r} selects no perturbation: nothing to plot. Pass conditions=None for all "
+                f"perturbations of the decomposition, or name some (e.g. conditions={names!r})."
+            )
+            raise ValueError(msg)
+    wide = table.pivot_table(index="condition", columns="component", values="value", aggfunc="first", sort=False)
+    if wide.empty:
+        msg = (
+            f"The error decomposition has no perturbation with a value ({len(table)} rows, all with a missing "
+            "condition or value): nothing to plot. Pass the table of scmech.tl.error_decomposition."
+        )
+        raise ValueError(msg)
+    if conditions is not None:
         missing = [c for c in conditions if c not in wide.index]
         if missing:
             msg = f"Condition(s) {missing[:5]} are not in the decomposition (conditions: {list(wide.index)[:8]})."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["check_ax", "finish", "get_ax"]
+
+#: characters that end a ``save`` naming a folder (``"figs/"``)
+_SEPARATORS = tuple(sep for sep in {"/", os.sep, os.altsep} if sep)
 
 
 def check_ax(ax: object) -> None:
@@ -72,7 +76,8 @@ def finish(ax: Axes, *, name: str, show: bool | None, save: str | Path | bool | 
     show
         ``True``: call :func:`matplotlib.pyplot.show` and return ``None``. ``False`` or ``None``: return the axes.
     save
-        A path (parent folders are created; the suffix sets the format), or ``True`` for
+        A file path (parent folders are created; the suffix sets the format, ``.png`` when it has none; a folder
+        is refused), or ``True`` for
         ``scanpy.settings.figdir / f"scmech_{name}.png"``; nothing is saved when ``None`` or ``False``.
 
     Returns
@@ -112,22 +117,38 @@ def _save_path(ax: Axes, name: str, save: str | Path | bool) -> Path:
     TypeError
         For a ``save`` that is neither a bool, a string nor a path.
     ValueError
-        For a suffix that matplotlib cannot write, or a path that is an existing folder.
+        For a suffix that matplotlib cannot write, or a path that names a folder: an existing one (checked before
+        and after ``.png`` is added), or one ending with a path separator.
     """
     if save is True:
         import scanpy as sc
 
-        safe = "".join("_" if ch in "/\\:" else ch for ch in name)
-        return Path(sc.settings.figdir) / f"scmech_{safe}.png"
+        return Path(sc.settings.figdir) / f"scmech_{_safe_name(name)}.png"
     if not isinstance(save, str | PathLike):
         msg = f"save={save!r} must be a file path (str or Path), True (scanpy.settings.figdir) or None/False."
         raise TypeError(msg)
     path = Path(save)
+    example = str(path / f"{_safe_name(name)}.png")
+    if path.is_dir():  # before the suffix is added: save="figs" must not become figs.png beside the folder figs
+        msg = (
+            f"save={str(save)!r} names the existing folder {str(path)!r}; pass a file path inside it "
+            f"(e.g. save={example!r})."
+        )
+        raise ValueError(msg)
+    if str(save).endswith(_SEPARATORS):
+        msg = (
+            f"save={str(save)!r} ends with a path separator, so it names a folder; pass a file path inside it "
+            f"(e.g. save={example!r})."
+        )
+        raise ValueError(msg)
     if path.suffix == "":
         path = path.with_suffix(".png")
-    if path.is_dir():
-        example = str(path / "plot.png")
-        msg = f"save={str(save)!r} names the existing folder {str(path)!r}; pass a file name (e.g. {example!r})."
+    if path.is_dir():  # save="figs" where figs.png is a folder
+        example = str(path / f"{_safe_name(name)}.png")
+        msg = (
+            f"save={str(save)!r} names the existing folder {str(path)!r} once the default suffix .png is added; "
+            f"pass a file path inside it (e.g. save={example!r}) or another file name."
+        )
         raise ValueError(msg)
     formats = ax.figure.canvas.get_supported_filetypes()
     if path.suffix[1:].lower() not in formats:
@@ -137,6 +158,21 @@ def _save_path(ax: Axes, name: str, save: str | Path | bool) -> Path:
         )
         raise ValueError(msg)
     return path
+
+
+def _safe_name(name: str) -> str:
+    """Return ``name`` with path separators and ``:`` replaced by ``_``, usable as a file name.
+
+    Parameters
+    ----------
+    name
+        Base file name of a plot (may hold a metric or a condition label).
+
+    Returns
+    -------
+    The file name.
+    """
+    return "".join("_" if ch in "/\\:" else ch for ch in name)
 
 
 def _strip(ax: Axes) -> None:
