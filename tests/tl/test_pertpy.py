@@ -319,3 +319,64 @@ def test_prediction_helpers_bad_inputs():
         tl.combine_prediction(pred, dup_obs)
     with pytest.raises(ValueError, match=r"method='umap'.*'pseudobulk' or 'centroid'"):
         tl.perturbation_space(pred, adata, method="umap")
+
+
+@cache
+def _combination_screen() -> tuple[ad.AnnData, ad.AnnData]:
+    """The screen of six perturbations and two combinations, and TrainMean's mean prediction of two of them."""
+    adata = simulate_perturbseq(n_cells=600, n_genes=40, n_perturbations=6, n_combinations=2, seed=0)
+    tl.TrainMean.setup_anndata(adata)
+    model = tl.TrainMean(adata)
+    model.train()
+    return adata, model.predict(["G0001", "G0009"])
+
+
+def test_counts_false_on_raw_counts_is_refused():
+    pytest.importorskip("pertpy")
+    adata, pred = _combination_screen()
+    adata = adata.copy()
+    refused = r"counts=False declares observed\.X log-normalised, but it holds integer counts \(largest value 3956\)"
+    with pytest.raises(ValueError, match=refused):
+        tl.prediction_distance(pred, adata, metric="euclidean", counts=False)
+    with pytest.raises(ValueError, match=refused):
+        tl.combine_prediction(pred, adata, counts=False)
+    with pytest.raises(ValueError, match=refused):
+        tl.perturbation_space(pred, adata, counts=False)
+    # per-cell predictions are refused too, and the message names the layer read
+    adata.layers["counts"] = adata.X.copy()
+    cells = _cells_prediction(adata, ["G0001"])
+    with pytest.raises(ValueError, match=r"counts=False declares observed\.layers\['counts'\] log-normalised"):
+        tl.prediction_distance(cells, adata, layer="counts", counts=False)
+    # log-normalised data with counts=False, and counts with counts=True, are accepted
+    lognorm = adata.copy()
+    lognorm.X = _lognorm(adata)
+    res = tl.prediction_distance(pred, lognorm, metric="euclidean", counts=False, n_pcs=None)
+    assert list(res.index) == ["G0001", "G0009"]
+    assert (res["distance"] < 3).all()
+    assert (tl.prediction_distance(pred, adata, metric="euclidean", n_pcs=None)["distance"] < 3).all()
+
+
+def test_a_bare_string_condition_is_one_label():
+    pytest.importorskip("pertpy")
+    adata, pred = _combination_screen()
+    one = tl.combine_prediction(pred, adata, conditions="G0001", n_pcs=None)
+    listed = tl.combine_prediction(pred, adata, conditions=["G0001"], n_pcs=None)
+    assert set(one.obs["group"]) == {"predicted|G0001", "observed|G0001", "observed|NT"}
+    np.testing.assert_array_equal(one.X, listed.X)
+    res = tl.prediction_distance(pred, adata, metric="euclidean", conditions="G0001")
+    assert list(res.index) == ["G0001"]
+    ps = tl.perturbation_space(pred, adata, conditions="G0001", n_pcs=None)
+    assert set(ps.obs["group"]) == {"predicted|G0001", "observed|G0001", "observed|NT"}
+    alone = tl.perturbation_space(pred, conditions="G0001", n_pcs=None)
+    assert list(alone.obs["perturbation"]) == ["G0001"]
+
+
+def test_mean_prediction_counts_the_cells_behind_each_side():
+    pytest.importorskip("pertpy")
+    adata, pred = _combination_screen()
+    res = tl.prediction_distance(pred, adata, metric="euclidean", max_cells=10)
+    # TrainMean averages the 540 perturbed cells; the observed pseudobulk holds all 68 cells of each condition,
+    # whatever max_cells (which subsamples the cells of the PCA only)
+    assert pred.obs["n_cells"].tolist() == [540, 540]
+    assert res["n_predicted"].tolist() == [540, 540]
+    assert res["n_observed"].tolist() == [68, 68]

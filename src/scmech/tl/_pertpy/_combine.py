@@ -18,6 +18,8 @@ from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
+from scmech.tl._metrics._checks import _as_list
+from scmech.tl._metrics._evaluate import _check_log_scale
 from scmech.tl._metrics._predictions import check_condition_labels
 from scmech.tl._seeds import check_seed
 
@@ -65,7 +67,7 @@ def combine_prediction(
     unassigned_label: str | Sequence[str] | None = ("unassigned", "multiple"),
     layer: str | None = None,
     counts: bool = True,
-    conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
     n_pcs: int | None = 30,
     max_cells: int | None = 300,
     random_state: int = 0,
@@ -98,9 +100,11 @@ def combine_prediction(
     layer
         %(layer)s
     counts
-        Whether ``observed`` holds raw counts (else log-normalised values, used as they are).
+        Whether ``observed`` holds raw counts (else log-normalised values, used as they are). With ``counts=False``
+        the observed cells read must be on a log scale, as in :func:`scmech.tl.evaluate`: a ``ValueError`` refuses
+        integers above :math:`\log(1 + 10^4)` + 0.5 (raw counts) and any value above 30.
     conditions
-        Conditions to keep; all predicted conditions with observed cells when ``None``.
+        Conditions to keep (one label or a list); all predicted conditions with observed cells when ``None``.
     n_pcs
         Principal components of ``obsm["X_pca"]``, fitted on the observed log-normalised cells (controls and
         ``conditions``) and applied to both sides; ``None`` leaves ``X_pca`` out.
@@ -115,7 +119,9 @@ def combine_prediction(
 
     - ``obs["perturbation"]`` (canonical condition), ``obs["source"]`` (``"predicted"``/``"observed"``),
       ``obs["group"]`` (``"predicted|STAT1"``, ``"observed|NT"``, categorical) and ``obs["n_cells"]`` (cells
-      behind the row: 1 for a cell, the cells of a pseudobulk or the starting cells of a mean prediction);
+      behind the row: 1 for a cell, the cells of a pseudobulk, or a mean prediction's own ``obs["n_cells"]``, the
+      cells it rests on, such as the starting cells of ``SemiMechVI.predict`` or the cells a baseline averaged;
+      1 without that column);
     - ``obsm["X_pca"]`` (with ``n_pcs``);
     - ``uns["scmech"]["combine_prediction"]``: ``mean_prediction``, ``n_pcs`` and the PCA ``loadings``.
 
@@ -202,7 +208,7 @@ def _check_combine_args(pred: Any, observed: Any, *, n_pcs: Any, max_cells: Any,
 def _combined_conditions(
     plabels: np.ndarray,
     observed_conds: set[str],
-    conditions: Sequence[str] | None,
+    conditions: str | Sequence[str] | None,
     canon: Callable[[str], str],
     perturbation_key: str,
 ) -> list[str]:
@@ -210,7 +216,7 @@ def _combined_conditions(
     if conditions is None:
         conds = [c for c in pd.unique(plabels) if c in observed_conds]
     else:
-        conds = [canon(c) for c in conditions]
+        conds = [canon(c) for c in _as_list(conditions)]
         missing = [c for c in conds if c not in set(plabels.tolist()) or c not in observed_conds]
         if missing:
             msg = (
@@ -259,6 +265,10 @@ def _log_normalised(
     )
     if counts:
         log_normalise(cells)
+    else:
+        where = "observed.X" if layer is None else f"observed.layers[{layer!r}]"
+        n_stored = cells.X.nnz if sp.issparse(cells.X) else cells.X.size
+        _check_log_scale(cells.X, float(cells.X.max()) if n_stored else None, where)
     return _dense(cells.X)[:, gpos].astype(np.float64)
 
 

@@ -51,7 +51,7 @@ def prediction_distance(
     unassigned_label: str | Sequence[str] | None = ("unassigned", "multiple"),
     layer: str | None = None,
     counts: bool = True,
-    conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
     n_pcs: int | None = 30,
     max_cells: int | None = 300,
     random_state: int = 0,
@@ -88,7 +88,12 @@ def prediction_distance(
     -------
     DataFrame indexed by condition with ``distance`` (predicted vs observed), ``control_distance`` (observed
     controls vs observed condition: the score of predicting "no change"), ``n_predicted`` and ``n_observed``
-    (rows compared). ``attrs["metric"]`` names the metric. Nothing is written to ``pred`` or ``observed``.
+    (the cells behind the rows compared: :func:`combine_prediction`'s ``obs["n_cells"]`` summed per side). For
+    per-cell predictions they are the predicted and observed cells compared (at most ``max_cells`` each); for a
+    mean prediction, which compares one row per side, ``n_predicted`` is the prediction's own
+    ``obs["n_cells"]`` (the cells it rests on, e.g. the starting cells of ``SemiMechVI.predict`` or the cells a
+    baseline averaged; 1 without that column) and ``n_observed`` the observed cells of the pseudobulk.
+    ``attrs["metric"]`` names the metric. Nothing is written to ``pred`` or ``observed``.
 
     Examples
     --------

@@ -9,6 +9,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scmech.tl._metrics._checks import _as_list
+
 from ._combine import combine_prediction
 from ._common import PREDICTED, _dense, _import_pertpy
 
@@ -32,7 +34,7 @@ def perturbation_space(
     unassigned_label: str | Sequence[str] | None = ("unassigned", "multiple"),
     layer: str | None = None,
     counts: bool = True,
-    conditions: Sequence[str] | None = None,
+    conditions: str | Sequence[str] | None = None,
     n_pcs: int | None = 30,
     max_cells: int | None = 300,
     random_state: int = 0,
@@ -106,14 +108,15 @@ def perturbation_space(
 
 
 def _predictions_alone(
-    pred: AnnData, conditions: Sequence[str] | None, *, n_pcs: int | None, random_state: int
+    pred: AnnData, conditions: str | Sequence[str] | None, *, n_pcs: int | None, random_state: int
 ) -> AnnData:
     """Label the rows of ``pred`` (of ``conditions``) as :func:`combine_prediction` does, with a PCA."""
     if "perturbation" not in pred.obs.columns:
         msg = "pred has no obs['perturbation'] column; pass the AnnData returned by predict()."
         raise KeyError(msg)
     lab = pred.obs["perturbation"].astype(str).to_numpy()
-    keep = np.ones(pred.n_obs, dtype=bool) if conditions is None else np.isin(lab, [str(c) for c in conditions])
+    wanted = _as_list(conditions)
+    keep = np.ones(pred.n_obs, dtype=bool) if wanted is None else np.isin(lab, [str(c) for c in wanted])
     both = ad.AnnData(
         X=_dense(pred.X[keep]).astype(np.float32),
         obs=pd.DataFrame(
