@@ -396,3 +396,56 @@ def test_variance_terms_that_are_not_finite_are_named():
     assert var["cell"] == 1.5
     assert np.isnan(var["batch"])
     assert resolve_variance(var)["cell"] == 1.5
+
+
+@pytest.mark.parametrize("low", [0.01, 0.025, 0.05])
+def test_power_at_or_below_the_test_level_is_refused(low):
+    # z_{1-alpha/2} + z_power <= 0 below alpha/2 gave a negative MDE; up to alpha every effect, 0 included, reaches it
+    match = rf"power={low} must lie between alpha=0.05 and 1: .*every effect.*Pass a power in \(0.05, 1\)"
+    for mode in ({"n_cells": 100}, {"effect": 0.2}, {"n_cells": 100, "effect": 0.2}):
+        with pytest.raises(ValueError, match=match):
+            power(VAR, power=low, **mode)
+    with pytest.raises(ValueError, match=match):
+        minimal_detectable_effect(1.0, 100, 100, power=low)
+    with pytest.raises(ValueError, match=match):
+        recommend_batches(6, 3, 3000, target_effect=0.5, variance=VAR, power=low)
+    # just above the level the MDE is positive and the cells needed detect the effect at that power
+    mde = power(VAR, n_cells=100, power=0.06)["mde"].iloc[0]
+    assert mde > 0
+    need = power(VAR, effect=0.5, power=0.06)["n_cells"].iloc[0]
+    assert power(VAR, n_cells=need, effect=0.5)["power"].iloc[0] >= 0.06
+
+
+@pytest.mark.parametrize(("name", "value"), [("alpha", "0.05"), ("alpha", True), ("power", "0.8"), ("power", None)])
+def test_power_and_alpha_must_be_numbers(name, value):
+    with pytest.raises(TypeError, match=rf"{name}={re.escape(repr(value))} must be a number in \(0, 1\)"):
+        power(VAR, n_cells=100, **{name: value})
+
+
+def test_recommend_batches_refuses_a_control_label_among_the_generated_labels():
+    match = r"control_label='P0' is also the label generated for one of perturbations=6 \(labels 'P0' to 'P5'\)"
+    with pytest.raises(ValueError, match=match + r"; pass another control_label"):
+        recommend_batches(6, 3, 300, control_label="P0")
+    with pytest.raises(ValueError, match=r"control_label='P07' is also the label generated"):
+        recommend_batches(12, 3, 900, control_label="P07")
+    # a control label outside the generated ones is kept, as are given labels beside it
+    design = recommend_batches(6, 3, 300, control_label="P6")
+    assert design.table.columns[0] == "P6"
+    assert list(design.cells_per_perturbation.index) == [f"P{i}" for i in range(6)]
+    assert list(recommend_batches(["A", "B"], 2, 300, control_label="P0").cells_per_perturbation.index) == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("perturbations", "match"),
+    [
+        (6.0, r"perturbations=6.0 is a float; pass the number of perturbations as an integer"),
+        (True, r"perturbations=True is a bool; pass the number of perturbations as an integer"),
+        (np.bool_(True), r"perturbations=(np\.)?True_? is a bool"),
+        (None, r"perturbations=None \(NoneType\) is neither a number nor a list of labels"),
+    ],
+)
+def test_recommend_batches_perturbations_is_a_count_or_labels(perturbations, match):
+    with pytest.raises(TypeError, match=match):
+        recommend_batches(perturbations, 3, 300)
+    # integers (numpy's too) stay counts
+    assert len(recommend_batches(np.int64(6), 3, 300).cells_per_perturbation) == 6

@@ -261,3 +261,14 @@ def test_batch_missing_at_reference_time_gets_nan():
     expected = np.log2(100.5 / 100.5) - np.log2(50.5 / 100.5)
     assert table.loc["all", "log2_ratio"] == pytest.approx(expected, rel=1e-12)
     assert table.loc["all", "se"] == pytest.approx(np.sqrt(2 / 100.5 + 1 / 50.5 + 1 / 100.5) / LN2, rel=1e-12)
+
+
+@pytest.mark.parametrize("key_added", [None, "", 3])
+def test_key_added_must_be_a_non_empty_string(key_added):
+    # uns["scmech"][None] could not be written to h5ad; an empty key is no key
+    adata = _mk(["NT", "A", "B"] * 20)
+    with pytest.raises(ValueError, match=rf"key_added must be a non-empty string .*got {key_added!r}"):
+        selection(adata, key_added=key_added)
+    assert "scmech" not in adata.uns
+    selection(adata, key_added="fitness")
+    assert list(adata.uns["scmech"]) == ["fitness"]

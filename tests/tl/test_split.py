@@ -265,3 +265,68 @@ def test_random_state_none_uses_the_scvi_seed():
     np.testing.assert_array_equal(s.test, same.test)
     np.testing.assert_array_equal(s.validation, same.validation)
     assert tl.split(adata, "perturbation", random_state=np.int64(2)).params["random_state"] == 2
+
+
+def test_leave_one_out_reads_a_bare_string_as_one_condition():
+    adata = _adata()
+    # the string was read character by character (KeyError "Test condition 'A'" for "A+B")
+    assert [s.test_conditions for s in tl.leave_one_out(adata, conditions="A+B")] == [["A+B"]]
+    assert [s.test_conditions for s in tl.leave_one_out(adata, conditions="B")] == [["B"]]
+    with pytest.raises(KeyError, match=r"Test condition 'Z9' .*has no assigned cells"):
+        tl.leave_one_out(adata, conditions="Z9")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"test_size": "0.2"}, r"test_size='0.2' \(str\) must be a fraction in \(0, 1\), e.g. test_size=0.2"),
+        ({"test_size": None}, r"test_size=None \(NoneType\) must be a fraction in \(0, 1\)"),
+        ({"test_size": True}, r"test_size=True \(bool\) must be a fraction in \(0, 1\)"),
+        ({"validation_size": True}, r"validation_size=True \(bool\) must be a fraction in \[0, 1\)"),
+        ({"validation_size": "0"}, r"validation_size='0' \(str\) must be a fraction in \[0, 1\)"),
+    ],
+)
+def test_sizes_must_be_numbers(kwargs, match):
+    adata = _adata()
+    with pytest.raises(TypeError, match=match):
+        tl.split(adata, "perturbation", **kwargs)
+    if "validation_size" in kwargs:
+        with pytest.raises(TypeError, match=match):
+            tl.leave_one_out(adata, **kwargs)
+
+
+@pytest.mark.parametrize("seen", [2.0, True, np.bool_(False), "2", None])
+def test_seen_must_be_an_integer(seen):
+    adata = _adata()
+    with pytest.raises(TypeError, match=r"seen=.* must be the integer 0, 1 or 2 .*e.g. seen=2"):
+        tl.split(adata, "combination", seen=seen, random_state=0)
+    # numpy integers are integers
+    s = tl.split(adata, "combination", seen=np.int64(1), test_conditions=["A+B"], random_state=0)
+    assert len([c for c in s.test_conditions if "+" not in c]) == 1
+
+
+@pytest.mark.parametrize("value", [True, np.True_, "two", None])
+def test_held_out_times_must_be_numbers(value):
+    adata = _adata()
+    adata.obs["day"] = np.tile([0.0, 1.0, 2.0], adata.n_obs // 3 + 1)[: adata.n_obs]
+    # True was read as time 1.0
+    with pytest.raises(TypeError, match=r"time value .* in test_conditions is not a number.*obs\['day'\]"):
+        tl.split(adata, "time", time_key="day", test_conditions=[value])
+    # numbers, and strings that are numbers, name a time point
+    assert tl.split(adata, "time", time_key="day", test_conditions=[1]).test_groups == [1.0]
+    assert tl.split(adata, "time", time_key="day", test_conditions="2").test_groups == [2.0]
+
+
+def test_keys_must_be_obs_columns_even_where_the_kind_ignores_them():
+    adata = _adata()
+    for name in ("batch_key", "time_key", "media_key"):
+        with pytest.raises(KeyError, match=rf"{name}='zzz' is not a column of adata.obs \(columns: \['perturbation'"):
+            tl.split(adata, "perturbation", **{name: "zzz"})
+    with pytest.raises(KeyError, match=r"batch_key='zzz' is not a column of adata.obs .*pass one of them or None"):
+        tl.split(adata, "perturbation", batch_key="zzz", time_key="zzz")
+    with pytest.raises(TypeError, match=r"batch_key=\['rep'\] must be the name of one adata.obs column"):
+        tl.split(adata, "perturbation", batch_key=["rep"])
+    # existing columns the kind does not use are accepted (and recorded)
+    s = tl.split(adata, "perturbation", batch_key="rep", time_key="day", test_conditions=["A"])
+    assert s.params["batch_key"] == "rep"
+    assert s.test_conditions == ["A"]

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["selection"]
 
 _POOLED = "all"
+_FEW_REFERENCE_COUNTS = 10  # a counted reference with a smaller value is more likely a design ratio than reads
 _COLUMNS = [
     "condition",
     "batch",
@@ -102,9 +103,6 @@ def _reference_table(
             stacklevel=4,
         )
     return ref, is_counts
-
-
-_FEW_REFERENCE_COUNTS = 10  # a counted reference with a smaller value is more likely a design ratio than reads
 
 
 @fill_doc
@@ -172,7 +170,7 @@ def selection(
         Conditions with fewer cells in a batch (and time) are reported with NaN estimates there. Estimates need
         at least one control cell whatever ``min_cells`` is.
     key_added
-        Key in ``adata.uns["scmech"]``.
+        Key in ``adata.uns["scmech"]``, a non-empty string.
 
     Returns
     -------
@@ -193,6 +191,9 @@ def selection(
     >>> table = scmech.tl.selection(adata, batch_key="batch", reference=design)
     >>> table.query("batch == 'all' and call == 'depleted'")
     """
+    if not isinstance(key_added, str) or not key_added:
+        msg = f"key_added must be a non-empty string (the key of adata.uns['scmech'] to write), got {key_added!r}."
+        raise ValueError(msg)
     if adata.is_view:
         msg = (
             f"adata is a view ({adata.n_obs} x {adata.n_vars}); writing adata.uns['scmech'][{key_added!r}] would "
@@ -466,9 +467,8 @@ def _batch_estimates(
     if reference is not None:
         ref, is_counts = _reference_table(reference, conditions, control_label, reference_counts)
         expected = {c: float(ref[c] / ref[control_label]) for c in conditions}
-        ref_var = (
-            {c: 1.0 / (ref[c] + 0.5) + 1.0 / (ref[control_label] + 0.5) for c in conditions} if is_counts else None
-        )
+        inv_control = 1.0 / (ref[control_label] + 0.5)
+        ref_var = {c: 1.0 / (ref[c] + 0.5) + inv_control for c in conditions} if is_counts else None
     elif ref_t is not None:
         # a batch without cells at the reference time has zero reference counts (NaN estimates), not a KeyError
         batches = counts.index.get_level_values("batch").unique()

@@ -34,13 +34,39 @@ def _as_array(values: float | Sequence[float], name: str, *, integer: bool = Fal
 
 def _perturbation_labels(perturbations: Sequence[str] | int, control_label: str) -> list[str]:
     """Labels of the perturbations: ``P0``, ``P1``, ... for a number, else the given distinct labels."""
+    if isinstance(perturbations, bool | np.bool_ | float | np.floating):
+        kind = "a bool" if isinstance(perturbations, bool | np.bool_) else "a float"
+        msg = (
+            f"perturbations={perturbations!r} is {kind}; pass the number of perturbations as an integer (e.g. "
+            "perturbations=6) or a list of their labels."
+        )
+        raise TypeError(msg)
     if isinstance(perturbations, int | np.integer):
         if perturbations < 1:
             msg = f"perturbations must be >= 1 (or a list of labels), got {perturbations}."
             raise ValueError(msg)
         width = len(str(int(perturbations) - 1))
-        return [f"P{i:0{width}d}" for i in range(int(perturbations))]
-    raw = [perturbations] if isinstance(perturbations, str) else list(perturbations)
+        labels = [f"P{i:0{width}d}" for i in range(int(perturbations))]
+        if control_label in labels:
+            msg = (
+                f"control_label={control_label!r} is also the label generated for one of perturbations="
+                f"{int(perturbations)} (labels {labels[0]!r} to {labels[-1]!r}); pass another control_label (e.g. "
+                "'NT') or the perturbations' own labels as a list."
+            )
+            raise ValueError(msg)
+        return labels
+    if isinstance(perturbations, str):
+        raw = [perturbations]
+    else:
+        try:
+            raw = list(perturbations)
+        except TypeError:
+            msg = (
+                f"perturbations={perturbations!r} ({type(perturbations).__name__}) is neither a number nor a list of "
+                "labels; pass the number of perturbations as an integer (e.g. perturbations=6) or a list of their "
+                "labels."
+            )
+            raise TypeError(msg) from None
     missing = [i for i, p in enumerate(raw) if p is None or (isinstance(p, float) and np.isnan(p))]
     if missing:
         msg = (

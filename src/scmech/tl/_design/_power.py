@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,9 +36,27 @@ if TYPE_CHECKING:
 
 
 def _z(alpha: float, power: float) -> float:
-    r"""Sum of the normal quantiles :math:`z_{1-\alpha/2} + z_{\mathrm{power}}` (both in (0, 1))."""
-    if not 0 < alpha < 1 or not 0 < power < 1:
-        msg = f"alpha ({alpha}) and power ({power}) must lie in (0, 1)."
+    r"""Sum of the normal quantiles :math:`z_{1-\alpha/2} + z_{\mathrm{power}}` (:math:`\alpha < \mathrm{power} < 1`).
+
+    ``alpha`` must lie in (0, 1) and ``power`` between ``alpha`` and 1. A two-sided test at level :math:`\alpha`
+    rejects with probability :math:`\alpha` when there is no effect, so a power at or below :math:`\alpha` is met
+    by every effect, 0 included: no minimal detectable effect or cell number answers it (the formula would give a
+    negative or meaningless one), and it is refused.
+    """
+    for name, value, example in (("alpha", alpha, 0.05), ("power", power, 0.8)):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+            msg = f"{name}={value!r} must be a number in (0, 1), e.g. {name}={example}."
+            raise TypeError(msg)
+    if not 0 < alpha < 1:
+        msg = f"alpha={alpha!r} must lie in (0, 1) (the level of the two-sided test), e.g. alpha=0.05."
+        raise ValueError(msg)
+    if not alpha < power < 1:
+        msg = (
+            f"power={power!r} must lie between alpha={alpha!r} and 1: a two-sided test at level alpha already "
+            f"rejects with probability alpha when there is no effect, so a power of alpha or less is met by every "
+            f"effect and has no minimal detectable effect or cell number. Pass a power in ({alpha:g}, 1), e.g. "
+            "power=0.8."
+        )
         raise ValueError(msg)
     return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
 
@@ -74,9 +93,9 @@ def minimal_detectable_effect(
     batch_factor
         :math:`\sum_b (w_b - u_b)^2`.
     alpha
-        Test level.
+        Test level, in (0, 1).
     power
-        Power.
+        Power, between ``alpha`` and 1.
 
     Returns
     -------
@@ -84,9 +103,12 @@ def minimal_detectable_effect(
 
     Raises
     ------
+    TypeError
+        For an ``alpha`` or ``power`` that is not a number.
     ValueError
-        For cell numbers (``n_cells``, ``n_controls``) that are not positive, and for variances (``sigma2_cell``,
-        ``sigma2_batch``) or a ``batch_factor`` that are negative (or NaN).
+        For ``alpha`` outside (0, 1), a ``power`` outside (``alpha``, 1) (a power at or below the test's level is
+        met by every effect), cell numbers (``n_cells``, ``n_controls``) that are not positive, and variances
+        (``sigma2_cell``, ``sigma2_batch``) or a ``batch_factor`` that are negative (or NaN).
 
     Examples
     --------
@@ -212,7 +234,7 @@ def power(
     alpha
         Level of the two-sided test.
     power
-        Power for MDEs and cells needed.
+        Power for MDEs and cells needed, between ``alpha`` and 1 (e.g. 0.8).
     design
         A :class:`BatchDesign`: MDE per perturbation.
     n_controls
@@ -249,12 +271,15 @@ def power(
 
     Raises
     ------
+    TypeError
+        For an ``alpha`` or ``power`` that is not a number.
     ValueError
-        For ``alpha``/``power`` outside (0, 1); ``n_controls`` that is not a finite positive number,
-        ``n_perturbations`` that is not a positive integer, ``batch_factor`` that is negative or not finite (the
-        checks of :func:`minimal_detectable_effect`); ``n_cells``, ``effect`` or ``reads_per_cell`` that are not
-        positive; ``budget_reads``, ``cell_cost_reads`` or ``pilot_depth`` that are not finite or are negative; a
-        budget that cannot pay for :math:`K + \sqrt K` cells at any depth of the grid; and when no mode is given.
+        For ``alpha`` outside (0, 1) and a ``power`` outside (``alpha``, 1) (a power at or below the test's level
+        is met by every effect); ``n_controls`` that is not a finite positive number, ``n_perturbations`` that is
+        not a positive integer, ``batch_factor`` that is negative or not finite (the checks of
+        :func:`minimal_detectable_effect`); ``n_cells``, ``effect`` or ``reads_per_cell`` that are not positive;
+        ``budget_reads``, ``cell_cost_reads`` or ``pilot_depth`` that are not finite or are negative; a budget that
+        cannot pay for :math:`K + \sqrt K` cells at any depth of the grid; and when no mode is given.
 
     Examples
     --------

@@ -256,7 +256,7 @@ def recommend_batches(
     Parameters
     ----------
     perturbations
-        Labels of the perturbations, or their number (labels ``P0``, ``P1``, ...).
+        Labels of the perturbations (a list), or their number as an integer (labels ``P0``, ``P1``, ...).
     n_batches
         Number of batches (lanes, replicates).
     cells_per_batch
@@ -270,7 +270,7 @@ def recommend_batches(
     alpha
         Level of the two-sided test.
     power
-        Power at ``target_effect``.
+        Power at ``target_effect``, between ``alpha`` and 1.
     pilot
         Pilot screen (AnnData with counts) for the variance terms, see
         :func:`~scmech.tl._design.resolve_variance` (pass ``pilot_kwargs={"batch_key": ...}``).
@@ -297,9 +297,13 @@ def recommend_batches(
 
     Raises
     ------
+    TypeError
+        For ``perturbations`` that is neither an integer nor a list of labels (a float or a bool, say), and for an
+        ``alpha`` or ``power`` that is not a number.
     ValueError
-        When no design meets the constraints, naming the constraint and what would fix it, and for time points
-        that are not finite or are negative.
+        When no design meets the constraints, naming the constraint and what would fix it; for a ``control_label``
+        that is one of the generated labels ``P0``, ``P1``, ...; for ``alpha`` outside (0, 1) or a ``power``
+        outside (``alpha``, 1); and for time points that are not finite or are negative.
 
     Examples
     --------

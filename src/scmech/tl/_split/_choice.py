@@ -282,7 +282,7 @@ def _group_choice(
     if given is not None:
         chosen = []
         for g in given:
-            v = float(g) if kind == "time" else str(g)
+            v = _time_value(g, group_key) if kind == "time" else str(g)
             if v not in present:
                 msg = f"{kind} value {g!r} is not in obs[{group_key!r}] (values: {present[:12]})."
                 raise KeyError(msg)
@@ -299,6 +299,20 @@ def _group_choice(
         idx = sorted(rng.choice(len(present), size=k, replace=False).tolist())
         chosen = [present[i] for i in idx]
     return values, chosen
+
+
+def _time_value(value: Any, group_key: str) -> float:
+    """Return a held-out time point as a float; refuse bools and values that are not numbers, naming the column."""
+    msg = (
+        f"time value {value!r} in test_conditions is not a number; a time split holds out time points of "
+        f"obs[{group_key!r}]: pass them as numbers, e.g. test_conditions=[2.0]."
+    )
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(msg)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(msg) from None
 
 
 def _group_test(

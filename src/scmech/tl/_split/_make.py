@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from numbers import Real
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -88,17 +89,20 @@ def split(
     time_key
         %(time_key)s Required for ``kind="time"``.
     media_key
-        %(media_key)s Required for ``kind="media"``.
+        %(media_key)s Required for ``kind="media"``. Each of these three keys, when given, must be a column of
+        ``adata.obs``, even where the kind of split does not use it.
     test_conditions
         Conditions to hold out instead of a random choice: perturbation labels for ``"perturbation"`` and
-        ``"combination"``, batch, time or medium values for the other kinds.
+        ``"combination"``, batch, time (numbers) or medium values for the other kinds; a single value is one
+        condition.
     test_size
         Fraction of the candidate conditions (or groups) held out when ``test_conditions`` is ``None``; at
-        least one. With ``validation_size``, it must sum to less than 1.
+        least one. A number in (0, 1); with ``validation_size``, it must sum to less than 1.
     validation_size
-        Fraction of the training cells moved to the validation set.
+        Fraction of the training cells moved to the validation set, a number in [0, 1).
     seen
-        Combination splits: number of single targets of each test combination still perturbed in training.
+        Combination splits: number of single targets of each test combination still perturbed in training
+        (the integer 0, 1 or 2).
     controls_in_train
         Batch, time and media splits: whether the held-out group's controls stay in training (else they
         join the test set). Perturbation and combination splits always keep controls in training.
@@ -112,6 +116,17 @@ def split(
     Returns
     -------
     The :class:`Split`; pass ``split.external_indexing`` to ``model.train(datasplitter_kwargs=...)``.
+
+    Raises
+    ------
+    TypeError
+        For a ``test_size``, ``validation_size`` or ``seen`` that is not a number (a bool is not one here), a key
+        that is not a string, and a held-out time that is not a number.
+    KeyError
+        For a key that is not a column of ``adata.obs``, and test conditions or groups without assigned cells.
+    ValueError
+        For an unknown ``kind``, sizes outside their range, a ``seen`` other than 0, 1 or 2 in a combination
+        split, and a split that would leave nothing (or no controls) to train on.
 
     Examples
     --------
@@ -134,6 +149,7 @@ def split(
         controls_in_train=controls_in_train,
         group_keys={"batch": batch_key, "time": time_key, "media": media_key},
     )
+    _check_obs_keys(adata, {"batch_key": batch_key, "time_key": time_key, "media_key": media_key})
     if isinstance(test_conditions, str | int | float | np.number):
         test_conditions = [test_conditions]
     full = get_design(
@@ -215,6 +231,12 @@ def _check_split_args(
             "less than 1 (e.g. test_size=0.2, validation_size=0.1)."
         )
         raise ValueError(msg)
+    if isinstance(seen, bool | np.bool_) or not isinstance(seen, int | np.integer):
+        msg = (
+            f"seen={seen!r} ({type(seen).__name__}) must be the integer 0, 1 or 2 (single targets of each test "
+            "combination seen in training), e.g. seen=2."
+        )
+        raise TypeError(msg)
     if kind == "combination" and seen not in (0, 1, 2):
         msg = f"seen={seen!r} must be 0, 1 or 2 (single targets of each test combination seen in training)."
         raise ValueError(msg)
@@ -235,11 +257,35 @@ def _check_split_args(
 
 
 def _check_fraction(value: float, name: str, *, allow_zero: bool) -> None:
+    """Refuse a ``value`` of argument ``name`` that is not a number (bools included) or not a fraction."""
+    bound = "[0, 1)" if allow_zero else "(0, 1)"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+        example = {"test_size": 0.2, "validation_size": 0.1}.get(name, 0.2)
+        msg = f"{name}={value!r} ({type(value).__name__}) must be a fraction in {bound}, e.g. {name}={example}."
+        raise TypeError(msg)
     lo_ok = value >= 0 if allow_zero else value > 0
     if not (np.isfinite(value) and lo_ok and value < 1):
-        bound = "[0, 1)" if allow_zero else "(0, 1)"
         msg = f"{name}={value!r} must be a fraction in {bound}."
         raise ValueError(msg)
+
+
+def _check_obs_keys(adata: AnnData, keys: dict[str, str | None]) -> None:
+    """Refuse a key of ``keys`` (argument name to value) that is given but is not the name of an ``obs`` column.
+
+    A key that the kind of split does not use is checked too: a misspelt column would otherwise be ignored
+    silently.
+    """
+    cols = list(adata.obs.columns)
+    shown = f"{cols[:12]}{' ...' if len(cols) > 12 else ''}"
+    for name, key in keys.items():
+        if key is None:
+            continue
+        if not isinstance(key, str):
+            msg = f"{name}={key!r} must be the name of one adata.obs column (a string) or None; columns: {shown}."
+            raise TypeError(msg)
+        if key not in adata.obs.columns:
+            msg = f"{name}={key!r} is not a column of adata.obs (columns: {shown}); pass one of them or None."
+            raise KeyError(msg)
 
 
 def _training_sets(
@@ -286,7 +332,7 @@ def leave_one_out(
     control_label: str | Sequence[str] = "NT",
     separator: str = "+",
     unassigned_label: str | Sequence[str] | None = "unassigned",
-    conditions: Sequence[str] | None = None,
+    conditions: Sequence[str] | str | None = None,
     validation_size: float = 0.1,
     restrict_to_measured: bool = False,
     random_state: int | None = 0,
@@ -306,8 +352,8 @@ def leave_one_out(
     unassigned_label
         %(unassigned_label)s
     conditions
-        Conditions to leave out in turn; all perturbations (restricted to measured targets with
-        ``restrict_to_measured``) when ``None``.
+        Conditions to leave out in turn (a single label is one condition); all perturbations (restricted to
+        measured targets with ``restrict_to_measured``) when ``None``.
     validation_size
         Fraction of training cells in each validation set.
     restrict_to_measured
@@ -340,7 +386,9 @@ def leave_one_out(
         genes = set(map(str, adata.var_names))
         conds = [c for c in perts if not restrict_to_measured or all(t in genes for t in _targets(design, c))]
     else:
-        conds = _given_conditions(list(conditions), design, perts, perturbation_key)
+        # a bare label (a string or a number) is one condition, as in split(test_conditions=...)
+        given = [conditions] if isinstance(conditions, str | int | float | np.number) else list(conditions)
+        conds = _given_conditions(given, design, perts, perturbation_key)
     if len(perts) < 2:
         msg = "Leave-one-out needs at least two perturbations (one held out, the others to train on)."
         raise ValueError(msg)
