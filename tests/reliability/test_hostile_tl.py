@@ -498,3 +498,19 @@ def test_noise_ceiling_and_decomposition_of_the_control_alone_name_the_control(b
         tl.noise_ceiling(adata, conditions=["NT"])
     with pytest.raises(ValueError, match=r"conditions=\['NT'\] holds only the control label 'NT'; the decomposition"):
         tl.error_decomposition(adata, batch_key="batch", conditions="NT", n_bootstrap=2, n_splits=2)
+
+
+def test_untestable_controls_say_the_cell_limit_is_per_batch():
+    import scmech
+
+    # 15 controls at every time point, but fewer than 10 in each batch x time: the message said "in only 0 of the
+    # time points", as if no time point had controls
+    d = scmech.data.simulate_perturbseq(
+        n_cells=600, n_genes=40, n_perturbations=6, n_combinations=0, seed=0, regime="dynamic"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = tl.check_assumptions(d, time_key="time", batch_key="batch")
+    detail = table.loc[table["subject"].astype(str) == "controls", "verdict"].iloc[0]
+    assert "controls (>= 10 cells per batch of obs['batch']) in only 0 of the time points" in detail
+    assert "10 or more of its control cells share a batch" in detail

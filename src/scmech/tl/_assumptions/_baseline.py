@@ -104,7 +104,11 @@ def _check_medium(
 def _why_untestable(keys: dict[str, str | None], n_groups: int, what: str) -> str:
     """Why the controls cannot be compared: a single group, or no batch that holds two time points."""
     if n_groups < 2:
-        return f"controls (>= {_MIN_CELLS} cells) in only {n_groups} of the {what}"
+        per = f" per batch of obs[{keys['batch']!r}]" if keys.get("batch") else ""
+        return (
+            f"controls (>= {_MIN_CELLS} cells{per}) in only {n_groups} of the {what}: a group is compared only where "
+            f"{_MIN_CELLS} or more of its control cells share {'a batch' if per else 'it'}"
+        )
     return (
         f"no batch of obs[{keys['batch']!r}] holds controls at two {what.split(' of ')[0]}: time and "
         "batch are confounded"
