@@ -31,6 +31,7 @@ hold and the read-out is at equilibrium.
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -129,7 +130,11 @@ class NetworkMixin:
         media
             Medium whose control steady state to linearise at; the baseline medium when ``None``.
         genes
-            Restrict the matrix to these genes (rows and columns); one gene may be given as a string.
+            Restrict the matrix to these genes (rows and columns, in the order given); one gene may be given as a
+            string. Each gene must be one of the model's and appear once: an empty list and duplicates are
+            refused. For ``kind="intervention"`` the columns are those of the genes that are registered targets;
+            when none is, the frame has the genes as rows and no column (no edge with ``top_k``), with a warning
+            that names the targets.
         top_k
             Return the ``top_k`` strongest edges (by absolute weight) as a long DataFrame with columns
             ``source``, ``target``, ``weight`` instead of the matrix.
@@ -145,6 +150,15 @@ class NetworkMixin:
         A genes x genes DataFrame (``df.loc[target, source]``; genes x registered targets for
         ``kind="intervention"``) or, with ``top_k``, the top edges.
 
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
+        KeyError
+            For a gene of ``genes`` that the model does not have, or a medium not seen in training.
+        ValueError
+            For an empty or duplicated ``genes``, and for other arguments out of their range.
+
         Examples
         --------
         >>> net = model.get_regulatory_network(top_k=50)
@@ -154,8 +168,9 @@ class NetworkMixin:
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1):
             msg = f"top_k={top_k!r} must be a positive whole number of edges (or None for the whole matrix)."
             raise ValueError(msg)
-        if isinstance(genes, str):
-            genes = [genes]
+        _, var_names = self._expression_matrix(self.adata)
+        names = pd.Index(np.asarray(var_names).astype(str))
+        genes = _check_network_genes(genes, names)
         include_self = check_flag(include_self, "include_self")
         relaxation = check_flag(relaxation, "relaxation")
         if kind not in ("jacobian", "response", "intervention"):
@@ -173,8 +188,6 @@ class NetworkMixin:
             m = cats.index(str(media))
         z_star, residual = self._control_steady_state(m)
         module = self.module
-        _, var_names = self._expression_matrix(self.adata)
-        names = pd.Index(np.asarray(var_names).astype(str))
         if kind == "intervention":
             mat, targets = self._intervention_effects(z_star, m)
             columns = pd.Index(targets)
@@ -196,12 +209,18 @@ class NetworkMixin:
         df.attrs["kind"] = kind
         df.attrs["relaxation"] = relaxation
         if genes is not None:
-            missing = [g for g in genes if g not in names]
-            if missing:
-                msg = f"Genes {missing[:5]} are not in the model's genes."
-                raise KeyError(msg)
-            cols = [g for g in genes if g in df.columns] if kind == "intervention" else list(genes)
-            df = df.loc[list(genes), cols]
+            cols = [g for g in genes if g in df.columns] if kind == "intervention" else genes
+            if not cols:
+                targets = list(df.columns)
+                warnings.warn(
+                    f"genes={genes[:5]!r}{'...' if len(genes) > 5 else ''} holds no registered target, and "
+                    "kind='intervention' has one column per target, so the network has no column. Add targets to "
+                    f"genes (registered: {targets[:10]}{'...' if len(targets) > 10 else ''}), or select the rows "
+                    "of the whole network: net.loc[genes].",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            df = df.loc[genes, cols]
         if top_k is None:
             return df
         long = df.stack().rename("weight").reset_index()
@@ -209,3 +228,39 @@ class NetworkMixin:
             long = long[long["target"] != long["source"]]
         long = long.reindex(long["weight"].abs().sort_values(ascending=False).index).head(int(top_k))
         return long[["source", "target", "weight"]].reset_index(drop=True)
+
+
+def _check_network_genes(genes, names: pd.Index) -> list[str] | None:
+    """Return ``genes`` as a list of the model's genes, each once; ``None`` for every gene.
+
+    Parameters
+    ----------
+    genes
+        One gene (a string), several, or ``None``.
+    names
+        The model's genes.
+
+    Raises
+    ------
+    ValueError
+        For an empty selection (the network would be a 0 x 0 frame) or a gene named twice (its row and column
+        would be repeated).
+    KeyError
+        For genes the model does not have.
+    """
+    if genes is None:
+        return None
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not genes:
+        msg = "genes=[] selects no gene; pass genes=None for every gene."
+        raise ValueError(msg)
+    missing = [g for g in genes if g not in names]
+    if missing:
+        msg = f"genes holds {missing[:5]}, which are not in the model's genes (see model.adata.var_names)."
+        raise KeyError(msg)
+    index = pd.Index(genes)
+    if index.has_duplicates:
+        dup = index[index.duplicated()].unique().tolist()
+        msg = f"genes holds {dup[:5]} more than once; give each gene once (e.g. list(dict.fromkeys(genes)))."
+        raise ValueError(msg)
+    return genes

@@ -3,11 +3,15 @@
 SemiMechVI reads each cell's library size off its counts (or a registered size factor) instead of learning it,
 and with ``gene_likelihood="normal"`` it models log-normalised values, for which count-model quantities
 (dispersions, sampled counts' correlations, library sizes) do not exist. These methods answer for SemiMechVI what
-scvi-tools' versions answer for scVI, or say why they do not apply.
+scvi-tools' versions answer for scVI, or say why they do not apply. Every method that reads the learned weights
+refuses an untrained model (scvi-tools' ``get_latent_representation`` does; its other methods return numbers
+from the random initial weights), including the inherited ``get_elbo``, ``get_marginal_ll``,
+``get_reconstruction_error`` and ``get_importance_weights``, wrapped here for that check alone.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import TYPE_CHECKING
 
@@ -17,7 +21,7 @@ import torch
 from ._argument_checks import check_gene_list, check_indices, check_positive_int
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from anndata import AnnData
 
@@ -133,11 +137,11 @@ class MeasurementMethodsMixin:
         -------
         A dict of arrays (cells x genes, or samples x cells x genes without ``give_mean``) by parameter name.
         """
+        self._check_if_trained(warn=False)
         if self.module.gene_likelihood != "normal":
             return super().get_likelihood_parameters(
                 adata=adata, indices=indices, n_samples=n_samples, give_mean=give_mean, batch_size=batch_size, **kwargs
             )
-        self._check_if_trained(warn=False)
         adata = self._validate_anndata(adata)
         dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, **kwargs)
         means, scales = [], []
@@ -161,6 +165,8 @@ class MeasurementMethodsMixin:
         result is their predicted mean on that scale (not a share of a library): ``library_size`` other than 1 is
         refused, and so are importance weights (scvi-tools rebuilds its Gaussian from parameters it cannot pass
         back; use ``weights="uniform"``). Genes of ``gene_list`` that the model does not have are refused by name.
+        ``indices`` are checked as in :meth:`get_latent_representation`: one position, a tuple or list of positions
+        or a boolean mask (scvi-tools' method failed on a tuple or a single position while labelling the rows).
 
         Parameters
         ----------
@@ -170,7 +176,14 @@ class MeasurementMethodsMixin:
         Returns
         -------
         As scvi-tools' method: a DataFrame of cells x genes (or an array, with ``return_numpy=True``).
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
         """
+        self._check_if_trained(warn=False)
+        kwargs = _as_keywords(super().get_normalized_expression, args, kwargs)
         if kwargs.get("weights") == "importance":
             self._refuse_for_normal(
                 "get_normalized_expression(weights='importance')",
@@ -198,7 +211,10 @@ class MeasurementMethodsMixin:
             kwargs["n_samples_overall"] = check_positive_int(kwargs["n_samples_overall"], "n_samples_overall")
         if kwargs.get("gene_list") is not None:
             kwargs["gene_list"] = check_gene_list(kwargs["gene_list"], self._expression_matrix(self.adata)[1])
-        return super().get_normalized_expression(*args, **kwargs)
+        if kwargs.get("indices") is not None:
+            data = kwargs["adata"] if kwargs.get("adata") is not None else self.adata
+            kwargs["indices"] = check_indices(kwargs["indices"], data.n_obs)
+        return super().get_normalized_expression(**kwargs)
 
     def posterior_predictive_sample(self, *args, **kwargs):
         """Sample counts from the posterior predictive distribution (scvi-tools' method), arguments checked first.
@@ -214,14 +230,24 @@ class MeasurementMethodsMixin:
         Returns
         -------
         As scvi-tools' method: a sparse array of cells x genes (x samples).
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
         """
+        self._check_if_trained(warn=False)
+        kwargs = _as_keywords(super().posterior_predictive_sample, args, kwargs)
         kwargs["n_samples"] = check_positive_int(kwargs.get("n_samples", 1), "n_samples")
         if kwargs.get("gene_list") is not None:
             kwargs["gene_list"] = check_gene_list(kwargs["gene_list"], self._expression_matrix(self.adata)[1])
-        return super().posterior_predictive_sample(*args, **kwargs)
+        return super().posterior_predictive_sample(**kwargs)
 
     def get_feature_correlation_matrix(self, *args, **kwargs):
         """Gene-gene correlation of posterior predictive samples (scvi-tools' method; count likelihoods only).
+
+        ``n_samples`` must be a positive integer (scvi-tools' method returned an all-NaN matrix for 0 and failed
+        inside numpy or torch for a negative or fractional number).
 
         Parameters
         ----------
@@ -231,12 +257,21 @@ class MeasurementMethodsMixin:
         Returns
         -------
         A DataFrame of gene-gene correlations.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
         """
+        self._check_if_trained(warn=False)
         self._refuse_for_normal(
             "get_feature_correlation_matrix", "while scvi-tools' method samples counts at a common library size"
         )
         self._refuse_mudata_labels("get_feature_correlation_matrix", {})
-        return super().get_feature_correlation_matrix(*args, **kwargs)
+        kwargs = _as_keywords(super().get_feature_correlation_matrix, args, kwargs)
+        if "n_samples" in kwargs:
+            kwargs["n_samples"] = check_positive_int(kwargs["n_samples"], "n_samples")
+        return super().get_feature_correlation_matrix(**kwargs)
 
     def differential_expression(self, *args, **kwargs):
         """Differential expression between groups of cells (scvi-tools' method), with the groups checked first.
@@ -252,7 +287,14 @@ class MeasurementMethodsMixin:
         Returns
         -------
         As scvi-tools' method: a DataFrame of per-gene statistics for each comparison.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
         """
+        self._check_if_trained(warn=False)
+        kwargs = _as_keywords(super().differential_expression, args, kwargs)
         groupby = kwargs.get("groupby")
         if groupby is not None:
             adata = kwargs.get("adata") if kwargs.get("adata") is not None else self.adata
@@ -275,10 +317,109 @@ class MeasurementMethodsMixin:
         # change); a user's AnnData keeps only the documented keys, so the column goes again unless it was there
         cached = _DE_SCALING_KEY in adata.obs
         try:
-            return super().differential_expression(*args, **kwargs)
+            return super().differential_expression(**kwargs)
         finally:
             if not cached and _DE_SCALING_KEY in adata.obs:
                 del adata.obs[_DE_SCALING_KEY]
+
+    def get_elbo(self, *args, **kwargs):
+        """Return the evidence lower bound of the data (scvi-tools' method), for a trained model only.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.VAEMixin.get_elbo`.
+
+        Returns
+        -------
+        As scvi-tools' method.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
+        """
+        self._check_if_trained(warn=False)
+        return super().get_elbo(*args, **kwargs)
+
+    def get_marginal_ll(self, *args, **kwargs):
+        """Return the marginal log-likelihood of the data (scvi-tools' method), for a trained model only.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.VAEMixin.get_marginal_ll`.
+
+        Returns
+        -------
+        As scvi-tools' method.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
+        """
+        self._check_if_trained(warn=False)
+        return super().get_marginal_ll(*args, **kwargs)
+
+    def get_reconstruction_error(self, *args, **kwargs):
+        """Return the reconstruction error of the data (scvi-tools' method), for a trained model only.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.VAEMixin.get_reconstruction_error`.
+
+        Returns
+        -------
+        As scvi-tools' method.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
+        """
+        self._check_if_trained(warn=False)
+        return super().get_reconstruction_error(*args, **kwargs)
+
+    def get_importance_weights(self, *args, **kwargs):
+        """Return importance weights of posterior samples (scvi-tools' method), for a trained model only.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            Passed to :meth:`scvi.model.base.RNASeqMixin.get_importance_weights`.
+
+        Returns
+        -------
+        As scvi-tools' method.
+
+        Raises
+        ------
+        RuntimeError
+            For a model that is not trained.
+        """
+        self._check_if_trained(warn=False)
+        return super().get_importance_weights(*args, **kwargs)
+
+
+def _as_keywords(method: Callable, args: tuple, kwargs: dict) -> dict:
+    """``args`` and ``kwargs`` of a call to ``method`` as keyword arguments only, so that every check sees them.
+
+    The wrappers check arguments by name; an argument given by position (``get_normalized_expression(adata,
+    [0, 1])``) would otherwise reach scvi-tools unchecked. Too many positional arguments raise Python's TypeError.
+    """
+    if not args:
+        return dict(kwargs)
+    signature = inspect.signature(method)
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    named = {}
+    for name, value in bound.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
 
 
 #: the obs column in which scvi-tools' differential expression caches each cell's 1e4 / library size
