@@ -40,7 +40,7 @@ def test_prediction_at_a_time_is_scored_against_that_time(course):
     pred = model.predict(["G0008"], time=0.5)
     day = a[a.obs["time"] == 0.5].copy()
     here, alone = _scores(pred, a), _scores(pred, day)
-    n_day = int(((day.obs["perturbation"] == "G0008")).sum())
+    n_day = int((day.obs["perturbation"] == "G0008").sum())
     assert (here["n_cells"] == n_day).all()
     assert n_day < int((a.obs["perturbation"] == "G0008").sum())
     np.testing.assert_allclose(here["value"].to_numpy(), alone["value"].to_numpy(), equal_nan=True)
