@@ -873,3 +873,76 @@ def test_positive_whole_numbers_include_python_integers_beyond_int64(value, whol
     from scmech.model._train_checks import _whole
 
     assert _whole(value) is whole
+
+
+def test_setup_mudata_refuses_a_modality_in_another_cell_order(rel):
+    # scvi-tools reads a modality's obs by position: the guide modality's labels went to the wrong cells silently
+    rna = rel.small()
+    guide = _guide_modality(rna, perturbation=rna.obs["perturbation"].to_numpy(), b=rna.obs["batch"].to_numpy())
+    del rna.obs["perturbation"]
+    shuffled = guide[np.random.default_rng(1).permutation(guide.n_obs)].copy()
+    mdata = md.MuData({"rna": rna, "guide": shuffled})
+    with pytest.raises(
+        ValueError,
+        match=r"mdata\['guide'\] \(the modality of batch_key\) holds the cells of mdata\['rna'\] in another order; "
+        r"scvi-tools reads its obs by position.*mdata\.mod\['guide'\] = mdata\['guide'\]\[mdata\['rna'\]\.obs_names\]",
+    ):
+        SemiMechVI.setup_mudata(mdata, batch_key="b", modalities={"perturbation_key": "guide", "batch_key": "guide"})
+    # as the message says
+    mdata.mod["guide"] = mdata["guide"][mdata["rna"].obs_names].copy()
+    mdata.update()
+    SemiMechVI.setup_mudata(mdata, batch_key="b", modalities={"perturbation_key": "guide", "batch_key": "guide"})
+    model = SemiMechVI(mdata, **rel.MODEL_KWARGS)
+    labels = model.adata_manager.get_from_registry("batch").ravel()
+    codes = pd.Categorical(guide.obs["b"]).codes
+    np.testing.assert_array_equal(labels, codes)
+
+
+def test_setup_mudata_modalities_argument_is_checked(rel):
+    rna = rel.small()
+    guide = _guide_modality(rna, b=rna.obs["batch"].to_numpy())
+    mdata = md.MuData({"rna": rna, "guide": guide})
+    with pytest.raises(TypeError, match=r"modalities=\['guide'\] must be a dict from argument name to modality name"):
+        SemiMechVI.setup_mudata(mdata, batch_key="b", modalities=["guide"])
+    with pytest.raises(
+        ValueError, match=r"modalities\['batch_key'\] = None \(the MuData's global obs\) is not supported"
+    ):
+        SemiMechVI.setup_mudata(mdata, batch_key="b", modalities={"batch_key": None})
+
+
+def test_a_mudata_model_refuses_modalities_removed_or_reordered_after_setup(rel):
+    rna = rel.small()
+    guide = _guide_modality(rna, perturbation=rna.obs["perturbation"].to_numpy())
+    del rna.obs["perturbation"]
+    mdata = md.MuData({"rna": rna, "guide": guide})
+    SemiMechVI.setup_mudata(mdata, modalities={"perturbation_key": "guide"})
+    model = SemiMechVI(mdata, **rel.MODEL_KWARGS)
+    model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    mdata.mod["guide"] = guide[np.random.default_rng(0).permutation(guide.n_obs)].copy()
+    with pytest.raises(
+        ValueError, match=r"changed after setup_mudata: mdata\['guide'\].*in another order.*setup_mudata"
+    ):
+        model.predict(["G0008"])
+    del mdata.mod["guide"]
+    with pytest.raises(
+        ValueError, match=r"changed after setup_mudata: modalities\['perturbation_key'\] = 'guide' is not"
+    ):
+        model.predict(["G0008"])
+
+
+def test_load_onto_data_without_a_registered_column_names_it(rel, tmp_path):
+    adata = rel.small()
+    model = rel.trained(adata)
+    model.save(tmp_path / "m")
+    other = adata.copy()
+    del other.obs["batch"]
+    # scvi-tools' own "batch not found in adata.obs." named neither the argument nor the fix
+    with pytest.raises(KeyError, match=r"adata\.obs has no column 'batch', the batch_key the saved model was set up"):
+        SemiMechVI.load(tmp_path / "m", adata=other)
+
+
+def test_setup_layer_must_be_one_layer_name(rel):
+    adata = rel.small()
+    adata.layers["c"] = adata.X.copy()
+    with pytest.raises(TypeError, match=r"layer=\['c'\] must be the name of one layer of adata\.layers"):
+        SemiMechVI.setup_anndata(adata, layer=["c"])

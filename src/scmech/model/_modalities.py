@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["_NO_MODALITY", "_resolve_modalities", "_validation_view"]
+__all__ = ["_NO_MODALITY", "_resolve_modalities", "_validation_view", "check_cell_order"]
 
 #: arguments of ``setup_mudata`` that name no ``obs`` column or layer, and so belong to no modality
 _NO_MODALITY = ("modalities", "control_label", "separator", "unassigned_label", "counts", "perturbation_modality")
@@ -38,6 +38,12 @@ def _resolve_modalities(mdata: MuData, modalities: dict[str, str] | None, setup_
     KeyError
         When the RNA modality, or a modality given for an argument, is not in ``mdata``.
     """
+    if modalities is not None and not isinstance(modalities, dict):
+        msg = (
+            f"modalities={modalities!r} must be a dict from argument name to modality name, e.g. "
+            "modalities={'perturbation_key': 'guide'}."
+        )
+        raise TypeError(msg)
     modalities = dict(modalities or {})
     rna_mod = modalities.get("rna_layer", "rna")
     if rna_mod not in mdata.mod:
@@ -54,10 +60,52 @@ def _resolve_modalities(mdata: MuData, modalities: dict[str, str] | None, setup_
         msg = f"modalities names {unknown}, which are not arguments of setup_mudata (e.g. 'perturbation_key')."
         raise KeyError(msg)
     for arg, mod in modalities.items():
+        if mod is None and setup_args.get(arg) is not None:
+            msg = (
+                f"modalities[{arg!r}] = None (the MuData's global obs) is not supported; name the modality whose obs "
+                f"holds {setup_args[arg]!r}, e.g. modalities={{{arg!r}: 'rna'}}."
+            )
+            raise ValueError(msg)
         if mod is not None and mod not in mdata.mod:
             msg = f"modalities[{arg!r}] = {mod!r} is not a modality of the MuData ({list(mdata.mod.keys())})."
             raise KeyError(msg)
     return modalities, rna_mod
+
+
+def check_cell_order(mdata: MuData, rna_mod: str, modalities: dict) -> None:
+    """Refuse a modality that a registered column comes from and that holds the RNA modality's cells in another order.
+
+    scvi-tools reads a modality's ``obs`` columns by position, so a guide modality stored in another row order
+    would give every cell another cell's perturbation, batch or covariates, silently.
+
+    Parameters
+    ----------
+    mdata
+        The MuData to register.
+    rna_mod
+        The modality of the RNA counts.
+    modalities
+        The modality of every argument (:func:`_resolve_modalities`).
+
+    Raises
+    ------
+    ValueError
+        When such a modality holds the same cells as the RNA modality in another order.
+    """
+    rna_names = mdata.mod[rna_mod].obs_names
+    for arg, mod in sorted(modalities.items()):
+        if mod is None or mod == rna_mod or arg in _NO_MODALITY or arg in ("rna_layer", "gene_embedding_key"):
+            continue
+        names = mdata.mod[mod].obs_names
+        if names.equals(rna_names) or len(names) != len(rna_names) or set(names) != set(rna_names):
+            continue  # the same order, or other cells (scvi-tools' pairing check explains those)
+        msg = (
+            f"mdata[{mod!r}] (the modality of {arg}) holds the cells of mdata[{rna_mod!r}] in another order; "
+            "scvi-tools reads its obs by position, so each cell would get another cell's labels. Put it in the RNA "
+            f"modality's order first: mdata.mod[{mod!r}] = mdata[{mod!r}][mdata[{rna_mod!r}].obs_names].copy(); "
+            "mdata.update()."
+        )
+        raise ValueError(msg)
 
 
 def _validation_view(
@@ -67,7 +115,8 @@ def _validation_view(
 
     ``setup_mudata`` checks it as ``setup_anndata`` checks an AnnData, so that a column taken from another
     modality (size factors, covariates, the batch) is checked as thoroughly as one from the RNA modality. The
-    matrices are the RNA modality's own (not copied); the columns are aligned to its cells by name.
+    matrices are the RNA modality's own (not copied); every modality holds the RNA modality's cells in its order
+    (:func:`check_cell_order`).
 
     Parameters
     ----------
@@ -109,11 +158,7 @@ def _validation_view(
                 msg = f"{arg} {key!r} is not a column of mdata[{mod!r}].obs."
                 raise KeyError(msg)
             if not src.index.equals(rna.obs_names):
-                if set(src.index) != set(rna.obs_names):
-                    return None
-                col = src[key].reindex(rna.obs_names)
-            else:
-                col = src[key]
-            obs[key] = col.set_axis(obs.index)
+                return None  # other cells (scvi-tools' pairing check explains); another order: _check_cell_order
+            obs[key] = src[key].set_axis(obs.index)
     layers = {rna_layer: rna.layers[rna_layer]} if rna_layer and rna_layer in rna.layers else None
     return ad.AnnData(X=rna.X, obs=obs, var=rna.var, layers=layers, varm=dict(rna.varm.items()))

@@ -24,6 +24,7 @@ from scvi.data import _constants
 from ._argument_checks import check_flag
 from ._persistence_files import _build_saved, _check_prefix, _read_weights, _unchanged_on_failure, _weights_file
 from ._serialisation import from_jsonable, persistable, to_jsonable
+from ._setup_checks import check_saved_columns
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -286,6 +287,8 @@ class SafeSaveLoadMixin:
         """
         setup = dict(registry["setup_args"])
         method = registry.get("setup_method_name", "setup_anndata")
+        if method == "setup_anndata":
+            check_saved_columns(adata, setup)
         try:
             getattr(cls, method)(adata, source_registry=registry, **setup)
         except ValueError as e:

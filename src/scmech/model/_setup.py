@@ -45,7 +45,7 @@ from scmech.data._fields import (
 )
 
 from ._argument_checks import check_batch_size, check_indices
-from ._modalities import _resolve_modalities, _validation_view
+from ._modalities import _resolve_modalities, _validation_view, check_cell_order
 from ._setup_checks import PERTURBATION_MODALITIES, _check_covariates, _check_modality, validate_for_setup  # noqa: F401
 
 if TYPE_CHECKING:
@@ -265,6 +265,7 @@ class PerturbationSetupMixin:
         _check_modality(perturbation_modality)
         modalities, rna_mod = _resolve_modalities(mdata, modalities, setup_method_args["setup_args"])
         rna = mdata.mod[rna_mod]
+        check_cell_order(mdata, rna_mod, modalities)
         checked = None
         if kwargs.get("source_registry") is None:  # a load re-registers data the saved model was checked on
             checked = _validation_view(mdata, rna_mod, modalities, setup_method_args["setup_args"], rna_layer)
@@ -476,11 +477,13 @@ class PerturbationSetupMixin:
             ``values``) when the matrix no longer holds valid values.
         """
         adata = self.adata
+        self._check_registered_modalities()
         x, var_names = self._expression_matrix(adata)
         st = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)
         n_obs, n_vars = st.get("n_obs"), st.get("n_vars")
         names = st.get("column_names")
-        fix = f"Set up the data again ({type(self).__name__}.setup_anndata) and create a new model."
+        how = "setup_mudata" if hasattr(adata, "mod") else "setup_anndata"
+        fix = f"Set up the data again ({type(self).__name__}.{how}) and create a new model."
         if n_obs is not None and x.shape[0] != n_obs:
             msg = f"The registered data now have {x.shape[0]} cells but were set up with {n_obs}. {fix}"
             raise ValueError(msg)
@@ -499,6 +502,26 @@ class PerturbationSetupMixin:
             check_expression(x, where, counts=self.adata_manager.registry["setup_args"].get("counts", True))
         self._check_registered_labels(fix)
 
+    def _check_registered_modalities(self) -> None:
+        """Refuse a registered MuData whose modalities were removed or reordered after ``setup_mudata``.
+
+        Its ``obs`` columns are read by position: a modality in another cell order would give each cell another
+        cell's labels (:func:`~scmech.model._modalities.check_cell_order`).
+        """
+        mdata = self.adata
+        if not hasattr(mdata, "mod"):
+            return
+        setup = self.adata_manager.registry["setup_args"]
+        try:
+            modalities, rna_mod = _resolve_modalities(mdata, setup.get("modalities"), setup)
+            check_cell_order(mdata, rna_mod, modalities)
+        except (KeyError, ValueError) as e:
+            msg = (
+                f"The registered MuData changed after setup_mudata: {str(e).strip(chr(34))} Set up the data again "
+                f"({type(self).__name__}.setup_mudata) and create a new model."
+            )
+            raise ValueError(msg) from e
+
     def _check_registered_labels(self, fix: str) -> None:
         """Refuse perturbation labels edited in ``obs`` after setup.
 
@@ -507,13 +530,11 @@ class PerturbationSetupMixin:
         """
         st = self._perturbation_state()
         key = st["obs_key"]
+        how = "setup_mudata" if hasattr(self.adata, "mod") else "setup_anndata"
         try:
             current = self._design(self.adata).entries()
         except (KeyError, ValueError) as e:
-            msg = (
-                f"obs[{key!r}] was changed after setup_anndata and no longer parses with the registered targets "
-                f"({e}). {fix}"
-            )
+            msg = f"obs[{key!r}] was changed after {how} and no longer parses with the registered targets ({e}). {fix}"
             raise ValueError(msg) from e
         registered = np.asarray(self.adata_manager.get_from_registry(K.PERTURBATION_KEY))
         width = max(registered.shape[1], current.shape[1])
@@ -524,7 +545,7 @@ class PerturbationSetupMixin:
             same_cells = len(registered) == len(current)
             rows = np.flatnonzero((registered != current).any(axis=1))[:5] if same_cells else np.arange(0)
             msg = (
-                f"obs[{key!r}] was changed after setup_anndata (e.g. cells {rows.tolist()}): the registered "
+                f"obs[{key!r}] was changed after {how} (e.g. cells {rows.tolist()}): the registered "
                 f"perturbations no longer match the labels. {fix}"
             )
             raise ValueError(msg)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from scmech.data._design import PerturbationDesign
 
-__all__ = ["PERTURBATION_MODALITIES", "validate_for_setup"]
+__all__ = ["PERTURBATION_MODALITIES", "check_saved_columns", "validate_for_setup"]
 
 
 #: labels that usually mean "no guide call" rather than a target (``nan``/``<na>``: a missing value turned into a
@@ -286,9 +286,14 @@ def _check_expression_layer(adata: AnnData, layer: str | None, where: str, *, co
     ------
     KeyError
         When ``layer`` is not a layer of ``adata``.
+    TypeError
+        When ``layer`` is not a string.
     ValueError
         When the matrix holds invalid values (see :func:`~scmech.data._checks.check_expression`).
     """
+    if layer is not None and not isinstance(layer, str):
+        msg = f"layer={layer!r} must be the name of one layer of adata.layers (a string), or None for X."
+        raise TypeError(msg)
     if layer is not None and layer not in adata.layers:
         msg = f"Layer {layer!r} is not in {where.split('.layers')[0]}.layers (layers: {list(adata.layers.keys())})."
         raise KeyError(msg)
@@ -441,3 +446,44 @@ def _warn_unused_categories(adata: AnnData, keys: Sequence[tuple[str | None, str
                     UserWarning,
                     stacklevel=settings.warnings_stacklevel + 2,
                 )
+
+
+#: ``setup_anndata`` arguments naming ``obs`` columns (one name, or a list for the covariates)
+_OBS_ARGS = (
+    "perturbation_key",
+    "batch_key",
+    "time_key",
+    "media_key",
+    "media_time_key",
+    "efficacy_key",
+    "size_factor_key",
+    "categorical_covariate_keys",
+    "continuous_covariate_keys",
+)
+
+
+def check_saved_columns(adata: AnnData, setup: dict) -> None:
+    """Refuse data for a loaded model without an ``obs`` column the model was set up with.
+
+    Parameters
+    ----------
+    adata
+        The data the loaded model is attached to.
+    setup
+        The saved ``setup_anndata`` arguments.
+
+    Raises
+    ------
+    KeyError
+        Naming the argument and the missing column.
+    """
+    for arg in _OBS_ARGS:
+        keys = setup.get(arg)
+        for key in [keys] if isinstance(keys, str) else list(keys or ()):
+            if key not in adata.obs.columns:
+                msg = (
+                    f"adata.obs has no column {key!r}, the {arg} the saved model was set up with; the data a model is "
+                    "loaded with must be set up like its training data (add the column, e.g. the batch of each cell, "
+                    "or load with the data it was trained on)."
+                )
+                raise KeyError(msg)
