@@ -17,6 +17,7 @@ __all__ = [
     "BackedRows",
     "check_adata",
     "check_expression",
+    "check_flag",
     "check_unique_names",
     "is_backed_matrix",
     "iter_row_chunks",
@@ -180,6 +181,33 @@ def iter_row_chunks(x, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, obje
     yield from (x if isinstance(x, BackedRows) else BackedRows(x)).blocks(chunk_rows)
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a ``bool`` when it is ``True`` or ``False`` (a string ``"no"`` would read as ``True``).
+
+    The data layer's copy of the flag check the models use (``data`` may not import from ``model``).
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The flag as ``bool``.
+
+    Raises
+    ------
+    TypeError
+        For anything but a Python or numpy bool (``"no"``, ``0`` and ``None`` included).
+    """
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name}={value!r} must be True or False."
+        raise TypeError(msg)
+    return bool(value)
+
+
 def _values(x) -> np.ndarray:
     if sp.issparse(x):
         return np.asarray(x.data)
@@ -246,11 +274,19 @@ def _check_values(vals: np.ndarray, where: str, *, counts: bool, max_check: int 
     if np.issubdtype(vals.dtype, np.floating):
         frac = np.abs(vals - np.round(vals)) > 1e-6
         if frac.any():
+            # every digit the stored float needs (213.00002, not 213), so that the fraction shows
+            example = str(vals[frac][0])
             msg = (
-                f"{where} holds non-integer values (e.g. {vals[frac][0]:g}): it looks normalised or log-transformed. "
+                f"{where} holds non-integer values (e.g. {example}): it looks normalised or log-transformed. "
                 "Register the raw counts (layer='counts'), or declare log-normalised data with "
                 "gene_likelihood='normal' (setup_anndata(..., counts=False))."
             )
+            off = float(np.abs(vals[frac] - np.round(vals[frac])).max())
+            if off < 1e-3:
+                msg += (
+                    f" Every non-integer value lies within {off:.1g} of a whole number: if these are counts with "
+                    "rounding error, round them first (np.rint)."
+                )
             raise ValueError(msg)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from scmech._docs import fill_doc
 
+from ._checks import check_flag
 from ._labels import PerturbationDesign, canonical_label, parse_condition, parse_perturbations
 from ._obs_checks import check_float32
 
@@ -285,15 +286,25 @@ def get_design(
     guide_key
         %(guide_key)s
     warn_missing_controls
-        Warn when some batch, time point or medium holds no control cells.
+        Warn when some batch, time point or medium holds no control cells (``True`` or ``False``).
 
     Returns
     -------
     The validated :class:`ExperimentalDesign`.
+
+    Raises
+    ------
+    TypeError
+        For an ``adata`` that is not an AnnData, and a ``warn_missing_controls`` that is not ``True`` or ``False``.
+    KeyError
+        For a key that is not a column of ``adata.obs``.
+    ValueError
+        For labels or columns that fail their checks (e.g. negative times, efficacies outside [0, 1]).
     """
     if not hasattr(adata, "obs") or not hasattr(adata, "var_names"):
         msg = f"adata must be an AnnData (with obs and var_names), got {type(adata).__name__}."
         raise TypeError(msg)
+    warn_missing_controls = check_flag(warn_missing_controls, "warn_missing_controls")
     labels = _obs_column(adata, perturbation_key, "perturbation_key")
     pert = parse_perturbations(
         labels.to_numpy(),

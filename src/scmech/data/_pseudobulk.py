@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
 from scmech._docs import fill_doc
-from scmech.data._checks import check_expression, iter_row_chunks
+from scmech.data._checks import check_expression, check_flag, iter_row_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -184,7 +184,8 @@ def pseudobulk(
     groups
         Groups to return, in order; all groups with at least ``min_cells`` cells when ``None``.
     min_cells
-        Groups with fewer cells are left out (when ``groups`` is ``None``).
+        Groups with fewer cells are left out (when ``groups`` is ``None``). A ``min_cells`` above the largest
+        group, which would leave no group at all, raises a ``ValueError`` rather than returning an empty table.
     allow_empty
         With ``groups`` given, return NaN rows for groups without cells instead of raising a ``KeyError``.
 
@@ -197,10 +198,16 @@ def pseudobulk(
     KeyError
         For a ``groupby``, ``layer`` or ``size_factor_key`` that is not in ``adata``, and for ``groups`` without
         cells (unless ``allow_empty``).
+    TypeError
+        For a ``counts`` or ``allow_empty`` that is not ``True`` or ``False``, a non-numeric ``target_sum`` and a
+        string ``groups``.
     ValueError
-        For a non-positive or non-finite ``target_sum``, missing labels with ``groups=None``, non-count data with
-        ``counts=True``, NaN or infinite values, and invalid size factors.
+        For a non-positive or non-finite ``target_sum``, missing labels with ``groups=None``, a ``min_cells``
+        that no group reaches (with ``groups=None``), non-count data with ``counts=True``, NaN or infinite
+        values, and invalid size factors.
     """
+    counts = check_flag(counts, "counts")
+    allow_empty = check_flag(allow_empty, "allow_empty")
     _check_args(target_sum, min_cells, groups)
     labels, what = _group_labels(adata, groupby)
     missing_label = np.asarray([lab is None for lab in labels])
@@ -272,7 +279,7 @@ def _default_groups(
     Raises
     ------
     ValueError
-        When some cells have a missing label.
+        When some cells have a missing label, or when no group has ``min_cells`` cells.
     """
     if missing_label.any():
         if isinstance(groupby, str):
@@ -288,7 +295,15 @@ def _default_groups(
         )
         raise ValueError(msg)
     vc = pd.Series(labels).value_counts()
-    return sorted(vc.index[vc >= min_cells].tolist())
+    kept = sorted(vc.index[vc >= min_cells].tolist())
+    if not kept and len(vc):
+        largest, size = vc.index[0], int(vc.iloc[0])
+        msg = (
+            f"min_cells={min_cells} leaves no group of {what}: the largest group ({largest!r}) has {size} cells. "
+            f"Lower min_cells (e.g. min_cells={size}), or pass the groups to compute as groups=[...]."
+        )
+        raise ValueError(msg)
+    return kept
 
 
 def _check_groups(

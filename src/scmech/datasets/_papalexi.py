@@ -23,6 +23,33 @@ def _path():
     return resources.files("scmech.datasets").joinpath("data", _FILE)
 
 
+def _check_flag(value, name: str) -> bool:
+    """Return ``value`` as a ``bool`` when it is ``True`` or ``False`` (a string ``"no"`` would read as ``True``).
+
+    ``datasets`` imports nothing from scmech, so this repeats the flag check of the other rooms, message included.
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The flag as ``bool``.
+
+    Raises
+    ------
+    TypeError
+        For anything but a Python or numpy bool (``"no"``, ``0`` and ``None`` included).
+    """
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name}={value!r} must be True or False."
+        raise TypeError(msg)
+    return bool(value)
+
+
 def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad.AnnData | MuData:
     """Papalexi et al. 2021 THP-1 ECCITE-seq CRISPR knockout screen (299 genes, 20,729 cells).
 
@@ -56,6 +83,15 @@ def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad
     ``obsm["grna_counts"]`` holds the gRNA counts (column order ``uns["grna_ids"]``, targets in
     ``uns["grna_targets"]``), ``var["is_perturbation_target"]`` marks targeted genes.
 
+    Raises
+    ------
+    TypeError
+        For an ``as_mudata`` or ``check_integrity`` that is not ``True`` or ``False``.
+    FileNotFoundError
+        When the bundled file is missing from the installation.
+    OSError
+        When the file fails its integrity check or cannot be read.
+
     Examples
     --------
     >>> import scmech
@@ -63,6 +99,8 @@ def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad
     >>> adata.shape
     (20729, 299)
     """
+    as_mudata = _check_flag(as_mudata, "as_mudata")
+    check_integrity = _check_flag(check_integrity, "check_integrity")
     path = _path()
     with resources.as_file(path) as p:
         if not p.exists():
