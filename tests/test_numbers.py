@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from scmech._numbers import check_positive_int
+from scmech._numbers import check_flag, check_positive_int
 
 
 @pytest.mark.parametrize("value", [1, 7, np.int64(3), np.int32(2)])
@@ -29,3 +29,16 @@ def test_none_passes_only_when_allowed_and_the_hint_replaces_the_default_text():
         check_positive_int(0, "batch_size", allow_none=True)
     with pytest.raises(ValueError, match=r"^k=0 must be a positive integer, e\.g\. k=5\.$"):
         check_positive_int(0, "k", hint=", e.g. k=5")
+
+
+@pytest.mark.parametrize("value", [True, False, np.True_, np.False_])
+def test_check_flag_returns_python_bools(value):
+    out = check_flag(value, "copy")
+    assert type(out) is bool
+    assert out == bool(value)
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0, 1, None, [True]])
+def test_check_flag_refuses_what_would_read_as_a_flag(value):
+    with pytest.raises(TypeError, match=re.escape(f"copy={value!r} must be True or False.")):
+        check_flag(value, "copy")

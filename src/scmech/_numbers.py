@@ -1,11 +1,13 @@
-"""The check of a whole-number argument that every layer shares (sizes, counts, seeds of samples)."""
+"""The checks of a whole-number argument and of a flag that every layer shares (sizes, counts, seeds; flags)."""
 
 from __future__ import annotations
 
 import numbers
 from typing import Any
 
-__all__ = ["check_positive_int"]
+import numpy as np
+
+__all__ = ["check_flag", "check_positive_int"]
 
 
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False, hint: str | None = None) -> int | None:
@@ -40,3 +42,28 @@ def check_positive_int(value: Any, name: str, *, allow_none: bool = False, hint:
         msg = f"{name}={value!r} must be a positive integer{hint}."
         raise ValueError(msg)
     return int(value)
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` as a ``bool`` when it is ``True`` or ``False`` (a string ``"no"`` would read as ``True``).
+
+    Parameters
+    ----------
+    value
+        The value.
+    name
+        Argument name for the message.
+
+    Returns
+    -------
+    The flag as ``bool``.
+
+    Raises
+    ------
+    TypeError
+        For anything but a Python or numpy bool (``"no"``, ``0`` and ``None`` included).
+    """
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name}={value!r} must be True or False."
+        raise TypeError(msg)
+    return bool(value)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from scmech._numbers import check_flag
+
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
@@ -179,33 +181,6 @@ def iter_row_chunks(x, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, obje
         yield 0, x
         return
     yield from (x if isinstance(x, BackedRows) else BackedRows(x)).blocks(chunk_rows)
-
-
-def check_flag(value: Any, name: str) -> bool:
-    """Return ``value`` as a ``bool`` when it is ``True`` or ``False`` (a string ``"no"`` would read as ``True``).
-
-    The data layer's copy of the flag check the models use (``data`` may not import from ``model``).
-
-    Parameters
-    ----------
-    value
-        The value.
-    name
-        Argument name for the message.
-
-    Returns
-    -------
-    The flag as ``bool``.
-
-    Raises
-    ------
-    TypeError
-        For anything but a Python or numpy bool (``"no"``, ``0`` and ``None`` included).
-    """
-    if not isinstance(value, bool | np.bool_):
-        msg = f"{name}={value!r} must be True or False."
-        raise TypeError(msg)
-    return bool(value)
 
 
 def _values(x) -> np.ndarray:

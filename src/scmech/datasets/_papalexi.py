@@ -10,6 +10,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from scmech._numbers import check_flag
+
 if TYPE_CHECKING:
     from mudata import MuData
 
@@ -21,33 +23,6 @@ _SHA256 = "f6924083faccef512cb0c2f698c8f1c32d85ef0c879969f03a19cf646313b899"
 
 def _path():
     return resources.files("scmech.datasets").joinpath("data", _FILE)
-
-
-def _check_flag(value, name: str) -> bool:
-    """Return ``value`` as a ``bool`` when it is ``True`` or ``False`` (a string ``"no"`` would read as ``True``).
-
-    ``datasets`` imports nothing from scmech, so this repeats the flag check of the other rooms, message included.
-
-    Parameters
-    ----------
-    value
-        The value.
-    name
-        Argument name for the message.
-
-    Returns
-    -------
-    The flag as ``bool``.
-
-    Raises
-    ------
-    TypeError
-        For anything but a Python or numpy bool (``"no"``, ``0`` and ``None`` included).
-    """
-    if not isinstance(value, bool | np.bool_):
-        msg = f"{name}={value!r} must be True or False."
-        raise TypeError(msg)
-    return bool(value)
 
 
 def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad.AnnData | MuData:
@@ -99,8 +74,8 @@ def papalexi2021(*, as_mudata: bool = False, check_integrity: bool = True) -> ad
     >>> adata.shape
     (20729, 299)
     """
-    as_mudata = _check_flag(as_mudata, "as_mudata")
-    check_integrity = _check_flag(check_integrity, "check_integrity")
+    as_mudata = check_flag(as_mudata, "as_mudata")
+    check_integrity = check_flag(check_integrity, "check_integrity")
     path = _path()
     with resources.as_file(path) as p:
         if not p.exists():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from scmech._numbers import check_positive_int
+from scmech._numbers import check_flag, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -138,31 +138,6 @@ def check_batch_size(batch_size, name: str = "batch_size") -> int | None:
         For anything but a positive whole number or ``None``.
     """
     return check_positive_int(batch_size, name, allow_none=True)
-
-
-def check_flag(value, name: str) -> bool:
-    """Return ``value`` when it is ``True`` or ``False`` (a string such as ``"no"`` would read as ``True``).
-
-    Parameters
-    ----------
-    value
-        The value.
-    name
-        Argument name for the message.
-
-    Returns
-    -------
-    The flag as ``bool``.
-
-    Raises
-    ------
-    TypeError
-        For anything but a Python or numpy bool.
-    """
-    if not isinstance(value, bool | np.bool_):
-        msg = f"{name}={value!r} must be True or False."
-        raise TypeError(msg)
-    return bool(value)
 
 
 def check_gene_list(gene_list, var_names: Sequence[str], name: str = "gene_list") -> list[str] | None:

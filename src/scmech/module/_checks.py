@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-import numpy as np
+from scmech._numbers import check_flag
 
 __all__ = ["check_module_arguments"]
 
@@ -77,6 +77,5 @@ def check_module_arguments(**settings: Any) -> None:
         if name == "dropout_rate" and not (_is_real(value) and 0 <= value < 1):
             msg = f"dropout_rate={value!r} must be a number in [0, 1) (the share of encoder units dropped in training)."
             raise ValueError(msg)
-        if name in FLAGS and not isinstance(value, bool | np.bool_):  # numpy's bools, as the model's flags take
-            msg = f"{name}={value!r} must be True or False."
-            raise TypeError(msg)
+        if name in FLAGS:
+            check_flag(value, name)

@@ -7,7 +7,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from scmech._numbers import check_positive_int
+from scmech._numbers import check_flag, check_positive_int
 from scmech.data._checks import check_expression
 
 #: at most this many resamples per test (p-values and intervals are stable from a few hundred)
@@ -98,9 +98,7 @@ def _validate_flags(**flags: Any) -> None:
         Naming the flag and its value.
     """
     for name, value in flags.items():
-        if not isinstance(value, bool | np.bool_):
-            msg = f"{name}={value!r} must be True or False."
-            raise TypeError(msg)
+        check_flag(value, name)
 
 
 def _validate_resample_size(n_bootstrap: int, n_cells: int) -> None:
