@@ -10,35 +10,39 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scmech.train import BATCHING
+
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
 __all__ = [
+    "_check_batching",
+    "_real",
+    "_whole",
     "_check_accelerator",
-    "_check_distributed_split",
     "_check_early_stopping",
     "_check_mappings",
     "_check_plan_keys",
-    "_check_split_options",
+    "_check_plan_options",
     "_check_train_arguments",
-    "_external_sets",
 ]
 
-#: ``DataSplitter`` arguments that ``train`` sets itself (a second value would be a TypeError inside scvi-tools)
-_SPLITTER_KEYS = {
-    "train_size": "pass train(train_size=...)",
-    "validation_size": "pass train(validation_size=...)",
-    "batch_size": "pass train(batch_size=...)",
-    "shuffle_set_split": "train draws the split itself: pass external_indexing for a split of your own",
-    "distributed_sampler": "train sets it from the strategy",
-    "load_sparse_tensor": "train sets it",
-    "batching": "pass train(batching=...)",
-    "batch_labels": "train reads them from the registered batch_key",
-    "condition_codes": "train reads them from the registered perturbations",
-    "is_control": "train reads them from the registered perturbations",
-    "condition_weights": "train builds them",
-    "seed": "set scvi.settings.seed",
+#: ``plan_kwargs`` keys that the model's training would ignore in every configuration, and what to do instead
+_IGNORED_PLAN_KEYS = {
+    "kl_weight": (
+        "the training plan sets the KL weight itself at every step, warming it up from min_kl_weight to "
+        "max_kl_weight. Pass plan_kwargs={'max_kl_weight': ...} instead (with 'min_kl_weight' for the start of the "
+        "warm-up, or 'n_epochs_kl_warmup': 0 for a constant weight)"
+    ),
+    "update_only_decoder": (
+        "it acts on scvi-tools' minified (latent-only) models, and this model always trains on the full data. Drop "
+        "it; to keep parameters fixed, set their requires_grad to False (the optimiser skips them)"
+    ),
 }
+
+#: ``plan_kwargs`` keys of the learning-rate scheduler, used only with ``reduce_lr_on_plateau=True``
+_PLATEAU_KEYS = ("lr_factor", "lr_patience", "lr_threshold", "lr_min", "lr_scheduler_metric")
 
 
 def _whole(value) -> bool:
@@ -48,6 +52,11 @@ def _whole(value) -> bool:
     if isinstance(value, numbers.Integral):  # Python integers beyond float64 and int64 included
         return bool(value >= 1)
     return bool(np.isfinite(value) and int(value) == value and value >= 1)
+
+
+def _real(value) -> bool:
+    """Whether ``value`` is a finite real number (``True`` and ``False`` not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def _check_mappings(**mappings) -> None:
@@ -103,51 +112,6 @@ def _check_plan_keys(plan_kwargs: Mapping | None, plan_cls: type, module) -> Non
     if unknown:
         msg = f"plan_kwargs has unknown keys {unknown}; the training plan and the loss take {sorted(known)}."
         raise KeyError(msg)
-
-
-def _external_sets(external) -> list[np.ndarray]:
-    """Check ``external_indexing``: at most three disjoint sets of integer cell positions, each without repeats.
-
-    Parameters
-    ----------
-    external
-        The user's ``[train, validation, test]``.
-
-    Returns
-    -------
-    The sets as integer arrays.
-
-    Raises
-    ------
-    ValueError
-        For more than three sets, boolean masks, names, fractional positions, repeats or overlaps.
-    """
-    fix = "pass [train, validation, test] as integer positions, e.g. np.flatnonzero(mask) for a boolean mask."
-    if isinstance(external, str | np.ndarray) or not hasattr(external, "__len__") or not 1 <= len(external) <= 3:
-        msg = f"external_indexing must be a list of up to three sets of cells ([train, validation, test]); {fix}"
-        raise ValueError(msg)
-    sets = []
-    for k, ix in enumerate(external):
-        arr = np.asarray(ix)
-        if arr.dtype == bool:
-            msg = f"external_indexing[{k}] is a boolean mask; {fix}"
-            raise ValueError(msg)
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            whole = np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
-            if not whole:
-                msg = f"external_indexing[{k}] holds {arr.dtype} values (e.g. {arr.ravel()[0]!r}), not positions; {fix}"
-                raise ValueError(msg)
-        arr = arr.astype(int).ravel()
-        if len(np.unique(arr)) != len(arr):
-            msg = f"external_indexing[{k}] lists some cells more than once; {fix}"
-            raise ValueError(msg)
-        sets.append(arr)
-    for a in range(len(sets)):
-        for b in range(a + 1, len(sets)):
-            if np.intersect1d(sets[a], sets[b]).size:
-                msg = f"external_indexing[{a}] and external_indexing[{b}] share cells; each cell belongs to one set."
-                raise ValueError(msg)
-    return sets
 
 
 def _check_train_arguments(
@@ -228,44 +192,113 @@ def _check_train_arguments(
             raise ValueError(msg)
 
 
-def _check_split_options(datasplitter_kwargs: Mapping | None, train_size, validation_size) -> None:
-    """Refuse split options that would be ignored or that scvi-tools' splitter would receive twice.
+def _check_plan_options(plan_kwargs: Mapping | None, batching: str, metrics: Sequence[str] | None = None) -> None:
+    """Refuse ``plan_kwargs`` that the training would ignore, and scheduler options that torch would reject late.
 
     Parameters
     ----------
-    datasplitter_kwargs
-        ``train``'s ``datasplitter_kwargs``.
-    train_size
-        ``train``'s ``train_size``.
-    validation_size
-        ``train``'s ``validation_size``.
+    plan_kwargs
+        ``train``'s ``plan_kwargs`` (the keys are known: :func:`_check_plan_keys`).
+    batching
+        ``train``'s ``batching`` (``error_alpha`` acts on ``"error_guided"`` only).
+    metrics
+        The metrics the training plan logs (what ``lr_scheduler_metric`` may watch); ``None``: not checked.
 
     Raises
     ------
     ValueError
-        For a ``datasplitter_kwargs`` key that ``train`` sets itself, ``train_size``/``validation_size`` together
-        with ``external_indexing`` (they would be ignored; ``train_size=1`` and ``validation_size=0`` are accepted),
-        or a size that is not a number.
+        For ``kl_weight``, ``update_only_decoder`` or the internal ``error_tracking``; for an option that this
+        configuration ignores (``error_alpha`` without error-guided batching, ``optimizer_creator`` without
+        ``optimizer='Custom'``, ``eps``/``weight_decay`` with it, ``compile_kwargs`` without ``compile``, a
+        scheduler option without ``reduce_lr_on_plateau=True``); for an ``lr_factor`` outside ``(0, 1)``, an
+        ``lr_patience`` that is not a whole number >= 0, an ``lr_threshold`` or ``lr_min`` that is not a finite
+        number >= 0, or an ``lr_scheduler_metric`` that the plan does not log.
+    TypeError
+        For a ``reduce_lr_on_plateau`` that is not ``True`` or ``False``.
     """
-    kwargs = datasplitter_kwargs or {}
-    for key, fix in _SPLITTER_KEYS.items():
-        if key in kwargs:
-            msg = f"datasplitter_kwargs[{key!r}]={kwargs[key]!r} is set by train itself; {fix}."
+    kw = plan_kwargs or {}
+    for key, why in _IGNORED_PLAN_KEYS.items():
+        if key in kw:
+            msg = f"plan_kwargs[{key!r}] would be ignored: {why}."
             raise ValueError(msg)
-    for name, value in (("train_size", train_size), ("validation_size", validation_size)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-            msg = f"{name}={value!r} must be a fraction of the cells (a number in [0, 1]), or None."
+    if "error_tracking" in kw:
+        msg = (
+            "plan_kwargs['error_tracking'] is internal (train builds it for batching='error_guided') and cannot be "
+            "passed. Drop it, and pass train(batching='error_guided') for error-guided minibatches "
+            "(plan_kwargs['error_alpha'] sets the exponent of their weights)."
+        )
+        raise ValueError(msg)
+    optimizer = kw.get("optimizer", "Adam")
+    conditional = [
+        (
+            "error_alpha",
+            batching != "error_guided",
+            f"batching={batching!r} does not weight conditions by error",
+            "pass batching='error_guided'",
+        ),
+        (
+            "optimizer_creator",
+            optimizer != "Custom",
+            f"optimizer={optimizer!r} is built by the training plan",
+            "pass plan_kwargs['optimizer']='Custom' with it",
+        ),
+        (
+            "eps",
+            optimizer == "Custom",
+            "optimizer='Custom' builds the optimiser with optimizer_creator",
+            "set it inside optimizer_creator",
+        ),
+        (
+            "weight_decay",
+            optimizer == "Custom",
+            "optimizer='Custom' builds the optimiser with optimizer_creator",
+            "set it inside optimizer_creator",
+        ),
+        ("compile_kwargs", not kw.get("compile", False), "compile is off", "pass plan_kwargs['compile']=True with it"),
+    ]
+    for key, ignored, why, fix in conditional:
+        if key in kw and ignored:
+            msg = f"plan_kwargs[{key!r}]={kw[key]!r} would be ignored: {why}. Drop it, or {fix}."
             raise ValueError(msg)
-        # train_size=1 / validation_size=0 ("no random split") agree with any given split, as in scvi-tools
-        neutral = value == (1 if name == "train_size" else 0)
-        if kwargs.get("external_indexing") is not None and not neutral:
-            msg = (
-                f"{name}={value!r} would be ignored: datasplitter_kwargs['external_indexing'] already fixes the split. "
-                f"Pass either {name} or external_indexing, not both."
-            )
+    plateau = kw.get("reduce_lr_on_plateau", False)
+    if not isinstance(plateau, bool | np.bool_):
+        msg = f"plan_kwargs['reduce_lr_on_plateau']={plateau!r} must be True or False."
+        raise TypeError(msg)
+    given = [k for k in _PLATEAU_KEYS if k in kw]
+    if given and not plateau:
+        msg = (
+            f"plan_kwargs {given} would be ignored: the learning-rate scheduler is off. Pass "
+            "plan_kwargs['reduce_lr_on_plateau']=True with them, or drop them."
+        )
+        raise ValueError(msg)
+    if not plateau:
+        return
+    factor = kw.get("lr_factor", 0.6)
+    if not _real(factor) or not 0 < factor < 1:
+        msg = (
+            f"plan_kwargs['lr_factor']={factor!r} must be a number in (0, 1): the factor the learning rate is "
+            "multiplied by on a plateau, e.g. 0.6."
+        )
+        raise ValueError(msg)
+    patience = kw.get("lr_patience", 30)
+    if not (_whole(patience) or (_real(patience) and patience == 0)):
+        msg = (
+            f"plan_kwargs['lr_patience']={patience!r} must be a whole number of epochs >= 0 (epochs without "
+            "improvement before the learning rate drops), e.g. 30."
+        )
+        raise ValueError(msg)
+    for key, rule in (("lr_threshold", "the least change that counts as improvement"), ("lr_min", "the lowest rate")):
+        value = kw.get(key, 0.0)
+        if not _real(value) or value < 0:
+            msg = f"plan_kwargs[{key!r}]={value!r} must be a finite number >= 0 ({rule}), e.g. 0.0."
             raise ValueError(msg)
+    metric = kw.get("lr_scheduler_metric", "elbo_validation")
+    if metrics is not None and metric not in metrics:
+        msg = (
+            f"plan_kwargs['lr_scheduler_metric']={metric!r} is not a metric the training logs; use one of "
+            f"{list(metrics)}, e.g. 'elbo_validation'."
+        )
+        raise ValueError(msg)
 
 
 def _check_accelerator(trainer_kwargs: Mapping) -> None:
@@ -298,7 +331,7 @@ def _check_accelerator(trainer_kwargs: Mapping) -> None:
         raise ValueError(msg)
 
 
-def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping) -> None:
+def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping, metrics: Sequence[str] | None = None) -> None:
     """Refuse early-stopping options that would be ignored or that Lightning would reject only after training.
 
     Parameters
@@ -307,12 +340,15 @@ def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping) -> None
         ``train``'s ``early_stopping``.
     trainer_kwargs
         ``train``'s keyword arguments for the Trainer (``early_stopping_patience``, ``_min_delta``, ``_mode``...).
+    metrics
+        The metrics the training plan logs (what ``early_stopping_monitor`` may watch); ``None``: not checked.
 
     Raises
     ------
     ValueError
         For an ``early_stopping_*`` option given with ``early_stopping=False``, a patience that is not a whole
-        number >= 1, a ``min_delta`` that is not a finite number >= 0, or a mode other than ``"min"``/``"max"``.
+        number >= 1, a ``min_delta`` that is not a finite number >= 0, a mode other than ``"min"``/``"max"``, or a
+        monitor that the plan does not log.
     """
     given = sorted(k for k in trainer_kwargs if k.startswith("early_stopping_"))
     if given and not early_stopping:
@@ -332,44 +368,28 @@ def _check_early_stopping(early_stopping: bool, trainer_kwargs: Mapping) -> None
     if mode is not None and mode not in ("min", "max"):
         msg = f"early_stopping_mode={mode!r} must be 'min' (for losses) or 'max'."
         raise ValueError(msg)
+    monitor = trainer_kwargs.get("early_stopping_monitor")
+    if monitor is not None and metrics is not None and monitor not in metrics:
+        msg = (
+            f"early_stopping_monitor={monitor!r} is not a metric the training logs; use one of {list(metrics)}, "
+            "e.g. 'elbo_validation'."
+        )
+        raise ValueError(msg)
 
 
-def _check_distributed_split(trainer_kwargs: Mapping, datasplitter_kwargs: Mapping | None, seed: int | None) -> None:
-    """Refuse multi-process training whose processes would each draw another train/validation split.
-
-    Lightning's DDP runs the training script once per process, and each process splits the cells itself, drawing
-    from ``scvi.settings.seed``. Unset, every process draws another split: each trains on cells that another
-    validates on, and the model keeps rank 0's split while the weights saw the others'.
+def _check_batching(batching: str) -> None:
+    """Refuse a minibatch strategy that is not one of :data:`~scmech.train.BATCHING`.
 
     Parameters
     ----------
-    trainer_kwargs
-        ``train``'s keyword arguments for the Trainer (``devices``, ``num_nodes``, ``strategy``).
-    datasplitter_kwargs
-        ``train``'s splitter arguments (an ``external_indexing`` split is the same in every process).
-    seed
-        ``scvi.settings.seed``.
+    batching
+        ``train``'s ``batching``.
 
     Raises
     ------
     ValueError
-        For several processes (``devices`` above 1 or ``-1``, ``num_nodes`` above 1) without a seed or a given split.
+        Naming the strategies.
     """
-    if seed is not None or (datasplitter_kwargs or {}).get("external_indexing") is not None:
-        return
-    devices = trainer_kwargs.get("devices", 1)
-    nodes = trainer_kwargs.get("num_nodes", 1)
-    several = (
-        (isinstance(devices, int) and (devices > 1 or devices == -1))
-        or (isinstance(devices, list | tuple) and len(devices) > 1)
-        or (isinstance(devices, str) and devices.strip() not in ("1", "auto", "0", ""))
-        or (isinstance(nodes, int) and nodes > 1)
-    )
-    if several:
-        msg = (
-            f"Training in several processes (devices={devices!r}, num_nodes={nodes!r}) splits the cells into "
-            "training and validation cells in each process, and without a seed each process draws another split "
-            "(each would train on cells another validates on). Set scvi.settings.seed to an integer before "
-            "training, or pass the split as datasplitter_kwargs={'external_indexing': ...}."
-        )
+    if batching not in BATCHING:
+        msg = f"batching={batching!r} is not one of {BATCHING}."
         raise ValueError(msg)

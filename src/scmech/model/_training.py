@@ -25,21 +25,21 @@ from scvi.model._utils import use_distributed_sampler
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._pseudobulk import normalized_mean
-from scmech.train import BATCHING, CheckpointSafeTrainRunner
+from scmech.train import CheckpointSafeTrainRunner
 from scmech.train._runner import CheckpointMismatchError
 
 from ._anchoring import _rows
 from ._argument_checks import check_flag
 from ._callbacks import run_signature, training_callbacks
+from ._split_checks import _check_distributed_split, _check_split_options, _external_sets
 from ._train_checks import (
     _check_accelerator,
-    _check_distributed_split,
+    _check_batching,
     _check_early_stopping,
     _check_mappings,
     _check_plan_keys,
-    _check_split_options,
+    _check_plan_options,
     _check_train_arguments,
-    _external_sets,
 )
 
 if TYPE_CHECKING:
@@ -132,9 +132,16 @@ class TrainingMixin:
             ``batch_key``) or ``"error_guided"`` (conditions drawn in proportion to the running error of the
             dynamics on them). All work under DDP.
         datasplitter_kwargs
-            Passed to :class:`~scvi.dataloaders.DataSplitter`.
+            Passed to :class:`~scmech.train.PerturbationDataSplitter`: ``external_indexing`` (the split),
+            ``pin_memory``, ``min_controls`` (``batching="batch_matched"``), ``drop_last`` and ``drop_dataset_tail``
+            (``batching="random"``) and the options of torch's ``DataLoader`` (``num_workers``, ``timeout``...);
+            other keys are refused before training.
         plan_kwargs
-            Passed to :class:`~scvi.train.TrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``ss_weight``...).
+            Passed to :class:`~scmech.train.SemiMechTrainingPlan` (``lr``, ``n_epochs_kl_warmup``, ``ss_weight``...).
+            Keys that would have no effect are refused before training: ``kl_weight`` (set ``max_kl_weight`` and
+            ``min_kl_weight``), ``update_only_decoder``, ``error_alpha`` without ``batching="error_guided"``, and the
+            ``lr_*`` scheduler options without ``reduce_lr_on_plateau=True``. ``lr_scheduler_metric`` (like
+            ``early_stopping_monitor``) names a metric of ``history``, e.g. ``"elbo_validation"``.
         ckpt_path
             Lightning checkpoint to resume from (e.g. the ``last.ckpt`` of a
             :class:`~lightning.pytorch.callbacks.ModelCheckpoint`); ``None`` starts afresh.
@@ -148,11 +155,16 @@ class TrainingMixin:
         _check_mappings(plan_kwargs=plan_kwargs, datasplitter_kwargs=datasplitter_kwargs)
         _check_train_arguments(max_epochs, batch_size, ckpt_path, plan_kwargs)
         _check_plan_keys(plan_kwargs, self._training_plan_cls, self.module)
-        _check_split_options(datasplitter_kwargs, train_size, validation_size)
+        _check_batching(batching)
+        # the metrics the plan logs: what lr_scheduler_metric and early_stopping_monitor may watch
+        logged = getattr(self._training_plan_cls, "logged_metrics", None)
+        metrics = logged(self.module) if callable(logged) else None
+        _check_plan_options(plan_kwargs, batching, metrics)
+        _check_split_options(datasplitter_kwargs, train_size, validation_size, batching)
         _check_accelerator(trainer_kwargs)
         _check_distributed_split(trainer_kwargs, datasplitter_kwargs, settings.seed)
         early_stopping = check_flag(early_stopping, "early_stopping")
-        _check_early_stopping(early_stopping, trainer_kwargs)
+        _check_early_stopping(early_stopping, trainer_kwargs, metrics)
         # torch's sampler takes Python integers only (a numpy integer is "not a positive integer value" to it)
         batch_size = int(batch_size)
         max_epochs = None if max_epochs is None else int(max_epochs)
@@ -429,9 +441,7 @@ class TrainingMixin:
         ValueError
             For an unknown strategy, or ``"batch_matched"`` without registered batches.
         """
-        if batching not in BATCHING:
-            msg = f"batching={batching!r} is not one of {BATCHING}."
-            raise ValueError(msg)
+        _check_batching(batching)
         if batching == "random":
             return
         design = self._design(self.adata)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from scvi.train import TrainingPlan
@@ -13,6 +15,10 @@ __all__ = ["SemiMechTrainingPlan"]
 
 #: key of the error-guided sampling weights in Lightning checkpoints
 _ERROR_WEIGHTS = "scmech_error_guided_weights"
+#: the ELBO metrics scvi-tools' plan logs per mode (``elbo_train``, ``kl_local_validation``, ...)
+_ELBO_METRICS = ("elbo", "reconstruction_loss", "kl_local", "kl_global")
+#: the extra metrics of :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>`, logged as ``<name>_<mode>``
+_LOSS_METRICS = ("ss_residual", "mmd", "basal_sd", "basal_leak", "fp_unconverged")
 
 
 class SemiMechTrainingPlan(TrainingPlan):
@@ -70,6 +76,16 @@ class SemiMechTrainingPlan(TrainingPlan):
         self._extra_sums: dict[str, dict[str, list]] = {"train": {}, "validation": {}}
         self._pending_metrics: dict[str, dict] = {}
         # error-guided batching: per-condition running error of the dynamics -> the sampler's weights
+        parts = ("hash", "keys", "key_condition", "weights")
+        if error_tracking is not None and not (
+            isinstance(error_tracking, Mapping) and all(k in error_tracking for k in parts)
+        ):
+            msg = (
+                f"error_tracking (a {type(error_tracking).__name__}) must be None or the dict with keys {list(parts)} "
+                "that SemiMechVI.train builds for batching='error_guided'; pass train(batching='error_guided') "
+                "instead of error_tracking."
+            )
+            raise TypeError(msg)
         self.error_alpha = error_alpha
         self._tracking = error_tracking
         if error_tracking is not None:
@@ -79,6 +95,35 @@ class SemiMechTrainingPlan(TrainingPlan):
             n = len(error_tracking["weights"])
             self._err_sum = torch.zeros(n, dtype=torch.float64)
             self._err_n = torch.zeros(n, dtype=torch.float64)
+
+    @staticmethod
+    def logged_metrics(module) -> list[str]:
+        """Return the names of the epoch-level metrics the plan logs with ``module``.
+
+        They are the keys of ``history`` and what ``early_stopping_monitor`` and ``lr_scheduler_metric`` may watch.
+
+        Parameters
+        ----------
+        module
+            The module to train: its ``extra_metric_names`` when it has them, else the extra metrics of
+            :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>` (and ``ss_residual_perturbed`` when the
+            module has ``steady_state_perturbed`` switched on).
+
+        Returns
+        -------
+        ``train_loss`` and the training metrics (``elbo_train``, ``ss_residual_train``, ...), then the same for
+        validation (``validation_loss``, ``elbo_validation``, ...).
+        """
+        extra = getattr(module, "extra_metric_names", None)
+        if extra is None:
+            extra = [
+                *_LOSS_METRICS,
+                *(["ss_residual_perturbed"] if getattr(module, "steady_state_perturbed", False) else []),
+            ]
+        names = []
+        for mode in ("train", "validation"):
+            names += [f"{mode}_loss", *(f"{name}_{mode}" for name in (*_ELBO_METRICS, *extra))]
+        return names
 
     def training_step(self, batch, batch_idx):
         """Run scvi-tools' training step with epoch-level logging, plus the error record of error-guided batching.

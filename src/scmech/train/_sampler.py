@@ -15,6 +15,7 @@ across processes under distributed (DDP) training: process ``r`` of ``w`` takes 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Literal
 
@@ -30,6 +31,25 @@ if TYPE_CHECKING:
 __all__ = ["BATCHING", "PerturbationBatchSampler", "PerturbationDataSplitter"]
 
 BATCHING = ("random", "batch_matched", "error_guided")
+
+#: the options of torch's ``DataLoader`` that a splitter's keyword arguments may set (workers, timeout...); the
+#: loaders set the others themselves (the dataset, the minibatches, ``drop_last`` and ``pin_memory`` of the splitter)
+LOADER_OPTIONS = tuple(
+    name
+    for name in inspect.signature(DataLoader.__init__).parameters
+    if name
+    not in {
+        "self",
+        "dataset",
+        "batch_size",
+        "shuffle",
+        "sampler",
+        "batch_sampler",
+        "collate_fn",
+        "drop_last",
+        "pin_memory",
+    }
+)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -179,7 +199,8 @@ class PerturbationDataSplitter(DataSplitter):
     seed
         Seed of the sampler.
     **kwargs
-        Passed to :class:`~scvi.dataloaders.DataSplitter`.
+        Passed to :class:`~scvi.dataloaders.DataSplitter`; its options of torch's ``DataLoader``
+        (``num_workers``, ``timeout``...) reach the strategies' training loader too.
     """
 
     def __init__(
@@ -236,10 +257,7 @@ class PerturbationDataSplitter(DataSplitter):
             # the checkpoint was written at an epoch's end)
             sampler.set_epoch(int(trainer.fit_loop.epoch_progress.current.processed))
         dataset = self.adata_manager.create_torch_dataset(indices=idx, load_sparse_tensor=self.load_sparse_tensor)
-        return DataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=kw.get("num_workers", settings.dl_num_workers),
-            pin_memory=self.pin_memory,
-        )
+        # the loader options given to the splitter (workers, timeout...), as scvi-tools' loaders take them
+        options = {k: v for k, v in kw.items() if k in LOADER_OPTIONS}
+        options.setdefault("num_workers", settings.dl_num_workers)
+        return DataLoader(dataset, sampler=sampler, batch_size=None, pin_memory=self.pin_memory, **options)
