@@ -327,7 +327,7 @@ def test_a_missing_x_and_a_falsy_layer_are_named(rel):
     adata.X = None
     with pytest.raises(ValueError, match=r"adata\.X is empty \(None\); pass layer="):
         SemiMechVI.setup_anndata(adata)
-    with pytest.raises(KeyError, match=r"Layer 0 is not in adata\.layers"):
+    with pytest.raises(TypeError, match=r"layer=0 must be the name of one layer of adata\.layers"):
         SemiMechVI.setup_anndata(rel.small(), layer=0)
 
 
