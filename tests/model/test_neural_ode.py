@@ -100,6 +100,12 @@ def test_the_terms_enter_the_loss_with_their_weight(make_adata):
     assert float(ss_ctrl) > 0
     assert float(ss_pert) > 0
     assert torch.allclose(on.loss - off.loss, 2.0 * (ss_ctrl + ss_pert), rtol=1e-4)
+    # the names the training plan logs (and early stopping may watch) are those the loss returns
+    assert list(off.extra_metrics) == model.module.extra_metric_names
+    vanilla = NeuralODE(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    names = list(_losses(vanilla.module, tensors, ss_weight=0.0).extra_metrics)
+    assert names == vanilla.module.extra_metric_names
+    assert "ss_residual_perturbed" not in names
 
 
 def test_the_term_is_zero_at_a_fixed_point_and_its_gradient_reaches_the_shared_field(make_adata):

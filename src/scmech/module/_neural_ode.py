@@ -122,6 +122,11 @@ class NeuralODEVAE(SemiMechVAE):
         kwargs.pop("operator_scale", None)
         return NeuralField(n_latent, n_targets, **kwargs)
 
+    @property
+    def extra_metric_names(self) -> list[str]:
+        """Extra metrics of :meth:`loss`: those of ``SemiMechVAE`` and, with ``steady_state_perturbed``, its term."""
+        return [*super().extra_metric_names, *(["ss_residual_perturbed"] if self.steady_state_perturbed else [])]
+
     def loss(
         self,
         tensors: dict,

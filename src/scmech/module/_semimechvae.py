@@ -55,6 +55,10 @@ __all__ = ["SemiMechVAE"]
 SOLVER_REVIEW_STEPS = 25
 
 
+#: the extra metrics of :meth:`SemiMechVAE.loss` (the training plan logs them as ``<name>_<mode>``)
+EXTRA_METRICS = ("ss_residual", "mmd", "basal_sd", "basal_leak", "fp_unconverged")
+
+
 class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
     r"""Semi-mechanistic VAE: measurement operator, latent dynamics and the steady-state loss.
 
@@ -463,6 +467,11 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
         pz = Normal(mu, torch.ones_like(mu), validate_args=False)
         return {"px": px, "pz": pz, "mu": mu, "fp_residual": residual}
 
+    @property
+    def extra_metric_names(self) -> list[str]:
+        """Names of the extra metrics :meth:`loss` returns (logged as ``<name>_train`` and ``<name>_validation``)."""
+        return list(EXTRA_METRICS)
+
     def loss(
         self,
         tensors: dict,
@@ -533,7 +542,7 @@ class SemiMechVAE(ProtocolReadoutMixin, PosteriorMixin, BaseModuleClass):
         if mmd_w > 0:
             mmd = loss_terms.basal_mmd(basal, same, baseline_ctrl, n_ctrl)
             loss = loss + mmd_w * mmd
-        extra = {
+        extra = {  # the names of EXTRA_METRICS, in order
             "ss_residual": ss.detach().sqrt(),
             "mmd": mmd.detach(),
             "basal_sd": basal.detach().std(0).mean(),

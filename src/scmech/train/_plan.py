@@ -17,8 +17,6 @@ __all__ = ["SemiMechTrainingPlan"]
 _ERROR_WEIGHTS = "scmech_error_guided_weights"
 #: the ELBO metrics scvi-tools' plan logs per mode (``elbo_train``, ``kl_local_validation``, ...)
 _ELBO_METRICS = ("elbo", "reconstruction_loss", "kl_local", "kl_global")
-#: the extra metrics of :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>`, logged as ``<name>_<mode>``
-_LOSS_METRICS = ("ss_residual", "mmd", "basal_sd", "basal_leak", "fp_unconverged")
 
 
 class SemiMechTrainingPlan(TrainingPlan):
@@ -105,21 +103,15 @@ class SemiMechTrainingPlan(TrainingPlan):
         Parameters
         ----------
         module
-            The module to train: its ``extra_metric_names`` when it has them, else the extra metrics of
-            :meth:`SemiMechVAE.loss <scmech.module.SemiMechVAE.loss>` (and ``ss_residual_perturbed`` when the
-            module has ``steady_state_perturbed`` switched on).
+            The module to train: its ``extra_metric_names`` (the extra metrics its ``loss`` returns; none when it
+            has no such attribute).
 
         Returns
         -------
         ``train_loss`` and the training metrics (``elbo_train``, ``ss_residual_train``, ...), then the same for
         validation (``validation_loss``, ``elbo_validation``, ...).
         """
-        extra = getattr(module, "extra_metric_names", None)
-        if extra is None:
-            extra = [
-                *_LOSS_METRICS,
-                *(["ss_residual_perturbed"] if getattr(module, "steady_state_perturbed", False) else []),
-            ]
+        extra = list(getattr(module, "extra_metric_names", ()))
         names = []
         for mode in ("train", "validation"):
             names += [f"{mode}_loss", *(f"{name}_{mode}" for name in (*_ELBO_METRICS, *extra))]
