@@ -100,3 +100,11 @@ def test_error_decomposition_of_a_prediction_at_a_time(course):
         alone = tl.error_decomposition(a[a.obs["time"] == 0.5].copy(), **kwargs)
     assert "error_decomposition" in a.uns["scmech"]
     pd.testing.assert_frame_equal(here, alone)
+
+
+def test_a_context_without_the_condition_says_so(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=0.5)
+    elsewhere = a[~((a.obs["perturbation"] == "G0008") & (a.obs["time"] == 0.5))].copy()
+    with pytest.raises(ValueError, match=r"No condition to evaluate.*made at time = 0\.5 \(adata\.obs\['time'\]\)"):
+        _scores(pred, elsewhere)

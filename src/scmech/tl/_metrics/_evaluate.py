@@ -232,26 +232,36 @@ def evaluate(
     if split is not None and train_conditions is None:
         train_conditions = split.train_conditions
     train_conditions = _training_perturbations(train_conditions)
-    result = _run(
-        frames,
-        adata,
-        design,
-        obs_mask=obs_mask,
-        ctrl_mask=ctrl_mask,
-        train_mask=train_mask,
-        conditions=conditions,
-        train_conditions=train_conditions,
-        genes=genes,
-        layer=layer,
-        counts=counts,
-        n_de_genes=n_de_genes,
-        n_top_expressed=n_top_expressed,
-        de_method=de_method,
-        cell_predictions=cells_ad,
-        n_pcs=n_pcs,
-        max_cells=max_cells,
-        random_state=random_state,
-    )
+    try:
+        result = _run(
+            frames,
+            adata,
+            design,
+            obs_mask=obs_mask,
+            ctrl_mask=ctrl_mask,
+            train_mask=train_mask,
+            conditions=conditions,
+            train_conditions=train_conditions,
+            genes=genes,
+            layer=layer,
+            counts=counts,
+            n_de_genes=n_de_genes,
+            n_top_expressed=n_top_expressed,
+            de_method=de_method,
+            cell_predictions=cells_ad,
+            n_pcs=n_pcs,
+            max_cells=max_cells,
+            random_state=random_state,
+        )
+    except ValueError as e:
+        if not context or not str(e).startswith("No condition to evaluate"):
+            raise
+        where = ", ".join(f"{field} = {value!r} (adata.obs[{column!r}])" for field, (column, value) in context.items())
+        msg = (
+            f"{e} The predictions are made at {where}, and only the cells observed there are compared: predict the "
+            "context the held-out cells were observed in (predict(..., time=..., media=..., batch=...))."
+        )
+        raise ValueError(msg) from e
     if key_added is not None:
         adata.uns.setdefault(SCMECH_ADATA_KEYS.UNS, {})[key_added] = result.copy()
     return result
