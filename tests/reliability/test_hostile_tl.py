@@ -514,3 +514,15 @@ def test_untestable_controls_say_the_cell_limit_is_per_batch():
     detail = table.loc[table["subject"].astype(str) == "controls", "verdict"].iloc[0]
     assert "controls (>= 10 cells per batch of obs['batch']) in only 0 of the time points" in detail
     assert "10 or more of its control cells share a batch" in detail
+
+
+def test_decomposition_warns_of_predicted_conditions_without_cells(bench):
+    adata, _, preds = bench
+    pred = preds["TrainMean"]
+    extra = pred[[0]].copy()
+    extra.obs_names = ["G9999"]
+    extra.obs["perturbation"] = ["G9999"]
+    both = ad.concat([pred, extra])
+    both.uns = pred.uns
+    with pytest.warns(UserWarning, match=r"Predicted condition\(s\) \['G9999'\] have no assigned cells"):
+        tl.error_decomposition(adata, batch_key="batch", predictions=both, n_bootstrap=2, n_splits=2)

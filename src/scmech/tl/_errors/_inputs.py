@@ -161,6 +161,13 @@ def _prediction_inputs(
     predicted = [c for c in frame.index if c != ctrl0]
     if conditions is None:
         conditions = [c for c in predicted if c in observed]
+        unobserved = [c for c in predicted if c not in observed]
+        if conditions and unobserved:
+            _warn(
+                f"Predicted condition(s) {unobserved[:5]} have no assigned cells in obs[{perturbation_key!r}] and are "
+                "left out of the decomposition (a model error needs an observation).",
+                stacklevel=4,
+            )
         if not conditions:
             msg = (
                 f"predictions share no perturbation with obs[{perturbation_key!r}] (predicted: {predicted[:5]}); "
