@@ -132,7 +132,12 @@ def prediction_distance(
     rep = both.obsm["X_pca"] if "X_pca" in both.obsm else np.asarray(both.X, dtype=np.float64)
     group = both.obs["group"].astype(str).to_numpy()
     ctrl = get_design(
-        observed, perturbation_key, control_label, unassigned_label=unassigned_label, warn_missing_controls=False
+        observed,
+        perturbation_key,
+        control_label,
+        separator=separator,
+        unassigned_label=unassigned_label,
+        warn_missing_controls=False,
     ).perturbation.control_label
     y_ctrl = rep[group == f"{OBSERVED}|{ctrl}"]
     n_cells = both.obs["n_cells"].to_numpy()
