@@ -946,3 +946,18 @@ def test_setup_layer_must_be_one_layer_name(rel):
     adata.layers["c"] = adata.X.copy()
     with pytest.raises(TypeError, match=r"layer=\['c'\] must be the name of one layer of adata\.layers"):
         SemiMechVI.setup_anndata(adata, layer=["c"])
+
+
+def test_an_own_gene_calibrated_on_fewer_than_two_targets_warns(rel):
+    adata = rel.small()
+    # G0021 is the only training target left (G0009 would train through the double G0009+G0021)
+    held = ["G0008", "G0009", "G0010", "G0009+G0021"]
+    split = tl.split(adata, "perturbation", test_conditions=held, random_state=0)
+    SemiMechVI.setup_anndata(adata)
+    model = SemiMechVI(adata, **rel.MODEL_KWARGS)
+    model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": split.external_indexing}, **rel.TRAIN_KWARGS)
+    assert model.target_map_.class_targets == ["G0021"]
+    # one target: its spread was reported as 0, a certainty no single value gives
+    with pytest.warns(UserWarning, match=r"rests on 1 training target\(s\) whose gene is measured: its uncertainty"):
+        pred = model.predict(["G0008", "G0010"])
+    assert pred.obs["own_gene_sd"].isna().all()

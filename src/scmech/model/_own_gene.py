@@ -99,8 +99,7 @@ def own_gene_effect(
     effect = centre_effect(each, reference, counts=counts, efficacy_levels=efficacy_levels, log_base=log_base)
     if not spread:
         return effect, float("nan"), np.zeros(0)
-    sd = float(1.4826 * np.median(np.abs(each - np.median(each)))) if len(each) >= 3 else float(np.std(each))
-    return effect, sd, each
+    return effect, _spread(each), each
 
 
 def own_effects(
@@ -285,7 +284,7 @@ def own_calibration(values: list[float], modality: str | None) -> tuple[float, f
         return 0.0, float("nan")
     v = np.asarray(values, dtype=np.float64)
     med = float(np.median(v))
-    sd = float(1.4826 * np.median(np.abs(v - med))) if len(v) >= 3 else float(np.std(v))
+    sd = _spread(v)
     sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
     if sign and med * sign < 0:
         logger.warning(
@@ -296,3 +295,11 @@ def own_calibration(values: list[float], modality: str | None) -> tuple[float, f
         )
         med = 0.0
     return med, sd
+
+
+def _spread(values: np.ndarray) -> float:
+    """Robust spread (1.4826 MAD) of three or more values, their sd for two, NaN for one (no spread to see)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if len(v) >= 3 else float(np.std(v))

@@ -8,6 +8,7 @@ the expression layer, and the provenance in ``uns``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING
 
 import anndata as ad
@@ -53,6 +54,21 @@ class PredictionOutputMixin:
         scaled = self._own_scaled() and self._scaled_as_fitted(tm)  # counts, or log1p input scaled
         k = math.log(self._log_base()) if scaled else 1.0  # log_b(1 + x) = log(1 + x) / k
         mapped = set(mapped)
+        own = sorted({p.targets[0] for p in requested if len(p.targets) == 1 and p.targets[0] in mapped} & set(pos))
+        if own and tm.own_targets < 2:
+            warnings.warn(
+                f"The own-gene knock-down of {own[:5]} (targets without training cells whose gene is measured) rests "
+                "on "
+                f"{tm.own_targets} training target(s) whose gene is measured: "
+                + (
+                    "their own gene is not knocked down."
+                    if tm.own_targets == 0 or not np.isfinite(tm.own_effect)
+                    else "its uncertainty (obs['own_gene_sd']) is unknown."
+                )
+                + " Keep at least two such targets in training to calibrate it.",
+                UserWarning,
+                stacklevel=5,
+            )
         for i, p in enumerate(requested):
             if len(p.targets) != 1 or p.targets[0] not in mapped or p.targets[0] not in pos:
                 continue
