@@ -28,6 +28,50 @@ if TYPE_CHECKING:
 __all__ = ["MeasurementMethodsMixin"]
 
 
+def _trained_only(name: str, what: str, owner: str) -> Callable:
+    """Return a method that refuses an untrained model, then calls scvi-tools' method ``name`` unchanged.
+
+    scvi-tools' own methods answer from the random initial weights of an untrained model.
+
+    Parameters
+    ----------
+    name
+        The method's name.
+    what
+        What it returns, for its docstring.
+    owner
+        The scvi-tools mixin that defines it, for its docstring.
+
+    Returns
+    -------
+    The method.
+    """
+
+    def method(self, *args, **kwargs):
+        self._check_if_trained(warn=False)
+        return getattr(super(MeasurementMethodsMixin, self), name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__qualname__ = f"MeasurementMethodsMixin.{name}"
+    method.__doc__ = f"""Return {what} (scvi-tools' method), for a trained model only.
+
+    Parameters
+    ----------
+    *args, **kwargs
+        Passed to :meth:`scvi.model.base.{owner}.{name}`.
+
+    Returns
+    -------
+    As scvi-tools' method.
+
+    Raises
+    ------
+    RuntimeError
+        For a model that is not trained.
+    """
+    return method
+
+
 class MeasurementMethodsMixin:
     """Library size, likelihood parameters, feature correlations and importance-weighted expression."""
 
@@ -322,85 +366,15 @@ class MeasurementMethodsMixin:
             if not cached and _DE_SCALING_KEY in adata.obs:
                 del adata.obs[_DE_SCALING_KEY]
 
-    def get_elbo(self, *args, **kwargs):
-        """Return the evidence lower bound of the data (scvi-tools' method), for a trained model only.
-
-        Parameters
-        ----------
-        *args, **kwargs
-            Passed to :meth:`scvi.model.base.VAEMixin.get_elbo`.
-
-        Returns
-        -------
-        As scvi-tools' method.
-
-        Raises
-        ------
-        RuntimeError
-            For a model that is not trained.
-        """
-        self._check_if_trained(warn=False)
-        return super().get_elbo(*args, **kwargs)
-
-    def get_marginal_ll(self, *args, **kwargs):
-        """Return the marginal log-likelihood of the data (scvi-tools' method), for a trained model only.
-
-        Parameters
-        ----------
-        *args, **kwargs
-            Passed to :meth:`scvi.model.base.VAEMixin.get_marginal_ll`.
-
-        Returns
-        -------
-        As scvi-tools' method.
-
-        Raises
-        ------
-        RuntimeError
-            For a model that is not trained.
-        """
-        self._check_if_trained(warn=False)
-        return super().get_marginal_ll(*args, **kwargs)
-
-    def get_reconstruction_error(self, *args, **kwargs):
-        """Return the reconstruction error of the data (scvi-tools' method), for a trained model only.
-
-        Parameters
-        ----------
-        *args, **kwargs
-            Passed to :meth:`scvi.model.base.VAEMixin.get_reconstruction_error`.
-
-        Returns
-        -------
-        As scvi-tools' method.
-
-        Raises
-        ------
-        RuntimeError
-            For a model that is not trained.
-        """
-        self._check_if_trained(warn=False)
-        return super().get_reconstruction_error(*args, **kwargs)
-
-    def get_importance_weights(self, *args, **kwargs):
-        """Return importance weights of posterior samples (scvi-tools' method), for a trained model only.
-
-        Parameters
-        ----------
-        *args, **kwargs
-            Passed to :meth:`scvi.model.base.RNASeqMixin.get_importance_weights`.
-
-        Returns
-        -------
-        As scvi-tools' method.
-
-        Raises
-        ------
-        RuntimeError
-            For a model that is not trained.
-        """
-        self._check_if_trained(warn=False)
-        return super().get_importance_weights(*args, **kwargs)
+    # scvi-tools' VAE and RNA-seq methods that need no checks of their own beyond a trained model
+    get_elbo = _trained_only("get_elbo", "the evidence lower bound of the data", "VAEMixin")
+    get_marginal_ll = _trained_only("get_marginal_ll", "the marginal log-likelihood of the data", "VAEMixin")
+    get_reconstruction_error = _trained_only(
+        "get_reconstruction_error", "the reconstruction error of the data", "VAEMixin"
+    )
+    get_importance_weights = _trained_only(
+        "get_importance_weights", "importance weights of posterior samples", "RNASeqMixin"
+    )
 
 
 def _as_keywords(method: Callable, args: tuple, kwargs: dict) -> dict:

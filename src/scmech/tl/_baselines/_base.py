@@ -430,10 +430,11 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         tim = _per_condition(time, n, "time")
         switch = _per_condition(media_time, n, "media_time")
         rows, obs_rows, skipped = [], [], []
+        unassigned = self._setup().get("unassigned_label")
         for p, m, t, mt in zip(perturbations, med, tim, switch, strict=True):
             label, targets = self._canonical(p)
             if explicit:
-                check_not_unassigned(targets, self._setup().get("unassigned_label"))
+                check_not_unassigned(targets, unassigned)
             try:
                 value, n_used = self._predict_one(label, targets)
             except KeyError as e:

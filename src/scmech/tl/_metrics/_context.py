@@ -32,14 +32,8 @@ _TIME_TOL = 1e-6
 
 
 def _specified(field: str, value: Any) -> bool:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return False
-    try:
-        if pd.isna(value):
-            return False
-    except (TypeError, ValueError):
-        pass
-    return not (field == "batch" and str(value) in _UNSPECIFIED_BATCH)
+    """Whether an ``obs`` entry (a scalar) names a context: not missing, and not a batch meaning "each cell's own"."""
+    return not pd.isna(value) and not (field == "batch" and str(value) in _UNSPECIFIED_BATCH)
 
 
 def _provenance_key(pred: AnnData, field: str) -> str | None:
