@@ -107,3 +107,28 @@ def pearson(u: np.ndarray, v: np.ndarray) -> float:
 def knocked(a: float | np.ndarray, level: np.ndarray) -> np.ndarray:
     """Level of a gene at ``level`` (log-normalised) after its production is scaled by ``e^a``."""
     return np.log1p(np.exp(a) * np.expm1(np.maximum(level, 0.0)))
+
+
+def ttest_top(x, labels: np.ndarray, genes: list[str], groups: list[str], control: str, n: int = 20) -> dict:
+    """Top ``n`` genes (indices) of each group by scanpy's t-test against ``control`` (log-normalised cells).
+
+    The gene set of ``scmech.tl.evaluate``'s ``pearson_delta_de``: ``rank_genes_groups`` with ``rankby_abs`` on the
+    cells' counts normalised to 1e4 and log1p-transformed.
+    """
+    import anndata as ad
+    import pandas as pd
+    import scanpy as sc
+
+    from scmech._threads import log_normalise
+
+    keep = np.isin(labels, [*groups, control])
+    cells = ad.AnnData(X=x[keep].astype(np.float32), obs=pd.DataFrame({"group": labels[keep]}).astype("category"))
+    cells.var_names = list(genes)
+    cells.obs_names = cells.obs_names.astype(str)
+    log_normalise(cells)
+    sc.tl.rank_genes_groups(
+        cells, "group", groups=groups, reference=control, method="t-test", rankby_abs=True, n_genes=n
+    )
+    names = cells.uns["rank_genes_groups"]["names"]
+    index = {g: i for i, g in enumerate(genes)}
+    return {t: np.array([index[g] for g in names[t]]) for t in groups}

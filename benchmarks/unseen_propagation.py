@@ -61,15 +61,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
-from _common import knocked, md_table, pearson, quiet
+from _common import knocked, md_table, pearson, quiet, ttest_top
 
 import scmech
-from scmech._threads import log_normalise
 from scmech.data._simulate._network import SimulatedNetwork
 from scmech.model._anchoring import member_weights
 from scmech.model._observations import log_pseudobulk
@@ -111,16 +108,7 @@ class Screen:
 
     def _de(self, x, labels: np.ndarray) -> dict[str, np.ndarray]:
         """Top 20 genes of each measured target by scanpy's t-test against the controls (log-normalised cells)."""
-        keep = np.isin(labels, [*self.cand, self.control])
-        cells = ad.AnnData(X=x[keep].astype(np.float32), obs=pd.DataFrame({"group": labels[keep]}).astype("category"))
-        cells.var_names = self.genes
-        cells.obs_names = cells.obs_names.astype(str)
-        log_normalise(cells)
-        sc.tl.rank_genes_groups(
-            cells, "group", groups=self.cand, reference=self.control, method="t-test", rankby_abs=True, n_genes=20
-        )
-        names = cells.uns["rank_genes_groups"]["names"]
-        return {t: np.array([self.genes.index(g) for g in names[t]]) for t in self.cand}
+        return ttest_top(x, labels, self.genes, self.cand, self.control)
 
     def change(self, t: str) -> np.ndarray:
         """Observed change of ``t`` from the controls."""

@@ -15,7 +15,9 @@ from scmech.model import SemiMechVI
 from scmech.model._observations import Observations, ObservedPseudobulk
 from scmech.model._own_gene import (
     _level_after,
+    centre_effect,
     effect_reaching,
+    half_sample_mode,
     own_calibration,
     own_gene_effect,
     own_gene_model,
@@ -87,6 +89,45 @@ def test_weighted_median_closed_forms():
     assert weighted_median(v, np.zeros(4)) == pytest.approx(np.median(v))
 
 
+def test_half_sample_mode_closed_forms():
+    # one value, two (their mean), three (the closer pair's mean; equidistant: the middle one)
+    assert half_sample_mode(np.array([5.0])) == 5.0
+    assert half_sample_mode(np.array([1.0, 3.0])) == pytest.approx(2.0)
+    assert half_sample_mode(np.array([4.0, 1.0, 2.0])) == pytest.approx(1.5)
+    assert half_sample_mode(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)
+    # symmetric values: their centre
+    assert half_sample_mode(np.arange(10.0)) == pytest.approx(4.5)
+    assert np.isnan(half_sample_mode(np.zeros(0)))
+    # two groups: the larger one, where the median lies between them
+    v = np.array([-1.6, -1.5, -0.66, -0.4, -0.32, -0.29])
+    assert half_sample_mode(v) == pytest.approx(-0.305)
+    assert np.median(v) == pytest.approx(-0.53)
+    assert half_sample_mode(np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])) == 1.0
+    # weights: a value without weight does not count, a heavy group wins
+    assert half_sample_mode(v, np.array([0, 0, 0, 0, 1.0, 1.0])) == pytest.approx(-0.305)
+    assert half_sample_mode(v, np.array([5.0, 5.0, 1.0, 1.0, 1.0, 1.0])) == pytest.approx(-1.55)
+    assert half_sample_mode(np.array([1.0, 3.0]), np.array([3.0, 1.0])) == pytest.approx(1.5)
+    # all weights zero or not finite: equal weights
+    assert half_sample_mode(v, np.zeros(6)) == pytest.approx(-0.305)
+    assert half_sample_mode(v, np.full(6, np.nan)) == pytest.approx(-0.305)
+
+
+def test_own_effect_centre_is_the_mode_of_the_larger_group():
+    # three knock-downs leave 70 % of their own mRNA, three fall further (two collapse their programme): an unseen
+    # target gets the typical 70 %, where the median of the six gives a fall that no target showed
+    reference = np.full(6, 5.0)
+    kept = np.array([0.2, 0.2, 0.45, 0.7, 0.7, 0.7])
+    observed = np.log1p(kept * np.expm1(reference))
+    effect, _, each = own_gene_effect(observed, reference)
+    np.testing.assert_allclose(each, np.log(kept), atol=1e-4)
+    assert effect == pytest.approx(np.log(0.7), abs=1e-4)
+    median = own_gene_effect(observed, reference, centre="median")[0]
+    assert median == pytest.approx(np.median(np.log(kept)), abs=1e-4)
+    assert median < np.log(0.7) - 0.1
+    with pytest.raises(ValueError, match="centre='mean' is not one of 'mode', 'median'"):
+        centre_effect(each, reference, centre="mean")
+
+
 def test_effect_reaching_closed_forms():
     ref = np.array([0.05, 0.5, 2.0, 3.0, 4.0, 0.0])
     a = effect_reaching(3.0, ref)
@@ -125,12 +166,14 @@ def test_the_data_choose_between_a_common_level_and_a_scaled_production():
         assert own_gene_model(common, reference, modality=modality) == "scale"
     # too few targets to compare the two
     assert own_gene_model(common[:3], reference[:3], modality="CRISPRa") == "scale"
-    # why: a scaling calibrated on such data undershoots the silent genes and overshoots the expressed ones
-    a = own_gene_effect(common, reference)[0]
+    # why: no scaling fits such data; the median's undershoots the silent genes and overshoots the expressed ones
+    a = own_gene_effect(common, reference, centre="median")[0]
     scaled_pred = np.log1p(np.exp(a) * np.expm1(reference))
     low, high = reference < 0.2, reference > 1.5
     assert np.all(scaled_pred[low] < common[low] - 1.0)
     assert np.all(scaled_pred[high] > common[high] + 0.2)
+    a = own_gene_effect(common, reference)[0]  # the mode's fits one group of genes and misses the silent ones
+    assert np.all(np.log1p(np.exp(a) * np.expm1(reference[low])) < common[low] - 1.0)
 
 
 def _activated_screen(seed: int = 0):

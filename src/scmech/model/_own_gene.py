@@ -3,8 +3,8 @@ r"""How a knock-down moves its target's own gene: calibrated on what the trainin
 A target without training cells whose gene is measured gets a direct effect on its own gene, calibrated on the
 training targets' observed own-gene levels in the space predictions are scored in:
 
-- :func:`own_gene_effect`: a scaled production (CRISPRko, CRISPRi, CRISPRa), the weighted median of the factors
-  that reproduce each training target's own level;
+- :func:`own_gene_effect`: a scaled production (CRISPRko, CRISPRi, CRISPRa), the weighted half-sample mode of
+  the factors that reproduce each training target's own level (:func:`half_sample_mode`);
 - :func:`own_gene_model` and :func:`effect_reaching`: for CRISPRa, where the training targets say so, a common
   activated level instead, reached from each gene's level per gene;
 - :func:`own_calibration`: the median of the decoder's learned direct effects, signed by the modality, when too
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +29,7 @@ __all__ = [
     "own_calibration",
     "own_effects",
     "own_gene_effect",
+    "half_sample_mode",
     "own_gene_model",
     "weighted_median",
 ]
@@ -42,6 +44,7 @@ def own_gene_effect(
     bound: float = 10.0,
     spread: bool = True,
     log_base: float = math.e,
+    centre: Literal["mode", "median"] = "mode",
 ) -> tuple[float, float, np.ndarray]:
     r"""Direct own-gene effect :math:`a` of a knock-down: the robust centre of the training targets' own effects.
 
@@ -53,18 +56,19 @@ def own_gene_effect(
     \ell + a\eta`. Each training target :math:`q` gets its own effect :math:`a_q`, the one with
     :math:`f_{a_q}(\ell_q) = y_q` (:math:`y_q` its own gene's observed level, :math:`\ell_q` its level without
     the knock-down: the controls', from which an unseen target's own gene is knocked down too). The calibrated
-    effect is their
-    weighted median, each :math:`a_q` weighed by how far the scored level moves per unit of :math:`a`
-    (:math:`\partial f_a(\ell_q)/\partial a` at the unweighted median): the least-absolute-deviations fit of
-    :math:`\sum_q |y_q - f_a(\ell_q)|`, linearised. A highly expressed gene, whose fall is measured well, weighs
-    more than one barely expressed.
+    effect is the centre of the :math:`a_q`: their weighted half-sample mode (:func:`half_sample_mode`), each
+    :math:`a_q` weighed by how far the scored level moves per unit of :math:`a` (:math:`\partial f_a(\ell_q)/\partial
+    a` at their median). A highly expressed gene, whose fall is measured well, weighs more than one barely expressed.
 
-    The median, not the mean: a target's own gene also moves with the state its knock-down leaves. A knock-down
-    that collapses a programme its own gene belongs to (a receptor, kinase or transcription factor of a pathway
-    that induces it) falls far beyond its direct effect, and nothing known before the data tells an unseen
-    target whether it will do the same; a mean is pulled by those few, the median follows the typical direct
-    effect, and the spread reported beside it (1.4826 MAD) is the matching robust one. Written here because it
-    is a one-parameter fit of this model's knock-down, not a library's estimator.
+    The mode, not the mean or the median: a target's own gene also moves with the state its knock-down leaves. A
+    knock-down that collapses a programme its own gene belongs to (a receptor, kinase or transcription factor of a
+    pathway that induces it) falls far beyond its direct effect, and nothing known before the data tells an unseen
+    target whether it will do the same. A mean is pulled by those few. So is a median once those beyond the
+    typical fall near half of the training targets: of six targets three of which fall further, the median lies
+    halfway between the groups, a fall that no target showed. The half-sample mode follows the densest group of
+    effects, the typical direct effect; where the effects agree (one group) it is near their median. The spread reported
+    beside it (1.4826 MAD) is the matching robust one. Written here because it is a one-parameter fit of this
+    model's knock-down, not a library's estimator.
 
     Parameters
     ----------
@@ -86,6 +90,9 @@ def own_gene_effect(
         Base :math:`b` of the logarithm of the levels, where they are :math:`\log_b(1 + x)`
         (:func:`~scmech.data._log_scale.log1p_base`; counts' pseudobulks use :math:`e`): :math:`f_a(\ell) =
         \log_b(1 + e^{a}(b^{\ell} - 1))`. The effect :math:`a` is a natural log factor whatever the base.
+    centre
+        ``"mode"`` (the weighted half-sample mode, the package's) or ``"median"`` (the weighted median, the
+        calibration before it; kept so that the two can be compared).
 
     Returns
     -------
@@ -96,7 +103,9 @@ def own_gene_effect(
     each = own_effects(
         observed, reference, counts=counts, efficacy_levels=efficacy_levels, bound=bound, log_base=log_base
     )
-    effect = centre_effect(each, reference, counts=counts, efficacy_levels=efficacy_levels, log_base=log_base)
+    effect = centre_effect(
+        each, reference, counts=counts, efficacy_levels=efficacy_levels, log_base=log_base, centre=centre
+    )
     if not spread:
         return effect, float("nan"), np.zeros(0)
     return effect, _spread(each), each
@@ -139,24 +148,83 @@ def centre_effect(
     counts: bool = True,
     efficacy_levels: np.ndarray | None = None,
     log_base: float = math.e,
+    centre: Literal["mode", "median"] = "mode",
 ) -> float:
-    r"""Weighted median of the own effects, each weighed by :math:`\partial f_a(\ell_q)/\partial a` at their median.
+    r"""Weighted half-sample mode of the own effects, each weighed by :math:`\partial f_a(\ell_q)/\partial a`.
 
-    The calibrated effect of :func:`own_gene_effect` from the effects :func:`own_effects` returns.
+    The slopes are taken at the effects' median.
+
+    The calibrated effect of :func:`own_gene_effect` from the effects :func:`own_effects` returns (``centre``: as
+    there; ``"median"`` gives the weighted median).
     """
+    if centre not in ("mode", "median"):
+        msg = f"centre={centre!r} is not one of 'mode', 'median'."
+        raise ValueError(msg)
     ref = np.asarray(reference, dtype=np.float64)
     eta = _levels(efficacy_levels)
-    centre, step = float(np.median(each)), 1e-4
+    middle, step = float(np.median(each)), 1e-4
     slope = np.abs(
-        _level_after(np.asarray(centre + step), ref, counts, eta, log_base)
-        - _level_after(np.asarray(centre - step), ref, counts, eta, log_base)
+        _level_after(np.asarray(middle + step), ref, counts, eta, log_base)
+        - _level_after(np.asarray(middle - step), ref, counts, eta, log_base)
     ) / (2 * step)
-    return weighted_median(each, slope)
+    return half_sample_mode(each, slope) if centre == "mode" else weighted_median(each, slope)
 
 
 def _levels(efficacy_levels: np.ndarray | None) -> np.ndarray:
     """Efficacy levels as a flat array (``None``: one level at 1)."""
     return np.ones(1) if efficacy_levels is None else np.asarray(efficacy_levels, dtype=np.float64).ravel()
+
+
+def half_sample_mode(values: np.ndarray, weights: np.ndarray | None = None) -> float:
+    r"""Weighted half-sample mode of ``values``: the centre of their densest half, narrowed until two remain.
+
+    The half-sample mode of Bickel and Frühwirth (Computational Statistics & Data Analysis 50, 3500-3530, 2006),
+    with weights: of the sorted values, keep the shortest run of neighbours that holds at least half the total
+    weight, and repeat on it until at most two values remain (or the run cannot narrow); the result is their
+    weighted mean. Runs of equal length are merged, so symmetric values give their centre. Values without weight
+    are left out; all-zero or non-finite weights count as equal. Robust to a minority of outliers on one side, as
+    the median is, and unlike the median it stays in the densest group when the others near half of the values
+    (of -1.6, -1.5, -0.66, -0.4, -0.32 and -0.29 the mode is -0.305, the median -0.53, between the groups).
+    scipy and numpy have no mode of continuous values; this is twenty lines.
+
+    Parameters
+    ----------
+    values
+        The values (any order).
+    weights
+        Their non-negative weights (``None``: equal).
+
+    Returns
+    -------
+    The mode, NaN for no values.
+
+    Examples
+    --------
+    >>> half_sample_mode(np.array([-1.6, -1.5, -0.66, -0.4, -0.32, -0.29]))
+    -0.305
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if len(v) == 0:
+        return float("nan")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        w = np.ones_like(v)
+    keep = w > 0
+    order = np.argsort(v[keep], kind="stable")
+    v, w = v[keep][order], w[keep][order]
+    while len(v) > 2:
+        cum = np.concatenate([[0.0], np.cumsum(w)])
+        half = cum[-1] / 2
+        # for each start i the first end j whose run i..j holds half the weight
+        ends = np.searchsorted(cum, cum[:-1] + half * (1 - 1e-12), side="left") - 1
+        starts = np.flatnonzero(ends < len(v))
+        ranges = v[ends[starts]] - v[starts]
+        tied = starts[ranges <= ranges.min() + 1e-12 * max(1.0, float(np.abs(v).max()))]
+        lo, hi = int(tied.min()), int(ends[tied].max())
+        if hi - lo + 1 == len(v):
+            break
+        v, w = v[lo : hi + 1], w[lo : hi + 1]
+    return float(np.sum(v * w) / np.sum(w))
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:

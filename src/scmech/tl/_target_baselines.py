@@ -5,7 +5,8 @@ targets, so that the model is compared with the strongest simple predictors of t
 
 - :class:`OwnGene`: the train-perturbation mean with the target's own gene set to the calibrated own-gene
   change, :math:`\hat\mu_{p,g} = \mu_{\mathrm{ctrl},g} + c` at :math:`g = \mathrm{gene}(p)`, with :math:`c` the
-  median (or mean) over the training single targets whose gene is measured of their observed own-gene change
+  half-sample mode (or median, or mean) over the training single targets whose gene is measured of their observed
+  own-gene change
   (a CRISPR knock-out or knock-down lowers its own mRNA, activation raises it; the sign of the registered
   ``perturbation_modality`` is enforced).
 - :class:`TargetClassMean`: the mean of the training targets of the same class: the ``k`` training targets
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from scmech.data._embedding import pseudobulk_gene_embedding
+from scmech.model._own_gene import half_sample_mode
 
 from ._baselines import TrainMean
 from ._baselines._checks import check_embedding, check_positive_int
@@ -50,8 +52,9 @@ class OwnGene(TrainMean):
     adata
         AnnData registered with :meth:`setup_anndata`.
     statistic
-        ``"median"`` (robust to the few strong targets whose own mRNA also falls through feedback) or
-        ``"mean"``.
+        ``"mode"`` (the half-sample mode, :func:`~scmech.model._own_gene.half_sample_mode`, as SemiMechVI
+        calibrates its own-gene effect: the typical change, robust to the few strong targets whose own mRNA also
+        falls through feedback even where they are a third of the targets), ``"median"`` or ``"mean"``.
 
     Examples
     --------
@@ -61,10 +64,10 @@ class OwnGene(TrainMean):
     >>> pred = model.predict(split.test_conditions)
     """
 
-    def __init__(self, adata: AnnData | MuData, statistic: Literal["median", "mean"] = "median") -> None:
+    def __init__(self, adata: AnnData | MuData, statistic: Literal["mode", "median", "mean"] = "mode") -> None:
         super().__init__(adata)
-        if statistic not in ("median", "mean"):
-            msg = f"statistic={statistic!r} is not one of 'median', 'mean'."
+        if statistic not in ("mode", "median", "mean"):
+            msg = f"statistic={statistic!r} is not one of 'mode', 'median', 'mean'."
             raise ValueError(msg)
         self.statistic = statistic
         self._model_summary_string = f"OwnGene baseline: train mean plus the {statistic} own-gene change."
@@ -79,7 +82,8 @@ class OwnGene(TrainMean):
             logger.warning("OwnGene: no training single target is a measured gene; it predicts the train mean.")
             self.own_change_ = 0.0
         else:
-            self.own_change_ = float(np.median(changes) if self.statistic == "median" else np.mean(changes))
+            centre = {"mode": half_sample_mode, "median": np.median, "mean": np.mean}[self.statistic]
+            self.own_change_ = float(centre(np.asarray(changes)))
         sign = _SIGN.get(self._setup().get("perturbation_modality") or "", 0.0)
         if sign * self.own_change_ < 0:
             logger.warning(
