@@ -110,6 +110,10 @@ def test_half_sample_mode_closed_forms():
     # all weights zero or not finite: equal weights
     assert half_sample_mode(v, np.zeros(6)) == pytest.approx(-0.305)
     assert half_sample_mode(v, np.full(6, np.nan)) == pytest.approx(-0.305)
+    with pytest.raises(ValueError, match=r"non-finite values \(\[nan\]\)"):
+        half_sample_mode(np.array([1.0, np.nan, 2.0]))
+    with pytest.raises(ValueError, match="6 values and 2 weights"):
+        half_sample_mode(v, np.ones(2))
 
 
 def test_own_effect_centre_is_the_mode_of_the_larger_group():

@@ -198,6 +198,11 @@ def half_sample_mode(values: np.ndarray, weights: np.ndarray | None = None) -> f
     -------
     The mode, NaN for no values.
 
+    Raises
+    ------
+    ValueError
+        When a value is not finite, or the weights are not one per value.
+
     Examples
     --------
     >>> half_sample_mode(np.array([-1.6, -1.5, -0.66, -0.4, -0.32, -0.29]))
@@ -205,6 +210,12 @@ def half_sample_mode(values: np.ndarray, weights: np.ndarray | None = None) -> f
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    if len(w) != len(v):
+        msg = f"half_sample_mode got {len(v)} values and {len(w)} weights; give one weight per value."
+        raise ValueError(msg)
+    if not np.all(np.isfinite(v)):
+        msg = f"half_sample_mode got non-finite values ({v[~np.isfinite(v)][:3].tolist()}); it needs finite ones."
+        raise ValueError(msg)
     if len(v) == 0:
         return float("nan")
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:

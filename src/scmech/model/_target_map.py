@@ -6,14 +6,14 @@ what is known of it before any data:
 - **Own gene.** CRISPRko, CRISPRi and CRISPRa act on their target's own mRNA: they scale its production, so
   its expression by a factor :math:`r = e^{a}` (:math:`a` in logit units, the decoder's own-target effect).
   When the gene is measured, :math:`a` is calibrated on what the training targets did to their own genes, in the
-  space predictions are scored in (:func:`~scmech.model._own_gene.own_gene_effect`): the weighted half-sample mode of
-  the factors that reproduce each training target's observed own-gene level, the typical one, robust to those whose
-  own gene also falls with a programme their knock-down collapses. The change it predicts follows the target's expression, a large fall
-  for a highly expressed gene and a small one for a gene barely expressed. The spread of the training targets'
-  factors is its uncertainty; it is not shrunk by anything else. CRISPRa can instead bring its target to a level
-  that does not follow its level in controls (a silent gene activated): where the training targets say so
-  (:func:`~scmech.model._own_gene.own_gene_model`), an unseen activated target gets the effect that brings it to
-  their median own level (:func:`~scmech.model._own_gene.effect_reaching`).
+  space predictions are scored in (:func:`~scmech.model._own_gene.own_gene_effect`): the weighted half-sample
+  mode of the factors that reproduce each training target's observed own-gene level, the typical one, robust to
+  those whose own gene also falls with a programme their knock-down collapses. The change it predicts follows the
+  target's expression, a large fall for a highly expressed gene and a small one for a gene barely expressed. The
+  spread of the training targets' factors is its uncertainty; it is not shrunk by anything else. CRISPRa can
+  instead bring its target to a level that does not follow its level in controls (a silent gene activated):
+  where the training targets say so (:func:`~scmech.model._own_gene.own_gene_model`), an unseen activated target
+  gets the effect that brings it to their median own level (:func:`~scmech.model._own_gene.effect_reaching`).
 - **Propagation.** A change of gene :math:`g`'s true expression by :math:`a` (here the median of the training
   targets' learned direct effects, the scale their operators were learned on) moves the cell state along the
   direction in which :math:`g` varies among control cells, :math:`\delta z = a\,h_g` with
