@@ -26,10 +26,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "centre_effect",
     "effect_reaching",
+    "half_sample_mode",
     "own_calibration",
     "own_effects",
     "own_gene_effect",
-    "half_sample_mode",
     "own_gene_model",
     "weighted_median",
 ]
@@ -66,9 +66,9 @@ def own_gene_effect(
     target whether it will do the same. A mean is pulled by those few. So is a median once those beyond the
     typical fall near half of the training targets: of six targets three of which fall further, the median lies
     halfway between the groups, a fall that no target showed. The half-sample mode follows the densest group of
-    effects, the typical direct effect; where the effects agree (one group) it is near their median. The spread reported
-    beside it (1.4826 MAD) is the matching robust one. Written here because it is a one-parameter fit of this
-    model's knock-down, not a library's estimator.
+    effects, the typical direct effect; where the effects agree (one group) it is near their median. The spread
+    reported beside it (1.4826 MAD) is the matching robust one. Written here because it is a one-parameter fit of
+    this model's knock-down, not a library's estimator.
 
     Parameters
     ----------
