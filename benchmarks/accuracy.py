@@ -42,14 +42,16 @@ second table per regime: observed pseudobulks carry sampling noise, and a change
 group's observed controls shares their noise with any prediction that does not use those controls.
 
 Models: ``ControlMean``, ``TrainMean``, ``WeightedTrainMean`` (``TrainMean(weighting="precision")``, the
-random-effects mean that SemiMechVI anchors unseen targets on), ``OwnGene`` (train mean with the calibrated
-own-gene change), ``TargetClassMean`` (mean of the measured training targets), ``Additive`` (combinations),
-``LinearModel`` (Ahlmann-Eltze et al.), ``SemiMechVI`` and ``SemiMechVI_vanilla`` (``steady_state_weight=0``),
-and each SemiMechVI's own read-out without anchoring (``*_alone``, ``predict(anchor="none")`` of the same fit),
-the anchored prediction without the propagation of an unseen target's knock-down through the learned dynamics
-(``*_no_propagation``: the target map's gain set to 0; equal to the full prediction wherever the gain did not
-validate or no target is unseen), plus the split-half noise ceiling where the held-out conditions have enough
-cells. pertpy's scGen (``scmech.tl.ScGen``) is left out: it needs a GPU to be practical at these sizes.
+random-effects mean that SemiMechVI anchors unseen targets on), ``OwnGene`` (train mean with the calibrated own-gene
+change), ``WeightedOwnGene`` (``OwnGene(weighting="precision")``: the weighted mean with the calibrated own-gene
+change, nearly SemiMechVI's anchor without the model), ``TargetClassMean`` (mean of the measured training targets),
+``Additive`` (combinations), ``LinearModel`` (Ahlmann-Eltze et al.), ``SemiMechVI`` and ``SemiMechVI_vanilla``
+(``steady_state_weight=0``), and each SemiMechVI's own read-out without anchoring (``*_alone``,
+``predict(anchor="none")`` of the same fit), the anchored prediction without the propagation of an unseen target's
+knock-down through the learned dynamics (``*_no_propagation``: the target map's gain set to 0; equal to the full
+prediction wherever the gain did not validate or no target is unseen), plus the split-half noise ceiling where the
+held-out conditions have enough cells. pertpy's scGen (``scmech.tl.ScGen``) is left out: it needs a GPU to be
+practical at these sizes.
 
 Run from the repository root::
 
@@ -228,6 +230,7 @@ def _factories(
     out = {"ControlMean": baseline(scmech.tl.ControlMean), "TrainMean": baseline(scmech.tl.TrainMean)}
     out["WeightedTrainMean"] = baseline(scmech.tl.TrainMean, weighting="precision")
     out["OwnGene"] = baseline(scmech.tl.OwnGene)
+    out["WeightedOwnGene"] = baseline(scmech.tl.OwnGene, weighting="precision")
     out["TargetClassMean"] = baseline(scmech.tl.TargetClassMean)
     if additive:
         out["Additive"] = baseline(scmech.tl.Additive)

@@ -18,7 +18,8 @@ each (the seed draws the genes, cells and held-out targets, and initialises Semi
     Each of 4 random measured targets held out alone (:func:`scmech.tl.leave_one_out`).
 
 Models: SemiMechVI (and the model alone, ``anchor="none"``), ``TrainMean``, ``WeightedTrainMean``
-(``TrainMean(weighting="precision")``), ``OwnGene`` and ``TargetClassMean``; the linear model is left out, as it
+(``TrainMean(weighting="precision")``), ``OwnGene``, ``WeightedOwnGene`` (``OwnGene(weighting="precision")``) and
+``TargetClassMean``; the linear model is left out, as it
 cannot embed targets whose gene is not in the panel. Scores: P20 on t-test DE genes (``pearson_delta_de``) and on
 the 20 genes of largest |observed change| (``pearson_delta_top_change``), CR (``systema_pearson_delta``) and CR
 without the own gene (``systema_pearson_delta_off``).
@@ -44,7 +45,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MEASURED = ("CMTM6", "IFNGR2", "JAK2", "NFKBIA", "STAT1", "STAT2", "STAT3", "TNFRSF14", "UBE2L6")
 VARIANTS = ("genes120", "hvg100", "cells30", "leave_one_out")
 METRICS = ("pearson_delta_de", "pearson_delta_top_change", "systema_pearson_delta", "systema_pearson_delta_off")
-MODELS = ("SemiMechVI", "SemiMechVI_alone", "WeightedTrainMean", "TrainMean", "OwnGene", "TargetClassMean")
+MODELS = (
+    "SemiMechVI",
+    "SemiMechVI_alone",
+    "WeightedTrainMean",
+    "TrainMean",
+    "OwnGene",
+    "WeightedOwnGene",
+    "TargetClassMean",
+)
 SETUP = {**KEYS, "batch_key": "bio_rep", "perturbation_modality": "CRISPRko"}
 
 
@@ -113,7 +122,7 @@ def write_report(df: pd.DataFrame, epochs: int) -> None:
     wins = []
     for (name, metric), sub in df[df["metric"].isin(METRICS[:2])].groupby(["variant", "metric"]):
         cond = sub.groupby(["seed", "condition", "model"])["value"].mean().unstack("model")
-        for other in ("TrainMean", "WeightedTrainMean", "OwnGene"):
+        for other in ("TrainMean", "WeightedTrainMean", "OwnGene", "WeightedOwnGene"):
             pair = cond[["SemiMechVI", other]].dropna()
             wins.append(
                 {

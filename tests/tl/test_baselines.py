@@ -381,6 +381,26 @@ def test_own_gene_is_the_train_mean_with_the_calibrated_own_gene_change(data, st
         tl.OwnGene(adata, statistic="mad")
 
 
+def test_own_gene_on_the_precision_weighted_mean(data):
+    # the weighted train mean everywhere but at the held-out target's own gene, which gets the calibrated change
+    adata, split = data
+    weighted = _fit(tl.TrainMean, adata, split, weighting="precision")
+    model = _fit(tl.OwnGene, adata, split, weighting="precision")
+    plain = _fit(tl.OwnGene, adata, split)
+    assert model.own_change_ == pytest.approx(plain.own_change_)
+    np.testing.assert_allclose(model.weights_, weighted.weights_)
+    pred, mean = model.predict(["C", "E"]), weighted.predict(["C", "E"])
+    c = GENES.index("C")
+    others = np.arange(len(GENES)) != c
+    np.testing.assert_allclose(pred.X[0, others], mean.X[0, others], rtol=1e-5, atol=1e-5)
+    assert pred.X[0, c] == pytest.approx(_train_pb(adata, split).loc["NT", "C"] + model.own_change_, abs=1e-5)
+    np.testing.assert_allclose(pred.X[1], mean.X[1], rtol=1e-5, atol=1e-5)  # E is not a measured gene
+    assert not np.allclose(pred.X[1], plain.predict(["E"]).X[0])
+    assert "precision-weighted train mean plus the mode" in model._model_summary_string
+    with pytest.raises(ValueError, match="weighting='median' is not one of"):
+        tl.OwnGene(adata, weighting="median")
+
+
 def test_own_gene_enforces_the_sign_of_the_modality(data, caplog):
     adata, split = data
     tl.OwnGene.setup_anndata(

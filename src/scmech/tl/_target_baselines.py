@@ -41,11 +41,12 @@ _SIGN = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}
 class OwnGene(TrainMean):
     r"""Train-perturbation mean plus the calibrated change of the target's own gene.
 
-    :math:`\hat\mu_p = \frac{1}{|T|}\sum_{q\in T}\mu_q` except at the own gene :math:`g` of each target of
-    :math:`p`, predicted at :math:`\mu_{\mathrm{ctrl},g} + c`. The own-gene change :math:`c` is the ``statistic``
-    over the training single targets whose gene is measured of :math:`\mu_{q,\mathrm{gene}(q)} -
-    \mu_{\mathrm{ctrl},\mathrm{gene}(q)}`; with a registered ``perturbation_modality`` a value of the wrong sign
-    is set to 0. Targets whose gene is not measured are the train mean.
+    :math:`\hat\mu_p = \sum_{q\in T}\omega_q\mu_q` (the train mean of :class:`~scmech.tl.TrainMean`, plain or
+    precision-weighted) except at the own gene :math:`g` of each target of :math:`p`, predicted at
+    :math:`\mu_{\mathrm{ctrl},g} + c`. The own-gene change :math:`c` is the ``statistic`` over the training single
+    targets whose gene is measured of :math:`\mu_{q,\mathrm{gene}(q)} - \mu_{\mathrm{ctrl},\mathrm{gene}(q)}`;
+    with a registered ``perturbation_modality`` a value of the wrong sign is set to 0. Targets whose gene is not
+    measured are the train mean.
 
     Parameters
     ----------
@@ -55,22 +56,32 @@ class OwnGene(TrainMean):
         ``"mode"`` (the half-sample mode, :func:`~scmech.model._own_gene.half_sample_mode`, as SemiMechVI
         calibrates its own-gene effect: the typical change, robust to the few strong targets whose own mRNA also
         falls through feedback even where they are a third of the targets), ``"median"`` or ``"mean"``.
+    weighting
+        The mean it starts from, as in :class:`~scmech.tl.TrainMean`: ``"equal"`` (the plain train mean) or
+        ``"precision"`` (the random-effects mean that SemiMechVI anchors a target without training cells on; with
+        the calibrated own gene, the strongest simple predictor of such a target we know).
 
     Examples
     --------
     >>> scmech.tl.OwnGene.setup_anndata(adata, perturbation_modality="CRISPRko")
-    >>> model = scmech.tl.OwnGene(adata)
+    >>> model = scmech.tl.OwnGene(adata)  # or OwnGene(adata, weighting="precision")
     >>> model.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
     >>> pred = model.predict(split.test_conditions)
     """
 
-    def __init__(self, adata: AnnData | MuData, statistic: Literal["mode", "median", "mean"] = "mode") -> None:
-        super().__init__(adata)
+    def __init__(
+        self,
+        adata: AnnData | MuData,
+        statistic: Literal["mode", "median", "mean"] = "mode",
+        weighting: Literal["equal", "precision"] = "equal",
+    ) -> None:
+        super().__init__(adata, weighting=weighting)
         if statistic not in ("mode", "median", "mean"):
             msg = f"statistic={statistic!r} is not one of 'mode', 'median', 'mean'."
             raise ValueError(msg)
         self.statistic = statistic
-        self._model_summary_string = f"OwnGene baseline: train mean plus the {statistic} own-gene change."
+        mean = "train mean" if weighting == "equal" else "precision-weighted train mean"
+        self._model_summary_string = f"OwnGene baseline: {mean} plus the {statistic} own-gene change."
         self.init_params_ = self._get_init_params(locals())
 
     def _fit(self) -> None:
