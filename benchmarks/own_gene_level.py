@@ -5,12 +5,15 @@ A target without training cells whose gene is measured gets the precision-weight
 (:func:`scmech.model._own_gene.own_gene_effect`). This benchmark isolates that level from the rest of the
 model: no model is trained. For each held-out measured target the prediction is the anchor
 (:func:`scmech.model._weights.random_effects_weights` on the training targets' pseudobulks) with its own
-gene set by the calibrated factor. Five calibrations are compared:
+gene set by the calibrated factor. Seven calibrations are compared:
 
 - ``mode``: the package's, the weighted half-sample mode of the training targets' own factors
   (:func:`scmech.model._own_gene.half_sample_mode`), each relative to the gene's control level, and the held-out
   target's own gene at its control level knocked down by it;
 - ``median``: the same with the weighted median of the factors, the package's before;
+- ``shorth`` and ``kde_mode``: two other centres of the same weighted factors, for comparison: the weighted mean of
+  the shortest half (the shorth of Andrews et al. 1972) and the highest point of a Gaussian kernel density with
+  Silverman's bandwidth (robust scale);
 - ``median_anchor_reference``: the median with each factor relative to the target's anchor as an unseen
   target (the precision-weighted mean of the other training targets at its gene), the change applied to the
   class's level at that gene and added to the anchor, the package's reference before that;
@@ -46,13 +49,15 @@ from scipy.optimize import minimize_scalar
 
 import scmech
 from scmech.model._observations import log_pseudobulk
-from scmech.model._own_gene import own_gene_effect
+from scmech.model._own_gene import _level_after, own_effects, own_gene_effect, weighted_median
 from scmech.model._weights import random_effects_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = (
     "mode",
     "median",
+    "shorth",
+    "kde_mode",
     "median_anchor_reference",
     "median_class_reference",
     "least_squares",
@@ -67,6 +72,45 @@ def least_squares_effect(observed: np.ndarray, reference: np.ndarray) -> float:
         lambda a: float(np.sum((observed - knocked(a, reference)) ** 2)), bounds=(-10, 10), method="bounded"
     )
     return float(res.x)
+
+
+def _weighted_effects(observed: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The training targets' own factors and their weights, as ``centre_effect`` weighs them (slopes at the median)."""
+    each = own_effects(observed, reference)
+    mid, step, one = float(np.median(each)), 1e-4, np.ones(1)
+    up = _level_after(np.asarray(mid + step), reference, True, one)
+    down = _level_after(np.asarray(mid - step), reference, True, one)
+    return each, np.abs(up - down) / (2 * step)
+
+
+def shorth(values: np.ndarray, weights: np.ndarray) -> float:
+    """Weighted mean of the shortest run of sorted values holding half the weight (ties merged)."""
+    order = np.argsort(values)
+    v, w = values[order], weights[order]
+    if len(v) <= 2 or w.sum() <= 0:
+        return weighted_median(v, w)
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    ends = np.searchsorted(cum, cum[:-1] + cum[-1] / 2 * (1 - 1e-12), side="left") - 1
+    starts = np.flatnonzero(ends < len(v))
+    ranges = v[ends[starts]] - v[starts]
+    tied = starts[ranges <= ranges.min() + 1e-12]
+    lo, hi = int(tied.min()), int(ends[tied].max())
+    return float(np.sum(v[lo : hi + 1] * w[lo : hi + 1]) / np.sum(w[lo : hi + 1]))
+
+
+def kde_mode(values: np.ndarray, weights: np.ndarray) -> float:
+    """Highest point of a weighted Gaussian kernel density, Silverman's bandwidth on a robust scale."""
+    if len(values) < 3 or weights.sum() <= 0:
+        return weighted_median(values, weights)
+    q75, q25 = np.percentile(values, [75, 25])
+    sd = float(np.std(values, ddof=1))
+    scale = min(sd, (q75 - q25) / 1.349) if q75 > q25 else sd
+    if scale <= 0:
+        return weighted_median(values, weights)
+    h = 0.9 * scale * len(values) ** -0.2
+    grid = np.linspace(values.min(), values.max(), 801)
+    density = (weights[None, :] * np.exp(-0.5 * ((grid[:, None] - values[None, :]) / h) ** 2)).sum(1)
+    return float(grid[np.argmax(density)])
 
 
 def pseudobulks(x, labels: np.ndarray, groups: list[str]) -> tuple[dict, dict]:
@@ -97,6 +141,8 @@ def score_split(level, var, targets, genes, held, de) -> list[dict]:
     ref_anchor = np.array([_anchor(level, var, [p for p in rest if p != q])[pos[q]] for q in members])
     at_control = ctrl[[pos[q] for q in members]]
     a_control = {c: own_gene_effect(own, at_control, spread=False, centre=c)[0] for c in ("mode", "median")}
+    each, weights = _weighted_effects(own, at_control)
+    a_control |= {"shorth": shorth(each, weights), "kde_mode": kde_mode(each, weights)}
     effects = {
         "median_anchor_reference": own_gene_effect(own, ref_anchor, spread=False, centre="median")[0],
         "median_class_reference": own_gene_effect(own, ref, spread=False, centre="median")[0],
@@ -175,6 +221,10 @@ def write_report(df: pd.DataFrame) -> None:
         name: (float((w["mode"] > w["median"]).mean()), float((w["mode"] < w["median"]).mean()))
         for name, w in (("P20", wide), ("P20_t", wide_t))
     }
+    others = {
+        other: (float((wide_t["mode"] > wide_t[other]).mean()), float((wide_t["mode"] < wide_t[other]).mean()))
+        for other in ("shorth", "kde_mode")
+    }
     wins = float((wide["median"] > wide["least_squares"]).mean())
     higher = float((wide["median_anchor_reference"] > wide["median_class_reference"]).mean())
     lower = float((wide["median_anchor_reference"] < wide["median_class_reference"]).mean())
@@ -194,6 +244,8 @@ def write_report(df: pd.DataFrame) -> None:
         f"The mode (the package's) against the median (the package's before): higher P20 on {mode['P20'][0]:.0%} "
         f"of the rows and lower on {mode['P20'][1]:.0%}; higher P20_t on {mode['P20_t'][0]:.0%} and lower on "
         f"{mode['P20_t'][1]:.0%} (equal on the rest: the two agree, or the own gene is not among the 20). "
+        f"Against the shorth: higher P20_t on {others['shorth'][0]:.0%}, lower on {others['shorth'][1]:.0%}; against "
+        f"the kernel-density mode: higher on {others['kde_mode'][0]:.0%}, lower on {others['kde_mode'][1]:.0%}. "
         f"The median scores a higher P20 than least squares on {wins:.0%} of the rows. Against the class "
         f"reference, the anchor reference scores higher on {higher:.0%} and lower on {lower:.0%} (equal on the rest: "
         "the own gene is not among the top 20). From the control level (the package's), against the anchor "
