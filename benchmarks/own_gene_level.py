@@ -49,7 +49,14 @@ from scipy.optimize import minimize_scalar
 
 import scmech
 from scmech.model._observations import log_pseudobulk
-from scmech.model._own_gene import _level_after, own_effects, own_gene_effect, weighted_median
+from scmech.model._own_gene import (
+    centre_effect,
+    effect_weights,
+    own_effects,
+    own_gene_effect,
+    shortest_half,
+    weighted_median,
+)
 from scmech.model._weights import random_effects_weights
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,27 +81,13 @@ def least_squares_effect(observed: np.ndarray, reference: np.ndarray) -> float:
     return float(res.x)
 
 
-def _weighted_effects(observed: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The training targets' own factors and their weights, as ``centre_effect`` weighs them (slopes at the median)."""
-    each = own_effects(observed, reference)
-    mid, step, one = float(np.median(each)), 1e-4, np.ones(1)
-    up = _level_after(np.asarray(mid + step), reference, True, one)
-    down = _level_after(np.asarray(mid - step), reference, True, one)
-    return each, np.abs(up - down) / (2 * step)
-
-
 def shorth(values: np.ndarray, weights: np.ndarray) -> float:
     """Weighted mean of the shortest run of sorted values holding half the weight (ties merged)."""
     order = np.argsort(values)
     v, w = values[order], weights[order]
     if len(v) <= 2 or w.sum() <= 0:
         return weighted_median(v, w)
-    cum = np.concatenate([[0.0], np.cumsum(w)])
-    ends = np.searchsorted(cum, cum[:-1] + cum[-1] / 2 * (1 - 1e-12), side="left") - 1
-    starts = np.flatnonzero(ends < len(v))
-    ranges = v[ends[starts]] - v[starts]
-    tied = starts[ranges <= ranges.min() + 1e-12]
-    lo, hi = int(tied.min()), int(ends[tied].max())
+    lo, hi = shortest_half(v, w)
     return float(np.sum(v[lo : hi + 1] * w[lo : hi + 1]) / np.sum(w[lo : hi + 1]))
 
 
@@ -140,8 +133,9 @@ def score_split(level, var, targets, genes, held, de) -> list[dict]:
     ref = np.array([np.mean([level[p][pos[q]] for p in members if p != q]) for q in members])
     ref_anchor = np.array([_anchor(level, var, [p for p in rest if p != q])[pos[q]] for q in members])
     at_control = ctrl[[pos[q] for q in members]]
-    a_control = {c: own_gene_effect(own, at_control, spread=False, centre=c)[0] for c in ("mode", "median")}
-    each, weights = _weighted_effects(own, at_control)
+    each = own_effects(own, at_control)  # each training target's factor, fitted once for every centre
+    weights = effect_weights(each, at_control)
+    a_control = {c: centre_effect(each, at_control, centre=c) for c in ("mode", "median")}
     a_control |= {"shorth": shorth(each, weights), "kde_mode": kde_mode(each, weights)}
     effects = {
         "median_anchor_reference": own_gene_effect(own, ref_anchor, spread=False, centre="median")[0],

@@ -26,11 +26,13 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "centre_effect",
     "effect_reaching",
+    "effect_weights",
     "half_sample_mode",
     "own_calibration",
     "own_effects",
     "own_gene_effect",
     "own_gene_model",
+    "shortest_half",
     "weighted_median",
 ]
 
@@ -160,14 +162,30 @@ def centre_effect(
     if centre not in ("mode", "median"):
         msg = f"centre={centre!r} is not one of 'mode', 'median'."
         raise ValueError(msg)
+    slope = effect_weights(each, reference, counts=counts, efficacy_levels=efficacy_levels, log_base=log_base)
+    return half_sample_mode(each, slope) if centre == "mode" else weighted_median(each, slope)
+
+
+def effect_weights(
+    each: np.ndarray,
+    reference: np.ndarray,
+    *,
+    counts: bool = True,
+    efficacy_levels: np.ndarray | None = None,
+    log_base: float = math.e,
+) -> np.ndarray:
+    r"""Weight of each own effect in :func:`centre_effect`: :math:`\partial f_a(\ell_q)/\partial a` at their median.
+
+    How far the scored level of each training target's gene moves per unit of effect: a highly expressed gene,
+    whose fall is measured well, weighs more than one barely expressed.
+    """
     ref = np.asarray(reference, dtype=np.float64)
     eta = _levels(efficacy_levels)
     middle, step = float(np.median(each)), 1e-4
-    slope = np.abs(
+    return np.abs(
         _level_after(np.asarray(middle + step), ref, counts, eta, log_base)
         - _level_after(np.asarray(middle - step), ref, counts, eta, log_base)
     ) / (2 * step)
-    return half_sample_mode(each, slope) if centre == "mode" else weighted_median(each, slope)
 
 
 def _levels(efficacy_levels: np.ndarray | None) -> np.ndarray:
@@ -224,18 +242,26 @@ def half_sample_mode(values: np.ndarray, weights: np.ndarray | None = None) -> f
     order = np.argsort(v[keep], kind="stable")
     v, w = v[keep][order], w[keep][order]
     while len(v) > 2:
-        cum = np.concatenate([[0.0], np.cumsum(w)])
-        half = cum[-1] / 2
-        # for each start i the first end j whose run i..j holds half the weight
-        ends = np.searchsorted(cum, cum[:-1] + half * (1 - 1e-12), side="left") - 1
-        starts = np.flatnonzero(ends < len(v))
-        ranges = v[ends[starts]] - v[starts]
-        tied = starts[ranges <= ranges.min() + 1e-12 * max(1.0, float(np.abs(v).max()))]
-        lo, hi = int(tied.min()), int(ends[tied].max())
+        lo, hi = shortest_half(v, w)
         if hi - lo + 1 == len(v):
             break
         v, w = v[lo : hi + 1], w[lo : hi + 1]
     return float(np.sum(v * w) / np.sum(w))
+
+
+def shortest_half(v: np.ndarray, w: np.ndarray) -> tuple[int, int]:
+    """First and last position of the shortest run of sorted values ``v`` that holds half the weight ``w``.
+
+    Runs of equal length are merged (the first start to the last end), so symmetric values keep their centre.
+    One step of :func:`half_sample_mode`; ``v`` sorted, ``w`` positive, at least one value.
+    """
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    # for each start i the first end j whose run i..j holds half the weight
+    ends = np.searchsorted(cum, cum[:-1] + cum[-1] / 2 * (1 - 1e-12), side="left") - 1
+    starts = np.flatnonzero(ends < len(v))
+    ranges = v[ends[starts]] - v[starts]
+    tied = starts[ranges <= ranges.min() + 1e-12 * max(1.0, float(np.abs(v).max()))]
+    return int(tied.min()), int(ends[tied].max())
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
