@@ -72,6 +72,12 @@ PARAMS: dict[str, str] = {
         the principal components of the training pseudobulk.
         """
     ),
+    "gene_symbols": cleandoc(
+        """
+        ``var`` column with the gene names the perturbations are labelled by, for data whose ``var_names``
+        are other identifiers (Ensembl); a target's own gene is the gene of that name. ``None``: ``var_names``.
+        """
+    ),
     "perturbation_modality": cleandoc(
         """
         ``"CRISPRko"``, ``"CRISPRi"`` or ``"CRISPRa"``: how the perturbations act on their target's own

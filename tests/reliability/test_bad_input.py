@@ -832,10 +832,14 @@ def test_targets_named_by_a_var_column_other_than_var_names_warn(rel):
     adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
     match = (
         r"of the \d+ targets of obs\['perturbation'\] are genes of var\['gene_name'\], but only 0 are in "
-        r"var_names.*adata\.var_names = adata\.var\['gene_name'\]"
+        r"var_names.*Pass gene_symbols='gene_name' to setup_anndata"
     )
     with pytest.warns(UserWarning, match=match):
         SemiMechVI.setup_anndata(adata)
+    # with the column registered, nothing to say
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*are genes of var.*")
+        SemiMechVI.setup_anndata(adata, gene_symbols="gene_name")
     # indexed by the symbols, nothing to say
     fixed = rel.small()
     fixed.var["gene_id"] = [f"ENSG{i:011d}" for i in range(fixed.n_vars)]

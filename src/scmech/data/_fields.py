@@ -17,6 +17,7 @@ from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 from scmech._docs import fill_doc
 
 from ._design import _numeric, parse_perturbations, validate_efficacy, validate_time
+from ._target_genes import check_target_genes, target_gene_names
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,7 +57,8 @@ class PerturbationField(BaseAnnDataField):
     ``-1``). This is the canonical multi-hot design in compact form (:meth:`PerturbationDesign.entries`): a
     minibatch carries a few numbers per cell, whatever the number of targets of the screen. The state registry
     keeps the targets, the canonical conditions and their cell counts, the label conventions and the position of
-    each target in ``var_names`` (``-1`` when the target gene is not measured).
+    each target in ``var_names`` (``-1`` when the target gene is not measured), or in the ``var`` column
+    ``gene_symbols``.
 
     Parameters
     ----------
@@ -70,6 +72,8 @@ class PerturbationField(BaseAnnDataField):
         %(separator)s
     unassigned_label
         %(unassigned_label)s They are kept but not fitted.
+    gene_symbols
+        %(gene_symbols)s
     """
 
     TARGETS_KEY = "targets"
@@ -80,6 +84,7 @@ class PerturbationField(BaseAnnDataField):
     SEPARATOR_KEY = "separator"
     UNASSIGNED_KEY = "unassigned_label"
     OBS_KEY = "obs_key"
+    GENE_SYMBOLS_KEY = "gene_symbols"
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class PerturbationField(BaseAnnDataField):
         control_label: str | Sequence[str] = "NT",
         separator: str = "+",
         unassigned_label: str | Sequence[str] | None = "unassigned",
+        gene_symbols: str | None = None,
     ) -> None:
         super().__init__()
         self._registry_key = registry_key
@@ -96,6 +102,7 @@ class PerturbationField(BaseAnnDataField):
         self.control_label = control_label
         self.separator = separator
         self.unassigned_label = unassigned_label
+        self.gene_symbols = gene_symbols
 
     @property
     def registry_key(self) -> str:
@@ -124,16 +131,19 @@ class PerturbationField(BaseAnnDataField):
                 f"(columns: {list(adata.obs.columns)[:12]})."
             )
             raise KeyError(msg)
-        return parse_perturbations(
+        names = target_gene_names(adata.var, self.gene_symbols)
+        design = parse_perturbations(
             adata.obs[self._obs_key].to_numpy(),
             control_label=self.control_label,
             separator=self.separator,
             unassigned_label=self.unassigned_label,
-            var_names=adata.var_names,
+            var_names=names,
             targets=targets,
             key=self._obs_key,
             require_control=targets is None,
         )
+        check_target_genes(names, design.targets, self._obs_key, self.gene_symbols)
+        return design, names
 
     def validate_field(self, adata: AnnData) -> None:
         """Check that the column exists and parses.
@@ -156,9 +166,9 @@ class PerturbationField(BaseAnnDataField):
         Returns
         -------
         The state registry: the ``obs`` column, the targets, the conditions with their cell counts, the position
-        of each target in ``var_names`` and the label conventions.
+        of each target among the genes (``var_names``, or the ``gene_symbols`` column) and the label conventions.
         """
-        design = self._parse(adata)
+        design, names = self._parse(adata)
         adata.obsm[self.attr_key] = design.entries()
         counts = design.cell_counts()
         return {
@@ -166,7 +176,8 @@ class PerturbationField(BaseAnnDataField):
             self.TARGETS_KEY: list(design.targets),
             self.CONDITIONS_KEY: list(design.conditions),
             self.N_CELLS_KEY: {str(k): int(v) for k, v in counts.items()},
-            self.TARGET_VAR_INDEX_KEY: design.target_index(adata.var_names).tolist(),
+            self.TARGET_VAR_INDEX_KEY: design.target_index(names).tolist(),
+            self.GENE_SYMBOLS_KEY: self.gene_symbols,
             self.CONTROL_KEY: design.control_label,
             self.SEPARATOR_KEY: self.separator,
             self.UNASSIGNED_KEY: design.unassigned_label,
@@ -188,7 +199,7 @@ class PerturbationField(BaseAnnDataField):
         -------
         A copy of ``state_registry`` (the registered targets are kept).
         """
-        design = self._parse(adata_target, targets=state_registry[self.TARGETS_KEY])
+        design, _ = self._parse(adata_target, targets=state_registry[self.TARGETS_KEY])
         adata_target.obsm[self.attr_key] = design.entries()
         out = dict(state_registry)
         out[self.TARGETS_KEY] = list(state_registry[self.TARGETS_KEY])

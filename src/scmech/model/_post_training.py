@@ -63,9 +63,8 @@ class PostTrainingMixin(OwnGeneMixin):
         targets = list(self._perturbation_state()["targets"])
         trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
         self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
-        _, var_names = self._expression_matrix(adata)
-        var_names = [str(v) for v in var_names]
-        gene_pos = {g: i for i, g in enumerate(var_names)}
+        var_names = list(self._target_gene_names(adata))  # the names targets are matched against
+        gene_pos = {g: i for i, g in enumerate(var_names) if g}
         row = {t: i for i, t in enumerate(targets)}
         with torch.no_grad():
             ops = self.module.field.operators.detach().cpu().numpy().astype(np.float64)
@@ -135,7 +134,7 @@ class PostTrainingMixin(OwnGeneMixin):
         if len(seen) < 3:
             return None
         y = np.stack([np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen])
-        genes = {str(g): k for k, g in enumerate(self._expression_matrix(self.adata)[1])}
+        genes = self._target_gene_positions()
         return np.asarray(seen), y, np.asarray([genes[members[i]] for i in seen])
 
     def _anchor_bases(self, names: list[str], trained: list[str]) -> np.ndarray:
@@ -152,7 +151,7 @@ class PostTrainingMixin(OwnGeneMixin):
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
         observed = {q: obs.get(q, ctx) for q in trained}
         observed = {q: o for q, o in observed.items() if o is not None}
-        gene_pos = {str(g): i for i, g in enumerate(self._expression_matrix(self.adata)[1])}
+        gene_pos = {str(g): i for i, g in enumerate(self._target_gene_names()) if g}
         out = []
         for name in names:
             pool = draw_pool(sorted(q for q in observed if q != name), name, 0, MAX_CLASS)

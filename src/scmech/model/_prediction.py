@@ -155,9 +155,8 @@ class PredictionMixin(PredictionOutputMixin):
             ops = torch.cat([ops, new_ops[n_old:]], dim=0)
             if own is not None:
                 own = torch.cat([own, new_own[n_old:]])
-            _, var_names = self._expression_matrix(self.adata)
-            var_pos = {str(g): i for i, g in enumerate(var_names)}
-            new_idx = torch.as_tensor([var_pos.get(t, -1) for t in new_targets], dtype=idx.dtype, device=idx.device)
+            new_pos = self._target_positions(new_targets)
+            new_idx = torch.as_tensor(new_pos, dtype=idx.dtype, device=idx.device)
             idx = torch.cat([idx, new_idx])
         return (ops, own, idx), columns, mapped, dict(zip(mapped, sources, strict=True))
 
@@ -244,7 +243,7 @@ class PredictionMixin(PredictionOutputMixin):
         ua = self.adata_manager.registry["setup_args"].get("unassigned_label")
         known = {str(t) for t in st["targets"]}
         by_lower: dict[str, str] = {}
-        for name in [*known, *map(str, self.adata.var_names)]:
+        for name in [*known, *map(str, self._target_gene_names())]:
             by_lower.setdefault(name.lower(), name)
         for p in requested:
             check_not_unassigned(p.targets, ua)

@@ -172,7 +172,7 @@ class SemiMechVI(
             n_input=self.summary_stats.n_vars,
             n_batch=n_batch,
             n_targets=len(pstate["targets"]),
-            target_gene_index=list(pstate["target_var_index"]),
+            target_gene_index=self._target_positions(pstate["targets"]).tolist(),
             n_media=n_media,
             n_latent=n_latent,
             n_hidden=n_hidden,

@@ -43,6 +43,7 @@ from scmech.data._fields import (
     TimeField,
     perturbation_state,
 )
+from scmech.data._target_genes import target_gene_names
 
 from ._argument_checks import check_batch_size, check_indices
 from ._modalities import _resolve_modalities, _validation_view, check_cell_order
@@ -93,6 +94,7 @@ class PerturbationSetupMixin:
         gene_embedding_key: str | None = None,
         counts: bool = True,
         perturbation_modality: str | None = None,
+        gene_symbols: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData with its counts and experimental design.
@@ -136,6 +138,8 @@ class PerturbationSetupMixin:
             %(counts)s With ``False`` use ``gene_likelihood="normal"``.
         perturbation_modality
             %(perturbation_modality)s
+        gene_symbols
+            %(gene_symbols)s
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (e.g. ``source_registry``).
         """
@@ -162,6 +166,7 @@ class PerturbationSetupMixin:
                 categorical_covariate_keys=categorical_covariate_keys,
                 continuous_covariate_keys=continuous_covariate_keys,
                 gene_embedding_key=gene_embedding_key,
+                gene_symbols=gene_symbols,
             )
         else:
             check_adata(adata)
@@ -175,6 +180,7 @@ class PerturbationSetupMixin:
                 control_label=control_label,
                 separator=separator,
                 unassigned_label=unassigned_label,
+                gene_symbols=gene_symbols,
             ),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             NumericalObsField(REGISTRY_KEYS.SIZE_FACTOR_KEY, size_factor_key, required=False),
@@ -211,6 +217,7 @@ class PerturbationSetupMixin:
         gene_embedding_key: str | None = None,
         counts: bool = True,
         perturbation_modality: str | None = None,
+        gene_symbols: str | None = None,
         modalities: dict[str, str] | None = None,
         **kwargs,
     ) -> None:
@@ -253,6 +260,8 @@ class PerturbationSetupMixin:
             %(counts)s With ``False`` use ``gene_likelihood="normal"``.
         perturbation_modality
             %(perturbation_modality)s
+        gene_symbols
+            %(gene_symbols)s
         modalities
             Maps each argument (``"rna_layer"``, ``"perturbation_key"``, ...) to a modality name. Arguments
             not listed default to the modality of ``rna_layer`` (``"rna"`` when absent).
@@ -287,6 +296,7 @@ class PerturbationSetupMixin:
                 categorical_covariate_keys=categorical_covariate_keys,
                 continuous_covariate_keys=continuous_covariate_keys,
                 gene_embedding_key=gene_embedding_key,
+                gene_symbols=gene_symbols,
                 mod=rna_mod,
             )
         else:
@@ -303,6 +313,8 @@ class PerturbationSetupMixin:
                 control_label=control_label,
                 separator=separator,
                 unassigned_label=unassigned_label,
+                # the symbols are the RNA modality's; labels kept in another modality are matched by the model
+                gene_symbols=gene_symbols if modalities["perturbation_key"] == rna_mod else None,
                 mod_key=modalities["perturbation_key"],
             ),
             MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=modalities["batch_key"]),
@@ -580,3 +592,26 @@ class PerturbationSetupMixin:
         # backed (on-disk) data: a lazy row selection, so that x[indices] is read in blocks, never whole
         x = BackedRows(x) if is_backed_matrix(x) else x
         return x, (a.var_names if mod else adata.var_names)
+
+    def _target_gene_names(self, adata=None) -> pd.Index:
+        """Return the name each registered gene is matched against perturbation targets by (``gene_symbols``).
+
+        ``var_names`` of the expression (the RNA modality of a MuData), or its ``var`` column registered as
+        ``gene_symbols``.
+        """
+        adata = self.adata if adata is None else adata
+        var = self._expression_adata(adata).var
+        return target_gene_names(var, self.adata_manager.registry["setup_args"].get("gene_symbols"))
+
+    def _target_gene_positions(self, adata=None) -> dict[str, int]:
+        """Position of each gene by the name targets are matched against (the first gene of a repeated name)."""
+        pos: dict[str, int] = {}
+        for i, g in enumerate(self._target_gene_names(adata)):
+            if g:
+                pos.setdefault(g, i)
+        return pos
+
+    def _target_positions(self, targets, adata=None) -> np.ndarray:
+        """Position of each of ``targets``' own gene among the registered genes, ``-1`` where it is not measured."""
+        pos = self._target_gene_positions(adata)
+        return np.array([pos.get(str(t), -1) for t in targets], dtype=int)

@@ -18,6 +18,7 @@ from scmech.data._checks import check_adata, check_empty_cells_genes, check_expr
 from scmech.data._design import get_design
 from scmech.data._log_scale import log1p_base
 from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
+from scmech.data._target_genes import check_target_genes, target_gene_names
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -42,6 +43,7 @@ def _warn_target_names(
     key: str,
     unassigned_label: str | Sequence[str] | None,
     var: pd.DataFrame | None = None,
+    gene_symbols: str | None = None,
 ) -> None:
     """Warn about targets that look like mistakes: genes in another case or ``var`` column, unassigned labels.
 
@@ -50,7 +52,7 @@ def _warn_target_names(
     design
         The parsed perturbation labels.
     var_names
-        Gene names of the data.
+        The names targets are matched against (``var_names``, or the ``gene_symbols`` column).
     key
         The ``obs`` column of the labels, as messages name it.
     unassigned_label
@@ -58,10 +60,12 @@ def _warn_target_names(
     var
         The genes' annotations (``adata.var``): a column that names more targets than ``var_names`` does (gene
         symbols beside Ensembl identifiers) is named in a warning.
+    gene_symbols
+        The ``gene_symbols`` of the setup call, as messages name the matched names.
     """
     genes = [str(g) for g in var_names]
     exact = set(genes)
-    _warn_symbol_column(design, exact, key, var)
+    _warn_symbol_column(design, exact, key, var, gene_symbols)
     lower = {g.lower(): g for g in genes}
     case_only = [(t, lower[t.lower()]) for t in design.targets if t not in exact and t.lower() in lower]
     if case_only:
@@ -89,11 +93,14 @@ def _warn_target_names(
         warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
 
 
-def _warn_symbol_column(design: PerturbationDesign, genes: set[str], key: str, var: pd.DataFrame | None) -> None:
-    """Warn when a column of ``var`` names more of the targets than ``var_names`` does.
+def _warn_symbol_column(
+    design: PerturbationDesign, genes: set[str], key: str, var: pd.DataFrame | None, gene_symbols: str | None = None
+) -> None:
+    """Warn when another column of ``var`` names more of the targets than the names they are matched against.
 
-    A target is matched to its own gene by name in ``var_names``; screens often index genes by Ensembl identifier
-    and keep the symbols the guides are named by in a column, and every target then silently loses its own gene.
+    A target is matched to its own gene by name (``var_names``, or the ``gene_symbols`` column); screens often
+    index genes by Ensembl identifier and keep the symbols the guides are named by in a column, and every target
+    then silently loses its own gene.
     """
     targets = set(design.targets)
     measured = len(targets & genes)
@@ -102,18 +109,20 @@ def _warn_symbol_column(design: PerturbationDesign, genes: set[str], key: str, v
     best, found = None, measured
     for col in var.columns:
         values = var[col]
-        if not (pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)):
+        if col == gene_symbols or not (
+            pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)
+        ):
             continue
         n = len(targets & set(values.astype(str)))
         if n > found:
             best, found = col, n
     if best is None:
         return
+    matched = "var_names" if gene_symbols is None else f"var[{gene_symbols!r}]"
     msg = (
         f"{found} of the {len(targets)} targets of obs[{key!r}] are genes of var[{best!r}], but only {measured} are "
-        "in var_names, which a target's own gene is matched against; the others are taken as unmeasured targets, "
-        "without the knock-down of their own gene. Index the genes by that column before setup: "
-        f"adata.var_names = adata.var[{best!r}].astype(str); adata.var_names_make_unique()."
+        f"in {matched}, which a target's own gene is matched against; the others are taken as unmeasured targets, "
+        f"without the knock-down of their own gene. Pass gene_symbols={best!r} to setup_anndata (setup_mudata)."
     )
     warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 3)
 
@@ -176,6 +185,7 @@ def validate_for_setup(
     categorical_covariate_keys: Sequence[str] | None = None,
     continuous_covariate_keys: Sequence[str] | None = None,
     gene_embedding_key: str | None = None,
+    gene_symbols: str | None = None,
     mod: str | None = None,
 ) -> None:
     """Validate everything before anything is written, so that a failed setup leaves adata untouched.
@@ -202,16 +212,18 @@ def validate_for_setup(
         Continuous covariate columns, or ``None``.
     gene_embedding_key
         ``varm`` key of a gene embedding, or ``None``.
+    gene_symbols
+        ``var`` column of the names targets are matched against, or ``None`` (``var_names``).
     mod
         The MuData modality ``adata`` is, as messages name it; ``None`` for an AnnData.
 
     Raises
     ------
     KeyError
-        For a missing layer, ``obs`` column or ``varm`` key.
+        For a missing layer, ``obs`` column, ``var`` column or ``varm`` key.
     ValueError
         For invalid values (expression, labels, design columns, size factors, covariates, numbers beyond the
-        ``float32`` range of training) and a covariate key listed twice.
+        ``float32`` range of training), a covariate key listed twice and a target that names two genes.
     TypeError
         For a key that is not a string, a list of covariate keys given as a single string, a categorical column
         mixing value types, and a sparse or non-numeric gene embedding.
@@ -255,7 +267,9 @@ def validate_for_setup(
         media_time_key=media_time_key,
         efficacy_key=efficacy_key,
     )
-    _warn_target_names(design.perturbation, adata.var_names, perturbation_key, unassigned_label, adata.var)
+    names = target_gene_names(adata.var, gene_symbols, where="adata.var" if mod is None else f"mdata[{mod!r}].var")
+    check_target_genes(names, design.perturbation.targets, perturbation_key, gene_symbols)
+    _warn_target_names(design.perturbation, names, perturbation_key, unassigned_label, adata.var, gene_symbols)
     _warn_small_conditions(design.perturbation, perturbation_key)
     _check_size_factor(adata, size_factor_key)
     _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)

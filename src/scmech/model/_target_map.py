@@ -83,7 +83,8 @@ class TargetMap:
     Parameters
     ----------
     var_names
-        Genes of the data.
+        The name each gene is matched against targets by: ``var_names``, or the registered ``gene_symbols``
+        column.
     trained
         Targets with training cells.
     class_targets

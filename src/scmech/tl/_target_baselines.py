@@ -86,7 +86,7 @@ class OwnGene(TrainMean):
 
     def _fit(self) -> None:
         super()._fit()
-        self._gene_pos = {g: i for i, g in enumerate(self._pb.columns)}
+        self._gene_pos = self._target_gene_positions()
         ctrl = self._pb.loc[self._control()].to_numpy()
         changes = [float(self._pb.loc[c].iloc[g] - ctrl[g]) for c, g in _measured_singles(self)]
         if not changes:
@@ -172,7 +172,7 @@ class TargetClassMean(TrainMean):
     def _fit(self) -> None:
         super()._fit()
         genes = list(self._pb.columns)
-        self._gene_pos = {g: i for i, g in enumerate(genes)}
+        self._gene_pos = self._target_gene_positions()
         self.class_targets_ = [c for c, _ in _measured_singles(self)]
         self._class_values = np.asarray([self._pb.loc[c].to_numpy() for c in self.class_targets_])
         if self.k is not None:

@@ -115,7 +115,7 @@ class LinearModel(_PseudobulkBaseline):
         pb = self._pb
         genes = list(pb.columns)
         g = self._gene_embedding(genes)
-        pos = {gene: i for i, gene in enumerate(genes)}
+        pos = self._target_gene_positions()
         ctrl = self._control()
         base = pb.loc[ctrl].to_numpy()
         cols, p_cols = self._fit_columns(g, pos)

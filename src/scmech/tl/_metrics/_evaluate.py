@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
 from scmech.data._checks import check_expression, check_unique_names
+from scmech.data._target_genes import target_gene_names
 from scmech.tl._seeds import check_seed
 
 from ._checks import (
@@ -75,6 +76,7 @@ def evaluate(
     media_key: str | None = None,
     time_key: str | None = None,
     media_time_key: str | None = None,
+    gene_symbols: str | None = None,
 ) -> pd.DataFrame:
     r"""Score predictions of held-out conditions against the observed data.
 
@@ -172,6 +174,8 @@ def evaluate(
         Columns of ``adata.obs`` holding each cell's batch, medium, read-out time and medium switch time, to match
         the context of the predictions (``None``: the column the predicting model was registered with). Only read
         when the predictions name that part of a context.
+    gene_symbols
+        %(gene_symbols)s It decides which gene ``systema_pearson_delta_off`` leaves out as a condition's own.
 
     Returns
     -------
@@ -220,6 +224,7 @@ def evaluate(
     genes0 = pd.Index(adata.var_names).astype(str)
     frames = {name: _prediction_frame(p, name, design, genes0, data_max=data_max) for name, p in preds_ad.items()}
     genes = _genes(adata, frames)
+    names = pd.Series(target_gene_names(adata.var, gene_symbols), index=genes0)
     obs_mask, ctrl_mask, train_mask = _split_masks(design, adata.n_obs, split)
     context = prediction_context(
         preds_ad, {"batch": batch_key, "media": media_key, "time": time_key, "media_time": media_time_key}
@@ -243,6 +248,7 @@ def evaluate(
             conditions=conditions,
             train_conditions=train_conditions,
             genes=genes,
+            gene_names=names.loc[genes],
             layer=layer,
             counts=counts,
             n_de_genes=n_de_genes,

@@ -19,6 +19,8 @@ from ._checks import _warn
 from ._names import _DE_METRICS
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anndata import AnnData
 
     from scmech.data._design import PerturbationDesign
@@ -55,6 +57,8 @@ class _Observed:
         Number of genes most expressed in control (``l2_top``).
     de_method
         Test of :func:`scanpy.tl.rank_genes_groups`.
+    gene_names
+        The name each of ``genes`` is matched against targets by (a ``gene_symbols`` column); ``None``: ``genes``.
     """
 
     def __init__(
@@ -73,10 +77,16 @@ class _Observed:
         n_de_genes: int,
         n_top_expressed: int,
         de_method: str,
+        gene_names: Sequence[str] | None = None,
     ) -> None:
         self.design = design
         self.conditions = conditions
         self.genes = genes
+        #: position (in ``genes``) of the gene each target names; the first of a repeated name
+        self.target_pos: dict[str, int] = {}
+        for i, name in enumerate(genes if gene_names is None else gene_names):
+            if name:
+                self.target_pos.setdefault(str(name), i)
         self.n_de_genes = n_de_genes
         ctrl = design.control_label
         labels = design.labels

@@ -69,7 +69,7 @@ def _metrics_for(
     pred_mat = pred.loc[conds, obs.genes].to_numpy()
     dist = _centroid_distances(pred_mat, obs_mat)
     rows = []
-    gene_pos = {g: i for i, g in enumerate(obs.genes)}
+    gene_pos = obs.target_pos
     for i, c in enumerate(conds):
         yhat, y = pred_mat[i], obs_mat[i]
         de = obs.de_genes[c]
@@ -165,6 +165,7 @@ def _run(
     conditions: Sequence[str] | None,
     train_conditions: Sequence[str] | None,
     genes: pd.Index,
+    gene_names: pd.Series | None = None,
     layer: str | None,
     counts: bool,
     n_de_genes: int,
@@ -197,6 +198,7 @@ def _run(
         n_de_genes=n_de_genes,
         n_top_expressed=n_top_expressed,
         de_method=de_method,
+        gene_names=None if gene_names is None else list(gene_names),
     )
     if train_conditions is not None and obs.reference is None:
         _warn(

@@ -10,6 +10,7 @@ import numpy as np
 
 from scmech._docs import fill_doc
 from scmech.data._design import get_design
+from scmech.data._target_genes import target_gene_names
 from scmech.tl._seeds import check_random_state, default_seed
 
 from ._choice import _given_conditions, _held_out, _targets
@@ -49,6 +50,7 @@ def split(
     seen: Literal[0, 1, 2] = 2,
     controls_in_train: bool = True,
     restrict_to_measured: bool = False,
+    gene_symbols: str | None = None,
     random_state: int | None = 0,
 ) -> Split:
     """Split a screen into training, validation and held-out test cells.
@@ -108,7 +110,9 @@ def split(
         join the test set). Perturbation and combination splits always keep controls in training.
     restrict_to_measured
         Choose test perturbations only among those whose targets are all genes of ``adata.var_names`` (the
-        linear baseline needs a measured target).
+        linear baseline needs a measured target), or of the column ``gene_symbols``.
+    gene_symbols
+        %(gene_symbols)s
     random_state
         Seed of the random choices (:func:`numpy.random.default_rng`): a non-negative integer, or ``None`` for
         ``scvi.settings.seed``.
@@ -174,7 +178,7 @@ def split(
         seen=seen,
         controls_in_train=controls_in_train,
         restrict_to_measured=restrict_to_measured,
-        genes=set(map(str, adata.var_names)),
+        genes=set(target_gene_names(adata.var, gene_symbols)),
         rng=rng,
         key=perturbation_key,
     )
@@ -335,6 +339,7 @@ def leave_one_out(
     conditions: Sequence[str] | str | None = None,
     validation_size: float = 0.1,
     restrict_to_measured: bool = False,
+    gene_symbols: str | None = None,
     random_state: int | None = 0,
 ) -> Iterator[Split]:
     """Leave-one-perturbation-out splits: one :func:`split` of kind ``"perturbation"`` per condition.
@@ -357,7 +362,10 @@ def leave_one_out(
     validation_size
         Fraction of training cells in each validation set.
     restrict_to_measured
-        With ``conditions=None``, only perturbations whose targets are all genes of ``adata.var_names``.
+        With ``conditions=None``, only perturbations whose targets are all genes of ``adata.var_names``, or of
+        the column ``gene_symbols``.
+    gene_symbols
+        %(gene_symbols)s
     random_state
         Seed of the validation sets: a non-negative integer, or ``None`` for ``scvi.settings.seed``.
 
@@ -383,7 +391,7 @@ def leave_one_out(
     ).perturbation
     perts = [c for c in design.conditions if c != design.control_label]
     if conditions is None:
-        genes = set(map(str, adata.var_names))
+        genes = set(target_gene_names(adata.var, gene_symbols))
         conds = [c for c in perts if not restrict_to_measured or all(t in genes for t in _targets(design, c))]
     else:
         # a bare label (a string or a number) is one condition, as in split(test_conditions=...)
