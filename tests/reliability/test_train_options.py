@@ -60,6 +60,8 @@ def default_run(adata) -> dict[str, torch.Tensor]:
         ({"plan_kwargs": {"kl_weight": 5.0}}, r"plan_kwargs\['kl_weight'\] would be ignored.*'max_kl_weight'"),
         ({"plan_kwargs": {"kl_weight": 0.0}}, r"plan_kwargs\['kl_weight'\] would be ignored.*'min_kl_weight'"),
         ({"plan_kwargs": {"update_only_decoder": True}}, r"plan_kwargs\['update_only_decoder'\] would be ignored"),
+        ({"plan_kwargs": {"on_epoch": False}}, r"plan_kwargs\['on_epoch'\]=False: the training always logs"),
+        ({"plan_kwargs": {"on_epoch": None, "on_step": True}}, r"plan_kwargs\['on_epoch'\]=None: .*Drop it"),
         (
             {"plan_kwargs": {"error_alpha": 3.0}},
             r"plan_kwargs\['error_alpha'\]=3.0 would be ignored: batching='random'.*batching='error_guided'",

@@ -207,7 +207,8 @@ def _check_plan_options(plan_kwargs: Mapping | None, batching: str, metrics: Seq
     Raises
     ------
     ValueError
-        For ``kl_weight``, ``update_only_decoder`` or the internal ``error_tracking``; for an option that this
+        For ``kl_weight``, ``update_only_decoder``, an ``on_epoch`` other than ``True`` or the internal
+        ``error_tracking``; for an option that this
         configuration ignores (``error_alpha`` without error-guided batching, ``optimizer_creator`` without
         ``optimizer='Custom'``, ``eps``/``weight_decay`` with it, ``compile_kwargs`` without ``compile``, a
         scheduler option without ``reduce_lr_on_plateau=True``); for an ``lr_factor`` outside ``(0, 1)``, an
@@ -221,6 +222,13 @@ def _check_plan_options(plan_kwargs: Mapping | None, batching: str, metrics: Seq
         if key in kw:
             msg = f"plan_kwargs[{key!r}] would be ignored: {why}."
             raise ValueError(msg)
+    if "on_epoch" in kw and kw["on_epoch"] is not True:
+        msg = (
+            f"plan_kwargs['on_epoch']={kw['on_epoch']!r}: the training always logs its metrics once per epoch (the "
+            "history, early stopping and the learning-rate scheduler read them), so it would be ignored or would "
+            "break them. Drop it; plan_kwargs['on_step']=True adds per-step logs of the ELBO terms."
+        )
+        raise ValueError(msg)
     if "error_tracking" in kw:
         msg = (
             "plan_kwargs['error_tracking'] is internal (train builds it for batching='error_guided') and cannot be "
