@@ -125,3 +125,24 @@ def test_split_restricts_to_targets_measured_under_the_column():
     assert set(sp.test_conditions) <= {"G0008", "G0009", "G0010", "G0021", "G0009+G0021"}
     with pytest.raises(KeyError, match="gene_symbols 'name'"):
         split(ids, "perturbation", gene_symbols="name")
+
+
+def test_a_mudata_with_labels_in_the_guide_modality_matches_targets_to_the_rna_genes():
+    import mudata as md
+
+    from .test_semimechvi import _guide_modality
+
+    rna = _by_identifier(simulated(n_cells=120))
+    guide = _guide_modality(rna)
+    del rna.obs["perturbation"]
+    with md.set_options(pull_on_update=False):
+        mdata = md.MuData({"rna": rna, "guide": guide})
+    modalities = {"rna_layer": "rna", "perturbation_key": "guide", "batch_key": "rna"}
+    SemiMechVI.setup_mudata(mdata, batch_key="batch", gene_symbols="symbol", modalities=modalities)
+    model = SemiMechVI(mdata)
+    targets = perturbation_state(model.adata_manager)["targets"]
+    expected = [list(rna.var["symbol"]).index(t) for t in targets]
+    # the knock-down acts on the RNA modality's genes (the guide modality's features are guides, not genes)
+    assert model.module.decoder.target_gene_index.tolist() == expected
+    with pytest.raises(KeyError, match=r"gene_symbols 'gene' is not a column of mdata\['rna'\]\.var"):
+        SemiMechVI.setup_mudata(mdata, batch_key="batch", gene_symbols="gene", modalities=modalities)

@@ -15,6 +15,8 @@ __all__ = ["_NO_MODALITY", "_resolve_modalities", "_validation_view", "check_cel
 
 #: arguments of ``setup_mudata`` that name no ``obs`` column or layer, and so belong to no modality
 _NO_MODALITY = ("modalities", "control_label", "separator", "unassigned_label", "counts", "perturbation_modality")
+#: arguments of ``setup_mudata`` that name the RNA modality's layer, ``var`` column or ``varm`` key, never ``obs``
+_RNA_VAR = ("rna_layer", "gene_embedding_key", "gene_symbols")
 
 
 def _resolve_modalities(mdata: MuData, modalities: dict[str, str] | None, setup_args: dict) -> tuple[dict, str]:
@@ -94,7 +96,7 @@ def check_cell_order(mdata: MuData, rna_mod: str, modalities: dict) -> None:
     """
     rna_names = mdata.mod[rna_mod].obs_names
     for arg, mod in sorted(modalities.items()):
-        if mod is None or mod == rna_mod or arg in _NO_MODALITY or arg in ("rna_layer", "gene_embedding_key"):
+        if mod is None or mod == rna_mod or arg in _NO_MODALITY or arg in _RNA_VAR:
             continue
         names = mdata.mod[mod].obs_names
         if names.equals(rna_names) or len(names) != len(rna_names) or set(names) != set(rna_names):
@@ -147,7 +149,7 @@ def _validation_view(
     obs = pd.DataFrame(index=rna.obs_names.copy())
     for arg, mod in modalities.items():
         keys = setup_args.get(arg)
-        if mod is None or keys is None or arg in _NO_MODALITY or arg in ("rna_layer", "gene_embedding_key"):
+        if mod is None or keys is None or arg in _NO_MODALITY or arg in _RNA_VAR:
             continue
         src = mdata.mod[mod].obs
         if not isinstance(keys, str | list | tuple):
