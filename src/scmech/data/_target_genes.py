@@ -15,7 +15,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["check_target_genes", "target_gene_names"]
+__all__ = ["check_target_genes", "name_positions", "target_gene_names"]
 
 
 def target_gene_names(var: pd.DataFrame, gene_symbols: str | None = None, *, where: str = "adata.var") -> pd.Index:
@@ -63,6 +63,25 @@ def target_gene_names(var: pd.DataFrame, gene_symbols: str | None = None, *, whe
         raise TypeError(msg)
     names = values.astype(object).where(values.notna(), "")
     return pd.Index([str(v) for v in names], dtype=object)
+
+
+def name_positions(names: Sequence[str]) -> dict[str, int]:
+    """Position of each name among ``names``: the first of a repeated name; a missing (empty) name is left out.
+
+    Parameters
+    ----------
+    names
+        The genes' names (:func:`target_gene_names`).
+
+    Returns
+    -------
+    ``{name: position}``.
+    """
+    pos: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name:
+            pos.setdefault(str(name), i)
+    return pos
 
 
 def check_target_genes(

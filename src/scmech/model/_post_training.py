@@ -64,7 +64,7 @@ class PostTrainingMixin(OwnGeneMixin):
         trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
         self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
         var_names = list(self._target_gene_names(adata))  # the names targets are matched against
-        gene_pos = {g: i for i, g in enumerate(var_names) if g}
+        gene_pos = self._target_gene_positions(adata)
         row = {t: i for i, t in enumerate(targets)}
         with torch.no_grad():
             ops = self.module.field.operators.detach().cpu().numpy().astype(np.float64)
@@ -151,7 +151,7 @@ class PostTrainingMixin(OwnGeneMixin):
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
         observed = {q: obs.get(q, ctx) for q in trained}
         observed = {q: o for q, o in observed.items() if o is not None}
-        gene_pos = {str(g): i for i, g in enumerate(self._target_gene_names()) if g}
+        gene_pos = self._target_gene_positions()
         out = []
         for name in names:
             pool = draw_pool(sorted(q for q in observed if q != name), name, 0, MAX_CLASS)

@@ -43,7 +43,7 @@ from scmech.data._fields import (
     TimeField,
     perturbation_state,
 )
-from scmech.data._target_genes import target_gene_names
+from scmech.data._target_genes import name_positions, target_gene_names
 
 from ._argument_checks import check_batch_size, check_indices
 from ._modalities import _resolve_modalities, _validation_view, check_cell_order
@@ -605,11 +605,7 @@ class PerturbationSetupMixin:
 
     def _target_gene_positions(self, adata=None) -> dict[str, int]:
         """Position of each gene by the name targets are matched against (the first gene of a repeated name)."""
-        pos: dict[str, int] = {}
-        for i, g in enumerate(self._target_gene_names(adata)):
-            if g:
-                pos.setdefault(g, i)
-        return pos
+        return name_positions(self._target_gene_names(adata))
 
     def _target_positions(self, targets, adata=None) -> np.ndarray:
         """Position of each of ``targets``' own gene among the registered genes, ``-1`` where it is not measured."""

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from scmech.data._embedding import ridge_map_cv
+from scmech.data._target_genes import name_positions
 
 from ._persistence import persistable
 from ._protocols import CLASS_REFERENCE
@@ -168,11 +169,11 @@ class TargetMap:
 
     @property
     def gene_positions(self) -> dict[str, int]:
-        """Position of each gene (cached, not saved)."""
-        cached = self.__dict__.get("_gene_positions")
-        if cached is None or len(cached) != len(self.var_names):
-            cached = {g: i for i, g in enumerate(self.var_names)}
-            self.__dict__["_gene_positions"] = cached
+        """Position of each gene by its name (:func:`~scmech.data._target_genes.name_positions`; cached, not saved)."""
+        n, cached = self.__dict__.get("_gene_positions", (-1, None))
+        if cached is None or n != len(self.var_names):
+            cached = name_positions(self.var_names)
+            self.__dict__["_gene_positions"] = (len(self.var_names), cached)
         return cached
 
     @property

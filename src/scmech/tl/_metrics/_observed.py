@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from scmech._threads import log_normalise, torch_threads_kept
 from scmech.data._checks import BackedRows, is_backed_matrix
 from scmech.data._pseudobulk import pseudobulk
+from scmech.data._target_genes import name_positions
 
 from ._checks import _warn
 from ._names import _DE_METRICS
@@ -83,10 +84,7 @@ class _Observed:
         self.conditions = conditions
         self.genes = genes
         #: position (in ``genes``) of the gene each target names; the first of a repeated name
-        self.target_pos: dict[str, int] = {}
-        for i, name in enumerate(genes if gene_names is None else gene_names):
-            if name:
-                self.target_pos.setdefault(str(name), i)
+        self.target_pos = name_positions(genes if gene_names is None else gene_names)
         self.n_de_genes = n_de_genes
         ctrl = design.control_label
         labels = design.labels
