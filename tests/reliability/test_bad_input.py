@@ -848,6 +848,25 @@ def test_targets_named_by_a_var_column_other_than_var_names_warn(rel):
         SemiMechVI.setup_anndata(fixed)
 
 
+@pytest.mark.parametrize(
+    ("relabel", "match"),
+    [
+        ({"G0008": "G0008_1", "G0009": "sgG0009-2"}, r"2 target\(s\) .* contain one \('G0008_1', 'sgG0009-2'; .*"),
+        ({"G0009+G0021": "G0009_G0021"}, r"1 target\(s\) .* join genes with '_' .*pass separator='_'"),
+    ],
+)
+def test_labels_that_name_guides_or_join_genes_otherwise_warn(rel, relabel, match):
+    """A guide's label, or a combination joined by another character, is no gene: its own gene would be lost."""
+    adata = rel.small()
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str).replace(relabel)
+    with pytest.warns(UserWarning, match=match):
+        SemiMechVI.setup_anndata(adata)
+    # labelled by target gene, nothing to say
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*are no gene but.*")
+        SemiMechVI.setup_anndata(rel.small())
+
+
 @pytest.mark.parametrize("controls", ["nt", "non-targeting_1"])
 def test_setup_without_control_cells_names_the_likely_control_label_first(rel, controls):
     adata = rel.small()

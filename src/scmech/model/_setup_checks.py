@@ -20,127 +20,15 @@ from scmech.data._log_scale import log1p_base
 from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
 from scmech.data._target_genes import check_target_genes, target_gene_names
 
+from ._target_name_checks import warn_target_names
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anndata import AnnData
 
-    from scmech.data._design import PerturbationDesign
 
 __all__ = ["PERTURBATION_MODALITIES", "check_saved_columns", "validate_for_setup"]
-
-
-#: labels that usually mean "no guide call" rather than a target (``nan``/``<na>``: a missing value turned into a
-#: string by ``astype(str)``; ``multiple``: the label :func:`scmech.pp.assign_guides` writes for several guides)
-_UNASSIGNED_LIKE = (
-    "unassigned", "unknown", "none", "na", "n/a", "nan", "<na>", "null", "multiple", "multiplet", "ambiguous", "",
-)  # fmt: skip
-
-
-def _warn_target_names(
-    design: PerturbationDesign,
-    var_names: Sequence[str],
-    key: str,
-    unassigned_label: str | Sequence[str] | None,
-    var: pd.DataFrame | None = None,
-    gene_symbols: str | None = None,
-) -> None:
-    """Warn about targets that look like mistakes: genes in another case or ``var`` column, unassigned labels.
-
-    Parameters
-    ----------
-    design
-        The parsed perturbation labels.
-    var_names
-        The names targets are matched against (``var_names``, or the ``gene_symbols`` column).
-    key
-        The ``obs`` column of the labels, as messages name it.
-    unassigned_label
-        The ``unassigned_label`` of the setup call.
-    var
-        The genes' annotations (``adata.var``): a column that names more targets than ``var_names`` does (gene
-        symbols beside Ensembl identifiers) is named in a warning.
-    gene_symbols
-        The ``gene_symbols`` of the setup call, as messages name the matched names.
-    """
-    genes = [str(g) for g in var_names]
-    exact = set(genes)
-    _warn_symbol_column(design, exact, key, var, gene_symbols)
-    lower = {g.lower(): g for g in genes}
-    case_only = [(t, lower[t.lower()]) for t in design.targets if t not in exact and t.lower() in lower]
-    if case_only:
-        pairs = ", ".join(f"{t!r} vs gene {g!r}" for t, g in case_only[:5])
-        warnings.warn(
-            f"{len(case_only)} target(s) of obs[{key!r}] match a gene only up to letter case ({pairs}); they are taken "
-            "as unmeasured targets. Relabel them with the gene names (or rename the genes) if they are the same.",
-            UserWarning,
-            stacklevel=settings.warnings_stacklevel + 2,
-        )
-    like = [t for t in design.targets if t.strip().lower() in _UNASSIGNED_LIKE]
-    if like and (unassigned_label is None or len(_as_labels(unassigned_label)) == 0):
-        msg = (
-            f"unassigned_label=None, so {like} in obs[{key!r}] are taken as perturbation targets. If these cells "
-            f"have no guide call, pass unassigned_label={like[0]!r}."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
-    elif like:
-        labels = [*_as_labels(unassigned_label), *like]
-        msg = (
-            f"{like} in obs[{key!r}] are taken as perturbation targets, but they read like cells without a usable "
-            "guide call (a missing value turned into text by astype(str), or assign_guides' label for several "
-            f"guides). If so, pass unassigned_label={labels!r}."
-        )
-        warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 2)
-
-
-def _warn_symbol_column(
-    design: PerturbationDesign, genes: set[str], key: str, var: pd.DataFrame | None, gene_symbols: str | None = None
-) -> None:
-    """Warn when another column of ``var`` names more of the targets than the names they are matched against.
-
-    A target is matched to its own gene by name (``var_names``, or the ``gene_symbols`` column); screens often
-    index genes by Ensembl identifier and keep the symbols the guides are named by in a column, and every target
-    then silently loses its own gene.
-    """
-    targets = set(design.targets)
-    measured = len(targets & genes)
-    if var is None or measured == len(targets) or not targets:
-        return
-    best, found = None, measured
-    for col in var.columns:
-        values = var[col]
-        if col == gene_symbols or not (
-            pd.api.types.is_object_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype)
-        ):
-            continue
-        n = len(targets & set(values.astype(str)))
-        if n > found:
-            best, found = col, n
-    if best is None:
-        return
-    matched = "var_names" if gene_symbols is None else f"var[{gene_symbols!r}]"
-    msg = (
-        f"{found} of the {len(targets)} targets of obs[{key!r}] are genes of var[{best!r}], but only {measured} are "
-        f"in {matched}, which a target's own gene is matched against; the others are taken as unmeasured targets, "
-        f"without the knock-down of their own gene. Pass gene_symbols={best!r} to setup_anndata (setup_mudata)."
-    )
-    warnings.warn(msg, UserWarning, stacklevel=settings.warnings_stacklevel + 3)
-
-
-def _as_labels(value: str | Sequence[str]) -> tuple:
-    """Return one label, or a sequence of them, as a tuple.
-
-    Parameters
-    ----------
-    value
-        A label or a sequence of labels.
-
-    Returns
-    -------
-    The labels as a tuple.
-    """
-    return (value,) if isinstance(value, str) else tuple(value)
-
 
 #: the perturbation modalities ``setup_anndata`` knows
 PERTURBATION_MODALITIES = ("CRISPRko", "CRISPRi", "CRISPRa")
@@ -269,7 +157,7 @@ def validate_for_setup(
     )
     names = target_gene_names(adata.var, gene_symbols, where="adata.var" if mod is None else f"mdata[{mod!r}].var")
     check_target_genes(names, design.perturbation.targets, perturbation_key, gene_symbols)
-    _warn_target_names(design.perturbation, names, perturbation_key, unassigned_label, adata.var, gene_symbols)
+    warn_target_names(design.perturbation, names, perturbation_key, unassigned_label, adata.var, gene_symbols)
     _warn_small_conditions(design.perturbation, perturbation_key)
     _check_size_factor(adata, size_factor_key)
     _check_covariates(adata, categorical_covariate_keys, continuous_covariate_keys)
