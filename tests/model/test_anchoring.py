@@ -791,9 +791,9 @@ def test_observations_are_standardised_to_the_batches_predictions_start_from():
     np.testing.assert_array_equal(conditions[("T", ctx)].value, pb[1])
 
 
-def test_the_model_standardises_its_observations_to_the_training_controls_batches(tmp_path):
-    # every training perturbation of a simulated screen (batches b0-b2) is moved to the training controls' batch
-    # composition (where predictions start) by the controls' batch levels; the controls are kept as observed
+def test_the_model_keeps_its_observations_as_observed_and_moves_them_to_a_batch_mix_on_request(tmp_path):
+    # every training pseudobulk of a simulated screen (batches b0-b2) is kept in the batch composition its cells
+    # came in; predictions can move them to the training controls' composition (the effect alone) or to one batch
     from scmech.model._observations import log_pseudobulk
 
     scvi.settings.seed = 0
@@ -808,29 +808,47 @@ def test_the_model_standardises_its_observations_to_the_training_controls_batche
     train, val = np.sort(rest[100:]), np.sort(rest[:100])
     model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": [train, val, np.array([], dtype=int)]})
     obs = model.anchor_
-    assert obs.batch_standardised == len(obs.conditions) - 1
+    assert obs.batch_standardised == 0
     design = model._design(adata)
     batch = adata.obs["batch"].astype(str).to_numpy()
     cells = np.concatenate([train, val])
     start = train[design.is_control[train]]
     names = sorted(set(batch))
     pool = np.array([np.mean(batch[start] == b) for b in names])
+    np.testing.assert_allclose(obs.batch_pool, pool)
     ctrl = cells[design.is_control[cells]]
     cpb, _ = log_pseudobulk(adata.X, ctrl, batch[ctrl], names, counts=True)
     pb, _ = log_pseudobulk(adata.X, ctrl, np.full(len(ctrl), "NT", dtype=object), ["NT"], counts=True)
     np.testing.assert_allclose(obs.control(Context(None)).value, pb[0], rtol=1e-5)
+    in_controls = obs.in_controls_mix()
     for lab in ("G0008", "G0009+G0021"):
         mine = cells[design.labels[cells] == lab]
         pb, _ = log_pseudobulk(adata.X, mine, np.full(len(mine), lab, dtype=object), [lab], counts=True)
         pi = np.array([np.mean(batch[mine] == b) for b in names])
         assert np.abs(pool - pi).max() > (0.1 if lab == "G0008" else 0.0)
+        np.testing.assert_allclose(obs.get(lab, Context(None)).value, pb[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(obs.batch_mix[(lab, Context(None))], pi)
+        # in the training controls' composition: y + sum_b (w_b - pi_b) c_b
         want = pb[0] + (pool - pi) @ cpb
-        np.testing.assert_allclose(obs.get(lab, Context(None)).value, want, rtol=1e-4, atol=1e-4)
-        # moved to batch b1 alone for predictions measured there: y + sum_b (e_b1 - pi_b) c_b from the raw pseudobulk
+        np.testing.assert_allclose(in_controls.get(lab, Context(None)).value, want, rtol=1e-4, atol=1e-4)
+        # moved to batch b1 alone for predictions measured there: y + sum_b (e_b1 - pi_b) c_b
         there = obs.in_batch(1).get(lab, Context(None)).value
         np.testing.assert_allclose(there, pb[0] + (np.eye(3)[1] - pi) @ cpb, rtol=1e-4, atol=1e-4)
-    # the controls are moved too (they are kept as observed for predictions in each cell's own batch), and every
-    # pseudobulk of the screen could be moved; the model's own observations are left as they were
+    # the anchored prediction of an observed perturbation is its observation, in its own cells' composition by
+    # default and in the controls' with batch_mix="controls"
+    observed = model.predict("G0008")
+    moved = model.predict("G0008", batch_mix="controls")
+    assert observed.uns["scmech"]["prediction"]["batch_mix"] == "observed"
+    assert moved.uns["scmech"]["prediction"]["batch_mix"] == "controls"
+    gap = np.abs(obs.get("G0008", Context(None)).value - in_controls.get("G0008", Context(None)).value).mean()
+    assert np.abs(observed.X[0] - obs.get("G0008", Context(None)).value).mean() < gap / 3
+    assert np.abs(moved.X[0] - in_controls.get("G0008", Context(None)).value).mean() < gap / 3
+    with pytest.raises(ValueError, match="batch_mix='controls' with batch='b1'"):
+        model.predict("G0008", batch="b1", batch_mix="controls")
+    with pytest.raises(ValueError, match="batch_mix='pooled' is not one of"):
+        model.predict("G0008", batch_mix="pooled")
+    # the controls are moved too, and every pseudobulk of the screen could be moved; the model's own observations
+    # are left as they were
     before = {k: o.value.copy() for k, o in obs.conditions.items()}
     moved = obs.in_batch(1)
     assert moved.batch_standardised == len(obs.conditions)

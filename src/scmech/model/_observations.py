@@ -1,8 +1,9 @@
 """Observations: the training pseudobulks that anchoring corrects the model's predictions by.
 
 :class:`Observations` holds the log pseudobulk of every observed condition in every context with its sampling
-variance (:class:`ObservedPseudobulk`), computed by :func:`log_pseudobulk` and standardised to the batch mix of
-the training controls by :func:`standardise_batches`; the anchoring plans that use them live in :mod:`._anchoring`.
+variance (:class:`ObservedPseudobulk`), computed by :func:`log_pseudobulk`, each in the batch composition its
+cells were observed in; :func:`standardise_batches` moves them to another composition (one batch, or the training
+controls'). The anchoring plans that use them live in :mod:`._anchoring`.
 """
 
 from __future__ import annotations
@@ -53,15 +54,18 @@ class Observations:
         source carries to the context (``rho``) and how far the model's change of it between the two does
         (``alpha``), both from the training targets observed in both (see :class:`~scmech.model._anchoring.OtherMedia`).
     batch_standardised
-        Number of perturbations whose pseudobulk was standardised to the training controls' batch composition
-        (:func:`standardise_batches`).
+        Number of pseudobulks moved to another batch composition than their own (:meth:`in_mix`); 0 for the
+        observations as observed.
     batch_mix
-        ``{(label, context): shares}``: the batch composition each pseudobulk stands for (the training controls'
-        after standardisation, else the condition's own), batches in code order.
+        ``{(label, context): shares}``: the batch composition each pseudobulk stands for (the condition's own, as
+        observed), batches in code order.
     batch_levels
         ``{context: (values, variances, observed)}``: the context's controls' log pseudobulk in each batch
         (batches x genes), its sampling variance and whether the batch has enough control cells; what
-        :meth:`in_batch` moves the pseudobulks by.
+        :meth:`in_mix` moves the pseudobulks by.
+    batch_pool
+        The training controls' share of each batch: the composition predictions start from
+        (:meth:`in_controls_mix`).
     """
 
     control_label: str
@@ -73,14 +77,14 @@ class Observations:
     batch_standardised: int = 0
     batch_mix: dict[tuple[str, Context], np.ndarray] = field(default_factory=dict)
     batch_levels: dict[Context, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    batch_pool: np.ndarray | None = None
 
     def in_batch(self, code: int) -> Observations | None:
-        r"""Return the observations moved to one batch, for predictions measured in that batch.
+        """Return the observations moved to one batch, for predictions measured in that batch.
 
-        Each pseudobulk (controls included) is moved from the batch composition it stands for to batch ``code``
-        alone by its context's controls' batch levels (:func:`standardise_batches` with the one-hot
-        composition). ``batch_standardised`` of the result counts the pseudobulks moved; the calibrations are
-        shared.
+        :meth:`in_mix` with batch ``code`` alone; ``None`` when some pseudobulk cannot be moved (a batch of its
+        composition, or ``code``, without enough controls in its context): it stands for other batches, and
+        anchoring on it would carry their difference into the prediction.
 
         Parameters
         ----------
@@ -89,9 +93,7 @@ class Observations:
 
         Returns
         -------
-        The moved observations (a new object; this one is unchanged), or ``None`` when some pseudobulk cannot be
-        moved (a batch of its composition, or ``code``, without enough controls in its context): it stands for
-        other batches, and anchoring on it would carry their difference into the prediction.
+        The moved observations (a new object; this one is unchanged), or ``None``.
 
         Raises
         ------
@@ -99,23 +101,70 @@ class Observations:
             When the observations hold no batch levels (no batch registered, or a model saved before they were
             kept).
         """
+        n_batch = len(next(iter(self._levels().values()))[2])
+        target = np.zeros(n_batch)
+        target[int(code)] = 1.0
+        return self.in_mix(target)
+
+    def in_controls_mix(self) -> Observations:
+        """Return the observations moved to the training controls' batch composition, where predictions start.
+
+        :meth:`in_mix` with ``batch_pool``, moving every pseudobulk that can be moved (the controls of each batch
+        of its composition observed in its context) and keeping the others as observed: a prediction anchored on
+        them is the perturbation applied to the training controls as they were measured, its effect alone.
+
+        Raises
+        ------
+        ValueError
+            When the observations hold no batch levels or no controls' composition (no batch registered, or a
+            model saved before they were kept).
+        """
+        if self.batch_pool is None:
+            self._levels()
+            msg = "These observations hold no training controls' batch composition (saved by an earlier scmech)."
+            raise ValueError(msg + " Predict with batch_mix='observed', or retrain.")
+        return self.in_mix(np.asarray(self.batch_pool, dtype=np.float64), partial=True)
+
+    def in_mix(self, target: np.ndarray, *, partial: bool = False) -> Observations | None:
+        r"""Return the observations moved to the batch composition ``target``.
+
+        Each pseudobulk (controls included) is moved from the batch composition it stands for (``batch_mix``) to
+        ``target`` by its context's controls' batch levels (:func:`standardise_batches`). ``batch_standardised``
+        of the result counts the pseudobulks moved; the calibrations are shared.
+
+        Parameters
+        ----------
+        target
+            Share of each batch (batches in code order).
+        partial
+            Keep a pseudobulk that cannot be moved as it is (``False``: return ``None`` instead).
+
+        Returns
+        -------
+        The moved observations (a new object; this one is unchanged), or ``None`` (see ``partial``).
+        """
+        levels = self._levels()
+        target = np.asarray(target, dtype=np.float64)
+        conditions = dict(self.conditions)
+        moved = standardise_batches(conditions, self.batch_mix, levels, target)
+        there = {k for k, v in self.batch_mix.items() if np.allclose(v, target)}
+        done = set(moved) | there
+        if len(done) < len(conditions) and not partial:
+            return None
+        mix = {k: (target if k in done else self.batch_mix.get(k)) for k in conditions}
+        mix = {k: v for k, v in mix.items() if v is not None}
+        return replace(self, conditions=conditions, batch_standardised=len(moved), batch_mix=mix)
+
+    def _levels(self) -> dict:
+        """Return ``batch_levels``, refusing observations without them."""
         if not self.batch_levels:
             msg = (
                 "These observations hold no per-batch control levels (no batch was registered, or the model was "
-                "saved by an earlier scmech): they cannot be moved to one batch. Predict without batch=, or "
-                "retrain."
+                "saved by an earlier scmech): they cannot be moved to another batch composition. Predict without "
+                "batch= (and with batch_mix='observed'), or retrain."
             )
             raise ValueError(msg)
-        n_batch = len(next(iter(self.batch_levels.values()))[2])
-        target = np.zeros(n_batch)
-        target[int(code)] = 1.0
-        conditions = dict(self.conditions)
-        moved = standardise_batches(conditions, self.batch_mix, self.batch_levels, target)
-        there = {k for k, v in self.batch_mix.items() if np.allclose(v, target)}
-        if len(set(moved) | there) < len(conditions):
-            return None
-        mix = dict.fromkeys(conditions, target)
-        return replace(self, conditions=conditions, batch_standardised=len(moved), batch_mix=mix)
+        return self.batch_levels
 
     def protocol(self, label: str, context: Context) -> Protocol:
         """Return the read-out of an observed condition (or of the controls) in ``context``."""
@@ -200,35 +249,32 @@ def standardise_batches(
     controls: dict,
     pool: np.ndarray,
 ) -> list:
-    r"""Standardise each observed perturbation to the batch composition of the cells predictions start from.
+    r"""Move observed pseudobulks to another batch composition (direct standardisation by the controls).
 
-    A prediction is the perturbation applied to the training control cells, each measured in its own batch, so
-    the model reads a perturbation out in the controls' batch composition :math:`w_b`. A perturbation observed in
-    other proportions :math:`\pi_b` of the batches (a replicate held out, targets run in different lanes)
-    differs from that read-out by the batches' effects as well as by the model's error, and a correction by it
-    would carry the batch difference into the prediction as if it were the perturbation's. With its context's
-    controls observed in every batch involved, the observation is moved to :math:`w` by the controls' batch levels
-    :math:`c_b` (direct standardisation, batch effects additive in log space, as the controls in every batch
-    measure them): :math:`y + \sum_b (w_b - \pi_b) c_b`, with variance :math:`v + \sum_b (w_b - \pi_b)^2
-    v_{c_b}`. A perturbation with a batch whose controls are missing in its context is kept as observed; the
-    controls are kept as observed.
+    A pseudobulk observed in proportions :math:`\pi_b` of the batches stands for that composition: compared with a
+    prediction in another one :math:`w_b` (one batch, for predictions measured there; the training controls',
+    where the model's read-outs start), it differs by the batches' effects as well as by the perturbation. With its
+    context's controls observed in every batch involved, the observation is moved to :math:`w` by the controls'
+    batch levels :math:`c_b` (batch effects additive in log space, as the controls in every batch measure them):
+    :math:`y + \sum_b (w_b - \pi_b) c_b`, with variance :math:`v + \sum_b (w_b - \pi_b)^2 v_{c_b}`. A pseudobulk
+    with a batch whose controls are missing in its context is kept as observed.
 
     Parameters
     ----------
     conditions
-        ``{(label, context): ObservedPseudobulk}``; standardised entries are replaced.
+        ``{(label, context): ObservedPseudobulk}``; moved entries are replaced.
     shares
-        ``{(label, context): pi}``: each condition to standardise and its share of cells per batch (batches in code
+        ``{(label, context): pi}``: each condition to move and the share of its cells per batch (batches in code
         order).
     controls
         ``{context: (values, variances, observed)}``: the controls' log pseudobulk per batch (batches x genes),
         its sampling variance and whether the batch has enough control cells in the context.
     pool
-        :math:`w`: the training controls' share per batch.
+        :math:`w`: the composition to move to.
 
     Returns
     -------
-    The keys of the conditions standardised.
+    The keys of the conditions moved.
     """
     pool = np.asarray(pool, dtype=np.float64)
     done = []

@@ -28,7 +28,6 @@ from ._anchoring import (
     member_weights,
 )
 from ._calibration import fit_interaction_gain, fit_media_carry
-from ._observations import standardise_batches
 from ._own_gene import own_calibration
 from ._own_gene_fit import OwnGeneMixin
 from ._protocols import Protocol
@@ -420,11 +419,11 @@ class PostTrainingMixin(OwnGeneMixin):
             for lab, _ in obs.conditions:
                 if lab != design.control_label:
                     obs.targets[lab] = tuple(str(lab).split(st["separator"]))
-            obs.batch_standardised = self._standardise_batches(obs, idx, keys, lookup, train_indices, min_cells)
+            self._keep_batch_levels(obs, idx, keys, lookup, train_indices, min_cells)
         self.anchor_ = obs
         self._calibrate_anchor()
 
-    def _standardise_batches(
+    def _keep_batch_levels(
         self,
         obs: Observations,
         idx: np.ndarray,
@@ -432,27 +431,29 @@ class PostTrainingMixin(OwnGeneMixin):
         lookup: dict,
         train_indices: np.ndarray,
         min_cells: int,
-    ) -> int:
-        """Standardise the perturbations' observations to the training controls' batches (:func:`standardise_batches`).
+    ) -> None:
+        """Keep in ``obs`` each pseudobulk's batch composition, the controls' level per batch and their composition.
 
         ``idx`` are the observed cells, ``keys`` their condition keys, ``lookup`` the condition of each key; a
-        batch's controls in a context need ``min_cells`` cells. Each pseudobulk's batch mix and the controls'
-        batch levels are kept in ``obs``, so that predictions in one batch can move the pseudobulks there
-        (:meth:`Observations.in_batch`). Returns the number of conditions standardised (0 without a registered
-        batch).
+        batch's controls in a context need ``min_cells`` cells. The pseudobulks stay as observed, each in the
+        composition its cells came in: an unseen target's cells come in the composition of the training targets'
+        cells, not necessarily the controls', and its observed pseudobulk is what a prediction is compared with.
+        What is kept lets a prediction move them to one batch (:meth:`Observations.in_batch`) or to the training
+        controls' composition, the perturbation's effect alone (:meth:`Observations.in_controls_mix`). Nothing is
+        kept without a registered batch.
         """
         if (
             int(self.summary_stats.get("n_batch", 1)) <= 1
             or REGISTRY_KEYS.BATCH_KEY not in self.adata_manager.data_registry
         ):
-            return 0
+            return
         design = self._design(self.adata)
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel().astype(int)
         n_batch = int(self.summary_stats["n_batch"])
         start = np.asarray(train_indices, dtype=int)
         start = start[design.is_control[start] & ~design.is_unassigned[start]]
         if len(start) == 0:
-            return 0
+            return
         pool = np.bincount(codes[start], minlength=n_batch) / len(start)
         batch = codes[idx]
         key_of = keys.to_numpy(dtype=object)
@@ -478,11 +479,9 @@ class PostTrainingMixin(OwnGeneMixin):
             values = np.stack([pb[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
             variances = np.stack([var[r] if r is not None else np.zeros(pb.shape[1]) for r in rows])
             controls[ctx] = (values.astype(np.float32), variances.astype(np.float32), ok)
-        shares = {k: v for k, v in mix.items() if k[0] != design.control_label}
-        done = set(standardise_batches(obs.conditions, shares, controls, pool))
-        obs.batch_mix = {k: (pool if k in done else v) for k, v in mix.items()}
+        obs.batch_mix = mix
         obs.batch_levels = controls
-        return len(done)
+        obs.batch_pool = pool
 
     def _calibrate_anchor(self) -> None:
         """Calibrate the combination interaction and the carry-over between media on the training observations."""

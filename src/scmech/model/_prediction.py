@@ -272,6 +272,7 @@ class PredictionMixin(PredictionOutputMixin):
         protocol: Sequence[Step] | Sequence[Sequence[Step]] | None = None,
         return_mean: bool = True,
         anchor: Literal["auto", "combinations", "none"] = "auto",
+        batch_mix: Literal["observed", "controls"] = "observed",
         adata: AnnData | None = None,
         batch_size: int | None = None,
         random_state: int | None = None,
@@ -335,14 +336,22 @@ class PredictionMixin(PredictionOutputMixin):
             media carries its observed effect over as far as the training data show it carries; a target without
             training cells is the precision-weighted mean of the training targets' observations plus the model's
             specific change; any other condition is the observed controls of its context plus the model's change from
-            them. Observations of perturbations are first standardised to the batch mix of the training controls the
-            read-outs start from, by the controls' level in each batch; with ``batch``, every observation (controls
-            included) is moved to that batch alone the same way where it can be (see ``batch``), so that the anchored
-            prediction is measured in it too. Each correction is weighed per gene against the sampling noise of the
+            them. The observations are used in the batch composition their cells came in (see ``batch_mix``); with
+            ``batch``, every observation (controls included) is moved to that batch alone by the controls' level in
+            each batch where it can be (see ``batch``), so that the anchored prediction is measured in it too. Each
+            correction is weighed per gene against the sampling noise of the
             pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the
             combinations; ``"none"`` returns the model's own read-out. ``uns["scmech"]["prediction"]["anchoring"]``
             records the plan of each row. Anchoring applies only to mean predictions from the training controls (no
             ``from_cells`` or ``adata``).
+        batch_mix
+            The batch composition of anchored predictions without ``batch``. ``"observed"``: the observations as
+            observed, each condition in the composition its cells came in, a target without training cells in that
+            of the training targets' cells (the pooled pseudobulk a screen measures, which ``scmech.tl.evaluate``
+            compares with). ``"controls"``: every observation moved to the training controls' composition, where the
+            read-outs start, by the controls' level in each batch (direct standardisation; one that cannot be moved is
+            kept as observed): the perturbation applied to the controls as they were measured, its effect alone.
+            The two differ where the perturbed cells fill the batches in other proportions than the controls.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -390,6 +399,15 @@ class PredictionMixin(PredictionOutputMixin):
         if anchor not in ("auto", "combinations", "none"):
             msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
             raise ValueError(msg)
+        if batch_mix not in ("observed", "controls"):
+            msg = f"batch_mix={batch_mix!r} is not one of 'observed', 'controls'."
+            raise ValueError(msg)
+        if batch_mix == "controls" and batch is not None:
+            msg = (
+                f"batch_mix='controls' with batch={batch!r}: a prediction measured in one batch moves every "
+                "observation to that batch, whatever composition it starts from. Pass one of them."
+            )
+            raise ValueError(msg)
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         st = self._perturbation_state()
         requested = build_protocols(
@@ -405,7 +423,7 @@ class PredictionMixin(PredictionOutputMixin):
             control_labels=self.adata_manager.registry["setup_args"]["control_label"],
         )
         self._check_requested_targets(requested)
-        observations, moved = self._observations_in(batch)
+        observations, moved = self._observations_in(batch, batch_mix)
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
@@ -440,6 +458,8 @@ class PredictionMixin(PredictionOutputMixin):
             seed=seed,
             anchor=anchor if can_anchor else "none",
         )
+        if plans:
+            out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_mix"] = batch_mix
         if batch is not None and plans:
             how_moved = (
                 "observations moved to the batch" if moved else "model's batch effect on the anchored prediction"
@@ -447,8 +467,11 @@ class PredictionMixin(PredictionOutputMixin):
             out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_anchoring"] = how_moved
         return out
 
-    def _observations_in(self, batch: str | None) -> tuple[Observations | None, bool]:
+    def _observations_in(self, batch: str | None, batch_mix: str = "observed") -> tuple[Observations | None, bool]:
         """Return the training observations for predictions measured in ``batch``, and whether they stand for it.
+
+        Without ``batch``, the observations as observed, or (``batch_mix="controls"``) moved to the training
+        controls' batch composition (:meth:`Observations.in_controls_mix`).
 
         In one batch every observation is moved there by the controls' batch levels (:meth:`Observations.in_batch`)
         when every one can be (the controls of each batch involved observed in each context). Otherwise they are
@@ -460,6 +483,8 @@ class PredictionMixin(PredictionOutputMixin):
         if not isinstance(obs, Observations):
             return None, True
         if batch is None or int(self.summary_stats.get("n_batch", 1)) <= 1:
+            if batch_mix == "controls" and obs.batch_levels:
+                return obs.in_controls_mix(), True
             return obs, True
         cats = self._batch_categories()
         if not obs.batch_levels or str(batch) not in cats:  # an unknown batch is refused by the read-out
