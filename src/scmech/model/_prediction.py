@@ -520,10 +520,10 @@ class PredictionMixin(PredictionOutputMixin):
         """Anchor read-outs (``ro``) made where the observations were not: the correction is measured where they were.
 
         The observations stand for the training cells' own efficacies (and, unless moved to the requested batch,
-        for each cell's own batch). Each row's anchoring correction is the one there (the anchored row minus the
-        model's read-out, read with ``where`` and the default efficacies), added to the requested read-out:
-        anchoring moves the prediction by the model's error, and the efficacy and the batch still move it as the
-        model says.
+        for the batch composition their cells came in, read out from each control cell in its own batch). Each
+        row's anchoring correction is the one there (the anchored row minus the model's read-out, read with
+        ``where`` and the default efficacies), added to the requested read-out: anchoring moves the prediction by
+        the model's error, and the efficacy and the batch still move it as the model says.
         """
         ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
         anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
