@@ -152,12 +152,10 @@ def centre_effect(
     log_base: float = math.e,
     centre: Literal["mode", "median"] = "mode",
 ) -> float:
-    r"""Weighted half-sample mode of the own effects, each weighed by :math:`\partial f_a(\ell_q)/\partial a`.
+    r"""Calibrated effect of :func:`own_gene_effect` from the effects :func:`own_effects` returns.
 
-    The slopes are taken at the effects' median.
-
-    The calibrated effect of :func:`own_gene_effect` from the effects :func:`own_effects` returns (``centre``: as
-    there; ``"median"`` gives the weighted median).
+    Their weighted half-sample mode (``centre="median"``: their weighted median), each effect weighed by
+    :func:`effect_weights`.
     """
     if centre not in ("mode", "median"):
         msg = f"centre={centre!r} is not one of 'mode', 'median'."

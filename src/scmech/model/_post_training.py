@@ -19,6 +19,7 @@ from scvi import REGISTRY_KEYS
 from scmech._constants import SCMECH_REGISTRY_KEYS, TARGET_SUM
 from scmech.data._embedding import pseudobulk_gene_embedding
 from scmech.data._pseudobulk import normalized_mean
+from scmech.data._target_genes import name_positions
 
 from ._anchoring import (
     Observations,
@@ -63,7 +64,7 @@ class PostTrainingMixin(OwnGeneMixin):
         trained = np.asarray(design.matrix[train_indices].sum(axis=0)).ravel() > 0
         self.trained_targets_ = [t for t, ok in zip(targets, trained, strict=True) if ok]
         var_names = list(self._target_gene_names(adata))  # the names targets are matched against
-        gene_pos = self._target_gene_positions(adata)
+        gene_pos = name_positions(var_names)
         row = {t: i for i, t in enumerate(targets)}
         with torch.no_grad():
             ops = self.module.field.operators.detach().cpu().numpy().astype(np.float64)

@@ -339,8 +339,8 @@ class PredictionMixin(PredictionOutputMixin):
             them. The observations are used in the batch composition their cells came in (see ``batch_mix``); with
             ``batch``, every observation (controls included) is moved to that batch alone by the controls' level in
             each batch where it can be (see ``batch``), so that the anchored prediction is measured in it too. Each
-            correction is weighed per gene against the sampling noise of the
-            pseudobulks it uses (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the
+            correction is weighed per gene against the sampling noise of the pseudobulks it uses
+            (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the
             combinations; ``"none"`` returns the model's own read-out. ``uns["scmech"]["prediction"]["anchoring"]``
             records the plan of each row. Anchoring applies only to mean predictions from the training controls (no
             ``from_cells`` or ``adata``).
@@ -475,9 +475,9 @@ class PredictionMixin(PredictionOutputMixin):
 
         In one batch every observation is moved there by the controls' batch levels (:meth:`Observations.in_batch`)
         when every one can be (the controls of each batch involved observed in each context). Otherwise they are
-        returned as they are and stand for each cell's own batch (``False``): the prediction is then anchored there
-        and moved to ``batch`` by the model (:meth:`_anchor_by_reference`), so that one under-sampled batch or
-        context neither drops observations nor turns anchoring off. ``None`` without observations.
+        returned as they are and stand for the composition their cells came in (``False``): the prediction is then
+        anchored there and moved to ``batch`` by the model (:meth:`_anchor_by_reference`), so that one under-sampled
+        batch or context neither drops observations nor turns anchoring off. ``None`` without observations.
         """
         obs = self.anchor_
         if not isinstance(obs, Observations):
