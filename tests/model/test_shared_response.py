@@ -10,7 +10,7 @@ import pytest
 from scmech.model._anchoring import Observations, ObservedPseudobulk, UnseenTarget
 from scmech.model._post_training import PostTrainingMixin
 from scmech.model._protocols import CLASS_REFERENCE, Context
-from scmech.model._weights import random_effects_weights, without_own_genes
+from scmech.model._weights import member_mean, random_effects_weights, without_own_genes
 
 
 def test_random_effects_weights_closed_form():
@@ -137,3 +137,17 @@ def test_each_member_is_left_out_of_the_shared_response_at_its_own_gene():
     np.testing.assert_allclose(plan.weights(obs).sum(0), 1.0)
     # a gene every member targets keeps the plain weights
     np.testing.assert_allclose(without_own_genes(w, ((0,), (0,), (0,), (0,)), 6)[:, 0], w)
+
+
+def test_member_mean_equals_the_mean_with_the_weights_without_own_genes():
+    rng = np.random.default_rng(5)
+    values, var = rng.normal(size=(6, 9)), rng.uniform(0.1, 1.0, size=(6, 9))
+    w = random_effects_weights(values, var)
+    own = ((0,), (), (2, 3), (0,), (8, 8), ())  # a repeated gene counts once
+    omega = without_own_genes(w, ((0,), (), (2, 3), (0,), (8,), ()), 9)
+    np.testing.assert_allclose(member_mean(w, values, own), (omega * values).sum(0), atol=1e-12)
+    np.testing.assert_allclose(member_mean(w, var, own, squared=True), (omega**2 * var).sum(0), atol=1e-12)
+    # no own genes: the plain weighted mean; a gene every member targets keeps the plain weights
+    np.testing.assert_allclose(member_mean(w, values), w @ values, atol=1e-12)
+    every = tuple((4,) for _ in range(6))
+    np.testing.assert_allclose(member_mean(w, values, every)[4], w @ values[:, 4], atol=1e-12)

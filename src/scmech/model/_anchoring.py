@@ -42,7 +42,7 @@ import numpy as np
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
 from ._protocols import CLASS_REFERENCE, Context, Protocol
-from ._weights import random_effects_weights, shrinkage, without_own_genes
+from ._weights import member_mean, random_effects_weights, shrinkage, without_own_genes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -223,7 +223,9 @@ class UnseenTarget(SharedCorrection):
     The weights matter where the training targets were observed with unequal precision: with equal weights a
     target of 30 cells moves every unseen prediction by its noise as much as a target of 1,000 cells moves it
     by its effect. Anchoring on every training target rather than on those of the same kind (for example those
-    with a measured gene) keeps the anchor's own noise low; what a target's kind implies is the model's part.
+    with a measured gene) keeps the anchor's own noise low; what a target's kind implies is the model's part. Every
+    one of them, however many: a subsample would add its own noise to every unseen prediction. The mean is read with
+    :func:`~scmech.model._weights.member_mean`, one matrix product, not a members x genes matrix of weights.
 
     A target without any prior information (``pooled``: no measured gene, no embedding) has nothing specific
     for the model to add; it is exchangeable with the training targets: anchored, it is their weighted mean.
@@ -259,11 +261,11 @@ class UnseenTarget(SharedCorrection):
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the offset and the correction with its variance, from one computation of the weights."""
         values, var = self._observed(obs)
-        w = member_weights(values, var, self.own_genes)
-        reads = np.stack([read(obs.protocol(q, self.context)) for q in self.members])
-        mean = (w * reads).sum(0)
+        w = random_effects_weights(values, var)
+        mean = member_mean(w, np.stack([read(obs.protocol(q, self.context)) for q in self.members]), self.own_genes)
         offset = mean if self.pooled else mean - read(obs.protocol(CLASS_REFERENCE, self.context))
-        return offset, ((w * (values - reads)).sum(0), (w**2 * var).sum(0))
+        observed = member_mean(w, values, self.own_genes)
+        return offset, (observed - mean, member_mean(w, var, self.own_genes, squared=True))
 
     def offset(self, read, obs):
         return self._terms(read, obs)[0]

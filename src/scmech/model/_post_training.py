@@ -21,13 +21,7 @@ from scmech.data._embedding import pseudobulk_gene_embedding
 from scmech.data._pseudobulk import normalized_mean
 from scmech.data._target_genes import name_positions
 
-from ._anchoring import (
-    Observations,
-    ObservedPseudobulk,
-    _rows,
-    log_pseudobulk,
-    member_weights,
-)
+from ._anchoring import Observations, ObservedPseudobulk, _rows, log_pseudobulk
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._own_gene import own_calibration
 from ._own_gene_fit import OwnGeneMixin
@@ -35,12 +29,12 @@ from ._protocols import Protocol
 from ._readout import efficacy_pool, read_out, starting_cells
 from ._target_map import (
     TargetMap,
-    draw_pool,
     latent_directions,
     propagation_gain,
     residual_map,
     smallest_within_noise,
 )
+from ._weights import member_mean, random_effects_weights
 
 logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
@@ -141,11 +135,10 @@ class PostTrainingMixin(OwnGeneMixin):
         """Return the observed anchor each of ``names`` would get as an unseen target (names x genes).
 
         As :class:`~scmech.model._anchoring.UnseenTarget` anchors a target without training cells: the random-effects
-        mean (:func:`~scmech.model._anchoring.member_weights`: each target left out at its own gene) of the observations
-        of every other training target in the baseline context, at most ``MAX_CLASS`` of them (drawn as ``predict``
-        draws them, with seed 0 where ``predict`` uses its ``random_state``). The validations of the gain and of the
-        embedding map predict each member from this anchor, so that they judge the model's specific change exactly where
-        a prediction adds it.
+        mean (:func:`~scmech.model._weights.member_mean`: each target left out at its own gene) of the observations of
+        every other training target in the baseline context. The validations of the gain and of the embedding map
+        predict each member from this anchor, so that they judge the model's specific change exactly where a
+        prediction adds it.
         """
         obs = self.anchor_
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
@@ -153,12 +146,15 @@ class PostTrainingMixin(OwnGeneMixin):
         observed = {q: o for q, o in observed.items() if o is not None}
         gene_pos = self._target_gene_positions()
         out = []
+        order = sorted(observed)
+        values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in order])
+        var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in order])
+        own = tuple((gene_pos[q],) if q in gene_pos else () for q in order)
+        out = []
         for name in names:
-            pool = draw_pool(sorted(q for q in observed if q != name), name, 0, MAX_CLASS)
-            values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in pool])
-            var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in pool])
-            own = tuple((gene_pos[q],) if q in gene_pos else () for q in pool)
-            out.append((member_weights(values, var, own) * values).sum(0))
+            keep = np.array([q != name for q in order])
+            kept_own = tuple(g for g, k in zip(own, keep, strict=True) if k)
+            out.append(member_mean(random_effects_weights(values[keep], var[keep]), values[keep], kept_own))
         return np.stack(out)
 
     def _validate_gain(

@@ -25,7 +25,6 @@ from ._argument_checks import check_flag, check_not_unassigned
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
-from ._target_map import draw_pool
 from ._time_checks import warn_extrapolated_times
 
 if TYPE_CHECKING:
@@ -38,9 +37,6 @@ logger = logging.getLogger(__name__)
 K = SCMECH_REGISTRY_KEYS
 
 __all__ = ["PredictionMixin"]
-
-#: most training targets a target-class mean is taken over (a random subset beyond)
-MAX_CLASS = 50
 
 
 class PredictionMixin(PredictionOutputMixin):
@@ -85,18 +81,18 @@ class PredictionMixin(PredictionOutputMixin):
         return [keys[j] for j in np.asarray(inverse).ravel()]
 
     # ------------------------------------------------------------------ operators
-    def _class_of(self, target: str, seed: int) -> tuple[tuple[str, ...], bool] | None:
+    def _class_of(self, target: str) -> tuple[tuple[str, ...], bool] | None:
         """Training targets an unseen ``target`` is anchored on, and whether it has no prior information.
 
-        ``None`` when it has training cells. A pool larger than ``MAX_CLASS`` is subsampled with a generator seeded
-        by ``seed`` and the target's name, so that a target's class (and its prediction) does not depend on which
-        other rows are requested with it, on their order, or on duplicates.
+        ``None`` when it has training cells. Every training target (:meth:`TargetMap.sorted_pool`): a target's
+        class, and its prediction, do not depend on which other rows are requested with it, on their order or on
+        duplicates, and unseen targets of one context share one anchoring plan.
         """
         tm = self.target_map_
         if tm is None or target in tm.trained_set:
             return None
         measured = target in tm.gene_positions and tm.directions is not None
-        return tuple(draw_pool(tm.sorted_pool(), target, seed, MAX_CLASS)), not measured
+        return tuple(tm.sorted_pool()), not measured
 
     def _own_gene_positions(self, target: str) -> tuple[int, ...]:
         """Position of a training target's own gene, the class members being single targets (empty: not measured)."""
@@ -357,7 +353,7 @@ class PredictionMixin(PredictionOutputMixin):
         batch_size
             Minibatch size for encoding.
         random_state
-            Seed for subsetting cells and class members (``scvi.settings.seed`` when ``None``).
+            Seed for subsetting cells (``scvi.settings.seed`` when ``None``).
 
         Returns
         -------
@@ -427,7 +423,7 @@ class PredictionMixin(PredictionOutputMixin):
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
-        plans, extra = self._plan(requested, anchor, seed, observations) if can_anchor else ({}, [])
+        plans, extra = self._plan(requested, anchor, observations) if can_anchor else ({}, [])
         how = {
             "random_state": seed,
             "adata": adata,
@@ -492,16 +488,14 @@ class PredictionMixin(PredictionOutputMixin):
         there = obs.in_batch(cats.index(str(batch)))
         return (obs, False) if there is None else (there, True)
 
-    def _plan(
-        self, requested: list[Protocol], anchor: str, seed: int, observations: Observations
-    ) -> tuple[dict, list[Protocol]]:
+    def _plan(self, requested: list[Protocol], anchor: str, observations: Observations) -> tuple[dict, list[Protocol]]:
         """Anchoring plan of each requested row and the further read-outs the plans need (deduplicated)."""
         plans = plan_anchoring(
             requested,
             [self._context_of(p) for p in requested],
             observations,
             mode=anchor,
-            unseen=lambda t: self._class_of(t, seed),
+            unseen=self._class_of,
             dynamic=self.regime == "dynamic",
             genes_of=self._own_gene_positions,
         )

@@ -46,9 +46,7 @@ loaded on any program of the control cells has a short :math:`h_g` and stays nea
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -58,14 +56,10 @@ from scmech.data._target_genes import name_positions
 from ._persistence import persistable
 from ._protocols import CLASS_REFERENCE
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetMap",
-    "draw_pool",
     "latent_directions",
     "propagation_gain",
     "smallest_within_noise",
@@ -271,29 +265,6 @@ class TargetMap:
             "modality": self.modality,
             "propagation_gain": float(self.gain),
         }
-
-
-def draw_pool(pool: Sequence[str], target: str, seed: int, limit: int) -> list[str]:
-    """Return the training targets ``target`` is anchored on: ``pool``, or ``limit`` of them drawn for it.
-
-    The draw is seeded by ``seed`` and the target's name, so that a target's pool (and its prediction) does not
-    depend on which other targets are predicted with it, on their order or on duplicates.
-
-    Parameters
-    ----------
-    pool
-        The candidate training targets, sorted.
-    target
-        The target anchored.
-    seed
-        Seed of the draw.
-    limit
-        Largest pool kept whole.
-    """
-    if len(pool) <= limit:
-        return list(pool)
-    rng = np.random.default_rng([int(seed), zlib.crc32(str(target).encode())])
-    return sorted(rng.choice(np.asarray(pool, dtype=object), size=limit, replace=False).tolist())
 
 
 def latent_directions(

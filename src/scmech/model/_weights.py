@@ -3,15 +3,24 @@ r"""Empirical-Bayes weights of the anchoring: how far a correction is kept, and 
 :func:`shrinkage` weighs a correction per gene against its sampling noise (a common prior with a limited
 translation chosen by :func:`sure_translation`); :func:`random_effects_weights` weighs the members of a
 random-effects mean by their precision, and :func:`without_own_genes` takes each member out of the mean at the
-genes it knocks down itself. :mod:`scmech.model._anchoring` applies them; the precision-weighted train mean of
-:class:`scmech.tl.TrainMean` uses the second.
+genes it knocks down itself (:func:`member_mean` reads that mean without forming the members x genes weights).
+:mod:`scmech.model._anchoring` applies them; the precision-weighted train mean of :class:`scmech.tl.TrainMean`
+uses the second.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
-__all__ = ["TRANSLATION_LIMITS", "random_effects_weights", "shrinkage", "sure_translation", "without_own_genes"]
+__all__ = [
+    "TRANSLATION_LIMITS",
+    "member_mean",
+    "random_effects_weights",
+    "shrinkage",
+    "sure_translation",
+    "without_own_genes",
+]
 
 
 def shrinkage(corr: np.ndarray, var: np.ndarray | None) -> np.ndarray:
@@ -179,4 +188,45 @@ def without_own_genes(weights: np.ndarray, own_genes: tuple[tuple[int, ...], ...
     empty = total <= 0
     out[:, empty] = w[:, None]
     out[:, ~empty] /= total[~empty]
+    return out
+
+
+def member_mean(
+    weights: np.ndarray, values: np.ndarray, own_genes: tuple[tuple[int, ...], ...] = (), *, squared: bool = False
+) -> np.ndarray:
+    r"""Mean of the members' ``values`` (members x genes) with the weights of :func:`without_own_genes`.
+
+    :math:`\sum_q \omega_{qg} x_{qg}` (``squared=True``: :math:`\sum_q \omega_{qg}^2 x_{qg}`, the sampling variance
+    of the mean when ``values`` are the members' variances), computed as
+    :math:`\sum_q w_q [g \notin G_q] x_{qg} / \sum_q w_q [g \notin G_q]` from the weights' product with
+    ``values`` and a sparse correction at the members' own genes. The weights :func:`without_own_genes` returns
+    are members x genes; a screen anchors an unseen target on every training target, and at genome scale
+    (thousands of targets, thousands of genes) that matrix, and its product with each operand, would take
+    gigabytes for what one matrix-vector product gives.
+
+    Parameters
+    ----------
+    weights
+        The members' weights (:func:`random_effects_weights`), summing to 1.
+    values
+        The members' values (members x genes).
+    own_genes
+        Positions of each member's target genes (empty: no member is left out anywhere).
+    squared
+        Weigh by the squared weights.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    x = np.asarray(values, dtype=np.float64)
+    n, n_genes = x.shape
+    power = 2 if squared else 1
+    total = (w**power) @ x
+    pairs = sorted({(q, int(g)) for q, genes in enumerate(own_genes) for g in genes})
+    if not pairs:
+        return total
+    rows, cols = (np.asarray(v, dtype=np.int64) for v in zip(*pairs, strict=True))
+    left = sp.csr_matrix((w[rows], (rows, cols)), shape=(n, n_genes))  # each member's weight at its own genes
+    kept = w.sum() - np.asarray(left.sum(axis=0)).ravel()
+    removed = np.bincount(cols, weights=w[rows] ** power * x[rows, cols], minlength=n_genes)
+    empty = kept <= 0  # a gene every member targets keeps the plain weights
+    out = np.where(empty, total, (total - removed) / np.where(empty, 1.0, kept) ** power)
     return out
