@@ -41,7 +41,7 @@ K = SCMECH_REGISTRY_KEYS
 
 __all__ = ["PostTrainingMixin"]
 
-#: most training targets the gain is validated on (a target-class mean is taken over as many)
+#: most training targets the propagation gain and the embedding map are validated on (each refitted without it)
 MAX_CLASS = 50
 #: shares of the least-squares propagation gain validated by leave-one-target-out
 GAIN_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -86,7 +86,8 @@ class PostTrainingMixin(OwnGeneMixin):
         )
         if members and own_p is not None:
             pairs = self._own_gene_pairs(members)
-            bases = None if pairs is None else self._anchor_bases([members[i] for i in pairs[0]], fit)
+            checked = _at_most(pairs, MAX_CLASS)
+            bases = None if checked is None else self._anchor_bases([members[i] for i in checked[0]], fit)
             if pairs is not None:
                 tm.own_targets, tm.own_source = len(pairs[0]), "observed"
                 own_level, reference = self._own_levels(pairs)
@@ -99,7 +100,7 @@ class PostTrainingMixin(OwnGeneMixin):
             tm.propagation_mean = drives.mean(0)
             tm.gain, tm.gain_fit, tm.gain_loo = propagation_gain(drives, class_ops)
             validated = self._validate_gain(
-                members, drives, class_ops, own[[row[t] for t in members]], tm, pairs, bases
+                members, drives, class_ops, own[[row[t] for t in members]], tm, checked, bases
             )
             if validated is not None:
                 tm.gain, tm.gain_loo = validated
@@ -108,12 +109,12 @@ class PostTrainingMixin(OwnGeneMixin):
                 member_emb = embedding[[gene_pos[t] for t in members]]
                 resid = class_ops - op_class - tm.gain * (drives - tm.propagation_mean)
                 coef, intercept, ridge = residual_map(member_emb, resid)
-                if coef is not None and self._validate_map(member_emb, drives, class_ops, tm, pairs, bases):
+                if coef is not None and self._validate_map(member_emb, drives, class_ops, tm, checked, bases):
                     tm.embedding, tm.coef, tm.intercept, tm.ridge = embedding.astype(np.float32), coef, intercept, ridge
         self.target_map_ = tm
 
     def _own_gene_pairs(self, members: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """Observed own-gene levels of the class members observed in the baseline context (at most ``MAX_CLASS``).
+        """Observed own-gene levels of every class member observed in the baseline context.
 
         Returns
         -------
@@ -124,7 +125,7 @@ class PostTrainingMixin(OwnGeneMixin):
         ctx = self._context_of(Protocol("", (), None, 0.0, np.nan))
         if not isinstance(obs, Observations) or obs.control(ctx) is None:
             return None
-        seen = [i for i, q in enumerate(members) if obs.get(q, ctx) is not None][:MAX_CLASS]
+        seen = [i for i, q in enumerate(members) if obs.get(q, ctx) is not None]
         if len(seen) < 3:
             return None
         y = np.stack([np.asarray(obs.get(members[i], ctx).value, dtype=np.float64) for i in seen])
@@ -169,10 +170,10 @@ class PostTrainingMixin(OwnGeneMixin):
     ) -> tuple[float, dict] | None:
         r"""Share of the propagation gain that predicts the training targets best, each mapped as if unseen.
 
-        For each training target :math:`q` of the class observed in the baseline context (at most
-        ``MAX_CLASS``), the class mean, the gain and the own-gene effects are refitted without it and :math:`q`
-        is predicted as an unseen target is anchored: its anchor :math:`\bar y_{-q}`, the random-effects mean of
-        the other training targets' observations (``bases``, :meth:`_anchor_bases`), plus the model's specific
+        For each training target :math:`q` of the class observed in the baseline context (at most ``MAX_CLASS``,
+        a seeded random draw beyond), the class mean, the gain and the own-gene effects are refitted without it and
+        :math:`q` is predicted as an unseen target is anchored: its anchor :math:`\bar y_{-q}`, the random-effects
+        mean of the other training targets' observations (``bases``, :meth:`_anchor_bases`), plus the model's specific
         change, its read-out under the mapped operator with the own-gene knock-down minus its read-out under the
         class's mean operator without it. The share :math:`s` of the
         least-squares gain (:data:`GAIN_SHARES`) is chosen on the members' mean squared errors against their
@@ -506,6 +507,21 @@ class PostTrainingMixin(OwnGeneMixin):
             ro = self._read(part, anchor_rows=0, random_state=0)
             values.update({p.key: ro.log_values[i] for i, p in enumerate(part)})
         return lambda p: values[p.key]
+
+
+def _at_most(
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None, limit: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """At most ``limit`` of the observed members ``pairs`` (:meth:`PostTrainingMixin._own_gene_pairs`), drawn at random.
+
+    The own-gene level is calibrated on every observed member; the validations refit the map once per member, so a
+    screen with thousands of them validates on a seeded random draw of ``limit``, in their order (not the first
+    ``limit`` by name).
+    """
+    if pairs is None or len(pairs[0]) <= limit:
+        return pairs
+    keep = np.sort(np.random.default_rng(seed).choice(len(pairs[0]), size=limit, replace=False))
+    return pairs[0][keep], pairs[1][keep], pairs[2][keep]
 
 
 def _condition_keys(labels: np.ndarray, contexts: list) -> pd.Series:
