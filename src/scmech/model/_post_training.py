@@ -146,7 +146,6 @@ class PostTrainingMixin(OwnGeneMixin):
         observed = {q: obs.get(q, ctx) for q in trained}
         observed = {q: o for q, o in observed.items() if o is not None}
         gene_pos = self._target_gene_positions()
-        out = []
         order = sorted(observed)
         values = np.stack([np.asarray(observed[q].value, dtype=np.float64) for q in order])
         var = np.stack([np.asarray(observed[q].var, dtype=np.float64) for q in order])
