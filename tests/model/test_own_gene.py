@@ -457,16 +457,20 @@ def test_the_level_rests_on_every_observed_member_and_the_validations_on_a_seede
 
     pairs = (np.arange(6), np.arange(12.0).reshape(6, 2), np.arange(10, 16))
     drawn = post._at_most(pairs, 4)
-    assert len(drawn[0]) == 4 and list(drawn[0]) == sorted(drawn[0]) and set(drawn[0]) <= set(range(6))
+    assert len(drawn[0]) == 4
+    assert list(drawn[0]) == sorted(drawn[0])
+    assert set(drawn[0]) <= set(range(6))
     np.testing.assert_array_equal(drawn[1], pairs[1][drawn[0]])
     np.testing.assert_array_equal(drawn[2], pairs[2][drawn[0]])
     np.testing.assert_array_equal(post._at_most(pairs, 4)[0], drawn[0])  # seeded
-    assert post._at_most(pairs, 6) is pairs and post._at_most(None, 2) is None
+    assert post._at_most(pairs, 6) is pairs
+    assert post._at_most(None, 2) is None
     # a class larger than the validations' limit: the own-gene level still counts every observed member
     model = copy.deepcopy(steady.model)
     before = model.target_map_.own_targets
     assert before >= 3
     monkeypatch.setattr(post, "MAX_CLASS", 2)
     model._fit_target_map(np.asarray(model.train_indices))
-    assert model.target_map_.own_source == "observed" and model.target_map_.own_targets == before
+    assert model.target_map_.own_source == "observed"
+    assert model.target_map_.own_targets == before
     assert model.target_map_.own_effect == pytest.approx(steady.model.target_map_.own_effect)
