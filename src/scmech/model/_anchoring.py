@@ -122,6 +122,8 @@ class AnchorPlan:
 class SharedCorrection(AnchorPlan):
     """A plan whose correction depends on the plan alone, not on the row: rows with equal plans share it.
 
+    Its :meth:`needs` depend on the plan alone too: a caller lists them once per distinct plan.
+
     ``apply`` is :meth:`base` plus the :meth:`offset` plus the weighed :meth:`corrections`; a caller anchoring
     many rows computes the offset and the weighed correction once per distinct plan (:func:`anchor_rows`): at
     genome scale thousands of rows share the controls of one context.

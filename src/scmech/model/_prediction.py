@@ -20,7 +20,7 @@ from scvi import settings
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 from scmech._numbers import check_positive_int
 
-from ._anchoring import Observations, anchor_rows, plan_anchoring
+from ._anchoring import Observations, SharedCorrection, anchor_rows, plan_anchoring
 from ._argument_checks import check_flag, check_not_unassigned
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
@@ -501,7 +501,12 @@ class PredictionMixin(PredictionOutputMixin):
         )
         have = {p.key for p in requested}
         extra = []
+        shared = set()  # a shared plan needs the same read-outs for every row: list them once
         for i, plan in plans.items():
+            if isinstance(plan, SharedCorrection):
+                if plan in shared:
+                    continue
+                shared.add(plan)
             for q in plan.needs(requested[i], observations):
                 if q.key not in have:
                     have.add(q.key)
