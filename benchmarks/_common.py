@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: quieter logs, one torch thread, markdown tables and two closed forms.
+"""Helpers shared by the benchmark scripts: quieter logs, one torch thread, markdown tables, two closed forms and
+the Papalexi folds.
 
 The scripts are run as ``python benchmarks/<name>.py`` from the repository root, so this folder is
 ``sys.path[0]`` and they import from here with ``from _common import md_table, quiet, single_thread``.
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Collection, Iterator
 
     import pandas as pd
 
@@ -132,3 +133,21 @@ def ttest_top(x, labels: np.ndarray, genes: list[str], groups: list[str], contro
     names = cells.uns["rank_genes_groups"]["names"]
     index = {g: i for i, g in enumerate(genes)}
     return {t: np.array([index[g] for g in names[t]]) for t in groups}
+
+
+def papalexi_folds(
+    adata, seed: int, keys: dict, *, measured: bool = True, size: int = 3
+) -> Iterator[tuple[int, object]]:
+    """Folds of Papalexi's targets whose gene is measured (or not), ``size`` held out at a time, shuffled by ``seed``.
+
+    Yields each fold's number and its :func:`scmech.tl.split` (``"perturbation"``, with ``keys``), as every
+    Papalexi leaderboard of these scripts holds targets out.
+    """
+    import scmech
+
+    labels = set(adata.obs["perturbation"].astype(str)) - {"NT", "unassigned"}
+    genes = set(map(str, adata.var_names))
+    pool = [t for t in sorted(labels) if (t in genes) == measured]
+    order = np.random.default_rng(seed).permutation(pool)
+    for k, held in enumerate(np.array_split(order, len(pool) // size)):
+        yield k, scmech.tl.split(adata, "perturbation", test_conditions=sorted(held), random_state=seed, **keys)

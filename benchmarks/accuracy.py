@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scvi
-from _common import single_thread
+from _common import papalexi_folds, single_thread
 
 import scmech
 from scmech.model import SemiMechVI
@@ -308,16 +308,9 @@ def regime(name: str, seed: int, epochs: int, n_cells: int) -> pd.DataFrame:
         sc.pp.log1p(adata)
         setup = {**setup, "counts": False}
     if name in ("papalexi_perturbations", "papalexi_unmeasured", "papalexi_lognorm"):
-        pert = adata.obs["perturbation"].astype(str)
-        targets = sorted(set(pert) - {"NT", "unassigned"})
-        genes = set(map(str, adata.var_names))
         measured = name != "papalexi_unmeasured"
-        pool = [t for t in targets if (t in genes) == measured]
-        size = 3 if measured else 8
-        order = np.random.default_rng(seed).permutation(pool)
         frames = []
-        for k, fold in enumerate(np.array_split(order, len(pool) // size)):
-            split = scmech.tl.split(adata, "perturbation", test_conditions=sorted(fold), random_state=seed, **KEYS)
+        for k, split in papalexi_folds(adata, seed, KEYS, measured=measured, size=3 if measured else 8):
             models = _factories(setup, vanilla=False, linear=measured)
             res = run_regime(adata, split, setup=setup, models=models, epochs=epochs, seed=seed, ceiling=measured)
             frames.append(res.assign(fold=k))

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-from _common import md_table, quiet
+from _common import md_table, papalexi_folds, quiet
 
 import scmech
 from scmech.model import SemiMechVI
@@ -134,18 +134,13 @@ def fold_predictions(adata, split, seed: int) -> dict:
 def run(seeds: list[int]) -> pd.DataFrame:
     """Every seed's leave-3-out folds over the measured Papalexi targets, scored by ``tl.evaluate``."""
     adata = scmech.datasets.papalexi2021()
-    labels = adata.obs["perturbation"].astype(str)
-    genes = set(map(str, adata.var_names))
-    pool = sorted(t for t in set(labels) - {"NT", "unassigned"} if t in genes)
     frames = []
     for seed in seeds:
-        order = np.random.default_rng(seed).permutation(pool)
-        for k, fold in enumerate(np.array_split(order, len(pool) // 3)):
-            split = scmech.tl.split(adata, "perturbation", test_conditions=sorted(fold), random_state=seed, **KEYS)
+        for k, split in papalexi_folds(adata, seed, KEYS):
             preds = fold_predictions(adata, split, seed)
             res = scmech.tl.evaluate(preds, adata, split=split, perturbation_key="perturbation", control_label="NT")
             frames.append(res[res["metric"].isin(list(METRICS))].assign(seed=seed, fold=k))
-            print(f"seed {seed} fold {k}: {sorted(fold)}", flush=True)
+            print(f"seed {seed} fold {k}: {sorted(split.test_conditions)}", flush=True)
     return pd.concat(frames, ignore_index=True)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-from _common import md_table, quiet
+from _common import md_table, papalexi_folds, quiet
 
 import scmech
 from scmech.model import SemiMechVI
@@ -104,12 +104,8 @@ def run(seeds: list[int]) -> pd.DataFrame:
     adata = scmech.datasets.papalexi2021()
     keys = {"perturbation_key": "perturbation", "control_label": "NT", "unassigned_label": "unassigned"}
     setup = {**keys, "batch_key": "bio_rep", "perturbation_modality": "CRISPRko"}
-    genes = set(map(str, adata.var_names))
-    pool = sorted(t for t in set(adata.obs["perturbation"].astype(str)) - {"NT", "unassigned"} if t in genes)
     for seed in seeds:
-        order = np.random.default_rng(seed).permutation(pool)
-        for k, held in enumerate(np.array_split(order, len(pool) // 3)):
-            split = scmech.tl.split(adata, "perturbation", test_conditions=sorted(held), random_state=seed, **keys)
+        for k, split in papalexi_folds(adata, seed, keys):
             res = fold(adata, split, setup, seed, 11)
             frames.append(res.assign(screen="papalexi", seed=seed, fold=k))
             print(f"papalexi seed {seed} fold {k}", flush=True)
