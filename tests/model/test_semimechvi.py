@@ -33,6 +33,7 @@ PRED_OBS_OWN = [
     "own_gene_sd",
     "anchored",
     "anchor_weight",
+    "amplitude",
 ]
 
 

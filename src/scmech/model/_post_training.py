@@ -21,6 +21,7 @@ from scmech.data._embedding import pseudobulk_gene_embedding
 from scmech.data._pseudobulk import normalized_mean
 from scmech.data._target_genes import name_positions
 
+from ._amplitude import AmplitudeMixin
 from ._anchoring import Observations, ObservedPseudobulk, _rows, log_pseudobulk
 from ._calibration import fit_interaction_gain, fit_media_carry
 from ._own_gene import own_calibration
@@ -47,7 +48,7 @@ MAX_CLASS = 50
 GAIN_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class PostTrainingMixin(OwnGeneMixin):
+class PostTrainingMixin(OwnGeneMixin, AmplitudeMixin):
     """Fits, after training, the training observations and the target map that ``predict`` uses."""
 
     def _fit_target_map(self, train_indices: np.ndarray, n_components: int = 10) -> None:
@@ -94,6 +95,7 @@ class PostTrainingMixin(OwnGeneMixin):
                 if not self._fit_own_level(tm, own_level, reference):
                     tm.own_effect, tm.own_effect_sd = self._fit_own_effect(own_level, reference)
                     self._fit_own_scale(tm)
+            self._fit_amplitude(tm, members, checked, bases)
             tm.directions = self._latent_directions(np.asarray(train_indices))
             drives = np.stack([own[row[t]] * tm.directions[gene_pos[t]] for t in members])
             class_ops = ops[[row[t] for t in members]]

@@ -20,7 +20,7 @@ from scvi import settings
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 from scmech._numbers import check_positive_int
 
-from ._anchoring import Observations, SharedCorrection, anchor_rows, plan_anchoring
+from ._anchoring import Observations, Observed, SharedCorrection, anchor_rows, plan_anchoring
 from ._argument_checks import check_flag, check_not_unassigned
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
@@ -502,12 +502,15 @@ class PredictionMixin(PredictionOutputMixin):
         have = {p.key for p in requested}
         extra = []
         shared = set()  # a shared plan needs the same read-outs for every row: list them once
+        scaled = self._amplitudes(requested, plans)  # rows scaled from the controls' prediction need its read-out
         for i, plan in plans.items():
+            first = not (isinstance(plan, SharedCorrection) and plan in shared)
             if isinstance(plan, SharedCorrection):
-                if plan in shared:
-                    continue
                 shared.add(plan)
-            for q in plan.needs(requested[i], observations):
+            needs = plan.needs(requested[i], observations) if first else []
+            if i in scaled:
+                needs = [*needs, observations.protocol(observations.control_label, plan.context)]
+            for q in needs:
                 if q.key not in have:
                     have.add(q.key)
                     extra.append(q)
@@ -525,17 +528,38 @@ class PredictionMixin(PredictionOutputMixin):
         the model's error, and the efficacy and the batch still move it as the model says.
         """
         ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
-        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
+        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations, scale=False)
         n = len(requested)
-        return ro.log_values[:n] + (anchored - ref.log_values[:n]), weights
+        out = ro.log_values[:n] + (anchored - ref.log_values[:n])
+        row_of = _row_of(requested + extra)
+
+        def control(ctx) -> np.ndarray | None:  # the controls' prediction, moved as every row is
+            c = _anchored_control(ctx, observations, row_of, ref.log_values)
+            if c is None:
+                return None
+            k = row_of[observations.protocol(observations.control_label, ctx).key]
+            return c + (ro.log_values[k] - ref.log_values[k])
+
+        self._scale_by_expression(out, requested, plans, control)
+        return out, weights
 
     def _anchor(
-        self, log_values: np.ndarray, requested: list, extra: list, plans: dict, observations: Observations | None
+        self,
+        log_values: np.ndarray,
+        requested: list,
+        extra: list,
+        plans: dict,
+        observations: Observations | None,
+        *,
+        scale: bool = True,
     ) -> tuple:
-        """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight."""
-        row_of = {}
-        for i, p in enumerate(requested + extra):
-            row_of.setdefault(p.key, i)
+        """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight.
+
+        With ``scale``, unseen targets' changes from the observed controls are scaled by their expression amplitude
+        (:meth:`~scmech.model._amplitude.AmplitudeMixin._scale_by_expression`); :meth:`_anchor_by_reference` scales
+        its own rows instead, once moved.
+        """
+        row_of = _row_of(requested + extra)
 
         def read(p: Protocol) -> np.ndarray:
             return log_values[row_of[p.key]]
@@ -543,4 +567,30 @@ class PredictionMixin(PredictionOutputMixin):
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
         self._own_from_control(logx, requested, plans, observations)
+        if scale and observations is not None:
+            self._scale_by_expression(
+                logx, requested, plans, lambda ctx: _anchored_control(ctx, observations, row_of, log_values)
+            )
         return logx, weights
+
+
+def _row_of(protocols: list[Protocol]) -> dict:
+    """Row of each protocol's key among ``protocols`` (its first)."""
+    rows: dict = {}
+    for i, p in enumerate(protocols):
+        rows.setdefault(p.key, i)
+    return rows
+
+
+def _anchored_control(
+    ctx: Context, observations: Observations, row_of: dict, log_values: np.ndarray
+) -> np.ndarray | None:
+    """Return the controls' anchored prediction in ``ctx`` (:class:`~scmech.model._anchoring.Observed`), or None.
+
+    ``None`` where the controls were not observed in ``ctx`` or their read-out is not among ``log_values``.
+    """
+    p = observations.protocol(observations.control_label, ctx)
+    if observations.control(ctx) is None or p.key not in row_of:
+        return None
+    value, _ = Observed(ctx).apply(p, lambda q: log_values[row_of[q.key]], observations)
+    return np.asarray(value, dtype=np.float64)

@@ -19,7 +19,7 @@ from scmech._constants import SCMECH_ADATA_KEYS
 from scmech.data._context import context_keys
 from scmech.data._log_scale import expression_of, value_description
 
-from ._anchoring import Observations
+from ._anchoring import Observations, UnseenTarget
 from ._target_map import TargetMap
 
 if TYPE_CHECKING:
@@ -145,11 +145,13 @@ class PredictionOutputMixin:
                 }
             )
         if return_mean:
+            amplitudes = self._amplitudes(requested, plans) if plans else {}
             for i, row in enumerate(rows):
                 row["own_gene_change"] = own_change[i]
                 row["own_gene_sd"] = own_sd[i]
                 row["anchored"] = i in plans
                 row["anchor_weight"] = weights[i]
+                row["amplitude"] = amplitudes.get(i, 1.0) if isinstance(plans.get(i), UnseenTarget) else np.nan
             obs = pd.DataFrame(rows)
             index = [
                 f"{r['perturbation']}|{r['media']}|{r['time']:g}"

@@ -134,6 +134,16 @@ class TargetMap:
         Its penalty (``inf``: no embedding-specific part).
     modality
         ``"CRISPRko"``, ``"CRISPRi"``, ``"CRISPRa"`` or ``None`` (registered with ``setup_anndata``).
+    amplitude_median
+        Median control expression of the training targets' expressed genes (normalised, not logged), against which
+        an unseen target's amplitude along the shared response is read (:mod:`scmech.model._amplitude`); NaN: no
+        amplitude (CRISPRa, no modality, input that is not a log of expression, or no expressed member gene).
+    amplitude_steepness
+        Steepness :math:`k` of the amplitude (0: flat, ``inf``: proportional to expression), chosen on the training
+        targets (:func:`~scmech.model._amplitude.fit_steepness`).
+    amplitude_silent
+        Amplitude of a target whose gene the controls do not express (0: predicted at the controls; 1: where the
+        training targets with silent genes showed the shared response all the same).
     """
 
     var_names: list[str]
@@ -160,6 +170,9 @@ class TargetMap:
     intercept: np.ndarray | None = None
     ridge: float = float("inf")
     modality: str | None = None
+    amplitude_median: float = float("nan")
+    amplitude_steepness: float = 0.0
+    amplitude_silent: float = 1.0
 
     @property
     def gene_positions(self) -> dict[str, int]:
@@ -246,6 +259,8 @@ class TargetMap:
             "propagation_gain_fitted": float(self.gain_fit),
             "class_targets": len(self.class_targets),
             "training_targets": len(self.trained),
+            "amplitude_steepness": float(self.amplitude_steepness) if np.isfinite(self.amplitude_median) else None,
+            "amplitude_silent": float(self.amplitude_silent) if np.isfinite(self.amplitude_median) else None,
         }
 
     def own_gene_summary(self) -> dict:
