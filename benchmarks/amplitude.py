@@ -11,7 +11,13 @@ the amplitude flat (``flat``, the package's prediction on this screen). Scores a
 |observed change| and by t-test genes, CR, CR without the own gene, and the mean squared error over genes without
 the own gene (``mse_off``, what the steepness is chosen to lower), against the held-out cells' pseudobulks.
 
-Run ``python benchmarks/amplitude.py`` (about 5 minutes). Writes ``benchmarks/results/amplitude.{csv,md}``.
+Where there are enough training targets, does the rule find a steepness? The simulator of ``anchor_pool.py`` (150
+single targets over 400 genes and 16,000 cells, a quarter held out, registered as CRISPRi as simulated; seeds 0-1,
+30 epochs, about 112 training targets with an expressed gene) is fitted with the package's minimum, and the
+steepness it chose is written with the held-out scores, chosen and flat.
+
+Run ``python benchmarks/amplitude.py`` (about 10 minutes). Writes ``benchmarks/results/amplitude.{csv,md}`` and
+``amplitude_simulator.csv``.
 """
 
 from __future__ import annotations
@@ -84,7 +90,40 @@ def run(seeds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(df: pd.DataFrame) -> str:
+def simulator(seeds: list[int]) -> pd.DataFrame:
+    """The 150-target simulator: the steepness the package chooses and the held-out mean scores, chosen and flat."""
+    rows = []
+    keys = {"perturbation_key": "perturbation", "control_label": "NT"}
+    for seed in seeds:
+        adata = scmech.data.simulate_perturbseq(
+            n_cells=16_000, n_genes=400, n_perturbations=150, n_combinations=0, seed=seed
+        )
+        adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+        split = scmech.tl.split(adata, "perturbation", test_size=0.25, random_state=seed, **keys)
+        conditions = list(split.test_conditions)
+        scvi.settings.seed = seed
+        data = adata.copy()
+        SemiMechVI.setup_anndata(data, **keys, batch_key="batch", perturbation_modality="CRISPRi")
+        model = SemiMechVI(data)
+        model.train(
+            max_epochs=30, datasplitter_kwargs={"external_indexing": split.external_indexing}, enable_progress_bar=False
+        )
+        tm = model.target_map_
+        steepness = tm.amplitude_steepness
+        preds = {"chosen": model.predict(conditions)}
+        tm.amplitude_steepness = 0.0
+        preds["flat"] = model.predict(conditions)
+        res = scmech.tl.evaluate(preds, adata, split=split, **keys)
+        res = res[res["metric"].isin(list(METRICS))]
+        means = res.groupby(["model", "metric"])["value"].mean()
+        for name in preds:
+            row = {"seed": seed, "steepness": steepness, "training targets": len(tm.class_targets), "prediction": name}
+            rows.append(row | {METRICS[m]: float(means[(name, m)]) for m in METRICS})
+        print(f"simulator seed {seed}: steepness {steepness}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def write_report(df: pd.DataFrame, sim: pd.DataFrame) -> str:
     """Per fold: the steepness chosen and the held-out targets' mean scores, chosen and flat."""
     cols = [*METRICS.values(), "mse_off"]
     folds = df.groupby(["seed", "fold", "steepness", "prediction"])[cols].mean().unstack("prediction")
@@ -113,6 +152,10 @@ def write_report(df: pd.DataFrame) -> str:
         f"held-out squared error (off the own gene) rose for {int((wide['chosen'] > wide['flat']).sum())} of "
         f"{len(wide)} held-out targets.",
         "",
+        "## The 150-target simulator (the package's minimum)",
+        "",
+        md_table(sim.round(4)),
+        "",
     ]
     out = "\n".join(text)
     (RESULTS / "amplitude.md").write_text(out)
@@ -122,9 +165,11 @@ def write_report(df: pd.DataFrame) -> str:
 def main() -> None:
     quiet()
     df = run([0, 1, 2])
+    sim = simulator([0, 1])
     RESULTS.mkdir(exist_ok=True)
     df.to_csv(RESULTS / "amplitude.csv", index=False)
-    print(write_report(df))
+    sim.to_csv(RESULTS / "amplitude_simulator.csv", index=False)
+    print(write_report(df, sim))
 
 
 if __name__ == "__main__":
