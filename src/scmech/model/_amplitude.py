@@ -221,16 +221,20 @@ class AmplitudeMixin:
         return out
 
     def _scale_by_expression(
-        self, logx: np.ndarray, requested: list, plans: dict, control: Callable[[Context], np.ndarray | None]
+        self,
+        logx: np.ndarray,
+        requested: list,
+        plans: dict,
+        amplitudes: dict[int, float],
+        control: Callable[[Context], np.ndarray | None],
     ) -> None:
-        """Scale each anchored unseen single target's change from the controls by its amplitude (in place).
+        """Scale the change from the controls of each row with an amplitude (:meth:`_amplitudes`, by row) in place.
 
         ``control(context)`` is the controls' anchored prediction in a row's context, made as the rows were (``None``:
         no controls there; the prediction reads them out for every row whose amplitude is not 1), so that a target at
-        amplitude 0 is predicted as the controls are. The amplitudes are :meth:`_amplitudes`'; the own gene keeps its
-        calibrated level (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_from_control`, set before).
+        amplitude 0 is predicted as the controls are. The own gene keeps its calibrated level
+        (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_from_control`, set before).
         """
-        amplitudes = self._amplitudes(requested, plans)
         for i, a in amplitudes.items():
             c = control(plans[i].context)
             if c is None:

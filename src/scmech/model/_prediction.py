@@ -423,7 +423,7 @@ class PredictionMixin(PredictionOutputMixin):
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
-        plans, extra = self._plan(requested, anchor, observations) if can_anchor else ({}, [])
+        plans, extra, amplitudes = self._plan(requested, anchor, observations) if can_anchor else ({}, [], {})
         how = {
             "random_state": seed,
             "adata": adata,
@@ -437,9 +437,9 @@ class PredictionMixin(PredictionOutputMixin):
         if return_mean and plans and (efficacy is not None or not moved):
             # the observations stand for the training efficacies (and, not moved, for each cell's own batch)
             where = {**how, "batch": batch if moved else None}
-            logx, weights = self._anchor_by_reference(ro, requested, extra, plans, observations, where)
+            logx, weights = self._anchor_by_reference(ro, requested, extra, plans, amplitudes, observations, where)
         elif return_mean:
-            logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations)
+            logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
         out = self._prediction_anndata(
@@ -453,6 +453,7 @@ class PredictionMixin(PredictionOutputMixin):
             batch=batch,
             seed=seed,
             anchor=anchor if can_anchor else "none",
+            amplitudes=amplitudes,
         )
         if plans:
             out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_mix"] = batch_mix
@@ -488,8 +489,14 @@ class PredictionMixin(PredictionOutputMixin):
         there = obs.in_batch(cats.index(str(batch)))
         return (obs, False) if there is None else (there, True)
 
-    def _plan(self, requested: list[Protocol], anchor: str, observations: Observations) -> tuple[dict, list[Protocol]]:
-        """Anchoring plan of each requested row and the further read-outs the plans need (deduplicated)."""
+    def _plan(
+        self, requested: list[Protocol], anchor: str, observations: Observations
+    ) -> tuple[dict, list[Protocol], dict[int, float]]:
+        """Anchoring plan of each requested row, the further read-outs the plans need (deduplicated) and the amplitudes.
+
+        The amplitudes are :meth:`~scmech.model._amplitude.AmplitudeMixin._amplitudes`' (rows whose amplitude is not
+        1); such a row also needs the controls' read-out in its context, from which it is scaled.
+        """
         plans = plan_anchoring(
             requested,
             [self._context_of(p) for p in requested],
@@ -514,10 +521,17 @@ class PredictionMixin(PredictionOutputMixin):
                 if q.key not in have:
                     have.add(q.key)
                     extra.append(q)
-        return plans, extra
+        return plans, extra, scaled
 
     def _anchor_by_reference(
-        self, ro, requested: list, extra: list, plans: dict, observations: Observations, where: dict
+        self,
+        ro,
+        requested: list,
+        extra: list,
+        plans: dict,
+        amplitudes: dict[int, float],
+        observations: Observations,
+        where: dict,
     ) -> tuple:
         """Anchor read-outs (``ro``) made where the observations were not: the correction is measured where they were.
 
@@ -528,7 +542,7 @@ class PredictionMixin(PredictionOutputMixin):
         the model's error, and the efficacy and the batch still move it as the model says.
         """
         ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
-        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations, scale=False)
+        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
         n = len(requested)
         out = ro.log_values[:n] + (anchored - ref.log_values[:n])
         row_of = _row_of(requested + extra)
@@ -540,7 +554,7 @@ class PredictionMixin(PredictionOutputMixin):
             k = row_of[observations.protocol(observations.control_label, ctx).key]
             return c + (ro.log_values[k] - ref.log_values[k])
 
-        self._scale_by_expression(out, requested, plans, control)
+        self._scale_by_expression(out, requested, plans, amplitudes, control)
         return out, weights
 
     def _anchor(
@@ -551,13 +565,13 @@ class PredictionMixin(PredictionOutputMixin):
         plans: dict,
         observations: Observations | None,
         *,
-        scale: bool = True,
+        amplitudes: dict[int, float] | None = None,
     ) -> tuple:
         """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight.
 
-        With ``scale``, unseen targets' changes from the observed controls are scaled by their expression amplitude
-        (:meth:`~scmech.model._amplitude.AmplitudeMixin._scale_by_expression`); :meth:`_anchor_by_reference` scales
-        its own rows instead, once moved.
+        Rows with ``amplitudes`` (from :meth:`_plan`) have their change from the controls' anchored prediction scaled
+        by them (:meth:`~scmech.model._amplitude.AmplitudeMixin._scale_by_expression`); :meth:`_anchor_by_reference`
+        passes none and scales its own rows once moved.
         """
         row_of = _row_of(requested + extra)
 
@@ -567,9 +581,9 @@ class PredictionMixin(PredictionOutputMixin):
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
         self._own_from_control(logx, requested, plans, observations)
-        if scale and observations is not None:
+        if amplitudes and observations is not None:
             self._scale_by_expression(
-                logx, requested, plans, lambda ctx: _anchored_control(ctx, observations, row_of, log_values)
+                logx, requested, plans, amplitudes, lambda ctx: _anchored_control(ctx, observations, row_of, log_values)
             )
         return logx, weights
 

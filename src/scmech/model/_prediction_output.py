@@ -95,6 +95,7 @@ class PredictionOutputMixin:
         return_mean: bool,
         adata: AnnData | None,
         batch: str | None,
+        amplitudes: dict[int, float] | None = None,
     ) -> pd.DataFrame:
         """Describe each row of :meth:`predict`'s output: its protocol, provenance and (for means) anchoring.
 
@@ -116,6 +117,9 @@ class PredictionOutputMixin:
             The data the starting cells came from (``None``: the registered data).
         batch
             The batch the predictions are measured with (``None``: each starting cell's own).
+        amplitudes
+            The expression amplitude of each scaled row (:meth:`~scmech.model._amplitude.AmplitudeMixin._amplitudes`;
+            other anchored unseen targets have 1).
 
         Returns
         -------
@@ -145,7 +149,7 @@ class PredictionOutputMixin:
                 }
             )
         if return_mean:
-            amplitudes = self._amplitudes(requested, plans) if plans else {}
+            amplitudes = amplitudes or {}
             for i, row in enumerate(rows):
                 row["own_gene_change"] = own_change[i]
                 row["own_gene_sd"] = own_sd[i]
@@ -176,7 +180,9 @@ class PredictionOutputMixin:
         obs["media"] = pd.Categorical([None if pd.isna(m) else str(m) for m in obs["media"]])
         return obs
 
-    def _prediction_anndata(self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor):
+    def _prediction_anndata(
+        self, logx, requested, ro, plans, weights, *, return_mean, adata, batch, seed, anchor, amplitudes=None
+    ):
         """Assemble the AnnData that :meth:`predict` returns: values, one row per prediction, and the provenance.
 
         Parameters
@@ -201,6 +207,8 @@ class PredictionOutputMixin:
             The random state of the prediction.
         anchor
             The anchoring mode used.
+        amplitudes
+            The expression amplitude of each scaled row (``None``: none).
 
         Returns
         -------
@@ -215,7 +223,15 @@ class PredictionOutputMixin:
             logx = np.maximum(logx, 0.0)
         base = self._log_base() if log1p else None
         obs = self._prediction_obs(
-            logx, requested, ro, plans, weights, return_mean=return_mean, adata=adata, batch=batch
+            logx,
+            requested,
+            ro,
+            plans,
+            weights,
+            return_mean=return_mean,
+            adata=adata,
+            batch=batch,
+            amplitudes=amplitudes,
         )
         _, var_names = self._expression_matrix(self.adata if adata is None else adata)
         x = np.asarray(logx, dtype=np.float32)
