@@ -151,3 +151,31 @@ def papalexi_folds(
     order = np.random.default_rng(seed).permutation(pool)
     for k, held in enumerate(np.array_split(order, len(pool) // size)):
         yield k, scmech.tl.split(adata, "perturbation", test_conditions=sorted(held), random_state=seed, **keys)
+
+
+def train_semimechvi(adata, split, setup: dict, seed: int, epochs: int = 30):
+    """SemiMechVI registered on a copy of ``adata`` with ``setup`` and trained on ``split`` (seeded by ``seed``)."""
+    import scvi
+
+    from scmech.model import SemiMechVI
+
+    scvi.settings.seed = seed
+    data = adata.copy()
+    SemiMechVI.setup_anndata(data, **setup)
+    model = SemiMechVI(data)
+    model.train(
+        max_epochs=epochs, datasplitter_kwargs={"external_indexing": split.external_indexing}, enable_progress_bar=False
+    )
+    return model
+
+
+def baseline_predictions(adata, split, setup: dict, conditions: list[str], baselines) -> dict:
+    """Predictions of ``conditions`` by each ``(name, class, kwargs)`` of ``baselines``, trained on ``split``."""
+    out = {}
+    for name, cls, kwargs in baselines:
+        data = adata.copy()
+        cls.setup_anndata(data, **setup)
+        baseline = cls(data, **kwargs)
+        baseline.train(datasplitter_kwargs={"external_indexing": split.external_indexing})
+        out[name] = baseline.predict(conditions)
+    return out

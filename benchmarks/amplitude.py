@@ -27,12 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import scvi
-from _common import md_table, papalexi_folds, quiet
+from _common import md_table, papalexi_folds, quiet, train_semimechvi
 
 import scmech
 import scmech.model._amplitude as amplitude
-from scmech.model import SemiMechVI
 from scmech.model._observations import log_pseudobulk
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -58,17 +56,9 @@ def run(seeds: list[int]) -> pd.DataFrame:
         for k, split in papalexi_folds(adata, seed, KEYS):
             conditions = sorted(split.test_conditions)
             observed, _ = log_pseudobulk(counts, np.arange(adata.n_obs), labels, conditions, counts=True)
-            scvi.settings.seed = seed
-            data = adata.copy()
-            SemiMechVI.setup_anndata(data, **SETUP)
-            model = SemiMechVI(data)
             amplitude.MIN_STEEPNESS_MEMBERS = 3
             try:
-                model.train(
-                    max_epochs=30,
-                    datasplitter_kwargs={"external_indexing": split.external_indexing},
-                    enable_progress_bar=False,
-                )
+                model = train_semimechvi(adata, split, SETUP, seed)
             finally:
                 amplitude.MIN_STEEPNESS_MEMBERS = default
             tm = model.target_map_
@@ -101,13 +91,7 @@ def simulator(seeds: list[int]) -> pd.DataFrame:
         adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
         split = scmech.tl.split(adata, "perturbation", test_size=0.25, random_state=seed, **keys)
         conditions = list(split.test_conditions)
-        scvi.settings.seed = seed
-        data = adata.copy()
-        SemiMechVI.setup_anndata(data, **keys, batch_key="batch", perturbation_modality="CRISPRi")
-        model = SemiMechVI(data)
-        model.train(
-            max_epochs=30, datasplitter_kwargs={"external_indexing": split.external_indexing}, enable_progress_bar=False
-        )
+        model = train_semimechvi(adata, split, {**keys, "batch_key": "batch", "perturbation_modality": "CRISPRi"}, seed)
         tm = model.target_map_
         steepness = tm.amplitude_steepness
         preds = {"chosen": model.predict(conditions)}

@@ -37,16 +37,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import scvi
-from _common import md_table, papalexi_folds, quiet
+from _common import baseline_predictions, md_table, papalexi_folds, quiet, train_semimechvi
 
 import scmech
-from scmech.model import SemiMechVI
 from scmech.model._protocols import Protocol
 from scmech.model._weights import member_mean, random_effects_weights, shrinkage
+
+if TYPE_CHECKING:
+    from scmech.model import SemiMechVI
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the shrinkage check of each fold, appended by :func:`fold_predictions`
@@ -107,28 +109,18 @@ def shrinkage_check(model: SemiMechVI) -> pd.DataFrame:
 
 def fold_predictions(adata, split, seed: int) -> dict:
     """Train SemiMechVI and the baselines on one fold; return the predictions of its held-out targets."""
-    ds = {"external_indexing": split.external_indexing}
     conditions = list(split.test_conditions)
-    scvi.settings.seed = seed
-    data = adata.copy()
-    SemiMechVI.setup_anndata(data, **SETUP)
-    model = SemiMechVI(data)
-    model.train(max_epochs=30, datasplitter_kwargs=ds, enable_progress_bar=False)
+    model = train_semimechvi(adata, split, SETUP, seed)
     preds = {"SemiMechVI": model.predict(conditions)}
     preds["SemiMechVI_controls"] = model.predict(conditions, batch_mix="controls")
     anchor = model._anchor_bases(conditions, list(model.target_map_.trained))
     preds["anchor"] = with_rows(preds["SemiMechVI"], anchor, preds["SemiMechVI"])
     CHECKS.append(shrinkage_check(model).assign(seed=seed))
-    for name, cls, kwargs in (
+    baselines = (
         ("WeightedOwnGene", scmech.tl.OwnGene, {"weighting": "precision"}),
         ("TrainMean", scmech.tl.TrainMean, {}),
-    ):
-        data = adata.copy()
-        cls.setup_anndata(data, **SETUP)
-        baseline = cls(data, **kwargs)
-        baseline.train(datasplitter_kwargs=ds)
-        preds[name] = baseline.predict(conditions)
-    return preds
+    )
+    return preds | baseline_predictions(adata, split, SETUP, conditions, baselines)
 
 
 def run(seeds: list[int]) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-from _common import md_table, papalexi_folds, quiet
+from _common import baseline_predictions, md_table, papalexi_folds, quiet, train_semimechvi
 
 import scmech
 from scmech.model import SemiMechVI
@@ -67,22 +67,16 @@ def subset_class(model: SemiMechVI, size: int, seed: int):
 
 def fold(adata, split, setup: dict, seed: int, size: int) -> pd.DataFrame:
     """Train on one split; score the full and the subset anchor and the train means on its held-out targets."""
-    ds = {"external_indexing": split.external_indexing}
     conditions = list(split.test_conditions)
-    scvi.settings.seed = seed
-    data = adata.copy()
-    SemiMechVI.setup_anndata(data, **setup)
-    model = SemiMechVI(data)
-    model.train(max_epochs=30, datasplitter_kwargs=ds, enable_progress_bar=False)
+    model = train_semimechvi(adata, split, setup, seed)
     preds = {"SemiMechVI": model.predict(conditions)}
     model._class_of = subset_class(model, size, seed)
     preds["SemiMechVI_subset"] = model.predict(conditions)
-    for name, kwargs in (("WeightedTrainMean", {"weighting": "precision"}), ("TrainMean", {})):
-        data = adata.copy()
-        scmech.tl.TrainMean.setup_anndata(data, **setup)
-        baseline = scmech.tl.TrainMean(data, **kwargs)
-        baseline.train(datasplitter_kwargs=ds)
-        preds[name] = baseline.predict(conditions)
+    baselines = (
+        ("WeightedTrainMean", scmech.tl.TrainMean, {"weighting": "precision"}),
+        ("TrainMean", scmech.tl.TrainMean, {}),
+    )
+    preds |= baseline_predictions(adata, split, setup, conditions, baselines)
     keys = {k: setup[k] for k in ("perturbation_key", "control_label")}
     res = scmech.tl.evaluate(preds, adata, split=split, **keys)
     return res[res["metric"].isin(list(METRICS))]

@@ -34,11 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import scvi
-from _common import md_table, papalexi_folds, quiet
+from _common import baseline_predictions, md_table, papalexi_folds, quiet, train_semimechvi
 
 import scmech
-from scmech.model import SemiMechVI
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = {"perturbation_key": "perturbation", "control_label": "NT", "unassigned_label": "unassigned"}
@@ -51,24 +49,14 @@ N_TOP = 20
 
 def fold_predictions(adata, split, seed: int) -> dict:
     """Train SemiMechVI and the baselines on one fold; their predictions of the held-out targets (sorted by name)."""
-    ds = {"external_indexing": split.external_indexing}
     conditions = sorted(split.test_conditions)
-    scvi.settings.seed = seed
-    data = adata.copy()
-    SemiMechVI.setup_anndata(data, **SETUP)
-    model = SemiMechVI(data)
-    model.train(max_epochs=30, datasplitter_kwargs=ds, enable_progress_bar=False)
-    preds = {"SemiMechVI": model.predict(conditions)}
-    for name, cls, kwargs in (
+    preds = {"SemiMechVI": train_semimechvi(adata, split, SETUP, seed).predict(conditions)}
+    baselines = (
         ("TrainMean", scmech.tl.TrainMean, {}),
         ("WeightedTrainMean", scmech.tl.TrainMean, {"weighting": "precision"}),
         ("WeightedOwnGene", scmech.tl.OwnGene, {"weighting": "precision"}),
-    ):
-        data = adata.copy()
-        cls.setup_anndata(data, **SETUP)
-        baseline = cls(data, **kwargs)
-        baseline.train(datasplitter_kwargs=ds)
-        preds[name] = baseline.predict(conditions)
+    )
+    preds |= baseline_predictions(adata, split, SETUP, conditions, baselines)
     for name, p in preds.items():
         if list(map(str, p.obs_names)) != conditions:
             msg = f"{name} predicted {list(p.obs_names)}, not {conditions}"
