@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ._intervals import jackknife_residuals
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
 from ._protocols import CLASS_REFERENCE, Context, Protocol
@@ -259,6 +260,16 @@ class UnseenTarget(SharedCorrection):
         """Weight of each member in the mean at each gene (members x genes; :func:`member_weights`)."""
         values, var = self._observed(obs)
         return member_weights(values, var, self.own_genes)
+
+    def residuals(self, obs: Observations) -> np.ndarray:
+        """Each member's observation less the weighted mean of the others (members x genes; NaN at its own genes).
+
+        The members' jackknife residuals (:func:`~scmech.model._intervals.jackknife_residuals`) with the weights of
+        the anchor (:meth:`weights`): how far each training target strays from the shared response when it is
+        predicted as an unseen target is, which bounds how far the unseen target may (``predict(interval=...)``).
+        """
+        values, var = self._observed(obs)
+        return jackknife_residuals(values, member_weights(values, var, self.own_genes))
 
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the offset and the correction with its variance, from one computation of the weights."""

@@ -22,6 +22,8 @@ from scmech._numbers import check_positive_int
 
 from ._anchoring import Observations, Observed, SharedCorrection, anchor_rows, plan_anchoring
 from ._argument_checks import check_flag, check_not_unassigned
+from ._intervals import check_level
+from ._prediction_intervals import IntervalMixin
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
@@ -39,7 +41,7 @@ K = SCMECH_REGISTRY_KEYS
 __all__ = ["PredictionMixin"]
 
 
-class PredictionMixin(PredictionOutputMixin):
+class PredictionMixin(PredictionOutputMixin, IntervalMixin):
     """``predict``: protocols, operators for every target, the model's read-out, anchoring and the AnnData."""
 
     # ------------------------------------------------------------------ contexts
@@ -269,6 +271,7 @@ class PredictionMixin(PredictionOutputMixin):
         return_mean: bool = True,
         anchor: Literal["auto", "combinations", "none"] = "auto",
         batch_mix: Literal["observed", "controls"] = "observed",
+        interval: float | None = None,
         adata: AnnData | None = None,
         batch_size: int | None = None,
         random_state: int | None = None,
@@ -348,6 +351,18 @@ class PredictionMixin(PredictionOutputMixin):
             read-outs start, by the controls' level in each batch (direct standardisation; one that cannot be moved is
             kept as observed): the perturbation applied to the controls as they were measured, its effect alone.
             The two differ where the perturbed cells fill the batches in other proportions than the controls.
+        interval
+            Probability (for example ``0.9``) of prediction intervals for the targets without training cells:
+            ``layers["lower"]`` and ``layers["upper"]`` (on ``X``'s scale) bound the pseudobulk such a target's
+            cells would show. Each gene's bounds are the anchored prediction plus the split-conformal bounds of the
+            training targets' residuals, each training target predicted from the others as an unseen target is
+            (:mod:`scmech.model._intervals`): they hold with at least this probability for a target exchangeable
+            with the training targets, without assuming a normal spread. The own gene's bounds are the levels its
+            knock-down reaches at the conformal range of the training targets' own factors. Too few training
+            targets for the probability give infinite bounds (with ``n`` of them, a probability above
+            ``1 - 2 / (n + 1)`` cannot be held). NaN on other rows (observed conditions, combinations, other
+            contexts). Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
+            ``from_cells`` or ``adata``). ``None``: no intervals.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -371,6 +386,7 @@ class PredictionMixin(PredictionOutputMixin):
         ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance
         (among it ``"own_gene"``, the calibrated own-gene knock-down, and ``"target_map"``, what unseen targets'
         operators rest on: the embedding considered, whether its map was kept, the propagation gain).
+        With ``interval``, ``layers["lower"]`` and ``layers["upper"]`` (see ``interval``).
         ``own_gene_change``, ``own_gene_sd``, ``anchored`` and ``anchor_weight`` describe mean rows only; per-cell
         predictions (``return_mean=False``) carry ``obs["source_cell"]`` instead, and ``obsm["X_scmech"]``
         (counterfactual latents).
@@ -398,6 +414,7 @@ class PredictionMixin(PredictionOutputMixin):
         if batch_mix not in ("observed", "controls"):
             msg = f"batch_mix={batch_mix!r} is not one of 'observed', 'controls'."
             raise ValueError(msg)
+        level = check_level(interval)
         if batch_mix == "controls" and batch is not None:
             msg = (
                 f"batch_mix='controls' with batch={batch!r}: a prediction measured in one batch moves every "
@@ -423,6 +440,14 @@ class PredictionMixin(PredictionOutputMixin):
         can_anchor = (
             return_mean and anchor != "none" and from_cells is None and adata is None and observations is not None
         )
+        if level is not None and not (can_anchor and anchor == "auto"):
+            msg = (
+                f"interval={interval!r} needs the anchored mean prediction, from which the training targets' spread is "
+                "measured: pass return_mean=True and anchor='auto', without from_cells or adata"
+                + ("" if observations is not None else " (this model holds no training observations to anchor on)")
+                + "."
+            )
+            raise ValueError(msg)
         plans, extra, amplitudes = self._plan(requested, anchor, observations) if can_anchor else ({}, [], {})
         how = {
             "random_state": seed,
@@ -442,6 +467,11 @@ class PredictionMixin(PredictionOutputMixin):
             logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes)
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
+        bounds = (
+            self._interval_bounds(logx, requested, plans, observations, amplitudes, level)
+            if level is not None
+            else None
+        )
         out = self._prediction_anndata(
             logx,
             requested,
@@ -455,6 +485,8 @@ class PredictionMixin(PredictionOutputMixin):
             anchor=anchor if can_anchor else "none",
             amplitudes=amplitudes,
         )
+        if bounds is not None:
+            self._add_interval_layers(out, bounds, level)
         if plans:
             out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_mix"] = batch_mix
         if batch is not None and plans:

@@ -1,0 +1,139 @@
+"""``predict``'s prediction intervals for targets without training cells (:mod:`scmech.model._intervals`' rules)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from scmech._constants import SCMECH_ADATA_KEYS
+
+from ._anchoring import UnseenTarget
+from ._intervals import conformal_bounds, conformal_range
+from ._own_gene import _level_after, _levels, own_effects
+from ._target_map import TargetMap
+
+if TYPE_CHECKING:
+    from ._observations import Observations
+
+__all__ = ["IntervalMixin"]
+
+
+class IntervalMixin:
+    """Adds ``predict``'s prediction intervals (``interval=``) for targets without training cells."""
+
+    def _interval_bounds(
+        self,
+        logx: np.ndarray,
+        requested: list,
+        plans: dict,
+        observations: Observations,
+        amplitudes: dict[int, float],
+        level: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the bounds (rows x genes, ``logx``'s scale) of the rows anchored as unseen targets; NaN elsewhere.
+
+        Off the own gene: the anchored prediction plus the conformal bounds of the training targets' jackknife
+        residuals in the row's context (:meth:`~scmech.model._anchoring.UnseenTarget.residuals`), scaled by the row's
+        expression amplitude where it exceeds 1, as its change from the controls is (below 1 they are kept: the
+        residuals hold the training targets' sampling noise too, which a weaker or silent target's cells keep). At
+        the own gene of a single target whose gene is measured: the level its knock-down reaches at the conformal
+        range of the training targets' own factors (:meth:`_own_gene_bounds`), moved as the predicted level was.
+        """
+        lower = np.full(logx.shape, np.nan)
+        upper = np.full(logx.shape, np.nan)
+        cache: dict = {}
+        for i, plan in plans.items():
+            if not isinstance(plan, UnseenTarget):
+                continue
+            if plan not in cache:
+                cache[plan] = conformal_bounds(plan.residuals(observations), level)
+            lo, hi = cache[plan]
+            a = max(amplitudes.get(i, 1.0), 1.0)  # a weaker target keeps them: its sampling noise does not shrink
+            lower[i] = logx[i] + a * lo
+            upper[i] = logx[i] + a * hi
+        self._own_gene_bounds(logx, lower, upper, requested, plans, observations, level)
+        return lower, upper
+
+    def _add_interval_layers(self, out, bounds: tuple[np.ndarray, np.ndarray], level: float) -> None:
+        r"""Write the bounds to ``out.layers["lower"]`` and ``["upper"]`` and the level to its provenance.
+
+        On counts and :math:`\log(1 + x)` input the bounds are kept at or above 0, as the prediction is (no gene
+        below zero expression).
+        """
+        lower, upper = bounds
+        if self._own_scaled():
+            lower, upper = np.maximum(lower, 0.0), np.maximum(upper, 0.0)  # NaN stays NaN
+        out.layers["lower"] = np.asarray(lower, dtype=np.float32)
+        out.layers["upper"] = np.asarray(upper, dtype=np.float32)
+        out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["interval"] = float(level)
+
+    def _own_gene_bounds(
+        self,
+        logx: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        requested: list,
+        plans: dict,
+        observations: Observations,
+        level: float,
+    ) -> None:
+        """Set the bounds at the own gene of each unseen single target whose gene is measured (in place).
+
+        The own gene is knocked down from its control level by the calibrated factor
+        (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_from_control`); its bounds are the levels the
+        knock-down reaches at the conformal range of the training targets' own factors (under the ``"level"`` model,
+        of their own levels), each moved by what moved the predicted level after the knock-down (the batch, the
+        efficacy). Too few training targets whose gene is measured give infinite bounds.
+        """
+        tm = getattr(self, "target_map_", None)
+        if not isinstance(tm, TargetMap) or tm.own_source == "none":
+            return
+        centre = tm.own_level if tm.own_model == "level" else tm.own_effect
+        pos = tm.gene_positions
+        rows = [
+            i
+            for i, plan in plans.items()
+            if isinstance(plan, UnseenTarget)
+            and not plan.pooled
+            and len(requested[i].targets) == 1
+            and requested[i].targets[0] in pos
+            and observations.control(plan.context) is not None
+        ]
+        if not rows or not np.isfinite(centre):
+            return
+        settings = self._own_settings()
+        scaled = settings.scaled and self._scaled_as_fitted(tm)
+        eta = _levels(settings.levels)
+        values = self._own_gene_members(tm, settings)
+        lo, hi = conformal_range(values, level) if values is not None else (-np.inf, np.inf)
+        for i in rows:
+            g = pos[requested[i].targets[0]]
+            ref = np.asarray(observations.control(plans[i].context).value, dtype=np.float64)[[g]]
+            if tm.own_model == "level":
+                at = {v: np.maximum(v, ref)[0] for v in (centre, lo, hi)}
+            else:
+                at = {
+                    v: float(_level_after(np.asarray(v), ref, scaled, eta, settings.log_base)[0])
+                    for v in (centre, lo, hi)
+                }
+            # a knock-down's factor is below 1: the smaller factor gives the lower level
+            ends = sorted([at[lo], at[hi]])
+            lower[i, g] = min(logx[i, g] + ends[0] - at[centre], logx[i, g])
+            upper[i, g] = max(logx[i, g] + ends[1] - at[centre], logx[i, g])
+
+    def _own_gene_members(self, tm: TargetMap, settings) -> np.ndarray | None:
+        """Return the training targets' own factors (own levels under the ``"level"`` model), or ``None`` (too few)."""
+        pairs = self._own_gene_pairs(tm.class_targets)
+        if pairs is None:
+            return None
+        own_level, reference = self._own_levels(pairs)
+        if tm.own_model == "level":
+            return own_level
+        return own_effects(
+            own_level,
+            reference,
+            counts=settings.scaled,
+            efficacy_levels=settings.levels,
+            log_base=settings.log_base,
+        )

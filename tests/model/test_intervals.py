@@ -1,0 +1,128 @@
+"""Prediction intervals of unseen targets: the conformal rank rule, jackknife residuals, coverage, the layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scmech.data import simulate_perturbseq
+from scmech.model import SemiMechVI
+from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
+
+from .conftest import tiny_model_without
+
+
+def test_conformal_bounds_are_the_order_statistics_of_the_rank_rule():
+    r = np.arange(-9.0, 10.0)[:, None]  # 19 residuals, -9 ... 9
+    lo, hi = conformal_bounds(r, 0.9)  # ranks floor(20 * 0.05) = 1 and ceil(20 * 0.95) = 19
+    assert (lo[0], hi[0]) == (-9.0, 9.0)
+    lo, hi = conformal_bounds(r, 0.8)  # ranks 2 and 18
+    assert (lo[0], hi[0]) == (-8.0, 8.0)
+    # five residuals cannot bound a new one at 90 %: infinite; NaN residuals do not count
+    few = np.array([[1.0, -2.0], [2.0, np.nan], [-1.0, 1.0], [0.5, np.nan], [-0.5, np.nan]])
+    lo, hi = conformal_bounds(few, 0.9)
+    assert np.all(np.isinf(lo))
+    assert np.all(np.isinf(hi))
+    assert np.all(lo < 0)
+    assert np.all(hi > 0)
+    # the bounds always hold the prediction (0): residuals all above it give a lower bound of 0
+    lo, hi = conformal_bounds(np.arange(1.0, 20.0)[:, None], 0.9)
+    assert (lo[0], hi[0]) == (0.0, 19.0)
+    assert conformal_range(np.arange(1.0, 20.0), 0.9) == (1.0, 19.0)
+    assert conformal_range(np.arange(1.0, 6.0), 0.9) == (-np.inf, np.inf)
+
+
+def test_jackknife_residuals_leave_each_member_out_of_the_weighted_mean():
+    values = np.array([[1.0, 1.0], [2.0, 2.0], [6.0, 6.0]])
+    weights = np.full((3, 2), 1.0 / 3.0)
+    weights[:, 1] = [0.0, 0.5, 0.5]  # member 0 left out at gene 1 (its own gene)
+    r = jackknife_residuals(values, weights)
+    np.testing.assert_allclose(r[:, 0], [1 - 4.0, 2 - 3.5, 6 - 1.5])
+    assert np.isnan(r[0, 1])
+    np.testing.assert_allclose(r[1:, 1], [2.0 - 6.0, 6.0 - 2.0])
+
+
+def test_the_rule_covers_a_new_exchangeable_target_as_promised():
+    # heavy-tailed targets, each with its own amplitude (a few move far): a normal interval would under-cover; the
+    # rank rule covers a new target with the promised probability over screens (the guarantee is marginal)
+    rng = np.random.default_rng(0)
+    n, genes, screens = 39, 20, 300
+    covered = {0.5: [], 0.8: [], 0.9: []}
+    for _ in range(screens):
+        draws = rng.standard_t(2, size=(n + 1, genes)) * rng.lognormal(0.0, 1.0, size=(n + 1, 1))
+        members, new = draws[:n], draws[n]
+        residuals = jackknife_residuals(members, np.full((n, genes), 1.0 / n))
+        for level, hits in covered.items():
+            lo, hi = conformal_bounds(residuals, level)
+            residual = new - members.mean(axis=0)
+            hits.append(np.mean((residual >= lo) & (residual <= hi)))
+    for level, hits in covered.items():
+        # at least the level; above it by at most the rank rule's rounding (2 / (n + 1)) and the Monte Carlo error
+        assert level - 0.02 <= np.mean(hits) <= level + 2.0 / (n + 1) + 0.02
+
+
+@pytest.mark.parametrize(
+    ("level", "error"),
+    [(True, TypeError), ("0.9", TypeError), (1.0, ValueError), (0.0, ValueError), (np.nan, ValueError)],
+)
+def test_a_level_outside_zero_and_one_is_refused(level, error):
+    with pytest.raises(error, match="interval="):
+        check_level(level)
+    assert check_level(None) is None
+
+
+@pytest.fixture(scope="module")
+def screen():
+    adata = simulate_perturbseq(n_cells=2400, n_genes=60, n_perturbations=30, n_combinations=0, seed=1)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality="CRISPRi"
+    )
+    targets = sorted(set(labels) - {"NT"})
+    held = targets[:6]
+    model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=3)
+    return model, adata, held, targets[6:]
+
+
+def test_unseen_targets_get_bounds_that_hold_their_held_out_cells(screen):
+    model, adata, held, trained = screen
+    pred = model.predict(["NT", trained[0], *held], interval=0.8)
+    x, lo, hi = (np.asarray(a, dtype=np.float64) for a in (pred.X, pred.layers["lower"], pred.layers["upper"]))
+    assert pred.uns["scmech"]["prediction"]["interval"] == 0.8
+    # observed conditions get no interval
+    assert np.isnan(lo[:2]).all()
+    assert np.isnan(hi[:2]).all()
+    # every unseen row is bounded, around its prediction, finitely (24 training targets suffice at 80 %), its own
+    # gene too (each held-out target's gene is measured: bounded by the training targets' own factors)
+    assert set(held) <= set(map(str, adata.var_names))
+    assert np.isfinite(lo[2:]).all()
+    assert np.isfinite(hi[2:]).all()
+    assert np.all(lo[2:] <= x[2:] + 1e-6)
+    assert np.all(hi[2:] >= x[2:] - 1e-6)
+    # the bounds hold the held-out targets' observed pseudobulks about as often as promised
+    labels = adata.obs["perturbation"].to_numpy()
+    counts = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    inside = []
+    for i, t in enumerate(held):
+        cells = counts[labels == t]
+        y = np.log1p(1e4 * (cells / cells.sum(1, keepdims=True)).mean(0))
+        inside.append((y >= lo[2 + i]) & (y <= hi[2 + i]))
+    assert np.mean(inside) >= 0.7
+    # a higher level widens the bounds, never narrows them
+    wide = model.predict(held, interval=0.9)
+    assert np.all(wide.layers["lower"] <= lo[2:] + 1e-6)
+    assert np.all(wide.layers["upper"] >= hi[2:] - 1e-6)
+    # the prediction itself does not move
+    np.testing.assert_allclose(np.asarray(wide.X), x[2:], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.predict(held).X), x[2:], atol=1e-6)
+
+
+def test_an_interval_needs_the_anchored_mean_prediction(screen):
+    model, _, held, _ = screen
+    with pytest.raises(ValueError, match="interval=0.8 needs the anchored mean prediction"):
+        model.predict(held, interval=0.8, anchor="none")
+    with pytest.raises(ValueError, match="interval=0.8 needs"):
+        model.predict(held, interval=0.8, return_mean=False)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        model.predict(held, interval=95)
