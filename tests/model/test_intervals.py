@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
@@ -126,3 +127,33 @@ def test_an_interval_needs_the_anchored_mean_prediction(screen):
         model.predict(held, interval=0.8, return_mean=False)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         model.predict(held, interval=95)
+
+
+def test_interval_coverage_scores_the_bounds_against_the_held_out_cells(screen):
+    model, adata, held, trained = screen
+    labels = adata.obs["perturbation"].to_numpy()
+    split = scmech.tl.split(adata, "perturbation", test_conditions=held, random_state=0)
+    pred = model.predict(["NT", trained[0], *held], interval=0.8)
+    table = scmech.tl.interval_coverage({"SemiMechVI": pred}, adata, split=split)
+    # one row per held-out condition with an interval: observed conditions and the controls have none
+    assert sorted(table["condition"]) == sorted(held)
+    assert (table["level"] == 0.8).all()
+    # the same shares as counted by hand from the held-out cells' pseudobulks (own gene apart)
+    lo, hi = np.asarray(pred.layers["lower"]), np.asarray(pred.layers["upper"])
+    genes = list(map(str, adata.var_names))
+    counts = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    test = np.zeros(adata.n_obs, dtype=bool)
+    test[split.test] = True
+    for i, t in enumerate(held):
+        cells = counts[(labels == t) & test]
+        y = np.log1p(1e4 * (cells / cells.sum(1, keepdims=True)).mean(0))
+        inside = (y >= lo[2 + i]) & (y <= hi[2 + i])
+        g = genes.index(t)
+        row = table.set_index("condition").loc[t]
+        assert row["coverage"] == pytest.approx(np.delete(inside, g).mean(), abs=1e-6)
+        assert row["own_gene_covered"] == float(inside[g])
+        assert row["n_genes"] == len(genes) - 1
+        assert row["infinite"] == 0.0
+    # predictions without intervals are refused, naming the fix
+    with pytest.raises(KeyError, match=r"interval=0.9"):
+        scmech.tl.interval_coverage(model.predict(held), adata, split=split)

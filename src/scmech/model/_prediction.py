@@ -362,7 +362,8 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             targets for the probability give infinite bounds (with ``n`` of them, a probability above
             ``1 - 2 / (n + 1)`` cannot be held). NaN on other rows (observed conditions, combinations, other
             contexts). Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
-            ``from_cells`` or ``adata``). ``None``: no intervals.
+            ``from_cells`` or ``adata``). ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them
+            against held-out cells.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size

@@ -41,8 +41,8 @@ Metrics (``metric`` strings; ↑ higher is better, ↓ lower is better), by fami
 The other modules: :mod:`._names` (metric directions), :mod:`._checks` (input checks), :mod:`._predictions`
 (reading predictions), :mod:`._observed` (the observed side: pseudobulks, DE genes, cells), :mod:`._score`
 (every family of every model), :mod:`._evaluate` (:func:`evaluate`), :mod:`._noise_ceiling`
-(:func:`noise_ceiling`) and :mod:`._leaderboard` (:func:`leaderboard`, :func:`leaderboard_table`,
-:func:`win_counts`).
+(:func:`noise_ceiling`), :mod:`._coverage` (:func:`interval_coverage`) and :mod:`._leaderboard`
+(:func:`leaderboard`, :func:`leaderboard_table`, :func:`win_counts`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from scmech.data._pseudobulk import pseudobulk
 
 from ._checks import _index_mask, check_finite_rows
 from ._correlation import _pearson
+from ._coverage import interval_coverage
 from ._distribution import energy_distance
 from ._evaluate import evaluate
 from ._leaderboard import leaderboard, leaderboard_table, win_counts
@@ -60,4 +61,12 @@ from ._noise_ceiling import noise_ceiling
 from ._observed import _Observed
 from ._predictions import _design, _prediction_frame
 
-__all__ = ["METRIC_DIRECTIONS", "evaluate", "leaderboard", "leaderboard_table", "noise_ceiling", "win_counts"]
+__all__ = [
+    "METRIC_DIRECTIONS",
+    "evaluate",
+    "interval_coverage",
+    "leaderboard",
+    "leaderboard_table",
+    "noise_ceiling",
+    "win_counts",
+]
