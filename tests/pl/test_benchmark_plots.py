@@ -131,3 +131,26 @@ def test_predicted_vs_observed_takes_a_bare_string_as_one_gene_and_refuses_no_ge
         ):
             pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, genes=empty, show=False)
     plt.close("all")
+
+
+def test_predicted_vs_observed_draws_the_prediction_interval_of_each_highlighted_gene(data):
+    adata, sp, preds = data
+    pred = preds["TrainMean"].copy()
+    x = np.asarray(pred.X, dtype=np.float64)
+    pred.layers["lower"], pred.layers["upper"] = x - 0.3, x + 0.2
+    pred.layers["upper"][0, 0] = np.inf  # an infinite bound runs to the edge of the axes
+    pred.uns.setdefault("scmech", {}).setdefault("prediction", {})["interval"] = 0.8
+    ax = pl.predicted_vs_observed(pred, adata, "A", split=sp, genes=["gene0", "gene1"], show=False)
+    bars = [c for c in ax.collections if c.get_label() == "80% prediction interval"]
+    assert len(bars) == 1
+    segments = bars[0].get_segments()
+    assert len(segments) == 2
+    bottom, top = ax.get_ylim()
+    (b0, t0), (b1, t1) = ((s[0][1], s[1][1]) for s in segments)
+    assert t0 == pytest.approx(top)  # gene0's infinite upper bound
+    assert b0 < t0
+    assert t1 - b1 == pytest.approx(0.5, abs=1e-5)  # gene1's bar spans its bounds
+    # no bars without the layers
+    ax = pl.predicted_vs_observed(preds["TrainMean"], adata, "A", split=sp, genes=["gene0", "gene1"], show=False)
+    assert not [c for c in ax.collections if "interval" in str(c.get_label())]
+    plt.close("all")

@@ -149,7 +149,8 @@ def predicted_vs_observed(
 
     Changes are in the pseudobulk space of :func:`scmech.data.pseudobulk` (the space of ``predict``), against
     the observed control pseudobulk, as in :func:`scmech.tl.evaluate`. The title gives the Pearson r over all
-    genes and over the highlighted genes.
+    genes and over the highlighted genes. A prediction made with ``interval=level`` shows each highlighted gene's
+    prediction interval as a vertical bar (an infinite bound runs to the edge of the axes).
 
     Parameters
     ----------
@@ -223,8 +224,54 @@ def predicted_vs_observed(
     hi, what = _highlighted_genes(genes, gene_idx, obs.de_genes if genes is None else None, cond)
     fig, ax = get_ax(ax, (5.2, 4.8))
     _draw_predicted_vs_observed(ax, x, yv, hi, what, gene_idx)
+    _draw_interval(ax, prediction, design, cond, gene_idx, obs.ctrl, x[hi], hi)
     _label_predicted_vs_observed(ax, x, yv, hi, what, cond, model)
     return finish(ax, name=f"predicted_vs_observed_{cond}", show=show, save=save)
+
+
+def _draw_interval(
+    ax: Axes,
+    prediction: AnnData,
+    design: PerturbationDesign,
+    cond: str,
+    gene_idx: pd.Index,
+    ctrl: np.ndarray,
+    x: np.ndarray,
+    hi: np.ndarray,
+) -> None:
+    """Draw the prediction interval of each highlighted gene as a vertical bar, where ``predict`` gave one.
+
+    Bounds come from ``layers["lower"]`` and ``layers["upper"]`` (``predict(..., interval=level)``), as changes
+    from the observed controls like the predictions; an infinite bound runs to the edge of the axes. Nothing is
+    drawn without them or where they are NaN (a condition observed in training).
+    """
+    from scmech.data._design import canonical_condition
+
+    if "lower" not in prediction.layers or "upper" not in prediction.layers:
+        return
+    labels = [canonical_condition(c, design) for c in prediction.obs["perturbation"].astype(str)]
+    if cond not in labels:
+        return
+    row = labels.index(cond)
+    cols = pd.Index(prediction.var_names).astype(str).get_indexer(gene_idx[hi])
+    lower = np.asarray(prediction.layers["lower"], dtype=np.float64)[row, cols] - ctrl[hi]
+    upper = np.asarray(prediction.layers["upper"], dtype=np.float64)[row, cols] - ctrl[hi]
+    keep = ~(np.isnan(lower) | np.isnan(upper))
+    if not keep.any():
+        return
+    bottom, top = ax.get_ylim()
+    level = prediction.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(SCMECH_ADATA_KEYS.PREDICTION_UNS, {}).get("interval")
+    ax.vlines(
+        x[keep],
+        np.maximum(lower[keep], bottom),
+        np.minimum(upper[keep], top),
+        color="C3",
+        alpha=0.35,
+        lw=1.2,
+        zorder=2,
+        label="prediction interval" if level is None else f"{float(level):.0%} prediction interval",
+    )
+    ax.set_ylim(bottom, top)
 
 
 def _gene_list(genes: str | Sequence[str] | None, adata: AnnData, n_genes: int) -> list[str] | None:
