@@ -15,6 +15,7 @@ from ._target_map import TargetMap
 
 if TYPE_CHECKING:
     from ._observations import Observations
+    from ._own_gene_fit import OwnSettings
 
 __all__ = ["IntervalMixin"]
 
@@ -117,12 +118,12 @@ class IntervalMixin:
                     v: float(_level_after(np.asarray(v), ref, scaled, eta, settings.log_base)[0])
                     for v in (centre, lo, hi)
                 }
-            # a knock-down's factor is below 1: the smaller factor gives the lower level
+            # a larger factor reaches a higher level, whichever way the modality moves the gene
             ends = sorted([at[lo], at[hi]])
             lower[i, g] = min(logx[i, g] + ends[0] - at[centre], logx[i, g])
             upper[i, g] = max(logx[i, g] + ends[1] - at[centre], logx[i, g])
 
-    def _own_gene_members(self, tm: TargetMap, settings) -> np.ndarray | None:
+    def _own_gene_members(self, tm: TargetMap, settings: OwnSettings) -> np.ndarray | None:
         """Return the training targets' own factors (own levels under the ``"level"`` model), or ``None`` (too few)."""
         pairs = self._own_gene_pairs(tm.class_targets)
         if pairs is None:
