@@ -157,3 +157,17 @@ def test_interval_coverage_scores_the_bounds_against_the_held_out_cells(screen):
     # predictions without intervals are refused, naming the fix
     with pytest.raises(KeyError, match=r"interval=0.9"):
         scmech.tl.interval_coverage(model.predict(held), adata, split=split)
+
+
+def test_unseen_targets_without_an_interval_are_named_in_a_warning():
+    adata = simulate_perturbseq(n_cells=600, n_genes=30, n_perturbations=4, n_combinations=0, seed=0)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality="CRISPRko"
+    )
+    held = sorted(set(labels) - {"NT"})[1:]  # one training target: too few to anchor on a shared response
+    model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=2)
+    with pytest.warns(UserWarning, match=r"No prediction interval for \[.*\(anchored as: observed controls"):
+        pred = model.predict(held, interval=0.9)
+    assert np.isnan(pred.layers["lower"]).all()

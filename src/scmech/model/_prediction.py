@@ -361,9 +361,10 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             knock-down reaches at the conformal range of the training targets' own factors. Too few training
             targets for the probability give infinite bounds (with ``n`` of them, a probability above
             ``1 - 2 / (n + 1)`` cannot be held). NaN on other rows (observed conditions, combinations, other
-            contexts). Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
-            ``from_cells`` or ``adata``). ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them
-            against held-out cells.
+            contexts); a ``UserWarning`` names the targets without training cells that get none (anchored otherwise,
+            as on a screen with too few training targets). Needs the anchored mean prediction
+            (``return_mean=True``, ``anchor="auto"``, no ``from_cells`` or ``adata``). ``None``: no intervals.
+            :func:`scmech.tl.interval_coverage` scores them against held-out cells.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -487,6 +488,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             amplitudes=amplitudes,
         )
         if bounds is not None:
+            self._warn_unbounded(bounds[0], requested, plans, set(ro.mapped))
             self._add_interval_layers(out, bounds, level)
         if plans:
             out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_mix"] = batch_mix

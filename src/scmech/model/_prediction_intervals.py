@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,6 +56,22 @@ class IntervalMixin:
             upper[i] = logx[i] + a * hi
         self._own_gene_bounds(logx, lower, upper, requested, plans, observations, level)
         return lower, upper
+
+    def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict, mapped: set[str]) -> None:
+        """Warn about rows with a target without training cells that got no interval, saying how they were anchored."""
+        rows = [i for i, p in enumerate(requested) if set(p.targets) & mapped and np.isnan(lower[i]).all()]
+        if not rows:
+            return
+        how = sorted({getattr(plans.get(i), "description", "not anchored") for i in rows})
+        names = [requested[i].label for i in rows]
+        more = " ..." if len(names) > 5 else ""
+        warnings.warn(
+            f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}): "
+            "intervals are given for single targets without training cells anchored on the shared response of the "
+            "training targets, which a screen with too few training targets, or a combination, is not.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _add_interval_layers(self, out, bounds: tuple[np.ndarray, np.ndarray], level: float) -> None:
         r"""Write the bounds to ``out.layers["lower"]`` and ``["upper"]`` and the level to its provenance.
