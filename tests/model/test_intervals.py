@@ -8,7 +8,10 @@ import pytest
 import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
+from scmech.model._calibration import combination_residuals
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
+from scmech.model._observations import Observations, ObservedPseudobulk
+from scmech.model._protocols import Context
 
 from .conftest import tiny_model_without
 
@@ -171,3 +174,46 @@ def test_unseen_targets_without_an_interval_are_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"No prediction interval for \[.*\(anchored as: observed controls"):
         pred = model.predict(held, interval=0.9)
     assert np.isnan(pred.layers["lower"]).all()
+
+
+def test_combination_residuals_are_the_observed_interaction_less_its_calibrated_share():
+    rng = np.random.default_rng(0)
+    ctx = Context(None)
+    obs = Observations(control_label="NT")
+    genes = 12
+    for lab in ("NT", "A", "B", "C"):
+        obs.conditions[(lab, ctx)] = ObservedPseudobulk(rng.normal(2.0, 0.5, genes), np.full(genes, 0.01), 50)
+        obs.targets[lab] = (lab,)
+    for a, b in (("A", "B"), ("B", "C")):
+        obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(rng.normal(2.0, 0.5, genes), np.full(genes, 0.01), 50)
+        obs.targets[f"{a}+{b}"] = (a, b)
+    model_values = {lab: rng.normal(2.0, 0.5, genes) for lab in ("NT", "A", "B", "C", "A+B", "B+C")}
+    residuals = combination_residuals(obs, lambda p: model_values[p.label], 0.25)
+    assert list(residuals) == [ctx]
+    y = {lab: obs.get(lab, ctx).value for lab in model_values}
+    for row, (a, b) in enumerate((("A", "B"), ("B", "C"))):
+        observed = y[f"{a}+{b}"] - y[a] - y[b] + y["NT"]
+        modelled = model_values[f"{a}+{b}"] - model_values[a] - model_values[b] + model_values["NT"]
+        np.testing.assert_allclose(residuals[ctx][row], observed - 0.25 * modelled, rtol=1e-5, atol=1e-5)
+
+
+def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tmp_path):
+    adata = simulate_perturbseq(n_cells=3000, n_genes=40, n_perturbations=8, n_combinations=12, seed=0)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="batch")
+    doubles = sorted(lab for lab in set(labels) if "+" in lab)
+    held = doubles[:2]
+    model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=2)
+    residuals = model.anchor_.combination_residuals[Context(None)]
+    assert residuals.shape == (len(doubles) - 2, adata.n_vars)
+    pred = model.predict(held, interval=0.8)
+    lo, hi = conformal_bounds(residuals, 0.8)
+    x = np.asarray(pred.X, dtype=np.float64)
+    np.testing.assert_allclose(pred.layers["lower"], np.maximum(x + lo, 0.0), atol=1e-5)
+    np.testing.assert_allclose(pred.layers["upper"], x + hi, atol=1e-5)
+    # kept by save and load
+    model.save(tmp_path / "m", save_anndata=True)
+    loaded = SemiMechVI.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.anchor_.combination_residuals[Context(None)], residuals)
+    np.testing.assert_allclose(loaded.predict(held, interval=0.8).layers["upper"], pred.layers["upper"], atol=1e-5)

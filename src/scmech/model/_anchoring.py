@@ -197,6 +197,13 @@ class Combination(AnchorPlan):
     def needs(self, row, obs):
         return [obs.protocol(t, self.context) for t in row.targets] + [obs.protocol(obs.control_label, self.context)]
 
+    def residuals(self, obs: Observations) -> np.ndarray | None:
+        """How far the training combinations of the context strayed from this prediction rule (``None``: none seen).
+
+        :attr:`Observations.combination_residuals` of the context, what bounds the row's interval.
+        """
+        return obs.combination_residuals.get(self.context)
+
     def apply(self, row, read, obs):
         n = len(row.targets)
         ys = [obs.get(t, self.context) for t in row.targets]

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ._protocols import Context, Protocol
 
-__all__ = ["fit_interaction_gain", "fit_media_carry"]
+__all__ = ["combination_residuals", "fit_interaction_gain", "fit_media_carry"]
 
 
 def fit_media_carry(
@@ -101,6 +101,41 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
     """
     num = den = rss = noise = 0.0
     n_used = 0
+    for _, i_obs, i_mod, var in _interactions(obs, read):
+        num += float(i_obs @ i_mod)
+        den += float(i_mod @ i_mod)
+        rss += float((i_obs - i_mod) @ (i_obs - i_mod))
+        noise += float(np.nansum(var))
+        n_used += 1
+    if n_used == 0 or den <= 0:
+        return 0.0, n_used
+    followed = float(np.clip(1.0 - rss / noise, 0.0, 1.0)) if noise > 0 else 0.0
+    return float(np.clip((num - followed * noise) / den, 0.0, 1.0)), n_used
+
+
+def combination_residuals(
+    obs: Observations, read: Callable[[Protocol], np.ndarray], gain: float
+) -> dict[Context, np.ndarray]:
+    r"""How far each training combination strays from its prediction, per context (combinations x genes).
+
+    A combination whose singles were observed is predicted as their observed additive sum plus the calibrated
+    share ``gain`` (:math:`\kappa_I`, :func:`fit_interaction_gain`) of the model's interaction
+    (:class:`~scmech.model._anchoring.Combination`); each training combination's residual is therefore
+    :math:`I^{obs} - \kappa_I I^m`. ``predict(..., interval=level)`` bounds a held-out combination by their
+    conformal bounds (:func:`~scmech.model._intervals.conformal_bounds`). Contexts without a training combination
+    observed with all its singles are absent.
+    """
+    out: dict[Context, list[np.ndarray]] = {}
+    for ctx, i_obs, i_mod, _ in _interactions(obs, read):
+        out.setdefault(ctx, []).append((i_obs - gain * i_mod).astype(np.float32))
+    return {ctx: np.stack(rows) for ctx, rows in out.items()}
+
+
+def _interactions(obs: Observations, read: Callable[[Protocol], np.ndarray]):
+    """Yield each training combination observed with all its singles and controls in a context.
+
+    Each as its context, its observed and the model's interaction, and the observed interaction's sampling variance.
+    """
     for (label, ctx), y in obs.conditions.items():
         targets = obs.targets.get(label, ())
         y0 = obs.control(ctx)
@@ -114,12 +149,4 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
         i_mod = (
             m - sum(read(obs.protocol(t, ctx)) for t in targets) + (n - 1) * read(obs.protocol(obs.control_label, ctx))
         )
-        num += float(i_obs @ i_mod)
-        den += float(i_mod @ i_mod)
-        rss += float((i_obs - i_mod) @ (i_obs - i_mod))
-        noise += float(np.nansum(var))
-        n_used += 1
-    if n_used == 0 or den <= 0:
-        return 0.0, n_used
-    followed = float(np.clip(1.0 - rss / noise, 0.0, 1.0)) if noise > 0 else 0.0
-    return float(np.clip((num - followed * noise) / den, 0.0, 1.0)), n_used
+        yield ctx, i_obs, i_mod, var

@@ -1,4 +1,4 @@
-r"""Prediction intervals of a target without training cells: how far the training targets stray as unseen targets.
+r"""Prediction intervals of unseen targets and combinations: how far the training data stray when so predicted.
 
 A target without training cells is predicted from the training targets (its anchor is their precision-weighted
 mean, :class:`~scmech.model._anchoring.UnseenTarget`). How far its observation may lie from that prediction is
@@ -9,6 +9,9 @@ Gammerman and Shafer 2005; Lei et al., J. Am. Stat. Assoc. 113, 1094-1111, 2018)
 at least the requested probability, per gene, whatever that distribution's shape: no normal approximation of a
 spread that few strong targets make heavy-tailed. With too few training targets for the level the bound is
 infinite: :math:`n` targets cannot bound a draw beyond rank :math:`n`.
+
+A combination whose singles were observed is bounded in the same way by the training combinations' residuals
+(:func:`~scmech.model._calibration.combination_residuals`).
 
 The own gene of a target whose gene is measured is knocked down by the calibrated factor; its bounds are the same
 rank rule applied to the training targets' individual factors (:func:`conformal_range`).

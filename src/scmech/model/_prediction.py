@@ -352,19 +352,21 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             kept as observed): the perturbation applied to the controls as they were measured, its effect alone.
             The two differ where the perturbed cells fill the batches in other proportions than the controls.
         interval
-            Probability (for example ``0.9``) of prediction intervals for the targets without training cells:
-            ``layers["lower"]`` and ``layers["upper"]`` (on ``X``'s scale) bound the pseudobulk such a target's
-            cells would show. Each gene's bounds are the anchored prediction plus the split-conformal bounds of the
-            training targets' residuals, each training target predicted from the others as an unseen target is
-            (:mod:`scmech.model._intervals`): they hold with at least this probability for a target exchangeable
-            with the training targets, without assuming a normal spread. The own gene's bounds are the levels its
-            knock-down reaches at the conformal range of the training targets' own factors. Too few training
-            targets for the probability give infinite bounds (with ``n`` of them, a probability above
-            ``1 - 2 / (n + 1)`` cannot be held). NaN on other rows (observed conditions, combinations, other
-            contexts); a ``UserWarning`` names the targets without training cells that get none (anchored otherwise,
-            as on a screen with too few training targets). Needs the anchored mean prediction
-            (``return_mean=True``, ``anchor="auto"``, no ``from_cells`` or ``adata``). ``None``: no intervals.
-            :func:`scmech.tl.interval_coverage` scores them against held-out cells.
+            Probability (for example ``0.9``) of prediction intervals: ``layers["lower"]`` and ``layers["upper"]``
+            (on ``X``'s scale) bound the pseudobulk the row's cells would show, for targets without training cells
+            and for combinations whose singles were observed. Each gene's bounds are the anchored prediction plus
+            the split-conformal bounds of the residuals of the training data predicted the same way
+            (:mod:`scmech.model._intervals`): each training target predicted from the others as an unseen target
+            is; each training combination less its observed singles added and the calibrated interaction. They hold
+            with at least this probability for a row exchangeable with those, without assuming a normal spread. The
+            own gene's bounds are the levels its knock-down reaches at the conformal range of the training targets'
+            own factors. Too few training rows for the probability give infinite bounds (with ``n`` of them, a
+            probability above ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is
+            unbounded). NaN on other rows (observed conditions, other contexts); a ``UserWarning`` names the targets
+            without training cells that get none (anchored otherwise, as on a screen with too few training
+            targets). Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
+            ``from_cells`` or ``adata``). ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them
+            against held-out cells.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size

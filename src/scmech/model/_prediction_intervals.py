@@ -1,4 +1,4 @@
-"""``predict``'s prediction intervals for targets without training cells (:mod:`scmech.model._intervals`' rules)."""
+"""``predict``'s prediction intervals for unseen targets and combinations (:mod:`scmech.model._intervals`' rules)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 
 from scmech._constants import SCMECH_ADATA_KEYS
 
-from ._anchoring import UnseenTarget
+from ._anchoring import Combination, UnseenTarget
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._target_map import TargetMap
@@ -22,7 +22,7 @@ __all__ = ["IntervalMixin"]
 
 
 class IntervalMixin:
-    """Adds ``predict``'s prediction intervals (``interval=``) for targets without training cells."""
+    """Adds ``predict``'s prediction intervals (``interval=``) for unseen targets and combinations."""
 
     def _interval_bounds(
         self,
@@ -33,7 +33,11 @@ class IntervalMixin:
         amplitudes: dict[int, float],
         level: float,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return the bounds (rows x genes, ``logx``'s scale) of the rows anchored as unseen targets; NaN elsewhere.
+        """Return the bounds (rows x genes, ``logx``'s scale) of unseen targets and combinations; NaN elsewhere.
+
+        A combination whose singles were observed (:class:`~scmech.model._anchoring.Combination`): its prediction plus
+        the conformal bounds of the training combinations' residuals in its context
+        (:attr:`~scmech.model._observations.Observations.combination_residuals`); infinite without any.
 
         Off the own gene: the anchored prediction plus the conformal bounds of the training targets' jackknife
         residuals in the row's context (:meth:`~scmech.model._anchoring.UnseenTarget.residuals`), scaled by the row's
@@ -46,10 +50,10 @@ class IntervalMixin:
         upper = np.full(logx.shape, np.nan)
         cache: dict = {}
         for i, plan in plans.items():
-            if not isinstance(plan, UnseenTarget):
+            if not isinstance(plan, UnseenTarget | Combination):
                 continue
             if plan not in cache:
-                cache[plan] = conformal_bounds(plan.residuals(observations), level)
+                cache[plan] = _plan_bounds(plan, observations, level, logx.shape[1])
             lo, hi = cache[plan]
             a = max(amplitudes.get(i, 1.0), 1.0)  # a weaker target keeps them: its sampling noise does not shrink
             lower[i] = logx[i] + a * lo
@@ -155,3 +159,13 @@ class IntervalMixin:
             efficacy_levels=settings.levels,
             log_base=settings.log_base,
         )
+
+
+def _plan_bounds(
+    plan: UnseenTarget | Combination, observations: Observations, level: float, n_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal bounds of one plan's residuals; infinite for a combination without training combinations."""
+    residuals = plan.residuals(observations)
+    if residuals is None:
+        return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
+    return conformal_bounds(residuals, level)
