@@ -60,9 +60,11 @@ __all__ = [
     "TimeNeighbours",
     "UnseenTarget",
     "anchor_rows",
+    "anchored_control",
     "log_pseudobulk",
     "member_weights",
     "plan_anchoring",
+    "row_of",
 ]
 
 
@@ -549,3 +551,24 @@ def _media_reference(ctx: Context, sources: tuple[Context, ...], obs: Observatio
     for s in sources:
         ref &= set(obs.perturbations_in(s))
     return tuple(sorted(ref)) if len(ref) >= 3 else ()
+
+
+def row_of(protocols: list[Protocol]) -> dict:
+    """Row of each protocol's key among ``protocols`` (its first)."""
+    rows: dict = {}
+    for i, p in enumerate(protocols):
+        rows.setdefault(p.key, i)
+    return rows
+
+
+def anchored_control(ctx: Context, observations: Observations, rows: dict, log_values: np.ndarray) -> np.ndarray | None:
+    """Return the controls' anchored prediction in ``ctx`` (:class:`Observed`), or None.
+
+    ``rows`` is :func:`row_of` of the read-outs ``log_values``. ``None`` where the controls were not observed in ``ctx``
+    or their read-out is not among ``log_values``.
+    """
+    p = observations.protocol(observations.control_label, ctx)
+    if observations.control(ctx) is None or p.key not in rows:
+        return None
+    value, _ = Observed(ctx).apply(p, lambda q: log_values[rows[q.key]], observations)
+    return np.asarray(value, dtype=np.float64)

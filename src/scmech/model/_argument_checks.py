@@ -8,11 +8,14 @@ refuse such arguments by name, before any library sees them.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from scmech._numbers import check_flag, check_positive_int
+
+from ._intervals import check_level
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,6 +31,7 @@ __all__ = [
     "check_indices",
     "check_not_unassigned",
     "check_positive_int",
+    "check_predict_arguments",
     "module_settings",
 ]
 
@@ -290,3 +294,54 @@ def check_device(device) -> torch.device:
         msg = f"device={device!r}: Apple's MPS is not available here. Pass 'cpu'."
         raise ValueError(msg)
     return dev
+
+
+def check_predict_arguments(
+    *,
+    n_cells,
+    random_state,
+    efficacy,
+    batch_size,
+    anchor: str,
+    batch_mix: str,
+    batch,
+    interval,
+) -> float | None:
+    """Check ``SemiMechVI.predict``'s scalar arguments, naming each bad value and the fix; return the interval level.
+
+    Raises
+    ------
+    TypeError
+        For an efficacy or an interval level that is not a number.
+    ValueError
+        For a value out of its range, an unknown ``anchor`` or ``batch_mix``, or ``batch_mix="controls"`` with a
+        ``batch``.
+    """
+    if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 1):
+        msg = f"n_cells={n_cells!r} must be a whole number of starting cells, at least 1 (or None)."
+        raise ValueError(msg)
+    if random_state is not None and (
+        isinstance(random_state, bool) or int(random_state) != random_state or random_state < 0
+    ):
+        msg = f"random_state={random_state!r} must be a non-negative integer seed (or None)."
+        raise ValueError(msg)
+    if efficacy is not None and (isinstance(efficacy, bool) or not isinstance(efficacy, numbers.Real)):
+        msg = f"efficacy={efficacy!r} must be one number in [0, 1] (fraction of knock-down; 1 = full effect)."
+        raise TypeError(msg)
+    if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
+        msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
+        raise ValueError(msg)
+    check_positive_int(batch_size, "batch_size", allow_none=True, hint=" (cells per minibatch), or None for 1024")
+    if anchor not in ("auto", "combinations", "none"):
+        msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
+        raise ValueError(msg)
+    if batch_mix not in ("observed", "controls"):
+        msg = f"batch_mix={batch_mix!r} is not one of 'observed', 'controls'."
+        raise ValueError(msg)
+    if batch_mix == "controls" and batch is not None:
+        msg = (
+            f"batch_mix='controls' with batch={batch!r}: a prediction measured in one batch moves every "
+            "observation to that batch, whatever composition it starts from. Pass one of them."
+        )
+        raise ValueError(msg)
+    return check_level(interval)

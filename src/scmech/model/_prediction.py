@@ -9,7 +9,6 @@ ends, and :mod:`._prediction_output` assembles the returned AnnData. This mixin 
 from __future__ import annotations
 
 import logging
-import numbers
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -18,11 +17,9 @@ import torch
 from scvi import settings
 
 from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
-from scmech._numbers import check_positive_int
 
-from ._anchoring import Observations, Observed, SharedCorrection, anchor_rows, plan_anchoring
-from ._argument_checks import check_flag, check_not_unassigned
-from ._intervals import check_level
+from ._anchoring import Observations, SharedCorrection, anchor_rows, anchored_control, plan_anchoring, row_of
+from ._argument_checks import check_flag, check_not_unassigned, check_predict_arguments
 from ._prediction_intervals import IntervalMixin
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
@@ -397,34 +394,16 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         """
         self._check_if_trained(warn=False)
         return_mean = check_flag(return_mean, "return_mean")
-        if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 1):
-            msg = f"n_cells={n_cells!r} must be a whole number of starting cells, at least 1 (or None)."
-            raise ValueError(msg)
-        if random_state is not None and (
-            isinstance(random_state, bool) or int(random_state) != random_state or random_state < 0
-        ):
-            msg = f"random_state={random_state!r} must be a non-negative integer seed (or None)."
-            raise ValueError(msg)
-        if efficacy is not None and (isinstance(efficacy, bool) or not isinstance(efficacy, numbers.Real)):
-            msg = f"efficacy={efficacy!r} must be one number in [0, 1] (fraction of knock-down; 1 = full effect)."
-            raise TypeError(msg)
-        if efficacy is not None and not (0.0 <= float(efficacy) <= 1.0):
-            msg = f"efficacy={efficacy} must be in [0, 1] (fraction of knock-down; 1 = full effect)."
-            raise ValueError(msg)
-        check_positive_int(batch_size, "batch_size", allow_none=True, hint=" (cells per minibatch), or None for 1024")
-        if anchor not in ("auto", "combinations", "none"):
-            msg = f"anchor={anchor!r} is not one of 'auto', 'combinations', 'none'."
-            raise ValueError(msg)
-        if batch_mix not in ("observed", "controls"):
-            msg = f"batch_mix={batch_mix!r} is not one of 'observed', 'controls'."
-            raise ValueError(msg)
-        level = check_level(interval)
-        if batch_mix == "controls" and batch is not None:
-            msg = (
-                f"batch_mix='controls' with batch={batch!r}: a prediction measured in one batch moves every "
-                "observation to that batch, whatever composition it starts from. Pass one of them."
-            )
-            raise ValueError(msg)
+        level = check_predict_arguments(
+            n_cells=n_cells,
+            random_state=random_state,
+            efficacy=efficacy,
+            batch_size=batch_size,
+            anchor=anchor,
+            batch_mix=batch_mix,
+            batch=batch,
+            interval=interval,
+        )
         seed = (settings.seed if settings.seed is not None else 0) if random_state is None else random_state
         st = self._perturbation_state()
         requested = build_protocols(
@@ -582,13 +561,13 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
         n = len(requested)
         out = ro.log_values[:n] + (anchored - ref.log_values[:n])
-        row_of = _row_of(requested + extra)
+        rows = row_of(requested + extra)
 
         def control(ctx) -> np.ndarray | None:  # the controls' prediction, moved as every row is
-            c = _anchored_control(ctx, observations, row_of, ref.log_values)
+            c = anchored_control(ctx, observations, rows, ref.log_values)
             if c is None:
                 return None
-            k = row_of[observations.protocol(observations.control_label, ctx).key]
+            k = rows[observations.protocol(observations.control_label, ctx).key]
             return c + (ro.log_values[k] - ref.log_values[k])
 
         self._scale_by_expression(out, requested, plans, amplitudes, control)
@@ -610,38 +589,16 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         by them (:meth:`~scmech.model._amplitude.AmplitudeMixin._scale_by_expression`); :meth:`_anchor_by_reference`
         passes none and scales its own rows once moved.
         """
-        row_of = _row_of(requested + extra)
+        rows = row_of(requested + extra)
 
         def read(p: Protocol) -> np.ndarray:
-            return log_values[row_of[p.key]]
+            return log_values[rows[p.key]]
 
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
         self._own_from_control(logx, requested, plans, observations)
         if amplitudes and observations is not None:
             self._scale_by_expression(
-                logx, requested, plans, amplitudes, lambda ctx: _anchored_control(ctx, observations, row_of, log_values)
+                logx, requested, plans, amplitudes, lambda ctx: anchored_control(ctx, observations, rows, log_values)
             )
         return logx, weights
-
-
-def _row_of(protocols: list[Protocol]) -> dict:
-    """Row of each protocol's key among ``protocols`` (its first)."""
-    rows: dict = {}
-    for i, p in enumerate(protocols):
-        rows.setdefault(p.key, i)
-    return rows
-
-
-def _anchored_control(
-    ctx: Context, observations: Observations, row_of: dict, log_values: np.ndarray
-) -> np.ndarray | None:
-    """Return the controls' anchored prediction in ``ctx`` (:class:`~scmech.model._anchoring.Observed`), or None.
-
-    ``None`` where the controls were not observed in ``ctx`` or their read-out is not among ``log_values``.
-    """
-    p = observations.protocol(observations.control_label, ctx)
-    if observations.control(ctx) is None or p.key not in row_of:
-        return None
-    value, _ = Observed(ctx).apply(p, lambda q: log_values[row_of[q.key]], observations)
-    return np.asarray(value, dtype=np.float64)
