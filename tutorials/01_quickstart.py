@@ -204,10 +204,11 @@ plt.show()
 
 # %% [markdown]
 # How far may an unseen target lie from its prediction? `predict(..., interval=0.8)` adds `layers["lower"]` and
-# `layers["upper"]`: for each gene, the prediction plus how far the training targets strayed when each was
-# predicted from the others (split-conformal bounds). For a target like the training targets they hold on 80 % of
-# the genes or more; `scmech.tl.interval_coverage` counts how often they held here. The promise is on average over
-# targets: a knockout much stronger than the typical one (STAT1 here) lies outside on its most changed genes. With
+# `layers["upper"]`: for each gene, how far the training targets strayed from the weighted mean of the others
+# (conformal bounds), around the prediction and the shared response it starts from. Over targets like the training
+# targets they hold on about 80 % of the genes; `scmech.tl.interval_coverage` counts how often they held here. The
+# promise is on average over targets, not for each: a knockout much stronger than the typical one (STAT1 here) lies
+# outside on many of its most changed genes. With
 # only a few training targets whose gene is measured, the own gene's bounds can be infinite: so few cannot bound
 # a new one at that level.
 

@@ -8,10 +8,10 @@ import pytest
 import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
-from scmech.model._calibration import combination_residuals
+from scmech.model._anchoring import Combination, UnseenTarget
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
 from scmech.model._observations import Observations, ObservedPseudobulk
-from scmech.model._protocols import Context
+from scmech.model._protocols import Context, Protocol
 
 from .conftest import tiny_model_without
 
@@ -176,7 +176,7 @@ def test_unseen_targets_without_an_interval_are_named_in_a_warning():
     assert np.isnan(pred.layers["lower"]).all()
 
 
-def test_combination_residuals_are_the_observed_interaction_less_its_calibrated_share():
+def test_a_combination_is_bounded_by_the_observed_interactions_of_the_training_combinations():
     rng = np.random.default_rng(0)
     ctx = Context(None)
     obs = Observations(control_label="NT")
@@ -187,14 +187,16 @@ def test_combination_residuals_are_the_observed_interaction_less_its_calibrated_
     for a, b in (("A", "B"), ("B", "C")):
         obs.conditions[(f"{a}+{b}", ctx)] = ObservedPseudobulk(rng.normal(2.0, 0.5, genes), np.full(genes, 0.01), 50)
         obs.targets[f"{a}+{b}"] = (a, b)
-    model_values = {lab: rng.normal(2.0, 0.5, genes) for lab in ("NT", "A", "B", "C", "A+B", "B+C")}
-    residuals = combination_residuals(obs, lambda p: model_values[p.label], 0.25)
-    assert list(residuals) == [ctx]
-    y = {lab: obs.get(lab, ctx).value for lab in model_values}
+    y = {lab: obs.get(lab, ctx).value for lab, _ in obs.conditions}
+    plan = Combination(ctx)
+    residuals = plan.residuals(obs)
     for row, (a, b) in enumerate((("A", "B"), ("B", "C"))):
-        observed = y[f"{a}+{b}"] - y[a] - y[b] + y["NT"]
-        modelled = model_values[f"{a}+{b}"] - model_values[a] - model_values[b] + model_values["NT"]
-        np.testing.assert_allclose(residuals[ctx][row], observed - 0.25 * modelled, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(residuals[row], y[f"{a}+{b}"] - y[a] - y[b] + y["NT"], rtol=1e-6)
+    # the reference a held-out combination's bounds hold for: its observed singles added
+    held = Protocol("A+C", ("A", "C"), None, 0.0, np.nan)
+    np.testing.assert_allclose(plan.centre(held, obs), y["A"] + y["C"] - y["NT"], rtol=1e-6)
+    # no training combination in another context: nothing to bound by
+    assert Combination(Context("other")).residuals(obs) is None
 
 
 def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tmp_path):
@@ -205,15 +207,87 @@ def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tm
     doubles = sorted(lab for lab in set(labels) if "+" in lab)
     held = doubles[:2]
     model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=2)
-    residuals = model.anchor_.combination_residuals[Context(None)]
-    assert residuals.shape == (len(doubles) - 2, adata.n_vars)
+    ctx = Context(None)
+    plan = Combination(ctx)
+    residuals = plan.residuals(model.anchor_)
+    assert residuals.shape == (len(doubles) - 2, adata.n_vars)  # every training double, observed with its singles
     pred = model.predict(held, interval=0.8)
     lo, hi = conformal_bounds(residuals, 0.8)
     x = np.asarray(pred.X, dtype=np.float64)
-    np.testing.assert_allclose(pred.layers["lower"], np.maximum(x + lo, 0.0), atol=1e-5)
-    np.testing.assert_allclose(pred.layers["upper"], x + hi, atol=1e-5)
-    # kept by save and load
+    for i, label in enumerate(held):
+        row = Protocol(label, tuple(label.split("+")), None, 0.0, np.nan)
+        additive = plan.centre(row, model.anchor_)
+        assert np.abs(x[i] - additive).max() > 1e-4  # the model moved the prediction: the bounds hold both
+        expressed = x[i] > 0  # (no clipping at 0 there)
+        np.testing.assert_allclose(
+            pred.layers["lower"][i][expressed], np.maximum(np.minimum(x[i], additive) + lo, 0.0)[expressed], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            pred.layers["upper"][i][expressed], (np.maximum(x[i], additive) + hi)[expressed], atol=1e-5
+        )
+    # the same after save and load
     model.save(tmp_path / "m", save_anndata=True)
     loaded = SemiMechVI.load(tmp_path / "m")
-    np.testing.assert_allclose(loaded.anchor_.combination_residuals[Context(None)], residuals)
     np.testing.assert_allclose(loaded.predict(held, interval=0.8).layers["upper"], pred.layers["upper"], atol=1e-5)
+
+
+def test_unseen_bounds_hold_the_shared_response_and_the_prediction(screen, monkeypatch):
+    model, adata, held, _ = screen
+    seen = {}
+    deviations = model._deviations
+
+    def spy(logx, requested, plans, observations):
+        out = deviations(logx, requested, plans, observations)
+        seen.update(plans=plans, observations=observations, deviations=out)
+        return out
+
+    monkeypatch.setattr(model, "_deviations", spy)
+    pred = model.predict(held, interval=0.8)
+    x, lo_layer, hi_layer = (
+        np.asarray(a, dtype=np.float64) for a in (pred.X, pred.layers["lower"], pred.layers["upper"])
+    )
+    genes = list(map(str, adata.var_names))
+    moved = 0.0
+    for i, t in enumerate(held):
+        plan = seen["plans"][i]
+        lo, hi = conformal_bounds(plan.residuals(seen["observations"]), 0.8)
+        reference = np.asarray(
+            plan.centre(None, seen["observations"]), dtype=np.float64
+        )  # the observed shared response
+        off = np.ones(len(genes), dtype=bool)
+        off[genes.index(t)] = False  # the own gene is set (and bounded) apart
+        off &= x[i] > 0
+        np.testing.assert_allclose((x[i] - seen["deviations"][i])[off], reference[off], atol=1e-5, err_msg=t)
+        np.testing.assert_allclose(lo_layer[i][off], np.maximum(np.minimum(x[i], reference) + lo, 0.0)[off], atol=1e-5)
+        np.testing.assert_allclose(hi_layer[i][off], (np.maximum(x[i], reference) + hi)[off], atol=1e-5)
+        moved = max(moved, float(np.abs(x[i] - reference)[off].max()))
+    assert moved > 1e-3  # the model moved the predictions away from the reference, and the bounds hold both
+
+
+def test_a_level_too_high_for_the_training_targets_gives_infinite_bounds_not_nan(screen):
+    model, adata, held, _ = screen
+    pred = model.predict(held, interval=0.99)  # 24 training targets cannot bound a new one at 99 %
+    lo, hi = np.asarray(pred.layers["lower"]), np.asarray(pred.layers["upper"])
+    assert not np.isnan(lo).any()
+    assert not np.isnan(hi).any()
+    assert np.isinf(hi).all()  # the own genes too: a knock-down's factor unbounded above
+    genes = list(map(str, adata.var_names))
+    own = [genes.index(t) for t in held]
+    np.testing.assert_allclose(lo[np.arange(len(held)), own], 0.0, atol=1e-6)  # ... and below: down to no expression
+
+
+def test_blocked_bounds_equal_the_bounds_of_every_residual_at_once():
+    rng = np.random.default_rng(0)
+    ctx, genes = Context(None), 50
+    obs = Observations(control_label="NT")
+    members = [f"T{i}" for i in range(30)]
+    for m in [*members, "NT"]:
+        obs.conditions[(m, ctx)] = ObservedPseudobulk(rng.standard_t(3, genes), rng.uniform(0.01, 0.1, genes), 50)
+        obs.targets[m] = (m,)
+    own = tuple((i,) if i % 3 == 0 else () for i in range(len(members)))  # every third member's gene is measured
+    plan = UnseenTarget(ctx, tuple(members), False, own)
+    lo, hi = conformal_bounds(plan.residuals(obs), 0.8)
+    for block in (7, 50, 2048):
+        blocked = plan.bounds(obs, 0.8, block=block)
+        np.testing.assert_allclose(blocked[0], lo, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(blocked[1], hi, rtol=1e-12, atol=1e-12)

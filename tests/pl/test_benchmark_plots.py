@@ -145,6 +145,9 @@ def test_predicted_vs_observed_draws_the_prediction_interval_of_each_highlighted
     assert len(bars) == 1
     segments = bars[0].get_segments()
     assert len(segments) == 2
+    # each bar stands at its gene's observed change, where the gene's point is drawn
+    points = next(c for c in ax.collections if c.get_label() == "selected genes")
+    np.testing.assert_allclose(sorted(s[0][0] for s in segments), sorted(points.get_offsets()[:, 0]))
     bottom, top = ax.get_ylim()
     (b0, t0), (b1, t1) = ((s[0][1], s[1][1]) for s in segments)
     assert t0 == pytest.approx(top)  # gene0's infinite upper bound

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ._intervals import jackknife_residuals
+from ._intervals import conformal_bounds, jackknife_residuals
 from ._observations import Observations, ObservedPseudobulk, log_pseudobulk
 from ._observations import _rows as _rows  # re-exported: the training samples pseudobulks with it
 from ._protocols import CLASS_REFERENCE, Context, Protocol
@@ -63,6 +63,7 @@ __all__ = [
     "anchored_control",
     "log_pseudobulk",
     "member_weights",
+    "observed_interaction",
     "plan_anchoring",
     "row_of",
 ]
@@ -88,6 +89,23 @@ def member_weights(values: np.ndarray, var: np.ndarray, own_genes: tuple[tuple[i
     if not any(own_genes):
         return np.repeat(w[:, None], n_genes, axis=1)
     return without_own_genes(w, own_genes, n_genes)
+
+
+def observed_interaction(obs: Observations, label: str, ctx: Context) -> tuple[np.ndarray, np.ndarray] | None:
+    r"""Observed interaction of a training combination and its sampling variance, or ``None``.
+
+    :math:`I = y_p - \sum_k y_k + (n - 1) y_\varnothing`: how far the combination ``label`` strayed in ``ctx`` from
+    its observed singles added. ``None`` for a single, or where a single or the controls were not observed there.
+    """
+    targets = obs.targets.get(label, ())
+    y, y0 = obs.get(label, ctx), obs.control(ctx)
+    if len(targets) < 2 or y is None or y0 is None or not all(obs.get(t, ctx) is not None for t in targets):
+        return None
+    n = len(targets)
+    singles = [obs.get(t, ctx) for t in targets]
+    value = _value(y) - sum(_value(o) for o in singles) + (n - 1) * _value(y0)
+    var = _var(y) + sum(_var(o) for o in singles) + (n - 1) ** 2 * _var(y0)
+    return value, var
 
 
 # ---------------------------------------------------------------------------------------------- plans
@@ -200,11 +218,20 @@ class Combination(AnchorPlan):
         return [obs.protocol(t, self.context) for t in row.targets] + [obs.protocol(obs.control_label, self.context)]
 
     def residuals(self, obs: Observations) -> np.ndarray | None:
-        """How far the training combinations of the context strayed from this prediction rule (``None``: none seen).
+        """Observed interaction of each training combination of the context (combinations x genes; ``None``: none).
 
-        :attr:`Observations.combination_residuals` of the context, what bounds the row's interval.
+        How far each strayed from its observed singles added (:func:`observed_interaction`), what bounds a held-out
+        combination's interval around its observed additive sum (:meth:`centre`): observations only, so a held-out
+        combination's interaction is one more draw of the same kind.
         """
-        return obs.combination_residuals.get(self.context)
+        rows = [observed_interaction(obs, label, ctx) for label, ctx in obs.conditions if ctx == self.context]
+        rows = [r[0] for r in rows if r is not None]
+        return np.stack(rows) if rows else None
+
+    def centre(self, row: Protocol, obs: Observations) -> np.ndarray:
+        """Return the observed additive sum of the row's singles, the model-free reference its interval holds for."""
+        n = len(row.targets)
+        return sum(_value(obs.get(t, self.context)) for t in row.targets) - (n - 1) * _value(obs.control(self.context))
 
     def apply(self, row, read, obs):
         n = len(row.targets)
@@ -270,6 +297,11 @@ class UnseenTarget(SharedCorrection):
         values, var = self._observed(obs)
         return member_weights(values, var, self.own_genes)
 
+    def centre(self, row: Protocol, obs: Observations) -> np.ndarray:
+        """Return the observed shared response (the members' weighted mean), the reference the interval holds for."""
+        values, var = self._observed(obs)
+        return member_mean(random_effects_weights(values, var), values, self.own_genes)
+
     def residuals(self, obs: Observations) -> np.ndarray:
         """Each member's observation less the weighted mean of the others (members x genes; NaN at its own genes).
 
@@ -279,6 +311,24 @@ class UnseenTarget(SharedCorrection):
         """
         values, var = self._observed(obs)
         return jackknife_residuals(values, member_weights(values, var, self.own_genes))
+
+    def bounds(self, obs: Observations, level: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+        """Conformal bounds (:func:`~scmech.model._intervals.conformal_bounds`) of :meth:`residuals`, per gene.
+
+        Computed over blocks of ``block`` genes, so that a screen of thousands of training targets holds a few
+        members x ``block`` arrays at a time, not several members x genes ones.
+        """
+        values, var = self._observed(obs)
+        w = random_effects_weights(values, var)
+        n_genes = values.shape[1]
+        lower, upper = np.empty(n_genes), np.empty(n_genes)
+        for start in range(0, n_genes, block):
+            stop = min(start + block, n_genes)
+            own = tuple(tuple(g - start for g in genes if start <= g < stop) for genes in self.own_genes)
+            weights = without_own_genes(w, own, stop - start)
+            residuals = jackknife_residuals(values[:, start:stop], weights)
+            lower[start:stop], upper[start:stop] = conformal_bounds(residuals, level)
+        return lower, upper
 
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the offset and the correction with its variance, from one computation of the weights."""

@@ -298,14 +298,14 @@ def check_device(device) -> torch.device:
 
 def check_predict_arguments(
     *,
-    n_cells,
-    random_state,
-    efficacy,
-    batch_size,
+    n_cells: int | None,
+    random_state: int | None,
+    efficacy: float | None,
+    batch_size: int | None,
     anchor: str,
     batch_mix: str,
-    batch,
-    interval,
+    batch: str | None,
+    interval: float | None,
 ) -> float | None:
     """Check ``SemiMechVI.predict``'s scalar arguments, naming each bad value and the fix; return the interval level.
 

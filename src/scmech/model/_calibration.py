@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._anchoring import Observations, _value, _var
+from ._anchoring import Observations, _value, observed_interaction
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._protocols import Context, Protocol
 
-__all__ = ["combination_residuals", "fit_interaction_gain", "fit_media_carry"]
+__all__ = ["fit_interaction_gain", "fit_media_carry"]
 
 
 def fit_media_carry(
@@ -113,38 +113,18 @@ def fit_interaction_gain(obs: Observations, read: Callable[[Protocol], np.ndarra
     return float(np.clip((num - followed * noise) / den, 0.0, 1.0)), n_used
 
 
-def combination_residuals(
-    obs: Observations, read: Callable[[Protocol], np.ndarray], gain: float
-) -> dict[Context, np.ndarray]:
-    r"""How far each training combination strays from its prediction, per context (combinations x genes).
-
-    A combination whose singles were observed is predicted as their observed additive sum plus the calibrated
-    share ``gain`` (:math:`\kappa_I`, :func:`fit_interaction_gain`) of the model's interaction
-    (:class:`~scmech.model._anchoring.Combination`); each training combination's residual is therefore
-    :math:`I^{obs} - \kappa_I I^m`. ``predict(..., interval=level)`` bounds a held-out combination by their
-    conformal bounds (:func:`~scmech.model._intervals.conformal_bounds`). Contexts without a training combination
-    observed with all its singles are absent.
-    """
-    out: dict[Context, list[np.ndarray]] = {}
-    for ctx, i_obs, i_mod, _ in _interactions(obs, read):
-        out.setdefault(ctx, []).append((i_obs - gain * i_mod).astype(np.float32))
-    return {ctx: np.stack(rows) for ctx, rows in out.items()}
-
-
 def _interactions(obs: Observations, read: Callable[[Protocol], np.ndarray]):
     """Yield each training combination observed with all its singles and controls in a context.
 
     Each as its context, its observed and the model's interaction, and the observed interaction's sampling variance.
     """
-    for (label, ctx), y in obs.conditions.items():
-        targets = obs.targets.get(label, ())
-        y0 = obs.control(ctx)
-        if len(targets) < 2 or y0 is None or not all(obs.get(t, ctx) is not None for t in targets):
+    for label, ctx in obs.conditions:
+        observed = observed_interaction(obs, label, ctx)
+        if observed is None:
             continue
+        i_obs, var = observed
+        targets = obs.targets[label]
         n = len(targets)
-        singles = [obs.get(t, ctx) for t in targets]
-        i_obs = _value(y) - sum(_value(o) for o in singles) + (n - 1) * _value(y0)
-        var = _var(y) + sum(_var(o) for o in singles) + (n - 1) ** 2 * _var(y0)
         m = read(obs.protocol(label, ctx))
         i_mod = (
             m - sum(read(obs.protocol(t, ctx)) for t in targets) + (n - 1) * read(obs.protocol(obs.control_label, ctx))

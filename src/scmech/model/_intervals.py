@@ -1,21 +1,27 @@
-r"""Prediction intervals of unseen targets and combinations: how far the training data stray when so predicted.
+r"""Prediction intervals of unseen targets and combinations: how far the training data stray from the same reference.
 
-A target without training cells is predicted from the training targets (its anchor is their precision-weighted
-mean, :class:`~scmech.model._anchoring.UnseenTarget`). How far its observation may lie from that prediction is
-what the training targets show when each is predicted so from the others: the jackknife residuals
-(:func:`jackknife_residuals`). Were the unseen target exchangeable with the training targets, its residual would
-be one more draw of the same distribution, and the split-conformal rank rule (:func:`conformal_bounds`; Vovk,
-Gammerman and Shafer 2005; Lei et al., J. Am. Stat. Assoc. 113, 1094-1111, 2018) gives bounds that hold it with
-at least the requested probability, per gene, whatever that distribution's shape: no normal approximation of a
-spread that few strong targets make heavy-tailed. With too few training targets for the level the bound is
-infinite: :math:`n` targets cannot bound a draw beyond rank :math:`n`.
+A target without training cells is predicted from the training targets: its anchor is their precision-weighted mean,
+the observed shared response (:class:`~scmech.model._anchoring.UnseenTarget`). How far its observation may lie from
+that reference is what the training targets show, each against the weighted mean of the others: the leave-one-out
+(jackknife) residuals (:func:`jackknife_residuals`). Were the unseen target exchangeable with the training targets,
+its residual would be one more draw of the same distribution, and the conformal rank rule (:func:`conformal_bounds`;
+Vovk, Gammerman and Shafer 2005; Lei et al., J. Am. Stat. Assoc. 113, 1094-1111, 2018) bounds it with the requested
+probability per gene, whatever that distribution's shape: no normal approximation of a spread that a few strong
+targets make heavy-tailed. With leave-one-out residuals the probability holds approximately (the jackknife; the
+jackknife+ of Barber et al., Ann. Stat. 49, 486-507, 2021, guarantees at least 1 - 2 alpha), on average over
+targets and genes, never for each target.
 
-A combination whose singles were observed is bounded in the same way by the training combinations' residuals
-(:func:`~scmech.model._calibration.combination_residuals`).
+A combination whose singles were observed is bounded the same way around its observed singles added, by the
+training combinations' observed interactions (:func:`~scmech.model._anchoring.observed_interaction`): observations
+only, so the rule is exact split conformal there.
+
+The model moves each prediction away from its reference (its specific change, the calibrated interaction, the
+shrinkage towards its read-outs), which the residuals do not see: ``predict`` widens the bounds to hold both the
+reference's and the prediction's (:class:`~scmech.model._prediction_intervals.IntervalMixin`). With too few training
+rows for the level the bound is infinite: :math:`n` residuals cannot bound a draw beyond rank :math:`n`.
 
 The own gene of a target whose gene is measured is knocked down by the calibrated factor; its bounds are the same
 rank rule applied to the training targets' individual factors (:func:`conformal_range`).
-:class:`~scmech.model._prediction_intervals.IntervalMixin` applies both in ``predict``.
 
 Written here, not taken from a library: the residuals are those of this package's anchor (each training target
 left out of the precision-weighted mean, and out of the mean at its own genes), and the rule is a few lines of
@@ -33,7 +39,12 @@ __all__ = ["check_level", "conformal_bounds", "conformal_range", "jackknife_resi
 
 
 def check_level(level: float | None) -> float | None:
-    """Validate a prediction interval's ``level`` (a probability strictly between 0 and 1, or ``None``)."""
+    """Validate a prediction interval's ``level`` (a probability strictly between 0 and 1, or ``None``).
+
+    Returns
+    -------
+    The level as a float, or ``None``.
+    """
     if level is None:
         return None
     if isinstance(level, bool) or not isinstance(level, numbers.Real):
@@ -87,8 +98,14 @@ def conformal_bounds(residuals: np.ndarray, level: float) -> tuple[np.ndarray, n
         Residuals (members x genes); NaN where a member has none.
     level
         Probability in (0, 1).
+
+    Returns
+    -------
+    The lower (at most 0) and upper (at least 0) bound of each column.
     """
     r = np.asarray(residuals, dtype=np.float64)
+    if r.shape[0] == 0:  # nothing to bound a new residual by
+        return np.full(r.shape[1], -np.inf), np.full(r.shape[1], np.inf)
     n = np.isfinite(r).sum(axis=0)
     ordered = np.sort(np.where(np.isfinite(r), r, np.inf), axis=0)  # NaN last
     lo_rank, hi_rank = _ranks(n, level)
@@ -104,6 +121,10 @@ def conformal_range(values: np.ndarray, level: float) -> tuple[float, float]:
     """Range of a new draw exchangeable with ``values`` at ``level`` (the rank rule of :func:`conformal_bounds`).
 
     The bounds are order statistics of the values themselves (not residuals): ``-inf`` / ``inf`` where too few.
+
+    Returns
+    -------
+    The lower and the upper bound.
     """
     v = np.sort(np.asarray(values, dtype=np.float64)[np.isfinite(values)])
     n = np.asarray([len(v)])

@@ -49,10 +49,6 @@ class Observations:
     interaction_gain
         :math:`\kappa_I`: the share of the model's interaction that the training combinations bear out (0 without
         training combinations).
-    combination_residuals
-        ``{context: residuals}``: each training combination's observation less its prediction from its observed
-        singles and the calibrated interaction (combinations x genes;
-        :func:`~scmech.model._calibration.combination_residuals`), what bounds a held-out combination's interval.
     media_carry
         ``{(context, source context): (rho, alpha)}``: how far a perturbation's observed specific change in the
         source carries to the context (``rho``) and how far the model's change of it between the two does
@@ -77,7 +73,6 @@ class Observations:
     targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     interaction_gain: float = 0.0
     interaction_pairs: int = 0
-    combination_residuals: dict[Context, np.ndarray] = field(default_factory=dict)
     media_carry: dict[tuple[Context, Context], tuple[float, float]] = field(default_factory=dict)
     batch_standardised: int = 0
     batch_mix: dict[tuple[str, Context], np.ndarray] = field(default_factory=dict)

@@ -23,7 +23,7 @@ from scmech.data._target_genes import name_positions
 
 from ._amplitude import AmplitudeMixin
 from ._anchoring import Observations, ObservedPseudobulk, _rows, log_pseudobulk
-from ._calibration import combination_residuals, fit_interaction_gain, fit_media_carry
+from ._calibration import fit_interaction_gain, fit_media_carry
 from ._own_gene import own_calibration
 from ._own_gene_fit import OwnGeneMixin
 from ._protocols import Protocol
@@ -497,7 +497,6 @@ class PostTrainingMixin(OwnGeneMixin, AmplitudeMixin):
             return
         read = self._reader(need)
         obs.interaction_gain, obs.interaction_pairs = fit_interaction_gain(obs, read) if combos else (0.0, 0)
-        obs.combination_residuals = combination_residuals(obs, read, obs.interaction_gain) if combos else {}
         obs.media_carry = fit_media_carry(obs, read) if len(contexts) > 1 else {}
 
     def _reader(self, protocols: list[Protocol]):

@@ -351,17 +351,18 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         interval
             Probability (for example ``0.9``) of prediction intervals: ``layers["lower"]`` and ``layers["upper"]``
             (on ``X``'s scale) bound the pseudobulk the row's cells would show, for targets without training cells
-            and for combinations whose singles were observed. Each gene's bounds are the anchored prediction plus
-            the split-conformal bounds of the residuals of the training data predicted the same way
-            (:mod:`scmech.model._intervals`): each training target predicted from the others as an unseen target
-            is; each training combination less its observed singles added and the calibrated interaction. They hold
-            with at least this probability for a row exchangeable with those, without assuming a normal spread. The
-            own gene's bounds are the levels its knock-down reaches at the conformal range of the training targets'
-            own factors. Too few training rows for the probability give infinite bounds (with ``n`` of them, a
-            probability above ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is
-            unbounded). NaN on other rows (observed conditions, other contexts); a ``UserWarning`` names the targets
-            without training cells that get none (anchored otherwise, as on a screen with too few training
-            targets). Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
+            and for combinations whose singles were observed. Each gene's bounds are conformal bounds of how far the
+            training data strayed from the same model-free reference (:mod:`scmech.model._intervals`): each training
+            target from the weighted mean of the others (the observed shared response an unseen target is anchored
+            on), each training combination from its observed singles added. They are widened to hold both that
+            reference's bounds and the prediction's, as the model moves the prediction away from the reference. For
+            a row exchangeable with those training rows they hold with about this probability, on average over rows
+            and genes (not for each target), without assuming a normal spread. The own gene's bounds are the levels
+            its knock-down reaches at the conformal range of the training targets' own factors. Too few training
+            rows for the probability give infinite bounds (with ``n`` of them, a probability above
+            ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is unbounded). NaN on
+            other rows (observed conditions, other contexts); a ``UserWarning`` names the targets without training
+            cells that get none. Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
             ``from_cells`` or ``adata``). ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them
             against held-out cells.
         adata
@@ -432,6 +433,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             )
             raise ValueError(msg)
         plans, extra, amplitudes = self._plan(requested, anchor, observations) if can_anchor else ({}, [], {})
+        deviations: dict[int, np.ndarray] | None = {} if level is not None else None
         how = {
             "random_state": seed,
             "adata": adata,
@@ -445,13 +447,17 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         if return_mean and plans and (efficacy is not None or not moved):
             # the observations stand for the training efficacies (and, not moved, for each cell's own batch)
             where = {**how, "batch": batch if moved else None}
-            logx, weights = self._anchor_by_reference(ro, requested, extra, plans, amplitudes, observations, where)
+            logx, weights = self._anchor_by_reference(
+                ro, requested, extra, plans, amplitudes, observations, where, deviations
+            )
         elif return_mean:
-            logx, weights = self._anchor(ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes)
+            logx, weights = self._anchor(
+                ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes, deviations=deviations
+            )
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
         bounds = (
-            self._interval_bounds(logx, requested, plans, observations, amplitudes, level)
+            self._interval_bounds(logx, requested, plans, observations, amplitudes, level, deviations)
             if level is not None
             else None
         )
@@ -548,6 +554,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         amplitudes: dict[int, float],
         observations: Observations,
         where: dict,
+        deviations: dict[int, np.ndarray] | None = None,
     ) -> tuple:
         """Anchor read-outs (``ro``) made where the observations were not: the correction is measured where they were.
 
@@ -555,10 +562,11 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         for the batch composition their cells came in, read out from each control cell in its own batch). Each
         row's anchoring correction is the one there (the anchored row minus the model's read-out, read with
         ``where`` and the default efficacies), added to the requested read-out: anchoring moves the prediction by
-        the model's error, and the efficacy and the batch still move it as the model says.
+        the model's error, and the efficacy and the batch still move it as the model says. ``deviations`` are
+        :meth:`_anchor`'s, measured where the observations were (the move adds to both sides).
         """
         ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
-        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations)
+        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations, deviations=deviations)
         n = len(requested)
         out = ro.log_values[:n] + (anchored - ref.log_values[:n])
         rows = row_of(requested + extra)
@@ -582,8 +590,14 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         observations: Observations | None,
         *,
         amplitudes: dict[int, float] | None = None,
+        deviations: dict[int, np.ndarray] | None = None,
     ) -> tuple:
         """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight.
+
+        With ``deviations`` (a dict, filled in place), each row with an interval (an unseen target, a combination)
+        gets its anchored value's deviation from the model-free reference its interval holds for
+        (:meth:`~scmech.model._prediction_intervals.IntervalMixin._interval_bounds`), before its own gene and its
+        amplitude are set.
 
         Rows with ``amplitudes`` (from :meth:`_plan`) have their change from the controls' anchored prediction scaled
         by them (:meth:`~scmech.model._amplitude.AmplitudeMixin._scale_by_expression`); :meth:`_anchor_by_reference`
@@ -596,6 +610,8 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
 
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
+        if deviations is not None and observations is not None:
+            deviations.update(self._deviations(logx, requested, plans, observations))
         self._own_from_control(logx, requested, plans, observations)
         if amplitudes and observations is not None:
             self._scale_by_expression(

@@ -32,15 +32,18 @@ class IntervalMixin:
         observations: Observations,
         amplitudes: dict[int, float],
         level: float,
+        deviations: dict[int, np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return the bounds (rows x genes, ``logx``'s scale) of unseen targets and combinations; NaN elsewhere.
 
-        A combination whose singles were observed (:class:`~scmech.model._anchoring.Combination`): its prediction plus
-        the conformal bounds of the training combinations' residuals in its context
-        (:attr:`~scmech.model._observations.Observations.combination_residuals`); infinite without any.
+        The conformal bounds of the plan's residuals hold around its model-free reference (``plan.centre``); the
+        model moved the row from there by ``deviations`` (:meth:`_deviations`), so the bounds are widened to hold both
+        the reference's and the prediction's. A combination whose singles were observed
+        (:class:`~scmech.model._anchoring.Combination`): the training combinations' observed interactions in its
+        context; infinite without any.
 
-        Off the own gene: the anchored prediction plus the conformal bounds of the training targets' jackknife
-        residuals in the row's context (:meth:`~scmech.model._anchoring.UnseenTarget.residuals`), scaled by the row's
+        An unseen target, off the own gene: the training targets' jackknife residuals in the row's context
+        (:meth:`~scmech.model._anchoring.UnseenTarget.residuals`), scaled by the row's
         expression amplitude where it exceeds 1, as its change from the controls is (below 1 they are kept: the
         residuals hold the training targets' sampling noise too, which a weaker or silent target's cells keep). At
         the own gene of a single target whose gene is measured: the level its knock-down reaches at the conformal
@@ -55,11 +58,32 @@ class IntervalMixin:
             if plan not in cache:
                 cache[plan] = _plan_bounds(plan, observations, level, logx.shape[1])
             lo, hi = cache[plan]
+            d = deviations.get(i, 0.0)  # the prediction less the reference the bounds hold for
             a = max(amplitudes.get(i, 1.0), 1.0)  # a weaker target keeps them: its sampling noise does not shrink
-            lower[i] = logx[i] + a * lo
-            upper[i] = logx[i] + a * hi
+            lower[i] = logx[i] + a * (lo + np.minimum(0.0, -d))
+            upper[i] = logx[i] + a * (hi + np.maximum(0.0, -d))
         self._own_gene_bounds(logx, lower, upper, requested, plans, observations, level)
         return lower, upper
+
+    def _deviations(
+        self, logx: np.ndarray, requested: list, plans: dict, observations: Observations
+    ) -> dict[int, np.ndarray]:
+        """Each anchored row's deviation from the model-free reference its interval holds for (rows with one only).
+
+        The reference (``plan.centre``) is the observed shared response for an unseen target and the observed
+        additive sum for a combination; the deviation is what the model moved the row by from it (its specific
+        change, the calibrated interaction and the shrinkage towards its read-outs).
+        """
+        out = {}
+        cache: dict = {}
+        for i, plan in plans.items():
+            if isinstance(plan, UnseenTarget):
+                if plan not in cache:
+                    cache[plan] = plan.centre(requested[i], observations)
+                out[i] = logx[i] - cache[plan]
+            elif isinstance(plan, Combination):
+                out[i] = logx[i] - plan.centre(requested[i], observations)
+        return out
 
     def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict, mapped: set[str]) -> None:
         """Warn about rows with a target without training cells that got no interval, saying how they were anchored."""
@@ -69,13 +93,13 @@ class IntervalMixin:
         how = sorted({getattr(plans.get(i), "description", "not anchored") for i in rows})
         names = [requested[i].label for i in rows]
         more = " ..." if len(names) > 5 else ""
-        warnings.warn(
+        msg = (
             f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}): "
             "intervals are given for single targets without training cells anchored on the shared response of the "
-            "training targets, which a screen with too few training targets, or a combination, is not.",
-            UserWarning,
-            stacklevel=3,
+            "training targets and for combinations of observed singles, which these are not (too few training "
+            "targets, or a combination with a target without training cells)."
         )
+        warnings.warn(msg, UserWarning, stacklevel=3)
 
     def _add_interval_layers(self, out, bounds: tuple[np.ndarray, np.ndarray], level: float) -> None:
         r"""Write the bounds to ``out.layers["lower"]`` and ``["upper"]`` and the level to its provenance.
@@ -127,25 +151,32 @@ class IntervalMixin:
         settings = self._own_settings()
         scaled = settings.scaled and self._scaled_as_fitted(tm)
         eta = _levels(settings.levels)
-        values = self._own_gene_members(tm, settings)
+        values = self._own_gene_members(tm, settings, scaled)
         lo, hi = conformal_range(values, level) if values is not None else (-np.inf, np.inf)
+        floor = 0.0 if scaled else -np.inf  # a scaled expression falls at most to none
+
+        def reached(v: float, ref: np.ndarray) -> float:
+            """Level the knock-down of factor (``"level"`` model: level) ``v`` reaches from ``ref``."""
+            if not np.isfinite(v):  # no bound: the factor's end of the scale, not a product with it
+                return floor if v < 0 else np.inf
+            if tm.own_model == "level":
+                return float(np.maximum(v, ref)[0])
+            return float(_level_after(np.asarray(v), ref, scaled, eta, settings.log_base)[0])
+
         for i in rows:
             g = pos[requested[i].targets[0]]
             ref = np.asarray(observations.control(plans[i].context).value, dtype=np.float64)[[g]]
-            if tm.own_model == "level":
-                at = {v: np.maximum(v, ref)[0] for v in (centre, lo, hi)}
-            else:
-                at = {
-                    v: float(_level_after(np.asarray(v), ref, scaled, eta, settings.log_base)[0])
-                    for v in (centre, lo, hi)
-                }
+            at_centre = reached(centre, ref)
             # a larger factor reaches a higher level, whichever way the modality moves the gene
-            ends = sorted([at[lo], at[hi]])
-            lower[i, g] = min(logx[i, g] + ends[0] - at[centre], logx[i, g])
-            upper[i, g] = max(logx[i, g] + ends[1] - at[centre], logx[i, g])
+            low, high = reached(lo, ref), reached(hi, ref)
+            lower[i, g] = min(logx[i, g] + low - at_centre, logx[i, g])
+            upper[i, g] = max(logx[i, g] + high - at_centre, logx[i, g])
 
-    def _own_gene_members(self, tm: TargetMap, settings: OwnSettings) -> np.ndarray | None:
-        """Return the training targets' own factors (own levels under the ``"level"`` model), or ``None`` (too few)."""
+    def _own_gene_members(self, tm: TargetMap, settings: OwnSettings, scaled: bool) -> np.ndarray | None:
+        """Return the training targets' own factors (own levels under the ``"level"`` model), or ``None`` (too few).
+
+        ``scaled``: whether the factors scale expression or shift the values, as the calibrated one is applied.
+        """
         pairs = self._own_gene_pairs(tm.class_targets)
         if pairs is None:
             return None
@@ -155,7 +186,7 @@ class IntervalMixin:
         return own_effects(
             own_level,
             reference,
-            counts=settings.scaled,
+            counts=scaled,
             efficacy_levels=settings.levels,
             log_base=settings.log_base,
         )
@@ -165,6 +196,8 @@ def _plan_bounds(
     plan: UnseenTarget | Combination, observations: Observations, level: float, n_genes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conformal bounds of one plan's residuals; infinite for a combination without training combinations."""
+    if isinstance(plan, UnseenTarget):
+        return plan.bounds(observations, level)
     residuals = plan.residuals(observations)
     if residuals is None:
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)

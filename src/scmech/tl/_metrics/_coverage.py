@@ -15,7 +15,7 @@ from scmech.data._target_genes import target_gene_names
 
 from ._context import context_mask, prediction_context
 from ._evaluate import _split_masks
-from ._predictions import _as_dict, _design, prediction_labels
+from ._predictions import _as_dict, _design, check_condition_labels, prediction_labels
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -64,7 +64,7 @@ def interval_coverage(
     ``layers["upper"]``) against the observed pseudobulks of the held-out conditions, as :func:`evaluate` scores the
     predictions: the same cells (the split's test cells, the context the predictions were made in) and the same
     pseudobulk (:func:`scmech.data.pseudobulk`). Rows without an interval (NaN bounds: conditions observed in
-    training, combinations) are left out.
+    training) are left out. A condition's own genes (every target gene of a combination) are scored apart.
 
     The promise of a conformal interval is marginal, over targets exchangeable with the training targets: average
     ``coverage`` over many held-out conditions before comparing it with ``level``; one strong target can lie outside
@@ -133,9 +133,9 @@ def interval_coverage(
     genes = pd.Index(adata.var_names).astype(str)
     names = pd.Index(target_gene_names(adata.var, gene_symbols))
     own_of = {g: i for i, g in reversed(list(enumerate(map(str, names))))}
+    bounds = {name: _bounds(pred, name, design, genes) for name, pred in preds.items()}  # every model checked first
     rows = []
-    for name, pred in preds.items():
-        lower, upper, labels, level = _bounds(pred, name, design, genes)
+    for name, (lower, upper, labels, level) in bounds.items():
         bounded = [c for i, c in enumerate(labels) if (~np.isnan(lower[i])).any()]
         conditions = [c for c in bounded if (obs_mask & (design.labels == c)).any()]
         if not conditions:
@@ -162,14 +162,21 @@ def _bounds(pred: AnnData, name: str, design, genes: pd.Index) -> tuple[np.ndarr
     check_unique_names(pred.var_names, f"The var_names of the predictions of {name!r}", "var_names_make_unique()")
     cols = pd.Index(pred.var_names).astype(str)
     if not genes.isin(cols).any():
-        msg = f"Predictions of {name!r} share no genes with adata.var_names."
+        msg = (
+            f"Predictions of {name!r} share no genes with adata.var_names: score them against the data the model "
+            "was trained on (the same genes)."
+        )
         raise ValueError(msg)
     take = cols.get_indexer(genes)
     lower = np.where(take >= 0, np.asarray(pred.layers["lower"], dtype=np.float64)[:, np.maximum(take, 0)], np.nan)
     upper = np.where(take >= 0, np.asarray(pred.layers["upper"], dtype=np.float64)[:, np.maximum(take, 0)], np.nan)
-    if np.any(lower > upper):
-        msg = f"Predictions of {name!r} have a lower bound above the upper one; pass the layers predict returned."
+    if np.any(lower > upper) or np.any(np.isnan(lower) != np.isnan(upper)):
+        msg = (
+            f"Predictions of {name!r} have a lower bound above the upper one, or a bound on one side only; pass the "
+            "layers predict returned."
+        )
         raise ValueError(msg)
+    check_condition_labels(pred, f"Predictions of {name!r}", "have")
     labels = prediction_labels(pred, design, f"Predictions of {name!r}", "score")
     prov = pred.uns.get(SCMECH_ADATA_KEYS.UNS, {}).get(SCMECH_ADATA_KEYS.PREDICTION_UNS, {})
     return lower, upper, labels, float(prov.get("interval", np.nan))
@@ -201,7 +208,7 @@ def _row(
         float(inside.mean()) if off.any() else np.nan,
         own_covered,
         float((~finite).mean()) if off.any() else np.nan,
-        float(np.median(width[finite])) if finite.any() else np.inf,
+        float(np.median(width[finite])) if finite.any() else (np.inf if off.any() else np.nan),
         int(off.sum()),
         n_cells,
     ]
