@@ -128,6 +128,8 @@ def test_an_interval_needs_the_anchored_mean_prediction(screen):
         model.predict(held, interval=0.8, anchor="none")
     with pytest.raises(ValueError, match="interval=0.8 needs"):
         model.predict(held, interval=0.8, return_mean=False)
+    with pytest.raises(ValueError, match="without from_cells or adata"):
+        model.predict(held, interval=0.8, from_cells=[0, 1, 2])
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         model.predict(held, interval=95)
 
