@@ -227,6 +227,13 @@ def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tm
         np.testing.assert_allclose(
             pred.layers["upper"][i][expressed], (np.maximum(x[i], additive) + hi)[expressed], atol=1e-5
         )
+    # scored per double, both of its target genes apart
+    table = scmech.tl.interval_coverage(pred, adata).set_index("condition")
+    assert sorted(table.index) == sorted(held)
+    genes = list(map(str, adata.var_names))
+    for label in held:
+        targets = [genes.index(t) for t in label.split("+") if t in genes]
+        assert table.loc[label, "n_genes"] == adata.n_vars - len(targets)
     # the same after save and load
     model.save(tmp_path / "m", save_anndata=True)
     loaded = SemiMechVI.load(tmp_path / "m")
