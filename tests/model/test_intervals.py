@@ -243,14 +243,14 @@ def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tm
 def test_unseen_bounds_hold_the_shared_response_and_the_prediction(screen, monkeypatch):
     model, adata, held, _ = screen
     seen = {}
-    deviations = model._deviations
+    offsets = model._interval_offsets
 
-    def spy(logx, requested, plans, observations):
-        out = deviations(logx, requested, plans, observations)
-        seen.update(plans=plans, observations=observations, deviations=out)
+    def spy(logx, requested, plans, observations, level):
+        out = offsets(logx, requested, plans, observations, level)
+        seen.update(plans=plans, observations=observations, offsets=out)
         return out
 
-    monkeypatch.setattr(model, "_deviations", spy)
+    monkeypatch.setattr(model, "_interval_offsets", spy)
     pred = model.predict(held, interval=0.8)
     x, lo_layer, hi_layer = (
         np.asarray(a, dtype=np.float64) for a in (pred.X, pred.layers["lower"], pred.layers["upper"])
@@ -258,15 +258,15 @@ def test_unseen_bounds_hold_the_shared_response_and_the_prediction(screen, monke
     genes = list(map(str, adata.var_names))
     moved = 0.0
     for i, t in enumerate(held):
-        plan = seen["plans"][i]
-        lo, hi = conformal_bounds(plan.residuals(seen["observations"]), 0.8)
-        reference = np.asarray(
-            plan.centre(None, seen["observations"]), dtype=np.float64
-        )  # the observed shared response
+        plan, obs = seen["plans"][i], seen["observations"]
+        lo, hi = conformal_bounds(plan.residuals(obs), 0.8)
+        values, _ = plan._observed(obs)
+        reference = (plan.weights(obs) * values).sum(axis=0)  # the observed shared response
         off = np.ones(len(genes), dtype=bool)
         off[genes.index(t)] = False  # the own gene is set (and bounded) apart
         off &= x[i] > 0
-        np.testing.assert_allclose((x[i] - seen["deviations"][i])[off], reference[off], atol=1e-5, err_msg=t)
+        # measured where the row was anchored: its deviation from the reference widens the bounds
+        np.testing.assert_allclose(seen["offsets"][i][0][off], (lo + np.minimum(0.0, reference - x[i]))[off], atol=1e-5)
         np.testing.assert_allclose(lo_layer[i][off], np.maximum(np.minimum(x[i], reference) + lo, 0.0)[off], atol=1e-5)
         np.testing.assert_allclose(hi_layer[i][off], (np.maximum(x[i], reference) + hi)[off], atol=1e-5)
         moved = max(moved, float(np.abs(x[i] - reference)[off].max()))

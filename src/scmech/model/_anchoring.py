@@ -297,11 +297,6 @@ class UnseenTarget(SharedCorrection):
         values, var = self._observed(obs)
         return member_weights(values, var, self.own_genes)
 
-    def centre(self, row: Protocol, obs: Observations) -> np.ndarray:
-        """Return the observed shared response (the members' weighted mean), the reference the interval holds for."""
-        values, var = self._observed(obs)
-        return member_mean(random_effects_weights(values, var), values, self.own_genes)
-
     def residuals(self, obs: Observations) -> np.ndarray:
         """Each member's observation less the weighted mean of the others (members x genes; NaN at its own genes).
 
@@ -312,11 +307,13 @@ class UnseenTarget(SharedCorrection):
         values, var = self._observed(obs)
         return jackknife_residuals(values, member_weights(values, var, self.own_genes))
 
-    def bounds(self, obs: Observations, level: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-        """Conformal bounds (:func:`~scmech.model._intervals.conformal_bounds`) of :meth:`residuals`, per gene.
+    def bounds(self, obs: Observations, level: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Conformal bounds (:func:`~scmech.model._intervals.conformal_bounds`) of :meth:`residuals`, and their centre.
 
-        Computed over blocks of ``block`` genes, so that a screen of thousands of training targets holds a few
-        members x ``block`` arrays at a time, not several members x genes ones.
+        The centre is the observed shared response (the members' weighted mean), the model-free reference the bounds
+        hold for. Computed over blocks of ``block`` genes, so that a screen of thousands of training targets holds a
+        few members x ``block`` arrays at a time, not several members x genes ones; the members' observations are
+        read once.
         """
         values, var = self._observed(obs)
         w = random_effects_weights(values, var)
@@ -328,7 +325,7 @@ class UnseenTarget(SharedCorrection):
             weights = without_own_genes(w, own, stop - start)
             residuals = jackknife_residuals(values[:, start:stop], weights)
             lower[start:stop], upper[start:stop] = conformal_bounds(residuals, level)
-        return lower, upper
+        return lower, upper, member_mean(w, values, self.own_genes)
 
     def _terms(self, read, obs) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Return the offset and the correction with its variance, from one computation of the weights."""

@@ -20,7 +20,7 @@ from scmech._constants import SCMECH_ADATA_KEYS, SCMECH_REGISTRY_KEYS
 
 from ._anchoring import Observations, SharedCorrection, anchor_rows, anchored_control, plan_anchoring, row_of
 from ._argument_checks import check_flag, check_not_unassigned, check_predict_arguments
-from ._prediction_intervals import IntervalMixin
+from ._prediction_intervals import IntervalMixin, IntervalRequest
 from ._prediction_output import PredictionOutputMixin
 from ._protocols import CLASS_REFERENCE, Context, Protocol, Step, build_protocols
 from ._readout import efficacy_pool, read_out, starting_cells
@@ -433,7 +433,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             )
             raise ValueError(msg)
         plans, extra, amplitudes = self._plan(requested, anchor, observations) if can_anchor else ({}, [], {})
-        deviations: dict[int, np.ndarray] | None = {} if level is not None else None
+        intervals = IntervalRequest(level) if level is not None else None
         how = {
             "random_state": seed,
             "adata": adata,
@@ -448,17 +448,17 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             # the observations stand for the training efficacies (and, not moved, for each cell's own batch)
             where = {**how, "batch": batch if moved else None}
             logx, weights = self._anchor_by_reference(
-                ro, requested, extra, plans, amplitudes, observations, where, deviations
+                ro, requested, extra, plans, amplitudes, observations, where, intervals
             )
         elif return_mean:
             logx, weights = self._anchor(
-                ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes, deviations=deviations
+                ro.log_values, requested, extra, plans, observations, amplitudes=amplitudes, intervals=intervals
             )
         else:
             logx, weights = ro.log_values, np.full(len(requested), np.nan)
         bounds = (
-            self._interval_bounds(logx, requested, plans, observations, amplitudes, level, deviations)
-            if level is not None
+            self._interval_bounds(logx, requested, plans, observations, amplitudes, intervals)
+            if intervals is not None
             else None
         )
         out = self._prediction_anndata(
@@ -554,7 +554,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         amplitudes: dict[int, float],
         observations: Observations,
         where: dict,
-        deviations: dict[int, np.ndarray] | None = None,
+        intervals: IntervalRequest | None = None,
     ) -> tuple:
         """Anchor read-outs (``ro``) made where the observations were not: the correction is measured where they were.
 
@@ -562,11 +562,11 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         for the batch composition their cells came in, read out from each control cell in its own batch). Each
         row's anchoring correction is the one there (the anchored row minus the model's read-out, read with
         ``where`` and the default efficacies), added to the requested read-out: anchoring moves the prediction by
-        the model's error, and the efficacy and the batch still move it as the model says. ``deviations`` are
-        :meth:`_anchor`'s, measured where the observations were (the move adds to both sides).
+        the model's error, and the efficacy and the batch still move it as the model says. The ``intervals``'
+        offsets are :meth:`_anchor`'s, measured where the observations were (the move adds to both sides).
         """
         ref = self._read(requested + extra, anchor_rows=len(extra), efficacy=None, **where)
-        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations, deviations=deviations)
+        anchored, weights = self._anchor(ref.log_values, requested, extra, plans, observations, intervals=intervals)
         n = len(requested)
         out = ro.log_values[:n] + (anchored - ref.log_values[:n])
         rows = row_of(requested + extra)
@@ -590,13 +590,13 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         observations: Observations | None,
         *,
         amplitudes: dict[int, float] | None = None,
-        deviations: dict[int, np.ndarray] | None = None,
+        intervals: IntervalRequest | None = None,
     ) -> tuple:
         """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight.
 
-        With ``deviations`` (a dict, filled in place), each row with an interval (an unseen target, a combination)
-        gets its anchored value's deviation from the model-free reference its interval holds for
-        (:meth:`~scmech.model._prediction_intervals.IntervalMixin._interval_bounds`), before its own gene and its
+        With ``intervals``, each row with an interval (an unseen target, a combination) gets its bounds relative to its
+        anchored value, filled into ``intervals.offsets``
+        (:meth:`~scmech.model._prediction_intervals.IntervalMixin._interval_offsets`), before its own gene and its
         amplitude are set.
 
         Rows with ``amplitudes`` (from :meth:`_plan`) have their change from the controls' anchored prediction scaled
@@ -610,8 +610,8 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
 
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
-        if deviations is not None and observations is not None:
-            deviations.update(self._deviations(logx, requested, plans, observations))
+        if intervals is not None and observations is not None:
+            intervals.offsets.update(self._interval_offsets(logx, requested, plans, observations, intervals.level))
         self._own_from_control(logx, requested, plans, observations)
         if amplitudes and observations is not None:
             self._scale_by_expression(

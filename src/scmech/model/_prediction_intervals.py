@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,11 +19,51 @@ if TYPE_CHECKING:
     from ._observations import Observations
     from ._own_gene_fit import OwnSettings
 
-__all__ = ["IntervalMixin"]
+__all__ = ["IntervalMixin", "IntervalRequest"]
+
+
+@dataclass
+class IntervalRequest:
+    """A prediction's interval level and, once anchored, each bounded row's bounds relative to its prediction."""
+
+    level: float
+    #: row -> (lower, upper) offsets from the row's anchored value, filled by ``_anchor``
+    offsets: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 class IntervalMixin:
     """Adds ``predict``'s prediction intervals (``interval=``) for unseen targets and combinations."""
+
+    def _interval_offsets(
+        self, logx: np.ndarray, requested: list, plans: dict, observations: Observations, level: float
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Bounds of each row with an interval relative to its anchored value ``logx`` (where the anchoring is done).
+
+        The conformal bounds of the plan's residuals hold around its model-free reference: the observed shared
+        response for an unseen target (:meth:`~scmech.model._anchoring.UnseenTarget.bounds`), the observed singles
+        added for a combination (:meth:`~scmech.model._anchoring.Combination.centre`; bounded by the training
+        combinations' observed interactions in its context, infinitely without any). The model moved the row from
+        there by ``d`` (its specific change, the calibrated interaction, the shrinkage towards its read-outs), so the
+        offsets hold both the reference's bounds and the prediction's: ``lo + min(0, -d)`` and ``hi + max(0, -d)``.
+        Each plan's bounds are computed once, reading its members' observations once.
+        """
+        out = {}
+        cache: dict = {}
+        for i, plan in plans.items():
+            if isinstance(plan, UnseenTarget):
+                if plan not in cache:
+                    cache[plan] = plan.bounds(observations, level)
+                lo, hi, centre = cache[plan]
+            elif isinstance(plan, Combination):
+                if plan not in cache:
+                    cache[plan] = _combination_bounds(plan, observations, level, logx.shape[1])
+                lo, hi = cache[plan]
+                centre = plan.centre(requested[i], observations)
+            else:
+                continue
+            d = logx[i] - centre  # the prediction less the reference the bounds hold for
+            out[i] = (lo + np.minimum(0.0, -d), hi + np.maximum(0.0, -d))
+        return out
 
     def _interval_bounds(
         self,
@@ -31,59 +72,25 @@ class IntervalMixin:
         plans: dict,
         observations: Observations,
         amplitudes: dict[int, float],
-        level: float,
-        deviations: dict[int, np.ndarray],
+        intervals: IntervalRequest,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return the bounds (rows x genes, ``logx``'s scale) of unseen targets and combinations; NaN elsewhere.
 
-        The conformal bounds of the plan's residuals hold around its model-free reference (``plan.centre``); the
-        model moved the row from there by ``deviations`` (:meth:`_deviations`), so the bounds are widened to hold both
-        the reference's and the prediction's. A combination whose singles were observed
-        (:class:`~scmech.model._anchoring.Combination`): the training combinations' observed interactions in its
-        context; infinite without any.
-
-        An unseen target, off the own gene: the training targets' jackknife residuals in the row's context
-        (:meth:`~scmech.model._anchoring.UnseenTarget.residuals`), scaled by the row's
-        expression amplitude where it exceeds 1, as its change from the controls is (below 1 they are kept: the
-        residuals hold the training targets' sampling noise too, which a weaker or silent target's cells keep). At
-        the own gene of a single target whose gene is measured: the level its knock-down reaches at the conformal
-        range of the training targets' own factors (:meth:`_own_gene_bounds`), moved as the predicted level was.
+        Each row's offsets (:meth:`_interval_offsets`, measured where it was anchored) added to its final value,
+        scaled by the row's expression amplitude where it exceeds 1, as its change from the controls is (below 1
+        they are kept: the residuals hold the training targets' sampling noise too, which a weaker or silent
+        target's cells keep). At the own gene of a single target whose gene is measured: the level its knock-down
+        reaches at the conformal range of the training targets' own factors (:meth:`_own_gene_bounds`), moved as
+        the predicted level was.
         """
         lower = np.full(logx.shape, np.nan)
         upper = np.full(logx.shape, np.nan)
-        cache: dict = {}
-        for i, plan in plans.items():
-            if not isinstance(plan, UnseenTarget | Combination):
-                continue
-            if plan not in cache:
-                cache[plan] = _plan_bounds(plan, observations, level, logx.shape[1])
-            lo, hi = cache[plan]
-            d = deviations.get(i, 0.0)  # the prediction less the reference the bounds hold for
+        for i, (lo, hi) in intervals.offsets.items():
             a = max(amplitudes.get(i, 1.0), 1.0)  # a weaker target keeps them: its sampling noise does not shrink
-            lower[i] = logx[i] + a * (lo + np.minimum(0.0, -d))
-            upper[i] = logx[i] + a * (hi + np.maximum(0.0, -d))
-        self._own_gene_bounds(logx, lower, upper, requested, plans, observations, level)
+            lower[i] = logx[i] + a * lo
+            upper[i] = logx[i] + a * hi
+        self._own_gene_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
         return lower, upper
-
-    def _deviations(
-        self, logx: np.ndarray, requested: list, plans: dict, observations: Observations
-    ) -> dict[int, np.ndarray]:
-        """Each anchored row's deviation from the model-free reference its interval holds for (rows with one only).
-
-        The reference (``plan.centre``) is the observed shared response for an unseen target and the observed
-        additive sum for a combination; the deviation is what the model moved the row by from it (its specific
-        change, the calibrated interaction and the shrinkage towards its read-outs).
-        """
-        out = {}
-        cache: dict = {}
-        for i, plan in plans.items():
-            if isinstance(plan, UnseenTarget):
-                if plan not in cache:
-                    cache[plan] = plan.centre(requested[i], observations)
-                out[i] = logx[i] - cache[plan]
-            elif isinstance(plan, Combination):
-                out[i] = logx[i] - plan.centre(requested[i], observations)
-        return out
 
     def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict, mapped: set[str]) -> None:
         """Warn about rows with a target without training cells that got no interval, saying how they were anchored."""
@@ -192,12 +199,10 @@ class IntervalMixin:
         )
 
 
-def _plan_bounds(
-    plan: UnseenTarget | Combination, observations: Observations, level: float, n_genes: int
+def _combination_bounds(
+    plan: Combination, observations: Observations, level: float, n_genes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Conformal bounds of one plan's residuals; infinite for a combination without training combinations."""
-    if isinstance(plan, UnseenTarget):
-        return plan.bounds(observations, level)
+    """Conformal bounds of the training combinations' observed interactions; infinite without any."""
     residuals = plan.residuals(observations)
     if residuals is None:
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
