@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import scmech
@@ -159,6 +160,12 @@ def test_interval_coverage_scores_the_bounds_against_the_held_out_cells(screen):
         assert row["own_gene_covered"] == float(inside[g])
         assert row["n_genes"] == len(genes) - 1
         assert row["infinite"] == 0.0
+    # several models are scored on the same observed pseudobulks
+    both = scmech.tl.interval_coverage({"a": pred, "b": pred}, adata, split=split)
+    cols = ["condition", "coverage", "own_gene_covered"]
+    pd.testing.assert_frame_equal(
+        both[both["model"] == "a"][cols].reset_index(drop=True), both[both["model"] == "b"][cols].reset_index(drop=True)
+    )
     # predictions without intervals are refused, naming the fix
     with pytest.raises(KeyError, match=r"interval=0.9"):
         scmech.tl.interval_coverage(model.predict(held), adata, split=split)

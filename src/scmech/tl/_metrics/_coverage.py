@@ -134,19 +134,23 @@ def interval_coverage(
     names = pd.Index(target_gene_names(adata.var, gene_symbols))
     own_of = {g: i for i, g in reversed(list(enumerate(map(str, names))))}
     bounds = {name: _bounds(pred, name, design, genes) for name, pred in preds.items()}  # every model checked first
+    group = np.where(obs_mask, design.labels, "").astype(str)
+    n_cells = pd.Series(group).value_counts()
+    scored = {  # each model's conditions with an interval and observed cells
+        name: [c for i, c in enumerate(labels) if (~np.isnan(lower[i])).any() and n_cells.get(c, 0) > 0]
+        for name, (lower, _, labels, _) in bounds.items()
+    }
+    conditions = sorted({c for cs in scored.values() for c in cs})
+    if not conditions:
+        return pd.DataFrame(columns=COLUMNS)
+    observed = pseudobulk(adata, group, layer=layer, counts=counts, groups=conditions).loc[:, genes]  # once for all
     rows = []
     for name, (lower, upper, labels, level) in bounds.items():
-        bounded = [c for i, c in enumerate(labels) if (~np.isnan(lower[i])).any()]
-        conditions = [c for c in bounded if (obs_mask & (design.labels == c)).any()]
-        if not conditions:
-            continue
-        group = np.where(obs_mask, design.labels, "").astype(str)
-        observed = pseudobulk(adata, group, layer=layer, counts=counts, groups=conditions).loc[:, genes].to_numpy()
-        n_cells = pd.Series(group).value_counts()
-        for row, c in enumerate(conditions):
+        for c in scored[name]:
             i = labels.index(c)
             own = [own_of[t] for t in c.split(design.separator) if t in own_of]
-            rows.append(_row(name, c, level, observed[row], lower[i], upper[i], own, int(n_cells.get(c, 0))))
+            y = observed.loc[c].to_numpy()
+            rows.append(_row(name, c, level, y, lower[i], upper[i], own, int(n_cells[c])))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
