@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from _common import md_table, papalexi_folds, quiet, train_semimechvi
+from _common import md_table, papalexi_folds, quiet, simulated_screen, train_semimechvi
 
 import scmech
 import scmech.model._amplitude as amplitude
@@ -83,13 +83,8 @@ def run(seeds: list[int]) -> pd.DataFrame:
 def simulator(seeds: list[int]) -> pd.DataFrame:
     """The 150-target simulator: the steepness the package chooses and the held-out mean scores, chosen and flat."""
     rows = []
-    keys = {"perturbation_key": "perturbation", "control_label": "NT"}
     for seed in seeds:
-        adata = scmech.data.simulate_perturbseq(
-            n_cells=16_000, n_genes=400, n_perturbations=150, n_combinations=0, seed=seed
-        )
-        adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-        split = scmech.tl.split(adata, "perturbation", test_size=0.25, random_state=seed, **keys)
+        adata, split, keys = simulated_screen(seed)
         conditions = list(split.test_conditions)
         model = train_semimechvi(adata, split, {**keys, "batch_key": "batch", "perturbation_modality": "CRISPRi"}, seed)
         tm = model.target_map_

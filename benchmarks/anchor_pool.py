@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scvi
-from _common import baseline_predictions, md_table, papalexi_folds, quiet, train_semimechvi
+from _common import baseline_predictions, md_table, papalexi_folds, quiet, simulated_screen, train_semimechvi
 
 import scmech
 from scmech.model import SemiMechVI
@@ -86,12 +86,7 @@ def run(seeds: list[int]) -> pd.DataFrame:
     """Both screens, every seed."""
     frames = []
     for seed in seeds:
-        adata = scmech.data.simulate_perturbseq(
-            n_cells=16_000, n_genes=400, n_perturbations=150, n_combinations=0, seed=seed
-        )
-        adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-        keys = {"perturbation_key": "perturbation", "control_label": "NT"}
-        split = scmech.tl.split(adata, "perturbation", test_size=0.25, random_state=seed, **keys)
+        adata, split, keys = simulated_screen(seed)
         res = fold(adata, split, {**keys, "batch_key": "batch"}, seed, 50)
         frames.append(res.assign(screen="simulator", seed=seed, fold=0))
         print(f"simulator seed {seed}: {len(split.train_conditions)} training conditions", flush=True)

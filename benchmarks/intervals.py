@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
-from _common import md_table, papalexi_folds, single_thread, train_semimechvi
+from _common import md_table, papalexi_folds, simulated_screen, single_thread, train_semimechvi
 
 import scmech
 from scmech.model._observations import log_pseudobulk
@@ -103,13 +103,8 @@ def papalexi(seeds: list[int]) -> list[dict]:
 def simulator(seeds: list[int]) -> list[dict]:
     """The 150-target simulator, a quarter of the targets held out."""
     rows = []
-    keys = {"perturbation_key": "perturbation", "control_label": "NT"}
     for seed in seeds:
-        adata = scmech.data.simulate_perturbseq(
-            n_cells=16_000, n_genes=400, n_perturbations=150, n_combinations=0, seed=seed
-        )
-        adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-        split = scmech.tl.split(adata, "perturbation", test_size=0.25, random_state=seed, **keys)
+        adata, split, keys = simulated_screen(seed)
         model = train_semimechvi(adata, split, {**keys, "batch_key": "batch", "perturbation_modality": "CRISPRi"}, seed)
         rows += score(model, adata, sorted(split.test_conditions), "NT", "simulator", seed, 0)
         print(f"simulator seed {seed} done", flush=True)
@@ -138,30 +133,11 @@ def doubles(seeds: list[int]) -> list[dict]:
                 sc.pp.log1p(adata)
                 setup = {**setup, "counts": False, "perturbation_modality": "CRISPRa", "gene_likelihood": "normal"}
             split = scmech.tl.split(adata, "combination", seen=2, test_size=0.4, random_state=seed, **keys)
-            model = _train(adata, split, setup, seed)
+            likelihood = {"gene_likelihood": setup.pop("gene_likelihood")} if lognorm else {}
+            model = train_semimechvi(adata, split, setup, seed, **likelihood)
             rows += score(model, adata, sorted(split.test_conditions), "NT", screen, seed, 0, counts=not lognorm)
             print(f"{screen} seed {seed} done", flush=True)
     return rows
-
-
-def _train(adata, split, setup: dict, seed: int):
-    """SemiMechVI trained 30 epochs (``gene_likelihood`` in ``setup`` goes to the model, the rest to the setup)."""
-    setup = dict(setup)
-    likelihood = setup.pop("gene_likelihood", None)
-    if likelihood is None:
-        return train_semimechvi(adata, split, setup, seed)
-    import scvi
-
-    from scmech.model import SemiMechVI
-
-    scvi.settings.seed = seed
-    data = adata.copy()
-    SemiMechVI.setup_anndata(data, **setup)
-    model = SemiMechVI(data, gene_likelihood=likelihood)
-    model.train(
-        max_epochs=30, datasplitter_kwargs={"external_indexing": split.external_indexing}, enable_progress_bar=False
-    )
-    return model
 
 
 def write_report(df: pd.DataFrame) -> str:
