@@ -76,14 +76,20 @@ def test_a_level_outside_zero_and_one_is_refused(level, error):
     assert check_level(None) is None
 
 
-@pytest.fixture(scope="module")
-def screen():
-    adata = simulate_perturbseq(n_cells=2400, n_genes=60, n_perturbations=30, n_combinations=0, seed=1)
+def _registered_screen(modality: str | None, **simulate) -> tuple:
+    """A simulated screen (no combinations unless asked) registered with its batches and ``modality``; its labels."""
+    adata = simulate_perturbseq(**{"n_combinations": 0, **simulate})
     labels = adata.obs["perturbation"].astype(str).to_numpy()
     adata.obs["perturbation"] = labels
     SemiMechVI.setup_anndata(
-        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality="CRISPRi"
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality=modality
     )
+    return adata, labels
+
+
+@pytest.fixture(scope="module")
+def screen():
+    adata, labels = _registered_screen("CRISPRi", n_cells=2400, n_genes=60, n_perturbations=30, seed=1)
     targets = sorted(set(labels) - {"NT"})
     held = targets[:6]
     model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=3)
@@ -172,12 +178,7 @@ def test_interval_coverage_scores_the_bounds_against_the_held_out_cells(screen):
 
 
 def test_unseen_targets_without_an_interval_are_named_in_a_warning():
-    adata = simulate_perturbseq(n_cells=600, n_genes=30, n_perturbations=4, n_combinations=0, seed=0)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    adata.obs["perturbation"] = labels
-    SemiMechVI.setup_anndata(
-        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", perturbation_modality="CRISPRko"
-    )
+    adata, labels = _registered_screen("CRISPRko", n_cells=600, n_genes=30, n_perturbations=4, seed=0)
     held = sorted(set(labels) - {"NT"})[1:]  # one training target: too few to anchor on a shared response
     model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=2)
     with pytest.warns(UserWarning, match=r"No prediction interval for \[.*\(anchored as: observed controls"):
@@ -209,10 +210,7 @@ def test_a_combination_is_bounded_by_the_observed_interactions_of_the_training_c
 
 
 def test_a_held_out_double_is_bounded_by_how_far_the_training_doubles_strayed(tmp_path):
-    adata = simulate_perturbseq(n_cells=3000, n_genes=40, n_perturbations=8, n_combinations=12, seed=0)
-    labels = adata.obs["perturbation"].astype(str).to_numpy()
-    adata.obs["perturbation"] = labels
-    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", batch_key="batch")
+    adata, labels = _registered_screen(None, n_cells=3000, n_genes=40, n_perturbations=8, n_combinations=12, seed=0)
     doubles = sorted(lab for lab in set(labels) if "+" in lab)
     held = doubles[:2]
     model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held)), max_epochs=2)
