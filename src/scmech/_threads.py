@@ -44,6 +44,10 @@ def log_normalise(adata) -> None:
 
     from scmech._constants import TARGET_SUM
 
+    import scipy.sparse as sp
+
+    if sp.issparse(adata.X) and not sp.isspmatrix(adata.X):
+        adata.X = sp.csr_matrix(adata.X)  # scanpy fails on scipy's sparse arrays (csr_array)
     with torch_threads_kept():
         sc.pp.normalize_total(adata, target_sum=TARGET_SUM)
         sc.pp.log1p(adata)

@@ -187,7 +187,8 @@ def _log_normalised_cells(
     # a backed (on-disk) matrix: only these cells are read, in blocks of rows
     x = BackedRows(x)[cells].toarray_like() if is_backed_matrix(x) else x[cells]
     sub = ad.AnnData(
-        X=(x.astype(np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)),
+        # a csr_matrix for scanpy, which fails on scipy's sparse arrays (csr_array)
+        X=(sp.csr_matrix(x, dtype=np.float32) if sp.issparse(x) else np.asarray(x, dtype=np.float32)),
         obs=pd.DataFrame({"group": pd.Categorical(group[cells].astype(str))}, index=np.arange(len(cells)).astype(str)),
         var=pd.DataFrame(index=pd.Index(adata.var_names).astype(str)),
     )
