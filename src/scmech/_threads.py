@@ -41,10 +41,9 @@ def log_normalise(adata) -> None:
         Cells with counts in ``X``; replaced by :math:`\log(1 + 10^4 x / \text{total})`.
     """
     import scanpy as sc
+    import scipy.sparse as sp
 
     from scmech._constants import TARGET_SUM
-
-    import scipy.sparse as sp
 
     if sp.issparse(adata.X) and not sp.isspmatrix(adata.X):
         adata.X = sp.csr_matrix(adata.X)  # scanpy fails on scipy's sparse arrays (csr_array)

@@ -491,7 +491,9 @@ def test_error_guided_batching_needs_perturbed_training_cells(rel):
         (["G0008"], {"media": "IFNG"}, KeyError, r"Medium 'IFNG' was not seen in training.*registered media"),
         ([np.nan], {}, TypeError, r"perturbations\[0\] = nan is not a label.*'STAT1'"),
         (["G0008", None], {}, TypeError, r"perturbations\[1\] = None is not a label"),
-        ([""], {}, ValueError, r"Empty perturbation label ''"),
+        # the label is the request's, not obs'
+        ([""], {}, ValueError, r"Empty perturbation label '' in perturbations\[0\]:"),
+        (["G0008", "G0008+"], {}, ValueError, r"'G0008\+' in perturbations\[1\] has an empty target"),
         (["G0008+"], {}, ValueError, r"empty target around the separator '\+'"),
         (["G0008+G0008"], {}, ValueError, r"names the target\(s\) \['G0008'\] more than once"),
         (["G0008"], {"time": 1.0}, ValueError, r"`time` applies to dynamic models"),
@@ -503,6 +505,10 @@ def test_error_guided_batching_needs_perturbed_training_cells(rel):
         (["G0008"], {"anchor": "always"}, ValueError, r"anchor='always' is not one of"),
         (["G0008"], {"n_cells": 2.5}, ValueError, r"n_cells=2\.5 must be a whole number of starting cells"),
         (["G0008"], {"random_state": -1}, ValueError, r"random_state=-1 must be a non-negative integer seed"),
+        # int() of these raised Python's own errors, naming neither the argument nor the fix
+        (["G0008"], {"n_cells": float("nan")}, ValueError, r"n_cells=nan must be a whole number of starting cells"),
+        (["G0008"], {"n_cells": float("inf")}, ValueError, r"n_cells=inf must be a whole number of starting cells"),
+        (["G0008"], {"random_state": "a"}, ValueError, r"random_state='a' must be a non-negative integer seed"),
         (["G0008"], {"from_cells": [0.5]}, TypeError, r"from_cells must be integer positions or a boolean mask"),
         (["G0008"], {"batch_size": 0}, ValueError, r"batch_size=0 must be a positive integer"),
         (["G0008"], {"batch_size": -1}, ValueError, r"batch_size=-1 must be a positive integer"),

@@ -111,6 +111,7 @@ def parse_condition(
     control_label: str | Sequence[str] = "NT",
     key: str = "perturbation",
     genes: Sequence[str] | None = None,
+    source: str | None = None,
 ) -> tuple[str, ...]:
     """Parse one perturbation label into its sorted tuple of targets.
 
@@ -129,6 +130,9 @@ def parse_condition(
         Name of the column the label came from, used in error messages.
     genes
         Gene names (usually ``var_names``) used to detect a separator inside a gene name.
+    source
+        Where the label came from, as error messages name it (``obs[key]`` when ``None``; for example
+        ``"perturbations[0]"`` for a label a prediction was asked for).
 
     Returns
     -------
@@ -142,9 +146,10 @@ def parse_condition(
         For a blank separator, an empty label or empty part, a repeated target (``"A+A"``), or a label whose
         parsing is ambiguous because a gene name contains the separator.
     """
+    where = f"obs[{key!r}]" if source is None else source
     if label is None or (not isinstance(label, str) and pd.api.types.is_scalar(label) and pd.isna(label)):
         msg = (
-            f"Perturbation label {label!r} in obs[{key!r}] is missing (NaN/None), not a label: fill it with the "
+            f"Perturbation label {label!r} in {where} is missing (NaN/None), not a label: fill it with the "
             "unassigned label (e.g. 'unassigned'), the control label or a target."
         )
         raise TypeError(msg)
@@ -154,14 +159,14 @@ def parse_condition(
     raw = str(label)
     text = raw.strip()
     if text == "":
-        msg = f"Empty perturbation label {raw!r} in obs[{key!r}]: label the cell as a target, a control or unassigned."
+        msg = f"Empty perturbation label {raw!r} in {where}: label the cell as a target, a control or unassigned."
         raise ValueError(msg)
     if text in controls:
         return ()
     parts = [p.strip() for p in text.split(separator)]
     if any(p == "" for p in parts):
         msg = (
-            f"Perturbation label {raw!r} in obs[{key!r}] has an empty target around the separator {separator!r}; "
+            f"Perturbation label {raw!r} in {where} has an empty target around the separator {separator!r}; "
             f"write combinations as 'A{separator}B'."
         )
         raise ValueError(msg)
@@ -172,7 +177,7 @@ def parse_condition(
                 joined = separator.join(parts[i:j])
                 if joined in gene_set:
                     msg = (
-                        f"Perturbation label {raw!r} in obs[{key!r}] is ambiguous: the gene {joined!r} contains the "
+                        f"Perturbation label {raw!r} in {where} is ambiguous: the gene {joined!r} contains the "
                         f"separator {separator!r}. Pass another `separator` (e.g. '+' or '|') and relabel "
                         f"combinations with it."
                     )
@@ -181,7 +186,7 @@ def parse_condition(
     if len(set(targets)) != len(targets):
         dup = sorted({t for t in targets if targets.count(t) > 1})
         msg = (
-            f"Perturbation label {raw!r} in obs[{key!r}] names the target(s) {dup} more than once; "
+            f"Perturbation label {raw!r} in {where} names the target(s) {dup} more than once; "
             "a combination lists each target once."
         )
         raise ValueError(msg)

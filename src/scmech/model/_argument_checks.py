@@ -8,6 +8,7 @@ refuse such arguments by name, before any library sees them.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import TYPE_CHECKING
 
@@ -317,12 +318,10 @@ def check_predict_arguments(
         For a value out of its range, an unknown ``anchor`` or ``batch_mix``, or ``batch_mix="controls"`` with a
         ``batch``.
     """
-    if n_cells is not None and (isinstance(n_cells, bool) or int(n_cells) != n_cells or n_cells < 1):
+    if n_cells is not None and (not _whole(n_cells) or n_cells < 1):
         msg = f"n_cells={n_cells!r} must be a whole number of starting cells, at least 1 (or None)."
         raise ValueError(msg)
-    if random_state is not None and (
-        isinstance(random_state, bool) or int(random_state) != random_state or random_state < 0
-    ):
+    if random_state is not None and (not _whole(random_state) or random_state < 0):
         msg = f"random_state={random_state!r} must be a non-negative integer seed (or None)."
         raise ValueError(msg)
     if efficacy is not None and (isinstance(efficacy, bool) or not isinstance(efficacy, numbers.Real)):
@@ -345,3 +344,10 @@ def check_predict_arguments(
         )
         raise ValueError(msg)
     return check_level(interval)
+
+
+def _whole(value: object) -> bool:
+    """Whether ``value`` is a finite whole number (``3`` or ``3.0``; not ``True``, ``NaN``, ``inf`` or ``"3"``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(float(value)) and float(value).is_integer()

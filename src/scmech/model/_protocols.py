@@ -130,7 +130,9 @@ def protocol_from_steps(
                 msg = "A protocol holds one ('perturb', ...) step; combine targets as 'A+B' in that step."
                 raise ValueError(msg)
             t_pert = clock
-            targets = parse_condition(str(value), separator=separator, control_label=controls)
+            targets = parse_condition(
+                str(value), separator=separator, control_label=controls, source="the protocol's ('perturb', ...) step"
+            )
             label = canonical_label(targets, separator=separator, control_label=control_label)
         elif op == "media":
             if t_media is not None:
@@ -272,7 +274,7 @@ def build_protocols(
                 f"'STAT1', a combination 'A{separator}B' or the control label {control_label!r})."
             )
             raise TypeError(msg)
-        targets = parse_condition(str(p), separator=separator, control_label=controls)
+        targets = parse_condition(str(p), separator=separator, control_label=controls, source=f"perturbations[{i}]")
         if dynamic and t is None:
             msg = "The model is dynamic: give the read-out `time` (since perturbation) to predict."
             raise ValueError(msg)
