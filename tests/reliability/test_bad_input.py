@@ -612,6 +612,16 @@ def test_query_data_with_an_unseen_target_raises(rel, model):
         model.predict(["G0008"], adata=query)
 
 
+def test_a_query_view_is_refused_and_left_a_view(rel, model):
+    query = rel.small()
+    view = query[:60]
+    for call in (lambda: model.predict(["G0008"], adata=view), lambda: model.get_latent_representation(view)):
+        with pytest.raises(ValueError, match=r"adata is a view of another AnnData.*Pass adata\.copy\(\) instead"):
+            call()
+        assert view.is_view
+    assert "_scvi_uuid" not in query.uns
+
+
 def test_query_data_with_other_genes_raises(rel, model):
     query = rel.small()[:, ::-1].copy()
     with pytest.raises(ValueError, match=r"other genes \(or another gene order\).*adata\[:, model\.adata\.var_names\]"):

@@ -447,7 +447,9 @@ class PerturbationSetupMixin:
         The query must be of the registered kind (an AnnData for a model set up with ``setup_anndata``, a MuData
         for ``setup_mudata``), and its covariates must be as setup requires of the training data: continuous ones
         finite (one NaN would make every prediction NaN), categorical ones without missing values and within the
-        categories the model was trained on.
+        categories the model was trained on. A view is refused as ``setup_anndata`` refuses it: the transfer
+        registers the query (scvi-tools' ``_scvi_*`` entries and ``obsm["_scmech_perturbation"]``), which would turn
+        the caller's view into a copy in place and cut its link to the data it views.
         """
         from mudata import MuData
 
@@ -455,6 +457,13 @@ class PerturbationSetupMixin:
             kind = "a MuData (setup_mudata)" if isinstance(self.adata, MuData) else "an AnnData (setup_anndata)"
             msg = f"The model was set up with {kind}; pass data of the same kind, with the same modalities and keys."
             raise TypeError(msg)
+        if getattr(adata, "is_view", False):
+            name = "mdata" if isinstance(adata, MuData) else "adata"
+            msg = (
+                f"{name} is a view of another {type(adata).__name__}; the model registers the data it reads (as "
+                f"setup does), which would turn your view into a copy in place. Pass {name}.copy() instead."
+            )
+            raise ValueError(msg)
         if isinstance(adata, MuData):
             return
         setup = self.adata_manager.registry["setup_args"]
