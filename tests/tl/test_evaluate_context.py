@@ -108,3 +108,29 @@ def test_a_context_without_the_condition_says_so(course):
     elsewhere = a[~((a.obs["perturbation"] == "G0008") & (a.obs["time"] == 0.5))].copy()
     with pytest.raises(ValueError, match=r"No condition to evaluate.*made at time = 0\.5 \(adata\.obs\['time'\]\)"):
         _scores(pred, elsewhere)
+
+
+def test_a_context_without_controls_names_it_and_the_fix(course):
+    a, model = course
+    pred = model.predict(["G0008"], time=1.0, batch="b0")
+    no_controls = a[~((a.obs["perturbation"] == "NT") & (a.obs["batch"].astype(str) == "b0"))].copy()
+    with pytest.raises(
+        ValueError, match=r"No control cells \('NT'\) at .*batch = 'b0' \(adata\.obs\['batch'\]\).*without"
+    ):
+        _scores(pred, no_controls)
+
+
+def test_rows_for_one_condition_are_refused_with_the_fix_for_their_cause(course):
+    a, model = course
+    twice = model.predict(["G0008", "G0008"], time=1.0)  # the same request twice: rows G0008#0, G0008#1
+    with pytest.raises(
+        ValueError, match=r"in the same context \(the condition was requested more than once.*duplicated"
+    ):
+        _scores(twice, a)
+    # as the message says: one row per condition
+    assert len(_scores(twice[~twice.obs["perturbation"].duplicated()], a))
+    rows = model.predict(["G0008", "G0008"], time=[0.5, 1.0])
+    # the times as labels, not as a context evaluate scores in
+    rows.obs = rows.obs.drop(columns=["time"]).assign(time=["0.5", "1.0"])
+    with pytest.raises(ValueError, match=r"several rows for \['G0008'\], one per time; evaluate one context at a time"):
+        tl.evaluate(rows, a, **KEYS, train_conditions=TRAIN)

@@ -231,6 +231,15 @@ def evaluate(
     )
     if context:
         here = context_mask(adata, context)
+        if ctrl_mask.any() and not (ctrl_mask & here).any():
+            where = ", ".join(f"{f} = {v!r} (adata.obs[{c!r}])" for f, (c, v) in context.items())
+            msg = (
+                f"No control cells ({design.control_label!r}) at {where}, the context the predictions are made in: "
+                "changes are measured against the controls of that context. Evaluate predictions made without it "
+                "(for a batch, predict(...) without batch=, scored against all controls), or add controls observed "
+                "there."
+            )
+            raise ValueError(msg)
         obs_mask, ctrl_mask = obs_mask & here, ctrl_mask & here
         if (train_mask & here & ~design.is_control).any():
             train_mask = train_mask & here

@@ -121,6 +121,10 @@ def _genes(adata: AnnData, frames: dict[str, pd.DataFrame]) -> pd.Index:
     return common
 
 
+#: ``obs`` columns of a prediction that name the context its rows were predicted in
+CONTEXT_COLUMNS = ("media", "time", "media_time", "batch")
+
+
 def prediction_labels(pred: AnnData, design: PerturbationDesign, what: str, task: str) -> list[str]:
     """Canonical condition of each row of a mean prediction, refusing a condition predicted in several rows.
 
@@ -147,10 +151,19 @@ def prediction_labels(pred: AnnData, design: PerturbationDesign, what: str, task
     labels = [canonical_condition(x, design) for x in pred.obs["perturbation"].astype(str)]
     dup = pd.Series(labels)[pd.Series(labels).duplicated()].unique().tolist()
     if dup:
-        msg = (
-            f"{what} hold several rows for {dup[:5]} (e.g. one per medium or time); {task} one context at a time: "
-            "pred[pred.obs['media'] == 'stim']."
-        )
+        rows = pred.obs.loc[np.isin(labels, dup)]
+        varies = [c for c in CONTEXT_COLUMNS if c in rows and rows[c].astype(str).nunique() > 1]
+        if not varies:  # the same request twice (predict(["A", "A"]) names its rows A#0, A#1)
+            msg = (
+                f"{what} hold several rows for {dup[:5]} in the same context (the condition was requested more than "
+                f"once: rows {rows.index[:4].tolist()}); {task} one row per condition: "
+                "pred[~pred.obs['perturbation'].duplicated()]."
+            )
+        else:
+            msg = (
+                f"{what} hold several rows for {dup[:5]}, one per {' and '.join(varies)}; {task} one context at a "
+                f"time, e.g. pred[pred.obs[{varies[0]!r}] == {str(rows[varies[0]].iloc[0])!r}]."
+            )
         raise ValueError(msg)
     return labels
 
