@@ -53,7 +53,7 @@ def test_combination_is_its_observed_singles_plus_the_calibrated_interaction(ste
     for gain in (0.0, 0.3, 1.0):
         obs.interaction_gain = gain
         pred = model.predict(["G0008+G0021"], random_state=0)
-        assert pred.uns["scmech"]["prediction"]["anchoring"]["G0008+G0021"].startswith("observed singles")
+        assert pred.obs.loc["G0008+G0021", "anchoring"].startswith("observed singles")
         np.testing.assert_allclose(pred.X[0], additive + gain * interaction, rtol=1e-5, atol=1e-5)
     # a combination observed in training is its observation, unless only combinations are anchored
     seen = model.predict(["G0009+G0021"], random_state=0)
@@ -269,7 +269,7 @@ def test_unseen_target_is_the_shared_response_plus_the_models_specific_change(st
     assert tm.class_targets == ["G0008", "G0009", "G0021"]
     pred = model.predict([held], random_state=0)
     assert pred.obs["target_source"].iloc[0] == "gene map"
-    assert "shared response" in pred.uns["scmech"]["prediction"]["anchoring"][held]
+    assert "shared response" in pred.obs.loc[held, "anchoring"]
     m = _raw(model, [held])
     ctx = Context(None)
     # noise-free observations are equally precise: the anchor is the plain mean of every training target (each
@@ -465,7 +465,7 @@ def test_other_contexts_are_anchored_on_their_observed_controls(dynamic, monkeyp
         raw = model.predict(["G0008", "NT"], anchor="none", **kw)
         auto = model.predict(["G0008", "NT"], **kw)
         assert auto.obs["anchored"].all()
-        assert auto.uns["scmech"]["prediction"]["anchoring"][auto.obs_names[0]] == "observed controls of the context"
+        assert auto.obs["anchoring"].iloc[0] == "observed controls of the context"
         np.testing.assert_allclose(auto.X[1], observed, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(auto.X[0] - auto.X[1], raw.X[0] - raw.X[1], rtol=1e-4, atol=1e-4)
         # a context without training controls is not anchored
@@ -495,7 +495,7 @@ def test_a_perturbation_observed_in_another_medium_carries_over_as_far_as_calibr
     assert 0.0 <= rho <= 1.0
     assert 0.0 <= alpha <= 1.0
     pred = model.predict(target, media="m1", random_state=0)
-    assert pred.uns["scmech"]["prediction"]["anchoring"][pred.obs_names[0]] == "observed in other media"
+    assert pred.obs["anchoring"].iloc[0] == "observed in other media"
     ref = [q for q in anc.perturbations_in(c1) if anc.get(q, c0) is not None]
     assert target not in ref
     assert len(ref) >= 3
@@ -526,7 +526,7 @@ def test_media_carry_without_a_calibration_falls_back_to_the_model_and_the_contr
     monkeypatch.setattr(model, "anchor_", _noise_free(model.anchor_))
     anc = model.anchor_
     pred = model.predict(target, media="m1", random_state=0)
-    assert pred.uns["scmech"]["prediction"]["anchoring"][pred.obs_names[0]] == "observed in other media"
+    assert pred.obs["anchoring"].iloc[0] == "observed in other media"
     m1 = _raw(model, [target, "NT"], media="m1")
     m0 = _raw(model, [target, "NT"], media="m0")
     c0, c1 = Context("m0"), Context("m1")

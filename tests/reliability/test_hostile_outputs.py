@@ -67,6 +67,21 @@ def test_predictions_without_media_have_missing_media_not_the_string_none(model,
         pd.testing.assert_frame_equal(back.obs, pred.obs)
 
 
+def test_prediction_provenance_with_slashes_in_labels_survives_a_round_trip(rel, tmp_path):
+    """h5ad reads a "/" in a dict key as a nested group: labels are never keys of the provenance."""
+    adata = rel.small()
+    adata.var_names = [g.replace("G00", "G/") for g in adata.var_names]
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str).str.replace("G00", "G/")
+    model = rel.trained(adata)
+    pred = model.predict(["G/08", "G/09+G/21", "NOT/A_GENE"])
+    assert pred.obs["anchoring"].notna().tolist() == [True, True, pred.obs["anchored"].iloc[2]]
+    sources = pred.uns["scmech"]["prediction"]["target_sources"]
+    for back in _roundtrip(pred, tmp_path, "slash"):
+        pd.testing.assert_frame_equal(back.obs, pred.obs)
+        pd.testing.assert_frame_equal(back.uns["scmech"]["prediction"]["target_sources"], sources)
+    assert sources.loc["NOT/A_GENE", "source"] == "shared response"
+
+
 def test_baseline_predictions_without_media_have_missing_media(rel):
     adata = rel.small()
     tl.ControlMean.setup_anndata(adata, perturbation_key="perturbation", control_label="NT")

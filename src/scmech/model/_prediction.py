@@ -337,9 +337,9 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             each batch where it can be (see ``batch``), so that the anchored prediction is measured in it too. Each
             correction is weighed per gene against the sampling noise of the pseudobulks it uses
             (``obs["anchor_weight"]`` is the mean weight). ``"combinations"`` does only the
-            combinations; ``"none"`` returns the model's own read-out. ``uns["scmech"]["prediction"]["anchoring"]``
-            records the plan of each row. Anchoring applies only to mean predictions from the training controls (no
-            ``from_cells`` or ``adata``).
+            combinations; ``"none"`` returns the model's own read-out. ``obs["anchoring"]`` records the plan of each
+            row (missing where a row is not anchored). Anchoring applies only to mean predictions from the training
+            controls (no ``from_cells`` or ``adata``).
         batch_mix
             The batch composition of anchored predictions without ``batch``. ``"observed"``: the observations as
             observed, each condition in the composition its cells came in, a target without training cells in that
@@ -383,15 +383,16 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         training cells was predicted: ``"gene map"`` or ``"shared response"``), ``own_gene_change`` and
         ``own_gene_sd`` (the predicted change of a single target's own gene from the training controls and its
         standard deviation from the spread of the training targets' knock-downs; NaN where not applicable),
-        ``anchored``, ``anchor_weight`` and ``steady_state_residual`` (:math:`\|f\|` at the solved fixed point, NaN for
-        flows; a :class:`RuntimeWarning` names conditions whose solve did not converge, also listed in
-        ``uns["scmech"]["prediction"]["unconverged"]``), and ``uns["scmech"]["prediction"]`` the provenance
-        (among it ``"own_gene"``, the calibrated own-gene knock-down, and ``"target_map"``, what unseen targets'
-        operators rest on: the embedding considered, whether its map was kept, the propagation gain).
-        With ``interval``, ``layers["lower"]`` and ``layers["upper"]`` (see ``interval``).
-        ``own_gene_change``, ``own_gene_sd``, ``anchored`` and ``anchor_weight`` describe mean rows only; per-cell
-        predictions (``return_mean=False``) carry ``obs["source_cell"]`` instead, and ``obsm["X_scmech"]``
-        (counterfactual latents).
+        ``anchored``, ``anchoring`` (the row's anchoring plan), ``anchor_weight`` and ``steady_state_residual``
+        (:math:`\|f\|` at the solved fixed point, NaN for flows; a :class:`RuntimeWarning` names conditions
+        whose solve did not converge, also listed in ``uns["scmech"]["prediction"]["unconverged"]``), and
+        ``uns["scmech"]["prediction"]`` the provenance (among it ``"own_gene"``, the calibrated own-gene
+        knock-down, ``"target_map"``, what unseen targets' operators rest on: the embedding considered, whether
+        its map was kept, the propagation gain, and ``"target_sources"``, a table of each unseen target's
+        ``source``). With ``interval``, ``layers["lower"]`` and ``layers["upper"]`` (see ``interval``).
+        ``own_gene_change``, ``own_gene_sd``, ``anchored``, ``anchoring`` and ``anchor_weight`` describe mean
+        rows only; per-cell predictions (``return_mean=False``) carry ``obs["source_cell"]`` instead, and
+        ``obsm["X_scmech"]`` (counterfactual latents).
         """
         self._check_if_trained(warn=False)
         return_mean = check_flag(return_mean, "return_mean")

@@ -154,6 +154,7 @@ class PredictionOutputMixin:
                 row["own_gene_change"] = own_change[i]
                 row["own_gene_sd"] = own_sd[i]
                 row["anchored"] = i in plans
+                row["anchoring"] = plans[i].description if i in plans else None
                 row["anchor_weight"] = weights[i]
                 row["amplitude"] = amplitudes.get(i, 1.0) if isinstance(plans.get(i), UnseenTarget) else np.nan
             obs = pd.DataFrame(rows)
@@ -176,8 +177,9 @@ class PredictionOutputMixin:
                 obs.index = [f"{i}#{k}" for k, i in enumerate(obs.index)]
         for c in ("perturbation", "batch"):
             obs[c] = obs[c].astype(str).astype("category")
-        # without media the column is missing (NaN), not the string "None"
-        obs["media"] = pd.Categorical([None if pd.isna(m) else str(m) for m in obs["media"]])
+        # without media (or an anchoring plan) the column is missing (NaN), not the string "None"
+        for c in ("media", "anchoring") if return_mean else ("media",):
+            obs[c] = pd.Categorical([None if pd.isna(m) else str(m) for m in obs[c]])
         return obs
 
     def _prediction_anndata(
@@ -255,14 +257,17 @@ class PredictionOutputMixin:
                 "starting_cells": "user" if (adata is not None or ro.user_cells) else "training controls",
                 "efficacy": ro.efficacy,
                 "unseen_targets": list(ro.mapped),
-                "target_sources": dict(ro.sources),
+                # a table, not a dict keyed by target: h5ad reads a "/" in a key as a nested group
+                "target_sources": pd.DataFrame(
+                    {"source": [str(v) for v in ro.sources.values()]},
+                    index=pd.Index([str(t) for t in ro.sources], dtype=str, name="target"),
+                ),
                 "own_gene": tm.own_gene_summary() if isinstance(tm, TargetMap) else None,
                 "unconverged": ro.unconverged,
                 "target_map": tm.map_summary() if isinstance(tm, TargetMap) else None,
                 "random_state": int(seed),
                 "value": value_description(counts, base),
                 "anchor": anchor,
-                "anchoring": {str(obs.index[i]): plan.description for i, plan in plans.items()},
                 "context_keys": context_keys(self.adata_manager.registry["setup_args"]),
             }
         }
