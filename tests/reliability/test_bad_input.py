@@ -612,14 +612,18 @@ def test_query_data_with_an_unseen_target_raises(rel, model):
         model.predict(["G0008"], adata=query)
 
 
-def test_a_query_view_is_refused_and_left_a_view(rel, model):
+def test_a_query_view_is_read_as_its_copy_and_left_a_view(rel, model):
     query = rel.small()
     view = query[:60]
-    for call in (lambda: model.predict(["G0008"], adata=view), lambda: model.get_latent_representation(view)):
-        with pytest.raises(ValueError, match=r"adata is a view of another AnnData.*Pass adata\.copy\(\) instead"):
-            call()
-        assert view.is_view
+    latent = model.get_latent_representation(view)
+    pred = model.predict(["G0008"], adata=view, random_state=0)
+    # scvi-tools would have turned the caller's view into a copy in place to register it
+    assert view.is_view
     assert "_scvi_uuid" not in query.uns
+    assert "_scvi_uuid" not in view.uns
+    copy = query[:60].copy()
+    np.testing.assert_allclose(latent, model.get_latent_representation(copy))
+    np.testing.assert_allclose(pred.X, model.predict(["G0008"], adata=copy, random_state=0).X)
 
 
 def test_query_data_with_other_genes_raises(rel, model):

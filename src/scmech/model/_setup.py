@@ -410,6 +410,11 @@ class PerturbationSetupMixin:
             self._check_registered_data()
         if adata is not None and adata is not self.adata:
             self._check_query(adata)
+            if adata.is_view:
+                # scvi-tools would make the caller's view a copy in place (cutting its link to the data it views) to
+                # register it; the copy is registered here instead, and the caller's view stays a view
+                logger.info("Received a view of %s: registering a copy of it.", type(adata).__name__)
+                adata = adata.copy()
         if adata is not None:
             from ._persistence import var_names_of
 
@@ -447,9 +452,7 @@ class PerturbationSetupMixin:
         The query must be of the registered kind (an AnnData for a model set up with ``setup_anndata``, a MuData
         for ``setup_mudata``), and its covariates must be as setup requires of the training data: continuous ones
         finite (one NaN would make every prediction NaN), categorical ones without missing values and within the
-        categories the model was trained on. A view is refused as ``setup_anndata`` refuses it: the transfer
-        registers the query (scvi-tools' ``_scvi_*`` entries and ``obsm["_scmech_perturbation"]``), which would turn
-        the caller's view into a copy in place and cut its link to the data it views.
+        categories the model was trained on.
         """
         from mudata import MuData
 
@@ -457,13 +460,6 @@ class PerturbationSetupMixin:
             kind = "a MuData (setup_mudata)" if isinstance(self.adata, MuData) else "an AnnData (setup_anndata)"
             msg = f"The model was set up with {kind}; pass data of the same kind, with the same modalities and keys."
             raise TypeError(msg)
-        if getattr(adata, "is_view", False):
-            name = "mdata" if isinstance(adata, MuData) else "adata"
-            msg = (
-                f"{name} is a view of another {type(adata).__name__}; the model registers the data it reads (as "
-                f"setup does), which would turn your view into a copy in place. Pass {name}.copy() instead."
-            )
-            raise ValueError(msg)
         if isinstance(adata, MuData):
             return
         setup = self.adata_manager.registry["setup_args"]
