@@ -186,6 +186,26 @@ def test_unseen_targets_without_an_interval_are_named_in_a_warning():
     assert np.isnan(pred.layers["lower"]).all()
 
 
+def test_a_target_seen_only_in_training_combinations_is_named_where_it_gets_no_interval():
+    adata, labels = _registered_screen("CRISPRi", n_cells=900, n_genes=60, n_perturbations=24, n_combinations=4, seed=0)
+    doubles = sorted(c for c in set(labels) if "+" in c)
+    only_in_doubles = doubles[0].split("+")[0]  # its single held out, its doubles kept in training
+    held = [only_in_doubles, next(t for t in sorted(set(labels)) if "+" not in t and t not in ("NT", only_in_doubles))]
+    test = np.flatnonzero(np.isin(labels, held))
+    model, train = tiny_model_without(adata, test, max_epochs=2)
+    with pytest.warns(UserWarning, match=rf"No prediction interval for \['{only_in_doubles}'\]"):
+        pred = model.predict(held, interval=0.8)
+    assert np.isnan(pred.layers["lower"][0]).all()
+    assert not np.isnan(pred.layers["lower"][1]).all()
+    assert pred.obs["anchoring"].iloc[0] == "observed controls of the context"
+    split = scmech.tl.split(adata, "perturbation", test_conditions=held, perturbation_key="perturbation")
+    with pytest.warns(
+        UserWarning, match=rf"1 condition\(s\) predicted by 'SemiMechVI'.*not scored: \['{only_in_doubles}'\]"
+    ):
+        table = scmech.tl.interval_coverage(pred, adata, split=split)
+    assert table["condition"].tolist() == [held[1]]
+
+
 def test_a_combination_is_bounded_by_the_observed_interactions_of_the_training_combinations():
     rng = np.random.default_rng(0)
     ctx = Context(None)

@@ -361,10 +361,10 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             its knock-down reaches at the conformal range of the training targets' own factors. Too few training
             rows for the probability give infinite bounds (with ``n`` of them, a probability above
             ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is unbounded). NaN on
-            other rows (observed conditions, other contexts); a ``UserWarning`` names the targets without training
-            cells that get none. Needs the anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no
-            ``from_cells`` or ``adata``). ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them
-            against held-out cells.
+            other rows (observed conditions, other contexts, targets seen only in training combinations); a
+            ``UserWarning`` names the rows not observed in training that get none. Needs the anchored mean prediction
+            (``return_mean=True``, ``anchor="auto"``, no ``from_cells`` or ``adata``). ``None``: no intervals.
+            :func:`scmech.tl.interval_coverage` scores them against held-out cells.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size
@@ -476,7 +476,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             amplitudes=amplitudes,
         )
         if bounds is not None:
-            self._warn_unbounded(bounds[0], requested, plans, set(ro.mapped))
+            self._warn_unbounded(bounds[0], requested, plans)
             self._add_interval_layers(out, bounds, level)
         if plans:
             out.uns[SCMECH_ADATA_KEYS.UNS][SCMECH_ADATA_KEYS.PREDICTION_UNS]["batch_mix"] = batch_mix

@@ -10,7 +10,7 @@ import numpy as np
 
 from scmech._constants import SCMECH_ADATA_KEYS
 
-from ._anchoring import Combination, UnseenTarget
+from ._anchoring import Combination, Observed, UnseenTarget
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._target_map import TargetMap
@@ -92,19 +92,26 @@ class IntervalMixin:
         self._own_gene_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
         return lower, upper
 
-    def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict, mapped: set[str]) -> None:
-        """Warn about rows with a target without training cells that got no interval, saying how they were anchored."""
-        rows = [i for i, p in enumerate(requested) if set(p.targets) & mapped and np.isnan(lower[i]).all()]
+    def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict) -> None:
+        """Warn about perturbed rows not observed in training that got no interval, saying how they were anchored.
+
+        For example a target without training cells among too few training targets, a combination with such a
+        target, a target seen only in training combinations, or one observed in other media or at other times.
+        """
+        rows = [
+            i
+            for i, p in enumerate(requested)
+            if p.targets and not isinstance(plans.get(i), Observed) and np.isnan(lower[i]).all()
+        ]
         if not rows:
             return
         how = sorted({getattr(plans.get(i), "description", "not anchored") for i in rows})
         names = [requested[i].label for i in rows]
         more = " ..." if len(names) > 5 else ""
         msg = (
-            f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}): "
+            f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}; obs['anchoring'] per row): "
             "intervals are given for single targets without training cells anchored on the shared response of the "
-            "training targets and for combinations of observed singles, which these are not (too few training "
-            "targets, or a combination with a target without training cells)."
+            "training targets and for combinations of observed singles, which these are not."
         )
         warnings.warn(msg, UserWarning, stacklevel=3)
 

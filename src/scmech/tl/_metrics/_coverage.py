@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,7 +65,8 @@ def interval_coverage(
     ``layers["upper"]``) against the observed pseudobulks of the held-out conditions, as :func:`evaluate` scores the
     predictions: the same cells (the split's test cells, the context the predictions were made in) and the same
     pseudobulk (:func:`scmech.data.pseudobulk`). Rows without an interval (NaN bounds: conditions observed in
-    training) are left out. A condition's own genes (every target gene of a combination) are scored apart.
+    training, and others ``predict`` gave none) are left out, with a ``UserWarning`` naming those with observed
+    cells. A condition's own genes (every target gene of a combination) are scored apart.
 
     The promise of a conformal interval is marginal, over targets exchangeable with the training targets: average
     ``coverage`` over many held-out conditions before comparing it with ``level``; one strong target can lie outside
@@ -140,6 +142,7 @@ def interval_coverage(
         name: [c for i, c in enumerate(labels) if (~np.isnan(lower[i])).any() and n_cells.get(c, 0) > 0]
         for name, (lower, _, labels, _) in bounds.items()
     }
+    _warn_unscored(bounds, scored, n_cells, design.control_label)
     conditions = sorted({c for cs in scored.values() for c in cs})
     if not conditions:
         return pd.DataFrame(columns=COLUMNS)
@@ -152,6 +155,20 @@ def interval_coverage(
             y = observed.loc[c].to_numpy()
             rows.append(_row(name, c, level, y, lower[i], upper[i], own, int(n_cells[c])))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _warn_unscored(bounds: dict, scored: dict, n_cells: pd.Series, control: str) -> None:
+    """Warn about predicted conditions with observed cells that are left out for want of an interval."""
+    for name, (_, _, labels, _) in bounds.items():
+        left = sorted({c for c in labels if c != control and n_cells.get(c, 0) > 0} - set(scored[name]))
+        if left:
+            more = " ..." if len(left) > 5 else ""
+            msg = (
+                f"{len(left)} condition(s) predicted by {name!r} with observed cells have no interval and are not "
+                f"scored: {left[:5]}{more}. predict(..., interval=) bounds targets without training cells and "
+                "combinations of observed singles; its warning and obs['anchoring'] say how these rows were predicted."
+            )
+            warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def _bounds(pred: AnnData, name: str, design, genes: pd.Index) -> tuple[np.ndarray, np.ndarray, list[str], float]:
