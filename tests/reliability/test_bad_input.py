@@ -991,16 +991,34 @@ def test_setup_layer_must_be_one_layer_name(rel):
         SemiMechVI.setup_anndata(adata, layer=["c"])
 
 
-def test_an_own_gene_calibrated_on_fewer_than_two_targets_warns(rel):
+@pytest.mark.parametrize(
+    ("held", "members"),
+    [
+        # G0009 would train through the double G0009+G0021, so it is held out with it
+        (["G0008", "G0009", "G0010", "G0009+G0021"], ["G0021"]),
+        (["G0008", "G0010"], ["G0009", "G0021"]),
+    ],
+)
+def test_an_own_gene_calibrated_on_fewer_than_three_targets_warns_and_has_no_spread(rel, held, members):
     adata = rel.small()
-    # G0021 is the only training target left (G0009 would train through the double G0009+G0021)
-    held = ["G0008", "G0009", "G0010", "G0009+G0021"]
     split = tl.split(adata, "perturbation", test_conditions=held, random_state=0)
     SemiMechVI.setup_anndata(adata)
     model = SemiMechVI(adata, **rel.MODEL_KWARGS)
     model.train(max_epochs=1, datasplitter_kwargs={"external_indexing": split.external_indexing}, **rel.TRAIN_KWARGS)
-    assert model.target_map_.class_targets == ["G0021"]
-    # one target: its spread was reported as 0, a certainty no single value gives
-    with pytest.warns(UserWarning, match=r"rests on 1 training target\(s\) whose gene is measured: its uncertainty"):
-        pred = model.predict(["G0008", "G0010"])
+    assert model.target_map_.class_targets == members
+    # one target's spread was reported as 0, and two agreeing targets' as near 0: certainties they cannot give
+    match = rf"rests on {len(members)} training target\(s\) whose gene is measured: too few .* uncertainty"
+    with pytest.warns(UserWarning, match=match):
+        pred = model.predict(["G0008", "G0010"], interval=0.3)  # two training rows bound up to 1 - 2 / 3
     assert pred.obs["own_gene_sd"].isna().all()
+    genes = list(map(str, adata.var_names))
+    for i, target in enumerate(["G0008", "G0010"]):
+        lower, upper = pred.layers["lower"][i], pred.layers["upper"][i]
+        if len(members) < 2:  # no shared response to anchor on: no interval at all
+            assert np.isnan(lower).all()
+            continue
+        g = genes.index(target)
+        assert lower[g] == 0.0  # unbounded below, floored at no expression
+        assert np.isinf(upper[g])
+        # elsewhere bounded, but at the members' own genes, where each is left out of the shared response
+        assert np.isfinite(np.delete(upper, [genes.index(t) for t in [target, *members]])).all()

@@ -401,8 +401,12 @@ def own_calibration(values: list[float], modality: str | None) -> tuple[float, f
 
 
 def _spread(values: np.ndarray) -> float:
-    """Robust spread (1.4826 MAD) of three or more values, their sd for two, NaN for one (no spread to see)."""
+    """Robust spread (1.4826 MAD) of three or more values; NaN for fewer.
+
+    Two values say next to nothing about how far a third may lie (their sd was reported before, and two targets that
+    happened to agree gave a near-zero spread for a knock-down that varies several-fold between targets).
+    """
     v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
+    if len(v) < 3:
         return float("nan")
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if len(v) >= 3 else float(np.std(v))
+    return float(1.4826 * np.median(np.abs(v - np.median(v))))

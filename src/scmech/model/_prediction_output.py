@@ -55,17 +55,18 @@ class PredictionOutputMixin:
         k = math.log(self._log_base()) if scaled else 1.0  # log_b(1 + x) = log(1 + x) / k
         mapped = set(mapped)
         own = sorted({p.targets[0] for p in requested if len(p.targets) == 1 and p.targets[0] in mapped} & set(pos))
-        if own and tm.own_targets < 2:
+        if own and (tm.own_targets < 2 or not np.isfinite(tm.own_effect_sd)):
+            none = tm.own_targets == 0 or not np.isfinite(tm.own_effect)
             warnings.warn(
                 f"The own-gene knock-down of {own[:5]} (targets without training cells whose gene is measured) rests "
-                "on "
-                f"{tm.own_targets} training target(s) whose gene is measured: "
+                f"on {tm.own_targets} training target(s) whose gene is measured: "
                 + (
-                    "their own gene is not knocked down."
-                    if tm.own_targets == 0 or not np.isfinite(tm.own_effect)
-                    else "its uncertainty (obs['own_gene_sd']) is unknown."
-                )
-                + " Keep at least two such targets in training to calibrate it.",
+                    "their own gene is not knocked down. Keep such targets in training to calibrate it."
+                    if none
+                    else "too few to see how far the knock-down varies between targets, so its uncertainty "
+                    "(obs['own_gene_sd']) is unknown and predict(interval=) leaves the own gene unbounded. Keep at "
+                    "least three such targets in training."
+                ),
                 UserWarning,
                 stacklevel=5,
             )
