@@ -430,7 +430,9 @@ def main() -> None:
     parser.add_argument("--merge", action="store_true")
     parser.add_argument("--epochs", type=int, default=None, help="SemiMechVI epochs (default 20 sim, 30 Papalexi)")
     parser.add_argument("--regimes", nargs="*", default=None, help="run only these regimes of the part(s)")
-    parser.add_argument("--append", action="store_true", help="add to the part's existing csv")
+    parser.add_argument(
+        "--append", action="store_true", help="add to the part's existing csv (replacing the rerun regimes' rows)"
+    )
     parser.add_argument("--suffix", default="", help="suffix of the part files (e.g. to run regimes in parallel)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds (default 0 1 2)")
     args = parser.parse_args()
@@ -452,7 +454,9 @@ def main() -> None:
         for part in parts:
             t0 = time.perf_counter()
             if args.append and (RESULTS / f"accuracy_{part}{suffix}.csv").exists():
-                frames.append(pd.read_csv(RESULTS / f"accuracy_{part}{suffix}.csv"))
+                kept = pd.read_csv(RESULTS / f"accuracy_{part}{suffix}.csv", float_precision="round_trip")
+                rerun = args.regimes if args.regimes else list(REGIMES[part])
+                frames.append(kept[~kept["regime"].isin(rerun)])  # the rerun regimes' rows are replaced
             for name in REGIMES[part]:
                 if args.regimes and name not in args.regimes:
                     continue
@@ -466,9 +470,10 @@ def main() -> None:
                     frames.append(res)
                     print(f"{name} seed {seed} done ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
                     # written after every fit, so that an interrupted run keeps what it measured
-                    pd.concat([f for f in frames if f["regime"].iloc[0] in REGIMES[part]]).to_csv(
-                        RESULTS / f"accuracy_{part}{suffix}.csv", index=False
-                    )
+                    written = pd.concat([f for f in frames if len(f) and f["regime"].iloc[0] in REGIMES[part]])
+                    order = {r: k for k, r in enumerate(REGIMES[part])}  # kept and rerun regimes in the part's order
+                    written = written.sort_values("regime", key=lambda r: r.map(order), kind="stable")
+                    written.to_csv(RESULTS / f"accuracy_{part}{suffix}.csv", index=False)
         df = pd.concat(frames, ignore_index=True)
         if args.parts != "all":
             print(summarise(df))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import Combination, UnseenTarget
+from scmech.model._calibration import media_carry_residuals
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
 from scmech.model._observations import Observations, ObservedPseudobulk
 from scmech.model._protocols import Context, Protocol
@@ -206,6 +209,75 @@ def test_a_target_seen_only_in_training_combinations_is_named_where_it_gets_no_i
     assert table["condition"].tolist() == [held[1]]
 
 
+def test_carry_over_residuals_predict_each_reference_perturbation_without_itself():
+    """With read-outs equal in both media (no modulation) the rule is the context's mean plus rho times the carried
+    change, rho the least-squares slope clipped to [0, 1]; each residual refits both without its perturbation."""
+    rng = np.random.default_rng(0)
+    here, there = Context("m1"), Context("m0")
+    obs = Observations(control_label="NT")
+    genes, refs = 15, ("A", "B", "C", "D", "E")
+    carried = {q: rng.normal(0.0, 1.0, genes) for q in refs}
+    for q in refs:
+        obs.targets[q] = (q,)
+        obs.conditions[(q, there)] = ObservedPseudobulk(2.0 + carried[q], np.full(genes, 0.01), 50)
+        obs.conditions[(q, here)] = ObservedPseudobulk(
+            3.0 + 0.6 * carried[q] + rng.normal(0, 0.2, genes), np.full(genes, 0.01), 50
+        )
+    model = {q: rng.normal(0, 1, genes) for q in refs}
+
+    def read(p: Protocol) -> np.ndarray:
+        return model[p.label]  # the same in both media: no modulation
+
+    residuals = media_carry_residuals(obs, read, here, (there,), refs)
+    assert residuals.shape == (len(refs), genes)
+    y_here = np.stack([obs.get(q, here).value for q in refs])
+    y_there = np.stack([obs.get(q, there).value for q in refs])
+    for k in range(len(refs)):
+        rest = np.arange(len(refs)) != k
+        t = y_here[rest] - y_here[rest].mean(0)
+        c = y_there[rest] - y_there[rest].mean(0)
+        rho = np.clip((c * t).sum() / (c * c).sum(), 0, 1)
+        expected = y_here[k] - (y_here[rest].mean(0) + rho * (y_there[k] - y_there[rest].mean(0)))
+        np.testing.assert_allclose(residuals[k], expected, atol=1e-10)
+    # too few to refit without one of them
+    assert media_carry_residuals(obs, read, here, (there,), refs[:3]) is None
+
+
+def test_a_perturbation_carried_from_another_medium_gets_the_carry_over_bounds():
+    adata = simulate_perturbseq(n_cells=2400, n_genes=40, n_perturbations=12, n_combinations=0, n_media=2, seed=0)
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    media = adata.obs["media"].astype(str).to_numpy()
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", media_key="media"
+    )
+    targets = sorted(set(labels) - {"NT"})
+    held = targets[:3]  # observed in m0 only: their m1 cells held out
+    model, _ = tiny_model_without(adata, np.flatnonzero(np.isin(labels, held) & (media == "m1")), max_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every row is bounded: no warning
+        pred = model.predict(held, media="m1", interval=0.5)
+    assert (pred.obs["anchoring"] == "observed in other media").all()
+    lo, hi, x = (np.asarray(a, dtype=np.float64) for a in (pred.layers["lower"], pred.layers["upper"], pred.X))
+    assert np.isfinite(lo).all()
+    assert np.isfinite(hi).all()
+    assert (lo <= x + 1e-5).all()
+    assert (x <= hi + 1e-5).all()
+    # 9 reference perturbations bound up to 1 - 2 / 10: beyond it, infinitely
+    assert np.isinf(np.asarray(model.predict(held, media="m1", interval=0.85).layers["upper"])).all()
+    # the own gene: the factor observed in m0 (from m0's controls) applied to m1's controls, whole
+    obs = model.anchor_
+    m0, m1 = Context("m0"), Context("m1")
+    genes = list(map(str, adata.var_names))
+    for i, t in enumerate(held):
+        g = genes.index(t)
+        factor = np.expm1(obs.get(t, m0).value[g]) / np.expm1(obs.control(m0).value[g])
+        expected = np.log1p(factor * np.expm1(obs.control(m1).value[g]))
+        assert x[i, g] == pytest.approx(expected, rel=1e-3)
+        # bounded by the reference perturbations' own genes carried the same way, not by the carry-over
+        assert lo[i, g] <= x[i, g] <= hi[i, g]
+
+
 def test_a_combination_is_bounded_by_the_observed_interactions_of_the_training_combinations():
     rng = np.random.default_rng(0)
     ctx = Context(None)
@@ -270,8 +342,8 @@ def test_unseen_bounds_hold_the_shared_response_and_the_prediction(screen, monke
     seen = {}
     offsets = model._interval_offsets
 
-    def spy(logx, requested, plans, observations, level):
-        out = offsets(logx, requested, plans, observations, level)
+    def spy(logx, requested, plans, observations, level, **kwargs):
+        out = offsets(logx, requested, plans, observations, level, **kwargs)
         seen.update(plans=plans, observations=observations, offsets=out)
         return out
 

@@ -417,12 +417,13 @@ class OtherMedia(AnchorPlan):
     sources: tuple[Context, ...]
     reference: tuple[str, ...] = ()  # the training perturbations observed in the context and every source
 
-    def _calibrated(self, obs: Observations) -> bool:
+    def calibrated(self, obs: Observations) -> bool:
+        """Whether the carry-over was calibrated on reference perturbations observed in the context and the sources."""
         return bool(self.reference) and all((self.context, s) in obs.media_carry for s in self.sources)
 
     def needs(self, row, obs):
         out = [row.at(s) for s in self.sources]
-        if self._calibrated(obs):
+        if self.calibrated(obs):
             return out + [obs.protocol(q, c) for c in (self.context, *self.sources) for q in self.reference]
         out += [obs.protocol(obs.control_label, s) for s in self.sources]
         if obs.control(self.context) is not None:
@@ -430,7 +431,7 @@ class OtherMedia(AnchorPlan):
         return out
 
     def apply(self, row, read, obs):
-        if self._calibrated(obs):
+        if self.calibrated(obs):
             return self._apply_calibrated(row, read, obs)
         parts = []
         y0 = obs.control(self.context)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ._protocols import Context, Protocol
 
-__all__ = ["fit_interaction_gain", "fit_media_carry"]
+__all__ = ["fit_interaction_gain", "fit_media_carry", "media_carry_residuals"]
 
 
 def fit_media_carry(
@@ -58,6 +58,62 @@ def fit_media_carry(
             carried = y_s - y_s.mean(0)
             modulation = (m_c - m_c.mean(0)) - (m_s - m_s.mean(0))
             out[(c, s)] = _two_coefficients(target, carried, modulation)
+    return out
+
+
+def media_carry_residuals(
+    obs: Observations,
+    read: Callable[[Protocol], np.ndarray],
+    context: Context,
+    sources: tuple[Context, ...],
+    reference: tuple[str, ...],
+    *,
+    min_targets: int = 3,
+) -> np.ndarray | None:
+    r"""How far each reference perturbation strays from the carry-over rule when it is predicted without itself.
+
+    The calibrated prediction of a perturbation :math:`p` in the context :math:`C` from the sources :math:`s`
+    (:class:`~scmech.model._anchoring.OtherMedia`) rests on the reference perturbations observed in :math:`C` and
+    every source: their means and the coefficients :math:`\rho, \alpha` fitted on them (:func:`fit_media_carry`).
+    Each reference perturbation :math:`q` is predicted by the same rule from the others (the means and both
+    coefficients without :math:`q`, for each source), and its residual :math:`y_{q,C} - \hat y_{q,C}` is how far a
+    perturbation exchangeable with them may lie from its prediction: the jackknife residuals that
+    ``predict(interval=...)`` takes the conformal bounds of.
+
+    Parameters
+    ----------
+    obs
+        The training observations.
+    read
+        The model's read-out of a protocol (log-normalised mean).
+    context, sources, reference
+        The plan's context, its source contexts and its reference perturbations.
+    min_targets
+        Fewest perturbations each leave-one-out fit rests on (as :func:`fit_media_carry`).
+
+    Returns
+    -------
+    The residuals (reference perturbations x genes), or ``None`` with fewer than ``min_targets + 1`` of them.
+    """
+    if len(reference) < min_targets + 1:
+        return None
+    y_c = np.stack([_value(obs.get(q, context)) for q in reference])
+    m_c = np.stack([read(obs.protocol(q, context)) for q in reference])
+    per_source = [
+        (np.stack([_value(obs.get(q, s)) for q in reference]), np.stack([read(obs.protocol(q, s)) for q in reference]))
+        for s in sources
+    ]
+    out = np.empty_like(y_c)
+    for k in range(len(reference)):
+        rest = np.arange(len(reference)) != k
+        yc_bar, mc_bar = y_c[rest].mean(0), m_c[rest].mean(0)
+        predicted = 0.0
+        for y_s, m_s in per_source:
+            ys_bar, ms_bar = y_s[rest].mean(0), m_s[rest].mean(0)
+            modulation = (m_c - mc_bar) - (m_s - ms_bar)
+            rho, alpha = _two_coefficients(y_c[rest] - yc_bar, y_s[rest] - ys_bar, modulation[rest])
+            predicted = predicted + (yc_bar + rho * (y_s[k] - ys_bar) + alpha * modulation[k]) / len(per_source)
+        out[k] = y_c[k] - predicted
     return out
 
 

@@ -350,12 +350,15 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             The two differ where the perturbed cells fill the batches in other proportions than the controls.
         interval
             Probability (for example ``0.9``) of prediction intervals: ``layers["lower"]`` and ``layers["upper"]``
-            (on ``X``'s scale) bound the pseudobulk the row's cells would show, for targets without training cells
-            and for combinations whose singles were observed. Each gene's bounds are conformal bounds of how far the
-            training data strayed from the same model-free reference (:mod:`scmech.model._intervals`): each training
-            target from the weighted mean of the others (the observed shared response an unseen target is anchored
-            on), each training combination from its observed singles added. They are widened to hold both that
-            reference's bounds and the prediction's, as the model moves the prediction away from the reference. For
+            (on ``X``'s scale) bound the pseudobulk the row's cells would show, for targets without training cells,
+            for combinations whose singles were observed and for perturbations observed in other media, carried by a
+            calibrated carry-over. Each gene's bounds are conformal bounds of how far the training data strayed from
+            the same model-free reference (:mod:`scmech.model._intervals`): each training target from the weighted
+            mean of the others (the observed shared response an unseen target is anchored on), each training
+            combination from its observed singles added. They are widened to hold both that reference's bounds and
+            the prediction's, as the model moves the prediction away from the reference. A perturbation carried from
+            other media is bounded by how far each perturbation observed in both strayed from the carry-over rule
+            fitted without it (:func:`~scmech.model._calibration.media_carry_residuals`). For
             a row exchangeable with those training rows they hold with about this probability, on average over rows
             and genes (not for each target), without assuming a normal spread. The own gene's bounds are the levels
             its knock-down reaches at the conformal range of the training targets' own factors. Too few training
@@ -595,8 +598,8 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
     ) -> tuple:
         """Apply each row's plan to the read-outs; returns the anchored rows and each row's mean weight.
 
-        With ``intervals``, each row with an interval (an unseen target, a combination) gets its bounds relative to its
-        anchored value, filled into ``intervals.offsets``
+        With ``intervals``, each row with an interval (an unseen target, a combination, a perturbation carried from
+        other media) gets its bounds relative to its anchored value, filled into ``intervals.offsets``
         (:meth:`~scmech.model._prediction_intervals.IntervalMixin._interval_offsets`), before its own gene and its
         amplitude are set.
 
@@ -612,8 +615,11 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
         if intervals is not None and observations is not None:
-            intervals.offsets.update(self._interval_offsets(logx, requested, plans, observations, intervals.level))
+            intervals.offsets.update(
+                self._interval_offsets(logx, requested, plans, observations, intervals.level, read=read)
+            )
         self._own_from_control(logx, requested, plans, observations)
+        self._own_across_media(logx, requested, plans, observations)
         if amplitudes and observations is not None:
             self._scale_by_expression(
                 logx, requested, plans, amplitudes, lambda ctx: anchored_control(ctx, observations, rows, log_values)

@@ -1,4 +1,4 @@
-"""``predict``'s prediction intervals for unseen targets and combinations (:mod:`scmech.model._intervals`' rules)."""
+"""``predict``'s prediction intervals: unseen targets, combinations, other media (:mod:`scmech.model._intervals`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import numpy as np
 
 from scmech._constants import SCMECH_ADATA_KEYS
 
-from ._anchoring import Combination, Observed, UnseenTarget
+from ._anchoring import Combination, Observed, OtherMedia, UnseenTarget
+from ._calibration import media_carry_residuals
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._target_map import TargetMap
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._observations import Observations
     from ._own_gene_fit import OwnSettings
+    from ._protocols import Protocol
 
 __all__ = ["IntervalMixin", "IntervalRequest"]
 
@@ -35,7 +39,14 @@ class IntervalMixin:
     """Adds ``predict``'s prediction intervals (``interval=``) for unseen targets and combinations."""
 
     def _interval_offsets(
-        self, logx: np.ndarray, requested: list, plans: dict, observations: Observations, level: float
+        self,
+        logx: np.ndarray,
+        requested: list,
+        plans: dict,
+        observations: Observations,
+        level: float,
+        *,
+        read: Callable[[Protocol], np.ndarray] | None = None,
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Bounds of each row with an interval relative to its anchored value ``logx`` (where the anchoring is done).
 
@@ -45,6 +56,10 @@ class IntervalMixin:
         combinations' observed interactions in its context, infinitely without any). The model moved the row from
         there by ``d`` (its specific change, the calibrated interaction, the shrinkage towards its read-outs), so the
         offsets hold both the reference's bounds and the prediction's: ``lo + min(0, -d)`` and ``hi + max(0, -d)``.
+        A perturbation carried from other media by a calibrated carry-over is bounded by the conformal bounds of the
+        reference perturbations' residuals under the same rule, each predicted without itself
+        (:func:`~scmech.model._calibration.media_carry_residuals`, with the model's read-outs ``read``), around its
+        prediction, which is that rule's; infinitely with fewer than 4 of them.
         Each plan's bounds are computed once, reading its members' observations once.
         """
         out = {}
@@ -59,6 +74,11 @@ class IntervalMixin:
                     cache[plan] = _combination_bounds(plan, observations, level, logx.shape[1])
                 lo, hi = cache[plan]
                 centre = plan.centre(requested[i], observations)
+            elif isinstance(plan, OtherMedia) and read is not None and plan.calibrated(observations):
+                if plan not in cache:
+                    cache[plan] = _media_bounds(plan, observations, read, level, logx.shape[1])
+                out[i] = cache[plan]
+                continue
             else:
                 continue
             d = logx[i] - centre  # the prediction less the reference the bounds hold for
@@ -90,7 +110,52 @@ class IntervalMixin:
             lower[i] = logx[i] + a * lo
             upper[i] = logx[i] + a * hi
         self._own_gene_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
+        self._media_own_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
         return lower, upper
+
+    def _media_own_bounds(
+        self,
+        logx: np.ndarray,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        requested: list,
+        plans: dict,
+        observations: Observations,
+        level: float,
+    ) -> None:
+        """Set the bounds at the own genes of each perturbation carried from other media (in place).
+
+        Its own genes are knocked down by the factor carried whole from the sources
+        (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_across_media`), not by the carry-over whose residuals
+        bound its other genes. They are bounded by the conformal bounds of how far each reference perturbation's own
+        genes, carried the same way, lay from what was observed in the context: a rule without fitted parameters, so
+        its residuals are exchangeable with the row's. Infinite with too few reference perturbations whose gene is
+        measured.
+        """
+        pos = getattr(getattr(self, "target_map_", None), "gene_positions", None) or {}
+        cache: dict = {}
+        settings = None
+        for i, plan in plans.items():
+            genes = [pos[t] for t in requested[i].targets if t in pos]
+            if not genes or not isinstance(plan, OtherMedia) or np.isnan(lower[i]).all():
+                continue
+            if plan not in cache:
+                settings = settings or self._own_settings()
+                residuals = []
+                for q in plan.reference:
+                    own = [pos[t] for t in observations.targets.get(q, (q,)) if t in pos]
+                    carried = (
+                        self._carried_own_levels(q, own, plan.context, plan.sources, observations, settings)
+                        if own
+                        else None
+                    )
+                    if carried is not None:
+                        observed = np.asarray(observations.get(q, plan.context).value, dtype=np.float64)[own]
+                        residuals.extend(observed - carried)
+                cache[plan] = conformal_bounds(np.asarray(residuals, dtype=np.float64)[:, None], level)
+            lo, hi = cache[plan]
+            lower[i, genes] = logx[i, genes] + float(lo[0])
+            upper[i, genes] = logx[i, genes] + float(hi[0])
 
     def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict) -> None:
         """Warn about perturbed rows not observed in training that got no interval, saying how they were anchored.
@@ -111,7 +176,8 @@ class IntervalMixin:
         msg = (
             f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}; obs['anchoring'] per row): "
             "intervals are given for single targets without training cells anchored on the shared response of the "
-            "training targets and for combinations of observed singles, which these are not."
+            "training targets, for combinations of observed singles and for perturbations carried from other media "
+            "by a calibrated carry-over, which these are not."
         )
         warnings.warn(msg, UserWarning, stacklevel=3)
 
@@ -211,6 +277,16 @@ def _combination_bounds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conformal bounds of the training combinations' observed interactions; infinite without any."""
     residuals = plan.residuals(observations)
+    if residuals is None:
+        return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
+    return conformal_bounds(residuals, level)
+
+
+def _media_bounds(
+    plan: OtherMedia, observations: Observations, read: Callable[[Protocol], np.ndarray], level: float, n_genes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal bounds of the reference perturbations' carry-over residuals; infinite with too few of them."""
+    residuals = media_carry_residuals(observations, read, plan.context, plan.sources, plan.reference)
     if residuals is None:
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
     return conformal_bounds(residuals, level)
