@@ -551,6 +551,28 @@ def test_media_carry_without_a_calibration_falls_back_to_the_model_and_the_contr
     assert pred.X[0][~off][0] == pytest.approx(_carried_own_level(anc, target, ~off, c0, c1), rel=1e-3)
 
 
+def test_a_knock_down_that_rose_in_the_other_medium_is_carried_as_no_change(monkeypatch):
+    """A CRISPRi target whose gene rose in m0 (noise) is not predicted to raise it in m1: no change is carried."""
+    adata = simulate_perturbseq(1600, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", media_key="media", perturbation_modality="CRISPRi"
+    )
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
+    anc = copy.deepcopy(model.anchor_)
+    c0, c1 = Context("m0"), Context("m1")
+    g = list(map(str, adata.var_names)).index(target)
+    risen = anc.conditions[(target, c0)]
+    risen.value = risen.value.copy()
+    risen.value[g] = anc.control(c0).value[g] + 0.5
+    monkeypatch.setattr(model, "anchor_", anc)
+    pred = model.predict(target, media="m1", random_state=0)
+    assert pred.X[0][g] == pytest.approx(anc.control(c1).value[g], rel=1e-4)
+
+
 def test_fit_media_carry_recovers_planted_coefficients():
     rng = np.random.default_rng(0)
     n_genes, targets = 50, [f"T{k}" for k in range(8)]

@@ -313,7 +313,9 @@ class OwnGeneMixin:
     ) -> np.ndarray | None:
         """Levels of ``label``'s own ``genes`` in ``context``: its knock-down in ``sources`` carried whole (their mean).
 
-        ``None`` without controls in ``context`` or without a source observed with its controls.
+        A factor against the registered modality (a CRISPRko or CRISPRi target whose gene rose in the source, by the
+        sampling noise of a barely expressed gene) is carried as no change. ``None`` without controls in ``context``
+        or without a source observed with its controls.
         """
         target = observations.control(context)
         if target is None:
@@ -323,6 +325,8 @@ class OwnGeneMixin:
         scaled = settings.scaled and (not isinstance(tm, TargetMap) or self._scaled_as_fitted(tm))
         eta = _levels(settings.levels)
         here = np.asarray(target.value, dtype=np.float64)[genes]
+        modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
+        sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
         levels = []
         for s in sources:
             y, y0 = observations.get(label, s), observations.control(s)
@@ -336,6 +340,8 @@ class OwnGeneMixin:
             a = own_effects(
                 observed, reference, counts=scaled, efficacy_levels=settings.levels, log_base=settings.log_base
             )
+            if sign:  # a knock-down never raises its own gene (nor an activation lowers it): noise, not effect
+                a = sign * np.maximum(sign * a, 0.0)
             levels.append(_level_after(a, here, scaled, eta, settings.log_base))
         return np.mean(levels, axis=0) if levels else None
 
