@@ -12,8 +12,8 @@ benchmark checks the promise where it can fail, on held-out targets:
 - held-out doubles whose singles were seen (40 doubles of 16 targets, 40 % held out; seeds 0-1), on counts and on
   a CRISPRa screen log-normalised as scanpy does (``counts=False``, ``gene_likelihood="normal"``);
 - targets observed in one medium and predicted in the other (a simulator with two media and 24 targets, 8 of them
-  held out of medium ``m1``; seeds 0-1): bounded by the carry-over residuals of the 16 observed in both
-  (:func:`scmech.model._calibration.media_carry_residuals`), scored on the held-out ``m1`` cells.
+  held out of medium ``m1``; seeds 0-1): bounded by the residuals of the 16 observed in both from the model-free
+  carry-over (:func:`scmech.model._calibration.media_carry_residuals`), scored on the held-out ``m1`` cells.
 
 For each held-out target and level (0.5, 0.8, 0.9) it records the share of genes whose observed pseudobulk (all the
 target's cells, as scmech pseudobulks them) lies within the bounds, over every gene but the target genes

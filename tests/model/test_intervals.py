@@ -12,7 +12,7 @@ import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import Combination, UnseenTarget
-from scmech.model._calibration import media_carry_residuals
+from scmech.model._calibration import media_carry_centre, media_carry_residuals
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
 from scmech.model._observations import Observations, ObservedPseudobulk
 from scmech.model._protocols import Context, Protocol
@@ -210,37 +210,38 @@ def test_a_target_seen_only_in_training_combinations_is_named_where_it_gets_no_i
 
 
 def test_carry_over_residuals_predict_each_reference_perturbation_without_itself():
-    """With read-outs equal in both media (no modulation) the rule is the context's mean plus rho times the carried
-    change, rho the least-squares slope clipped to [0, 1]; each residual refits both without its perturbation."""
+    """The model-free carry-over is the context's mean plus rho times the carried change, rho the least-squares
+    slope clipped to [0, 1]; each residual refits both without its perturbation, and the centre uses them all."""
     rng = np.random.default_rng(0)
     here, there = Context("m1"), Context("m0")
     obs = Observations(control_label="NT")
     genes, refs = 15, ("A", "B", "C", "D", "E")
-    carried = {q: rng.normal(0.0, 1.0, genes) for q in refs}
-    for q in refs:
+    for q in [*refs, "P"]:
+        carried = rng.normal(0.0, 1.0, genes)
         obs.targets[q] = (q,)
-        obs.conditions[(q, there)] = ObservedPseudobulk(2.0 + carried[q], np.full(genes, 0.01), 50)
-        obs.conditions[(q, here)] = ObservedPseudobulk(
-            3.0 + 0.6 * carried[q] + rng.normal(0, 0.2, genes), np.full(genes, 0.01), 50
-        )
-    model = {q: rng.normal(0, 1, genes) for q in refs}
-
-    def read(p: Protocol) -> np.ndarray:
-        return model[p.label]  # the same in both media: no modulation
-
-    residuals = media_carry_residuals(obs, read, here, (there,), refs)
-    assert residuals.shape == (len(refs), genes)
+        obs.conditions[(q, there)] = ObservedPseudobulk(2.0 + carried, np.full(genes, 0.01), 50)
+        if q != "P":
+            y = 3.0 + 0.6 * carried + rng.normal(0, 0.2, genes)
+            obs.conditions[(q, here)] = ObservedPseudobulk(y, np.full(genes, 0.01), 50)
     y_here = np.stack([obs.get(q, here).value for q in refs])
     y_there = np.stack([obs.get(q, there).value for q in refs])
+
+    def carry(rows: np.ndarray, carried: np.ndarray) -> np.ndarray:
+        t = y_here[rows] - y_here[rows].mean(0)
+        c = y_there[rows] - y_there[rows].mean(0)
+        rho = np.clip((c * t).sum() / (c * c).sum(), 0, 1)
+        return y_here[rows].mean(0) + rho * (carried - y_there[rows].mean(0))
+
+    residuals = media_carry_residuals(obs, here, (there,), refs)
+    assert residuals.shape == (len(refs), genes)
     for k in range(len(refs)):
         rest = np.arange(len(refs)) != k
-        t = y_here[rest] - y_here[rest].mean(0)
-        c = y_there[rest] - y_there[rest].mean(0)
-        rho = np.clip((c * t).sum() / (c * c).sum(), 0, 1)
-        expected = y_here[k] - (y_here[rest].mean(0) + rho * (y_there[k] - y_there[rest].mean(0)))
-        np.testing.assert_allclose(residuals[k], expected, atol=1e-10)
+        np.testing.assert_allclose(residuals[k], y_here[k] - carry(rest, y_there[k]), atol=1e-10)
+    every = np.ones(len(refs), dtype=bool)
+    centre = media_carry_centre(obs, "P", here, (there,), refs)
+    np.testing.assert_allclose(centre, carry(every, obs.get("P", there).value), atol=1e-10)
     # too few to refit without one of them
-    assert media_carry_residuals(obs, read, here, (there,), refs[:3]) is None
+    assert media_carry_residuals(obs, here, (there,), refs[:3]) is None
 
 
 def test_a_perturbation_carried_from_another_medium_gets_the_carry_over_bounds():

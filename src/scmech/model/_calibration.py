@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ._protocols import Context, Protocol
 
-__all__ = ["fit_interaction_gain", "fit_media_carry", "media_carry_residuals"]
+__all__ = ["fit_interaction_gain", "fit_media_carry", "media_carry_centre", "media_carry_residuals"]
 
 
 def fit_media_carry(
@@ -63,29 +63,29 @@ def fit_media_carry(
 
 def media_carry_residuals(
     obs: Observations,
-    read: Callable[[Protocol], np.ndarray],
     context: Context,
     sources: tuple[Context, ...],
     reference: tuple[str, ...],
     *,
     min_targets: int = 3,
 ) -> np.ndarray | None:
-    r"""How far each reference perturbation strays from the carry-over rule when it is predicted without itself.
+    r"""How far each reference perturbation strays from the model-free carry-over when it is predicted without itself.
 
-    The calibrated prediction of a perturbation :math:`p` in the context :math:`C` from the sources :math:`s`
-    (:class:`~scmech.model._anchoring.OtherMedia`) rests on the reference perturbations observed in :math:`C` and
-    every source: their means and the coefficients :math:`\rho, \alpha` fitted on them (:func:`fit_media_carry`).
-    Each reference perturbation :math:`q` is predicted by the same rule from the others (the means and both
-    coefficients without :math:`q`, for each source), and its residual :math:`y_{q,C} - \hat y_{q,C}` is how far a
-    perturbation exchangeable with them may lie from its prediction: the jackknife residuals that
-    ``predict(interval=...)`` takes the conformal bounds of.
+    The model-free carry-over of a perturbation :math:`p` into the context :math:`C` from the sources :math:`s` is
+    :func:`media_carry_centre`: :math:`\bar y_C + \tilde\rho\,(y_{p,s} - \bar y_s)` over the reference perturbations
+    observed in :math:`C` and every source, :math:`\tilde\rho \in [0, 1]` the least-squares share of their carried
+    changes (averaged over sources). Each reference perturbation :math:`q` is predicted by it from the others (the
+    means and :math:`\tilde\rho` without :math:`q`), and its residual :math:`y_{q,C} - \hat y_{q,C}` is how far a
+    perturbation exchangeable with them may lie from that centre: the jackknife residuals ``predict(interval=...)``
+    takes the conformal bounds of. The model's modulation (the :math:`\alpha` term of
+    :class:`~scmech.model._anchoring.OtherMedia`) is left out: the model was fitted to each reference perturbation's
+    cells in :math:`C`, so its read-out there would make their residuals smaller than a held-out one's; the bounds
+    are widened to hold the prediction instead, as for the other plans.
 
     Parameters
     ----------
     obs
         The training observations.
-    read
-        The model's read-out of a protocol (log-normalised mean).
     context, sources, reference
         The plan's context, its source contexts and its reference perturbations.
     min_targets
@@ -98,22 +98,31 @@ def media_carry_residuals(
     if len(reference) < min_targets + 1:
         return None
     y_c = np.stack([_value(obs.get(q, context)) for q in reference])
-    m_c = np.stack([read(obs.protocol(q, context)) for q in reference])
-    per_source = [
-        (np.stack([_value(obs.get(q, s)) for q in reference]), np.stack([read(obs.protocol(q, s)) for q in reference]))
-        for s in sources
-    ]
+    y_s = [np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources]
     out = np.empty_like(y_c)
     for k in range(len(reference)):
         rest = np.arange(len(reference)) != k
-        yc_bar, mc_bar = y_c[rest].mean(0), m_c[rest].mean(0)
-        predicted = 0.0
-        for y_s, m_s in per_source:
-            ys_bar, ms_bar = y_s[rest].mean(0), m_s[rest].mean(0)
-            modulation = (m_c - mc_bar) - (m_s - ms_bar)
-            rho, alpha = _two_coefficients(y_c[rest] - yc_bar, y_s[rest] - ys_bar, modulation[rest])
-            predicted = predicted + (yc_bar + rho * (y_s[k] - ys_bar) + alpha * modulation[k]) / len(per_source)
-        out[k] = y_c[k] - predicted
+        out[k] = y_c[k] - _carried(y_c[rest], [y[rest] for y in y_s], [y[k] for y in y_s])
+    return out
+
+
+def media_carry_centre(
+    obs: Observations, label: str, context: Context, sources: tuple[Context, ...], reference: tuple[str, ...]
+) -> np.ndarray:
+    """Return the model-free carry-over of ``label`` into ``context`` (:func:`media_carry_residuals`' centre)."""
+    y_c = np.stack([_value(obs.get(q, context)) for q in reference])
+    y_s = [np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources]
+    return _carried(y_c, y_s, [_value(obs.get(label, s)) for s in sources])
+
+
+def _carried(y_c: np.ndarray, y_s: list[np.ndarray], row: list[np.ndarray]) -> np.ndarray:
+    """``y_c``'s mean plus the least-squares share (in [0, 1]) of ``row``'s carried change, averaged over sources."""
+    yc_bar = y_c.mean(0)
+    out = 0.0
+    for ys, r in zip(y_s, row, strict=True):
+        ys_bar = ys.mean(0)
+        rho, _ = _two_coefficients(y_c - yc_bar, ys - ys_bar, np.zeros_like(ys))
+        out = out + (yc_bar + rho * (r - ys_bar)) / len(y_s)
     return out
 
 

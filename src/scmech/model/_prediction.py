@@ -357,8 +357,8 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
             mean of the others (the observed shared response an unseen target is anchored on), each training
             combination from its observed singles added. They are widened to hold both that reference's bounds and
             the prediction's, as the model moves the prediction away from the reference. A perturbation carried from
-            other media is bounded by how far each perturbation observed in both strayed from the carry-over rule
-            fitted without it (:func:`~scmech.model._calibration.media_carry_residuals`). For
+            other media is bounded by how far each perturbation observed in both strayed from the model-free
+            carry-over fitted without it (:func:`~scmech.model._calibration.media_carry_residuals`), widened alike. For
             a row exchangeable with those training rows they hold with about this probability, on average over rows
             and genes (not for each target), without assuming a normal spread. The own gene's bounds are the levels
             its knock-down reaches at the conformal range of the training targets' own factors. Too few training
@@ -615,9 +615,7 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         logx = log_values[: len(requested)].copy()
         weights = anchor_rows(plans, requested, read, observations, logx)
         if intervals is not None and observations is not None:
-            intervals.offsets.update(
-                self._interval_offsets(logx, requested, plans, observations, intervals.level, read=read)
-            )
+            intervals.offsets.update(self._interval_offsets(logx, requested, plans, observations, intervals.level))
         self._own_from_control(logx, requested, plans, observations)
         self._own_across_media(logx, requested, plans, observations)
         if amplitudes and observations is not None:

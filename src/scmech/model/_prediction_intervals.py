@@ -11,17 +11,14 @@ import numpy as np
 from scmech._constants import SCMECH_ADATA_KEYS
 
 from ._anchoring import Combination, Observed, OtherMedia, UnseenTarget
-from ._calibration import media_carry_residuals
+from ._calibration import media_carry_centre, media_carry_residuals
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._target_map import TargetMap
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ._observations import Observations
     from ._own_gene_fit import OwnSettings
-    from ._protocols import Protocol
 
 __all__ = ["IntervalMixin", "IntervalRequest"]
 
@@ -45,8 +42,6 @@ class IntervalMixin:
         plans: dict,
         observations: Observations,
         level: float,
-        *,
-        read: Callable[[Protocol], np.ndarray] | None = None,
     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Bounds of each row with an interval relative to its anchored value ``logx`` (where the anchoring is done).
 
@@ -56,10 +51,10 @@ class IntervalMixin:
         combinations' observed interactions in its context, infinitely without any). The model moved the row from
         there by ``d`` (its specific change, the calibrated interaction, the shrinkage towards its read-outs), so the
         offsets hold both the reference's bounds and the prediction's: ``lo + min(0, -d)`` and ``hi + max(0, -d)``.
-        A perturbation carried from other media by a calibrated carry-over is bounded by the conformal bounds of the
-        reference perturbations' residuals under the same rule, each predicted without itself
-        (:func:`~scmech.model._calibration.media_carry_residuals`, with the model's read-outs ``read``), around its
-        prediction, which is that rule's; infinitely with fewer than 4 of them.
+        A perturbation carried from other media by a calibrated carry-over starts from the model-free carry-over
+        (:func:`~scmech.model._calibration.media_carry_centre`), bounded by the reference perturbations' residuals
+        from it, each predicted without itself (:func:`~scmech.model._calibration.media_carry_residuals`; infinitely
+        with fewer than 4 of them); the model's modulation moved it from there.
         Each plan's bounds are computed once, reading its members' observations once.
         """
         out = {}
@@ -74,11 +69,13 @@ class IntervalMixin:
                     cache[plan] = _combination_bounds(plan, observations, level, logx.shape[1])
                 lo, hi = cache[plan]
                 centre = plan.centre(requested[i], observations)
-            elif isinstance(plan, OtherMedia) and read is not None and plan.calibrated(observations):
+            elif isinstance(plan, OtherMedia) and plan.calibrated(observations):
                 if plan not in cache:
-                    cache[plan] = _media_bounds(plan, observations, read, level, logx.shape[1])
-                out[i] = cache[plan]
-                continue
+                    cache[plan] = _media_bounds(plan, observations, level, logx.shape[1])
+                lo, hi = cache[plan]
+                centre = media_carry_centre(
+                    observations, requested[i].label, plan.context, plan.sources, plan.reference
+                )
             else:
                 continue
             d = logx[i] - centre  # the prediction less the reference the bounds hold for
@@ -283,10 +280,10 @@ def _combination_bounds(
 
 
 def _media_bounds(
-    plan: OtherMedia, observations: Observations, read: Callable[[Protocol], np.ndarray], level: float, n_genes: int
+    plan: OtherMedia, observations: Observations, level: float, n_genes: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Conformal bounds of the reference perturbations' carry-over residuals; infinite with too few of them."""
-    residuals = media_carry_residuals(observations, read, plan.context, plan.sources, plan.reference)
+    residuals = media_carry_residuals(observations, plan.context, plan.sources, plan.reference)
     if residuals is None:
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
     return conformal_bounds(residuals, level)
