@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import anndata as ad
@@ -624,6 +625,15 @@ def test_a_query_view_is_read_as_its_copy_and_left_a_view(rel, model):
     copy = query[:60].copy()
     np.testing.assert_allclose(latent, model.get_latent_representation(copy))
     np.testing.assert_allclose(pred.X, model.predict(["G0008"], adata=copy, random_state=0).X)
+    # one registered copy per view, dropped with the view: views made anew for each call do not pile up
+    store = model._per_instance_manager_store[model.id]
+    before = len(store)
+    model.get_latent_representation(view)
+    assert len(store) == before
+    for _ in range(3):
+        model.get_latent_representation(query[:50])
+    gc.collect()
+    assert len(store) <= before + 1
 
 
 def test_query_data_with_other_genes_raises(rel, model):

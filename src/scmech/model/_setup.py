@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
+from scvi.data._constants import _SCVI_UUID_KEY
 from scvi.data.fields import (
     CategoricalJointObsField,
     CategoricalObsField,
@@ -411,10 +413,7 @@ class PerturbationSetupMixin:
         if adata is not None and adata is not self.adata:
             self._check_query(adata)
             if adata.is_view:
-                # scvi-tools would make the caller's view a copy in place (cutting its link to the data it views) to
-                # register it; the copy is registered here instead, and the caller's view stays a view
-                logger.info("Received a view of %s: registering a copy of it.", type(adata).__name__)
-                adata = adata.copy()
+                adata = self._registered_copy(adata)
         if adata is not None:
             from ._persistence import var_names_of
 
@@ -445,6 +444,24 @@ class PerturbationSetupMixin:
                 "training category whose capture you want to assume, or train on data that contain it."
             )
             raise ValueError(msg) from e
+
+    def _registered_copy(self, view):
+        """Return the copy of a query ``view`` that is registered in its place: one per view, freed with the view.
+
+        scvi-tools would make the caller's view a copy in place to register it, cutting its link to the data it
+        views. The copy is registered here instead, and the caller's view stays a view. The same view object gets
+        the same copy on every call, and when the view is freed its copy's registration is dropped, so views made
+        anew for each call (``model.get_latent_representation(adata[:100])``) do not pile up registered copies.
+        """
+        copies = self.__dict__.setdefault("_query_view_copies", {})
+        entry = copies.get(id(view))
+        if entry is not None and entry[0]() is view:
+            return entry[1]
+        logger.info("Received a view of %s: registering a copy of it.", type(view).__name__)
+        copy = view.copy()
+        copies[id(view)] = (weakref.ref(view), copy)
+        weakref.finalize(view, _forget_view_copy, weakref.ref(self), id(view), copy)
+        return copy
 
     def _check_query(self, adata) -> None:
         """Check data other than the registered data before scvi-tools transfers the setup to them.
@@ -616,3 +633,18 @@ class PerturbationSetupMixin:
         """Position of each of ``targets``' own gene among the registered genes, ``-1`` where it is not measured."""
         pos = self._target_gene_positions(adata)
         return np.array([pos.get(str(t), -1) for t in targets], dtype=int)
+
+
+def _forget_view_copy(model_ref: weakref.ref, key: int, copy) -> None:
+    """Drop the registered copy of a freed query view (:meth:`PerturbationSetupMixin._registered_copy`)."""
+    model = model_ref()
+    if model is None:
+        return
+    copies = model.__dict__.get("_query_view_copies", {})
+    if key in copies and copies[key][1] is copy:
+        del copies[key]
+    # scvi-tools' deregister_manager does not find a transferred query's manager: drop it by the copy's uuid
+    uuid = copy.uns.get(_SCVI_UUID_KEY)
+    if uuid is not None:
+        model._per_instance_manager_store.get(model.id, {}).pop(uuid, None)
+        model._setup_adata_manager_store.pop(uuid, None)
