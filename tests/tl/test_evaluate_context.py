@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -130,7 +131,10 @@ def test_rows_for_one_condition_are_refused_with_the_fix_for_their_cause(course)
     # as the message says: one row per condition
     assert len(_scores(twice[~twice.obs["perturbation"].duplicated()], a))
     rows = model.predict(["G0008", "G0008"], time=[0.5, 1.0])
-    # the times as labels, not as a context evaluate scores in
-    rows.obs = rows.obs.drop(columns=["time"]).assign(time=["0.5", "1.0"])
-    with pytest.raises(ValueError, match=r"several rows for \['G0008'\], one per time; evaluate one context at a time"):
+    del rows.uns["scmech"]["prediction"]["context_keys"]  # no column to score the times in: read as rows
+    match = r"several rows for \['G0008'\], one per time; evaluate one context at a time, e\.g\. (.*)\.$"
+    with pytest.raises(ValueError, match=match) as raised:
         tl.evaluate(rows, a, **KEYS, train_conditions=TRAIN)
+    # the selection it suggests selects the first time's row (a number, not the string '0.5')
+    suggested = re.search(match, str(raised.value)).group(1)
+    assert eval(suggested, {"pred": rows}).n_obs == 1  # the message's own expression, run as a user would

@@ -165,8 +165,10 @@ def _warn_unscored(bounds: dict, scored: dict, n_cells: pd.Series, control: str)
             more = " ..." if len(left) > 5 else ""
             msg = (
                 f"{len(left)} condition(s) predicted by {name!r} with observed cells have no interval and are not "
-                f"scored: {left[:5]}{more}. predict(..., interval=) bounds targets without training cells and "
-                "combinations of observed singles; its warning and obs['anchoring'] say how these rows were predicted."
+                f"scored: {left[:5]}{more}. predict(..., interval=) bounds targets without training cells, "
+                "combinations of observed singles, perturbations carried from other media by a calibrated "
+                "carry-over and perturbations observed at neighbouring times; its warning and obs['anchoring'] say "
+                "how these rows were predicted."
             )
             warnings.warn(msg, UserWarning, stacklevel=3)
 

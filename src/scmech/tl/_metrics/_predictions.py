@@ -162,7 +162,7 @@ def prediction_labels(pred: AnnData, design: PerturbationDesign, what: str, task
         else:
             msg = (
                 f"{what} hold several rows for {dup[:5]}, one per {' and '.join(varies)}; {task} one context at a "
-                f"time, e.g. pred[pred.obs[{varies[0]!r}] == {str(rows[varies[0]].iloc[0])!r}]."
+                f"time, e.g. pred[pred.obs[{varies[0]!r}] == {_plain(rows[varies[0]].iloc[0])!r}]."
             )
         raise ValueError(msg)
     return labels
@@ -199,3 +199,8 @@ def check_condition_labels(pred: Any, what: str, verb: str = "has") -> None:
             f"{list(pred.obs_names[na][:5])}); every row must name its condition. Fix or drop those rows."
         )
         raise ValueError(msg)
+
+
+def _plain(value: object) -> object:
+    """``value`` as the Python scalar a user compares an ``obs`` column with (``0.5``, not ``np.float64(0.5)``)."""
+    return value.item() if isinstance(value, np.generic) else value
