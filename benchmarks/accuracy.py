@@ -431,7 +431,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="SemiMechVI epochs (default 20 sim, 30 Papalexi)")
     parser.add_argument("--regimes", nargs="*", default=None, help="run only these regimes of the part(s)")
     parser.add_argument(
-        "--append", action="store_true", help="add to the part's existing csv (replacing the rerun regimes' rows)"
+        "--append", action="store_true", help="add to the part's csv (replacing the rerun regimes' rows of the seeds)"
     )
     parser.add_argument("--suffix", default="", help="suffix of the part files (e.g. to run regimes in parallel)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="run only these seeds (default 0 1 2)")
@@ -456,7 +456,8 @@ def main() -> None:
             if args.append and (RESULTS / f"accuracy_{part}{suffix}.csv").exists():
                 kept = pd.read_csv(RESULTS / f"accuracy_{part}{suffix}.csv", float_precision="round_trip")
                 rerun = args.regimes if args.regimes else list(REGIMES[part])
-                frames.append(kept[~kept["regime"].isin(rerun)])  # the rerun regimes' rows are replaced
+                replaced = kept["regime"].isin(rerun) & kept["seed"].isin(seeds)
+                frames.append(kept[~replaced])  # the rerun regimes' rows of the rerun seeds are replaced
             for name in REGIMES[part]:
                 if args.regimes and name not in args.regimes:
                     continue
