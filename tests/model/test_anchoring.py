@@ -573,6 +573,29 @@ def test_a_knock_down_that_rose_in_the_other_medium_is_carried_as_no_change(monk
     assert pred.X[0][g] == pytest.approx(anc.control(c1).value[g], rel=1e-4)
 
 
+def test_an_activation_of_a_gene_silent_in_the_other_medium_carries_its_level(monkeypatch):
+    """Any factor fits a gene silent in the source's controls: the activated level is carried, not e^10 times it."""
+    adata = simulate_perturbseq(1600, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", media_key="media", perturbation_modality="CRISPRa"
+    )
+    target = adata.uns["truth"]["targets"][0]
+    obs = adata.obs
+    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
+    model, _ = tiny_model_without(adata, held, max_epochs=2)
+    anc = copy.deepcopy(model.anchor_)
+    c0, c1 = Context("m0"), Context("m1")
+    g = list(map(str, adata.var_names)).index(target)
+    silent = anc.conditions[("NT", c0)]
+    silent.value = silent.value.copy()
+    silent.value[g] = 0.0  # the source's controls do not express it
+    activated = float(anc.get(target, c0).value[g])
+    monkeypatch.setattr(model, "anchor_", anc)
+    pred = model.predict(target, media="m1", random_state=0)
+    assert pred.X[0][g] == pytest.approx(max(activated, float(anc.control(c1).value[g])), rel=1e-4)
+
+
 def test_fit_media_carry_recovers_planted_coefficients():
     rng = np.random.default_rng(0)
     n_genes, targets = 50, [f"T{k}" for k in range(8)]

@@ -270,13 +270,84 @@ def test_a_perturbation_carried_from_another_medium_gets_the_carry_over_bounds()
     obs = model.anchor_
     m0, m1 = Context("m0"), Context("m1")
     genes = list(map(str, adata.var_names))
+
+    def carried(label: str) -> float:
+        g = genes.index(label)
+        factor = np.expm1(obs.get(label, m0).value[g]) / np.expm1(obs.control(m0).value[g])
+        return float(np.log1p(factor * np.expm1(obs.control(m1).value[g])))
+
+    reference = tuple(q for q in targets if q not in held)
+    own_residuals = np.array([[obs.get(q, m1).value[genes.index(q)] - carried(q)] for q in reference])
+    own_lo, own_hi = conformal_bounds(own_residuals, 0.5)
+    r_lo, r_hi = conformal_bounds(media_carry_residuals(obs, m1, (m0,), reference), 0.5)
     for i, t in enumerate(held):
         g = genes.index(t)
-        factor = np.expm1(obs.get(t, m0).value[g]) / np.expm1(obs.control(m0).value[g])
-        expected = np.log1p(factor * np.expm1(obs.control(m1).value[g]))
-        assert x[i, g] == pytest.approx(expected, rel=1e-3)
+        assert x[i, g] == pytest.approx(carried(t), rel=1e-3)
         # bounded by the reference perturbations' own genes carried the same way, not by the carry-over
-        assert lo[i, g] <= x[i, g] <= hi[i, g]
+        assert lo[i, g] == pytest.approx(max(x[i, g] + own_lo[0], 0.0), abs=1e-4)
+        assert hi[i, g] == pytest.approx(x[i, g] + own_hi[0], abs=1e-4)
+        # elsewhere: the model-free carry-over's residual bounds, widened to hold the prediction
+        centre = media_carry_centre(obs, t, m1, (m0,), reference)
+        off = np.arange(len(genes)) != g
+        np.testing.assert_allclose(hi[i][off], (np.maximum(x[i], centre) + r_hi)[off], atol=1e-4)
+        np.testing.assert_allclose(lo[i][off], np.maximum(np.minimum(x[i], centre) + r_lo, 0.0)[off], atol=1e-4)
+
+
+def test_a_perturbation_observed_at_other_times_is_bounded_by_the_interpolation_residuals(monkeypatch):
+    adata = simulate_perturbseq(
+        n_cells=3000,
+        n_genes=30,
+        n_perturbations=10,
+        n_combinations=0,
+        regime="dynamic",
+        media_switch_times=None,
+        time_points=(0.5, 1.0, 2.0, 4.0),
+        seed=0,
+    )
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", batch_key="batch", time_key="time"
+    )
+    held = sorted(set(labels) - {"NT"})[:3]  # observed at 0.5, 1 and 4, not at 2
+    test = np.flatnonzero(np.isin(labels, held) & (adata.obs["time"].to_numpy() == 2.0))
+    model, _ = tiny_model_without(adata, test, max_epochs=2)
+    seen = {}
+    offsets = model._interval_offsets
+
+    def spy(logx, requested, plans, observations, level):
+        seen.update(plans=plans, observations=observations)
+        return offsets(logx, requested, plans, observations, level)
+
+    monkeypatch.setattr(model, "_interval_offsets", spy)
+    pred = model.predict(held, time=2.0, interval=0.5)
+    assert (pred.obs["anchoring"] == "observed at neighbouring times").all()
+    lo, hi, x = (np.asarray(a, dtype=np.float64) for a in (pred.layers["lower"], pred.layers["upper"], pred.X))
+    obs = seen["observations"]
+    plan = seen["plans"][0]
+    assert [u for u, _ in plan.points] == [1.0, 4.0]  # 2 lies between the observed 1 and 4
+    at = {u: Context(plan.context.media, u, plan.context.switch) for u in (1.0, 2.0, 4.0)}
+
+    def interpolated(label: str) -> np.ndarray:
+        return obs.control(at[2.0]).value + sum(
+            w * (obs.get(label, at[u]).value - obs.control(at[u]).value) for u, w in plan.points
+        )
+
+    members = [q for q in obs.perturbations_in(at[2.0]) if all(obs.get(q, at[u]) for u in (1.0, 4.0))]
+    assert len(members) == 7
+    r_lo, r_hi = conformal_bounds(np.stack([obs.get(q, at[2.0]).value - interpolated(q) for q in members]), 0.5)
+    genes = list(map(str, adata.var_names))
+    # the own gene by the members' own genes: a knock-down moves it far more than the others move it
+    own = np.array([[obs.get(q, at[2.0]).value[genes.index(q)] - interpolated(q)[genes.index(q)]] for q in members])
+    own_lo, own_hi = conformal_bounds(own, 0.5)
+    for i, t in enumerate(held):
+        centre = interpolated(t)
+        g = genes.index(t)
+        off = (np.arange(len(genes)) != g) & (x[i] > 0)  # counts: bounds floored at no expression
+        np.testing.assert_allclose(lo[i][off], np.maximum(np.minimum(x[i], centre) + r_lo, 0.0)[off], atol=1e-4)
+        np.testing.assert_allclose(hi[i][off], (np.maximum(x[i], centre) + r_hi)[off], atol=1e-4)
+        assert hi[i, g] == pytest.approx(max(x[i, g], centre[g]) + own_hi[0], abs=1e-4)
+        assert lo[i, g] == pytest.approx(max(min(x[i, g], centre[g]) + own_lo[0], 0.0), abs=1e-4)
 
 
 def test_a_combination_is_bounded_by_the_observed_interactions_of_the_training_combinations():

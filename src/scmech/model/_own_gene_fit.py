@@ -287,8 +287,8 @@ class OwnGeneMixin:
         that took the source's controls to the source's observation, applied to the requested medium's controls
         (:meth:`_carried_own_levels`; under the ``"level"`` model, the activated level itself). The carry-over of
         :class:`~scmech.model._anchoring.OtherMedia` shrinks every specific change by the fitted :math:`\rho`, which
-        describes how the programmes downstream carry, not the knock-down (on the simulator with two media it
-        predicted own-gene falls of about 0.9 where 1.2 were observed in both media).
+        describes how the programmes downstream carry, not the knock-down (below 1 on the simulator with two media,
+        whose knock-downs are the same in both media).
         """
         pos = getattr(getattr(self, "target_map_", None), "gene_positions", None) or {}
         rows = [
@@ -314,8 +314,10 @@ class OwnGeneMixin:
         """Levels of ``label``'s own ``genes`` in ``context``: its knock-down in ``sources`` carried whole (their mean).
 
         A factor against the registered modality (a CRISPRko or CRISPRi target whose gene rose in the source, by the
-        sampling noise of a barely expressed gene) is carried as no change. ``None`` without controls in ``context``
-        or without a source observed with its controls.
+        sampling noise of a barely expressed gene) is carried as no change. A gene the source's controls do not
+        express beyond twice their standard error has no identifiable factor: an activation carries the level it
+        reached there (never below the requested medium's controls), a knock-down no change. ``None`` without
+        controls in ``context`` or without a source observed with its controls.
         """
         target = observations.control(context)
         if target is None:
@@ -342,7 +344,12 @@ class OwnGeneMixin:
             )
             if sign:  # a knock-down never raises its own gene (nor an activation lowers it): noise, not effect
                 a = sign * np.maximum(sign * a, 0.0)
-            levels.append(_level_after(a, here, scaled, eta, settings.log_base))
+            scaled_level = _level_after(a, here, scaled, eta, settings.log_base)
+            # a gene the source's controls do not express within their noise has no factor to carry (any factor
+            # fits a silent gene): its level is carried instead, as an activation reaches it, or none for a knock-down
+            expressed = reference > 2.0 * np.sqrt(np.maximum(np.asarray(y0.var, dtype=np.float64)[genes], 0.0))
+            unscaled = here if sign < 0 else np.maximum(observed, here)
+            levels.append(np.where(expressed, scaled_level, unscaled))
         return np.mean(levels, axis=0) if levels else None
 
     def _fit_own_level(self, tm: TargetMap, own_level: np.ndarray, reference: np.ndarray) -> bool:

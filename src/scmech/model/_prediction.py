@@ -351,23 +351,25 @@ class PredictionMixin(PredictionOutputMixin, IntervalMixin):
         interval
             Probability (for example ``0.9``) of prediction intervals: ``layers["lower"]`` and ``layers["upper"]``
             (on ``X``'s scale) bound the pseudobulk the row's cells would show, for targets without training cells,
-            for combinations whose singles were observed and for perturbations observed in other media, carried by a
-            calibrated carry-over. Each gene's bounds are conformal bounds of how far the training data strayed from
-            the same model-free reference (:mod:`scmech.model._intervals`): each training target from the weighted
-            mean of the others (the observed shared response an unseen target is anchored on), each training
-            combination from its observed singles added. They are widened to hold both that reference's bounds and
-            the prediction's, as the model moves the prediction away from the reference. A perturbation carried from
-            other media is bounded by how far each perturbation observed in both strayed from the model-free
-            carry-over fitted without it (:func:`~scmech.model._calibration.media_carry_residuals`), widened alike. For
-            a row exchangeable with those training rows they hold with about this probability, on average over rows
-            and genes (not for each target), without assuming a normal spread. The own gene's bounds are the levels
-            its knock-down reaches at the conformal range of the training targets' own factors. Too few training
-            rows for the probability give infinite bounds (with ``n`` of them, a probability above
-            ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is unbounded). NaN on
-            other rows (observed conditions, other contexts, targets seen only in training combinations); a
-            ``UserWarning`` names the rows not observed in training that get none. Needs the anchored mean prediction
-            (``return_mean=True``, ``anchor="auto"``, no ``from_cells`` or ``adata``). ``None``: no intervals.
-            :func:`scmech.tl.interval_coverage` scores them against held-out cells.
+            for combinations whose singles were observed, for perturbations observed in other media (carried by a
+            calibrated carry-over) and for perturbations observed at neighbouring times. Each gene's bounds are
+            conformal bounds of how far the training data strayed from the same model-free reference
+            (:mod:`scmech.model._intervals`): each training target from the weighted mean of the others (the
+            observed shared response an unseen target is anchored on), each training combination from its observed
+            singles added. They are widened to hold both that reference's bounds and the prediction's, as the model
+            moves the prediction away from the reference. A perturbation carried from other media is bounded by how
+            far each perturbation observed in both strayed from the model-free carry-over fitted without it
+            (:func:`~scmech.model._calibration.media_carry_residuals`), widened alike; one observed at neighbouring
+            times by how far the perturbations observed at its time and at those lay from their changes
+            interpolated. For a row exchangeable with those training rows they hold with about this probability, on
+            average over rows and genes (not for each target), without assuming a normal spread. The own gene's
+            bounds are the levels its knock-down reaches at the conformal range of the training targets' own
+            factors. Too few training rows for the probability give infinite bounds (with ``n`` of them, a
+            probability above ``1 - 2 / (n + 1)`` cannot be held; a combination without training combinations is
+            unbounded). NaN on other rows (observed conditions, targets seen only in training combinations, contexts
+            without controls); a ``UserWarning`` names the rows not observed in training that get none. Needs the
+            anchored mean prediction (``return_mean=True``, ``anchor="auto"``, no ``from_cells`` or ``adata``).
+            ``None``: no intervals. :func:`scmech.tl.interval_coverage` scores them against held-out cells.
         adata
             AnnData holding the starting cells (registered data when ``None``).
         batch_size

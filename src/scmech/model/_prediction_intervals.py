@@ -1,4 +1,4 @@
-"""``predict``'s prediction intervals: unseen targets, combinations, other media (:mod:`scmech.model._intervals`)."""
+"""``predict``'s prediction intervals: unseen targets, combinations, other media and times (conformal bounds)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import numpy as np
 
 from scmech._constants import SCMECH_ADATA_KEYS
 
-from ._anchoring import Combination, Observed, OtherMedia, UnseenTarget
+from ._anchoring import Combination, Observed, OtherMedia, TimeNeighbours, UnseenTarget, _value
 from ._calibration import media_carry_centre, media_carry_residuals
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
+from ._protocols import Context
 from ._target_map import TargetMap
 
 if TYPE_CHECKING:
@@ -51,6 +52,9 @@ class IntervalMixin:
         combinations' observed interactions in its context, infinitely without any). The model moved the row from
         there by ``d`` (its specific change, the calibrated interaction, the shrinkage towards its read-outs), so the
         offsets hold both the reference's bounds and the prediction's: ``lo + min(0, -d)`` and ``hi + max(0, -d)``.
+        A perturbation observed at neighbouring times starts from its observed change interpolated to the row's
+        time on the controls there (:func:`_interpolated`), bounded by how far the training perturbations observed at
+        that time and at the same neighbours strayed from theirs (:func:`_time_bounds`).
         A perturbation carried from other media by a calibrated carry-over starts from the model-free carry-over
         (:func:`~scmech.model._calibration.media_carry_centre`), bounded by the reference perturbations' residuals
         from it, each predicted without itself (:func:`~scmech.model._calibration.media_carry_residuals`; infinitely
@@ -69,6 +73,11 @@ class IntervalMixin:
                     cache[plan] = _combination_bounds(plan, observations, level, logx.shape[1])
                 lo, hi = cache[plan]
                 centre = plan.centre(requested[i], observations)
+            elif isinstance(plan, TimeNeighbours) and plan.with_controls:
+                if plan not in cache:
+                    cache[plan] = _time_bounds(plan, observations, level, logx.shape[1])
+                lo, hi = cache[plan]
+                centre = _interpolated(plan, observations, requested[i].label)
             elif isinstance(plan, OtherMedia) and plan.calibrated(observations):
                 if plan not in cache:
                     cache[plan] = _media_bounds(plan, observations, level, logx.shape[1])
@@ -107,10 +116,10 @@ class IntervalMixin:
             lower[i] = logx[i] + a * lo
             upper[i] = logx[i] + a * hi
         self._own_gene_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
-        self._media_own_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
+        self._context_own_bounds(logx, lower, upper, requested, plans, observations, intervals.level)
         return lower, upper
 
-    def _media_own_bounds(
+    def _context_own_bounds(
         self,
         logx: np.ndarray,
         lower: np.ndarray,
@@ -120,39 +129,44 @@ class IntervalMixin:
         observations: Observations,
         level: float,
     ) -> None:
-        """Set the bounds at the own genes of each perturbation carried from other media (in place).
+        """Set the bounds at the own genes of perturbations carried from other media or other times (in place).
 
-        Its own genes are knocked down by the factor carried whole from the sources
-        (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._own_across_media`), not by the carry-over whose residuals
-        bound its other genes. They are bounded by the conformal bounds of how far each reference perturbation's own
-        genes, carried the same way, lay from what was observed in the context: a rule without fitted parameters, so
-        its residuals are exchangeable with the row's. Infinite with too few reference perturbations whose gene is
-        measured.
+        A knock-down moves its own gene far more than the other perturbations move it, so the residuals that bound
+        the row's other genes (other perturbations at that gene) say nothing of it. Its own genes are bounded by how
+        far each single-target reference perturbation's own gene lay from its model-free reference in the context:
+        carried whole from the other media (:meth:`~scmech.model._own_gene_fit.OwnGeneMixin._carried_own_levels`, the
+        row's own prediction there) or interpolated from the neighbouring times (:func:`_interpolated`), widened to
+        hold the prediction. The references have no fitted parameters, so the residuals are exchangeable with the
+        row's. Infinite with too few reference perturbations whose gene is measured.
         """
         pos = getattr(getattr(self, "target_map_", None), "gene_positions", None) or {}
         cache: dict = {}
-        settings = None
+        settings = self._own_settings() if any(isinstance(p, OtherMedia) for p in plans.values()) else None
         for i, plan in plans.items():
             genes = [pos[t] for t in requested[i].targets if t in pos]
-            if not genes or not isinstance(plan, OtherMedia) or np.isnan(lower[i]).all():
+            if not genes or not isinstance(plan, OtherMedia | TimeNeighbours) or np.isnan(lower[i]).all():
                 continue
+
+            def reference(label: str, own: list[int], plan=plan) -> np.ndarray | None:
+                if isinstance(plan, OtherMedia):
+                    return self._carried_own_levels(label, own, plan.context, plan.sources, observations, settings)
+                return _interpolated(plan, observations, label)[own]
+
             if plan not in cache:
-                settings = settings or self._own_settings()
+                members = plan.reference if isinstance(plan, OtherMedia) else _time_members(plan, observations)
                 residuals = []
-                for q in plan.reference:
-                    own = [pos[t] for t in observations.targets.get(q, (q,)) if t in pos]
-                    carried = (
-                        self._carried_own_levels(q, own, plan.context, plan.sources, observations, settings)
-                        if own
-                        else None
-                    )
-                    if carried is not None:
-                        observed = np.asarray(observations.get(q, plan.context).value, dtype=np.float64)[own]
-                        residuals.extend(observed - carried)
+                for q in members:  # single targets: a double's two own genes are not two draws
+                    targets = observations.targets.get(q, (q,))
+                    own = [pos[targets[0]]] if len(targets) == 1 and targets[0] in pos else []
+                    expected = reference(q, own) if own else None
+                    if expected is not None:
+                        residuals.extend(np.asarray(observations.get(q, plan.context).value)[own] - expected)
                 cache[plan] = conformal_bounds(np.asarray(residuals, dtype=np.float64)[:, None], level)
-            lo, hi = cache[plan]
-            lower[i, genes] = logx[i, genes] + float(lo[0])
-            upper[i, genes] = logx[i, genes] + float(hi[0])
+            lo, hi = (float(v[0]) for v in cache[plan])
+            centre = reference(requested[i].label, genes)
+            centre = logx[i, genes] if centre is None else centre
+            lower[i, genes] = np.minimum(logx[i, genes], centre) + lo
+            upper[i, genes] = np.maximum(logx[i, genes], centre) + hi
 
     def _warn_unbounded(self, lower: np.ndarray, requested: list, plans: dict) -> None:
         """Warn about perturbed rows not observed in training that got no interval, saying how they were anchored.
@@ -173,8 +187,10 @@ class IntervalMixin:
         msg = (
             f"No prediction interval for {names[:5]}{more} (anchored as: {'; '.join(how)}; obs['anchoring'] per row): "
             "intervals are given for single targets without training cells anchored on the shared response of the "
-            "training targets, for combinations of observed singles and for perturbations carried from other media "
-            "by a calibrated carry-over, which these are not."
+            "training targets, for combinations of observed singles, for perturbations carried from other media "
+            "by a calibrated carry-over and for perturbations observed at neighbouring times (with controls at "
+            "each), which these are not. A carry-over is calibrated on at least 3 training perturbations observed "
+            "in both media (4 for finite bounds)."
         )
         warnings.warn(msg, UserWarning, stacklevel=3)
 
@@ -287,3 +303,38 @@ def _media_bounds(
     if residuals is None:
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
     return conformal_bounds(residuals, level)
+
+
+def _interpolated(plan: TimeNeighbours, observations: Observations, label: str) -> np.ndarray:
+    """Return ``label``'s observed change at the neighbouring times, interpolated, on the controls at the row's time.
+
+    The model-free reference of a perturbation observed at other times (the plan's weights interpolate).
+    """
+    here = plan.context
+    centre = _value(observations.control(here)).astype(np.float64)
+    for u, w in plan.points:
+        there = Context(here.media, u, here.switch)
+        centre = centre + w * (_value(observations.get(label, there)) - _value(observations.control(there)))
+    return centre
+
+
+def _time_bounds(plan: TimeNeighbours, observations: Observations, level: float, n_genes: int) -> tuple:
+    """Conformal bounds of how far perturbations observed at the row's time lay from their interpolated changes.
+
+    The training perturbations observed at the row's time and at its neighbouring times, each compared with
+    :func:`_interpolated`; infinite without any. The interpolation has no fitted parameter, so their residuals are
+    exchangeable with the row's: split-conformal bounds, at least the level for a row exchangeable with them.
+    """
+    members = _time_members(plan, observations)
+    if not members:
+        return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
+    here = plan.context
+    residuals = np.stack([_value(observations.get(q, here)) - _interpolated(plan, observations, q) for q in members])
+    return conformal_bounds(residuals, level)
+
+
+def _time_members(plan: TimeNeighbours, observations: Observations) -> list[str]:
+    """Return the training perturbations observed at the row's time and at each of its neighbouring times."""
+    here = plan.context
+    around = [Context(here.media, u, here.switch) for u, _ in plan.points]
+    return [q for q in observations.perturbations_in(here) if all(observations.get(q, c) for c in around)]
