@@ -28,6 +28,7 @@ from ._network import NetworkMixin
 from ._persistence import SafeSaveLoadMixin
 from ._post_training import PostTrainingMixin
 from ._prediction import PredictionMixin
+from ._query import QueryDataMixin
 from ._rnaseq import MeasurementMethodsMixin
 from ._setup import PerturbationSetupMixin
 from ._time_checks import check_registered_times
@@ -47,6 +48,7 @@ class SemiMechVI(
     NetworkMixin,
     PredictionMixin,
     PostTrainingMixin,
+    QueryDataMixin,
     PerturbationSetupMixin,
     SafeSaveLoadMixin,
     MeasurementMethodsMixin,
