@@ -34,7 +34,7 @@ class IntervalRequest:
 
 
 class IntervalMixin:
-    """Adds ``predict``'s prediction intervals (``interval=``) for unseen targets and combinations."""
+    """Adds ``predict``'s prediction intervals (``interval=``): unseen targets, combinations, other media and times."""
 
     def _interval_offsets(
         self,
