@@ -12,7 +12,7 @@ import scmech
 from scmech.data import simulate_perturbseq
 from scmech.model import SemiMechVI
 from scmech.model._anchoring import Combination, UnseenTarget
-from scmech.model._calibration import media_carry_centre, media_carry_residuals
+from scmech.model._calibration import media_carry_residuals, model_free_carry
 from scmech.model._intervals import check_level, conformal_bounds, conformal_range, jackknife_residuals
 from scmech.model._observations import Observations, ObservedPseudobulk
 from scmech.model._protocols import Context, Protocol
@@ -238,7 +238,7 @@ def test_carry_over_residuals_predict_each_reference_perturbation_without_itself
         rest = np.arange(len(refs)) != k
         np.testing.assert_allclose(residuals[k], y_here[k] - carry(rest, y_there[k]), atol=1e-10)
     every = np.ones(len(refs), dtype=bool)
-    centre = media_carry_centre(obs, "P", here, (there,), refs)
+    centre = model_free_carry(obs, here, (there,), refs).centre(obs, "P")
     np.testing.assert_allclose(centre, carry(every, obs.get("P", there).value), atol=1e-10)
     # too few to refit without one of them
     assert media_carry_residuals(obs, here, (there,), refs[:3]) is None
@@ -287,7 +287,7 @@ def test_a_perturbation_carried_from_another_medium_gets_the_carry_over_bounds()
         assert lo[i, g] == pytest.approx(max(x[i, g] + own_lo[0], 0.0), abs=1e-4)
         assert hi[i, g] == pytest.approx(x[i, g] + own_hi[0], abs=1e-4)
         # elsewhere: the model-free carry-over's residual bounds, widened to hold the prediction
-        centre = media_carry_centre(obs, t, m1, (m0,), reference)
+        centre = model_free_carry(obs, m1, (m0,), reference).centre(obs, t)
         off = np.arange(len(genes)) != g
         np.testing.assert_allclose(hi[i][off], (np.maximum(x[i], centre) + r_hi)[off], atol=1e-4)
         np.testing.assert_allclose(lo[i][off], np.maximum(np.minimum(x[i], centre) + r_lo, 0.0)[off], atol=1e-4)

@@ -6,7 +6,7 @@ moves a prediction away from its simple baseline only as far as the data support
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ._protocols import Context, Protocol
 
-__all__ = ["fit_interaction_gain", "fit_media_carry", "media_carry_centre", "media_carry_residuals"]
+__all__ = ["ModelFreeCarry", "fit_interaction_gain", "fit_media_carry", "media_carry_residuals", "model_free_carry"]
 
 
 def fit_media_carry(
@@ -72,7 +72,7 @@ def media_carry_residuals(
     r"""How far each reference perturbation strays from the model-free carry-over when it is predicted without itself.
 
     The model-free carry-over of a perturbation :math:`p` into the context :math:`C` from the sources :math:`s` is
-    :func:`media_carry_centre`: :math:`\bar y_C + \tilde\rho\,(y_{p,s} - \bar y_s)` over the reference perturbations
+    :class:`ModelFreeCarry`: :math:`\bar y_C + \tilde\rho\,(y_{p,s} - \bar y_s)` over the reference perturbations
     observed in :math:`C` and every source, :math:`\tilde\rho \in [0, 1]` the least-squares share of their carried
     changes (averaged over sources). Each reference perturbation :math:`q` is predicted by it from the others (the
     means and :math:`\tilde\rho` without :math:`q`), and its residual :math:`y_{q,C} - \hat y_{q,C}` is how far a
@@ -102,28 +102,51 @@ def media_carry_residuals(
     out = np.empty_like(y_c)
     for k in range(len(reference)):
         rest = np.arange(len(reference)) != k
-        out[k] = y_c[k] - _carried(y_c[rest], [y[rest] for y in y_s], [y[k] for y in y_s])
+        out[k] = y_c[k] - _apply_carry(*_fit_carry(y_c[rest], [y[rest] for y in y_s]), [y[k] for y in y_s])
     return out
 
 
-def media_carry_centre(
-    obs: Observations, label: str, context: Context, sources: tuple[Context, ...], reference: tuple[str, ...]
-) -> np.ndarray:
-    """Return the model-free carry-over of ``label`` into ``context`` (:func:`media_carry_residuals`' centre)."""
+class ModelFreeCarry(NamedTuple):
+    r"""The model-free carry-over into a context, fitted once on its reference perturbations.
+
+    ``mean`` is their mean in the context; ``sources`` holds, per source, their mean there and the least-squares
+    share :math:`\tilde\rho \in [0, 1]` of their carried changes. :meth:`centre` applies it to a perturbation.
+    """
+
+    mean: np.ndarray
+    sources: tuple[tuple[Context, np.ndarray, float], ...]
+
+    def centre(self, obs: Observations, label: str) -> np.ndarray:
+        """Return the model-free carry-over of ``label`` (:func:`media_carry_residuals`' centre)."""
+        return _apply_carry(
+            self.mean, [(m, rho) for _, m, rho in self.sources], [_value(obs.get(label, s)) for s, _, _ in self.sources]
+        )
+
+
+def model_free_carry(
+    obs: Observations, context: Context, sources: tuple[Context, ...], reference: tuple[str, ...]
+) -> ModelFreeCarry:
+    """Fit the model-free carry-over into ``context`` from ``sources`` on the ``reference`` perturbations."""
     y_c = np.stack([_value(obs.get(q, context)) for q in reference])
     y_s = [np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources]
-    return _carried(y_c, y_s, [_value(obs.get(label, s)) for s in sources])
+    mean, terms = _fit_carry(y_c, y_s)
+    return ModelFreeCarry(mean, tuple((s, m, rho) for s, (m, rho) in zip(sources, terms, strict=True)))
 
 
-def _carried(y_c: np.ndarray, y_s: list[np.ndarray], row: list[np.ndarray]) -> np.ndarray:
-    """``y_c``'s mean plus the least-squares share (in [0, 1]) of ``row``'s carried change, averaged over sources."""
+def _fit_carry(y_c: np.ndarray, y_s: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
+    """``y_c``'s mean, and per source the mean and the least-squares share (in [0, 1]) of the carried changes."""
     yc_bar = y_c.mean(0)
-    out = 0.0
-    for ys, r in zip(y_s, row, strict=True):
+    terms = []
+    for ys in y_s:
         ys_bar = ys.mean(0)
         rho, _ = _two_coefficients(y_c - yc_bar, ys - ys_bar, np.zeros_like(ys))
-        out = out + (yc_bar + rho * (r - ys_bar)) / len(y_s)
-    return out
+        terms.append((ys_bar, rho))
+    return yc_bar, terms
+
+
+def _apply_carry(mean: np.ndarray, terms: list[tuple[np.ndarray, float]], row: list[np.ndarray]) -> np.ndarray:
+    """``mean`` plus each source's share of ``row``'s carried change, averaged over sources."""
+    return sum((mean + rho * (r - ys_bar)) / len(terms) for (ys_bar, rho), r in zip(terms, row, strict=True))
 
 
 def _two_coefficients(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

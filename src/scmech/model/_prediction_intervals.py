@@ -11,7 +11,7 @@ import numpy as np
 from scmech._constants import SCMECH_ADATA_KEYS
 
 from ._anchoring import Combination, Observed, OtherMedia, TimeNeighbours, UnseenTarget, _value
-from ._calibration import media_carry_centre, media_carry_residuals
+from ._calibration import media_carry_residuals, model_free_carry
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._protocols import Context
@@ -56,7 +56,7 @@ class IntervalMixin:
         time on the controls there (:func:`_interpolated`), bounded by how far the training perturbations observed at
         that time and at the same neighbours strayed from theirs (:func:`_time_bounds`).
         A perturbation carried from other media by a calibrated carry-over starts from the model-free carry-over
-        (:func:`~scmech.model._calibration.media_carry_centre`), bounded by the reference perturbations' residuals
+        (:func:`~scmech.model._calibration.model_free_carry`), bounded by the reference perturbations' residuals
         from it, each predicted without itself (:func:`~scmech.model._calibration.media_carry_residuals`; infinitely
         with fewer than 4 of them); the model's modulation moved it from there.
         Each plan's bounds are computed once, reading its members' observations once.
@@ -79,12 +79,11 @@ class IntervalMixin:
                 lo, hi = cache[plan]
                 centre = _interpolated(plan, observations, requested[i].label)
             elif isinstance(plan, OtherMedia) and plan.calibrated(observations):
-                if plan not in cache:
-                    cache[plan] = _media_bounds(plan, observations, level, logx.shape[1])
-                lo, hi = cache[plan]
-                centre = media_carry_centre(
-                    observations, requested[i].label, plan.context, plan.sources, plan.reference
-                )
+                if plan not in cache:  # the bounds and the carry-over, fitted once for the plan's rows
+                    carry = model_free_carry(observations, plan.context, plan.sources, plan.reference)
+                    cache[plan] = (*_media_bounds(plan, observations, level, logx.shape[1]), carry)
+                lo, hi, carry = cache[plan]
+                centre = carry.centre(observations, requested[i].label)
             else:
                 continue
             d = logx[i] - centre  # the prediction less the reference the bounds hold for
