@@ -474,11 +474,13 @@ def test_other_contexts_are_anchored_on_their_observed_controls(dynamic, monkeyp
         model.anchor_ = saved
 
 
-def _two_media_screen(n_cells: int, n_perturbations: int):
+def _two_media_screen(n_cells: int, n_perturbations: int, modality: str | None = None):
     """A registered screen of ``n_perturbations`` single targets in two media (m0, m1), and its first target."""
     adata = simulate_perturbseq(n_cells, 30, n_perturbations=n_perturbations, n_combinations=0, n_media=2, seed=0)
     adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(adata, perturbation_key="perturbation", control_label="NT", media_key="media")
+    SemiMechVI.setup_anndata(
+        adata, perturbation_key="perturbation", control_label="NT", media_key="media", perturbation_modality=modality
+    )
     return adata, adata.uns["truth"]["targets"][0]
 
 
@@ -551,47 +553,38 @@ def test_media_carry_without_a_calibration_falls_back_to_the_model_and_the_contr
     assert pred.X[0][~off][0] == pytest.approx(_carried_own_level(anc, target, ~off, c0, c1), rel=1e-3)
 
 
-def test_a_knock_down_that_rose_in_the_other_medium_is_carried_as_no_change(monkeypatch):
-    """A CRISPRi target whose gene rose in m0 (noise) is not predicted to raise it in m1: no change is carried."""
-    adata = simulate_perturbseq(1600, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
-    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(
-        adata, perturbation_key="perturbation", control_label="NT", media_key="media", perturbation_modality="CRISPRi"
-    )
-    target = adata.uns["truth"]["targets"][0]
+def _held_out_of_m1(modality: str, monkeypatch) -> tuple:
+    """A two-media screen registered with ``modality``, its first target's m1 cells held out; the model (its
+    observations a copy the test may edit), the copy, the target's gene position and the two media's contexts."""
+    adata, target = _two_media_screen(1600, 5, modality=modality)
     obs = adata.obs
     held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
     model, _ = tiny_model_without(adata, held, max_epochs=2)
     anc = copy.deepcopy(model.anchor_)
-    c0, c1 = Context("m0"), Context("m1")
-    g = list(map(str, adata.var_names)).index(target)
-    risen = anc.conditions[(target, c0)]
-    risen.value = risen.value.copy()
-    risen.value[g] = anc.control(c0).value[g] + 0.5
     monkeypatch.setattr(model, "anchor_", anc)
+    return model, target, anc, list(map(str, adata.var_names)).index(target), Context("m0"), Context("m1")
+
+
+def _edited(anc: Observations, label: str, ctx: Context, g: int, value: float) -> None:
+    """Set ``label``'s observed level of gene ``g`` in ``ctx`` to ``value`` (on a copy of its values)."""
+    o = anc.conditions[(label, ctx)]
+    o.value = o.value.copy()
+    o.value[g] = value
+
+
+def test_a_knock_down_that_rose_in_the_other_medium_is_carried_as_no_change(monkeypatch):
+    """A CRISPRi target whose gene rose in m0 (noise) is not predicted to raise it in m1: no change is carried."""
+    model, target, anc, g, c0, c1 = _held_out_of_m1("CRISPRi", monkeypatch)
+    _edited(anc, target, c0, g, anc.control(c0).value[g] + 0.5)
     pred = model.predict(target, media="m1", random_state=0)
     assert pred.X[0][g] == pytest.approx(anc.control(c1).value[g], rel=1e-4)
 
 
 def test_an_activation_of_a_gene_silent_in_the_other_medium_carries_its_level(monkeypatch):
     """Any factor fits a gene silent in the source's controls: the activated level is carried, not e^10 times it."""
-    adata = simulate_perturbseq(1600, 30, n_perturbations=5, n_combinations=0, n_media=2, seed=0)
-    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
-    SemiMechVI.setup_anndata(
-        adata, perturbation_key="perturbation", control_label="NT", media_key="media", perturbation_modality="CRISPRa"
-    )
-    target = adata.uns["truth"]["targets"][0]
-    obs = adata.obs
-    held = np.flatnonzero((obs["perturbation"] == target).to_numpy() & (obs["media"] == "m1").to_numpy())
-    model, _ = tiny_model_without(adata, held, max_epochs=2)
-    anc = copy.deepcopy(model.anchor_)
-    c0, c1 = Context("m0"), Context("m1")
-    g = list(map(str, adata.var_names)).index(target)
-    silent = anc.conditions[("NT", c0)]
-    silent.value = silent.value.copy()
-    silent.value[g] = 0.0  # the source's controls do not express it
+    model, target, anc, g, c0, c1 = _held_out_of_m1("CRISPRa", monkeypatch)
+    _edited(anc, "NT", c0, g, 0.0)  # the source's controls do not express it
     activated = float(anc.get(target, c0).value[g])
-    monkeypatch.setattr(model, "anchor_", anc)
     pred = model.predict(target, media="m1", random_state=0)
     assert pred.X[0][g] == pytest.approx(max(activated, float(anc.control(c1).value[g])), rel=1e-4)
 
