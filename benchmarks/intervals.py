@@ -170,16 +170,8 @@ def media(seeds: list[int]) -> list[dict]:
         adata = scmech.data.simulate_perturbseq(
             n_cells=8000, n_genes=100, n_perturbations=24, n_combinations=0, n_media=2, seed=seed
         )
-        labels = adata.obs["perturbation"].astype(str).to_numpy()
-        adata.obs["perturbation"] = labels
         in_m1 = adata.obs["media"].astype(str).to_numpy() == "m1"
-        held = sorted(np.random.default_rng(seed).choice(sorted(set(labels) - {"NT"}), 8, replace=False).tolist())
-        test = np.flatnonzero(np.isin(labels, held) & in_m1)
-        split = SimpleNamespace(external_indexing=[np.setdiff1d(np.arange(adata.n_obs), test), np.array([], int), test])
-        setup = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch", "media_key": "media"}
-        model = train_semimechvi(adata, split, setup, seed)
-        rows += score(model, adata, held, "NT", "simulator_media", seed, 0, cells=np.flatnonzero(in_m1), media="m1")
-        print(f"simulator_media seed {seed} done", flush=True)
+        rows += _held_out_in(adata, in_m1, "media", "simulator_media", seed, media="m1")
     return rows
 
 
@@ -197,16 +189,26 @@ def time_points(seeds: list[int]) -> list[dict]:
             time_points=(0.5, 1.0, 2.0, 4.0),
             seed=seed,
         )
-        labels = adata.obs["perturbation"].astype(str).to_numpy()
-        adata.obs["perturbation"] = labels
         at_2 = adata.obs["time"].to_numpy() == 2.0
-        held = sorted(np.random.default_rng(seed).choice(sorted(set(labels) - {"NT"}), 8, replace=False).tolist())
-        test = np.flatnonzero(np.isin(labels, held) & at_2)
-        split = SimpleNamespace(external_indexing=[np.setdiff1d(np.arange(adata.n_obs), test), np.array([], int), test])
-        setup = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch", "time_key": "time"}
-        model = train_semimechvi(adata, split, setup, seed)
-        rows += score(model, adata, held, "NT", "simulator_time", seed, 0, cells=np.flatnonzero(at_2), time=2.0)
-        print(f"simulator_time seed {seed} done", flush=True)
+        rows += _held_out_in(adata, at_2, "time", "simulator_time", seed, time=2.0)
+    return rows
+
+
+def _held_out_in(adata, here: np.ndarray, key: str, screen: str, seed: int, **context) -> list[dict]:
+    """8 targets' cells in the context ``here`` held out (their other cells train), predicted there and scored.
+
+    ``key`` is the ``obs`` column registered for the context (``media_key``, ``time_key``); ``context`` goes to
+    ``predict``.
+    """
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    adata.obs["perturbation"] = labels
+    held = sorted(np.random.default_rng(seed).choice(sorted(set(labels) - {"NT"}), 8, replace=False).tolist())
+    test = np.flatnonzero(np.isin(labels, held) & here)
+    split = SimpleNamespace(external_indexing=[np.setdiff1d(np.arange(adata.n_obs), test), np.array([], int), test])
+    setup = {"perturbation_key": "perturbation", "control_label": "NT", "batch_key": "batch", f"{key}_key": key}
+    model = train_semimechvi(adata, split, setup, seed)
+    rows = score(model, adata, held, "NT", screen, seed, 0, cells=np.flatnonzero(here), **context)
+    print(f"{screen} seed {seed} done", flush=True)
     return rows
 
 
