@@ -444,3 +444,18 @@ def test_predictions_with_two_rows_for_one_condition_are_refused(sim):
     pred.obs["perturbation"] = labels
     with pytest.raises(ValueError, match=rf"predictions hold several rows for \['{labels[first]}'\].*decompose one"):
         error_decomposition(sim, batch_key="batch", predictions=pred, n_bootstrap=0)
+
+
+def test_predictions_on_another_scale_are_refused(sim):
+    # counts (np.expm1 of a prediction) in place of log1p values: a model error of thousands, not a message
+    pred = _truth_prediction(sim)
+    pred.X = np.expm1(pred.X) * 100
+    with pytest.raises(ValueError, match=r"predictions reach .* above log1p\(1e4\) = 9.21.*not on the log1p"):
+        error_decomposition(sim, batch_key="batch", predictions=pred, n_bootstrap=0)
+
+
+def test_duplicated_gene_names_are_refused(sim):
+    dup = sim.copy()
+    dup.var_names = [sim.var_names[0], *sim.var_names[:-1]]
+    with pytest.raises(ValueError, match=r"adata.var_names has 1 duplicates.*adata.var_names_make_unique\(\)"):
+        error_decomposition(dup, batch_key="batch", n_bootstrap=0)

@@ -380,3 +380,40 @@ def test_mean_prediction_counts_the_cells_behind_each_side():
     assert pred.obs["n_cells"].tolist() == [540, 540]
     assert res["n_predicted"].tolist() == [540, 540]
     assert res["n_observed"].tolist() == [68, 68]
+
+
+def test_predictions_on_another_scale_are_refused():
+    # counts (np.expm1 of a prediction) in place of log1p values: distances of thousands, not a message
+    pytest.importorskip("pertpy")
+    adata = screen(n_cells=300)
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"]
+    tl.ControlMean.setup_anndata(adata)
+    model = tl.ControlMean(adata)
+    model.train()
+    pred = model.predict(conds)
+    tl.combine_prediction(pred, adata, n_pcs=None)  # on the log1p scale: accepted
+    counts = pred.copy()
+    counts.X = np.expm1(np.asarray(counts.X)) * 50
+    for call in (tl.combine_prediction, tl.prediction_distance):
+        with pytest.raises(ValueError, match=r"pred.X reach .* above log1p\(1e4\) = 9.21.*not on the log1p"):
+            call(counts, adata)
+
+
+def test_perturbation_space_of_predictions_alone_checks_them():
+    pytest.importorskip("pertpy")
+    adata = screen(n_cells=200)
+    conds = [c for c in pd.unique(adata.obs["perturbation"]) if c != "NT"][:2]
+    pred = _cells_prediction(adata, conds)
+    with pytest.raises(KeyError, match=r"conditions \['XYZ'\] are not predicted in pred"):
+        tl.perturbation_space(pred, conditions=["XYZ"], n_pcs=None)
+    nan_label = pred.copy()
+    nan_label.obs["perturbation"] = nan_label.obs["perturbation"].astype(object)
+    nan_label.obs.iloc[0, nan_label.obs.columns.get_loc("perturbation")] = np.nan
+    with pytest.raises(ValueError, match=r"pred has 1 missing \(NaN\) labels in obs\['perturbation'\]"):
+        tl.perturbation_space(nan_label, n_pcs=None)
+    nan_x = pred.copy()
+    x = np.asarray(nan_x.X.toarray() if hasattr(nan_x.X, "toarray") else nan_x.X, dtype=np.float32)
+    x[0, 0] = np.nan
+    nan_x.X = x
+    with pytest.raises(ValueError, match=rf"pred.X holds NaN or infinite values in the rows of \['{conds[0]}'\]"):
+        tl.perturbation_space(nan_x, n_pcs=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "iter_row_chunks",
     "looks_like_counts",
     "rows_in_memory",
+    "scmech_uns",
 ]
 
 #: Rows read at a time from a backed (on-disk) matrix.
@@ -348,3 +350,21 @@ def check_empty_cells_genes(x, where: str, *, counts: bool = True) -> tuple[int,
         )
         raise ValueError(msg)
     return 0, int((gene_sums <= 0).sum())
+
+
+def scmech_uns(adata: AnnData) -> MutableMapping:
+    """Return ``adata.uns["scmech"]``, where scmech's functions store their results, creating it when absent.
+
+    Raises
+    ------
+    ValueError
+        When ``adata.uns["scmech"]`` exists and is not a dictionary: the result could not be stored under it.
+    """
+    slot = adata.uns.setdefault("scmech", {})
+    if not isinstance(slot, MutableMapping):
+        msg = (
+            f"adata.uns['scmech'] holds a {type(slot).__name__}, not a dictionary, so the result cannot be stored "
+            "under it; rename or delete that entry (del adata.uns['scmech'])."
+        )
+        raise ValueError(msg)
+    return slot

@@ -14,6 +14,8 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.data._checks import check_unique_names, scmech_uns
+from scmech.tl._metrics._checks import log_data_max
 from scmech.tl._metrics._context import context_mask, prediction_context
 
 from ._estimate import _estimate
@@ -265,10 +267,13 @@ def error_decomposition(
         "separator": separator,
         "unassigned_label": unassigned_label,
     }
+    check_unique_names(adata.var_names, "adata.var_names", "adata.var_names_make_unique()")
     all_genes = pd.Index(adata.var_names).astype(str)
     genes, frame, data = all_genes, None, adata
     if predictions is not None:
-        frame, conditions, genes = _prediction_inputs(adata, predictions, all_genes, conditions, **labelling)
+        frame, conditions, genes = _prediction_inputs(
+            adata, predictions, all_genes, conditions, **labelling, data_max=log_data_max(adata, layer, counts)
+        )
         data = _in_context(adata, predictions, media_key=media_key, time_key=time_key, media_time_key=media_time_key)
     disp = _dispersion(dispersion, genes, all_genes)
     override = _variance_override(variance, genes)
@@ -325,7 +330,7 @@ def error_decomposition(
     )
     table = _tidy_table(est, n, confounded, s.layout.conditions[1:])
     adata = adata.copy() if copy else adata
-    adata.uns.setdefault(SCMECH_ADATA_KEYS.UNS, {})[key_added] = {
+    scmech_uns(adata)[key_added] = {
         "table": table,
         **_gene_tables(est, genes),
         "params": params,

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from scmech.data._checks import check_unique_names
 from scmech.data._design import canonical_condition, get_design
 from scmech.tl._metrics import check_finite_rows
+from scmech.tl._metrics._checks import _check_scale
 from scmech.tl._metrics._predictions import check_condition_labels, prediction_labels
 from scmech.tl._seeds import check_seed
 
@@ -102,7 +103,9 @@ def _check_arguments(
     _check_batch_key(adata, batch_key)
 
 
-def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: pd.Index) -> pd.DataFrame:
+def _prediction_frame(
+    predictions: AnnData, design: PerturbationDesign, genes: pd.Index, data_max: float | None = None
+) -> pd.DataFrame:
     if not isinstance(predictions, ad.AnnData):
         msg = (
             f"predictions must be an AnnData from model.predict(...) or a baseline (one row per condition), got "
@@ -119,6 +122,7 @@ def _prediction_frame(predictions: AnnData, design: PerturbationDesign, genes: p
         "predictions",
         "their model error would be NaN. Fix or drop those rows (pred[~pred.obs['perturbation'].isin([...])]).",
     )
+    _check_scale(x, "predictions", data_max=data_max)
     frame = pd.DataFrame(x.astype(np.float64), index=labels, columns=pd.Index(predictions.var_names).astype(str))
     shared = genes[genes.isin(frame.columns)]
     if len(shared) == 0:
@@ -137,11 +141,15 @@ def _prediction_inputs(
     control_label: str | Sequence[str],
     separator: str,
     unassigned_label: str | Sequence[str] | None,
+    data_max: float | None = None,
 ) -> tuple[pd.DataFrame, str | Sequence[str] | None, pd.Index]:
-    """Predictions as a frame (conditions x genes), the conditions to decompose and the genes they share.
+    r"""Predictions as a frame (conditions x genes), the conditions to decompose and the genes they share.
 
     Without ``conditions``, the predicted perturbations that are also observed; given ``conditions`` must all be
-    predicted. Genes missing from the predictions are left out (logged).
+    predicted. Genes missing from the predictions are left out (logged). Predictions must be on the
+    :math:`\log(1 + 10^4\bar\rho)` scale, or below ``data_max`` (the largest value of log-normalised data) where
+    that is larger, as :func:`~scmech.tl.evaluate` requires: counts or ``expm1`` of a prediction would give a model
+    error of thousands, not a message.
 
     Returns
     -------
@@ -155,7 +163,7 @@ def _prediction_inputs(
         unassigned_label=unassigned_label,
         warn_missing_controls=False,
     ).perturbation
-    frame = _prediction_frame(predictions, design0, all_genes)
+    frame = _prediction_frame(predictions, design0, all_genes, data_max)
     ctrl0 = design0.control_label
     observed = set(design0.labels[design0.fit_mask].tolist()) - {ctrl0}
     predicted = [c for c in frame.index if c != ctrl0]

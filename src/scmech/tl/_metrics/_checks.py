@@ -9,11 +9,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from scmech._constants import TARGET_SUM
+from scmech.data._checks import iter_row_chunks
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["check_finite_rows"]
+    from anndata import AnnData
+
+__all__ = ["check_finite_rows", "log_data_max"]
 
 #: tests of :func:`scanpy.tl.rank_genes_groups` accepted as ``de_method``
 _DE_METHODS = ("t-test", "t-test_overestim_var", "wilcoxon", "logreg")
@@ -130,3 +133,20 @@ def _index_mask(idx: Any, n: int, what: str) -> np.ndarray:
     m = np.zeros(n, dtype=bool)
     m[idx] = True
     return m
+
+
+def log_data_max(adata: AnnData, layer: str | None, counts: bool) -> float | None:
+    """Largest value of log-normalised data (``counts=False``), the scale bound of its predictions; else ``None``.
+
+    ``None`` too for a layer that is not there: the setup names that error. A backed matrix is read in blocks of
+    rows.
+    """
+    if counts or (layer is not None and layer not in adata.layers):
+        return None
+    mat = adata.layers[layer] if layer is not None else adata.X
+    tops = []
+    for _, block in iter_row_chunks(mat):
+        values = block.data if sp.issparse(block) else np.asarray(block)
+        if values.size:
+            tops.append(float(np.max(values)))
+    return max(tops) if tops else None

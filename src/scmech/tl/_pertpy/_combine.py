@@ -18,7 +18,7 @@ from scmech._threads import log_normalise
 from scmech.data._checks import check_unique_names, rows_in_memory
 from scmech.data._design import canonical_condition, get_design
 from scmech.data._pseudobulk import pseudobulk
-from scmech.tl._metrics._checks import _as_list
+from scmech.tl._metrics._checks import _as_list, _check_scale, log_data_max
 from scmech.tl._metrics._evaluate import _check_log_scale
 from scmech.tl._metrics._predictions import check_condition_labels
 from scmech.tl._seeds import check_seed
@@ -85,7 +85,9 @@ def combine_prediction(
     Parameters
     ----------
     pred
-        Prediction AnnData with ``obs["perturbation"]``.
+        Prediction AnnData with ``obs["perturbation"]``, on that scale: a value above :math:`\log(1 + 10^4)` + 0.5
+        (or, with ``counts=False``, above the observed data's largest value + 0.5) is refused, as
+        :func:`~scmech.tl.evaluate` refuses it (counts or ``np.expm1`` of a prediction).
     observed
         Observed cells with counts in ``X`` (or ``layer``) and labels in ``obs[perturbation_key]``.
     perturbation_key
@@ -172,6 +174,7 @@ def combine_prediction(
     # predicted rows of the conditions
     prow = np.concatenate([_subsample(np.flatnonzero(plabels == c), max_cells, rng) for c in conds])
     px, p_n = _predicted_rows(pred, prow, genes, mean_pred=mean_pred)
+    _check_scale(px, "pred.X", data_max=log_data_max(observed, layer, counts))
     x = np.vstack([px, ox])
     lab = np.concatenate([plabels[prow], o_lab]).astype(str)
     out = _combined_anndata(x, lab, np.concatenate([p_n, o_n]), len(prow), genes)

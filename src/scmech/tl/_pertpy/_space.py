@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from scmech.tl._metrics._checks import _as_list
+from scmech.tl._metrics._predictions import check_condition_labels
 
 from ._combine import combine_prediction
 from ._common import PREDICTED, _dense, _import_pertpy
@@ -110,15 +111,30 @@ def perturbation_space(
 def _predictions_alone(
     pred: AnnData, conditions: str | Sequence[str] | None, *, n_pcs: int | None, random_state: int
 ) -> AnnData:
-    """Label the rows of ``pred`` (of ``conditions``) as :func:`combine_prediction` does, with a PCA."""
-    if "perturbation" not in pred.obs.columns:
-        msg = "pred has no obs['perturbation'] column; pass the AnnData returned by predict()."
-        raise KeyError(msg)
+    """Label the rows of ``pred`` (of ``conditions``) as :func:`combine_prediction` does, with a PCA.
+
+    With the checks :func:`combine_prediction` makes of ``pred``: labels present, requested conditions predicted,
+    values finite. The scale is not bounded: without observed data there is nothing to compare it with.
+    """
+    if not isinstance(pred, ad.AnnData):
+        msg = f"pred must be the AnnData returned by predict(), got {type(pred).__name__}."
+        raise TypeError(msg)
+    check_condition_labels(pred, "pred")
     lab = pred.obs["perturbation"].astype(str).to_numpy()
     wanted = _as_list(conditions)
+    if wanted is not None:
+        missing = [str(c) for c in wanted if str(c) not in set(lab.tolist())]
+        if missing:
+            msg = f"conditions {missing[:5]} are not predicted in pred (predicted: {sorted(set(lab.tolist()))[:10]})."
+            raise KeyError(msg)
     keep = np.ones(pred.n_obs, dtype=bool) if wanted is None else np.isin(lab, [str(c) for c in wanted])
+    values = _dense(pred.X[keep]).astype(np.float64)
+    if not np.isfinite(values).all():
+        rows = sorted(set(lab[keep][~np.isfinite(values).all(axis=1)].tolist()))
+        msg = f"pred.X holds NaN or infinite values in the rows of {rows[:5]}; fix or drop those rows."
+        raise ValueError(msg)
     both = ad.AnnData(
-        X=_dense(pred.X[keep]).astype(np.float32),
+        X=values.astype(np.float32),
         obs=pd.DataFrame(
             {
                 "perturbation": pd.Categorical(lab[keep]),
