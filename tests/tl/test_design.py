@@ -152,7 +152,7 @@ def test_infeasible_requests_explain_the_fix():
     assert (design.expected_error["mde"] <= 0.1 + 1e-9).all()
     with pytest.raises(ValueError, match="perturbations contains the control label 'NT'"):
         recommend_batches(["A", "NT"], 2, 1000)
-    with pytest.raises(ValueError, match="control_fraction must lie in"):
+    with pytest.raises(ValueError, match=r"control_fraction=1.5 must lie in \(0, 1\)"):
         recommend_batches(5, 2, 1000, control_fraction=1.5)
 
 
@@ -449,3 +449,75 @@ def test_recommend_batches_perturbations_is_a_count_or_labels(perturbations, mat
         recommend_batches(perturbations, 3, 300)
     # integers (numpy's too) stay counts
     assert len(recommend_batches(np.int64(6), 3, 300).cells_per_perturbation) == 6
+
+
+# ------------------------------------------------------------------------------------------------ hostile input
+
+
+def _variance_table() -> pd.DataFrame:
+    genes = [f"g{i}" for i in range(4)]
+    return pd.DataFrame(
+        {"batch": 0.02, "cell": [0.3, 0.4, 0.5, 0.6], "mean": [5.0, 5.0, 5.0, 0.01]}, index=pd.Index(genes)
+    )
+
+
+def test_variance_table_terms_are_the_means_over_expressed_genes():
+    # the fourth gene is below the expression threshold: the mean is over the first three
+    assert resolve_variance(_variance_table())["cell"] == pytest.approx(0.4)
+    table = _variance_table().assign(cell=[0.3, np.nan, 0.5, 0.6])  # a term not estimated at one gene
+    assert resolve_variance(table)["cell"] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "err", "match"),
+    [
+        (
+            "cell",
+            [-0.3, 0.4, 0.5, 0.6],
+            ValueError,
+            r"'cell' column has 1 negative or infinite value\(s\) \(genes \['g0'\]",
+        ),
+        (
+            "batch",
+            [0.02, np.inf, 0.02, 0.02],
+            ValueError,
+            r"'batch' column has 1 negative or infinite .*genes \['g1'\]",
+        ),
+        ("cell", [np.nan] * 4, ValueError, r"'cell' column has no value \(all NaN\)"),
+        ("cell", ["a", "b", "c", "d"], TypeError, r"'cell' column is not numeric"),
+    ],
+)
+def test_variance_table_with_impossible_terms_is_refused(column, values, err, match):
+    table = _variance_table().assign(**{column: values})
+    with pytest.raises(err, match=match):
+        power(table, n_cells=100)
+    with pytest.raises(err, match=match):
+        recommend_batches(4, 3, 200, variance=table, target_effect=0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_batches": np.nan}, r"n_batches=nan must be a positive integer"),
+        ({"n_batches": np.inf}, r"n_batches=inf must be a positive integer"),
+        ({"n_batches": None}, r"n_batches=None must be a positive integer"),
+        ({"n_batches": True}, r"n_batches=True must be a positive integer"),
+        ({"min_batches_per_perturbation": 1.7}, r"min_batches_per_perturbation=1.7 must be a positive integer"),
+        ({"min_batches_per_perturbation": None}, r"min_batches_per_perturbation=None must be a positive integer"),
+        ({"control_fraction": "0.1"}, r"control_fraction='0.1' must lie in \(0, 1\)"),
+        ({"control_fraction": np.nan}, r"control_fraction=nan must lie in \(0, 1\)"),
+        ({"target_effect": "a", "variance": VAR}, r"target_effect='a' must be a positive number"),
+        ({"target_effect": np.inf, "variance": VAR}, r"target_effect=inf must be a positive number"),
+    ],
+)
+def test_recommend_batches_names_each_bad_size(kwargs, match):
+    args = {"n_batches": 4, "min_batches_per_perturbation": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        recommend_batches(5, args.pop("n_batches"), 1000, **args)
+
+
+def test_recommend_batches_takes_numpy_scalars_and_refuses_numpy_nan_labels():
+    one = recommend_batches(3, np.int64(2), np.int64(500), time_points=np.int64(1))
+    assert one.table.equals(recommend_batches(3, 2, 500, time_points=1).table)
+    with pytest.raises(ValueError, match=r"perturbations has 1 missing \(None/NaN\) label"):
+        recommend_batches(["A", np.float32("nan")], 2, 500)

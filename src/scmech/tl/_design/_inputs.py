@@ -8,9 +8,12 @@ names the fix.
 from __future__ import annotations
 
 import itertools
+import numbers
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from scmech._numbers import check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -67,7 +70,7 @@ def _perturbation_labels(perturbations: Sequence[str] | int, control_label: str)
                 "labels."
             )
             raise TypeError(msg) from None
-    missing = [i for i, p in enumerate(raw) if p is None or (isinstance(p, float) and np.isnan(p))]
+    missing = [i for i, p in enumerate(raw) if p is None or (isinstance(p, float | np.floating) and np.isnan(p))]
     if missing:
         msg = (
             f"perturbations has {len(missing)} missing (None/NaN) label(s) at position(s) {missing[:5]}; they would "
@@ -116,7 +119,7 @@ def _contexts(
     """All (time point, medium) combinations and the names of the given levels (``[()]``, ``[]`` for none)."""
     levels, names = [], []
     if time_points is not None:
-        tp = list(time_points) if not isinstance(time_points, str | int | float) else [time_points]
+        tp = [time_points] if isinstance(time_points, str) or np.ndim(time_points) == 0 else list(time_points)
         _check_time_points(tp, time_points)
         if not tp or len(set(tp)) != len(tp):
             msg = f"time_points must be a non-empty list of distinct time points, got {time_points!r}."
@@ -148,25 +151,25 @@ def _check_batch_arguments(
     -------
     The number of batches, the capacity of a batch and the minimal batches per perturbation, as integers.
     """
-    for name, value in (("n_batches", n_batches), ("cells_per_batch", cells_per_batch)):
-        if int(value) != value or value < 1:
-            msg = f"{name} must be a positive integer, got {value!r}."
-            raise ValueError(msg)
-    B, C = int(n_batches), int(cells_per_batch)
-    m = int(min_batches_per_perturbation)
-    if m < 1:
-        msg = f"min_batches_per_perturbation must be >= 1, got {min_batches_per_perturbation}."
-        raise ValueError(msg)
+    B = check_positive_int(n_batches, "n_batches", hint=" (the number of wet-lab batches), e.g. n_batches=4")
+    C = check_positive_int(cells_per_batch, "cells_per_batch", hint=" (the cells one batch holds), e.g. 2000")
+    m = check_positive_int(
+        min_batches_per_perturbation,
+        "min_batches_per_perturbation",
+        hint=" (the batches each perturbation is spread over), e.g. 2",
+    )
     if m > B:
         msg = (
             f"min_batches_per_perturbation={m} exceeds n_batches={B}: use at least {m} batches or lower "
             "min_batches_per_perturbation."
         )
         raise ValueError(msg)
-    if control_fraction is not None and not 0 < control_fraction < 1:
-        msg = f"control_fraction must lie in (0, 1), got {control_fraction}."
-        raise ValueError(msg)
-    if target_effect is not None and not target_effect > 0:
-        msg = f"target_effect must be > 0, got {target_effect}."
-        raise ValueError(msg)
+    for name, value, lo, hi, what in (
+        ("control_fraction", control_fraction, 0.0, 1.0, "lie in (0, 1), e.g. 0.1"),
+        ("target_effect", target_effect, 0.0, np.inf, "be a positive number (log fold change), e.g. 0.5"),
+    ):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+        if value is not None and not (ok and lo < float(value) < hi):
+            msg = f"{name}={value!r} must {what}."
+            raise ValueError(msg)
     return B, C, m

@@ -196,8 +196,8 @@ def _params(
         "target_effect": target_effect,
         "alpha": alpha,
         "power": power,
-        "time_points": list(time_points) if time_points is not None else None,
-        "media": list(media) if media is not None else None,
+        "time_points": _as_levels(time_points),
+        "media": _as_levels(media),
         "control_label": control_label,
         "random_state": random_state,
         "variance_source": variance_source,
@@ -383,3 +383,11 @@ def recommend_batches(
         variance=var_used,
         params=params,
     )
+
+
+def _as_levels(values: Any) -> list | None:
+    """Return a level or a sequence of levels as a list (``None`` as it is), numpy scalars as Python numbers."""
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) or np.ndim(values) == 0 else list(values)
+    return [v.item() if isinstance(v, np.generic) else v for v in values]

@@ -141,22 +141,55 @@ def _unknown_batch_message(var: Mapping[str, Any], consequence: str, fix: str) -
 
 
 def _summarise_table(per_gene: pd.DataFrame, depth: float | None) -> dict[str, Any]:
-    """Scalar terms of a per-gene table: means over expressed genes (all genes when none is, or no ``mean``)."""
+    """Scalar terms of a per-gene table: means over expressed genes (all genes when none is, or no ``mean``).
+
+    The table's terms are checked as the scalars are (:func:`_from_scalars`): numbers, not negative and not
+    infinite; a gene's NaN (a term not estimated there) is left out of the mean, and a ``cell`` column without
+    any value is refused.
+    """
     if "cell" not in per_gene.columns:
         msg = f"The variance table needs a 'cell' column (columns: {list(per_gene.columns)})."
         raise KeyError(msg)
+    terms = {}
+    for k in ("batch", "cell", "bio", "meas", "mean"):
+        if k in per_gene.columns:
+            terms[k] = _table_column(per_gene, k)
+    if np.isnan(terms["cell"]).all():
+        msg = (
+            "The variance table's 'cell' column has no value (all NaN): sigma2_cell is unknown. Pass the 'variance' "
+            "table of error_decomposition or estimate_variance, or a dict of scalars."
+        )
+        raise ValueError(msg)
     sel = np.ones(len(per_gene), dtype=bool)
-    if "mean" in per_gene.columns:
-        sel = per_gene["mean"].to_numpy(dtype=float) >= VAR_MEAN_THRESHOLD
+    if "mean" in terms:
+        sel = terms["mean"] >= VAR_MEAN_THRESHOLD
         if not sel.any():
             sel = np.ones(len(per_gene), dtype=bool)
-    out = {
-        k: float(per_gene.loc[sel, k].mean()) if k in per_gene.columns else np.nan
-        for k in ("batch", "cell", "bio", "meas")
-    }
+    out = {}
+    for k in ("batch", "cell", "bio", "meas"):
+        v = terms[k][sel] if k in terms else np.full(1, np.nan)
+        out[k] = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
     out["depth"] = depth
     out["per_gene"] = per_gene
     return out
+
+
+def _table_column(per_gene: pd.DataFrame, key: str) -> np.ndarray:
+    """Column ``key`` of a per-gene variance table as floats, refused when not numeric, negative or infinite."""
+    try:
+        v = pd.to_numeric(per_gene[key], errors="raise").to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        msg = f"The variance table's {key!r} column is not numeric ({e}); pass variances as numbers."
+        raise TypeError(msg) from e
+    bad = np.isinf(v) | (v < 0)
+    if bad.any():
+        genes = list(per_gene.index[bad][:5])
+        msg = (
+            f"The variance table's {key!r} column has {int(bad.sum())} negative or infinite value(s) (genes "
+            f"{genes}); variances must be finite and >= 0. Fix or drop those genes."
+        )
+        raise ValueError(msg)
+    return v
 
 
 def resolve_variance(
