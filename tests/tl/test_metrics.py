@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -557,3 +559,37 @@ def test_noise_ceiling_of_a_backed_adata_equals_in_memory(tmp_path):
     want = tl.noise_ceiling(adata, n_de_genes=3, conditions=["A"], train_conditions=["C"])
     pd.testing.assert_frame_equal(got, want)
     assert set(want["condition"]) == {"A"}
+
+
+def test_results_with_categorical_columns_and_unused_categories():
+    # filtering results (or reading parquet) leaves categories without rows: they are no models or metrics
+    rows = [("M1", "c1", "pearson_delta", 0.9), ("M2", "c1", "pearson_delta", 0.5)]
+    rows += [("M1", "c2", "pearson_delta", 0.7), ("M2", "c2", "pearson_delta", 0.6)]
+    res = pd.DataFrame(rows, columns=["model", "condition", "metric", "value"])
+    cat = res.assign(
+        model=pd.Categorical(res["model"], categories=["M1", "M2", "M3"]),
+        metric=pd.Categorical(res["metric"], categories=["pearson_delta", "mse"]),
+        condition=pd.Categorical(res["condition"], categories=["c1", "c2", "c3"]),
+    )
+    plain = tl.leaderboard(res)
+    pd.testing.assert_frame_equal(tl.leaderboard(cat), plain, check_dtype=False, check_categorical=False)
+    assert list(tl.leaderboard_table(cat).index) == ["M1", "M2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pandas FutureWarning about observed=
+        w = tl.win_counts(cat, "M1", "pearson_delta")
+    assert list(w.index) == ["M2"]
+    assert w.loc["M2", "wins"] == 2
+
+
+def test_metric_names_that_are_not_text_and_unknown_table_metrics():
+    res = pd.DataFrame([("M1", "c1", 1, 0.9), ("M2", "c1", 1, 0.5)], columns=["model", "condition", "metric", "value"])
+    board = tl.leaderboard(res)
+    assert board["metric"].tolist() == ["1", "1"]
+    with pytest.raises(KeyError, match=r"Metric\(s\) \['foo'\] are not in the leaderboard"):
+        tl.leaderboard_table(board, metrics=["foo"])
+
+
+def test_energy_distance_names_an_anndata_given_for_an_array():
+    x = ad.AnnData(np.zeros((3, 2)))
+    with pytest.raises(TypeError, match=r"x must be a cells x features array, got AnnData"):
+        energy_distance(x, np.zeros((3, 2)))

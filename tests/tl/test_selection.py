@@ -272,3 +272,33 @@ def test_key_added_must_be_a_non_empty_string(key_added):
     assert "scmech" not in adata.uns
     selection(adata, key_added="fitness")
     assert list(adata.uns["scmech"]) == ["fitness"]
+
+
+def test_labels_are_read_as_their_targets():
+    # "B+A" is the condition "A+B", and " C" is "C": one condition each, reported under the canonical label
+    pert = ["NT"] * 40 + ["A+B"] * 10 + ["B+A"] * 10 + ["C"] * 15 + [" C"] * 5
+    table = selection(_mk(pert)).set_index("condition")
+    assert set(table.index) == {"A+B", "C"}
+    assert table.loc["A+B", "n_cells"] == 20
+    assert table.loc["C", "n_cells"] == 20
+    given = selection(_mk(pert), reference={"NT": 0.5, "B+A": 0.25, "C": 0.25}).set_index("condition")
+    assert set(given.index) == {"A+B", "C"}
+    with pytest.raises(ValueError, match=r"reference has two entries for the condition 'A\+B': 'A\+B' and 'B\+A'"):
+        selection(_mk(pert), reference={"NT": 0.5, "A+B": 0.1, "B+A": 0.15, "C": 0.25})
+    with pytest.raises(ValueError, match="reference must map conditions to numbers"):
+        selection(_mk(pert), reference={"NT": 0.5, "A+B": "x", "C": 0.25})
+
+
+def test_numpy_reference_time_matches_by_value():
+    growth = {"NT": 0.0, "A": -0.1, "B": 0.05, "C": 0.0}
+    adata = _time_course(growth)
+    expected = selection(adata.copy(), time_key="time", reference_time=0.0)
+    for ref in (np.int64(0), np.float32(0.0)):
+        pd.testing.assert_frame_equal(selection(adata.copy(), time_key="time", reference_time=ref), expected)
+
+
+def test_a_scmech_entry_that_is_not_a_dictionary_is_named():
+    adata = _mk(["NT"] * 20 + ["A"] * 20)
+    adata.uns["scmech"] = "x"
+    with pytest.raises(ValueError, match=r"adata.uns\['scmech'\] holds a str, not a dictionary"):
+        selection(adata)

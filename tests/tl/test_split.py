@@ -330,3 +330,10 @@ def test_keys_must_be_obs_columns_even_where_the_kind_ignores_them():
     s = tl.split(adata, "perturbation", batch_key="rep", time_key="day", test_conditions=["A"])
     assert s.params["batch_key"] == "rep"
     assert s.test_conditions == ["A"]
+
+
+def test_to_dict_is_plain_data_when_numpy_scalars_were_passed():
+    s = tl.split(_adata(), "perturbation", test_size=np.float32(0.5), random_state=np.int64(3))
+    d = json.loads(json.dumps(s.to_dict()))
+    assert d["params"]["random_state"] == 3
+    assert d["params"]["test_size"] == pytest.approx(0.5)

@@ -25,6 +25,7 @@ pooled variance once.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ from scipy.stats import false_discovery_control, norm
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.data._checks import scmech_uns
+from scmech.data._labels import canonical_label, parse_condition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -112,6 +115,7 @@ def selection(
     perturbation_key: str = "perturbation",
     control_label: str = "NT",
     unassigned_label: str | None = "unassigned",
+    separator: str = "+",
     batch_key: str | None = None,
     reference: Mapping[str, float] | pd.Series | None = None,
     reference_counts: bool | None = None,
@@ -149,6 +153,11 @@ def selection(
         %(single_control_label)s Labels are compared as strings, so ``0`` matches integer labels ``0``.
     unassigned_label
         Label of cells without a usable guide call; they are left out (``None``: keep every label).
+    separator
+        %(separator)s
+        Labels are read as their targets, as everywhere in scmech: ``"B+A"`` and ``"A+B"`` (or ``" A"`` and ``"A"``)
+        are one condition, reported under its canonical label (targets sorted), and so are the keys of
+        ``reference``.
     batch_key
         ``obs`` column of wet-lab batches (lanes, replicates, animals); each batch is compared with its own
         controls and the batches are pooled by inverse-variance weights. A batch without control cells gets
@@ -209,12 +218,14 @@ def selection(
         raise ValueError(msg)
     control_label = str(control_label)
     labels, batches, times = _cell_labels(
-        adata.obs, perturbation_key, control_label, unassigned_label, batch_key, time_key
+        adata.obs, perturbation_key, control_label, unassigned_label, batch_key, time_key, separator
     )
     ref_t = None if reference_time is None else _reference_time(adata.obs, time_key, times, reference_time)
     conditions = sorted(set(labels) - {control_label})
     counts = pd.crosstab([batches, times], labels).reindex(columns=[control_label, *conditions], fill_value=0)
     counts.index = counts.index.set_names(["batch", "time"])
+    if reference is not None:
+        reference = _canonical_reference(reference, control_label, separator)
     table = _batch_estimates(counts, conditions, control_label, reference, ref_t, min_cells, reference_counts)
     if reference is None and reference_time is None:
         table = _median_neutral(table)
@@ -225,6 +236,7 @@ def selection(
         "perturbation_key": perturbation_key,
         "control_label": control_label,
         "unassigned_label": unassigned_label,
+        "separator": separator,
         "batch_key": batch_key,
         "reference": "time point" if reference_time is not None else ("given" if reference is not None else "median"),
         "reference_counts": None if reference_counts is None else bool(reference_counts),
@@ -233,7 +245,7 @@ def selection(
         "confidence": confidence,
         "min_cells": min_cells,
     }
-    adata.uns.setdefault("scmech", {})[key_added] = {"table": table, "params": params}
+    scmech_uns(adata)[key_added] = {"table": table, "params": params}
     return table
 
 
@@ -309,8 +321,9 @@ def _cell_labels(
     unassigned_label: str | None,
     batch_key: str | None,
     time_key: str | None,
+    separator: str = "+",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the perturbation, batch and time label of each assigned cell, as strings.
+    """Return the perturbation (canonical), batch and time label of each assigned cell, as strings.
 
     Refuses missing perturbation labels, a missing control label, data without perturbed cells and a batch
     named like the pooled rows.
@@ -329,10 +342,12 @@ def _cell_labels(
         ``obs`` column of batches; one batch (``"all"``) when ``None``.
     time_key
         ``obs`` column of read-out times; one time (``""``) when ``None``.
+    separator
+        Separator of the targets of a combination.
 
     Returns
     -------
-    The perturbation, batch and time labels per cell.
+    The perturbation (its canonical label, :func:`~scmech.data.canonical_label`), batch and time labels per cell.
 
     Raises
     ------
@@ -350,6 +365,22 @@ def _cell_labels(
         )
         raise ValueError(msg)
     labels = raw.astype(str).to_numpy()
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    unassigned = str(unassigned_label) if unassigned_label is not None else None
+    canon = np.asarray(
+        [
+            u
+            if u == unassigned
+            else canonical_label(
+                parse_condition(u, separator=separator, control_label=control_label, key=perturbation_key),
+                separator=separator,
+                control_label=control_label,
+            )
+            for u in uniq
+        ],
+        dtype=object,
+    )
+    labels = canon[inverse].astype(str)
     if control_label not in set(labels):
         msg = (
             f"control_label={control_label!r} is not a value of adata.obs[{perturbation_key!r}]; pass the label of "
@@ -385,6 +416,31 @@ def _cell_labels(
     return labels[keep], batches[keep], times[keep]
 
 
+def _canonical_reference(reference: Mapping[str, float] | pd.Series, control_label: str, separator: str) -> pd.Series:
+    """Key ``reference`` by canonical labels; refuse values that are not numbers and two keys of one condition."""
+    try:
+        ref = pd.Series(reference, dtype=float)
+    except (TypeError, ValueError) as e:
+        msg = f"reference must map conditions to numbers (expected frequencies or counts): {e}."
+        raise ValueError(msg) from e
+    keys = [
+        canonical_label(
+            parse_condition(str(k), separator=separator, control_label=control_label, source="reference"),
+            separator=separator,
+            control_label=control_label,
+        )
+        for k in ref.index
+    ]
+    seen: dict[str, str] = {}
+    for k, c in zip(ref.index, keys, strict=True):
+        if c in seen:
+            msg = f"reference has two entries for the condition {c!r}: {seen[c]!r} and {k!r}; give one."
+            raise ValueError(msg)
+        seen[c] = k
+    ref.index = pd.Index(keys)
+    return ref
+
+
 def _reference_time(obs: pd.DataFrame, time_key: str, times: np.ndarray, reference_time: float | str) -> str:
     """Return the label (as in ``times``) of the reference time point; numeric times are matched by value.
 
@@ -412,7 +468,8 @@ def _reference_time(obs: pd.DataFrame, time_key: str, times: np.ndarray, referen
     if ref_t not in set(times):
         # numeric time columns are matched by value
         num = pd.to_numeric(obs[time_key], errors="coerce").to_numpy()
-        hit = np.isclose(num, float(reference_time)) if isinstance(reference_time, int | float) else None
+        numeric = isinstance(reference_time, numbers.Real) and not isinstance(reference_time, bool | np.bool_)
+        hit = np.isclose(num, float(reference_time)) if numeric else None
         if hit is None or not hit.any():
             msg = f"reference_time={reference_time!r} is not a value of adata.obs[{time_key!r}]."
             raise ValueError(msg)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
+from scmech.data._checks import scmech_uns
 from scmech.tl._seeds import check_random_state, resolved_seed
 
 from ._additivity import _check_additivity
@@ -225,7 +226,7 @@ def check_assumptions(
         "n_genes": len(data.genes),
     }
     adata = adata.copy() if copy else adata
-    adata.uns.setdefault(SCMECH_ADATA_KEYS.UNS, {})[key_added] = {
+    scmech_uns(adata)[key_added] = {
         "table": table,
         "posterior": posterior,
         "params": params,

@@ -40,6 +40,8 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
 
     Raises
     ------
+    TypeError
+        For anything but an array (an AnnData, for example).
     ValueError
         For arrays that are not 2-D, empty, with different numbers of features, or with NaN or infinite values.
 
@@ -52,6 +54,13 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """
     from scipy.spatial.distance import cdist
 
+    for name, v in (("x", x), ("y", y)):
+        if not (isinstance(v, np.ndarray) or sp.issparse(v) or isinstance(v, list | tuple)):
+            msg = (
+                f"{name} must be a cells x features array, got {type(v).__name__}; pass e.g. adata.X or "
+                "adata.obsm['X_pca'] of an AnnData, not the AnnData."
+            )
+            raise TypeError(msg)
     x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
     y = np.asarray(y.toarray() if sp.issparse(y) else y, dtype=np.float64)
     if x.ndim != 2 or y.ndim != 2:

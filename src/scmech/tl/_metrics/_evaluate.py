@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from scmech._constants import SCMECH_ADATA_KEYS
 from scmech._docs import fill_doc
-from scmech.data._checks import check_expression, check_unique_names
+from scmech.data._checks import check_expression, check_unique_names, scmech_uns
 from scmech.data._target_genes import target_gene_names
 from scmech.tl._seeds import check_seed
 
@@ -278,7 +277,7 @@ def evaluate(
         )
         raise ValueError(msg) from e
     if key_added is not None:
-        adata.uns.setdefault(SCMECH_ADATA_KEYS.UNS, {})[key_added] = result.copy()
+        scmech_uns(adata)[key_added] = result.copy()
     return result
 
 

@@ -127,6 +127,10 @@ def leaderboard_table(
         raise TypeError(msg)
     board = results_or_board if "rank" in results_or_board.columns else leaderboard(results_or_board, metrics=metrics)
     if metrics is not None:
+        unknown = sorted(set(metrics) - set(board["metric"]))
+        if unknown:
+            msg = f"Metric(s) {unknown} are not in the leaderboard (metrics: {sorted(set(board['metric']))})."
+            raise KeyError(msg)
         board = board[board["metric"].isin(list(metrics))]
     cols = list(metrics) if metrics is not None else list(dict.fromkeys(board["metric"]))
 
@@ -227,7 +231,9 @@ def _check_results(df: pd.DataFrame, what: str, *, with_seed: bool) -> pd.DataFr
 
     Returns
     -------
-    ``df``, or a copy whose ``value`` column is converted to numbers.
+    ``df``, or a copy whose ``value`` column is converted to numbers and whose categorical ``model``, ``metric``,
+    ``condition`` and ``seed`` columns hold their values (categories without rows, common after filtering, would
+    otherwise enter every group-by as empty groups), with metric names as text.
 
     Raises
     ------
@@ -242,6 +248,15 @@ def _check_results(df: pd.DataFrame, what: str, *, with_seed: bool) -> pd.DataFr
             "tidy results of scmech.tl.evaluate (columns model, condition, metric, value, seed)."
         )
         raise ValueError(msg)
+    plain = {
+        c: df[c].astype(object)
+        for c in ("model", "metric", "condition", "seed")
+        if c in df.columns and isinstance(df[c].dtype, pd.CategoricalDtype)
+    }
+    if "metric" in df.columns and not all(isinstance(m, str) for m in plain.get("metric", df["metric"])):
+        plain["metric"] = plain.get("metric", df["metric"]).astype(str)
+    if plain:
+        df = df.assign(**plain)
     values = df["value"]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return df

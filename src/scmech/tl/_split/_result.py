@@ -156,8 +156,8 @@ class Split:
             "group_key": self.group_key,
             "control_reference": self.control_reference.tolist(),
             "excluded": self.excluded.tolist(),
-            "params": dict(self.params),
-            "n_obs": self.n_obs,
+            "params": _plain(dict(self.params)),
+            "n_obs": int(self.n_obs),
             "obs_names_fingerprint": self.obs_names_fingerprint,
         }
 
@@ -168,3 +168,16 @@ class Split:
             f"Split(kind={self.kind!r}, train={len(self.train)}, validation={len(self.validation)}, "
             f"test={len(self.test)} cells, test_conditions=[{tc}]{groups})"
         )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays, tuples and mappings made JSON-ready (numbers, lists, dicts)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
