@@ -152,3 +152,22 @@ def test_assign_guides_from_a_backed_guide_anndata_equals_in_memory(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     scvi.settings.seed = 0
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_backed_rows_come_back_in_the_requested_order(model, tmp_path, sparse):
+    # scvi-tools sorts each minibatch of backed data; the rows must still follow the indices asked for
+    backed = _backed(model.adata, tmp_path / "q.h5ad", sparse=sparse)
+    full = model.get_latent_representation()
+    for idx in ([5, 1, 3], [7, 7, 2, 9, 0]):
+        np.testing.assert_allclose(model.get_latent_representation(backed, indices=idx), full[idx], atol=1e-5)
+    nt = np.flatnonzero(model.adata.obs["perturbation"].astype(str).to_numpy() == "NT")
+    cells = [nt[2], nt[0], nt[1], nt[0]]
+    in_memory = model.predict("G0008", from_cells=cells, return_mean=False, anchor="none")
+    on_disk = model.predict("G0008", adata=backed, from_cells=cells, return_mean=False, anchor="none")
+    assert list(on_disk.obs["source_cell"]) == list(in_memory.obs["source_cell"])
+    np.testing.assert_allclose(_dense(on_disk.X), _dense(in_memory.X), atol=1e-5)
+
+
+def _dense(x) -> np.ndarray:
+    return x.toarray() if sp.issparse(x) else np.asarray(x)

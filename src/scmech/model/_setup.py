@@ -46,6 +46,7 @@ from scmech.data._fields import (
 from scmech.data._target_genes import name_positions, target_gene_names
 
 from ._argument_checks import check_batch_size, check_indices
+from ._loader import keep_requested_order
 from ._modalities import _resolve_modalities, _validation_view, check_cell_order
 from ._setup_checks import PERTURBATION_MODALITIES, _check_covariates, _check_modality, validate_for_setup  # noqa: F401
 
@@ -386,12 +387,13 @@ class PerturbationSetupMixin:
 
         scvi-tools' ``get_*`` methods fail deep inside torch, scipy or scvi on an empty, out-of-range or wrongly
         shaped ``indices`` (and read a short boolean mask as positions); every method of the model and of the
-        baselines that iterates over cells comes through here.
+        baselines that iterates over cells comes through here. On backed data the rows come back in the order of
+        ``indices`` (:func:`~scmech.model._loader.keep_requested_order`; scvi-tools returns each minibatch sorted).
         """
         data = adata if adata is not None else self.adata
         indices = check_indices(indices, data.n_obs)
         batch_size = check_batch_size(batch_size)
-        return super()._make_data_loader(
+        loader = super()._make_data_loader(
             adata,
             indices=indices,
             batch_size=batch_size,
@@ -399,6 +401,7 @@ class PerturbationSetupMixin:
             data_loader_class=data_loader_class,
             **kwargs,
         )
+        return loader if shuffle else keep_requested_order(loader, data, indices)
 
     def _check_registered_data(self, *, values: bool = False) -> None:
         """Check that the registered data still have the shape and genes they were set up with.
