@@ -511,6 +511,10 @@ def test_dynamic_model_needs_a_time(dynamic):
         dynamic.model.predict("G0008", time="2")
     with pytest.raises(TypeError, match=r"media_time='0.5' must be a number"):
         dynamic.model.predict("G0008", time=2.0, media="m1", media_time="0.5")
+    # an infinite switch time never switches: the row would be labelled m1 and read out in m0
+    for never in (np.inf, -np.inf):
+        with pytest.raises(ValueError, match=r"media_time=-?inf for 'G0008' is infinite.*or None \(NaN\)"):
+            dynamic.model.predict("G0008", time=2.0, media="m1", media_time=never)
 
 
 def test_dynamic_predictions_depend_on_time_and_media(dynamic):

@@ -290,6 +290,13 @@ def build_protocols(
             msg = f"time={t!r} must be finite and >= 0 (time since perturbation)."
             raise ValueError(msg)
         ss = np.nan if s is None else float(s)
+        if np.isinf(ss):
+            msg = (
+                f"media_time={s!r} for {p!r} is infinite: give the time of the switch into the medium (finite, in the "
+                "units of the registered time key; negative: before the perturbation), or None (NaN) for cells that "
+                "never switched."
+            )
+            raise ValueError(msg)
         if np.isfinite(ss) and m is None:
             msg = (
                 f"media_time={s!r} for {p!r} without a medium: name the medium switched into at that time, "
