@@ -1032,3 +1032,33 @@ def test_an_own_gene_calibrated_on_fewer_than_three_targets_warns_and_has_no_spr
         assert np.isinf(upper[g])
         # elsewhere bounded, but at the members' own genes, where each is left out of the shared response
         assert np.isfinite(np.delete(upper, [genes.index(t) for t in [target, *members]])).all()
+
+
+def test_query_with_a_missing_batch_is_named(rel, model):
+    # scvi-tools' transfer of the setup failed inside numpy ('<' not supported between 'str' and 'float')
+    query = rel.small()
+    values = query.obs["batch"].astype(object).to_numpy()
+    values[0] = np.nan
+    query.obs["batch"] = values
+    for call in (lambda: model.get_latent_representation(query), lambda: model.predict(["G0008"], adata=query)):
+        with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
+            call()
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.nan, r"adata.X has 1 NaN or infinite values"),
+        (-5.0, r"adata.X has 1 negative values \(min -5\)"),
+        (0.5, r"adata.X holds non-integer values"),
+    ],
+)
+def test_query_expression_is_checked_as_at_setup(rel, model, value, match):
+    # a NaN or a negative count stopped the encoder inside torch; a fractional count was encoded without a word
+    query = rel.small()
+    x = query.X.toarray() if hasattr(query.X, "toarray") else np.array(query.X)
+    x = x.astype(np.float32)
+    x[0, 0] = value if value != 0.5 else x[0, 0] + 0.5
+    query.X = x
+    with pytest.raises(ValueError, match=match):
+        model.get_latent_representation(query)

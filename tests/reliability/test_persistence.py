@@ -109,6 +109,15 @@ def test_loading_with_other_genes_raises(model, saved):
         SemiMechVI.load(saved, adata=model.adata[:, :20].copy())
 
 
+def test_loading_with_a_missing_batch_is_named(model, saved):
+    adata = model.adata.copy()
+    values = adata.obs["batch"].astype(object).to_numpy()
+    values[0] = np.nan
+    adata.obs["batch"] = values
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
+        SemiMechVI.load(saved, adata=adata)
+
+
 def test_loading_with_another_registry_raises(model, saved):
     renamed = model.adata.copy()
     renamed.obs["batch"] = renamed.obs["batch"].astype(str).replace({"b1": "lane1"})

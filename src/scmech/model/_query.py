@@ -14,7 +14,9 @@ import numpy as np
 from scvi import REGISTRY_KEYS
 from scvi.data._constants import _SCVI_UUID_KEY
 
-from ._setup_checks import _check_covariates
+from scmech.data._checks import check_expression
+
+from ._setup_checks import _check_covariates, check_context_columns
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,10 @@ class QueryDataMixin:
 
         The query must be of the registered kind (an AnnData for a model set up with ``setup_anndata``, a MuData
         for ``setup_mudata``), and its covariates must be as setup requires of the training data: continuous ones
-        finite (one NaN would make every prediction NaN), categorical ones without missing values and within the
-        categories the model was trained on.
+        finite (one NaN would make every prediction NaN), categorical ones, batches and media without missing values
+        and within the categories the model was trained on. Its expression matrix must hold what setup requires
+        (finite; non-negative integers for counts): a NaN or a negative count would stop the encoder deep in torch,
+        and a fractional count would be encoded without a word.
         """
         from mudata import MuData
 
@@ -102,6 +106,11 @@ class QueryDataMixin:
         if isinstance(adata, MuData):
             return
         setup = self.adata_manager.registry["setup_args"]
+        check_context_columns(adata, setup)
+        layer = self._field(REGISTRY_KEYS.X_KEY).attr_key
+        if layer is None or layer in adata.layers:
+            where = f"adata.layers[{layer!r}]" if layer else "adata.X"
+            check_expression(adata.layers[layer] if layer else adata.X, where, counts=setup.get("counts", True))
         _check_covariates(adata, None, setup.get("continuous_covariate_keys"))
         keys = setup.get("categorical_covariate_keys") or []
         if not keys:

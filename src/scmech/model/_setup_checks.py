@@ -15,7 +15,7 @@ import pandas as pd
 from scvi import settings
 
 from scmech.data._checks import check_adata, check_empty_cells_genes, check_expression, looks_like_counts
-from scmech.data._design import get_design
+from scmech.data._design import get_design, validate_categorical
 from scmech.data._log_scale import log1p_base
 from scmech.data._obs_checks import check_float32, check_gene_embedding, check_key_types, check_mixed_types
 from scmech.data._target_genes import check_target_genes, target_gene_names
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
 
 
-__all__ = ["PERTURBATION_MODALITIES", "check_saved_columns", "validate_for_setup"]
+__all__ = ["PERTURBATION_MODALITIES", "check_context_columns", "check_saved_columns", "validate_for_setup"]
 
 #: the perturbation modalities ``setup_anndata`` knows
 PERTURBATION_MODALITIES = ("CRISPRko", "CRISPRi", "CRISPRa")
@@ -389,3 +389,32 @@ def check_saved_columns(adata: AnnData, setup: dict) -> None:
                     "or load with the data it was trained on)."
                 )
                 raise KeyError(msg)
+    check_context_columns(adata, setup)
+
+
+#: ``obs`` columns of categories that every cell needs (a missing one would crash scvi-tools' transfer of the setup)
+_CONTEXT_ARGS = {"batch_key": "batch", "media_key": "medium"}
+
+
+def check_context_columns(adata: AnnData, setup: dict) -> None:
+    """Refuse missing (NaN) batches or media in data the setup is transferred to (a query, or a loaded model's).
+
+    ``setup_anndata`` refuses them in training data (:func:`~scmech.data._design.validate_categorical`); scvi-tools'
+    transfer of the setup to other data would fail inside numpy on them instead.
+
+    Parameters
+    ----------
+    adata
+        The data the setup is transferred to.
+    setup
+        The ``setup_anndata`` arguments of the model.
+
+    Raises
+    ------
+    ValueError
+        Naming the column, the number of missing values and the fix.
+    """
+    for arg, what in _CONTEXT_ARGS.items():
+        key = setup.get(arg)
+        if key is not None and key in adata.obs.columns:
+            validate_categorical(adata.obs[key], key, what)
