@@ -437,6 +437,26 @@ def test_predict_unknown_medium_or_batch_raises(steady, dynamic):
         steady.model.predict("G0008", batch="b9")
 
 
+def test_predict_in_a_medium_without_training_cells_raises():
+    # its embedding was never trained: the control row read an untrained medium and a perturbation was "carried"
+    # there without a single perturbation observed in both media
+    adata = simulate_perturbseq(240, 30, n_perturbations=4, n_combinations=0, seed=0, n_media=2)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, batch_key="batch", media_key="media")
+    held = np.flatnonzero(adata.obs["media"].astype(str).to_numpy() == "m1")
+    model, _ = tiny_model_without(adata, held, max_epochs=1)
+    for call, what in (
+        (lambda: model.predict(["NT"], media="m1"), "predict"),
+        (lambda: model.get_regulatory_network(media="m1"), "the network"),
+    ):
+        with pytest.raises(
+            KeyError,
+            match=rf"Medium 'm1' has no training cells \(media with training cells: \['m0'\]\).*so {what} there",
+        ):
+            call()
+    assert np.isfinite(model.predict(["NT"], media="m0").X).all()
+
+
 def test_predict_in_a_given_batch(steady):
     # too few controls per batch in this small screen to move the observations to one batch: the prediction is
     # anchored in each cell's own batch and moved to the requested one by the model's batch effect

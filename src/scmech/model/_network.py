@@ -185,6 +185,7 @@ class NetworkMixin:
             if str(media) not in cats:
                 msg = f"Medium {media!r} was not seen in training (media: {cats or 'none registered'})."
                 raise KeyError(msg)
+            self._check_trained_medium(str(media), "the network")
             m = cats.index(str(media))
         z_star, residual = self._control_steady_state(m)
         module = self.module
@@ -242,6 +243,8 @@ def _check_network_genes(genes, names: pd.Index) -> list[str] | None:
 
     Raises
     ------
+    TypeError
+        For anything but a name or a sequence of names (a number, for example).
     ValueError
         For an empty selection (the network would be a 0 x 0 frame) or a gene named twice (its row and column
         would be repeated).
@@ -250,6 +253,9 @@ def _check_network_genes(genes, names: pd.Index) -> list[str] | None:
     """
     if genes is None:
         return None
+    if not isinstance(genes, str) and (np.ndim(genes) == 0 or isinstance(genes, dict)):
+        msg = f"genes={genes!r} must be a gene name or a list of gene names (var_names), or None for every gene."
+        raise TypeError(msg)
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     if not genes:
         msg = "genes=[] selects no gene; pass genes=None for every gene."

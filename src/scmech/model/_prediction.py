@@ -169,6 +169,7 @@ class PredictionMixin(AnchoringStepsMixin, PredictionOutputMixin, IntervalMixin)
                 )
                 raise KeyError(msg)
             else:
+                self._check_trained_medium(p.media)
                 out.append(cats.index(p.media))
         return out
 

@@ -504,6 +504,28 @@ class PerturbationSetupMixin:
     def _media_categories(self) -> list[str]:
         return self._categories(K.MEDIA_KEY)
 
+    def _check_trained_medium(self, medium: str, what: str = "predict") -> None:
+        """Refuse a registered medium without training cells: its embedding (and any anchor there) was never fit.
+
+        Raises
+        ------
+        KeyError
+            Naming the medium, the media with training cells and the fix.
+        """
+        train = getattr(self, "train_indices_", None)
+        if train is None or not len(train) or not self._media_categories():
+            return
+        codes = np.asarray(self.adata_manager.get_from_registry(K.MEDIA_KEY)).ravel()[np.asarray(train, dtype=int)]
+        cats = self._media_categories()
+        trained = [cats[c] for c in np.unique(codes).astype(int)]
+        if medium not in trained:
+            msg = (
+                f"Medium {medium!r} has no training cells (media with training cells: {trained}): its embedding was "
+                f"never trained, so {what} there would read an untrained medium. Train with cells of {medium!r} in "
+                "the training split (some perturbations, and controls, observed there), or choose a trained medium."
+            )
+            raise KeyError(msg)
+
     def _batch_categories(self) -> list[str]:
         return self._categories(REGISTRY_KEYS.BATCH_KEY)
 
