@@ -53,7 +53,11 @@ def test_save_never_clobbers_without_overwrite(model, saved):
     ("name", "cut", "match"),
     [
         ("model.pt", 0.5, r"Cannot read the weights in .*model\.pt \(truncated or not a weights file\)"),
-        ("metadata.json", 0.5, r"metadata\.json is not valid JSON \(truncated or not written by scmech\)"),
+        (
+            "metadata.json",
+            0.5,
+            r"metadata\.json is not valid JSON \(truncated, too deeply nested or not written by scmech\)",
+        ),
     ],
 )
 def test_a_truncated_file_raises_value_error(model, saved, tmp_path, name, cut, match):
@@ -72,6 +76,51 @@ def test_a_foreign_file_raises_value_error(model, saved, tmp_path):
     path = _copy(saved, tmp_path / "m2")
     (path / "model.pt").write_bytes(b"PK\x03\x04 not a torch archive")
     with pytest.raises(ValueError, match=r"Cannot read the weights"):
+        SemiMechVI.load(path, adata=model.adata)
+
+
+def _altered(saved, path, change) -> None:
+    """A copy of the save at ``path`` with its metadata changed by ``change(meta)``."""
+    _copy(saved, path)
+    meta = json.loads((path / "metadata.json").read_text())
+    change(meta)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        # load set every saved attribute: a method or a property would be replaced by a value
+        (
+            lambda m: m["attributes"].__setitem__("predict", "x"),
+            r"attributes that SemiMechVI.save\(\) never writes \(\['predict'\]\)",
+        ),
+        (lambda m: m["attributes"].__setitem__("regime", "steady_state"), r"never writes \(\['regime'\]\)"),
+        (lambda m: m["attributes"].__setitem__("_private_", 1), r"never writes \(\['_private_'\]\)"),
+        (lambda m: m.__setitem__("attributes", [1]), r"its attributes are a list, not a dict"),
+        (lambda m: m.__setitem__("cells", "abc"), r"saved split cells are damaged \(a str, not a dict"),
+        (
+            lambda m: m.__setitem__("var_names", {"__dataframe__": {}}),
+            r"is damaged: its 'var_names' entry cannot be read",
+        ),
+    ],
+)
+def test_altered_metadata_is_refused(model, saved, tmp_path, change, match):
+    path = tmp_path / "m"
+    _altered(saved, path, change)
+    with pytest.raises(ValueError, match=match):
+        SemiMechVI.load(path, adata=model.adata)
+
+
+def test_metadata_that_is_a_folder_or_too_deep_is_refused(model, saved, tmp_path):
+    path = _copy(saved, tmp_path / "m")
+    (path / "metadata.json").unlink()
+    (path / "metadata.json").mkdir()
+    with pytest.raises(ValueError, match=r"metadata\.json is not a file"):
+        SemiMechVI.load(path, adata=model.adata)
+    path = _copy(saved, tmp_path / "m2")
+    (path / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"metadata\.json is not valid JSON \(truncated, too deeply nested"):
         SemiMechVI.load(path, adata=model.adata)
 
 

@@ -23,6 +23,19 @@ from scvi.data import _constants
 
 from ._argument_checks import check_flag
 from ._persistence_files import _build_saved, _check_prefix, _read_weights, _unchanged_on_failure, _weights_file
+from ._persistence_metadata import (
+    ADATA,
+    FORMAT,
+    FORMAT_VERSION,
+    MDATA,
+    METADATA,
+    WEIGHTS,
+    _check_saved_attributes,
+    _data_file_of_earlier_save,
+    _decoded,
+    _read_metadata,
+    _read_model_metadata,
+)
 from ._serialisation import from_jsonable, persistable, to_jsonable
 from ._setup_checks import check_saved_columns
 
@@ -33,13 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["SafeSaveLoadMixin", "from_jsonable", "persistable", "to_jsonable", "torch_device", "var_names_of"]
-
-FORMAT = "scmech-model"
-FORMAT_VERSION = 3
-WEIGHTS = "model.pt"
-METADATA = "metadata.json"
-ADATA = "adata.h5ad"
-MDATA = "mdata.h5mu"
 
 
 class SafeSaveLoadMixin:
@@ -241,8 +247,8 @@ class SafeSaveLoadMixin:
         meta = _read_model_metadata(path, meta_path, w_path, cls.__name__)
         dev = torch_device(accelerator, device)
         state = _read_weights(w_path, dev)
-        registry = from_jsonable(meta["registry"])
-        attrs = from_jsonable(meta["attributes"])
+        registry, attrs = (_decoded(meta, key, meta_path) for key in ("registry", "attributes"))
+        _check_saved_attributes(cls, attrs, meta_path)
         init = attrs.pop("init_params_", None) if isinstance(attrs, dict) else None
         if not (isinstance(registry, dict) and isinstance(registry.get("setup_args"), dict)) or init is None:
             msg = (
@@ -252,7 +258,7 @@ class SafeSaveLoadMixin:
             raise ValueError(msg)
         if adata is None:
             adata = _read_saved_data(path, pre)
-        _check_same_genes(from_jsonable(meta["var_names"]), adata)
+        _check_same_genes(_decoded(meta, "var_names", meta_path), adata)
         with _unchanged_on_failure(adata):
             cls._register_like_saved(adata, registry)
             model = _build_saved(cls, adata, init, meta_path)
@@ -329,6 +335,12 @@ def _locate_split_cells(model, cells: dict[str, str]) -> None:
     """Set the split attributes to the positions of the saved cells in the attached AnnData (absent ones drop out)."""
     if not cells:
         return
+    if not isinstance(cells, dict) or not all(isinstance(v, str) for v in cells.values()):
+        msg = (
+            f"The saved split cells are damaged (a {type(cells).__name__}, not a dict of encoded cells); the model's "
+            "metadata.json was altered. Save the model again."
+        )
+        raise ValueError(msg)
     hashes = _cell_hashes(model.adata)
     for name, encoded in cells.items():
         if name not in SPLIT_ATTRIBUTES:
@@ -383,53 +395,6 @@ def torch_device(accelerator: str = "auto", device: int | str = "auto") -> torch
         msg = f"device={device!r} must be 'auto' or a device index (0, 1, ...)."
         raise ValueError(msg)
     return torch.device(acc, int(device))
-
-
-def _read_model_metadata(path: Path, meta_path: Path, w_path: Path, model_name: str) -> dict:
-    """Read the metadata of a saved model and refuse missing, foreign, incomplete or other-version files.
-
-    Parameters
-    ----------
-    path
-        The directory of the save.
-    meta_path
-        Its ``metadata.json``.
-    w_path
-        Its ``model.pt`` (only checked to exist here).
-    model_name
-        The class loading it.
-
-    Returns
-    -------
-    The metadata, holding every entry that ``load`` reads.
-
-    Raises
-    ------
-    FileNotFoundError
-        When the metadata or the weights are missing.
-    ValueError
-        For a truncated or foreign file, an incomplete one, another save format or another model class.
-    """
-    for p in (meta_path, w_path):
-        if not p.exists():
-            msg = f"{p} not found: {path} does not hold a model saved by {model_name}.save()."
-            raise FileNotFoundError(msg)
-    meta = _parse_metadata(path, meta_path, model_name)
-    lacking = [k for k in ("model_name", "registry", "attributes", "var_names", "cells") if k not in meta]
-    if lacking:
-        msg = f"{meta_path} is incomplete (no {lacking}); the model was not saved completely. Save it again."
-        raise ValueError(msg)
-    if meta.get("format_version") != FORMAT_VERSION:
-        msg = (
-            f"{meta_path} was written in save format {meta.get('format_version')!r} by scmech "
-            f"{meta.get('scmech_version', 'unknown')}; this version reads format {FORMAT_VERSION}. Load it with "
-            "the scmech that saved it, or train the model again."
-        )
-        raise ValueError(msg)
-    if meta["model_name"] != model_name:
-        msg = f"{path} holds a {meta['model_name']}, not a {model_name}."
-        raise ValueError(msg)
-    return meta
 
 
 def _read_saved_data(path: Path, pre: str) -> AnnData | MuData:
@@ -530,67 +495,6 @@ def _write_data_aside(adata: AnnData | MuData, tmp: Path, write_kwargs: dict) ->
         )
         raise ValueError(msg) from e
     return tmp
-
-
-def _data_file_of_earlier_save(meta_path: Path) -> str | None:
-    """Name of the data file an earlier scmech save recorded in ``meta_path`` (``None``: none, or not scmech's)."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        return None
-    name = meta.get("data_file")
-    return name if name in (ADATA, MDATA) else None
-
-
-def _read_metadata(dir_path, prefix: str | None, model_name: str) -> dict:
-    """Read and validate the plain-JSON metadata of a scmech save (never unpickles anything)."""
-    path = Path(dir_path)
-    meta_path = path / f"{prefix or ''}{METADATA}"
-    meta = _parse_metadata(path, meta_path, model_name)
-    if "registry" not in meta:
-        msg = f"{meta_path} is not an scmech model file (format {meta.get('format')!r})."
-        raise ValueError(msg)
-    return meta
-
-
-def _parse_metadata(path: Path, meta_path: Path, model_name: str) -> dict:
-    """Parse ``metadata.json`` as plain JSON and refuse a missing, unreadable or foreign file.
-
-    Parameters
-    ----------
-    path
-        The directory of the save.
-    meta_path
-        Its ``metadata.json``.
-    model_name
-        The class reading it, for messages.
-
-    Returns
-    -------
-    The metadata, a dict whose ``format`` is scmech's.
-
-    Raises
-    ------
-    FileNotFoundError
-        When the file is missing.
-    ValueError
-        For a truncated or non-JSON file, or one that another program wrote.
-    """
-    if not meta_path.exists():
-        msg = f"{meta_path} not found: {path} does not hold a model saved by {model_name}.save()."
-        raise FileNotFoundError(msg)
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = f"{meta_path} is not valid JSON (truncated or not written by scmech): {e}"
-        raise ValueError(msg) from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        msg = f"{meta_path} is not an scmech model file (format {found!r})."
-        raise ValueError(msg)
-    return meta
 
 
 def _version() -> str:
