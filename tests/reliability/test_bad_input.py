@@ -1062,3 +1062,17 @@ def test_query_expression_is_checked_as_at_setup(rel, model, value, match):
     query.X = x
     with pytest.raises(ValueError, match=match):
         model.get_latent_representation(query)
+
+
+def test_latent_flags_and_network_genes_are_checked(model):
+    # scvi-tools read give_mean="no" as True; genes=3 failed with "'int' object is not iterable"
+    with pytest.raises(TypeError, match=r"give_mean='no' must be True or False"):
+        model.get_latent_representation(give_mean="no")
+    with pytest.raises(TypeError, match=r"return_dist=1 must be True or False"):
+        model.get_latent_representation(return_dist=1)
+    with pytest.raises(ValueError, match=r"mc_samples=0 must be a positive integer"):
+        model.get_latent_representation(give_mean=False, mc_samples=0)
+    with pytest.raises(TypeError, match=r"give_mean='no' must be True or False"):
+        model.get_latent_library_size(give_mean="no")
+    with pytest.raises(TypeError, match=r"genes=3 must be a gene name or a list of gene names"):
+        model.get_regulatory_network(genes=3)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._argument_checks import check_indices
+from ._argument_checks import check_flag, check_indices, check_positive_int
 from ._protocols import Protocol
 
 if TYPE_CHECKING:
@@ -24,6 +24,58 @@ __all__ = ["LatentMixin"]
 
 class LatentMixin:
     """Per-cell quantities of the latent dynamics: steady-state residuals and basal states."""
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        give_mean: bool = True,
+        mc_samples: int = 5000,
+        batch_size: int | None = None,
+        return_dist: bool = False,
+        dataloader=None,
+        **data_loader_kwargs,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Return each cell's latent state (scvi-tools' method), its flags and sample count checked first.
+
+        scvi-tools reads the flags as truth values, so ``give_mean="no"`` gave the mean, as ``True`` does.
+
+        Parameters
+        ----------
+        adata
+            AnnData registered like the training data (``None``: the training data).
+        indices
+            Positions or a boolean mask of the cells (``None``: every cell).
+        give_mean
+            The posterior mean (``True``) or one sample of the posterior per cell.
+        mc_samples
+            Samples for the mean of a posterior without a closed-form mean.
+        batch_size
+            Minibatch size.
+        return_dist
+            Return the posterior means and variances instead.
+        dataloader
+            An iterator over minibatches in place of ``adata`` and ``indices`` (scvi-tools' option).
+        **data_loader_kwargs
+            Passed to the data loader.
+
+        Returns
+        -------
+        Cells x latent dimensions (with ``return_dist``, the means and the variances).
+        """
+        give_mean = check_flag(give_mean, "give_mean")
+        return_dist = check_flag(return_dist, "return_dist")
+        mc_samples = check_positive_int(mc_samples, "mc_samples", hint=", e.g. mc_samples=5000")
+        return super().get_latent_representation(
+            adata=adata,
+            indices=indices,
+            give_mean=give_mean,
+            mc_samples=mc_samples,
+            batch_size=batch_size,
+            return_dist=return_dist,
+            dataloader=dataloader,
+            **data_loader_kwargs,
+        )
 
     def get_aggregated_posterior(
         self,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._argument_checks import check_gene_list, check_indices, check_positive_int
+from ._argument_checks import check_flag, check_gene_list, check_indices, check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -135,6 +135,7 @@ class MeasurementMethodsMixin:
         The library sizes, cells x 1.
         """
         self._check_if_trained(warn=False)
+        check_flag(give_mean, "give_mean")
         self._refuse_for_normal("get_latent_library_size", "which have no library size")
         adata = self._validate_anndata(adata)
         dl = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size, **kwargs)
