@@ -1266,3 +1266,17 @@ def test_a_time_course_in_hours_trains_and_predicts_as_in_days(make_adata, model
         units[unit] = float(model.module.time_unit)
     assert units["hours"] == pytest.approx(24.0 * units["days"])
     np.testing.assert_allclose(preds["hours"].X, preds["days"].X, rtol=1e-4, atol=1e-4)
+
+
+def test_a_loaded_model_knows_its_trained_media_with_part_of_its_data(tmp_path):
+    # the split cells of a model loaded with part of its data drop out; its trained media must not
+    adata = simulate_perturbseq(240, 30, n_perturbations=4, n_combinations=0, seed=0, n_media=2)
+    adata.obs["perturbation"] = adata.obs["perturbation"].astype(str)
+    SemiMechVI.setup_anndata(adata, batch_key="batch", media_key="media")
+    model, _ = tiny_model_without(adata, np.array([], dtype=int), max_epochs=1)
+    assert model.trained_media_ == ["m0", "m1"]
+    model.save(tmp_path / "m")
+    m0 = adata[adata.obs["media"].astype(str) == "m0"].copy()
+    loaded = SemiMechVI.load(tmp_path / "m", adata=m0)
+    assert loaded.trained_media_ == ["m0", "m1"]
+    assert np.isfinite(loaded.predict(["NT"], media="m1", anchor="none").X).all()

@@ -195,6 +195,7 @@ class SemiMechVI(
         )
         self.target_map_ = None
         self.trained_targets_ = None
+        self.trained_media_ = None
         self.anchor_ = None
         self.init_params_ = self._get_init_params(locals())
 

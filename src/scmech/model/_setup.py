@@ -504,21 +504,27 @@ class PerturbationSetupMixin:
     def _media_categories(self) -> list[str]:
         return self._categories(K.MEDIA_KEY)
 
+    def _media_of(self, indices: np.ndarray) -> list[str] | None:
+        """Return the registered media of the cells ``indices`` (``None`` for a model without media)."""
+        cats = self._media_categories()
+        if not cats:
+            return None
+        codes = np.asarray(self.adata_manager.get_from_registry(K.MEDIA_KEY)).ravel()[np.asarray(indices, dtype=int)]
+        return [cats[c] for c in np.unique(codes).astype(int)]
+
     def _check_trained_medium(self, medium: str, what: str = "predict") -> None:
         """Refuse a registered medium without training cells: its embedding (and any anchor there) was never fit.
+
+        The media with training cells are recorded when training ends (``trained_media_``, saved with the model):
+        a model loaded with part of its data still knows which media it was trained in.
 
         Raises
         ------
         KeyError
             Naming the medium, the media with training cells and the fix.
         """
-        train = getattr(self, "train_indices_", None)
-        if train is None or not len(train) or not self._media_categories():
-            return
-        codes = np.asarray(self.adata_manager.get_from_registry(K.MEDIA_KEY)).ravel()[np.asarray(train, dtype=int)]
-        cats = self._media_categories()
-        trained = [cats[c] for c in np.unique(codes).astype(int)]
-        if medium not in trained:
+        trained = getattr(self, "trained_media_", None)
+        if trained is not None and medium not in trained:
             msg = (
                 f"Medium {medium!r} has no training cells (media with training cells: {trained}): its embedding was "
                 f"never trained, so {what} there would read an untrained medium. Train with cells of {medium!r} in "

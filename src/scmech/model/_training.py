@@ -333,6 +333,7 @@ class TrainingMixin:
         validation_indices
             The validation cells: those of conditions observed in training join the observations.
         """
+        self.trained_media_ = self._media_of(train_indices)
         # the observations first: the target map validates its propagation gain on them
         self._fit_anchor(train_indices, validation_indices)
         self._fit_target_map(train_indices)
