@@ -10,6 +10,7 @@ import pytest
 
 from scmech.data._pseudobulk import pseudobulk
 from scmech.data._simulate import simulate_perturbseq
+from scmech.tl import estimate_variance
 from scmech.tl._design import BatchDesign, minimal_detectable_effect, power, recommend_batches, resolve_variance
 
 VAR = {"batch": 0.02, "cell": 7.4}
@@ -461,6 +462,16 @@ def _variance_table() -> pd.DataFrame:
     )
 
 
+def test_variance_table_of_scaled_data_is_taken():
+    # the control mean of scaled log-normalised data is negative at some genes: a mean, not a variance
+    pilot = simulate_perturbseq(600, 20, n_perturbations=3, n_combinations=0, seed=0)
+    pilot.X = pilot.X.toarray() if hasattr(pilot.X, "toarray") else np.asarray(pilot.X, dtype=float)
+    pilot.X = (np.log1p(pilot.X) - np.log1p(pilot.X).mean(0)).astype(np.float32)
+    table = estimate_variance(pilot, batch_key="batch", counts=False)
+    assert (table["mean"] < 0).any()
+    assert np.isfinite(power(table, n_cells=[50])["mde"]).all()
+
+
 def test_variance_table_terms_are_the_means_over_expressed_genes():
     # the fourth gene is below the expression threshold: the mean is over the first three
     assert resolve_variance(_variance_table())["cell"] == pytest.approx(0.4)
@@ -475,7 +486,7 @@ def test_variance_table_terms_are_the_means_over_expressed_genes():
             "cell",
             [-0.3, 0.4, 0.5, 0.6],
             ValueError,
-            r"'cell' column has 1 negative or infinite value\(s\) \(genes \['g0'\]",
+            r"'cell' column has 1 negative or infinite value\(s\) \(genes \['g0'\]\); it must be finite and >= 0",
         ),
         (
             "batch",
@@ -483,6 +494,7 @@ def test_variance_table_terms_are_the_means_over_expressed_genes():
             ValueError,
             r"'batch' column has 1 negative or infinite .*genes \['g1'\]",
         ),
+        ("mean", [5.0, np.inf, 5.0, 5.0], ValueError, r"'mean' column has 1 infinite value\(s\) \(genes \['g1'\]\)"),
         ("cell", [np.nan] * 4, ValueError, r"'cell' column has no value \(all NaN\)"),
         ("cell", ["a", "b", "c", "d"], TypeError, r"'cell' column is not numeric"),
     ],
@@ -498,12 +510,12 @@ def test_variance_table_with_impossible_terms_is_refused(column, values, err, ma
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_batches": np.nan}, r"n_batches=nan must be a positive integer"),
-        ({"n_batches": np.inf}, r"n_batches=inf must be a positive integer"),
-        ({"n_batches": None}, r"n_batches=None must be a positive integer"),
-        ({"n_batches": True}, r"n_batches=True must be a positive integer"),
-        ({"min_batches_per_perturbation": 1.7}, r"min_batches_per_perturbation=1.7 must be a positive integer"),
-        ({"min_batches_per_perturbation": None}, r"min_batches_per_perturbation=None must be a positive integer"),
+        ({"n_batches": np.nan}, r"n_batches=nan must be a positive whole number"),
+        ({"n_batches": np.inf}, r"n_batches=inf must be a positive whole number"),
+        ({"n_batches": None}, r"n_batches=None must be a positive whole number"),
+        ({"n_batches": True}, r"n_batches=True must be a positive whole number"),
+        ({"min_batches_per_perturbation": 1.7}, r"min_batches_per_perturbation=1.7 must be a positive whole number"),
+        ({"min_batches_per_perturbation": None}, r"min_batches_per_perturbation=None must be a positive whole number"),
         ({"control_fraction": "0.1"}, r"control_fraction='0.1' must lie in \(0, 1\)"),
         ({"control_fraction": np.nan}, r"control_fraction=nan must lie in \(0, 1\)"),
         ({"target_effect": "a", "variance": VAR}, r"target_effect='a' must be a positive number"),
@@ -519,5 +531,10 @@ def test_recommend_batches_names_each_bad_size(kwargs, match):
 def test_recommend_batches_takes_numpy_scalars_and_refuses_numpy_nan_labels():
     one = recommend_batches(3, np.int64(2), np.int64(500), time_points=np.int64(1))
     assert one.table.equals(recommend_batches(3, 2, 500, time_points=1).table)
+    # whole numbers written as floats are whole numbers; a set of time points is a set of time points
+    assert recommend_batches(3, 2.0, 5e2, time_points=1).table.equals(one.table)
+    assert recommend_batches(3, 2, np.float64(500), time_points={0, 1}).table.equals(
+        recommend_batches(3, 2, 500, time_points=[0, 1]).table
+    )
     with pytest.raises(ValueError, match=r"perturbations has 1 missing \(None/NaN\) label"):
         recommend_batches(["A", np.float32("nan")], 2, 500)

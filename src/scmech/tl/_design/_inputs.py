@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from scmech._numbers import check_positive_int
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -119,7 +118,8 @@ def _contexts(
     """All (time point, medium) combinations and the names of the given levels (``[()]``, ``[]`` for none)."""
     levels, names = [], []
     if time_points is not None:
-        tp = [time_points] if isinstance(time_points, str) or np.ndim(time_points) == 0 else list(time_points)
+        one = isinstance(time_points, str) or not isinstance(time_points, Iterable)
+        tp = [time_points] if one else list(time_points)
         _check_time_points(tp, time_points)
         if not tp or len(set(tp)) != len(tp):
             msg = f"time_points must be a non-empty list of distinct time points, got {time_points!r}."
@@ -138,6 +138,15 @@ def _contexts(
     return list(itertools.product(*levels)), names
 
 
+def _whole(value: object, name: str, what: str) -> int:
+    """Return ``value`` as an ``int`` when it is a positive whole number (``2000`` or ``2e3``; not ``True``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    if not (ok and np.isfinite(float(value)) and float(value) == int(value) and value >= 1):
+        msg = f"{name}={value!r} must be a positive whole number ({what})."
+        raise ValueError(msg)
+    return int(value)
+
+
 def _check_batch_arguments(
     n_batches: int,
     cells_per_batch: int,
@@ -151,12 +160,12 @@ def _check_batch_arguments(
     -------
     The number of batches, the capacity of a batch and the minimal batches per perturbation, as integers.
     """
-    B = check_positive_int(n_batches, "n_batches", hint=" (the number of wet-lab batches), e.g. n_batches=4")
-    C = check_positive_int(cells_per_batch, "cells_per_batch", hint=" (the cells one batch holds), e.g. 2000")
-    m = check_positive_int(
+    B = _whole(n_batches, "n_batches", "the number of wet-lab batches, e.g. n_batches=4")
+    C = _whole(cells_per_batch, "cells_per_batch", "the cells one batch holds, e.g. cells_per_batch=2000")
+    m = _whole(
         min_batches_per_perturbation,
         "min_batches_per_perturbation",
-        hint=" (the batches each perturbation is spread over), e.g. 2",
+        "the batches each perturbation is spread over, e.g. min_batches_per_perturbation=2",
     )
     if m > B:
         msg = (

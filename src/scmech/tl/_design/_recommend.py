@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -389,5 +390,5 @@ def _as_levels(values: Any) -> list | None:
     """Return a level or a sequence of levels as a list (``None`` as it is), numpy scalars as Python numbers."""
     if values is None:
         return None
-    values = [values] if isinstance(values, str) or np.ndim(values) == 0 else list(values)
+    values = [values] if isinstance(values, str) or not isinstance(values, Iterable) else list(values)
     return [v.item() if isinstance(v, np.generic) else v for v in values]

@@ -175,18 +175,24 @@ def _summarise_table(per_gene: pd.DataFrame, depth: float | None) -> dict[str, A
 
 
 def _table_column(per_gene: pd.DataFrame, key: str) -> np.ndarray:
-    """Column ``key`` of a per-gene variance table as floats, refused when not numeric, negative or infinite."""
+    """Column ``key`` of a per-gene variance table as floats, refused when not numeric or infinite.
+
+    The variance terms must also be >= 0; ``mean`` (the control mean, negative for scaled log-normalised data) need
+    not.
+    """
     try:
         v = pd.to_numeric(per_gene[key], errors="raise").to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as e:
         msg = f"The variance table's {key!r} column is not numeric ({e}); pass variances as numbers."
         raise TypeError(msg) from e
-    bad = np.isinf(v) | (v < 0)
+    bad = np.isinf(v) | ((v < 0) if key != "mean" else False)
     if bad.any():
         genes = list(per_gene.index[bad][:5])
+        what = "infinite" if key == "mean" else "negative or infinite"
+        need = "finite" if key == "mean" else "finite and >= 0"
         msg = (
-            f"The variance table's {key!r} column has {int(bad.sum())} negative or infinite value(s) (genes "
-            f"{genes}); variances must be finite and >= 0. Fix or drop those genes."
+            f"The variance table's {key!r} column has {int(bad.sum())} {what} value(s) (genes {genes}); it must be "
+            f"{need}. Fix or drop those genes."
         )
         raise ValueError(msg)
     return v
