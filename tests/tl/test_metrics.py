@@ -585,6 +585,7 @@ def test_metric_names_that_are_not_text_and_unknown_table_metrics():
     res = pd.DataFrame([("M1", "c1", 1, 0.9), ("M2", "c1", 1, 0.5)], columns=["model", "condition", "metric", "value"])
     board = tl.leaderboard(res)
     assert board["metric"].tolist() == ["1", "1"]
+    assert list(tl.leaderboard_table(board, metrics=[1]).columns) == ["1"]
     with pytest.raises(KeyError, match=r"Metric\(s\) \['foo'\] are not in the leaderboard"):
         tl.leaderboard_table(board, metrics=["foo"])
 
@@ -593,3 +594,7 @@ def test_energy_distance_names_an_anndata_given_for_an_array():
     x = ad.AnnData(np.zeros((3, 2)))
     with pytest.raises(TypeError, match=r"x must be a cells x features array, got AnnData"):
         energy_distance(x, np.zeros((3, 2)))
+    # a DataFrame of cells x features is an array
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 2)), rng.normal(size=(4, 2))
+    assert energy_distance(pd.DataFrame(a), pd.DataFrame(b)) == pytest.approx(energy_distance(a, b))

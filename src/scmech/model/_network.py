@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -253,7 +254,7 @@ def _check_network_genes(genes, names: pd.Index) -> list[str] | None:
     """
     if genes is None:
         return None
-    if not isinstance(genes, str) and (np.ndim(genes) == 0 or isinstance(genes, dict)):
+    if not isinstance(genes, str | Iterable):
         msg = f"genes={genes!r} must be a gene name or a list of gene names (var_names), or None for every gene."
         raise TypeError(msg)
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]

@@ -41,7 +41,7 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     Raises
     ------
     TypeError
-        For anything but an array (an AnnData, for example).
+        For an AnnData or a MuData (pass its matrix, or a representation in ``obsm``).
     ValueError
         For arrays that are not 2-D, empty, with different numbers of features, or with NaN or infinite values.
 
@@ -55,7 +55,7 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     from scipy.spatial.distance import cdist
 
     for name, v in (("x", x), ("y", y)):
-        if not (isinstance(v, np.ndarray) or sp.issparse(v) or isinstance(v, list | tuple)):
+        if hasattr(v, "obs") and (hasattr(v, "X") or hasattr(v, "mod")):  # an AnnData or a MuData
             msg = (
                 f"{name} must be a cells x features array, got {type(v).__name__}; pass e.g. adata.X or "
                 "adata.obsm['X_pca'] of an AnnData, not the AnnData."

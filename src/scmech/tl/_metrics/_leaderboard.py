@@ -55,6 +55,7 @@ def leaderboard(
         raise ValueError(msg)
     df = _check_results(df, "results", with_seed=True)
     metrics = _as_list(metrics)
+    metrics = None if metrics is None else [str(m) for m in metrics]
     if metrics is not None:
         unknown = sorted(set(metrics) - set(df["metric"]))
         if unknown:
@@ -119,6 +120,7 @@ def leaderboard_table(
         msg = f"digits={digits!r} must be a non-negative integer (decimals shown), e.g. digits=3."
         raise ValueError(msg)
     metrics = _as_list(metrics)
+    metrics = None if metrics is None else [str(m) for m in metrics]
     if not isinstance(results_or_board, pd.DataFrame):
         msg = (
             "results_or_board must be a DataFrame from scmech.tl.evaluate or scmech.tl.leaderboard, got "
