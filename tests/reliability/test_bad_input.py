@@ -311,6 +311,28 @@ def test_a_mudata_model_refuses_an_anndata_query(rel):
         model.get_latent_representation(adata=rna)
 
 
+def test_a_mudata_query_is_checked_as_at_setup(rel):
+    rna = rel.small()
+    SemiMechVI.setup_mudata(md.MuData({"rna": rna.copy()}), batch_key="batch")
+    mdata = md.MuData({"rna": rna.copy()})
+    SemiMechVI.setup_mudata(mdata, batch_key="batch")
+    model = SemiMechVI(mdata, **rel.MODEL_KWARGS)
+    model.train(max_epochs=1, **rel.TRAIN_KWARGS)
+    bad = rna.copy()
+    x = bad.X.toarray() if hasattr(bad.X, "toarray") else np.array(bad.X)
+    x = x.astype(np.float32)
+    x[0, 0] = -5.0
+    bad.X = x
+    with pytest.raises(ValueError, match=r"mdata\['rna'\].X has 1 negative values"):
+        model.get_latent_representation(md.MuData({"rna": bad}))
+    missing = rna.copy()
+    values = missing.obs["batch"].astype(object).to_numpy()
+    values[0] = np.nan
+    missing.obs["batch"] = values
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
+        model.get_latent_representation(md.MuData({"rna": missing}))
+
+
 def test_a_mudata_model_does_not_label_its_genes_with_other_modalities(rel):
     rna = rel.small()
     mdata = md.MuData({"guide": _guide_modality(rna), "rna": rna})  # mdata.var_names: 5 guide + 30 RNA features

@@ -32,10 +32,19 @@ class _RequestedOrder(AnnTorchDataset):
         data = super().__getitem__(distinct)
         if len(distinct) == len(positions) and np.array_equal(distinct, positions):
             return data
-        return {
-            k: v[inverse] if isinstance(v, np.ndarray) and v.ndim and len(v) == len(distinct) else v
-            for k, v in data.items()
-        }
+        out = {}
+        for k, v in data.items():
+            if isinstance(v, np.ndarray) and v.ndim and len(v) == len(distinct):
+                out[k] = v[inverse]
+            elif isinstance(v, np.ndarray) or not hasattr(v, "shape"):
+                out[k] = v  # one value for the minibatch (a minified AnnData's type, for example)
+            else:  # a torch sparse tensor (load_sparse_tensor=True) cannot be put back in order row by row
+                msg = (
+                    f"Cannot return the rows of backed data in the requested order for {k!r} ({type(v).__name__}); "
+                    "pass increasing indices, or load the data into memory (adata.to_memory())."
+                )
+                raise TypeError(msg)
+        return out
 
 
 def keep_requested_order(loader: Any, data: AnnData, indices: np.ndarray | None) -> Any:

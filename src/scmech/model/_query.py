@@ -14,9 +14,11 @@ import numpy as np
 from scvi import REGISTRY_KEYS
 from scvi.data._constants import _SCVI_UUID_KEY
 
+from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._checks import check_expression
+from scmech.data._design import validate_categorical
 
-from ._setup_checks import _check_covariates, check_context_columns
+from ._setup_checks import _check_covariates
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,26 @@ class QueryDataMixin:
         weakref.finalize(view, _forget_view_copy, weakref.ref(self), id(view), copy)
         return copy
 
+    def _check_query_contents(self, adata, counts: bool) -> None:
+        """Refuse missing batches or media and invalid expression values in query data (an AnnData or a MuData).
+
+        Each is read where the model's fields read it (a MuData's modality, the registered layer), and checked as
+        ``setup_anndata`` checks training data (:func:`~scmech.data._design.validate_categorical`,
+        :func:`~scmech.data._checks.check_expression`).
+        """
+        for key, what in ((REGISTRY_KEYS.BATCH_KEY, "batch"), (SCMECH_REGISTRY_KEYS.MEDIA_KEY, "medium")):
+            entry = self.adata_manager.registry["field_registries"].get(key) or {}
+            column = entry.get("state_registry", {}).get("original_key")  # the user's column, not scvi-tools' copy
+            obs = self._obs(adata, key)
+            if column is not None and column in obs.columns:
+                validate_categorical(obs[column], column, what)
+        expression = self._expression_adata(adata)
+        layer = self._field(REGISTRY_KEYS.X_KEY).attr_key
+        if layer is None or layer in expression.layers:
+            mod = getattr(self._field(REGISTRY_KEYS.X_KEY), "mod_key", None)
+            where = (f"mdata[{mod!r}]" if mod else "adata") + (f".layers[{layer!r}]" if layer else ".X")
+            check_expression(expression.layers[layer] if layer else expression.X, where, counts=counts)
+
     def _check_query(self, adata) -> None:
         """Check data other than the registered data before scvi-tools transfers the setup to them.
 
@@ -103,14 +125,10 @@ class QueryDataMixin:
             kind = "a MuData (setup_mudata)" if isinstance(self.adata, MuData) else "an AnnData (setup_anndata)"
             msg = f"The model was set up with {kind}; pass data of the same kind, with the same modalities and keys."
             raise TypeError(msg)
+        setup = self.adata_manager.registry["setup_args"]
+        self._check_query_contents(adata, setup.get("counts", True))
         if isinstance(adata, MuData):
             return
-        setup = self.adata_manager.registry["setup_args"]
-        check_context_columns(adata, setup)
-        layer = self._field(REGISTRY_KEYS.X_KEY).attr_key
-        if layer is None or layer in adata.layers:
-            where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-            check_expression(adata.layers[layer] if layer else adata.X, where, counts=setup.get("counts", True))
         _check_covariates(adata, None, setup.get("continuous_covariate_keys"))
         keys = setup.get("categorical_covariate_keys") or []
         if not keys:
