@@ -9,8 +9,10 @@
   updated after every epoch from the running error of the dynamics on that condition (the distance between the
   encoded cells and the read-out of their protocol); controls keep weight 1.
 
-All strategies produce one epoch of ``ceil(n / batch_size)`` minibatches, are seeded, and split the minibatches
-across processes under distributed (DDP) training: process ``r`` of ``w`` takes every ``w``-th minibatch.
+An epoch holds ``ceil(n / batch_size)`` minibatches (``"batch_matched"``: that many and one partial minibatch per
+wet-lab batch at most, the number the sampler's length reports, so that Lightning reaches every cell). All
+strategies are seeded and split the minibatches across processes under distributed (DDP) training: process ``r``
+of ``w`` takes every ``w``-th minibatch.
 """
 
 from __future__ import annotations
@@ -125,23 +127,40 @@ class PerturbationBatchSampler(Sampler):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        n_batches = math.ceil(self.n / self.batch_size)
+        if self.strategy == "batch_matched":
+            n_batches = sum(n_mb for _, _, _, n_mb in self._batch_plan())
+        else:
+            n_batches = math.ceil(self.n / self.batch_size)
         if self.distributed:
             _, world = _dist_info()
             return math.ceil(n_batches / world)
         return n_batches
 
-    def _batch_matched(self, rng: np.random.Generator) -> list[np.ndarray]:
-        out = []
+    def _batch_plan(self) -> list[tuple[np.ndarray, int, int, int]]:
+        """Per wet-lab batch: its cells, the controls and other cells per minibatch, and its number of minibatches.
+
+        Every minibatch of a batch holds ``k_c`` of its controls (its share of the batch, at least ``min_controls``
+        when it has them) and ``k_o`` of its other cells; a batch gives ``ceil(others / k_o)`` minibatches, at least
+        one, so that an epoch holds a few more than ``ceil(n / batch_size)`` (one partial minibatch per batch).
+        The plan does not depend on the seed: :meth:`__len__` reports the number :meth:`__iter__` yields.
+        """
+        plan = []
         for b in np.unique(self.batch_labels):
             in_b = self.batch_labels == b
+            n_ctrl = int((in_b & self.is_control).sum())
+            n_other = int(in_b.sum()) - n_ctrl
+            share = n_ctrl / max(int(in_b.sum()), 1)
+            k_c = min(n_ctrl, max(self.min_controls, round(share * self.batch_size)), self.batch_size)
+            k_o = self.batch_size - k_c
+            n_mb = max(1, math.ceil(n_other / k_o)) if k_o > 0 else max(1, math.ceil(n_ctrl / self.batch_size))
+            plan.append((in_b, k_c, k_o, n_mb))
+        return plan
+
+    def _batch_matched(self, rng: np.random.Generator) -> list[np.ndarray]:
+        out = []
+        for in_b, k_c, k_o, n_mb in self._batch_plan():
             ctrl = rng.permutation(np.flatnonzero(in_b & self.is_control))
             other = rng.permutation(np.flatnonzero(in_b & ~self.is_control))
-            n_b = int(in_b.sum())
-            share = len(ctrl) / max(n_b, 1)
-            k_c = min(len(ctrl), max(self.min_controls, round(share * self.batch_size)), self.batch_size)
-            k_o = self.batch_size - k_c
-            n_mb = max(1, math.ceil(len(other) / k_o)) if k_o > 0 else max(1, math.ceil(len(ctrl) / self.batch_size))
             pos_c = 0
             for j in range(n_mb):
                 chunk = other[j * k_o : (j + 1) * k_o] if k_o > 0 else other[:0]
