@@ -317,6 +317,18 @@ def test_untrained_and_errors(data):
         model.train(datasplitter_kwargs={"external_indexing": [no_ctrl, [], []]})
     with pytest.raises(NotImplementedError, match="not saved"):
         model.save("somewhere")
+    # the sets are checked as SemiMechVI.train checks them: a test cell is never fitted on
+    n = adata.n_obs
+    test = np.flatnonzero(adata.obs["perturbation"] == "A")
+    for ext, match in (
+        ([np.arange(n), [], test], r"external_indexing\[0\] and external_indexing\[2\] share cells"),
+        ([np.arange(5), [], [], [6]], r"a list of up to three sets"),
+        (np.arange(n).reshape(2, -1), r"a list of up to three sets"),
+        ({0: np.arange(5)}, r"a list of up to three sets"),
+        ([np.ones(n, dtype=bool)], r"external_indexing\[0\] is a boolean mask"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            model.train(datasplitter_kwargs={"external_indexing": ext})
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def _external_sets(external) -> list[np.ndarray]:
         For more than three sets, boolean masks, names, fractional positions, repeats or overlaps.
     """
     fix = "pass [train, validation, test] as integer positions, e.g. np.flatnonzero(mask) for a boolean mask."
-    if isinstance(external, str | np.ndarray) or not hasattr(external, "__len__") or not 1 <= len(external) <= 3:
+    if isinstance(external, str | np.ndarray | dict) or not hasattr(external, "__len__") or not 1 <= len(external) <= 3:
         msg = f"external_indexing must be a list of up to three sets of cells ([train, validation, test]); {fix}"
         raise ValueError(msg)
     sets = []

@@ -25,6 +25,7 @@ from scmech.model._argument_checks import check_not_unassigned
 from scmech.model._observations import log_pseudobulk
 from scmech.model._protocols import _per_condition
 from scmech.model._setup import PerturbationSetupMixin
+from scmech.model._split_checks import _external_sets
 
 from ._checks import check_indices
 from ._layout import _prediction_anndata
@@ -138,14 +139,16 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             idx = np.flatnonzero(fit)
             val = test = np.zeros(0, dtype=np.int64)
         else:
-            if len(ext) == 0:
+            if hasattr(ext, "__len__") and not isinstance(ext, str | np.ndarray) and len(ext) == 0:
                 msg = (
                     "external_indexing is empty; pass [train, validation, test] index arrays "
                     "(e.g. split.external_indexing)."
                 )
                 raise ValueError(msg)
+            # as SemiMechVI.train checks it: up to three disjoint sets, so that no test cell is fitted on
+            sets = _external_sets(ext)
             idx, val, test = (
-                check_indices(ext[i], len(fit), f"external_indexing[{i}]") if len(ext) > i else np.zeros(0, np.int64)
+                check_indices(sets[i], len(fit), f"external_indexing[{i}]") if len(sets) > i else np.zeros(0, np.int64)
                 for i in range(3)
             )
             idx = np.unique(idx[fit[idx]])
