@@ -118,6 +118,13 @@ def test_pseudobulk_by_hand():
     # the same labels as an array or a list
     pd.testing.assert_frame_equal(pseudobulk(adata, adata.obs["g"].to_numpy(), target_sum=100), pb)
     pd.testing.assert_frame_equal(pseudobulk(adata, list(adata.obs["g"]), target_sum=100), pb)
+    # a Series is matched to the cells by its index, as pandas aligns (sorted, it was read by position)
+    pd.testing.assert_frame_equal(pseudobulk(adata, adata.obs["g"].sort_values(), target_sum=100), pb)
+    pd.testing.assert_frame_equal(pseudobulk(adata, pd.Series(list(adata.obs["g"])), target_sum=100), pb)
+    with pytest.raises(ValueError, match=r"groupby is a Series whose index is not adata.obs_names"):
+        pseudobulk(adata, pd.Series(adata.obs["g"].to_numpy(), index=[f"x{i}" for i in range(adata.n_obs)]))
+    with pytest.raises(ValueError, match=r"adata has no cells"):
+        pseudobulk(adata[:0].copy(), "g")
 
 
 def test_missing_labels_are_refused_unless_groups_are_given():

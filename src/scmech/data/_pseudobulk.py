@@ -209,6 +209,9 @@ def pseudobulk(
     counts = check_flag(counts, "counts")
     allow_empty = check_flag(allow_empty, "allow_empty")
     _check_args(target_sum, min_cells, groups)
+    if adata.n_obs == 0:
+        msg = "adata has no cells: there is nothing to pseudobulk. Check the selection that made it."
+        raise ValueError(msg)
     labels, what = _group_labels(adata, groupby)
     missing_label = np.asarray([lab is None for lab in labels])
     if groups is None:
@@ -430,6 +433,25 @@ def _size_factors(adata: AnnData, size_factor_key: str | None) -> np.ndarray | N
     return sf
 
 
+def _aligned(adata: AnnData, labels: pd.Series) -> pd.Series:
+    """Put a Series of labels in the order of ``adata.obs_names``, aligned on its index as pandas aligns.
+
+    A Series indexed by the cells' names in another order (``adata.obs[key].sort_values()``) is put in cell order;
+    one with a default ``RangeIndex`` (built from a list) is read by position. Any other index is refused: reading it
+    by position would give the groups other cells.
+    """
+    names = pd.Index(adata.obs_names)
+    if labels.index.equals(names) or (isinstance(labels.index, pd.RangeIndex) and len(labels) == adata.n_obs):
+        return labels
+    if len(labels) == adata.n_obs and labels.index.is_unique and labels.index.isin(names).all():
+        return labels.reindex(names)
+    msg = (
+        "groupby is a Series whose index is not adata.obs_names (nor in another order): its labels cannot be matched "
+        "to the cells. Index it by adata.obs_names, or pass its values (groupby.to_numpy()) to match by position."
+    )
+    raise ValueError(msg)
+
+
 def _group_labels(adata: AnnData, groupby) -> tuple[np.ndarray, str]:
     """Labels per cell as strings (``None`` where missing), and where they come from (for messages)."""
     if isinstance(groupby, str):
@@ -442,6 +464,7 @@ def _group_labels(adata: AnnData, groupby) -> tuple[np.ndarray, str]:
         raw = adata.obs[groupby]
         what = f"adata.obs[{groupby!r}]"
     else:
+        groupby = _aligned(adata, groupby) if isinstance(groupby, pd.Series) else groupby
         arr = np.asarray(groupby, dtype=object)
         if arr.ndim != 1:
             msg = (
