@@ -510,6 +510,16 @@ def test_media_time_selects_the_controls_of_its_switch():
     np.testing.assert_allclose(
         early.X[0] - late.X[0], (pb.loc["-1.0"] - pb.loc["1.0"]).to_numpy(), rtol=1e-4, atol=1e-4
     )
+    # the control level of a context rests on that context's training controls, and says so in n_cells
+    assert early.obs["n_cells"].iloc[0] == int((ctrl & np.isclose(obs["media_time"], -1.0)).sum())
+    # NaN, as predictions write it, is "never switched": the controls of m0, which never switched
+    t0 = float(obs.loc[obs["media"] == "m0", "time"].max())
+    never = (obs["perturbation"] == "NT") & (obs["media"] == "m0") & np.isclose(obs["time"], t0)
+    assert never.sum() > 0
+    assert obs.loc[never, "media_time"].isna().all()
+    stayed = model.predict(["NT"], media="m0", time=t0, media_time=np.nan)
+    np.testing.assert_allclose(stayed.X[0], model.predict(["NT"], media="m0", time=t0).X[0], atol=1e-5)
+    assert stayed.obs["n_cells"].iloc[0] == int(never.sum())
 
 
 def test_models_accept_evaluation_pipeline(data):

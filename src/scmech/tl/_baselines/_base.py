@@ -45,6 +45,9 @@ K = SCMECH_REGISTRY_KEYS
 class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
     """Shared machinery: training pseudobulks, request parsing, contexts and the prediction AnnData."""
 
+    #: whether every prediction is the control level (:class:`~scmech.tl.ControlMean`)
+    predicts_control_level: bool = False
+
     def __init__(self, adata: AnnData | MuData) -> None:
         super().__init__(adata)
         self.is_trained_ = False
@@ -261,7 +264,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 )
                 raise ValueError(msg)
             col = self._context_values(key, reg)[idx]
-            if name in ("time", "media_time"):
+            if name == "media_time" and _is_nan(value):
+                mask &= np.isnan(col.astype(np.float64))  # NaN: cells that never switched, as predictions write it
+            elif name in ("time", "media_time"):
                 mask &= np.isclose(col.astype(np.float64), _as_time(value, name))
             else:
                 mask &= col.astype(str) == str(value)
@@ -273,7 +278,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         if batch is None and media is None and time is None and media_time is None:
             return np.zeros(self._pb.shape[1]), ""
         cache = self.__dict__.setdefault("_shift_cache", {})
-        ckey = (None if batch is None else str(batch), None if media is None else str(media), time, media_time)
+        ckey = _context_key(batch, media, time, media_time)
         if ckey in cache:
             return cache[ckey]
         mask, parts = self._context_mask(batch, media, time, media_time)
@@ -287,7 +292,16 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         ctrl = self._control()
         pb_ctx = self._pseudobulk(sub, np.full(len(sub), ctrl, dtype=object), [ctrl])[0]
         cache[ckey] = (pb_ctx - self._pb.loc[ctrl].to_numpy(), ", ".join(parts))
+        self.__dict__.setdefault("_context_controls", {})[ckey] = len(sub)
         return cache[ckey]
+
+    def _n_context_controls(self, batch: Any, media: Any, time: Any, media_time: Any = None) -> int | None:
+        """Return the number of training controls of a context (``None`` without one): what its control level rests on.
+
+        Read after :meth:`_context_shift` has computed the context's shift.
+        """
+        ckey = _context_key(batch, media, time, media_time)
+        return self.__dict__.get("_context_controls", {}).get(ckey)
 
     # ------------------------------------------------------------------ prediction
     def _predict_one(self, label: str, targets: tuple[str, ...]) -> tuple[np.ndarray, int]:
@@ -446,6 +460,9 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 skipped.append((label, str(e).strip("'\"")))
                 continue
             shift, _ = self._context_shift(batch, m, t, mt)
+            if not targets or self.predicts_control_level:
+                # the control level of a context is its own controls' pseudobulk: those are the cells it rests on
+                n_used = self._n_context_controls(batch, m, t, mt) or n_used
             # summed changes (Additive, a context's shift) that would take a gene below zero expression predict that
             # it is not expressed
             rows.append(np.maximum(value + shift, 0.0) if floor else value + shift)
@@ -518,3 +535,14 @@ def _as_time(value: Any, name: str) -> float:
     except (TypeError, ValueError):
         msg = f"`{name}`={value!r} is not a number; registered times are numeric (e.g. {name}=24.0)."
         raise TypeError(msg) from None
+
+
+def _is_nan(value: Any) -> bool:
+    """Whether ``value`` is a float NaN (a switch time that never came), not ``None`` or a number."""
+    return isinstance(value, float | np.floating) and bool(np.isnan(value))
+
+
+def _context_key(batch: Any, media: Any, time: Any, media_time: Any) -> tuple:
+    """Key of a context in the baselines' caches (NaN switch times compare equal here, unlike floats)."""
+    switch = "never" if _is_nan(media_time) else media_time
+    return (None if batch is None else str(batch), None if media is None else str(media), time, switch)

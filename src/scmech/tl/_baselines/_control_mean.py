@@ -32,6 +32,8 @@ class ControlMean(_PseudobulkBaseline):
     >>> pred = model.predict(split.test_conditions)
     """
 
+    predicts_control_level = True
+
     def __init__(self, adata: AnnData | MuData) -> None:
         super().__init__(adata)
         self._model_summary_string = "ControlMean baseline: predicts the training controls' pseudobulk."
