@@ -101,6 +101,12 @@ def test_target_index_and_condition_matrix():
 
 def test_canonical_label_and_parse_condition():
     assert canonical_label(("STAT1", "JAK2")) == "JAK2+STAT1"
+    # a separator of several characters must not straddle two targets: the label must read back as its targets
+    for targets in (("A+", "B"), ("C", "AB+")):
+        with pytest.raises(ValueError, match=r"joined by '\+\+' they read as other targets"):
+            canonical_label(targets, separator="++")
+    for targets, sep in ((("A", "B"), "++"), (("A+", "B"), "+-")):
+        assert parse_condition(canonical_label(targets, separator=sep), separator=sep) == tuple(sorted(targets))
     assert canonical_label(()) == "NT"
     assert parse_condition("B+A") == ("A", "B")
     assert parse_condition("NT") == ()

@@ -66,7 +66,8 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
         When ``targets`` is a single string, or not a collection of strings.
     ValueError
         For a blank ``separator`` or ``control_label``, and for targets that cannot make a condition: an empty
-        (or blank) target, a target containing ``separator``, or a target named twice.
+        (or blank) target, a target containing ``separator`` (or, for a separator of several characters, beginning
+        or ending with part of it where the label would read as other targets), or a target named twice.
     """
     if isinstance(targets, str) or not hasattr(targets, "__len__"):
         msg = (
@@ -100,7 +101,15 @@ def canonical_label(targets: Sequence[str], *, separator: str = "+", control_lab
         raise ValueError(msg)
     if not names:
         return control_label
-    return separator.join(sorted(names))
+    label = separator.join(sorted(names))
+    if [t.strip() for t in label.split(separator)] != sorted(names):
+        # a multi-character separator can straddle two targets: ("A+", "B") with "++" is "A+++B", read as A, +B
+        msg = (
+            f"targets={list(targets)!r}: joined by {separator!r} they read as other targets ({label!r}), since a "
+            "target begins or ends with part of the separator. Pass another `separator`."
+        )
+        raise ValueError(msg)
+    return label
 
 
 @fill_doc
