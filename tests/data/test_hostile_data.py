@@ -136,3 +136,20 @@ def test_pseudobulk_min_cells_leaves_out_small_groups_only(sim):
     assert table.index.tolist() == ["big"]
     assert isinstance(table, pd.DataFrame)
     assert np.isfinite(table.to_numpy()).all()
+
+
+def test_simulation_and_label_helpers_name_wrong_arguments():
+    adata = scmech.data.simulate_perturbseq(200, 20, n_perturbations=3, n_combinations=0, seed=0)
+    with pytest.raises(TypeError, match=r"obs must be the DataFrame adata.obs of a simulation, got AnnData"):
+        scmech.data.simulation_group_keys(adata)
+    net = scmech.data.SimulatedNetwork.from_truth(adata.uns["truth"])
+    with pytest.raises(ValueError, match=r"efficacy=2.0 is out of range; expected values in \[0, 1\]"):
+        net.perturbation_factor(2.0)  # a production factor of -1
+    with pytest.raises(ValueError, match=r"x0 has shape \(5,\); pass one state per gene, shape \(20,\)"):
+        net.integrate(np.zeros(5), [0.0, 1.0])
+    with pytest.raises(TypeError, match=r"truth must be the dict adata.uns\['truth'\] of simulate_perturbseq"):
+        scmech.data.SimulatedNetwork.from_truth(None)
+    with pytest.raises(TypeError, match=r"is bytes, not text; decode it first"):
+        scmech.data.parse_condition(b"A")
+    with pytest.raises(TypeError, match=r"require_control='no' must be True or False"):
+        scmech.data.parse_perturbations(["NT", "A"], require_control="no")

@@ -107,3 +107,35 @@ def test_batch_matched_length_is_what_an_epoch_yields_and_every_cell_is_reached(
         batches = list(s)
         assert len(batches) == len(s)
         assert len(np.unique(np.concatenate(batches))) == n
+
+
+def test_sampler_and_train_name_wrong_arguments():
+    with pytest.raises(ValueError, match=r"batch_size=0 must be a positive integer \(cells per minibatch\)"):
+        PerturbationBatchSampler(
+            batch_labels=np.zeros(10),
+            condition_codes=np.zeros(10, int),
+            is_control=np.zeros(10, bool),
+            batch_size=0,
+            strategy="batch_matched",
+        )
+    with pytest.raises(ValueError, match=r"one value per training cell; got lengths 10, 9 and 10"):
+        PerturbationBatchSampler(
+            batch_labels=np.zeros(10),
+            condition_codes=np.zeros(9, int),
+            is_control=np.zeros(10, bool),
+            batch_size=4,
+            strategy="batch_matched",
+        )
+
+
+def test_an_unknown_train_argument_is_named_with_its_closest_ones():
+    import scmech
+
+    adata = scmech.data.simulate_perturbseq(n_cells=200, n_genes=20, n_perturbations=3, n_combinations=0, seed=0)
+    SemiMechVI.setup_anndata(adata)
+    model = SemiMechVI(adata, n_latent=4, n_hidden=16, field_hidden=8)
+    with pytest.raises(TypeError, match=r"train\(\) got unknown keyword argument\(s\) 'foo':"):
+        model.train(max_epochs=1, foo=1)
+    with pytest.raises(TypeError, match=r"'max_epoch' \(did you mean 'max_epochs'"):
+        model.train(max_epoch=1)
+    assert not model.is_trained_

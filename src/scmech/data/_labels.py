@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from scmech._docs import fill_doc
+from scmech._numbers import check_flag
 
 from ._label_checks import check_label_array, check_scalar_label, check_separator, check_unassigned_parts
 
@@ -161,6 +162,9 @@ def parse_condition(
             f"Perturbation label {label!r} in {where} is missing (NaN/None), not a label: fill it with the "
             "unassigned label (e.g. 'unassigned'), the control label or a target."
         )
+        raise TypeError(msg)
+    if isinstance(label, bytes | bytearray):
+        msg = f"Perturbation label {label!r} in {where} is bytes, not text; decode it first (label.decode())."
         raise TypeError(msg)
     check_scalar_label(label, key)
     check_separator(separator)
@@ -400,6 +404,7 @@ def parse_perturbations(
     TypeError
         For a label that is a list, tuple or other container.
     """
+    require_control = check_flag(require_control, "require_control")
     controls, unassigned = _label_options(control_label, separator, unassigned_label)
     ser = _label_series(labels, key)
     uniq, inverse = np.unique(ser.to_numpy(), return_inverse=True)

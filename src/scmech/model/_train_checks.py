@@ -401,3 +401,39 @@ def _check_batching(batching: str) -> None:
     if batching not in BATCHING:
         msg = f"batching={batching!r} is not one of {BATCHING}."
         raise ValueError(msg)
+
+
+def _check_trainer_names(trainer_kwargs: Mapping) -> None:
+    """Refuse a keyword argument of ``train`` that neither ``train`` nor a trainer takes, naming the closest ones.
+
+    ``train`` passes its other keyword arguments to scvi-tools' ``Trainer`` and on to Lightning's; an unknown one
+    failed there as "Trainer.__init__() got an unexpected keyword argument", naming a class the user never called.
+
+    Parameters
+    ----------
+    trainer_kwargs
+        ``train``'s other keyword arguments.
+
+    Raises
+    ------
+    TypeError
+        Naming each unknown argument and what it may have meant.
+    """
+    import difflib
+
+    import lightning.pytorch as pl
+    from scvi.train import Trainer
+
+    known = set(inspect.signature(Trainer.__init__).parameters) | set(inspect.signature(pl.Trainer.__init__).parameters)
+    known -= {"self", "kwargs"}
+    unknown = sorted(k for k in trainer_kwargs if k not in known)
+    if unknown:
+        close = {k: difflib.get_close_matches(k, sorted(known), n=2) for k in unknown}
+        hints = "; ".join(
+            f"{k!r} (did you mean {', '.join(map(repr, c))}?)" if c else repr(k) for k, c in close.items()
+        )
+        msg = (
+            f"train() got unknown keyword argument(s) {hints}: they are neither train's arguments nor those of the "
+            "trainer it passes the others to (scvi-tools' and Lightning's Trainer)."
+        )
+        raise TypeError(msg)

@@ -40,6 +40,7 @@ from ._train_checks import (
     _check_plan_keys,
     _check_plan_options,
     _check_train_arguments,
+    _check_trainer_names,
 )
 
 if TYPE_CHECKING:
@@ -161,6 +162,7 @@ class TrainingMixin:
         metrics = logged(self.module) if callable(logged) else None
         _check_plan_options(plan_kwargs, batching, metrics)
         _check_split_options(datasplitter_kwargs, train_size, validation_size, batching)
+        _check_trainer_names(trainer_kwargs)
         _check_accelerator(trainer_kwargs)
         _check_distributed_split(trainer_kwargs, datasplitter_kwargs, settings.seed)
         early_stopping = check_flag(early_stopping, "early_stopping")

@@ -17,6 +17,7 @@ targets, so that the model is compared with the strongest simple predictors of t
 from __future__ import annotations
 
 import logging
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -153,7 +154,8 @@ class TargetClassMean(TrainMean):
         gene_embedding: str = "training_data",
     ) -> None:
         super().__init__(adata)
-        if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+        whole = isinstance(k, numbers.Real) and not isinstance(k, bool | np.bool_) and np.isfinite(float(k))
+        if k is not None and not (whole and int(k) == k and k >= 1):
             msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
             raise ValueError(msg)
         self.k = None if k is None else int(k)

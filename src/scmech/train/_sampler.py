@@ -27,6 +27,8 @@ from scvi import settings
 from scvi.dataloaders import DataSplitter
 from torch.utils.data import DataLoader, Sampler
 
+from scmech._numbers import check_positive_int
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -104,7 +106,14 @@ class PerturbationBatchSampler(Sampler):
         self.batch_labels = np.asarray(batch_labels)
         self.condition_codes = np.asarray(condition_codes)
         self.is_control = np.asarray(is_control, dtype=bool)
-        self.batch_size = int(batch_size)
+        lengths = {len(self.batch_labels), len(self.condition_codes), len(self.is_control)}
+        if len(lengths) != 1:
+            msg = (
+                f"batch_labels, condition_codes and is_control must hold one value per training cell; got lengths "
+                f"{len(self.batch_labels)}, {len(self.condition_codes)} and {len(self.is_control)}."
+            )
+            raise ValueError(msg)
+        self.batch_size = check_positive_int(batch_size, "batch_size", hint=" (cells per minibatch), e.g. 128")
         self.strategy = strategy
         self.condition_weights = condition_weights
         self.min_controls = int(min_controls)

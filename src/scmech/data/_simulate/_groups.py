@@ -59,6 +59,9 @@ def simulation_group_keys(obs: pd.DataFrame, *, regime: str | None = None, batch
     >>> bool(set(keys) <= set(adata.uns["truth"]["mean_log"].index))
     True
     """
+    if not isinstance(obs, pd.DataFrame):
+        msg = f"obs must be the DataFrame adata.obs of a simulation, got {type(obs).__name__}; pass adata.obs."
+        raise TypeError(msg)
     if regime is None:
         regime = "dynamic" if "time" in obs.columns else "steady_state"
     if regime not in ("steady_state", "dynamic"):

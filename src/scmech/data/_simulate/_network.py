@@ -171,6 +171,9 @@ class SimulatedNetwork:
         The multiplier, shaped like ``efficacy``: :math:`1+a\eta` for ``"CRISPRa"``, :math:`1-\eta` otherwise.
         """
         eta = np.asarray(efficacy, dtype=np.float64)
+        if not np.all((eta >= 0.0) & (eta <= 1.0)):
+            msg = f"efficacy={efficacy!r} is out of range; expected values in [0, 1]."
+            raise ValueError(msg)
         return 1.0 + self.activation_strength * eta if self.modality == "CRISPRa" else 1.0 - eta
 
     def production(
@@ -512,6 +515,9 @@ class SimulatedNetwork:
         """
         t = np.asarray(t, dtype=np.float64).ravel()
         check_times(t, dt)
+        if np.shape(x0) != (self.n_genes,):
+            msg = f"x0 has shape {np.shape(x0)}; pass one state per gene, shape ({self.n_genes},)."
+            raise ValueError(msg)
         if onset_tau < 0:
             msg = f"onset_tau={onset_tau!r} is out of range; expected a value >= 0."
             raise ValueError(msg)
@@ -576,6 +582,9 @@ class SimulatedNetwork:
         -------
         The true network of the simulation.
         """
+        if not isinstance(truth, dict):
+            msg = f"truth must be the dict adata.uns['truth'] of simulate_perturbseq, got {type(truth).__name__}."
+            raise TypeError(msg)
         keys = ("W", "alpha", "gamma", "basal", "offset", "baseline", "media_effect", "systematic_program")
         missing = [k for k in keys if k not in truth]
         if missing:
