@@ -17,8 +17,9 @@ import pandas as pd
 from scmech._docs import fill_doc
 
 from ._checks import check_flag
-from ._labels import PerturbationDesign, canonical_label, parse_condition, parse_perturbations
+from ._labels import canonical_label, parse_condition
 from ._obs_checks import check_float32
+from ._perturbation_design import PerturbationDesign, parse_perturbations
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

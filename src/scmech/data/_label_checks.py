@@ -1,4 +1,4 @@
-"""Checks of perturbation labels and their conventions, shared by :mod:`scmech.data._labels`'s parsers.
+"""Checks of perturbation labels and their conventions, shared by the label parsers of :mod:`scmech.data`.
 
 Each refuses input that would otherwise parse into a wrong design without a word: a list or tuple stored as one
 label (it would become a target named after its ``repr``), a 2-D array of labels, a separator that is not a
