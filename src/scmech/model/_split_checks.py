@@ -78,7 +78,8 @@ def _external_sets(external) -> list[np.ndarray]:
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             whole = np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
             if not whole:
-                msg = f"external_indexing[{k}] holds {arr.dtype} values (e.g. {arr.ravel()[0]!r}), not positions; {fix}"
+                first = arr.ravel()[0].item()
+                msg = f"external_indexing[{k}] holds {arr.dtype} values (e.g. {first!r}), not positions; {fix}"
                 raise ValueError(msg)
         arr = arr.astype(int).ravel()
         if len(np.unique(arr)) != len(arr):
