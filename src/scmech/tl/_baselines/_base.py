@@ -46,7 +46,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
     """Shared machinery: training pseudobulks, request parsing, contexts and the prediction AnnData."""
 
     #: whether every prediction is the control level (:class:`~scmech.tl.ControlMean`)
-    predicts_control_level: bool = False
+    _predicts_control_level: bool = False
 
     def __init__(self, adata: AnnData | MuData) -> None:
         super().__init__(adata)
@@ -460,7 +460,7 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                 skipped.append((label, str(e).strip("'\"")))
                 continue
             shift, _ = self._context_shift(batch, m, t, mt)
-            if not targets or self.predicts_control_level:
+            if not targets or self._predicts_control_level:
                 # the control level of a context is its own controls' pseudobulk: those are the cells it rests on
                 n_used = self._n_context_controls(batch, m, t, mt) or n_used
             # summed changes (Additive, a context's shift) that would take a gene below zero expression predict that

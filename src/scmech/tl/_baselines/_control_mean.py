@@ -32,7 +32,7 @@ class ControlMean(_PseudobulkBaseline):
     >>> pred = model.predict(split.test_conditions)
     """
 
-    predicts_control_level = True
+    _predicts_control_level = True
 
     def __init__(self, adata: AnnData | MuData) -> None:
         super().__init__(adata)
