@@ -125,6 +125,11 @@ def test_pseudobulk_by_hand():
         pseudobulk(adata, pd.Series(adata.obs["g"].to_numpy(), index=[f"x{i}" for i in range(adata.n_obs)]))
     with pytest.raises(ValueError, match=r"adata has no cells"):
         pseudobulk(adata[:0].copy(), "g")
+    empty = pseudobulk(adata[:0].copy(), "g", groups=["A"], allow_empty=True)  # the NaN row allow_empty promises
+    assert empty.index.tolist() == ["A"]
+    assert empty.isna().all().all()
+    with pytest.raises(ValueError, match=r"groupby has 3 labels for \d+ cells"):
+        pseudobulk(adata, pd.Series(["A", "B", "A"]))
 
 
 def test_missing_labels_are_refused_unless_groups_are_given():

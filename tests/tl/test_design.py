@@ -536,5 +536,10 @@ def test_recommend_batches_takes_numpy_scalars_and_refuses_numpy_nan_labels():
     assert recommend_batches(3, 2, np.float64(500), time_points={0, 1}).table.equals(
         recommend_batches(3, 2, 500, time_points=[0, 1]).table
     )
+    # a 0-d array is one time point; a set of media is sorted (a set's own order varies between runs)
+    assert recommend_batches(3, 2, 500, time_points=np.array(1)).table.equals(one.table)
+    assert recommend_batches(3, 2, 500, media={"m1", "m0"}).table.equals(
+        recommend_batches(3, 2, 500, media=["m0", "m1"]).table
+    )
     with pytest.raises(ValueError, match=r"perturbations has 1 missing \(None/NaN\) label"):
         recommend_batches(["A", np.float32("nan")], 2, 500)

@@ -90,23 +90,51 @@ def test_batch_matched_needs_a_batch_key():
         model.train(max_epochs=1, batching="sorted")
 
 
-@pytest.mark.parametrize(("n_batches", "batch_size"), [(10, 128), (3, 16), (1, 64), (7, 50)])
-def test_batch_matched_length_is_what_an_epoch_yields_and_every_cell_is_reached(n_batches, batch_size):
-    # Lightning stops an epoch at len(sampler): a length below the yield left a fifth of the cells untrained
-    rng = np.random.default_rng(0)
-    n = 1000
+def _epoch(labels, is_control, batch_size, **kwargs) -> tuple[PerturbationBatchSampler, list]:
     s = PerturbationBatchSampler(
-        batch_labels=np.repeat(np.arange(n_batches), -(-n // n_batches))[:n],
-        condition_codes=np.zeros(n, dtype=int),
-        is_control=rng.random(n) < 0.1,
+        batch_labels=labels,
+        condition_codes=np.zeros(len(labels), dtype=int),
+        is_control=is_control,
         batch_size=batch_size,
         strategy="batch_matched",
+        **kwargs,
     )
+    return s, list(s)
+
+
+@pytest.mark.parametrize(
+    ("labels", "controls", "batch_size"),
+    [
+        (np.repeat(np.arange(10), 100), 0.1, 128),
+        (np.repeat(np.arange(3), 334)[:1000], 0.1, 16),
+        (np.zeros(1000, dtype=int), 0.1, 64),
+        (np.repeat(np.arange(7), 143)[:1000], 0.1, 50),
+        (np.zeros(100, dtype=int), 0.1, 8),  # min_controls=8 would fill every minibatch with controls
+        (np.zeros(301, dtype=int), 300 / 301, 128),  # one perturbed cell among 300 controls
+        (np.r_[np.zeros(183, dtype=int), np.ones(17, dtype=int)], 0.0, 16),  # a batch of 17 = 16 + 1 cells
+        (np.zeros(33, dtype=int), 1.0, 16),  # controls only: 16 + 16 + 1
+    ],
+)
+def test_batch_matched_reaches_every_cell_in_minibatches_of_at_least_two(labels, controls, batch_size):
+    # Lightning stops an epoch at len(sampler): a length below the yield left a fifth of the cells untrained, and
+    # a minibatch of one cell stops batch normalisation
+    n = len(labels)
+    is_control = np.zeros(n, dtype=bool)
+    is_control[: round(controls * n)] = True
+    is_control = np.random.default_rng(0).permutation(is_control)
+    s, _ = _epoch(labels, is_control, batch_size)
     for epoch in range(2):
         s.set_epoch(epoch)
         batches = list(s)
         assert len(batches) == len(s)
         assert len(np.unique(np.concatenate(batches))) == n
+        assert min(len(mb) for mb in batches) >= 2
+        assert all(len(set(labels[mb])) == 1 for mb in batches)  # each minibatch within one wet-lab batch
+
+
+def test_batch_matched_refuses_a_batch_of_one_cell():
+    with pytest.raises(ValueError, match=r"Wet-lab batch 1 \(its code among the registered batches\) has a single"):
+        _epoch(np.r_[np.zeros(20, dtype=int), 1], np.zeros(21, dtype=bool), 8)
 
 
 def test_sampler_and_train_name_wrong_arguments():
@@ -139,3 +167,6 @@ def test_an_unknown_train_argument_is_named_with_its_closest_ones():
     with pytest.raises(TypeError, match=r"'max_epoch' \(did you mean 'max_epochs'"):
         model.train(max_epoch=1)
     assert not model.is_trained_
+    # what scvi-tools' training takes besides its trainers is no unknown argument
+    model.train(max_epochs=1, load_sparse_tensor=False, shuffle_set_split=True, enable_progress_bar=False)
+    assert model.is_trained_

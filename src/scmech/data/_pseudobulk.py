@@ -169,10 +169,11 @@ def pseudobulk(
     adata
         Annotated data matrix (not modified).
     groupby
-        An ``obs`` column, or a per-cell array of group labels. Labels are compared as strings. Cells with a
-        missing (NaN/None) label belong to no group: with ``groups=None`` they are refused (fill or drop them
-        first, as for ``setup_anndata``); with ``groups`` given they are left out like any other cell outside
-        ``groups``.
+        An ``obs`` column, or a per-cell array of group labels (a :class:`pandas.Series` indexed by
+        ``obs_names`` is matched to the cells by its index, in any order; one with a default ``RangeIndex`` by
+        position). Labels are compared as strings. Cells with a missing (NaN/None) label belong to no group:
+        with ``groups=None`` they are refused (fill or drop them first, as for ``setup_anndata``); with
+        ``groups`` given they are left out like any other cell outside ``groups``.
     layer
         %(layer)s
     counts
@@ -204,13 +205,17 @@ def pseudobulk(
     ValueError
         For a non-positive or non-finite ``target_sum``, missing labels with ``groups=None``, a ``min_cells``
         that no group reaches (with ``groups=None``), non-count data with ``counts=True``, NaN or infinite
-        values, and invalid size factors.
+        values, invalid size factors, a Series ``groupby`` indexed by other names, and an AnnData without cells
+        (unless ``groups`` is given with ``allow_empty=True``).
     """
     counts = check_flag(counts, "counts")
     allow_empty = check_flag(allow_empty, "allow_empty")
     _check_args(target_sum, min_cells, groups)
-    if adata.n_obs == 0:
-        msg = "adata has no cells: there is nothing to pseudobulk. Check the selection that made it."
+    if adata.n_obs == 0 and not (allow_empty and groups is not None):
+        msg = (
+            "adata has no cells: there is nothing to pseudobulk. Check the selection that made it, or pass groups= "
+            "with allow_empty=True for NaN rows."
+        )
         raise ValueError(msg)
     labels, what = _group_labels(adata, groupby)
     missing_label = np.asarray([lab is None for lab in labels])
@@ -441,6 +446,8 @@ def _aligned(adata: AnnData, labels: pd.Series) -> pd.Series:
     by position would give the groups other cells.
     """
     names = pd.Index(adata.obs_names)
+    if len(labels) != adata.n_obs:
+        return labels  # the length check of the labels names the problem
     if labels.index.equals(names) or (isinstance(labels.index, pd.RangeIndex) and len(labels) == adata.n_obs):
         return labels
     if len(labels) == adata.n_obs and labels.index.is_unique and labels.index.isin(names).all():

@@ -254,7 +254,7 @@ def _check_network_genes(genes, names: pd.Index) -> list[str] | None:
     """
     if genes is None:
         return None
-    if not isinstance(genes, str | Iterable):
+    if not isinstance(genes, str | Iterable) or (isinstance(genes, np.ndarray) and genes.ndim == 0):
         msg = f"genes={genes!r} must be a gene name or a list of gene names (var_names), or None for every gene."
         raise TypeError(msg)
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]

@@ -406,8 +406,9 @@ def _check_batching(batching: str) -> None:
 def _check_trainer_names(trainer_kwargs: Mapping) -> None:
     """Refuse a keyword argument of ``train`` that neither ``train`` nor a trainer takes, naming the closest ones.
 
-    ``train`` passes its other keyword arguments to scvi-tools' ``Trainer`` and on to Lightning's; an unknown one
-    failed there as "Trainer.__init__() got an unexpected keyword argument", naming a class the user never called.
+    ``train`` passes its other keyword arguments to scvi-tools' ``UnsupervisedTrainingMixin.train`` (for example
+    ``load_sparse_tensor``), its ``Trainer`` and on to Lightning's; an unknown one failed there as
+    "Trainer.__init__() got an unexpected keyword argument", naming a class the user never called.
 
     Parameters
     ----------
@@ -422,10 +423,13 @@ def _check_trainer_names(trainer_kwargs: Mapping) -> None:
     import difflib
 
     import lightning.pytorch as pl
+    from scvi.model.base import UnsupervisedTrainingMixin
     from scvi.train import Trainer
 
-    known = set(inspect.signature(Trainer.__init__).parameters) | set(inspect.signature(pl.Trainer.__init__).parameters)
-    known -= {"self", "kwargs"}
+    known = set()
+    for f in (UnsupervisedTrainingMixin.train, Trainer.__init__, pl.Trainer.__init__):
+        known |= set(inspect.signature(f).parameters)
+    known -= {"self", "kwargs", "trainer_kwargs"}
     unknown = sorted(k for k in trainer_kwargs if k not in known)
     if unknown:
         close = {k: difflib.get_close_matches(k, sorted(known), n=2) for k in unknown}
@@ -434,6 +438,6 @@ def _check_trainer_names(trainer_kwargs: Mapping) -> None:
         )
         msg = (
             f"train() got unknown keyword argument(s) {hints}: they are neither train's arguments nor those of the "
-            "trainer it passes the others to (scvi-tools' and Lightning's Trainer)."
+            "scvi-tools training and trainer it passes the others to (scvi-tools' and Lightning's Trainer)."
         )
         raise TypeError(msg)

@@ -9,8 +9,8 @@
   updated after every epoch from the running error of the dynamics on that condition (the distance between the
   encoded cells and the read-out of their protocol); controls keep weight 1.
 
-An epoch holds ``ceil(n / batch_size)`` minibatches (``"batch_matched"``: that many and one partial minibatch per
-wet-lab batch at most, the number the sampler's length reports, so that Lightning reaches every cell). All
+An epoch holds ``ceil(n / batch_size)`` minibatches (``"batch_matched"``: as many as it takes to place every cell
+of each wet-lab batch, the number the sampler's length reports, so that Lightning reaches every cell). All
 strategies are seeded and split the minibatches across processes under distributed (DDP) training: process ``r``
 of ``w`` takes every ``w``-th minibatch.
 """
@@ -137,7 +137,7 @@ class PerturbationBatchSampler(Sampler):
 
     def __len__(self) -> int:
         if self.strategy == "batch_matched":
-            n_batches = sum(n_mb for _, _, _, n_mb in self._batch_plan())
+            n_batches = sum(len(chunks) for _, chunks in self._batch_plan())
         else:
             n_batches = math.ceil(self.n / self.batch_size)
         if self.distributed:
@@ -145,40 +145,61 @@ class PerturbationBatchSampler(Sampler):
             return math.ceil(n_batches / world)
         return n_batches
 
-    def _batch_plan(self) -> list[tuple[np.ndarray, int, int, int]]:
-        """Per wet-lab batch: its cells, the controls and other cells per minibatch, and its number of minibatches.
+    def _batch_plan(self) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
+        """Per wet-lab batch: its cells, and the number of its other cells and of its controls in each minibatch.
 
         Every minibatch of a batch holds ``k_c`` of its controls (its share of the batch, at least ``min_controls``
-        when it has them) and ``k_o`` of its other cells; a batch gives ``ceil(others / k_o)`` minibatches, at least
-        one, so that an epoch holds a few more than ``ceil(n / batch_size)`` (one partial minibatch per batch).
-        The plan does not depend on the seed: :meth:`__len__` reports the number :meth:`__iter__` yields.
+        when it has them, and at most ``batch_size - 1`` when it has other cells, so that there is room for them)
+        and up to ``batch_size - k_c`` of its other cells, until all of its other cells are placed; controls not yet
+        placed then fill minibatches of their own. Every cell is trained on in every epoch (controls repeat where
+        they are fewer than their slots). A last minibatch of one cell joins the one before it: batch normalisation
+        cannot train on a single cell. The plan does not depend on the seed, so :meth:`__len__` reports the number
+        of minibatches :meth:`__iter__` yields.
+
+        Raises
+        ------
+        ValueError
+            For a wet-lab batch of a single training cell: its only minibatch would hold one cell.
         """
         plan = []
+        bs = self.batch_size
         for b in np.unique(self.batch_labels):
             in_b = self.batch_labels == b
+            n_b = int(in_b.sum())
             n_ctrl = int((in_b & self.is_control).sum())
-            n_other = int(in_b.sum()) - n_ctrl
-            share = n_ctrl / max(int(in_b.sum()), 1)
-            k_c = min(n_ctrl, max(self.min_controls, round(share * self.batch_size)), self.batch_size)
-            k_o = self.batch_size - k_c
-            n_mb = max(1, math.ceil(n_other / k_o)) if k_o > 0 else max(1, math.ceil(n_ctrl / self.batch_size))
-            plan.append((in_b, k_c, k_o, n_mb))
+            n_other = n_b - n_ctrl
+            if n_b == 1:
+                msg = (
+                    f"Wet-lab batch {b.item() if isinstance(b, np.generic) else b!r} (its code among the registered "
+                    "batches) has a "
+                    "single training cell: batching='batch_matched' keeps every minibatch "
+                    "within one batch, and a minibatch of one cell cannot be trained on (batch normalisation). Give "
+                    "the batch more cells, merge it with another, or use batching='random'."
+                )
+                raise ValueError(msg)
+            chunks = []
+            if n_other:
+                k_c = min(n_ctrl, max(self.min_controls, round(n_ctrl / n_b * bs)), bs - 1)
+                k_o = bs - k_c
+                chunks = [(min(k_o, n_other - start), k_c) for start in range(0, n_other, k_o)]
+            left = n_ctrl - sum(c for _, c in chunks)
+            chunks += [(0, min(bs, left - start)) for start in range(0, max(left, 0), bs)]
+            if len(chunks) > 1 and sum(chunks[-1]) == 1:
+                (o1, c1), (o2, c2) = chunks[-2], chunks.pop()
+                chunks[-1] = (o1 + o2, c1 + c2)
+            plan.append((in_b, chunks))
         return plan
 
     def _batch_matched(self, rng: np.random.Generator) -> list[np.ndarray]:
         out = []
-        for in_b, k_c, k_o, n_mb in self._batch_plan():
+        for in_b, chunks in self._batch_plan():
             ctrl = rng.permutation(np.flatnonzero(in_b & self.is_control))
             other = rng.permutation(np.flatnonzero(in_b & ~self.is_control))
-            pos_c = 0
-            for j in range(n_mb):
-                chunk = other[j * k_o : (j + 1) * k_o] if k_o > 0 else other[:0]
-                if len(ctrl):
-                    take = np.take(ctrl, np.arange(pos_c, pos_c + k_c), mode="wrap")
-                    pos_c += k_c
-                    chunk = np.concatenate([chunk, take])
-                if len(chunk):
-                    out.append(np.unique(chunk))
+            pos_o = pos_c = 0
+            for n_o, n_c in chunks:
+                take = np.take(ctrl, np.arange(pos_c, pos_c + n_c), mode="wrap") if n_c else ctrl[:0]
+                out.append(np.unique(np.concatenate([other[pos_o : pos_o + n_o], take])))
+                pos_o, pos_c = pos_o + n_o, pos_c + n_c
         order = rng.permutation(len(out))
         return [out[i] for i in order]
 

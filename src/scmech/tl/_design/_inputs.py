@@ -112,14 +112,25 @@ def _check_time_points(tp: list, given: object) -> None:
         raise ValueError(msg)
 
 
+def _levels(values: object) -> list:
+    """Return one level or a collection of levels as a list; a set sorted (its own order varies between runs)."""
+    if (
+        isinstance(values, str)
+        or not isinstance(values, Iterable)
+        or np.ndim(values) == 0
+        and not isinstance(values, set | frozenset)
+    ):
+        return [values.item() if isinstance(values, np.ndarray | np.generic) else values]
+    return sorted(values) if isinstance(values, set | frozenset) else list(values)
+
+
 def _contexts(
     time_points: Sequence[float] | float | None, media: Sequence[str] | str | None
 ) -> tuple[list[tuple], list[str]]:
     """All (time point, medium) combinations and the names of the given levels (``[()]``, ``[]`` for none)."""
     levels, names = [], []
     if time_points is not None:
-        one = isinstance(time_points, str) or not isinstance(time_points, Iterable)
-        tp = [time_points] if one else list(time_points)
+        tp = _levels(time_points)
         _check_time_points(tp, time_points)
         if not tp or len(set(tp)) != len(tp):
             msg = f"time_points must be a non-empty list of distinct time points, got {time_points!r}."
@@ -127,7 +138,7 @@ def _contexts(
         levels.append(tp)
         names.append("time")
     if media is not None:
-        md = [media] if isinstance(media, str) else [str(m) for m in media]
+        md = [str(m) for m in _levels(media)]
         if not md or len(set(md)) != len(md):
             msg = f"media must be a non-empty list of distinct media, got {media!r}."
             raise ValueError(msg)

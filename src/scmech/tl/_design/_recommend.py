@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +18,7 @@ from scmech.tl._seeds import check_seed
 
 from ._allocation import _allocate, _expected_errors, _naive
 from ._batch_design import BatchDesign
-from ._inputs import _check_batch_arguments, _contexts, _perturbation_labels
+from ._inputs import _check_batch_arguments, _contexts, _levels, _perturbation_labels
 from ._power import _z
 from ._sizing import _default_control_fraction, _size_for_target, _size_to_capacity
 from ._variance import _unknown_batch_message, resolve_variance
@@ -390,5 +389,5 @@ def _as_levels(values: Any) -> list | None:
     """Return a level or a sequence of levels as a list (``None`` as it is), numpy scalars as Python numbers."""
     if values is None:
         return None
-    values = [values] if isinstance(values, str) or not isinstance(values, Iterable) else list(values)
+    values = _levels(values)
     return [v.item() if isinstance(v, np.generic) else v for v in values]
