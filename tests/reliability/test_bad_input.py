@@ -311,7 +311,7 @@ def test_a_mudata_model_refuses_an_anndata_query(rel):
         model.get_latent_representation(adata=rna)
 
 
-def test_a_mudata_query_is_checked_as_at_setup(rel):
+def test_a_mudata_query_is_checked_as_at_setup(rel, tmp_path):
     rna = rel.small()
     SemiMechVI.setup_mudata(md.MuData({"rna": rna.copy()}), batch_key="batch")
     mdata = md.MuData({"rna": rna.copy()})
@@ -331,6 +331,11 @@ def test_a_mudata_query_is_checked_as_at_setup(rel):
     missing.obs["batch"] = values
     with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
         model.get_latent_representation(md.MuData({"rna": missing}))
+    # and a MuData the saved model is loaded with, where scvi-tools' transfer failed inside numpy
+    path = tmp_path / "m"
+    model.save(path)
+    with pytest.raises(ValueError, match=r"obs\['batch'\] has 1 missing \(NaN\) batch values"):
+        SemiMechVI.load(path, adata=md.MuData({"rna": missing}))
 
 
 def test_a_mudata_model_does_not_label_its_genes_with_other_modalities(rel):

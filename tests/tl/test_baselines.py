@@ -443,8 +443,9 @@ def test_target_class_mean_is_the_mean_of_the_measured_or_nearest_training_targe
     np.testing.assert_allclose(near.predict(["C"]).X[0], pb.loc[nearest].to_numpy(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="k=0 must be a positive integer"):
         tl.TargetClassMean(adata, k=0)  # adata was registered above
-    for k in (float("nan"), [3], "3", True):
-        with pytest.raises(ValueError, match=r"must be a positive integer \(nearest training targets\)"):
+    bad = ((float("nan"), ValueError), (2.5, ValueError), ([3], TypeError), ("3", TypeError), (True, TypeError))
+    for k, err in bad:
+        with pytest.raises(err, match=r"must be a positive integer \(nearest training targets\)"):
             tl.TargetClassMean(adata, k=k)
 
 

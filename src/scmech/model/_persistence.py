@@ -22,6 +22,7 @@ import torch
 from scvi.data import _constants
 
 from ._argument_checks import check_flag
+from ._modalities import _resolve_modalities
 from ._persistence_files import _build_saved, _check_prefix, _read_weights, _unchanged_on_failure, _weights_file
 from ._persistence_metadata import (
     ADATA,
@@ -37,7 +38,7 @@ from ._persistence_metadata import (
     _read_model_metadata,
 )
 from ._serialisation import from_jsonable, persistable, to_jsonable
-from ._setup_checks import check_saved_columns
+from ._setup_checks import check_context_columns, check_saved_columns
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -295,6 +296,13 @@ class SafeSaveLoadMixin:
         method = registry.get("setup_method_name", "setup_anndata")
         if method == "setup_anndata":
             check_saved_columns(adata, setup)
+        elif hasattr(adata, "mod"):
+            modalities, _ = _resolve_modalities(adata, setup.get("modalities"), setup)
+            for mod in {modalities.get(arg) for arg in ("batch_key", "media_key")} - {None}:
+                # each context column where setup_mudata reads it (a modality's obs); the setup args name the columns
+                check_context_columns(
+                    adata.mod[mod], {a: setup.get(a) for a in ("batch_key", "media_key") if modalities.get(a) == mod}
+                )
         try:
             getattr(cls, method)(adata, source_registry=registry, **setup)
         except ValueError as e:

@@ -154,8 +154,10 @@ class TargetClassMean(TrainMean):
         gene_embedding: str = "training_data",
     ) -> None:
         super().__init__(adata)
-        whole = isinstance(k, numbers.Real) and not isinstance(k, bool | np.bool_) and np.isfinite(float(k))
-        if k is not None and not (whole and int(k) == k and k >= 1):
+        if k is not None and (isinstance(k, bool | np.bool_) or not isinstance(k, numbers.Real)):
+            msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
+            raise TypeError(msg)
+        if k is not None and not (np.isfinite(float(k)) and int(k) == k and k >= 1):
             msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
             raise ValueError(msg)
         self.k = None if k is None else int(k)
