@@ -124,6 +124,18 @@ def test_metadata_that_is_a_folder_or_too_deep_is_refused(model, saved, tmp_path
         SemiMechVI.load(path, adata=model.adata)
 
 
+def test_a_time_unit_no_training_writes_is_refused(model, saved, tmp_path):
+    # a time unit of 0 loaded, and predict failed asking for 3.4e38 integration steps
+    path = _copy(saved, tmp_path / "m")
+    saved_file = torch.load(path / "model.pt", weights_only=True)
+    state = saved_file["model_state_dict"]
+    name = next(k for k in state if k.endswith("time_unit"))
+    state[name] = torch.zeros_like(state[name])
+    torch.save(saved_file, path / "model.pt")
+    with pytest.raises(ValueError, match=r"hold a time unit of 0, which no training writes .*damaged or was altered"):
+        SemiMechVI.load(path, adata=model.adata)
+
+
 class _Payload:
     """Unpickling this runs code: what an attacker would put in a weights file."""
 

@@ -268,6 +268,7 @@ class SafeSaveLoadMixin:
             except RuntimeError as e:
                 msg = f"The weights in {w_path} do not fit this model's architecture: {e}"
                 raise ValueError(msg) from e
+            _check_weight_values(model.module, w_path)
         for name, value in attrs.items():
             setattr(model, name, value)
         _locate_split_cells(model, meta["cells"])
@@ -512,3 +513,17 @@ def _version() -> str:
         return version("scmech")
     except PackageNotFoundError:  # pragma: no cover
         return "unknown"
+
+
+def _check_weight_values(module, w_path: Path) -> None:
+    """Refuse a time unit that is not positive, which no training writes (NaN weights are refused when read).
+
+    Such a file (altered, or damaged) loaded, and ``predict`` then failed asking for 3.4e38 integration steps.
+    """
+    unit = getattr(module, "time_unit", None)
+    if unit is not None and not float(unit) > 0:
+        msg = (
+            f"The weights in {w_path} hold a time unit of {float(unit):g}, which no training writes (it is positive): "
+            "the file is damaged or was altered. Save the model again."
+        )
+        raise ValueError(msg)
