@@ -771,7 +771,8 @@ def test_a_target_without_prior_information_is_exchangeable_with_the_training_ta
 
 
 def test_rows_sharing_a_correction_get_exactly_what_each_plan_gives_alone():
-    from scmech.model._anchoring import ControlLevel, Observed, UnseenTarget, anchor_rows
+    from scmech.model._anchor_planning import anchor_rows
+    from scmech.model._anchoring import ControlLevel, Observed, UnseenTarget
 
     rng = np.random.default_rng(0)
     ctx = Context(None)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._anchoring import Observations, SharedCorrection, anchor_rows, anchored_control, plan_anchoring, row_of
+from ._anchor_planning import anchor_rows, anchored_control, plan_anchoring, row_of
+from ._anchoring import Observations, SharedCorrection
 
 if TYPE_CHECKING:
     import numpy as np
