@@ -97,13 +97,7 @@ def media_carry_residuals(
     """
     if len(reference) < min_targets + 1:
         return None
-    y_c = np.stack([_value(obs.get(q, context)) for q in reference])
-    y_s = [np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources]
-    out = np.empty_like(y_c)
-    for k in range(len(reference)):
-        rest = np.arange(len(reference)) != k
-        out[k] = y_c[k] - _apply_carry(*_fit_carry(y_c[rest], [y[rest] for y in y_s]), [y[k] for y in y_s])
-    return out
+    return model_free_carry(obs, context, sources, reference).residuals(min_targets)
 
 
 class ModelFreeCarry(NamedTuple):
@@ -115,6 +109,9 @@ class ModelFreeCarry(NamedTuple):
 
     mean: np.ndarray
     sources: tuple[tuple[Context, np.ndarray, float], ...]
+    #: the reference perturbations' observations in the context, and in each source (read once, for the residuals)
+    y_c: np.ndarray
+    y_s: tuple[np.ndarray, ...]
 
     def centre(self, obs: Observations, label: str) -> np.ndarray:
         """Return the model-free carry-over of ``label`` (:func:`media_carry_residuals`' centre)."""
@@ -122,15 +119,26 @@ class ModelFreeCarry(NamedTuple):
             self.mean, [(m, rho) for _, m, rho in self.sources], [_value(obs.get(label, s)) for s, _, _ in self.sources]
         )
 
+    def residuals(self, min_targets: int = 3) -> np.ndarray | None:
+        """Each reference perturbation less its carry-over fitted without it (:func:`media_carry_residuals`)."""
+        y_c, y_s = self.y_c, self.y_s
+        if len(y_c) < min_targets + 1:
+            return None
+        out = np.empty_like(y_c)
+        for k in range(len(y_c)):
+            rest = np.arange(len(y_c)) != k
+            out[k] = y_c[k] - _apply_carry(*_fit_carry(y_c[rest], [y[rest] for y in y_s]), [y[k] for y in y_s])
+        return out
+
 
 def model_free_carry(
     obs: Observations, context: Context, sources: tuple[Context, ...], reference: tuple[str, ...]
 ) -> ModelFreeCarry:
     """Fit the model-free carry-over into ``context`` from ``sources`` on the ``reference`` perturbations."""
     y_c = np.stack([_value(obs.get(q, context)) for q in reference])
-    y_s = [np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources]
-    mean, terms = _fit_carry(y_c, y_s)
-    return ModelFreeCarry(mean, tuple((s, m, rho) for s, (m, rho) in zip(sources, terms, strict=True)))
+    y_s = tuple(np.stack([_value(obs.get(q, s)) for q in reference]) for s in sources)
+    mean, terms = _fit_carry(y_c, list(y_s))
+    return ModelFreeCarry(mean, tuple((s, m, rho) for s, (m, rho) in zip(sources, terms, strict=True)), y_c, y_s)
 
 
 def _fit_carry(y_c: np.ndarray, y_s: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:

@@ -11,7 +11,7 @@ import numpy as np
 from scmech._constants import SCMECH_ADATA_KEYS
 
 from ._anchoring import Combination, Observed, OtherMedia, TimeNeighbours, UnseenTarget, _value
-from ._calibration import media_carry_residuals, model_free_carry
+from ._calibration import model_free_carry
 from ._intervals import conformal_bounds, conformal_range
 from ._own_gene import _level_after, _levels, own_effects
 from ._protocols import Context
@@ -70,7 +70,7 @@ class IntervalMixin:
                 lo, hi, centre = cache[plan]
             elif isinstance(plan, Combination):
                 if plan not in cache:
-                    cache[plan] = _combination_bounds(plan, observations, level, logx.shape[1])
+                    cache[plan] = _infinite_without(plan.residuals(observations), level, logx.shape[1])
                 lo, hi = cache[plan]
                 centre = plan.centre(requested[i], observations)
             elif isinstance(plan, TimeNeighbours) and plan.with_controls:
@@ -79,9 +79,9 @@ class IntervalMixin:
                 lo, hi = cache[plan]
                 centre = _interpolated(plan, observations, requested[i].label)
             elif isinstance(plan, OtherMedia) and plan.calibrated(observations):
-                if plan not in cache:  # the bounds and the carry-over, fitted once for the plan's rows
+                if plan not in cache:  # the carry-over and its bounds, fitted once for the plan's rows
                     carry = model_free_carry(observations, plan.context, plan.sources, plan.reference)
-                    cache[plan] = (*_media_bounds(plan, observations, level, logx.shape[1]), carry)
+                    cache[plan] = (*_infinite_without(carry.residuals(), level, logx.shape[1]), carry)
                 lo, hi, carry = cache[plan]
                 centre = carry.centre(observations, requested[i].label)
             else:
@@ -284,22 +284,13 @@ class IntervalMixin:
         )
 
 
-def _combination_bounds(
-    plan: Combination, observations: Observations, level: float, n_genes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Conformal bounds of the training combinations' observed interactions; infinite without any."""
-    residuals = plan.residuals(observations)
-    if residuals is None:
-        return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
-    return conformal_bounds(residuals, level)
+def _infinite_without(residuals: np.ndarray | None, level: float, n_genes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Conformal bounds of a plan's ``residuals`` (its references x genes); infinite without any.
 
-
-def _media_bounds(
-    plan: OtherMedia, observations: Observations, level: float, n_genes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Conformal bounds of the reference perturbations' carry-over residuals; infinite with too few of them."""
-    residuals = media_carry_residuals(observations, plan.context, plan.sources, plan.reference)
-    if residuals is None:
+    The residuals of the training combinations' interactions, of the reference perturbations' carry-over from other
+    media, or of the perturbations observed at the row's time from their interpolated changes.
+    """
+    if residuals is None or not len(residuals):
         return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
     return conformal_bounds(residuals, level)
 
@@ -324,12 +315,10 @@ def _time_bounds(plan: TimeNeighbours, observations: Observations, level: float,
     :func:`_interpolated`; infinite without any. The interpolation has no fitted parameter, so their residuals are
     exchangeable with the row's: split-conformal bounds, at least the level for a row exchangeable with them.
     """
-    members = _time_members(plan, observations)
-    if not members:
-        return np.full(n_genes, -np.inf), np.full(n_genes, np.inf)
     here = plan.context
-    residuals = np.stack([_value(observations.get(q, here)) - _interpolated(plan, observations, q) for q in members])
-    return conformal_bounds(residuals, level)
+    members = _time_members(plan, observations)
+    residuals = [_value(observations.get(q, here)) - _interpolated(plan, observations, q) for q in members]
+    return _infinite_without(np.stack(residuals) if residuals else None, level, n_genes)
 
 
 def _time_members(plan: TimeNeighbours, observations: Observations) -> list[str]:
