@@ -28,6 +28,7 @@ __all__ = [
     "effect_reaching",
     "effect_weights",
     "half_sample_mode",
+    "modality_sign",
     "own_calibration",
     "own_effects",
     "own_gene_effect",
@@ -377,6 +378,11 @@ def own_gene_model(
     return "level" if err["level"] < err["scale"] else "scale"
 
 
+def modality_sign(modality: str | None) -> float:
+    """Direction a modality moves its target's own gene: -1 (CRISPRko, CRISPRi), +1 (CRISPRa), 0 when unknown."""
+    return {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
+
+
 def own_calibration(values: list[float], modality: str | None) -> tuple[float, float]:
     """Median and robust spread of the training targets' direct own-gene effects, signed by the modality.
 
@@ -388,7 +394,7 @@ def own_calibration(values: list[float], modality: str | None) -> tuple[float, f
     v = np.asarray(values, dtype=np.float64)
     med = float(np.median(v))
     sd = _spread(v)
-    sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
+    sign = modality_sign(modality)
     if sign and med * sign < 0:
         logger.warning(
             "The training targets' own-gene effects have median %.3g, against the registered modality %r; "

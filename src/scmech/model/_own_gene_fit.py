@@ -17,6 +17,7 @@ from ._own_gene import (
     _levels,
     centre_effect,
     effect_reaching,
+    modality_sign,
     own_calibration,
     own_effects,
     own_gene_effect,
@@ -328,7 +329,7 @@ class OwnGeneMixin:
         eta = _levels(settings.levels)
         here = np.asarray(target.value, dtype=np.float64)[genes]
         modality = self.adata_manager.registry["setup_args"].get("perturbation_modality")
-        sign = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}.get(modality or "", 0.0)
+        sign = modality_sign(modality)
         levels = []
         for s in sources:
             y, y0 = observations.get(label, s), observations.control(s)

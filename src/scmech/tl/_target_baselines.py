@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from scmech.data._embedding import pseudobulk_gene_embedding
-from scmech.model._own_gene import half_sample_mode
+from scmech.model._own_gene import half_sample_mode, modality_sign
 
 from ._baselines import TrainMean
 from ._baselines._checks import check_embedding, check_positive_int
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["OwnGene", "TargetClassMean"]
-
-_SIGN = {"CRISPRko": -1.0, "CRISPRi": -1.0, "CRISPRa": 1.0}
 
 
 class OwnGene(TrainMean):
@@ -96,7 +94,7 @@ class OwnGene(TrainMean):
         else:
             centre = {"mode": half_sample_mode, "median": np.median, "mean": np.mean}[self.statistic]
             self.own_change_ = float(centre(np.asarray(changes)))
-        sign = _SIGN.get(self._setup().get("perturbation_modality") or "", 0.0)
+        sign = modality_sign(self._setup().get("perturbation_modality"))
         if sign * self.own_change_ < 0:
             logger.warning(
                 "OwnGene: the training targets' own-gene change (%.3g) has the wrong sign for the registered "
