@@ -299,11 +299,9 @@ class SafeSaveLoadMixin:
             check_saved_columns(adata, setup)
         elif hasattr(adata, "mod"):
             modalities, _ = _resolve_modalities(adata, setup.get("modalities"), setup)
-            for mod in {modalities.get(arg) for arg in ("batch_key", "media_key")} - {None}:
-                # each context column where setup_mudata reads it (a modality's obs); the setup args name the columns
-                check_context_columns(
-                    adata.mod[mod], {a: setup.get(a) for a in ("batch_key", "media_key") if modalities.get(a) == mod}
-                )
+            for arg in ("batch_key", "media_key"):  # each where setup_mudata reads it: its modality's obs
+                if modalities.get(arg) is not None:
+                    check_context_columns(adata.mod[modalities[arg]].obs, setup, (arg,))
         try:
             getattr(cls, method)(adata, source_registry=registry, **setup)
         except ValueError as e:

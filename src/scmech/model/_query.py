@@ -16,9 +16,8 @@ from scvi.data._constants import _SCVI_UUID_KEY
 
 from scmech._constants import SCMECH_REGISTRY_KEYS
 from scmech.data._checks import check_expression
-from scmech.data._design import validate_categorical
 
-from ._setup_checks import _check_covariates
+from ._setup_checks import _check_covariates, check_context_columns
 
 logger = logging.getLogger(__name__)
 
@@ -93,15 +92,12 @@ class QueryDataMixin:
         """Refuse missing batches or media and invalid expression values in query data (an AnnData or a MuData).
 
         Each is read where the model's fields read it (a MuData's modality, the registered layer), and checked as
-        ``setup_anndata`` checks training data (:func:`~scmech.data._design.validate_categorical`,
+        ``setup_anndata`` checks training data (:func:`~scmech.model._setup_checks.check_context_columns`,
         :func:`~scmech.data._checks.check_expression`).
         """
-        for key, what in ((REGISTRY_KEYS.BATCH_KEY, "batch"), (SCMECH_REGISTRY_KEYS.MEDIA_KEY, "medium")):
-            entry = self.adata_manager.registry["field_registries"].get(key) or {}
-            column = entry.get("state_registry", {}).get("original_key")  # the user's column, not scvi-tools' copy
-            obs = self._obs(adata, key)
-            if column is not None and column in obs.columns:
-                validate_categorical(obs[column], column, what)
+        setup = self.adata_manager.registry["setup_args"]
+        for key, arg in ((REGISTRY_KEYS.BATCH_KEY, "batch_key"), (SCMECH_REGISTRY_KEYS.MEDIA_KEY, "media_key")):
+            check_context_columns(self._obs(adata, key), setup, (arg,))  # where the model's field reads it
         expression = self._expression_adata(adata)
         layer = self._field(REGISTRY_KEYS.X_KEY).attr_key
         if layer is None or layer in expression.layers:

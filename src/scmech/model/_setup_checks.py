@@ -389,14 +389,14 @@ def check_saved_columns(adata: AnnData, setup: dict) -> None:
                     "or load with the data it was trained on)."
                 )
                 raise KeyError(msg)
-    check_context_columns(adata, setup)
+    check_context_columns(adata.obs, setup)
 
 
 #: ``obs`` columns of categories that every cell needs (a missing one would crash scvi-tools' transfer of the setup)
 _CONTEXT_ARGS = {"batch_key": "batch", "media_key": "medium"}
 
 
-def check_context_columns(adata: AnnData, setup: dict) -> None:
+def check_context_columns(obs: pd.DataFrame, setup: dict, args: tuple[str, ...] = tuple(_CONTEXT_ARGS)) -> None:
     """Refuse missing (NaN) batches or media in data the setup is transferred to (a query, or a loaded model's).
 
     ``setup_anndata`` refuses them in training data (:func:`~scmech.data._design.validate_categorical`); scvi-tools'
@@ -404,17 +404,19 @@ def check_context_columns(adata: AnnData, setup: dict) -> None:
 
     Parameters
     ----------
-    adata
-        The data the setup is transferred to.
+    obs
+        The cell annotations that hold the columns (``adata.obs``, or a MuData modality's).
     setup
-        The ``setup_anndata`` arguments of the model.
+        The setup arguments of the model, which name the columns.
+    args
+        The arguments to check (``"batch_key"``, ``"media_key"``): those whose columns are in ``obs``.
 
     Raises
     ------
     ValueError
         Naming the column, the number of missing values and the fix.
     """
-    for arg, what in _CONTEXT_ARGS.items():
+    for arg in args:
         key = setup.get(arg)
-        if key is not None and key in adata.obs.columns:
-            validate_categorical(adata.obs[key], key, what)
+        if key is not None and key in obs.columns:
+            validate_categorical(obs[key], key, _CONTEXT_ARGS[arg])
