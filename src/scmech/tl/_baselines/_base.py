@@ -273,10 +273,16 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
             parts.append(f"{name}={value}")
         return mask, parts
 
-    def _context_shift(self, batch: Any, media: Any, time: Any, media_time: Any = None) -> tuple[np.ndarray, str]:
-        """Log-space offset of the training controls of a context (batch, medium, time, switch) from all controls."""
+    def _context_shift(
+        self, batch: Any, media: Any, time: Any, media_time: Any = None
+    ) -> tuple[np.ndarray, str, int | None]:
+        """Log-space offset of the training controls of a context (batch, medium, time, switch) from all controls.
+
+        Also its description, and the number of its training controls (``None`` without a context): the cells the
+        control level of the context rests on.
+        """
         if batch is None and media is None and time is None and media_time is None:
-            return np.zeros(self._pb.shape[1]), ""
+            return np.zeros(self._pb.shape[1]), "", None
         cache = self.__dict__.setdefault("_shift_cache", {})
         ckey = _context_key(batch, media, time, media_time)
         if ckey in cache:
@@ -291,17 +297,8 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
         sub = self._train_idx[mask]
         ctrl = self._control()
         pb_ctx = self._pseudobulk(sub, np.full(len(sub), ctrl, dtype=object), [ctrl])[0]
-        cache[ckey] = (pb_ctx - self._pb.loc[ctrl].to_numpy(), ", ".join(parts))
-        self.__dict__.setdefault("_context_controls", {})[ckey] = len(sub)
+        cache[ckey] = (pb_ctx - self._pb.loc[ctrl].to_numpy(), ", ".join(parts), len(sub))
         return cache[ckey]
-
-    def _n_context_controls(self, batch: Any, media: Any, time: Any, media_time: Any = None) -> int | None:
-        """Return the number of training controls of a context (``None`` without one): what its control level rests on.
-
-        Read after :meth:`_context_shift` has computed the context's shift.
-        """
-        ckey = _context_key(batch, media, time, media_time)
-        return self.__dict__.get("_context_controls", {}).get(ckey)
 
     # ------------------------------------------------------------------ prediction
     def _predict_one(self, label: str, targets: tuple[str, ...]) -> tuple[np.ndarray, int]:
@@ -459,10 +456,10 @@ class _PseudobulkBaseline(PerturbationSetupMixin, BaseModelClass):
                     raise
                 skipped.append((label, str(e).strip("'\"")))
                 continue
-            shift, _ = self._context_shift(batch, m, t, mt)
-            if not targets or self._predicts_control_level:
+            shift, _, n_controls = self._context_shift(batch, m, t, mt)
+            if n_controls is not None and (not targets or self._predicts_control_level):
                 # the control level of a context is its own controls' pseudobulk: those are the cells it rests on
-                n_used = self._n_context_controls(batch, m, t, mt) or n_used
+                n_used = n_controls
             # summed changes (Additive, a context's shift) that would take a gene below zero expression predict that
             # it is not expressed
             rows.append(np.maximum(value + shift, 0.0) if floor else value + shift)
