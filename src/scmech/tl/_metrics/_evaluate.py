@@ -27,6 +27,7 @@ from ._checks import (
     _check_scale,
     _index_mask,
     _warn,
+    log_data_max,
 )
 from ._context import context_mask, prediction_context
 from ._names import _SYSTEMA_METRICS
@@ -334,10 +335,9 @@ def _data_max(adata: AnnData, layer: str | None, counts: bool) -> float | None:
             "or layer='counts' for a layer of raw counts."
         )
         raise ValueError(msg) from e
-    data_max = None
+    data_max = log_data_max(adata, layer, counts)
     if not counts:
         mat = adata.layers[layer] if layer is not None else adata.X
-        data_max = float(mat.max()) if (mat.nnz if sp.issparse(mat) else np.size(mat)) else None
         _check_log_scale(mat, data_max, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     return data_max
 
