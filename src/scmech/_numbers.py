@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_flag", "check_positive_int"]
+__all__ = ["check_flag", "check_positive_int", "is_positive_whole"]
 
 
 def check_positive_int(value: Any, name: str, *, allow_none: bool = False, hint: str | None = None) -> int | None:
@@ -67,3 +67,16 @@ def check_flag(value: Any, name: str) -> bool:
         msg = f"{name}={value!r} must be True or False."
         raise TypeError(msg)
     return bool(value)
+
+
+def is_positive_whole(value: Any) -> bool:
+    """Whether ``value`` is a positive whole number (``2000``, ``2.0`` or ``2e3``, numpy ones included; not ``True``).
+
+    The rule of sizes given as floats by habit (``cells_per_batch=2e3``); :func:`check_positive_int` is the stricter
+    one of arguments that must be integers.
+    """
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        return False
+    if isinstance(value, numbers.Integral):  # Python integers beyond float64 and int64 included
+        return bool(value >= 1)
+    return bool(np.isfinite(value) and int(value) == value and value >= 1)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scmech._numbers import is_positive_whole
 from scmech.train import BATCHING
 
 if TYPE_CHECKING:
@@ -45,13 +46,7 @@ _IGNORED_PLAN_KEYS = {
 _PLATEAU_KEYS = ("lr_factor", "lr_patience", "lr_threshold", "lr_min", "lr_scheduler_metric")
 
 
-def _whole(value) -> bool:
-    """Whether ``value`` is a positive whole number (``2.0`` and numpy integers included; ``True`` not)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return False
-    if isinstance(value, numbers.Integral):  # Python integers beyond float64 and int64 included
-        return bool(value >= 1)
-    return bool(np.isfinite(value) and int(value) == value and value >= 1)
+_whole = is_positive_whole  # the split checks import it from here too
 
 
 def _real(value) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from scmech._numbers import is_positive_whole
 from scmech.data._embedding import pseudobulk_gene_embedding
 from scmech.model._own_gene import half_sample_mode, modality_sign
 
@@ -155,7 +156,7 @@ class TargetClassMean(TrainMean):
         if k is not None and (isinstance(k, bool | np.bool_) or not isinstance(k, numbers.Real)):
             msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
             raise TypeError(msg)
-        if k is not None and not (np.isfinite(float(k)) and int(k) == k and k >= 1):
+        if k is not None and not is_positive_whole(k):
             msg = f"k={k!r} must be a positive integer (nearest training targets) or None (all measured ones)."
             raise ValueError(msg)
         self.k = None if k is None else int(k)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scmech._numbers import is_positive_whole
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -151,8 +153,7 @@ def _contexts(
 
 def _whole(value: object, name: str, what: str) -> int:
     """Return ``value`` as an ``int`` when it is a positive whole number (``2000`` or ``2e3``; not ``True``)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-    if not (ok and np.isfinite(float(value)) and float(value) == int(value) and value >= 1):
+    if not is_positive_whole(value):
         msg = f"{name}={value!r} must be a positive whole number ({what})."
         raise ValueError(msg)
     return int(value)
