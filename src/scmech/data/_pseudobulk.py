@@ -448,9 +448,9 @@ def _aligned(adata: AnnData, labels: pd.Series) -> pd.Series:
     names = pd.Index(adata.obs_names)
     if len(labels) != adata.n_obs:
         return labels  # the length check of the labels names the problem
-    if labels.index.equals(names) or (isinstance(labels.index, pd.RangeIndex) and len(labels) == adata.n_obs):
+    if labels.index.equals(names) or isinstance(labels.index, pd.RangeIndex):
         return labels
-    if len(labels) == adata.n_obs and labels.index.is_unique and labels.index.isin(names).all():
+    if labels.index.is_unique and labels.index.isin(names).all():
         return labels.reindex(names)
     msg = (
         "groupby is a Series whose index is not adata.obs_names (nor in another order): its labels cannot be matched "
